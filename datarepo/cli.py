@@ -1,0 +1,407 @@
+"""The ``datarepo`` command: parse arguments, call the porcelain, render the result.
+
+Imports stay lazy so ``datarepo --help`` starts fast; every DataRepoError
+becomes one ``error:`` line and exit status 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+
+class Group(click.Group):
+    """Turns the project's errors into one line and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from datarepo.errors import DataRepoError
+
+        try:
+            return super().invoke(ctx)
+        except DataRepoError as e:
+            raise click.ClickException(str(e)) from None
+        except OSError as e:
+            raise click.ClickException(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-C", "directory", type=click.Path(file_okay=False), help="Run as if started in this directory.")
+@click.version_option(package_name="datarepo")
+def main(directory: str | None) -> None:
+    """A versioned repository of datums stored in WebDataset shards."""
+    if directory:
+        os.chdir(directory)
+
+
+def _repo():  # type: ignore[no-untyped-def]
+    from datarepo.repo import Repo
+
+    return Repo.open(".")
+
+
+def _json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+@contextmanager
+def _progress(label: str, length: int | None = None) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on a terminal; nothing when stderr is piped."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    with click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True) as bar:
+        yield bar.update
+
+
+def _parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
+    except ValueError:
+        raise click.BadParameter(f"not a size: {text!r}") from None
+
+
+@main.command()
+@click.argument("path", default=".", type=click.Path(file_okay=False))
+@click.option("--bare", is_flag=True, help="A repository without a work tree (for servers and ingest).")
+@click.option("--grouping", type=click.Choice(["wds", "file"]), default="wds", help="How files form datums.")
+@click.option("--shard-size", default=None, help="Target shard size, e.g. 256M.")
+def init(path: str, bare: bool, grouping: str, shard_size: str | None) -> None:
+    """Create an empty repository."""
+    from pathlib import Path
+
+    from datarepo.repo import Repo
+
+    repo = Repo.init(Path(path), bare=bare, grouping=grouping, shard_size=_parse_size(shard_size) if shard_size else None)
+    click.echo(f"Initialized empty datarepo repository in {repo.dotdir}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print {added, modified, deleted} keys against HEAD.")
+@click.option("--follow", is_flag=True, help="Read symlinks as the files they point to.")
+def status(as_json: bool, follow: bool) -> None:
+    """Show datums changed in the work tree and the staging area."""
+    from datarepo.porcelain.stage import status as run
+
+    repo = _repo()
+    st = run(repo, follow=follow)
+    if as_json:
+        _json(st.total.to_json())
+        return
+    branch = repo.current_branch()
+    click.echo(f"On branch {branch}" if branch else f"HEAD detached at {(repo.head() or '')[:12]}")
+    for title, changes in (("Changes to be committed:", st.staged), ("Changes not staged for commit:", st.unstaged)):
+        if changes:
+            click.echo(title)
+            _print_changes(changes)
+    for note in st.notes:
+        click.echo(f"note: {note}", err=True)
+    if not st.total and not st.staged:
+        click.echo("nothing to commit, work tree clean")
+
+
+def _print_changes(changes: Any) -> None:
+    for label, keys in (("added", changes.added), ("modified", changes.modified), ("deleted", changes.deleted)):
+        for key in keys:
+            click.echo(f"  {label + ':':<10}{key}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--follow", is_flag=True, help="Store symlinks as the files they point to.")
+def add(paths: tuple[str, ...], follow: bool) -> None:
+    """Store new and changed datums under PATHS and stage them (deletions too)."""
+    from datarepo.porcelain.stage import add as run
+
+    repo = _repo()
+    with _progress("adding") as bar:
+        result = run(repo, list(paths) or ["."], follow=follow, progress=bar)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    c = result.changes
+    click.echo(
+        f"staged {len(c.added)} added, {len(c.modified)} modified, {len(c.deleted)} deleted; "
+        f"hashed {result.hashed} files, stored {result.stored} new datums ({result.stored_bytes} bytes)"
+    )
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--cached", is_flag=True, help="Only unstage; keep the files.")
+def rm(paths: tuple[str, ...], cached: bool) -> None:
+    """Stage the removal of datums (and delete their files)."""
+    from datarepo.porcelain.stage import rm as run
+
+    for key in run(_repo(), list(paths), cached=cached):
+        click.echo(f"rm {key}")
+
+
+@main.command()
+@click.option("-m", "--message", required=True, help="The commit message.")
+@click.option("--allow-empty", is_flag=True, help="Commit even if nothing is staged.")
+def commit(message: str, allow_empty: bool) -> None:
+    """Record the staged changes as a new commit."""
+    from datarepo.porcelain.history import commit as run
+
+    result = run(_repo(), message, allow_empty=allow_empty)
+    click.echo(f"[{result.branch or 'detached HEAD'} {result.oid[:12]}] {message.splitlines()[0]} ({result.changes} keys changed)")
+
+
+@main.command()
+@click.argument("rev", default="HEAD")
+@click.option("-n", "--max-count", type=int, default=None, help="Show at most N commits.")
+@click.option("--oneline", is_flag=True, help="One line a commit.")
+@click.option("--json", "as_json", is_flag=True)
+def log(rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
+    """Show the commit history."""
+    from datarepo.porcelain.history import log as run
+
+    commits = list(run(_repo(), rev, max_count))
+    if as_json:
+        _json([{"commit": oid, **c.to_json()} for oid, c in commits])
+        return
+    for oid, c in commits:
+        if oneline:
+            click.echo(f"{oid[:12]} {c.message.splitlines()[0] if c.message else ''}")
+            continue
+        click.echo(f"commit {oid}\nAuthor: {c.author}\nDate:   {c.time}\n")
+        click.echo("".join(f"    {line}\n" for line in c.message.splitlines()))
+
+
+@main.command()
+@click.argument("rev", default="HEAD")
+@click.option("--json", "as_json", is_flag=True)
+def show(rev: str, as_json: bool) -> None:
+    """Show a commit and the keys it changed."""
+    from datarepo.porcelain.history import show as run
+
+    oid, c, changes = run(_repo(), rev)
+    if as_json:
+        _json({"commit": oid, **c.to_json(), "changes": changes.to_json()})
+        return
+    click.echo(f"commit {oid}\ntree   {c.tree}")
+    for p in c.parents:
+        click.echo(f"parent {p}")
+    click.echo(f"Author: {c.author}\nDate:   {c.time}\n\n    {c.message}\n")
+    _print_changes(changes)
+
+
+@main.command()
+@click.argument("a", required=False)
+@click.argument("b", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print {added, modified, deleted} keys.")
+@click.option("--stat", is_flag=True, help="Only the counts.")
+def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
+    """Show keys that differ: A..B, A..work tree, or HEAD..work tree."""
+    from datarepo.porcelain.history import changes_of
+    from datarepo.porcelain.history import diff as run
+    from datarepo.porcelain.stage import status as worktree_status
+
+    repo = _repo()
+    if b is None and (a is None or a == "HEAD"):
+        changes = worktree_status(repo).total
+    elif b is None:
+        raise click.UsageError("diff against the work tree takes no revision but HEAD; give two revisions")
+    else:
+        changes = changes_of(run(repo, a, b))
+    if as_json:
+        _json(changes.to_json())
+    elif stat:
+        click.echo(f"{len(changes.added)} added, {len(changes.modified)} modified, {len(changes.deleted)} deleted")
+    else:
+        for sign, keys in (("A", changes.added), ("M", changes.modified), ("D", changes.deleted)):
+            for key in keys:
+                click.echo(f"{sign}\t{key}")
+
+
+@main.command()
+@click.argument("rev")
+@click.option("-b", "new_branch", default=None, help="Create this branch at REV and switch to it.")
+@click.option("-f", "--force", is_flag=True, help="Throw away uncommitted changes.")
+def checkout(rev: str, new_branch: str | None, force: bool) -> None:
+    """Make the work tree match REV (a branch, tag or commit)."""
+    from datarepo.porcelain.checkout import checkout as run
+
+    with _progress("checking out") as bar:
+        result = run(_repo(), rev, force=force, new_branch=new_branch, progress=bar)
+    where = f"branch {result.branch}" if result.branch else f"detached HEAD at {result.oid[:12]}"
+    click.echo(f"Switched to {where} ({result.written} files written, {result.removed} removed)")
+
+
+def _ref_command(prefix: str, what: str) -> Callable[..., None]:
+    def command(name: str | None, rev: str, delete: bool, force: bool, as_json: bool) -> None:
+        from datarepo.porcelain import history
+
+        repo = _repo()
+        if delete:
+            if not name:
+                raise click.UsageError(f"-d needs a {what} name")
+            oid = history.delete_ref(repo, prefix, name)
+            click.echo(f"Deleted {what} {name} (was {oid[:12]})")
+        elif name:
+            oid = history.create_ref(repo, prefix, name, rev, force=force)
+            click.echo(f"{what} {name} -> {oid[:12]}")
+        else:
+            refs = history.list_refs(repo, prefix)
+            current = repo.current_branch() if what == "branch" else None
+            if as_json:
+                _json([{"name": n, "commit": o, "current": n == current} for n, o in refs])
+            for n, o in refs if not as_json else ():
+                click.echo(f"{'*' if n == current else ' '} {n} {o[:12]}")
+
+    return command
+
+
+for _prefix, _what in (("refs/heads/", "branch"), ("refs/tags/", "tag")):
+    main.command(
+        name=_what,
+        help=f"List, create (NAME [REV]) or delete (-d NAME) {_what}es." if _what == "branch" else "List, create (NAME [REV]) or delete (-d NAME) tags.",
+    )(
+        click.argument("name", required=False)(
+            click.argument("rev", default="HEAD")(
+                click.option("-d", "--delete", is_flag=True, help=f"Delete the {_what}.")(
+                    click.option("-f", "--force", is_flag=True, help=f"Move an existing {_what}.")(
+                        click.option("--json", "as_json", is_flag=True)(_ref_command(_prefix, _what))
+                    )
+                )
+            )
+        )
+    )
+
+
+@main.command(name="ls")
+@click.argument("rev", default="HEAD")
+@click.option("--prefix", default="", help="Only keys starting with this.")
+@click.option("-l", "--long", is_flag=True, help="Also the datum id and size.")
+@click.option("--json", "as_json", is_flag=True)
+def ls_command(rev: str, prefix: str, long: bool, as_json: bool) -> None:
+    """List the keys of a revision."""
+    from datarepo.porcelain.history import ls
+
+    entries = ls(_repo(), rev, prefix)
+    if as_json:
+        _json([{"key": e.key, "datum": e.datum, "size": e.size} for e in entries])
+        return
+    for e in entries:
+        click.echo(f"{e.datum[:12]} {e.size:>10} {e.key}" if long else e.key)
+
+
+@main.command()
+@click.argument("spec")
+def cat(spec: str) -> None:
+    """Write one member's bytes to stdout: REV:key.ext (or REV:key for a one-member datum)."""
+    from datarepo.porcelain.history import cat as run
+
+    data = run(_repo(), spec)
+    stream = click.get_binary_stream("stdout")
+    stream.write(data)
+    stream.flush()
+
+
+@main.command()
+@click.argument("src")
+@click.option("--prefix", required=True, help="Where the source's keys appear, e.g. extra/.")
+@click.option("-m", "--message", default=None, help="The commit message.")
+@click.option("--append", is_flag=True, help="Keep keys under PREFIX that the source no longer has.")
+@click.option("--json", "as_json", is_flag=True)
+def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bool) -> None:
+    """Commit a folder, tar/WebDataset shards (a.tar, 'x-{000..009}.tar', '*.tar'), or JSON lines (- for stdin) under PREFIX."""
+    from datarepo.porcelain.ingest import ingest as run
+
+    with _progress("ingesting") as bar:
+        r = run(_repo(), src, prefix, message, append, progress=bar)
+    for note in r.notes:
+        click.echo(f"note: {note}", err=True)
+    if as_json:
+        _json({"commit": r.commit, **r.changes.to_json(), "datums": r.datums, "stored": r.stored,
+               "stored_bytes": r.stored_bytes, "reused_files": r.reused_files})
+        return
+    c = r.changes
+    head = f"[{r.commit[:12]}]" if r.commit else "no change;"
+    click.echo(
+        f"{head} {len(c.added)} added, {len(c.modified)} modified, {len(c.deleted)} deleted; "
+        f"{r.datums} datums, {r.stored} newly stored ({r.stored_bytes} bytes), {r.reused_files} source files unchanged"
+    )
+
+
+@main.command()
+@click.option("--rebuild-index", is_flag=True, help="Rebuild index.sqlite's locations from the shard indexes.")
+@click.option("--json", "as_json", is_flag=True)
+def fsck(rebuild_index: bool, as_json: bool) -> None:
+    """Re-hash every object and shard and check that every ref reaches whole data."""
+    from datarepo.porcelain.maintenance import fsck as run
+
+    r = run(_repo(), rebuild_index=rebuild_index)
+    if as_json:
+        _json(r.__dict__)
+    else:
+        for p in r.problems:
+            click.echo(f"error: {p}")
+        for g in r.garbage:
+            click.echo(f"garbage: {g} (gc removes it)")
+        click.echo(f"checked {r.objects} objects, {r.shards} shards, {r.datums} reachable datums; "
+                   f"{len(r.problems)} problems, {r.unreachable_objects} unreachable objects"
+                   + ("; index rebuilt" if r.reindexed else ""))
+    if r.problems:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("-n", "--dry-run", is_flag=True, help="Only say what would be deleted.")
+@click.option("--json", "as_json", is_flag=True)
+def gc(dry_run: bool, as_json: bool) -> None:
+    """Delete objects and shards that no branch, tag, run or recent reflog entry reaches."""
+    from datarepo.porcelain.maintenance import gc as run
+
+    r = run(_repo(), dry_run=dry_run)
+    if as_json:
+        _json(r.__dict__)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {r.objects} objects, {r.shards} shards, {r.garbage} leftover files ({r.bytes_freed} bytes)")
+
+
+@main.command()
+@click.option("--all", "all_shards", is_flag=True, help="Rewrite every shard, not only small or sparse ones.")
+@click.option("--json", "as_json", is_flag=True)
+def repack(all_shards: bool, as_json: bool) -> None:
+    """Merge small or sparse shards into new full ones."""
+    from datarepo.porcelain.maintenance import repack as run
+
+    with _progress("repacking") as bar:
+        r = run(_repo(), all_shards=all_shards, progress=bar)
+    if as_json:
+        _json(r.__dict__)
+        return
+    click.echo(f"repacked {r.shards_in} shards into {r.shards_out} ({r.datums} datums, {r.bytes_before} -> {r.bytes_after} bytes)")
+
+
+@main.command()
+@click.argument("rev")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--prefix", default="", help="Only keys starting with this.")
+@click.option("--shards", is_flag=True, help="Write a WebDataset shard set (000000.tar, …) instead of files.")
+@click.option("--shard-size", default=None, help="Target shard size with --shards, e.g. 1G.")
+def export(rev: str, dest: str, prefix: str, shards: bool, shard_size: str | None) -> None:
+    """Write the datums of REV to a folder, or to WebDataset shards."""
+    from pathlib import Path
+
+    from datarepo.porcelain.export import export as run
+
+    with _progress("exporting") as bar:
+        r = run(_repo(), rev, Path(dest), prefix, shards, _parse_size(shard_size) if shard_size else None, bar)
+    click.echo(f"exported {r.datums} datums ({r.files} files, {r.bytes} bytes) to {dest}")
+
+
+if __name__ == "__main__":
+    main()

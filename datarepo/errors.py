@@ -1,0 +1,68 @@
+"""The exceptions datarepo raises. Every one derives from :class:`DataRepoError`."""
+
+from __future__ import annotations
+
+
+class DataRepoError(Exception):
+    """Base of every error datarepo raises on purpose; the CLI prints it as one line."""
+
+
+class NotARepositoryError(DataRepoError):
+    """No ``.datarepo`` directory was found at or above the given path."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"not a datarepo repository (or any parent up to /): {path}")
+        self.path = path
+
+
+class ObjectNotFoundError(DataRepoError, KeyError):
+    """An object, shard or datum is missing from the store."""
+
+    def __init__(self, kind: str, oid: str) -> None:
+        super().__init__(f"{kind} not found: {oid}")
+        self.kind = kind
+        self.oid = oid
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return self.args[0]
+
+
+class CorruptObjectError(DataRepoError):
+    """Stored bytes do not decode, or do not hash to the name they are stored under."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"corrupt object {name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+class BadRevisionError(DataRepoError, ValueError):
+    """A revision string names no commit."""
+
+    def __init__(self, rev: str, reason: str = "unknown revision") -> None:
+        super().__init__(f"{reason}: {rev!r}")
+        self.rev = rev
+
+
+class RefConflictError(DataRepoError):
+    """A compare-and-swap ref update found another value than the expected one."""
+
+    def __init__(self, ref: str, expected: str | None, actual: str | None) -> None:
+        super().__init__(
+            f"ref {ref} moved: expected {expected or '(none)'}, found {actual or '(none)'}"
+        )
+        self.ref = ref
+        self.expected = expected
+        self.actual = actual
+
+
+class LockedError(DataRepoError):
+    """Another process holds the repository's writer lock."""
+
+
+class InvalidInputError(DataRepoError, ValueError):
+    """The user's input (a path, a name, a file) cannot be taken."""
+
+
+class DirtyWorktreeError(DataRepoError):
+    """An operation would overwrite uncommitted changes."""

@@ -1,0 +1,117 @@
+"""Durable file writes and the writer lock: the only place that calls ``os.replace``."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from datarepo.errors import LockedError
+
+READ_ONLY = 0o444
+TMP_PREFIX = ".tmp-"
+
+
+def fsync_dir(path: Path) -> None:
+    """Makes a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int = READ_ONLY, durable: bool = True) -> Iterator[BinaryIO]:
+    """Yields a file that appears at ``path`` whole, or not at all.
+
+    The bytes go to a temporary name beside ``path``; on success they are
+    fsync'ed, renamed over ``path`` and the directory is fsync'ed. On any
+    exception, KeyboardInterrupt included, the temporary file is removed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = READ_ONLY, durable: bool = True) -> None:
+    """Writes ``data`` to ``path`` atomically (see :func:`atomic_file`)."""
+    with atomic_file(path, mode, durable) as f:
+        f.write(data)
+
+
+def publish(tmp: Path, path: Path, mode: int = READ_ONLY) -> None:
+    """Moves an already fsync'ed temporary file into place, durably."""
+    os.chmod(tmp, mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def remove(path: Path) -> None:
+    """Deletes a file whether or not it is read-only or still there."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+class WriterLock:
+    """An exclusive ``flock`` on a file: the kernel releases it when the process dies."""
+
+    def __init__(self, path: Path, timeout: float = 60.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._fd: int | None = None
+        self._depth = 0
+
+    def acquire(self) -> None:
+        if self._depth:
+            self._depth += 1
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LockedError(
+                        f"repository is locked by another writer ({self.path}); "
+                        f"gave up after {self.timeout:g}s"
+                    ) from None
+                time.sleep(0.01)
+        self._fd = fd
+        self._depth = 1
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> WriterLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

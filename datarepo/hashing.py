@@ -1,0 +1,65 @@
+"""Object ids: xxh3-128 digests as 32 lower-case hex characters."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, BinaryIO, NewType
+
+import xxhash
+
+Oid = NewType("Oid", str)
+
+ALGORITHM = "xxh3-128"
+OID_LEN = 32
+CHUNK = 1 << 20
+_DATUM_TAG = b"datum\x00"
+
+
+def hash_bytes(data: bytes | memoryview) -> Oid:
+    """Returns the oid of ``data``."""
+    return Oid(xxhash.xxh3_128_hexdigest(data))
+
+
+def hash_stream(stream: BinaryIO) -> tuple[Oid, int]:
+    """Hashes a stream in chunks, never holding it whole; returns (oid, size)."""
+    h = xxhash.xxh3_128()
+    size = 0
+    while chunk := stream.read(CHUNK):
+        h.update(chunk)
+        size += len(chunk)
+    return Oid(h.hexdigest()), size
+
+
+def datum_id(member_hashes: dict[str, str]) -> Oid:
+    """Returns the id of a datum from its members' extensions and hashes (DESIGN §2)."""
+    h = xxhash.xxh3_128(_DATUM_TAG)
+    for ext in sorted(member_hashes):
+        h.update(ext.encode("utf-8") + b"\x00" + bytes.fromhex(member_hashes[ext]))
+    return Oid(h.hexdigest())
+
+
+def canonical_json(obj: dict[str, Any]) -> bytes:
+    """Encodes ``obj`` the one way whose hash is its oid."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def is_oid(text: str) -> bool:
+    """True when ``text`` has the shape of a full oid."""
+    return len(text) == OID_LEN and all(c in "0123456789abcdef" for c in text)
+
+
+class HashingWriter:
+    """A file wrapper that hashes and counts every byte written through it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.hasher = xxhash.xxh3_128()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.hasher.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def oid(self) -> Oid:
+        return Oid(self.hasher.hexdigest())

@@ -1,0 +1,164 @@
+"""``index.sqlite``: a local cache that can always be rebuilt from objects and shards.
+
+It holds the stat cache (file → member hash), the datum → shard location
+table, the staging area and per-source ingest state. Deleting it loses speed
+and the staging area, never committed data (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+from datarepo.hashing import Oid
+from datarepo.shards import DatumLoc, MemberLoc, ShardIndex
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stat (
+    scope TEXT, path TEXT, size INTEGER, mtime_ns INTEGER, ino INTEGER, seen_ns INTEGER, hash TEXT,
+    PRIMARY KEY (scope, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS shard (shard TEXT PRIMARY KEY, size INTEGER, datums INTEGER) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS location (
+    datum TEXT PRIMARY KEY, shard TEXT, offset INTEGER, length INTEGER, members TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS staged (key TEXT PRIMARY KEY, datum TEXT, size INTEGER) WITHOUT ROWID;
+"""
+# A file whose mtime is this close to the moment it was looked at may change
+# again within the same timestamp tick, so its cached hash is not trusted.
+RACY_NS = 2_000_000_000
+
+
+class StatEntry(NamedTuple):
+    """What a file looked like when its content was last hashed."""
+
+    size: int
+    mtime_ns: int
+    ino: int
+    seen_ns: int
+    hash: Oid
+
+    def matches(self, size: int, mtime_ns: int, ino: int) -> bool:
+        return (
+            self.size == size
+            and self.mtime_ns == mtime_ns
+            and self.ino == ino
+            and mtime_ns < self.seen_ns - RACY_NS
+        )
+
+
+class Index:
+    """The SQLite cache of one repository."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.created = not path.exists()
+        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        version = self.db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+        if version is None:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        self.db.close()
+
+    def transaction(self) -> sqlite3.Connection:
+        """``with index.transaction() as db:`` commits on success, rolls back on error."""
+        self.db.execute("BEGIN IMMEDIATE")
+        return _Tx(self.db)  # type: ignore[return-value]
+
+    # stat cache --------------------------------------------------------
+    def load_stats(self, scope: str = "") -> dict[str, StatEntry]:
+        rows = self.db.execute("SELECT path, size, mtime_ns, ino, seen_ns, hash FROM stat WHERE scope=?", (scope,))
+        return {r[0]: StatEntry(*r[1:]) for r in rows}
+
+    def save_stats(self, entries: Iterable[tuple[str, StatEntry]], scope: str = "") -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO stat VALUES (?,?,?,?,?,?,?)", ((scope, p, *e) for p, e in entries)
+        )
+
+    def drop_stats(self, paths: Iterable[str], scope: str = "") -> None:
+        self.db.executemany("DELETE FROM stat WHERE scope=? AND path=?", ((scope, p) for p in paths))
+
+    # locations ---------------------------------------------------------
+    def add_shard(self, index: ShardIndex) -> None:
+        self.db.execute("INSERT OR REPLACE INTO shard VALUES (?,?,?)", (index.shard, index.size, len(index.datums)))
+        self.db.executemany(
+            "INSERT OR REPLACE INTO location VALUES (?,?,?,?,?)",
+            (
+                (d.datum, index.shard, d.offset, d.length, json.dumps([list(m) for m in d.members]))
+                for d in index.datums
+            ),
+        )
+
+    def drop_shard(self, shard: str) -> None:
+        self.db.execute("DELETE FROM shard WHERE shard=?", (shard,))
+        self.db.execute("DELETE FROM location WHERE shard=?", (shard,))
+
+    def known_shards(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT shard FROM shard")}
+
+    def shard_sizes(self) -> dict[str, tuple[int, int]]:
+        return {r[0]: (r[1], r[2]) for r in self.db.execute("SELECT shard, size, datums FROM shard")}
+
+    def locate(self, datum: str) -> tuple[str, DatumLoc] | None:
+        row = self.db.execute("SELECT shard, offset, length, members FROM location WHERE datum=?", (datum,)).fetchone()
+        if row is None:
+            return None
+        members = tuple(MemberLoc(*m) for m in json.loads(row[3]))
+        return row[0], DatumLoc(Oid(datum), row[1], row[2], members)
+
+    def stored(self, datums: Iterable[str]) -> set[str]:
+        """The subset of ``datums`` that some shard holds."""
+        found: set[str] = set()
+        batch = list(datums)
+        for i in range(0, len(batch), 500):
+            chunk = batch[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self.db.execute(f"SELECT datum FROM location WHERE datum IN ({marks})", chunk))
+        return found
+
+    def clear_locations(self) -> None:
+        self.db.execute("DELETE FROM location")
+        self.db.execute("DELETE FROM shard")
+
+    # staging area ------------------------------------------------------
+    def staged(self) -> dict[str, tuple[Oid | None, int]]:
+        return {r[0]: (r[1], r[2]) for r in self.db.execute("SELECT key, datum, size FROM staged")}
+
+    def stage(self, changes: Iterable[tuple[str, Oid | None, int]]) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO staged VALUES (?,?,?)", changes)
+
+    def unstage(self, keys: Iterable[str] | None = None) -> None:
+        if keys is None:
+            self.db.execute("DELETE FROM staged")
+        else:
+            self.db.executemany("DELETE FROM staged WHERE key=?", ((k,) for k in keys))
+
+    # ingest state ------------------------------------------------------
+    def get_meta(self, name: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (name, value))
+
+    def iter_staged_datums(self) -> Iterator[str]:
+        for (datum,) in self.db.execute("SELECT datum FROM staged WHERE datum IS NOT NULL"):
+            yield datum
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.db
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

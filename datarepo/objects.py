@@ -1,0 +1,190 @@
+"""Frozen repository objects and their canonical JSON encoding (DESIGN §2, §3.3, §3.4).
+
+An object's oid is the xxh3-128 of its canonical JSON bytes. On disk the bytes
+may be zstd-compressed; :func:`decode` accepts both and raises only
+:class:`CorruptObjectError` on anything else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import zstandard
+
+from datarepo.errors import CorruptObjectError
+from datarepo.hashing import Oid, canonical_json, is_oid
+
+FORMAT = 1
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+MAX_OBJECT_BYTES = 1 << 30
+
+
+class TreeEntry(NamedTuple):
+    """One key of a commit: the datum it names and the datum's total size in bytes."""
+
+    key: str
+    datum: Oid
+    size: int
+
+
+class PageRef(NamedTuple):
+    """A tree root's pointer to one page: its first key, entry count and oid."""
+
+    first_key: str
+    count: int
+    page: Oid
+
+
+@dataclass(frozen=True)
+class TreePage:
+    """A run of consecutive, sorted tree entries."""
+
+    entries: tuple[TreeEntry, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "type": "page", "entries": [list(e) for e in self.entries]}
+
+
+@dataclass(frozen=True)
+class Tree:
+    """The root of a paged tree: its pages in key order."""
+
+    pages: tuple[PageRef, ...]
+
+    @property
+    def count(self) -> int:
+        return sum(p.count for p in self.pages)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "type": "tree", "pages": [list(p) for p in self.pages]}
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A snapshot: a tree, its parents and who made it when and why."""
+
+    tree: Oid
+    parents: tuple[Oid, ...]
+    author: str
+    time: str
+    message: str
+    provenance: dict[str, Any] | None = field(default=None)
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {
+            "format": FORMAT,
+            "type": "commit",
+            "tree": self.tree,
+            "parents": list(self.parents),
+            "author": self.author,
+            "time": self.time,
+            "message": self.message,
+        }
+        if self.provenance is not None:
+            obj["provenance"] = self.provenance
+        return obj
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Any other JSON object (lineage, run records): kept as its decoded mapping."""
+
+    data: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return self.data
+
+
+RepoObject = Commit | Tree | TreePage | Blob
+
+
+def encode(obj: RepoObject) -> bytes:
+    """Returns the canonical bytes of ``obj`` (hash these for its oid)."""
+    return canonical_json(obj.to_json())
+
+
+def compress(data: bytes) -> bytes:
+    """Compresses canonical bytes for storage."""
+    return zstandard.ZstdCompressor(level=3).compress(data)
+
+
+def decode(raw: bytes, name: str = "<object>") -> RepoObject:
+    """Parses stored bytes (plain or zstd) into an object, or raises CorruptObjectError."""
+    data = _decompress(raw, name)
+    try:
+        obj = json.loads(data)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise CorruptObjectError(name, f"not JSON ({e.__class__.__name__})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CorruptObjectError(name, "not a format-1 object")
+    try:
+        return _PARSERS.get(obj.get("type"), _blob)(obj)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CorruptObjectError(name, f"malformed {obj.get('type')!s:.20}: {e!s:.80}") from None
+
+
+def canonical_bytes(raw: bytes, name: str = "<object>") -> bytes:
+    """Returns the canonical bytes behind stored bytes, for re-hashing."""
+    return _decompress(raw, name)
+
+
+def _decompress(raw: bytes, name: str) -> bytes:
+    if not raw.startswith(ZSTD_MAGIC):
+        return raw
+    try:
+        return zstandard.ZstdDecompressor().decompress(raw, max_output_size=MAX_OBJECT_BYTES)
+    except zstandard.ZstdError as e:
+        raise CorruptObjectError(name, f"bad zstd frame ({e})") from None
+
+
+def _oid(value: Any) -> Oid:
+    if not isinstance(value, str) or not is_oid(value):
+        raise ValueError(f"bad oid {value!r:.40}")
+    return Oid(value)
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"expected a count, got {value!r:.40}")
+    return value
+
+
+def _commit(obj: dict[str, Any]) -> Commit:
+    provenance = obj.get("provenance")
+    if provenance is not None and not isinstance(provenance, dict):
+        raise TypeError("provenance is not a mapping")
+    return Commit(
+        tree=_oid(obj["tree"]),
+        parents=tuple(_oid(p) for p in obj["parents"]),
+        author=_str(obj["author"]),
+        time=_str(obj["time"]),
+        message=_str(obj["message"]),
+        provenance=provenance,
+    )
+
+
+def _tree(obj: dict[str, Any]) -> Tree:
+    return Tree(tuple(PageRef(_str(k), _int(n), _oid(p)) for k, n, p in obj["pages"]))
+
+
+def _page(obj: dict[str, Any]) -> TreePage:
+    entries = tuple(TreeEntry(_str(k), _oid(d), _int(s)) for k, d, s in obj["entries"])
+    if any(a.key >= b.key for a, b in zip(entries, entries[1:])):
+        raise ValueError("entries are not sorted and unique")
+    return TreePage(entries)
+
+
+def _blob(obj: dict[str, Any]) -> Blob:
+    _str(obj["type"])
+    return Blob(obj)
+
+
+_PARSERS = {"commit": _commit, "tree": _tree, "page": _page}

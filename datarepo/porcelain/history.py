@@ -1,0 +1,174 @@
+"""Commits and what reads them: commit, log, show, diff, ls, cat, branch, tag."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from datarepo import tree as trees
+from datarepo.errors import BadRevisionError, DataRepoError, InvalidInputError, ObjectNotFoundError
+from datarepo.hashing import Oid
+from datarepo.objects import Commit, TreeEntry
+from datarepo.porcelain import Changes
+from datarepo.refs import BRANCHES, HEAD, TAGS, check_name
+from datarepo.repo import Repo
+from datarepo.worktree import split_path
+
+
+class NothingToCommitError(DataRepoError):
+    """``commit`` found no staged change."""
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    oid: Oid
+    branch: str | None
+    changes: int
+
+
+def make_commit(
+    repo: Repo,
+    changes: dict[str, TreeEntry | None],
+    message: str,
+    parent: Oid | None,
+    provenance: dict | None = None,
+    ref: str = HEAD,
+) -> Oid:
+    """Writes a tree and commit on top of ``parent`` and moves ``ref`` from ``parent``.
+
+    Write order: tree pages, then the commit, then the ref (compare-and-swap).
+    """
+    base = repo.commit(parent).tree if parent else None
+    tree = trees.update_tree(repo.store, base, changes) if base else trees.write_tree(
+        repo.store, (e for _, e in sorted(changes.items()) if e is not None)
+    )
+    commit = Commit(tree, (parent,) if parent else (), repo.author(), repo.now(), message, provenance)
+    oid = repo.store.put(commit)
+    first = message.splitlines()[0] if message else ""
+    repo.refs.update(ref, oid, expected=parent, message=f"commit: {first}")
+    return oid
+
+
+def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
+    """Records the staged changes as a new commit on the current branch."""
+    if not message.strip():
+        raise InvalidInputError("empty commit message (use -m)")
+    with repo.lock:
+        parent = repo.head()
+        staged = repo.index.staged()
+        if not staged and not allow_empty:
+            raise NothingToCommitError("nothing to commit (use \"datarepo add\" first)")
+        missing = {d for d, _ in staged.values() if d} - repo.index.stored(d for d, _ in staged.values() if d)
+        if missing:
+            raise ObjectNotFoundError("staged datum", sorted(missing)[0])
+        changes = {k: TreeEntry(k, d, s) if d else None for k, (d, s) in staged.items()}
+        oid = make_commit(repo, changes, message, parent)
+        repo.index.unstage()
+    return CommitResult(oid, repo.current_branch(), len(staged))
+
+
+def log(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[tuple[Oid, Commit]]:
+    """Yields commits reachable from ``rev``, newest first."""
+    if rev == "HEAD" and repo.head() is None:
+        return
+    start = repo.resolve(rev)
+    heap = [(_neg_time(repo.commit(start)), start)]
+    seen = {start}
+    count = 0
+    while heap and (limit is None or count < limit):
+        _, oid = heapq.heappop(heap)
+        c = repo.commit(oid)
+        yield oid, c
+        count += 1
+        for p in c.parents:
+            if p not in seen:
+                seen.add(p)
+                heapq.heappush(heap, (_neg_time(repo.commit(p)), p))
+
+
+def _neg_time(c: Commit) -> tuple[str, ...]:
+    # ISO-8601 UTC strings sort by time; invert them so the newest pops first.
+    return tuple(chr(0x10FFFF - ord(ch)) for ch in c.time)
+
+
+def diff(repo: Repo, a: str | None, b: str | None) -> Iterator[trees.Change]:
+    """Yields the keys that differ between two revisions (``None``: the empty tree)."""
+    ta = repo.tree_of(a) if a else None
+    tb = repo.tree_of(b) if b else None
+    return trees.diff_trees(repo.store, ta, tb)
+
+
+def changes_of(changes: Iterator[trees.Change]) -> Changes:
+    out = Changes()
+    for c in changes:
+        (out.added if c.old is None else out.deleted if c.new is None else out.modified).append(c.key)
+    return out
+
+
+def show(repo: Repo, rev: str) -> tuple[Oid, Commit, Changes]:
+    oid = repo.resolve(rev)
+    c = repo.commit(oid)
+    parent_tree = repo.commit(c.parents[0]).tree if c.parents else None
+    return oid, c, changes_of(trees.diff_trees(repo.store, parent_tree, c.tree))
+
+
+def ls(repo: Repo, rev: str = "HEAD", prefix: str = "") -> Iterator[TreeEntry]:
+    tree = repo.tree_of(rev)
+    return trees.iter_tree(repo.store, tree, prefix) if tree else iter(())
+
+
+def resolve_member(repo: Repo, spec: str) -> tuple[TreeEntry, str | None]:
+    """Finds the datum and member named by ``REV:path`` (a key, or key.ext)."""
+    oid, path = repo.split_rev_key(spec)
+    tree = repo.commit(oid).tree
+    entry = trees.lookup(repo.store, tree, path)
+    if entry is not None:
+        return entry, None
+    split = split_path(path, repo.config.grouping)
+    if split is not None and (entry := trees.lookup(repo.store, tree, split[0])) is not None:
+        return entry, split[1]
+    raise BadRevisionError(spec, "no such key")
+
+
+def cat(repo: Repo, spec: str) -> bytes:
+    """The bytes of one member (``REV:key.ext``, or ``REV:key`` of a one-member datum)."""
+    entry, ext = resolve_member(repo, spec)
+    members = repo.read_datum(entry.datum)
+    if ext is None:
+        if len(members) != 1:
+            raise InvalidInputError(f"{entry.key} has members {', '.join(sorted(members))}; name one as KEY.EXT")
+        return next(iter(members.values()))
+    if ext not in members:
+        raise InvalidInputError(f"{entry.key} has no member {ext!r} (it has {', '.join(sorted(members))})")
+    return members[ext]
+
+
+def list_refs(repo: Repo, prefix: str) -> list[tuple[str, Oid]]:
+    return list(repo.refs.list(prefix))
+
+
+def create_ref(repo: Repo, prefix: str, name: str, rev: str = "HEAD", force: bool = False) -> Oid:
+    """Creates a branch or tag; refuses to move an existing one unless ``force``."""
+    check_name(name, "branch" if prefix == BRANCHES else "tag")
+    oid = repo.resolve(rev)
+    with repo.lock:
+        old = repo.refs.read(prefix + name)
+        if old is not None and not force:
+            raise InvalidInputError(f"{'branch' if prefix == BRANCHES else 'tag'} {name!r} already exists")
+        repo.refs.update(prefix + name, oid, expected=old, message=f"created from {rev}")
+    return oid
+
+
+def delete_ref(repo: Repo, prefix: str, name: str) -> Oid:
+    if prefix == BRANCHES and repo.current_branch() == name:
+        raise InvalidInputError(f"cannot delete the branch {name!r}: it is checked out")
+    with repo.lock:
+        old = repo.refs.read(prefix + name)
+        if old is None:
+            raise InvalidInputError(f"no such {'branch' if prefix == BRANCHES else 'tag'}: {name}")
+        repo.refs.update(prefix + name, None, expected=old, message="deleted")
+    return old
+
+
+__all__ = ["BRANCHES", "TAGS", "commit", "log", "diff", "show", "ls", "cat"]

@@ -1,0 +1,281 @@
+"""ingest: take a folder, a tar/WebDataset shard set or JSON lines into the repository
+under a prefix, without a copy in the work tree, storing only what is new or changed."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import glob
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from datarepo import tree as trees
+from datarepo.errors import InvalidInputError
+from datarepo.hashing import Oid, datum_id, hash_bytes, hash_stream
+from datarepo.index import StatEntry
+from datarepo.objects import TreeEntry
+from datarepo.porcelain import Changes, Progress, tick
+from datarepo.porcelain.history import changes_of, make_commit
+from datarepo.repo import Repo
+from datarepo.shards import FileRange, MemberData, iter_tar, split_member_name
+from datarepo.worktree import LARGE_FILE, Hasher, check_key, group, scan
+from datarepo.writer import DatumSink
+
+TAR_SUFFIXES = (".tar",)
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+@dataclass(frozen=True)
+class NewDatum:
+    """A datum read from the source: its members, their hashes and its id."""
+
+    key: str
+    members: dict[str, MemberData]
+    hashes: dict[str, Oid]
+
+    @property
+    def datum(self) -> Oid:
+        return datum_id(self.hashes)
+
+    @property
+    def size(self) -> int:
+        return sum(len(m) if isinstance(m, bytes) else m.size for m in self.members.values())
+
+
+@dataclass
+class _Run:
+    """What one ingest has seen so far."""
+
+    repo: Repo
+    sink: DatumSink
+    progress: Progress
+    notes: list[str] = field(default_factory=list)
+    reused_files: int = 0
+    remembered: dict[str, str] = field(default_factory=dict)
+
+    def stored(self, datum: Oid) -> bool:
+        return self.sink.has(datum)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    commit: Oid | None
+    changes: Changes
+    datums: int
+    stored: int
+    stored_bytes: int
+    reused_files: int
+    notes: list[str]
+
+
+def ingest(
+    repo: Repo, src: str, prefix: str, message: str | None = None, append: bool = False, progress: Progress = None
+) -> IngestResult:
+    """Makes ``prefix`` mirror ``src`` (or, with ``append``, adds to it) in one new commit."""
+    prefix = _norm_prefix(prefix)
+    with repo.lock, DatumSink(repo) as sink:
+        run = _Run(repo, sink, progress)
+        entries: dict[str, TreeEntry] = {}
+        for item in _read_source(run, src):
+            if isinstance(item, NewDatum):
+                item = TreeEntry(item.key, sink.put(item.members, item.hashes), item.size)
+            full = prefix + check_key(item.key)
+            entries[full] = TreeEntry(full, item.datum, item.size)
+            tick(progress)
+        parent = repo.head()
+        changes = _tree_changes(repo, parent, prefix, entries, append)
+        oid = make_commit(repo, changes, message or f"ingest {src} into {prefix}", parent) if changes else None
+        with repo.index.transaction():
+            for name, value in run.remembered.items():
+                repo.index.set_meta(name, value)
+        _mark_sparse(repo, prefix)
+    summary = changes_of(repo_diff(repo, parent, oid)) if oid else Changes()
+    return IngestResult(oid, summary, len(entries), len(sink.written), sum(sink.written.values()), run.reused_files, run.notes)
+
+
+def repo_diff(repo: Repo, a: Oid | None, b: Oid) -> Iterator[trees.Change]:
+    return trees.diff_trees(repo.store, repo.commit(a).tree if a else None, repo.commit(b).tree)
+
+
+def _norm_prefix(prefix: str) -> str:
+    prefix = prefix.strip("/")
+    if not prefix:
+        raise InvalidInputError("ingest needs a non-empty --prefix (the folder the source appears under)")
+    check_key(prefix)
+    return prefix + "/"
+
+
+def _mark_sparse(repo: Repo, prefix: str) -> None:
+    """An ingested prefix is not materialised in the work tree, so status ignores it there."""
+    if repo.worktree is not None and not (repo.worktree / prefix).exists() and prefix not in repo.config.sparse:
+        repo.config = repo.config.with_sparse(prefix)
+        repo.config.save(repo.dotdir / "config.toml")
+
+
+def _tree_changes(
+    repo: Repo, parent: Oid | None, prefix: str, entries: dict[str, TreeEntry], append: bool
+) -> dict[str, TreeEntry | None]:
+    tree = repo.commit(parent).tree if parent else None
+    old = {e.key: e.datum for e in trees.iter_tree(repo.store, tree, prefix)} if tree else {}
+    changes: dict[str, TreeEntry | None] = {k: e for k, e in entries.items() if old.get(k) != e.datum}
+    if not append:
+        changes.update((k, None) for k in old if k not in entries)
+    return changes
+
+
+def _read_source(run: _Run, src: str) -> Iterator[NewDatum | TreeEntry]:
+    if src == "-":
+        yield from _jsonl(sys.stdin.buffer, "<stdin>")
+        return
+    path = Path(src)
+    if path.is_dir():
+        yield from _folder(run, path)
+        return
+    files = sorted(glob.glob(src)) if any(c in src for c in "*?[") else _braces(src)
+    if not files:
+        raise InvalidInputError(f"no such file or directory: {src}")
+    for name in files:
+        yield from _remembered_file(run, Path(name))
+
+
+def _braces(src: str) -> list[str]:
+    if "{" in src:
+        import braceexpand
+
+        return [p for p in braceexpand.braceexpand(src) if os.path.exists(p)]
+    return [src] if os.path.exists(src) else []
+
+
+def _folder(run: _Run, root: Path) -> Iterator[NewDatum | TreeEntry]:
+    scope = f"ingest:{root.resolve()}"
+    found = scan(root)
+    found.raise_errors()
+    run.notes.extend(found.notes)
+    members = group(sorted(found.files), run.repo.config.grouping, run.notes)
+    hasher = Hasher(root, found.files, run.repo.index.load_stats(scope), found.started_ns)
+    for key in sorted(members):
+        datum = hasher.known_datum(members[key])
+        size = sum(found.files[rel].size for rel in members[key].values())
+        if datum is not None and run.stored(datum):
+            run.reused_files += len(members[key])
+            yield TreeEntry(key, datum, size)
+        else:
+            data, hashes = hasher.read(members[key])
+            yield NewDatum(key, data, hashes)
+    with run.repo.index.transaction():
+        run.repo.index.drop_stats(set(hasher.cache) - set(found.files), scope)
+        run.repo.index.save_stats(hasher.updated.items(), scope)
+
+
+def _remembered_file(run: _Run, path: Path) -> Iterator[NewDatum | TreeEntry]:
+    """Reads one tar or JSON-lines file, or replays what it held if it has not changed."""
+    name = f"ingest:{path.resolve()}"
+    st = path.stat()
+    seen = time.time_ns()
+    memo = run.repo.index.get_meta(name)
+    if memo is not None:
+        saved = json.loads(memo)
+        cached = StatEntry(*saved["stat"])
+        entries = [TreeEntry(k, Oid(d), s) for k, d, s in saved["entries"]]
+        if cached.matches(st.st_size, st.st_mtime_ns, st.st_ino) and all(run.stored(e.datum) for e in entries):
+            run.reused_files += 1
+            yield from entries
+            return
+    taken: list[TreeEntry] = []
+    for item in _read_file(path):
+        taken.append(TreeEntry(item.key, item.datum, item.size))
+        yield item
+    stat = [st.st_size, st.st_mtime_ns, st.st_ino, seen, ""]
+    run.remembered[name] = json.dumps({"stat": stat, "entries": [list(e) for e in taken]})
+
+
+def _read_file(path: Path) -> Iterator[NewDatum]:
+    if path.name.endswith(JSONL_SUFFIXES):
+        with open(path, "rb") as f:
+            yield from _jsonl(f, str(path))
+    elif path.name.endswith(TAR_SUFFIXES):
+        yield from _tar(path)
+    else:
+        raise InvalidInputError(f"cannot ingest {path}: expected a folder, a .tar shard or a .jsonl file")
+
+
+def _tar(path: Path) -> Iterator[NewDatum]:
+    """Groups consecutive tar members with the same key into datums, as WebDataset does."""
+    key: str | None = None
+    members: dict[str, MemberData] = {}
+    hashes: dict[str, Oid] = {}
+    with open(path, "rb") as f:
+        for m in iter_tar(f, str(path)):
+            k, ext = split_member_name(m.name.removeprefix("./"))
+            if not ext or k.endswith("/"):
+                continue
+            if k != key and members:
+                yield NewDatum(key, members, hashes)  # type: ignore[arg-type]
+                members, hashes = {}, {}
+            key = k
+            if ext in members:
+                raise InvalidInputError(f"{path}: member {m.name} appears twice in one sample")
+            members[ext], hashes[ext] = _member(f, path, m.offset, m.size)
+    if members:
+        yield NewDatum(key, members, hashes)  # type: ignore[arg-type]
+
+
+def _member(f: BinaryIO, path: Path, offset: int, size: int) -> tuple[MemberData, Oid]:
+    f.seek(offset)
+    if size > LARGE_FILE:
+        h_oid, got = hash_stream(_Limited(f, size))
+        if got != size:
+            raise InvalidInputError(f"{path}: truncated member at byte {offset}")
+        return FileRange(path, offset, size, h_oid), h_oid
+    data = f.read(size)
+    if len(data) != size:
+        raise InvalidInputError(f"{path}: truncated member at byte {offset}")
+    return data, hash_bytes(data)
+
+
+class _Limited:
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self.f, self.left = f, size
+
+    def read(self, n: int) -> bytes:
+        data = self.f.read(min(n, self.left))
+        self.left -= len(data)
+        return data
+
+
+def _jsonl(stream: BinaryIO, name: str) -> Iterator[NewDatum]:
+    """One datum a line: ``{"__key__": k, ext: text | {"base64": …} | {"text": …} | number}``."""
+    for lineno, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            key = obj.pop("__key__")
+            if not isinstance(key, str) or not isinstance(obj, dict) or not obj:
+                raise ValueError("needs a string __key__ and at least one member")
+            members = {ext: _member_bytes(v) for ext, v in obj.items() if not ext.startswith("__")}
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as e:
+            raise InvalidInputError(f"{name}:{lineno}: bad JSON-lines datum ({e!s:.80})") from None
+        yield NewDatum(key, members, {ext: hash_bytes(b) for ext, b in members.items()})  # type: ignore[misc]
+
+
+def _member_bytes(value: object) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"unsupported member value {value!r}")
+    if isinstance(value, (int, float)):
+        return str(value).encode()
+    if isinstance(value, dict) and set(value) == {"base64"}:
+        return base64.b64decode(value["base64"], validate=True)
+    if isinstance(value, dict) and set(value) == {"text"} and isinstance(value["text"], str):
+        return value["text"].encode("utf-8")
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    raise ValueError(f"unsupported member value {value!r:.40}")

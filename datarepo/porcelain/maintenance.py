@@ -1,0 +1,223 @@
+"""fsck, gc and repack: checking and compacting the store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from datarepo import tree as trees
+from datarepo.errors import DataRepoError
+from datarepo.fsutil import remove
+from datarepo.hashing import Oid, hash_bytes, is_oid
+from datarepo.objects import Blob, Commit, Tree, TreePage
+from datarepo.porcelain import Progress, tick
+from datarepo.refs import HEAD
+from datarepo.repo import Repo
+from datarepo.writer import DatumSink
+
+DAY = 86400.0
+
+
+@dataclass
+class Reachable:
+    """Everything some root (ref, reflog entry, staged datum) reaches."""
+
+    objects: set[str] = field(default_factory=set)
+    datums: dict[str, str] = field(default_factory=dict)  # datum → a key that names it
+    missing: list[str] = field(default_factory=list)
+
+
+def roots(repo: Repo) -> set[Oid]:
+    """Ref targets plus reflog entries younger than the expiry window."""
+    found = {oid for prefix in ("refs/",) for _, oid in repo.refs.list(prefix)}
+    if (head := repo.head()) is not None:
+        found.add(head)
+    horizon = time.time() - repo.config.reflog_expire_days * DAY
+    for name in repo.refs.iter_reflogs():
+        for old, new, when, _ in repo.refs.reflog(name):
+            if when >= horizon:
+                found.update(o for o in (old, new) if o)
+    return found
+
+
+def reachable(repo: Repo) -> Reachable:
+    """Walks commits, trees, pages and other objects from every root."""
+    seen = Reachable()
+    stack = list(roots(repo))
+    while stack:
+        oid = stack.pop()
+        if oid in seen.objects:
+            continue
+        try:
+            obj = repo.store.get(oid)
+        except DataRepoError as e:
+            seen.missing.append(str(e))
+            continue
+        seen.objects.add(oid)
+        stack.extend(_children(obj, seen))
+    for datum in repo.index.iter_staged_datums():
+        seen.datums.setdefault(datum, "")
+    return seen
+
+
+def _children(obj: object, seen: Reachable) -> Iterator[str]:
+    if isinstance(obj, Commit):
+        yield obj.tree
+        yield from obj.parents
+        if obj.provenance:
+            yield from _oids_in(obj.provenance, seen)
+    elif isinstance(obj, Tree):
+        yield from (p.page for p in obj.pages)
+    elif isinstance(obj, TreePage):
+        for e in obj.entries:
+            seen.datums.setdefault(e.datum, e.key)
+    elif isinstance(obj, Blob):
+        yield from _oids_in(obj.data, seen)
+
+
+def _oids_in(value: object, seen: Reachable) -> Iterator[str]:
+    """Oid-shaped strings inside a lineage or run object: objects to walk, else datums to keep."""
+    if isinstance(value, str) and is_oid(value):
+        seen.datums.setdefault(value, "")
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _oids_in(v, seen)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _oids_in(v, seen)
+
+
+@dataclass
+class FsckResult:
+    objects: int = 0
+    shards: int = 0
+    datums: int = 0
+    problems: list[str] = field(default_factory=list)
+    garbage: list[str] = field(default_factory=list)
+    unreachable_objects: int = 0
+    reindexed: bool = False
+
+
+def fsck(repo: Repo, rebuild_index: bool = False, progress: Progress = None) -> FsckResult:
+    """Re-hashes every object and shard and checks that every ref reaches whole data."""
+    result = FsckResult()
+    stored: set[str] = set()
+    for oid in repo.store.iter_objects():
+        result.objects += 1
+        _check(result, lambda: repo.store.verify_object(oid))
+        tick(progress)
+    for shard in repo.store.iter_shards():
+        result.shards += 1
+        index = _check(result, lambda: repo.store.verify_shard(shard))
+        if index is not None:
+            stored.update(d.datum for d in index.datums)
+        tick(progress)
+    seen = reachable(repo)
+    result.problems.extend(seen.missing)
+    result.datums = len(seen.datums)
+    result.problems.extend(
+        f"datum {d} (key {k}) is in no shard" for d, k in sorted(seen.datums.items()) if k and d not in stored
+    )
+    result.unreachable_objects = result.objects - len(seen.objects & set(repo.store.iter_objects()))
+    result.garbage = [str(p.relative_to(repo.dotdir)) for p in repo.store.iter_garbage()]
+    if rebuild_index:
+        with repo.lock:
+            with repo.index.transaction():
+                repo.index.clear_locations()
+            repo.sync_locations()
+        result.reindexed = True
+    return result
+
+
+def _check(result: FsckResult, fn):  # type: ignore[no-untyped-def]
+    try:
+        return fn()
+    except DataRepoError as e:
+        result.problems.append(str(e))
+        return None
+
+
+@dataclass(frozen=True)
+class GcResult:
+    objects: int
+    shards: int
+    garbage: int
+    bytes_freed: int
+
+
+def gc(repo: Repo, dry_run: bool = False) -> GcResult:
+    """Deletes objects and shards no root reaches, and files left by interrupted writers."""
+    with repo.lock:
+        seen = reachable(repo)
+        if seen.missing:
+            raise DataRepoError(f"gc refuses to run on a damaged repository: {seen.missing[0]} (run fsck)")
+        dead_objects = [o for o in repo.store.iter_objects() if o not in seen.objects]
+        dead_shards = []
+        for shard in repo.store.iter_shards():
+            index = repo.store.read_index(shard)
+            if not any(d.datum in seen.datums for d in index.datums):
+                dead_shards.append((shard, index.size))
+        garbage = list(repo.store.iter_garbage())
+        freed = sum(s for _, s in dead_shards) + sum(p.stat().st_size for p in garbage if p.exists())
+        if not dry_run:
+            _delete(repo, dead_objects, [s for s, _ in dead_shards], garbage)
+    return GcResult(len(dead_objects), len(dead_shards), len(garbage), freed)
+
+
+def _delete(repo: Repo, dead_objects: list[Oid], dead_shards: list[str], garbage: list) -> None:
+    with repo.index.transaction():
+        for shard in dead_shards:
+            repo.index.drop_shard(shard)
+    for shard in dead_shards:
+        repo.store.delete_shard(shard)
+    for oid in dead_objects:
+        repo.store.delete_object(oid)
+    for path in garbage:
+        remove(path)
+
+
+@dataclass(frozen=True)
+class RepackResult:
+    shards_in: int
+    shards_out: int
+    datums: int
+    bytes_before: int
+    bytes_after: int
+
+
+def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> RepackResult:
+    """Merges small or sparse shards into new full ones, keeping only reachable datums."""
+    with repo.lock:
+        seen = reachable(repo)
+        target = repo.config.shard_size
+        chosen = []
+        for shard in repo.store.iter_shards():
+            index = repo.store.read_index(shard)
+            live = sum(d.length for d in index.datums if d.datum in seen.datums)
+            if all_shards or index.size < target // 2 or live < index.size // 2:
+                chosen.append(index)
+        if len(chosen) < 2 and not any(sum(1 for d in i.datums if d.datum not in seen.datums) for i in chosen):
+            return RepackResult(0, 0, 0, 0, 0)
+        live_datums = sorted(
+            {d.datum for i in chosen for d in i.datums if d.datum in seen.datums}, key=lambda d: (seen.datums[d], d)
+        )
+        with DatumSink(repo, rewrite=True) as sink:
+            for datum in live_datums:
+                members = repo.read_datum(datum)
+                sink.put(members, {ext: hash_bytes(b) for ext, b in members.items()})
+                tick(progress)
+        new = sink.shards
+        old = [i.shard for i in chosen if i.shard not in {n.shard for n in new}]
+        with repo.index.transaction():
+            for shard in old:
+                repo.index.drop_shard(shard)
+            for index in new:
+                repo.index.add_shard(index)
+        for shard in old:
+            repo.store.delete_shard(shard)
+    return RepackResult(len(chosen), len(new), len(live_datums), sum(i.size for i in chosen), sum(i.size for i in new))
+
+
+__all__ = ["fsck", "gc", "repack", "reachable", "HEAD"]

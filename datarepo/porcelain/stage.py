@@ -1,0 +1,171 @@
+"""The work tree against the index and HEAD: status, add, rm."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datarepo import tree as trees
+from datarepo.errors import InvalidInputError
+from datarepo.fsutil import remove
+from datarepo.hashing import Oid
+from datarepo.porcelain import Changes, Progress, compare, tick
+from datarepo.repo import Repo
+from datarepo.worktree import Hasher, group, member_path, scan
+from datarepo.writer import DatumSink
+
+
+@dataclass
+class WorkTree:
+    """The work tree grouped into datums, with a hasher that trusts the stat cache."""
+
+    members: dict[str, dict[str, str]]
+    notes: list[str]
+    hasher: Hasher
+
+    def size(self, key: str) -> int:
+        return sum(self.hasher.files[rel].size for rel in self.members[key].values())
+
+
+@dataclass
+class Status:
+    staged: Changes
+    unstaged: Changes
+    total: Changes
+    notes: list[str] = field(default_factory=list)
+
+
+def key_filter(repo: Repo, paths: list[str] | None) -> tuple[str, ...] | None:
+    """Turns path arguments into key prefixes (``None``: the whole tree)."""
+    if not paths:
+        return None
+    root = repo.require_worktree()
+    prefixes = []
+    for p in paths:
+        full = Path(os.path.abspath(p))
+        try:
+            rel = full.relative_to(root).as_posix()
+        except ValueError:
+            raise InvalidInputError(f"path is outside the work tree: {p}") from None
+        if rel in ("", "."):
+            return None
+        prefixes.append(rel + "/" if full.is_dir() else rel)
+    return tuple(prefixes)
+
+
+def _selected(key: str, prefixes: tuple[str, ...] | None) -> bool:
+    if prefixes is None:
+        return True
+    return any(key.startswith(p) if p.endswith("/") else key == p or p.startswith(key + ".") for p in prefixes)
+
+
+def _sparse(repo: Repo, key: str) -> bool:
+    return any(key.startswith(p) for p in repo.config.sparse)
+
+
+def read_worktree(repo: Repo, follow: bool = False) -> WorkTree:
+    """Scans the work tree into datums; raises on files that cannot be taken."""
+    root = repo.require_worktree()
+    found = scan(root, follow=follow, skip_prefixes=repo.config.sparse)
+    found.raise_errors()
+    notes = list(found.notes)
+    members = group(sorted(found.files), repo.config.grouping, notes)
+    return WorkTree(members, notes, Hasher(root, found.files, repo.index.load_stats(), found.started_ns))
+
+
+def head_datums(repo: Repo) -> dict[str, Oid]:
+    tree = repo.tree_of(None)
+    entries = trees.iter_tree(repo.store, tree) if tree else ()
+    return {e.key: e.datum for e in entries if not _sparse(repo, e.key)}
+
+
+def index_datums(repo: Repo, head: dict[str, Oid]) -> dict[str, Oid]:
+    """HEAD overlaid with the staging area."""
+    state = dict(head)
+    for key, (datum, _) in repo.index.staged().items():
+        if datum is None:
+            state.pop(key, None)
+        else:
+            state[key] = datum
+    return state
+
+
+def status(repo: Repo, follow: bool = False) -> Status:
+    """Compares HEAD, the staging area and the work tree."""
+    work = read_worktree(repo, follow)
+    now = {key: work.hasher.datum(m)[0] for key, m in work.members.items()}
+    _save_stats(repo, work.hasher)
+    head = head_datums(repo)
+    index = index_datums(repo, head)
+    return Status(compare(head, index), compare(index, now), compare(head, now), work.notes)
+
+
+def _save_stats(repo: Repo, hasher: Hasher) -> None:
+    if hasher.updated:
+        with repo.index.transaction():
+            repo.index.save_stats(hasher.updated.items())
+
+
+@dataclass(frozen=True)
+class AddResult:
+    changes: Changes
+    stored: int
+    stored_bytes: int
+    hashed: int
+    notes: list[str]
+
+
+def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progress: Progress = None) -> AddResult:
+    """Stores new or changed datums under ``paths`` and stages them (and deletions)."""
+    prefixes = key_filter(repo, paths)
+    with repo.lock:
+        work = read_worktree(repo, follow)
+        head = head_datums(repo)
+        index = index_datums(repo, head)
+        staged: list[tuple[str, Oid | None, int]] = []
+        with DatumSink(repo) as sink:
+            for key in sorted(work.members):
+                members = work.members[key]
+                if not _selected(key, prefixes):
+                    continue
+                datum = work.hasher.known_datum(members)
+                if datum is None or not sink.has(datum):
+                    datum = sink.put(*work.hasher.read(members))
+                if index.get(key) != datum:
+                    staged.append((key, datum, work.size(key)))
+                tick(progress)
+        gone = [k for k in index if k not in work.members and _selected(k, prefixes)]
+        staged.extend((k, None, 0) for k in gone)
+        _stage(repo, staged, head, work.hasher)
+    changes = compare({k: index.get(k) for k, _, _ in staged if k in index}, {k: d for k, d, _ in staged if d})
+    return AddResult(changes, len(sink.written), sum(sink.written.values()), len(work.hasher.updated), work.notes)
+
+
+def _stage(repo: Repo, staged: list[tuple[str, Oid | None, int]], head: dict[str, Oid], hasher: Hasher) -> None:
+    """Writes staged changes, dropping those that only restore HEAD's value."""
+    with repo.index.transaction():
+        repo.index.unstage(k for k, d, _ in staged if head.get(k) == d)
+        repo.index.stage((k, d, s) for k, d, s in staged if head.get(k) != d)
+        repo.index.save_stats(hasher.updated.items())
+
+
+def rm(repo: Repo, paths: list[str], cached: bool = False) -> list[str]:
+    """Stages the deletion of the datums under ``paths``; removes their files unless ``cached``."""
+    prefixes = key_filter(repo, paths)
+    root = repo.require_worktree()
+    with repo.lock:
+        head = head_datums(repo)
+        index = index_datums(repo, head)
+        keys = sorted(k for k in index if _selected(k, prefixes))
+        if not keys:
+            raise InvalidInputError(f"no tracked datum matches {' '.join(paths)}")
+        if not cached:
+            for key in keys:
+                _, loc = repo.locate(index[key])
+                for m in loc.members:
+                    remove(root / member_path(key, m.ext, repo.config.grouping))
+        with repo.index.transaction():
+            repo.index.unstage(k for k in keys if k not in head)
+            repo.index.stage((k, None, 0) for k in keys if k in head)
+    return keys

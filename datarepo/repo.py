@@ -1,0 +1,201 @@
+"""``Repo``: store + refs + config + index, and revision resolution."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path
+
+from datarepo.config import Config
+from datarepo.errors import BadRevisionError, CorruptObjectError, InvalidInputError, NotARepositoryError, ObjectNotFoundError
+from datarepo.fsutil import WriterLock, atomic_write
+from datarepo.hashing import Oid, datum_id, hash_bytes, is_oid
+from datarepo.index import Index
+from datarepo.objects import Commit
+from datarepo.refs import BRANCHES, HEAD, TAGS, Refs
+from datarepo.shards import DatumLoc
+from datarepo.store import Store, datum_members
+
+DOTDIR = ".datarepo"
+_REV_SUFFIX = re.compile(r"(~\d*|\^\d*)$")
+
+
+class Repo:
+    """An opened repository."""
+
+    def __init__(self, dotdir: Path, worktree: Path | None) -> None:
+        self.dotdir = dotdir
+        self.worktree = worktree
+        self.config = Config.load(dotdir / "config.toml")
+        self.store = Store(dotdir)
+        self.lock = WriterLock(dotdir / "lock", timeout=float(os.environ.get("DATAREPO_LOCK_TIMEOUT", "60")))
+        self.refs = Refs(dotdir, self.lock)
+
+    # opening -----------------------------------------------------------
+    @classmethod
+    def init(cls, path: Path, bare: bool = False, grouping: str = "wds", shard_size: int | None = None) -> Repo:
+        """Creates a repository (``path/.datarepo``, or ``path`` itself when bare)."""
+        path = path.resolve()
+        dotdir = path if bare else path / DOTDIR
+        if (dotdir / "config.toml").exists():
+            raise InvalidInputError(f"already a datarepo repository: {dotdir}")
+        if bare and path.exists() and any(path.iterdir()):
+            raise InvalidInputError(f"a bare repository needs an empty directory: {path}")
+        cfg = Config(bare=bare, grouping=grouping).validated()
+        if shard_size is not None:
+            cfg = Config(bare=bare, grouping=grouping, shard_size=shard_size).validated()
+        for sub in ("objects", "shards", "refs/heads", "refs/tags", "refs/runs"):
+            (dotdir / sub).mkdir(parents=True, exist_ok=True)
+        cfg.save(dotdir / "config.toml")
+        atomic_write(dotdir / "HEAD", b"ref: refs/heads/main\n", mode=0o644)
+        return cls(dotdir, None if bare else path)
+
+    @classmethod
+    def open(cls, path: Path | str = ".") -> Repo:
+        """Opens the repository at or above ``path`` (a work tree or a bare repository)."""
+        start = Path(path).resolve()
+        for candidate in (start, *start.parents):
+            if (candidate / DOTDIR / "config.toml").is_file():
+                return cls(candidate / DOTDIR, candidate)
+            if (candidate / "config.toml").is_file() and (candidate / "objects").is_dir() and (candidate / "HEAD").is_file():
+                return cls(candidate, None)
+        raise NotARepositoryError(str(start))
+
+    @cached_property
+    def index(self) -> Index:
+        index = Index(self.dotdir / "index.sqlite")
+        if index.created:
+            self.sync_locations(index)
+        return index
+
+    def sync_locations(self, index: Index | None = None) -> int:
+        """Indexes shards whose ``.idx`` the location table does not know yet."""
+        index = index or self.index
+        known = index.known_shards()
+        added = 0
+        with index.transaction():
+            for shard in self.store.iter_shards():
+                if shard not in known:
+                    index.add_shard(self.store.read_index(shard))
+                    added += 1
+        return added
+
+    def close(self) -> None:
+        if "index" in self.__dict__:
+            self.index.close()
+
+    def require_worktree(self) -> Path:
+        if self.worktree is None:
+            raise InvalidInputError("this operation needs a work tree; the repository is bare")
+        return self.worktree
+
+    # revisions ---------------------------------------------------------
+    def head(self) -> Oid | None:
+        return self.refs.read(HEAD)
+
+    def current_branch(self) -> str | None:
+        target = self.refs.read_symbolic(HEAD)
+        return target[len(BRANCHES) :] if target and target.startswith(BRANCHES) else None
+
+    def resolve(self, rev: str) -> Oid:
+        """Resolves git's revision forms to a commit oid (``main``, ``HEAD~2``, ``v1^``, an oid prefix)."""
+        m = _REV_SUFFIX.search(rev)
+        if m and m.start() > 0:
+            base = self.resolve(rev[: m.start()])
+            op, n = m.group(0)[0], m.group(0)[1:]
+            count = int(n) if n else 1
+            return self._walk(base, op, count, rev)
+        oid = self._resolve_name(rev)
+        if oid is None:
+            raise BadRevisionError(rev)
+        return oid
+
+    def _walk(self, oid: Oid, op: str, count: int, rev: str) -> Oid:
+        if op == "^":
+            if count == 0:
+                return oid
+            parents = self.commit(oid).parents
+            if len(parents) < count:
+                raise BadRevisionError(rev, "no such parent")
+            return parents[count - 1]
+        for _ in range(count):
+            parents = self.commit(oid).parents
+            if not parents:
+                raise BadRevisionError(rev, "no such ancestor")
+            oid = parents[0]
+        return oid
+
+    def _resolve_name(self, rev: str) -> Oid | None:
+        if rev in ("HEAD", "@"):
+            oid = self.head()
+            if oid is None:
+                raise BadRevisionError(rev, "no commits yet")
+            return oid
+        for ref in (rev, BRANCHES + rev, TAGS + rev, "refs/runs/" + rev):
+            if ref.startswith("refs/") and (oid := self.refs.read(ref)) is not None:
+                return oid
+        if 4 <= len(rev) <= 32 and all(c in "0123456789abcdef" for c in rev):
+            return self._expand_prefix(rev)
+        return None
+
+    def _expand_prefix(self, prefix: str) -> Oid | None:
+        if is_oid(prefix):
+            return Oid(prefix) if self.store.has(prefix) else None
+        sub = self.store.objects_dir / prefix[:2]
+        matches = [prefix[:2] + n for n in (os.listdir(sub) if sub.is_dir() else ()) if n.startswith(prefix[2:])]
+        commits = [m for m in matches if is_oid(m) and isinstance(self.store.get(m), Commit)]
+        if len(commits) > 1:
+            raise BadRevisionError(prefix, "ambiguous oid prefix")
+        return Oid(commits[0]) if commits else None
+
+    def commit(self, oid: str) -> Commit:
+        return self.store.get_typed(oid, Commit)  # type: ignore[return-value]
+
+    def tree_of(self, rev: str | None) -> Oid | None:
+        """The tree oid of a revision; None for an unborn HEAD."""
+        if rev is None:
+            head = self.head()
+            return self.commit(head).tree if head else None
+        return self.commit(self.resolve(rev)).tree
+
+    def split_rev_key(self, spec: str, default: str = "HEAD") -> tuple[Oid, str]:
+        """Splits ``REV:key`` (or a bare key) into (commit oid, key)."""
+        rev, sep, key = spec.partition(":")
+        if not sep:
+            rev, key = default, spec
+        return self.resolve(rev or default), key
+
+    # identity ----------------------------------------------------------
+    def author(self) -> str:
+        env = os.environ.get("DATAREPO_AUTHOR")
+        if env:
+            return env
+        name = self.config.user.get("name") or getpass.getuser()
+        email = self.config.user.get("email")
+        return f"{name} <{email}>" if email else name
+
+    @staticmethod
+    def now() -> str:
+        return os.environ.get("DATAREPO_TIME") or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    # datums ------------------------------------------------------------
+    def locate(self, datum: str) -> tuple[str, DatumLoc]:
+        found = self.index.locate(datum)
+        if found is None and self.sync_locations():
+            found = self.index.locate(datum)
+        if found is None:
+            raise ObjectNotFoundError("datum", datum)
+        return found
+
+    def read_datum(self, datum: str, verify: bool = False) -> dict[str, bytes]:
+        """Returns a datum's members (extension → bytes); ``verify`` re-hashes them."""
+        shard, loc = self.locate(datum)
+        members = datum_members(self.store, shard, loc)
+        if verify:
+            got = datum_id({ext: hash_bytes(data) for ext, data in members.items()})
+            if got != datum:
+                raise CorruptObjectError(f"{shard}.tar", f"datum {datum} hashes to {got}")
+        return members

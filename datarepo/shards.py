@@ -1,0 +1,290 @@
+"""Deterministic WebDataset shards, their ``.idx`` sidecars and a small ustar reader.
+
+A shard is a plain tar whose members are ``<datum-id>.<ext>``, so stock
+``webdataset.WebDataset`` reads it and yields ``__key__`` = datum id. Bytes are
+deterministic (DESIGN §3.1): ustar headers with mode 0444, uid/gid 0, mtime 0,
+empty user names; a PAX header only where a name or size does not fit ustar.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+import xxhash
+
+from datarepo.errors import CorruptObjectError, InvalidInputError
+from datarepo.fsutil import TMP_PREFIX
+from datarepo.hashing import CHUNK, HashingWriter, Oid, canonical_json, is_oid
+
+BLOCK = 512
+END_OF_ARCHIVE = bytes(2 * BLOCK)
+IDX_FORMAT = 1
+_MAX_USTAR_SIZE = 8**11
+_HEAD_MID = b"0000444\x000000000\x000000000\x00"
+_HEAD_TAIL_A = b"00000000000\x00"
+_HEAD_TAIL_B = b"0" + bytes(100) + b"ustar\x0000" + bytes(BLOCK - 265)
+_CHECKSUM_BASE = sum(_HEAD_MID) + sum(_HEAD_TAIL_A) + sum(_HEAD_TAIL_B) + 8 * 32
+
+
+class FileRange(NamedTuple):
+    """Bytes of a member that stay on disk until written: ``size`` bytes at ``offset``."""
+
+    path: Path
+    offset: int
+    size: int
+    oid: Oid
+
+
+MemberData = bytes | FileRange
+
+
+class MemberLoc(NamedTuple):
+    """Where a member's bytes lie in its shard."""
+
+    ext: str
+    offset: int
+    size: int
+
+
+class DatumLoc(NamedTuple):
+    """A datum's span in its shard: from its first header to the end of its last member."""
+
+    datum: Oid
+    offset: int
+    length: int
+    members: tuple[MemberLoc, ...]
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """The ``.idx`` sidecar of one shard."""
+
+    shard: Oid
+    size: int
+    datums: tuple[DatumLoc, ...]
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(
+            {
+                "format": IDX_FORMAT,
+                "shard": self.shard,
+                "size": self.size,
+                "datums": [[d.datum, d.offset, d.length, [list(m) for m in d.members]] for d in self.datums],
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, name: str) -> ShardIndex:
+        try:
+            obj = json.loads(raw)
+            if obj["format"] != IDX_FORMAT or not is_oid(obj["shard"]):
+                raise ValueError("bad header")
+            datums = tuple(
+                DatumLoc(Oid(d), int(o), int(n), tuple(MemberLoc(str(e), int(mo), int(ms)) for e, mo, ms in m))
+                for d, o, n, m in obj["datums"]
+            )
+            return cls(Oid(obj["shard"]), int(obj["size"]), datums)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as e:
+            raise CorruptObjectError(name, f"bad shard index ({e!s:.60})") from None
+
+
+def tar_header(name: str, size: int) -> bytes:
+    """Returns the deterministic header block(s) for a regular member."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100 or size >= _MAX_USTAR_SIZE or not raw.isascii():
+        return _pax_header(name, size)
+    size_field = b"%011o\x00" % size
+    chksum = _CHECKSUM_BASE + sum(raw) + sum(size_field)
+    return b"".join(
+        (raw, bytes(100 - len(raw)), _HEAD_MID, size_field, _HEAD_TAIL_A, b"%06o\x00 " % chksum, _HEAD_TAIL_B)
+    )
+
+
+def _pax_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o444, 0
+    info.uname = info.gname = ""
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
+
+
+def padding(size: int) -> int:
+    return -size % BLOCK
+
+
+class ShardWriter:
+    """Writes datums into a temporary tar, hashing it; :meth:`finish` names it by its oid."""
+
+    def __init__(self, shards_dir: Path) -> None:
+        shards_dir.mkdir(parents=True, exist_ok=True)
+        self.shards_dir = shards_dir
+        self.tmp = shards_dir / f"{TMP_PREFIX}{os.getpid()}-{id(self):x}.tar"
+        self._file = open(self.tmp, "wb", buffering=1 << 20)
+        self._out = HashingWriter(self._file)
+        self.datums: list[DatumLoc] = []
+
+    @property
+    def size(self) -> int:
+        return self._out.size
+
+    def add(self, datum: Oid, members: list[tuple[str, MemberData]]) -> DatumLoc:
+        """Appends one datum; ``members`` must be sorted by extension."""
+        start = self._out.size
+        locs = []
+        for ext, data in members:
+            size = len(data) if isinstance(data, bytes) else data.size
+            self._out.write(tar_header(f"{datum}.{ext}", size))
+            locs.append(MemberLoc(ext, self._out.size, size))
+            if isinstance(data, bytes):
+                self._out.write(data)
+            else:
+                _copy_range(data, self._out)
+            self._out.write(bytes(padding(size)))
+        loc = DatumLoc(datum, start, self._out.size - start, tuple(locs))
+        self.datums.append(loc)
+        return loc
+
+    def finish(self) -> tuple[Path, ShardIndex]:
+        """Ends the archive and fsyncs it; returns the temp path and the index."""
+        self._out.write(END_OF_ARCHIVE)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return self.tmp, ShardIndex(self._out.oid(), self._out.size, tuple(self.datums))
+
+    def abort(self) -> None:
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _copy_range(src: FileRange, out: HashingWriter) -> None:
+    """Streams a file range into the shard, checking it still hashes as when it was added."""
+    h = xxhash.xxh3_128()
+    with open(src.path, "rb") as f:
+        f.seek(src.offset)
+        left = src.size
+        while left:
+            chunk = f.read(min(CHUNK, left))
+            if not chunk:
+                break
+            h.update(chunk)
+            out.write(chunk)
+            left -= len(chunk)
+    if left or h.hexdigest() != src.oid:
+        raise InvalidInputError(f"file changed while it was being stored: {src.path}")
+
+
+class TarMember(NamedTuple):
+    """A regular member found by :func:`iter_tar`: its name and where its data lies."""
+
+    name: str
+    offset: int
+    size: int
+
+
+def iter_tar(f: BinaryIO, name: str = "<tar>") -> Iterator[TarMember]:
+    """Yields the regular members of a ustar/PAX/GNU tar without reading their data.
+
+    ``f`` must be seekable. Anything malformed raises CorruptObjectError.
+    """
+    pos = 0
+    pax_path: str | None = None
+    pax_size: int | None = None
+    while True:
+        f.seek(pos)
+        block = f.read(BLOCK)
+        if len(block) < BLOCK:
+            raise CorruptObjectError(name, f"truncated tar at byte {pos}")
+        if block == bytes(BLOCK):
+            return
+        _check_sum(block, name, pos)
+        kind = block[156:157]
+        size = _octal(block[124:136], name, pos)
+        data = pos + BLOCK
+        if kind in (b"x", b"L"):
+            f.seek(data)
+            payload = f.read(size)
+            if len(payload) < size:
+                raise CorruptObjectError(name, f"truncated tar at byte {data}")
+            if kind == b"L":
+                pax_path = payload.rstrip(b"\x00").decode("utf-8", "surrogateescape")
+            else:
+                records = _pax_records(payload, name, pos)
+                pax_path = records.get("path", pax_path)
+                if "size" in records:
+                    pax_size = _int(records["size"], name, pos)
+        elif kind in (b"0", b"\x00", b"7"):
+            if pax_size is not None:
+                size = pax_size
+            yield TarMember(pax_path or _ustar_name(block), data, size)
+            pax_path = pax_size = None
+        elif kind == b"g":
+            pass
+        else:
+            pax_path = pax_size = None
+        pos = data + size + padding(size)
+
+
+def _ustar_name(block: bytes) -> str:
+    name = block[0:100].split(b"\x00", 1)[0]
+    if block[257:262] == b"ustar":
+        prefix = block[345:500].split(b"\x00", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+    return name.decode("utf-8", "surrogateescape")
+
+
+def _check_sum(block: bytes, name: str, pos: int) -> None:
+    stored = _octal(block[148:156], name, pos)
+    if stored != sum(block[:148]) + 256 + sum(block[156:]):
+        raise CorruptObjectError(name, f"bad tar header checksum at byte {pos}")
+
+
+def _octal(field: bytes, name: str, pos: int) -> int:
+    if field[:1] == b"\x80":
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\x00", 1)[0].strip()
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        raise CorruptObjectError(name, f"bad tar number at byte {pos}") from None
+
+
+def _int(text: str, name: str, pos: int) -> int:
+    if not text.isdigit():
+        raise CorruptObjectError(name, f"bad PAX number at byte {pos}")
+    return int(text)
+
+
+def _pax_records(payload: bytes, name: str, pos: int) -> dict[str, str]:
+    records = {}
+    buf = io.BytesIO(payload)
+    while rest := buf.read(1):
+        head = rest
+        while not head.endswith(b" "):
+            c = buf.read(1)
+            if not c or len(head) > 20:
+                raise CorruptObjectError(name, f"bad PAX header at byte {pos}")
+            head += c
+        length = _int(head[:-1].decode("ascii", "replace"), name, pos)
+        body = buf.read(length - len(head))
+        key, sep, value = body.rstrip(b"\n").partition(b"=")
+        if not sep:
+            raise CorruptObjectError(name, f"bad PAX record at byte {pos}")
+        records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
+    return records
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """Splits a WebDataset member name into (key, extension) at the basename's first dot."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1 :]

@@ -1,0 +1,171 @@
+"""The object and shard store under ``.datarepo/`` (DESIGN §3)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from datarepo import objects
+from datarepo.errors import CorruptObjectError, ObjectNotFoundError
+from datarepo.fsutil import TMP_PREFIX, atomic_write, publish, remove
+from datarepo.hashing import Oid, hash_bytes, hash_stream, is_oid
+from datarepo.objects import RepoObject
+from datarepo.shards import DatumLoc, ShardIndex, ShardWriter, iter_tar
+
+
+def fanout(root: Path, oid: str, suffix: str = "") -> Path:
+    """``root/ab/cdef…suffix``: the path of an oid under a fan-out directory."""
+    return root / oid[:2] / (oid[2:] + suffix)
+
+
+def iter_fanout(root: Path, suffix: str = "") -> Iterator[Oid]:
+    """Yields the oids stored under a fan-out directory (temp files excluded)."""
+    if not root.is_dir():
+        return
+    for sub in sorted(os.scandir(root), key=lambda e: e.name):
+        if len(sub.name) != 2 or not sub.is_dir():
+            continue
+        for entry in sorted(os.scandir(sub.path), key=lambda e: e.name):
+            if entry.name.endswith(suffix) and not entry.name.startswith(TMP_PREFIX):
+                oid = sub.name + entry.name[: len(entry.name) - len(suffix)]
+                if is_oid(oid):
+                    yield Oid(oid)
+
+
+class Store:
+    """Objects (``objects/``) and shards (``shards/``) of one repository."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.objects_dir = root / "objects"
+        self.shards_dir = root / "shards"
+
+    # objects -----------------------------------------------------------
+    def put(self, obj: RepoObject) -> Oid:
+        """Stores ``obj`` (once) and returns its oid."""
+        data = objects.encode(obj)
+        oid = hash_bytes(data)
+        path = fanout(self.objects_dir, oid)
+        if not path.exists():
+            atomic_write(path, objects.compress(data))
+        return oid
+
+    def get_raw(self, oid: str) -> bytes:
+        try:
+            return fanout(self.objects_dir, oid).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectNotFoundError("object", oid) from None
+
+    def get(self, oid: str) -> RepoObject:
+        return objects.decode(self.get_raw(oid), oid)
+
+    def get_typed(self, oid: str, kind: type) -> RepoObject:
+        obj = self.get(oid)
+        if not isinstance(obj, kind):
+            raise CorruptObjectError(oid, f"expected a {kind.__name__.lower()}, found {type(obj).__name__.lower()}")
+        return obj
+
+    def has(self, oid: str) -> bool:
+        return fanout(self.objects_dir, oid).exists()
+
+    def verify_object(self, oid: str) -> None:
+        """Re-hashes one stored object; raises CorruptObjectError on mismatch."""
+        raw = self.get_raw(oid)
+        got = hash_bytes(objects.canonical_bytes(raw, oid))
+        if got != oid:
+            raise CorruptObjectError(oid, f"content hashes to {got}")
+        objects.decode(raw, oid)
+
+    def iter_objects(self) -> Iterator[Oid]:
+        return iter_fanout(self.objects_dir)
+
+    def delete_object(self, oid: str) -> None:
+        remove(fanout(self.objects_dir, oid))
+
+    # shards ------------------------------------------------------------
+    def shard_path(self, oid: str) -> Path:
+        return fanout(self.shards_dir, oid, ".tar")
+
+    def idx_path(self, oid: str) -> Path:
+        return fanout(self.shards_dir, oid, ".idx")
+
+    def new_shard(self) -> ShardWriter:
+        return ShardWriter(self.shards_dir)
+
+    def publish_shard(self, tmp: Path, index: ShardIndex) -> None:
+        """Moves a finished shard into place, then writes its index (shard before idx)."""
+        publish(tmp, self.shard_path(index.shard))
+        atomic_write(self.idx_path(index.shard), index.to_bytes())
+
+    def read_index(self, oid: str) -> ShardIndex:
+        path = self.idx_path(oid)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFoundError("shard index", oid) from None
+        index = ShardIndex.from_bytes(raw, f"{oid}.idx")
+        if index.shard != oid:
+            raise CorruptObjectError(f"{oid}.idx", f"indexes shard {index.shard}")
+        return index
+
+    def iter_shards(self) -> Iterator[Oid]:
+        """Yields the shards that have an index (a shard without one is unfinished)."""
+        return iter_fanout(self.shards_dir, ".idx")
+
+    def read_member(self, shard: str, offset: int, size: int) -> bytes:
+        try:
+            with open(self.shard_path(shard), "rb") as f:
+                data = os.pread(f.fileno(), size, offset)
+        except FileNotFoundError:
+            raise ObjectNotFoundError("shard", shard) from None
+        if len(data) != size:
+            raise CorruptObjectError(f"{shard}.tar", f"truncated: member at byte {offset} is cut short")
+        return data
+
+    def verify_shard(self, oid: str) -> ShardIndex:
+        """Re-hashes a shard and checks its index against its tar headers."""
+        index = self.read_index(oid)
+        name = f"{oid}.tar"
+        try:
+            with open(self.shard_path(oid), "rb") as f:
+                got, size = hash_stream(f)
+                if got != oid:
+                    raise CorruptObjectError(name, f"content hashes to {got}")
+                members = {m.offset: m for m in iter_tar(f, name)}
+        except FileNotFoundError:
+            raise ObjectNotFoundError("shard", oid) from None
+        for d in index.datums:
+            for m in d.members:
+                found = members.get(m.offset)
+                if found is None or found.size != m.size or found.name != f"{d.datum}.{m.ext}":
+                    raise CorruptObjectError(name, f"index does not match member {d.datum}.{m.ext}")
+        return index
+
+    def delete_shard(self, oid: str) -> None:
+        remove(self.idx_path(oid))
+        remove(self.shard_path(oid))
+
+    def iter_garbage(self) -> Iterator[Path]:
+        """Yields temp files left by interrupted writers and shards without an index."""
+        for top in (self.objects_dir, self.shards_dir):
+            if not top.is_dir():
+                continue
+            for sub in os.scandir(top):
+                if not sub.is_dir():
+                    continue
+                for entry in os.scandir(sub.path):
+                    path = Path(entry.path)
+                    if entry.name.startswith(TMP_PREFIX):
+                        yield path
+                    elif entry.name.endswith(".tar") and not path.with_suffix(".idx").exists():
+                        yield path
+            for entry in os.scandir(top):
+                if entry.name.startswith(TMP_PREFIX):
+                    yield Path(entry.path)
+
+
+def datum_members(store: Store, shard: str, loc: DatumLoc) -> dict[str, bytes]:
+    """Reads a datum's members with one range read."""
+    blob = store.read_member(shard, loc.offset, loc.length)
+    return {m.ext: blob[m.offset - loc.offset : m.offset - loc.offset + m.size] for m in loc.members}

@@ -1,0 +1,207 @@
+"""Reading a directory of files as datums: scan, group into datums, hash incrementally."""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from datarepo.errors import InvalidInputError
+from datarepo.hashing import Oid, datum_id, hash_bytes, hash_stream
+from datarepo.index import StatEntry
+from datarepo.shards import FileRange, MemberData, split_member_name
+
+NEVER_ADDED = frozenset({".git", ".dvc", ".datarepo", ".datarepoignore"})
+IGNORE_FILE = ".datarepoignore"
+# Members up to this size are read whole; larger ones are streamed twice (hash, then copy).
+LARGE_FILE = 32 << 20
+
+
+class FileStat(NamedTuple):
+    size: int
+    mtime_ns: int
+    ino: int
+
+
+@dataclass
+class Scan:
+    """The regular files of a tree, and what was passed over."""
+
+    files: dict[str, FileStat] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    started_ns: int = 0
+
+    def raise_errors(self) -> None:
+        if self.errors:
+            more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+            raise InvalidInputError(self.errors[0] + more)
+
+
+def load_ignore(root: Path) -> Callable[[str, bool], bool]:
+    """Returns ``ignored(relpath, is_dir)`` from the root ``.datarepoignore`` (gitignore syntax)."""
+    path = root / IGNORE_FILE
+    if not path.is_file():
+        return lambda rel, is_dir: False
+    import pathspec
+
+    spec = pathspec.GitIgnoreSpec.from_lines(path.read_text(encoding="utf-8", errors="replace").splitlines())
+    return lambda rel, is_dir: spec.match_file(rel + "/" if is_dir else rel)
+
+
+def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = ()) -> Scan:
+    """Lists regular files under ``root`` with their (size, mtime_ns, inode).
+
+    Symlinks are noted and skipped unless ``follow``; fifos, sockets, devices
+    and names that are not UTF-8 are errors.
+    """
+    result = Scan(started_ns=time.time_ns())
+    ignored = load_ignore(root)
+    skip = tuple(p.rstrip("/") + "/" for p in skip_prefixes if p)
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            entries = list(os.scandir(root / rel_dir if rel_dir else root))
+        except OSError as e:
+            result.errors.append(f"cannot read directory {rel_dir or '.'}: {e.strerror}")
+            continue
+        for entry in entries:
+            rel = rel_dir + entry.name
+            if not rel_dir and entry.name in NEVER_ADDED:
+                continue
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                result.errors.append(f"file name is not valid UTF-8: {os.fsencode(rel)!r}")
+                continue
+            _classify(entry, rel, result, follow, ignored, skip, stack)
+    return result
+
+
+def _classify(entry: os.DirEntry, rel: str, result: Scan, follow: bool, ignored, skip, stack) -> None:
+    if entry.is_dir(follow_symlinks=False):
+        if not ignored(rel, True) and not (rel + "/").startswith(skip):
+            stack.append(rel + "/")
+        return
+    if ignored(rel, False) or rel.startswith(skip):
+        return
+    try:
+        st = entry.stat(follow_symlinks=follow)
+    except OSError as e:
+        result.errors.append(f"cannot stat {rel}: {e.strerror}")
+        return
+    if entry.is_symlink() and not follow:
+        result.notes.append(f"skipped symlink {rel} (use --follow to store its target)")
+    elif stat_mod.S_ISREG(st.st_mode):
+        result.files[rel] = FileStat(st.st_size, st.st_mtime_ns, st.st_ino)
+    elif stat_mod.S_ISDIR(st.st_mode):
+        result.notes.append(f"skipped symlink to a directory {rel}")
+    else:
+        result.errors.append(f"not a regular file: {rel}")
+
+
+def split_path(rel: str, grouping: str) -> tuple[str, str] | None:
+    """Returns (key, member extension) for a file, or None if it cannot be grouped."""
+    if grouping == "file":
+        base = rel.rsplit("/", 1)[-1]
+        dot = base.rfind(".")
+        return rel, (base[dot + 1 :] if 0 < dot < len(base) - 1 else "bin")
+    key, ext = split_member_name(rel)
+    if not ext or key.endswith("/") or not key:
+        return None
+    return key, ext
+
+
+def check_key(key: str) -> str:
+    """Refuses keys that could not be written safely below a directory."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\x00" in key or any(p in ("", ".", "..") for p in parts):
+        raise InvalidInputError(f"invalid key {key!r}: keys are relative '/'-separated paths without '.' or '..'")
+    return key
+
+
+def safe_path(root: Path, rel: str) -> Path:
+    """``root / rel``, refusing anything that would land outside ``root``."""
+    check_key(rel)
+    return root / rel
+
+
+def member_path(key: str, ext: str, grouping: str) -> str:
+    """The work-tree path of a datum member: the inverse of :func:`split_path`."""
+    return key if grouping == "file" else f"{key}.{ext}"
+
+
+def group(files: Iterable[str], grouping: str, notes: list[str]) -> dict[str, dict[str, str]]:
+    """Groups relative paths into datums: key → {extension: path}."""
+    datums: dict[str, dict[str, str]] = {}
+    for rel in files:
+        split = split_path(rel, grouping)
+        if split is None:
+            notes.append(f"skipped {rel}: no extension to name a member by (grouping = \"wds\")")
+            continue
+        datums.setdefault(split[0], {})[split[1]] = rel
+    return datums
+
+
+class Hasher:
+    """Hashes work-tree files, trusting the stat cache where the stat matches."""
+
+    def __init__(self, root: Path, files: dict[str, FileStat], cache: dict[str, StatEntry], seen_ns: int) -> None:
+        self.root = root
+        self.files = files
+        self.cache = cache
+        self.seen_ns = seen_ns
+        self.updated: dict[str, StatEntry] = {}
+
+    def cached(self, rel: str) -> Oid | None:
+        st = self.files[rel]
+        entry = self.updated.get(rel) or self.cache.get(rel)
+        if entry is not None and entry.size == st.size and entry.mtime_ns == st.mtime_ns and entry.ino == st.ino:
+            if entry is self.updated.get(rel) or entry.matches(*st):
+                return entry.hash
+        return None
+
+    def known_datum(self, members: dict[str, str]) -> Oid | None:
+        """The datum id if every member's hash is cached."""
+        hashes = {}
+        for ext, rel in members.items():
+            if (h := self.cached(rel)) is None:
+                return None
+            hashes[ext] = h
+        return datum_id(hashes)
+
+    def read(self, members: dict[str, str]) -> tuple[dict[str, MemberData], dict[str, Oid]]:
+        """Reads (or, for large files, prepares to stream) a datum's members."""
+        data: dict[str, MemberData] = {}
+        hashes: dict[str, Oid] = {}
+        for ext, rel in members.items():
+            data[ext], hashes[ext] = self._read_one(rel)
+            st = self.files[rel]
+            self.updated[rel] = StatEntry(st.size, st.mtime_ns, st.ino, self.seen_ns, hashes[ext])
+        return data, hashes
+
+    def _read_one(self, rel: str) -> tuple[MemberData, Oid]:
+        path = self.root / rel
+        try:
+            if self.files[rel].size > LARGE_FILE:
+                with open(path, "rb") as f:
+                    oid, size = hash_stream(f)
+                return FileRange(path, 0, size, oid), oid
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise InvalidInputError(f"cannot read {rel}: {e.strerror}") from None
+        return raw, hash_bytes(raw)
+
+    def datum(self, members: dict[str, str]) -> tuple[Oid, int]:
+        """The datum id and size of a work-tree datum, hashing what the cache lacks."""
+        known = self.known_datum(members)
+        size = sum(self.files[rel].size for rel in members.values())
+        if known is not None:
+            return known, size
+        return datum_id(self.read(members)[1]), size

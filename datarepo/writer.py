@@ -1,0 +1,72 @@
+"""``DatumSink``: stores datums into new shards, each datum at most once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from datarepo.hashing import Oid, datum_id
+from datarepo.repo import Repo
+from datarepo.shards import MemberData, ShardIndex, ShardWriter
+
+
+class DatumSink:
+    """Appends new datums to shards of the repository's target size.
+
+    A datum some shard already holds is never written again (``rewrite``, for
+    repack, writes it once more into the new shards). A shard is
+    published (shard, then ``.idx``, then its rows in the location cache) as
+    soon as it is full, and the last one on :meth:`close`; until a commit
+    names its datums, a published shard is garbage that ``gc`` may remove.
+    Callers hold the writer lock.
+    """
+
+    def __init__(self, repo: Repo, rewrite: bool = False) -> None:
+        self.repo = repo
+        self.rewrite = rewrite
+        self.written: dict[Oid, int] = {}
+        self.shards: list[ShardIndex] = []
+        self._writer: ShardWriter | None = None
+
+    def has(self, datum: Oid) -> bool:
+        return datum in self.written or (not self.rewrite and self.repo.index.locate(datum) is not None)
+
+    def put(self, members: Mapping[str, MemberData], hashes: Mapping[str, str]) -> Oid:
+        """Stores a datum given its members and their hashes; returns its id."""
+        datum = datum_id(dict(hashes))
+        if self.has(datum):
+            return datum
+        if self._writer is None:
+            self._writer = self.repo.store.new_shard()
+        loc = self._writer.add(datum, sorted(members.items()))
+        self.written[datum] = loc.length
+        if self._writer.size >= self.repo.config.shard_size:
+            self._publish()
+        return datum
+
+    def _publish(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        tmp, index = writer.finish()
+        self.repo.store.publish_shard(tmp, index)
+        self.repo.index.add_shard(index)
+        self.shards.append(index)
+
+    def close(self) -> list[ShardIndex]:
+        """Publishes the last shard; returns every shard written."""
+        self._publish()
+        return self.shards
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+    def __enter__(self) -> DatumSink:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
