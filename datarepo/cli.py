@@ -303,7 +303,7 @@ def cat(spec: str) -> None:
     from datarepo.porcelain.history import cat as run
 
     data = run(_repo(), spec)
-    stream = click.get_binary_stream("stdout")
+    stream = sys.stdout.buffer
     stream.write(data)
     stream.flush()
 

@@ -1,0 +1,91 @@
+"""Shared fixtures: real repositories in tmp_path, driven through the real CLI."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from datarepo.cli import main
+from datarepo.repo import Repo
+
+
+class Cli:
+    """Runs ``datarepo`` in a directory the way a user would."""
+
+    def __init__(self, cwd: Path) -> None:
+        self.cwd = cwd
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, ok: bool = True, input: str | bytes | None = None) -> Result:
+        old = os.getcwd()
+        os.chdir(self.cwd)
+        try:
+            result = self.runner.invoke(main, list(args), input=input, catch_exceptions=False)
+        finally:
+            os.chdir(old)
+        if ok:
+            assert result.exit_code == 0, f"datarepo {' '.join(args)}\n{result.output}"
+        return result
+
+
+@pytest.fixture(autouse=True)
+def _fixed_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATAREPO_AUTHOR", "Test <test@example.com>")
+    monkeypatch.setenv("DATAREPO_LOCK_TIMEOUT", "20")
+
+
+@pytest.fixture
+def worktree(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def cli(worktree: Path) -> Cli:
+    return Cli(worktree)
+
+
+def write_samples(root: Path, n: int, seed: int = 0, prefix: str = "train") -> dict[str, bytes]:
+    """Writes n two-member samples (``.jpg`` random bytes + ``.cls`` label); returns path → bytes."""
+    rng = random.Random(seed)
+    files = {}
+    for i in range(n):
+        base = f"{prefix}/{['cat', 'dog'][i % 2]}/{i:04d}"
+        files[f"{base}.jpg"] = rng.randbytes(rng.randint(100, 3000))
+        files[f"{base}.cls"] = str(i % 2).encode()
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return files
+
+
+@pytest.fixture
+def make_samples() -> Callable[..., dict[str, bytes]]:
+    return write_samples
+
+
+@pytest.fixture
+def repo_with_commit(worktree: Path, cli: Cli) -> tuple[Repo, dict[str, bytes]]:
+    """A work tree of 20 samples, added and committed."""
+    files = write_samples(worktree, 20)
+    cli("init", "--shard-size", "16K")
+    cli("add", ".")
+    cli("commit", "-m", "first")
+    return Repo.open(worktree), files
+
+
+def age(root: Path, seconds: float = 10) -> None:
+    """Backdates every file, so the stat cache trusts them (they are no longer 'racy')."""
+    for dirpath, _, names in os.walk(root):
+        if ".datarepo" in dirpath:
+            continue
+        for name in names:
+            p = os.path.join(dirpath, name)
+            st = os.stat(p)
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))

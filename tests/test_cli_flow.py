@@ -1,0 +1,247 @@
+"""The user's flow through the real CLI: init, add, status, commit, log, diff, checkout…"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from datarepo.repo import Repo
+
+from conftest import age, write_samples
+
+
+def test_init_add_commit_status(worktree: Path, cli) -> None:
+    write_samples(worktree, 10)
+    cli("init")
+    st = json.loads(cli("status", "--json").output)
+    assert len(st["added"]) == 10 and st["modified"] == st["deleted"] == []
+    out = cli("add", ".").output
+    assert "staged 10 added" in out
+    assert "Changes to be committed" in cli("status").output
+    assert "10 keys changed" in cli("commit", "-m", "first").output
+    assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
+    assert "work tree clean" in cli("status").output
+
+
+def test_edit_delete_add_then_commit(repo_with_commit, worktree: Path, cli) -> None:
+    repo, files = repo_with_commit
+    (worktree / "train/cat/0000.cls").write_bytes(b"7")
+    for ext in ("jpg", "cls"):
+        (worktree / f"train/dog/0001.{ext}").unlink()
+    write_samples(worktree, 2, seed=9, prefix="new")
+    expected = {
+        "added": ["new/cat/0000", "new/dog/0001"],
+        "modified": ["train/cat/0000"],
+        "deleted": ["train/dog/0001"],
+    }
+    assert json.loads(cli("status", "--json").output) == expected
+    cli("add", ".")
+    cli("commit", "-m", "fix labels")
+    assert json.loads(cli("diff", "HEAD~1", "HEAD", "--json").output) == expected
+    log = json.loads(cli("log", "--json").output)
+    assert [c["message"] for c in log] == ["fix labels", "first"]
+    assert log[0]["parents"] == [log[1]["commit"]]
+    show = json.loads(cli("show", "HEAD", "--json").output)
+    assert show["changes"] == expected
+    assert cli("cat", "HEAD~1:train/cat/0000.cls").stdout_bytes == b"0"
+    assert cli("cat", "HEAD:train/cat/0000.cls").stdout_bytes == b"7"
+    old_keys = [e["key"] for e in json.loads(cli("ls", "HEAD~1", "--prefix", "train/dog/", "--json").output)]
+    assert "train/dog/0001" in old_keys and all(k.startswith("train/dog/") for k in old_keys)
+
+
+def test_checkout_restores_work_tree_byte_for_byte(repo_with_commit, worktree: Path, cli) -> None:
+    _, files = repo_with_commit
+    (worktree / "train/cat/0000.jpg").write_bytes(b"changed")
+    (worktree / "train/dog/0003.jpg").unlink()
+    (worktree / "train/dog/0003.cls").unlink()
+    write_samples(worktree, 1, seed=3, prefix="extra")
+    cli("add", ".")
+    cli("commit", "-m", "second")
+    cli("checkout", "HEAD~1")
+    now = {p.relative_to(worktree).as_posix(): p.read_bytes() for p in worktree.rglob("*") if p.is_file() and ".datarepo" not in p.parts}
+    assert now == files
+    assert not (worktree / "extra").exists()
+    assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
+    cli("checkout", "main")
+    assert (worktree / "train/cat/0000.jpg").read_bytes() == b"changed"
+    assert Repo.open(worktree).current_branch() == "main"
+
+
+def test_checkout_refuses_to_overwrite_uncommitted_changes(repo_with_commit, worktree: Path, cli) -> None:
+    (worktree / "train/cat/0000.jpg").write_bytes(b"second")
+    cli("add", ".")
+    cli("commit", "-m", "second")
+    (worktree / "train/cat/0000.jpg").write_bytes(b"precious, uncommitted")
+    result = cli("checkout", "HEAD~1", ok=False)
+    assert result.exit_code == 1
+    assert "uncommitted changes to train/cat/0000" in result.output
+    assert (worktree / "train/cat/0000.jpg").read_bytes() == b"precious, uncommitted"
+    cli("checkout", "--force", "HEAD~1")
+    assert (worktree / "train/cat/0000.jpg").read_bytes() != b"precious, uncommitted"
+
+
+def test_branch_tag_and_revision_forms(repo_with_commit, worktree: Path, cli) -> None:
+    repo, _ = repo_with_commit
+    first = repo.head()
+    cli("branch", "exp")
+    cli("checkout", "exp")
+    (worktree / "train/cat/0000.cls").write_bytes(b"9")
+    cli("add", ".")
+    cli("commit", "-m", "on exp")
+    cli("tag", "v1")
+    repo = Repo.open(worktree)
+    second = repo.head()
+    assert repo.resolve("main") == first
+    assert repo.resolve("exp") == repo.resolve("v1") == repo.resolve("HEAD") == second
+    assert repo.resolve("v1~1") == repo.resolve("HEAD^") == repo.resolve("exp~") == first
+    assert repo.resolve(second[:8]) == second
+    names = {b["name"]: b for b in json.loads(cli("branch", "--json").output)}
+    assert names["exp"]["current"] and names["main"]["commit"] == first
+    assert json.loads(cli("tag", "--json").output)[0]["name"] == "v1"
+    assert cli("branch", "-d", "exp", ok=False).exit_code == 1
+    cli("checkout", "main")
+    cli("branch", "-d", "exp")
+    assert repo.resolve("v1") == second
+    assert cli("log", "--oneline", "v1").output.count("\n") == 2
+
+
+def test_rm_stages_deletion(repo_with_commit, worktree: Path, cli) -> None:
+    cli("rm", "train/cat/0000.jpg")
+    assert not (worktree / "train/cat/0000.jpg").exists() and not (worktree / "train/cat/0000.cls").exists()
+    cli("commit", "-m", "rm")
+    assert json.loads(cli("show", "--json").output)["changes"]["deleted"] == ["train/cat/0000"]
+
+
+def test_add_path_limits_what_is_staged(repo_with_commit, worktree: Path, cli) -> None:
+    (worktree / "train/cat/0000.cls").write_bytes(b"5")
+    (worktree / "train/dog/0001.cls").write_bytes(b"5")
+    cli("add", "train/cat")
+    st = cli("status").output
+    assert st.index("train/cat/0000") < st.index("Changes not staged") < st.index("train/dog/0001")
+
+
+def test_ignore_file_and_never_added_dirs(worktree: Path, cli) -> None:
+    write_samples(worktree, 2)
+    (worktree / ".datarepoignore").write_text("*.tmp\nscratch/\n")
+    (worktree / "train/cat/0000.tmp").write_bytes(b"x")
+    (worktree / "scratch").mkdir()
+    (worktree / "scratch/a.jpg").write_bytes(b"x")
+    (worktree / ".git").mkdir()
+    (worktree / ".git/HEAD.txt").write_bytes(b"x")
+    (worktree / ".dvc").mkdir()
+    (worktree / ".dvc/config.txt").write_bytes(b"x")
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "x")
+    keys = [e["key"] for e in json.loads(cli("ls", "--json").output)]
+    assert keys == ["train/cat/0000", "train/dog/0001"]
+    members = cli("ls", "-l").output
+    assert "0000" in members
+
+
+def test_file_grouping(worktree: Path, cli) -> None:
+    (worktree / "a").mkdir()
+    (worktree / "a/x.seg.png").write_bytes(b"png")
+    (worktree / "a/README").write_bytes(b"readme")
+    cli("init", "--grouping", "file")
+    cli("add", ".")
+    cli("commit", "-m", "x")
+    assert [e["key"] for e in json.loads(cli("ls", "--json").output)] == ["a/README", "a/x.seg.png"]
+    assert cli("cat", "HEAD:a/README").stdout_bytes == b"readme"
+    assert cli("cat", "HEAD:a/x.seg.png").stdout_bytes == b"png"
+
+
+def test_wds_grouping_of_multi_dot_names(worktree: Path, cli) -> None:
+    (worktree / "a").mkdir()
+    (worktree / "a/x.seg.png").write_bytes(b"seg")
+    (worktree / "a/x.jpg").write_bytes(b"img")
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "x")
+    assert [e["key"] for e in json.loads(cli("ls", "--json").output)] == ["a/x"]
+    assert cli("cat", "HEAD:a/x.seg.png").stdout_bytes == b"seg"
+    assert "name one as KEY.EXT" in cli("cat", "HEAD:a/x", ok=False).output
+
+
+def test_export_folder_and_shards(repo_with_commit, worktree: Path, tmp_path: Path, cli) -> None:
+    _, files = repo_with_commit
+    cli("export", "HEAD", str(tmp_path / "out"), "--prefix", "train/cat/")
+    got = {p.relative_to(tmp_path / "out").as_posix(): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert got == {k: v for k, v in files.items() if k.startswith("train/cat/")}
+    cli("export", "HEAD", str(tmp_path / "shards"), "--shards", "--shard-size", "8K")
+    tars = sorted((tmp_path / "shards").glob("*.tar"))
+    assert len(tars) > 1
+    import webdataset as wds
+
+    samples = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False, empty_check=False))
+    assert [s["__key__"] for s in samples] == sorted({k.rsplit(".", 1)[0] for k in files})
+    for s in samples:
+        assert s["jpg"] == files[s["__key__"] + ".jpg"] and s["cls"] == files[s["__key__"] + ".cls"]
+    assert "must be a new or empty directory" in cli("export", "HEAD", str(tmp_path / "out"), ok=False).output
+
+
+def test_fsck_gc_repack_keep_data(repo_with_commit, worktree: Path, cli) -> None:
+    repo, files = repo_with_commit
+    for i in range(3):
+        (worktree / "train/cat/0000.jpg").write_bytes(bytes([i]) * 5000)
+        cli("add", ".")
+        cli("commit", "-m", f"c{i}")
+    assert "0 problems" in cli("fsck").output
+    before = len(list(repo.store.iter_shards()))
+    out = json.loads(cli("repack", "--json").output)
+    assert out["shards_in"] >= 2 and len(list(repo.store.iter_shards())) < before
+    cli("tag", "keep", "HEAD~2")
+    cli("gc")
+    assert "0 problems" in cli("fsck").output
+    for rev in ("HEAD", "keep", "HEAD~3"):
+        for e in json.loads(cli("ls", rev, "--json").output):
+            assert Repo.open(worktree).read_datum(e["datum"], verify=True)
+    assert cli("cat", "keep:train/cat/0000.jpg").stdout_bytes == bytes([0]) * 5000
+
+
+def test_gc_removes_unreachable(repo_with_commit, worktree: Path, cli) -> None:
+    repo, _ = repo_with_commit
+    (worktree / "train/cat/0000.jpg").write_bytes(b"z" * 40000)
+    cli("add", ".")
+    cli("commit", "-m", "big")
+    big = json.loads(cli("ls", "--json", "--prefix", "train/cat/0000").output)[0]["datum"]
+    cli("checkout", "-b", "other", "HEAD~1")
+    cli("branch", "-d", "main")
+    repo.config = repo.config.__class__(**{**repo.config.__dict__, "reflog_expire_days": 0})
+    repo.config.save(repo.dotdir / "config.toml")
+    import time
+
+    time.sleep(1.1)
+    out = json.loads(cli("gc", "--json").output)
+    assert out["objects"] >= 1 and out["shards"] >= 1
+    assert Repo.open(worktree).index.locate(big) is None
+    assert "0 problems" in cli("fsck").output
+
+
+def test_listing_commands_have_json(repo_with_commit, cli) -> None:
+    for args in (("status",), ("diff",), ("log",), ("ls",), ("branch",), ("tag",), ("fsck",), ("show",)):
+        json.loads(cli(*args, "--json").output)
+
+
+def test_help_imports_neither_torch_nor_dvc() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, datarepo.cli; print(any(m in sys.modules for m in ('torch', 'dvc', 'webdataset', 'sqlite3')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_bare_repository_and_ingest(tmp_path: Path, make_samples) -> None:
+    from conftest import Cli
+
+    src = tmp_path / "src"
+    src.mkdir()
+    make_samples(src, 6)
+    bare = tmp_path / "bare"
+    Cli(tmp_path)("init", "--bare", str(bare))
+    c = Cli(bare)
+    c("ingest", str(src), "--prefix", "raw/")
+    assert len(json.loads(c("ls", "--json").output)) == 6
+    assert "bare" in c("status", ok=False).output
+    age(src)
