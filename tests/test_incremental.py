@@ -1,0 +1,131 @@
+"""Incremental work: only new or changed files are read, hashed and stored."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+from pathlib import Path
+
+from datarepo.repo import Repo
+
+from conftest import Cli, age, write_samples
+
+
+def _hashed(output: str) -> int:
+    return int(re.search(r"hashed (\d+) files", output).group(1))
+
+
+def test_add_rereads_only_changed_files(worktree: Path, cli) -> None:
+    write_samples(worktree, 30)
+    age(worktree)
+    cli("init")
+    assert _hashed(cli("add", ".").output) == 60
+    cli("commit", "-m", "first")
+    assert _hashed(cli("add", ".").output) == 0
+    changed = [worktree / f"train/{['cat', 'dog'][i % 2]}/{i:04d}.jpg" for i in (0, 7, 12)]
+    for i, p in enumerate(changed):
+        p.write_bytes(b"new content %d" % i)
+    age(worktree, only=changed)
+    out = cli("add", ".").output
+    # The 3 changed .jpg and, to write the 3 new datums whole, their unchanged .cls partners.
+    assert _hashed(out) == 6 and "staged 0 added, 3 modified" in out and "stored 3 new datums" in out
+    assert _hashed(cli("add", ".").output) == 0
+
+
+def test_racy_file_changed_in_the_same_tick_is_detected(worktree: Path, cli) -> None:
+    p = worktree / "a.txt"
+    p.write_bytes(b"version 1")
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "v1")
+    st = os.stat(p)
+    p.write_bytes(b"version 2")  # same size
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime: only the racy rule can see it
+    assert os.stat(p).st_ino == st.st_ino
+    assert json.loads(cli("status", "--json").output)["modified"] == ["a"]
+
+
+def test_unchanged_content_with_new_mtime_is_not_a_change(repo_with_commit, worktree: Path, cli) -> None:
+    age(worktree, 30)
+    assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
+
+
+def test_status_refreshes_the_stat_cache(repo_with_commit, worktree: Path, cli) -> None:
+    age(worktree, 30)
+    cli("status")
+    assert _hashed(cli("add", ".").output) == 0
+
+
+def test_same_content_under_two_keys_is_stored_once(worktree: Path, cli) -> None:
+    (worktree / "a.bin").write_bytes(b"same" * 100)
+    (worktree / "b.bin").write_bytes(b"same" * 100)
+    cli("init")
+    assert "stored 1 new datums" in cli("add", ".").output
+
+
+def test_ingest_folder_twice_stores_nothing_new(tmp_path: Path, worktree: Path, cli) -> None:
+    src = tmp_path / "src"
+    files = write_samples(src, 20)
+    age(src)
+    cli("init")
+    first = json.loads(cli("ingest", str(src), "--prefix", "extra/", "--json").output)
+    assert first["stored"] == 20 and len(first["added"]) == 20
+    again = json.loads(cli("ingest", str(src), "--prefix", "extra/", "--json").output)
+    assert again["stored"] == 0 and again["commit"] is None and again["reused_files"] == 40
+    (src / "train/cat/0000.jpg").write_bytes(b"changed")
+    (src / "train/dog/0001.jpg").unlink()
+    (src / "train/dog/0001.cls").unlink()
+    third = json.loads(cli("ingest", str(src), "--prefix", "extra/", "--json").output)
+    assert third["stored"] == 1 and third["modified"] == ["extra/train/cat/0000"] and third["deleted"] == ["extra/train/dog/0001"]
+    assert cli("cat", "HEAD:extra/train/cat/0002.jpg").stdout_bytes == files["train/cat/0002.jpg"]
+    assert not (worktree / "extra").exists()
+    assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
+
+
+def test_ingest_tar_shard_set_and_jsonl(tmp_path: Path, worktree: Path, cli) -> None:
+    src = tmp_path / "shards"
+    src.mkdir()
+    for n in range(3):
+        with tarfile.open(src / f"part-{n:03d}.tar", "w") as tf:
+            for i in range(4):
+                for ext, data in (("jpg", b"img%d-%d" % (n, i)), ("cls", b"%d" % i)):
+                    info = tarfile.TarInfo(f"./s{n}/{i:03d}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+    age(src)
+    cli("init")
+    out = json.loads(cli("ingest", str(src / "part-{000..002}.tar"), "--prefix", "wds", "--json").output)
+    assert out["datums"] == 12 and out["stored"] == 12
+    assert cli("cat", "HEAD:wds/s1/002.jpg").stdout_bytes == b"img1-2"
+    again = json.loads(cli("ingest", str(src / "part-*.tar"), "--prefix", "wds", "--json").output)
+    assert again["commit"] is None and again["reused_files"] == 3
+
+    lines = tmp_path / "d.jsonl"
+    lines.write_text(
+        '{"__key__": "a/1", "txt": "hello", "cls": 3}\n'
+        '{"__key__": "a/2", "bin": {"base64": "AAEC"}, "json": {"x": [1]}}\n'
+    )
+    cli("ingest", str(lines), "--prefix", "text")
+    assert cli("cat", "HEAD:text/a/1.txt").stdout_bytes == b"hello"
+    assert cli("cat", "HEAD:text/a/1.cls").stdout_bytes == b"3"
+    assert cli("cat", "HEAD:text/a/2.bin").stdout_bytes == b"\x00\x01\x02"
+    assert cli("cat", "HEAD:text/a/2.json").stdout_bytes == b'{"x":[1]}'
+    cli("ingest", "-", "--prefix", "stream", "--append", input='{"__key__": "k", "txt": "one"}\n')
+    cli("ingest", "-", "--prefix", "stream", "--append", input='{"__key__": "j", "txt": "two"}\n')
+    assert [e["key"] for e in json.loads(cli("ls", "--prefix", "stream/", "--json").output)] == ["stream/j", "stream/k"]
+    assert "0 problems" in cli("fsck").output
+
+
+def test_ingest_export_round_trip(repo_with_commit, tmp_path: Path, worktree: Path, cli) -> None:
+    _, files = repo_with_commit
+    cli("export", "HEAD", str(tmp_path / "out"), "--shards", "--shard-size", "4K")
+    cli("ingest", str(tmp_path / "out" / "*.tar"), "--prefix", "copy")
+    repo = Repo.open(worktree)
+    ours = {e["key"]: e["datum"] for e in json.loads(cli("ls", "--json").output)}
+    for key, datum in ours.items():
+        if not key.startswith("copy/"):
+            assert ours["copy/" + key] == datum
+    assert len(list(repo.store.iter_shards())) == len(list(repo.store.iter_shards()))

@@ -1,0 +1,75 @@
+"""Paged trees: updates equal full rewrites, small changes share pages, diff opens few pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from datarepo import tree as trees
+from datarepo.hashing import hash_bytes
+from datarepo.objects import TreeEntry
+from datarepo.store import Store
+
+
+def _entries(keys) -> list[TreeEntry]:
+    return [TreeEntry(k, hash_bytes(k.encode()), len(k)) for k in sorted(keys)]
+
+
+def _store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "s")
+
+
+def test_pages_cut_at_content_defined_boundaries(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    entries = _entries(f"k/{i:06d}" for i in range(5000))
+    root = store.get(trees.write_tree(store, entries))
+    assert 2 <= len(root.pages) <= 20
+    assert sum(p.count for p in root.pages) == 5000
+    for ref in root.pages[:-1]:
+        page = store.get(ref.page)
+        assert trees.is_boundary(page.entries[-1].key)
+        assert not any(trees.is_boundary(e.key) for e in page.entries[:-1])
+    assert list(trees.iter_tree(store, trees.write_tree(store, entries))) == entries
+
+
+keys = st.sets(st.text(alphabet="abcdef/", min_size=1, max_size=6), max_size=300)
+
+
+@settings(max_examples=60, deadline=None)
+@given(keys, keys, keys)
+def test_update_equals_full_rewrite(tmp_path_factory, base: set, added: set, removed: set) -> None:
+    store = _store(tmp_path_factory.mktemp("t"))
+    old = {e.key: e for e in _entries(base)}
+    root = trees.write_tree(store, old.values())
+    changes = {k: TreeEntry(k, hash_bytes(b"new" + k.encode()), 1) for k in added}
+    changes.update({k: None for k in removed - added})
+    new = {**old, **changes}
+    expected = trees.write_tree(store, [e for _, e in sorted(new.items()) if e is not None])
+    assert trees.update_tree(store, root, changes) == expected
+    diff = {c.key: (c.old, c.new) for c in trees.diff_trees(store, root, expected)}
+    assert diff == {k: (old.get(k), new[k]) for k in new if old.get(k) != new[k]}
+
+
+def test_small_change_shares_pages_and_diff_is_exact(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    entries = _entries(f"train/{i:06d}" for i in range(20000))
+    root = trees.write_tree(store, entries)
+    before = set(store.iter_objects())
+    changed = {entries[i].key: TreeEntry(entries[i].key, hash_bytes(b"x%d" % i), 1) for i in (5, 9000, 19999)}
+    new_root = trees.update_tree(store, root, changed)
+    written = set(store.iter_objects()) - before
+    assert len(written) <= 4  # at most one page per change, plus the root
+    assert [c.key for c in trees.diff_trees(store, root, new_root)] == sorted(changed)
+    assert trees.lookup(store, new_root, entries[9000].key) == changed[entries[9000].key]
+    assert trees.lookup(store, new_root, "train/zzz") is None
+
+
+def test_iter_prefix_opens_only_matching_range(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    entries = _entries([f"a/{i:05d}" for i in range(3000)] + [f"b/{i:05d}" for i in range(3000)])
+    root = trees.write_tree(store, entries)
+    assert [e.key for e in trees.iter_tree(store, root, "b/")] == [f"b/{i:05d}" for i in range(3000)]
+    assert [e.key for e in trees.iter_tree(store, root, "a/0012")] == [f"a/{i:05d}" for i in range(120, 130)]
+    assert list(trees.iter_tree(store, root, "c/")) == []
