@@ -1,0 +1,215 @@
+"""Bad input: one clear error line, a non-zero exit, and nothing committed is harmed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from datarepo.repo import Repo
+
+from conftest import Cli
+
+
+def _one_line_error(result, *words: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_outside_a_repository(tmp_path: Path) -> None:
+    _one_line_error(Cli(tmp_path)("status", ok=False), "not a datarepo repository")
+
+
+def test_unknown_revision(repo_with_commit, cli) -> None:
+    _one_line_error(cli("log", "nope", ok=False), "unknown revision", "nope")
+    _one_line_error(cli("show", "HEAD~5", ok=False), "no such ancestor")
+    _one_line_error(cli("cat", "HEAD:no/such/key.jpg", ok=False), "no such key")
+    _one_line_error(cli("checkout", "deadbeef", ok=False), "unknown revision")
+
+
+def test_empty_repository_log_and_commit(worktree: Path, cli) -> None:
+    cli("init")
+    assert cli("log").output == ""
+    _one_line_error(cli("commit", "-m", "x", ok=False), "nothing to commit")
+    _one_line_error(cli("init", ok=False), "already a datarepo repository")
+
+
+def test_symlinks_are_skipped_with_a_note_or_followed(worktree: Path, cli, tmp_path: Path) -> None:
+    target = tmp_path / "outside.jpg"
+    target.write_bytes(b"target bytes")
+    (worktree / "link.jpg").symlink_to(target)
+    (worktree / "real.jpg").write_bytes(b"real")
+    cli("init")
+    out = cli("add", ".").output
+    assert "skipped symlink link.jpg" in out
+    cli("commit", "-m", "x")
+    assert [e["key"] for e in json.loads(cli("ls", "--json").output)] == ["real"]
+    cli("add", "--follow", ".")
+    cli("commit", "-m", "y")
+    assert cli("cat", "HEAD:link.jpg").stdout_bytes == b"target bytes"
+
+
+def test_fifo_is_refused_and_nothing_is_staged(worktree: Path, cli) -> None:
+    (worktree / "ok.jpg").write_bytes(b"ok")
+    os.mkfifo(worktree / "pipe.jpg")
+    cli("init")
+    _one_line_error(cli("add", ".", ok=False), "not a regular file: pipe.jpg")
+    assert Repo.open(worktree).index.staged() == {}
+
+
+def test_name_that_is_not_utf8_is_refused(worktree: Path, cli) -> None:
+    (worktree / "ok.jpg").write_bytes(b"ok")
+    with open(os.path.join(os.fsencode(worktree), b"bad\xff.jpg"), "wb") as f:
+        f.write(b"x")
+    cli("init")
+    _one_line_error(cli("add", ".", ok=False), "not valid UTF-8")
+
+
+def test_empty_files_round_trip(worktree: Path, cli) -> None:
+    (worktree / "empty.txt").write_bytes(b"")
+    (worktree / "empty.cls").write_bytes(b"")
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "empty")
+    assert cli("cat", "HEAD:empty.txt").stdout_bytes == b""
+    assert "0 problems" in cli("fsck").output
+
+
+def test_unreadable_file(worktree: Path) -> None:
+    """Runs the CLI without the power to bypass file permissions (root reads everything),
+    so reading the file really fails."""
+    (worktree / "ok.jpg").write_bytes(b"ok")
+    (worktree / "secret.jpg").write_bytes(b"secret")
+    os.chmod(worktree / "secret.jpg", 0)
+    env = {**os.environ, "DATAREPO_AUTHOR": "t"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "datarepo.cli", *a], cwd=worktree, env=env,  # noqa: E731
+                                    capture_output=True, text=True, preexec_fn=_drop_file_override)
+    assert run("init").returncode == 0
+    result = run("add", ".")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["Error: cannot read secret.jpg: Permission denied"]
+    assert Repo.open(worktree).index.staged() == {}
+
+
+def _drop_file_override() -> None:
+    """Removes CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set before exec."""
+    if os.geteuid() == 0:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_corrupted_shard_is_named(repo_with_commit, worktree: Path, cli) -> None:
+    repo, _ = repo_with_commit
+    shard = next(repo.store.iter_shards())
+    path = repo.store.shard_path(shard)
+    os.chmod(path, 0o644)
+    first = repo.store.read_index(shard).datums[0]
+    member = max(first.members, key=lambda m: m.size)
+    raw = bytearray(path.read_bytes())
+    raw[member.offset + member.size // 2] ^= 0xFF
+    path.write_bytes(raw)
+    result = cli("fsck", ok=False)
+    assert result.exit_code == 1 and f"corrupt object {shard}.tar" in result.output
+    datum = first.datum
+    from datarepo.errors import CorruptObjectError
+
+    with pytest.raises(CorruptObjectError, match=shard):
+        repo.read_datum(datum, verify=True)
+
+
+def test_truncated_shard_is_named(repo_with_commit, worktree: Path, cli) -> None:
+    repo, _ = repo_with_commit
+    shard = next(repo.store.iter_shards())
+    index = repo.store.read_index(shard)
+    path = repo.store.shard_path(shard)
+    os.chmod(path, 0o644)
+    os.truncate(path, index.datums[-1].offset + 10)
+    key = next(e for e in repo.store.get(repo.store.get(repo.commit(repo.head()).tree).pages[0].page).entries
+               if e.datum == index.datums[-1].datum).key
+    _one_line_error(cli("cat", f"HEAD:{key}.jpg", ok=False), f"corrupt object {shard}.tar", "truncated")
+    assert f"corrupt object {shard}.tar" in cli("fsck", ok=False).output
+
+
+def test_corrupted_commit_object_is_named(repo_with_commit, cli) -> None:
+    repo, _ = repo_with_commit
+    head = repo.head()
+    path = repo.store.objects_dir / head[:2] / head[2:]
+    os.chmod(path, 0o644)
+    path.write_bytes(b"\x28\xb5\x2f\xfd garbage")
+    _one_line_error(cli("log", ok=False), f"corrupt object {head}")
+    assert f"corrupt object {head}" in cli("fsck", ok=False).output
+
+
+def test_object_with_wrong_content_fails_fsck(repo_with_commit, cli) -> None:
+    repo, _ = repo_with_commit
+    head = repo.head()
+    path = repo.store.objects_dir / head[:2] / head[2:]
+    c = repo.commit(head)
+    from datarepo import objects
+
+    forged = objects.Commit(c.tree, c.parents, c.author, c.time, "forged message")
+    os.chmod(path, 0o644)
+    path.write_bytes(objects.encode(forged))
+    assert f"corrupt object {head}: content hashes to" in cli("fsck", ok=False).output
+
+
+def test_unsafe_keys_from_untrusted_input_are_refused(tmp_path: Path, worktree: Path, cli) -> None:
+    import io
+    import tarfile
+
+    bad = tmp_path / "evil.tar"
+    with tarfile.open(bad, "w") as tf:
+        info = tarfile.TarInfo("../../escape.txt")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    cli("init")
+    _one_line_error(cli("ingest", str(bad), "--prefix", "x", ok=False), "invalid key")
+    lines = tmp_path / "evil.jsonl"
+    lines.write_text('{"__key__": "/etc/passwd", "txt": "x"}\n')
+    _one_line_error(cli("ingest", str(lines), "--prefix", "x", ok=False), "invalid key")
+
+
+def test_bad_jsonl_and_truncated_tar(tmp_path: Path, worktree: Path, cli) -> None:
+    (tmp_path / "bad.jsonl").write_text('{"__key__": "a", "txt": "x"}\nnot json\n')
+    cli("init")
+    _one_line_error(cli("ingest", str(tmp_path / "bad.jsonl"), "--prefix", "x", ok=False), "bad.jsonl:2")
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("a.bin")
+        info.size = 5000
+        tf.addfile(info, io.BytesIO(b"y" * 5000))
+    (tmp_path / "cut.tar").write_bytes(buf.getvalue()[:2000])
+    _one_line_error(cli("ingest", str(tmp_path / "cut.tar"), "--prefix", "x", ok=False), "truncated")
+    (tmp_path / "junk.tar").write_bytes(b"\x01" * 1024)
+    _one_line_error(cli("ingest", str(tmp_path / "junk.tar"), "--prefix", "x", ok=False), "junk.tar")
+    assert cli("log").output == ""
+
+
+def test_invalid_ref_names(repo_with_commit, cli) -> None:
+    for name in ("a..b", "a b", "x.lock", "a/", "~x", ".hidden", "a:b"):
+        _one_line_error(cli("branch", name, ok=False), "invalid branch name")
+        _one_line_error(cli("tag", "--", name, ok=False), "invalid tag name")
+
+
+def test_deleting_the_index_loses_no_data(repo_with_commit, worktree: Path, cli) -> None:
+    repo, files = repo_with_commit
+    (worktree / ".datarepo/index.sqlite").unlink()
+    for suffix in ("-wal", "-shm"):
+        (worktree / f".datarepo/index.sqlite{suffix}").unlink(missing_ok=True)
+    assert cli("cat", "HEAD:train/cat/0000.jpg").stdout_bytes == files["train/cat/0000.jpg"]
+    assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
+    assert "index rebuilt" in cli("fsck", "--rebuild-index").output
