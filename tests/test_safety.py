@@ -1,0 +1,166 @@
+"""Crashes and concurrent writers: the repository stays valid and no update is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from datarepo.errors import RefConflictError
+from datarepo.porcelain.history import log
+from datarepo.porcelain.maintenance import fsck
+from datarepo.repo import Repo
+from datarepo.tree import iter_tree
+
+# A child that commits forever: iteration i rewrites 3 of 12 keys with content
+# that is a pure function of (i, key), then prints i once the commit returned.
+COMMITTER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from datarepo.repo import Repo
+    from datarepo.porcelain.stage import add
+    from datarepo.porcelain.history import commit
+
+    root = Path(sys.argv[1])
+    start = int(sys.argv[2])
+    repo = Repo.open(root)
+    for i in range(start, start + 10_000):
+        for k in (i % 12, (i * 5) % 12, (i * 7 + 3) % 12):
+            (root / f"k{k:02d}.bin").write_bytes(bytes([i % 251]) * (1000 + 97 * k + i % 50))
+        add(repo, [str(root)])
+        commit(repo, f"i={i}")
+        print(i, flush=True)
+    """
+)
+
+
+def expected_content(n: int) -> dict[str, bytes]:
+    """What keys hold after the commit of iteration n."""
+    content: dict[str, bytes] = {}
+    for i in range(n + 1):
+        for k in (i % 12, (i * 5) % 12, (i * 7 + 3) % 12):
+            content[f"k{k:02d}"] = bytes([i % 251]) * (1000 + 97 * k + i % 50)
+    return content
+
+
+def test_sigkill_while_committing_never_breaks_the_repository(tmp_path: Path) -> None:
+    root = tmp_path / "w"
+    root.mkdir()
+    Repo.init(root, shard_size=8192)
+    rng = random.Random(1)
+    env = {**os.environ, "DATAREPO_LOCK_TIMEOUT": "2"}
+    next_i = 0
+    for _ in range(30):
+        proc = subprocess.Popen([sys.executable, "-c", COMMITTER, str(root), str(next_i)], env=env,
+                                stdout=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(0.25, 0.9))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        done = [int(x) for x in out.split()]
+        repo = Repo.open(root)
+        result = fsck(repo)
+        assert result.problems == [], result.problems
+        head = repo.head()
+        if head is None:
+            assert not done
+            continue
+        n = int(repo.commit(head).message.removeprefix("i="))
+        assert not done or n in (done[-1], done[-1] + 1)  # killed after the ref moved, before the print
+        got = {e.key: repo.read_datum(e.datum, verify=True)["bin"] for e in iter_tree(repo.store, repo.commit(head).tree)}
+        assert got == expected_content(n)
+        assert [c.message for _, c in log(repo)] == [f"i={i}" for i in range(n, -1, -1)]
+        repo.close()
+        next_i = n + 1
+    assert next_i > 30, "the children never got far enough to test anything"
+
+
+CONCURRENT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from datarepo.repo import Repo
+    from datarepo.porcelain.ingest import ingest
+
+    repo, src, who = Repo.open(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    for round in range(4):
+        (src / f"{who}.txt").write_text(f"{who} round {round}")
+        ingest(repo, str(src), prefix=f"w/{who}", message=f"{who} {round}")
+    """
+)
+
+
+def test_concurrent_committers_lose_no_update(tmp_path: Path) -> None:
+    repo = Repo.init(tmp_path / "bare", bare=True)
+    writers = [f"p{i}" for i in range(4)]
+    procs = []
+    for who in writers:
+        src = tmp_path / who
+        src.mkdir()
+        procs.append(subprocess.Popen([sys.executable, "-c", CONCURRENT, str(repo.dotdir), str(src), who]))
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    repo = Repo.open(repo.dotdir)
+    entries = {e.key: repo.read_datum(e.datum)["txt"] for e in iter_tree(repo.store, repo.commit(repo.head()).tree)}
+    assert entries == {f"w/{who}/{who}": f"{who} round 3".encode() for who in writers}
+    messages = sorted(c.message for _, c in log(repo))
+    assert messages == sorted(f"{who} {r}" for who in writers for r in range(4))
+    assert fsck(repo).problems == []
+
+
+def test_ref_update_is_compare_and_swap(repo_with_commit) -> None:
+    repo, _ = repo_with_commit
+    head = repo.head()
+    other = repo.commit(head).tree
+    with pytest.raises(RefConflictError):
+        repo.refs.update("refs/heads/main", other, expected=other)
+    assert repo.head() == head
+    with pytest.raises(RefConflictError):
+        repo.refs.update("refs/heads/new", head, expected=head)
+    repo.refs.update("refs/heads/new", head, expected=None)
+    assert repo.refs.read("refs/heads/new") == head
+
+
+def test_a_killed_writer_leaves_no_lock_behind(repo_with_commit, tmp_path: Path) -> None:
+    repo, _ = repo_with_commit
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys,time; from datarepo.repo import Repo; r=Repo.open(sys.argv[1]);"
+         " r.lock.acquire(); print('locked', flush=True); time.sleep(60)", str(repo.worktree)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    repo.lock.timeout = 0.3
+    from datarepo.errors import LockedError
+
+    with pytest.raises(LockedError):
+        repo.lock.acquire()
+    holder.kill()
+    holder.wait()
+    repo.lock.acquire()
+    repo.lock.release()
+
+
+def test_large_file_is_streamed(worktree: Path, cli) -> None:
+    """A member bigger than the read-whole limit goes through the streaming path."""
+    from datarepo import worktree as wt
+
+    big = worktree / "big.bin"
+    with open(big, "wb") as f:
+        for i in range(40):
+            f.write(bytes([i]) * (1 << 20))
+    assert big.stat().st_size > wt.LARGE_FILE
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "big")
+    repo = Repo.open(worktree)
+    (entry,) = list(iter_tree(repo.store, repo.commit(repo.head()).tree))
+    assert entry.size == 40 << 20
+    assert repo.read_datum(entry.datum, verify=True)["bin"] == big.read_bytes()
+    assert json.loads(cli("status", "--json").output)["modified"] == []
