@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, BinaryIO, NewType
 
 import xxhash
@@ -13,6 +14,7 @@ ALGORITHM = "xxh3-128"
 OID_LEN = 32
 CHUNK = 1 << 20
 _DATUM_TAG = b"datum\x00"
+_OID_RE = re.compile(r"[0-9a-f]{32}")
 
 
 def hash_bytes(data: bytes | memoryview) -> Oid:
@@ -45,7 +47,7 @@ def canonical_json(obj: dict[str, Any]) -> bytes:
 
 def is_oid(text: str) -> bool:
     """True when ``text`` has the shape of a full oid."""
-    return len(text) == OID_LEN and all(c in "0123456789abcdef" for c in text)
+    return _OID_RE.fullmatch(text) is not None
 
 
 class HashingWriter:

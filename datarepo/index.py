@@ -7,7 +7,6 @@ and the staging area, never committed data (DESIGN §3).
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -91,7 +90,7 @@ class Index:
         self.db.executemany(
             "INSERT OR REPLACE INTO location VALUES (?,?,?,?,?)",
             (
-                (d.datum, index.shard, d.offset, d.length, json.dumps([list(m) for m in d.members]))
+                (d.datum, index.shard, d.offset, d.length, _members_text(d.members))
                 for d in index.datums
             ),
         )
@@ -110,8 +109,11 @@ class Index:
         row = self.db.execute("SELECT shard, offset, length, members FROM location WHERE datum=?", (datum,)).fetchone()
         if row is None:
             return None
-        members = tuple(MemberLoc(*m) for m in json.loads(row[3]))
+        members = _parse_members(row[3])
         return row[0], DatumLoc(Oid(datum), row[1], row[2], members)
+
+    def has(self, datum: str) -> bool:
+        return self.db.execute("SELECT 1 FROM location WHERE datum=?", (datum,)).fetchone() is not None
 
     def stored(self, datums: Iterable[str]) -> set[str]:
         """The subset of ``datums`` that some shard holds."""
@@ -151,6 +153,19 @@ class Index:
     def iter_staged_datums(self) -> Iterator[str]:
         for (datum,) in self.db.execute("SELECT datum FROM staged WHERE datum IS NOT NULL"):
             yield datum
+
+
+def _members_text(members: tuple[MemberLoc, ...]) -> str:
+    # "/" cannot occur in an extension; offsets and sizes come first, so spaces in one are fine.
+    return "/".join(f"{m.offset} {m.size} {m.ext}" for m in members)
+
+
+def _parse_members(text: str) -> tuple[MemberLoc, ...]:
+    out = []
+    for line in text.split("/"):
+        offset, size, ext = line.split(" ", 2)
+        out.append(MemberLoc(ext, int(offset), int(size)))
+    return tuple(out)
 
 
 class _Tx:

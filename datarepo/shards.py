@@ -135,18 +135,25 @@ class ShardWriter:
 
     def add(self, datum: Oid, members: list[tuple[str, MemberData]]) -> DatumLoc:
         """Appends one datum; ``members`` must be sorted by extension."""
-        start = self._out.size
+        start = pos = self._out.size
         locs = []
+        parts: list[bytes] = []
         for ext, data in members:
             size = len(data) if isinstance(data, bytes) else data.size
-            self._out.write(tar_header(f"{datum}.{ext}", size))
-            locs.append(MemberLoc(ext, self._out.size, size))
+            header = tar_header(f"{datum}.{ext}", size)
+            pos += len(header)
+            locs.append(MemberLoc(ext, pos, size))
+            pos += size + padding(size)
+            parts.append(header)
             if isinstance(data, bytes):
-                self._out.write(data)
-            else:
-                _copy_range(data, self._out)
+                parts += (data, bytes(padding(size)))
+                continue
+            self._out.write(b"".join(parts))
+            parts = []
+            _copy_range(data, self._out)
             self._out.write(bytes(padding(size)))
-        loc = DatumLoc(datum, start, self._out.size - start, tuple(locs))
+        self._out.write(b"".join(parts))
+        loc = DatumLoc(datum, start, pos - start, tuple(locs))
         self.datums.append(loc)
         return loc
 

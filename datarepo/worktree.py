@@ -148,11 +148,27 @@ def group(files: Iterable[str], grouping: str, notes: list[str]) -> dict[str, di
     return datums
 
 
+def _read_small(path: str, size: int) -> bytes:
+    """Reads a whole small file with as few calls as the OS allows."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.read(fd, size + 1)
+        if len(data) <= size:
+            return data
+        chunks = [data]
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 class Hasher:
     """Hashes work-tree files, trusting the stat cache where the stat matches."""
 
     def __init__(self, root: Path, files: dict[str, FileStat], cache: dict[str, StatEntry], seen_ns: int) -> None:
         self.root = root
+        self.root_str = str(root)
         self.files = files
         self.cache = cache
         self.seen_ns = seen_ns
@@ -186,14 +202,14 @@ class Hasher:
         return data, hashes
 
     def _read_one(self, rel: str) -> tuple[MemberData, Oid]:
-        path = self.root / rel
+        path = os.path.join(self.root_str, rel)
+        size = self.files[rel].size
         try:
-            if self.files[rel].size > LARGE_FILE:
+            if size > LARGE_FILE:
                 with open(path, "rb") as f:
                     oid, size = hash_stream(f)
-                return FileRange(path, 0, size, oid), oid
-            with open(path, "rb") as f:
-                raw = f.read()
+                return FileRange(Path(path), 0, size, oid), oid
+            raw = _read_small(path, size)
         except OSError as e:
             raise InvalidInputError(f"cannot read {rel}: {e.strerror}") from None
         return raw, hash_bytes(raw)

@@ -28,7 +28,7 @@ class DatumSink:
         self._writer: ShardWriter | None = None
 
     def has(self, datum: Oid) -> bool:
-        return datum in self.written or (not self.rewrite and self.repo.index.locate(datum) is not None)
+        return datum in self.written or (not self.rewrite and self.repo.index.has(datum))
 
     def put(self, members: Mapping[str, MemberData], hashes: Mapping[str, str]) -> Oid:
         """Stores a datum given its members and their hashes; returns its id."""
