@@ -42,11 +42,11 @@ class Scan:
             raise InvalidInputError(self.errors[0] + more)
 
 
-def load_ignore(root: Path) -> Callable[[str, bool], bool]:
+def load_ignore(root: Path) -> Callable[[str, bool], bool] | None:
     """Returns ``ignored(relpath, is_dir)`` from the root ``.datarepoignore`` (gitignore syntax)."""
     path = root / IGNORE_FILE
     if not path.is_file():
-        return lambda rel, is_dir: False
+        return None
     import pathspec
 
     spec = pathspec.GitIgnoreSpec.from_lines(path.read_text(encoding="utf-8", errors="replace").splitlines())
@@ -62,42 +62,65 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = ()) ->
     result = Scan(started_ns=time.time_ns())
     ignored = load_ignore(root)
     skip = tuple(p.rstrip("/") + "/" for p in skip_prefixes if p)
+    files = result.files
     stack = [""]
     while stack:
         rel_dir = stack.pop()
         try:
-            entries = list(os.scandir(root / rel_dir if rel_dir else root))
+            entries = list(os.scandir(os.path.join(root, rel_dir)))
         except OSError as e:
             result.errors.append(f"cannot read directory {rel_dir or '.'}: {e.strerror}")
             continue
-        for entry in entries:
+        if not rel_dir:
+            entries = [e for e in entries if e.name not in NEVER_ADDED]
+        for entry in _valid_names(entries, rel_dir, result):
             rel = rel_dir + entry.name
-            if not rel_dir and entry.name in NEVER_ADDED:
+            if ignored is not None and ignored(rel, entry.is_dir(follow_symlinks=False)):
                 continue
-            try:
-                rel.encode("utf-8")
-            except UnicodeEncodeError:
-                result.errors.append(f"file name is not valid UTF-8: {os.fsencode(rel)!r}")
+            if skip and (rel + "/").startswith(skip):
                 continue
-            _classify(entry, rel, result, follow, ignored, skip, stack)
+            if entry.is_file(follow_symlinks=False):  # the common case: no extra syscall to classify
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError as e:
+                    result.errors.append(f"cannot stat {rel}: {e.strerror}")
+                    continue
+                files[rel] = FileStat(st.st_size, st.st_mtime_ns, st.st_ino)
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append(rel + "/")
+            else:
+                _classify_other(entry, rel, result, follow)
     return result
 
 
-def _classify(entry: os.DirEntry, rel: str, result: Scan, follow: bool, ignored, skip, stack) -> None:
-    if entry.is_dir(follow_symlinks=False):
-        if not ignored(rel, True) and not (rel + "/").startswith(skip):
-            stack.append(rel + "/")
-        return
-    if ignored(rel, False) or rel.startswith(skip):
+def _valid_names(entries: list[os.DirEntry], rel_dir: str, result: Scan) -> list[os.DirEntry]:
+    """Drops (as errors) entries whose names are not UTF-8; checks a directory at once."""
+    try:
+        "".join(e.name for e in entries).encode("utf-8")
+        return entries
+    except UnicodeEncodeError:
+        pass
+    good = []
+    for e in entries:
+        try:
+            e.name.encode("utf-8")
+            good.append(e)
+        except UnicodeEncodeError:
+            result.errors.append(f"file name is not valid UTF-8: {os.fsencode(rel_dir + e.name)!r}")
+    return good
+
+
+def _classify_other(entry: os.DirEntry, rel: str, result: Scan, follow: bool) -> None:
+    """Symlinks, fifos, sockets and devices."""
+    if entry.is_symlink() and not follow:
+        result.notes.append(f"skipped symlink {rel} (use --follow to store its target)")
         return
     try:
-        st = entry.stat(follow_symlinks=follow)
+        st = entry.stat(follow_symlinks=True)
     except OSError as e:
         result.errors.append(f"cannot stat {rel}: {e.strerror}")
         return
-    if entry.is_symlink() and not follow:
-        result.notes.append(f"skipped symlink {rel} (use --follow to store its target)")
-    elif stat_mod.S_ISREG(st.st_mode):
+    if stat_mod.S_ISREG(st.st_mode):
         result.files[rel] = FileStat(st.st_size, st.st_mtime_ns, st.st_ino)
     elif stat_mod.S_ISDIR(st.st_mode):
         result.notes.append(f"skipped symlink to a directory {rel}")
@@ -175,11 +198,11 @@ class Hasher:
         self.updated: dict[str, StatEntry] = {}
 
     def cached(self, rel: str) -> Oid | None:
-        st = self.files[rel]
-        entry = self.updated.get(rel) or self.cache.get(rel)
-        if entry is not None and entry.size == st.size and entry.mtime_ns == st.mtime_ns and entry.ino == st.ino:
-            if entry is self.updated.get(rel) or entry.matches(*st):
-                return entry.hash
+        if (fresh := self.updated.get(rel)) is not None:
+            return fresh.hash
+        entry = self.cache.get(rel)
+        if entry is not None and entry.matches(*self.files[rel]):
+            return entry.hash
         return None
 
     def known_datum(self, members: dict[str, str]) -> Oid | None:
