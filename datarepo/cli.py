@@ -302,10 +302,10 @@ def cat(spec: str) -> None:
     """Write one member's bytes to stdout: REV:key.ext (or REV:key for a one-member datum)."""
     from datarepo.porcelain.history import cat as run
 
-    data = run(_repo(), spec)
-    stream = sys.stdout.buffer
-    stream.write(data)
-    stream.flush()
+    from datarepo.shards import copy_member
+
+    copy_member(run(_repo(), spec), sys.stdout.buffer)
+    sys.stdout.buffer.flush()
 
 
 @main.command()

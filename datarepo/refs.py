@@ -62,9 +62,11 @@ class Refs:
             name = text[len(_SYMREF) :]
         return None
 
-    def set_symbolic(self, target: str, name: str = HEAD) -> None:
+    def set_symbolic(self, target: str, name: str = HEAD, message: str = "") -> None:
         with self.lock:
+            old = self.read(name)
             atomic_write(self._path(name), f"{_SYMREF}{target}\n".encode(), mode=0o644)
+            self._log(name, old, self.read(name), message or f"checkout: moving to {target}")
 
     def update(self, name: str, new: Oid | None, expected: Oid | None | bool = True, message: str = "") -> None:
         """Sets (or deletes, with ``new=None``) a ref under the writer lock.

@@ -16,7 +16,7 @@ from datarepo.hashing import Oid, datum_id, hash_bytes, is_oid
 from datarepo.index import Index
 from datarepo.objects import Commit
 from datarepo.refs import BRANCHES, HEAD, TAGS, Refs
-from datarepo.shards import DatumLoc
+from datarepo.shards import LARGE_FILE, DatumLoc, MemberData
 from datarepo.store import Store, datum_members
 
 DOTDIR = ".datarepo"
@@ -190,10 +190,15 @@ class Repo:
             raise ObjectNotFoundError("datum", datum)
         return found
 
-    def read_datum(self, datum: str, verify: bool = False) -> dict[str, bytes]:
-        """Returns a datum's members (extension → bytes); ``verify`` re-hashes them."""
+    def members(self, datum: str, large: int = LARGE_FILE) -> dict[str, MemberData]:
+        """A datum's members: bytes, or (over ``large`` bytes) file ranges to stream."""
         shard, loc = self.locate(datum)
-        members = datum_members(self.store, shard, loc)
+        return datum_members(self.store, shard, loc, large)
+
+    def read_datum(self, datum: str, verify: bool = False) -> dict[str, bytes]:
+        """Returns a datum's members (extension → bytes) whole; ``verify`` re-hashes them."""
+        shard, loc = self.locate(datum)
+        members: dict[str, bytes] = datum_members(self.store, shard, loc, large=1 << 62)  # type: ignore[assignment]
         if verify:
             got = datum_id({ext: hash_bytes(data) for ext, data in members.items()})
             if got != datum:

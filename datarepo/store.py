@@ -11,7 +11,7 @@ from datarepo.errors import CorruptObjectError, ObjectNotFoundError
 from datarepo.fsutil import TMP_PREFIX, atomic_write, publish, remove
 from datarepo.hashing import Oid, hash_bytes, hash_stream, is_oid
 from datarepo.objects import RepoObject
-from datarepo.shards import DatumLoc, ShardIndex, ShardWriter, iter_tar
+from datarepo.shards import DatumLoc, FileRange, MemberData, ShardIndex, ShardWriter, iter_tar
 
 
 def fanout(root: Path, oid: str, suffix: str = "") -> Path:
@@ -165,7 +165,13 @@ class Store:
                     yield Path(entry.path)
 
 
-def datum_members(store: Store, shard: str, loc: DatumLoc) -> dict[str, bytes]:
-    """Reads a datum's members with one range read."""
-    blob = store.read_member(shard, loc.offset, loc.length)
-    return {m.ext: blob[m.offset - loc.offset : m.offset - loc.offset + m.size] for m in loc.members}
+def datum_members(store: Store, shard: str, loc: DatumLoc, large: int) -> dict[str, MemberData]:
+    """A datum's members: bytes from one range read, or file ranges for members over ``large``."""
+    if all(m.size <= large for m in loc.members):
+        blob = store.read_member(shard, loc.offset, loc.length)
+        return {m.ext: blob[m.offset - loc.offset : m.offset - loc.offset + m.size] for m in loc.members}
+    path = store.shard_path(shard)
+    return {
+        m.ext: FileRange(path, m.offset, m.size) if m.size > large else store.read_member(shard, m.offset, m.size)
+        for m in loc.members
+    }

@@ -13,12 +13,10 @@ from typing import NamedTuple
 from datarepo.errors import InvalidInputError
 from datarepo.hashing import Oid, datum_id, hash_bytes, hash_stream
 from datarepo.index import StatEntry
-from datarepo.shards import FileRange, MemberData, split_member_name
+from datarepo.shards import LARGE_FILE, FileRange, MemberData, split_member_name
 
 NEVER_ADDED = frozenset({".git", ".dvc", ".datarepo", ".datarepoignore"})
 IGNORE_FILE = ".datarepoignore"
-# Members up to this size are read whole; larger ones are streamed twice (hash, then copy).
-LARGE_FILE = 32 << 20
 
 
 class FileStat(NamedTuple):

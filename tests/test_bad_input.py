@@ -37,6 +37,7 @@ def test_unknown_revision(repo_with_commit, cli) -> None:
 def test_empty_repository_log_and_commit(worktree: Path, cli) -> None:
     cli("init")
     assert cli("log").output == ""
+    assert cli("ls").output == ""
     _one_line_error(cli("commit", "-m", "x", ok=False), "nothing to commit")
     _one_line_error(cli("init", ok=False), "already a datarepo repository")
 

@@ -64,7 +64,10 @@ def test_checkout_restores_work_tree_byte_for_byte(repo_with_commit, worktree: P
     assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
     cli("checkout", "main")
     assert (worktree / "train/cat/0000.jpg").read_bytes() == b"changed"
-    assert Repo.open(worktree).current_branch() == "main"
+    repo = Repo.open(worktree)
+    assert repo.current_branch() == "main"
+    moves = [(old, new) for old, new, _, msg in repo.refs.reflog("HEAD") if msg.startswith("checkout")]
+    assert moves == [(repo.head(), repo.resolve("HEAD~1")), (repo.resolve("HEAD~1"), repo.head())]
 
 
 def test_checkout_refuses_to_overwrite_uncommitted_changes(repo_with_commit, worktree: Path, cli) -> None:

@@ -164,3 +164,38 @@ def test_large_file_is_streamed(worktree: Path, cli) -> None:
     assert entry.size == 40 << 20
     assert repo.read_datum(entry.datum, verify=True)["bin"] == big.read_bytes()
     assert json.loads(cli("status", "--json").output)["modified"] == []
+
+
+@pytest.mark.parametrize("verb", ["commit", "ingest"])
+def test_every_shard_is_published_before_the_ref_moves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, verb: str) -> None:
+    """DESIGN §4's write order: a crash right after the ref update must find every datum stored."""
+    from datarepo.porcelain.history import commit
+    from datarepo.porcelain.ingest import ingest
+    from datarepo.porcelain.stage import add
+    from datarepo.refs import Refs
+
+    root = tmp_path / "w"
+    src = tmp_path / "src"
+    for d in (root, src):
+        d.mkdir()
+        for i in range(43):  # not a multiple of the 5 datums a shard holds: the last shard is partial
+            (d / f"{i:03d}.bin").write_bytes(bytes([i]) * 3000)
+    repo = Repo.init(root, shard_size=16384)
+    seen = []
+    real_update = Refs.update
+
+    def checked_update(self, name, new, *args, **kwargs):
+        if new is not None:
+            tree = Repo.open(root).store.get(Repo.open(root).store.get(new).tree)
+            unstored = [e.key for p in tree.pages for e in repo.store.get(p.page).entries
+                        if Repo.open(root).index.locate(e.datum) is None]
+            seen.append((unstored, sorted(p.name for p in repo.store.shards_dir.glob(".tmp-*"))))
+        return real_update(self, name, new, *args, **kwargs)
+
+    monkeypatch.setattr(Refs, "update", checked_update)
+    if verb == "commit":
+        add(repo, [str(root)])
+        commit(repo, "x")
+    else:
+        ingest(repo, str(src), "src")
+    assert seen == [([], [])]

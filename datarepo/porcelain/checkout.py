@@ -9,14 +9,15 @@ from pathlib import Path
 
 from datarepo import tree as trees
 from datarepo.errors import DirtyWorktreeError
-from datarepo.hashing import Oid, hash_bytes
+from datarepo.hashing import Oid
 from datarepo.index import StatEntry
 from datarepo.porcelain import Progress, tick
 from datarepo.porcelain.history import create_ref
 from datarepo.porcelain.stage import status
 from datarepo.refs import BRANCHES
 from datarepo.repo import Repo
-from datarepo.fsutil import remove
+from datarepo.shards import MemberData, copy_member
+from datarepo.fsutil import atomic_file, remove
 from datarepo.worktree import member_path, safe_path
 
 
@@ -76,12 +77,11 @@ def _apply(repo: Repo, root: Path, moves: dict[str, trees.Change], progress: Pro
     removed = 0
     for key in sorted(moves):
         new = moves[key].new
-        members = repo.read_datum(new.datum) if new else {}
+        members = repo.members(new.datum) if new else {}
         removed += _remove_stale(root, key, set(members), grouping)
         for ext, data in members.items():
             rel = member_path(key, ext, grouping)
-            _write_file(safe_path(root, rel), data)
-            written[rel] = hash_bytes(data)
+            written[rel] = _write_file(safe_path(root, rel), data)
         tick(progress)
     _record_stats(repo, root, written)
     return len(written), removed
@@ -116,12 +116,10 @@ def _prune_dirs(root: Path, path: Path) -> None:
         path = path.parent
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.datarepo-tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def _write_file(path: Path, data: MemberData) -> Oid:
+    """Replaces a work-tree file whole (a reader never sees half of it); returns its hash."""
+    with atomic_file(path, mode=0o644, durable=False) as f:
+        return copy_member(data, f)
 
 
 def _record_stats(repo: Repo, root: Path, written: dict[str, Oid]) -> None:

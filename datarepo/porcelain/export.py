@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datarepo.errors import InvalidInputError
-from datarepo.fsutil import atomic_write, publish
+from datarepo.fsutil import atomic_file, publish
 from datarepo.porcelain import Progress, tick
 from datarepo.porcelain.history import ls
 from datarepo.repo import Repo
-from datarepo.shards import ShardWriter
+from datarepo.shards import ShardWriter, copy_member, member_size
 from datarepo.worktree import member_path, safe_path
 
 
@@ -44,10 +44,11 @@ def export(
         return _to_shards(repo, entries, dest, shard_size or repo.config.shard_size, progress)
     datums = files = size = 0
     for entry in entries:
-        for ext, data in repo.read_datum(entry.datum).items():
-            atomic_write(safe_path(dest, member_path(entry.key, ext, repo.config.grouping)), data, 0o644, durable=False)
+        for ext, data in repo.members(entry.datum).items():
+            with atomic_file(safe_path(dest, member_path(entry.key, ext, repo.config.grouping)), 0o644, durable=False) as f:
+                copy_member(data, f)
             files += 1
-            size += len(data)
+            size += member_size(data)
         datums += 1
         tick(progress)
     return ExportResult(datums, files, size)
@@ -60,9 +61,9 @@ def _to_shards(repo: Repo, entries, dest: Path, shard_size: int, progress: Progr
     for entry in entries:
         if writer is None:
             writer = ShardWriter(dest)
-        members = repo.read_datum(entry.datum)
+        members = repo.members(entry.datum)
         writer.add(entry.key, sorted(members.items()))  # type: ignore[arg-type]
-        datums, files, size = datums + 1, files + len(members), size + sum(map(len, members.values()))
+        datums, files, size = datums + 1, files + len(members), size + sum(map(member_size, members.values()))
         if writer.size >= shard_size:
             written = _close(writer, dest, written)
             writer = None

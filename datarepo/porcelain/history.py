@@ -13,6 +13,7 @@ from datarepo.objects import Commit, TreeEntry
 from datarepo.porcelain import Changes
 from datarepo.refs import BRANCHES, HEAD, TAGS, check_name
 from datarepo.repo import Repo
+from datarepo.shards import MemberData
 from datarepo.worktree import split_path
 
 
@@ -114,7 +115,7 @@ def show(repo: Repo, rev: str) -> tuple[Oid, Commit, Changes]:
 
 
 def ls(repo: Repo, rev: str = "HEAD", prefix: str = "") -> Iterator[TreeEntry]:
-    tree = repo.tree_of(rev)
+    tree = repo.tree_of(None if rev == "HEAD" else rev)
     return trees.iter_tree(repo.store, tree, prefix) if tree else iter(())
 
 
@@ -131,10 +132,10 @@ def resolve_member(repo: Repo, spec: str) -> tuple[TreeEntry, str | None]:
     raise BadRevisionError(spec, "no such key")
 
 
-def cat(repo: Repo, spec: str) -> bytes:
-    """The bytes of one member (``REV:key.ext``, or ``REV:key`` of a one-member datum)."""
+def cat(repo: Repo, spec: str) -> MemberData:
+    """One member (``REV:key.ext``, or ``REV:key`` of a one-member datum): bytes, or a range to stream."""
     entry, ext = resolve_member(repo, spec)
-    members = repo.read_datum(entry.datum)
+    members = repo.members(entry.datum)
     if ext is None:
         if len(members) != 1:
             raise InvalidInputError(f"{entry.key} has members {', '.join(sorted(members))}; name one as KEY.EXT")

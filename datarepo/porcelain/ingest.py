@@ -23,8 +23,8 @@ from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, tick
 from datarepo.porcelain.history import changes_of, make_commit
 from datarepo.repo import Repo
-from datarepo.shards import FileRange, MemberData, iter_tar, split_member_name
-from datarepo.worktree import LARGE_FILE, Hasher, check_key, group, scan
+from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, split_member_name
+from datarepo.worktree import Hasher, check_key, group, scan
 from datarepo.writer import DatumSink
 
 TAR_SUFFIXES = (".tar",)
@@ -79,15 +79,16 @@ def ingest(
 ) -> IngestResult:
     """Makes ``prefix`` mirror ``src`` (or, with ``append``, adds to it) in one new commit."""
     prefix = _norm_prefix(prefix)
-    with repo.lock, DatumSink(repo) as sink:
-        run = _Run(repo, sink, progress)
-        entries: dict[str, TreeEntry] = {}
-        for item in _read_source(run, src):
-            if isinstance(item, NewDatum):
-                item = TreeEntry(item.key, sink.put(item.members, item.hashes), item.size)
-            full = prefix + check_key(item.key)
-            entries[full] = TreeEntry(full, item.datum, item.size)
-            tick(progress)
+    with repo.lock:
+        with DatumSink(repo) as sink:  # every shard is published before the ref moves
+            run = _Run(repo, sink, progress)
+            entries: dict[str, TreeEntry] = {}
+            for item in _read_source(run, src):
+                if isinstance(item, NewDatum):
+                    item = TreeEntry(item.key, sink.put(item.members, item.hashes), item.size)
+                full = prefix + check_key(item.key)
+                entries[full] = TreeEntry(full, item.datum, item.size)
+                tick(progress)
         parent = repo.head()
         changes = _tree_changes(repo, parent, prefix, entries, append)
         oid = make_commit(repo, changes, message or f"ingest {src} into {prefix}", parent) if changes else None

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from datarepo import tree as trees
 from datarepo.errors import DataRepoError
 from datarepo.fsutil import remove
-from datarepo.hashing import Oid, hash_bytes, is_oid
+from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit, Tree, TreePage
 from datarepo.porcelain import Progress, tick
 from datarepo.refs import HEAD
 from datarepo.repo import Repo
+from datarepo.shards import member_hash
 from datarepo.writer import DatumSink
 
 DAY = 86400.0
@@ -205,8 +206,8 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
         )
         with DatumSink(repo, rewrite=True) as sink:
             for datum in live_datums:
-                members = repo.read_datum(datum)
-                sink.put(members, {ext: hash_bytes(b) for ext, b in members.items()})
+                members = repo.members(datum)
+                sink.put(members, {ext: member_hash(m) for ext, m in members.items()})
                 tick(progress)
         new = sink.shards
         old = [i.shard for i in chosen if i.shard not in {n.shard for n in new}]
