@@ -238,45 +238,55 @@ def checkout(rev: str, new_branch: str | None, force: bool) -> None:
     click.echo(f"Switched to {where} ({result.written} files written, {result.removed} removed)")
 
 
-def _ref_command(prefix: str, what: str) -> Callable[..., None]:
-    def command(name: str | None, rev: str, delete: bool, force: bool, as_json: bool) -> None:
-        from datarepo.porcelain import history
+def _refs(prefix: str, what: str, name: str | None, rev: str, delete: bool, force: bool, as_json: bool) -> None:
+    from datarepo.porcelain import history
 
-        repo = _repo()
-        if delete:
-            if not name:
-                raise click.UsageError(f"-d needs a {what} name")
-            oid = history.delete_ref(repo, prefix, name)
-            click.echo(f"Deleted {what} {name} (was {oid[:12]})")
-        elif name:
-            oid = history.create_ref(repo, prefix, name, rev, force=force)
-            click.echo(f"{what} {name} -> {oid[:12]}")
-        else:
-            refs = history.list_refs(repo, prefix)
-            current = repo.current_branch() if what == "branch" else None
-            if as_json:
-                _json([{"name": n, "commit": o, "current": n == current} for n, o in refs])
-            for n, o in refs if not as_json else ():
-                click.echo(f"{'*' if n == current else ' '} {n} {o[:12]}")
-
-    return command
+    repo = _repo()
+    if delete:
+        if not name:
+            raise click.UsageError(f"-d needs a {what} name")
+        oid = history.delete_ref(repo, prefix, name)
+        click.echo(f"Deleted {what} {name} (was {oid[:12]})")
+    elif name:
+        oid = history.create_ref(repo, prefix, name, rev, force=force)
+        click.echo(f"{what} {name} -> {oid[:12]}")
+    else:
+        refs = history.list_refs(repo, prefix)
+        current = repo.current_branch() if what == "branch" else None
+        if as_json:
+            _json([{"name": n, "commit": o, "current": n == current} for n, o in refs])
+            return
+        for n, o in refs:
+            click.echo(f"{'*' if n == current else ' '} {n} {o[:12]}")
 
 
-for _prefix, _what in (("refs/heads/", "branch"), ("refs/tags/", "tag")):
-    main.command(
-        name=_what,
-        help=f"List, create (NAME [REV]) or delete (-d NAME) {_what}es." if _what == "branch" else "List, create (NAME [REV]) or delete (-d NAME) tags.",
-    )(
-        click.argument("name", required=False)(
-            click.argument("rev", default="HEAD")(
-                click.option("-d", "--delete", is_flag=True, help=f"Delete the {_what}.")(
-                    click.option("-f", "--force", is_flag=True, help=f"Move an existing {_what}.")(
-                        click.option("--json", "as_json", is_flag=True)(_ref_command(_prefix, _what))
-                    )
-                )
-            )
-        )
-    )
+def _ref_options(what: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def decorate(fn: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed((
+            click.argument("name", required=False),
+            click.argument("rev", default="HEAD"),
+            click.option("-d", "--delete", is_flag=True, help=f"Delete the {what}."),
+            click.option("-f", "--force", is_flag=True, help=f"Move an existing {what}."),
+            click.option("--json", "as_json", is_flag=True),
+        )):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+@main.command()
+@_ref_options("branch")
+def branch(**kwargs: Any) -> None:
+    """List branches, create one (NAME [REV]) or delete one (-d NAME)."""
+    _refs("refs/heads/", "branch", **kwargs)
+
+
+@main.command()
+@_ref_options("tag")
+def tag(**kwargs: Any) -> None:
+    """List tags, create one (NAME [REV]) or delete one (-d NAME)."""
+    _refs("refs/tags/", "tag", **kwargs)
 
 
 @main.command(name="ls")

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
 
-from datarepo.config import Config
+from datarepo.config import DEFAULT_SHARD_SIZE, Config
 from datarepo.errors import BadRevisionError, CorruptObjectError, InvalidInputError, NotARepositoryError, ObjectNotFoundError
 from datarepo.fsutil import WriterLock, atomic_write
 from datarepo.hashing import Oid, datum_id, hash_bytes, is_oid
@@ -44,9 +44,7 @@ class Repo:
             raise InvalidInputError(f"already a datarepo repository: {dotdir}")
         if bare and path.exists() and any(path.iterdir()):
             raise InvalidInputError(f"a bare repository needs an empty directory: {path}")
-        cfg = Config(bare=bare, grouping=grouping).validated()
-        if shard_size is not None:
-            cfg = Config(bare=bare, grouping=grouping, shard_size=shard_size).validated()
+        cfg = Config(bare=bare, grouping=grouping, shard_size=shard_size or DEFAULT_SHARD_SIZE).validated()
         for sub in ("objects", "shards", "refs/heads", "refs/tags", "refs/runs"):
             (dotdir / sub).mkdir(parents=True, exist_ok=True)
         cfg.save(dotdir / "config.toml")

@@ -11,7 +11,7 @@ from datarepo.errors import BadRevisionError, DataRepoError, InvalidInputError, 
 from datarepo.hashing import Oid
 from datarepo.objects import Commit, TreeEntry
 from datarepo.porcelain import Changes
-from datarepo.refs import BRANCHES, HEAD, TAGS, check_name
+from datarepo.refs import BRANCHES, HEAD, check_name
 from datarepo.repo import Repo
 from datarepo.shards import MemberData
 from datarepo.worktree import split_path
@@ -171,5 +171,3 @@ def delete_ref(repo: Repo, prefix: str, name: str) -> Oid:
         repo.refs.update(prefix + name, None, expected=old, message="deleted")
     return old
 
-
-__all__ = ["BRANCHES", "TAGS", "commit", "log", "diff", "show", "ls", "cat"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from datarepo import tree as trees
 from datarepo.errors import DataRepoError
@@ -12,12 +13,12 @@ from datarepo.fsutil import remove
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit, Tree, TreePage
 from datarepo.porcelain import Progress, tick
-from datarepo.refs import HEAD
 from datarepo.repo import Repo
 from datarepo.shards import member_hash
 from datarepo.writer import DatumSink
 
 DAY = 86400.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -132,7 +133,7 @@ def fsck(repo: Repo, rebuild_index: bool = False, progress: Progress = None) -> 
     return result
 
 
-def _check(result: FsckResult, fn):  # type: ignore[no-untyped-def]
+def _check(result: FsckResult, fn: Callable[[], T]) -> T | None:
     try:
         return fn()
     except DataRepoError as e:
@@ -220,5 +221,3 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
             repo.store.delete_shard(shard)
     return RepackResult(len(chosen), len(new), len(live_datums), sum(i.size for i in chosen), sum(i.size for i in new))
 
-
-__all__ = ["fsck", "gc", "repack", "reachable", "HEAD"]
