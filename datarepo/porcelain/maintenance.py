@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from datarepo import tree as trees
@@ -168,12 +169,17 @@ def gc(repo: Repo, dry_run: bool = False) -> GcResult:
     return GcResult(len(dead_objects), len(dead_shards), len(garbage), freed)
 
 
-def _delete(repo: Repo, dead_objects: list[Oid], dead_shards: list[str], garbage: list) -> None:
+def _drop_shards(repo: Repo, shards: list[str]) -> None:
+    """Forgets shards in the location cache, then deletes their files."""
     with repo.index.transaction():
-        for shard in dead_shards:
+        for shard in shards:
             repo.index.drop_shard(shard)
-    for shard in dead_shards:
+    for shard in shards:
         repo.store.delete_shard(shard)
+
+
+def _delete(repo: Repo, dead_objects: list[Oid], dead_shards: list[str], garbage: list[Path]) -> None:
+    _drop_shards(repo, dead_shards)
     for oid in dead_objects:
         repo.store.delete_object(oid)
     for path in garbage:
@@ -200,7 +206,8 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
             live = sum(d.length for d in index.datums if d.datum in seen.datums)
             if all_shards or index.size < target // 2 or live < index.size // 2:
                 chosen.append(index)
-        if len(chosen) < 2 and not any(sum(1 for d in i.datums if d.datum not in seen.datums) for i in chosen):
+        has_dead = any(d.datum not in seen.datums for i in chosen for d in i.datums)
+        if len(chosen) < 2 and not has_dead:
             return RepackResult(0, 0, 0, 0, 0)
         live_datums = sorted(
             {d.datum for i in chosen for d in i.datums if d.datum in seen.datums}, key=lambda d: (seen.datums[d], d)
@@ -210,14 +217,7 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
                 members = repo.members(datum)
                 sink.put(members, {ext: member_hash(m) for ext, m in members.items()})
                 tick(progress)
-        new = sink.shards
-        old = [i.shard for i in chosen if i.shard not in {n.shard for n in new}]
-        with repo.index.transaction():
-            for shard in old:
-                repo.index.drop_shard(shard)
-            for index in new:
-                repo.index.add_shard(index)
-        for shard in old:
-            repo.store.delete_shard(shard)
+        new = sink.shards  # the sink pointed every live datum's location at them
+        _drop_shards(repo, [i.shard for i in chosen if i.shard not in {n.shard for n in new}])
     return RepackResult(len(chosen), len(new), len(live_datums), sum(i.size for i in chosen), sum(i.size for i in new))
 
