@@ -40,13 +40,12 @@ class StatEntry(NamedTuple):
     seen_ns: int
     hash: Oid
 
-    def matches(self, size: int, mtime_ns: int, ino: int) -> bool:
-        return (
-            self.size == size
-            and self.mtime_ns == mtime_ns
-            and self.ino == ino
-            and mtime_ns < self.seen_ns - RACY_NS
-        )
+
+
+def trusted(entry: tuple[int, int, int, int, str], stat: tuple[int, int, int]) -> bool:
+    """True when a file still has the (size, mtime, inode) it had when hashed, and that
+    mtime was old enough, when it was looked at, that no later write can share it."""
+    return entry[:3] == stat and stat[1] < entry[3] - RACY_NS
 
 
 class Index:
@@ -72,9 +71,10 @@ class Index:
         return _Tx(self.db)  # type: ignore[return-value]
 
     # stat cache --------------------------------------------------------
-    def load_stats(self, scope: str = "") -> dict[str, StatEntry]:
+    def load_stats(self, scope: str = "") -> dict[str, tuple[int, int, int, int, Oid]]:
+        """path → (size, mtime_ns, ino, seen_ns, hash), as plain tuples: this is on the hot path."""
         rows = self.db.execute("SELECT path, size, mtime_ns, ino, seen_ns, hash FROM stat WHERE scope=?", (scope,))
-        return {r[0]: StatEntry(*r[1:]) for r in rows}
+        return {r[0]: r[1:] for r in rows}
 
     def save_stats(self, entries: Iterable[tuple[str, StatEntry]], scope: str = "") -> None:
         self.db.executemany(

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 from datarepo.errors import InvalidInputError
 from datarepo.hashing import Oid, datum_id, hash_bytes, hash_stream
-from datarepo.index import StatEntry
+from datarepo.index import StatEntry, trusted
 from datarepo.shards import LARGE_FILE, FileRange, MemberData, split_member_name
 
 NEVER_ADDED = frozenset({".git", ".dvc", ".datarepo", ".datarepoignore"})
@@ -187,7 +187,7 @@ def _read_small(path: str, size: int) -> bytes:
 class Hasher:
     """Hashes work-tree files, trusting the stat cache where the stat matches."""
 
-    def __init__(self, root: Path, files: dict[str, FileStat], cache: dict[str, StatEntry], seen_ns: int) -> None:
+    def __init__(self, root: Path, files: dict[str, FileStat], cache: dict[str, tuple], seen_ns: int) -> None:
         self.root = root
         self.root_str = str(root)
         self.files = files
@@ -199,8 +199,8 @@ class Hasher:
         if (fresh := self.updated.get(rel)) is not None:
             return fresh.hash
         entry = self.cache.get(rel)
-        if entry is not None and entry.matches(*self.files[rel]):
-            return entry.hash
+        if entry is not None and trusted(entry, self.files[rel]):
+            return entry[4]
         return None
 
     def known_datum(self, members: dict[str, str]) -> Oid | None:

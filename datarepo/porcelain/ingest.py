@@ -18,7 +18,7 @@ from typing import BinaryIO
 from datarepo import tree as trees
 from datarepo.errors import InvalidInputError
 from datarepo.hashing import Oid, datum_id, hash_bytes, hash_stream
-from datarepo.index import StatEntry
+from datarepo.index import trusted
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, tick
 from datarepo.porcelain.history import changes_of, make_commit
@@ -182,9 +182,8 @@ def _remembered_file(run: _Run, path: Path) -> Iterator[NewDatum | TreeEntry]:
     memo = run.repo.index.get_meta(name)
     if memo is not None:
         saved = json.loads(memo)
-        cached = StatEntry(*saved["stat"])
         entries = [TreeEntry(k, Oid(d), s) for k, d, s in saved["entries"]]
-        if cached.matches(st.st_size, st.st_mtime_ns, st.st_ino) and all(run.stored(e.datum) for e in entries):
+        if trusted(tuple(saved["stat"]), (st.st_size, st.st_mtime_ns, st.st_ino)) and all(run.stored(e.datum) for e in entries):
             run.reused_files += 1
             yield from entries
             return
