@@ -33,15 +33,26 @@ class DatumSink:
     def put(self, members: Mapping[str, MemberData], hashes: Mapping[str, str]) -> Oid:
         """Stores a datum given its members and their hashes; returns its id."""
         datum = datum_id(dict(hashes))
-        if self.has(datum):
-            return datum
+        if not self.has(datum):
+            self._write(datum, members)
+        return datum
+
+    def put_many(self, batch: list[tuple[Mapping[str, MemberData], Mapping[str, str]]]) -> list[Oid]:
+        """Stores datums in order, asking the location cache about all of them at once."""
+        ids = [datum_id(dict(hashes)) for _, hashes in batch]
+        present = set() if self.rewrite else self.repo.index.stored(ids)
+        for datum, (members, _) in zip(ids, batch):
+            if datum not in present and datum not in self.written:
+                self._write(datum, members)
+        return ids
+
+    def _write(self, datum: Oid, members: Mapping[str, MemberData]) -> None:
         if self._writer is None:
             self._writer = self.repo.store.new_shard()
         loc = self._writer.add(datum, sorted(members.items()))
         self.written[datum] = loc.length
         if self._writer.size >= self.repo.config.shard_size:
             self._publish()
-        return datum
 
     def _publish(self) -> None:
         writer, self._writer = self._writer, None
@@ -49,7 +60,8 @@ class DatumSink:
             return
         tmp, index = writer.finish()
         self.repo.store.publish_shard(tmp, index)
-        self.repo.index.add_shard(index)
+        with self.repo.index.transaction():  # one transaction, not one per row
+            self.repo.index.add_shard(index)
         self.shards.append(index)
 
     def close(self) -> list[ShardIndex]:

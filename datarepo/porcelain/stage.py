@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import TypeVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +17,10 @@ from datarepo.porcelain import Changes, Progress, compare, tick
 from datarepo.repo import Repo
 from datarepo.worktree import Hasher, group, member_path, scan
 from datarepo.writer import DatumSink
+
+
+STORE_BATCH = 256
+T = TypeVar("T")
 
 
 @dataclass
@@ -123,23 +130,28 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         work = read_worktree(repo, follow)
         head = head_datums(repo)
         index = index_datums(repo, head)
-        staged: list[tuple[str, Oid | None, int]] = []
+        keys = [k for k in sorted(work.members) if _selected(k, prefixes)]
+        datums = {k: work.hasher.known_datum(work.members[k]) for k in keys}
+        present = repo.index.stored(d for d in datums.values() if d)
+        to_read = [k for k in keys if datums[k] not in present]
+        tick(progress, len(keys) - len(to_read))
         with DatumSink(repo) as sink:
-            for key in sorted(work.members):
-                members = work.members[key]
-                if not _selected(key, prefixes):
-                    continue
-                datum = work.hasher.known_datum(members)
-                if datum is None or not sink.has(datum):
-                    datum = sink.put(*work.hasher.read(members))
-                if index.get(key) != datum:
-                    staged.append((key, datum, work.size(key)))
-                tick(progress)
+            reads = zip(to_read, work.hasher.read_many([work.members[k] for k in to_read]))
+            for batch in _batched(reads, STORE_BATCH):
+                datums.update(zip((k for k, _ in batch), sink.put_many([r for _, r in batch])))
+                tick(progress, len(batch))
+        staged = [(k, datums[k], work.size(k)) for k in keys if index.get(k) != datums[k]]
         gone = [k for k in index if k not in work.members and _selected(k, prefixes)]
         staged.extend((k, None, 0) for k in gone)
         _stage(repo, staged, head, work.hasher)
     changes = compare({k: index.get(k) for k, _, _ in staged if k in index}, {k: d for k, d, _ in staged if d})
     return AddResult(changes, len(sink.written), sum(sink.written.values()), len(work.hasher.updated), work.notes)
+
+
+def _batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    it = iter(items)
+    while batch := list(islice(it, n)):
+        yield batch
 
 
 def _stage(repo: Repo, staged: list[tuple[str, Oid | None, int]], head: dict[str, Oid], hasher: Hasher) -> None:
