@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import stat as stat_mod
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -186,11 +184,6 @@ def _read_small(path: str, size: int) -> bytes:
         os.close(fd)
 
 
-READERS = 2
-READ_CHUNK = 64
-READ_AHEAD = 8
-
-
 class Hasher:
     """Hashes work-tree files, trusting the stat cache where the stat matches."""
 
@@ -221,38 +214,13 @@ class Hasher:
 
     def read(self, members: dict[str, str]) -> tuple[dict[str, MemberData], dict[str, Oid]]:
         """Reads (or, for large files, prepares to stream) a datum's members."""
-        return self._remember(members, self._read_members(members))
-
-    def read_many(self, batch: list[dict[str, str]]) -> Iterator[tuple[dict[str, MemberData], dict[str, Oid]]]:
-        """Like :meth:`read` for many datums, in order, with threads reading ahead.
-
-        File reads release the GIL, so the readers use the second core while the
-        caller writes shards; at most a few chunks are held in memory at once.
-        """
-        chunks = [batch[i : i + READ_CHUNK] for i in range(0, len(batch), READ_CHUNK)]
-        with ThreadPoolExecutor(READERS) as pool:
-            pending = deque(pool.submit(self._read_chunk, c) for c in chunks[:READ_AHEAD])
-            for nxt in range(READ_AHEAD, len(chunks) + READ_AHEAD):
-                results = pending.popleft().result()
-                if nxt < len(chunks):
-                    pending.append(pool.submit(self._read_chunk, chunks[nxt]))
-                yield from results
-
-    def _read_chunk(self, chunk: list[dict[str, str]]) -> list[tuple[dict[str, MemberData], dict[str, Oid]]]:
-        return [self._remember(m, self._read_members(m)) for m in chunk]
-
-    def _read_members(self, members: dict[str, str]) -> tuple[dict[str, MemberData], dict[str, Oid]]:
         data: dict[str, MemberData] = {}
         hashes: dict[str, Oid] = {}
         for ext, rel in members.items():
             data[ext], hashes[ext] = self._read_one(rel)
-        return data, hashes
-
-    def _remember(self, members: dict[str, str], read: tuple[dict, dict[str, Oid]]) -> tuple[dict, dict[str, Oid]]:
-        for ext, rel in members.items():
             st = self.files[rel]
-            self.updated[rel] = StatEntry(st.size, st.mtime_ns, st.ino, self.seen_ns, read[1][ext])
-        return read
+            self.updated[rel] = StatEntry(st.size, st.mtime_ns, st.ino, self.seen_ns, hashes[ext])
+        return data, hashes
 
     def _read_one(self, rel: str) -> tuple[MemberData, Oid]:
         path = os.path.join(self.root_str, rel)

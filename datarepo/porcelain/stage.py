@@ -136,7 +136,7 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         to_read = [k for k in keys if datums[k] not in present]
         tick(progress, len(keys) - len(to_read))
         with DatumSink(repo) as sink:
-            reads = zip(to_read, work.hasher.read_many([work.members[k] for k in to_read]))
+            reads = ((k, work.hasher.read(work.members[k])) for k in to_read)
             for batch in _batched(reads, STORE_BATCH):
                 datums.update(zip((k for k, _ in batch), sink.put_many([r for _, r in batch])))
                 tick(progress, len(batch))
