@@ -52,14 +52,44 @@ def _json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+class _Bar:
+    """Draws the porcelain's progress on stderr: a bar when the total is known, else a count."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Any = None
+        self.done = 0
+
+    def start(self, total: int | None) -> None:
+        if total is not None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=True)
+            self.bar.__enter__()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.done % 256 < n:
+            click.echo(f"\r{self.label}: {self.done}", file=sys.stderr, nl=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+        elif self.done:
+            click.echo(f"\r{self.label}: {self.done}", file=sys.stderr)
+
+
 @contextmanager
-def _progress(label: str, length: int | None = None) -> Iterator[Callable[[int], None] | None]:
-    """A progress bar on a terminal; nothing when stderr is piped."""
+def _progress(label: str) -> Iterator[_Bar | None]:
+    """Progress on a terminal; nothing when stderr is piped."""
     if not sys.stderr.isatty():
         yield None
         return
-    with click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True) as bar:
-        yield bar.update
+    bar = _Bar(label)
+    try:
+        yield bar
+    finally:
+        bar.close()
 
 
 def _parse_size(text: str) -> int:
@@ -351,7 +381,8 @@ def fsck(rebuild_index: bool, as_json: bool) -> None:
     """Re-hash every object and shard and check that every ref reaches whole data."""
     from datarepo.porcelain.maintenance import fsck as run
 
-    r = run(_repo(), rebuild_index=rebuild_index)
+    with _progress("checking") as bar:
+        r = run(_repo(), rebuild_index=rebuild_index, progress=bar)
     if as_json:
         _json(r.__dict__)
     else:

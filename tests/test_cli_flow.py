@@ -248,3 +248,32 @@ def test_bare_repository_and_ingest(tmp_path: Path, make_samples) -> None:
     assert len(json.loads(c("ls", "--json").output)) == 6
     assert "bare" in c("status", ok=False).output
     age(src)
+
+
+def test_progress_bar_on_a_terminal_and_quiet_when_piped(worktree: Path, cli) -> None:
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    write_samples(worktree, 30)
+    cli("init")
+    piped = subprocess.run([sys.executable, "-m", "datarepo.cli", "add", "."], cwd=worktree, capture_output=True, text=True)
+    assert piped.returncode == 0 and piped.stderr == ""
+    (worktree / "train/cat/0000.cls").write_bytes(b"changed")
+    leader, follower = pty.openpty()
+    proc = subprocess.run([sys.executable, "-m", "datarepo.cli", "add", "."], cwd=worktree, stdout=subprocess.PIPE,
+                          stderr=follower, text=True)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert proc.returncode == 0 and "staged 0 added, 1 modified" in proc.stdout
+    assert b"adding" in shown and b"30/30" in shown

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-Progress = Callable[[int], None] | None
+
+class Reporter(Protocol):
+    """Told how much work there is and how much is done; the CLI draws it as a bar."""
+
+    def start(self, total: int | None) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+
+Progress = Reporter | None
+
+
+def begin(progress: Progress, total: int | None) -> None:
+    if progress is not None:
+        progress.start(total)
 
 
 def tick(progress: Progress, n: int = 1) -> None:
     if progress is not None:
-        progress(n)
+        progress.advance(n)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from datarepo import tree as trees
 from datarepo.errors import DirtyWorktreeError
 from datarepo.hashing import Oid
 from datarepo.index import StatEntry
-from datarepo.porcelain import Progress, tick
+from datarepo.porcelain import Progress, begin, tick
 from datarepo.porcelain.history import create_ref
 from datarepo.porcelain.stage import status
 from datarepo.refs import BRANCHES
@@ -75,6 +75,7 @@ def _apply(repo: Repo, root: Path, moves: dict[str, trees.Change], progress: Pro
     grouping = repo.config.grouping
     written: dict[str, Oid] = {}
     removed = 0
+    begin(progress, len(moves))
     for key in sorted(moves):
         new = moves[key].new
         members = repo.members(new.datum) if new else {}

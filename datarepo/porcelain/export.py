@@ -7,7 +7,7 @@ from pathlib import Path
 
 from datarepo.errors import InvalidInputError
 from datarepo.fsutil import atomic_file, publish
-from datarepo.porcelain import Progress, tick
+from datarepo.porcelain import Progress, begin, tick
 from datarepo.porcelain.history import ls
 from datarepo.repo import Repo
 from datarepo.shards import ShardWriter, copy_member, member_size
@@ -40,6 +40,7 @@ def export(
         raise InvalidInputError(f"export destination must be a new or empty directory: {dest}")
     dest.mkdir(parents=True, exist_ok=True)
     entries = ls(repo, rev, prefix)
+    begin(progress, None)
     if shards:
         return _to_shards(repo, entries, dest, shard_size or repo.config.shard_size, progress)
     datums = files = size = 0

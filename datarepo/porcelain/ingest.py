@@ -20,7 +20,7 @@ from datarepo.errors import InvalidInputError
 from datarepo.hashing import Oid, datum_id, hash_bytes, hash_stream
 from datarepo.index import trusted
 from datarepo.objects import TreeEntry
-from datarepo.porcelain import Changes, Progress, tick
+from datarepo.porcelain import Changes, Progress, begin, tick
 from datarepo.porcelain.history import changes_of, make_commit
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, split_member_name
@@ -82,6 +82,7 @@ def ingest(
     with repo.lock:
         with DatumSink(repo) as sink:  # every shard is published before the ref moves
             run = _Run(repo, sink, progress)
+            begin(progress, None)
             entries: dict[str, TreeEntry] = {}
             for item in _read_source(run, src):
                 if isinstance(item, NewDatum):

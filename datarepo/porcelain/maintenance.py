@@ -13,7 +13,7 @@ from datarepo.errors import DataRepoError
 from datarepo.fsutil import remove
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit, Tree, TreePage
-from datarepo.porcelain import Progress, tick
+from datarepo.porcelain import Progress, begin, tick
 from datarepo.repo import Repo
 from datarepo.shards import member_hash
 from datarepo.writer import DatumSink
@@ -107,6 +107,7 @@ def fsck(repo: Repo, rebuild_index: bool = False, progress: Progress = None) -> 
     """Re-hashes every object and shard and checks that every ref reaches whole data."""
     result = FsckResult()
     stored: set[str] = set()
+    begin(progress, None)
     for oid in repo.store.iter_objects():
         result.objects += 1
         _check(result, lambda: repo.store.verify_object(oid))
@@ -212,6 +213,7 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
         live_datums = sorted(
             {d.datum for i in chosen for d in i.datums if d.datum in seen.datums}, key=lambda d: (seen.datums[d], d)
         )
+        begin(progress, len(live_datums))
         with DatumSink(repo, rewrite=True) as sink:
             for datum in live_datums:
                 members = repo.members(datum)

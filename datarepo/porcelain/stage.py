@@ -13,7 +13,7 @@ from datarepo import tree as trees
 from datarepo.errors import InvalidInputError
 from datarepo.fsutil import remove
 from datarepo.hashing import Oid
-from datarepo.porcelain import Changes, Progress, compare, tick
+from datarepo.porcelain import Changes, Progress, begin, compare, tick
 from datarepo.repo import Repo
 from datarepo.worktree import Hasher, group, member_path, scan
 from datarepo.writer import DatumSink
@@ -134,6 +134,7 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         datums = {k: work.hasher.known_datum(work.members[k]) for k in keys}
         present = repo.index.stored(d for d in datums.values() if d)
         to_read = [k for k in keys if datums[k] not in present]
+        begin(progress, len(keys))
         tick(progress, len(keys) - len(to_read))
         with DatumSink(repo) as sink:
             reads = ((k, work.hasher.read(work.members[k])) for k in to_read)
