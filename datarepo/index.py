@@ -133,14 +133,44 @@ class Index:
     def staged(self) -> dict[str, tuple[Oid | None, int]]:
         return {r[0]: (r[1], r[2]) for r in self.db.execute("SELECT key, datum, size FROM staged")}
 
+    def staged_for(self, keys: Iterable[str]) -> dict[str, tuple[Oid | None, int]]:
+        found = {}
+        batch = list(keys)
+        for i in range(0, len(batch), 500):
+            chunk = batch[i : i + 500]
+            rows = self.db.execute(f"SELECT key, datum, size FROM staged WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            found.update((r[0], (r[1], r[2])) for r in rows)
+        return found
+
     def stage(self, changes: Iterable[tuple[str, Oid | None, int]]) -> None:
         self.db.executemany("INSERT OR REPLACE INTO staged VALUES (?,?,?)", changes)
+        self._bump_staged()
 
     def unstage(self, keys: Iterable[str] | None = None) -> None:
         if keys is None:
             self.db.execute("DELETE FROM staged")
         else:
             self.db.executemany("DELETE FROM staged WHERE key=?", ((k,) for k in keys))
+        self._bump_staged()
+
+    def _bump_staged(self) -> None:
+        # Lets caches built on the staging area (the status snapshot) notice any change to it.
+        self.db.execute(
+            "INSERT INTO meta VALUES ('staged_version', '1') ON CONFLICT(name) DO UPDATE SET value = value + 1"
+        )
+
+    def load_stats_for(self, paths: Iterable[str], scope: str = "") -> dict[str, tuple[int, int, int, int, Oid]]:
+        found = {}
+        batch = list(paths)
+        for i in range(0, len(batch), 500):
+            chunk = batch[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self.db.execute(
+                f"SELECT path, size, mtime_ns, ino, seen_ns, hash FROM stat WHERE scope=? AND path IN ({marks})",
+                [scope, *chunk],
+            )
+            found.update((r[0], r[1:]) for r in rows)
+        return found
 
     # ingest state ------------------------------------------------------
     def get_meta(self, name: str) -> str | None:

@@ -81,13 +81,25 @@ def iter_tree(store: Store, oid: str, prefix: str = "") -> Iterator[TreeEntry]:
 
 def lookup(store: Store, oid: str, key: str) -> TreeEntry | None:
     """Finds one key by opening the single page that can hold it."""
+    return lookup_many(store, oid, [key]).get(key)
+
+
+def lookup_many(store: Store, oid: str, keys: Iterable[str]) -> dict[str, TreeEntry]:
+    """Finds keys, opening the root once and each page that can hold one of them once."""
     pages = read_root(store, oid).pages
-    i = bisect.bisect_right([p.first_key for p in pages], key) - 1
-    if i < 0:
-        return None
-    entries = read_page(store, pages[i].page).entries
-    j = bisect.bisect_left(entries, (key,))
-    return entries[j] if j < len(entries) and entries[j].key == key else None
+    firsts = [p.first_key for p in pages]
+    by_page: dict[int, list[str]] = {}
+    for key in keys:
+        if (i := bisect.bisect_right(firsts, key) - 1) >= 0:
+            by_page.setdefault(i, []).append(key)
+    found = {}
+    for i, wanted in by_page.items():
+        entries = read_page(store, pages[i].page).entries
+        for key in wanted:
+            j = bisect.bisect_left(entries, (key,))
+            if j < len(entries) and entries[j].key == key:
+                found[key] = entries[j]
+    return found
 
 
 def update_tree(store: Store, oid: str, changes: dict[str, TreeEntry | None]) -> Oid:

@@ -13,9 +13,9 @@ from datarepo import tree as trees
 from datarepo.errors import InvalidInputError
 from datarepo.fsutil import remove
 from datarepo.hashing import Oid
-from datarepo.porcelain import Changes, Progress, begin, compare, tick
+from datarepo.porcelain import Changes, Progress, begin, compare, snapshot, tick
 from datarepo.repo import Repo
-from datarepo.worktree import Hasher, group, member_path, scan
+from datarepo.worktree import Hasher, Scan, group, member_path, scan
 from datarepo.writer import DatumSink
 
 
@@ -99,13 +99,64 @@ def index_datums(repo: Repo, head: dict[str, Oid]) -> dict[str, Oid]:
 
 
 def status(repo: Repo, follow: bool = False) -> Status:
-    """Compares HEAD, the staging area and the work tree."""
-    work = read_worktree(repo, follow)
-    now = {key: work.hasher.datum(m)[0] for key, m in work.members.items()}
-    _save_stats(repo, work.hasher)
+    """Compares HEAD, the staging area and the work tree.
+
+    Keys whose files have not changed since the last status keep the result
+    the status snapshot holds for them; only the others are looked at again.
+    """
+    root = repo.require_worktree()
+    found = scan(root, follow=follow, skip_prefixes=repo.config.sparse)
+    found.raise_errors()
+    token = snapshot.token(repo, follow)
+    snap = snapshot.load(repo, token)
+    keys = snapshot.changed_keys(snap, found.files, repo.config.grouping) if snap else None
+    if snap is not None and keys is not None and not keys:
+        old = snap.status
+        return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), found.notes + old["group_notes"])
+    if snap is not None and keys is not None and len(keys) <= PARTIAL_LIMIT:
+        result, group_notes = _partial_status(repo, found, snap, keys)
+    else:
+        result, group_notes = _full_status(repo, found)
+    saved = {n: getattr(result, n).to_json() for n in _PARTS}
+    snapshot.save(repo, token, found, {**saved, "group_notes": group_notes})
+    result.notes = found.notes + group_notes
+    return result
+
+
+_PARTS = ("staged", "unstaged", "total")
+PARTIAL_LIMIT = 20_000
+
+
+def _full_status(repo: Repo, found: Scan) -> tuple[Status, list[str]]:
+    notes: list[str] = []
+    members = group(sorted(found.files), repo.config.grouping, notes)
+    hasher = Hasher(repo.require_worktree(), found.files, repo.index.load_stats(), found.started_ns)
+    now = {key: hasher.datum(m)[0] for key, m in members.items()}
+    _save_stats(repo, hasher)
     head = head_datums(repo)
     index = index_datums(repo, head)
-    return Status(compare(head, index), compare(index, now), compare(head, now), work.notes)
+    return Status(compare(head, index), compare(index, now), compare(head, now)), notes
+
+
+def _partial_status(repo: Repo, found: Scan, snap: snapshot.Snapshot, keys: set[str]) -> tuple[Status, list[str]]:
+    notes: list[str] = []
+    members = group(sorted(found.files), repo.config.grouping, notes)
+    paths = [rel for k in keys if k in members for rel in members[k].values()]
+    hasher = Hasher(repo.require_worktree(), found.files, repo.index.load_stats_for(paths), found.started_ns)
+    now = {k: hasher.datum(members[k])[0] for k in keys if k in members}
+    _save_stats(repo, hasher)
+    tree = repo.tree_of(None)
+    found_head = trees.lookup_many(repo.store, tree, keys) if tree else {}
+    head = {k: e.datum for k, e in found_head.items() if not _sparse(repo, k)}
+    index = dict(head)
+    for key, (datum, _) in repo.index.staged_for(keys).items():
+        if datum is None:
+            index.pop(key, None)
+        else:
+            index[key] = datum
+    fresh = (compare(head, index), compare(index, now), compare(head, now))
+    merged = [snapshot.merge(snapshot.changes_from_json(snap.status[n]), keys, c) for n, c in zip(_PARTS, fresh)]
+    return Status(*merged), notes
 
 
 def _save_stats(repo: Repo, hasher: Hasher) -> None:

@@ -1,0 +1,88 @@
+"""The status snapshot: what the last ``status`` saw, so the next one only redoes changed keys.
+
+A snapshot holds the work tree's (size, mtime_ns, inode) per file and the
+status computed from it, under a token of everything else status depends on:
+HEAD, the staging area's version, grouping, sparse prefixes, the ignore file
+and ``--follow``. Files whose mtime was "racy" when seen are left out, so they
+are always looked at again. Like the rest of ``index.sqlite`` it is only a
+cache: without it, status does the full work.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from datarepo.hashing import hash_bytes
+from datarepo.index import RACY_NS
+from datarepo.porcelain import Changes
+from datarepo.repo import Repo
+from datarepo.worktree import IGNORE_FILE, FileStat, Scan, split_path
+
+META_NAME = "status-snapshot"
+
+
+@dataclass
+class Snapshot:
+    files: dict[str, tuple[int, int, int]]
+    status: dict[str, Any]
+
+
+def token(repo: Repo, follow: bool) -> str:
+    ignore = repo.require_worktree() / IGNORE_FILE
+    return json.dumps([
+        repo.head(),
+        repo.index.get_meta("staged_version"),
+        repo.config.grouping,
+        list(repo.config.sparse),
+        follow,
+        hash_bytes(ignore.read_bytes()) if ignore.is_file() else None,
+    ])
+
+
+def load(repo: Repo, tok: str) -> Snapshot | None:
+    raw = repo.index.get_meta(META_NAME)
+    if raw is None:
+        return None
+    try:
+        obj = json.loads(raw)
+        if obj["token"] != tok:
+            return None
+        return Snapshot({p: (s, m, i) for p, s, m, i in obj["files"]}, obj["status"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def save(repo: Repo, tok: str, found: Scan, status: dict[str, Any]) -> None:
+    horizon = found.started_ns - RACY_NS
+    files = [[p, *st] for p, st in found.files.items() if st.mtime_ns < horizon]
+    with repo.index.transaction():
+        repo.index.set_meta(META_NAME, json.dumps({"token": tok, "files": files, "status": status}))
+
+
+def changed_keys(snap: Snapshot, files: dict[str, FileStat], grouping: str) -> set[str] | None:
+    """Keys whose files differ from the snapshot's; None if a path cannot be grouped."""
+    old = snap.files
+    paths = [p for p, st in files.items() if old.get(p) != st]
+    paths.extend(old.keys() - files.keys())
+    keys = set()
+    for p in paths:
+        split = split_path(p, grouping)
+        if split is None:
+            return None
+        keys.add(split[0])
+    return keys
+
+
+def changes_from_json(obj: dict[str, list[str]]) -> Changes:
+    return Changes(list(obj["added"]), list(obj["modified"]), list(obj["deleted"]))
+
+
+def merge(old: Changes, keys: set[str], new: Changes) -> Changes:
+    """``old`` with every key in ``keys`` reclassified as in ``new``."""
+    out = Changes()
+    for name in ("added", "modified", "deleted"):
+        kept = [k for k in getattr(old, name) if k not in keys]
+        getattr(out, name).extend(sorted(kept + getattr(new, name)))
+    return out

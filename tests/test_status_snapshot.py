@@ -1,0 +1,96 @@
+"""The status snapshot: a status that reuses it must equal one computed from scratch."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from datarepo.porcelain import snapshot, stage
+from datarepo.porcelain.history import commit
+from datarepo.repo import Repo
+
+from conftest import age, write_samples
+
+
+def _fresh(repo: Repo) -> stage.Status:
+    """Status with the snapshot thrown away first."""
+    with repo.index.transaction():
+        repo.index.db.execute("DELETE FROM meta WHERE name=?", (snapshot.META_NAME,))
+    return stage.status(repo)
+
+
+def _as_dict(st: stage.Status) -> dict:
+    return {"staged": st.staged.to_json(), "unstaged": st.unstaged.to_json(), "total": st.total.to_json()}
+
+
+@pytest.fixture
+def repo(worktree: Path) -> Repo:
+    write_samples(worktree, 30)
+    age(worktree, 60)
+    repo = Repo.init(worktree)
+    stage.add(repo, [str(worktree)])
+    commit(repo, "first")
+    return repo
+
+
+def test_unchanged_tree_takes_the_fast_path(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = stage.status(repo)
+    assert not first.total
+    for slow in ("_full_status", "_partial_status"):
+        monkeypatch.setattr(stage, slow, lambda *a: pytest.fail("the snapshot was not used"))
+    assert _as_dict(stage.status(repo)) == _as_dict(first)
+
+
+def test_changed_keys_take_the_partial_path(repo: Repo, worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stage.status(repo)
+    (worktree / "train/cat/0000.jpg").write_bytes(b"new")
+    (worktree / "train/dog/0001.cls").unlink()
+    (worktree / "train/dog/0003.jpg").unlink()
+    (worktree / "train/dog/0003.cls").unlink()
+    (worktree / "fresh.bin").write_bytes(b"added")
+    monkeypatch.setattr(stage, "_full_status", lambda *a: pytest.fail("a full status was not needed"))
+    st = stage.status(repo)
+    assert st.total.to_json() == {
+        "added": ["fresh"],
+        "modified": ["train/cat/0000", "train/dog/0001"],
+        "deleted": ["train/dog/0003"],
+    }
+
+
+def test_staging_and_commits_invalidate_the_snapshot(repo: Repo, worktree: Path) -> None:
+    (worktree / "train/cat/0000.jpg").write_bytes(b"new")
+    assert stage.status(repo).unstaged.modified == ["train/cat/0000"]
+    stage.add(repo, [str(worktree)])
+    st = stage.status(repo)
+    assert st.staged.modified == ["train/cat/0000"] and not st.unstaged
+    commit(repo, "second")
+    assert not stage.status(repo).total and not stage.status(repo).staged
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_edits_agree_with_a_fresh_status(repo: Repo, worktree: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    for step in range(25):
+        files = sorted(p for p in worktree.rglob("*") if p.is_file() and ".datarepo" not in p.parts)
+        action = rng.choice(["modify", "modify", "delete", "create", "add", "commit", "touch", "status"])
+        if action == "modify":
+            p = rng.choice(files)
+            p.write_bytes(rng.randbytes(rng.randint(0, 50)))
+            age(worktree, rng.choice([0, 60]), only=[p])
+        elif action == "delete" and len(files) > 4:
+            rng.choice(files).unlink()
+        elif action == "create":
+            p = worktree / f"new/{rng.randint(0, 5)}.{rng.choice(['jpg', 'cls'])}"
+            p.parent.mkdir(exist_ok=True)
+            p.write_bytes(rng.randbytes(8))
+            age(worktree, rng.choice([0, 60]), only=[p])
+        elif action == "add":
+            stage.add(repo, [str(worktree)])
+        elif action == "commit" and repo.index.staged():
+            commit(repo, f"step {step}")
+        elif action == "touch":
+            age(worktree, 60, only=[rng.choice(files)])
+        reused = _as_dict(stage.status(repo))
+        assert reused == _as_dict(_fresh(repo)), f"seed {seed} step {step} after {action}"
