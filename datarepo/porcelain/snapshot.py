@@ -11,7 +11,9 @@ cache: without it, status does the full work.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from datarepo.hashing import hash_bytes
@@ -21,12 +23,30 @@ from datarepo.repo import Repo
 from datarepo.worktree import IGNORE_FILE, FileStat, Scan, split_path
 
 META_NAME = "status-snapshot"
+FILES_NAME = "status-snapshot-files"
 
 
 @dataclass
 class Snapshot:
-    files: dict[str, tuple[int, int, int]]
+    """A saved status. Its file list is parsed only when some file changed."""
+
+    repo: Repo
+    digest: str
     status: dict[str, Any]
+
+    @cached_property
+    def files(self) -> dict[str, tuple[int, int, int]]:
+        raw = self.repo.index.get_meta(FILES_NAME)
+        try:
+            return {p: (s, m, i) for p, s, m, i in json.loads(raw or "[]")}
+        except (ValueError, TypeError):
+            return {}
+
+
+def digest(files: Iterable[tuple[str, tuple[int, int, int]]]) -> str:
+    """One hash of a (path, stat) listing in scan order. The order of an unchanged tree's
+    listing is stable; if it moves, the digests differ and status takes the slower path."""
+    return hash_bytes("".join(f"{p}\x00{s} {m} {i}\n" for p, (s, m, i) in files).encode())
 
 
 def token(repo: Repo, follow: bool) -> str:
@@ -47,18 +67,19 @@ def load(repo: Repo, tok: str) -> Snapshot | None:
         return None
     try:
         obj = json.loads(raw)
-        if obj["token"] != tok:
-            return None
-        return Snapshot({p: (s, m, i) for p, s, m, i in obj["files"]}, obj["status"])
+        return Snapshot(repo, obj["digest"], obj["status"]) if obj["token"] == tok else None
     except (ValueError, KeyError, TypeError):
         return None
 
 
 def save(repo: Repo, tok: str, found: Scan, status: dict[str, Any]) -> None:
+    """Saves a status with the files it saw, less those too recent to trust (always re-checked)."""
     horizon = found.started_ns - RACY_NS
-    files = [[p, *st] for p, st in found.files.items() if st.mtime_ns < horizon]
+    files = [(p, st) for p, st in found.files.items() if st.mtime_ns < horizon]
+    head = {"token": tok, "digest": digest(files), "status": status}
     with repo.index.transaction():
-        repo.index.set_meta(META_NAME, json.dumps({"token": tok, "files": files, "status": status}))
+        repo.index.set_meta(META_NAME, json.dumps(head))
+        repo.index.set_meta(FILES_NAME, json.dumps([[p, *st] for p, st in files]))
 
 
 def changed_keys(snap: Snapshot, files: dict[str, FileStat], grouping: str) -> set[str] | None:

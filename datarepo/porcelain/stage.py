@@ -109,10 +109,10 @@ def status(repo: Repo, follow: bool = False) -> Status:
     found.raise_errors()
     token = snapshot.token(repo, follow)
     snap = snapshot.load(repo, token)
-    keys = snapshot.changed_keys(snap, found.files, repo.config.grouping) if snap else None
-    if snap is not None and keys is not None and not keys:
+    if snap is not None and snap.digest == snapshot.digest(found.files.items()):
         old = snap.status
         return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), found.notes + old["group_notes"])
+    keys = snapshot.changed_keys(snap, found.files, repo.config.grouping) if snap else None
     if snap is not None and keys is not None and len(keys) <= PARTIAL_LIMIT:
         result, group_notes = _partial_status(repo, found, snap, keys)
     else:
