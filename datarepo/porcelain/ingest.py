@@ -24,7 +24,7 @@ from datarepo.porcelain import Changes, Progress, begin, tick
 from datarepo.porcelain.history import changes_of, make_commit
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, split_member_name
-from datarepo.worktree import Hasher, check_key, group, scan
+from datarepo.worktree import SIZE, Hasher, check_key, group, scan
 from datarepo.writer import DatumSink
 
 TAR_SUFFIXES = (".tar",)
@@ -163,7 +163,7 @@ def _folder(run: _Run, root: Path) -> Iterator[NewDatum | TreeEntry]:
     hasher = Hasher(root, found.files, run.repo.index.load_stats(scope), found.started_ns)
     for key in sorted(members):
         datum = hasher.known_datum(members[key])
-        size = sum(found.files[rel].size for rel in members[key].values())
+        size = sum(found.files[rel][SIZE] for rel in members[key].values())
         if datum is not None and run.stored(datum):
             run.reused_files += len(members[key])
             yield TreeEntry(key, datum, size)

@@ -20,7 +20,7 @@ from datarepo.hashing import hash_bytes
 from datarepo.index import RACY_NS
 from datarepo.porcelain import Changes
 from datarepo.repo import Repo
-from datarepo.worktree import IGNORE_FILE, FileStat, Scan, split_path
+from datarepo.worktree import IGNORE_FILE, MTIME, FileStat, Scan, split_path
 
 META_NAME = "status-snapshot"
 FILES_NAME = "status-snapshot-files"
@@ -75,7 +75,7 @@ def load(repo: Repo, tok: str) -> Snapshot | None:
 def save(repo: Repo, tok: str, found: Scan, status: dict[str, Any]) -> None:
     """Saves a status with the files it saw, less those too recent to trust (always re-checked)."""
     horizon = found.started_ns - RACY_NS
-    files = [(p, st) for p, st in found.files.items() if st.mtime_ns < horizon]
+    files = [(p, st) for p, st in found.files.items() if st[MTIME] < horizon]
     head = {"token": tok, "digest": digest(files), "status": status}
     with repo.index.transaction():
         repo.index.set_meta(META_NAME, json.dumps(head))

@@ -15,7 +15,7 @@ from datarepo.fsutil import remove
 from datarepo.hashing import Oid
 from datarepo.porcelain import Changes, Progress, begin, compare, snapshot, tick
 from datarepo.repo import Repo
-from datarepo.worktree import Hasher, Scan, group, member_path, scan
+from datarepo.worktree import SIZE, Hasher, Scan, group, member_path, scan
 from datarepo.writer import DatumSink
 
 
@@ -32,7 +32,7 @@ class WorkTree:
     hasher: Hasher
 
     def size(self, key: str) -> int:
-        return sum(self.hasher.files[rel].size for rel in self.members[key].values())
+        return sum(self.hasher.files[rel][SIZE] for rel in self.members[key].values())
 
 
 @dataclass
