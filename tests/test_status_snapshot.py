@@ -38,8 +38,7 @@ def repo(worktree: Path) -> Repo:
 def test_unchanged_tree_takes_the_fast_path(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
     first = stage.status(repo)
     assert not first.total
-    for slow in ("_full_status", "_partial_status"):
-        monkeypatch.setattr(stage, slow, lambda *a: pytest.fail("the snapshot was not used"))
+    monkeypatch.setattr(stage._Look, "hasher", lambda *a: pytest.fail("the snapshot was not used"))
     assert _as_dict(stage.status(repo)) == _as_dict(first)
 
 
@@ -50,13 +49,28 @@ def test_changed_keys_take_the_partial_path(repo: Repo, worktree: Path, monkeypa
     (worktree / "train/dog/0003.jpg").unlink()
     (worktree / "train/dog/0003.cls").unlink()
     (worktree / "fresh.bin").write_bytes(b"added")
-    monkeypatch.setattr(stage, "_full_status", lambda *a: pytest.fail("a full status was not needed"))
+    from datarepo.index import Index
+
+    monkeypatch.setattr(Index, "load_stats", lambda *a: pytest.fail("a full status was not needed"))
     st = stage.status(repo)
     assert st.total.to_json() == {
         "added": ["fresh"],
         "modified": ["train/cat/0000", "train/dog/0001"],
         "deleted": ["train/dog/0003"],
     }
+
+
+def test_add_keeps_the_snapshot_usable(repo: Repo, worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stage.status(repo)
+    (worktree / "train/cat/0000.jpg").write_bytes(b"new")
+    age(worktree, 60, only=[worktree / "train/cat/0000.jpg"])
+    from datarepo.index import Index
+
+    monkeypatch.setattr(Index, "load_stats", lambda *a: pytest.fail("add looked at every key"))
+    assert stage.add(repo, [str(worktree)]).changes.modified == ["train/cat/0000"]
+    monkeypatch.setattr(stage._Look, "hasher", lambda *a: pytest.fail("the snapshot was not used after add"))
+    st = stage.status(repo)
+    assert st.staged.modified == ["train/cat/0000"] and not st.unstaged
 
 
 def test_staging_and_commits_invalidate_the_snapshot(repo: Repo, worktree: Path) -> None:
@@ -69,12 +83,12 @@ def test_staging_and_commits_invalidate_the_snapshot(repo: Repo, worktree: Path)
     assert not stage.status(repo).total and not stage.status(repo).staged
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(10))
 def test_random_edits_agree_with_a_fresh_status(repo: Repo, worktree: Path, seed: int) -> None:
     rng = random.Random(seed)
     for step in range(25):
         files = sorted(p for p in worktree.rglob("*") if p.is_file() and ".datarepo" not in p.parts)
-        action = rng.choice(["modify", "modify", "delete", "create", "add", "commit", "touch", "status"])
+        action = rng.choice(["modify", "modify", "delete", "create", "add", "add-part", "commit", "touch", "status"])
         if action == "modify":
             p = rng.choice(files)
             p.write_bytes(rng.randbytes(rng.randint(0, 50)))
@@ -88,6 +102,8 @@ def test_random_edits_agree_with_a_fresh_status(repo: Repo, worktree: Path, seed
             age(worktree, rng.choice([0, 60]), only=[p])
         elif action == "add":
             stage.add(repo, [str(worktree)])
+        elif action == "add-part" and (worktree / "train/cat").is_dir():
+            stage.add(repo, [str(worktree / "train/cat")])
         elif action == "commit" and repo.index.staged():
             commit(repo, f"step {step}")
         elif action == "touch":

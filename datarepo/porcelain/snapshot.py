@@ -3,8 +3,8 @@
 A snapshot holds the work tree's (size, mtime_ns, inode) per file and the
 status computed from it, under a token of everything else status depends on:
 HEAD, the staging area's version, grouping, sparse prefixes, the ignore file
-and ``--follow``. Files whose mtime was "racy" when seen are left out, so they
-are always looked at again. Like the rest of ``index.sqlite`` it is only a
+and ``--follow``. Files whose mtime was "racy" when seen are listed with a
+stat no file has, so they are always looked at again. Like the rest of ``index.sqlite`` it is only a
 cache: without it, status does the full work.
 """
 
@@ -24,6 +24,7 @@ from datarepo.worktree import IGNORE_FILE, MTIME, FileStat, Scan, split_path
 
 META_NAME = "status-snapshot"
 FILES_NAME = "status-snapshot-files"
+UNTRUSTED = (-1, -1, -1)
 
 
 @dataclass
@@ -73,9 +74,11 @@ def load(repo: Repo, tok: str) -> Snapshot | None:
 
 
 def save(repo: Repo, tok: str, found: Scan, status: dict[str, Any]) -> None:
-    """Saves a status with the files it saw, less those too recent to trust (always re-checked)."""
+    """Saves a status with the files it saw."""
     horizon = found.started_ns - RACY_NS
-    files = [(p, st) for p, st in found.files.items() if st[MTIME] < horizon]
+    # A file too recent to trust is listed with a stat no file has: it always
+    # counts as changed while it exists, and its deletion is still noticed.
+    files = [(p, st if st[MTIME] < horizon else UNTRUSTED) for p, st in found.files.items()]
     head = {"token": tok, "digest": digest(files), "status": status}
     with repo.index.transaction():
         repo.index.set_meta(META_NAME, json.dumps(head))

@@ -7,12 +7,14 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import TypeVar
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from datarepo import tree as trees
 from datarepo.errors import InvalidInputError
 from datarepo.fsutil import remove
 from datarepo.hashing import Oid
+from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, compare, snapshot, tick
 from datarepo.repo import Repo
 from datarepo.worktree import SIZE, Hasher, Scan, group, member_path, scan
@@ -21,18 +23,6 @@ from datarepo.writer import DatumSink
 
 STORE_BATCH = 256
 T = TypeVar("T")
-
-
-@dataclass
-class WorkTree:
-    """The work tree grouped into datums, with a hasher that trusts the stat cache."""
-
-    members: dict[str, dict[str, str]]
-    notes: list[str]
-    hasher: Hasher
-
-    def size(self, key: str) -> int:
-        return sum(self.hasher.files[rel][SIZE] for rel in self.members[key].values())
 
 
 @dataclass
@@ -71,26 +61,23 @@ def _sparse(repo: Repo, key: str) -> bool:
     return any(key.startswith(p) for p in repo.config.sparse)
 
 
-def read_worktree(repo: Repo, follow: bool = False) -> WorkTree:
-    """Scans the work tree into datums; raises on files that cannot be taken."""
-    root = repo.require_worktree()
-    found = scan(root, follow=follow, skip_prefixes=repo.config.sparse)
-    found.raise_errors()
-    notes = list(found.notes)
-    members = group(sorted(found.files), repo.config.grouping, notes)
-    return WorkTree(members, notes, Hasher(root, found.files, repo.index.load_stats(), found.started_ns))
-
-
-def head_datums(repo: Repo) -> dict[str, Oid]:
+def head_datums(repo: Repo, keys: Iterable[str] | None = None) -> dict[str, Oid]:
+    """HEAD's datum per key (only ``keys``, if given), sparse prefixes left out."""
     tree = repo.tree_of(None)
-    entries = trees.iter_tree(repo.store, tree) if tree else ()
+    if tree is None:
+        return {}
+    if keys is None:
+        entries: Iterable[TreeEntry] = trees.iter_tree(repo.store, tree)
+    else:
+        entries = trees.lookup_many(repo.store, tree, keys).values()
     return {e.key: e.datum for e in entries if not _sparse(repo, e.key)}
 
 
-def index_datums(repo: Repo, head: dict[str, Oid]) -> dict[str, Oid]:
-    """HEAD overlaid with the staging area."""
+def index_datums(repo: Repo, head: dict[str, Oid], keys: Iterable[str] | None = None) -> dict[str, Oid]:
+    """HEAD overlaid with the staging area (only ``keys``, if given)."""
     state = dict(head)
-    for key, (datum, _) in repo.index.staged().items():
+    staged = repo.index.staged() if keys is None else repo.index.staged_for(keys)
+    for key, (datum, _) in staged.items():
         if datum is None:
             state.pop(key, None)
         else:
@@ -98,65 +85,93 @@ def index_datums(repo: Repo, head: dict[str, Oid]) -> dict[str, Oid]:
     return state
 
 
-def status(repo: Repo, follow: bool = False) -> Status:
-    """Compares HEAD, the staging area and the work tree.
+@dataclass
+class _Look:
+    """One look at the work tree, and what the status snapshot says about it.
 
-    Keys whose files have not changed since the last status keep the result
-    the status snapshot holds for them; only the others are looked at again.
+    ``suspects`` are the keys whose files changed since the snapshot: the
+    snapshot's verdict holds for every other key. None means there is no usable
+    snapshot (or too much changed), so every key must be looked at.
     """
-    root = repo.require_worktree()
-    found = scan(root, follow=follow, skip_prefixes=repo.config.sparse)
-    found.raise_errors()
-    token = snapshot.token(repo, follow)
-    snap = snapshot.load(repo, token)
-    if snap is not None and snap.digest == snapshot.digest(found.files.items()):
-        old = snap.status
-        return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), found.notes + old["group_notes"])
-    keys = snapshot.changed_keys(snap, found.files, repo.config.grouping) if snap else None
-    if snap is not None and keys is not None and len(keys) <= PARTIAL_LIMIT:
-        result, group_notes = _partial_status(repo, found, snap, keys)
-    else:
-        result, group_notes = _full_status(repo, found)
-    saved = {n: getattr(result, n).to_json() for n in _PARTS}
-    snapshot.save(repo, token, found, {**saved, "group_notes": group_notes})
-    result.notes = found.notes + group_notes
-    return result
+
+    repo: Repo
+    found: Scan
+    token: str
+    snap: snapshot.Snapshot | None
+    suspects: set[str] | None
+    follow: bool = False
+
+    @cached_property
+    def grouped(self) -> tuple[dict[str, dict[str, str]], list[str]]:
+        notes: list[str] = []
+        return group(sorted(self.found.files), self.repo.config.grouping, notes), notes
+
+    @property
+    def members(self) -> dict[str, dict[str, str]]:
+        return self.grouped[0]
+
+    def hasher(self, keys: set[str] | None) -> Hasher:
+        """A hasher with the stat cache of every file, or only of the files of ``keys``."""
+        if keys is None:
+            cache = self.repo.index.load_stats()
+        else:
+            cache = self.repo.index.load_stats_for(r for k in keys if k in self.members for r in self.members[k].values())
+        return Hasher(self.repo.require_worktree(), self.found.files, cache, self.found.started_ns)
+
+    def size(self, key: str) -> int:
+        return sum(self.found.files[rel][SIZE] for rel in self.members[key].values())
+
+    def save(self, result: Status, keys: set[str] | None) -> Status:
+        """Stores ``result`` (fresh for ``keys`` only, or for all) as the new snapshot; returns it whole."""
+        if keys is not None and self.snap is not None:
+            old = self.snap.status
+            result = Status(*(snapshot.merge(snapshot.changes_from_json(old[n]), keys, getattr(result, n)) for n in _PARTS))
+        group_notes = self.grouped[1]
+        token = snapshot.token(self.repo, self.follow)
+        snapshot.save(self.repo, token, self.found, {**{n: getattr(result, n).to_json() for n in _PARTS}, "group_notes": group_notes})
+        result.notes = self.found.notes + group_notes
+        return result
 
 
 _PARTS = ("staged", "unstaged", "total")
 PARTIAL_LIMIT = 20_000
 
 
-def _full_status(repo: Repo, found: Scan) -> tuple[Status, list[str]]:
-    notes: list[str] = []
-    members = group(sorted(found.files), repo.config.grouping, notes)
-    hasher = Hasher(repo.require_worktree(), found.files, repo.index.load_stats(), found.started_ns)
-    now = {key: hasher.datum(m)[0] for key, m in members.items()}
-    _save_stats(repo, hasher)
-    head = head_datums(repo)
-    index = index_datums(repo, head)
-    return Status(compare(head, index), compare(index, now), compare(head, now)), notes
+def _look(repo: Repo, follow: bool) -> _Look:
+    found = scan(repo.require_worktree(), follow=follow, skip_prefixes=repo.config.sparse)
+    found.raise_errors()
+    token = snapshot.token(repo, follow)
+    snap = snapshot.load(repo, token)
+    suspects = None
+    if snap is not None and snap.digest == snapshot.digest(found.files.items()):
+        suspects = set()
+    elif snap is not None:
+        suspects = snapshot.changed_keys(snap, found.files, repo.config.grouping)
+        if suspects is not None and len(suspects) > PARTIAL_LIMIT:
+            suspects = None
+    return _Look(repo, found, token, snap, suspects, follow)
 
 
-def _partial_status(repo: Repo, found: Scan, snap: snapshot.Snapshot, keys: set[str]) -> tuple[Status, list[str]]:
-    notes: list[str] = []
-    members = group(sorted(found.files), repo.config.grouping, notes)
-    paths = [rel for k in keys if k in members for rel in members[k].values()]
-    hasher = Hasher(repo.require_worktree(), found.files, repo.index.load_stats_for(paths), found.started_ns)
-    now = {k: hasher.datum(members[k])[0] for k in keys if k in members}
+def _verdict(head: dict[str, Oid], index: dict[str, Oid], now: dict[str, Oid]) -> Status:
+    return Status(compare(head, index), compare(index, now), compare(head, now))
+
+
+def status(repo: Repo, follow: bool = False) -> Status:
+    """Compares HEAD, the staging area and the work tree.
+
+    Keys whose files have not changed since the last status keep the verdict
+    the status snapshot holds for them; only the others are looked at again.
+    """
+    look = _look(repo, follow)
+    keys = look.suspects
+    if keys is not None and not keys and look.snap is not None:
+        old = look.snap.status
+        return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), look.found.notes + old["group_notes"])
+    hasher = look.hasher(keys)
+    now = {k: hasher.datum(m)[0] for k, m in look.members.items() if keys is None or k in keys}
     _save_stats(repo, hasher)
-    tree = repo.tree_of(None)
-    found_head = trees.lookup_many(repo.store, tree, keys) if tree else {}
-    head = {k: e.datum for k, e in found_head.items() if not _sparse(repo, k)}
-    index = dict(head)
-    for key, (datum, _) in repo.index.staged_for(keys).items():
-        if datum is None:
-            index.pop(key, None)
-        else:
-            index[key] = datum
-    fresh = (compare(head, index), compare(index, now), compare(head, now))
-    merged = [snapshot.merge(snapshot.changes_from_json(snap.status[n]), keys, c) for n, c in zip(_PARTS, fresh)]
-    return Status(*merged), notes
+    head = head_datums(repo, keys)
+    return look.save(_verdict(head, index_datums(repo, head, keys), now), keys)
 
 
 def _save_stats(repo: Repo, hasher: Hasher) -> None:
@@ -175,29 +190,58 @@ class AddResult:
 
 
 def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progress: Progress = None) -> AddResult:
-    """Stores new or changed datums under ``paths`` and stages them (and deletions)."""
+    """Stores new or changed datums under ``paths`` and stages them (and deletions).
+
+    With a status snapshot, only keys whose files changed since it, or that it
+    saw differ from the index, are looked at.
+    """
     prefixes = key_filter(repo, paths)
     with repo.lock:
-        work = read_worktree(repo, follow)
-        head = head_datums(repo)
-        index = index_datums(repo, head)
-        keys = [k for k in sorted(work.members) if _selected(k, prefixes)]
-        datums = {k: work.hasher.known_datum(work.members[k]) for k in keys}
-        present = repo.index.stored(d for d in datums.values() if d)
-        to_read = [k for k in keys if datums[k] not in present]
-        begin(progress, len(keys))
-        tick(progress, len(keys) - len(to_read))
-        with DatumSink(repo) as sink:
-            reads = ((k, work.hasher.read(work.members[k])) for k in to_read)
-            for batch in _batched(reads, STORE_BATCH):
-                datums.update(zip((k for k, _ in batch), sink.put_many([r for _, r in batch])))
-                tick(progress, len(batch))
-        staged = [(k, datums[k], work.size(k)) for k in keys if index.get(k) != datums[k]]
-        gone = [k for k in index if k not in work.members and _selected(k, prefixes)]
-        staged.extend((k, None, 0) for k in gone)
-        _stage(repo, staged, head, work.hasher)
-    changes = compare({k: index.get(k) for k, _, _ in staged if k in index}, {k: d for k, d, _ in staged if d})
-    return AddResult(changes, len(sink.written), sum(sink.written.values()), len(work.hasher.updated), work.notes)
+        look = _look(repo, follow)
+        keys = look.suspects
+        if keys is not None and look.snap is not None:
+            keys = keys | snapshot.changes_from_json(look.snap.status["unstaged"]).keys()
+        head = head_datums(repo, keys)
+        index = index_datums(repo, head, keys)
+        candidates = keys if keys is not None else set(look.members) | set(index) | set(head)
+        chosen = sorted(k for k in candidates if _selected(k, prefixes))
+        hasher = look.hasher(keys)
+        now, written = _store(repo, look, hasher, [k for k in chosen if k in look.members], progress)
+        staged = [(k, now[k], look.size(k)) for k in now if index.get(k) != now[k]]
+        staged.extend((k, None, 0) for k in chosen if k not in look.members and k in index)
+        _stage(repo, staged, head, hasher)
+        after = dict(index)
+        after.update((k, d) for k, d, _ in staged if d)
+        for k, d, _ in staged:
+            if d is None:
+                after.pop(k, None)
+        if prefixes is None:
+            limit = set(chosen)
+            look.save(_verdict(_only(head, limit), _only(after, limit), now), keys)
+    changes = compare({k: index[k] for k, _, _ in staged if k in index}, {k: d for k, d, _ in staged if d})
+    notes = look.found.notes + look.grouped[1]
+    return AddResult(changes, len(written), sum(written.values()), len(hasher.updated), notes)
+
+
+def _only(state: dict[str, Oid], keys: set[str]) -> dict[str, Oid]:
+    return {k: v for k, v in state.items() if k in keys}
+
+
+def _store(
+    repo: Repo, look: _Look, hasher: Hasher, keys: list[str], progress: Progress
+) -> tuple[dict[str, Oid], dict[Oid, int]]:
+    """The datum of every key in ``keys``, storing those no shard holds yet (read once each)."""
+    datums = {k: hasher.known_datum(look.members[k]) for k in keys}
+    present = repo.index.stored(d for d in datums.values() if d)
+    to_read = [k for k in keys if datums[k] not in present]
+    begin(progress, len(keys))
+    tick(progress, len(keys) - len(to_read))
+    with DatumSink(repo) as sink:
+        reads = ((k, hasher.read(look.members[k])) for k in to_read)
+        for batch in _batched(reads, STORE_BATCH):
+            datums.update(zip((k for k, _ in batch), sink.put_many([r for _, r in batch])))
+            tick(progress, len(batch))
+    return datums, sink.written  # type: ignore[return-value]
 
 
 def _batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
