@@ -110,3 +110,17 @@ def test_random_edits_agree_with_a_fresh_status(repo: Repo, worktree: Path, seed
             age(worktree, 60, only=[rng.choice(files)])
         reused = _as_dict(stage.status(repo))
         assert reused == _as_dict(_fresh(repo)), f"seed {seed} step {step} after {action}"
+
+
+def test_commit_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (worktree / "train/cat/0000.jpg").write_bytes(b"staged then committed")
+    (worktree / "train/dog/0001.jpg").write_bytes(b"left unstaged")
+    age(worktree, 60, only=[worktree / "train/cat/0000.jpg", worktree / "train/dog/0001.jpg"])
+    stage.add(repo, [str(worktree / "train/cat")])
+    stage.status(repo)
+    commit(repo, "second")
+    monkeypatch.setattr(stage._Look, "hasher", lambda *a: pytest.fail("the snapshot did not survive the commit"))
+    carried = _as_dict(stage.status(repo))
+    monkeypatch.undo()
+    assert carried == _as_dict(_fresh(repo))
+    assert carried["total"]["modified"] == ["train/dog/0001"] and not carried["staged"]["modified"]

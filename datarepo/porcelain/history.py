@@ -10,7 +10,7 @@ from datarepo import tree as trees
 from datarepo.errors import BadRevisionError, DataRepoError, InvalidInputError, ObjectNotFoundError
 from datarepo.hashing import Oid
 from datarepo.objects import Commit, TreeEntry
-from datarepo.porcelain import Changes
+from datarepo.porcelain import Changes, snapshot
 from datarepo.refs import BRANCHES, HEAD, check_name
 from datarepo.repo import Repo
 from datarepo.shards import MemberData
@@ -64,8 +64,11 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
         if missing:
             raise ObjectNotFoundError("staged datum", sorted(missing)[0])
         changes = {k: TreeEntry(k, d, s) if d else None for k, (d, s) in staged.items()}
+        before = snapshot.token(repo, follow=False) if repo.worktree is not None else None
         oid = make_commit(repo, changes, message, parent)
         repo.index.unstage()
+        if before is not None:
+            snapshot.after_commit(repo, before)
     return CommitResult(oid, repo.current_branch(), len(staged))
 
 

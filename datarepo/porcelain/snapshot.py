@@ -110,3 +110,19 @@ def merge(old: Changes, keys: set[str], new: Changes) -> Changes:
         kept = [k for k in getattr(old, name) if k not in keys]
         getattr(out, name).extend(sorted(kept + getattr(new, name)))
     return out
+
+
+def after_commit(repo: Repo, old_token: str) -> None:
+    """Carries a snapshot across a commit of the whole staging area.
+
+    The new HEAD is the old index, so nothing is staged any more and the work
+    tree differs from HEAD exactly as it differed from the index.
+    """
+    snap = load(repo, old_token)
+    if snap is None:
+        return
+    unstaged = snap.status["unstaged"]
+    status = {**snap.status, "staged": Changes().to_json(), "total": unstaged}
+    head = {"token": token(repo, follow=False), "digest": snap.digest, "status": status}
+    with repo.index.transaction():
+        repo.index.set_meta(META_NAME, json.dumps(head))
