@@ -73,13 +73,14 @@ def load(repo: Repo, tok: str) -> Snapshot | None:
         return None
 
 
-def save(repo: Repo, tok: str, found: Scan, status: dict[str, Any]) -> None:
-    """Saves a status with the files it saw."""
+def save(repo: Repo, tok: str, found: Scan, status: dict[str, Any], seen: str | None = None) -> None:
+    """Saves a status with the files it saw (``seen``: their digest, if already known)."""
     horizon = found.started_ns - RACY_NS
     # A file too recent to trust is listed with a stat no file has: it always
     # counts as changed while it exists, and its deletion is still noticed.
     files = [(p, st if st[MTIME] < horizon else UNTRUSTED) for p, st in found.files.items()]
-    head = {"token": tok, "digest": digest(files), "status": status}
+    trusted_all = all(st is not UNTRUSTED for _, st in files)
+    head = {"token": tok, "digest": seen if seen and trusted_all else digest(files), "status": status}
     with repo.index.transaction():
         repo.index.set_meta(META_NAME, json.dumps(head))
         repo.index.set_meta(FILES_NAME, json.dumps([[p, *st] for p, st in files]))

@@ -100,6 +100,7 @@ class _Look:
     snap: snapshot.Snapshot | None
     suspects: set[str] | None
     follow: bool = False
+    digest: str | None = None
 
     @cached_property
     def grouped(self) -> tuple[dict[str, dict[str, str]], list[str]]:
@@ -128,7 +129,8 @@ class _Look:
             result = Status(*(snapshot.merge(snapshot.changes_from_json(old[n]), keys, getattr(result, n)) for n in _PARTS))
         group_notes = self.grouped[1]
         token = snapshot.token(self.repo, self.follow)
-        snapshot.save(self.repo, token, self.found, {**{n: getattr(result, n).to_json() for n in _PARTS}, "group_notes": group_notes})
+        saved = {**{n: getattr(result, n).to_json() for n in _PARTS}, "group_notes": group_notes}
+        snapshot.save(self.repo, token, self.found, saved, self.digest)
         result.notes = self.found.notes + group_notes
         return result
 
@@ -143,13 +145,14 @@ def _look(repo: Repo, follow: bool) -> _Look:
     token = snapshot.token(repo, follow)
     snap = snapshot.load(repo, token)
     suspects = None
-    if snap is not None and snap.digest == snapshot.digest(found.files.items()):
+    seen = snapshot.digest(found.files.items())
+    if snap is not None and snap.digest == seen:
         suspects = set()
     elif snap is not None:
         suspects = snapshot.changed_keys(snap, found.files, repo.config.grouping)
         if suspects is not None and len(suspects) > PARTIAL_LIMIT:
             suspects = None
-    return _Look(repo, found, token, snap, suspects, follow)
+    return _Look(repo, found, token, snap, suspects, follow, seen)
 
 
 def _verdict(head: dict[str, Oid], index: dict[str, Oid], now: dict[str, Oid]) -> Status:
