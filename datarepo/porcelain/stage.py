@@ -96,7 +96,6 @@ class _Look:
 
     repo: Repo
     found: Scan
-    token: str
     snap: snapshot.Snapshot | None
     suspects: set[str] | None
     follow: bool = False
@@ -142,8 +141,7 @@ PARTIAL_LIMIT = 20_000
 def _look(repo: Repo, follow: bool) -> _Look:
     found = scan(repo.require_worktree(), follow=follow, skip_prefixes=repo.config.sparse)
     found.raise_errors()
-    token = snapshot.token(repo, follow)
-    snap = snapshot.load(repo, token)
+    snap = snapshot.load(repo, snapshot.token(repo, follow))
     suspects = None
     seen = snapshot.digest(found.files.items())
     if snap is not None and snap.digest == seen:
@@ -152,7 +150,7 @@ def _look(repo: Repo, follow: bool) -> _Look:
         suspects = snapshot.changed_keys(snap, found.files, repo.config.grouping)
         if suspects is not None and len(suspects) > PARTIAL_LIMIT:
             suspects = None
-    return _Look(repo, found, token, snap, suspects, follow, seen)
+    return _Look(repo, found, snap, suspects, follow, seen)
 
 
 def _verdict(head: dict[str, Oid], index: dict[str, Oid], now: dict[str, Oid]) -> Status:
@@ -213,12 +211,8 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         staged = [(k, now[k], look.size(k)) for k in now if index.get(k) != now[k]]
         staged.extend((k, None, 0) for k in chosen if k not in look.members and k in index)
         _stage(repo, staged, head, hasher)
-        after = dict(index)
-        after.update((k, d) for k, d, _ in staged if d)
-        for k, d, _ in staged:
-            if d is None:
-                after.pop(k, None)
-        if prefixes is None:
+        after = {k: d for k, d in {**index, **{k: d for k, d, _ in staged}}.items() if d is not None}
+        if prefixes is None:  # the verdict of every key it looked at is known: keep the snapshot
             limit = set(chosen)
             look.save(_verdict(_only(head, limit), _only(after, limit), now), keys)
     changes = compare({k: index[k] for k, _, _ in staged if k in index}, {k: d for k, d, _ in staged if d})
