@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datarepo.errors import InvalidInputError
-from datarepo.hashing import Oid, datum_id, hash_bytes, hash_stream
+from datarepo.errors import CorruptObjectError, InvalidInputError
+from datarepo.hashing import Oid, datum_id, hash_bytes
 from datarepo.index import StatEntry, trusted
-from datarepo.shards import LARGE_FILE, FileRange, MemberData, split_member_name
+from datarepo.shards import LARGE_FILE, FileRange, MemberData, member_hash, split_member_name
 
 NEVER_ADDED = frozenset({".git", ".dvc", ".datarepo", ".datarepoignore"})
 IGNORE_FILE = ".datarepoignore"
@@ -226,12 +226,14 @@ class Hasher:
         size = self.files[rel][SIZE]
         try:
             if size > LARGE_FILE:
-                with open(path, "rb") as f:
-                    oid, size = hash_stream(f)
-                return FileRange(Path(path), 0, size, oid), oid
+                span = FileRange(Path(path), 0, size)
+                oid = member_hash(span)
+                return span._replace(oid=oid), oid
             raw = _read_small(path, size)
         except OSError as e:
             raise InvalidInputError(f"cannot read {rel}: {e.strerror}") from None
+        except CorruptObjectError:
+            raise InvalidInputError(f"file changed while it was being read: {rel}") from None
         return raw, hash_bytes(raw)
 
     def datum(self, members: dict[str, str]) -> tuple[Oid, int]:

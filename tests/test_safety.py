@@ -199,3 +199,21 @@ def test_every_shard_is_published_before_the_ref_moves(tmp_path: Path, monkeypat
     else:
         ingest(repo, str(src), "src")
     assert seen == [([], [])]
+
+
+def test_large_tar_member_is_streamed_on_ingest(tmp_path: Path, worktree: Path, cli) -> None:
+    import io
+    import tarfile
+
+    from datarepo import shards
+
+    big = bytes(range(256)) * ((shards.LARGE_FILE >> 8) + 4096)
+    with tarfile.open(tmp_path / "big.tar", "w") as tf:
+        for name, data in (("s/0.bin", big), ("s/0.cls", b"1")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    cli("init")
+    cli("ingest", str(tmp_path / "big.tar"), "--prefix", "big")
+    assert cli("cat", "HEAD:big/s/0.bin").stdout_bytes == big
+    assert "0 problems" in cli("fsck").output

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from datarepo import tree as trees
-from datarepo.errors import InvalidInputError
-from datarepo.hashing import Oid, datum_id, hash_bytes, hash_stream
+from datarepo.errors import CorruptObjectError, InvalidInputError
+from datarepo.hashing import Oid, datum_id, hash_bytes
 from datarepo.index import trusted
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, tick
 from datarepo.porcelain.history import changes_of, make_commit
 from datarepo.repo import Repo
-from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, split_member_name
+from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, member_hash, split_member_name
 from datarepo.worktree import SIZE, Hasher, check_key, group, scan
 from datarepo.writer import DatumSink
 
@@ -228,26 +228,18 @@ def _tar(path: Path) -> Iterator[NewDatum]:
 
 
 def _member(f: BinaryIO, path: Path, offset: int, size: int) -> tuple[MemberData, Oid]:
-    f.seek(offset)
     if size > LARGE_FILE:
-        h_oid, got = hash_stream(_Limited(f, size))
-        if got != size:
-            raise InvalidInputError(f"{path}: truncated member at byte {offset}")
-        return FileRange(path, offset, size, h_oid), h_oid
+        span = FileRange(path, offset, size)
+        try:
+            oid = member_hash(span)
+        except CorruptObjectError:
+            raise InvalidInputError(f"{path}: truncated member at byte {offset}") from None
+        return span._replace(oid=oid), oid
+    f.seek(offset)
     data = f.read(size)
     if len(data) != size:
         raise InvalidInputError(f"{path}: truncated member at byte {offset}")
     return data, hash_bytes(data)
-
-
-class _Limited:
-    def __init__(self, f: BinaryIO, size: int) -> None:
-        self.f, self.left = f, size
-
-    def read(self, n: int) -> bytes:
-        data = self.f.read(min(n, self.left))
-        self.left -= len(data)
-        return data
 
 
 def _jsonl(stream: BinaryIO, name: str) -> Iterator[NewDatum]:
