@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 import time
 from pathlib import Path
 
@@ -29,9 +30,11 @@ COMMITTER = textwrap.dedent(
     from datarepo.repo import Repo
     from datarepo.porcelain.stage import add
     from datarepo.porcelain.history import commit
+    from datarepo.porcelain.maintenance import gc, repack
 
     root = Path(sys.argv[1])
     start = int(sys.argv[2])
+    maintain = sys.argv[3] == "maintain"
     repo = Repo.open(root)
     for i in range(start, start + 10_000):
         for k in (i % 12, (i * 5) % 12, (i * 7 + 3) % 12):
@@ -39,6 +42,9 @@ COMMITTER = textwrap.dedent(
         add(repo, [str(root)])
         commit(repo, f"i={i}")
         print(i, flush=True)
+        if maintain and i % 3 == 0:
+            repack(repo, all_shards=True)
+            gc(repo)
     """
 )
 
@@ -52,15 +58,20 @@ def expected_content(n: int) -> dict[str, bytes]:
     return content
 
 
-def test_sigkill_while_committing_never_breaks_the_repository(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["commit", "maintain"])
+def test_sigkill_while_committing_never_breaks_the_repository(tmp_path: Path, mode: str) -> None:
+    """SIGKILL at random points of commits (and, in "maintain", of repack --all and gc)."""
     root = tmp_path / "w"
     root.mkdir()
-    Repo.init(root, shard_size=8192)
+    repo = Repo.init(root, shard_size=8192)
+    if mode == "maintain":  # gc may then delete whatever no ref reaches right away
+        repo.config = replace(repo.config, reflog_expire_days=0)
+        repo.config.save(repo.dotdir / "config.toml")
     rng = random.Random(1)
     env = {**os.environ, "DATAREPO_LOCK_TIMEOUT": "2"}
     next_i = 0
     for _ in range(30):
-        proc = subprocess.Popen([sys.executable, "-c", COMMITTER, str(root), str(next_i)], env=env,
+        proc = subprocess.Popen([sys.executable, "-c", COMMITTER, str(root), str(next_i), mode], env=env,
                                 stdout=subprocess.PIPE, text=True)
         time.sleep(rng.uniform(0.25, 0.9))
         proc.send_signal(signal.SIGKILL)
