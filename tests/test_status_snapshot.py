@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from pathlib import Path
 
 import pytest
 
+from datarepo.errors import DirtyWorktreeError
 from datarepo.porcelain import snapshot, stage
+from datarepo.porcelain.checkout import checkout
 from datarepo.porcelain.history import commit
 from datarepo.repo import Repo
 
@@ -88,7 +91,9 @@ def test_random_edits_agree_with_a_fresh_status(repo: Repo, worktree: Path, seed
     rng = random.Random(seed)
     for step in range(25):
         files = sorted(p for p in worktree.rglob("*") if p.is_file() and ".datarepo" not in p.parts)
-        action = rng.choice(["modify", "modify", "delete", "create", "add", "add-part", "commit", "touch", "status"])
+        action = rng.choice(
+            ["modify", "modify", "delete", "create", "add", "add-part", "commit", "touch", "status", "checkout"]
+        )
         if action == "modify":
             p = rng.choice(files)
             p.write_bytes(rng.randbytes(rng.randint(0, 50)))
@@ -108,6 +113,10 @@ def test_random_edits_agree_with_a_fresh_status(repo: Repo, worktree: Path, seed
             commit(repo, f"step {step}")
         elif action == "touch":
             age(worktree, 60, only=[rng.choice(files)])
+        elif action == "checkout":
+            target = rng.choice(["main", "HEAD~1"]) if repo.commit(repo.head()).parents else "main"
+            with contextlib.suppress(DirtyWorktreeError):
+                checkout(repo, target)
         reused = _as_dict(stage.status(repo))
         assert reused == _as_dict(_fresh(repo)), f"seed {seed} step {step} after {action}"
 
@@ -124,3 +133,23 @@ def test_commit_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: py
     monkeypatch.undo()
     assert carried == _as_dict(_fresh(repo))
     assert carried["total"]["modified"] == ["train/dog/0001"] and not carried["staged"]["modified"]
+
+
+def test_checkout_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datarepo.index import Index
+
+    (worktree / "train/cat/0000.jpg").write_bytes(b"second")
+    stage.add(repo, [str(worktree)])
+    commit(repo, "second")
+    (worktree / "train/dog/0001.jpg").write_bytes(b"dirty, not in the way")
+    (worktree / "train/dog/0003.cls").write_bytes(b"staged, not in the way")
+    age(worktree, 60, only=[worktree / "train/dog/0001.jpg", worktree / "train/dog/0003.cls"])
+    stage.add(repo, [str(worktree / "train/dog/0003.cls")])
+    stage.status(repo)
+    checkout(repo, "HEAD~1")
+    monkeypatch.setattr(Index, "load_stats", lambda *a: pytest.fail("the snapshot did not survive the checkout"))
+    carried = _as_dict(stage.status(repo))
+    monkeypatch.undo()
+    assert carried == _as_dict(_fresh(repo))
+    assert carried["total"]["modified"] == ["train/dog/0001", "train/dog/0003"]
+    assert carried["staged"]["modified"] == ["train/dog/0003"]

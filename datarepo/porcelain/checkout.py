@@ -11,7 +11,7 @@ from datarepo import tree as trees
 from datarepo.errors import DirtyWorktreeError
 from datarepo.hashing import Oid
 from datarepo.index import StatEntry
-from datarepo.porcelain import Progress, begin, tick
+from datarepo.porcelain import Progress, begin, snapshot, tick
 from datarepo.porcelain.history import create_ref
 from datarepo.porcelain.stage import status
 from datarepo.refs import BRANCHES
@@ -55,6 +55,7 @@ def checkout(
         if force:
             for key in dirty - moves.keys():
                 moves[key] = trees.Change(key, None, trees.lookup(repo.store, new_tree, key))
+        before = snapshot.token(repo, follow=False)
         written, removed = _apply(repo, root, moves, progress)
         if force:
             repo.index.unstage()
@@ -64,6 +65,8 @@ def checkout(
             repo.refs.set_symbolic(BRANCHES + branch)
         else:
             repo.refs.detach(target, f"checkout: moving to {rev}")
+        if not force:  # --force also unstages keys whose files it did not touch
+            snapshot.carry(repo, before)
     return CheckoutResult(target, branch, written, removed)
 
 

@@ -68,7 +68,7 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
         oid = make_commit(repo, changes, message, parent)
         repo.index.unstage()
         if before is not None:
-            snapshot.after_commit(repo, before)
+            snapshot.carry(repo, before, commit=True)
     return CommitResult(oid, repo.current_branch(), len(staged))
 
 

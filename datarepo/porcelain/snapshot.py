@@ -113,17 +113,20 @@ def merge(old: Changes, keys: set[str], new: Changes) -> Changes:
     return out
 
 
-def after_commit(repo: Repo, old_token: str) -> None:
-    """Carries a snapshot across a commit of the whole staging area.
+def carry(repo: Repo, old_token: str, commit: bool = False) -> None:
+    """Carries a snapshot over a change of HEAD that rewrote the files of every key it moved.
 
-    The new HEAD is the old index, so nothing is staged any more and the work
-    tree differs from HEAD exactly as it differed from the index.
+    Moved keys' files have new stats, so the next status looks at them again;
+    every other key keeps its verdict. After a ``commit`` of the whole staging
+    area the new HEAD is the old index: nothing is staged any more, and the
+    work tree differs from HEAD exactly as it differed from the index.
     """
     snap = load(repo, old_token)
     if snap is None:
         return
-    unstaged = snap.status["unstaged"]
-    status = {**snap.status, "staged": Changes().to_json(), "total": unstaged}
+    status = snap.status
+    if commit:
+        status = {**status, "staged": Changes().to_json(), "total": status["unstaged"]}
     head = {"token": token(repo, follow=False), "digest": snap.digest, "status": status}
     with repo.index.transaction():
         repo.index.set_meta(META_NAME, json.dumps(head))
