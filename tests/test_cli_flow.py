@@ -247,7 +247,8 @@ def test_bare_repository_and_ingest(tmp_path: Path, make_samples) -> None:
     c("ingest", str(src), "--prefix", "raw/")
     assert len(json.loads(c("ls", "--json").output)) == 6
     assert "bare" in c("status", ok=False).output
-    age(src)
+    assert c("cat", "HEAD:raw/train/cat/0000.cls").stdout_bytes == b"0"
+    assert "0 problems" in c("fsck").output
 
 
 def test_progress_bar_on_a_terminal_and_quiet_when_piped(worktree: Path, cli) -> None:

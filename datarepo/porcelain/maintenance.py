@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from datarepo import tree as trees
 from datarepo.errors import DataRepoError
 from datarepo.fsutil import remove
 from datarepo.hashing import Oid, is_oid
@@ -110,11 +109,11 @@ def fsck(repo: Repo, rebuild_index: bool = False, progress: Progress = None) -> 
     begin(progress, None)
     for oid in repo.store.iter_objects():
         result.objects += 1
-        _check(result, lambda: repo.store.verify_object(oid))
+        _check(result, repo.store.verify_object, oid)
         tick(progress)
     for shard in repo.store.iter_shards():
         result.shards += 1
-        index = _check(result, lambda: repo.store.verify_shard(shard))
+        index = _check(result, repo.store.verify_shard, shard)
         if index is not None:
             stored.update(d.datum for d in index.datums)
         tick(progress)
@@ -135,9 +134,10 @@ def fsck(repo: Repo, rebuild_index: bool = False, progress: Progress = None) -> 
     return result
 
 
-def _check(result: FsckResult, fn: Callable[[], T]) -> T | None:
+def _check(result: FsckResult, fn: Callable[[str], T], oid: str) -> T | None:
+    """Runs one check, recording a DataRepoError as a problem instead of stopping."""
     try:
-        return fn()
+        return fn(oid)
     except DataRepoError as e:
         result.problems.append(str(e))
         return None
