@@ -7,7 +7,7 @@ from pathlib import Path
 
 from datarepo.repo import Repo
 
-from conftest import age, write_samples
+from conftest import write_samples
 
 
 def test_init_add_commit_status(worktree: Path, cli) -> None:
