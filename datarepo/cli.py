@@ -31,6 +31,10 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Exception as e:  # sqlite3 is imported lazily, so its errors are matched by module
+            if type(e).__module__ == "sqlite3":
+                raise click.ClickException(f"index.sqlite: {e}") from None
+            raise
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

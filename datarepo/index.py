@@ -7,6 +7,7 @@ and the staging area, never committed data (DESIGN §3).
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -54,7 +55,21 @@ class Index:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.created = not path.exists()
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        try:
+            self._open()
+        except sqlite3.DatabaseError:
+            # Only a cache: a damaged file is set aside and rebuilt, never trusted or fatal.
+            if hasattr(self, "db"):
+                self.db.close()
+            for suffix in ("", "-wal", "-shm"):
+                side = path.with_name(path.name + suffix)
+                if side.exists():
+                    os.replace(side, path.with_name(f"{path.name}.damaged{suffix}"))
+            self.created = True
+            self._open()
+
+    def _open(self) -> None:
+        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)

@@ -214,3 +214,15 @@ def test_deleting_the_index_loses_no_data(repo_with_commit, worktree: Path, cli)
     assert cli("cat", "HEAD:train/cat/0000.jpg").stdout_bytes == files["train/cat/0000.jpg"]
     assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
     assert "index rebuilt" in cli("fsck", "--rebuild-index").output
+
+
+def test_damaged_index_is_set_aside_and_rebuilt(repo_with_commit, worktree: Path, cli) -> None:
+    _, files = repo_with_commit
+    index = worktree / ".datarepo/index.sqlite"
+    for suffix in ("-wal", "-shm"):
+        (worktree / f".datarepo/index.sqlite{suffix}").unlink(missing_ok=True)
+    index.write_bytes(b"this is not a database" * 100)
+    assert cli("cat", "HEAD:train/cat/0000.jpg").stdout_bytes == files["train/cat/0000.jpg"]
+    assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
+    assert (worktree / ".datarepo/index.sqlite.damaged").exists()
+    assert "0 problems" in cli("fsck").output
