@@ -121,6 +121,16 @@ def test_random_edits_agree_with_a_fresh_status(repo: Repo, worktree: Path, seed
         assert reused == _as_dict(_fresh(repo)), f"seed {seed} step {step} after {action}"
 
 
+def _carried_status(repo: Repo, monkeypatch: pytest.MonkeyPatch, owner: type, slow: str) -> dict:
+    """Status with ``owner.slow`` (a sign of work the snapshot should save) forbidden;
+    checked against a status computed from scratch."""
+    monkeypatch.setattr(owner, slow, lambda *a: pytest.fail(f"the snapshot was not carried over ({slow} ran)"))
+    carried = _as_dict(stage.status(repo))
+    monkeypatch.undo()
+    assert carried == _as_dict(_fresh(repo))
+    return carried
+
+
 def test_commit_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (worktree / "train/cat/0000.jpg").write_bytes(b"staged then committed")
     (worktree / "train/dog/0001.jpg").write_bytes(b"left unstaged")
@@ -128,10 +138,7 @@ def test_commit_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: py
     stage.add(repo, [str(worktree / "train/cat")])
     stage.status(repo)
     commit(repo, "second")
-    monkeypatch.setattr(stage._Look, "hasher", lambda *a: pytest.fail("the snapshot did not survive the commit"))
-    carried = _as_dict(stage.status(repo))
-    monkeypatch.undo()
-    assert carried == _as_dict(_fresh(repo))
+    carried = _carried_status(repo, monkeypatch, stage._Look, "hasher")
     assert carried["total"]["modified"] == ["train/dog/0001"] and not carried["staged"]["modified"]
 
 
@@ -147,9 +154,6 @@ def test_checkout_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: 
     stage.add(repo, [str(worktree / "train/dog/0003.cls")])
     stage.status(repo)
     checkout(repo, "HEAD~1")
-    monkeypatch.setattr(Index, "load_stats", lambda *a: pytest.fail("the snapshot did not survive the checkout"))
-    carried = _as_dict(stage.status(repo))
-    monkeypatch.undo()
-    assert carried == _as_dict(_fresh(repo))
+    carried = _carried_status(repo, monkeypatch, Index, "load_stats")
     assert carried["total"]["modified"] == ["train/dog/0001", "train/dog/0003"]
     assert carried["staged"]["modified"] == ["train/dog/0003"]
