@@ -26,6 +26,10 @@ class Config:
     reflog_expire_days: int = 30
     user: dict[str, str] = field(default_factory=dict)
 
+    def is_sparse(self, key: str) -> bool:
+        """True for keys under an ingested prefix that the work tree does not hold."""
+        return any(key.startswith(p) for p in self.sparse)
+
     def with_sparse(self, prefix: str) -> Config:
         return replace(self, sparse=tuple(sorted({*self.sparse, prefix})))
 

@@ -66,6 +66,12 @@ def publish(tmp: Path, path: Path, mode: int = READ_ONLY) -> None:
     fsync_dir(path.parent)
 
 
+def set_aside(path: Path, tag: str) -> None:
+    """Renames ``path`` to ``<name>.<tag>`` (replacing an older one), if it exists."""
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(path, path.with_name(f"{path.name}.{tag}"))
+
+
 def remove(path: Path) -> None:
     """Deletes a file whether or not it is read-only or still there."""
     with contextlib.suppress(FileNotFoundError):

@@ -7,12 +7,12 @@ and the staging area, never committed data (DESIGN §3).
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from datarepo.fsutil import set_aside
 from datarepo.hashing import Oid
 from datarepo.shards import DatumLoc, MemberLoc, ShardIndex
 
@@ -62,9 +62,7 @@ class Index:
             if hasattr(self, "db"):
                 self.db.close()
             for suffix in ("", "-wal", "-shm"):
-                side = path.with_name(path.name + suffix)
-                if side.exists():
-                    os.replace(side, path.with_name(f"{path.name}.damaged{suffix}"))
+                set_aside(path.with_name(path.name + suffix), "damaged")
             self.created = True
             self._open()
 
@@ -116,9 +114,6 @@ class Index:
 
     def known_shards(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT shard FROM shard")}
-
-    def shard_sizes(self) -> dict[str, tuple[int, int]]:
-        return {r[0]: (r[1], r[2]) for r in self.db.execute("SELECT shard, size, datums FROM shard")}
 
     def locate(self, datum: str) -> tuple[str, DatumLoc] | None:
         row = self.db.execute("SELECT shard, offset, length, members FROM location WHERE datum=?", (datum,)).fetchone()

@@ -236,10 +236,7 @@ class Hasher:
             raise InvalidInputError(f"file changed while it was being read: {rel}") from None
         return raw, hash_bytes(raw)
 
-    def datum(self, members: dict[str, str]) -> tuple[Oid, int]:
-        """The datum id and size of a work-tree datum, hashing what the cache lacks."""
+    def datum(self, members: dict[str, str]) -> Oid:
+        """The datum id of a work-tree datum, hashing what the cache lacks."""
         known = self.known_datum(members)
-        size = sum(self.files[rel][SIZE] for rel in members.values())
-        if known is not None:
-            return known, size
-        return datum_id(self.read(members)[1]), size
+        return known if known is not None else datum_id(self.read(members)[1])

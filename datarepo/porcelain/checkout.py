@@ -46,7 +46,7 @@ def checkout(
     with repo.lock:
         head_tree = repo.tree_of(None)
         new_tree = repo.commit(target).tree
-        moves = {c.key: c for c in trees.diff_trees(repo.store, head_tree, new_tree) if not _sparse(repo, c.key)}
+        moves = {c.key: c for c in trees.diff_trees(repo.store, head_tree, new_tree) if not repo.config.is_sparse(c.key)}
         dirty = status(repo).total.keys() | set(repo.index.staged())
         clash = sorted(dirty & moves.keys())
         if clash and not force:
@@ -68,10 +68,6 @@ def checkout(
         if not force:  # --force also unstages keys whose files it did not touch
             snapshot.carry(repo, before)
     return CheckoutResult(target, branch, written, removed)
-
-
-def _sparse(repo: Repo, key: str) -> bool:
-    return any(key.startswith(p) for p in repo.config.sparse)
 
 
 def _apply(repo: Repo, root: Path, moves: dict[str, trees.Change], progress: Progress) -> tuple[int, int]:

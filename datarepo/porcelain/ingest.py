@@ -21,9 +21,9 @@ from datarepo.hashing import Oid, datum_id, hash_bytes
 from datarepo.index import trusted
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, tick
-from datarepo.porcelain.history import changes_of, make_commit
+from datarepo.porcelain.history import changes_of, diff, make_commit
 from datarepo.repo import Repo
-from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, member_hash, split_member_name
+from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, member_hash, member_size, split_member_name
 from datarepo.worktree import SIZE, Hasher, check_key, group, scan
 from datarepo.writer import DatumSink
 
@@ -45,7 +45,7 @@ class NewDatum:
 
     @property
     def size(self) -> int:
-        return sum(len(m) if isinstance(m, bytes) else m.size for m in self.members.values())
+        return sum(map(member_size, self.members.values()))
 
 
 @dataclass
@@ -54,7 +54,6 @@ class _Run:
 
     repo: Repo
     sink: DatumSink
-    progress: Progress
     notes: list[str] = field(default_factory=list)
     reused_files: int = 0
     remembered: dict[str, str] = field(default_factory=dict)
@@ -81,7 +80,7 @@ def ingest(
     prefix = _norm_prefix(prefix)
     with repo.lock:
         with DatumSink(repo) as sink:  # every shard is published before the ref moves
-            run = _Run(repo, sink, progress)
+            run = _Run(repo, sink)
             begin(progress, None)
             entries: dict[str, TreeEntry] = {}
             for item in _read_source(run, src):
@@ -97,12 +96,8 @@ def ingest(
             for name, value in run.remembered.items():
                 repo.index.set_meta(name, value)
         _mark_sparse(repo, prefix)
-    summary = changes_of(repo_diff(repo, parent, oid)) if oid else Changes()
+    summary = changes_of(diff(repo, parent, oid)) if oid else Changes()
     return IngestResult(oid, summary, len(entries), len(sink.written), sum(sink.written.values()), run.reused_files, run.notes)
-
-
-def repo_diff(repo: Repo, a: Oid | None, b: Oid) -> Iterator[trees.Change]:
-    return trees.diff_trees(repo.store, repo.commit(a).tree if a else None, repo.commit(b).tree)
 
 
 def _norm_prefix(prefix: str) -> str:

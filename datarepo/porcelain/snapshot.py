@@ -4,8 +4,8 @@ A snapshot holds the work tree's (size, mtime_ns, inode) per file and the
 status computed from it, under a token of everything else status depends on:
 HEAD, the staging area's version, grouping, sparse prefixes, the ignore file
 and ``--follow``. Files whose mtime was "racy" when seen are listed with a
-stat no file has, so they are always looked at again. Like the rest of ``index.sqlite`` it is only a
-cache: without it, status does the full work.
+stat no file has, so they are always looked at again. Like the rest of
+``index.sqlite`` it is only a cache: without it, status does the full work.
 """
 
 from __future__ import annotations

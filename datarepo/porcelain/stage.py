@@ -57,10 +57,6 @@ def _selected(key: str, prefixes: tuple[str, ...] | None) -> bool:
     return any(key.startswith(p) if p.endswith("/") else key == p or p.startswith(key + ".") for p in prefixes)
 
 
-def _sparse(repo: Repo, key: str) -> bool:
-    return any(key.startswith(p) for p in repo.config.sparse)
-
-
 def head_datums(repo: Repo, keys: Iterable[str] | None = None) -> dict[str, Oid]:
     """HEAD's datum per key (only ``keys``, if given), sparse prefixes left out."""
     tree = repo.tree_of(None)
@@ -70,7 +66,7 @@ def head_datums(repo: Repo, keys: Iterable[str] | None = None) -> dict[str, Oid]
         entries: Iterable[TreeEntry] = trees.iter_tree(repo.store, tree)
     else:
         entries = trees.lookup_many(repo.store, tree, keys).values()
-    return {e.key: e.datum for e in entries if not _sparse(repo, e.key)}
+    return {e.key: e.datum for e in entries if not repo.config.is_sparse(e.key)}
 
 
 def index_datums(repo: Repo, head: dict[str, Oid], keys: Iterable[str] | None = None) -> dict[str, Oid]:
@@ -169,7 +165,7 @@ def status(repo: Repo, follow: bool = False) -> Status:
         old = look.snap.status
         return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), look.found.notes + old["group_notes"])
     hasher = look.hasher(keys)
-    now = {k: hasher.datum(m)[0] for k, m in look.members.items() if keys is None or k in keys}
+    now = {k: hasher.datum(m) for k, m in look.members.items() if keys is None or k in keys}
     _save_stats(repo, hasher)
     head = head_datums(repo, keys)
     return look.save(_verdict(head, index_datums(repo, head, keys), now), keys)
