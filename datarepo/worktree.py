@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import stat as stat_mod
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from datarepo import parallel
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id, hash_bytes
 from datarepo.index import StatEntry, trusted
@@ -16,6 +18,8 @@ from datarepo.shards import LARGE_FILE, FileRange, MemberData, member_hash, spli
 
 NEVER_ADDED = frozenset({".git", ".dvc", ".datarepo", ".datarepoignore"})
 IGNORE_FILE = ".datarepoignore"
+# Below this many files, forking a helper to stat half of them costs more than it saves.
+PARALLEL_STAT_MIN = 20_000
 
 
 # (size, mtime_ns, inode) of a file: a plain tuple, not a NamedTuple, because the
@@ -59,41 +63,88 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = ()) ->
     result = Scan(started_ns=time.time_ns())
     ignored = load_ignore(root)
     skip = tuple(p.rstrip("/") + "/" for p in skip_prefixes if p)
-    files = result.files
+    filtered = ignored is not None or bool(skip)
+    regular: list[tuple[str, os.DirEntry]] = []
     stack = [""]
     while stack:
         rel_dir = stack.pop()
         try:
-            entries = list(os.scandir(os.path.join(root, rel_dir)))
+            with os.scandir(os.path.join(root, rel_dir)) as it:
+                entries = list(it)
         except OSError as e:
             result.errors.append(f"cannot read directory {rel_dir or '.'}: {e.strerror}")
             continue
         if not rel_dir:
             entries = [e for e in entries if e.name not in NEVER_ADDED]
-        for entry in _valid_names(entries, rel_dir, result):
+        entries = _valid_names(entries, rel_dir, result)
+        for entry in entries:  # once per file: kept lean
             rel = rel_dir + entry.name
-            if ignored is not None and ignored(rel, entry.is_dir(follow_symlinks=False)):
+            if filtered and _filtered_out(rel, entry, ignored, skip):
                 continue
-            if skip and (rel + "/").startswith(skip):
-                continue
-            if entry.is_file(follow_symlinks=False):  # the common case: no extra syscall to classify
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError as e:
-                    result.errors.append(f"cannot stat {rel}: {e.strerror}")
-                    continue
-                files[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
+            if entry.is_file(follow_symlinks=False):  # no extra syscall to classify
+                regular.append((rel, entry))
             elif entry.is_dir(follow_symlinks=False):
                 stack.append(rel + "/")
             else:
                 _classify_other(entry, rel, result, follow)
+    _stat_files(regular, result)
     return result
+
+
+def _filtered_out(rel: str, entry: os.DirEntry, ignored: Callable[[str, bool], bool] | None, skip: tuple[str, ...]) -> bool:
+    if ignored is not None and ignored(rel, entry.is_dir(follow_symlinks=False)):
+        return True
+    return bool(skip) and (rel + "/").startswith(skip)
+
+
+def _stat_files(regular: list[tuple[str, os.DirEntry]], result: Scan) -> None:
+    """Stats the regular files found, half of them in a helper process when there are many."""
+    half = len(regular) // 2 if len(regular) >= PARALLEL_STAT_MIN and parallel.helper_available() else len(regular)
+
+    def here() -> None:
+        for rel, entry in regular[:half]:
+            _stat_one(rel, entry, result)
+
+    def there() -> bytes:
+        out = array("q")
+        for _, entry in regular[half:]:
+            try:
+                st = entry.stat(follow_symlinks=False)
+                out.extend((st.st_size, st.st_mtime_ns, st.st_ino))
+            except OSError:
+                out.extend((-1, 0, 0))  # this process stats it again, to report it
+        return out.tobytes()
+
+    if half == len(regular):
+        return here()
+    _, raw = parallel.both(here, there)
+    stats = array("q")
+    if raw is not None and len(raw) == 24 * (len(regular) - half):
+        stats.frombytes(raw)
+    files = result.files
+    for i, (rel, entry) in enumerate(regular[half:]):
+        if 3 * i < len(stats) and stats[3 * i] >= 0:
+            files[rel] = (stats[3 * i], stats[3 * i + 1], stats[3 * i + 2])
+        else:
+            _stat_one(rel, entry, result)
+
+
+def _stat_one(rel: str, entry: os.DirEntry, result: Scan) -> None:
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError as e:
+        result.errors.append(f"cannot stat {rel}: {e.strerror}")
+        return
+    result.files[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _valid_names(entries: list[os.DirEntry], rel_dir: str, result: Scan) -> list[os.DirEntry]:
     """Drops (as errors) entries whose names are not UTF-8; checks a directory at once."""
+    joined = "".join([e.name for e in entries])
+    if joined.isascii():  # O(1) on a str: most directories are done here
+        return entries
     try:
-        "".join(e.name for e in entries).encode("utf-8")
+        joined.encode("utf-8")
         return entries
     except UnicodeEncodeError:
         pass

@@ -1,0 +1,66 @@
+"""Splitting per-file work over two processes, where the work is too small for a pool.
+
+Python runs one thread at a time, and the per-file work of a scan or a first
+``add`` (a ``stat``, an ``open``/``read``, a hash, a tar header) is Python
+work. :func:`both` forks one helper process that runs one half while this
+process runs the other; the helper's result comes back as bytes over a pipe.
+A fork shares everything already in memory (the file list, the plan), so
+there is nothing to start up and nothing to pickle. If the helper fails in
+any way, the caller does its half itself: the helper is an optimisation,
+never the only way to an answer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def helper_available() -> bool:
+    """True where forking a helper can help: Linux with a second core, not turned off."""
+    if os.environ.get("DATAREPO_WORKERS", "") == "1" or not sys.platform.startswith("linux"):
+        return False
+    return len(os.sched_getaffinity(0)) > 1
+
+
+def both(here: Callable[[], T], there: Callable[[], bytes]) -> tuple[T, bytes | None]:
+    """Runs ``there`` in a forked helper while ``here`` runs in this process.
+
+    Returns ``here()`` and the bytes ``there()`` returned, or None if the
+    helper failed (an exception, a signal, a short write). An exception in
+    ``here`` kills the helper and propagates.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the helper: never returns into the caller's stack
+        os.close(read_fd)
+        code = 1
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            payload = there()
+            with os.fdopen(write_fd, "wb") as out:
+                out.write(len(payload).to_bytes(8, "little"))
+                out.write(payload)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    reaped = False
+    with os.fdopen(read_fd, "rb") as pipe:
+        try:
+            mine = here()
+            raw = pipe.read()
+            _, status = os.waitpid(pid, 0)
+            reaped = True
+        finally:
+            if not reaped:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+    if status != 0 or len(raw) < 8 or int.from_bytes(raw[:8], "little") != len(raw) - 8:
+        return mine, None
+    return mine, raw[8:]
