@@ -15,6 +15,7 @@ OID_LEN = 32
 CHUNK = 1 << 20
 _DATUM_TAG = b"datum\x00"
 _OID_RE = re.compile(r"[0-9a-f]{32}")
+_HEX_RE = re.compile(r"[0-9a-f]*")
 
 
 def hash_bytes(data: bytes | memoryview) -> Oid:
@@ -48,6 +49,11 @@ def canonical_json(obj: dict[str, Any]) -> bytes:
 def is_oid(text: str) -> bool:
     """True when ``text`` has the shape of a full oid."""
     return _OID_RE.fullmatch(text) is not None
+
+
+def is_hex(text: str) -> bool:
+    """True when ``text`` is only lower-case hex digits (many oids can be checked joined)."""
+    return _HEX_RE.fullmatch(text) is not None
 
 
 class HashingWriter:

@@ -183,11 +183,11 @@ class Index:
         return found
 
     # ingest state ------------------------------------------------------
-    def get_meta(self, name: str) -> str | None:
+    def get_meta(self, name: str) -> str | bytes | None:
         row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
         return row[0] if row else None
 
-    def set_meta(self, name: str, value: str) -> None:
+    def set_meta(self, name: str, value: str | bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (name, value))
 
     def iter_staged_datums(self) -> Iterator[str]:

@@ -8,13 +8,14 @@ may be zstd-compressed; :func:`decode` accepts both and raises only
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import zstandard
 
 from datarepo.errors import CorruptObjectError
-from datarepo.hashing import Oid, canonical_json, is_oid
+from datarepo.hashing import OID_LEN, Oid, canonical_json, is_hex, is_oid
 
 FORMAT = 1
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -176,8 +177,19 @@ def _tree(obj: dict[str, Any]) -> Tree:
 
 
 def _page(obj: dict[str, Any]) -> TreePage:
-    entries = tuple(TreeEntry(_str(k), _oid(d), _int(s)) for k, d, s in obj["entries"])
-    if any(a.key >= b.key for a, b in zip(entries, entries[1:])):
+    # Checked column by column, in C: pages hold thousands of entries and are
+    # read on every status and commit that touches them.
+    entries = tuple(map(TreeEntry._make, obj["entries"]))
+    keys = [e.key for e in entries]
+    datums = [e.datum for e in entries]
+    sizes = [e.size for e in entries]
+    if not {*map(type, keys), *map(type, datums)} <= {str} or not set(map(type, sizes)) <= {int}:
+        raise TypeError("entries must be [key, datum, size]")
+    if not set(map(len, datums)) <= {OID_LEN} or not is_hex("".join(datums)):
+        raise ValueError("bad datum oid")
+    if sizes and min(sizes) < 0:
+        raise ValueError("negative size")
+    if not all(map(operator.lt, keys, keys[1:])):
         raise ValueError("entries are not sorted and unique")
     return TreePage(entries)
 

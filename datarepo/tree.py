@@ -119,12 +119,28 @@ def update_tree(store: Store, oid: str, changes: dict[str, TreeEntry | None]) ->
         if i not in by_page and not cutter.pending:
             cutter.keep(ref)
             continue
-        for entry in _merge(read_page(store, ref.page).entries, by_page.get(i, {})):
+        entries = read_page(store, ref.page).entries
+        if not cutter.pending and (same := _replaced(entries, by_page[i])) is not None:
+            cutter.pending = same  # the same keys: the same boundaries, no need to look for them
+            cutter.flush()
+            continue
+        for entry in _merge(entries, by_page.get(i, {})):
             cutter.add(entry)
     if not pages:
         for entry in _merge((), by_page.get(0, {})):
             cutter.add(entry)
     return cutter.finish()
+
+
+def _replaced(entries: tuple[TreeEntry, ...], changes: dict[str, TreeEntry | None]) -> list[TreeEntry] | None:
+    """The page with new values for existing keys, or None if a key is added or deleted."""
+    out = list(entries)
+    for key, new in changes.items():
+        j = bisect.bisect_left(out, (key,))
+        if new is None or j == len(out) or out[j].key != key:
+            return None
+        out[j] = new
+    return out
 
 
 def _merge(entries: Iterable[TreeEntry], changes: dict[str, TreeEntry | None]) -> Iterator[TreeEntry]:

@@ -6,8 +6,11 @@ import os
 import stat as stat_mod
 import time
 from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
+from itertools import chain
 from pathlib import Path
 
 from datarepo import parallel
@@ -37,10 +40,19 @@ class Scan:
     errors: list[str] = field(default_factory=list)
     started_ns: int = 0
 
+    @cached_property
+    def packed(self) -> tuple[bytes, bytes]:
+        return pack_files(self.files)
+
     def raise_errors(self) -> None:
         if self.errors:
             more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
             raise InvalidInputError(self.errors[0] + more)
+
+
+def pack_files(files: dict[str, FileStat]) -> tuple[bytes, bytes]:
+    """A listing as bytes: the paths joined by NUL (which no name holds), the stats as int64s."""
+    return "\x00".join(files).encode("utf-8", "surrogateescape"), array("q", chain.from_iterable(files.values())).tobytes()
 
 
 def load_ignore(root: Path) -> Callable[[str, bool], bool] | None:
@@ -217,6 +229,22 @@ def group(files: Iterable[str], grouping: str, notes: list[str]) -> dict[str, di
             continue
         datums.setdefault(split[0], {})[split[1]] = rel
     return datums
+
+
+def files_of(keys: Iterable[str], paths: list[str], grouping: str) -> list[str]:
+    """The paths, of the sorted ``paths``, that belong to ``keys``: a lookup, not a grouping of all."""
+    found = []
+    for key in sorted(keys):
+        if grouping == "file":
+            i = bisect_left(paths, key)
+            found.extend(paths[i : i + 1] if i < len(paths) and paths[i] == key else ())
+            continue
+        i = bisect_left(paths, key + ".")
+        while i < len(paths) and paths[i].startswith(key + "."):
+            if (split := split_path(paths[i], grouping)) is not None and split[0] == key:
+                found.append(paths[i])
+            i += 1
+    return found
 
 
 def _read_small(path: str, size: int) -> bytes:

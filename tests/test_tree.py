@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,6 +51,20 @@ def test_update_equals_full_rewrite(tmp_path_factory, base: set, added: set, rem
     assert trees.update_tree(store, root, changes) == expected
     diff = {c.key: (c.old, c.new) for c in trees.diff_trees(store, root, expected)}
     assert diff == {k: (old.get(k), new[k]) for k in new if old.get(k) != new[k]}
+
+
+@pytest.mark.parametrize("deleted", [0, 1])
+def test_update_of_values_across_pages_equals_full_rewrite(tmp_path: Path, deleted: int) -> None:
+    store = _store(tmp_path)
+    entries = _entries(f"v/{i:05d}" for i in range(8000))
+    root = trees.write_tree(store, entries)
+    changes: dict[str, TreeEntry | None] = {
+        e.key: TreeEntry(e.key, hash_bytes(b"v2" + e.key.encode()), 7) for e in entries[::97] + [entries[-1]]
+    }
+    changes.update({entries[i].key: None for i in range(1, 1 + deleted)})
+    new = {e.key: e for e in entries} | changes
+    expected = trees.write_tree(store, [e for _, e in sorted(new.items()) if e is not None])
+    assert trees.update_tree(store, root, changes) == expected
 
 
 def test_small_change_shares_pages_and_diff_is_exact(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ stat no file has, so they are always looked at again. Like the rest of
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from array import array
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -20,7 +20,7 @@ from datarepo.hashing import hash_bytes
 from datarepo.index import RACY_NS
 from datarepo.porcelain import Changes
 from datarepo.repo import Repo
-from datarepo.worktree import IGNORE_FILE, MTIME, FileStat, Scan, split_path
+from datarepo.worktree import IGNORE_FILE, MTIME, FileStat, Scan, pack_files, split_path
 
 META_NAME = "status-snapshot"
 FILES_NAME = "status-snapshot-files"
@@ -37,17 +37,31 @@ class Snapshot:
 
     @cached_property
     def files(self) -> dict[str, tuple[int, int, int]]:
-        raw = self.repo.index.get_meta(FILES_NAME)
-        try:
-            return {p: (s, m, i) for p, s, m, i in json.loads(raw or "[]")}
-        except (ValueError, TypeError):
-            return {}
+        return unpack_files(self.repo.index.get_meta(FILES_NAME))
 
 
-def digest(files: Iterable[tuple[str, tuple[int, int, int]]]) -> str:
-    """One hash of a (path, stat) listing in scan order. The order of an unchanged tree's
-    listing is stable; if it moves, the digests differ and status takes the slower path."""
-    return hash_bytes("".join(f"{p}\x00{s} {m} {i}\n" for p, (s, m, i) in files).encode())
+def digest(found: Scan) -> str:
+    """One hash of a scan's (path, stat) listing in scan order. The order of an unchanged
+    tree's listing is stable; if it moves, the digests differ and status takes the slower path."""
+    names, stats = found.packed
+    return hash_bytes(len(found.files).to_bytes(8, "little") + names + stats)
+
+
+def unpack_files(raw: bytes | str | None) -> dict[str, FileStat]:
+    """The inverse of the stored form ``len(names) | names | stats``; {} for anything malformed."""
+    if not isinstance(raw, bytes) or len(raw) < 8:
+        return {}
+    cut = 8 + int.from_bytes(raw[:8], "little")
+    stats = array("q")
+    try:
+        names = raw[8:cut].decode("utf-8", "surrogateescape").split("\x00") if cut > 8 else []
+        stats.frombytes(raw[cut:])
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    if len(stats) != 3 * len(names):
+        return {}
+    it = iter(stats)
+    return dict(zip(names, zip(it, it, it)))
 
 
 def token(repo: Repo, follow: bool) -> str:
@@ -78,18 +92,24 @@ def save(repo: Repo, tok: str, found: Scan, status: dict[str, Any], seen: str | 
     horizon = found.started_ns - RACY_NS
     # A file too recent to trust is listed with a stat no file has: it always
     # counts as changed while it exists, and its deletion is still noticed.
-    files = [(p, st if st[MTIME] < horizon else UNTRUSTED) for p, st in found.files.items()]
-    trusted_all = all(st is not UNTRUSTED for _, st in files)
-    head = {"token": tok, "digest": seen if seen and trusted_all else digest(files), "status": status}
+    # No scan can match the digest of such a listing, so none is stored for it.
+    names, stats = found.packed
+    if seen is None:
+        seen = digest(found)
+    mtimes = array("q", stats)[MTIME::3]
+    if mtimes and max(mtimes) >= horizon:
+        names, stats = pack_files({p: st if st[MTIME] < horizon else UNTRUSTED for p, st in found.files.items()})
+        seen = ""
+    head = {"token": tok, "digest": seen, "status": status}
     with repo.index.transaction():
         repo.index.set_meta(META_NAME, json.dumps(head))
-        repo.index.set_meta(FILES_NAME, json.dumps([[p, *st] for p, st in files]))
+        repo.index.set_meta(FILES_NAME, len(names).to_bytes(8, "little") + names + stats)
 
 
 def changed_keys(snap: Snapshot, files: dict[str, FileStat], grouping: str) -> set[str] | None:
     """Keys whose files differ from the snapshot's; None if a path cannot be grouped."""
     old = snap.files
-    paths = [p for p, st in files.items() if old.get(p) != st]
+    paths = [p for p, _ in files.items() - old.items()]  # set operations: done in C
     paths.extend(old.keys() - files.keys())
     keys = set()
     for p in paths:

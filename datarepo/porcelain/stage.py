@@ -17,7 +17,7 @@ from datarepo.hashing import Oid
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, compare, snapshot, tick
 from datarepo.repo import Repo
-from datarepo.worktree import SIZE, Hasher, Scan, group, member_path, scan
+from datarepo.worktree import SIZE, Hasher, Scan, files_of, group, member_path, scan
 from datarepo.writer import DatumSink
 
 
@@ -85,22 +85,29 @@ def index_datums(repo: Repo, head: dict[str, Oid], keys: Iterable[str] | None = 
 class _Look:
     """One look at the work tree, and what the status snapshot says about it.
 
-    ``suspects`` are the keys whose files changed since the snapshot: the
-    snapshot's verdict holds for every other key. None means there is no usable
-    snapshot (or too much changed), so every key must be looked at.
+    ``keys`` are the keys to look at again: those whose files changed since
+    the snapshot (and, for ``add``, those the snapshot saw differ from the
+    index); the snapshot's verdict holds for every other key. None means there
+    is no usable snapshot (or too much changed), so every key must be looked at.
     """
 
     repo: Repo
     found: Scan
     snap: snapshot.Snapshot | None
-    suspects: set[str] | None
+    keys: set[str] | None
     follow: bool = False
     digest: str | None = None
 
     @cached_property
     def grouped(self) -> tuple[dict[str, dict[str, str]], list[str]]:
-        notes: list[str] = []
-        return group(sorted(self.found.files), self.repo.config.grouping, notes), notes
+        """The members of the keys to look at, and the notes on files that fit no datum."""
+        grouping = self.repo.config.grouping
+        if self.keys is None or self.snap is None:
+            notes: list[str] = []
+            return group(sorted(self.found.files), grouping, notes), notes
+        # Every changed path could be grouped, so the snapshot's notes still hold.
+        paths = files_of(self.keys, sorted(self.found.files), grouping)
+        return group(paths, grouping, []), list(self.snap.status["group_notes"])
 
     @property
     def members(self) -> dict[str, dict[str, str]]:
@@ -134,19 +141,23 @@ _PARTS = ("staged", "unstaged", "total")
 PARTIAL_LIMIT = 20_000
 
 
-def _look(repo: Repo, follow: bool) -> _Look:
+def _look(repo: Repo, follow: bool, with_unstaged: bool = False) -> _Look:
+    """Scans the work tree and works out which keys need a new look (``with_unstaged``:
+    also those the snapshot saw differ from the index, which ``add`` stages)."""
     found = scan(repo.require_worktree(), follow=follow, skip_prefixes=repo.config.sparse)
     found.raise_errors()
     snap = snapshot.load(repo, snapshot.token(repo, follow))
-    suspects = None
-    seen = snapshot.digest(found.files.items())
+    keys = None
+    seen = snapshot.digest(found)
     if snap is not None and snap.digest == seen:
-        suspects = set()
+        keys = set()
     elif snap is not None:
-        suspects = snapshot.changed_keys(snap, found.files, repo.config.grouping)
-        if suspects is not None and len(suspects) > PARTIAL_LIMIT:
-            suspects = None
-    return _Look(repo, found, snap, suspects, follow, seen)
+        keys = snapshot.changed_keys(snap, found.files, repo.config.grouping)
+        if keys is not None and len(keys) > PARTIAL_LIMIT:
+            keys = None
+    if keys is not None and snap is not None and with_unstaged:
+        keys |= snapshot.changes_from_json(snap.status["unstaged"]).keys()
+    return _Look(repo, found, snap, keys, follow, seen)
 
 
 def _verdict(head: dict[str, Oid], index: dict[str, Oid], now: dict[str, Oid]) -> Status:
@@ -160,7 +171,7 @@ def status(repo: Repo, follow: bool = False) -> Status:
     the status snapshot holds for them; only the others are looked at again.
     """
     look = _look(repo, follow)
-    keys = look.suspects
+    keys = look.keys
     if keys is not None and not keys and look.snap is not None:
         old = look.snap.status
         return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), look.found.notes + old["group_notes"])
@@ -194,10 +205,8 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     """
     prefixes = key_filter(repo, paths)
     with repo.lock:
-        look = _look(repo, follow)
-        keys = look.suspects
-        if keys is not None and look.snap is not None:
-            keys = keys | snapshot.changes_from_json(look.snap.status["unstaged"]).keys()
+        look = _look(repo, follow, with_unstaged=True)
+        keys = look.keys
         head = head_datums(repo, keys)
         index = index_datums(repo, head, keys)
         candidates = keys if keys is not None else set(look.members) | set(index) | set(head)
