@@ -36,12 +36,13 @@ def both(here: Callable[[], T], there: Callable[[], bytes]) -> tuple[T, bytes | 
     ``here`` kills the helper and propagates.
     """
     read_fd, write_fd = os.pipe()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the helper: never returns into the caller's stack
         os.close(read_fd)
         code = 1
         try:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _die_with(parent)
             payload = there()
             with os.fdopen(write_fd, "wb") as out:
                 out.write(len(payload).to_bytes(8, "little"))
@@ -64,3 +65,16 @@ def both(here: Callable[[], T], there: Callable[[], bytes]) -> tuple[T, bytes | 
     if status != 0 or len(raw) < 8 or int.from_bytes(raw[:8], "little") != len(raw) - 8:
         return mine, None
     return mine, raw[8:]
+
+
+def _die_with(parent: int) -> None:
+    """Makes the kernel kill this helper when its parent dies (a killed ``add`` leaves no worker)."""
+    import ctypes
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1

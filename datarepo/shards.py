@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,14 +124,20 @@ def padding(size: int) -> int:
     return -size % BLOCK
 
 
+def padded(size: int) -> int:
+    """The bytes a member's data takes in a tar: its size rounded up to whole blocks."""
+    return size + padding(size)
+
+
 class ShardWriter:
     """Writes datums into a temporary tar, hashing it; :meth:`finish` names it by its oid."""
 
     def __init__(self, shards_dir: Path) -> None:
         shards_dir.mkdir(parents=True, exist_ok=True)
         self.shards_dir = shards_dir
-        self.tmp = shards_dir / f"{TMP_PREFIX}{os.getpid()}-{id(self):x}.tar"
-        self._file = open(self.tmp, "wb", buffering=1 << 20)
+        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tar", dir=shards_dir)  # unique while unpublished
+        self.tmp = Path(tmp)
+        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._out = HashingWriter(self._file)
         self.datums: list[DatumLoc] = []
 

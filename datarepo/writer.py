@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from datarepo.hashing import Oid, datum_id
 from datarepo.repo import Repo
@@ -20,11 +21,15 @@ class DatumSink:
     Callers hold the writer lock.
     """
 
-    def __init__(self, repo: Repo, rewrite: bool = False) -> None:
+    def __init__(self, repo: Repo, rewrite: bool = False, publish: bool = True) -> None:
         self.repo = repo
         self.rewrite = rewrite
+        self.publish = publish
         self.written: dict[Oid, int] = {}
         self.shards: list[ShardIndex] = []
+        # With ``publish=False`` (a helper process), finished shards stay at their
+        # temporary paths for the process that holds the lock to :meth:`adopt`.
+        self.finished: list[tuple[Path, ShardIndex]] = []
         self._writer: ShardWriter | None = None
 
     def has(self, datum: Oid) -> bool:
@@ -59,10 +64,18 @@ class DatumSink:
         if writer is None:
             return
         tmp, index = writer.finish()
+        if self.publish:
+            self.adopt(tmp, index)
+        else:
+            self.finished.append((tmp, index))
+
+    def adopt(self, tmp: Path, index: ShardIndex) -> None:
+        """Publishes a finished shard: the file, its ``.idx``, then its rows in the location cache."""
         self.repo.store.publish_shard(tmp, index)
         with self.repo.index.transaction():  # one transaction, not one per row
             self.repo.index.add_shard(index)
         self.shards.append(index)
+        self.written.update((d.datum, d.length) for d in index.datums)
 
     def close(self) -> list[ShardIndex]:
         """Publishes the last shard; returns every shard written."""
@@ -73,6 +86,8 @@ class DatumSink:
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
+        for tmp, _ in self.finished:
+            tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> DatumSink:
         return self

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
-from itertools import islice
-from typing import TypeVar
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -16,13 +14,12 @@ from datarepo.fsutil import remove
 from datarepo.hashing import Oid
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, compare, snapshot, tick
+from datarepo.porcelain.storing import store_keys
 from datarepo.repo import Repo
 from datarepo.worktree import SIZE, Hasher, Scan, files_of, group, member_path, scan
 from datarepo.writer import DatumSink
 
 
-STORE_BATCH = 256
-T = TypeVar("T")
 
 
 @dataclass
@@ -239,17 +236,8 @@ def _store(
     begin(progress, len(keys))
     tick(progress, len(keys) - len(to_read))
     with DatumSink(repo) as sink:
-        reads = ((k, hasher.read(look.members[k])) for k in to_read)
-        for batch in _batched(reads, STORE_BATCH):
-            datums.update(zip((k for k, _ in batch), sink.put_many([r for _, r in batch])))
-            tick(progress, len(batch))
+        datums.update(store_keys(sink, hasher, look.members, to_read, progress))
     return datums, sink.written  # type: ignore[return-value]
-
-
-def _batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
-    it = iter(items)
-    while batch := list(islice(it, n)):
-        yield batch
 
 
 def _stage(repo: Repo, staged: list[tuple[str, Oid | None, int]], head: dict[str, Oid], hasher: Hasher) -> None:

@@ -1,0 +1,128 @@
+"""Reading, hashing and storing the datums of work-tree files, over two processes when it pays.
+
+A first ``add`` spends its time on per-file Python work: open, read, hash,
+tar header, write. With a second core, a forked helper stores the second half
+of the keys (by bytes) into shards of its own while this process stores the
+first half; this process then adopts the helper's shards. Each shard still
+holds its datums in key order, and a datum both halves hold is kept once.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+from collections.abc import Callable, Iterator
+from itertools import islice
+from pathlib import Path
+
+from datarepo import parallel
+from datarepo.hashing import Oid
+from datarepo.index import StatEntry
+from datarepo.porcelain import Progress, tick
+from datarepo.repo import Repo
+from datarepo.shards import BLOCK, ShardIndex, padded
+from datarepo.worktree import SIZE, Hasher
+from datarepo.writer import DatumSink
+
+STORE_BATCH = 256
+# Below this many bytes to read, forking a helper costs more than it saves.
+SPLIT_MIN_BYTES = 32 << 20
+# This process also publishes every shard and keeps the progress bar: it takes a bit less.
+HERE_SHARE = 0.47
+# How far from that share a shard boundary may be and still be where the halves meet.
+SHARD_CUT_SLACK = 0.1
+
+Members = dict[str, dict[str, str]]
+
+
+def store_keys(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], progress: Progress) -> dict[str, Oid]:
+    """Stores the datums of ``keys`` (in key order) through ``sink``; returns each key's datum."""
+    sizes = [sum(BLOCK + padded(hasher.files[rel][SIZE]) for rel in members[k].values()) for k in keys]
+    split = sum(sizes) >= SPLIT_MIN_BYTES and parallel.helper_available()
+    cut = _cut(sizes, sink.repo.config.shard_size) if split else len(keys)
+    if cut in (0, len(keys)):
+        return _put(sink, hasher, members, keys, lambda n: tick(progress, n))
+    return _put_halves(sink, hasher, members, keys[:cut], keys[cut:], progress)
+
+
+def _cut(sizes: list[int], shard_size: int) -> int:
+    """Where this process's share ends: at the end of a full shard if one is near the
+    share's end (so the halves leave no extra part-filled shard), else at the share's end."""
+    total = sum(sizes)
+    goal = HERE_SHARE * total
+    share_end, best, filled, done = len(sizes), None, 0, 0
+    for i, size in enumerate(sizes):
+        done += size
+        filled += size
+        if share_end == len(sizes) and done >= goal:
+            share_end = i + 1
+        if filled >= shard_size:  # where a single writer would end a shard
+            filled = 0
+            if abs(done - goal) <= SHARD_CUT_SLACK * total and (best is None or abs(done - goal) < abs(best[1] - goal)):
+                best = (i + 1, done)
+    return best[0] if best is not None else share_end
+
+
+def _put(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], done: Callable[[int], None]) -> dict[str, Oid]:
+    out: dict[str, Oid] = {}
+    for batch in _batched(keys, STORE_BATCH):
+        out.update(zip(batch, sink.put_many([hasher.read(members[k]) for k in batch])))
+        done(len(batch))
+    return out
+
+
+def _batched(items: list[str], n: int) -> Iterator[list[str]]:
+    it = iter(items)
+    while batch := list(islice(it, n)):
+        yield batch
+
+
+def _put_halves(
+    sink: DatumSink, hasher: Hasher, members: Members, mine: list[str], theirs: list[str], progress: Progress
+) -> dict[str, Oid]:
+    counter = mmap.mmap(-1, 8)  # shared with the helper: how many keys it has done
+
+    def there() -> bytes:
+        helper = DatumSink(Repo(sink.repo.dotdir, sink.repo.worktree), publish=False)  # its own SQLite connection
+
+        def count(n: int) -> None:
+            counter[:] = (int.from_bytes(counter[:], "little") + n).to_bytes(8, "little")
+
+        with helper:
+            ids = _put(helper, hasher, members, theirs, count)
+        hashes = [(rel, hasher.updated[rel].hash) for k in theirs for rel in members[k].values()]
+        shards = [(str(tmp), index.to_bytes().decode()) for tmp, index in helper.finished]
+        return json.dumps({"ids": [ids[k] for k in theirs], "hashes": hashes, "shards": shards}).encode()
+
+    seen = 0
+
+    def done(n: int) -> None:
+        nonlocal seen
+        now = int.from_bytes(counter[:], "little")
+        tick(progress, n + now - seen)
+        seen = now
+
+    out, raw = parallel.both(lambda: _put(sink, hasher, members, mine, done), there)
+    tick(progress, len(theirs) - seen)
+    if raw is None:  # the helper failed: its half is done here (its shards were never published)
+        out.update(_put(sink, hasher, members, theirs, lambda n: None))
+        return out
+    return out | _adopt(sink, hasher, members, theirs, json.loads(raw))
+
+
+def _adopt(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], result: dict) -> dict[str, Oid]:
+    """Takes over the helper's stat-cache entries and shards; a shard holding a datum this
+    process also stored is dropped, and its keys are stored here again, skipping that datum."""
+    for rel, oid in result["hashes"]:
+        hasher.updated[rel] = StatEntry(*hasher.files[rel], hasher.seen_ns, Oid(oid))
+    ids = dict(zip(keys, map(Oid, result["ids"])))
+    dropped: set[str] = set()
+    for tmp, raw in result["shards"]:
+        index = ShardIndex.from_bytes(raw.encode(), tmp)
+        if any(d.datum in sink.written for d in index.datums):
+            Path(tmp).unlink(missing_ok=True)
+            dropped.update(d.datum for d in index.datums)
+        else:
+            sink.adopt(Path(tmp), index)
+    _put(sink, hasher, members, [k for k in keys if ids[k] in dropped], lambda n: None)
+    return ids
