@@ -22,10 +22,12 @@ T = TypeVar("T")
 
 
 def helper_available() -> bool:
-    """True where forking a helper can help: Linux with a second core, not turned off."""
-    if os.environ.get("DATAREPO_WORKERS", "") == "1" or not sys.platform.startswith("linux"):
+    """True where forking a helper can help: Linux with a second core. ``DATAREPO_WORKERS``
+    set to 1 turns helpers off; set to 2, it turns them on even on one core."""
+    workers = os.environ.get("DATAREPO_WORKERS", "")
+    if workers == "1" or not sys.platform.startswith("linux"):
         return False
-    return len(os.sched_getaffinity(0)) > 1
+    return workers == "2" or len(os.sched_getaffinity(0)) > 1
 
 
 def both(here: Callable[[], T], there: Callable[[], bytes]) -> tuple[T, bytes | None]:

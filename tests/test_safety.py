@@ -58,9 +58,10 @@ def expected_content(n: int) -> dict[str, bytes]:
     return content
 
 
-@pytest.mark.parametrize("mode", ["commit", "maintain"])
+@pytest.mark.parametrize("mode", ["commit", "maintain", "split"])
 def test_sigkill_while_committing_never_breaks_the_repository(tmp_path: Path, mode: str) -> None:
-    """SIGKILL at random points of commits (and, in "maintain", of repack --all and gc)."""
+    """SIGKILL at random points of commits (and, in "maintain", of repack --all and gc;
+    in "split", every add stores half its datums in a forked helper process)."""
     root = tmp_path / "w"
     root.mkdir()
     repo = Repo.init(root, shard_size=8192)
@@ -69,6 +70,8 @@ def test_sigkill_while_committing_never_breaks_the_repository(tmp_path: Path, mo
         repo.config.save(repo.dotdir / "config.toml")
     rng = random.Random(1)
     env = {**os.environ, "DATAREPO_LOCK_TIMEOUT": "2"}
+    if mode == "split":
+        env |= {"DATAREPO_WORKERS": "2", "DATAREPO_SPLIT_MIN_BYTES": "0"}
     next_i = 0
     for _ in range(30):
         proc = subprocess.Popen([sys.executable, "-c", COMMITTER, str(root), str(next_i), mode], env=env,

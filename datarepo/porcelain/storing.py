@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -25,8 +26,8 @@ from datarepo.worktree import SIZE, Hasher
 from datarepo.writer import DatumSink
 
 STORE_BATCH = 256
-# Below this many bytes to read, forking a helper costs more than it saves.
-SPLIT_MIN_BYTES = 32 << 20
+# Below this many bytes to store, forking a helper costs more than it saves.
+SPLIT_MIN_BYTES = int(os.environ.get("DATAREPO_SPLIT_MIN_BYTES", 32 << 20))
 # This process also publishes every shard and keeps the progress bar: it takes a bit less.
 HERE_SHARE = 0.47
 # How far from that share a shard boundary may be and still be where the halves meet.

@@ -1,0 +1,153 @@
+"""Work split over a forked helper process gives exactly what one process gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Cli, write_samples
+from datarepo import parallel, worktree as wt
+from datarepo.porcelain import storing
+from datarepo.porcelain.maintenance import fsck
+from datarepo.porcelain.stage import add
+from datarepo.repo import Repo
+from datarepo.tree import iter_tree
+
+
+@pytest.fixture
+def split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every add and scan here splits its work, whatever the machine's core count."""
+    monkeypatch.setenv("DATAREPO_WORKERS", "2")
+    monkeypatch.setattr(storing, "SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(wt, "PARALLEL_STAT_MIN", 0)
+
+
+def _samples(root: Path) -> None:
+    write_samples(root, 300, seed=3)
+    # The same datum at the start and at the end of the keys: one in each half.
+    for key in ("a-first/0000", "z-last/9999"):
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / f"{key}.txt").write_bytes(b"the same datum twice")
+
+
+def _add_and_commit(root: Path) -> tuple[Repo, str]:
+    cli = Cli(root)
+    cli("init")  # one shard a half: neither half publishes before the helper is done
+    cli("add", ".")
+    cli("commit", "-m", "first")
+    repo = Repo.open(root)
+    return repo, repo.commit(repo.head()).tree
+
+
+def _shard_datums(repo: Repo) -> list[list[str]]:
+    """The datum ids of every shard, in file order."""
+    return [[d.datum for d in repo.store.read_index(shard).datums] for shard in repo.store.iter_shards()]
+
+
+def test_split_add_stores_what_a_single_process_stores(tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    _samples(tmp_path / "one")
+    shutil.copytree(tmp_path / "one", tmp_path / "two")
+    monkeypatch.setenv("DATAREPO_WORKERS", "1")
+    single, single_tree = _add_and_commit(tmp_path / "one")
+    monkeypatch.setenv("DATAREPO_WORKERS", "2")
+    adopted = []
+    real_adopt = storing._adopt
+    monkeypatch.setattr(storing, "_adopt", lambda *a: adopted.append(a[-1]) or real_adopt(*a))
+    both, both_tree = _add_and_commit(tmp_path / "two")
+
+    assert both_tree == single_tree
+    assert fsck(both).problems == []
+    shards = _shard_datums(both)
+    held = [d for shard in shards for d in shard]
+    assert len(held) == len(set(held))  # every datum stored once, the shared one too
+    assert sorted(held) == sorted(d for shard in _shard_datums(single) for d in shard)
+    first_key = {}
+    for entry in iter_tree(both.store, both_tree):
+        first_key.setdefault(entry.datum, entry.key)
+    for shard in shards:  # each shard holds its datums in key order
+        assert [first_key[d] for d in shard] == sorted(first_key[d] for d in shard)
+    assert not list(both.store.iter_garbage())
+    assert adopted, "the helper never stored anything"
+    assert json.loads(Cli(tmp_path / "two")("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
+
+
+def test_a_failed_helper_leaves_its_half_to_the_parent(tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    _samples(tmp_path)
+    Cli(tmp_path)("init")
+    repo = Repo.open(tmp_path)
+
+    def broken(*args: object) -> Repo:
+        if os.getpid() == parent:
+            raise AssertionError("only the helper opens a second Repo")
+        raise OSError("the helper fails")
+
+    parent = os.getpid()
+    monkeypatch.setattr(storing, "Repo", broken)
+    ticks: list[int] = []
+
+    class Bar:
+        def start(self, total: int | None) -> None:
+            ticks.append(-(total or 0))
+
+        def advance(self, n: int) -> None:
+            ticks.append(n)
+
+    result = add(repo, progress=Bar())
+    assert result.hashed == 602
+    assert sum(ticks[1:]) == -ticks[0] == 302
+    assert fsck(repo).problems == []
+    assert not list(repo.store.iter_garbage())
+
+
+def test_split_scan_equals_a_single_process_scan(tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_samples(tmp_path, 200, seed=5)
+    (tmp_path / "link").symlink_to("train")
+    both = wt.scan(tmp_path)
+    monkeypatch.setenv("DATAREPO_WORKERS", "1")
+    single = wt.scan(tmp_path)
+    assert both.files == single.files and len(both.files) == 400
+    assert both.notes == single.notes
+
+
+def test_both_returns_none_when_the_helper_fails() -> None:
+    def fails() -> bytes:
+        raise RuntimeError("boom")
+
+    assert parallel.both(lambda: 1, lambda: b"x" * 100_000) == (1, b"x" * 100_000)
+    assert parallel.both(lambda: 2, fails) == (2, None)
+    assert parallel.both(lambda: 3, lambda: os.kill(os.getpid(), signal.SIGKILL) or b"") == (3, None)
+
+
+def test_an_error_here_kills_the_helper() -> None:
+    marker = []
+
+    def here() -> None:
+        marker.append(time.monotonic())
+        raise KeyError("here")
+
+    started = time.monotonic()
+    with pytest.raises(KeyError):
+        parallel.both(here, lambda: time.sleep(30) or b"")
+    assert time.monotonic() - started < 10  # the helper was killed, not waited for
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # and reaped: no child is left
+
+
+@pytest.mark.parametrize(
+    ("sizes", "shard_size", "cut"),
+    [
+        ([10] * 100, 1000, 47),  # no shard fills up: the halves meet at this process's share
+        ([10] * 100, 30, 48),  # the shard boundary nearest that share
+        ([10] * 100, 450, 45),
+        ([10] * 100, 600, 47),  # the only boundary is too far from the share
+        ([1000, 1, 1], 100, 1),
+    ],
+)
+def test_cut(sizes: list[int], shard_size: int, cut: int) -> None:
+    assert storing._cut(sizes, shard_size) == cut
