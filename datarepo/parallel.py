@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -37,6 +37,9 @@ def both(here: Callable[[], T], there: Callable[[], bytes]) -> tuple[T, bytes | 
     helper failed (an exception, a signal, a short write). An exception in
     ``here`` kills the helper and propagates.
     """
+    import ctypes  # before the fork: the helper should not have to import anything
+
+    libc = ctypes.CDLL(None)
     read_fd, write_fd = os.pipe()
     parent = os.getpid()
     pid = os.fork()
@@ -44,7 +47,7 @@ def both(here: Callable[[], T], there: Callable[[], bytes]) -> tuple[T, bytes | 
         os.close(read_fd)
         code = 1
         try:
-            _die_with(parent)
+            _die_with(parent, libc)
             payload = there()
             with os.fdopen(write_fd, "wb") as out:
                 out.write(len(payload).to_bytes(8, "little"))
@@ -69,12 +72,10 @@ def both(here: Callable[[], T], there: Callable[[], bytes]) -> tuple[T, bytes | 
     return mine, raw[8:]
 
 
-def _die_with(parent: int) -> None:
+def _die_with(parent: int, libc: Any) -> None:
     """Makes the kernel kill this helper when its parent dies (a killed ``add`` leaves no worker)."""
-    import ctypes
-
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the line above
         os._exit(1)
 
