@@ -190,6 +190,14 @@ class Index:
     def set_meta(self, name: str, value: str | bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (name, value))
 
+    def staged_unstored(self) -> list[str]:
+        """Staged datums no shard holds (one join, not one lookup per datum)."""
+        rows = self.db.execute(
+            "SELECT s.datum FROM staged s LEFT JOIN location l ON l.datum = s.datum"
+            " WHERE s.datum IS NOT NULL AND l.datum IS NULL"
+        )
+        return [r[0] for r in rows]
+
     def iter_staged_datums(self) -> Iterator[str]:
         for (datum,) in self.db.execute("SELECT datum FROM staged WHERE datum IS NOT NULL"):
             yield datum

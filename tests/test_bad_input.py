@@ -226,3 +226,16 @@ def test_damaged_index_is_set_aside_and_rebuilt(repo_with_commit, worktree: Path
     assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
     assert (worktree / ".datarepo/index.sqlite.damaged").exists()
     assert "0 problems" in cli("fsck").output
+
+
+def test_commit_refuses_a_staged_datum_no_shard_holds(repo_with_commit, worktree: Path, cli) -> None:
+    (worktree / "extra.txt").write_bytes(b"staged, then its shard is forgotten")
+    cli("add", ".")
+    repo = Repo.open(worktree)
+    head = repo.head()
+    (datum, _), = [v for k, v in repo.index.staged().items() if k == "extra"]
+    shard, _ = repo.index.locate(datum) or (None, None)
+    with repo.index.transaction():
+        repo.index.drop_shard(shard)
+    _one_line_error(cli("commit", "-m", "x", ok=False), "staged datum", datum)
+    assert Repo.open(worktree).head() == head

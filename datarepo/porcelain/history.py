@@ -60,9 +60,8 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
         staged = repo.index.staged()
         if not staged and not allow_empty:
             raise NothingToCommitError("nothing to commit (use \"datarepo add\" first)")
-        missing = {d for d, _ in staged.values() if d} - repo.index.stored(d for d, _ in staged.values() if d)
-        if missing:
-            raise ObjectNotFoundError("staged datum", sorted(missing)[0])
+        if missing := repo.index.staged_unstored():
+            raise ObjectNotFoundError("staged datum", min(missing))
         changes = {k: TreeEntry(k, d, s) if d else None for k, (d, s) in staged.items()}
         before = snapshot.token(repo, follow=False) if repo.worktree is not None else None
         oid = make_commit(repo, changes, message, parent)

@@ -36,8 +36,17 @@ class Snapshot:
     status: dict[str, Any]
 
     @cached_property
-    def files(self) -> dict[str, tuple[int, int, int]]:
-        return unpack_files(self.repo.index.get_meta(FILES_NAME))
+    def packed(self) -> tuple[bytes, bytes] | None:
+        """The saved listing as (names, stats), the form of :attr:`Scan.packed`."""
+        raw = self.repo.index.get_meta(FILES_NAME)
+        if not isinstance(raw, bytes) or len(raw) < 8:
+            return None
+        cut = 8 + int.from_bytes(raw[:8], "little")
+        return raw[8:cut], raw[cut:]
+
+    @cached_property
+    def files(self) -> dict[str, FileStat]:
+        return unpack_files(self.packed)
 
 
 def digest(found: Scan) -> str:
@@ -47,15 +56,14 @@ def digest(found: Scan) -> str:
     return hash_bytes(len(found.files).to_bytes(8, "little") + names + stats)
 
 
-def unpack_files(raw: bytes | str | None) -> dict[str, FileStat]:
-    """The inverse of the stored form ``len(names) | names | stats``; {} for anything malformed."""
-    if not isinstance(raw, bytes) or len(raw) < 8:
+def unpack_files(packed: tuple[bytes, bytes] | None) -> dict[str, FileStat]:
+    """The inverse of :func:`pack_files`; {} for anything malformed."""
+    if packed is None:
         return {}
-    cut = 8 + int.from_bytes(raw[:8], "little")
     stats = array("q")
     try:
-        names = raw[8:cut].decode("utf-8", "surrogateescape").split("\x00") if cut > 8 else []
-        stats.frombytes(raw[cut:])
+        names = packed[0].decode("utf-8", "surrogateescape").split("\x00") if packed[0] else []
+        stats.frombytes(packed[1])
     except (UnicodeDecodeError, ValueError):
         return {}
     if len(stats) != 3 * len(names):
@@ -106,11 +114,13 @@ def save(repo: Repo, tok: str, found: Scan, status: dict[str, Any], seen: str | 
         repo.index.set_meta(FILES_NAME, len(names).to_bytes(8, "little") + names + stats)
 
 
-def changed_keys(snap: Snapshot, files: dict[str, FileStat], grouping: str) -> set[str] | None:
+def changed_keys(snap: Snapshot, found: Scan, grouping: str) -> set[str] | None:
     """Keys whose files differ from the snapshot's; None if a path cannot be grouped."""
-    old = snap.files
-    paths = [p for p, _ in files.items() - old.items()]  # set operations: done in C
-    paths.extend(old.keys() - files.keys())
+    paths = _changed_in_place(snap.packed, found)
+    if paths is None:  # files came or went: compare by path
+        old, files = snap.files, found.files
+        paths = [p for p, _ in files.items() - old.items()]  # set operations: done in C
+        paths.extend(old.keys() - files.keys())
     keys = set()
     for p in paths:
         split = split_path(p, grouping)
@@ -118,6 +128,24 @@ def changed_keys(snap: Snapshot, files: dict[str, FileStat], grouping: str) -> s
             return None
         keys.add(split[0])
     return keys
+
+
+_STAT_BYTES = 24  # three int64s
+
+
+def _changed_in_place(old: tuple[bytes, bytes] | None, found: Scan, block: int = 64 * _STAT_BYTES) -> list[str] | None:
+    """The paths whose stat changed, if the scan listed the same paths in the same order
+    as the snapshot (None if not): the stats are compared a block of 64 files at a time."""
+    names, stats = found.packed
+    if old is None or old[0] != names or len(old[1]) != len(stats):
+        return None
+    old_stats, paths, changed = old[1], list(found.files), []
+    for start in range(0, len(stats), block):
+        if stats[start : start + block] != old_stats[start : start + block]:
+            for i in range(start, min(start + block, len(stats)), _STAT_BYTES):
+                if stats[i : i + _STAT_BYTES] != old_stats[i : i + _STAT_BYTES]:
+                    changed.append(paths[i // _STAT_BYTES])
+    return changed
 
 
 def changes_from_json(obj: dict[str, list[str]]) -> Changes:

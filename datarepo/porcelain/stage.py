@@ -149,7 +149,7 @@ def _look(repo: Repo, follow: bool, with_unstaged: bool = False) -> _Look:
     if snap is not None and snap.digest == seen:
         keys = set()
     elif snap is not None:
-        keys = snapshot.changed_keys(snap, found.files, repo.config.grouping)
+        keys = snapshot.changed_keys(snap, found, repo.config.grouping)
         if keys is not None and len(keys) > PARTIAL_LIMIT:
             keys = None
     if keys is not None and snap is not None and with_unstaged:
