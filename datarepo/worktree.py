@@ -272,6 +272,10 @@ class Hasher:
         self.cache = cache
         self.seen_ns = seen_ns
         self.updated: dict[str, StatEntry] = {}
+        self.saved: set[str] = set()  # those of ``updated`` already in the stat cache
+
+    def unsaved(self) -> list[tuple[str, StatEntry]]:
+        return [(rel, e) for rel, e in self.updated.items() if rel not in self.saved]
 
     def cached(self, rel: str) -> Oid | None:
         if (fresh := self.updated.get(rel)) is not None:

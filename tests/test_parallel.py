@@ -74,6 +74,7 @@ def test_split_add_stores_what_a_single_process_stores(tmp_path: Path, split: No
         assert [first_key[d] for d in shard] == sorted(first_key[d] for d in shard)
     assert not list(both.store.iter_garbage())
     assert adopted, "the helper never stored anything"
+    assert len(both.index.load_stats()) == len(single.index.load_stats()) == 602  # the stat cache is whole
     assert json.loads(Cli(tmp_path / "two")("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
 
 

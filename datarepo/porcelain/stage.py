@@ -182,7 +182,7 @@ def status(repo: Repo, follow: bool = False) -> Status:
 def _save_stats(repo: Repo, hasher: Hasher) -> None:
     if hasher.updated:
         with repo.index.transaction():
-            repo.index.save_stats(hasher.updated.items())
+            repo.index.save_stats(hasher.unsaved())
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ def _stage(repo: Repo, staged: list[tuple[str, Oid | None, int]], head: dict[str
     with repo.index.transaction():
         repo.index.unstage(k for k, d, _ in staged if head.get(k) == d)
         repo.index.stage((k, d, s) for k, d, s in staged if head.get(k) != d)
-        repo.index.save_stats(hasher.updated.items())
+        repo.index.save_stats(hasher.unsaved())
 
 
 def rm(repo: Repo, paths: list[str], cached: bool = False) -> list[str]:

@@ -92,6 +92,9 @@ def _put_halves(
         with helper:
             ids = _put(helper, hasher, members, theirs, count)
         hashes = [(rel, hasher.updated[rel].hash) for k in theirs for rel in members[k].values()]
+        # Stat-cache rows are true whatever becomes of the shards: written here, while the other half runs.
+        with helper.repo.index.transaction():
+            helper.repo.index.save_stats((rel, hasher.updated[rel]) for rel, _ in hashes)
         shards = [(str(tmp), index.to_bytes().decode()) for tmp, index in helper.finished]
         return json.dumps({"ids": [ids[k] for k in theirs], "hashes": hashes, "shards": shards}).encode()
 
@@ -116,6 +119,7 @@ def _adopt(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], r
     process also stored is dropped, and its keys are stored here again, skipping that datum."""
     for rel, oid in result["hashes"]:
         hasher.updated[rel] = StatEntry(*hasher.files[rel], hasher.seen_ns, Oid(oid))
+        hasher.saved.add(rel)
     ids = dict(zip(keys, map(Oid, result["ids"])))
     dropped: set[str] = set()
     for tmp, raw in result["shards"]:
