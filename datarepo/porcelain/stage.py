@@ -20,8 +20,6 @@ from datarepo.worktree import SIZE, Hasher, Scan, files_of, group, member_path, 
 from datarepo.writer import DatumSink
 
 
-
-
 @dataclass
 class Status:
     staged: Changes
