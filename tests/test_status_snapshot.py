@@ -13,6 +13,7 @@ from datarepo.porcelain import snapshot, stage
 from datarepo.porcelain.checkout import checkout
 from datarepo.porcelain.history import commit
 from datarepo.repo import Repo
+from datarepo.worktree import scan
 
 from conftest import age, write_samples
 
@@ -61,6 +62,24 @@ def test_changed_keys_take_the_partial_path(repo: Repo, worktree: Path, monkeypa
         "modified": ["train/cat/0000", "train/dog/0001"],
         "deleted": ["train/dog/0003"],
     }
+
+
+@pytest.mark.parametrize("damage", ["torn", "other", "missing"])
+def test_a_listing_that_is_not_the_saved_one_is_not_used(repo: Repo, worktree: Path, damage: str) -> None:
+    """The listing file is written without fsync: a torn one, or one another status
+    replaced, must give the status computed from scratch, never a stale verdict."""
+    stage.status(repo)
+    listing = repo.dotdir / snapshot.LISTING_FILE
+    (worktree / "train/cat/0000.jpg").write_bytes(b"new")
+    if damage == "torn":
+        listing.write_bytes(listing.read_bytes()[:-24])
+    elif damage == "other":  # well formed, but of the tree as it is now: trusted, it would hide the change
+        names, stats = scan(worktree).packed
+        listing.write_bytes(len(names).to_bytes(8, "little") + names + stats)
+    else:
+        listing.unlink()
+    assert _as_dict(stage.status(repo)) == _as_dict(_fresh(repo))
+    assert stage.status(repo).total.modified == ["train/cat/0000"]
 
 
 def test_add_keeps_the_snapshot_usable(repo: Repo, worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:

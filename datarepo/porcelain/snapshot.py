@@ -4,8 +4,14 @@ A snapshot holds the work tree's (size, mtime_ns, inode) per file and the
 status computed from it, under a token of everything else status depends on:
 HEAD, the staging area's version, grouping, sparse prefixes, the ignore file
 and ``--follow``. Files whose mtime was "racy" when seen are listed with a
-stat no file has, so they are always looked at again. Like the rest of
-``index.sqlite`` it is only a cache: without it, status does the full work.
+stat no file has, so they are always looked at again. Like ``index.sqlite``
+it is only a cache: without it, status does the full work.
+
+The listing (megabytes for a large tree) is a plain file beside
+``index.sqlite``, replaced by rename and never fsync'ed: writing it into
+SQLite cost several times as much. The snapshot row names the listing's
+hash, so a listing torn by a crash or replaced by a concurrent status is
+noticed and not used.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from datarepo.fsutil import atomic_write
 from datarepo.hashing import hash_bytes
 from datarepo.index import RACY_NS
 from datarepo.porcelain import Changes
@@ -23,7 +30,7 @@ from datarepo.repo import Repo
 from datarepo.worktree import IGNORE_FILE, MTIME, FileStat, Scan, pack_files, split_path
 
 META_NAME = "status-snapshot"
-FILES_NAME = "status-snapshot-files"
+LISTING_FILE = "index.listing"
 UNTRUSTED = (-1, -1, -1)
 
 
@@ -34,12 +41,16 @@ class Snapshot:
     repo: Repo
     digest: str
     status: dict[str, Any]
+    listing: str  # the hash of the listing file it was saved with
 
     @cached_property
     def packed(self) -> tuple[bytes, bytes] | None:
         """The saved listing as (names, stats), the form of :attr:`Scan.packed`."""
-        raw = self.repo.index.get_meta(FILES_NAME)
-        if not isinstance(raw, bytes) or len(raw) < 8:
+        try:
+            raw = (self.repo.dotdir / LISTING_FILE).read_bytes()
+        except OSError:
+            return None
+        if len(raw) < 8 or hash_bytes(raw) != self.listing:
             return None
         cut = 8 + int.from_bytes(raw[:8], "little")
         return raw[8:cut], raw[cut:]
@@ -90,7 +101,7 @@ def load(repo: Repo, tok: str) -> Snapshot | None:
         return None
     try:
         obj = json.loads(raw)
-        return Snapshot(repo, obj["digest"], obj["status"]) if obj["token"] == tok else None
+        return Snapshot(repo, obj["digest"], obj["status"], obj["listing"]) if obj["token"] == tok else None
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -108,10 +119,11 @@ def save(repo: Repo, tok: str, found: Scan, status: dict[str, Any], seen: str | 
     if mtimes and max(mtimes) >= horizon:
         names, stats = pack_files({p: st if st[MTIME] < horizon else UNTRUSTED for p, st in found.files.items()})
         seen = ""
-    head = {"token": tok, "digest": seen, "status": status}
+    listing = len(names).to_bytes(8, "little") + names + stats
+    atomic_write(repo.dotdir / LISTING_FILE, listing, mode=0o644, durable=False)
+    head = {"token": tok, "digest": seen, "status": status, "listing": hash_bytes(listing)}
     with repo.index.transaction():
         repo.index.set_meta(META_NAME, json.dumps(head))
-        repo.index.set_meta(FILES_NAME, len(names).to_bytes(8, "little") + names + stats)
 
 
 def changed_keys(snap: Snapshot, found: Scan, grouping: str) -> set[str] | None:
@@ -175,6 +187,6 @@ def carry(repo: Repo, old_token: str, commit: bool = False) -> None:
     status = snap.status
     if commit:
         status = {**status, "staged": Changes().to_json(), "total": status["unstaged"]}
-    head = {"token": token(repo, follow=False), "digest": snap.digest, "status": status}
+    head = {"token": token(repo, follow=False), "digest": snap.digest, "status": status, "listing": snap.listing}
     with repo.index.transaction():
         repo.index.set_meta(META_NAME, json.dumps(head))
