@@ -8,7 +8,7 @@ and the staging area, never committed data (DESIGN §3).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -98,14 +98,12 @@ class Index:
         self.db.executemany("DELETE FROM stat WHERE scope=? AND path=?", ((scope, p) for p in paths))
 
     # locations ---------------------------------------------------------
-    def add_shard(self, index: ShardIndex) -> None:
-        self.db.execute("INSERT OR REPLACE INTO shard VALUES (?,?,?)", (index.shard, index.size, len(index.datums)))
+    def add_shard(self, shard: str, size: int, rows: Sequence[LocationRow]) -> None:
+        """Records a shard and the locations of its datums (see :func:`location_rows`)."""
+        self.db.execute("INSERT OR REPLACE INTO shard VALUES (?,?,?)", (shard, size, len(rows)))
         self.db.executemany(
             "INSERT OR REPLACE INTO location VALUES (?,?,?,?,?)",
-            (
-                (d.datum, index.shard, d.offset, d.length, _members_text(d.members))
-                for d in index.datums
-            ),
+            ((datum, shard, offset, length, members) for datum, offset, length, members in rows),
         )
 
     def drop_shard(self, shard: str) -> None:
@@ -201,6 +199,15 @@ class Index:
     def iter_staged_datums(self) -> Iterator[str]:
         for (datum,) in self.db.execute("SELECT datum FROM staged WHERE datum IS NOT NULL"):
             yield datum
+
+
+# (datum, offset, length, members as text): a ``location`` row without its shard.
+LocationRow = tuple[str, int, int, str]
+
+
+def location_rows(index: ShardIndex) -> list[LocationRow]:
+    """The ``location`` rows of a shard's datums, in a form that travels as JSON."""
+    return [(d.datum, d.offset, d.length, _members_text(d.members)) for d in index.datums]
 
 
 def _members_text(members: tuple[MemberLoc, ...]) -> str:

@@ -13,7 +13,7 @@ from datarepo.config import DEFAULT_SHARD_SIZE, Config
 from datarepo.errors import BadRevisionError, CorruptObjectError, InvalidInputError, NotARepositoryError, ObjectNotFoundError
 from datarepo.fsutil import WriterLock, atomic_write
 from datarepo.hashing import Oid, datum_id, hash_bytes, is_oid
-from datarepo.index import Index
+from datarepo.index import Index, location_rows
 from datarepo.objects import Commit
 from datarepo.refs import BRANCHES, HEAD, TAGS, Refs
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData
@@ -77,7 +77,8 @@ class Repo:
         with index.transaction():
             for shard in self.store.iter_shards():
                 if shard not in known:
-                    index.add_shard(self.store.read_index(shard))
+                    found = self.store.read_index(shard)
+                    index.add_shard(found.shard, found.size, location_rows(found))
                     added += 1
         return added
 

@@ -82,7 +82,9 @@ class ShardIndex:
                 "format": IDX_FORMAT,
                 "shard": self.shard,
                 "size": self.size,
-                "datums": [[d.datum, d.offset, d.length, [list(m) for m in d.members]] for d in self.datums],
+                # [datum, offset, length, [[ext, offset, size], ...]]: the named tuples are
+                # encoded as they are, by json's C encoder, not rebuilt as lists.
+                "datums": self.datums,
             }
         )
 

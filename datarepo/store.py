@@ -93,10 +93,10 @@ class Store:
     def new_shard(self) -> ShardWriter:
         return ShardWriter(self.shards_dir)
 
-    def publish_shard(self, tmp: Path, index: ShardIndex) -> None:
-        """Moves a finished shard into place, then writes its index (shard before idx)."""
-        publish(tmp, self.shard_path(index.shard))
-        atomic_write(self.idx_path(index.shard), index.to_bytes())
+    def publish_shard(self, tmp: Path, shard: str, idx: bytes) -> None:
+        """Moves a finished shard into place, then writes its ``.idx`` bytes (shard before idx)."""
+        publish(tmp, self.shard_path(shard))
+        atomic_write(self.idx_path(shard), idx)
 
     def read_index(self, oid: str) -> ShardIndex:
         path = self.idx_path(oid)

@@ -7,7 +7,7 @@ import stat as stat_mod
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain
@@ -16,8 +16,8 @@ from pathlib import Path
 from datarepo import parallel
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id, hash_bytes
-from datarepo.index import StatEntry, trusted
-from datarepo.shards import LARGE_FILE, FileRange, MemberData, member_hash, split_member_name
+from datarepo.index import Index, StatEntry, trusted
+from datarepo.shards import LARGE_FILE, FileRange, MemberData, member_hash
 
 NEVER_ADDED = frozenset({".git", ".dvc", ".datarepo", ".datarepoignore"})
 IGNORE_FILE = ".datarepoignore"
@@ -190,14 +190,21 @@ def _classify_other(entry: os.DirEntry, rel: str, result: Scan, follow: bool) ->
 
 def split_path(rel: str, grouping: str) -> tuple[str, str] | None:
     """Returns (key, member extension) for a file, or None if it cannot be grouped."""
+    return next(split_paths((rel,), grouping))
+
+
+def split_paths(paths: Iterable[str], grouping: str) -> Iterator[tuple[str, str] | None]:
+    """:func:`split_path` of each path, as one loop: a first ``add`` groups every file."""
     if grouping == "file":
-        base = rel.rsplit("/", 1)[-1]
-        dot = base.rfind(".")
-        return rel, (base[dot + 1 :] if 0 < dot < len(base) - 1 else "bin")
-    key, ext = split_member_name(rel)
-    if not ext or key.endswith("/") or not key:
-        return None
-    return key, ext
+        for rel in paths:
+            base = rel.rsplit("/", 1)[-1]
+            dot = base.rfind(".")
+            yield rel, (base[dot + 1 :] if 0 < dot < len(base) - 1 else "bin")
+        return
+    for rel in paths:  # "wds": the key ends at the basename's first dot (see split_member_name)
+        slash = rel.rfind("/") + 1
+        dot = rel.find(".", slash)
+        yield (rel[:dot], rel[dot + 1 :]) if slash < dot < len(rel) - 1 else None
 
 
 def check_key(key: str) -> str:
@@ -222,8 +229,8 @@ def member_path(key: str, ext: str, grouping: str) -> str:
 def group(files: Iterable[str], grouping: str, notes: list[str]) -> dict[str, dict[str, str]]:
     """Groups relative paths into datums: key → {extension: path}."""
     datums: dict[str, dict[str, str]] = {}
-    for rel in files:
-        split = split_path(rel, grouping)
+    files = list(files)
+    for rel, split in zip(files, split_paths(files, grouping)):
         if split is None:
             notes.append(f"skipped {rel}: no extension to name a member by (grouping = \"wds\")")
             continue
@@ -267,15 +274,23 @@ class Hasher:
 
     def __init__(self, root: Path, files: dict[str, FileStat], cache: dict[str, tuple], seen_ns: int) -> None:
         self.root = root
-        self.root_str = str(root)
+        self.prefix = os.path.join(root, "")  # the root and a separator: paths are prefix + rel
         self.files = files
         self.cache = cache
         self.seen_ns = seen_ns
         self.updated: dict[str, StatEntry] = {}
         self.saved: set[str] = set()  # those of ``updated`` already in the stat cache
+        self.hashed = 0  # files read and hashed (here, or by a helper that reported them)
 
     def unsaved(self) -> list[tuple[str, StatEntry]]:
         return [(rel, e) for rel, e in self.updated.items() if rel not in self.saved]
+
+    def save(self, index: Index) -> None:
+        """Writes the stat-cache entries not written yet, in a transaction of their own."""
+        if fresh := self.unsaved():
+            with index.transaction():
+                index.save_stats(fresh)
+            self.saved.update(rel for rel, _ in fresh)
 
     def cached(self, rel: str) -> Oid | None:
         if (fresh := self.updated.get(rel)) is not None:
@@ -302,10 +317,11 @@ class Hasher:
             data[ext], hashes[ext] = self._read_one(rel)
             st = self.files[rel]
             self.updated[rel] = StatEntry(*st, self.seen_ns, hashes[ext])
+        self.hashed += len(members)
         return data, hashes
 
     def _read_one(self, rel: str) -> tuple[MemberData, Oid]:
-        path = os.path.join(self.root_str, rel)
+        path = self.prefix + rel
         size = self.files[rel][SIZE]
         try:
             if size > LARGE_FILE:

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from datarepo.hashing import Oid, datum_id
+from datarepo.index import LocationRow, location_rows
 from datarepo.repo import Repo
-from datarepo.shards import MemberData, ShardIndex, ShardWriter
+from datarepo.shards import MemberData, ShardWriter
+
+
+class Finished(NamedTuple):
+    """A written, fsync'ed shard at its temporary path, with all that publishing it writes."""
+
+    tmp: Path
+    shard: Oid
+    size: int
+    idx: bytes  # the ``.idx`` file's bytes
+    rows: Sequence[LocationRow]  # its datums' rows in the location cache
 
 
 class DatumSink:
@@ -26,10 +38,10 @@ class DatumSink:
         self.rewrite = rewrite
         self.publish = publish
         self.written: dict[Oid, int] = {}
-        self.shards: list[ShardIndex] = []
+        self.shards: list[tuple[Oid, int]] = []  # (oid, size) of each shard published
         # With ``publish=False`` (a helper process), finished shards stay at their
         # temporary paths for the process that holds the lock to :meth:`adopt`.
-        self.finished: list[tuple[Path, ShardIndex]] = []
+        self.finished: list[Finished] = []
         self._writer: ShardWriter | None = None
 
     def has(self, datum: Oid) -> bool:
@@ -64,21 +76,22 @@ class DatumSink:
         if writer is None:
             return
         tmp, index = writer.finish()
+        done = Finished(tmp, index.shard, index.size, index.to_bytes(), location_rows(index))
         if self.publish:
-            self.adopt(tmp, index)
+            self.adopt(done)
         else:
-            self.finished.append((tmp, index))
+            self.finished.append(done)
 
-    def adopt(self, tmp: Path, index: ShardIndex) -> None:
+    def adopt(self, shard: Finished) -> None:
         """Publishes a finished shard: the file, its ``.idx``, then its rows in the location cache."""
-        self.repo.store.publish_shard(tmp, index)
+        self.repo.store.publish_shard(shard.tmp, shard.shard, shard.idx)
         with self.repo.index.transaction():  # one transaction, not one per row
-            self.repo.index.add_shard(index)
-        self.shards.append(index)
-        self.written.update((d.datum, d.length) for d in index.datums)
+            self.repo.index.add_shard(shard.shard, shard.size, shard.rows)
+        self.shards.append((shard.shard, shard.size))
+        self.written.update((Oid(datum), length) for datum, _, length, _ in shard.rows)
 
-    def close(self) -> list[ShardIndex]:
-        """Publishes the last shard; returns every shard written."""
+    def close(self) -> list[tuple[Oid, int]]:
+        """Publishes the last shard; returns the (oid, size) of every shard written."""
         self._publish()
         return self.shards
 
@@ -86,8 +99,8 @@ class DatumSink:
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
-        for tmp, _ in self.finished:
-            tmp.unlink(missing_ok=True)
+        for shard in self.finished:
+            shard.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> DatumSink:
         return self

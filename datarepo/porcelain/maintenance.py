@@ -220,6 +220,6 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
                 sink.put(members, {ext: member_hash(m) for ext, m in members.items()})
                 tick(progress)
         new = sink.shards  # the sink pointed every live datum's location at them
-        _drop_shards(repo, [i.shard for i in chosen if i.shard not in {n.shard for n in new}])
-    return RepackResult(len(chosen), len(new), len(live_datums), sum(i.size for i in chosen), sum(i.size for i in new))
+        _drop_shards(repo, [i.shard for i in chosen if i.shard not in {oid for oid, _ in new}])
+    return RepackResult(len(chosen), len(new), len(live_datums), sum(i.size for i in chosen), sum(size for _, size in new))
 

@@ -116,9 +116,6 @@ class _Look:
             cache = self.repo.index.load_stats_for(r for k in keys if k in self.members for r in self.members[k].values())
         return Hasher(self.repo.require_worktree(), self.found.files, cache, self.found.started_ns)
 
-    def size(self, key: str) -> int:
-        return sum(self.found.files[rel][SIZE] for rel in self.members[key].values())
-
     def save(self, result: Status, keys: set[str] | None) -> Status:
         """Stores ``result`` (fresh for ``keys`` only, or for all) as the new snapshot; returns it whole."""
         if keys is not None and self.snap is not None:
@@ -172,15 +169,9 @@ def status(repo: Repo, follow: bool = False) -> Status:
         return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), look.found.notes + old["group_notes"])
     hasher = look.hasher(keys)
     now = {k: hasher.datum(m) for k, m in look.members.items() if keys is None or k in keys}
-    _save_stats(repo, hasher)
+    hasher.save(repo.index)
     head = head_datums(repo, keys)
     return look.save(_verdict(head, index_datums(repo, head, keys), now), keys)
-
-
-def _save_stats(repo: Repo, hasher: Hasher) -> None:
-    if hasher.updated:
-        with repo.index.transaction():
-            repo.index.save_stats(hasher.unsaved())
 
 
 @dataclass(frozen=True)
@@ -201,23 +192,30 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     prefixes = key_filter(repo, paths)
     with repo.lock:
         look = _look(repo, follow, with_unstaged=True)
-        keys = look.keys
+        keys, members = look.keys, look.members
         head = head_datums(repo, keys)
         index = index_datums(repo, head, keys)
-        candidates = keys if keys is not None else set(look.members) | set(index) | set(head)
-        chosen = sorted(k for k in candidates if _selected(k, prefixes))
+        candidates = keys if keys is not None else members.keys() | index.keys() | head.keys()
+        chosen = sorted(candidates if prefixes is None else (k for k in candidates if _selected(k, prefixes)))
         hasher = look.hasher(keys)
-        now, written = _store(repo, look, hasher, [k for k in chosen if k in look.members], progress)
-        staged = [(k, now[k], look.size(k)) for k in now if index.get(k) != now[k]]
-        staged.extend((k, None, 0) for k in chosen if k not in look.members and k in index)
+        now, written = _store(repo, members, hasher, [k for k in chosen if k in members], progress)
+        files = look.found.files
+        staged = [(k, d, sum([files[f][SIZE] for f in members[k].values()])) for k, d in now.items() if index.get(k) != d]
+        staged.extend((k, None, 0) for k in chosen if k not in members and k in index)
         _stage(repo, staged, head, hasher)
-        after = {k: d for k, d in {**index, **{k: d for k, d, _ in staged}}.items() if d is not None}
+        after = dict(index)
+        for k, d, _ in staged:
+            if d is None:
+                del after[k]
+            else:
+                after[k] = d
         if prefixes is None:  # the verdict of every key it looked at is known: keep the snapshot
-            limit = set(chosen)
-            look.save(_verdict(_only(head, limit), _only(after, limit), now), keys)
+            if keys is not None:  # head and the index hold only those keys; now, only those with files
+                head, after = _only(head, keys), _only(after, keys)
+            look.save(_verdict(head, after, now), keys)
     changes = compare({k: index[k] for k, _, _ in staged if k in index}, {k: d for k, d, _ in staged if d})
     notes = look.found.notes + look.grouped[1]
-    return AddResult(changes, len(written), sum(written.values()), len(hasher.updated), notes)
+    return AddResult(changes, len(written), sum(written.values()), hasher.hashed, notes)
 
 
 def _only(state: dict[str, Oid], keys: set[str]) -> dict[str, Oid]:
@@ -225,16 +223,19 @@ def _only(state: dict[str, Oid], keys: set[str]) -> dict[str, Oid]:
 
 
 def _store(
-    repo: Repo, look: _Look, hasher: Hasher, keys: list[str], progress: Progress
+    repo: Repo, members: dict[str, dict[str, str]], hasher: Hasher, keys: list[str], progress: Progress
 ) -> tuple[dict[str, Oid], dict[Oid, int]]:
     """The datum of every key in ``keys``, storing those no shard holds yet (read once each)."""
-    datums = {k: hasher.known_datum(look.members[k]) for k in keys}
+    if hasher.cache or hasher.updated:
+        datums = {k: hasher.known_datum(members[k]) for k in keys}
+    else:  # nothing hashed before (a first add): nothing known
+        datums = dict.fromkeys(keys)
     present = repo.index.stored(d for d in datums.values() if d)
     to_read = [k for k in keys if datums[k] not in present]
     begin(progress, len(keys))
     tick(progress, len(keys) - len(to_read))
     with DatumSink(repo) as sink:
-        datums.update(store_keys(sink, hasher, look.members, to_read, progress))
+        datums.update(store_keys(sink, hasher, members, to_read, progress))
     return datums, sink.written  # type: ignore[return-value]
 
 

@@ -18,12 +18,11 @@ from pathlib import Path
 
 from datarepo import parallel
 from datarepo.hashing import Oid
-from datarepo.index import StatEntry
 from datarepo.porcelain import Progress, tick
 from datarepo.repo import Repo
-from datarepo.shards import BLOCK, ShardIndex, padded
+from datarepo.shards import BLOCK, padded
 from datarepo.worktree import SIZE, Hasher
-from datarepo.writer import DatumSink
+from datarepo.writer import DatumSink, Finished
 
 STORE_BATCH = 256
 # Below this many bytes to store, forking a helper costs more than it saves.
@@ -38,9 +37,12 @@ Members = dict[str, dict[str, str]]
 
 def store_keys(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], progress: Progress) -> dict[str, Oid]:
     """Stores the datums of ``keys`` (in key order) through ``sink``; returns each key's datum."""
-    sizes = [sum(BLOCK + padded(hasher.files[rel][SIZE]) for rel in members[k].values()) for k in keys]
-    split = sum(sizes) >= SPLIT_MIN_BYTES and parallel.helper_available()
-    cut = _cut(sizes, sink.repo.config.shard_size) if split else len(keys)
+    cut = len(keys)
+    if parallel.helper_available():
+        files = hasher.files  # what each datum takes in a tar: a header and whole blocks a member
+        sizes = [sum([BLOCK + padded(files[f][SIZE]) for f in members[k].values()]) for k in keys]
+        if sum(sizes) >= SPLIT_MIN_BYTES:
+            cut = _cut(sizes, sink.repo.config.shard_size)
     if cut in (0, len(keys)):
         return _put(sink, hasher, members, keys, lambda n: tick(progress, n))
     return _put_halves(sink, hasher, members, keys[:cut], keys[cut:], progress)
@@ -82,6 +84,7 @@ def _put_halves(
     sink: DatumSink, hasher: Hasher, members: Members, mine: list[str], theirs: list[str], progress: Progress
 ) -> dict[str, Oid]:
     counter = mmap.mmap(-1, 8)  # shared with the helper: how many keys it has done
+    hashed_before = hasher.hashed
 
     def there() -> bytes:
         helper = DatumSink(Repo(sink.repo.dotdir, sink.repo.worktree), publish=False)  # its own SQLite connection
@@ -91,12 +94,10 @@ def _put_halves(
 
         with helper:
             ids = _put(helper, hasher, members, theirs, count)
-        hashes = [(rel, hasher.updated[rel].hash) for k in theirs for rel in members[k].values()]
-        # Stat-cache rows are true whatever becomes of the shards: written here, while the other half runs.
-        with helper.repo.index.transaction():
-            helper.repo.index.save_stats((rel, hasher.updated[rel]) for rel, _ in hashes)
-        shards = [(str(tmp), index.to_bytes().decode()) for tmp, index in helper.finished]
-        return json.dumps({"ids": [ids[k] for k in theirs], "hashes": hashes, "shards": shards}).encode()
+        hasher.save(helper.repo.index)  # true whatever becomes of the shards
+        shards = [[str(f.tmp), f.shard, f.size, f.rows] for f in helper.finished]
+        head = {"ids": [ids[k] for k in theirs], "hashed": hasher.hashed - hashed_before, "shards": shards}
+        return _frame(head, [f.idx for f in helper.finished])
 
     seen = 0
 
@@ -106,28 +107,48 @@ def _put_halves(
         tick(progress, n + now - seen)
         seen = now
 
-    out, raw = parallel.both(lambda: _put(sink, hasher, members, mine, done), there)
+    def here() -> dict[str, Oid]:
+        out = _put(sink, hasher, members, mine, done)
+        hasher.save(sink.repo.index)  # while the helper may still be at work
+        return out
+
+    out, raw = parallel.both(here, there)
     tick(progress, len(theirs) - seen)
     if raw is None:  # the helper failed: its half is done here (its shards were never published)
         out.update(_put(sink, hasher, members, theirs, lambda n: None))
         return out
-    return out | _adopt(sink, hasher, members, theirs, json.loads(raw))
+    return out | _adopt(sink, hasher, members, theirs, raw)
 
 
-def _adopt(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], result: dict) -> dict[str, Oid]:
-    """Takes over the helper's stat-cache entries and shards; a shard holding a datum this
-    process also stored is dropped, and its keys are stored here again, skipping that datum."""
-    for rel, oid in result["hashes"]:
-        hasher.updated[rel] = StatEntry(*hasher.files[rel], hasher.seen_ns, Oid(oid))
-        hasher.saved.add(rel)
-    ids = dict(zip(keys, map(Oid, result["ids"])))
+def _adopt(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], raw: bytes) -> dict[str, Oid]:
+    """Publishes the helper's shards; a shard holding a datum this process also stored
+    is dropped, and its keys are stored here again, skipping that datum."""
+    head, idx_files = _unframe(raw)
+    ids = dict(zip(keys, map(Oid, head["ids"])))
     dropped: set[str] = set()
-    for tmp, raw in result["shards"]:
-        index = ShardIndex.from_bytes(raw.encode(), tmp)
-        if any(d.datum in sink.written for d in index.datums):
+    for (tmp, shard, size, rows), idx in zip(head["shards"], idx_files):
+        if any(row[0] in sink.written for row in rows):
             Path(tmp).unlink(missing_ok=True)
-            dropped.update(d.datum for d in index.datums)
+            dropped.update(row[0] for row in rows)
         else:
-            sink.adopt(Path(tmp), index)
-    _put(sink, hasher, members, [k for k in keys if ids[k] in dropped], lambda n: None)
+            sink.adopt(Finished(Path(tmp), Oid(shard), size, idx, rows))
+    again = [k for k in keys if ids[k] in dropped]
+    hasher.hashed += head["hashed"] - sum(len(members[k]) for k in again)  # those are read once more here
+    _put(sink, hasher, members, again, lambda n: None)
     return ids
+
+
+def _frame(head: dict, blobs: list[bytes]) -> bytes:
+    """A JSON head and byte strings as one: the head's length, the head, then the blobs."""
+    text = json.dumps({**head, "blobs": [len(b) for b in blobs]}).encode()
+    return b"".join([len(text).to_bytes(8, "little"), text, *blobs])
+
+
+def _unframe(raw: bytes) -> tuple[dict, list[bytes]]:
+    at = 8 + int.from_bytes(raw[:8], "little")
+    head = json.loads(raw[8:at])
+    blobs = []
+    for n in head["blobs"]:
+        blobs.append(raw[at : at + n])
+        at += n
+    return head, blobs
