@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import zstandard
@@ -40,12 +42,22 @@ class PageRef(NamedTuple):
 
 @dataclass(frozen=True)
 class TreePage:
-    """A run of consecutive, sorted tree entries."""
+    """A run of consecutive, sorted tree entries.
 
-    entries: tuple[TreeEntry, ...]
+    ``rows`` are the entries as stored, ``[key, datum, size]`` each (lists as
+    decoded, or TreeEntry tuples as built); :attr:`entries` makes them
+    TreeEntry tuples only when asked, since a lookup or an update of a few
+    keys need not build a thousand of them.
+    """
+
+    rows: Sequence[Sequence[Any]]
+
+    @cached_property
+    def entries(self) -> tuple[TreeEntry, ...]:
+        return tuple(map(TreeEntry._make, self.rows))
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "type": "page", "entries": [list(e) for e in self.entries]}
+        return {"format": FORMAT, "type": "page", "entries": self.rows}  # json writes tuples as arrays
 
 
 @dataclass(frozen=True)
@@ -59,7 +71,7 @@ class Tree:
         return sum(p.count for p in self.pages)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "type": "tree", "pages": [list(p) for p in self.pages]}
+        return {"format": FORMAT, "type": "tree", "pages": self.pages}
 
 
 @dataclass(frozen=True)
@@ -179,10 +191,10 @@ def _tree(obj: dict[str, Any]) -> Tree:
 def _page(obj: dict[str, Any]) -> TreePage:
     # Checked column by column, in C: pages hold thousands of entries and are
     # read on every status and commit that touches them.
-    entries = tuple(map(TreeEntry._make, obj["entries"]))
-    keys = [e.key for e in entries]
-    datums = [e.datum for e in entries]
-    sizes = [e.size for e in entries]
+    rows = obj["entries"]
+    if not set(map(type, rows)) <= {list} or not set(map(len, rows)) <= {3}:
+        raise TypeError("entries must be [key, datum, size]")
+    keys, datums, sizes = zip(*rows) if rows else ((), (), ())
     if not {*map(type, keys), *map(type, datums)} <= {str} or not set(map(type, sizes)) <= {int}:
         raise TypeError("entries must be [key, datum, size]")
     if not set(map(len, datums)) <= {OID_LEN} or not is_hex("".join(datums)):
@@ -191,7 +203,7 @@ def _page(obj: dict[str, Any]) -> TreePage:
         raise ValueError("negative size")
     if not all(map(operator.lt, keys, keys[1:])):
         raise ValueError("entries are not sorted and unique")
-    return TreePage(entries)
+    return TreePage(rows)
 
 
 def _blob(obj: dict[str, Any]) -> Blob:

@@ -4,8 +4,9 @@ pages at content-defined boundaries so a small change rewrites only nearby pages
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 import xxhash
 
@@ -14,6 +15,9 @@ from datarepo.objects import PageRef, Tree, TreeEntry, TreePage
 from datarepo.store import Store
 
 PAGE_MODULUS = 1024
+# A page entry as decoded ([key, datum, size]) or as built (a TreeEntry): read by position.
+Row = Sequence[Any]
+_KEY = itemgetter(0)
 
 
 def is_boundary(key: str) -> bool:
@@ -21,18 +25,27 @@ def is_boundary(key: str) -> bool:
     return xxhash.xxh3_64_intdigest(key.encode("utf-8")) % PAGE_MODULUS == 0
 
 
+def _boundaries(entries: list[Row]) -> list[int]:
+    """The positions of the entries that end a page (:func:`is_boundary`), in one pass in C."""
+    hashes = map(xxhash.xxh3_64_intdigest, map(str.encode, map(_KEY, entries)))
+    return [i for i, h in enumerate(hashes) if h % PAGE_MODULUS == 0]
+
+
 class _PageCutter:
     """Accumulates sorted entries and stores a page at every boundary."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.pending: list[TreeEntry] = []
+        self.pending: list[Row] = []
         self.pages: list[PageRef] = []
 
-    def add(self, entry: TreeEntry) -> None:
-        self.pending.append(entry)
-        if is_boundary(entry.key):
+    def extend(self, entries: list[Row]) -> None:
+        start = 0
+        for end in _boundaries(entries):
+            self.pending.extend(entries[start : end + 1])
             self.flush()
+            start = end + 1
+        self.pending.extend(entries[start:])
 
     def keep(self, ref: PageRef) -> None:
         """Reuses an unchanged page (only valid when nothing is pending)."""
@@ -41,7 +54,7 @@ class _PageCutter:
     def flush(self) -> None:
         if self.pending:
             oid = self.store.put(TreePage(tuple(self.pending)))
-            self.pages.append(PageRef(self.pending[0].key, len(self.pending), oid))
+            self.pages.append(PageRef(self.pending[0][0], len(self.pending), oid))
             self.pending = []
 
     def finish(self) -> Oid:
@@ -52,8 +65,7 @@ class _PageCutter:
 def write_tree(store: Store, entries: Iterable[TreeEntry]) -> Oid:
     """Stores a tree from entries sorted by key; returns the root oid."""
     cutter = _PageCutter(store)
-    for entry in entries:
-        cutter.add(entry)
+    cutter.extend(list(entries))
     return cutter.finish()
 
 
@@ -94,11 +106,11 @@ def lookup_many(store: Store, oid: str, keys: Iterable[str]) -> dict[str, TreeEn
             by_page.setdefault(i, []).append(key)
     found = {}
     for i, wanted in by_page.items():
-        entries = read_page(store, pages[i].page).entries
+        rows = read_page(store, pages[i].page).rows
         for key in wanted:
-            j = bisect.bisect_left(entries, (key,))
-            if j < len(entries) and entries[j].key == key:
-                found[key] = entries[j]
+            j = bisect.bisect_left(rows, key, key=_KEY)
+            if j < len(rows) and rows[j][0] == key:
+                found[key] = TreeEntry._make(rows[j])
     return found
 
 
@@ -119,36 +131,32 @@ def update_tree(store: Store, oid: str, changes: dict[str, TreeEntry | None]) ->
         if i not in by_page and not cutter.pending:
             cutter.keep(ref)
             continue
-        entries = read_page(store, ref.page).entries
-        if not cutter.pending and (same := _replaced(entries, by_page[i])) is not None:
+        rows = read_page(store, ref.page).rows
+        if not cutter.pending and (same := _replaced(rows, by_page[i])) is not None:
             cutter.pending = same  # the same keys: the same boundaries, no need to look for them
             cutter.flush()
             continue
-        for entry in _merge(entries, by_page.get(i, {})):
-            cutter.add(entry)
+        cutter.extend(_merge(rows, by_page.get(i, {})))
     if not pages:
-        for entry in _merge((), by_page.get(0, {})):
-            cutter.add(entry)
+        cutter.extend(_merge((), by_page.get(0, {})))
     return cutter.finish()
 
 
-def _replaced(entries: tuple[TreeEntry, ...], changes: dict[str, TreeEntry | None]) -> list[TreeEntry] | None:
+def _replaced(rows: Sequence[Row], changes: dict[str, TreeEntry | None]) -> list[Row] | None:
     """The page with new values for existing keys, or None if a key is added or deleted."""
-    out = list(entries)
+    out = list(rows)
     for key, new in changes.items():
-        j = bisect.bisect_left(out, (key,))
-        if new is None or j == len(out) or out[j].key != key:
+        j = bisect.bisect_left(out, key, key=_KEY)
+        if new is None or j == len(out) or out[j][0] != key:
             return None
         out[j] = new
     return out
 
 
-def _merge(entries: Iterable[TreeEntry], changes: dict[str, TreeEntry | None]) -> Iterator[TreeEntry]:
-    merged = {e.key: e for e in entries}
+def _merge(rows: Iterable[Row], changes: dict[str, TreeEntry | None]) -> list[Row]:
+    merged = {e[0]: e for e in rows}
     merged.update(changes)
-    for key in sorted(merged):
-        if (entry := merged[key]) is not None:
-            yield entry
+    return [entry for key in sorted(merged) if (entry := merged[key]) is not None]
 
 
 class Change(NamedTuple):
