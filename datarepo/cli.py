@@ -6,6 +6,7 @@ becomes one ``error:`` line and exit status 1.
 
 from __future__ import annotations
 
+import gc as collector  # the name gc is the command below
 import json
 import os
 import sys
@@ -42,6 +43,12 @@ class Group(click.Group):
 @click.version_option(package_name="datarepo")
 def main(directory: str | None) -> None:
     """A versioned repository of datums stored in WebDataset shards."""
+    # A command is a short-lived process that builds large containers (a file
+    # list, a tree, a staging area). The cyclic collector would walk them again
+    # every time they grow, to find cycles these commands do not make: a first
+    # add of 100,000 files spent a fifth of its time there. Reference counting
+    # still frees everything; the Python API leaves the collector as it is.
+    collector.disable()
     if directory:
         os.chdir(directory)
 

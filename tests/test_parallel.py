@@ -143,10 +143,10 @@ def test_an_error_here_kills_the_helper() -> None:
 @pytest.mark.parametrize(
     ("sizes", "shard_size", "cut"),
     [
-        ([10] * 100, 1000, 47),  # no shard fills up: the halves meet at this process's share
-        ([10] * 100, 30, 48),  # the shard boundary nearest that share
-        ([10] * 100, 450, 45),
-        ([10] * 100, 600, 47),  # the only boundary is too far from the share
+        ([10] * 100, 1000, 52),  # no shard fills up: the halves meet at this process's share (52%)
+        ([10] * 100, 30, 51),  # the shard boundary nearest that share
+        ([10] * 100, 500, 50),
+        ([10] * 100, 450, 52),  # the nearest boundary is too far (more than 3% of the bytes) from the share
         ([1000, 1, 1], 100, 1),
     ],
 )

@@ -27,10 +27,11 @@ from datarepo.writer import DatumSink, Finished
 STORE_BATCH = 256
 # Below this many bytes to store, forking a helper costs more than it saves.
 SPLIT_MIN_BYTES = int(os.environ.get("DATAREPO_SPLIT_MIN_BYTES", 32 << 20))
-# This process also publishes every shard and keeps the progress bar: it takes a bit less.
-HERE_SHARE = 0.47
+# The helper also encodes its shards' indexes and location rows and writes its stat
+# rows before it is done, work this process does after: this process takes a bit more.
+HERE_SHARE = 0.52
 # How far from that share a shard boundary may be and still be where the halves meet.
-SHARD_CUT_SLACK = 0.1
+SHARD_CUT_SLACK = 0.03
 
 Members = dict[str, dict[str, str]]
 
