@@ -18,7 +18,7 @@ from datarepo import parallel
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id, hash_bytes
 from datarepo.index import Index, StatEntry, trusted
-from datarepo.shards import LARGE_FILE, FileRange, MemberData, member_hash
+from datarepo.shards import LARGE_FILE, FileRange, MemberData, member_hash, split_member_name
 
 NEVER_ADDED = frozenset({".git", ".dvc", ".datarepo", ".datarepoignore"})
 IGNORE_FILE = ".datarepoignore"
@@ -206,10 +206,9 @@ def split_paths(paths: Iterable[str], grouping: str) -> Iterator[tuple[str, str]
             dot = base.rfind(".")
             yield rel, (base[dot + 1 :] if 0 < dot < len(base) - 1 else "bin")
         return
-    for rel in paths:  # "wds": the key ends at the basename's first dot (see split_member_name)
-        slash = rel.rfind("/") + 1
-        dot = rel.find(".", slash)
-        yield (rel[:dot], rel[dot + 1 :]) if slash < dot < len(rel) - 1 else None
+    for rel in paths:  # "wds": the key ends at the basename's first dot, as in a WebDataset tar
+        key, ext = split_member_name(rel)
+        yield (key, ext) if ext and key and not key.endswith("/") else None
 
 
 def check_key(key: str) -> str:
