@@ -70,6 +70,7 @@ class Index:
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA cache_size=-65536")
         self.db.executescript(_SCHEMA)
         version = self.db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
         if version is None:

@@ -21,11 +21,13 @@ from typing import BinaryIO, NamedTuple
 import xxhash
 
 from datarepo.errors import CorruptObjectError, InvalidInputError
-from datarepo.fsutil import TMP_PREFIX
+from datarepo.fsutil import TMP_PREFIX, start_writeback
 from datarepo.hashing import CHUNK, HashingWriter, Oid, canonical_json, is_oid
 
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)
+# Every this many bytes a shard being written has the kernel start writing it to disk.
+WRITEBACK_STEP = 8 << 20
 # Members up to this size are handled as bytes; larger ones are streamed, never held whole.
 LARGE_FILE = 32 << 20
 IDX_FORMAT = 1
@@ -142,6 +144,7 @@ class ShardWriter:
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._out = HashingWriter(self._file)
         self.datums: list[DatumLoc] = []
+        self._writeback_at = WRITEBACK_STEP
 
     @property
     def size(self) -> int:
@@ -167,6 +170,9 @@ class ShardWriter:
             _copy_range(data, self._out)
             self._out.write(bytes(padding(size)))
         self._out.write(b"".join(parts))
+        if pos >= self._writeback_at:
+            self._writeback_at = pos + WRITEBACK_STEP
+            start_writeback(self._file.fileno())
         loc = DatumLoc(datum, start, pos - start, tuple(locs))
         self.datums.append(loc)
         return loc

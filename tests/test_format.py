@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tarfile
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datarepo import objects
+from datarepo import fsutil, objects, shards
 from datarepo.errors import CorruptObjectError
 from datarepo.hashing import canonical_json, datum_id, hash_bytes
 from datarepo.repo import Repo
@@ -73,7 +74,14 @@ def _golden_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Repo:
     return repo
 
 
-def test_golden_shard_tree_and_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("writeback_step", [None, 1], ids=["default", "writeback-after-every-datum"])
+def test_golden_shard_tree_and_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writeback_step: int | None) -> None:
+    if writeback_step is not None:  # starting the kernel's write-back as a shard grows changes no byte
+        monkeypatch.setattr(shards, "WRITEBACK_STEP", writeback_step)
+        if sys.platform.startswith("linux"):  # the kernel call is there and takes its arguments
+            with open(tmp_path / "probe", "wb") as f:
+                f.write(b"x")
+                assert fsutil._sync_file_range()(f.fileno(), 0, 0, fsutil._SYNC_FILE_RANGE_WRITE) == 0
     repo = _golden_repo(tmp_path, monkeypatch)
     expected = json.loads((GOLDEN / "golden.json").read_text())
     (shard,) = repo.store.iter_shards()
