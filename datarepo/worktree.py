@@ -7,12 +7,13 @@ import stat as stat_mod
 import time
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
 from datarepo import parallel
 from datarepo.errors import CorruptObjectError, InvalidInputError
@@ -56,15 +57,36 @@ def pack_files(files: dict[str, FileStat]) -> tuple[bytes, bytes]:
     return "\x00".join(files).encode("utf-8", "surrogateescape"), array("q", chain.from_iterable(files.values())).tobytes()
 
 
-def load_ignore(root: Path) -> Callable[[str, bool], bool] | None:
-    """Returns ``ignored(relpath, is_dir)`` from the root ``.datarepoignore`` (gitignore syntax)."""
-    path = root / IGNORE_FILE
-    if not path.is_file():
+# The ``.datarepoignore`` files that apply in a directory: (the directory, its spec), outermost first.
+Rules = tuple[tuple[str, Any], ...]
+
+
+def _read_ignore(entry: os.DirEntry, rel: str, result: Scan) -> Any | None:
+    """The spec (gitignore syntax) a ``.datarepoignore`` holds; None if it cannot be read."""
+    if not entry.is_file(follow_symlinks=False):
+        result.notes.append(f"skipped {rel}: not a regular file")
+        return None
+    try:
+        raw = Path(entry.path).read_bytes()
+    except OSError as e:
+        result.errors.append(f"cannot read {rel}: {e.strerror}")
         return None
     import pathspec
 
-    spec = pathspec.GitIgnoreSpec.from_lines(path.read_text(encoding="utf-8", errors="replace").splitlines())
-    return lambda rel, is_dir: spec.match_file(rel + "/" if is_dir else rel)
+    return pathspec.GitIgnoreSpec.from_lines(raw.decode("utf-8", errors="replace").splitlines())
+
+
+def ignored(rules: Rules, rel: str, is_dir: bool) -> bool:
+    """Whether ``rules`` exclude a path: as in git, the deepest file with a matching pattern
+    decides, and within a file the last matching pattern."""
+    name = rel + "/" if is_dir else rel
+    if len(rules) == 1:
+        base, spec = rules[0]
+        return spec.match_file(name[len(base) :])
+    for base, spec in reversed(rules):
+        if (verdict := spec.check_file(name[len(base) :]).include) is not None:
+            return verdict
+    return False
 
 
 def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = ()) -> Scan:
@@ -74,38 +96,41 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = ()) ->
     and names that are not UTF-8 are errors.
     """
     result = Scan(started_ns=time.time_ns())
-    ignored = load_ignore(root)
     skip = tuple(p.rstrip("/") + "/" for p in skip_prefixes if p)
-    filtered = ignored is not None or bool(skip)
     regular: list[tuple[str, os.DirEntry]] = []
-    stack = [""]
+    stack: list[tuple[str, Rules]] = [("", ())]
     while stack:
-        rel_dir = stack.pop()
+        rel_dir, rules = stack.pop()
         try:
             with os.scandir(os.path.join(root, rel_dir)) as it:
                 entries = list(it)
         except OSError as e:
             result.errors.append(f"cannot read directory {rel_dir or '.'}: {e.strerror}")
             continue
+        if (ignore := next((e for e in entries if e.name == IGNORE_FILE), None)) is not None:
+            if (spec := _read_ignore(ignore, rel_dir + IGNORE_FILE, result)) is not None:
+                rules = (*rules, (rel_dir, spec))
+            entries = [e for e in entries if e is not ignore]  # never added, at any depth
         if not rel_dir:
             entries = [e for e in entries if e.name not in NEVER_ADDED]
         entries = _valid_names(entries, rel_dir, result)
+        filtered = bool(rules) or bool(skip)
         for entry in entries:  # once per file: kept lean
             rel = rel_dir + entry.name
-            if filtered and _filtered_out(rel, entry, ignored, skip):
+            if filtered and _filtered_out(rel, entry, rules, skip):
                 continue
             if entry.is_file(follow_symlinks=False):  # no extra syscall to classify
                 regular.append((rel, entry))
             elif entry.is_dir(follow_symlinks=False):
-                stack.append(rel + "/")
+                stack.append((rel + "/", rules))
             else:
                 _classify_other(entry, rel, result, follow)
     _stat_files(regular, result)
     return result
 
 
-def _filtered_out(rel: str, entry: os.DirEntry, ignored: Callable[[str, bool], bool] | None, skip: tuple[str, ...]) -> bool:
-    if ignored is not None and ignored(rel, entry.is_dir(follow_symlinks=False)):
+def _filtered_out(rel: str, entry: os.DirEntry, rules: Rules, skip: tuple[str, ...]) -> bool:
+    if rules and ignored(rules, rel, entry.is_dir(follow_symlinks=False)):
         return True
     return bool(skip) and (rel + "/").startswith(skip)
 

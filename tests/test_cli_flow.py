@@ -142,6 +142,36 @@ def test_ignore_file_and_never_added_dirs(worktree: Path, cli) -> None:
     assert "0000" in members
 
 
+def test_nested_ignore_files_apply_below_their_directory_deepest_first(worktree: Path, cli) -> None:
+    files = {
+        "keep/a.jpg": b"a",  # the root file ignores *.jpg, but keep/ has "!*.jpg"
+        "keep/b.tmp": b"b",  # keep/ ignores *.tmp
+        "other/c.jpg": b"c",  # ignored by the root file
+        "other/c.cls": b"1",
+        "other/sub/d.cls": b"2",  # "sub/d.cls" is anchored to other/, not to the root
+        "sub/d.cls": b"3",
+        "drop/e.cls": b"4",  # drop/ ignores itself whole: a negation below cannot bring e.cls back
+        "drop/in/f.cls": b"5",
+    }
+    for rel, data in files.items():
+        (worktree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (worktree / rel).write_bytes(data)
+    (worktree / ".datarepoignore").write_text("*.jpg\n")
+    (worktree / "keep/.datarepoignore").write_text("!*.jpg\n*.tmp\n")
+    (worktree / "other/.datarepoignore").write_text("sub/d.cls\n")
+    (worktree / "drop/.datarepoignore").write_text("*\n")
+    (worktree / "drop/in/.datarepoignore").write_text("!f.cls\n")
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "x")
+    sizes = {e["key"]: e["size"] for e in json.loads(cli("ls", "--json").output)}
+    assert sizes == {"keep/a": 1, "other/c": 1, "sub/d": 1}  # other/c: its .cls alone
+    assert cli("cat", "HEAD:keep/a.jpg").stdout_bytes == b"a"
+    assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
+    (worktree / "other/.datarepoignore").write_text("")  # un-ignoring shows the file as new
+    assert json.loads(cli("status", "--json").output)["added"] == ["other/sub/d"]
+
+
 def test_file_grouping(worktree: Path, cli) -> None:
     (worktree / "a").mkdir()
     (worktree / "a/x.seg.png").write_bytes(b"png")
