@@ -140,7 +140,11 @@ class Index:
 
     # staging area ------------------------------------------------------
     def staged(self) -> dict[str, tuple[Oid | None, int]]:
-        return {r[0]: (r[1], r[2]) for r in self.db.execute("SELECT key, datum, size FROM staged")}
+        return {key: (datum, size) for key, datum, size in self.staged_rows()}
+
+    def staged_rows(self) -> list[tuple[str, Oid | None, int]]:
+        """The staging area as (key, datum or None for a deletion, size) rows, in key order."""
+        return self.db.execute("SELECT key, datum, size FROM staged ORDER BY key").fetchall()
 
     def staged_for(self, keys: Iterable[str]) -> dict[str, tuple[Oid | None, int]]:
         found = {}

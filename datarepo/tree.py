@@ -15,7 +15,8 @@ from datarepo.objects import PageRef, Tree, TreeEntry, TreePage
 from datarepo.store import Store
 
 PAGE_MODULUS = 1024
-# A page entry as decoded ([key, datum, size]) or as built (a TreeEntry): read by position.
+# A page entry as decoded ([key, datum, size]), as built (a TreeEntry) or as staged (an
+# index row): read by position.
 Row = Sequence[Any]
 _KEY = itemgetter(0)
 
@@ -62,7 +63,7 @@ class _PageCutter:
         return self.store.put(Tree(tuple(self.pages)))
 
 
-def write_tree(store: Store, entries: Iterable[TreeEntry]) -> Oid:
+def write_tree(store: Store, entries: Iterable[Row]) -> Oid:
     """Stores a tree from entries sorted by key; returns the root oid."""
     cutter = _PageCutter(store)
     cutter.extend(list(entries))
@@ -114,7 +115,7 @@ def lookup_many(store: Store, oid: str, keys: Iterable[str]) -> dict[str, TreeEn
     return found
 
 
-def update_tree(store: Store, oid: str, changes: dict[str, TreeEntry | None]) -> Oid:
+def update_tree(store: Store, oid: str, changes: dict[str, Row | None]) -> Oid:
     """Applies ``changes`` (key → new entry, or None to delete) to a stored tree.
 
     Only pages that hold a changed key, and the pages after them up to the next
@@ -123,7 +124,7 @@ def update_tree(store: Store, oid: str, changes: dict[str, TreeEntry | None]) ->
     """
     pages = read_root(store, oid).pages
     firsts = [p.first_key for p in pages]
-    by_page: dict[int, dict[str, TreeEntry | None]] = {}
+    by_page: dict[int, dict[str, Row | None]] = {}
     for key, entry in changes.items():
         by_page.setdefault(max(bisect.bisect_right(firsts, key) - 1, 0), {})[key] = entry
     cutter = _PageCutter(store)
@@ -142,7 +143,7 @@ def update_tree(store: Store, oid: str, changes: dict[str, TreeEntry | None]) ->
     return cutter.finish()
 
 
-def _replaced(rows: Sequence[Row], changes: dict[str, TreeEntry | None]) -> list[Row] | None:
+def _replaced(rows: Sequence[Row], changes: dict[str, Row | None]) -> list[Row] | None:
     """The page with new values for existing keys, or None if a key is added or deleted."""
     out = list(rows)
     for key, new in changes.items():
@@ -153,7 +154,7 @@ def _replaced(rows: Sequence[Row], changes: dict[str, TreeEntry | None]) -> list
     return out
 
 
-def _merge(rows: Iterable[Row], changes: dict[str, TreeEntry | None]) -> list[Row]:
+def _merge(rows: Iterable[Row], changes: dict[str, Row | None]) -> list[Row]:
     merged = {e[0]: e for e in rows}
     merged.update(changes)
     return [entry for key in sorted(merged) if (entry := merged[key]) is not None]

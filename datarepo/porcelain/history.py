@@ -30,7 +30,7 @@ class CommitResult:
 
 def make_commit(
     repo: Repo,
-    changes: dict[str, TreeEntry | None],
+    changes: dict[str, trees.Row | None],
     message: str,
     parent: Oid | None,
     provenance: dict | None = None,
@@ -57,12 +57,13 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
         raise InvalidInputError("empty commit message (use -m)")
     with repo.lock:
         parent = repo.head()
-        staged = repo.index.staged()
+        staged = repo.index.staged_rows()
         if not staged and not allow_empty:
             raise NothingToCommitError("nothing to commit (use \"datarepo add\" first)")
         if missing := repo.index.staged_unstored():
             raise ObjectNotFoundError("staged datum", min(missing))
-        changes = {k: TreeEntry(k, d, s) if d else None for k, (d, s) in staged.items()}
+        # The rows are (key, datum, size), as tree entries are: used as they are, not rebuilt.
+        changes = {row[0]: row if row[1] is not None else None for row in staged}
         before = snapshot.token(repo, follow=False) if repo.worktree is not None else None
         oid = make_commit(repo, changes, message, parent)
         repo.index.unstage()
