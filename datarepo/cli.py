@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+SIGPIPE_EXIT = 141  # what a shell reports for a command that a closed pipe ended (128 + SIGPIPE)
+
 
 class Group(click.Group):
     """Turns the project's errors into one line and a non-zero exit, never a traceback."""
@@ -27,6 +29,9 @@ class Group(click.Group):
             return super().invoke(ctx)
         except DataRepoError as e:
             raise click.ClickException(str(e)) from None
+        except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as git does
+            _quiet_stdout()
+            sys.exit(SIGPIPE_EXIT)
         except OSError as e:
             raise click.ClickException(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
         except KeyboardInterrupt:
@@ -455,5 +460,34 @@ def export(rev: str, dest: str, prefix: str, shards: bool, shard_size: str | Non
     click.echo(f"exported {r.datums} datums ({r.files} files, {r.bytes} bytes) to {dest}")
 
 
+def _quiet_stdout() -> None:
+    """Points stdout at /dev/null, so that what is still buffered for a closed pipe goes nowhere."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def run() -> None:
+    """The console script: runs one command, then ends the process without freeing, one
+    by one, the objects the command built (a status of 100,000 files spent 20-30 ms on
+    that). Commands finish their writes, and reap any process they start, before they
+    return; output is flushed here."""
+    try:
+        main()
+        code = 0
+    except SystemExit as e:  # how click ends every command
+        if isinstance(e.code, int) or e.code is None:
+            code = e.code or 0
+        else:
+            print(e.code, file=sys.stderr)
+            code = 1
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = code or SIGPIPE_EXIT
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    run()

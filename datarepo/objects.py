@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple
 
-import zstandard
 
 from datarepo.errors import CorruptObjectError
 from datarepo.hashing import OID_LEN, Oid, canonical_json, is_hex, is_oid
@@ -120,6 +119,8 @@ def encode(obj: RepoObject) -> bytes:
 
 def compress(data: bytes) -> bytes:
     """Compresses canonical bytes for storage."""
+    import zstandard  # here, not at the top: loading it costs a command that reads no object 13 ms
+
     return zstandard.ZstdCompressor(level=3).compress(data)
 
 
@@ -146,6 +147,8 @@ def canonical_bytes(raw: bytes, name: str = "<object>") -> bytes:
 def _decompress(raw: bytes, name: str) -> bytes:
     if not raw.startswith(ZSTD_MAGIC):
         return raw
+    import zstandard
+
     try:
         return zstandard.ZstdDecompressor().decompress(raw, max_output_size=MAX_OBJECT_BYTES)
     except zstandard.ZstdError as e:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -118,6 +117,8 @@ def tar_header(name: str, size: int) -> bytes:
 
 
 def _pax_header(name: str, size: int) -> bytes:
+    import tarfile  # rarely needed: not loaded by every command
+
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, 0o444, 0
     info.uname = info.gname = ""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from datarepo.repo import Repo
@@ -257,8 +260,6 @@ def test_listing_commands_have_json(repo_with_commit, cli) -> None:
 
 
 def test_help_imports_neither_torch_nor_dvc() -> None:
-    import subprocess
-    import sys
 
     code = "import sys, datarepo.cli; print(any(m in sys.modules for m in ('torch', 'dvc', 'webdataset', 'sqlite3')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -281,11 +282,25 @@ def test_bare_repository_and_ingest(tmp_path: Path, make_samples) -> None:
     assert "0 problems" in c("fsck").output
 
 
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(worktree: Path, cli) -> None:
+    write_samples(worktree, 2000)  # `ls -l` prints more than a pipe holds
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "many")
+    # The console script's entry point, as `datarepo ls -l | head -1` runs it.
+    entry = "import sys; from datarepo.cli import run; sys.argv[0] = 'datarepo'; run()"
+    proc = subprocess.Popen([sys.executable, "-c", entry, "ls", "-l"], cwd=worktree,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().endswith(b" train/cat/0000\n")
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141 and proc.stderr.read() == b""
+    proc.stderr.close()
+    done = subprocess.run([sys.executable, "-c", entry, "log", "--oneline"], cwd=worktree, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.endswith(" many\n")  # output still reaches a reader that stays
+
+
 def test_progress_bar_on_a_terminal_and_quiet_when_piped(worktree: Path, cli) -> None:
-    import os
     import pty
-    import subprocess
-    import sys
 
     write_samples(worktree, 30)
     cli("init")
