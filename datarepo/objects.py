@@ -121,7 +121,7 @@ def compress(data: bytes) -> bytes:
     """Compresses canonical bytes for storage."""
     import zstandard  # here, not at the top: loading it costs a command that reads no object 13 ms
 
-    return zstandard.ZstdCompressor(level=3).compress(data)
+    return zstandard.ZstdCompressor(level=1).compress(data)
 
 
 def decode(raw: bytes, name: str = "<object>") -> RepoObject:
