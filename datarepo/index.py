@@ -7,6 +7,7 @@ and the staging area, never committed data (DESIGN §3).
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -110,6 +111,7 @@ class Index:
     def drop_shard(self, shard: str) -> None:
         self.db.execute("DELETE FROM shard WHERE shard=?", (shard,))
         self.db.execute("DELETE FROM location WHERE shard=?", (shard,))
+        self._withdraw_staged_tree()
 
     def known_shards(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT shard FROM shard")}
@@ -137,6 +139,7 @@ class Index:
     def clear_locations(self) -> None:
         self.db.execute("DELETE FROM location")
         self.db.execute("DELETE FROM shard")
+        self._withdraw_staged_tree()
 
     # staging area ------------------------------------------------------
     def staged(self) -> dict[str, tuple[Oid | None, int]]:
@@ -165,6 +168,30 @@ class Index:
         else:
             self.db.executemany("DELETE FROM staged WHERE key=?", ((k,) for k in keys))
         self._bump_staged()
+
+    def staged_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM staged").fetchone()[0]
+
+    def staged_tree(self, head: Oid | None) -> Oid | None:
+        """The tree ``add`` stored for HEAD with the staging area applied, if HEAD is still
+        ``head`` and the staging area has not changed since; else None."""
+        raw = self.get_meta("staged_tree")
+        try:
+            base, version, tree = json.loads(raw) if raw is not None else (None, None, None)
+        except (ValueError, TypeError):
+            return None
+        return tree if tree and base == head and version == str(self.get_meta("staged_version")) else None
+
+    def set_staged_tree(self, head: Oid | None, tree: Oid) -> None:
+        """Records ``tree`` as HEAD with the staging area, as it is now, applied: written in
+        the transaction that stages, after the tree's objects are stored and every datum
+        it adds is in a shard. ``commit`` then writes it as it is, without checking."""
+        self.set_meta("staged_tree", json.dumps([head, str(self.get_meta("staged_version")), tree]))
+
+    def _withdraw_staged_tree(self) -> None:
+        # Its datums were all stored when it was recorded; once a shard leaves the location
+        # table that may no longer hold, and commit goes back to checking every staged datum.
+        self.db.execute("DELETE FROM meta WHERE name='staged_tree'")
 
     def _bump_staged(self) -> None:
         # Lets caches built on the staging area (the status snapshot) notice any change to it.

@@ -70,6 +70,13 @@ def write_tree(store: Store, entries: Iterable[Row]) -> Oid:
     return cutter.finish()
 
 
+def apply_changes(store: Store, base: Oid | None, changes: dict[str, Row | None]) -> Oid:
+    """Stores the tree ``base`` (None: the empty tree) with ``changes`` applied; returns its root."""
+    if base is not None:
+        return update_tree(store, base, changes)
+    return write_tree(store, (e for _, e in sorted(changes.items()) if e is not None))
+
+
 def read_root(store: Store, oid: str) -> Tree:
     return store.get_typed(oid, Tree)  # type: ignore[return-value]
 

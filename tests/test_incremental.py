@@ -131,3 +131,61 @@ def test_ingest_export_round_trip(repo_with_commit, tmp_path: Path, worktree: Pa
     for key, datum in ours.items():
         if not key.startswith("copy/"):
             assert ours["copy/" + key] == datum
+
+
+def _trees_after_each_commit(root: Path, steps, drop_staged_tree: bool) -> list[str]:
+    from datarepo.porcelain.history import commit
+    from datarepo.porcelain.stage import add, rm
+
+    write_samples(root, 40)
+    repo = Repo.init(root)
+    trees = []
+    for step in steps:
+        for op, arg in step:
+            if op == "write":
+                (root / arg[0]).parent.mkdir(parents=True, exist_ok=True)
+                (root / arg[0]).write_bytes(arg[1])
+            elif op == "delete":
+                (root / arg).unlink()
+            elif op == "add":
+                add(repo, [str(root / p) for p in arg])
+            else:
+                rm(repo, [str(root / arg)], cached=True)
+        used = repo.index.staged_tree(repo.head())
+        if drop_staged_tree:
+            with repo.index.transaction():
+                repo.index.db.execute("DELETE FROM meta WHERE name='staged_tree'")
+        commit(repo, "step")
+        trees.append((repo.commit(repo.head()).tree, used is not None))
+    return trees
+
+
+def test_the_tree_add_stores_is_the_one_commit_would_build(tmp_path: Path) -> None:
+    """``add`` stores the next commit's tree when it can; built from the staging area
+    instead, the tree is the same, step by step."""
+    steps = [
+        [("add", ["."])],  # a first add: HEAD is unborn
+        [("write", ("train/cat/0000.cls", b"9")), ("add", ["train/cat"]),  # two adds chain
+         ("write", ("train/dog/0001.cls", b"9")), ("add", ["train/dog/0001.cls"])],
+        [("rm", "train/cat/0002.jpg"), ("write", ("train/dog/0003.cls", b"7")), ("add", ["."])],  # rm: built by commit
+        [("write", ("train/dog/0005.cls", b"5")), ("write", ("train/dog/0007.cls", b"8")), ("add", ["."]),
+         ("write", ("train/dog/0005.cls", b"1")), ("add", ["."])],  # 0005 back to HEAD's value
+        [("write", ("new/a.jpg", b"new")), ("delete", "train/cat/0004.jpg"), ("delete", "train/cat/0004.cls"),
+         ("add", ["."])],  # an added key and a deleted one
+    ]
+    fast = _trees_after_each_commit(tmp_path / "a", steps, drop_staged_tree=False)
+    slow = _trees_after_each_commit(tmp_path / "b", steps, drop_staged_tree=True)
+    assert [t for t, _ in fast] == [t for t, _ in slow]
+    assert [used for _, used in fast] == [True, True, False, True, True]
+
+
+def test_gc_between_add_and_commit_keeps_the_staged_tree(repo_with_commit, worktree: Path, cli) -> None:
+    (worktree / "train/cat/0000.cls").write_bytes(b"changed")
+    cli("add", ".")
+    repo = Repo.open(worktree)
+    staged = repo.index.staged_tree(repo.head())
+    cli("gc")
+    assert staged is not None and repo.store.has(staged)  # a root, like the staged datums
+    cli("commit", "-m", "after gc")
+    assert "0 problems" in cli("fsck").output
+    assert cli("cat", "HEAD:train/cat/0000.cls").stdout_bytes == b"changed"

@@ -40,10 +40,14 @@ def make_commit(
 
     Write order: tree pages, then the commit, then the ref (compare-and-swap).
     """
-    base = repo.commit(parent).tree if parent else None
-    tree = trees.update_tree(repo.store, base, changes) if base else trees.write_tree(
-        repo.store, (e for _, e in sorted(changes.items()) if e is not None)
-    )
+    tree = trees.apply_changes(repo.store, repo.commit(parent).tree if parent else None, changes)
+    return commit_tree(repo, tree, message, parent, provenance, ref)
+
+
+def commit_tree(
+    repo: Repo, tree: Oid, message: str, parent: Oid | None, provenance: dict | None = None, ref: str = HEAD
+) -> Oid:
+    """Writes a commit of a stored tree and moves ``ref`` from ``parent`` to it."""
     commit = Commit(tree, (parent,) if parent else (), repo.author(), repo.now(), message, provenance)
     oid = repo.store.put(commit)
     first = message.splitlines()[0] if message else ""
@@ -57,19 +61,23 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
         raise InvalidInputError("empty commit message (use -m)")
     with repo.lock:
         parent = repo.head()
-        staged = repo.index.staged_rows()
-        if not staged and not allow_empty:
+        count = repo.index.staged_count()
+        if not count and not allow_empty:
             raise NothingToCommitError("nothing to commit (use \"datarepo add\" first)")
-        if missing := repo.index.staged_unstored():
-            raise ObjectNotFoundError("staged datum", min(missing))
-        # The rows are (key, datum, size), as tree entries are: used as they are, not rebuilt.
-        changes = {row[0]: row if row[1] is not None else None for row in staged}
         before = snapshot.token(repo, follow=False) if repo.worktree is not None else None
-        oid = make_commit(repo, changes, message, parent)
+        if (tree := repo.index.staged_tree(parent)) is not None and repo.store.has(tree):
+            # ``add`` stored this tree, and every datum it names, for exactly this HEAD and staging area.
+            oid = commit_tree(repo, tree, message, parent)
+        else:
+            if missing := repo.index.staged_unstored():
+                raise ObjectNotFoundError("staged datum", min(missing))
+            # The rows are (key, datum, size), as tree entries are: used as they are, not rebuilt.
+            changes = {row[0]: row if row[1] is not None else None for row in repo.index.staged_rows()}
+            oid = make_commit(repo, changes, message, parent)
         repo.index.unstage()
         if before is not None:
             snapshot.carry(repo, before, commit=True)
-    return CommitResult(oid, repo.current_branch(), len(staged))
+    return CommitResult(oid, repo.current_branch(), count)
 
 
 def log(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[tuple[Oid, Commit]]:

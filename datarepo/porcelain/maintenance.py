@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 @dataclass
 class Reachable:
-    """Everything some root (ref, reflog entry, staged datum) reaches."""
+    """Everything some root (ref, reflog entry, staged tree or datum) reaches."""
 
     objects: set[str] = field(default_factory=set)
     datums: dict[str, str] = field(default_factory=dict)  # datum → a key that names it
@@ -31,10 +31,13 @@ class Reachable:
 
 
 def roots(repo: Repo) -> set[Oid]:
-    """Ref targets plus reflog entries younger than the expiry window."""
+    """Ref targets, reflog entries younger than the expiry window, and the tree ``add``
+    stored for the next commit."""
     found = {oid for prefix in ("refs/",) for _, oid in repo.refs.list(prefix)}
     if (head := repo.head()) is not None:
         found.add(head)
+    if (staged := repo.index.staged_tree(head)) is not None:
+        found.add(staged)
     horizon = time.time() - repo.config.reflog_expire_days * DAY
     for name in repo.refs.iter_reflogs():
         for old, new, when, _ in repo.refs.reflog(name):

@@ -202,7 +202,7 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         files = look.found.files
         staged = [(k, d, sum([files[f][SIZE] for f in members[k].values()])) for k, d in now.items() if index.get(k) != d]
         staged.extend((k, None, 0) for k in chosen if k not in members and k in index)
-        _stage(repo, staged, head, hasher)
+        _stage(repo, staged, head, hasher, _staged_tree(repo, staged))
         after = dict(index)
         for k, d, _ in staged:
             if d is None:
@@ -239,12 +239,42 @@ def _store(
     return datums, sink.written  # type: ignore[return-value]
 
 
-def _stage(repo: Repo, staged: list[tuple[str, Oid | None, int]], head: dict[str, Oid], hasher: Hasher) -> None:
-    """Writes staged changes, dropping those that only restore HEAD's value."""
+def _staged_tree(repo: Repo, staged: list[tuple[str, Oid | None, int]]) -> tuple[Oid | None, Oid] | None:
+    """Stores the tree ``commit`` will write (HEAD with the staging area applied, once
+    ``staged`` is in it) where a stored tree is at hand to apply the changes to: the one
+    the last ``add`` stored, or HEAD's own when nothing else is staged. Returns (HEAD,
+    the tree); None where ``commit`` is left to build the tree from the staging area.
+
+    Either way the tree is the same: a datum's size is the sum of its members' sizes,
+    so an entry follows from its key and datum.
+    """
+    parent = repo.head()
+    base = repo.index.staged_tree(parent)
+    if base is None:
+        if repo.index.staged_count():
+            return None
+        base = repo.tree_of(None)
+    if not staged:
+        return (parent, base) if base is not None else None
+    changes = {row[0]: row if row[1] is not None else None for row in staged}
+    return parent, trees.apply_changes(repo.store, base, changes)
+
+
+def _stage(
+    repo: Repo,
+    staged: list[tuple[str, Oid | None, int]],
+    head: dict[str, Oid],
+    hasher: Hasher,
+    tree: tuple[Oid | None, Oid] | None = None,
+) -> None:
+    """Writes staged changes, dropping those that only restore HEAD's value, and records
+    ``tree`` (HEAD, its tree with the staging area applied) for ``commit``."""
     with repo.index.transaction():
         repo.index.unstage(k for k, d, _ in staged if head.get(k) == d)
         repo.index.stage((k, d, s) for k, d, s in staged if head.get(k) != d)
         repo.index.save_stats(hasher.unsaved())
+        if tree is not None:
+            repo.index.set_staged_tree(*tree)
 
 
 def rm(repo: Repo, paths: list[str], cached: bool = False) -> list[str]:
