@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from datarepo.fsutil import set_aside
-from datarepo.hashing import Oid
+from datarepo.hashing import Oid, is_oid
 from datarepo.shards import DatumLoc, MemberLoc, ShardIndex
 
 SCHEMA_VERSION = 1
@@ -180,7 +180,8 @@ class Index:
             base, version, tree = json.loads(raw) if raw is not None else (None, None, None)
         except (ValueError, TypeError):
             return None
-        return tree if tree and base == head and version == str(self.get_meta("staged_version")) else None
+        fresh = base == head and version == str(self.get_meta("staged_version"))
+        return Oid(tree) if fresh and isinstance(tree, str) and is_oid(tree) else None
 
     def set_staged_tree(self, head: Oid | None, tree: Oid) -> None:
         """Records ``tree`` as HEAD with the staging area, as it is now, applied: written in

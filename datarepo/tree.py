@@ -70,6 +70,11 @@ def write_tree(store: Store, entries: Iterable[Row]) -> Oid:
     return cutter.finish()
 
 
+def staged_changes(rows: Iterable[tuple[str, Oid | None, int]]) -> dict[str, Row | None]:
+    """Staging rows (key, datum or None for a deletion, size) as changes: a row is its own entry."""
+    return {row[0]: row if row[1] is not None else None for row in rows}
+
+
 def apply_changes(store: Store, base: Oid | None, changes: dict[str, Row | None]) -> Oid:
     """Stores the tree ``base`` (None: the empty tree) with ``changes`` applied; returns its root."""
     if base is not None:

@@ -71,9 +71,7 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
         else:
             if missing := repo.index.staged_unstored():
                 raise ObjectNotFoundError("staged datum", min(missing))
-            # The rows are (key, datum, size), as tree entries are: used as they are, not rebuilt.
-            changes = {row[0]: row if row[1] is not None else None for row in repo.index.staged_rows()}
-            oid = make_commit(repo, changes, message, parent)
+            oid = make_commit(repo, trees.staged_changes(repo.index.staged_rows()), message, parent)
         repo.index.unstage()
         if before is not None:
             snapshot.carry(repo, before, commit=True)

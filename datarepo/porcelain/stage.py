@@ -256,8 +256,7 @@ def _staged_tree(repo: Repo, staged: list[tuple[str, Oid | None, int]]) -> tuple
         base = repo.tree_of(None)
     if not staged:
         return (parent, base) if base is not None else None
-    changes = {row[0]: row if row[1] is not None else None for row in staged}
-    return parent, trees.apply_changes(repo.store, base, changes)
+    return parent, trees.apply_changes(repo.store, base, trees.staged_changes(staged))
 
 
 def _stage(
