@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple
 
-
 from datarepo.errors import CorruptObjectError
 from datarepo.hashing import OID_LEN, Oid, canonical_json, is_hex, is_oid
 

@@ -80,7 +80,7 @@ def ignored(rules: Rules, rel: str, is_dir: bool) -> bool:
     """Whether ``rules`` exclude a path: as in git, the deepest file with a matching pattern
     decides, and within a file the last matching pattern."""
     name = rel + "/" if is_dir else rel
-    if len(rules) == 1:
+    if len(rules) == 1:  # the common case: one file's verdict, by its faster yes/no match
         base, spec = rules[0]
         return spec.match_file(name[len(base) :])
     for base, spec in reversed(rules):
