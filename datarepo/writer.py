@@ -69,9 +69,10 @@ class DatumSink:
         loc = self._writer.add(datum, sorted(members.items()))
         self.written[datum] = loc.length
         if self._writer.size >= self.repo.config.shard_size:
-            self._publish()
+            self.end_shard()
 
-    def _publish(self) -> None:
+    def end_shard(self) -> None:
+        """Ends the shard being written: the next datum starts a new one."""
         writer, self._writer = self._writer, None
         if writer is None:
             return
@@ -92,7 +93,7 @@ class DatumSink:
 
     def close(self) -> list[tuple[Oid, int]]:
         """Publishes the last shard; returns the (oid, size) of every shard written."""
-        self._publish()
+        self.end_shard()
         return self.shards
 
     def abort(self) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,8 +32,9 @@ def split(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _samples(root: Path) -> None:
     write_samples(root, 300, seed=3)
-    # The same datum at the start and at the end of the keys: one in each half.
-    for key in ("a-first/0000", "z-last/9999"):
+    # The same datum at the start, in the middle and at the end of the keys: in both halves,
+    # and, when the helper hands over half its keys, in both of the helper's quarters.
+    for key in ("a-first/0000", "train/dog/0000a", "z-last/9999"):
         (root / key).parent.mkdir(parents=True, exist_ok=True)
         (root / f"{key}.txt").write_bytes(b"the same datum twice")
 
@@ -50,15 +53,58 @@ def _shard_datums(repo: Repo) -> list[list[str]]:
     return [[d.datum for d in repo.store.read_index(shard).datums] for shard in repo.store.iter_shards()]
 
 
-def test_split_add_stores_what_a_single_process_stores(tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def _helper_waits_to_be_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The helper begins only once this process, done with its own keys, asks for some of its keys."""
+    real = storing._handing_over
+
+    def waiting(keys: list[str], asked: int, answer: int) -> Iterator[list[str]]:
+        select.select([asked], [], [], 30)
+        yield from real(keys, asked, answer)
+
+    monkeypatch.setattr(storing, "_handing_over", waiting)
+
+
+def _helper_done_first(monkeypatch: pytest.MonkeyPatch, marker: Path) -> None:
+    """This process begins only once the helper has taken all its batches, so it has none to hand over."""
+    real_handing_over, real_batched = storing._handing_over, storing._batched
+
+    def eager(keys: list[str], asked: int, answer: int) -> Iterator[list[str]]:
+        batches = list(real_handing_over(keys, asked, answer))
+        marker.touch()
+        yield from batches
+
+    def waiting(items: list[str]) -> Iterator[list[str]]:  # only this process batches with _batched
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield from real_batched(items)
+
+    monkeypatch.setattr(storing, "_handing_over", eager)
+    monkeypatch.setattr(storing, "_batched", waiting)
+
+
+@pytest.mark.parametrize("timing", ["as it comes", "taken over", "helper done first"])
+def test_split_add_stores_what_a_single_process_stores(
+    tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch, timing: str
+) -> None:
     _samples(tmp_path / "one")
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     monkeypatch.setenv("DATAREPO_WORKERS", "1")
     single, single_tree = _add_and_commit(tmp_path / "one")
     monkeypatch.setenv("DATAREPO_WORKERS", "2")
-    adopted = []
+    monkeypatch.setattr(storing, "STORE_BATCH", 8)
+    if timing == "taken over":
+        _helper_waits_to_be_asked(monkeypatch)
+    elif timing == "helper done first":
+        _helper_done_first(monkeypatch, tmp_path / "helper-done")
+    adopted = []  # (how many keys the helper was given, how many it stored)
     real_adopt = storing._adopt
-    monkeypatch.setattr(storing, "_adopt", lambda *a: adopted.append(a[-1]) or real_adopt(*a))
+
+    def adopt(sink: object, hasher: object, members: object, keys: list[str], raw: bytes) -> object:
+        adopted.append((len(keys), len(storing._unframe(raw)[0]["ids"])))
+        return real_adopt(sink, hasher, members, keys, raw)
+
+    monkeypatch.setattr(storing, "_adopt", adopt)
     both, both_tree = _add_and_commit(tmp_path / "two")
 
     assert both_tree == single_tree
@@ -73,8 +119,13 @@ def test_split_add_stores_what_a_single_process_stores(tmp_path: Path, split: No
     for shard in shards:  # each shard holds its datums in key order
         assert [first_key[d] for d in shard] == sorted(first_key[d] for d in shard)
     assert not list(both.store.iter_garbage())
-    assert adopted, "the helper never stored anything"
-    assert len(both.index.load_stats()) == len(single.index.load_stats()) == 602  # the stat cache is whole
+    [(given, did)] = adopted
+    assert 0 < did <= given
+    if timing == "taken over":
+        assert did == (given + 1) // 2  # it kept the first half of its keys
+    elif timing == "helper done first":
+        assert did == given
+    assert len(both.index.load_stats()) == len(single.index.load_stats()) == 603  # the stat cache is whole
     assert json.loads(Cli(tmp_path / "two")("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
 
 
@@ -100,8 +151,8 @@ def test_a_failed_helper_leaves_its_half_to_the_parent(tmp_path: Path, split: No
             ticks.append(n)
 
     result = add(repo, progress=Bar())
-    assert result.hashed == 602
-    assert sum(ticks[1:]) == -ticks[0] == 302
+    assert result.hashed == 603
+    assert sum(ticks[1:]) == -ticks[0] == 303
     assert fsck(repo).problems == []
     assert not list(repo.store.iter_garbage())
 
@@ -140,15 +191,8 @@ def test_an_error_here_kills_the_helper() -> None:
         os.waitpid(-1, os.WNOHANG)  # and reaped: no child is left
 
 
-@pytest.mark.parametrize(
-    ("sizes", "shard_size", "cut"),
-    [
-        ([10] * 100, 1000, 52),  # no shard fills up: the halves meet at this process's share (52%)
-        ([10] * 100, 30, 51),  # the shard boundary nearest that share
-        ([10] * 100, 500, 50),
-        ([10] * 100, 450, 52),  # the nearest boundary is too far (more than 3% of the bytes) from the share
-        ([1000, 1, 1], 100, 1),
-    ],
-)
-def test_cut(sizes: list[int], shard_size: int, cut: int) -> None:
-    assert storing._cut(sizes, shard_size) == cut
+def test_cut_places_this_process_share_of_the_sampled_bytes() -> None:
+    assert storing._cut([10] * 100) == 35  # HERE_SHARE of the bytes
+    assert storing._cut([1000, 1, 1]) == 1
+    assert storing._cut([1, 1, 1000]) == 3
+    assert storing._cut([0, 0]) == 1

@@ -1,10 +1,13 @@
 """Reading, hashing and storing the datums of work-tree files, over two processes when it pays.
 
 A first ``add`` spends its time on per-file Python work: open, read, hash,
-tar header, write. With a second core, a forked helper stores the second half
-of the keys (by bytes) into shards of its own while this process stores the
-first half; this process then adopts the helper's shards. Each shard still
-holds its datums in key order, and a datum both halves hold is kept once.
+tar header, write. With a second core, a forked helper stores the keys after
+a cut into shards of its own while this process stores those before it; this
+process then adopts the helper's shards. The cut is a guess: whichever way it
+errs, this process, once done with its own keys, takes over the second half
+of the keys the helper has not yet begun, so both end at about the same time.
+Each shard still holds its datums in key order, and a datum both processes
+hold is kept once.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 
@@ -20,65 +23,89 @@ from datarepo import parallel
 from datarepo.hashing import Oid
 from datarepo.porcelain import Progress, tick
 from datarepo.repo import Repo
-from datarepo.shards import BLOCK, padded
 from datarepo.worktree import SIZE, Hasher
 from datarepo.writer import DatumSink, Finished
 
 STORE_BATCH = 256
 # Below this many bytes to store, forking a helper costs more than it saves.
 SPLIT_MIN_BYTES = int(os.environ.get("DATAREPO_SPLIT_MIN_BYTES", 32 << 20))
-# The helper also encodes its shards' indexes and location rows and writes its stat
-# rows before it is done, work this process does after: this process takes a bit more.
-HERE_SHARE = 0.52
-# How far from that share a shard boundary may be and still be where the halves meet.
-SHARD_CUT_SLACK = 0.03
+# This process's first share of the bytes. It is less than half so that this process,
+# which also publishes its shards as it goes, is the one done first and takes over.
+HERE_SHARE = 0.35
+# The cut is placed by the sizes of every SIZE_SAMPLE-th key: the take-over evens out the rest.
+SIZE_SAMPLE = 16
 
 Members = dict[str, dict[str, str]]
 
 
 def store_keys(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], progress: Progress) -> dict[str, Oid]:
     """Stores the datums of ``keys`` (in key order) through ``sink``; returns each key's datum."""
-    cut = len(keys)
-    if parallel.helper_available():
-        files = hasher.files  # what each datum takes in a tar: a header and whole blocks a member
-        sizes = [sum([BLOCK + padded(files[f][SIZE]) for f in members[k].values()]) for k in keys]
-        if sum(sizes) >= SPLIT_MIN_BYTES:
-            cut = _cut(sizes, sink.repo.config.shard_size)
-    if cut in (0, len(keys)):
-        return _put(sink, hasher, members, keys, lambda n: tick(progress, n))
-    return _put_halves(sink, hasher, members, keys[:cut], keys[cut:], progress)
+    files = hasher.files
+
+    def size(key: str) -> int:
+        return sum([files[f][SIZE] for f in members[key].values()])
+
+    if parallel.helper_available() and _at_least(map(size, keys), SPLIT_MIN_BYTES):
+        cut = _cut([size(k) for k in keys[::SIZE_SAMPLE]]) * SIZE_SAMPLE
+        if 0 < cut < len(keys):
+            return _put_halves(sink, hasher, members, keys[:cut], keys[cut:], progress)
+    return _put(sink, hasher, members, _batched(keys), lambda n: tick(progress, n))
 
 
-def _cut(sizes: list[int], shard_size: int) -> int:
-    """Where this process's share ends: at the end of a full shard if one is near the
-    share's end (so the halves leave no extra part-filled shard), else at the share's end."""
-    total = sum(sizes)
-    goal = HERE_SHARE * total
-    share_end, best, filled, done = len(sizes), None, 0, 0
-    for i, size in enumerate(sizes):
+def _at_least(sizes: Iterable[int], n: int) -> bool:
+    total = 0
+    for s in sizes:  # stops as soon as it knows: a re-add need not size every key
+        total += s
+        if total >= n:
+            return True
+    return n <= 0
+
+
+def _cut(sampled: list[int]) -> int:
+    """How many of the sampled keys make up this process's share of their bytes."""
+    goal, done = HERE_SHARE * sum(sampled), 0
+    for i, size in enumerate(sampled):
         done += size
-        filled += size
-        if share_end == len(sizes) and done >= goal:
-            share_end = i + 1
-        if filled >= shard_size:  # where a single writer would end a shard
-            filled = 0
-            if abs(done - goal) <= SHARD_CUT_SLACK * total and (best is None or abs(done - goal) < abs(best[1] - goal)):
-                best = (i + 1, done)
-    return best[0] if best is not None else share_end
+        if done >= goal:
+            return i + 1
+    return len(sampled)
 
 
-def _put(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], done: Callable[[int], None]) -> dict[str, Oid]:
+def _put(sink: DatumSink, hasher: Hasher, members: Members, batches: Iterable[list[str]], done: Callable[[int], None]) -> dict[str, Oid]:
     out: dict[str, Oid] = {}
-    for batch in _batched(keys, STORE_BATCH):
+    for batch in batches:
         out.update(zip(batch, sink.put_many([hasher.read(members[k]) for k in batch])))
         done(len(batch))
     return out
 
 
-def _batched(items: list[str], n: int) -> Iterator[list[str]]:
+def _batched(items: list[str]) -> Iterator[list[str]]:
     it = iter(items)
-    while batch := list(islice(it, n)):
+    while batch := list(islice(it, STORE_BATCH)):
         yield batch
+
+
+def _handing_over(keys: list[str], asked: int, answer: int) -> Iterator[list[str]]:
+    """The helper's batches of ``keys``. Once asked (a byte on ``asked``), it keeps the first
+    half of the keys it has not begun and writes where they end to ``answer``: the other
+    process takes the rest. Closing ``answer`` says there is nothing left to take."""
+    start, end = 0, len(keys)
+    try:
+        while start < end:
+            if end == len(keys) and _ready(asked):
+                end = start + (end - start + 1) // 2
+                os.write(answer, end.to_bytes(8, "little"))
+            yield keys[start : min(start + STORE_BATCH, end)]
+            start += STORE_BATCH
+    finally:
+        os.close(answer)
+
+
+def _ready(fd: int) -> bool:
+    try:
+        return bool(os.read(fd, 1))
+    except BlockingIOError:
+        return False
 
 
 def _put_halves(
@@ -86,37 +113,49 @@ def _put_halves(
 ) -> dict[str, Oid]:
     counter = mmap.mmap(-1, 8)  # shared with the helper: how many keys it has done
     hashed_before = hasher.hashed
+    ask_r, ask_w = os.pipe()  # this process asks for part of the helper's keys
+    answer_r, answer_w = os.pipe()  # where the helper's keys now end
 
     def there() -> bytes:
+        os.set_blocking(ask_r, False)
         helper = DatumSink(Repo(sink.repo.dotdir, sink.repo.worktree), publish=False)  # its own SQLite connection
 
         def count(n: int) -> None:
             counter[:] = (int.from_bytes(counter[:], "little") + n).to_bytes(8, "little")
 
         with helper:
-            ids = _put(helper, hasher, members, theirs, count)
+            ids = _put(helper, hasher, members, _handing_over(theirs, ask_r, answer_w), count)
         hasher.save(helper.repo.index)  # true whatever becomes of the shards
         shards = [[str(f.tmp), f.shard, f.size, f.rows] for f in helper.finished]
-        head = {"ids": [ids[k] for k in theirs], "hashed": hasher.hashed - hashed_before, "shards": shards}
+        head = {"ids": list(ids.values()), "hashed": hasher.hashed - hashed_before, "shards": shards}
         return _frame(head, [f.idx for f in helper.finished])
 
-    seen = 0
+    seen = ticked = 0
 
     def done(n: int) -> None:
-        nonlocal seen
+        nonlocal seen, ticked
         now = int.from_bytes(counter[:], "little")
         tick(progress, n + now - seen)
+        ticked += n + now - seen
         seen = now
 
     def here() -> dict[str, Oid]:
-        out = _put(sink, hasher, members, mine, done)
+        os.close(answer_w)  # the helper's copy is the one whose closing ends the answer
+        out = _put(sink, hasher, members, _batched(mine), done)
+        os.write(ask_w, b"?")
+        if len(answer := os.read(answer_r, 8)) == 8:  # else the helper had begun its last batch
+            out.update(_put(sink, hasher, members, _batched(theirs[int.from_bytes(answer, "little") :]), done))
         hasher.save(sink.repo.index)  # while the helper may still be at work
         return out
 
-    out, raw = parallel.both(here, there)
-    tick(progress, len(theirs) - seen)
-    if raw is None:  # the helper failed: its half is done here (its shards were never published)
-        out.update(_put(sink, hasher, members, theirs, lambda n: None))
+    try:
+        out, raw = parallel.both(here, there)
+    finally:
+        for fd in (ask_r, ask_w, answer_r):
+            os.close(fd)
+    tick(progress, len(mine) + len(theirs) - ticked)
+    if raw is None:  # the helper failed: its keys are done here (its shards were never published)
+        out.update(_put(sink, hasher, members, _batched([k for k in theirs if k not in out]), lambda n: None))
         return out
     return out | _adopt(sink, hasher, members, theirs, raw)
 
@@ -125,7 +164,7 @@ def _adopt(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], r
     """Publishes the helper's shards; a shard holding a datum this process also stored
     is dropped, and its keys are stored here again, skipping that datum."""
     head, idx_files = _unframe(raw)
-    ids = dict(zip(keys, map(Oid, head["ids"])))
+    ids = dict(zip(keys, map(Oid, head["ids"])))  # the keys it did: those before the ones it handed over
     dropped: set[str] = set()
     for (tmp, shard, size, rows), idx in zip(head["shards"], idx_files):
         if any(row[0] in sink.written for row in rows):
@@ -133,9 +172,11 @@ def _adopt(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], r
             dropped.update(row[0] for row in rows)
         else:
             sink.adopt(Finished(Path(tmp), Oid(shard), size, idx, rows))
-    again = [k for k in keys if ids[k] in dropped]
+    again = [k for k, d in ids.items() if d in dropped]
     hasher.hashed += head["hashed"] - sum(len(members[k]) for k in again)  # those are read once more here
-    _put(sink, hasher, members, again, lambda n: None)
+    if again:  # they come before the keys this process took over: a new shard keeps key order
+        sink.end_shard()
+    _put(sink, hasher, members, _batched(again), lambda n: None)
     return ids
 
 
