@@ -308,18 +308,19 @@ class Hasher:
         self.cache = cache
         self.seen_ns = seen_ns
         self.updated: dict[str, StatEntry] = {}
-        self.saved: set[str] = set()  # those of ``updated`` already in the stat cache
+        self._unsaved: list[tuple[str, StatEntry]] = []  # those of ``updated`` not yet in the stat cache
         self.hashed = 0  # files read and hashed (here, or by a helper that reported them)
 
     def unsaved(self) -> list[tuple[str, StatEntry]]:
-        return [(rel, e) for rel, e in self.updated.items() if rel not in self.saved]
+        return list(self._unsaved)
 
-    def save(self, index: Index) -> None:
-        """Writes the stat-cache entries not written yet, in a transaction of their own."""
-        if fresh := self.unsaved():
+    def save(self, index: Index, at_least: int = 1) -> None:
+        """Writes the stat-cache entries not written yet, in a transaction of their own,
+        if there are ``at_least`` that many."""
+        if len(self._unsaved) >= max(at_least, 1):
             with index.transaction():
-                index.save_stats(fresh)
-            self.saved.update(rel for rel, _ in fresh)
+                index.save_stats(self._unsaved)
+            self._unsaved = []
 
     def cached(self, rel: str) -> Oid | None:
         if (fresh := self.updated.get(rel)) is not None:
@@ -344,8 +345,8 @@ class Hasher:
         hashes: dict[str, Oid] = {}
         for ext, rel in members.items():
             data[ext], hashes[ext] = self._read_one(rel)
-            st = self.files[rel]
-            self.updated[rel] = StatEntry(*st, self.seen_ns, hashes[ext])
+            self.updated[rel] = entry = StatEntry(*self.files[rel], self.seen_ns, hashes[ext])
+            self._unsaved.append((rel, entry))
         self.hashed += len(members)
         return data, hashes
 

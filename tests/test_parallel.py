@@ -93,6 +93,7 @@ def test_split_add_stores_what_a_single_process_stores(
     single, single_tree = _add_and_commit(tmp_path / "one")
     monkeypatch.setenv("DATAREPO_WORKERS", "2")
     monkeypatch.setattr(storing, "STORE_BATCH", 8)
+    monkeypatch.setattr(storing, "STAT_SAVE_ROWS", 16)  # both processes write stat rows as they go
     if timing == "taken over":
         _helper_waits_to_be_asked(monkeypatch)
     elif timing == "helper done first":

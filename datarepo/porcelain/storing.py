@@ -34,6 +34,9 @@ SPLIT_MIN_BYTES = int(os.environ.get("DATAREPO_SPLIT_MIN_BYTES", 32 << 20))
 HERE_SHARE = 0.35
 # The cut is placed by the sizes of every SIZE_SAMPLE-th key: the take-over evens out the rest.
 SIZE_SAMPLE = 16
+# Stat-cache rows are written as they come, this many at a time: with two processes, written
+# while the other one is busy, not one after the other at the end (SQLite has one writer).
+STAT_SAVE_ROWS = 4096
 
 Members = dict[str, dict[str, str]]
 
@@ -75,6 +78,7 @@ def _put(sink: DatumSink, hasher: Hasher, members: Members, batches: Iterable[li
     out: dict[str, Oid] = {}
     for batch in batches:
         out.update(zip(batch, sink.put_many([hasher.read(members[k]) for k in batch])))
+        hasher.save(sink.repo.index, at_least=STAT_SAVE_ROWS)
         done(len(batch))
     return out
 
