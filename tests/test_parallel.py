@@ -53,6 +53,14 @@ def _shard_datums(repo: Repo) -> list[list[str]]:
     return [[d.datum for d in repo.store.read_index(shard).datums] for shard in repo.store.iter_shards()]
 
 
+def _assert_shards_in_key_order(repo: Repo, tree: str) -> None:
+    first_key: dict[str, str] = {}
+    for entry in iter_tree(repo.store, tree):
+        first_key.setdefault(entry.datum, entry.key)
+    for shard in _shard_datums(repo):
+        assert [first_key[d] for d in shard] == sorted(first_key[d] for d in shard)
+
+
 def _helper_waits_to_be_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     """The helper begins only once this process, done with its own keys, asks for some of its keys."""
     real = storing._handing_over
@@ -114,11 +122,7 @@ def test_split_add_stores_what_a_single_process_stores(
     held = [d for shard in shards for d in shard]
     assert len(held) == len(set(held))  # every datum stored once, the shared one too
     assert sorted(held) == sorted(d for shard in _shard_datums(single) for d in shard)
-    first_key = {}
-    for entry in iter_tree(both.store, both_tree):
-        first_key.setdefault(entry.datum, entry.key)
-    for shard in shards:  # each shard holds its datums in key order
-        assert [first_key[d] for d in shard] == sorted(first_key[d] for d in shard)
+    _assert_shards_in_key_order(both, both_tree)
     assert not list(both.store.iter_garbage())
     [(given, did)] = adopted
     assert 0 < did <= given
@@ -156,6 +160,34 @@ def test_a_failed_helper_leaves_its_half_to_the_parent(tmp_path: Path, split: No
     assert sum(ticks[1:]) == -ticks[0] == 303
     assert fsck(repo).problems == []
     assert not list(repo.store.iter_garbage())
+
+
+def test_a_helper_killed_after_handing_over_leaves_its_keys_to_the_parent(
+    tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _samples(tmp_path)
+    cli = Cli(tmp_path)
+    cli("init")
+    monkeypatch.setattr(storing, "STORE_BATCH", 8)
+    real = storing._handing_over
+
+    def killed(keys: list[str], asked: int, answer: int) -> Iterator[list[str]]:
+        select.select([asked], [], [], 30)  # asked: the first batch comes after the answer
+        yield next(real(keys, asked, answer))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(storing, "_handing_over", killed)
+    result = add(Repo.open(tmp_path))
+    assert result.hashed == 603  # all read here: the helper never reported
+    cli("commit", "-m", "first")
+    repo = Repo.open(tmp_path)
+    assert fsck(repo).problems == []
+    # A killed helper leaves at most the temporary file of the shard it was writing: gc's to remove.
+    assert all(p.name.startswith(".tmp-") for p in repo.store.iter_garbage())
+    cli("gc")
+    assert not list(repo.store.iter_garbage())
+    _assert_shards_in_key_order(repo, repo.commit(repo.head()).tree)
+    assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
 
 
 def test_split_scan_equals_a_single_process_scan(tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -159,6 +159,7 @@ def _put_halves(
             os.close(fd)
     tick(progress, len(mine) + len(theirs) - ticked)
     if raw is None:  # the helper failed: its keys are done here (its shards were never published)
+        sink.end_shard()  # they may come before keys this process took over
         out.update(_put(sink, hasher, members, _batched([k for k in theirs if k not in out]), lambda n: None))
         return out
     return out | _adopt(sink, hasher, members, theirs, raw)
