@@ -10,8 +10,13 @@ from datarepo import objects
 from datarepo.errors import CorruptObjectError, ObjectNotFoundError
 from datarepo.fsutil import TMP_PREFIX, atomic_write, publish, remove
 from datarepo.hashing import Oid, hash_bytes, hash_stream, is_oid
-from datarepo.objects import RepoObject
+from datarepo.objects import RepoObject, TreePage
 from datarepo.shards import DatumLoc, FileRange, MemberData, ShardIndex, ShardWriter, iter_tar
+
+
+# Tree pages decoded by this process, kept for the next step of the same command (a re-add
+# looks up the changed keys, then rewrites the same pages): objects never change.
+DECODED_PAGES = 64
 
 
 def fanout(root: Path, oid: str, suffix: str = "") -> Path:
@@ -38,6 +43,7 @@ class Store:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._pages: dict[str, RepoObject] = {}
         self.objects_dir = root / "objects"
         self.shards_dir = root / "shards"
 
@@ -58,7 +64,14 @@ class Store:
             raise ObjectNotFoundError("object", oid) from None
 
     def get(self, oid: str) -> RepoObject:
-        return objects.decode(self.get_raw(oid), oid)
+        if (page := self._pages.get(oid)) is not None:
+            return page
+        obj = objects.decode(self.get_raw(oid), oid)
+        if isinstance(obj, TreePage):
+            if len(self._pages) >= DECODED_PAGES:
+                del self._pages[next(iter(self._pages))]
+            self._pages[oid] = obj
+        return obj
 
     def get_typed(self, oid: str, kind: type) -> RepoObject:
         obj = self.get(oid)
