@@ -41,10 +41,11 @@ class Scan:
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     started_ns: int = 0
+    packed_stats: bytes | None = None  # the stats of ``files`` as :func:`pack_files` packs them, if at hand
 
     @cached_property
     def packed(self) -> tuple[bytes, bytes]:
-        return pack_files(self.files)
+        return pack_files(self.files, self.packed_stats)
 
     def raise_errors(self) -> None:
         if self.errors:
@@ -52,9 +53,12 @@ class Scan:
             raise InvalidInputError(self.errors[0] + more)
 
 
-def pack_files(files: dict[str, FileStat]) -> tuple[bytes, bytes]:
-    """A listing as bytes: the paths joined by NUL (which no name holds), the stats as int64s."""
-    return "\x00".join(files).encode("utf-8", "surrogateescape"), array("q", chain.from_iterable(files.values())).tobytes()
+def pack_files(files: dict[str, FileStat], stats: bytes | None = None) -> tuple[bytes, bytes]:
+    """A listing as bytes: the paths joined by NUL (which no name holds), the stats as int64s
+    (``stats``, if they are already packed)."""
+    if stats is None:
+        stats = array("q", chain.from_iterable(files.values())).tobytes()
+    return "\x00".join(files).encode("utf-8", "surrogateescape"), stats
 
 
 # The ``.datarepoignore`` files that apply in a directory: (the directory, its spec), outermost first.
@@ -138,37 +142,41 @@ def _filtered_out(rel: str, entry: os.DirEntry, rules: Rules, skip: tuple[str, .
 def _stat_files(regular: list[tuple[str, os.DirEntry]], result: Scan) -> None:
     """Stats the regular files found, half of them in a helper process when there are many."""
     half = len(regular) // 2 if len(regular) >= PARALLEL_STAT_MIN and parallel.helper_available() else len(regular)
-
-    def here() -> None:
-        for rel, entry in regular[:half]:
-            _stat_one(rel, entry, result)
-
-    def there() -> bytes:
-        out = array("q")
-        for _, entry in regular[half:]:
-            try:
-                st = entry.stat(follow_symlinks=False)
-                out.extend((st.st_size, st.st_mtime_ns, st.st_ino))
-            except OSError:
-                out.extend((-1, 0, 0))  # this process stats it again, to report it
-        return out.tobytes()
-
     if half == len(regular):
-        return here()
-    _, raw = parallel.both(here, there)
-    stats = array("q")
-    if raw is not None and len(raw) == 24 * (len(regular) - half):
-        stats.frombytes(raw)
+        stats = _stats(regular)
+    else:
+        stats, raw = parallel.both(lambda: _stats(regular[:half]), lambda: _stats(regular[half:]).tobytes())
+        theirs = array("q")
+        if raw is not None and len(raw) == 24 * (len(regular) - half):
+            theirs.frombytes(raw)
+        else:  # the helper failed: its half is done here
+            theirs = _stats(regular[half:])
+        stats.extend(theirs)
     files = result.files
-    if stats and min(stats[::3]) >= 0:  # every file stat'ed: taken in as (size, mtime_ns, inode) tuples, in C
+    if not files and min(stats[::3], default=0) >= 0:
+        # Every file stat'ed, and the listing is this: (size, mtime_ns, inode) tuples made in
+        # C, and the stats already in the packed form a snapshot digests and saves.
         it = iter(stats)
-        files.update(zip(map(itemgetter(0), regular[half:]), zip(it, it, it)))
+        files.update(zip(map(itemgetter(0), regular), zip(it, it, it)))
+        result.packed_stats = stats.tobytes()
         return
-    for i, (rel, entry) in enumerate(regular[half:]):
-        if 3 * i < len(stats) and stats[3 * i] >= 0:
+    for i, (rel, entry) in enumerate(regular):
+        if stats[3 * i] >= 0:
             files[rel] = (stats[3 * i], stats[3 * i + 1], stats[3 * i + 2])
         else:
-            _stat_one(rel, entry, result)
+            _stat_one(rel, entry, result)  # again, to report why
+
+
+def _stats(regular: list[tuple[str, os.DirEntry]]) -> array:
+    """(size, mtime_ns, inode) of each file as int64s; (-1, 0, 0) for one that could not be stat'ed."""
+    out = array("q")
+    for _, entry in regular:
+        try:
+            st = entry.stat(follow_symlinks=False)
+            out.extend((st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError:
+            out.extend((-1, 0, 0))
+    return out
 
 
 def _stat_one(rel: str, entry: os.DirEntry, result: Scan) -> None:

@@ -197,6 +197,7 @@ def test_split_scan_equals_a_single_process_scan(tmp_path: Path, split: None, mo
     monkeypatch.setenv("DATAREPO_WORKERS", "1")
     single = wt.scan(tmp_path)
     assert both.files == single.files and len(both.files) == 400
+    assert both.packed == single.packed == wt.pack_files(single.files)  # what a snapshot saves and digests
     assert both.notes == single.notes
 
 

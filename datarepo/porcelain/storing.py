@@ -3,9 +3,9 @@
 A first ``add`` spends its time on per-file Python work: open, read, hash,
 tar header, write. With a second core, a forked helper stores the keys after
 a cut into shards of its own while this process stores those before it; this
-process then adopts the helper's shards. The cut is a guess: whichever way it
-errs, this process, once done with its own keys, takes over the second half
-of the keys the helper has not yet begun, so both end at about the same time.
+process then adopts the helper's shards. The cut gives this process the
+smaller part; once done with it, this process takes over the second half of
+the keys the helper has not yet begun, so both end at about the same time.
 Each shard still holds its datums in key order, and a datum both processes
 hold is kept once.
 """
@@ -93,12 +93,13 @@ def _handing_over(keys: list[str], asked: int, answer: int) -> Iterator[list[str
     """The helper's batches of ``keys``. Once asked (a byte on ``asked``), it keeps the first
     half of the keys it has not begun and writes where they end to ``answer``: the other
     process takes the rest. Closing ``answer`` says there is nothing left to take."""
-    start, end = 0, len(keys)
+    start, end, answered = 0, len(keys), False
     try:
         while start < end:
-            if end == len(keys) and _ready(asked):
+            if not answered and _ready(asked):
                 end = start + (end - start + 1) // 2
                 os.write(answer, end.to_bytes(8, "little"))
+                answered = True
             yield keys[start : min(start + STORE_BATCH, end)]
             start += STORE_BATCH
     finally:
