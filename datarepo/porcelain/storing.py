@@ -32,8 +32,9 @@ SPLIT_MIN_BYTES = int(os.environ.get("DATAREPO_SPLIT_MIN_BYTES", 32 << 20))
 # This process's first share of the bytes. It is less than half so that this process,
 # which also publishes its shards as it goes, is the one done first and takes over.
 HERE_SHARE = 0.35
-# The cut is placed by the sizes of every SIZE_SAMPLE-th key: the take-over evens out the rest.
-SIZE_SAMPLE = 16
+# The cut is placed by the sizes of about this many keys, evenly spread (of all keys, where
+# there are fewer): the take-over evens out the rest.
+SIZE_SAMPLES = 4096
 # Stat-cache rows are written as they come, this many at a time: with two processes, written
 # while the other one is busy, not one after the other at the end (SQLite has one writer).
 STAT_SAVE_ROWS = 4096
@@ -49,7 +50,8 @@ def store_keys(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str
         return sum([files[f][SIZE] for f in members[key].values()])
 
     if parallel.helper_available() and _at_least(map(size, keys), SPLIT_MIN_BYTES):
-        cut = _cut([size(k) for k in keys[::SIZE_SAMPLE]]) * SIZE_SAMPLE
+        step = max(1, len(keys) // SIZE_SAMPLES)
+        cut = _cut([size(k) for k in keys[::step]]) * step
         if 0 < cut < len(keys):
             return _put_halves(sink, hasher, members, keys[:cut], keys[cut:], progress)
     return _put(sink, hasher, members, _batched(keys), lambda n: tick(progress, n))
