@@ -269,8 +269,10 @@ def _stage(
     """Writes staged changes, dropping those that only restore HEAD's value, and records
     ``tree`` (HEAD, its tree with the staging area applied) for ``commit``."""
     with repo.index.transaction():
-        repo.index.unstage(k for k, d, _ in staged if head.get(k) == d)
-        repo.index.stage((k, d, s) for k, d, s in staged if head.get(k) != d)
+        if head:  # (a first add has none to compare its 50,000 keys with)
+            repo.index.unstage(k for k, d, _ in staged if head.get(k) == d)
+            staged = [row for row in staged if head.get(row[0]) != row[1]]
+        repo.index.stage(staged)
         repo.index.save_stats(hasher.unsaved())
         if tree is not None:
             repo.index.set_staged_tree(*tree)
