@@ -103,6 +103,10 @@ class Index:
     def add_shard(self, shard: str, size: int, rows: Sequence[LocationRow]) -> None:
         """Records a shard and the locations of its datums (see :func:`location_rows`)."""
         self.db.execute("INSERT OR REPLACE INTO shard VALUES (?,?,?)", (shard, size, len(rows)))
+        self.locate_in(shard, rows)
+
+    def locate_in(self, shard: str, rows: Iterable[LocationRow]) -> None:
+        """Points the datums of ``rows`` at their copies in ``shard``."""
         self.db.executemany(
             "INSERT OR REPLACE INTO location VALUES (?,?,?,?,?)",
             ((datum, shard, offset, length, members) for datum, offset, length, members in rows),

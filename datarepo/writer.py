@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import NamedTuple
+from collections.abc import Mapping
 
 from datarepo.hashing import Oid, datum_id
-from datarepo.index import LocationRow, location_rows
+from datarepo.index import location_rows
 from datarepo.repo import Repo
 from datarepo.shards import MemberData, ShardWriter
-
-
-class Finished(NamedTuple):
-    """A written, fsync'ed shard at its temporary path, with all that publishing it writes."""
-
-    tmp: Path
-    shard: Oid
-    size: int
-    idx: bytes  # the ``.idx`` file's bytes
-    rows: Sequence[LocationRow]  # its datums' rows in the location cache
 
 
 class DatumSink:
@@ -33,15 +21,12 @@ class DatumSink:
     Callers hold the writer lock.
     """
 
-    def __init__(self, repo: Repo, rewrite: bool = False, publish: bool = True) -> None:
+    def __init__(self, repo: Repo, rewrite: bool = False) -> None:
         self.repo = repo
         self.rewrite = rewrite
-        self.publish = publish
-        self.written: dict[Oid, int] = {}
+        self.written: dict[Oid, int] = {}  # datum → its length in its shard
         self.shards: list[tuple[Oid, int]] = []  # (oid, size) of each shard published
-        # With ``publish=False`` (a helper process), finished shards stay at their
-        # temporary paths for the process that holds the lock to :meth:`adopt`.
-        self.finished: list[Finished] = []
+        self.held: dict[Oid, list[Oid]] = {}  # the datums of each shard published
         self._writer: ShardWriter | None = None
 
     def has(self, datum: Oid) -> bool:
@@ -77,19 +62,13 @@ class DatumSink:
         if writer is None:
             return
         tmp, index = writer.finish()
-        done = Finished(tmp, index.shard, index.size, index.to_bytes(), location_rows(index))
-        if self.publish:
-            self.adopt(done)
-        else:
-            self.finished.append(done)
-
-    def adopt(self, shard: Finished) -> None:
-        """Publishes a finished shard: the file, its ``.idx``, then its rows in the location cache."""
-        self.repo.store.publish_shard(shard.tmp, shard.shard, shard.idx)
+        rows = location_rows(index)
+        # Published: the file, its ``.idx``, then its rows in the location cache.
+        self.repo.store.publish_shard(tmp, index.shard, index.to_bytes())
         with self.repo.index.transaction():  # one transaction, not one per row
-            self.repo.index.add_shard(shard.shard, shard.size, shard.rows)
-        self.shards.append((shard.shard, shard.size))
-        self.written.update((Oid(datum), length) for datum, _, length, _ in shard.rows)
+            self.repo.index.add_shard(index.shard, index.size, rows)
+        self.shards.append((index.shard, index.size))
+        self.held[index.shard] = [d.datum for d in index.datums]
 
     def close(self) -> list[tuple[Oid, int]]:
         """Publishes the last shard; returns the (oid, size) of every shard written."""
@@ -100,8 +79,6 @@ class DatumSink:
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
-        for shard in self.finished:
-            shard.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> DatumSink:
         return self

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from conftest import Cli, write_samples
 from datarepo import parallel, worktree as wt
 from datarepo.porcelain import storing
 from datarepo.porcelain.maintenance import fsck
+from datarepo.index import Index
 from datarepo.porcelain.stage import add
 from datarepo.repo import Repo
 from datarepo.tree import iter_tree
@@ -39,9 +39,9 @@ def _samples(root: Path) -> None:
         (root / f"{key}.txt").write_bytes(b"the same datum twice")
 
 
-def _add_and_commit(root: Path) -> tuple[Repo, str]:
+def _add_and_commit(root: Path, *init: str) -> tuple[Repo, str]:
     cli = Cli(root)
-    cli("init")  # one shard a half: neither half publishes before the helper is done
+    cli("init", *init)
     cli("add", ".")
     cli("commit", "-m", "first")
     repo = Repo.open(root)
@@ -61,37 +61,62 @@ def _assert_shards_in_key_order(repo: Repo, tree: str) -> None:
         assert [first_key[d] for d in shard] == sorted(first_key[d] for d in shard)
 
 
-def _helper_waits_to_be_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The helper begins only once this process, done with its own keys, asks for some of its keys."""
-    real = storing._handing_over
+def _helper_waits_to_be_asked(monkeypatch: pytest.MonkeyPatch, marker: Path) -> None:
+    """The helper begins only once this process, done with its own keys, has been answered and
+    is storing the keys it took over (the marker file says so)."""
+    real_batches, real_batched = storing._Handover.batches, storing._batched
+    calls = []
 
-    def waiting(keys: list[str], asked: int, answer: int) -> Iterator[list[str]]:
-        select.select([asked], [], [], 30)
-        yield from real(keys, asked, answer)
+    def waiting(self: storing._Handover) -> Iterator[list[str]]:
+        _wait_for(marker)
+        yield from real_batches(self)
 
-    monkeypatch.setattr(storing, "_handing_over", waiting)
+    def batched(items: list[str]) -> Iterator[list[str]]:  # only this process batches with _batched
+        calls.append(len(items))
+        if len(calls) == 2:  # the keys it took over
+            marker.touch()
+        yield from real_batched(items)
+
+    monkeypatch.setattr(storing._Handover, "batches", waiting)
+    monkeypatch.setattr(storing, "_batched", batched)
+
+
+def _wait_for(marker: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _helper_done_first(monkeypatch: pytest.MonkeyPatch, marker: Path) -> None:
     """This process begins only once the helper has taken all its batches, so it has none to hand over."""
-    real_handing_over, real_batched = storing._handing_over, storing._batched
+    real_batches, real_batched = storing._Handover.batches, storing._batched
 
-    def eager(keys: list[str], asked: int, answer: int) -> Iterator[list[str]]:
-        batches = list(real_handing_over(keys, asked, answer))
+    def eager(self: storing._Handover) -> Iterator[list[str]]:
+        batches = list(real_batches(self))
         marker.touch()
         yield from batches
 
-    def waiting(items: list[str]) -> Iterator[list[str]]:  # only this process batches with _batched
-        deadline = time.monotonic() + 30
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+    def waiting(items: list[str]) -> Iterator[list[str]]:
+        _wait_for(marker)
         yield from real_batched(items)
 
-    monkeypatch.setattr(storing, "_handing_over", eager)
+    monkeypatch.setattr(storing._Handover, "batches", eager)
     monkeypatch.setattr(storing, "_batched", waiting)
 
 
-@pytest.mark.parametrize("timing", ["as it comes", "taken over", "helper done first"])
+def _helper_looks_too_early(monkeypatch: pytest.MonkeyPatch, marker: Path) -> None:
+    """The helper, beginning only once this process has published the shard holding the shared
+    datum, still writes that datum: as when it looks before that shard's rows are in."""
+    _helper_waits_to_be_asked(monkeypatch, marker)
+    parent, real = os.getpid(), Index.stored
+
+    def stored(self: Index, datums: Iterable[str]) -> set[str]:
+        return set() if os.getpid() != parent else real(self, datums)
+
+    monkeypatch.setattr(Index, "stored", stored)
+
+
+@pytest.mark.parametrize("timing", ["as it comes", "taken over", "helper done first", "helper looks too early"])
 def test_split_add_stores_what_a_single_process_stores(
     tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch, timing: str
 ) -> None:
@@ -102,19 +127,23 @@ def test_split_add_stores_what_a_single_process_stores(
     monkeypatch.setenv("DATAREPO_WORKERS", "2")
     monkeypatch.setattr(storing, "STORE_BATCH", 8)
     monkeypatch.setattr(storing, "STAT_SAVE_ROWS", 16)  # both processes write stat rows as they go
+    marker = tmp_path / "marker"
     if timing == "taken over":
-        _helper_waits_to_be_asked(monkeypatch)
+        _helper_waits_to_be_asked(monkeypatch, marker)
     elif timing == "helper done first":
-        _helper_done_first(monkeypatch, tmp_path / "helper-done")
+        _helper_done_first(monkeypatch, marker)
+    elif timing == "helper looks too early":
+        _helper_looks_too_early(monkeypatch, marker)
     adopted = []  # (how many keys the helper was given, how many it stored)
     real_adopt = storing._adopt
 
-    def adopt(sink: object, hasher: object, members: object, keys: list[str], raw: bytes) -> object:
-        adopted.append((len(keys), len(storing._unframe(raw)[0]["ids"])))
-        return real_adopt(sink, hasher, members, keys, raw)
+    def adopt(sink: object, hasher: object, members: object, out: object, theirs: list[str], head: dict) -> object:
+        adopted.append((len(theirs), len(head["ids"])))
+        return real_adopt(sink, hasher, members, out, theirs, head)
 
     monkeypatch.setattr(storing, "_adopt", adopt)
-    both, both_tree = _add_and_commit(tmp_path / "two")
+    # Small shards: both processes publish many while the other is at work.
+    both, both_tree = _add_and_commit(tmp_path / "two", "--shard-size", "4K" if timing == "helper looks too early" else "64K")
 
     assert both_tree == single_tree
     assert fsck(both).problems == []
@@ -124,9 +153,12 @@ def test_split_add_stores_what_a_single_process_stores(
     assert sorted(held) == sorted(d for shard in _shard_datums(single) for d in shard)
     _assert_shards_in_key_order(both, both_tree)
     assert not list(both.store.iter_garbage())
+    for entry in iter_tree(both.store, both_tree):  # the location cache finds every datum in a shard holding it
+        shard, loc = both.index.locate(entry.datum)
+        assert entry.datum in {d.datum for d in both.store.read_index(shard).datums}
     [(given, did)] = adopted
     assert 0 < did <= given
-    if timing == "taken over":
+    if timing in ("taken over", "helper looks too early"):
         assert did == (given + 1) // 2  # it kept the first half of its keys
     elif timing == "helper done first":
         assert did == given
@@ -169,14 +201,15 @@ def test_a_helper_killed_after_handing_over_leaves_its_keys_to_the_parent(
     cli = Cli(tmp_path)
     cli("init")
     monkeypatch.setattr(storing, "STORE_BATCH", 8)
-    real = storing._handing_over
+    marker = tmp_path / "marker"
+    _helper_waits_to_be_asked(monkeypatch, marker)
+    waiting = storing._Handover.batches
 
-    def killed(keys: list[str], asked: int, answer: int) -> Iterator[list[str]]:
-        select.select([asked], [], [], 30)  # asked: the first batch comes after the answer
-        yield next(real(keys, asked, answer))
+    def killed(self: storing._Handover) -> Iterator[list[str]]:
+        yield next(waiting(self))  # once answered, it does one batch and is killed
         os.kill(os.getpid(), signal.SIGKILL)
 
-    monkeypatch.setattr(storing, "_handing_over", killed)
+    monkeypatch.setattr(storing._Handover, "batches", killed)
     result = add(Repo.open(tmp_path))
     assert result.hashed == 603  # all read here: the helper never reported
     cli("commit", "-m", "first")

@@ -2,8 +2,8 @@
 
 A first ``add`` spends its time on per-file Python work: open, read, hash,
 tar header, write. With a second core, a forked helper stores the keys after
-a cut into shards of its own while this process stores those before it; this
-process then adopts the helper's shards. The cut gives this process the
+a cut into shards of its own, and publishes them, while this process stores
+those before it. The cut gives this process the
 smaller part; once done with it, this process takes over the second half of
 the keys the helper has not yet begun, so both end at about the same time.
 Each shard still holds its datums in key order, and a datum both processes
@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
-from pathlib import Path
 
 from datarepo import parallel
 from datarepo.hashing import Oid
+from datarepo.index import location_rows
 from datarepo.porcelain import Progress, tick
 from datarepo.repo import Repo
 from datarepo.worktree import SIZE, Hasher
-from datarepo.writer import DatumSink, Finished
+from datarepo.writer import DatumSink
 
 STORE_BATCH = 256
 # Below this many bytes to store, forking a helper costs more than it saves.
@@ -91,28 +92,40 @@ def _batched(items: list[str]) -> Iterator[list[str]]:
         yield batch
 
 
-def _handing_over(keys: list[str], asked: int, answer: int) -> Iterator[list[str]]:
-    """The helper's batches of ``keys``. Once asked (a byte on ``asked``), it keeps the first
-    half of the keys it has not begun and writes where they end to ``answer``: the other
-    process takes the rest. Closing ``answer`` says there is nothing left to take."""
-    start, end, answered = 0, len(keys), False
-    try:
-        while start < end:
-            if not answered and _ready(asked):
-                end = start + (end - start + 1) // 2
-                os.write(answer, end.to_bytes(8, "little"))
-                answered = True
-            yield keys[start : min(start + STORE_BATCH, end)]
-            start += STORE_BATCH
-    finally:
-        os.close(answer)
+class _Handover:
+    """The helper's side of the take-over: its keys, batch by batch. A thread waits to be
+    asked (a byte on ``asked``); it then keeps the first half of the keys not yet begun and
+    writes where they end to ``answer``: the other process takes the rest. The answer
+    comes while the helper is busy (publishing a shard takes a tenth of a second), not
+    after. Closing ``answer`` without a word says there is nothing left to take."""
 
+    def __init__(self, keys: list[str], asked: int, answer: int) -> None:
+        self.keys, self.asked, self.answer = keys, asked, answer
+        self.start, self.end = 0, len(keys)  # the keys not yet begun
+        self.closed = False
+        self.lock = threading.Lock()
+        threading.Thread(target=self._answer_when_asked, daemon=True).start()
 
-def _ready(fd: int) -> bool:
-    try:
-        return bool(os.read(fd, 1))
-    except BlockingIOError:
-        return False
+    def _answer_when_asked(self) -> None:
+        asked = os.read(self.asked, 1)
+        with self.lock:
+            if asked and not self.closed:
+                self.end = self.start + (self.end - self.start + 1) // 2
+                os.write(self.answer, self.end.to_bytes(8, "little"))
+
+    def batches(self) -> Iterator[list[str]]:
+        try:
+            while True:
+                with self.lock:
+                    start, stop = self.start, min(self.start + STORE_BATCH, self.end)
+                    self.start = stop
+                if start >= stop:
+                    return
+                yield self.keys[start:stop]
+        finally:
+            with self.lock:
+                self.closed = True
+                os.close(self.answer)
 
 
 def _put_halves(
@@ -124,18 +137,17 @@ def _put_halves(
     answer_r, answer_w = os.pipe()  # where the helper's keys now end
 
     def there() -> bytes:
-        os.set_blocking(ask_r, False)
-        helper = DatumSink(Repo(sink.repo.dotdir, sink.repo.worktree), publish=False)  # its own SQLite connection
+        handover = _Handover(theirs, ask_r, answer_w)
+        helper = DatumSink(Repo(sink.repo.dotdir, sink.repo.worktree))  # its own SQLite connection
 
         def count(n: int) -> None:
             counter[:] = (int.from_bytes(counter[:], "little") + n).to_bytes(8, "little")
 
-        with helper:
-            ids = _put(helper, hasher, members, _handing_over(theirs, ask_r, answer_w), count)
+        with helper:  # it publishes its shards as this process does
+            ids = _put(helper, hasher, members, handover.batches(), count)
         hasher.save(helper.repo.index)  # true whatever becomes of the shards
-        shards = [[str(f.tmp), f.shard, f.size, f.rows] for f in helper.finished]
-        head = {"ids": list(ids.values()), "hashed": hasher.hashed - hashed_before, "shards": shards}
-        return _frame(head, [f.idx for f in helper.finished])
+        shards = [[oid, size, [[d, helper.written[d]] for d in helper.held[oid]]] for oid, size in helper.shards]
+        return json.dumps({"ids": list(ids.values()), "hashed": hasher.hashed - hashed_before, "shards": shards}).encode()
 
     seen = ticked = 0
 
@@ -161,44 +173,53 @@ def _put_halves(
         for fd in (ask_r, ask_w, answer_r):
             os.close(fd)
     tick(progress, len(mine) + len(theirs) - ticked)
-    if raw is None:  # the helper failed: its keys are done here (its shards were never published)
+    if raw is None:  # the helper failed: its keys are done here (those of shards it published are found there)
         sink.end_shard()  # they may come before keys this process took over
         out.update(_put(sink, hasher, members, _batched([k for k in theirs if k not in out]), lambda n: None))
         return out
-    return out | _adopt(sink, hasher, members, theirs, raw)
+    return _adopt(sink, hasher, members, out, theirs, json.loads(raw))
 
 
-def _adopt(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], raw: bytes) -> dict[str, Oid]:
-    """Publishes the helper's shards; a shard holding a datum this process also stored
-    is dropped, and its keys are stored here again, skipping that datum."""
-    head, idx_files = _unframe(raw)
-    ids = dict(zip(keys, map(Oid, head["ids"])))  # the keys it did: those before the ones it handed over
+def _adopt(sink: DatumSink, hasher: Hasher, members: Members, out: dict[str, Oid], theirs: list[str], head: dict) -> dict[str, Oid]:
+    """Takes on the shards the helper published, with the datums of the keys it did (``out``
+    has those of the keys this process did). A shard of the helper's holding a datum this
+    process also stored is dropped, and its datums are stored here again, once."""
+    ids = dict(zip(theirs, map(Oid, head["ids"])))  # the keys it did: those before the ones it handed over
+    out |= ids
+    hasher.hashed += head["hashed"]
+    mine = list(sink.shards)
     dropped: set[str] = set()
-    for (tmp, shard, size, rows), idx in zip(head["shards"], idx_files):
-        if any(row[0] in sink.written for row in rows):
-            Path(tmp).unlink(missing_ok=True)
-            dropped.update(row[0] for row in rows)
+    for oid, size, held in head["shards"]:
+        if any(d in sink.written for d, _ in held):
+            dropped.update(d for d, _ in held)
+            _drop(sink.repo, oid)
         else:
-            sink.adopt(Finished(Path(tmp), Oid(shard), size, idx, rows))
-    again = [k for k, d in ids.items() if d in dropped]
-    hasher.hashed += head["hashed"] - sum(len(members[k]) for k in again)  # those are read once more here
+            sink.shards.append((Oid(oid), size))
+            sink.held[Oid(oid)] = [Oid(d) for d, _ in held]
+            sink.written.update(held)
+    if not dropped:
+        return out
+    _relocate(sink, mine, dropped)
+    # The helper wrote each datum of its shards for one of its keys: storing those keys again stores them.
+    again = [k for k, d in ids.items() if d in dropped and d not in sink.written]
+    hasher.hashed -= sum(len(members[k]) for k in again)  # read once more here
     if again:  # they come before the keys this process took over: a new shard keeps key order
         sink.end_shard()
     _put(sink, hasher, members, _batched(again), lambda n: None)
-    return ids
+    return out
 
 
-def _frame(head: dict, blobs: list[bytes]) -> bytes:
-    """A JSON head and byte strings as one: the head's length, the head, then the blobs."""
-    text = json.dumps({**head, "blobs": [len(b) for b in blobs]}).encode()
-    return b"".join([len(text).to_bytes(8, "little"), text, *blobs])
+def _drop(repo: Repo, shard: str) -> None:
+    with repo.index.transaction():
+        repo.index.drop_shard(shard)
+    repo.store.delete_shard(shard)
 
 
-def _unframe(raw: bytes) -> tuple[dict, list[bytes]]:
-    at = 8 + int.from_bytes(raw[:8], "little")
-    head = json.loads(raw[8:at])
-    blobs = []
-    for n in head["blobs"]:
-        blobs.append(raw[at : at + n])
-        at += n
-    return head, blobs
+def _relocate(sink: DatumSink, shards: list[tuple[Oid, int]], datums: set[str]) -> None:
+    """Points the location cache at this process's copy of ``datums``, where it has one: a
+    dropped shard's rows are gone, and some may have been the ones for these datums."""
+    with sink.repo.index.transaction():
+        for oid, _ in shards:
+            if any(d in datums for d in sink.held[oid]):
+                rows = location_rows(sink.repo.store.read_index(oid))
+                sink.repo.index.locate_in(oid, [row for row in rows if row[0] in datums])
