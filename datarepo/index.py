@@ -91,6 +91,9 @@ class Index:
         rows = self.db.execute("SELECT path, size, mtime_ns, ino, seen_ns, hash FROM stat WHERE scope=?", (scope,))
         return {r[0]: r[1:] for r in rows}
 
+    def has_stats(self, scope: str = "") -> bool:
+        return self.db.execute("SELECT 1 FROM stat WHERE scope=? LIMIT 1", (scope,)).fetchone() is not None
+
     def save_stats(self, entries: Iterable[tuple[str, StatEntry]], scope: str = "") -> None:
         self.db.executemany(
             "INSERT OR REPLACE INTO stat VALUES (?,?,?,?,?,?,?)", ((scope, p, *e) for p, e in entries)

@@ -31,6 +31,8 @@ PARALLEL_STAT_MIN = 20_000
 # scan builds one per file and that constructor is a measurable share of a status.
 FileStat = tuple[int, int, int]
 SIZE, MTIME = 0, 1
+# The stat of a file listed but not stat'ed yet: it is, when it is first read.
+UNSTATED: FileStat = (-1, -1, -1)
 
 
 @dataclass
@@ -46,6 +48,15 @@ class Scan:
     @cached_property
     def packed(self) -> tuple[bytes, bytes]:
         return pack_files(self.files, self.packed_stats)
+
+    def fill_stats(self, root: Path) -> None:
+        """Stats the files a scan ``with_stats=False`` listed and no read has stat'ed since."""
+        prefix = os.path.join(root, "")
+        for rel in [rel for rel, st in self.files.items() if st is UNSTATED]:
+            try:
+                self.files[rel] = lstat(prefix + rel, rel)
+            except FileNotFoundError:  # gone since the scan: as if it had not been there
+                del self.files[rel]
 
     def raise_errors(self) -> None:
         if self.errors:
@@ -93,11 +104,14 @@ def ignored(rules: Rules, rel: str, is_dir: bool) -> bool:
     return False
 
 
-def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = ()) -> Scan:
+def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), with_stats: bool = True) -> Scan:
     """Lists regular files under ``root`` with their (size, mtime_ns, inode).
 
     Symlinks are noted and skipped unless ``follow``; fifos, sockets, devices
-    and names that are not UTF-8 are errors.
+    and names that are not UTF-8 are errors. Without ``with_stats``, regular
+    files are listed as :data:`UNSTATED`, for a caller that reads them all
+    (a :class:`Hasher` stats a file as it opens it: cheaper than a ``stat``
+    by path first) and then calls :meth:`Scan.fill_stats`.
     """
     result = Scan(started_ns=time.time_ns())
     skip = tuple(p.rstrip("/") + "/" for p in skip_prefixes if p)
@@ -129,7 +143,10 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = ()) ->
                 stack.append((rel + "/", rules))
             else:
                 _classify_other(entry, rel, result, follow)
-    _stat_files(regular, result)
+    if with_stats:
+        _stat_files(regular, result)
+    else:
+        result.files.update(dict.fromkeys(map(itemgetter(0), regular), UNSTATED))
     return result
 
 
@@ -291,17 +308,36 @@ def files_of(keys: Iterable[str], paths: list[str], grouping: str) -> list[str]:
     return found
 
 
-def _read_small(path: str, size: int) -> bytes:
-    """Reads a whole small file with as few calls as the OS allows."""
+def lstat(path: str, rel: str) -> FileStat:
+    """(size, mtime_ns, inode) of ``path``; an error other than its absence names ``rel``."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise InvalidInputError(f"cannot stat {rel}: {e.strerror}") from None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _read_small(path: str, size: int) -> tuple[bytes | None, FileStat | None]:
+    """Reads a whole small file with as few calls as the OS allows. A ``size`` below 0 means
+    the file was not stat'ed: it is, once open, and its stat comes back too (with no bytes,
+    if it is too large to read whole)."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        stat = None
+        if size < 0:
+            st = os.fstat(fd)
+            stat = (st.st_size, st.st_mtime_ns, st.st_ino)
+            if (size := st.st_size) > LARGE_FILE:
+                return None, stat
         data = os.read(fd, size + 1)
         if len(data) <= size:
-            return data
+            return data, stat
         chunks = [data]
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
-        return b"".join(chunks)
+        return b"".join(chunks), stat
     finally:
         os.close(fd)
 
@@ -347,6 +383,16 @@ class Hasher:
             hashes[ext] = h
         return datum_id(hashes)
 
+    def size(self, rel: str) -> int:
+        """A file's size, stat'ing it if the scan did not."""
+        if (size := self.files[rel][SIZE]) < 0:
+            try:
+                self.files[rel] = lstat(self.prefix + rel, rel)
+            except FileNotFoundError:
+                raise InvalidInputError(f"cannot stat {rel}: it is gone") from None
+            size = self.files[rel][SIZE]
+        return size
+
     def read(self, members: dict[str, str]) -> tuple[dict[str, MemberData], dict[str, Oid]]:
         """Reads (or, for large files, prepares to stream) a datum's members."""
         data: dict[str, MemberData] = {}
@@ -362,11 +408,15 @@ class Hasher:
         path = self.prefix + rel
         size = self.files[rel][SIZE]
         try:
-            if size > LARGE_FILE:
+            raw = None
+            if size <= LARGE_FILE:
+                raw, stat = _read_small(path, size)
+                if stat is not None:
+                    self.files[rel], size = stat, stat[SIZE]
+            if raw is None:
                 span = FileRange(Path(path), 0, size)
                 oid = member_hash(span)
                 return span._replace(oid=oid), oid
-            raw = _read_small(path, size)
         except OSError as e:
             raise InvalidInputError(f"cannot read {rel}: {e.strerror}") from None
         except CorruptObjectError:

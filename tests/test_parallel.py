@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, write_samples
+from conftest import Cli, age, write_samples
 from datarepo import parallel, worktree as wt
-from datarepo.porcelain import storing
+from datarepo.porcelain import snapshot, storing
 from datarepo.porcelain.maintenance import fsck
 from datarepo.index import Index
 from datarepo.porcelain.stage import add
@@ -28,6 +28,7 @@ def split(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATAREPO_WORKERS", "2")
     monkeypatch.setattr(storing, "SPLIT_MIN_BYTES", 0)
     monkeypatch.setattr(wt, "PARALLEL_STAT_MIN", 0)
+    monkeypatch.setattr(storing, "SIZE_SAMPLES", 16)  # the cut is sized from a few keys, as with many keys
 
 
 def _samples(root: Path) -> None:
@@ -221,6 +222,30 @@ def test_a_helper_killed_after_handing_over_leaves_its_keys_to_the_parent(
     assert not list(repo.store.iter_garbage())
     _assert_shards_in_key_order(repo, repo.commit(repo.head()).tree)
     assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
+
+
+def test_a_first_add_stats_each_file_as_it_reads_it(tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no snapshot and no stat cache, the scan stats nothing: each process stats a file
+    once it has it open. What is saved is what a stat'ing scan gives, so nothing is read again."""
+    _samples(tmp_path)
+    (tmp_path / "README").write_bytes(b"no extension: grouped into no datum, never read")
+    age(tmp_path)
+    Cli(tmp_path)("init")
+    repo = Repo.open(tmp_path)
+
+    def no_stat_pass(*args: object) -> None:
+        raise AssertionError("a first add stats files by path")
+
+    monkeypatch.setattr(wt, "_stat_files", no_stat_pass)
+    assert add(repo).hashed == 603
+    monkeypatch.undo()
+    full = wt.scan(tmp_path)
+    assert len(full.files) == 604
+    snap = snapshot.load(repo, snapshot.token(repo, follow=False))
+    assert snap is not None and snap.files == full.files and snap.digest == snapshot.digest(full)
+    cache = repo.index.load_stats()
+    assert len(cache) == 603 and all(entry[:3] == full.files[path] for path, entry in cache.items())
+    assert add(Repo.open(tmp_path)).hashed == 0
 
 
 def test_split_scan_equals_a_single_process_scan(tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -118,6 +118,7 @@ class _Look:
 
     def save(self, result: Status, keys: set[str] | None) -> Status:
         """Stores ``result`` (fresh for ``keys`` only, or for all) as the new snapshot; returns it whole."""
+        self.found.fill_stats(self.repo.require_worktree())
         if keys is not None and self.snap is not None:
             old = self.snap.status
             result = Status(*(snapshot.merge(snapshot.changes_from_json(old[n]), keys, getattr(result, n)) for n in _PARTS))
@@ -136,11 +137,13 @@ PARTIAL_LIMIT = 20_000
 def _look(repo: Repo, follow: bool, with_unstaged: bool = False) -> _Look:
     """Scans the work tree and works out which keys need a new look (``with_unstaged``:
     also those the snapshot saw differ from the index, which ``add`` stages)."""
-    found = scan(repo.require_worktree(), follow=follow, skip_prefixes=repo.config.sparse)
-    found.raise_errors()
     snap = snapshot.load(repo, snapshot.token(repo, follow))
-    keys = None
-    seen = snapshot.digest(found)
+    # With no snapshot and an empty stat cache (a first add or status), every file will be
+    # read: each is stat'ed as it is opened, not by path beforehand.
+    with_stats = snap is not None or repo.index.has_stats()
+    found = scan(repo.require_worktree(), follow=follow, skip_prefixes=repo.config.sparse, with_stats=with_stats)
+    found.raise_errors()
+    keys, seen = None, snapshot.digest(found) if snap is not None else None
     if snap is not None and snap.digest == seen:
         keys = set()
     elif snap is not None:

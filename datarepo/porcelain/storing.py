@@ -16,15 +16,16 @@ import json
 import mmap
 import os
 import threading
+from array import array
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice
+from itertools import chain, islice
 
 from datarepo import parallel
 from datarepo.hashing import Oid
 from datarepo.index import location_rows
 from datarepo.porcelain import Progress, tick
 from datarepo.repo import Repo
-from datarepo.worktree import SIZE, Hasher
+from datarepo.worktree import Hasher
 from datarepo.writer import DatumSink
 
 STORE_BATCH = 256
@@ -45,26 +46,12 @@ Members = dict[str, dict[str, str]]
 
 def store_keys(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], progress: Progress) -> dict[str, Oid]:
     """Stores the datums of ``keys`` (in key order) through ``sink``; returns each key's datum."""
-    files = hasher.files
-
-    def size(key: str) -> int:
-        return sum([files[f][SIZE] for f in members[key].values()])
-
-    if parallel.helper_available() and _at_least(map(size, keys), SPLIT_MIN_BYTES):
+    if parallel.helper_available():
         step = max(1, len(keys) // SIZE_SAMPLES)
-        cut = _cut([size(k) for k in keys[::step]]) * step
-        if 0 < cut < len(keys):
+        sampled = [sum([hasher.size(f) for f in members[k].values()]) for k in keys[::step]]
+        if sum(sampled) * step >= SPLIT_MIN_BYTES and 0 < (cut := _cut(sampled) * step) < len(keys):
             return _put_halves(sink, hasher, members, keys[:cut], keys[cut:], progress)
     return _put(sink, hasher, members, _batched(keys), lambda n: tick(progress, n))
-
-
-def _at_least(sizes: Iterable[int], n: int) -> bool:
-    total = 0
-    for s in sizes:  # stops as soon as it knows: a re-add need not size every key
-        total += s
-        if total >= n:
-            return True
-    return n <= 0
 
 
 def _cut(sampled: list[int]) -> int:
@@ -147,7 +134,10 @@ def _put_halves(
             ids = _put(helper, hasher, members, handover.batches(), count)
         hasher.save(helper.repo.index)  # true whatever becomes of the shards
         shards = [[oid, size, [[d, helper.written[d]] for d in helper.held[oid]]] for oid, size in helper.shards]
-        return json.dumps({"ids": list(ids.values()), "hashed": hasher.hashed - hashed_before, "shards": shards}).encode()
+        # The stats of the files it read (a first add's scan leaves them to the reads).
+        stats = array("q", chain.from_iterable(hasher.files[f] for k in ids for f in members[k].values()))
+        head = {"ids": list(ids.values()), "stats": stats.tobytes().hex(), "hashed": hasher.hashed - hashed_before}
+        return json.dumps({**head, "shards": shards}).encode()
 
     seen = ticked = 0
 
@@ -186,6 +176,9 @@ def _adopt(sink: DatumSink, hasher: Hasher, members: Members, out: dict[str, Oid
     process also stored is dropped, and its datums are stored here again, once."""
     ids = dict(zip(theirs, map(Oid, head["ids"])))  # the keys it did: those before the ones it handed over
     out |= ids
+    stats = array("q", bytes.fromhex(head["stats"]))
+    files, it = hasher.files, iter(stats)
+    files.update(zip([f for k in ids for f in members[k].values()], zip(it, it, it)))
     hasher.hashed += head["hashed"]
     mine = list(sink.shards)
     dropped: set[str] = set()
