@@ -152,7 +152,7 @@ def _put_halves(
         os.close(answer_w)  # the helper's copy is the one whose closing ends the answer
         out = _put(sink, hasher, members, _batched(mine), done)
         os.write(ask_w, b"?")
-        if len(answer := os.read(answer_r, 8)) == 8:  # else the helper had begun its last batch
+        if len(answer := os.read(answer_r, 8)) == 8:  # else the helper had begun all its keys
             out.update(_put(sink, hasher, members, _batched(theirs[int.from_bytes(answer, "little") :]), done))
         hasher.save(sink.repo.index)  # while the helper may still be at work
         return out
