@@ -191,10 +191,9 @@ class Index:
         return Oid(tree) if fresh and isinstance(tree, str) and is_oid(tree) else None
 
     def set_staged_tree(self, head: Oid | None, tree: Oid) -> None:
-        """Records ``tree`` as HEAD with the staging area, as it is now, applied: written
-        under the writer lock once the rows are staged, after the tree's objects are stored
-        and every datum it adds is in a shard. ``commit`` then writes it as it is, without
-        checking."""
+        """Records ``tree`` as HEAD with the staging area, as it is now, applied: written in
+        the transaction that stages, after the tree's objects are stored and every datum
+        it adds is in a shard. ``commit`` then writes it as it is, without checking."""
         self.set_meta("staged_tree", json.dumps([head, str(self.get_meta("staged_version")), tree]))
 
     def _withdraw_staged_tree(self) -> None:

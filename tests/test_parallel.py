@@ -14,7 +14,7 @@ import pytest
 
 from conftest import Cli, age, write_samples
 from datarepo import parallel, worktree as wt
-from datarepo.porcelain import snapshot, stage, storing
+from datarepo.porcelain import snapshot, storing
 from datarepo.porcelain.maintenance import fsck
 from datarepo.index import Index
 from datarepo.porcelain.stage import add
@@ -29,7 +29,6 @@ def split(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(storing, "SPLIT_MIN_BYTES", 0)
     monkeypatch.setattr(wt, "PARALLEL_STAT_MIN", 0)
     monkeypatch.setattr(storing, "SIZE_SAMPLES", 16)  # the cut is sized from a few keys, as with many keys
-    monkeypatch.setattr(stage, "PARALLEL_TREE_MIN", 1)  # the staged tree is built while the rows are staged
 
 
 def _samples(root: Path) -> None:

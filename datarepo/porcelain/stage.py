@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from datarepo import parallel, tree as trees
+from datarepo import tree as trees
 from datarepo.errors import InvalidInputError
 from datarepo.fsutil import remove
-from datarepo.hashing import Oid, is_oid
+from datarepo.hashing import Oid
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, compare, snapshot, tick
 from datarepo.porcelain.storing import store_keys
@@ -132,8 +132,6 @@ class _Look:
 
 _PARTS = ("staged", "unstaged", "total")
 PARTIAL_LIMIT = 20_000
-# From this many rows to stage, a forked helper builds the staged tree while they are written.
-PARALLEL_TREE_MIN = 10_000
 
 
 def _look(repo: Repo, follow: bool, with_unstaged: bool = False) -> _Look:
@@ -207,7 +205,7 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         files = look.found.files
         staged = [(k, d, sum([files[f][SIZE] for f in members[k].values()])) for k, d in now.items() if index.get(k) != d]
         staged.extend((k, None, 0) for k in chosen if k not in members and k in index)
-        _stage(repo, staged, head, hasher)
+        _stage(repo, staged, head, hasher, _staged_tree(repo, staged))
         after = dict(index)
         for k, d, _ in staged:
             if d is None:
@@ -244,54 +242,43 @@ def _store(
     return datums, sink.written  # type: ignore[return-value]
 
 
-def _tree_base(repo: Repo) -> tuple[Oid | None, Oid | None] | None:
-    """(HEAD, the stored tree to apply the new staged rows to) where one is at hand: the tree
-    the last ``add`` stored, or HEAD's own (None in an empty repository) when nothing else
-    is staged. None where ``commit`` is left to build the tree from the staging area."""
+def _staged_tree(repo: Repo, staged: list[tuple[str, Oid | None, int]]) -> tuple[Oid | None, Oid] | None:
+    """Stores the tree ``commit`` will write (HEAD with the staging area applied, once
+    ``staged`` is in it) where a stored tree is at hand to apply the changes to: the one
+    the last ``add`` stored, or HEAD's own when nothing else is staged. Returns (HEAD,
+    the tree); None where ``commit`` is left to build the tree from the staging area.
+
+    Either way the tree is the same: a datum's size is the sum of its members' sizes,
+    so an entry follows from its key and datum.
+    """
     parent = repo.head()
     base = repo.index.staged_tree(parent)
     if base is None:
         if repo.index.staged_count():
             return None
         base = repo.tree_of(None)
-    return parent, base
+    if not staged:
+        return (parent, base) if base is not None else None
+    return parent, trees.apply_changes(repo.store, base, trees.staged_changes(staged))
 
 
-def _stage(repo: Repo, staged: list[tuple[str, Oid | None, int]], head: dict[str, Oid], hasher: Hasher) -> None:
-    """Writes staged changes, dropping those that only restore HEAD's value, and stores the
-    tree ``commit`` will write (HEAD with the staging area applied), recording it once both
-    are done. Many rows to stage (a first add) and the tree to build are done at once: the
-    tree in a forked helper, while this process writes the rows into SQLite.
-
-    Either way the tree is the same: a datum's size is the sum of its members' sizes,
-    so an entry follows from its key and datum.
-    """
-    plan = _tree_base(repo)
-
-    def rows() -> None:
-        changes = staged
-        with repo.index.transaction():
-            if head:  # (a first add has none to compare its 50,000 keys with)
-                repo.index.unstage(k for k, d, _ in staged if head.get(k) == d)
-                changes = [row for row in staged if head.get(row[0]) != row[1]]
-            repo.index.stage(changes)
-            repo.index.save_stats(hasher.unsaved())
-
-    def tree() -> Oid | None:
-        if plan is None or not staged:
-            return None if plan is None else plan[1]
-        return trees.apply_changes(repo.store, plan[1], trees.staged_changes(staged))
-
-    built: Oid | None
-    if plan is not None and len(staged) >= PARALLEL_TREE_MIN and parallel.helper_available():
-        _, raw = parallel.both(rows, lambda: (tree() or "").encode())
-        built = Oid(raw.decode()) if raw is not None and is_oid(raw.decode()) else tree()
-    else:
-        rows()
-        built = tree()
-    if plan is not None and built is not None:
-        with repo.index.transaction():  # under the writer lock: the staging area is as staged above
-            repo.index.set_staged_tree(plan[0], built)
+def _stage(
+    repo: Repo,
+    staged: list[tuple[str, Oid | None, int]],
+    head: dict[str, Oid],
+    hasher: Hasher,
+    tree: tuple[Oid | None, Oid] | None = None,
+) -> None:
+    """Writes staged changes, dropping those that only restore HEAD's value, and records
+    ``tree`` (HEAD, its tree with the staging area applied) for ``commit``."""
+    with repo.index.transaction():
+        if head:  # (a first add has none to compare its 50,000 keys with)
+            repo.index.unstage(k for k, d, _ in staged if head.get(k) == d)
+            staged = [row for row in staged if head.get(row[0]) != row[1]]
+        repo.index.stage(staged)
+        repo.index.save_stats(hasher.unsaved())
+        if tree is not None:
+            repo.index.set_staged_tree(*tree)
 
 
 def rm(repo: Repo, paths: list[str], cached: bool = False) -> list[str]:
