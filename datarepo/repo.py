@@ -82,6 +82,14 @@ class Repo:
                     added += 1
         return added
 
+    def drop_shards(self, shards: list[str]) -> None:
+        """Forgets shards in the location cache, then deletes their files."""
+        with self.index.transaction():
+            for shard in shards:
+                self.index.drop_shard(shard)
+        for shard in shards:
+            self.store.delete_shard(shard)
+
     def close(self) -> None:
         if "index" in self.__dict__:
             self.index.close()

@@ -173,17 +173,8 @@ def gc(repo: Repo, dry_run: bool = False) -> GcResult:
     return GcResult(len(dead_objects), len(dead_shards), len(garbage), freed)
 
 
-def _drop_shards(repo: Repo, shards: list[str]) -> None:
-    """Forgets shards in the location cache, then deletes their files."""
-    with repo.index.transaction():
-        for shard in shards:
-            repo.index.drop_shard(shard)
-    for shard in shards:
-        repo.store.delete_shard(shard)
-
-
 def _delete(repo: Repo, dead_objects: list[Oid], dead_shards: list[str], garbage: list[Path]) -> None:
-    _drop_shards(repo, dead_shards)
+    repo.drop_shards(dead_shards)
     for oid in dead_objects:
         repo.store.delete_object(oid)
     for path in garbage:
@@ -223,6 +214,6 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
                 sink.put(members, {ext: member_hash(m) for ext, m in members.items()})
                 tick(progress)
         new = sink.shards  # the sink pointed every live datum's location at them
-        _drop_shards(repo, [i.shard for i in chosen if i.shard not in {oid for oid, _ in new}])
+        repo.drop_shards([i.shard for i in chosen if i.shard not in {oid for oid, _ in new}])
     return RepackResult(len(chosen), len(new), len(live_datums), sum(i.size for i in chosen), sum(size for _, size in new))
 

@@ -185,7 +185,7 @@ def _adopt(sink: DatumSink, hasher: Hasher, members: Members, out: dict[str, Oid
     for oid, size, held in head["shards"]:
         if any(d in sink.written for d, _ in held):
             dropped.update(d for d, _ in held)
-            _drop(sink.repo, oid)
+            sink.repo.drop_shards([oid])
         else:
             sink.shards.append((Oid(oid), size))
             sink.held[Oid(oid)] = [Oid(d) for d, _ in held]
@@ -200,12 +200,6 @@ def _adopt(sink: DatumSink, hasher: Hasher, members: Members, out: dict[str, Oid
         sink.end_shard()
     _put(sink, hasher, members, _batched(again), lambda n: None)
     return out
-
-
-def _drop(repo: Repo, shard: str) -> None:
-    with repo.index.transaction():
-        repo.index.drop_shard(shard)
-    repo.store.delete_shard(shard)
 
 
 def _relocate(sink: DatumSink, shards: list[tuple[Oid, int]], datums: set[str]) -> None:
