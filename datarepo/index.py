@@ -18,6 +18,7 @@ from datarepo.hashing import Oid, is_oid
 from datarepo.shards import DatumLoc, MemberLoc, ShardIndex
 
 SCHEMA_VERSION = 1
+PAGE_SIZE = 16384
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS stat (
@@ -69,6 +70,9 @@ class Index:
 
     def _open(self) -> None:
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        # Before anything is written (a no-op on an existing file): the location table is keyed
+        # by random datum ids, and with 16 KiB pages a first add's inserts touch fewer pages.
+        self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA cache_size=-65536")

@@ -19,9 +19,10 @@ import threading
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, islice
+from typing import NamedTuple
 
 from datarepo import parallel
-from datarepo.hashing import Oid
+from datarepo.hashing import OID_LEN, Oid
 from datarepo.index import location_rows
 from datarepo.porcelain import Progress, tick
 from datarepo.repo import Repo
@@ -133,11 +134,7 @@ def _put_halves(
         with helper:  # it publishes its shards as this process does
             ids = _put(helper, hasher, members, handover.batches(), count)
         hasher.save(helper.repo.index)  # true whatever becomes of the shards
-        shards = [[oid, size, [[d, helper.written[d]] for d in helper.held[oid]]] for oid, size in helper.shards]
-        # The stats of the files it read (a first add's scan leaves them to the reads).
-        stats = array("q", chain.from_iterable(hasher.files[f] for k in ids for f in members[k].values()))
-        head = {"ids": list(ids.values()), "stats": stats.tobytes().hex(), "hashed": hasher.hashed - hashed_before}
-        return json.dumps({**head, "shards": shards}).encode()
+        return _Answer.of(helper, hasher, [f for k in ids for f in members[k].values()], ids, hasher.hashed - hashed_before)
 
     seen = ticked = 0
 
@@ -167,29 +164,77 @@ def _put_halves(
         sink.end_shard()  # they may come before keys this process took over
         out.update(_put(sink, hasher, members, _batched([k for k in theirs if k not in out]), lambda n: None))
         return out
-    return _adopt(sink, hasher, members, out, theirs, json.loads(raw))
+    return _adopt(sink, hasher, members, out, theirs, _Answer.parse(raw))
 
 
-def _adopt(sink: DatumSink, hasher: Hasher, members: Members, out: dict[str, Oid], theirs: list[str], head: dict) -> dict[str, Oid]:
+class _Answer(NamedTuple):
+    """What the helper hands back: the datum of each key it did, the shards it published
+    (oid, size, and each one's datums with their lengths), the (size, mtime_ns, inode) of
+    the files it read (a first add's scan leaves those to the reads) and how many it read.
+    It travels as a small JSON head and packed arrays: JSON of 50,000 ids and 100,000 stats
+    cost a tenth of a second to write and read, while both processes waited."""
+
+    ids: list[Oid]
+    shards: list[tuple[Oid, int, list[Oid], array]]
+    stats: array
+    hashed: int
+
+    @staticmethod
+    def of(sink: DatumSink, hasher: Hasher, paths: list[str], ids: dict[str, Oid], hashed: int) -> bytes:
+        held = [sink.held[oid] for oid, _ in sink.shards]
+        head = {"hashed": hashed, "shards": [[oid, size, len(h)] for (oid, size), h in zip(sink.shards, held)]}
+        datums = list(chain.from_iterable(held))
+        parts = [
+            json.dumps(head).encode(),
+            "".join(ids.values()).encode(),
+            "".join(datums).encode(),
+            array("q", map(sink.written.__getitem__, datums)).tobytes(),
+            array("q", chain.from_iterable(map(hasher.files.__getitem__, paths))).tobytes(),
+        ]
+        return b"".join(chain.from_iterable((len(p).to_bytes(8, "little"), p) for p in parts))
+
+    @classmethod
+    def parse(cls, raw: bytes) -> _Answer:
+        parts, at = [], 0
+        while at < len(raw):
+            size = int.from_bytes(raw[at : at + 8], "little")
+            parts.append(raw[at + 8 : at + 8 + size])
+            at += 8 + size
+        head_raw, ids, datums, lengths_raw, stats_raw = parts
+        head, lengths, stats = json.loads(head_raw), array("q"), array("q")
+        lengths.frombytes(lengths_raw)
+        stats.frombytes(stats_raw)
+        shards, start = [], 0
+        for oid, size, count in head["shards"]:
+            shards.append((Oid(oid), size, _oids(datums, start, count), lengths[start : start + count]))
+            start += count
+        return cls(_oids(ids, 0, len(ids) // OID_LEN), shards, stats, head["hashed"])
+
+
+def _oids(joined: bytes, start: int, count: int) -> list[Oid]:
+    text = joined[start * OID_LEN : (start + count) * OID_LEN].decode("ascii")
+    return [Oid(text[i : i + OID_LEN]) for i in range(0, len(text), OID_LEN)]
+
+
+def _adopt(sink: DatumSink, hasher: Hasher, members: Members, out: dict[str, Oid], theirs: list[str], answer: _Answer) -> dict[str, Oid]:
     """Takes on the shards the helper published, with the datums of the keys it did (``out``
     has those of the keys this process did). A shard of the helper's holding a datum this
     process also stored is dropped, and its datums are stored here again, once."""
-    ids = dict(zip(theirs, map(Oid, head["ids"])))  # the keys it did: those before the ones it handed over
+    ids = dict(zip(theirs, answer.ids))  # the keys it did: those before the ones it handed over
     out |= ids
-    stats = array("q", bytes.fromhex(head["stats"]))
-    files, it = hasher.files, iter(stats)
+    files, it = hasher.files, iter(answer.stats)
     files.update(zip([f for k in ids for f in members[k].values()], zip(it, it, it)))
-    hasher.hashed += head["hashed"]
+    hasher.hashed += answer.hashed
     mine = list(sink.shards)
     dropped: set[str] = set()
-    for oid, size, held in head["shards"]:
-        if any(d in sink.written for d, _ in held):
-            dropped.update(d for d, _ in held)
+    for oid, size, held, lengths in answer.shards:
+        if any(d in sink.written for d in held):
+            dropped.update(held)
             sink.repo.drop_shards([oid])
         else:
-            sink.shards.append((Oid(oid), size))
-            sink.held[Oid(oid)] = [Oid(d) for d, _ in held]
-            sink.written.update(held)
+            sink.shards.append((oid, size))
+            sink.held[oid] = held
+            sink.written.update(zip(held, lengths))
     if not dropped:
         return out
     _relocate(sink, mine, dropped)
