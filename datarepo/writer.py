@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from datarepo.hashing import Oid, datum_id
 from datarepo.index import location_rows
@@ -69,6 +69,13 @@ class DatumSink:
             self.repo.index.add_shard(index.shard, index.size, rows)
         self.shards.append((index.shard, index.size))
         self.held[index.shard] = [d.datum for d in index.datums]
+
+    def take_on(self, shard: Oid, size: int, datums: list[Oid], lengths: Iterable[int]) -> None:
+        """Counts a shard another process published for this one (with the datums it holds
+        and their lengths) as written here."""
+        self.shards.append((shard, size))
+        self.held[shard] = datums
+        self.written.update(zip(datums, lengths))
 
     def close(self) -> list[tuple[Oid, int]]:
         """Publishes the last shard; returns the (oid, size) of every shard written."""

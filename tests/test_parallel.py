@@ -200,7 +200,7 @@ def test_a_helper_killed_after_handing_over_leaves_its_keys_to_the_parent(
 ) -> None:
     _samples(tmp_path)
     cli = Cli(tmp_path)
-    cli("init")
+    cli("init", "--shard-size", "4K")  # the helper publishes shards before it is killed
     monkeypatch.setattr(storing, "STORE_BATCH", 8)
     marker = tmp_path / "marker"
     _helper_waits_to_be_asked(monkeypatch, marker)
@@ -220,6 +220,9 @@ def test_a_helper_killed_after_handing_over_leaves_its_keys_to_the_parent(
     assert all(p.name.startswith(".tmp-") for p in repo.store.iter_garbage())
     cli("gc")
     assert not list(repo.store.iter_garbage())
+    # What the helper published before it was killed counts as stored by this add, once.
+    spans = {d.datum: d.length for shard in repo.store.iter_shards() for d in repo.store.read_index(shard).datums}
+    assert (result.stored, result.stored_bytes) == (len(spans), sum(spans.values()))
     _assert_shards_in_key_order(repo, repo.commit(repo.head()).tree)
     assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
 

@@ -154,6 +154,7 @@ def _put_halves(
         hasher.save(sink.repo.index)  # while the helper may still be at work
         return out
 
+    before = sink.repo.index.known_shards()
     try:
         out, raw = parallel.both(here, there)
     finally:
@@ -161,6 +162,10 @@ def _put_halves(
             os.close(fd)
     tick(progress, len(mine) + len(theirs) - ticked)
     if raw is None:  # the helper failed: its keys are done here (those of shards it published are found there)
+        # What it published is in the location cache (shard, .idx, then rows): stored by this add.
+        for oid in sorted(sink.repo.index.known_shards() - before - {oid for oid, _ in sink.shards}):
+            index = sink.repo.store.read_index(oid)
+            sink.take_on(index.shard, index.size, [d.datum for d in index.datums], [d.length for d in index.datums])
         sink.end_shard()  # they may come before keys this process took over
         out.update(_put(sink, hasher, members, _batched([k for k in theirs if k not in out]), lambda n: None))
         return out
@@ -232,9 +237,7 @@ def _adopt(sink: DatumSink, hasher: Hasher, members: Members, out: dict[str, Oid
             dropped.update(held)
             sink.repo.drop_shards([oid])
         else:
-            sink.shards.append((oid, size))
-            sink.held[oid] = held
-            sink.written.update(zip(held, lengths))
+            sink.take_on(oid, size, held, lengths)
     if not dropped:
         return out
     _relocate(sink, mine, dropped)
