@@ -345,8 +345,9 @@ def _read_small(path: str, size: int) -> tuple[bytes | None, FileStat | None]:
 class Hasher:
     """Hashes work-tree files, trusting the stat cache where the stat matches."""
 
-    def __init__(self, root: Path, files: dict[str, FileStat], cache: dict[str, tuple], seen_ns: int) -> None:
+    def __init__(self, root: Path, files: dict[str, FileStat], cache: dict[str, tuple], seen_ns: int, scope: str = "") -> None:
         self.root = root
+        self.scope = scope  # the stat cache's scope: "" for the work tree, one per ingested folder
         self.prefix = os.path.join(root, "")  # the root and a separator: paths are prefix + rel
         self.files = files
         self.cache = cache
@@ -363,7 +364,7 @@ class Hasher:
         if there are ``at_least`` that many."""
         if len(self._unsaved) >= max(at_least, 1):
             with index.transaction():
-                index.save_stats(self._unsaved)
+                index.save_stats(self._unsaved, self.scope)
             self._unsaved = []
 
     def cached(self, rel: str) -> Oid | None:

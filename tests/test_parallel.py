@@ -15,6 +15,7 @@ import pytest
 from conftest import Cli, age, write_samples
 from datarepo import parallel, worktree as wt
 from datarepo.porcelain import snapshot, storing
+from datarepo.porcelain.ingest import ingest
 from datarepo.porcelain.maintenance import fsck
 from datarepo.index import Index
 from datarepo.porcelain.stage import add
@@ -291,3 +292,31 @@ def test_cut_places_this_process_share_of_the_sampled_bytes() -> None:
     assert storing._cut([1000, 1, 1]) == 1
     assert storing._cut([1, 1, 1000]) == 3
     assert storing._cut([0, 0]) == 1
+
+
+def test_split_folder_ingest_stores_what_a_single_process_stores(
+    tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    _samples(src)
+    age(src)
+    adopted = []
+    real_adopt = storing._adopt
+    monkeypatch.setattr(storing, "_adopt", lambda *args: adopted.append(args) or real_adopt(*args))
+    trees = []
+    for name, workers in (("one", "1"), ("two", "2")):
+        monkeypatch.setenv("DATAREPO_WORKERS", workers)
+        (tmp_path / name).mkdir()
+        Cli(tmp_path / name)("init", "--bare")
+        repo = Repo.open(tmp_path / name)
+        result = ingest(repo, str(src), "extra/")
+        assert (result.stored, result.reused_files) == (301, 0)  # 303 keys, one datum three times
+        trees.append(repo.commit(repo.head()).tree)
+        assert fsck(repo).problems == []
+        held = [d for shard in _shard_datums(repo) for d in shard]
+        assert len(held) == len(set(held)) == 301
+        assert len(repo.index.load_stats(f"ingest:{src.resolve()}")) == 603  # the helper's rows too
+        again = ingest(Repo.open(tmp_path / name), str(src), "extra/")
+        assert (again.commit, again.stored, again.reused_files) == (None, 0, 603)  # nothing read again
+    assert trees[0] == trees[1]
+    assert len(adopted) == 1  # the second repository's first ingest was split over two processes

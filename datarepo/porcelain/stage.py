@@ -13,8 +13,8 @@ from datarepo.errors import InvalidInputError
 from datarepo.fsutil import remove
 from datarepo.hashing import Oid
 from datarepo.objects import TreeEntry
-from datarepo.porcelain import Changes, Progress, begin, compare, snapshot, tick
-from datarepo.porcelain.storing import store_keys
+from datarepo.porcelain import Changes, Progress, compare, snapshot
+from datarepo.porcelain.storing import store_datums
 from datarepo.repo import Repo
 from datarepo.worktree import SIZE, Hasher, Scan, files_of, group, member_path, scan
 from datarepo.writer import DatumSink
@@ -228,18 +228,10 @@ def _only(state: dict[str, Oid], keys: set[str]) -> dict[str, Oid]:
 def _store(
     repo: Repo, members: dict[str, dict[str, str]], hasher: Hasher, keys: list[str], progress: Progress
 ) -> tuple[dict[str, Oid], dict[Oid, int]]:
-    """The datum of every key in ``keys``, storing those no shard holds yet (read once each)."""
-    if hasher.cache or hasher.updated:
-        datums = {k: hasher.known_datum(members[k]) for k in keys}
-    else:  # nothing hashed before (a first add): nothing known
-        datums = dict.fromkeys(keys)
-    present = repo.index.stored(d for d in datums.values() if d)
-    to_read = [k for k in keys if datums[k] not in present]
-    begin(progress, len(keys))
-    tick(progress, len(keys) - len(to_read))
+    """The datum of every key in ``keys``, and the datums stored (read once each)."""
     with DatumSink(repo) as sink:
-        datums.update(store_keys(sink, hasher, members, to_read, progress))
-    return datums, sink.written  # type: ignore[return-value]
+        datums = store_datums(sink, hasher, members, keys, progress)
+    return datums, sink.written
 
 
 def _staged_tree(repo: Repo, staged: list[tuple[str, Oid | None, int]]) -> tuple[Oid | None, Oid] | None:

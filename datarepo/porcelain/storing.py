@@ -24,7 +24,7 @@ from typing import NamedTuple
 from datarepo import parallel
 from datarepo.hashing import OID_LEN, Oid
 from datarepo.index import location_rows
-from datarepo.porcelain import Progress, tick
+from datarepo.porcelain import Progress, begin, tick
 from datarepo.repo import Repo
 from datarepo.worktree import Hasher
 from datarepo.writer import DatumSink
@@ -43,6 +43,21 @@ SIZE_SAMPLES = 4096
 STAT_SAVE_ROWS = 4096
 
 Members = dict[str, dict[str, str]]
+
+
+def store_datums(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], progress: Progress) -> dict[str, Oid]:
+    """The datum of every key in ``keys``, storing those no shard holds yet: a key whose files
+    all have cached hashes is not read, unless its datum must be stored."""
+    if hasher.cache or hasher.updated:
+        datums = {k: hasher.known_datum(members[k]) for k in keys}
+    else:  # nothing hashed before (a first add): nothing known
+        datums = dict.fromkeys(keys)
+    present = sink.repo.index.stored(d for d in datums.values() if d)
+    to_read = [k for k in keys if datums[k] not in present]
+    begin(progress, len(keys))
+    tick(progress, len(keys) - len(to_read))
+    datums.update(store_keys(sink, hasher, members, to_read, progress))
+    return datums  # type: ignore[return-value]
 
 
 def store_keys(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], progress: Progress) -> dict[str, Oid]:
