@@ -171,10 +171,20 @@ class ShardWriter:
             _copy_range(data, self._out)
             self._out.write(bytes(padding(size)))
         self._out.write(b"".join(parts))
-        if pos >= self._writeback_at:
-            self._writeback_at = pos + WRITEBACK_STEP
+        return self._added(DatumLoc(datum, start, pos - start, tuple(locs)))
+
+    def add_span(self, loc: DatumLoc, span: bytes) -> DatumLoc:
+        """Appends a datum copied whole from the shard where it lies at ``loc``: ``span`` is its
+        bytes, headers and all, which do not depend on where in a shard the datum lies."""
+        shift = self._out.size - loc.offset
+        self._out.write(span)
+        members = tuple(m._replace(offset=m.offset + shift) for m in loc.members)
+        return self._added(DatumLoc(loc.datum, loc.offset + shift, loc.length, members))
+
+    def _added(self, loc: DatumLoc) -> DatumLoc:
+        if self._out.size >= self._writeback_at:
+            self._writeback_at = self._out.size + WRITEBACK_STEP
             start_writeback(self._file.fileno())
-        loc = DatumLoc(datum, start, pos - start, tuple(locs))
         self.datums.append(loc)
         return loc
 

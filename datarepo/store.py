@@ -178,10 +178,13 @@ class Store:
                     yield Path(entry.path)
 
 
-def datum_members(store: Store, shard: str, loc: DatumLoc, large: int) -> dict[str, MemberData]:
-    """A datum's members: bytes from one range read, or file ranges for members over ``large``."""
+def datum_members(store: Store, shard: str, loc: DatumLoc, large: int, span: bytes | None = None) -> dict[str, MemberData]:
+    """A datum's members: bytes from one range read (or from ``span``, the datum's bytes
+    already read), or file ranges for members over ``large``."""
     if all(m.size <= large for m in loc.members):
-        blob = store.read_member(shard, loc.offset, loc.length)
+        blob = store.read_member(shard, loc.offset, loc.length) if span is None else span
+        if len(blob) != loc.length:
+            raise CorruptObjectError(f"{shard}.tar", f"truncated: datum at byte {loc.offset} is cut short")
         return {m.ext: blob[m.offset - loc.offset : m.offset - loc.offset + m.size] for m in loc.members}
     path = store.shard_path(shard)
     return {

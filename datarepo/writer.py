@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 
+from datarepo.errors import CorruptObjectError
 from datarepo.hashing import Oid, datum_id
 from datarepo.index import location_rows
 from datarepo.repo import Repo
-from datarepo.shards import MemberData, ShardWriter
+from datarepo.shards import LARGE_FILE, DatumLoc, MemberData, ShardWriter, member_hash
+from datarepo.store import datum_members
 
 
 class DatumSink:
@@ -48,12 +51,35 @@ class DatumSink:
                 self._write(datum, members)
         return ids
 
+    def copy_shard(self, shard: Oid) -> None:
+        """Writes the datums of ``shard`` this sink has not written, in the shard's order and
+        byte for byte, each checked against its id as it is read."""
+        store = self.repo.store
+        index = store.read_index(shard)
+        with open(store.shard_path(shard), "rb") as f:
+            for loc in index.datums:
+                if loc.datum in self.written:
+                    continue
+                span = os.pread(f.fileno(), loc.length, loc.offset) if loc.length <= LARGE_FILE else None
+                members = datum_members(store, shard, loc, LARGE_FILE, span)
+                if datum_id({ext: member_hash(m) for ext, m in members.items()}) != loc.datum:
+                    raise CorruptObjectError(f"{shard}.tar", f"datum {loc.datum} does not match its bytes")
+                if span is None:
+                    self._write(loc.datum, members)
+                else:
+                    self._wrote(self._shard().add_span(loc, span))
+
     def _write(self, datum: Oid, members: Mapping[str, MemberData]) -> None:
+        self._wrote(self._shard().add(datum, sorted(members.items())))
+
+    def _shard(self) -> ShardWriter:
         if self._writer is None:
             self._writer = self.repo.store.new_shard()
-        loc = self._writer.add(datum, sorted(members.items()))
-        self.written[datum] = loc.length
-        if self._writer.size >= self.repo.config.shard_size:
+        return self._writer
+
+    def _wrote(self, loc: DatumLoc) -> None:
+        self.written[loc.datum] = loc.length
+        if self._shard().size >= self.repo.config.shard_size:
             self.end_shard()
 
     def end_shard(self) -> None:

@@ -246,22 +246,22 @@ def _adopt(sink: DatumSink, hasher: Hasher, members: Members, out: dict[str, Oid
     files.update(zip([f for k in ids for f in members[k].values()], zip(it, it, it)))
     hasher.hashed += answer.hashed
     mine = list(sink.shards)
-    dropped: set[str] = set()
+    doubled = [oid for oid, _, held, _ in answer.shards if any(d in sink.written for d in held)]
     for oid, size, held, lengths in answer.shards:
-        if any(d in sink.written for d in held):
-            dropped.update(held)
-            sink.repo.drop_shards([oid])
-        else:
+        if oid not in doubled:
             sink.take_on(oid, size, held, lengths)
-    if not dropped:
+    if not doubled:
         return out
-    _relocate(sink, mine, dropped)
-    # The helper wrote each datum of its shards for one of its keys: storing those keys again stores them.
-    again = [k for k, d in ids.items() if d in dropped and d not in sink.written]
-    hasher.hashed -= sum(len(members[k]) for k in again)  # read once more here
-    if again:  # they come before the keys this process took over: a new shard keeps key order
-        sink.end_shard()
-    _put(sink, hasher, members, _batched(again), lambda n: None)
+    # Each of those shards is copied without the datums this process holds, byte for byte
+    # (no file is read again), into shards of its own: they come before the keys this
+    # process took over, so a new shard keeps key order. Then it is dropped.
+    twice = {d for oid, _, held, _ in answer.shards if oid in doubled for d in held if d in sink.written}
+    sink.end_shard()
+    for oid in doubled:
+        sink.copy_shard(oid)
+    sink.end_shard()
+    sink.repo.drop_shards(doubled)
+    _relocate(sink, mine, twice)
     return out
 
 
