@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 
 from datarepo.errors import CorruptObjectError
 from datarepo.hashing import Oid, datum_id
@@ -42,12 +42,15 @@ class DatumSink:
             self._write(datum, members)
         return datum
 
-    def put_many(self, batch: list[tuple[Mapping[str, MemberData], Mapping[str, str]]]) -> list[Oid]:
-        """Stores datums in order, asking the location cache about all of them at once."""
+    def put_many(
+        self, batch: list[tuple[Mapping[str, MemberData], Mapping[str, str]]], elsewhere: Container[str] = frozenset()
+    ) -> list[Oid]:
+        """Stores datums in order, asking the location cache about all of them at once;
+        those in ``elsewhere`` (written by another process, to publish) are left out."""
         ids = [datum_id(dict(hashes)) for _, hashes in batch]
         present = set() if self.rewrite else self.repo.index.stored(ids)
         for datum, (members, _) in zip(ids, batch):
-            if datum not in present and datum not in self.written:
+            if datum not in present and datum not in self.written and datum not in elsewhere:
                 self._write(datum, members)
         return ids
 

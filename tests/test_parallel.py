@@ -21,6 +21,7 @@ from datarepo.index import Index
 from datarepo.porcelain.stage import add
 from datarepo.repo import Repo
 from datarepo.tree import iter_tree
+from datarepo.writer import DatumSink
 
 
 @pytest.fixture
@@ -108,14 +109,19 @@ def _helper_done_first(monkeypatch: pytest.MonkeyPatch, marker: Path) -> None:
 
 def _helper_looks_too_early(monkeypatch: pytest.MonkeyPatch, marker: Path) -> None:
     """The helper, beginning only once this process has published the shard holding the shared
-    datum, still writes that datum: as when it looks before that shard's rows are in."""
+    datum, still writes that datum: as when both come to it at once, before either has
+    logged it, let alone published it."""
     _helper_waits_to_be_asked(monkeypatch, marker)
-    parent, real = os.getpid(), Index.stored
+    parent, real, real_log = os.getpid(), Index.stored, storing._Written.taken_in
 
     def stored(self: Index, datums: Iterable[str]) -> set[str]:
         return set() if os.getpid() != parent else real(self, datums)
 
+    def taken_in(self: storing._Written) -> set[str]:
+        return set() if os.getpid() != parent else real_log(self)
+
     monkeypatch.setattr(Index, "stored", stored)
+    monkeypatch.setattr(storing._Written, "taken_in", taken_in)
 
 
 @pytest.mark.parametrize("timing", ["as it comes", "taken over", "helper done first", "helper looks too early"])
@@ -166,6 +172,63 @@ def test_split_add_stores_what_a_single_process_stores(
         assert did == given
     assert len(both.index.load_stats()) == len(single.index.load_stats()) == 603  # the stat cache is whole
     assert json.loads(Cli(tmp_path / "two")("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
+
+
+def test_a_datum_written_but_not_yet_published_is_not_written_again(
+    tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The helper begins once this process has written every key of its own (the shared datum
+    among them) into a shard it has not published (shards of 256 MiB): it leaves that datum
+    alone, so none of its shards is copied to drop a second copy."""
+    _samples(tmp_path)
+    monkeypatch.setattr(storing, "STORE_BATCH", 8)
+    _helper_waits_to_be_asked(monkeypatch, tmp_path / "marker")
+    copied = []
+    real_copy = DatumSink.copy_shard
+    monkeypatch.setattr(DatumSink, "copy_shard", lambda self, shard: copied.append(shard) or real_copy(self, shard))
+    repo, tree = _add_and_commit(tmp_path)
+    assert copied == []
+    held = [d for shard in _shard_datums(repo) for d in shard]
+    assert len(held) == len(set(held)) == len({e.datum for e in iter_tree(repo.store, tree)}) == 301
+    assert fsck(repo).problems == []
+
+
+def test_a_datum_left_to_a_helper_that_dies_is_stored_by_the_add(
+    tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The helper writes a datum (for a key of its own) and is killed before it publishes it;
+    this process, which left that datum to it for a key it took over, stores it: it stores
+    the helper's keys, that one among them."""
+    _samples(tmp_path)
+    shared = "train/dog/0000b"  # the same datum as z-last/9998, a key this process takes over
+    for key in (shared, "z-last/9998"):
+        (tmp_path / f"{key}.txt").write_bytes(b"only in the second half")
+    asked, logged = tmp_path / "asked", tmp_path / "logged"
+    real_batched = storing._batched
+    calls = []
+
+    def batched(items: list[str]) -> Iterator[list[str]]:
+        calls.append(items)
+        if len(calls) == 2:  # the keys it took over: once the helper has logged the shared datum
+            assert "z-last/9998" in items
+            asked.touch()
+            _wait_for(logged)
+        yield from real_batched(items)
+
+    def killed(self: storing._Handover) -> Iterator[list[str]]:
+        _wait_for(asked)
+        assert shared in self.keys[: self.end]
+        yield [shared]
+        logged.touch()  # _put logs a batch's datums before it asks for the next
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    monkeypatch.setattr(storing, "_batched", batched)
+    monkeypatch.setattr(storing._Handover, "batches", killed)
+    repo, tree = _add_and_commit(tmp_path)
+    assert fsck(repo).problems == []
+    for entry in iter_tree(repo.store, tree):
+        shard, loc = repo.index.locate(entry.datum)
+        assert entry.datum in {d.datum for d in repo.store.read_index(shard).datums}
 
 
 def test_a_failed_helper_leaves_its_half_to_the_parent(tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,7 +22,7 @@ from itertools import chain, islice
 from typing import NamedTuple
 
 from datarepo import parallel
-from datarepo.hashing import OID_LEN, Oid
+from datarepo.hashing import OID_LEN, Oid, is_oid
 from datarepo.index import location_rows
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.repo import Repo
@@ -80,13 +80,59 @@ def _cut(sampled: list[int]) -> int:
     return len(sampled)
 
 
-def _put(sink: DatumSink, hasher: Hasher, members: Members, batches: Iterable[list[str]], done: Callable[[int], None]) -> dict[str, Oid]:
+def _put(
+    sink: DatumSink,
+    hasher: Hasher,
+    members: Members,
+    batches: Iterable[list[str]],
+    done: Callable[[int], None],
+    logs: tuple[_Written, _Written] | None = None,
+) -> dict[str, Oid]:
+    """Stores the datums of the keys of ``batches``. With ``logs`` (this process's, the other's),
+    a datum the other process has written, though not yet published, is left to it."""
     out: dict[str, Oid] = {}
     for batch in batches:
-        out.update(zip(batch, sink.put_many([hasher.read(members[k]) for k in batch])))
+        elsewhere = logs[1].taken_in() if logs else frozenset()
+        ids = sink.put_many([hasher.read(members[k]) for k in batch], elsewhere)
+        if logs:
+            logs[0].add(ids)
+        out.update(zip(batch, ids))
         hasher.save(sink.repo.index, at_least=STAT_SAVE_ROWS)
         done(len(batch))
     return out
+
+
+class _Written:
+    """The datums one process has stored (or found stored) so far, for the other to leave
+    alone: without it, a datum in both halves was written twice whenever the other
+    process's copy was still in a shard not yet published (a shard is 256 MiB), and a
+    doubled helper shard is copied again. A count, then 32-character ids, in an anonymous
+    mapping shared by the fork. Bytes not yet written are zeros, so a reader that gets
+    ahead of a write finds an id that is not hex, and stops there."""
+
+    def __init__(self, capacity: int) -> None:
+        self.map = mmap.mmap(-1, 8 + OID_LEN * capacity)
+        self.capacity, self.count = capacity, 0  # the writer's side
+        self.read = 0  # the reader's side
+        self.seen: set[str] = set()
+
+    def add(self, datums: list[Oid]) -> None:
+        if self.count + len(datums) > self.capacity:  # cannot happen: each key is logged once
+            return
+        at = 8 + OID_LEN * self.count
+        self.map[at : at + OID_LEN * len(datums)] = "".join(datums).encode()
+        self.count += len(datums)
+        self.map[:8] = self.count.to_bytes(8, "little")
+
+    def taken_in(self) -> set[str]:
+        count = min(int.from_bytes(self.map[:8], "little"), self.capacity)
+        text = self.map[8 + OID_LEN * self.read : 8 + OID_LEN * count].decode("latin-1")
+        for i in range(0, len(text), OID_LEN):
+            if not is_oid(datum := text[i : i + OID_LEN]):
+                break
+            self.seen.add(datum)
+            self.read += 1
+        return self.seen
 
 
 def _batched(items: list[str]) -> Iterator[list[str]]:
@@ -135,6 +181,7 @@ def _put_halves(
     sink: DatumSink, hasher: Hasher, members: Members, mine: list[str], theirs: list[str], progress: Progress
 ) -> dict[str, Oid]:
     counter = mmap.mmap(-1, 8)  # shared with the helper: how many keys it has done
+    here_log, there_log = _Written(len(mine) + len(theirs)), _Written(len(theirs))
     hashed_before = hasher.hashed
     ask_r, ask_w = os.pipe()  # this process asks for part of the helper's keys
     answer_r, answer_w = os.pipe()  # where the helper's keys now end
@@ -147,7 +194,7 @@ def _put_halves(
             counter[:] = (int.from_bytes(counter[:], "little") + n).to_bytes(8, "little")
 
         with helper:  # it publishes its shards as this process does
-            ids = _put(helper, hasher, members, handover.batches(), count)
+            ids = _put(helper, hasher, members, handover.batches(), count, (there_log, here_log))
         hasher.save(helper.repo.index)  # true whatever becomes of the shards
         return _Answer.of(helper, hasher, [f for k in ids for f in members[k].values()], ids, hasher.hashed - hashed_before)
 
@@ -162,10 +209,11 @@ def _put_halves(
 
     def here() -> dict[str, Oid]:
         os.close(answer_w)  # the helper's copy is the one whose closing ends the answer
-        out = _put(sink, hasher, members, _batched(mine), done)
+        out = _put(sink, hasher, members, _batched(mine), done, (here_log, there_log))
         os.write(ask_w, b"?")
         if len(answer := os.read(answer_r, 8)) == 8:  # else the helper had begun all its keys
-            out.update(_put(sink, hasher, members, _batched(theirs[int.from_bytes(answer, "little") :]), done))
+            rest = theirs[int.from_bytes(answer, "little") :]
+            out.update(_put(sink, hasher, members, _batched(rest), done, (here_log, there_log)))
         hasher.save(sink.repo.index)  # while the helper may still be at work
         return out
 
@@ -182,6 +230,7 @@ def _put_halves(
             index = sink.repo.store.read_index(oid)
             sink.take_on(index.shard, index.size, [d.datum for d in index.datums], [d.length for d in index.datums])
         sink.end_shard()  # they may come before keys this process took over
+        # Its keys: a datum this process left to it, logged for one of them, is stored with them.
         out.update(_put(sink, hasher, members, _batched([k for k in theirs if k not in out]), lambda n: None))
         return out
     return _adopt(sink, hasher, members, out, theirs, _Answer.parse(raw))
