@@ -1,4 +1,5 @@
-"""Reading, hashing and storing the datums of work-tree files, over two processes when it pays.
+"""Reading, hashing and storing the datums of files (the work tree's, or a folder an
+``ingest`` takes), over two processes when it pays.
 
 A first ``add`` spends its time on per-file Python work: open, read, hash,
 tar header, write. With a second core, a forked helper stores the keys after
@@ -104,11 +105,11 @@ def _put(
 
 class _Written:
     """The datums one process has stored (or found stored) so far, for the other to leave
-    alone: without it, a datum in both halves was written twice whenever the other
-    process's copy was still in a shard not yet published (a shard is 256 MiB), and a
-    doubled helper shard is copied again. A count, then 32-character ids, in an anonymous
-    mapping shared by the fork. Bytes not yet written are zeros, so a reader that gets
-    ahead of a write finds an id that is not hex, and stops there."""
+    alone. Without it, a datum in both halves was written twice whenever the other
+    process's copy was still in a shard not yet published (a shard is 256 MiB), and the
+    helper's shard then had to be copied without it. A count, then 32-character ids, in an
+    anonymous mapping shared by the fork. Bytes not yet written are zeros, so a reader that
+    gets ahead of a write finds an id that is not hex, and stops there."""
 
     def __init__(self, capacity: int) -> None:
         self.map = mmap.mmap(-1, 8 + OID_LEN * capacity)
@@ -288,7 +289,7 @@ def _oids(joined: bytes, start: int, count: int) -> list[Oid]:
 def _adopt(sink: DatumSink, hasher: Hasher, members: Members, out: dict[str, Oid], theirs: list[str], answer: _Answer) -> dict[str, Oid]:
     """Takes on the shards the helper published, with the datums of the keys it did (``out``
     has those of the keys this process did). A shard of the helper's holding a datum this
-    process also stored is dropped, and its datums are stored here again, once."""
+    process also stored is copied without it, then dropped: each datum is stored once."""
     ids = dict(zip(theirs, answer.ids))  # the keys it did: those before the ones it handed over
     out |= ids
     files, it = hasher.files, iter(answer.stats)
