@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any, BinaryIO, NewType
 
 import xxhash
@@ -33,7 +34,7 @@ def hash_stream(stream: BinaryIO) -> tuple[Oid, int]:
     return Oid(h.hexdigest()), size
 
 
-def datum_id(member_hashes: dict[str, str]) -> Oid:
+def datum_id(member_hashes: Mapping[str, str]) -> Oid:
     """Returns the id of a datum from its members' extensions and hashes (DESIGN §2)."""
     h = xxhash.xxh3_128(_DATUM_TAG)
     for ext in sorted(member_hashes):

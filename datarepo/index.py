@@ -44,6 +44,10 @@ class StatEntry(NamedTuple):
     hash: Oid
 
 
+# A stat-cache row as a plain tuple, read by position: the fields of a StatEntry, built and
+# read 100,000 times by a first add, where a named tuple costs 0.4 µs more to make.
+StatRow = tuple[int, int, int, int, Oid]
+
 
 def trusted(entry: tuple[int, int, int, int, str], stat: tuple[int, int, int]) -> bool:
     """True when a file still has the (size, mtime, inode) it had when hashed, and that
@@ -90,7 +94,7 @@ class Index:
         return _Tx(self.db)  # type: ignore[return-value]
 
     # stat cache --------------------------------------------------------
-    def load_stats(self, scope: str = "") -> dict[str, tuple[int, int, int, int, Oid]]:
+    def load_stats(self, scope: str = "") -> dict[str, StatRow]:
         """path → (size, mtime_ns, ino, seen_ns, hash), as plain tuples: this is on the hot path."""
         rows = self.db.execute("SELECT path, size, mtime_ns, ino, seen_ns, hash FROM stat WHERE scope=?", (scope,))
         return {r[0]: r[1:] for r in rows}
@@ -98,7 +102,7 @@ class Index:
     def has_stats(self, scope: str = "") -> bool:
         return self.db.execute("SELECT 1 FROM stat WHERE scope=? LIMIT 1", (scope,)).fetchone() is not None
 
-    def save_stats(self, entries: Iterable[tuple[str, StatEntry]], scope: str = "") -> None:
+    def save_stats(self, entries: Iterable[tuple[str, StatRow]], scope: str = "") -> None:
         self.db.executemany(
             "INSERT OR REPLACE INTO stat VALUES (?,?,?,?,?,?,?)", ((scope, p, *e) for p, e in entries)
         )
@@ -211,7 +215,7 @@ class Index:
             "INSERT INTO meta VALUES ('staged_version', '1') ON CONFLICT(name) DO UPDATE SET value = value + 1"
         )
 
-    def load_stats_for(self, paths: Iterable[str], scope: str = "") -> dict[str, tuple[int, int, int, int, Oid]]:
+    def load_stats_for(self, paths: Iterable[str], scope: str = "") -> dict[str, StatRow]:
         found = {}
         batch = list(paths)
         for i in range(0, len(batch), 500):

@@ -18,7 +18,7 @@ from typing import Any
 from datarepo import parallel
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id, hash_bytes
-from datarepo.index import Index, StatEntry, trusted
+from datarepo.index import Index, StatRow, trusted
 from datarepo.shards import LARGE_FILE, FileRange, MemberData, member_hash, split_member_name
 
 NEVER_ADDED = frozenset({".git", ".dvc", ".datarepo", ".datarepoignore"})
@@ -352,11 +352,11 @@ class Hasher:
         self.files = files
         self.cache = cache
         self.seen_ns = seen_ns
-        self.updated: dict[str, StatEntry] = {}
-        self._unsaved: list[tuple[str, StatEntry]] = []  # those of ``updated`` not yet in the stat cache
+        self.updated: dict[str, StatRow] = {}
+        self._unsaved: list[tuple[str, StatRow]] = []  # those of ``updated`` not yet in the stat cache
         self.hashed = 0  # files read and hashed (here, or by a helper that reported them)
 
-    def unsaved(self) -> list[tuple[str, StatEntry]]:
+    def unsaved(self) -> list[tuple[str, StatRow]]:
         return list(self._unsaved)
 
     def save(self, index: Index, at_least: int = 1) -> None:
@@ -369,7 +369,7 @@ class Hasher:
 
     def cached(self, rel: str) -> Oid | None:
         if (fresh := self.updated.get(rel)) is not None:
-            return fresh.hash
+            return fresh[4]
         entry = self.cache.get(rel)
         if entry is not None and trusted(entry, self.files[rel]):
             return entry[4]
@@ -400,7 +400,7 @@ class Hasher:
         hashes: dict[str, Oid] = {}
         for ext, rel in members.items():
             data[ext], hashes[ext] = self._read_one(rel)
-            self.updated[rel] = entry = StatEntry(*self.files[rel], self.seen_ns, hashes[ext])
+            self.updated[rel] = entry = (*self.files[rel], self.seen_ns, hashes[ext])  # a StatEntry's fields
             self._unsaved.append((rel, entry))
         self.hashed += len(members)
         return data, hashes

@@ -37,7 +37,7 @@ class DatumSink:
 
     def put(self, members: Mapping[str, MemberData], hashes: Mapping[str, str]) -> Oid:
         """Stores a datum given its members and their hashes; returns its id."""
-        datum = datum_id(dict(hashes))
+        datum = datum_id(hashes)
         if not self.has(datum):
             self._write(datum, members)
         return datum
@@ -47,7 +47,7 @@ class DatumSink:
     ) -> list[Oid]:
         """Stores datums in order, asking the location cache about all of them at once;
         those in ``elsewhere`` (written by another process, to publish) are left out."""
-        ids = [datum_id(dict(hashes)) for _, hashes in batch]
+        ids = [datum_id(hashes) for _, hashes in batch]
         present = set() if self.rewrite else self.repo.index.stored(ids)
         for datum, (members, _) in zip(ids, batch):
             if datum not in present and datum not in self.written and datum not in elsewhere:
