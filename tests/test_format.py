@@ -183,3 +183,50 @@ def test_objects_round_trip_through_the_store(tmp_path: Path) -> None:
     assert store.get(oid) == c
     store.verify_object(oid)
     assert store.objects_dir.joinpath(oid[:2], oid[2:]).stat().st_mode & 0o777 == 0o444
+
+
+def test_a_shard_copied_without_a_datum_is_the_shard_storing_the_rest_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``DatumSink.copy_shard`` (for a helper's shard holding a datum the add also stored)
+    copies every other datum byte for byte, a large one streamed, each checked against its id."""
+    from datarepo import writer
+    from datarepo.writer import DatumSink
+
+    monkeypatch.setattr(writer, "LARGE_FILE", 4096)  # the last datum is streamed member by member
+    datums = [{"bin": bytes([i + 1]) * (100 + 3000 * i), "cls": b"%d" % i} for i in range(4)]
+
+    def put(sink: DatumSink, members: dict[str, bytes]) -> str:
+        return sink.put(members, {ext: hash_bytes(data) for ext, data in members.items()})
+
+    repos = []
+    for name in ("copy", "reference"):
+        (tmp_path / name).mkdir()
+        repos.append(Repo.init(tmp_path / name))
+    repo, reference = repos
+    with DatumSink(repo) as sink:
+        ids = [put(sink, d) for d in datums]
+    ((source, _),) = sink.shards
+    with DatumSink(repo, rewrite=True) as copy:
+        put(copy, datums[1])  # held already: not copied
+        copy.end_shard()
+        copy.copy_shard(source)
+    with DatumSink(reference) as fresh:
+        for i in (0, 2, 3):
+            put(fresh, datums[i])
+    (copied, _), ((expected, _),) = copy.shards[1], fresh.shards
+    assert copied == expected
+    assert repo.store.shard_path(copied).read_bytes() == reference.store.shard_path(expected).read_bytes()
+    assert repo.store.read_index(copied) == reference.store.read_index(expected)
+    assert {ext: repo.read_datum(ids[3])[ext] for ext in ("bin", "cls")} == datums[3]
+
+    path = repo.store.shard_path(source)  # a flipped byte in a member is refused, read whole or streamed
+    good = path.read_bytes()
+    path.chmod(0o644)
+    for i in (0, 3):
+        raw = bytearray(good)
+        raw[repo.store.read_index(source).datums[i].members[0].offset] ^= 0xFF
+        path.write_bytes(bytes(raw))
+        with pytest.raises(CorruptObjectError, match="does not match its bytes"):
+            with DatumSink(repo, rewrite=True) as again:
+                again.copy_shard(source)
