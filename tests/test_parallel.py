@@ -225,6 +225,7 @@ def test_a_datum_left_to_a_helper_that_dies_is_stored_by_the_add(
     monkeypatch.setattr(storing, "_batched", batched)
     monkeypatch.setattr(storing._Handover, "batches", killed)
     repo, tree = _add_and_commit(tmp_path)
+    assert logged.exists()  # the helper did log that datum before it was killed
     assert fsck(repo).problems == []
     for entry in iter_tree(repo.store, tree):
         shard, loc = repo.index.locate(entry.datum)
