@@ -49,7 +49,7 @@ class StatEntry(NamedTuple):
 StatRow = tuple[int, int, int, int, Oid]
 
 
-def trusted(entry: tuple[int, int, int, int, str], stat: tuple[int, int, int]) -> bool:
+def trusted(entry: StatRow, stat: tuple[int, int, int]) -> bool:
     """True when a file still has the (size, mtime, inode) it had when hashed, and that
     mtime was old enough, when it was looked at, that no later write can share it."""
     return entry[:3] == stat and stat[1] < entry[3] - RACY_NS

@@ -345,7 +345,7 @@ def _read_small(path: str, size: int) -> tuple[bytes | None, FileStat | None]:
 class Hasher:
     """Hashes work-tree files, trusting the stat cache where the stat matches."""
 
-    def __init__(self, root: Path, files: dict[str, FileStat], cache: dict[str, tuple], seen_ns: int, scope: str = "") -> None:
+    def __init__(self, root: Path, files: dict[str, FileStat], cache: dict[str, StatRow], seen_ns: int, scope: str = "") -> None:
         self.root = root
         self.scope = scope  # the stat cache's scope: "" for the work tree, one per ingested folder
         self.prefix = os.path.join(root, "")  # the root and a separator: paths are prefix + rel
