@@ -25,7 +25,7 @@ from datarepo.porcelain.history import changes_of, diff, make_commit
 from datarepo.porcelain.storing import store_datums
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, member_hash, member_size, split_member_name
-from datarepo.worktree import SIZE, Hasher, check_key, group, scan
+from datarepo.worktree import Hasher, check_key, group, scan
 from datarepo.writer import DatumSink
 
 TAR_SUFFIXES = (".tar",)
@@ -161,13 +161,12 @@ def _folder(run: _Run, root: Path, progress: Progress) -> list[TreeEntry]:
     members = group(sorted(found.files), run.repo.config.grouping, run.notes)
     hasher = Hasher(root, found.files, run.repo.index.load_stats(scope), found.started_ns, scope)
     keys = sorted(members)
-    datums = store_datums(run.sink, hasher, members, keys, progress)
+    datums, sizes = store_datums(run.sink, hasher, members, keys, progress)
     run.reused_files += sum(map(len, members.values())) - hasher.hashed
     with run.repo.index.transaction():
         run.repo.index.drop_stats(set(hasher.cache) - set(found.files), scope)
         run.repo.index.save_stats(hasher.unsaved(), scope)
-    files = found.files
-    return [TreeEntry(k, datums[k], sum([files[f][SIZE] for f in members[k].values()])) for k in keys]
+    return [TreeEntry(k, datums[k], sizes[k]) for k in keys]
 
 
 def _remembered_file(run: _Run, path: Path) -> Iterator[NewDatum | TreeEntry]:

@@ -14,9 +14,9 @@ from datarepo.fsutil import remove
 from datarepo.hashing import Oid
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, compare, snapshot
-from datarepo.porcelain.storing import store_datums
+from datarepo.porcelain.storing import Stored, store_datums
 from datarepo.repo import Repo
-from datarepo.worktree import SIZE, Hasher, Scan, files_of, group, member_path, scan
+from datarepo.worktree import Hasher, Scan, files_of, group, member_path, scan
 from datarepo.writer import DatumSink
 
 
@@ -201,9 +201,8 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         candidates = keys if keys is not None else members.keys() | index.keys() | head.keys()
         chosen = sorted(candidates if prefixes is None else (k for k in candidates if _selected(k, prefixes)))
         hasher = look.hasher(keys)
-        now, written = _store(repo, members, hasher, [k for k in chosen if k in members], progress)
-        files = look.found.files
-        staged = [(k, d, sum([files[f][SIZE] for f in members[k].values()])) for k, d in now.items() if index.get(k) != d]
+        (now, sizes), written = _store(repo, members, hasher, [k for k in chosen if k in members], progress)
+        staged = [(k, d, sizes[k]) for k, d in now.items() if index.get(k) != d]
         staged.extend((k, None, 0) for k in chosen if k not in members and k in index)
         _stage(repo, staged, head, hasher, _staged_tree(repo, staged))
         after = dict(index)
@@ -227,8 +226,8 @@ def _only(state: dict[str, Oid], keys: set[str]) -> dict[str, Oid]:
 
 def _store(
     repo: Repo, members: dict[str, dict[str, str]], hasher: Hasher, keys: list[str], progress: Progress
-) -> tuple[dict[str, Oid], dict[Oid, int]]:
-    """The datum of every key in ``keys``, and the datums stored (read once each)."""
+) -> tuple[Stored, dict[Oid, int]]:
+    """The datum and size of every key in ``keys``, and the datums stored (read once each)."""
     with DatumSink(repo) as sink:
         datums = store_datums(sink, hasher, members, keys, progress)
     return datums, sink.written

@@ -27,7 +27,8 @@ from datarepo.hashing import OID_LEN, Oid, is_oid
 from datarepo.index import location_rows
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.repo import Repo
-from datarepo.worktree import Hasher
+from datarepo.shards import member_size
+from datarepo.worktree import SIZE, Hasher
 from datarepo.writer import DatumSink
 
 STORE_BATCH = 256
@@ -46,9 +47,20 @@ STAT_SAVE_ROWS = 4096
 Members = dict[str, dict[str, str]]
 
 
-def store_datums(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], progress: Progress) -> dict[str, Oid]:
-    """The datum of every key in ``keys``, storing those no shard holds yet: a key whose files
-    all have cached hashes is not read, unless its datum must be stored."""
+class Stored(NamedTuple):
+    """The datum of each key, and its size: the bytes of its members."""
+
+    datums: dict[str, Oid]
+    sizes: dict[str, int]
+
+    def update(self, other: Stored) -> None:
+        self.datums.update(other.datums)
+        self.sizes.update(other.sizes)
+
+
+def store_datums(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], progress: Progress) -> Stored:
+    """The datum and size of every key in ``keys``, storing the datums no shard holds yet: a
+    key whose files all have cached hashes is not read, unless its datum must be stored."""
     if hasher.cache or hasher.updated:
         datums = {k: hasher.known_datum(members[k]) for k in keys}
     else:  # nothing hashed before (a first add): nothing known
@@ -57,12 +69,19 @@ def store_datums(sink: DatumSink, hasher: Hasher, members: Members, keys: list[s
     to_read = [k for k in keys if datums[k] not in present]
     begin(progress, len(keys))
     tick(progress, len(keys) - len(to_read))
-    datums.update(store_keys(sink, hasher, members, to_read, progress))
-    return datums  # type: ignore[return-value]
+    read = store_keys(sink, hasher, members, to_read, progress)
+    datums.update(read.datums)
+    # The size of a key read is summed as its datum is stored, by whichever process stores it,
+    # not in one more pass over 50,000 keys here; that of a key not read, from its files' stats.
+    sizes = read.sizes
+    if len(sizes) < len(keys):
+        files = hasher.files
+        sizes.update((k, sum([files[f][SIZE] for f in members[k].values()])) for k in keys if k not in sizes)
+    return Stored(datums, sizes)  # type: ignore[arg-type]
 
 
-def store_keys(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], progress: Progress) -> dict[str, Oid]:
-    """Stores the datums of ``keys`` (in key order) through ``sink``; returns each key's datum."""
+def store_keys(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], progress: Progress) -> Stored:
+    """Stores the datums of ``keys`` (in key order) through ``sink``; returns each key's datum and size."""
     if parallel.helper_available():
         step = max(1, len(keys) // SIZE_SAMPLES)
         sampled = [sum([hasher.size(f) for f in members[k].values()]) for k in keys[::step]]
@@ -88,16 +107,18 @@ def _put(
     batches: Iterable[list[str]],
     done: Callable[[int], None],
     logs: tuple[_Written, _Written] | None = None,
-) -> dict[str, Oid]:
+) -> Stored:
     """Stores the datums of the keys of ``batches``. With ``logs`` (this process's, the other's),
     a datum the other process has written, though not yet published, is left to it."""
-    out: dict[str, Oid] = {}
+    out = Stored({}, {})
     for batch in batches:
         elsewhere = logs[1].taken_in() if logs else frozenset()
-        ids = sink.put_many([hasher.read(members[k]) for k in batch], elsewhere)
+        read = [hasher.read(members[k]) for k in batch]
+        ids = sink.put_many(read, elsewhere)
         if logs:
             logs[0].add(ids)
-        out.update(zip(batch, ids))
+        out.datums.update(zip(batch, ids))
+        out.sizes.update(zip(batch, [sum(map(member_size, data.values())) for data, _ in read]))
         hasher.save(sink.repo.index, at_least=STAT_SAVE_ROWS)
         done(len(batch))
     return out
@@ -195,9 +216,10 @@ def _put_halves(
             counter[:] = (int.from_bytes(counter[:], "little") + n).to_bytes(8, "little")
 
         with helper:  # it publishes its shards as this process does
-            ids = _put(helper, hasher, members, handover.batches(), count, (there_log, here_log))
+            did = _put(helper, hasher, members, handover.batches(), count, (there_log, here_log))
         hasher.save(helper.repo.index)  # true whatever becomes of the shards
-        return _Answer.of(helper, hasher, [f for k in ids for f in members[k].values()], ids, hasher.hashed - hashed_before)
+        paths = [f for k in did.datums for f in members[k].values()]
+        return _Answer.of(helper, hasher, paths, did, hasher.hashed - hashed_before)
 
     seen = ticked = 0
 
@@ -208,7 +230,7 @@ def _put_halves(
         ticked += n + now - seen
         seen = now
 
-    def here() -> dict[str, Oid]:
+    def here() -> Stored:
         os.close(answer_w)  # the helper's copy is the one whose closing ends the answer
         out = _put(sink, hasher, members, _batched(mine), done, (here_log, there_log))
         os.write(ask_w, b"?")
@@ -232,31 +254,33 @@ def _put_halves(
             sink.take_on(index.shard, index.size, [d.datum for d in index.datums], [d.length for d in index.datums])
         sink.end_shard()  # they may come before keys this process took over
         # Its keys: a datum this process left to it, logged for one of them, is stored with them.
-        out.update(_put(sink, hasher, members, _batched([k for k in theirs if k not in out]), lambda n: None))
+        out.update(_put(sink, hasher, members, _batched([k for k in theirs if k not in out.datums]), lambda n: None))
         return out
     return _adopt(sink, hasher, members, out, theirs, _Answer.parse(raw))
 
 
 class _Answer(NamedTuple):
-    """What the helper hands back: the datum of each key it did, the shards it published
-    (oid, size, and each one's datums with their lengths), the (size, mtime_ns, inode) of
-    the files it read (a first add's scan leaves those to the reads) and how many it read.
-    It travels as a small JSON head and packed arrays: JSON of 50,000 ids and 100,000 stats
-    cost a tenth of a second to write and read, while both processes waited."""
+    """What the helper hands back: the datum and size of each key it did, the shards it
+    published (oid, size, and each one's datums with their lengths), the (size, mtime_ns,
+    inode) of the files it read (a first add's scan leaves those to the reads) and how many
+    it read. It travels as a small JSON head and packed arrays: JSON of 50,000 ids and
+    100,000 stats cost a tenth of a second to write and read, while both processes waited."""
 
     ids: list[Oid]
+    sizes: array
     shards: list[tuple[Oid, int, list[Oid], array]]
     stats: array
     hashed: int
 
     @staticmethod
-    def of(sink: DatumSink, hasher: Hasher, paths: list[str], ids: dict[str, Oid], hashed: int) -> bytes:
+    def of(sink: DatumSink, hasher: Hasher, paths: list[str], did: Stored, hashed: int) -> bytes:
         held = [sink.held[oid] for oid, _ in sink.shards]
         head = {"hashed": hashed, "shards": [[oid, size, len(h)] for (oid, size), h in zip(sink.shards, held)]}
         datums = list(chain.from_iterable(held))
         parts = [
             json.dumps(head).encode(),
-            "".join(ids.values()).encode(),
+            "".join(did.datums.values()).encode(),
+            array("q", did.sizes.values()).tobytes(),
             "".join(datums).encode(),
             array("q", map(sink.written.__getitem__, datums)).tobytes(),
             array("q", chain.from_iterable(map(hasher.files.__getitem__, paths))).tobytes(),
@@ -270,15 +294,16 @@ class _Answer(NamedTuple):
             size = int.from_bytes(raw[at : at + 8], "little")
             parts.append(raw[at + 8 : at + 8 + size])
             at += 8 + size
-        head_raw, ids, datums, lengths_raw, stats_raw = parts
-        head, lengths, stats = json.loads(head_raw), array("q"), array("q")
+        head_raw, ids, sizes_raw, datums, lengths_raw, stats_raw = parts
+        head, sizes, lengths, stats = json.loads(head_raw), array("q"), array("q"), array("q")
+        sizes.frombytes(sizes_raw)
         lengths.frombytes(lengths_raw)
         stats.frombytes(stats_raw)
         shards, start = [], 0
         for oid, size, count in head["shards"]:
             shards.append((Oid(oid), size, _oids(datums, start, count), lengths[start : start + count]))
             start += count
-        return cls(_oids(ids, 0, len(ids) // OID_LEN), shards, stats, head["hashed"])
+        return cls(_oids(ids, 0, len(ids) // OID_LEN), sizes, shards, stats, head["hashed"])
 
 
 def _oids(joined: bytes, start: int, count: int) -> list[Oid]:
@@ -286,14 +311,15 @@ def _oids(joined: bytes, start: int, count: int) -> list[Oid]:
     return [Oid(text[i : i + OID_LEN]) for i in range(0, len(text), OID_LEN)]
 
 
-def _adopt(sink: DatumSink, hasher: Hasher, members: Members, out: dict[str, Oid], theirs: list[str], answer: _Answer) -> dict[str, Oid]:
+def _adopt(sink: DatumSink, hasher: Hasher, members: Members, out: Stored, theirs: list[str], answer: _Answer) -> Stored:
     """Takes on the shards the helper published, with the datums of the keys it did (``out``
     has those of the keys this process did). A shard of the helper's holding a datum this
     process also stored is copied without it, then dropped: each datum is stored once."""
-    ids = dict(zip(theirs, answer.ids))  # the keys it did: those before the ones it handed over
-    out |= ids
+    did = theirs[: len(answer.ids)]  # the keys it did: those before the ones it handed over
+    out.datums.update(zip(did, answer.ids))
+    out.sizes.update(zip(did, answer.sizes))
     files, it = hasher.files, iter(answer.stats)
-    files.update(zip([f for k in ids for f in members[k].values()], zip(it, it, it)))
+    files.update(zip([f for k in did for f in members[k].values()], zip(it, it, it)))
     hasher.hashed += answer.hashed
     mine = list(sink.shards)
     doubled = [oid for oid, _, held, _ in answer.shards if any(d in sink.written for d in held)]
