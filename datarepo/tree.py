@@ -79,7 +79,7 @@ def apply_changes(store: Store, base: Oid | None, changes: dict[str, Row | None]
     """Stores the tree ``base`` (None: the empty tree) with ``changes`` applied; returns its root."""
     if base is not None:
         return update_tree(store, base, changes)
-    return write_tree(store, (e for _, e in sorted(changes.items()) if e is not None))
+    return write_tree(store, sorted(filter(None, changes.values()), key=_KEY))
 
 
 def read_root(store: Store, oid: str) -> Tree:

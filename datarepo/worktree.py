@@ -51,6 +51,8 @@ class Scan:
 
     def fill_stats(self, root: Path) -> None:
         """Stats the files a scan ``with_stats=False`` listed and no read has stat'ed since."""
+        if UNSTATED not in self.files.values():  # (a first add has read every file: a look in C)
+            return
         prefix = os.path.join(root, "")
         for rel in [rel for rel, st in self.files.items() if st is UNSTATED]:
             try:

@@ -198,19 +198,20 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         keys, members = look.keys, look.members
         head = head_datums(repo, keys)
         index = index_datums(repo, head, keys)
-        candidates = keys if keys is not None else members.keys() | index.keys() | head.keys()
+        if keys is not None:
+            candidates: Iterable[str] = keys
+        else:  # the members' keys, grouped from sorted paths, come nearly sorted: a quick sort, unlike a set's
+            candidates = [*members, *((index.keys() | head.keys()) - members.keys())]
         chosen = sorted(candidates if prefixes is None else (k for k in candidates if _selected(k, prefixes)))
         hasher = look.hasher(keys)
         (now, sizes), written = _store(repo, members, hasher, [k for k in chosen if k in members], progress)
+        deleted = [k for k in chosen if k not in members and k in index]
         staged = [(k, d, sizes[k]) for k, d in now.items() if index.get(k) != d]
-        staged.extend((k, None, 0) for k in chosen if k not in members and k in index)
+        staged.extend((k, None, 0) for k in deleted)
         _stage(repo, staged, head, hasher, _staged_tree(repo, staged))
-        after = dict(index)
-        for k, d, _ in staged:
-            if d is None:
-                del after[k]
-            else:
-                after[k] = d
+        after = {**index, **now}  # (a key with files and no staged change already had its datum)
+        for k in deleted:
+            del after[k]
         if prefixes is None:  # the verdict of every key it looked at is known: keep the snapshot
             if keys is not None:  # head and the index hold only those keys; now, only those with files
                 head, after = _only(head, keys), _only(after, keys)

@@ -39,7 +39,7 @@ SPLIT_MIN_BYTES = int(os.environ.get("DATAREPO_SPLIT_MIN_BYTES", 32 << 20))
 HERE_SHARE = 0.35
 # The cut is placed by the sizes of about this many keys, evenly spread (of all keys, where
 # there are fewer): the take-over evens out the rest.
-SIZE_SAMPLES = 4096
+SIZE_SAMPLES = 1024
 # Stat-cache rows are written as they come, this many at a time: with two processes, written
 # while the other one is busy, not one after the other at the end (SQLite has one writer).
 STAT_SAVE_ROWS = 4096
@@ -63,10 +63,10 @@ def store_datums(sink: DatumSink, hasher: Hasher, members: Members, keys: list[s
     key whose files all have cached hashes is not read, unless its datum must be stored."""
     if hasher.cache or hasher.updated:
         datums = {k: hasher.known_datum(members[k]) for k in keys}
-    else:  # nothing hashed before (a first add): nothing known
-        datums = dict.fromkeys(keys)
-    present = sink.repo.index.stored(d for d in datums.values() if d)
-    to_read = [k for k in keys if datums[k] not in present]
+        present = sink.repo.index.stored(d for d in datums.values() if d)
+        to_read = [k for k in keys if datums[k] not in present]
+    else:  # nothing hashed before (a first add): nothing known, every key read
+        datums, to_read = dict.fromkeys(keys), keys
     begin(progress, len(keys))
     tick(progress, len(keys) - len(to_read))
     read = store_keys(sink, hasher, members, to_read, progress)
@@ -322,7 +322,7 @@ def _adopt(sink: DatumSink, hasher: Hasher, members: Members, out: Stored, their
     files.update(zip([f for k in did for f in members[k].values()], zip(it, it, it)))
     hasher.hashed += answer.hashed
     mine = list(sink.shards)
-    doubled = [oid for oid, _, held, _ in answer.shards if any(d in sink.written for d in held)]
+    doubled = [oid for oid, _, held, _ in answer.shards if not sink.written.keys().isdisjoint(held)]
     for oid, size, held, lengths in answer.shards:
         if oid not in doubled:
             sink.take_on(oid, size, held, lengths)
