@@ -35,6 +35,25 @@ def test_add_rereads_only_changed_files(worktree: Path, cli) -> None:
     assert _hashed(cli("add", ".").output) == 0
 
 
+def test_a_datum_staged_again_unread_keeps_its_size(worktree: Path, cli) -> None:
+    # A key whose files all have trusted cached hashes is staged without being read: its
+    # size then comes from the files' stats, as a read key's comes from its bytes.
+    write_samples(worktree, 4)
+    age(worktree)
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "first")
+    cli("rm", "--cached", "train/cat/0000")
+    cli("commit", "-m", "untracked")
+    out = cli("add", ".").output
+    assert _hashed(out) == 0 and "staged 1 added" in out
+    cli("commit", "-m", "again")
+    sizes = {e["key"]: e["size"] for e in json.loads(cli("ls", "HEAD", "--json").output)}
+    files = sorted(worktree.glob("train/*/*.*"))
+    assert sizes == {k: sum(p.stat().st_size for p in files if str(p.relative_to(worktree)).startswith(k + ".")) for k in sizes}
+    assert sizes == {e["key"]: e["size"] for e in json.loads(cli("ls", "HEAD~2", "--json").output)}
+
+
 def test_racy_file_changed_in_the_same_tick_is_detected(worktree: Path, cli) -> None:
     p = worktree / "a.txt"
     p.write_bytes(b"version 1")
