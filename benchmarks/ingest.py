@@ -330,12 +330,11 @@ def noop_status(copies: Copies) -> list[Row]:
         lambda: timed(([DVC, "status", "-q"], copies.dvc)),
         lambda: clock(lambda: scandir_walk(copies.src / "train")),
     )
-    rows = [
+    return [
         Row("no-op status", ours, "git status", git, "<= 2x git status", ours <= 2 * git),
         Row("no-op status", ours, "dvc status", dvc),
         Row("no-op status", ours, "py scandir+stat walk", walk),
     ]
-    return rows
 
 
 def readd(copies: Copies, jpgs: list[Path], seed: int) -> list[Row]:

@@ -230,8 +230,8 @@ def _store(
 ) -> tuple[Stored, dict[Oid, int]]:
     """The datum and size of every key in ``keys``, and the datums stored (read once each)."""
     with DatumSink(repo) as sink:
-        datums = store_datums(sink, hasher, members, keys, progress)
-    return datums, sink.written
+        stored = store_datums(sink, hasher, members, keys, progress)
+    return stored, sink.written
 
 
 def _staged_tree(repo: Repo, staged: list[tuple[str, Oid | None, int]]) -> tuple[Oid | None, Oid] | None:

@@ -312,8 +312,8 @@ def _oids(joined: bytes, start: int, count: int) -> list[Oid]:
 
 
 def _adopt(sink: DatumSink, hasher: Hasher, members: Members, out: Stored, theirs: list[str], answer: _Answer) -> Stored:
-    """Takes on the shards the helper published, with the datums of the keys it did (``out``
-    has those of the keys this process did). A shard of the helper's holding a datum this
+    """Takes on the shards the helper published, with the datums and sizes of the keys it did
+    (``out`` has those of the keys this process did). A shard of the helper's holding a datum this
     process also stored is copied without it, then dropped: each datum is stored once."""
     did = theirs[: len(answer.ids)]  # the keys it did: those before the ones it handed over
     out.datums.update(zip(did, answer.ids))
