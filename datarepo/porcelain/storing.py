@@ -8,7 +8,7 @@ those before it. The cut gives this process the
 smaller part; once done with it, this process takes over the second half of
 the keys the helper has not yet begun, so both end at about the same time.
 Each shard still holds its datums in key order, and a datum both processes
-hold is kept once.
+hold is kept once, at the place of whichever of its keys was stored first.
 """
 
 from __future__ import annotations
