@@ -170,8 +170,8 @@ def _batched(items: list[str]) -> Iterator[list[str]]:
 
 class _Handover:
     """The helper's side of the take-over: its keys, batch by batch. A thread waits to be
-    asked (a byte on ``asked``); it then keeps the first HELPER_KEEPS of the keys not yet begun and
-    writes where they end to ``answer``: the other process takes the rest. The answer
+    asked (a byte on ``asked``); it then keeps the first ``HELPER_KEEPS`` share of the keys
+    not yet begun and writes where they end to ``answer``: the other process takes the rest. The answer
     comes while the helper is busy (publishing a shard takes a tenth of a second), not
     after. Closing ``answer`` without a word says there is nothing left to take."""
 
