@@ -10,8 +10,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import chain
-from operator import itemgetter
+from itertools import chain, compress
 from pathlib import Path
 from typing import Any
 
@@ -37,21 +36,36 @@ UNSTATED: FileStat = (-1, -1, -1)
 
 @dataclass
 class Scan:
-    """The regular files of a tree, and what was passed over."""
+    """The regular files of a tree, and what was passed over.
 
-    files: dict[str, FileStat] = field(default_factory=dict)
+    ``names`` lists the files in scan order and ``stats`` holds their (size,
+    mtime_ns, inode) as three int64s each: the packed form a snapshot digests
+    and saves. The path → stat dict, :attr:`files`, is built only when asked
+    for: a no-op status never needs it.
+    """
+
+    names: list[str] = field(default_factory=list)
+    stats: array | None = None  # None: listed, not stat'ed (each file is, when it is read)
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     started_ns: int = 0
-    packed_stats: bytes | None = None  # the stats of ``files`` as :func:`pack_files` packs them, if at hand
+
+    @cached_property
+    def files(self) -> dict[str, FileStat]:
+        if self.stats is None:
+            return dict.fromkeys(self.names, UNSTATED)
+        it = iter(self.stats)
+        return dict(zip(self.names, zip(it, it, it)))
 
     @cached_property
     def packed(self) -> tuple[bytes, bytes]:
-        return pack_files(self.files, self.packed_stats)
+        if self.stats is None:  # stat'ed file by file as they were read: packed as they are now
+            return pack_files(self.files)
+        return pack_names(self.names), self.stats.tobytes()
 
     def fill_stats(self, root: Path) -> None:
         """Stats the files a scan ``with_stats=False`` listed and no read has stat'ed since."""
-        if UNSTATED not in self.files.values():  # (a first add has read every file: a look in C)
+        if self.stats is not None or UNSTATED not in self.files.values():  # (a look in C)
             return
         prefix = os.path.join(root, "")
         for rel in [rel for rel, st in self.files.items() if st is UNSTATED]:
@@ -59,6 +73,16 @@ class Scan:
                 self.files[rel] = lstat(prefix + rel, rel)
             except FileNotFoundError:  # gone since the scan: as if it had not been there
                 del self.files[rel]
+        self.names = list(self.files)
+
+    def stats_of(self, paths: Iterable[str]) -> dict[str, FileStat]:
+        """The stats of some of the files, without building :attr:`files` for all of them."""
+        if self.stats is None or "files" in self.__dict__:
+            return {p: self.files[p] for p in paths}
+        wanted = set(paths)
+        at = compress(range(len(self.names)), map(wanted.__contains__, self.names))  # a pass in C
+        stats = self.stats
+        return {self.names[i]: (stats[3 * i], stats[3 * i + 1], stats[3 * i + 2]) for i in at}
 
     def raise_errors(self) -> None:
         if self.errors:
@@ -66,12 +90,14 @@ class Scan:
             raise InvalidInputError(self.errors[0] + more)
 
 
-def pack_files(files: dict[str, FileStat], stats: bytes | None = None) -> tuple[bytes, bytes]:
-    """A listing as bytes: the paths joined by NUL (which no name holds), the stats as int64s
-    (``stats``, if they are already packed)."""
-    if stats is None:
-        stats = array("q", chain.from_iterable(files.values())).tobytes()
-    return "\x00".join(files).encode("utf-8", "surrogateescape"), stats
+def pack_names(names: Iterable[str]) -> bytes:
+    """Paths as bytes: joined by NUL, which no name holds."""
+    return "\x00".join(names).encode("utf-8", "surrogateescape")
+
+
+def pack_files(files: dict[str, FileStat]) -> tuple[bytes, bytes]:
+    """A listing as bytes: its paths (:func:`pack_names`) and their stats as int64s."""
+    return pack_names(files), array("q", chain.from_iterable(files.values())).tobytes()
 
 
 # The ``.datarepoignore`` files that apply in a directory: (the directory, its spec), outermost first.
@@ -111,13 +137,14 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
 
     Symlinks are noted and skipped unless ``follow``; fifos, sockets, devices
     and names that are not UTF-8 are errors. Without ``with_stats``, regular
-    files are listed as :data:`UNSTATED`, for a caller that reads them all
-    (a :class:`Hasher` stats a file as it opens it: cheaper than a ``stat``
-    by path first) and then calls :meth:`Scan.fill_stats`.
+    files are only listed, for a caller that reads them all (a
+    :class:`Hasher` stats a file as it opens it: cheaper than a ``stat`` by
+    path first) and then calls :meth:`Scan.fill_stats`.
     """
     result = Scan(started_ns=time.time_ns())
     skip = tuple(p.rstrip("/") + "/" for p in skip_prefixes if p)
-    regular: list[tuple[str, os.DirEntry]] = []
+    listed: list[tuple[str, list[str]]] = []  # each directory with regular files, and their names
+    followed: list[tuple[str, FileStat]] = []  # files reached through a symlink (``follow``)
     stack: list[tuple[str, Rules]] = [("", ())]
     while stack:
         rel_dir, rules = stack.pop()
@@ -135,20 +162,26 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
             entries = [e for e in entries if e.name not in NEVER_ADDED]
         entries = _valid_names(entries, rel_dir, result)
         filtered = bool(rules) or bool(skip)
+        regular: list[str] = []
         for entry in entries:  # once per file: kept lean
-            rel = rel_dir + entry.name
-            if filtered and _filtered_out(rel, entry, rules, skip):
+            if filtered and _filtered_out(rel_dir + entry.name, entry, rules, skip):
                 continue
             if entry.is_file(follow_symlinks=False):  # no extra syscall to classify
-                regular.append((rel, entry))
+                regular.append(entry.name)
             elif entry.is_dir(follow_symlinks=False):
-                stack.append((rel + "/", rules))
-            else:
-                _classify_other(entry, rel, result, follow)
+                stack.append((rel_dir + entry.name + "/", rules))
+            elif (stat := _classify_other(entry, rel_dir + entry.name, result, follow)) is not None:
+                followed.append((rel_dir + entry.name, stat))
+        if regular:
+            listed.append((rel_dir, regular))
+    result.names = [rel_dir + name for rel_dir, names in listed for name in names]
     if with_stats:
-        _stat_files(regular, result)
-    else:
-        result.files.update(dict.fromkeys(map(itemgetter(0), regular), UNSTATED))
+        result.stats = _stat_files(root, listed)
+        if min(result.stats[::3], default=0) < 0:
+            _restat_failed(root, result)
+    result.names.extend(rel for rel, _ in followed)
+    if result.stats is not None:
+        result.stats.extend(chain.from_iterable(st for _, st in followed))
     return result
 
 
@@ -158,53 +191,76 @@ def _filtered_out(rel: str, entry: os.DirEntry, rules: Rules, skip: tuple[str, .
     return bool(skip) and (rel + "/").startswith(skip)
 
 
-def _stat_files(regular: list[tuple[str, os.DirEntry]], result: Scan) -> None:
-    """Stats the regular files found, half of them in a helper process when there are many."""
-    half = len(regular) // 2 if len(regular) >= PARALLEL_STAT_MIN and parallel.helper_available() else len(regular)
-    if half == len(regular):
-        stats = _stats(regular)
-    else:
-        stats, raw = parallel.both(lambda: _stats(regular[:half]), lambda: _stats(regular[half:]).tobytes())
-        theirs = array("q")
-        if raw is not None and len(raw) == 24 * (len(regular) - half):
-            theirs.frombytes(raw)
-        else:  # the helper failed: its half is done here
-            theirs = _stats(regular[half:])
-        stats.extend(theirs)
-    files = result.files
-    if not files and min(stats[::3], default=0) >= 0:
-        # Every file stat'ed, and the listing is this: (size, mtime_ns, inode) tuples made in
-        # C, and the stats already in the packed form a snapshot digests and saves.
-        it = iter(stats)
-        files.update(zip(map(itemgetter(0), regular), zip(it, it, it)))
-        result.packed_stats = stats.tobytes()
-        return
-    for i, (rel, entry) in enumerate(regular):
-        if stats[3 * i] >= 0:
-            files[rel] = (stats[3 * i], stats[3 * i + 1], stats[3 * i + 2])
-        else:
-            _stat_one(rel, entry, result)  # again, to report why
+_FAILED = (-1, 0, 0)  # the stat of a file that could not be stat'ed
 
 
-def _stats(regular: list[tuple[str, os.DirEntry]]) -> array:
-    """(size, mtime_ns, inode) of each file as int64s; (-1, 0, 0) for one that could not be stat'ed."""
+def _stat_files(root: Path, listed: list[tuple[str, list[str]]]) -> array:
+    """Stats the regular files listed, half of them in a helper process when there are many."""
+    count = sum(len(names) for _, names in listed)
+    if count < PARALLEL_STAT_MIN or not parallel.helper_available():
+        return _stats(root, listed)
+    mine, theirs = _halves(listed, count // 2)
+    stats, raw = parallel.both(lambda: _stats(root, mine), lambda: _stats(root, theirs).tobytes())
+    if raw is not None and len(raw) == 24 * (count - count // 2):
+        stats.frombytes(raw)
+    else:  # the helper failed: its half is done here
+        stats.extend(_stats(root, theirs))
+    return stats
+
+
+def _halves(listed: list[tuple[str, list[str]]], half: int) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]]]:
+    """The listing cut after its first ``half`` files (within a directory, if need be)."""
+    first: list[tuple[str, list[str]]] = []
+    for i, (rel_dir, names) in enumerate(listed):
+        if len(names) >= half:
+            return [*first, (rel_dir, names[:half])], [(rel_dir, names[half:]), *listed[i + 1 :]]
+        first.append((rel_dir, names))
+        half -= len(names)
+    return first, []
+
+
+def _stats(root: Path, listed: list[tuple[str, list[str]]]) -> array:
+    """(size, mtime_ns, inode) of each file as int64s; :data:`_FAILED` for one that could
+    not be stat'ed. Each name is stat'ed relative to its open directory: a shorter walk
+    for the kernel than a path from the root, and no ``DirEntry`` kept to cache it."""
     out = array("q")
-    for _, entry in regular:
+    lstat = os.lstat
+    for rel_dir, names in listed:
         try:
-            st = entry.stat(follow_symlinks=False)
-            out.extend((st.st_size, st.st_mtime_ns, st.st_ino))
+            fd = os.open(os.path.join(root, rel_dir), os.O_RDONLY | os.O_DIRECTORY | (os.O_NOFOLLOW if rel_dir else 0))
         except OSError:
-            out.extend((-1, 0, 0))
+            out.extend(_FAILED * len(names))
+            continue
+        try:
+            for name in names:
+                try:
+                    st = lstat(name, dir_fd=fd)
+                except OSError:
+                    out.extend(_FAILED)
+                else:
+                    out.extend((st.st_size, st.st_mtime_ns, st.st_ino))
+        finally:
+            os.close(fd)
     return out
 
 
-def _stat_one(rel: str, entry: os.DirEntry, result: Scan) -> None:
-    try:
-        st = entry.stat(follow_symlinks=False)
-    except OSError as e:
-        result.errors.append(f"cannot stat {rel}: {e.strerror}")
-        return
-    result.files[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
+def _restat_failed(root: Path, result: Scan) -> None:
+    """Stats again, by path, each file the scan could not stat: an error names why; a file
+    that can be stat'ed now keeps that stat."""
+    assert result.stats is not None
+    names, stats = [], array("q")
+    it = iter(result.stats)
+    for rel, st in zip(result.names, zip(it, it, it)):
+        if st[SIZE] < 0:
+            try:
+                now = os.lstat(os.path.join(root, rel))
+            except OSError as e:
+                result.errors.append(f"cannot stat {rel}: {e.strerror}")
+                continue
+            st = (now.st_size, now.st_mtime_ns, now.st_ino)
+        names.append(rel)
+        stats.extend(st)
+    result.names, result.stats = names, stats
 
 
 def _valid_names(entries: list[os.DirEntry], rel_dir: str, result: Scan) -> list[os.DirEntry]:
@@ -227,22 +283,24 @@ def _valid_names(entries: list[os.DirEntry], rel_dir: str, result: Scan) -> list
     return good
 
 
-def _classify_other(entry: os.DirEntry, rel: str, result: Scan, follow: bool) -> None:
-    """Symlinks, fifos, sockets and devices."""
+def _classify_other(entry: os.DirEntry, rel: str, result: Scan, follow: bool) -> FileStat | None:
+    """Symlinks, fifos, sockets and devices: the stat of a file reached through a symlink
+    that ``follow`` lets the scan list; None for anything else (noted, or an error)."""
     if entry.is_symlink() and not follow:
         result.notes.append(f"skipped symlink {rel} (use --follow to store its target)")
-        return
+        return None
     try:
         st = entry.stat(follow_symlinks=True)
     except OSError as e:
         result.errors.append(f"cannot stat {rel}: {e.strerror}")
-        return
+        return None
     if stat_mod.S_ISREG(st.st_mode):
-        result.files[rel] = (st.st_size, st.st_mtime_ns, st.st_ino)
-    elif stat_mod.S_ISDIR(st.st_mode):
+        return st.st_size, st.st_mtime_ns, st.st_ino
+    if stat_mod.S_ISDIR(st.st_mode):
         result.notes.append(f"skipped symlink to a directory {rel}")
     else:
         result.errors.append(f"not a regular file: {rel}")
+    return None
 
 
 def split_path(rel: str, grouping: str) -> tuple[str, str] | None:

@@ -99,6 +99,26 @@ def test_unreadable_file(worktree: Path) -> None:
     assert Repo.open(worktree).index.staged() == {}
 
 
+def test_a_directory_whose_files_cannot_be_stated(worktree: Path) -> None:
+    """A directory that can be listed but not searched (read, no execute permission): its
+    names are found, each stat is refused, and the error names the file and why."""
+    (worktree / "ok.jpg").write_bytes(b"ok")
+    (worktree / "locked").mkdir()
+    (worktree / "locked" / "a.jpg").write_bytes(b"a")
+    env = {**os.environ, "DATAREPO_AUTHOR": "t"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "datarepo.cli", *a], cwd=worktree, env=env,  # noqa: E731
+                                    capture_output=True, text=True, preexec_fn=_drop_file_override)
+    assert run("init").returncode == 0 and run("add", "ok.jpg").returncode == 0
+    os.chmod(worktree / "locked", 0o644)
+    try:
+        result = run("status")
+    finally:
+        os.chmod(worktree / "locked", 0o755)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["Error: cannot stat locked/a.jpg: Permission denied"]
+    assert run("status", "--json").returncode == 0  # searchable again: the file is seen
+
+
 def _drop_file_override() -> None:
     """Removes CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set before exec."""
     if os.geteuid() == 0:

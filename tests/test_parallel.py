@@ -333,6 +333,14 @@ def test_split_scan_equals_a_single_process_scan(tmp_path: Path, split: None, mo
     assert both.notes == single.notes
 
 
+@pytest.mark.parametrize("half", [0, 1, 2, 3, 4, 5, 6])
+def test_the_scan_is_cut_between_the_processes_after_half_its_files(half: int) -> None:
+    listed = [("a/", ["1", "2"]), ("b/", ["3", "4", "5"]), ("", ["6"])]
+    mine, theirs = wt._halves(listed, half)
+    assert [d + n for d, names in mine for n in names] == [d + n for d, names in listed for n in names][:half]
+    assert [(d, n) for d, names in mine + theirs for n in names] == [(d, n) for d, names in listed for n in names]
+
+
 def test_both_returns_none_when_the_helper_fails() -> None:
     def fails() -> bytes:
         raise RuntimeError("boom")

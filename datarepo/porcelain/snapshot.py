@@ -64,7 +64,7 @@ def digest(found: Scan) -> str:
     """One hash of a scan's (path, stat) listing in scan order. The order of an unchanged
     tree's listing is stable; if it moves, the digests differ and status takes the slower path."""
     names, stats = found.packed
-    return hash_bytes(len(found.files).to_bytes(8, "little") + names + stats)
+    return hash_bytes(len(names).to_bytes(8, "little") + names + stats)
 
 
 def unpack_files(packed: tuple[bytes, bytes] | None) -> dict[str, FileStat]:
@@ -151,7 +151,7 @@ def _changed_in_place(old: tuple[bytes, bytes] | None, found: Scan, block: int =
     names, stats = found.packed
     if old is None or old[0] != names or len(old[1]) != len(stats):
         return None
-    old_stats, paths, changed = old[1], list(found.files), []
+    old_stats, paths, changed = old[1], found.names, []
     for start in range(0, len(stats), block):
         if stats[start : start + block] != old_stats[start : start + block]:
             for i in range(start, min(start + block, len(stats)), _STAT_BYTES):

@@ -99,9 +99,9 @@ class _Look:
         grouping = self.repo.config.grouping
         if self.keys is None or self.snap is None:
             notes: list[str] = []
-            return group(sorted(self.found.files), grouping, notes), notes
+            return group(sorted(self.found.names), grouping, notes), notes
         # Every changed path could be grouped, so the snapshot's notes still hold.
-        paths = files_of(self.keys, sorted(self.found.files), grouping)
+        paths = files_of(self.keys, sorted(self.found.names), grouping)
         return group(paths, grouping, []), list(self.snap.status["group_notes"])
 
     @property
@@ -111,10 +111,11 @@ class _Look:
     def hasher(self, keys: set[str] | None) -> Hasher:
         """A hasher with the stat cache of every file, or only of the files of ``keys``."""
         if keys is None:
-            cache = self.repo.index.load_stats()
+            files, cache = self.found.files, self.repo.index.load_stats()
         else:
-            cache = self.repo.index.load_stats_for(r for k in keys if k in self.members for r in self.members[k].values())
-        return Hasher(self.repo.require_worktree(), self.found.files, cache, self.found.started_ns)
+            files = self.found.stats_of(r for k in keys if k in self.members for r in self.members[k].values())
+            cache = self.repo.index.load_stats_for(files)
+        return Hasher(self.repo.require_worktree(), files, cache, self.found.started_ns)
 
     def save(self, result: Status, keys: set[str] | None) -> Status:
         """Stores ``result`` (fresh for ``keys`` only, or for all) as the new snapshot; returns it whole."""
