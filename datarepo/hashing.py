@@ -16,7 +16,7 @@ OID_LEN = 32
 CHUNK = 1 << 20
 _DATUM_TAG = b"datum\x00"
 _OID_RE = re.compile(r"[0-9a-f]{32}")
-_HEX_RE = re.compile(r"[0-9a-f]*")
+_HEX_DIGITS = b"0123456789abcdef"
 
 
 def hash_bytes(data: bytes | memoryview) -> Oid:
@@ -53,8 +53,9 @@ def is_oid(text: str) -> bool:
 
 
 def is_hex(text: str) -> bool:
-    """True when ``text`` is only lower-case hex digits (many oids can be checked joined)."""
-    return _HEX_RE.fullmatch(text) is not None
+    """True when ``text`` is only lower-case hex digits (many oids can be checked joined:
+    deleting the hex digits in C is several times faster than a regular expression)."""
+    return text.isascii() and not text.encode().translate(None, _HEX_DIGITS)
 
 
 class HashingWriter:

@@ -6,11 +6,10 @@ import os
 import stat as stat_mod
 import time
 from array import array
-from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import chain, compress
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,9 @@ class Scan:
 
     names: list[str] = field(default_factory=list)
     stats: array | None = None  # None: listed, not stat'ed (each file is, when it is read)
+    # Where each directory's files lie in ``names``: (directory, start, stop). Files from
+    # anywhere (those reached through a symlink) lie in a span whose directory is None.
+    spans: list[tuple[str | None, int, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     started_ns: int = 0
@@ -74,15 +76,39 @@ class Scan:
             except FileNotFoundError:  # gone since the scan: as if it had not been there
                 del self.files[rel]
         self.names = list(self.files)
+        self.spans = [(None, 0, len(self.names))]
 
-    def stats_of(self, paths: Iterable[str]) -> dict[str, FileStat]:
-        """The stats of some of the files, without building :attr:`files` for all of them."""
-        if self.stats is None or "files" in self.__dict__:
-            return {p: self.files[p] for p in paths}
-        wanted = set(paths)
-        at = compress(range(len(self.names)), map(wanted.__contains__, self.names))  # a pass in C
-        stats = self.stats
-        return {self.names[i]: (stats[3 * i], stats[3 * i + 1], stats[3 * i + 2]) for i in at}
+    def files_of(self, keys: Iterable[str], grouping: str) -> dict[str, FileStat]:
+        """The files of ``keys``, with their stats: the files of each key's directory are
+        searched as one string (in C), so the listing is neither sorted nor grouped whole."""
+        wanted: dict[str, list[str]] = {}
+        for key in keys:
+            wanted.setdefault(key[: key.rfind("/") + 1], []).append(key)
+        end = "\x00" if grouping == "file" else "."  # a file's key is its path; else its name up to a dot
+        found = {}
+        for rel_dir, start, stop in self.spans:
+            near = wanted.get(rel_dir, []) if rel_dir is not None else [k for ks in wanted.values() for k in ks]
+            if not near:
+                continue
+            joined = "\x00" + "\x00".join(self.names[start:stop]) + "\x00"
+            hits = []
+            for key in near:
+                needle = "\x00" + key + end
+                at = joined.find(needle)
+                while at >= 0:
+                    hits.append(at)
+                    at = joined.find(needle, at + 1)
+            i, counted = start, 0
+            for at in sorted(hits):  # a file's place: the names before it, counted once along the string
+                i += joined.count("\x00", counted, at)
+                counted = at
+                found[self.names[i]] = self._stat(i)
+        return found
+
+    def _stat(self, i: int) -> FileStat:
+        if self.stats is None:
+            return self.files[self.names[i]]
+        return self.stats[3 * i], self.stats[3 * i + 1], self.stats[3 * i + 2]
 
     def raise_errors(self) -> None:
         if self.errors:
@@ -175,13 +201,19 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
         if regular:
             listed.append((rel_dir, regular))
     result.names = [rel_dir + name for rel_dir, names in listed for name in names]
+    start = 0
+    for rel_dir, names in listed:
+        result.spans.append((rel_dir, start, start + len(names)))
+        start += len(names)
     if with_stats:
         result.stats = _stat_files(root, listed)
         if min(result.stats[::3], default=0) < 0:
             _restat_failed(root, result)
-    result.names.extend(rel for rel, _ in followed)
-    if result.stats is not None:
-        result.stats.extend(chain.from_iterable(st for _, st in followed))
+    if followed:
+        result.spans.append((None, len(result.names), len(result.names) + len(followed)))
+        result.names.extend(rel for rel, _ in followed)
+        if result.stats is not None:
+            result.stats.extend(chain.from_iterable(st for _, st in followed))
     return result
 
 
@@ -260,7 +292,7 @@ def _restat_failed(root: Path, result: Scan) -> None:
             st = (now.st_size, now.st_mtime_ns, now.st_ino)
         names.append(rel)
         stats.extend(st)
-    result.names, result.stats = names, stats
+    result.names, result.stats, result.spans = names, stats, [(None, 0, len(names))]
 
 
 def _valid_names(entries: list[os.DirEntry], rel_dir: str, result: Scan) -> list[os.DirEntry]:
@@ -350,22 +382,6 @@ def group(files: Iterable[str], grouping: str, notes: list[str]) -> dict[str, di
             continue
         datums.setdefault(split[0], {})[split[1]] = rel
     return datums
-
-
-def files_of(keys: Iterable[str], paths: list[str], grouping: str) -> list[str]:
-    """The paths, of the sorted ``paths``, that belong to ``keys``: a lookup, not a grouping of all."""
-    found = []
-    for key in sorted(keys):
-        if grouping == "file":
-            i = bisect_left(paths, key)
-            found.extend(paths[i : i + 1] if i < len(paths) and paths[i] == key else ())
-            continue
-        i = bisect_left(paths, key + ".")
-        while i < len(paths) and paths[i].startswith(key + "."):
-            if (split := split_path(paths[i], grouping)) is not None and split[0] == key:
-                found.append(paths[i])
-            i += 1
-    return found
 
 
 def lstat(path: str, rel: str) -> FileStat:

@@ -13,7 +13,8 @@ from datarepo.porcelain import snapshot, stage
 from datarepo.porcelain.checkout import checkout
 from datarepo.porcelain.history import commit
 from datarepo.repo import Repo
-from datarepo.worktree import scan
+from datarepo import worktree as wt
+from datarepo.worktree import Scan, scan
 
 from conftest import age, write_samples
 
@@ -176,3 +177,22 @@ def test_checkout_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: 
     carried = _carried_status(repo, monkeypatch, Index, "load_stats")
     assert carried["total"]["modified"] == ["train/dog/0001", "train/dog/0003"]
     assert carried["staged"]["modified"] == ["train/dog/0003"]
+
+
+@pytest.mark.parametrize("grouping", ["wds", "file"])
+def test_the_files_of_some_keys_are_those_a_full_grouping_gives_them(tmp_path: Path, grouping: str) -> None:
+    """The partial path finds a key's files by searching its directory's names: it must find
+    exactly the files a grouping of the whole listing gives the key, however names nest."""
+    names = ["x.jpg", "x.cls", "xy.jpg", "a/x.jpg", "a/x.seg.png", "a/x..jpg", "a/xx.jpg", "a/x.d/x.jpg",
+             "a/x.d/y.cls", "a/b/x.jpg", "a/.hidden", "a/noext", "b.c/x.jpg", "b.c/x.d.e"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode())
+    (tmp_path / "a" / "linked.jpg").symlink_to(tmp_path / "x.jpg")
+    found = scan(tmp_path, follow=True)
+    split = {p: s for p in found.names if (s := wt.split_path(p, grouping)) is not None}
+    every_key = sorted({s[0] for s in split.values()})
+    rng = random.Random(7)
+    for keys in [[k] for k in every_key] + [rng.sample(every_key, 4) for _ in range(20)] + [every_key]:
+        expected = {p: found.files[p] for p, s in split.items() if s[0] in keys}
+        assert Scan(found.names, found.stats, spans=found.spans).files_of(keys, grouping) == expected, keys

@@ -16,7 +16,7 @@ from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, compare, snapshot
 from datarepo.porcelain.storing import Stored, store_datums
 from datarepo.repo import Repo
-from datarepo.worktree import Hasher, Scan, files_of, group, member_path, scan
+from datarepo.worktree import FileStat, Hasher, Scan, group, member_path, scan
 from datarepo.writer import DatumSink
 
 
@@ -101,19 +101,23 @@ class _Look:
             notes: list[str] = []
             return group(sorted(self.found.names), grouping, notes), notes
         # Every changed path could be grouped, so the snapshot's notes still hold.
-        paths = files_of(self.keys, sorted(self.found.names), grouping)
-        return group(paths, grouping, []), list(self.snap.status["group_notes"])
+        return group(sorted(self.key_files), grouping, []), list(self.snap.status["group_notes"])
+
+    @cached_property
+    def key_files(self) -> dict[str, FileStat]:
+        """The files of the keys to look at, with their stats."""
+        return self.found.files_of(self.keys or (), self.repo.config.grouping)
 
     @property
     def members(self) -> dict[str, dict[str, str]]:
         return self.grouped[0]
 
-    def hasher(self, keys: set[str] | None) -> Hasher:
-        """A hasher with the stat cache of every file, or only of the files of ``keys``."""
-        if keys is None:
+    def hasher(self) -> Hasher:
+        """A hasher with the stat cache of every file, or only of the files of the keys to look at."""
+        if self.keys is None:
             files, cache = self.found.files, self.repo.index.load_stats()
         else:
-            files = self.found.stats_of(r for k in keys if k in self.members for r in self.members[k].values())
+            files = self.key_files
             cache = self.repo.index.load_stats_for(files)
         return Hasher(self.repo.require_worktree(), files, cache, self.found.started_ns)
 
@@ -171,7 +175,7 @@ def status(repo: Repo, follow: bool = False) -> Status:
     if keys is not None and not keys and look.snap is not None:
         old = look.snap.status
         return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), look.found.notes + old["group_notes"])
-    hasher = look.hasher(keys)
+    hasher = look.hasher()
     now = {k: hasher.datum(m) for k, m in look.members.items() if keys is None or k in keys}
     hasher.save(repo.index)
     head = head_datums(repo, keys)
@@ -204,7 +208,7 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         else:  # the members' keys, grouped from sorted paths, come nearly sorted: a quick sort, unlike a set's
             candidates = [*members, *((index.keys() | head.keys()) - members.keys())]
         chosen = sorted(candidates if prefixes is None else (k for k in candidates if _selected(k, prefixes)))
-        hasher = look.hasher(keys)
+        hasher = look.hasher()
         (now, sizes), written = _store(repo, members, hasher, [k for k in chosen if k in members], progress)
         deleted = [k for k in chosen if k not in members and k in index]
         staged = [(k, d, sizes[k]) for k, d in now.items() if index.get(k) != d]
