@@ -174,6 +174,8 @@ def status(repo: Repo, follow: bool = False) -> Status:
     keys = look.keys
     if keys is not None and not keys and look.snap is not None:
         old = look.snap.status
+        if look.digest != look.snap.digest:  # files moved in the listing, no key changed: the next status need not look
+            snapshot.save(repo, snapshot.token(repo, follow), look.found, old, look.digest)
         return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), look.found.notes + old["group_notes"])
     hasher = look.hasher()
     now = {k: hasher.datum(m) for k, m in look.members.items() if keys is None or k in keys}
