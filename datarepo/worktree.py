@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import stat as stat_mod
+import struct
 import time
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import chain
+from itertools import chain, repeat, starmap
+from operator import is_
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from datarepo import parallel
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id, hash_bytes
 from datarepo.index import Index, StatRow, trusted
-from datarepo.shards import LARGE_FILE, FileRange, MemberData, member_hash, split_member_name
+from datarepo.shards import LARGE_FILE, FileRange, MemberData, member_hash
 
 NEVER_ADDED = frozenset({".git", ".dvc", ".datarepo", ".datarepoignore"})
 IGNORE_FILE = ".datarepoignore"
@@ -67,7 +69,7 @@ class Scan:
 
     def fill_stats(self, root: Path) -> None:
         """Stats the files a scan ``with_stats=False`` listed and no read has stat'ed since."""
-        if self.stats is not None or UNSTATED not in self.files.values():  # (a look in C)
+        if self.stats is not None or not any(map(is_, self.files.values(), repeat(UNSTATED))):  # (a look in C)
             return
         prefix = os.path.join(root, "")
         for rel in [rel for rel, st in self.files.items() if st is UNSTATED]:
@@ -121,9 +123,12 @@ def pack_names(names: Iterable[str]) -> bytes:
     return "\x00".join(names).encode("utf-8", "surrogateescape")
 
 
+_PACKED_STAT = struct.Struct("=qqq")  # a FileStat as the int64s of ``Scan.stats``
+
+
 def pack_files(files: dict[str, FileStat]) -> tuple[bytes, bytes]:
     """A listing as bytes: its paths (:func:`pack_names`) and their stats as int64s."""
-    return pack_names(files), array("q", chain.from_iterable(files.values())).tobytes()
+    return pack_names(files), b"".join(starmap(_PACKED_STAT.pack, files.values()))
 
 
 # The ``.datarepoignore`` files that apply in a directory: (the directory, its spec), outermost first.
@@ -349,8 +354,9 @@ def split_paths(paths: Iterable[str], grouping: str) -> Iterator[tuple[str, str]
             yield rel, (base[dot + 1 :] if 0 < dot < len(base) - 1 else "bin")
         return
     for rel in paths:  # "wds": the key ends at the basename's first dot, as in a WebDataset tar
-        key, ext = split_member_name(rel)
-        yield (key, ext) if ext and key and not key.endswith("/") else None
+        slash = rel.rfind("/") + 1  # (:func:`split_member_name`, inlined: a first add splits every path)
+        dot = rel.find(".", slash)
+        yield (rel[:dot], rel[dot + 1 :]) if slash < dot < len(rel) - 1 else None  # a key and an extension
 
 
 def check_key(key: str) -> str:
@@ -375,12 +381,14 @@ def member_path(key: str, ext: str, grouping: str) -> str:
 def group(files: Iterable[str], grouping: str, notes: list[str]) -> dict[str, dict[str, str]]:
     """Groups relative paths into datums: key → {extension: path}."""
     datums: dict[str, dict[str, str]] = {}
-    files = list(files)
+    files = files if isinstance(files, list) else list(files)
     for rel, split in zip(files, split_paths(files, grouping)):
         if split is None:
             notes.append(f"skipped {rel}: no extension to name a member by (grouping = \"wds\")")
-            continue
-        datums.setdefault(split[0], {})[split[1]] = rel
+        elif (datum := datums.get(split[0])) is None:
+            datums[split[0]] = {split[1]: rel}
+        else:
+            datum[split[1]] = rel
     return datums
 
 

@@ -49,6 +49,8 @@ def compare(old: dict[str, str], new: dict[str, str]) -> Changes:
     """The changes from ``old`` to ``new`` (key → datum id maps), keys sorted."""
     if not old or not new:  # a first add or a first commit: no set of pairs to build
         return Changes(sorted(new), [], sorted(old))
+    if old == new:  # a clean tree, or a first add's index against its files: one pass in C
+        return Changes()
     differ = new.items() - old.items()  # set operations: done in C, for maps of any size
     return Changes(
         sorted(new.keys() - old.keys()),
