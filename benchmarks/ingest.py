@@ -115,13 +115,16 @@ def best_of(n: int, measure: Callable[[], float]) -> float:
     return min(measure() for _ in range(n))
 
 
-def best_of_interleaved(n: int, *measures: Callable[[], float]) -> list[float]:
+def best_of_interleaved(n: int, measures: dict[str, Callable[[], float]]) -> list[float]:
     """The best of ``n`` runs of each measure, run in turns (a, b, a, b, ...): the speed of a
-    shared VM comes in spells of a minute or more, and a target is a ratio of two of these."""
+    shared VM comes in spells of a minute or more, and a target is a ratio of two of these.
+    Every run is logged, so the spread behind each best is on record."""
     times: list[list[float]] = [[] for _ in measures]
     for _ in range(n):
-        for runs, measure in zip(times, measures):
+        for runs, measure in zip(times, measures.values()):
             runs.append(measure())
+    for name, runs in zip(measures, times):
+        log(f"  {name}: " + ", ".join(f"{t:.3f}" for t in runs) + " s")
     return [min(runs) for runs in times]
 
 
@@ -299,14 +302,13 @@ def first_add_once(root: Path, remove: tuple[str, ...], init: list[str], *steps:
 
 def first_add(copies: Copies, workdir: Path) -> list[Row]:
     log(f"first add, best of {RUNS} each, in turns: tar cf, datarepo add . && datarepo commit, ustar writer + xxh3-128 in Python")
-    tar, ours, ref = best_of_interleaved(
-        RUNS,
-        lambda: timed((["tar", "cf", str(workdir / "out.tar"), "train"], copies.src)),
-        first_add_once(
+    tar, ours, ref = best_of_interleaved(RUNS, {
+        "tar cf": lambda: timed((["tar", "cf", str(workdir / "out.tar"), "train"], copies.src)),
+        "datarepo add + commit": first_add_once(
             copies.datarepo, (".datarepo",), [DATAREPO, "init"], [DATAREPO, "add", "."], [DATAREPO, "commit", "-m", "x"]
         ),
-        lambda: clock(lambda: ustar_xxh3(copies.src / "train", workdir / "reference.tar")),
-    )
+        "py ustar+xxh3": lambda: clock(lambda: ustar_xxh3(copies.src / "train", workdir / "reference.tar")),
+    })
     log("dvc add train")
     dvc = best_of(
         RUNS, first_add_once(copies.dvc, (".dvc", "train.dvc"), [DVC, "init", "--no-scm", "-q"], [DVC, "add", "-q", "train"])
@@ -323,13 +325,12 @@ def first_add(copies: Copies, workdir: Path) -> list[Row]:
 
 def noop_status(copies: Copies) -> list[Row]:
     log(f"no-op status, best of {RUNS} each, in turns")
-    ours, git, dvc, walk = best_of_interleaved(
-        RUNS,
-        lambda: timed(([DATAREPO, "status"], copies.datarepo)),
-        lambda: timed((["git", "status"], copies.git)),
-        lambda: timed(([DVC, "status", "-q"], copies.dvc)),
-        lambda: clock(lambda: scandir_walk(copies.src / "train")),
-    )
+    ours, git, dvc, walk = best_of_interleaved(RUNS, {
+        "datarepo status": lambda: timed(([DATAREPO, "status"], copies.datarepo)),
+        "git status": lambda: timed((["git", "status"], copies.git)),
+        "dvc status": lambda: timed(([DVC, "status", "-q"], copies.dvc)),
+        "py scandir+stat walk": lambda: clock(lambda: scandir_walk(copies.src / "train")),
+    })
     return [
         Row("no-op status", ours, "git status", git, "<= 2x git status", ours <= 2 * git),
         Row("no-op status", ours, "dvc status", dvc),
@@ -353,6 +354,7 @@ def readd(copies: Copies, jpgs: list[Path], seed: int) -> list[Row]:
         add_commit.append(add[-1] + timed(([DATAREPO, "commit", "-m", "50"], copies.datarepo)))
         status.append(timed(([DATAREPO, "status"], copies.datarepo)))
         dvc.append(timed(([DVC, "add", "-q", "train"], copies.dvc)))
+        log(f"  add {add[-1]:.3f} s, add + commit {add_commit[-1]:.3f} s, no-op status {status[-1]:.3f} s, dvc add {dvc[-1]:.3f} s")
     status_s = min(status)
     return [
         Row(f"re-add {CHANGED_FILES} changed", min(add), "dvc add", min(dvc)),
