@@ -27,9 +27,11 @@ datums through the Python API and times a commit that changes 10 keys and a
 Progress goes to stderr; the tables go to stdout. Every command is a
 subprocess timed by its wall clock; dirty pages are flushed (``sync``)
 before each timed step so one tool's write-back does not slow the next.
-Each figure is the best of 3 runs. The runs of the figures a target compares
+Each figure is the best of 3 runs, or of 5 for the first add and the no-op
+status, whose peers run in seconds. The runs of the figures a target compares
 are taken in turns (tar, datarepo, tar, ...; the re-add and its no-op status
-in the same round), so that a slow spell of a shared machine weighs on both.
+in the same round), so that a slow spell of a shared machine weighs on both;
+every run is logged.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ CLASSES = 10
 CHANGED_FILES = 50
 CHANGED_KEYS = 10
 RUNS = 3  # timings are the best of this many runs
+TURNS = 5  # or of this many, taken in turns, for the first add and the no-op status against their peers
 HELP_RUNS = 5
 RACY_WAIT_S = 3.0
 ENV = {
@@ -301,8 +304,8 @@ def first_add_once(root: Path, remove: tuple[str, ...], init: list[str], *steps:
 
 
 def first_add(copies: Copies, workdir: Path) -> list[Row]:
-    log(f"first add, best of {RUNS} each, in turns: tar cf, datarepo add . && datarepo commit, ustar writer + xxh3-128 in Python")
-    tar, ours, ref = best_of_interleaved(RUNS, {
+    log(f"first add, best of {TURNS} each, in turns: tar cf, datarepo add . && datarepo commit, ustar writer + xxh3-128 in Python")
+    tar, ours, ref = best_of_interleaved(TURNS, {
         "tar cf": lambda: timed((["tar", "cf", str(workdir / "out.tar"), "train"], copies.src)),
         "datarepo add + commit": first_add_once(
             copies.datarepo, (".datarepo",), [DATAREPO, "init"], [DATAREPO, "add", "."], [DATAREPO, "commit", "-m", "x"]
@@ -324,8 +327,8 @@ def first_add(copies: Copies, workdir: Path) -> list[Row]:
 
 
 def noop_status(copies: Copies) -> list[Row]:
-    log(f"no-op status, best of {RUNS} each, in turns")
-    ours, git, dvc, walk = best_of_interleaved(RUNS, {
+    log(f"no-op status, best of {TURNS} each, in turns")
+    ours, git, dvc, walk = best_of_interleaved(TURNS, {
         "datarepo status": lambda: timed(([DATAREPO, "status"], copies.datarepo)),
         "git status": lambda: timed((["git", "status"], copies.git)),
         "dvc status": lambda: timed(([DVC, "status", "-q"], copies.dvc)),
