@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import time
+from array import array
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -331,6 +332,21 @@ def test_split_scan_equals_a_single_process_scan(tmp_path: Path, split: None, mo
     assert both.files == single.files and len(both.files) == 400
     assert both.packed == single.packed == wt.pack_files(single.files)  # what a snapshot saves and digests
     assert both.notes == single.notes
+
+
+def test_a_scan_whose_helper_fails_stats_its_half_itself(tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_samples(tmp_path, 200, seed=6)
+    single = wt.scan(tmp_path)
+    parent, stats = os.getpid(), wt._stats
+
+    def fails_in_the_helper(root: Path, listed: list[tuple[str, list[str]]]) -> array:
+        if os.getpid() != parent:
+            raise OSError("the helper fails")
+        return stats(root, listed)
+
+    monkeypatch.setattr(wt, "_stats", fails_in_the_helper)
+    both = wt.scan(tmp_path)
+    assert both.files == single.files and len(both.files) == 400 and both.packed == single.packed
 
 
 @pytest.mark.parametrize("half", [0, 1, 2, 3, 4, 5, 6])
