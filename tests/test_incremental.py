@@ -208,3 +208,25 @@ def test_gc_between_add_and_commit_keeps_the_staged_tree(repo_with_commit, workt
     cli("commit", "-m", "after gc")
     assert "0 problems" in cli("fsck").output
     assert cli("cat", "HEAD:train/cat/0000.cls").stdout_bytes == b"changed"
+
+
+def test_a_new_index_has_16_kib_pages_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    """16 KiB pages take a first add's location rows in fewer page writes. SQLite can only
+    set the size before the file's first write, so an existing index keeps the size it has."""
+    import sqlite3
+
+    from datarepo.index import PAGE_SIZE, Index
+
+    new = Index(tmp_path / "new.sqlite")
+    assert PAGE_SIZE == 16384 and new.db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE
+    new.close()
+    old = sqlite3.connect(tmp_path / "old.sqlite")
+    old.execute("PRAGMA page_size=4096")
+    old.execute("CREATE TABLE t (x)")
+    old.commit()
+    old.close()
+    index = Index(tmp_path / "old.sqlite")
+    assert index.db.execute("PRAGMA page_size").fetchone()[0] == 4096
+    with index.transaction():
+        index.save_stats([("a.jpg", (1, 2, 3, 4, "0" * 32))])
+    assert index.load_stats() == {"a.jpg": (1, 2, 3, 4, "0" * 32)}
