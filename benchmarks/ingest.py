@@ -31,7 +31,7 @@ Each figure is the best of 3 runs, or of 5 for the first add and the no-op
 status, whose peers run in seconds. The runs of the figures a target compares
 are taken in turns (tar, datarepo, tar, ...; the re-add and its no-op status
 in the same round), so that a slow spell of a shared machine weighs on both;
-every run is logged.
+every run is logged, and the medians of the turns are printed beside the bests.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 import xxhash
 
@@ -118,17 +119,17 @@ def best_of(n: int, measure: Callable[[], float]) -> float:
     return min(measure() for _ in range(n))
 
 
-def best_of_interleaved(n: int, measures: dict[str, Callable[[], float]]) -> list[float]:
-    """The best of ``n`` runs of each measure, run in turns (a, b, a, b, ...): the speed of a
-    shared VM comes in spells of a minute or more, and a target is a ratio of two of these.
-    Every run is logged, so the spread behind each best is on record."""
+def in_turns(n: int, measures: dict[str, Callable[[], float]]) -> list[list[float]]:
+    """``n`` runs of each measure, run in turns (a, b, a, b, ...): the speed of a shared VM
+    comes in spells of a minute or more, and a target is a ratio of two of these. Every
+    run is logged, so the spread behind each best is on record."""
     times: list[list[float]] = [[] for _ in measures]
     for _ in range(n):
         for runs, measure in zip(times, measures.values()):
             runs.append(measure())
     for name, runs in zip(measures, times):
         log(f"  {name}: " + ", ".join(f"{t:.3f}" for t in runs) + " s")
-    return [min(runs) for runs in times]
+    return times
 
 
 def clock(fn: Callable[[], object]) -> float:
@@ -305,13 +306,14 @@ def first_add_once(root: Path, remove: tuple[str, ...], init: list[str], *steps:
 
 def first_add(copies: Copies, workdir: Path) -> list[Row]:
     log(f"first add, best of {TURNS} each, in turns: tar cf, datarepo add . && datarepo commit, ustar writer + xxh3-128 in Python")
-    tar, ours, ref = best_of_interleaved(TURNS, {
+    tar_runs, our_runs, ref_runs = in_turns(TURNS, {
         "tar cf": lambda: timed((["tar", "cf", str(workdir / "out.tar"), "train"], copies.src)),
         "datarepo add + commit": first_add_once(
             copies.datarepo, (".datarepo",), [DATAREPO, "init"], [DATAREPO, "add", "."], [DATAREPO, "commit", "-m", "x"]
         ),
         "py ustar+xxh3": lambda: clock(lambda: ustar_xxh3(copies.src / "train", workdir / "reference.tar")),
     })
+    tar, ours, ref = min(tar_runs), min(our_runs), min(ref_runs)
     log("dvc add train")
     dvc = best_of(
         RUNS, first_add_once(copies.dvc, (".dvc", "train.dvc"), [DVC, "init", "--no-scm", "-q"], [DVC, "add", "-q", "train"])
@@ -320,6 +322,7 @@ def first_add(copies: Copies, workdir: Path) -> list[Row]:
     git = best_of(RUNS, first_add_once(copies.git, (".git",), ["git", "init", "-q"], ["git", "add", "."]))
     return [
         Row("first add + commit", ours, "tar cf", tar, "<= 1.5x tar cf", ours <= 1.5 * tar),
+        Row("first add + commit, median", median(our_runs), "tar cf, median", median(tar_runs)),
         Row("first add + commit", ours, "dvc add", dvc),
         Row("first add + commit", ours, "git add", git),
         Row("first add + commit", ours, "py ustar+xxh3 (fsync)", ref),
@@ -328,14 +331,16 @@ def first_add(copies: Copies, workdir: Path) -> list[Row]:
 
 def noop_status(copies: Copies) -> list[Row]:
     log(f"no-op status, best of {TURNS} each, in turns")
-    ours, git, dvc, walk = best_of_interleaved(TURNS, {
+    our_runs, git_runs, dvc_runs, walk_runs = in_turns(TURNS, {
         "datarepo status": lambda: timed(([DATAREPO, "status"], copies.datarepo)),
         "git status": lambda: timed((["git", "status"], copies.git)),
         "dvc status": lambda: timed(([DVC, "status", "-q"], copies.dvc)),
         "py scandir+stat walk": lambda: clock(lambda: scandir_walk(copies.src / "train")),
     })
+    ours, git, dvc, walk = min(our_runs), min(git_runs), min(dvc_runs), min(walk_runs)
     return [
         Row("no-op status", ours, "git status", git, "<= 2x git status", ours <= 2 * git),
+        Row("no-op status, median", median(our_runs), "git status, median", median(git_runs)),
         Row("no-op status", ours, "dvc status", dvc),
         Row("no-op status", ours, "py scandir+stat walk", walk),
     ]
@@ -363,6 +368,7 @@ def readd(copies: Copies, jpgs: list[Path], seed: int) -> list[Row]:
         Row(f"re-add {CHANGED_FILES} changed", min(add), "dvc add", min(dvc)),
         Row(f"re-add {CHANGED_FILES} changed", min(add), "datarepo no-op status", status_s,
             "<= 1.5x no-op status", min(add) <= 1.5 * status_s),
+        Row(f"re-add {CHANGED_FILES} changed, median", median(add), "no-op status, median", median(status)),
         Row(f"re-add {CHANGED_FILES} changed + commit", min(add_commit), "datarepo no-op status", status_s),
     ]
 
