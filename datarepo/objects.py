@@ -118,7 +118,7 @@ def encode(obj: RepoObject) -> bytes:
     return canonical_json(obj.to_json())
 
 
-_json_string = json.encoder.encode_basestring  # json's own (C) quoting of a string, as ensure_ascii=False quotes it
+json_string = json.encoder.encode_basestring  # json's own (C) quoting of a string, as ensure_ascii=False quotes it
 
 
 def _page_bytes(rows: Sequence[Sequence[Any]]) -> bytes:
@@ -126,7 +126,7 @@ def _page_bytes(rows: Sequence[Sequence[Any]]) -> bytes:
     (a test holds them equal), in about two thirds of the time. Every commit and ``add``
     encodes the pages it changes, each of about a thousand entries. A row's datum is an
     oid and its size an int, as every page built or decoded here holds."""
-    body = ",".join([f'[{_json_string(key)},"{datum}",{size}]' for key, datum, size in rows])
+    body = ",".join([f'[{json_string(key)},"{datum}",{size}]' for key, datum, size in rows])
     return ('{"entries":[' + body + '],"format":%d,"type":"page"}' % FORMAT).encode()
 
 

@@ -14,8 +14,8 @@ from datarepo.objects import RepoObject, TreePage
 from datarepo.shards import DatumLoc, FileRange, MemberData, ShardIndex, ShardWriter, iter_tar
 
 
-# Tree pages decoded by this process, kept for the next step of the same command (a re-add
-# looks up the changed keys, then rewrites the same pages): objects never change.
+# Tree pages decoded (or read as text) by this process, kept for the next step of the same
+# command (a re-add looks up the changed keys, then rewrites the same pages): objects never change.
 DECODED_PAGES = 64
 
 
@@ -44,13 +44,17 @@ class Store:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._pages: dict[str, RepoObject] = {}
+        self._texts: dict[str, str] = {}
         self.objects_dir = root / "objects"
         self.shards_dir = root / "shards"
 
     # objects -----------------------------------------------------------
     def put(self, obj: RepoObject) -> Oid:
         """Stores ``obj`` (once) and returns its oid."""
-        data = objects.encode(obj)
+        return self.put_canonical(objects.encode(obj))
+
+    def put_canonical(self, data: bytes) -> Oid:
+        """Stores an object given as its canonical bytes (once) and returns its oid."""
         oid = hash_bytes(data)
         path = fanout(self.objects_dir, oid)
         if not path.exists():
@@ -72,6 +76,23 @@ class Store:
                 del self._pages[next(iter(self._pages))]
             self._pages[oid] = obj
         return obj
+
+    def get_text(self, oid: str) -> str:
+        """An object's canonical JSON as text, checked against its oid: bytes that hash to
+        it are the canonical form this store wrote, so a caller may search them as text."""
+        if (text := self._texts.get(oid)) is not None:
+            return text
+        raw = objects.canonical_bytes(self.get_raw(oid), oid)
+        if hash_bytes(raw) != oid:
+            raise CorruptObjectError(oid, "content does not hash to its name")
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:
+            raise CorruptObjectError(oid, "not UTF-8") from None
+        if len(self._texts) >= DECODED_PAGES:
+            del self._texts[next(iter(self._texts))]
+        self._texts[oid] = text
+        return text
 
     def get_typed(self, oid: str, kind: type) -> RepoObject:
         obj = self.get(oid)

@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 
 import xxhash
 
-from datarepo.hashing import Oid
-from datarepo.objects import PageRef, Tree, TreeEntry, TreePage
+from datarepo.hashing import OID_LEN, Oid
+from datarepo.objects import PageRef, Tree, TreeEntry, TreePage, json_string
 from datarepo.store import Store
 
 PAGE_MODULUS = 1024
@@ -110,7 +110,9 @@ def lookup(store: Store, oid: str, key: str) -> TreeEntry | None:
 
 
 def lookup_many(store: Store, oid: str, keys: Iterable[str]) -> dict[str, TreeEntry]:
-    """Finds keys, opening the root once and each page that can hold one of them once."""
+    """Finds keys, opening the root once and each page that can hold one of them once.
+    A page is searched as its canonical text (:func:`_find_row`): a few keys need not
+    parse a thousand entries."""
     pages = read_root(store, oid).pages
     firsts = [p.first_key for p in pages]
     by_page: dict[int, list[str]] = {}
@@ -119,12 +121,23 @@ def lookup_many(store: Store, oid: str, keys: Iterable[str]) -> dict[str, TreeEn
             by_page.setdefault(i, []).append(key)
     found = {}
     for i, wanted in by_page.items():
-        rows = read_page(store, pages[i].page).rows
+        text = store.get_text(pages[i].page)
         for key in wanted:
-            j = bisect.bisect_left(rows, key, key=_KEY)
-            if j < len(rows) and rows[j][0] == key:
-                found[key] = TreeEntry._make(rows[j])
+            if (span := _find_row(text, key)) is not None:
+                found[key] = TreeEntry(key, Oid(text[span[0] : span[0] + OID_LEN]), int(text[span[0] + OID_LEN + 2 : span[1]]))
     return found
+
+
+def _find_row(text: str, key: str) -> tuple[int, int] | None:
+    """Where ``key``'s row of a page's canonical text has its datum: (the datum's start,
+    the end of the size after it), or None if the page has no such key. A row is written
+    ``["key","datum",size]``, and ``["key",`` cannot occur inside a string, where every
+    quote is escaped: the first match is the row."""
+    head = "[" + json_string(key) + ',"'
+    if (at := text.find(head)) < 0:
+        return None
+    start = at + len(head)
+    return start, text.index("]", start + OID_LEN + 2)
 
 
 def update_tree(store: Store, oid: str, changes: dict[str, Row | None]) -> Oid:
@@ -144,26 +157,30 @@ def update_tree(store: Store, oid: str, changes: dict[str, Row | None]) -> Oid:
         if i not in by_page and not cutter.pending:
             cutter.keep(ref)
             continue
-        rows = read_page(store, ref.page).rows
-        if not cutter.pending and (same := _replaced(rows, by_page[i])) is not None:
-            cutter.pending = same  # the same keys: the same boundaries, no need to look for them
-            cutter.flush()
+        if not cutter.pending and (same := _replaced(store.get_text(ref.page), by_page[i])) is not None:
+            # The same keys: the same boundaries, and the page rewritten as text, not parsed.
+            cutter.keep(PageRef(ref.first_key, ref.count, store.put_canonical(same.encode())))
             continue
-        cutter.extend(_merge(rows, by_page.get(i, {})))
+        cutter.extend(_merge(read_page(store, ref.page).rows, by_page.get(i, {})))
     if not pages:
         cutter.extend(_merge((), by_page.get(0, {})))
     return cutter.finish()
 
 
-def _replaced(rows: Sequence[Row], changes: dict[str, Row | None]) -> list[Row] | None:
-    """The page with new values for existing keys, or None if a key is added or deleted."""
-    out = list(rows)
+def _replaced(text: str, changes: dict[str, Row | None]) -> str | None:
+    """A page's canonical text with new values for existing keys, or None if a key is added
+    or deleted (its boundaries may move: the page is then parsed and cut again)."""
+    spans = []
     for key, new in changes.items():
-        j = bisect.bisect_left(out, key, key=_KEY)
-        if new is None or j == len(out) or out[j][0] != key:
+        if new is None or (span := _find_row(text, key)) is None:
             return None
-        out[j] = new
-    return out
+        spans.append((span, new))
+    out, done = [], 0
+    for (start, end), new in sorted(spans, key=lambda s: s[0][0]):
+        out.append(text[done:start] + f'{new[1]}",{new[2]}')
+        done = end
+    out.append(text[done:])
+    return "".join(out)
 
 
 def _merge(rows: Iterable[Row], changes: dict[str, Row | None]) -> list[Row]:

@@ -88,3 +88,40 @@ def test_iter_prefix_opens_only_matching_range(tmp_path: Path) -> None:
     assert [e.key for e in trees.iter_tree(store, root, "b/")] == [f"b/{i:05d}" for i in range(3000)]
     assert [e.key for e in trees.iter_tree(store, root, "a/0012")] == [f"a/{i:05d}" for i in range(120, 130)]
     assert list(trees.iter_tree(store, root, "c/")) == []
+
+
+odd_keys = st.sets(st.text(alphabet=st.sampled_from(['a', 'b', '"', '\\', '[', ']', ',', '/', 'é', '\n', '\x01', '😀']),
+                           min_size=1, max_size=8), min_size=1, max_size=200)
+
+
+@settings(max_examples=80, deadline=None)
+@given(odd_keys, st.data())
+def test_pages_searched_and_rewritten_as_text_agree_with_parsed_pages(tmp_path_factory, base: set, data) -> None:
+    """Lookups and same-key updates work on a page's canonical text: for keys holding
+    quotes, backslashes, brackets, commas, control characters or any script, and keys that
+    begin other keys, they must find what parsing finds and write what a full rewrite writes."""
+    store = _store(tmp_path_factory.mktemp("t"))
+    old = {e.key: e for e in _entries(base)}
+    root = trees.write_tree(store, old.values())
+    changed = data.draw(st.lists(st.sampled_from(sorted(base)), unique=True))
+    changes = {k: TreeEntry(k, hash_bytes(b"new" + k.encode()), data.draw(st.integers(0, 1 << 40))) for k in changed}
+    expected = trees.write_tree(store, sorted({**old, **changes}.values()))
+    assert trees.update_tree(store, root, changes) == expected
+    wanted = sorted(base) + data.draw(st.lists(odd_keys.map(min)))  # and keys that may be absent
+    assert trees.lookup_many(store, expected, wanted) == {k: e for k, e in {**old, **changes}.items()}
+
+
+def test_a_page_that_does_not_hash_to_its_name_is_refused(tmp_path: Path) -> None:
+    from datarepo.errors import CorruptObjectError
+    from datarepo.store import fanout
+
+    store = _store(tmp_path)
+    entries = _entries(f"k/{i:04d}" for i in range(50))
+    root = trees.write_tree(store, entries)
+    page = store.get(root).pages[0].page
+    path = fanout(store.objects_dir, page)
+    path.chmod(0o644)
+    path.write_bytes(store.get_text(page).replace(entries[3].datum, entries[4].datum).encode())  # well formed, wrong
+    fresh = Store(store.root)
+    with pytest.raises(CorruptObjectError, match=page):
+        trees.lookup(fresh, root, entries[3].key)
