@@ -127,7 +127,11 @@ def _page_bytes(rows: Sequence[Sequence[Any]]) -> bytes:
     encodes the pages it changes, each of about a thousand entries. A row's datum is an
     oid and its size an int, as every page built or decoded here holds."""
     body = ",".join([f'[{json_string(key)},"{datum}",{size}]' for key, datum, size in rows])
-    return ('{"entries":[' + body + '],"format":%d,"type":"page"}' % FORMAT).encode()
+    return (PAGE_HEAD + body + PAGE_TAIL).encode()
+
+
+# A page's canonical JSON around its rows.
+PAGE_HEAD, PAGE_TAIL = '{"entries":[', '],"format":%d,"type":"page"}' % FORMAT
 
 
 def compress(data: bytes) -> bytes:

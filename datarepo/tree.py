@@ -11,7 +11,8 @@ from typing import Any, NamedTuple
 import xxhash
 
 from datarepo.hashing import OID_LEN, Oid
-from datarepo.objects import PageRef, Tree, TreeEntry, TreePage, json_string
+from datarepo.errors import CorruptObjectError
+from datarepo.objects import PAGE_HEAD, PAGE_TAIL, PageRef, Tree, TreeEntry, TreePage, json_string
 from datarepo.store import Store
 
 PAGE_MODULUS = 1024
@@ -121,11 +122,20 @@ def lookup_many(store: Store, oid: str, keys: Iterable[str]) -> dict[str, TreeEn
             by_page.setdefault(i, []).append(key)
     found = {}
     for i, wanted in by_page.items():
-        text = store.get_text(pages[i].page)
+        text = _page_text(store, pages[i].page)
         for key in wanted:
             if (span := _find_row(text, key)) is not None:
                 found[key] = TreeEntry(key, Oid(text[span[0] : span[0] + OID_LEN]), int(text[span[0] + OID_LEN + 2 : span[1]]))
     return found
+
+
+def _page_text(store: Store, oid: str) -> str:
+    """A page's canonical text (checked against its oid by the store), refused if the
+    object it names is not a page."""
+    text = store.get_text(oid)
+    if not (text.startswith(PAGE_HEAD) and text.endswith(PAGE_TAIL)):
+        raise CorruptObjectError(oid, "expected a page")
+    return text
 
 
 def _find_row(text: str, key: str) -> tuple[int, int] | None:
@@ -157,7 +167,7 @@ def update_tree(store: Store, oid: str, changes: dict[str, Row | None]) -> Oid:
         if i not in by_page and not cutter.pending:
             cutter.keep(ref)
             continue
-        if not cutter.pending and (same := _replaced(store.get_text(ref.page), by_page[i])) is not None:
+        if not cutter.pending and (same := _replaced(_page_text(store, ref.page), by_page[i])) is not None:
             # The same keys: the same boundaries, and the page rewritten as text, not parsed.
             cutter.keep(PageRef(ref.first_key, ref.count, store.put_canonical(same.encode())))
             continue

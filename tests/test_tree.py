@@ -125,3 +125,17 @@ def test_a_page_that_does_not_hash_to_its_name_is_refused(tmp_path: Path) -> Non
     fresh = Store(store.root)
     with pytest.raises(CorruptObjectError, match=page):
         trees.lookup(fresh, root, entries[3].key)
+
+
+def test_a_page_reference_to_another_kind_of_object_is_refused(tmp_path: Path) -> None:
+    """A root that names a commit where a page belongs: searching the commit's text for a
+    key (here a parent's oid, which it holds as `["<oid>","`) must not read a datum out of it."""
+    from datarepo.errors import CorruptObjectError
+    from datarepo.objects import Commit, PageRef, Tree
+
+    store = _store(tmp_path)
+    parents = (hash_bytes(b"p1"), hash_bytes(b"p2"))
+    commit = store.put(Commit(hash_bytes(b"t"), parents, "me", "2026-01-01T00:00:00Z", "m"))
+    root = store.put(Tree((PageRef(parents[0], 1, commit),)))
+    with pytest.raises(CorruptObjectError, match="expected a page"):
+        trees.lookup(store, root, parents[0])
