@@ -118,6 +118,8 @@ def encode(obj: RepoObject) -> bytes:
     return canonical_json(obj.to_json())
 
 
+# A page's canonical JSON around its rows.
+PAGE_HEAD, PAGE_TAIL = '{"entries":[', '],"format":%d,"type":"page"}' % FORMAT
 json_string = json.encoder.encode_basestring  # json's own (C) quoting of a string, as ensure_ascii=False quotes it
 
 
@@ -128,10 +130,6 @@ def _page_bytes(rows: Sequence[Sequence[Any]]) -> bytes:
     oid and its size an int, as every page built or decoded here holds."""
     body = ",".join([f'[{json_string(key)},"{datum}",{size}]' for key, datum, size in rows])
     return (PAGE_HEAD + body + PAGE_TAIL).encode()
-
-
-# A page's canonical JSON around its rows.
-PAGE_HEAD, PAGE_TAIL = '{"entries":[', '],"format":%d,"type":"page"}' % FORMAT
 
 
 def compress(data: bytes) -> bytes:

@@ -10,8 +10,8 @@ from typing import Any, NamedTuple
 
 import xxhash
 
-from datarepo.hashing import OID_LEN, Oid
 from datarepo.errors import CorruptObjectError
+from datarepo.hashing import OID_LEN, Oid
 from datarepo.objects import PAGE_HEAD, PAGE_TAIL, PageRef, Tree, TreeEntry, TreePage, json_string
 from datarepo.store import Store
 
@@ -179,7 +179,8 @@ def update_tree(store: Store, oid: str, changes: dict[str, Row | None]) -> Oid:
 
 def _replaced(text: str, changes: dict[str, Row | None]) -> str | None:
     """A page's canonical text with new values for existing keys, or None if a key is added
-    or deleted (its boundaries may move: the page is then parsed and cut again)."""
+    or deleted (its boundaries may move: the page is then parsed and cut again). A new
+    row's datum is an oid and its size an int, as :func:`objects._page_bytes` writes them."""
     spans = []
     for key, new in changes.items():
         if new is None or (span := _find_row(text, key)) is None:
