@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import xxhash
 
 from datarepo.errors import CorruptObjectError
-from datarepo.hashing import OID_LEN, Oid
+from datarepo.hashing import OID_LEN, Oid, is_hex
 from datarepo.objects import PAGE_HEAD, PAGE_TAIL, PageRef, Tree, TreeEntry, TreePage, json_string
 from datarepo.store import Store
 
@@ -124,7 +124,7 @@ def lookup_many(store: Store, oid: str, keys: Iterable[str]) -> dict[str, TreeEn
     for i, wanted in by_page.items():
         text = _page_text(store, pages[i].page)
         for key in wanted:
-            if (span := _find_row(text, key)) is not None:
+            if (span := _find_row(text, key, pages[i].page)) is not None:
                 found[key] = TreeEntry(key, Oid(text[span[0] : span[0] + OID_LEN]), int(text[span[0] + OID_LEN + 2 : span[1]]))
     return found
 
@@ -138,16 +138,28 @@ def _page_text(store: Store, oid: str) -> str:
     return text
 
 
-def _find_row(text: str, key: str) -> tuple[int, int] | None:
+def _find_row(text: str, key: str, page: str) -> tuple[int, int] | None:
     """Where ``key``'s row of a page's canonical text has its datum: (the datum's start,
     the end of the size after it), or None if the page has no such key. A row is written
     ``["key","datum",size]``, and ``["key",`` cannot occur inside a string, where every
-    quote is escaped: the first match is the row."""
+    quote is escaped: the first match is the row. Bytes that hash to a page's name may
+    still not be a page this store wrote (a copied-in object): a row whose datum is not an
+    oid, or whose size is not a plain integer, is refused, as parsing the page refuses it."""
     head = "[" + json_string(key) + ',"'
     if (at := text.find(head)) < 0:
         return None
     start = at + len(head)
-    return start, text.index("]", start + OID_LEN + 2)
+    end = text.find("]", start)
+    size = text[start + OID_LEN + 2 : end]
+    if not (
+        is_hex(text[start : start + OID_LEN])
+        and text[start + OID_LEN : start + OID_LEN + 2] == '",'
+        and size.isascii()
+        and size.isdigit()
+        and (size == "0" or size[0] != "0")
+    ):
+        raise CorruptObjectError(page, f"bad row for key {key!r:.60}")
+    return start, end
 
 
 def update_tree(store: Store, oid: str, changes: dict[str, Row | None]) -> Oid:
@@ -167,7 +179,7 @@ def update_tree(store: Store, oid: str, changes: dict[str, Row | None]) -> Oid:
         if i not in by_page and not cutter.pending:
             cutter.keep(ref)
             continue
-        if not cutter.pending and (same := _replaced(_page_text(store, ref.page), by_page[i])) is not None:
+        if not cutter.pending and (same := _replaced(_page_text(store, ref.page), ref.page, by_page[i])) is not None:
             # The same keys: the same boundaries, and the page rewritten as text, not parsed.
             cutter.keep(PageRef(ref.first_key, ref.count, store.put_canonical(same.encode())))
             continue
@@ -177,13 +189,13 @@ def update_tree(store: Store, oid: str, changes: dict[str, Row | None]) -> Oid:
     return cutter.finish()
 
 
-def _replaced(text: str, changes: dict[str, Row | None]) -> str | None:
+def _replaced(text: str, page: str, changes: dict[str, Row | None]) -> str | None:
     """A page's canonical text with new values for existing keys, or None if a key is added
     or deleted (its boundaries may move: the page is then parsed and cut again). A new
     row's datum is an oid and its size an int, as :func:`objects._page_bytes` writes them."""
     spans = []
     for key, new in changes.items():
-        if new is None or (span := _find_row(text, key)) is None:
+        if new is None or (span := _find_row(text, key, page)) is None:
             return None
         spans.append((span, new))
     out, done = [], 0

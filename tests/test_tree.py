@@ -139,3 +139,35 @@ def test_a_page_reference_to_another_kind_of_object_is_refused(tmp_path: Path) -
     root = store.put(Tree((PageRef(parents[0], 1, commit),)))
     with pytest.raises(CorruptObjectError, match="expected a page"):
         trees.lookup(store, root, parents[0])
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        '["k/a","{d}","7"]',  # a size that is a string
+        '["k/a","{d}",-7]',  # a negative size
+        '["k/a","{d}",07]',  # not canonical JSON
+        '["k/a","{d}",1.5]',
+        '["k/a","{d}x",7]',  # a datum that is not an oid
+        '["k/a","{D}",7]',
+        '["k/a","{d}",7,8]',  # a row of four
+    ],
+)
+def test_a_page_with_a_bad_row_is_refused_though_it_hashes_to_its_name(tmp_path: Path, row: str) -> None:
+    """Bytes copied into the store hash to the name they are stored under, yet may not be a
+    page this store wrote: a key's row read as text is checked as parsing checks it."""
+    from datarepo.errors import CorruptObjectError
+    from datarepo.objects import PAGE_HEAD, PAGE_TAIL, PageRef, Tree
+
+    store = _store(tmp_path)
+    datum = hash_bytes(b"a")
+    text = PAGE_HEAD + row.format(d=datum, D=datum.upper()) + ',["k/b","' + datum + '",3]' + PAGE_TAIL
+    page = store.put_canonical(text.encode())
+    root = store.put(Tree((PageRef("k/a", 2, page),)))
+    with pytest.raises(CorruptObjectError, match=page):
+        trees.read_page(store, page)
+    with pytest.raises(CorruptObjectError, match=page):
+        trees.lookup(store, root, "k/a")
+    with pytest.raises(CorruptObjectError, match=page):
+        trees.update_tree(store, root, {"k/a": TreeEntry("k/a", hash_bytes(b"b"), 1)})
+    assert trees.lookup(store, root, "k/b") == TreeEntry("k/b", datum, 3)  # a sound row of the page still reads
