@@ -252,8 +252,9 @@ class TarMember(NamedTuple):
     size: int
 
 
-def iter_tar(f: BinaryIO, name: str = "<tar>") -> Iterator[TarMember]:
-    """Yields the regular members of a ustar/PAX/GNU tar without reading their data.
+def iter_tar(f: BinaryIO, name: str = "<tar>", passed_over: list[str] | None = None) -> Iterator[TarMember]:
+    """Yields the regular members of a ustar/PAX/GNU tar without reading their data; the
+    names of the others, but for directories (links, devices, fifos), go to ``passed_over``.
 
     ``f`` must be seekable. Anything malformed raises CorruptObjectError.
     """
@@ -291,6 +292,8 @@ def iter_tar(f: BinaryIO, name: str = "<tar>") -> Iterator[TarMember]:
         elif kind == b"g":
             pass
         else:
+            if passed_over is not None and kind != b"5":
+                passed_over.append(pax_path or _ustar_name(block))
             pax_path = pax_size = None
         pos = data + size + padding(size)
 

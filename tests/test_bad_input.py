@@ -220,6 +220,52 @@ def test_bad_jsonl_and_truncated_tar(tmp_path: Path, worktree: Path, cli) -> Non
     assert cli("log").output == ""
 
 
+def test_names_that_are_not_utf8_in_a_tar_or_json_lines_are_refused(tmp_path: Path, worktree: Path, cli) -> None:
+    """A tar member's name is bytes, and JSON may escape a lone surrogate: neither can be a
+    key or an extension, which are stored as UTF-8. One line, and nothing is committed."""
+    import io
+    import tarfile
+
+    bad = tmp_path / "latin1.tar"
+    with tarfile.open(bad, "w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tf:
+        info = tarfile.TarInfo("caf\xe9.jpg")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+    cli("init")
+    _one_line_error(cli("ingest", str(bad), "--prefix", "x", ok=False), "latin1.tar", "not valid UTF-8")
+    for n, line in enumerate(['{"__key__": "a\\ud800", "txt": "x"}', '{"__key__": "a", "t\\ud800": "x"}']):
+        (tmp_path / f"s{n}.jsonl").write_text(line + "\n")
+        _one_line_error(cli("ingest", str(tmp_path / f"s{n}.jsonl"), "--prefix", "x", ok=False), f"s{n}.jsonl:1", "not valid UTF-8")
+    assert cli("log").output == ""
+
+
+def test_tar_members_that_are_not_regular_files_are_skipped_with_a_note(tmp_path: Path, worktree: Path, cli) -> None:
+    """As WebDataset reads a tar, only regular members make samples; a link, device or fifo
+    is passed over, and the ingest says so (a directory is not worth a note)."""
+    import io
+    import tarfile
+
+    src = tmp_path / "mixed.tar"
+    with tarfile.open(src, "w") as tf:
+        for name, kind, data in [
+            ("d", tarfile.DIRTYPE, b""),
+            ("d/a.jpg", tarfile.REGTYPE, b"jpeg"),
+            ("d/a.cls", tarfile.REGTYPE, b"3"),
+            ("d/b.jpg", tarfile.SYMTYPE, b""),
+            ("d/c.jpg", tarfile.LNKTYPE, b""),
+            ("d/f.jpg", tarfile.FIFOTYPE, b""),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.type, info.size = kind, len(data)
+            info.linkname = "a.jpg" if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE) else ""
+            tf.addfile(info, io.BytesIO(data) if data else None)
+    cli("init")
+    result = cli("ingest", str(src), "--prefix", "x")
+    assert "member 'd/b.jpg' (and 2 more) is not a regular file" in result.output
+    assert cli("ls", "HEAD").output.split() == ["x/d/a"]
+    assert cli("cat", "HEAD:x/d/a.jpg").stdout_bytes == b"jpeg"
+
+
 def test_invalid_ref_names(repo_with_commit, cli) -> None:
     for name in ("a..b", "a b", "x.lock", "a/", "~x", ".hidden", "a:b"):
         _one_line_error(cli("branch", name, ok=False), "invalid branch name")

@@ -183,30 +183,34 @@ def _remembered_file(run: _Run, path: Path) -> Iterator[NewDatum | TreeEntry]:
             yield from entries
             return
     taken: list[TreeEntry] = []
-    for item in _read_file(path):
+    for item in _read_file(path, run.notes):
         taken.append(TreeEntry(item.key, item.datum, item.size))
         yield item
     stat = [st.st_size, st.st_mtime_ns, st.st_ino, seen, ""]
     run.remembered[name] = json.dumps({"stat": stat, "entries": [list(e) for e in taken]})
 
 
-def _read_file(path: Path) -> Iterator[NewDatum]:
+def _read_file(path: Path, notes: list[str]) -> Iterator[NewDatum]:
     if path.name.endswith(JSONL_SUFFIXES):
         with open(path, "rb") as f:
             yield from _jsonl(f, str(path))
     elif path.name.endswith(TAR_SUFFIXES):
-        yield from _tar(path)
+        yield from _tar(path, notes)
     else:
         raise InvalidInputError(f"cannot ingest {path}: expected a folder, a .tar shard or a .jsonl file")
 
 
-def _tar(path: Path) -> Iterator[NewDatum]:
-    """Groups consecutive tar members with the same key into datums, as WebDataset does."""
+def _tar(path: Path, notes: list[str]) -> Iterator[NewDatum]:
+    """Groups consecutive tar members with the same key into datums, as WebDataset does.
+    Members that are not regular files (links, devices, fifos) are passed over with a note."""
     key: str | None = None
     members: dict[str, MemberData] = {}
     hashes: dict[str, Oid] = {}
+    passed_over: list[str] = []
     with open(path, "rb") as f:
-        for m in iter_tar(f, str(path)):
+        for m in iter_tar(f, str(path), passed_over):
+            if not _is_utf8(m.name):
+                raise InvalidInputError(f"{path}: member name {m.name!r} is not valid UTF-8")
             k, ext = split_member_name(m.name.removeprefix("./"))
             if not ext or k.endswith("/"):
                 continue
@@ -219,6 +223,19 @@ def _tar(path: Path) -> Iterator[NewDatum]:
             members[ext], hashes[ext] = _member(f, path, m.offset, m.size)
     if members:
         yield NewDatum(key, members, hashes)  # type: ignore[arg-type]
+    if passed_over:
+        more = f" (and {len(passed_over) - 1} more)" if len(passed_over) > 1 else ""
+        notes.append(f"skipped {path}: member {passed_over[0]!r}{more} is not a regular file (a link, device or fifo)")
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a name read from bytes that are not UTF-8 (as surrogate escapes) or from JSON
+    with a lone surrogate: keys and extensions are stored as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _member(f: BinaryIO, path: Path, offset: int, size: int) -> tuple[MemberData, Oid]:
@@ -246,6 +263,8 @@ def _jsonl(stream: BinaryIO, name: str) -> Iterator[NewDatum]:
             key = obj.pop("__key__")
             if not isinstance(key, str) or not isinstance(obj, dict) or not obj:
                 raise ValueError("needs a string __key__ and at least one member")
+            if not _is_utf8("".join((key, *obj))):
+                raise ValueError("a key or member name is not valid UTF-8")
             members = {ext: _member_bytes(v) for ext, v in obj.items() if not ext.startswith("__")}
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as e:
             raise InvalidInputError(f"{name}:{lineno}: bad JSON-lines datum ({e!s:.80})") from None
