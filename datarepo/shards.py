@@ -289,7 +289,7 @@ def iter_tar(f: BinaryIO, name: str = "<tar>", passed_over: list[str] | None = N
                 size = pax_size
             yield TarMember(pax_path or _ustar_name(block), data, size)
             pax_path = pax_size = None
-        elif kind == b"g":
+        elif kind in (b"g", b"K"):  # PAX global records; a GNU long link target (of a link, passed over)
             pass
         else:
             if passed_over is not None and kind != b"5":
