@@ -205,14 +205,14 @@ def commit(message: str, allow_empty: bool) -> None:
 
 @main.command()
 @click.argument("rev", default="HEAD")
-@click.option("-n", "--max-count", type=int, default=None, help="Show at most N commits.")
+@click.option("-n", "--max-count", type=int, default=None, help="Show at most N commits (a negative N: no limit, as in git).")
 @click.option("--oneline", is_flag=True, help="One line a commit.")
 @click.option("--json", "as_json", is_flag=True)
 def log(rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
     """Show the commit history."""
     from datarepo.porcelain.history import log as run
 
-    commits = list(run(_repo(), rev, max_count))
+    commits = list(run(_repo(), rev, max_count if max_count is None or max_count >= 0 else None))
     if as_json:
         _json([{"commit": oid, **c.to_json()} for oid, c in commits])
         return

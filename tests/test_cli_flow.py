@@ -109,6 +109,8 @@ def test_branch_tag_and_revision_forms(repo_with_commit, worktree: Path, cli) ->
     cli("branch", "-d", "exp")
     assert repo.resolve("v1") == second
     assert cli("log", "--oneline", "v1").output.count("\n") == 2
+    # -n as in git: at most N commits; 0 none; a negative N, no limit
+    assert [cli("log", "--oneline", "-n", n, "v1").output.count("\n") for n in ("1", "0", "-1")] == [1, 0, 2]
 
 
 def test_rm_stages_deletion(repo_with_commit, worktree: Path, cli) -> None:
