@@ -378,6 +378,20 @@ def member_path(key: str, ext: str, grouping: str) -> str:
     return key if grouping == "file" else f"{key}.{ext}"
 
 
+def file_and_dir(files: set[str]) -> tuple[str, set[str]]:
+    """The first of ``files`` (relative paths) that another of them needs as a directory, or
+    "" if none: keys from an ``ingest`` can ask for both (``x`` with ``.jpg``, and ``x.jpg/y``),
+    which no file system can hold. Also returns the directories the files need."""
+    dirs: set[str] = set()
+    for rel in files:
+        parent = rel.rpartition("/")[0]
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = parent.rpartition("/")[0]
+    clash = min(dirs.intersection(files), default="")
+    return clash, dirs
+
+
 def group(files: Iterable[str], grouping: str, notes: list[str]) -> dict[str, dict[str, str]]:
     """Groups relative paths into datums: key → {extension: path}."""
     datums: dict[str, dict[str, str]] = {}

@@ -266,6 +266,52 @@ def test_tar_members_that_are_not_regular_files_are_skipped_with_a_note(tmp_path
     assert cli("cat", "HEAD:x/d/a.jpg").stdout_bytes == b"jpeg"
 
 
+def test_keys_that_would_be_both_a_file_and_a_directory_are_refused_before_writing(
+    tmp_path: Path, worktree: Path, cli
+) -> None:
+    """An ingest can hold keys ``x`` (a ``.jpg``) and ``x.jpg/y``: stock WebDataset reads them,
+    but no folder can hold both. export and checkout refuse them in one line before writing
+    a file, and leave the work tree and HEAD as they were; a file in the way that the same
+    checkout removes first is no obstacle."""
+    cli("init")
+    (worktree / "p").mkdir()
+    (worktree / "p" / "keep.txt").write_text("k")
+    cli("add", ".")
+    cli("commit", "-m", "base")
+    lines = tmp_path / "a.jsonl"
+    lines.write_text('{"__key__": "keep", "txt": "k"}\n{"__key__": "x", "jpg": "a"}\n{"__key__": "x.jpg/y", "txt": "b"}\n')
+    cli("ingest", str(lines), "--prefix", "p")  # p is in the work tree: checkout writes there
+    _one_line_error(cli("export", "HEAD", str(tmp_path / "out"), ok=False), "p/x.jpg would be both a file and a directory")
+    assert not (tmp_path / "out").exists()
+    head = cli("log", "--oneline", "-n", "1").output
+    _one_line_error(cli("checkout", "-f", "HEAD", ok=False), "p/x.jpg would be both")
+    assert sorted(p.name for p in (worktree / "p").iterdir()) == ["keep.txt"]
+    assert cli("log", "--oneline", "-n", "1").output == head
+    # one key at a time: p/x on disk, then p/x.jpg/y beside it
+    lines.write_text('{"__key__": "keep", "txt": "k"}\n{"__key__": "x", "jpg": "a"}\n')
+    cli("ingest", str(lines), "--prefix", "p")
+    cli("checkout", "-f", "HEAD")
+    assert (worktree / "p" / "x.jpg").read_text() == "a"
+    lines.write_text('{"__key__": "x.jpg/y", "txt": "b"}\n')
+    cli("ingest", str(lines), "--prefix", "p", "--append")
+    _one_line_error(cli("checkout", "-f", "HEAD", ok=False), "p/x.jpg is a file where a directory is needed")
+    assert (worktree / "p" / "x.jpg").read_text() == "a"
+    # the same files, once p/x is gone from the revision: its file is removed, then the directory made
+    lines.write_text('{"__key__": "keep", "txt": "k"}\n{"__key__": "x.jpg/y", "txt": "b"}\n')
+    cli("ingest", str(lines), "--prefix", "p")
+    cli("checkout", "-f", "HEAD")
+    assert (worktree / "p" / "x.jpg" / "y.txt").read_text() == "b"
+    # and back: the directory goes with its last file, unless a file no datum holds (no extension) stays in it
+    lines.write_text('{"__key__": "keep", "txt": "k"}\n{"__key__": "x", "jpg": "a"}\n')
+    cli("ingest", str(lines), "--prefix", "p")
+    (worktree / "p" / "x.jpg" / "NOTES").write_bytes(b"untracked")
+    _one_line_error(cli("checkout", "-f", "HEAD", ok=False), "p/x.jpg is a directory where a file is needed")
+    assert (worktree / "p" / "x.jpg" / "NOTES").read_bytes() == b"untracked"
+    (worktree / "p" / "x.jpg" / "NOTES").unlink()
+    cli("checkout", "-f", "HEAD")
+    assert (worktree / "p" / "x.jpg").read_text() == "a"
+
+
 def test_invalid_ref_names(repo_with_commit, cli) -> None:
     for name in ("a..b", "a b", "x.lock", "a/", "~x", ".hidden", "a:b"):
         _one_line_error(cli("branch", name, ok=False), "invalid branch name")

@@ -57,6 +57,7 @@ def test_checkout_restores_work_tree_byte_for_byte(repo_with_commit, worktree: P
     (worktree / "train/cat/0000.jpg").write_bytes(b"changed")
     (worktree / "train/dog/0003.jpg").unlink()
     (worktree / "train/dog/0003.cls").unlink()
+    (worktree / "train/cat/0002.cls").unlink()  # a datum that loses a member
     write_samples(worktree, 1, seed=3, prefix="extra")
     cli("add", ".")
     cli("commit", "-m", "second")
@@ -67,6 +68,8 @@ def test_checkout_restores_work_tree_byte_for_byte(repo_with_commit, worktree: P
     assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
     cli("checkout", "main")
     assert (worktree / "train/cat/0000.jpg").read_bytes() == b"changed"
+    assert not (worktree / "train/cat/0002.cls").exists() and (worktree / "train/cat/0002.jpg").exists()
+    assert not (worktree / "train/dog/0003.jpg").exists() and (worktree / "extra").is_dir()
     repo = Repo.open(worktree)
     assert repo.current_branch() == "main"
     moves = [(old, new) for old, new, _, msg in repo.refs.reflog("HEAD") if msg.startswith("checkout")]

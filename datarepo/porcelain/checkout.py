@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datarepo import tree as trees
-from datarepo.errors import DirtyWorktreeError
+from datarepo.errors import DirtyWorktreeError, InvalidInputError
 from datarepo.hashing import Oid
 from datarepo.index import StatEntry
 from datarepo.porcelain import Progress, begin, snapshot, tick
@@ -16,9 +16,10 @@ from datarepo.porcelain.history import create_ref
 from datarepo.porcelain.stage import status
 from datarepo.refs import BRANCHES
 from datarepo.repo import Repo
-from datarepo.shards import MemberData, copy_member
+from datarepo.shards import LARGE_FILE, MemberData, copy_member
 from datarepo.fsutil import atomic_file, remove
-from datarepo.worktree import member_path, safe_path
+from datarepo.store import datum_members
+from datarepo.worktree import file_and_dir, member_path, safe_path
 
 
 @dataclass(frozen=True)
@@ -71,14 +72,23 @@ def checkout(
 
 
 def _apply(repo: Repo, root: Path, moves: dict[str, trees.Change], progress: Progress) -> tuple[int, int]:
+    """Removes the files the moved keys no longer have, then writes their new members.
+    Paths that cannot all be (a file where a directory is needed, or the reverse) are
+    refused before a file is written, or, where they depend on the work tree, before a
+    file is written and after the removals (of files HEAD holds, or --force discards)."""
     grouping = repo.config.grouping
+    found = {key: repo.locate(c.new.datum) if c.new else None for key, c in sorted(moves.items())}
+    exts = {key: [m.ext for m in at[1].members] if at else [] for key, at in found.items()}
+    files = {member_path(key, ext, grouping) for key, keep in exts.items() for ext in keep}
+    clash, dirs = file_and_dir(files)
+    if clash:
+        raise InvalidInputError(f"cannot check out: {clash} would be both a file and a directory")
+    removed = _remove_stale(root, exts, grouping)
+    _check_in_the_way(root, files, dirs)
     written: dict[str, Oid] = {}
-    removed = 0
     begin(progress, len(moves))
-    for key in sorted(moves):
-        new = moves[key].new
-        members = repo.members(new.datum) if new else {}
-        removed += _remove_stale(root, key, set(members), grouping)
+    for key, at in found.items():
+        members = datum_members(repo.store, *at, LARGE_FILE) if at else {}
         for ext, data in members.items():
             rel = member_path(key, ext, grouping)
             written[rel] = _write_file(safe_path(root, rel), data)
@@ -87,27 +97,69 @@ def _apply(repo: Repo, root: Path, moves: dict[str, trees.Change], progress: Pro
     return len(written), removed
 
 
-def _remove_stale(root: Path, key: str, keep: set[str], grouping: str) -> int:
-    """Removes the files of ``key``'s members that the new datum does not have."""
-    if grouping == "file":
-        path = root / key
-        if not keep and path.is_file():
-            remove(path)
-            _prune_dirs(root, path.parent)
-            return 1
-        return 0
-    parent = (root / key).parent
-    stem = key.rsplit("/", 1)[-1] + "."
+def _check_in_the_way(root: Path, files: set[str], dirs: set[str]) -> None:
+    """Refuses a file of the work tree where a directory is needed, or a directory that is
+    not empty where a file is needed (an empty one is removed)."""
+    for rel in sorted(dirs):
+        if (root / rel).is_file():
+            raise InvalidInputError(f"cannot check out: {rel} is a file where a directory is needed")
+    subdirs: dict[str, set[str]] = {}
+    for rel in sorted(files):
+        parent, _, name = rel.rpartition("/")
+        if parent not in subdirs:
+            try:  # each directory listed once, without a stat per file
+                subdirs[parent] = {e.name for e in os.scandir(root / parent) if e.is_dir(follow_symlinks=False)}
+            except OSError:  # not there yet: nothing in the way
+                subdirs[parent] = set()
+        if name in subdirs[parent]:
+            try:
+                os.rmdir(root / rel)
+            except OSError:
+                raise InvalidInputError(f"cannot check out: {rel} is a directory where a file is needed") from None
+
+
+def _remove_stale(root: Path, exts: dict[str, list[str]], grouping: str) -> int:
+    """Removes the files of each key's members that its new datum does not have (all of
+    them, for a key the revision lacks), then the directories that leaves empty. Each
+    directory is listed once, not once a key: a checkout of 10,000 keys in one directory
+    took 1 min 43 s to remove their 20,000 files, listing it again for every key."""
     count = 0
-    if parent.is_dir():
-        for entry in os.scandir(parent):
-            name = entry.name
-            if name.startswith(stem) and name[len(stem) :] not in keep and entry.is_file(follow_symlinks=False):
-                remove(Path(entry.path))
+    emptied: set[Path] = set()
+    by_stem: dict[str, dict[str, list[str]]] = {}  # a directory's files, by the key stem they begin with
+    for key, keep in exts.items():
+        if grouping == "file":
+            path = root / key
+            if not keep and path.is_file():
+                remove(path)
+                emptied.add(path.parent)
+                count += 1
+            continue
+        rel_dir, _, stem = key.rpartition("/")
+        if rel_dir not in by_stem:
+            by_stem[rel_dir] = _files_by_stem(root / rel_dir)
+        for name in by_stem[rel_dir].get(stem.partition(".")[0], ()):  # (an ingested key may hold a dot)
+            if name.startswith(stem + ".") and name[len(stem) + 1 :] not in keep:
+                remove(root / rel_dir / name)
                 count += 1
         if not keep:
-            _prune_dirs(root, parent)
+            emptied.add(root / rel_dir)
+    for path in sorted(emptied, key=lambda p: len(p.parts), reverse=True):  # the deepest first
+        _prune_dirs(root, path)
     return count
+
+
+def _files_by_stem(path: Path) -> dict[str, list[str]]:
+    """A directory's regular files by the part of their name before its first dot."""
+    found: dict[str, list[str]] = {}
+    try:
+        entries = list(os.scandir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for entry in entries:
+        stem, dot, _ = entry.name.partition(".")
+        if dot and entry.is_file(follow_symlinks=False):
+            found.setdefault(stem, []).append(entry.name)
+    return found
 
 
 def _prune_dirs(root: Path, path: Path) -> None:

@@ -10,8 +10,9 @@ from datarepo.fsutil import atomic_file, publish
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.porcelain.history import ls
 from datarepo.repo import Repo
-from datarepo.shards import ShardWriter, copy_member, member_size
-from datarepo.worktree import member_path, safe_path
+from datarepo.shards import LARGE_FILE, ShardWriter, copy_member, member_size
+from datarepo.store import datum_members
+from datarepo.worktree import file_and_dir, member_path, safe_path
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,22 @@ def export(
     """
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InvalidInputError(f"export destination must be a new or empty directory: {dest}")
-    dest.mkdir(parents=True, exist_ok=True)
     entries = ls(repo, rev, prefix)
-    begin(progress, None)
     if shards:
+        dest.mkdir(parents=True, exist_ok=True)
+        begin(progress, None)
         return _to_shards(repo, entries, dest, shard_size or repo.config.shard_size, progress)
+    grouping = repo.config.grouping
+    found = [(entry.key, repo.locate(entry.datum)) for entry in entries]
+    clash, _ = file_and_dir({member_path(key, m.ext, grouping) for key, (_, loc) in found for m in loc.members})
+    if clash:  # before anything is written
+        raise InvalidInputError(f"cannot export {rev} as files: {clash} would be both a file and a directory")
+    dest.mkdir(parents=True, exist_ok=True)
+    begin(progress, len(found))
     datums = files = size = 0
-    for entry in entries:
-        for ext, data in repo.members(entry.datum).items():
-            with atomic_file(safe_path(dest, member_path(entry.key, ext, repo.config.grouping)), 0o644, durable=False) as f:
+    for key, (shard, loc) in found:
+        for ext, data in datum_members(repo.store, shard, loc, LARGE_FILE).items():
+            with atomic_file(safe_path(dest, member_path(key, ext, grouping)), 0o644, durable=False) as f:
                 copy_member(data, f)
             files += 1
             size += member_size(data)
