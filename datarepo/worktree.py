@@ -82,7 +82,10 @@ class Scan:
 
     def files_of(self, keys: Iterable[str], grouping: str) -> dict[str, FileStat]:
         """The files of ``keys``, with their stats: the files of each key's directory are
-        searched as one string (in C), so the listing is neither sorted nor grouped whole."""
+        searched as one string (in C), so the listing is neither sorted nor grouped whole.
+        A directory with more than ``FEW_KEYS`` of the keys is grouped instead, in one pass:
+        each search reads the directory's names again (9,000 keys in a directory of 20,000
+        files took 1.5 s to search, against milliseconds to group)."""
         wanted: dict[str, list[str]] = {}
         for key in keys:
             wanted.setdefault(key[: key.rfind("/") + 1], []).append(key)
@@ -91,6 +94,13 @@ class Scan:
         for rel_dir, start, stop in self.spans:
             near = wanted.get(rel_dir, []) if rel_dir is not None else [k for ks in wanted.values() for k in ks]
             if not near:
+                continue
+            if len(near) > FEW_KEYS:
+                at_key: dict[str, list[int]] = {}
+                for i, split in enumerate(split_paths(self.names[start:stop], grouping), start):
+                    if split is not None:
+                        at_key.setdefault(split[0], []).append(i)
+                found.update((self.names[i], self._stat(i)) for key in near for i in at_key.get(key, ()))
                 continue
             joined = "\x00" + "\x00".join(self.names[start:stop]) + "\x00"
             hits = []
@@ -116,6 +126,12 @@ class Scan:
         if self.errors:
             more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
             raise InvalidInputError(self.errors[0] + more)
+
+
+# Up to this many keys in one directory, :meth:`Scan.files_of` searches the directory's names
+# for each; above it, groups them. A search reads about 1.3 ns a name (three searches a key),
+# grouping about 0.4 µs a name: they break even near 100 keys.
+FEW_KEYS = 64
 
 
 def pack_names(names: Iterable[str]) -> bytes:

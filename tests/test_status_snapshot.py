@@ -192,10 +192,15 @@ def test_checkout_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: 
     assert carried["staged"]["modified"] == ["train/dog/0003"]
 
 
+@pytest.mark.parametrize("few_keys", [0, 1_000])
 @pytest.mark.parametrize("grouping", ["wds", "file"])
-def test_the_files_of_some_keys_are_those_a_full_grouping_gives_them(tmp_path: Path, grouping: str) -> None:
-    """The partial path finds a key's files by searching its directory's names: it must find
-    exactly the files a grouping of the whole listing gives the key, however names nest."""
+def test_the_files_of_some_keys_are_those_a_full_grouping_gives_them(
+    tmp_path: Path, grouping: str, few_keys: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The partial path finds a key's files by searching its directory's names, or, for many
+    keys in one directory, by grouping them: either way it must find exactly the files a
+    grouping of the whole listing gives the key, however names nest."""
+    monkeypatch.setattr(wt, "FEW_KEYS", few_keys)
     names = ["x.jpg", "x.cls", "xy.jpg", "a/x.jpg", "a/x.seg.png", "a/x..jpg", "a/xx.jpg", "a/x.d/x.jpg",
              "a/x.d/y.cls", "a/b/x.jpg", "a/.hidden", "a/noext", "b.c/x.jpg", "b.c/x.d.e"]
     for name in names:
