@@ -16,6 +16,11 @@ from datarepo.objects import PAGE_HEAD, PAGE_TAIL, PageRef, Tree, TreeEntry, Tre
 from datarepo.store import Store
 
 PAGE_MODULUS = 1024
+# Up to this many keys of one page are looked up, or given new values, in the page's text, each
+# by a search of it; above, the page is parsed once. Each search reads on average half the page
+# (about 34 KB, 3 µs), and a parse costs about a millisecond: all 50,000 keys of a tree changed
+# took 1.1-1.2 s through the text, 72 ms through a full rewrite.
+TEXT_KEYS = 128
 # A page entry as decoded ([key, datum, size]), as built (a TreeEntry) or as staged (an
 # index row): read by position.
 Row = Sequence[Any]
@@ -122,6 +127,10 @@ def lookup_many(store: Store, oid: str, keys: Iterable[str]) -> dict[str, TreeEn
             by_page.setdefault(i, []).append(key)
     found = {}
     for i, wanted in by_page.items():
+        if len(wanted) > TEXT_KEYS:  # many keys: one parse beats a search of the text for each
+            rows = {e.key: e for e in read_page(store, pages[i].page).entries}
+            found.update((key, rows[key]) for key in wanted if key in rows)
+            continue
         text = _page_text(store, pages[i].page)
         for key in wanted:
             if (span := _find_row(text, key, pages[i].page)) is not None:
@@ -179,7 +188,11 @@ def update_tree(store: Store, oid: str, changes: dict[str, Row | None]) -> Oid:
         if i not in by_page and not cutter.pending:
             cutter.keep(ref)
             continue
-        if not cutter.pending and (same := _replaced(_page_text(store, ref.page), ref.page, by_page[i])) is not None:
+        if (
+            not cutter.pending
+            and len(by_page[i]) <= TEXT_KEYS
+            and (same := _replaced(_page_text(store, ref.page), ref.page, by_page[i])) is not None
+        ):
             # The same keys: the same boundaries, and the page rewritten as text, not parsed.
             cutter.keep(PageRef(ref.first_key, ref.count, store.put_canonical(same.encode())))
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -106,9 +107,11 @@ def test_pages_searched_and_rewritten_as_text_agree_with_parsed_pages(tmp_path_f
     changed = data.draw(st.lists(st.sampled_from(sorted(base)), unique=True))
     changes = {k: TreeEntry(k, hash_bytes(b"new" + k.encode()), data.draw(st.integers(0, 1 << 40))) for k in changed}
     expected = trees.write_tree(store, sorted({**old, **changes}.values()))
-    assert trees.update_tree(store, root, changes) == expected
     wanted = sorted(base) + data.draw(st.lists(odd_keys.map(min)))  # and keys that may be absent
-    assert trees.lookup_many(store, expected, wanted) == {k: e for k, e in {**old, **changes}.items()}
+    for text_keys in (1 << 20, 0):  # each page's keys in its text; then every page parsed
+        with mock.patch.object(trees, "TEXT_KEYS", text_keys):
+            assert trees.update_tree(_store(store.root.parent), root, changes) == expected
+            assert trees.lookup_many(_store(store.root.parent), expected, wanted) == {k: e for k, e in {**old, **changes}.items()}
 
 
 def test_a_page_that_does_not_hash_to_its_name_is_refused(tmp_path: Path) -> None:
