@@ -131,6 +131,26 @@ def test_add_path_limits_what_is_staged(repo_with_commit, worktree: Path, cli) -
     assert st.index("train/cat/0000") < st.index("Changes not staged") < st.index("train/dog/0001")
 
 
+def test_path_arguments_select_the_keys_they_name_or_hold(worktree: Path, cli, monkeypatch) -> None:
+    """A file argument selects its key (the path, or the path up to one of its dots); a
+    directory argument, every key under it. The selection is looked up in sets, and must
+    agree with testing each key against each argument."""
+    from datarepo.porcelain.stage import key_filter
+
+    for rel in ["a/b.jpg", "a/b.x.png", "c/x.cls", "d.e/f.jpg", "g"]:
+        (worktree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (worktree / rel).write_bytes(b"x")
+    cli("init")
+    monkeypatch.chdir(worktree)
+    args = ["a/b.x.png", "c", "d.e/f.jpg", "g"]
+    selection = key_filter(Repo.open(worktree), args)
+    named = [a + "/" if (worktree / a).is_dir() else a for a in args]
+    keys = ["a/b", "a/b.x", "a/bb", "a", "c/x", "c/y/z", "c", "cx/y", "d", "d.e/f", "d.e/g", "g", "g/h"]
+    expected = [k for k in keys if any(k.startswith(n) if n.endswith("/") else k == n or n.startswith(k + ".") for n in named)]
+    assert [k for k in keys if k in selection] == expected == ["a/b", "a/b.x", "c/x", "c/y/z", "d", "d.e/f", "g"]
+    assert key_filter(Repo.open(worktree), ["."]) is None
+
+
 def test_ignore_file_and_never_added_dirs(worktree: Path, cli) -> None:
     write_samples(worktree, 2)
     (worktree / ".datarepoignore").write_text("*.tmp\nscratch/\n")

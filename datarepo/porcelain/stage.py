@@ -28,12 +28,13 @@ class Status:
     notes: list[str] = field(default_factory=list)
 
 
-def key_filter(repo: Repo, paths: list[str] | None) -> tuple[str, ...] | None:
-    """Turns path arguments into key prefixes (``None``: the whole tree)."""
+def key_filter(repo: Repo, paths: list[str] | None) -> Selection | None:
+    """Turns path arguments into the keys they select (``None``: the whole tree)."""
     if not paths:
         return None
     root = repo.require_worktree()
-    prefixes = []
+    keys: set[str] = set()
+    dirs: set[str] = set()
     for p in paths:
         full = Path(os.path.abspath(p))
         try:
@@ -42,14 +43,36 @@ def key_filter(repo: Repo, paths: list[str] | None) -> tuple[str, ...] | None:
             raise InvalidInputError(f"path is outside the work tree: {p}") from None
         if rel in ("", "."):
             return None
-        prefixes.append(rel + "/" if full.is_dir() else rel)
-    return tuple(prefixes)
+        if full.is_dir():
+            dirs.add(rel + "/")
+        else:  # a file names its key: the path itself, or the path up to one of its dots
+            keys.add(rel)
+            keys.update(rel[:i] for i, ch in enumerate(rel) if ch == ".")
+    return Selection(frozenset(keys), frozenset(dirs))
 
 
-def _selected(key: str, prefixes: tuple[str, ...] | None) -> bool:
-    if prefixes is None:
-        return True
-    return any(key.startswith(p) if p.endswith("/") else key == p or p.startswith(key + ".") for p in prefixes)
+@dataclass(frozen=True)
+class Selection:
+    """The keys that path arguments select: those a file names, and those under a directory.
+    Looked up in sets, so ``add`` of thousands of files (a shell glob) does not test every
+    key against every argument: 3,000 arguments over 10,000 keys took 3.4 s that way."""
+
+    keys: frozenset[str]
+    dirs: frozenset[str]  # each ends in "/"
+
+    def __contains__(self, key: str) -> bool:
+        if key in self.keys:
+            return True
+        at = key.find("/")
+        while at >= 0:
+            if key[: at + 1] in self.dirs:
+                return True
+            at = key.find("/", at + 1)
+        return False
+
+
+def _selected(key: str, selection: Selection | None) -> bool:
+    return selection is None or key in selection
 
 
 def head_datums(repo: Repo, keys: Iterable[str] | None = None) -> dict[str, Oid]:
