@@ -74,6 +74,10 @@ def test_checkout_restores_work_tree_byte_for_byte(repo_with_commit, worktree: P
     assert repo.current_branch() == "main"
     moves = [(old, new) for old, new, _, msg in repo.refs.reflog("HEAD") if msg.startswith("checkout")]
     assert moves == [(repo.head(), repo.resolve("HEAD~1")), (repo.resolve("HEAD~1"), repo.head())]
+    (worktree / "train/cat/0000.jpg").write_bytes(b"thrown away")
+    assert cli("checkout", "-f", "HEAD").output.startswith("Switched to branch main")  # HEAD stays attached, as in git
+    assert (worktree / "train/cat/0000.jpg").read_bytes() == b"changed"
+    assert Repo.open(worktree).current_branch() == "main"
 
 
 def test_checkout_refuses_to_overwrite_uncommitted_changes(repo_with_commit, worktree: Path, cli) -> None:

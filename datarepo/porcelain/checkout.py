@@ -43,7 +43,8 @@ def checkout(
         create_ref(repo, BRANCHES, new_branch, rev)
         rev = new_branch
     target = repo.resolve(rev)
-    branch = rev if repo.refs.read(BRANCHES + rev) is not None else None
+    # A branch name stays attached, and so does HEAD itself (``checkout -f HEAD``), as in git.
+    branch = repo.current_branch() if rev == "HEAD" else rev if repo.refs.read(BRANCHES + rev) is not None else None
     with repo.lock:
         head_tree = repo.tree_of(None)
         new_tree = repo.commit(target).tree
