@@ -36,10 +36,10 @@ def hash_stream(stream: BinaryIO) -> tuple[Oid, int]:
 
 def datum_id(member_hashes: Mapping[str, str]) -> Oid:
     """Returns the id of a datum from its members' extensions and hashes (DESIGN §2)."""
-    h = xxhash.xxh3_128(_DATUM_TAG)
+    parts = [_DATUM_TAG]
     for ext in sorted(member_hashes):
-        h.update(ext.encode("utf-8") + b"\x00" + bytes.fromhex(member_hashes[ext]))
-    return Oid(h.hexdigest())
+        parts += (ext.encode("utf-8"), b"\x00", bytes.fromhex(member_hashes[ext]))
+    return Oid(xxhash.xxh3_128_hexdigest(b"".join(parts)))
 
 
 def canonical_json(obj: dict[str, Any]) -> bytes:
@@ -56,20 +56,3 @@ def is_hex(text: str) -> bool:
     """True when ``text`` is only lower-case hex digits (many oids can be checked joined:
     deleting the hex digits in C is several times faster than a regular expression)."""
     return text.isascii() and not text.encode().translate(None, _HEX_DIGITS)
-
-
-class HashingWriter:
-    """A file wrapper that hashes and counts every byte written through it."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.hasher = xxhash.xxh3_128()
-        self.size = 0
-
-    def write(self, data: bytes | memoryview) -> int:
-        self.hasher.update(data)
-        self.size += len(data)
-        return self.raw.write(data)
-
-    def oid(self) -> Oid:
-        return Oid(self.hasher.hexdigest())

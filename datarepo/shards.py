@@ -21,12 +21,14 @@ import xxhash
 
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.fsutil import TMP_PREFIX, start_writeback
-from datarepo.hashing import CHUNK, HashingWriter, Oid, canonical_json, is_oid
+from datarepo.hashing import CHUNK, Oid, canonical_json, is_oid
 
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)
 # Every this many bytes a shard being written has the kernel start writing it to disk.
 WRITEBACK_STEP = 8 << 20
+# A shard being written gathers this many bytes before it hashes and writes them.
+FLUSH_BYTES = 1 << 20
 # Members up to this size are handled as bytes; larger ones are streamed, never held whole.
 LARGE_FILE = 32 << 20
 IDX_FORMAT = 1
@@ -35,6 +37,7 @@ _HEAD_MID = b"0000444\x000000000\x000000000\x00"
 _HEAD_TAIL_A = b"00000000000\x00"
 _HEAD_TAIL_B = b"0" + bytes(100) + b"ustar\x0000" + bytes(BLOCK - 265)
 _CHECKSUM_BASE = sum(_HEAD_MID) + sum(_HEAD_TAIL_A) + sum(_HEAD_TAIL_B) + 8 * 32
+_PADDINGS = [bytes(n) for n in range(BLOCK)]  # the zeros after a member, by their count
 
 
 class FileRange(NamedTuple):
@@ -135,73 +138,102 @@ def padded(size: int) -> int:
 
 
 class ShardWriter:
-    """Writes datums into a temporary tar, hashing it; :meth:`finish` names it by its oid."""
+    """Writes datums into a temporary tar, hashing it; :meth:`finish` names it by its oid.
+
+    Small members are not written one by one: their headers, bytes and padding
+    are gathered and joined, hashed and written about a mebibyte at a time. A
+    first add of 50,000 datums spent 0.3-0.4 s in per-datum ``write`` calls
+    through a buffered file and a hashing wrapper.
+    """
 
     def __init__(self, shards_dir: Path) -> None:
         shards_dir.mkdir(parents=True, exist_ok=True)
         self.shards_dir = shards_dir
-        fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tar", dir=shards_dir)  # unique while unpublished
+        self._fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tar", dir=shards_dir)  # unique while unpublished
         self.tmp = Path(tmp)
-        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
-        self._out = HashingWriter(self._file)
+        self._hash = xxhash.xxh3_128()
+        self._parts: list[bytes] = []
+        self.size = 0  # every byte added, written or still gathered
+        self._written = 0
         self.datums: list[DatumLoc] = []
         self._writeback_at = WRITEBACK_STEP
 
-    @property
-    def size(self) -> int:
-        return self._out.size
-
     def add(self, datum: Oid, members: list[tuple[str, MemberData]]) -> DatumLoc:
         """Appends one datum; ``members`` must be sorted by extension."""
-        start = pos = self._out.size
+        start = pos = self.size
         locs = []
-        parts: list[bytes] = []
+        parts = self._parts
         for ext, data in members:
-            size = len(data) if isinstance(data, bytes) else data.size
+            if not isinstance(data, bytes):  # a large file: streamed through write()
+                self.size = pos
+                locs.append(self._stream(f"{datum}.{ext}", ext, data))
+                pos = self.size
+                continue
+            size = len(data)
             header = tar_header(f"{datum}.{ext}", size)
             pos += len(header)
             locs.append(MemberLoc(ext, pos, size))
-            pos += size + padding(size)
-            parts.append(header)
-            if isinstance(data, bytes):
-                parts += (data, bytes(padding(size)))
-                continue
-            self._out.write(b"".join(parts))
-            parts = []
-            _copy_range(data, self._out)
-            self._out.write(bytes(padding(size)))
-        self._out.write(b"".join(parts))
+            pad = -size % BLOCK
+            pos += size + pad
+            parts += (header, data, _PADDINGS[pad])
+        self.size = pos
         return self._added(DatumLoc(datum, start, pos - start, tuple(locs)))
+
+    def _stream(self, name: str, ext: str, data: FileRange) -> MemberLoc:
+        self.write(tar_header(name, data.size))
+        loc = MemberLoc(ext, self.size, data.size)
+        _copy_range(data, self)
+        self.write(bytes(padding(data.size)))
+        return loc
 
     def add_span(self, loc: DatumLoc, span: bytes) -> DatumLoc:
         """Appends a datum copied whole from the shard where it lies at ``loc``: ``span`` is its
         bytes, headers and all, which do not depend on where in a shard the datum lies."""
-        shift = self._out.size - loc.offset
-        self._out.write(span)
+        shift = self.size - loc.offset
+        self.write(span)
         members = tuple(m._replace(offset=m.offset + shift) for m in loc.members)
         return self._added(DatumLoc(loc.datum, loc.offset + shift, loc.length, members))
 
+    def write(self, data: bytes) -> int:
+        """Appends raw bytes to the archive (a member streamed in chunks)."""
+        self._parts.append(data)
+        self.size += len(data)
+        if self.size - self._written >= FLUSH_BYTES:
+            self._flush()
+        return len(data)
+
     def _added(self, loc: DatumLoc) -> DatumLoc:
-        if self._out.size >= self._writeback_at:
-            self._writeback_at = self._out.size + WRITEBACK_STEP
-            start_writeback(self._file.fileno())
         self.datums.append(loc)
+        if self.size - self._written >= FLUSH_BYTES:
+            self._flush()
         return loc
+
+    def _flush(self) -> None:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        self._hash.update(data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self._written += len(data)
+        if self._written >= self._writeback_at:
+            self._writeback_at = self._written + WRITEBACK_STEP
+            start_writeback(self._fd)
 
     def finish(self) -> tuple[Path, ShardIndex]:
         """Ends the archive and fsyncs it; returns the temp path and the index."""
-        self._out.write(END_OF_ARCHIVE)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        return self.tmp, ShardIndex(self._out.oid(), self._out.size, tuple(self.datums))
+        self.write(END_OF_ARCHIVE)
+        self._flush()
+        os.fsync(self._fd)
+        os.close(self._fd)
+        return self.tmp, ShardIndex(Oid(self._hash.hexdigest()), self.size, tuple(self.datums))
 
     def abort(self) -> None:
-        self._file.close()
+        os.close(self._fd)
         self.tmp.unlink(missing_ok=True)
 
 
-def _copy_range(src: FileRange, out: HashingWriter) -> None:
+def _copy_range(src: FileRange, out: ShardWriter) -> None:
     """Streams a file range into the shard, checking it still hashes as when it was added."""
     try:
         got = copy_member(src, out)
@@ -225,7 +257,7 @@ def member_size(data: MemberData) -> int:
     return len(data) if isinstance(data, bytes) else data.size
 
 
-def copy_member(src: MemberData, out: BinaryIO | HashingWriter) -> Oid:
+def copy_member(src: MemberData, out: BinaryIO | ShardWriter) -> Oid:
     """Writes a member's bytes to ``out`` (streaming a file range); returns their hash."""
     if isinstance(src, bytes):
         out.write(src)

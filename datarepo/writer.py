@@ -27,10 +27,14 @@ class DatumSink:
     def __init__(self, repo: Repo, rewrite: bool = False) -> None:
         self.repo = repo
         self.rewrite = rewrite
+        # With no shard before this sink began (a first add), no datum was stored before it:
+        # those another process stores meanwhile come through ``elsewhere``.
+        self._none_before = not rewrite and not repo.index.known_shards()
         self.written: dict[Oid, int] = {}  # datum → its length in its shard
         self.shards: list[tuple[Oid, int]] = []  # (oid, size) of each shard published
         self.held: dict[Oid, list[Oid]] = {}  # the datums of each shard published
         self._writer: ShardWriter | None = None
+        self._shard_size = repo.config.shard_size
 
     def has(self, datum: Oid) -> bool:
         return datum in self.written or (not self.rewrite and self.repo.index.has(datum))
@@ -48,7 +52,7 @@ class DatumSink:
         """Stores datums in order, asking the location cache about all of them at once;
         those in ``elsewhere`` (written by another process, to publish) are left out."""
         ids = [datum_id(hashes) for _, hashes in batch]
-        present = set() if self.rewrite else self.repo.index.stored(ids)
+        present = set() if self.rewrite or self._none_before else self.repo.index.stored(ids)
         for datum, (members, _) in zip(ids, batch):
             if datum not in present and datum not in self.written and datum not in elsewhere:
                 self._write(datum, members)
@@ -82,7 +86,7 @@ class DatumSink:
 
     def _wrote(self, loc: DatumLoc) -> None:
         self.written[loc.datum] = loc.length
-        if self._shard().size >= self.repo.config.shard_size:
+        if self._shard().size >= self._shard_size:
             self.end_shard()
 
     def end_shard(self) -> None:
