@@ -243,6 +243,7 @@ def _put_halves(
             rest = theirs[int.from_bytes(answer, "little") :]
             out.update(_put(sink, hasher, members, _batched(rest), done, (here_log, there_log)))
         hasher.save(sink.repo.index)  # while the helper may still be at work
+        sink.end_shard()  # published too: the helper publishes its last shard before it answers
         return out
 
     before = sink.repo.index.known_shards()
