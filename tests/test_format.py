@@ -74,8 +74,16 @@ def _golden_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Repo:
     return repo
 
 
-@pytest.mark.parametrize("writeback_step", [None, 1], ids=["default", "writeback-after-every-datum"])
-def test_golden_shard_tree_and_commit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writeback_step: int | None) -> None:
+@pytest.mark.parametrize(
+    ("writeback_step", "flush_bytes"),
+    [(None, None), (1, None), (None, 1)],
+    ids=["default", "writeback-after-every-datum", "written-after-every-datum"],
+)
+def test_golden_shard_tree_and_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writeback_step: int | None, flush_bytes: int | None
+) -> None:
+    if flush_bytes is not None:  # when gathered bytes are written (and hashed) changes no byte
+        monkeypatch.setattr(shards, "FLUSH_BYTES", flush_bytes)
     if writeback_step is not None:  # starting the kernel's write-back as a shard grows changes no byte
         monkeypatch.setattr(shards, "WRITEBACK_STEP", writeback_step)
         if sys.platform.startswith("linux"):  # the kernel call is there and takes its arguments
