@@ -273,7 +273,7 @@ def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
 @main.command()
 @click.argument("rev")
 @click.option("-b", "new_branch", default=None, help="Create this branch at REV and switch to it.")
-@click.option("-f", "--force", is_flag=True, help="Throw away uncommitted changes.")
+@click.option("-f", "--force", is_flag=True, help="Throw away uncommitted changes (files never added are kept).")
 def checkout(rev: str, new_branch: str | None, force: bool) -> None:
     """Make the work tree match REV (a branch, tag or commit)."""
     from datarepo.porcelain.checkout import checkout as run

@@ -93,6 +93,24 @@ def test_checkout_refuses_to_overwrite_uncommitted_changes(repo_with_commit, wor
     assert (worktree / "train/cat/0000.jpg").read_bytes() != b"precious, uncommitted"
 
 
+def test_forced_checkout_keeps_untracked_files_as_git_does(repo_with_commit, worktree: Path, cli) -> None:
+    """``checkout --force`` discards changes to what HEAD or the staging area holds; a datum
+    never added stays, unless the revision holds its key (then it is overwritten)."""
+    (worktree / "train/cat/0000.jpg").write_bytes(b"second")
+    cli("add", ".")
+    cli("commit", "-m", "second")
+    (worktree / "train/cat/0000.jpg").write_bytes(b"thrown away")
+    (worktree / "notes").mkdir()
+    (worktree / "notes/draft.txt").write_bytes(b"never added")
+    write_samples(worktree, 1, seed=5, prefix="staged")
+    cli("add", "staged")
+    cli("checkout", "--force", "HEAD~1")
+    assert (worktree / "train/cat/0000.jpg").read_bytes() != b"thrown away"
+    assert (worktree / "notes/draft.txt").read_bytes() == b"never added"
+    assert [p for p in worktree.glob("staged/**/*") if p.is_file()] == []  # staged, never committed: discarded
+    assert json.loads(cli("status", "--json").output) == {"added": ["notes/draft"], "modified": [], "deleted": []}
+
+
 def test_branch_tag_and_revision_forms(repo_with_commit, worktree: Path, cli) -> None:
     repo, _ = repo_with_commit
     first = repo.head()

@@ -36,7 +36,8 @@ def checkout(
     """Switches HEAD to ``rev`` (a branch stays attached) and rewrites the changed datums.
 
     Refuses when a datum it must touch has uncommitted changes, unless ``force``,
-    which also resets every changed datum to ``rev``.
+    which also resets to ``rev`` every datum HEAD or the staging area holds; a datum
+    never added (untracked, in git's words) is left as it is, unless ``rev`` holds its key.
     """
     root = repo.require_worktree()
     if new_branch:
@@ -49,13 +50,14 @@ def checkout(
         head_tree = repo.tree_of(None)
         new_tree = repo.commit(target).tree
         moves = {c.key: c for c in trees.diff_trees(repo.store, head_tree, new_tree) if not repo.config.is_sparse(c.key)}
-        dirty = status(repo).total.keys() | set(repo.index.staged())
+        total, staged = status(repo).total, repo.index.staged()
+        dirty = total.keys() | staged.keys()
         clash = sorted(dirty & moves.keys())
         if clash and not force:
             more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
             raise DirtyWorktreeError(f"uncommitted changes to {clash[0]}{more} would be overwritten (use --force)")
-        if force:
-            for key in dirty - moves.keys():
+        if force:  # as git's -f: a datum neither HEAD nor the staging area holds is left alone
+            for key in dirty - moves.keys() - (set(total.added) - staged.keys()):
                 moves[key] = trees.Change(key, None, trees.lookup(repo.store, new_tree, key))
         before = snapshot.token(repo, follow=False)
         written, removed = _apply(repo, root, moves, progress)
