@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, MemberData, copy_member
 from datarepo.fsutil import atomic_file, remove
 from datarepo.store import datum_members
-from datarepo.worktree import file_and_dir, member_path, safe_path
+from datarepo.worktree import file_and_dir, member_path, safe_path, split_path
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,14 @@ def checkout(
         if clash and not force:
             more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
             raise DirtyWorktreeError(f"uncommitted changes to {clash[0]}{more} would be overwritten (use --force)")
-        if force:  # as git's -f: a datum neither HEAD nor the staging area holds is left alone
-            for key in dirty - moves.keys() - (set(total.added) - staged.keys()):
+        # As with git's -f, a datum neither HEAD nor the staging area holds is left alone,
+        # unless its files are in the way of the revision's.
+        untracked = set(total.added) - staged.keys() if force else set()
+        if force:
+            for key in dirty - moves.keys() - untracked:
                 moves[key] = trees.Change(key, None, trees.lookup(repo.store, new_tree, key))
         before = snapshot.token(repo, follow=False)
-        written, removed = _apply(repo, root, moves, progress)
+        written, removed = _apply(repo, root, moves, progress, untracked)
         if force:
             repo.index.unstage()
         else:
@@ -74,11 +78,14 @@ def checkout(
     return CheckoutResult(target, branch, written, removed)
 
 
-def _apply(repo: Repo, root: Path, moves: dict[str, trees.Change], progress: Progress) -> tuple[int, int]:
+def _apply(
+    repo: Repo, root: Path, moves: dict[str, trees.Change], progress: Progress, untracked: set[str]
+) -> tuple[int, int]:
     """Removes the files the moved keys no longer have, then writes their new members.
     Paths that cannot all be (a file where a directory is needed, or the reverse) are
     refused before a file is written, or, where they depend on the work tree, before a
-    file is written and after the removals (of files HEAD holds, or --force discards)."""
+    file is written and after the removals (of files HEAD holds, or --force discards,
+    and of the ``untracked`` datums in the way)."""
     grouping = repo.config.grouping
     found = {key: repo.locate(c.new.datum) if c.new else None for key, c in sorted(moves.items())}
     exts = {key: [m.ext for m in at[1].members] if at else [] for key, at in found.items()}
@@ -86,6 +93,8 @@ def _apply(repo: Repo, root: Path, moves: dict[str, trees.Change], progress: Pro
     clash, dirs = file_and_dir(files)
     if clash:
         raise InvalidInputError(f"cannot check out: {clash} would be both a file and a directory")
+    for key in _in_the_way(untracked, files, dirs, grouping):
+        exts[key] = []
     removed = _remove_stale(root, exts, grouping)
     _check_in_the_way(root, files, dirs)
     written: dict[str, Oid] = {}
@@ -98,6 +107,21 @@ def _apply(repo: Repo, root: Path, moves: dict[str, trees.Change], progress: Pro
         tick(progress)
     _record_stats(repo, root, written)
     return len(written), removed
+
+
+def _in_the_way(untracked: set[str], files: set[str], dirs: set[str], grouping: str) -> set[str]:
+    """The untracked keys whose files stand where a directory is needed, or lie below
+    where a file is needed."""
+    if not untracked:
+        return set()
+    keys = {split[0] for rel in dirs if (split := split_path(rel, grouping)) is not None and split[0] in untracked}
+    ordered = sorted(untracked)
+    for rel in files:
+        at = bisect.bisect_left(ordered, rel + "/")
+        while at < len(ordered) and ordered[at].startswith(rel + "/"):
+            keys.add(ordered[at])
+            at += 1
+    return keys
 
 
 def _check_in_the_way(root: Path, files: set[str], dirs: set[str]) -> None:
