@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, BinaryIO, NewType
 
 import xxhash
@@ -36,9 +36,14 @@ def hash_stream(stream: BinaryIO) -> tuple[Oid, int]:
 
 def datum_id(member_hashes: Mapping[str, str]) -> Oid:
     """Returns the id of a datum from its members' extensions and hashes (DESIGN §2)."""
+    return datum_id_of_digests([(ext, bytes.fromhex(member_hashes[ext])) for ext in sorted(member_hashes)])
+
+
+def datum_id_of_digests(members: Iterable[tuple[str, bytes]]) -> Oid:
+    """:func:`datum_id` of members given sorted by extension, each with its 16-byte digest."""
     parts = [_DATUM_TAG]
-    for ext in sorted(member_hashes):
-        parts += (ext.encode("utf-8"), b"\x00", bytes.fromhex(member_hashes[ext]))
+    for ext, digest in members:
+        parts += (ext.encode("utf-8"), b"\x00", digest)
     return Oid(xxhash.xxh3_128_hexdigest(b"".join(parts)))
 
 

@@ -13,11 +13,13 @@ from functools import cached_property
 from itertools import chain, repeat, starmap
 from operator import is_
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from xxhash import xxh3_128_digest
 
 from datarepo import parallel
 from datarepo.errors import CorruptObjectError, InvalidInputError
-from datarepo.hashing import Oid, datum_id, hash_bytes
+from datarepo.hashing import Oid, datum_id, datum_id_of_digests, hash_bytes
 from datarepo.index import Index, StatRow, trusted
 from datarepo.shards import LARGE_FILE, FileRange, MemberData, member_hash
 
@@ -456,6 +458,15 @@ def _read_small(path: str, size: int) -> tuple[bytes | None, FileStat | None]:
         os.close(fd)
 
 
+class Read(NamedTuple):
+    """A datum read from its files: its id, its members sorted by extension (bytes, or a
+    range of a large file to stream when it is stored) and its size."""
+
+    datum: Oid
+    members: list[tuple[str, MemberData]]
+    size: int
+
+
 class Hasher:
     """Hashes work-tree files, trusting the stat cache where the stat matches."""
 
@@ -508,18 +519,29 @@ class Hasher:
             size = self.files[rel][SIZE]
         return size
 
-    def read(self, members: dict[str, str]) -> tuple[dict[str, MemberData], dict[str, Oid]]:
-        """Reads (or, for large files, prepares to stream) a datum's members."""
-        data: dict[str, MemberData] = {}
-        hashes: dict[str, Oid] = {}
-        for ext, rel in members.items():
-            data[ext], hashes[ext] = self._read_one(rel)
-            self.updated[rel] = entry = (*self.files[rel], self.seen_ns, hashes[ext])  # a StatEntry's fields
-            self._unsaved.append((rel, entry))
-        self.hashed += len(members)
-        return data, hashes
+    def read_many(self, datums: Iterable[dict[str, str]]) -> list[Read]:
+        """Reads (or, for large files, prepares to stream) and hashes the members of each
+        datum. A first add runs every file through this loop: a datum's id is hashed from
+        its members' digests as they are read, not from hex hashes parsed back."""
+        out = []
+        files, updated, unsaved, seen = self.files, self.updated, self._unsaved, self.seen_ns
+        for members in datums:
+            items: list[tuple[str, MemberData]] = []
+            digests = []
+            size = 0
+            for ext in sorted(members):
+                rel = members[ext]
+                data, digest = self._read_one(rel)
+                updated[rel] = entry = (*files[rel], seen, Oid(digest.hex()))  # a StatEntry's fields
+                unsaved.append((rel, entry))
+                items.append((ext, data))
+                digests.append((ext, digest))
+                size += len(data) if type(data) is bytes else data.size  # type: ignore[union-attr]
+            out.append(Read(datum_id_of_digests(digests), items, size))
+            self.hashed += len(items)
+        return out
 
-    def _read_one(self, rel: str) -> tuple[MemberData, Oid]:
+    def _read_one(self, rel: str) -> tuple[MemberData, bytes]:
         path = self.prefix + rel
         size = self.files[rel][SIZE]
         try:
@@ -531,14 +553,14 @@ class Hasher:
             if raw is None:
                 span = FileRange(Path(path), 0, size)
                 oid = member_hash(span)
-                return span._replace(oid=oid), oid
+                return span._replace(oid=oid), bytes.fromhex(oid)
         except OSError as e:
             raise InvalidInputError(f"cannot read {rel}: {e.strerror}") from None
         except CorruptObjectError:
             raise InvalidInputError(f"file changed while it was being read: {rel}") from None
-        return raw, hash_bytes(raw)
+        return raw, xxh3_128_digest(raw)
 
     def datum(self, members: dict[str, str]) -> Oid:
         """The datum id of a work-tree datum, hashing what the cache lacks."""
         known = self.known_datum(members)
-        return known if known is not None else datum_id(self.read(members)[1])
+        return known if known is not None else self.read_many([members])[0].datum

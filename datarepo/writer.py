@@ -11,6 +11,7 @@ from datarepo.index import location_rows
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData, ShardWriter, member_hash
 from datarepo.store import datum_members
+from datarepo.worktree import Read
 
 
 class DatumSink:
@@ -46,17 +47,15 @@ class DatumSink:
             self._write(datum, members)
         return datum
 
-    def put_many(
-        self, batch: list[tuple[Mapping[str, MemberData], Mapping[str, str]]], elsewhere: Container[str] = frozenset()
-    ) -> list[Oid]:
-        """Stores datums in order, asking the location cache about all of them at once;
-        those in ``elsewhere`` (written by another process, to publish) are left out."""
-        ids = [datum_id(hashes) for _, hashes in batch]
-        present = set() if self.rewrite or self._none_before else self.repo.index.stored(ids)
-        for datum, (members, _) in zip(ids, batch):
-            if datum not in present and datum not in self.written and datum not in elsewhere:
-                self._write(datum, members)
-        return ids
+    def put_many(self, batch: list[Read], elsewhere: Container[str] = frozenset()) -> None:
+        """Stores datums read from files, in order, asking the location cache about all of
+        them at once; those in ``elsewhere`` (written by another process, to publish) are
+        left out."""
+        present = set() if self.rewrite or self._none_before else self.repo.index.stored([r.datum for r in batch])
+        written = self.written
+        for datum, members, _ in batch:
+            if datum not in present and datum not in written and datum not in elsewhere:
+                self._wrote(self._shard().add(datum, members))
 
     def copy_shard(self, shard: Oid) -> None:
         """Writes the datums of ``shard`` this sink has not written, in the shard's order and

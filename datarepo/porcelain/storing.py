@@ -27,7 +27,6 @@ from datarepo.hashing import OID_LEN, Oid, is_oid
 from datarepo.index import location_rows
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.repo import Repo
-from datarepo.shards import member_size
 from datarepo.worktree import SIZE, Hasher
 from datarepo.writer import DatumSink
 
@@ -118,12 +117,13 @@ def _put(
     out = Stored({}, {})
     for batch in batches:
         elsewhere = logs[1].taken_in() if logs else frozenset()
-        read = [hasher.read(members[k]) for k in batch]
-        ids = sink.put_many(read, elsewhere)
+        read = hasher.read_many([members[k] for k in batch])
+        sink.put_many(read, elsewhere)
+        ids = [r.datum for r in read]
         if logs:
             logs[0].add(ids)
         out.datums.update(zip(batch, ids))
-        out.sizes.update(zip(batch, [sum(map(member_size, data.values())) for data, _ in read]))
+        out.sizes.update(zip(batch, [r.size for r in read]))
         hasher.save(sink.repo.index, at_least=STAT_SAVE_ROWS)
         done(len(batch))
     return out
