@@ -37,7 +37,10 @@ _HEAD_MID = b"0000444\x000000000\x000000000\x00"
 _HEAD_TAIL_A = b"00000000000\x00"
 _HEAD_TAIL_B = b"0" + bytes(100) + b"ustar\x0000" + bytes(BLOCK - 265)
 _CHECKSUM_BASE = sum(_HEAD_MID) + sum(_HEAD_TAIL_A) + sum(_HEAD_TAIL_B) + 8 * 32
-_PADDINGS = [bytes(n) for n in range(BLOCK)]  # the zeros after a member, by their count
+_PADDINGS = [bytes(n) for n in range(BLOCK)]
+# Builds a NamedTuple from a tuple of its fields in C: its own constructor runs Python code,
+# three times a datum while a shard is written.
+_new = tuple.__new__  # the zeros after a member, by their count
 
 
 class FileRange(NamedTuple):
@@ -172,12 +175,12 @@ class ShardWriter:
             size = len(data)
             header = tar_header(f"{datum}.{ext}", size)
             pos += len(header)
-            locs.append(MemberLoc(ext, pos, size))
+            locs.append(_new(MemberLoc, (ext, pos, size)))
             pad = -size % BLOCK
             pos += size + pad
             parts += (header, data, _PADDINGS[pad])
         self.size = pos
-        return self._added(DatumLoc(datum, start, pos - start, tuple(locs)))
+        return self._added(_new(DatumLoc, (datum, start, pos - start, tuple(locs))))
 
     def _stream(self, name: str, ext: str, data: FileRange) -> MemberLoc:
         self.write(tar_header(name, data.size))

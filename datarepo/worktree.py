@@ -13,7 +13,7 @@ from functools import cached_property
 from itertools import chain, repeat, starmap
 from operator import is_
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from xxhash import xxh3_128_digest
 
@@ -458,13 +458,10 @@ def _read_small(path: str, size: int) -> tuple[bytes | None, FileStat | None]:
         os.close(fd)
 
 
-class Read(NamedTuple):
-    """A datum read from its files: its id, its members sorted by extension (bytes, or a
-    range of a large file to stream when it is stored) and its size."""
-
-    datum: Oid
-    members: list[tuple[str, MemberData]]
-    size: int
+# A datum read from its files: its id, its members sorted by extension (bytes, or a range of
+# a large file to stream when it is stored) and its size. A plain tuple: a first add makes
+# 50,000, and a NamedTuple's constructor runs Python code.
+Read = tuple[Oid, list[tuple[str, MemberData]], int]
 
 
 class Hasher:
@@ -537,7 +534,7 @@ class Hasher:
                 items.append((ext, data))
                 digests.append((ext, digest))
                 size += len(data) if type(data) is bytes else data.size  # type: ignore[union-attr]
-            out.append(Read(datum_id_of_digests(digests), items, size))
+            out.append((datum_id_of_digests(digests), items, size))
             self.hashed += len(items)
         return out
 
@@ -563,4 +560,4 @@ class Hasher:
     def datum(self, members: dict[str, str]) -> Oid:
         """The datum id of a work-tree datum, hashing what the cache lacks."""
         known = self.known_datum(members)
-        return known if known is not None else self.read_many([members])[0].datum
+        return known if known is not None else self.read_many([members])[0][0]

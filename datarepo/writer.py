@@ -51,7 +51,7 @@ class DatumSink:
         """Stores datums read from files, in order, asking the location cache about all of
         them at once; those in ``elsewhere`` (written by another process, to publish) are
         left out."""
-        present = set() if self.rewrite or self._none_before else self.repo.index.stored([r.datum for r in batch])
+        present = set() if self.rewrite or self._none_before else self.repo.index.stored([datum for datum, _, _ in batch])
         written = self.written
         for datum, members, _ in batch:
             if datum not in present and datum not in written and datum not in elsewhere:

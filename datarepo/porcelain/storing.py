@@ -119,11 +119,11 @@ def _put(
         elsewhere = logs[1].taken_in() if logs else frozenset()
         read = hasher.read_many([members[k] for k in batch])
         sink.put_many(read, elsewhere)
-        ids = [r.datum for r in read]
+        ids = [datum for datum, _, _ in read]
         if logs:
             logs[0].add(ids)
         out.datums.update(zip(batch, ids))
-        out.sizes.update(zip(batch, [r.size for r in read]))
+        out.sizes.update(zip(batch, [size for _, _, size in read]))
         hasher.save(sink.repo.index, at_least=STAT_SAVE_ROWS)
         done(len(batch))
     return out
