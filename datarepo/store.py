@@ -9,9 +9,9 @@ from pathlib import Path
 from datarepo import objects
 from datarepo.errors import CorruptObjectError, ObjectNotFoundError
 from datarepo.fsutil import TMP_PREFIX, atomic_write, publish, remove
-from datarepo.hashing import Oid, hash_bytes, hash_stream, is_oid
+from datarepo.hashing import Oid, datum_id, hash_bytes, hash_stream, is_oid
 from datarepo.objects import RepoObject, TreePage
-from datarepo.shards import DatumLoc, FileRange, MemberData, ShardIndex, ShardWriter, iter_tar
+from datarepo.shards import DatumLoc, FileRange, MemberData, ShardIndex, ShardWriter, iter_tar, member_hash
 
 
 # Tree pages decoded (or read as text) by this process, kept for the next step of the same
@@ -199,16 +199,27 @@ class Store:
                     yield Path(entry.path)
 
 
-def datum_members(store: Store, shard: str, loc: DatumLoc, large: int, span: bytes | None = None) -> dict[str, MemberData]:
+def datum_members(
+    store: Store, shard: str, loc: DatumLoc, large: int, span: bytes | None = None, verify: bool = True
+) -> dict[str, MemberData]:
     """A datum's members: bytes from one range read (or from ``span``, the datum's bytes
-    already read), or file ranges for members over ``large``."""
+    already read), or file ranges for members over ``large``. Unless ``verify`` is False
+    they are first checked against the datum's id (a file range is read once more to hash
+    it): a shard's bytes carry no checksum of their own, and a flipped bit must be an error
+    naming the shard, never bytes handed on as the datum's."""
     if all(m.size <= large for m in loc.members):
         blob = store.read_member(shard, loc.offset, loc.length) if span is None else span
         if len(blob) != loc.length:
             raise CorruptObjectError(f"{shard}.tar", f"truncated: datum at byte {loc.offset} is cut short")
-        return {m.ext: blob[m.offset - loc.offset : m.offset - loc.offset + m.size] for m in loc.members}
-    path = store.shard_path(shard)
-    return {
-        m.ext: FileRange(path, m.offset, m.size) if m.size > large else store.read_member(shard, m.offset, m.size)
-        for m in loc.members
-    }
+        members: dict[str, MemberData] = {
+            m.ext: blob[m.offset - loc.offset : m.offset - loc.offset + m.size] for m in loc.members
+        }
+    else:
+        path = store.shard_path(shard)
+        members = {
+            m.ext: FileRange(path, m.offset, m.size) if m.size > large else store.read_member(shard, m.offset, m.size)
+            for m in loc.members
+        }
+    if verify and datum_id({ext: member_hash(data) for ext, data in members.items()}) != loc.datum:
+        raise CorruptObjectError(f"{shard}.tar", f"datum {loc.datum} does not match its bytes")
+    return members

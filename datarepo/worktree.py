@@ -19,7 +19,7 @@ from xxhash import xxh3_128_digest
 
 from datarepo import parallel
 from datarepo.errors import CorruptObjectError, InvalidInputError
-from datarepo.hashing import Oid, datum_id, datum_id_of_digests, hash_bytes
+from datarepo.hashing import Oid, datum_id, datum_id_of_digests
 from datarepo.index import Index, StatRow, trusted
 from datarepo.shards import LARGE_FILE, FileRange, MemberData, member_hash
 

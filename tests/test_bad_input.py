@@ -147,6 +147,24 @@ def test_corrupted_shard_is_named(repo_with_commit, worktree: Path, cli) -> None
 
     with pytest.raises(CorruptObjectError, match=shard):
         repo.read_datum(datum, verify=True)
+    # Whatever hands the datum's bytes on checks them first: one line naming the shard, never
+    # the flipped bytes as the datum's.
+    key = next(e.key for p in repo.store.get(repo.commit(repo.head()).tree).pages
+               for e in repo.store.get(p.page).entries if e.datum == datum)
+    file = worktree / f"{key}.{member.ext}"
+    before = file.read_bytes()
+    _one_line_error(cli("cat", f"HEAD:{key}.{member.ext}", ok=False), f"corrupt object {shard}.tar")
+    _one_line_error(cli("export", "HEAD", str(worktree.parent / "out"), ok=False), f"corrupt object {shard}.tar")
+    _one_line_error(cli("export", "HEAD", str(worktree.parent / "outs"), "--shards", ok=False), shard)
+    file.unlink()
+    _one_line_error(cli("checkout", "-f", "HEAD", ok=False), f"corrupt object {shard}.tar")
+    assert not file.exists()
+    _one_line_error(cli("repack", "--all", ok=False), f"corrupt object {shard}.tar")
+    raw[member.offset + member.size // 2] ^= 0xFF  # mended: nothing was lost
+    path.write_bytes(raw)
+    cli("checkout", "-f", "HEAD")
+    assert file.read_bytes() == before
+    assert "0 problems" in cli("fsck").output
 
 
 def test_truncated_shard_is_named(repo_with_commit, worktree: Path, cli) -> None:
