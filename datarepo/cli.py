@@ -271,13 +271,16 @@ def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
 
 
 @main.command()
-@click.argument("rev")
-@click.option("-b", "new_branch", default=None, help="Create this branch at REV and switch to it.")
+@click.argument("rev", required=False)
+@click.option("-b", "new_branch", default=None, help="Create this branch at REV (default HEAD) and switch to it.")
 @click.option("-f", "--force", is_flag=True, help="Throw away uncommitted changes (files never added are kept).")
-def checkout(rev: str, new_branch: str | None, force: bool) -> None:
+def checkout(rev: str | None, new_branch: str | None, force: bool) -> None:
     """Make the work tree match REV (a branch, tag or commit)."""
     from datarepo.porcelain.checkout import checkout as run
 
+    if rev is None and new_branch is None:
+        raise click.UsageError("name a revision to check out (or -b NAME for a new branch at HEAD)")
+    rev = rev or "HEAD"
     with _progress("checking out") as bar:
         result = run(_repo(), rev, force=force, new_branch=new_branch, progress=bar)
     where = f"branch {result.branch}" if result.branch else f"detached HEAD at {result.oid[:12]}"

@@ -136,6 +136,12 @@ def test_branch_tag_and_revision_forms(repo_with_commit, worktree: Path, cli) ->
     assert cli("log", "--oneline", "v1").output.count("\n") == 2
     # -n as in git: at most N commits; 0 none; a negative N, no limit
     assert [cli("log", "--oneline", "-n", n, "v1").output.count("\n") for n in ("1", "0", "-1")] == [1, 0, 2]
+    # checkout -b NAME, as in git: a new branch at HEAD, uncommitted changes kept
+    (worktree / "train/cat/0000.cls").write_bytes(b"kept")
+    assert cli("checkout", "-b", "fresh").output.startswith("Switched to branch fresh")
+    assert Repo.open(worktree).current_branch() == "fresh" and repo.resolve("fresh") == first
+    assert (worktree / "train/cat/0000.cls").read_bytes() == b"kept"
+    assert cli("checkout", ok=False).exit_code == 2
 
 
 def test_rm_stages_deletion(repo_with_commit, worktree: Path, cli) -> None:
