@@ -64,6 +64,14 @@ def _repo():  # type: ignore[no-untyped-def]
     return Repo.open(".")
 
 
+def _quoted(key: str) -> str:
+    """A key as a line of a listing shows it: in double quotes with escapes, as git quotes a
+    path, where it holds a control character (a newline would split it over two lines)."""
+    if key.isprintable():
+        return key
+    return json.dumps(key, ensure_ascii=False)
+
+
 def _json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, ensure_ascii=False))
 
@@ -159,7 +167,7 @@ def status(as_json: bool, follow: bool) -> None:
 def _print_changes(changes: Any) -> None:
     for label, keys in (("added", changes.added), ("modified", changes.modified), ("deleted", changes.deleted)):
         for key in keys:
-            click.echo(f"  {label + ':':<10}{key}")
+            click.echo(f"  {label + ':':<10}{_quoted(key)}")
 
 
 @main.command()
@@ -189,7 +197,7 @@ def rm(paths: tuple[str, ...], cached: bool) -> None:
     from datarepo.porcelain.stage import rm as run
 
     for key in run(_repo(), list(paths), cached=cached):
-        click.echo(f"rm {key}")
+        click.echo(f"rm {_quoted(key)}")
 
 
 @main.command()
@@ -267,7 +275,7 @@ def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
     else:
         for sign, keys in (("A", changes.added), ("M", changes.modified), ("D", changes.deleted)):
             for key in keys:
-                click.echo(f"{sign}\t{key}")
+                click.echo(f"{sign}\t{_quoted(key)}")
 
 
 @main.command()
@@ -352,7 +360,7 @@ def ls_command(rev: str, prefix: str, long: bool, as_json: bool) -> None:
         _json([{"key": e.key, "datum": e.datum, "size": e.size} for e in entries])
         return
     for e in entries:
-        click.echo(f"{e.datum[:12]} {e.size:>10} {e.key}" if long else e.key)
+        click.echo(f"{e.datum[:12]} {e.size:>10} {_quoted(e.key)}" if long else _quoted(e.key))
 
 
 @main.command()

@@ -228,6 +228,20 @@ def test_nested_ignore_files_apply_below_their_directory_deepest_first(worktree:
     assert json.loads(cli("status", "--json").output)["added"] == ["other/sub/d"]
 
 
+def test_listings_quote_a_key_with_a_control_character(worktree: Path, cli) -> None:
+    """As git quotes such a path: a newline in a key must not split its line of a listing."""
+    (worktree / "a\nb.txt").write_bytes(b"x")
+    (worktree / "plain ü.txt").write_bytes(b"y")
+    cli("init")
+    assert '  added:    "a\\nb"\n' in cli("status").output
+    assert "  added:    plain ü\n" in cli("status").output
+    cli("add", ".")
+    cli("commit", "-m", "odd")
+    assert cli("ls").output.splitlines() == ['"a\\nb"', "plain ü"]
+    assert json.loads(cli("ls", "--json").output)[0]["key"] == "a\nb"
+    assert cli("show", "HEAD").output.count('"a\\nb"') == 1
+
+
 def test_file_grouping(worktree: Path, cli) -> None:
     (worktree / "a").mkdir()
     (worktree / "a/x.seg.png").write_bytes(b"png")
