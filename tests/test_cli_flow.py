@@ -157,6 +157,14 @@ def test_add_path_limits_what_is_staged(repo_with_commit, worktree: Path, cli) -
     cli("add", "train/cat")
     st = cli("status").output
     assert st.index("train/cat/0000") < st.index("Changes not staged") < st.index("train/dog/0001")
+    cli("add", "train/cat")  # nothing left to stage there: not an error
+    # a path that names nothing (a typo) is refused, as git refuses a pathspec that matches nothing
+    result = cli("add", "train/cta", ok=False)
+    assert result.exit_code == 1 and "no file or tracked datum matches train/cta" in result.output
+    (worktree / "train/dog/0001.jpg").unlink()
+    (worktree / "train/dog/0001.cls").unlink()
+    cli("add", "train/dog/0001.jpg")  # gone from the work tree, but tracked: its deletion is staged
+    assert "deleted:  train/dog/0001" in cli("status").output.split("Changes not staged")[0]
 
 
 def test_path_arguments_select_the_keys_they_name_or_hold(worktree: Path, cli, monkeypatch) -> None:

@@ -233,6 +233,7 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         else:  # the members' keys, grouped from sorted paths, come nearly sorted: a quick sort, unlike a set's
             candidates = [*members, *((index.keys() | head.keys()) - members.keys())]
         chosen = sorted(candidates if prefixes is None else (k for k in candidates if _selected(k, prefixes)))
+        _check_matched(repo, paths, chosen)
         hasher = look.hasher()
         (now, sizes), written = _store(repo, members, hasher, [k for k in chosen if k in members], progress)
         deleted = [k for k in chosen if k not in members and k in index]
@@ -249,6 +250,14 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     changes = compare({k: index[k] for k, _, _ in staged if k in index}, {k: d for k, d, _ in staged if d})
     notes = look.found.notes + look.grouped[1]
     return AddResult(changes, len(written), sum(written.values()), hasher.hashed, notes)
+
+
+def _check_matched(repo: Repo, paths: list[str] | None, chosen: list[str]) -> None:
+    """Refuses, as git's "pathspec did not match any files", a path argument that is not
+    in the work tree and names no datum to stage (a deletion)."""
+    for p in paths or ():
+        if not os.path.lexists(p) and not any(k in (key_filter(repo, [p]) or ()) for k in chosen):
+            raise InvalidInputError(f"no file or tracked datum matches {p}")
 
 
 def _only(state: dict[str, Oid], keys: set[str]) -> dict[str, Oid]:
