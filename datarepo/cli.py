@@ -259,13 +259,14 @@ def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
     """Show keys that differ: A..B, A..work tree, or HEAD..work tree."""
     from datarepo.porcelain.history import changes_of
     from datarepo.porcelain.history import diff as run
+    from datarepo.porcelain.stage import diff_worktree
     from datarepo.porcelain.stage import status as worktree_status
 
     repo = _repo()
     if b is None and (a is None or a == "HEAD"):
         changes = worktree_status(repo).total
     elif b is None:
-        raise click.UsageError("diff against the work tree takes no revision but HEAD; give two revisions")
+        changes = diff_worktree(repo, a)
     else:
         changes = changes_of(run(repo, a, b))
     if as_json:

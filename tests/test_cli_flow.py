@@ -80,6 +80,23 @@ def test_checkout_restores_work_tree_byte_for_byte(repo_with_commit, worktree: P
     assert Repo.open(worktree).current_branch() == "main"
 
 
+def test_diff_of_a_revision_against_the_work_tree(repo_with_commit, worktree: Path, cli) -> None:
+    """``diff REV``, as ``git diff REV``: REV against the work tree, across commits since."""
+    (worktree / "train/cat/0000.cls").write_bytes(b"7")
+    cli("add", ".")
+    cli("commit", "-m", "second")
+    (worktree / "train/dog/0001.jpg").write_bytes(b"edited, not added")
+    write_samples(worktree, 1, seed=3, prefix="extra")
+    for ext in ("jpg", "cls"):
+        (worktree / f"train/cat/0002.{ext}").unlink()
+    expected = {"added": ["extra/cat/0000"], "modified": ["train/cat/0000", "train/dog/0001"], "deleted": ["train/cat/0002"]}
+    assert json.loads(cli("diff", "--json", "HEAD~1").output) == expected
+    (worktree / "train/cat/0000.cls").write_bytes(b"0")  # back to its content at HEAD~1
+    expected["modified"] = ["train/dog/0001"]
+    assert json.loads(cli("diff", "--json", "HEAD~1").output) == expected
+    assert "train/cat/0000" in json.loads(cli("diff", "--json").output)["modified"]  # HEAD: it differs
+
+
 def test_checkout_refuses_to_overwrite_uncommitted_changes(repo_with_commit, worktree: Path, cli) -> None:
     (worktree / "train/cat/0000.jpg").write_bytes(b"second")
     cli("add", ".")

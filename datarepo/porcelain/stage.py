@@ -207,6 +207,25 @@ def status(repo: Repo, follow: bool = False) -> Status:
     return look.save(_verdict(head, index_datums(repo, head, keys), now), keys)
 
 
+def diff_worktree(repo: Repo, rev: str) -> Changes:
+    """The keys that differ between ``rev`` and the work tree (``git diff REV``): those that
+    differ between ``rev`` and HEAD, or between HEAD and the work tree, each compared again
+    with its datum in the work tree (hashed through the stat cache) and in ``rev``."""
+    dirty = status(repo).total.keys()
+    base = repo.tree_of(rev)
+    moved = {c.key: c for c in trees.diff_trees(repo.store, base, repo.tree_of(None))}
+    keys = dirty | moved.keys()
+    then = {k: e.datum for k, e in (trees.lookup_many(repo.store, base, keys) if base else {}).items()}
+    now = {k: c.new.datum for k, c in moved.items() if c.new is not None and k not in dirty}
+    root, grouping = repo.require_worktree(), repo.config.grouping
+    found = scan(root, skip_prefixes=repo.config.sparse)
+    found.raise_errors()
+    files = found.files_of(dirty, grouping)  # the files of these keys only, grouped as they are now
+    hasher = Hasher(root, files, repo.index.load_stats_for(files), found.started_ns)
+    now.update((k, hasher.datum(m)) for k, m in group(sorted(files), grouping, []).items())
+    return compare({k: d for k, d in then.items() if not repo.config.is_sparse(k)}, now)
+
+
 @dataclass(frozen=True)
 class AddResult:
     changes: Changes
