@@ -207,8 +207,9 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
             if (spec := _read_ignore(ignore, rel_dir + IGNORE_FILE, result)) is not None:
                 rules = (*rules, (rel_dir, spec))
             entries = [e for e in entries if e is not ignore]  # never added, at any depth
-        if not rel_dir:
-            entries = [e for e in entries if e.name not in NEVER_ADDED]
+        # At any depth, as git never adds a nested repository's .git: a clone or a datarepo
+        # repository inside the work tree is not data (its shards stored again in shards).
+        entries = [e for e in entries if e.name not in NEVER_ADDED]
         entries = _valid_names(entries, rel_dir, result)
         filtered = bool(rules) or bool(skip)
         regular: list[str] = []

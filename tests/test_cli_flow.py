@@ -214,6 +214,9 @@ def test_ignore_file_and_never_added_dirs(worktree: Path, cli) -> None:
     (worktree / ".git/HEAD.txt").write_bytes(b"x")
     (worktree / ".dvc").mkdir()
     (worktree / ".dvc/config.txt").write_bytes(b"x")
+    for nested in ("train/clone/.git", "train/inner/.datarepo/shards", "train/inner/.dvc"):
+        (worktree / nested).mkdir(parents=True)
+        (worktree / nested / "x.bin").write_bytes(b"x")
     cli("init")
     cli("add", ".")
     cli("commit", "-m", "x")
