@@ -37,10 +37,10 @@ _HEAD_MID = b"0000444\x000000000\x000000000\x00"
 _HEAD_TAIL_A = b"00000000000\x00"
 _HEAD_TAIL_B = b"0" + bytes(100) + b"ustar\x0000" + bytes(BLOCK - 265)
 _CHECKSUM_BASE = sum(_HEAD_MID) + sum(_HEAD_TAIL_A) + sum(_HEAD_TAIL_B) + 8 * 32
-_PADDINGS = [bytes(n) for n in range(BLOCK)]
+_PADDINGS = [bytes(n) for n in range(BLOCK)]  # the zeros after a member, by their count
 # Builds a NamedTuple from a tuple of its fields in C: its own constructor runs Python code,
 # three times a datum while a shard is written.
-_new = tuple.__new__  # the zeros after a member, by their count
+_new = tuple.__new__
 
 
 class FileRange(NamedTuple):

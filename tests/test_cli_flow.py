@@ -80,6 +80,26 @@ def test_checkout_restores_work_tree_byte_for_byte(repo_with_commit, worktree: P
     assert Repo.open(worktree).current_branch() == "main"
 
 
+def test_forced_checkout_removes_only_the_untracked_file_in_the_way(worktree: Path, cli) -> None:
+    """Where the revision needs a directory, a file never added that stands there goes (as
+    with git's -f); the other members of its datum stay."""
+    cli("init")
+    (worktree / "d/x.jpg").mkdir(parents=True)
+    (worktree / "d/x.jpg/y.txt").write_bytes(b"tracked")
+    cli("add", ".")
+    cli("commit", "-m", "a")
+    cli("tag", "a")
+    cli("rm", "d/x.jpg/y.txt")
+    cli("commit", "-m", "b")
+    if (worktree / "d/x.jpg").is_dir():
+        (worktree / "d/x.jpg").rmdir()
+    (worktree / "d/x.jpg").write_bytes(b"never added")
+    (worktree / "d/x.cls").write_bytes(b"never added either")
+    cli("checkout", "-f", "a")
+    assert (worktree / "d/x.jpg/y.txt").read_bytes() == b"tracked"
+    assert (worktree / "d/x.cls").read_bytes() == b"never added either"
+
+
 def test_diff_of_a_revision_against_the_work_tree(repo_with_commit, worktree: Path, cli) -> None:
     """``diff REV``, as ``git diff REV``: REV against the work tree, across commits since."""
     (worktree / "train/cat/0000.cls").write_bytes(b"7")

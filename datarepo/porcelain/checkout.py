@@ -93,9 +93,12 @@ def _apply(
     clash, dirs = file_and_dir(files)
     if clash:
         raise InvalidInputError(f"cannot check out: {clash} would be both a file and a directory")
-    for key in _in_the_way(untracked, files, dirs, grouping):
+    in_the_way, below = _in_the_way(root, untracked, files, dirs, grouping)
+    for rel in in_the_way:
+        remove(root / rel)
+    for key in below:
         exts[key] = []
-    removed = _remove_stale(root, exts, grouping)
+    removed = len(in_the_way) + _remove_stale(root, exts, grouping)
     _check_in_the_way(root, files, dirs)
     written: dict[str, Oid] = {}
     begin(progress, len(moves))
@@ -109,19 +112,25 @@ def _apply(
     return len(written), removed
 
 
-def _in_the_way(untracked: set[str], files: set[str], dirs: set[str], grouping: str) -> set[str]:
-    """The untracked keys whose files stand where a directory is needed, or lie below
-    where a file is needed."""
+def _in_the_way(
+    root: Path, untracked: set[str], files: set[str], dirs: set[str], grouping: str
+) -> tuple[list[str], set[str]]:
+    """The files of untracked datums that stand where a directory is needed, and the
+    untracked keys whose files lie below where a file is needed (all of them are in the way)."""
     if not untracked:
-        return set()
-    keys = {split[0] for rel in dirs if (split := split_path(rel, grouping)) is not None and split[0] in untracked}
+        return [], set()
+    in_the_way = sorted(
+        rel for rel in dirs
+        if (split := split_path(rel, grouping)) is not None and split[0] in untracked and (root / rel).is_file()
+    )
+    below = set()
     ordered = sorted(untracked)
     for rel in files:
         at = bisect.bisect_left(ordered, rel + "/")
         while at < len(ordered) and ordered[at].startswith(rel + "/"):
-            keys.add(ordered[at])
+            below.add(ordered[at])
             at += 1
-    return keys
+    return in_the_way, below
 
 
 def _check_in_the_way(root: Path, files: set[str], dirs: set[str]) -> None:

@@ -213,7 +213,7 @@ def diff_worktree(repo: Repo, rev: str) -> Changes:
     with its datum in the work tree (hashed through the stat cache) and in ``rev``."""
     dirty = status(repo).total.keys()
     base = repo.tree_of(rev)
-    moved = {c.key: c for c in trees.diff_trees(repo.store, base, repo.tree_of(None))}
+    moved = {c.key: c for c in trees.diff_trees(repo.store, base, repo.tree_of(None)) if not repo.config.is_sparse(c.key)}
     keys = dirty | moved.keys()
     then = {k: e.datum for k, e in (trees.lookup_many(repo.store, base, keys) if base else {}).items()}
     now = {k: c.new.datum for k, c in moved.items() if c.new is not None and k not in dirty}
@@ -223,7 +223,7 @@ def diff_worktree(repo: Repo, rev: str) -> Changes:
     files = found.files_of(dirty, grouping)  # the files of these keys only, grouped as they are now
     hasher = Hasher(root, files, repo.index.load_stats_for(files), found.started_ns)
     now.update((k, hasher.datum(m)) for k, m in group(sorted(files), grouping, []).items())
-    return compare({k: d for k, d in then.items() if not repo.config.is_sparse(k)}, now)
+    return compare(then, now)
 
 
 @dataclass(frozen=True)
