@@ -145,8 +145,8 @@ class ShardWriter:
 
     Small members are not written one by one: their headers, bytes and padding
     are gathered and joined, hashed and written about a mebibyte at a time. A
-    first add of 50,000 datums spent 0.3-0.4 s in per-datum ``write`` calls
-    through a buffered file and a hashing wrapper.
+    write a datum through a buffered file and a hashing wrapper cost a first
+    add of 5,000 samples 5% more instructions.
     """
 
     def __init__(self, shards_dir: Path) -> None:
