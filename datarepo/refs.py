@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NewType
 
-from datarepo.errors import InvalidInputError, RefConflictError
+from datarepo.errors import CorruptObjectError, InvalidInputError, RefConflictError
 from datarepo.fsutil import WriterLock, atomic_write
 from datarepo.hashing import Oid, is_oid
 
@@ -51,16 +51,23 @@ class Refs:
         return text[len(_SYMREF) :] if text.startswith(_SYMREF) else None
 
     def read(self, name: str) -> Oid | None:
-        """The commit a ref names, following HEAD's symbolic ref; None if unborn or absent."""
+        """The commit a ref names, following HEAD's symbolic ref; None if unborn or absent.
+
+        A ref file that names no commit is an error, never an unborn branch: a commit on
+        it would start a new history, and ``gc`` would then delete the old one.
+        """
         for _ in range(5):
             try:
-                text = self._path(name).read_text().strip()
+                raw = self._path(name).read_bytes()
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 return None
+            text = raw.decode("utf-8", "replace").strip()
             if not text.startswith(_SYMREF):
-                return Oid(text) if is_oid(text) else None
+                if not is_oid(text):
+                    raise CorruptObjectError(name, f"holds {text[:40]!r}, not a commit id")
+                return Oid(text)
             name = text[len(_SYMREF) :]
-        return None
+        raise CorruptObjectError(name, "symbolic refs point at each other")
 
     def set_symbolic(self, target: str, name: str = HEAD, message: str = "") -> None:
         with self.lock:
@@ -96,19 +103,21 @@ class Refs:
             atomic_write(self._path(HEAD), f"{oid}\n".encode(), mode=0o644)
             self._log(HEAD, old, oid, message)
 
-    def list(self, prefix: str) -> Iterator[tuple[str, Oid]]:
-        """Yields (short name, oid) for every ref under ``prefix`` (e.g. ``refs/heads/``)."""
+    def names(self, prefix: str) -> Iterator[str]:
+        """Yields the full name of every ref under ``prefix`` (e.g. ``refs/heads/``)."""
         top = self._path(prefix)
         if not top.is_dir():
             return
         for dirpath, _, files in sorted(os.walk(top)):
             for f in sorted(files):
-                if f.startswith("."):
-                    continue
-                full = os.path.relpath(os.path.join(dirpath, f), self.root)
-                oid = self.read(full)
-                if oid is not None:
-                    yield full[len(prefix) :], oid
+                if not f.startswith("."):
+                    yield os.path.relpath(os.path.join(dirpath, f), self.root)
+
+    def list(self, prefix: str) -> Iterator[tuple[str, Oid]]:
+        """Yields (short name, oid) for every ref under ``prefix`` (e.g. ``refs/heads/``)."""
+        for full in self.names(prefix):
+            if (oid := self.read(full)) is not None:
+                yield full[len(prefix) :], oid
 
     def _log(self, name: str, old: Oid | None, new: Oid | None, message: str) -> None:
         path = self.root / "logs" / name

@@ -167,6 +167,25 @@ def test_corrupted_shard_is_named(repo_with_commit, worktree: Path, cli) -> None
     assert "0 problems" in cli("fsck").output
 
 
+def test_a_corrupt_ref_is_an_error_never_an_unborn_branch(repo_with_commit, worktree: Path, cli) -> None:
+    """A branch file that holds no commit id was read as an unborn branch: log printed
+    nothing, fsck found nothing, a commit would have started a new history and gc would
+    then have deleted the old one. Now every command that reads it says so in one line."""
+    repo, _ = repo_with_commit
+    head = repo.head()
+    ref = repo.dotdir / "refs/heads/main"
+    ref.write_text("garbage\n")
+    for args in (["log"], ["status"], ["commit", "-m", "x"], ["gc"], ["branch"]):
+        _one_line_error(cli(*args, ok=False), "refs/heads/main")
+    result = cli("fsck", ok=False)
+    assert result.exit_code == 1 and "refs/heads/main" in result.output
+    assert ref.read_text() == "garbage\n"
+    ref.write_text(f"{head}\n")
+    assert "0 problems" in cli("fsck").output
+    (repo.dotdir / "HEAD").write_text("0123\n")  # a detached HEAD that names no commit
+    _one_line_error(cli("log", ok=False), "HEAD")
+
+
 def test_truncated_shard_is_named(repo_with_commit, worktree: Path, cli) -> None:
     repo, _ = repo_with_commit
     shard = next(repo.store.iter_shards())

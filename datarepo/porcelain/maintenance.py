@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from datarepo.errors import DataRepoError
+from datarepo.errors import CorruptObjectError, DataRepoError
 from datarepo.fsutil import remove
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit, Tree, TreePage
 from datarepo.porcelain import Progress, begin, tick
+from datarepo.refs import HEAD
 from datarepo.repo import Repo
 from datarepo.shards import member_hash
 from datarepo.writer import DatumSink
@@ -30,13 +31,24 @@ class Reachable:
     missing: list[str] = field(default_factory=list)
 
 
-def roots(repo: Repo) -> set[Oid]:
+def roots(repo: Repo, problems: list[str] | None = None) -> set[Oid]:
     """Ref targets, reflog entries younger than the expiry window, and the tree ``add``
-    stored for the next commit."""
-    found = {oid for prefix in ("refs/",) for _, oid in repo.refs.list(prefix)}
-    if (head := repo.head()) is not None:
-        found.add(head)
-    if (staged := repo.index.staged_tree(head)) is not None:
+    stored for the next commit. A ref that names no commit is an error, or, with
+    ``problems``, noted there (what it reached stays unknown, so nothing may be deleted)."""
+    branch = repo.refs.read_symbolic(HEAD)
+    named: dict[str, Oid] = {}
+    for name in [*repo.refs.names("refs/"), *([] if branch else [HEAD])]:  # a detached HEAD names a commit
+        try:
+            oid = repo.refs.read(name)
+        except CorruptObjectError as e:
+            if problems is None:
+                raise
+            problems.append(str(e))
+            continue
+        if oid is not None:
+            named[name] = oid
+    found = set(named.values())
+    if (staged := repo.index.staged_tree(named.get(branch or HEAD))) is not None:
         found.add(staged)
     horizon = time.time() - repo.config.reflog_expire_days * DAY
     for name in repo.refs.iter_reflogs():
@@ -46,10 +58,10 @@ def roots(repo: Repo) -> set[Oid]:
     return found
 
 
-def reachable(repo: Repo) -> Reachable:
-    """Walks commits, trees, pages and other objects from every root."""
+def reachable(repo: Repo, problems: list[str] | None = None) -> Reachable:
+    """Walks commits, trees, pages and other objects from every root (see :func:`roots`)."""
     seen = Reachable()
-    stack = list(roots(repo))
+    stack = list(roots(repo, problems))
     while stack:
         oid = stack.pop()
         if oid in seen.objects:
@@ -120,7 +132,7 @@ def fsck(repo: Repo, rebuild_index: bool = False, progress: Progress = None) -> 
         if index is not None:
             stored.update(d.datum for d in index.datums)
         tick(progress)
-    seen = reachable(repo)
+    seen = reachable(repo, result.problems)
     result.problems.extend(seen.missing)
     result.datums = len(seen.datums)
     result.problems.extend(
