@@ -207,9 +207,8 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
             if (spec := _read_ignore(ignore, rel_dir + IGNORE_FILE, result)) is not None:
                 rules = (*rules, (rel_dir, spec))
             entries = [e for e in entries if e is not ignore]  # never added, at any depth
-        # At any depth, as git never adds a nested repository's .git: a clone or a datarepo
-        # repository inside the work tree is not data (its shards stored again in shards).
-        entries = [e for e in entries if e.name not in NEVER_ADDED]
+        if not rel_dir:
+            entries = [e for e in entries if e.name not in NEVER_ADDED]
         entries = _valid_names(entries, rel_dir, result)
         filtered = bool(rules) or bool(skip)
         regular: list[str] = []
@@ -219,7 +218,10 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
             if entry.is_file(follow_symlinks=False):  # no extra syscall to classify
                 regular.append(entry.name)
             elif entry.is_dir(follow_symlinks=False):
-                stack.append((rel_dir + entry.name + "/", rules))
+                # Below the root too, as git never adds a nested repository's .git: a clone or a
+                # datarepo repository inside the work tree is not data (its shards stored again).
+                if entry.name not in NEVER_ADDED:
+                    stack.append((rel_dir + entry.name + "/", rules))
             elif (stat := _classify_other(entry, rel_dir + entry.name, result, follow)) is not None:
                 followed.append((rel_dir + entry.name, stat))
         if regular:
