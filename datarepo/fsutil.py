@@ -110,6 +110,13 @@ def remove(path: Path) -> None:
         os.unlink(path)
 
 
+def prune_dirs(root: Path, path: Path) -> None:
+    """Removes ``path`` and then each parent below ``root`` while they are empty directories."""
+    while path != root and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent
+
+
 class WriterLock:
     """An exclusive ``flock`` on a file: the kernel releases it when the process dies."""
 

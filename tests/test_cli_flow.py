@@ -186,6 +186,11 @@ def test_rm_stages_deletion(repo_with_commit, worktree: Path, cli) -> None:
     assert not (worktree / "train/cat/0000.jpg").exists() and not (worktree / "train/cat/0000.cls").exists()
     cli("commit", "-m", "rm")
     assert json.loads(cli("show", "--json").output)["changes"]["deleted"] == ["train/cat/0000"]
+    # a directory's last datums go with the directory, as with git rm; its parent stays while not empty
+    keys = [e["key"] for e in json.loads(cli("ls", "--json", "--prefix", "train/dog/").output)]
+    cli("rm", "train/dog")
+    assert not (worktree / "train/dog").exists() and (worktree / "train").is_dir()
+    assert json.loads(cli("status", "--json").output)["deleted"] == keys
 
 
 def test_add_path_limits_what_is_staged(repo_with_commit, worktree: Path, cli) -> None:

@@ -18,7 +18,7 @@ from datarepo.porcelain.stage import status
 from datarepo.refs import BRANCHES
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, MemberData, copy_member
-from datarepo.fsutil import atomic_file, remove
+from datarepo.fsutil import atomic_file, prune_dirs, remove
 from datarepo.store import datum_members
 from datarepo.worktree import file_and_dir, member_path, safe_path, split_path
 
@@ -180,7 +180,7 @@ def _remove_stale(root: Path, exts: dict[str, list[str]], grouping: str) -> int:
         if not keep:
             emptied.add(root / rel_dir)
     for path in sorted(emptied, key=lambda p: len(p.parts), reverse=True):  # the deepest first
-        _prune_dirs(root, path)
+        prune_dirs(root, path)
     return count
 
 
@@ -196,12 +196,6 @@ def _files_by_stem(path: Path) -> dict[str, list[str]]:
         if dot and entry.is_file(follow_symlinks=False):
             found.setdefault(stem, []).append(entry.name)
     return found
-
-
-def _prune_dirs(root: Path, path: Path) -> None:
-    while path != root and path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
-        path = path.parent
 
 
 def _write_file(path: Path, data: MemberData) -> Oid:

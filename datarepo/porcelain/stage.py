@@ -10,7 +10,7 @@ from pathlib import Path
 
 from datarepo import tree as trees
 from datarepo.errors import InvalidInputError
-from datarepo.fsutil import remove
+from datarepo.fsutil import prune_dirs, remove
 from datarepo.hashing import Oid
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, compare, snapshot
@@ -341,11 +341,16 @@ def rm(repo: Repo, paths: list[str], cached: bool = False) -> list[str]:
         keys = sorted(k for k in index if _selected(k, prefixes))
         if not keys:
             raise InvalidInputError(f"no tracked datum matches {' '.join(paths)}")
-        if not cached:
+        if not cached:  # the files, then the directories that leaves empty, as git rm does
+            emptied = set()
             for key in keys:
                 _, loc = repo.locate(index[key])
                 for m in loc.members:
-                    remove(root / member_path(key, m.ext, repo.config.grouping))
+                    path = root / member_path(key, m.ext, repo.config.grouping)
+                    remove(path)
+                    emptied.add(path.parent)
+            for path in sorted(emptied, key=lambda p: len(p.parts), reverse=True):  # the deepest first
+                prune_dirs(root, path)
         with repo.index.transaction():
             repo.index.unstage(k for k in keys if k not in head)
             repo.index.stage((k, None, 0) for k in keys if k in head)
