@@ -85,7 +85,12 @@ class Refs:
         with self.lock:
             target = self.read_symbolic(name) if name == HEAD else None
             path_name = target or name
-            old = self.read(path_name)
+            try:
+                old = self.read(path_name)
+            except CorruptObjectError:
+                if expected is not True:
+                    raise
+                old = None  # "any": a ref that names no commit is replaced
             if expected is not True and old != expected:
                 raise RefConflictError(path_name, expected or None, old)
             if new is None:

@@ -180,7 +180,9 @@ def test_a_corrupt_ref_is_an_error_never_an_unborn_branch(repo_with_commit, work
     result = cli("fsck", ok=False)
     assert result.exit_code == 1 and "refs/heads/main" in result.output
     assert ref.read_text() == "garbage\n"
-    ref.write_text(f"{head}\n")
+    _one_line_error(cli("branch", "main", head, ok=False), "refs/heads/main")  # not without -f
+    cli("branch", "-f", "main", head)  # the way to mend it
+    assert ref.read_text() == f"{head}\n"
     assert "0 problems" in cli("fsck").output
     (repo.dotdir / "HEAD").write_text("0123\n")  # a detached HEAD that names no commit
     _one_line_error(cli("log", ok=False), "HEAD")

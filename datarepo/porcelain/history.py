@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from datarepo import tree as trees
-from datarepo.errors import BadRevisionError, DataRepoError, InvalidInputError, ObjectNotFoundError
+from datarepo.errors import BadRevisionError, CorruptObjectError, DataRepoError, InvalidInputError, ObjectNotFoundError
 from datarepo.hashing import Oid
 from datarepo.objects import Commit, TreeEntry
 from datarepo.porcelain import Changes, snapshot
@@ -163,7 +163,12 @@ def create_ref(repo: Repo, prefix: str, name: str, rev: str = "HEAD", force: boo
     check_name(name, "branch" if prefix == BRANCHES else "tag")
     oid = repo.resolve(rev)
     with repo.lock:
-        old = repo.refs.read(prefix + name)
+        try:
+            old: Oid | None | bool = repo.refs.read(prefix + name)
+        except CorruptObjectError:
+            if not force:
+                raise
+            old = True  # a forced update may replace a ref that names no commit: the way to mend it
         if old is not None and not force:
             raise InvalidInputError(f"{'branch' if prefix == BRANCHES else 'tag'} {name!r} already exists")
         repo.refs.update(prefix + name, oid, expected=old, message=f"created from {rev}")
