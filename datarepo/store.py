@@ -220,6 +220,12 @@ def datum_members(
             m.ext: FileRange(path, m.offset, m.size) if m.size > large else store.read_member(shard, m.offset, m.size)
             for m in loc.members
         }
-    if verify and datum_id({ext: member_hash(data) for ext, data in members.items()}) != loc.datum:
-        raise CorruptObjectError(f"{shard}.tar", f"datum {loc.datum} does not match its bytes")
+    if verify:
+        check_datum(shard, loc, {ext: member_hash(data) for ext, data in members.items()})
     return members
+
+
+def check_datum(shard: str, loc: DatumLoc, hashes: dict[str, Oid]) -> None:
+    """Raises CorruptObjectError, naming the shard, unless the members' hashes give the datum's id."""
+    if datum_id(hashes) != loc.datum:
+        raise CorruptObjectError(f"{shard}.tar", f"datum {loc.datum} does not match its bytes")

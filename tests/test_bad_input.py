@@ -167,6 +167,31 @@ def test_corrupted_shard_is_named(repo_with_commit, worktree: Path, cli) -> None
     assert "0 problems" in cli("fsck").output
 
 
+def test_a_corrupted_large_member_is_caught_as_it_is_copied(repo_with_commit, worktree: Path, cli, monkeypatch) -> None:
+    """Members over the read-whole limit are streamed into the work tree once, and the datum's
+    id is checked against what was written: a mismatch removes the files again."""
+    from datarepo.porcelain import checkout
+
+    monkeypatch.setattr(checkout, "LARGE_FILE", 16)  # every .jpg of the samples is streamed
+    repo, _ = repo_with_commit
+    shard = next(repo.store.iter_shards())
+    path = repo.store.shard_path(shard)
+    os.chmod(path, 0o644)
+    first = repo.store.read_index(shard).datums[0]
+    member = max(first.members, key=lambda m: m.size)
+    assert member.size > 16
+    raw = bytearray(path.read_bytes())
+    raw[member.offset + member.size - 1] ^= 0x01
+    path.write_bytes(raw)
+    key = next(e.key for p in repo.store.get(repo.commit(repo.head()).tree).pages
+               for e in repo.store.get(p.page).entries if e.datum == first.datum)
+    (worktree / f"{key}.{member.ext}").unlink()
+    _one_line_error(cli("checkout", "-f", "HEAD", ok=False), f"corrupt object {shard}.tar")
+    assert not (worktree / f"{key}.{member.ext}").exists()
+    _one_line_error(cli("export", "HEAD", str(worktree.parent / "out"), ok=False), f"corrupt object {shard}.tar")
+    assert not (worktree.parent / "out" / f"{key}.{member.ext}").exists()
+
+
 def test_a_corrupt_ref_is_an_error_never_an_unborn_branch(repo_with_commit, worktree: Path, cli) -> None:
     """A branch file that holds no commit id was read as an unborn branch: log printed
     nothing, fsck found nothing, a commit would have started a new history and gc would

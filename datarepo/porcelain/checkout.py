@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datarepo import tree as trees
-from datarepo.errors import DirtyWorktreeError, InvalidInputError
+from datarepo.errors import CorruptObjectError, DirtyWorktreeError, InvalidInputError
 from datarepo.hashing import Oid
 from datarepo.index import StatEntry
 from datarepo.porcelain import Progress, begin, snapshot, tick
@@ -17,9 +17,9 @@ from datarepo.porcelain.history import create_ref
 from datarepo.porcelain.stage import status
 from datarepo.refs import BRANCHES
 from datarepo.repo import Repo
-from datarepo.shards import LARGE_FILE, MemberData, copy_member
+from datarepo.shards import LARGE_FILE, DatumLoc, MemberData, copy_member
 from datarepo.fsutil import atomic_file, prune_dirs, remove
-from datarepo.store import datum_members
+from datarepo.store import check_datum, datum_members
 from datarepo.worktree import file_and_dir, member_path, safe_path, split_path
 
 
@@ -103,13 +103,30 @@ def _apply(
     written: dict[str, Oid] = {}
     begin(progress, len(moves))
     for key, at in found.items():
-        members = datum_members(repo.store, *at, LARGE_FILE) if at else {}
-        for ext, data in members.items():
-            rel = member_path(key, ext, grouping)
-            written[rel] = _write_file(safe_path(root, rel), data)
+        if at is not None:
+            written.update(write_datum(repo, *at, root, key))
         tick(progress)
     _record_stats(repo, root, written)
     return len(written), removed
+
+
+def write_datum(repo: Repo, shard: str, loc: DatumLoc, root: Path, key: str) -> dict[str, Oid]:
+    """Writes a datum's members as the files of ``key`` below ``root``; returns each file's
+    hash. The datum's id is checked against the hashes of what was written, so a large
+    member is read once: on a mismatch its files are removed again and CorruptObjectError
+    names the shard."""
+    written = {}
+    hashes: dict[str, Oid] = {}
+    try:
+        for ext, data in datum_members(repo.store, shard, loc, LARGE_FILE, verify=False).items():
+            rel = member_path(key, ext, repo.config.grouping)
+            written[rel] = hashes[ext] = _write_file(safe_path(root, rel), data)
+        check_datum(shard, loc, hashes)
+    except CorruptObjectError:
+        for rel in written:
+            remove(root / rel)
+        raise
+    return written
 
 
 def _in_the_way(

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from datarepo.errors import InvalidInputError
-from datarepo.fsutil import atomic_file, publish
+from datarepo.fsutil import publish
 from datarepo.porcelain import Progress, begin, tick
+from datarepo.porcelain.checkout import write_datum
 from datarepo.porcelain.history import ls
 from datarepo.repo import Repo
-from datarepo.shards import LARGE_FILE, ShardWriter, copy_member, member_size
-from datarepo.store import datum_members
-from datarepo.worktree import file_and_dir, member_path, safe_path
+from datarepo.shards import ShardWriter, member_size
+from datarepo.worktree import file_and_dir, member_path
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,8 @@ def export(
     begin(progress, len(found))
     datums = files = size = 0
     for key, (shard, loc) in found:
-        for ext, data in datum_members(repo.store, shard, loc, LARGE_FILE).items():
-            with atomic_file(safe_path(dest, member_path(key, ext, grouping)), 0o644, durable=False) as f:
-                copy_member(data, f)
-            files += 1
-            size += member_size(data)
+        files += len(write_datum(repo, shard, loc, dest, key))
+        size += sum(m.size for m in loc.members)
         datums += 1
         tick(progress)
     return ExportResult(datums, files, size)
