@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -130,37 +131,53 @@ def _drop_file_override() -> None:
                 raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
-def test_corrupted_shard_is_named(repo_with_commit, worktree: Path, cli) -> None:
-    repo, _ = repo_with_commit
+class _Flipped(NamedTuple):
+    shard: str
+    path: Path
+    raw: bytearray  # the shard's bytes, one of them flipped
+    at: int  # where
+    datum: str  # the datum that holds it
+    key: str  # a key of that datum
+    ext: str  # and the member
+
+
+def _flip_a_byte(repo) -> _Flipped:  # type: ignore[no-untyped-def]
+    """Flips the last byte of the largest member of a shard's first datum."""
     shard = next(repo.store.iter_shards())
     path = repo.store.shard_path(shard)
     os.chmod(path, 0o644)
     first = repo.store.read_index(shard).datums[0]
     member = max(first.members, key=lambda m: m.size)
     raw = bytearray(path.read_bytes())
-    raw[member.offset + member.size // 2] ^= 0xFF
+    at = member.offset + member.size - 1
+    raw[at] ^= 0xFF
     path.write_bytes(raw)
+    key = next(e.key for p in repo.store.get(repo.commit(repo.head()).tree).pages
+               for e in repo.store.get(p.page).entries if e.datum == first.datum)
+    return _Flipped(shard, path, raw, at, first.datum, key, member.ext)
+
+
+def test_corrupted_shard_is_named(repo_with_commit, worktree: Path, cli) -> None:
+    repo, _ = repo_with_commit
+    shard, path, raw, at, datum, key, ext = _flip_a_byte(repo)
     result = cli("fsck", ok=False)
     assert result.exit_code == 1 and f"corrupt object {shard}.tar" in result.output
-    datum = first.datum
     from datarepo.errors import CorruptObjectError
 
     with pytest.raises(CorruptObjectError, match=shard):
-        repo.read_datum(datum, verify=True)
+        repo.read_datum(datum)
     # Whatever hands the datum's bytes on checks them first: one line naming the shard, never
     # the flipped bytes as the datum's.
-    key = next(e.key for p in repo.store.get(repo.commit(repo.head()).tree).pages
-               for e in repo.store.get(p.page).entries if e.datum == datum)
-    file = worktree / f"{key}.{member.ext}"
+    file = worktree / f"{key}.{ext}"
     before = file.read_bytes()
-    _one_line_error(cli("cat", f"HEAD:{key}.{member.ext}", ok=False), f"corrupt object {shard}.tar")
+    _one_line_error(cli("cat", f"HEAD:{key}.{ext}", ok=False), f"corrupt object {shard}.tar")
     _one_line_error(cli("export", "HEAD", str(worktree.parent / "out"), ok=False), f"corrupt object {shard}.tar")
     _one_line_error(cli("export", "HEAD", str(worktree.parent / "outs"), "--shards", ok=False), shard)
     file.unlink()
     _one_line_error(cli("checkout", "-f", "HEAD", ok=False), f"corrupt object {shard}.tar")
     assert not file.exists()
     _one_line_error(cli("repack", "--all", ok=False), f"corrupt object {shard}.tar")
-    raw[member.offset + member.size // 2] ^= 0xFF  # mended: nothing was lost
+    raw[at] ^= 0xFF  # mended: nothing was lost
     path.write_bytes(raw)
     cli("checkout", "-f", "HEAD")
     assert file.read_bytes() == before
@@ -174,22 +191,14 @@ def test_a_corrupted_large_member_is_caught_as_it_is_copied(repo_with_commit, wo
 
     monkeypatch.setattr(checkout, "LARGE_FILE", 16)  # every .jpg of the samples is streamed
     repo, _ = repo_with_commit
-    shard = next(repo.store.iter_shards())
-    path = repo.store.shard_path(shard)
-    os.chmod(path, 0o644)
-    first = repo.store.read_index(shard).datums[0]
-    member = max(first.members, key=lambda m: m.size)
-    assert member.size > 16
-    raw = bytearray(path.read_bytes())
-    raw[member.offset + member.size - 1] ^= 0x01
-    path.write_bytes(raw)
-    key = next(e.key for p in repo.store.get(repo.commit(repo.head()).tree).pages
-               for e in repo.store.get(p.page).entries if e.datum == first.datum)
-    (worktree / f"{key}.{member.ext}").unlink()
-    _one_line_error(cli("checkout", "-f", "HEAD", ok=False), f"corrupt object {shard}.tar")
-    assert not (worktree / f"{key}.{member.ext}").exists()
-    _one_line_error(cli("export", "HEAD", str(worktree.parent / "out"), ok=False), f"corrupt object {shard}.tar")
-    assert not (worktree.parent / "out" / f"{key}.{member.ext}").exists()
+    flipped = _flip_a_byte(repo)
+    file = f"{flipped.key}.{flipped.ext}"
+    assert (worktree / file).stat().st_size > 16
+    (worktree / file).unlink()
+    _one_line_error(cli("checkout", "-f", "HEAD", ok=False), f"corrupt object {flipped.shard}.tar")
+    assert not (worktree / file).exists()
+    _one_line_error(cli("export", "HEAD", str(worktree.parent / "out"), ok=False), f"corrupt object {flipped.shard}.tar")
+    assert not (worktree.parent / "out" / file).exists()
 
 
 def test_a_corrupt_ref_is_an_error_never_an_unborn_branch(repo_with_commit, worktree: Path, cli) -> None:
