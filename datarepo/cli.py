@@ -370,10 +370,10 @@ def cat(spec: str) -> None:
     """Write one member's bytes to stdout: REV:key.ext (or REV:key for a one-member datum)."""
     from datarepo.porcelain.history import cat as run
 
-    from datarepo.shards import copy_member
-
-    copy_member(run(_repo(), spec), sys.stdout.buffer)
-    sys.stdout.buffer.flush()
+    try:
+        run(_repo(), spec, sys.stdout.buffer)
+    finally:
+        sys.stdout.buffer.flush()
 
 
 @main.command()

@@ -187,18 +187,24 @@ def test_corrupted_shard_is_named(repo_with_commit, worktree: Path, cli) -> None
 def test_a_corrupted_large_member_is_caught_as_it_is_copied(repo_with_commit, worktree: Path, cli, monkeypatch) -> None:
     """Members over the read-whole limit are streamed into the work tree once, and the datum's
     id is checked against what was written: a mismatch removes the files again."""
-    from datarepo.porcelain import checkout
+    from datarepo.porcelain import checkout, history
 
     monkeypatch.setattr(checkout, "LARGE_FILE", 16)  # every .jpg of the samples is streamed
+    monkeypatch.setattr(history, "LARGE_FILE", 16)
     repo, _ = repo_with_commit
     flipped = _flip_a_byte(repo)
     file = f"{flipped.key}.{flipped.ext}"
-    assert (worktree / file).stat().st_size > 16
+    size = (worktree / file).stat().st_size
+    assert size > 16
     (worktree / file).unlink()
     _one_line_error(cli("checkout", "-f", "HEAD", ok=False), f"corrupt object {flipped.shard}.tar")
     assert not (worktree / file).exists()
     _one_line_error(cli("export", "HEAD", str(worktree.parent / "out"), ok=False), f"corrupt object {flipped.shard}.tar")
     assert not (worktree.parent / "out" / file).exists()
+    # cat streams it once: its bytes are out before the check, which then fails the command
+    result = cli("cat", f"HEAD:{file}", ok=False)
+    assert result.exit_code == 1 and f"corrupt object {flipped.shard}.tar" in result.stderr
+    assert result.stdout_bytes == bytes(flipped.raw[flipped.at - size + 1 : flipped.at + 1])
 
 
 def test_a_corrupt_ref_is_an_error_never_an_unborn_branch(repo_with_commit, worktree: Path, cli) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
+from typing import BinaryIO
 from dataclasses import dataclass
 
 from datarepo import tree as trees
@@ -13,7 +14,8 @@ from datarepo.objects import Commit, TreeEntry
 from datarepo.porcelain import Changes, snapshot
 from datarepo.refs import BRANCHES, HEAD, check_name
 from datarepo.repo import Repo
-from datarepo.shards import MemberData
+from datarepo.shards import LARGE_FILE, copy_member, member_hash
+from datarepo.store import check_datum, datum_members
 from datarepo.worktree import split_path
 
 
@@ -141,17 +143,30 @@ def resolve_member(repo: Repo, spec: str) -> tuple[TreeEntry, str | None]:
     raise BadRevisionError(spec, "no such key")
 
 
-def cat(repo: Repo, spec: str) -> MemberData:
-    """One member (``REV:key.ext``, or ``REV:key`` of a one-member datum): bytes, or a range to stream."""
+def cat(repo: Repo, spec: str, out: BinaryIO) -> None:
+    """Writes one member (``REV:key.ext``, or ``REV:key`` of a one-member datum) to ``out``.
+
+    The datum is checked against its id with the hash of what was written, so a large
+    member is read once; a mismatch raises CorruptObjectError once its bytes are out.
+    """
     entry, ext = resolve_member(repo, spec)
-    members = repo.members(entry.datum)
+    shard, loc = repo.locate(entry.datum)
+    members = datum_members(repo.store, shard, loc, LARGE_FILE, verify=False)
     if ext is None:
         if len(members) != 1:
             raise InvalidInputError(f"{entry.key} has members {', '.join(sorted(members))}; name one as KEY.EXT")
-        return next(iter(members.values()))
+        ext = next(iter(members))
     if ext not in members:
         raise InvalidInputError(f"{entry.key} has no member {ext!r} (it has {', '.join(sorted(members))})")
-    return members[ext]
+    hashes = {e: member_hash(m) for e, m in members.items() if e != ext}
+    data = members[ext]
+    if isinstance(data, bytes):  # in memory: checked before a byte is out
+        hashes[ext] = member_hash(data)
+        check_datum(shard, loc, hashes)
+        out.write(data)
+    else:  # streamed, and so read once: checked once it is out
+        hashes[ext] = copy_member(data, out)
+        check_datum(shard, loc, hashes)
 
 
 def list_refs(repo: Repo, prefix: str) -> list[tuple[str, Oid]]:
