@@ -41,7 +41,10 @@ class DatumSink:
 
     def put(self, members: Mapping[str, MemberData], hashes: Mapping[str, str]) -> Oid:
         """Stores a datum given its members and their hashes; returns its id."""
-        datum = datum_id(hashes)
+        return self.put_datum(datum_id(hashes), members)
+
+    def put_datum(self, datum: Oid, members: Mapping[str, MemberData]) -> Oid:
+        """Stores a datum whose id is known (its members already checked against it)."""
         if not self.has(datum):
             self._write(datum, members)
         return datum

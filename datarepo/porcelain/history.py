@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
-from typing import BinaryIO
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from datarepo import tree as trees
 from datarepo.errors import BadRevisionError, CorruptObjectError, DataRepoError, InvalidInputError, ObjectNotFoundError

@@ -15,7 +15,6 @@ from datarepo.objects import Blob, Commit, Tree, TreePage
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.refs import HEAD
 from datarepo.repo import Repo
-from datarepo.shards import member_hash
 from datarepo.writer import DatumSink
 
 DAY = 86400.0
@@ -222,8 +221,7 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
         begin(progress, len(live_datums))
         with DatumSink(repo, rewrite=True) as sink:
             for datum in live_datums:
-                members = repo.members(datum)
-                sink.put(members, {ext: member_hash(m) for ext, m in members.items()})
+                sink.put_datum(datum, repo.members(datum))  # (members checked against the datum's id)
                 tick(progress)
         new = sink.shards  # the sink pointed every live datum's location at them
         repo.drop_shards([i.shard for i in chosen if i.shard not in {oid for oid, _ in new}])
