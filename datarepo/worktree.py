@@ -20,7 +20,7 @@ from xxhash import xxh3_128_digest
 from datarepo import parallel
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id, datum_id_of_digests
-from datarepo.index import Index, StatRow, trusted
+from datarepo.index import Index, StatPart, StatRow, trusted
 from datarepo.shards import LARGE_FILE, FileRange, MemberData, member_hash
 
 NEVER_ADDED = frozenset({".git", ".dvc", ".datarepo", ".datarepoignore"})
@@ -468,29 +468,58 @@ Read = tuple[Oid, list[tuple[str, MemberData]], int]
 
 
 class Hasher:
-    """Hashes work-tree files, trusting the stat cache where the stat matches."""
+    """Hashes work-tree files, trusting the stat cache where the stat matches.
 
-    def __init__(self, root: Path, files: dict[str, FileStat], cache: dict[str, StatRow], seen_ns: int, scope: str = "") -> None:
+    A ``bulk`` hasher starts from an empty stat cache (a first ``add``): what
+    it hashes becomes the cache's base in one file (:meth:`Index.save_stat_base`),
+    not a row per file.
+    """
+
+    def __init__(
+        self, root: Path, files: dict[str, FileStat], cache: dict[str, StatRow], seen_ns: int, scope: str = "", bulk: bool = False
+    ) -> None:
         self.root = root
         self.scope = scope  # the stat cache's scope: "" for the work tree, one per ingested folder
         self.prefix = os.path.join(root, "")  # the root and a separator: paths are prefix + rel
         self.files = files
         self.cache = cache
         self.seen_ns = seen_ns
+        self.bulk = bulk
         self.updated: dict[str, StatRow] = {}
         self._unsaved: list[tuple[str, StatRow]] = []  # those of ``updated`` not yet in the stat cache
+        self._parts: list[StatPart] = []  # a bulk hasher's entries hashed by a helper process
         self.hashed = 0  # files read and hashed (here, or by a helper that reported them)
 
-    def unsaved(self) -> list[tuple[str, StatRow]]:
-        return list(self._unsaved)
-
     def save(self, index: Index, at_least: int = 1) -> None:
-        """Writes the stat-cache entries not written yet, in a transaction of their own,
-        if there are ``at_least`` that many."""
-        if len(self._unsaved) >= max(at_least, 1):
+        """Writes the stat-cache rows not written yet, in a transaction of their own, if there
+        are ``at_least`` that many. A bulk hasher keeps them for :meth:`write_to`."""
+        if not self.bulk and len(self._unsaved) >= max(at_least, 1):
             with index.transaction():
                 index.save_stats(self._unsaved, self.scope)
             self._unsaved = []
+
+    def write_to(self, index: Index) -> None:
+        """Writes every stat-cache entry not written yet, in the caller's transaction."""
+        if self.bulk and (self._unsaved or self._parts):
+            own = self._unsaved
+            stats = array("q", chain.from_iterable(entry[:3] for _, entry in own))
+            self._parts.append(([rel for rel, _ in own], stats, "".join([entry[4] for _, entry in own])))
+            index.save_stat_base(self._parts, self.seen_ns, self.scope)
+        elif self._unsaved:
+            index.save_stats(self._unsaved, self.scope)
+        self._unsaved, self._parts = [], []
+
+    def save_all(self, index: Index) -> None:
+        """:meth:`write_to` in a transaction of its own, if there is anything to write."""
+        if self._unsaved or self._parts:
+            with index.transaction():
+                self.write_to(index)
+
+    def take_part(self, paths: list[str], stats: array, hashes: str) -> None:
+        """Takes on the entries a helper process hashed (unless it saved them itself, as
+        a hasher that is not bulk does)."""
+        if self.bulk:
+            self._parts.append((paths, stats, hashes))
 
     def cached(self, rel: str) -> Oid | None:
         if (fresh := self.updated.get(rel)) is not None:

@@ -9,6 +9,10 @@ import re
 import tarfile
 from pathlib import Path
 
+import pytest
+
+from datarepo import index as index_module
+from datarepo.hashing import hash_bytes
 from datarepo.repo import Repo
 
 from conftest import age, write_samples
@@ -32,6 +36,57 @@ def test_add_rereads_only_changed_files(worktree: Path, cli) -> None:
     out = cli("add", ".").output
     # The 3 changed .jpg and, to write the 3 new datums whole, their unchanged .cls partners.
     assert _hashed(out) == 6 and "staged 0 added, 3 modified" in out and "stored 3 new datums" in out
+    assert _hashed(cli("add", ".").output) == 0
+
+
+def test_a_first_add_keeps_its_stat_cache_in_one_file(worktree: Path, cli, monkeypatch) -> None:
+    files = write_samples(worktree, 30)
+    for name in ("é/x.txt", "日本/y.txt", "a-b.txt", "a.b.txt", "z z.txt"):  # sorted apart from key order
+        (worktree / name).parent.mkdir(exist_ok=True)
+        (worktree / name).write_bytes(name.encode())
+        files[name] = name.encode()
+    age(worktree)
+    cli("init")
+    assert _hashed(cli("add", ".").output) == 65
+    repo = Repo.open(worktree)
+    assert repo.index.db.execute("SELECT count(*) FROM stat").fetchone()[0] == 0  # no row per file
+    cache = repo.index.load_stats()
+    assert sorted(cache) == sorted(files)
+    hashes = {rel: entry[4] for rel, entry in cache.items()}
+    assert hashes == {rel: hash_bytes(data) for rel, data in files.items()}
+    wanted = [*sorted(files)[::7], "é/x.txt", "日本/y.txt", "missing.txt", "", "zzz"]
+    assert repo.index.load_stats_for(wanted) == {p: cache[p] for p in wanted if p in cache}  # searched for
+    monkeypatch.setattr(index_module, "_FEW_PATHS", 2)
+    assert repo.index.load_stats_for(wanted) == {p: cache[p] for p in wanted if p in cache}  # read whole
+    cli("commit", "-m", "first")
+    changed = worktree / "train/cat/0004.jpg"
+    changed.write_bytes(b"new")
+    age(worktree, only=[changed])
+    out = cli("add", ".").output
+    assert _hashed(out) == 2 and "1 modified" in out  # the file and its partner, written with it
+    assert _hashed(cli("add", ".").output) == 0  # its new hash is a row, which wins over the base
+
+
+@pytest.mark.parametrize("damage", ["none", "truncated", "flipped", "deleted"])
+def test_a_damaged_stat_cache_file_is_read_as_empty(worktree: Path, cli, damage: str) -> None:
+    write_samples(worktree, 10)
+    age(worktree)
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "first")
+    base = worktree / ".datarepo" / "index.stats"
+    raw = base.read_bytes()
+    if damage == "truncated":
+        base.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flipped":
+        base.write_bytes(raw[:-5] + bytes([raw[-5] ^ 1]) + raw[-4:])  # one hash digit
+    elif damage == "deleted":
+        base.unlink()
+    (worktree / ".datarepoignore").write_text("*.tmp\n")  # a new ignore file: every file is looked at again
+    out = cli("add", ".").output
+    assert "staged 0 added, 0 modified, 0 deleted" in out
+    assert _hashed(out) == (0 if damage == "none" else 20)  # a damaged file is not trusted: all read again
+    assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
     assert _hashed(cli("add", ".").output) == 0
 
 

@@ -159,13 +159,14 @@ def _folder(run: _Run, root: Path, progress: Progress) -> list[TreeEntry]:
     found.raise_errors()
     run.notes.extend(found.notes)
     members = group(sorted(found.files), run.repo.config.grouping, run.notes)
-    hasher = Hasher(root, found.files, run.repo.index.load_stats(scope), found.started_ns, scope)
+    cache = run.repo.index.load_stats(scope)
+    hasher = Hasher(root, found.files, cache, found.started_ns, scope, bulk=not cache)
     keys = sorted(members)
     datums, sizes = store_datums(run.sink, hasher, members, keys, progress)
     run.reused_files += sum(map(len, members.values())) - hasher.hashed
     with run.repo.index.transaction():
         run.repo.index.drop_stats(set(hasher.cache) - set(found.files), scope)
-        run.repo.index.save_stats(hasher.unsaved(), scope)
+        hasher.write_to(run.repo.index)
     return [TreeEntry(k, datums[k], sizes[k]) for k in keys]
 
 

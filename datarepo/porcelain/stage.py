@@ -137,12 +137,11 @@ class _Look:
 
     def hasher(self) -> Hasher:
         """A hasher with the stat cache of every file, or only of the files of the keys to look at."""
-        if self.keys is None:
+        if self.keys is None:  # every file: with an empty stat cache, all are hashed in bulk
             files, cache = self.found.files, self.repo.index.load_stats()
-        else:
-            files = self.key_files
-            cache = self.repo.index.load_stats_for(files)
-        return Hasher(self.repo.require_worktree(), files, cache, self.found.started_ns)
+            return Hasher(self.repo.require_worktree(), files, cache, self.found.started_ns, bulk=not cache)
+        files = self.key_files
+        return Hasher(self.repo.require_worktree(), files, self.repo.index.load_stats_for(files), self.found.started_ns)
 
     def save(self, result: Status, keys: set[str] | None) -> Status:
         """Stores ``result`` (fresh for ``keys`` only, or for all) as the new snapshot; returns it whole."""
@@ -202,7 +201,7 @@ def status(repo: Repo, follow: bool = False) -> Status:
         return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), look.found.notes + old["group_notes"])
     hasher = look.hasher()
     now = {k: hasher.datum(m) for k, m in look.members.items() if keys is None or k in keys}
-    hasher.save(repo.index)
+    hasher.save_all(repo.index)
     head = head_datums(repo, keys)
     return look.save(_verdict(head, index_datums(repo, head, keys), now), keys)
 
@@ -326,7 +325,7 @@ def _stage(
             repo.index.unstage(k for k, d, _ in staged if head.get(k) == d)
             staged = [row for row in staged if head.get(row[0]) != row[1]]
         repo.index.stage(staged)
-        repo.index.save_stats(hasher.unsaved())
+        hasher.write_to(repo.index)
         if tree is not None:
             repo.index.set_staged_tree(*tree)
 
