@@ -485,45 +485,48 @@ class Hasher:
         self.cache = cache
         self.seen_ns = seen_ns
         self.bulk = bulk
-        self.updated: dict[str, StatRow] = {}
-        self._unsaved: list[tuple[str, StatRow]] = []  # those of ``updated`` not yet in the stat cache
+        # What was hashed, as columns: paths, their (size, mtime_ns, inode) as int64s and
+        # their hashes. Those before ``_saved`` are in the stat cache.
+        self.names: list[str] = []
+        self.stats = array("q")
+        self.hashes: list[str] = []
+        self._saved = 0
         self._parts: list[StatPart] = []  # a bulk hasher's entries hashed by a helper process
         self.hashed = 0  # files read and hashed (here, or by a helper that reported them)
 
     def save(self, index: Index, at_least: int = 1) -> None:
         """Writes the stat-cache rows not written yet, in a transaction of their own, if there
         are ``at_least`` that many. A bulk hasher keeps them for :meth:`write_to`."""
-        if not self.bulk and len(self._unsaved) >= max(at_least, 1):
-            with index.transaction():
-                index.save_stats(self._unsaved, self.scope)
-            self._unsaved = []
-
-    def write_to(self, index: Index) -> None:
-        """Writes every stat-cache entry not written yet, in the caller's transaction."""
-        if self.bulk and (self._unsaved or self._parts):
-            own = self._unsaved
-            stats = array("q", chain.from_iterable(entry[:3] for _, entry in own))
-            self._parts.append(([rel for rel, _ in own], stats, "".join([entry[4] for _, entry in own])))
-            index.save_stat_base(self._parts, self.seen_ns, self.scope)
-        elif self._unsaved:
-            index.save_stats(self._unsaved, self.scope)
-        self._unsaved, self._parts = [], []
-
-    def save_all(self, index: Index) -> None:
-        """:meth:`write_to` in a transaction of its own, if there is anything to write."""
-        if self._unsaved or self._parts:
+        if not self.bulk and len(self.names) - self._saved >= max(at_least, 1):
             with index.transaction():
                 self.write_to(index)
 
-    def take_part(self, paths: list[str], stats: array, hashes: str) -> None:
+    def write_to(self, index: Index) -> None:
+        """Writes every stat-cache entry not written yet, in the caller's transaction: a bulk
+        hasher's as the cache's base (once; any later ones as rows)."""
+        start = self._saved
+        if self.bulk and (len(self.names) > start or self._parts):
+            own = (self.names[start:], self.stats[3 * start :], "".join(self.hashes[start:]))
+            index.save_stat_base([*self._parts, own], self.seen_ns, self.scope)
+            self.bulk, self._parts = False, []
+        elif len(self.names) > start:
+            it = iter(self.stats[3 * start :])
+            index.save_stats(zip(self.names[start:], zip(it, it, it, repeat(self.seen_ns), self.hashes[start:])), self.scope)
+        self._saved = len(self.names)
+
+    def save_all(self, index: Index) -> None:
+        """:meth:`write_to` in a transaction of its own, if there is anything to write."""
+        if len(self.names) > self._saved or self._parts:
+            with index.transaction():
+                self.write_to(index)
+
+    def take_part(self, names: list[str], stats: array, hashes: str) -> None:
         """Takes on the entries a helper process hashed (unless it saved them itself, as
         a hasher that is not bulk does)."""
         if self.bulk:
-            self._parts.append((paths, stats, hashes))
+            self._parts.append((names, stats, hashes))
 
     def cached(self, rel: str) -> Oid | None:
-        if (fresh := self.updated.get(rel)) is not None:
-            return fresh[4]
         entry = self.cache.get(rel)
         if entry is not None and trusted(entry, self.files[rel]):
             return entry[4]
@@ -553,7 +556,7 @@ class Hasher:
         datum. A first add runs every file through this loop: a datum's id is hashed from
         its members' digests as they are read, not from hex hashes parsed back."""
         out = []
-        files, updated, unsaved, seen = self.files, self.updated, self._unsaved, self.seen_ns
+        files, names, stats, hashes = self.files, self.names.append, self.stats.extend, self.hashes.append
         for members in datums:
             items: list[tuple[str, MemberData]] = []
             digests = []
@@ -561,8 +564,9 @@ class Hasher:
             for ext in sorted(members):
                 rel = members[ext]
                 data, digest = self._read_one(rel)
-                updated[rel] = entry = (*files[rel], seen, Oid(digest.hex()))  # a StatEntry's fields
-                unsaved.append((rel, entry))
+                names(rel)
+                stats(files[rel])
+                hashes(digest.hex())
                 items.append((ext, data))
                 digests.append((ext, digest))
                 size += len(data) if type(data) is bytes else data.size  # type: ignore[union-attr]

@@ -152,9 +152,9 @@ def test_split_add_stores_what_a_single_process_stores(
     adopted = []  # (how many keys the helper was given, how many it stored)
     real_adopt = storing._adopt
 
-    def adopt(sink: object, hasher: object, members: object, out: object, theirs: list[str], answer: storing._Answer) -> object:
+    def adopt(sink: object, hasher: object, out: object, theirs: list[str], answer: storing._Answer) -> object:
         adopted.append((len(theirs), len(answer.ids)))
-        return real_adopt(sink, hasher, members, out, theirs, answer)
+        return real_adopt(sink, hasher, out, theirs, answer)
 
     monkeypatch.setattr(storing, "_adopt", adopt)
     # Small shards: both processes publish many while the other is at work.

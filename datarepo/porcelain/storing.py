@@ -65,7 +65,7 @@ class Stored(NamedTuple):
 def store_datums(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], progress: Progress) -> Stored:
     """The datum and size of every key in ``keys``, storing the datums no shard holds yet: a
     key whose files all have cached hashes is not read, unless its datum must be stored."""
-    if hasher.cache or hasher.updated:
+    if hasher.cache:
         datums = {k: hasher.known_datum(members[k]) for k in keys}
         present = sink.repo.index.stored(d for d in datums.values() if d)
         to_read = [k for k in keys if datums[k] not in present]
@@ -209,7 +209,7 @@ def _put_halves(
 ) -> dict[str, Oid]:
     counter = mmap.mmap(-1, 8)  # shared with the helper: how many keys it has done
     here_log, there_log = _Written(len(mine) + len(theirs)), _Written(len(theirs))
-    hashed_before = hasher.hashed
+    hashed_before, read_before = hasher.hashed, len(hasher.names)
     ask_r, ask_w = os.pipe()  # this process asks for part of the helper's keys
     answer_r, answer_w = os.pipe()  # where the helper's keys now end
 
@@ -223,8 +223,7 @@ def _put_halves(
         with helper:  # it publishes its shards as this process does
             did = _put(helper, hasher, members, handover.batches(), count, (there_log, here_log))
         hasher.save(helper.repo.index)  # true whatever becomes of the shards (a bulk hasher's go back)
-        paths = [f for k in did.datums for f in members[k].values()]
-        return _Answer.of(helper, hasher, paths, did, hasher.hashed - hashed_before)
+        return _Answer.of(helper, hasher, read_before, did, hasher.hashed - hashed_before)
 
     seen = ticked = 0
 
@@ -262,25 +261,27 @@ def _put_halves(
         # Its keys: a datum this process left to it, logged for one of them, is stored with them.
         out.update(_put(sink, hasher, members, _batched([k for k in theirs if k not in out.datums]), lambda n: None))
         return out
-    return _adopt(sink, hasher, members, out, theirs, _Answer.parse(raw))
+    return _adopt(sink, hasher, out, theirs, _Answer.parse(raw))
 
 
 class _Answer(NamedTuple):
     """What the helper hands back: the datum and size of each key it did, the shards it
-    published (oid, size, and each one's datums with their lengths), the (size, mtime_ns,
-    inode) of the files it read (a first add's scan leaves those to the reads), their
-    hashes (for a bulk hasher's stat cache) and how many it read. It travels as a small JSON head and packed arrays: JSON of 50,000 ids and
+    published (oid, size, and each one's datums with their lengths), the files it read with
+    their (size, mtime_ns, inode) (a first add's scan leaves those to the reads) and hashes
+    (for a bulk hasher's stat cache), and how many it read. It travels as a small JSON head and packed arrays: JSON of 50,000 ids and
     100,000 stats cost a tenth of a second to write and read, while both processes waited."""
 
     ids: list[Oid]
     sizes: array
     shards: list[tuple[Oid, int, list[Oid], array]]
+    names: list[str]
     stats: array
     hashes: str
     hashed: int
 
     @staticmethod
-    def of(sink: DatumSink, hasher: Hasher, paths: list[str], did: Stored, hashed: int) -> bytes:
+    def of(sink: DatumSink, hasher: Hasher, start: int, did: Stored, hashed: int) -> bytes:
+        """The answer of a helper whose hasher read what it holds from ``start`` on."""
         held = [sink.held[oid] for oid, _ in sink.shards]
         head = {"hashed": hashed, "shards": [[oid, size, len(h)] for (oid, size), h in zip(sink.shards, held)]}
         datums = list(chain.from_iterable(held))
@@ -290,8 +291,9 @@ class _Answer(NamedTuple):
             array("q", did.sizes.values()).tobytes(),
             "".join(datums).encode(),
             array("q", map(sink.written.__getitem__, datums)).tobytes(),
-            array("q", chain.from_iterable(map(hasher.files.__getitem__, paths))).tobytes(),
-            "".join([hasher.updated[p][4] for p in paths] if hasher.bulk else []).encode(),
+            "\x00".join(hasher.names[start:]).encode("utf-8", "surrogateescape"),
+            hasher.stats[3 * start :].tobytes(),
+            "".join(hasher.hashes[start:]).encode(),
         ]
         return b"".join(chain.from_iterable((len(p).to_bytes(8, "little"), p) for p in parts))
 
@@ -302,7 +304,7 @@ class _Answer(NamedTuple):
             size = int.from_bytes(raw[at : at + 8], "little")
             parts.append(raw[at + 8 : at + 8 + size])
             at += 8 + size
-        head_raw, ids, sizes_raw, datums, lengths_raw, stats_raw, hashes = parts
+        head_raw, ids, sizes_raw, datums, lengths_raw, names, stats_raw, hashes = parts
         head, sizes, lengths, stats = json.loads(head_raw), array("q"), array("q"), array("q")
         sizes.frombytes(sizes_raw)
         lengths.frombytes(lengths_raw)
@@ -311,7 +313,8 @@ class _Answer(NamedTuple):
         for oid, size, count in head["shards"]:
             shards.append((Oid(oid), size, _oids(datums, start, count), lengths[start : start + count]))
             start += count
-        return cls(_oids(ids, 0, len(ids) // OID_LEN), sizes, shards, stats, hashes.decode("ascii"), head["hashed"])
+        read = names.decode("utf-8", "surrogateescape").split("\x00") if names else []
+        return cls(_oids(ids, 0, len(ids) // OID_LEN), sizes, shards, read, stats, hashes.decode("ascii"), head["hashed"])
 
 
 def _oids(joined: bytes, start: int, count: int) -> list[Oid]:
@@ -319,17 +322,16 @@ def _oids(joined: bytes, start: int, count: int) -> list[Oid]:
     return [Oid(text[i : i + OID_LEN]) for i in range(0, len(text), OID_LEN)]
 
 
-def _adopt(sink: DatumSink, hasher: Hasher, members: Members, out: Stored, theirs: list[str], answer: _Answer) -> Stored:
+def _adopt(sink: DatumSink, hasher: Hasher, out: Stored, theirs: list[str], answer: _Answer) -> Stored:
     """Takes on the shards the helper published, with the datums and sizes of the keys it did
     (``out`` has those of the keys this process did). A shard of the helper's holding a datum this
     process also stored is copied without it, then dropped: each datum is stored once."""
     did = theirs[: len(answer.ids)]  # the keys it did: those before the ones it handed over
     out.datums.update(zip(did, answer.ids))
     out.sizes.update(zip(did, answer.sizes))
-    files, it = hasher.files, iter(answer.stats)
-    paths = [f for k in did for f in members[k].values()]
-    files.update(zip(paths, zip(it, it, it)))
-    hasher.take_part(paths, answer.stats, answer.hashes)
+    it = iter(answer.stats)
+    hasher.files.update(zip(answer.names, zip(it, it, it)))
+    hasher.take_part(answer.names, answer.stats, answer.hashes)
     hasher.hashed += answer.hashed
     mine = list(sink.shards)
     doubled = [oid for oid, _, held, _ in answer.shards if not sink.written.keys().isdisjoint(held)]
