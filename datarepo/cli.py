@@ -484,6 +484,9 @@ def run() -> None:
     by one, the objects the command built (a status of 100,000 files spent 20-30 ms on
     that). Commands finish their writes, and reap any process they start, before they
     return; output is flushed here."""
+    from datarepo.porcelain import retain_until_exit
+
+    retain_until_exit()
     try:
         main()
         code = 0

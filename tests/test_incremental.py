@@ -234,9 +234,20 @@ def _trees_after_each_commit(root: Path, steps, drop_staged_tree: bool) -> list[
     return trees
 
 
-def test_the_tree_add_stores_is_the_one_commit_would_build(tmp_path: Path) -> None:
-    """``add`` stores the next commit's tree when it can; built from the staging area
-    instead, the tree is the same, step by step."""
+@pytest.mark.parametrize("aside", [False, True])
+def test_the_tree_add_stores_is_the_one_commit_would_build(tmp_path: Path, monkeypatch, aside: bool) -> None:
+    """``add`` stores the next commit's tree when it can (``aside``: in a helper process,
+    as with many changes); built from the staging area instead, the tree is the same,
+    step by step."""
+    from datarepo import parallel
+    from datarepo.porcelain import stage
+
+    forks = []
+    if aside:
+        monkeypatch.setenv("DATAREPO_WORKERS", "2")
+        monkeypatch.setattr(stage, "TREE_ASIDE_MIN", 1)
+        real_both = parallel.both
+        monkeypatch.setattr(parallel, "both", lambda here, there: forks.append(1) or real_both(here, there))
     steps = [
         [("add", ["."])],  # a first add: HEAD is unborn
         [("write", ("train/cat/0000.cls", b"9")), ("add", ["train/cat"]),  # two adds chain
@@ -251,6 +262,7 @@ def test_the_tree_add_stores_is_the_one_commit_would_build(tmp_path: Path) -> No
     slow = _trees_after_each_commit(tmp_path / "b", steps, drop_staged_tree=True)
     assert [t for t, _ in fast] == [t for t, _ in slow]
     assert [used for _, used in fast] == [True, True, False, True, True]
+    assert len(forks) == (12 if aside else 0)  # the adds with changes and a tree at hand, in both runs
 
 
 def test_gc_between_add_and_commit_keeps_the_staged_tree(repo_with_commit, worktree: Path, cli) -> None:

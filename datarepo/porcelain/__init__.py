@@ -17,6 +17,23 @@ class Reporter(Protocol):
 Progress = Reporter | None
 
 
+# What commands built, kept until the process ends, where :func:`retain_until_exit` asked for
+# it: the CLI ends its process with ``os._exit``, and freeing a first add's containers of
+# 100,000 files (dicts, lists, strings) one by one as the add returned cost it 60 ms.
+_retained: list[object] | None = None
+
+
+def retain_until_exit() -> None:
+    """Makes :func:`retain` keep what it is given (the CLI's processes; not the Python API's)."""
+    global _retained
+    _retained = []
+
+
+def retain(*objects: object) -> None:
+    if _retained is not None:
+        _retained.extend(objects)
+
+
 def begin(progress: Progress, total: int | None) -> None:
     if progress is not None:
         progress.start(total)
