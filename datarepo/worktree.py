@@ -415,8 +415,10 @@ def file_and_dir(files: set[str]) -> tuple[str, set[str]]:
 
 def group(files: Iterable[str], grouping: str, notes: list[str]) -> dict[str, dict[str, str]]:
     """Groups relative paths into datums: key → {extension: path}."""
-    datums: dict[str, dict[str, str]] = {}
     files = files if isinstance(files, list) else list(files)
+    if grouping == "wds":
+        return _group_wds(files, notes)
+    datums: dict[str, dict[str, str]] = {}
     for rel, split in zip(files, split_paths(files, grouping)):
         if split is None:
             notes.append(f"skipped {rel}: no extension to name a member by (grouping = \"wds\")")
@@ -424,6 +426,27 @@ def group(files: Iterable[str], grouping: str, notes: list[str]) -> dict[str, di
             datums[split[0]] = {split[1]: rel}
         else:
             datum[split[1]] = rel
+    return datums
+
+
+def _group_wds(files: list[str], notes: list[str]) -> dict[str, dict[str, str]]:
+    """:func:`group` by WebDataset keys, in one loop: a first add groups every file. Each path
+    is cut at its first dot (in C); where that dot is not in the file's name, or leaves no
+    key or extension, :func:`split_path` decides. Sorted paths bring a key's files one after
+    another, so most need no lookup of their key (half the time of looking up every one)."""
+    datums: dict[str, dict[str, str]] = {}
+    last, datum = None, {}
+    for rel, (key, _, ext) in zip(files, map(str.partition, files, repeat("."))):
+        if not ext or "/" in ext or not key or key[-1] == "/":
+            if (split := split_path(rel, "wds")) is None:
+                notes.append(f"skipped {rel}: no extension to name a member by (grouping = \"wds\")")
+                continue
+            key, ext = split
+        if key != last:
+            if (found := datums.get(key)) is None:
+                datums[key] = found = {}
+            last, datum = key, found
+        datum[ext] = rel
     return datums
 
 

@@ -214,3 +214,22 @@ def test_the_files_of_some_keys_are_those_a_full_grouping_gives_them(
     for keys in [[k] for k in every_key] + [rng.sample(every_key, 4) for _ in range(20)] + [every_key]:
         expected = {p: found.files[p] for p, s in split.items() if s[0] in keys}
         assert Scan(found.names, found.stats, spans=found.spans).files_of(keys, grouping) == expected, keys
+
+
+def test_grouping_gives_each_file_the_key_and_extension_split_path_gives_it() -> None:
+    """:func:`group` cuts most paths at their first dot in one pass; every path, in any
+    order, must land where :func:`split_path` puts it, or be noted as skipped."""
+    names = ["a.jpg", "a.cls", "a.d/x.txt", "a.d/.hidden", ".hidden", "b.", "noext", "dir/noext", "x/y.tar.gz",
+             "x/y.json", "a-x.cls", "d.e/f.g/h.i.j", "d.e/f.g/h", "./a", "z/.a.b", "é/ü.t", "a.b.c", "a.d/a.jpg"]
+    rng = random.Random(3)
+    for _ in range(500):
+        files = rng.sample(names, rng.randint(0, len(names)))
+        if rng.random() < 0.5:
+            files.sort()
+        expected: dict[str, dict[str, str]] = {}
+        for rel in files:
+            if (split := wt.split_path(rel, "wds")) is not None:
+                expected.setdefault(split[0], {})[split[1]] = rel
+        notes: list[str] = []
+        assert wt.group(files, "wds", notes) == expected, files
+        assert len(notes) == sum(wt.split_path(rel, "wds") is None for rel in files)
