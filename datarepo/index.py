@@ -299,8 +299,8 @@ class StatBase:
     (``index.stats``), as int64s and text:
 
     * a head: the count ``n``, ``seen_ns`` and the byte count of the paths;
-    * the paths, sorted, joined by NUL (UTF-8);
-    * ``n + 1`` running totals of the paths' lengths in characters, in sorted order, from 0;
+    * the paths, sorted, joined by NUL (UTF-8), then zeros up to a multiple of 8 bytes;
+    * ``n + 1`` running totals of the paths' lengths in bytes, in sorted order, from 0;
     * for each sorted path, the place of its entry in what follows;
     * the entries' (size, mtime_ns, inode), three int64s each, then their hashes (hex),
       in the order they were hashed: only the paths are sorted, not the entries.
@@ -309,25 +309,23 @@ class StatBase:
     then waited on each other for SQLite's one writer. Like the rows, the file is only a
     cache: ``index.sqlite`` names its hash, and a file that does not match is read as empty.
     A path is found by a binary search: a re-add looks up a few, and a look at every
-    file reads them all (:meth:`entries`).
+    file reads them all (:meth:`entries`). The file is read into views, not copied into
+    parts: copying its 10 MB for 100,000 files took 8 ms, three times the read.
     """
 
     def __init__(self, raw: bytes = b"") -> None:
         self.count = self.seen_ns = 0
-        self.text, self.totals, self.places, self.stats, self.hashes = "", array("q"), array("q"), array("q"), ""
         if len(raw) < 24:
             return
-        count, seen_ns, size = array("q", raw[:24])
-        cuts = list(accumulate([24, size, 8 * (count + 1), 8 * count, 24 * count, OID_LEN * count]))
-        if count <= 0 or cuts[-1] != len(raw):
+        view = memoryview(raw)
+        count, seen_ns, size = view[:24].cast("q")
+        cuts = list(accumulate([24, size + -size % 8, 8 * (count + 1), 8 * count, 24 * count, OID_LEN * count]))
+        if count <= 0 or size < 0 or cuts[-1] != len(raw):
             return
-        names, totals, places, stats, hashes = (raw[a:b] for a, b in zip(cuts, cuts[1:]))
-        try:
-            self.text, self.hashes = names.decode("utf-8", "surrogateescape"), hashes.decode("ascii")
-        except UnicodeDecodeError:
-            return
-        self.totals, self.places, self.stats = array("q", totals), array("q", places), array("q", stats)
-        if self.totals[-1] + count - 1 == len(self.text):
+        self.names = view[24 : 24 + size]
+        self.totals, self.places, self.stats = (view[a:b].cast("q") for a, b in zip(cuts[1:4], cuts[2:5]))
+        self.hashes = view[cuts[4] : cuts[5]]
+        if self.totals[-1] + count - 1 == size:
             self.count, self.seen_ns = count, seen_ns
 
     @classmethod
@@ -346,26 +344,32 @@ class StatBase:
         names = [n for part in parts for n in part[0]]
         places = sorted(range(len(names)), key=names.__getitem__)  # parts come nearly sorted: quick
         ordered = [names[i] for i in places]
-        text = "\x00".join(ordered).encode("utf-8", "surrogateescape")
-        head = array("q", [len(names), seen_ns, len(text)]).tobytes()
+        text = "\x00".join(ordered)
+        raw = text.encode("utf-8", "surrogateescape")
+        if len(raw) != len(text):  # not all ASCII: lengths in bytes
+            ordered = [name.encode("utf-8", "surrogateescape") for name in ordered]
         totals = array("q", accumulate(map(len, ordered), initial=0))
+        head = array("q", [len(names), seen_ns, len(raw)]).tobytes()
         stats = [part[1].tobytes() for part in parts]
-        return b"".join([head, text, totals.tobytes(), array("q", places).tobytes(), *stats, *(p[2].encode() for p in parts)])
+        hashes = [part[2].encode("ascii") for part in parts]
+        return b"".join([head, raw, bytes(-len(raw) % 8), totals.tobytes(), array("q", places).tobytes(), *stats, *hashes])
 
     def _name(self, i: int) -> str:
-        return self.text[self.totals[i] + i : self.totals[i + 1] + i]
+        return bytes(self.names[self.totals[i] + i : self.totals[i + 1] + i]).decode("utf-8", "surrogateescape")
 
     def _entry(self, place: int) -> StatRow:
         size, mtime, ino = self.stats[3 * place : 3 * place + 3]
-        return size, mtime, ino, self.seen_ns, Oid(self.hashes[OID_LEN * place : OID_LEN * (place + 1)])
+        return size, mtime, ino, self.seen_ns, Oid(bytes(self.hashes[OID_LEN * place : OID_LEN * (place + 1)]).decode())
 
     def entries(self) -> dict[str, StatRow]:
         """Every entry, as a dict (for a look at every file)."""
         if not self.count:
             return {}
-        it, hashes = iter(self.stats), self.hashes
+        names = bytes(self.names).decode("utf-8", "surrogateescape").split("\x00")
+        hashes = bytes(self.hashes).decode()
+        it = iter(self.stats)
         rows = list(zip(it, it, it, repeat(self.seen_ns), [hashes[i : i + OID_LEN] for i in range(0, len(hashes), OID_LEN)]))
-        return dict(zip(self.text.split("\x00"), map(rows.__getitem__, self.places)))
+        return dict(zip(names, map(rows.__getitem__, self.places)))
 
     def lookup(self, paths: list[str]) -> dict[str, StatRow]:
         """The entries of ``paths``: each found by a binary search, or (many) read from :meth:`entries`."""
