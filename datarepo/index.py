@@ -11,7 +11,6 @@ import json
 import sqlite3
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from functools import cached_property
 from itertools import accumulate, repeat
 from pathlib import Path
 from typing import NamedTuple
@@ -66,6 +65,7 @@ class Index:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.created = not path.exists()
+        self._bases: dict[str, StatBase] = {}  # the stat cache's base of each scope, once read
         try:
             self._open()
         except sqlite3.DatabaseError:
@@ -123,11 +123,7 @@ class Index:
         path = self._base_path(scope)
         atomic_write(path, raw, mode=0o644, durable=False)
         self.set_meta(_base_meta(scope), json.dumps([path.name, hash_bytes(raw)]))
-        self.__dict__.pop("_bases", None)
-
-    @cached_property
-    def _bases(self) -> dict[str, StatBase]:
-        return {}
+        self._bases.pop(scope, None)
 
     def _stat_base(self, scope: str) -> StatBase:
         if (base := self._bases.get(scope)) is None:

@@ -268,8 +268,9 @@ class _Answer(NamedTuple):
     """What the helper hands back: the datum and size of each key it did, the shards it
     published (oid, size, and each one's datums with their lengths), the files it read with
     their (size, mtime_ns, inode) (a first add's scan leaves those to the reads) and hashes
-    (for a bulk hasher's stat cache), and how many it read. It travels as a small JSON head and packed arrays: JSON of 50,000 ids and
-    100,000 stats cost a tenth of a second to write and read, while both processes waited."""
+    (for a bulk hasher's stat cache), and how many it read. It travels as a small JSON head
+    and packed arrays: JSON of 50,000 ids and 100,000 stats cost a tenth of a second to
+    write and read, while both processes waited."""
 
     ids: list[Oid]
     sizes: array
