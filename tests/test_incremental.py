@@ -67,7 +67,7 @@ def test_a_first_add_keeps_its_stat_cache_in_one_file(worktree: Path, cli, monke
     assert _hashed(cli("add", ".").output) == 0  # its new hash is a row, which wins over the base
 
 
-@pytest.mark.parametrize("damage", ["none", "truncated", "flipped", "deleted"])
+@pytest.mark.parametrize("damage", ["none", "truncated", "emptied", "flipped", "deleted"])
 def test_a_damaged_stat_cache_file_is_read_as_empty(worktree: Path, cli, damage: str) -> None:
     write_samples(worktree, 10)
     age(worktree)
@@ -78,6 +78,8 @@ def test_a_damaged_stat_cache_file_is_read_as_empty(worktree: Path, cli, damage:
     raw = base.read_bytes()
     if damage == "truncated":
         base.write_bytes(raw[: len(raw) // 2])
+    elif damage == "emptied":
+        base.write_bytes(b"")
     elif damage == "flipped":
         base.write_bytes(raw[:-5] + bytes([raw[-5] ^ 1]) + raw[-4:])  # one hash digit
     elif damage == "deleted":
