@@ -418,15 +418,8 @@ def group(files: Iterable[str], grouping: str, notes: list[str]) -> dict[str, di
     files = files if isinstance(files, list) else list(files)
     if grouping == "wds":
         return _group_wds(files, notes)
-    datums: dict[str, dict[str, str]] = {}
-    for rel, split in zip(files, split_paths(files, grouping)):
-        if split is None:
-            notes.append(f"skipped {rel}: no extension to name a member by (grouping = \"wds\")")
-        elif (datum := datums.get(split[0])) is None:
-            datums[split[0]] = {split[1]: rel}
-        else:
-            datum[split[1]] = rel
-    return datums
+    # grouping = "file": each file is a datum of its own, keyed by its path (no split fails)
+    return {key: {ext: rel} for rel, (key, ext) in zip(files, split_paths(files, grouping))}  # type: ignore[misc]
 
 
 def _group_wds(files: list[str], notes: list[str]) -> dict[str, dict[str, str]]:
@@ -435,7 +428,7 @@ def _group_wds(files: list[str], notes: list[str]) -> dict[str, dict[str, str]]:
     key or extension, :func:`split_path` decides. Sorted paths bring a key's files one after
     another, so most need no lookup of their key (half the time of looking up every one)."""
     datums: dict[str, dict[str, str]] = {}
-    last, datum = None, {}
+    last, datum = None, {}  # the key of the last file, and its members
     for rel, (key, _, ext) in zip(files, map(str.partition, files, repeat("."))):
         if not ext or "/" in ext or not key or key[-1] == "/":
             if (split := split_path(rel, "wds")) is None:
