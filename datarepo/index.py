@@ -120,10 +120,19 @@ class Index:
         Its rows stay, and still win. Called in a transaction; the file is written first,
         and a crash before the transaction commits leaves a base whose hash does not match
         (read as empty: its files are hashed again, nothing else is lost)."""
+        self.name_stat_base(self.write_stat_base(parts, seen_ns, scope), scope)
+
+    def write_stat_base(self, parts: Iterable[StatPart], seen_ns: int, scope: str = "") -> str:
+        """The first half of :meth:`save_stat_base`: writes the file, and returns what names it
+        for :meth:`name_stat_base`. It does not touch SQLite, so a forked helper may run it."""
         raw = StatBase.pack(list(parts), seen_ns)
         path = self._base_path(scope)
         atomic_write(path, raw, mode=0o644, durable=False)
-        self.set_meta(_base_meta(scope), json.dumps([path.name, hash_bytes(raw)]))
+        return json.dumps([path.name, hash_bytes(raw)])
+
+    def name_stat_base(self, named: str, scope: str = "") -> None:
+        """Makes the file :meth:`write_stat_base` wrote the stat cache's base (in a transaction)."""
+        self.set_meta(_base_meta(scope), named)
         self._bases.pop(scope, None)
 
     def _stat_base(self, scope: str) -> StatBase:

@@ -7,7 +7,7 @@ import stat as stat_mod
 import struct
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain, repeat, starmap
@@ -521,14 +521,25 @@ class Hasher:
         """Writes every stat-cache entry not written yet, in the caller's transaction: a bulk
         hasher's as the cache's base (once; any later ones as rows)."""
         start = self._saved
-        if self.bulk and (len(self.names) > start or self._parts):
-            own = (self.names[start:], self.stats[3 * start :], "".join(self.hashes[start:]))
-            index.save_stat_base([*self._parts, own], self.seen_ns, self.scope)
-            self.bulk, self._parts = False, []
+        if (write_base := self.detach_base()) is not None:
+            index.name_stat_base(write_base(index), self.scope)
         elif len(self.names) > start:
             it = iter(self.stats[3 * start :])
             index.save_stats(zip(self.names[start:], zip(it, it, it, repeat(self.seen_ns), self.hashes[start:])), self.scope)
         self._saved = len(self.names)
+
+    def detach_base(self) -> Callable[[Index], str] | None:
+        """A bulk hasher's stat base, to be written apart: a function that writes the file
+        and returns what names it (:meth:`Index.write_stat_base`, which a forked helper may
+        run), for the caller to record with :meth:`Index.name_stat_base`. From then on, the
+        hasher counts every entry so far as saved. None if there is no base to write."""
+        start = self._saved
+        if not self.bulk or not (len(self.names) > start or self._parts):
+            return None
+        parts = [*self._parts, (self.names[start:], self.stats[3 * start :], "".join(self.hashes[start:]))]
+        seen_ns, scope = self.seen_ns, self.scope
+        self.bulk, self._parts, self._saved = False, [], len(self.names)
+        return lambda index: index.write_stat_base(parts, seen_ns, scope)
 
     def save_all(self, index: Index) -> None:
         """:meth:`write_to` in a transaction of its own, if there is anything to write."""

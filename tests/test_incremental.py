@@ -39,7 +39,22 @@ def test_add_rereads_only_changed_files(worktree: Path, cli) -> None:
     assert _hashed(cli("add", ".").output) == 0
 
 
-def test_a_first_add_keeps_its_stat_cache_in_one_file(worktree: Path, cli, monkeypatch) -> None:
+@pytest.mark.parametrize("written", ["here", "aside", "here, the helper failing"])
+def test_a_first_add_keeps_its_stat_cache_in_one_file(worktree: Path, cli, monkeypatch, written: str) -> None:
+    """``written``: where the file is written. With many changes (``aside``), a helper
+    process writes it while it builds the staged tree; if that helper fails, this one does."""
+    from datarepo import parallel
+    from datarepo.porcelain import stage
+
+    forks = []
+    if written != "here":
+        monkeypatch.setenv("DATAREPO_WORKERS", "2")
+        monkeypatch.setattr(stage, "TREE_ASIDE_MIN", 1)
+        real_both = parallel.both
+        fail = written == "here, the helper failing"
+        monkeypatch.setattr(
+            parallel, "both", lambda here, there: forks.append(1) or real_both(here, (lambda: 1 / 0) if fail else there)
+        )
     files = write_samples(worktree, 30)
     for name in ("é/x.txt", "日本/y.txt", "a-b.txt", "a.b.txt", "z z.txt"):  # sorted apart from key order
         (worktree / name).parent.mkdir(exist_ok=True)
@@ -48,6 +63,7 @@ def test_a_first_add_keeps_its_stat_cache_in_one_file(worktree: Path, cli, monke
     age(worktree)
     cli("init")
     assert _hashed(cli("add", ".").output) == 65
+    assert len(forks) == (0 if written == "here" else 1)  # (no helper hashes so few bytes)
     repo = Repo.open(worktree)
     assert repo.index.db.execute("SELECT count(*) FROM stat").fetchone()[0] == 0  # no row per file
     cache = repo.index.load_stats()
