@@ -37,7 +37,7 @@ _HEAD_MID = b"0000444\x000000000\x000000000\x00"
 _HEAD_TAIL_A = b"00000000000\x00"
 _HEAD_TAIL_B = b"0" + bytes(100) + b"ustar\x0000" + bytes(BLOCK - 265)
 _CHECKSUM_BASE = sum(_HEAD_MID) + sum(_HEAD_TAIL_A) + sum(_HEAD_TAIL_B) + 8 * 32
-_PADDINGS = [bytes(n) for n in range(BLOCK)]  # the zeros after a member, by their count
+_PADDINGS = [bytes(n) for n in range(BLOCK)]  # zeros by their count: after a member, after a name
 # Builds a NamedTuple from a tuple of its fields in C: its own constructor runs Python code,
 # three times a datum while a shard is written.
 _new = tuple.__new__
@@ -117,9 +117,7 @@ def tar_header(name: str, size: int) -> bytes:
         return _pax_header(name, size)
     size_field = b"%011o\x00" % size
     chksum = _CHECKSUM_BASE + sum(raw) + sum(size_field)
-    return b"".join(
-        (raw, bytes(100 - len(raw)), _HEAD_MID, size_field, _HEAD_TAIL_A, b"%06o\x00 " % chksum, _HEAD_TAIL_B)
-    )
+    return b"".join((raw, _PADDINGS[100 - len(raw)], _HEAD_MID, size_field, _HEAD_TAIL_A, b"%06o\x00 " % chksum, _HEAD_TAIL_B))
 
 
 def _pax_header(name: str, size: int) -> bytes:

@@ -9,7 +9,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from itertools import chain, repeat, starmap
 from operator import is_
 from pathlib import Path
@@ -454,29 +454,6 @@ def lstat(path: str, rel: str) -> FileStat:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
-def _read_small(path: str, size: int) -> tuple[bytes | None, FileStat | None]:
-    """Reads a whole small file with as few calls as the OS allows. A ``size`` below 0 means
-    the file was not stat'ed: it is, once open, and its stat comes back too (with no bytes,
-    if it is too large to read whole)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        stat = None
-        if size < 0:
-            st = os.fstat(fd)
-            stat = (st.st_size, st.st_mtime_ns, st.st_ino)
-            if (size := st.st_size) > LARGE_FILE:
-                return None, stat
-        data = os.read(fd, size + 1)
-        if len(data) <= size:
-            return data, stat
-        chunks = [data]
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks), stat
-    finally:
-        os.close(fd)
-
-
 # A datum read from its files: its id, its members sorted by extension (bytes, or a range of
 # a large file to stream when it is stored) and its size. A plain tuple: a first add makes
 # 50,000, and a NamedTuple's constructor runs Python code.
@@ -583,14 +560,14 @@ class Hasher:
         datum. A first add runs every file through this loop: a datum's id is hashed from
         its members' digests as they are read, not from hex hashes parsed back."""
         out = []
-        files, names, stats, hashes = self.files, self.names.append, self.stats.extend, self.hashes.append
+        files, read, names, stats, hashes = self.files, self._read, self.names.append, self.stats.extend, self.hashes.append
         for members in datums:
             items: list[tuple[str, MemberData]] = []
             digests = []
             size = 0
             for ext in sorted(members):
                 rel = members[ext]
-                data, digest = self._read_one(rel)
+                data, digest = read(rel)
                 names(rel)
                 stats(files[rel])
                 hashes(digest.hex())
@@ -601,24 +578,33 @@ class Hasher:
             self.hashed += len(items)
         return out
 
-    def _read_one(self, rel: str) -> tuple[MemberData, bytes]:
-        path = self.prefix + rel
+    def _read(self, rel: str) -> tuple[MemberData, bytes]:
+        """A file's bytes (a range to stream, if it is large) and their digest, with as few
+        calls as the OS allows: a file the scan did not stat is stat'ed once open. (Opened by
+        its name in its directory's descriptor instead, 100,000 files spent 3-5% less time in
+        the kernel and as much more in Python.)"""
         size = self.files[rel][SIZE]
         try:
-            raw = None
-            if size <= LARGE_FILE:
-                raw, stat = _read_small(path, size)
-                if stat is not None:
-                    self.files[rel], size = stat, stat[SIZE]
-            if raw is None:
-                span = FileRange(Path(path), 0, size)
-                oid = member_hash(span)
-                return span._replace(oid=oid), bytes.fromhex(oid)
+            fd = os.open(self.prefix + rel, os.O_RDONLY)
+            try:
+                if size < 0:
+                    st = os.fstat(fd)
+                    self.files[rel] = st.st_size, st.st_mtime_ns, st.st_ino
+                    size = st.st_size
+                if size <= LARGE_FILE:
+                    data = os.read(fd, size + 1)
+                    if len(data) > size:  # it grew since its stat: read to its end
+                        data = b"".join([data, *iter(partial(os.read, fd, 1 << 20), b"")])
+                    return data, xxh3_128_digest(data)
+            finally:
+                os.close(fd)
+            span = FileRange(Path(self.prefix + rel), 0, size)
+            oid = member_hash(span)
+            return span._replace(oid=oid), bytes.fromhex(oid)
         except OSError as e:
             raise InvalidInputError(f"cannot read {rel}: {e.strerror}") from None
         except CorruptObjectError:
             raise InvalidInputError(f"file changed while it was being read: {rel}") from None
-        return raw, xxh3_128_digest(raw)
 
     def datum(self, members: dict[str, str]) -> Oid:
         """The datum id of a work-tree datum, hashing what the cache lacks."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from datarepo import index as index_module
-from datarepo.hashing import hash_bytes
+from datarepo.hashing import datum_id, hash_bytes
 from datarepo.repo import Repo
 
 from conftest import age, write_samples
@@ -315,3 +315,16 @@ def test_a_new_index_has_16_kib_pages_and_an_old_one_keeps_its_own(tmp_path: Pat
     with index.transaction():
         index.save_stats([("a.jpg", (1, 2, 3, 4, "0" * 32))])
     assert index.load_stats() == {"a.jpg": (1, 2, 3, 4, "0" * 32)}
+
+
+def test_a_file_that_grew_since_its_stat_is_read_to_its_end(tmp_path: Path) -> None:
+    from datarepo.worktree import Hasher, lstat
+
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"x" * 10)
+    files = {"a.bin": lstat(str(path), "a.bin")}  # as a scan saw it
+    grown = os.urandom(3 << 20)  # read in more than one call
+    path.write_bytes(grown)
+    [(datum, items, size)] = Hasher(tmp_path, files, {}, 0).read_many([{"bin": "a.bin"}])
+    assert items == [("bin", grown)] and size == len(grown)
+    assert datum == datum_id({"bin": hash_bytes(grown)})
