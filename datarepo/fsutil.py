@@ -7,7 +7,6 @@ import fcntl
 import functools
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,6 +57,18 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
 _SYNC_FILE_RANGE_WRITE = 2
 
 
+def make_temp(folder: Path, suffix: str = "") -> tuple[int, Path]:
+    """Creates a file under a new temporary name in ``folder``, readable and writable by its
+    owner only, and opens it: ``tempfile.mkstemp``, without the 5 ms of importing ``tempfile``
+    (and ``shutil``) in every command that writes a file."""
+    while True:
+        tmp = folder / f"{TMP_PREFIX}{os.urandom(8).hex()}{suffix}"
+        try:
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), tmp
+        except FileExistsError:  # (1 in 2**64)
+            continue
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, mode: int = READ_ONLY, durable: bool = True) -> Iterator[BinaryIO]:
     """Yields a file that appears at ``path`` whole, or not at all.
@@ -67,7 +78,7 @@ def atomic_file(path: Path, mode: int = READ_ONLY, durable: bool = True) -> Iter
     exception, KeyboardInterrupt included, the temporary file is removed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    fd, tmp = make_temp(path.parent)
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
             yield f

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import BinaryIO, NamedTuple
 import xxhash
 
 from datarepo.errors import CorruptObjectError, InvalidInputError
-from datarepo.fsutil import TMP_PREFIX, start_writeback
+from datarepo.fsutil import make_temp, start_writeback
 from datarepo.hashing import CHUNK, Oid, canonical_json, is_oid
 
 BLOCK = 512
@@ -150,8 +149,7 @@ class ShardWriter:
     def __init__(self, shards_dir: Path) -> None:
         shards_dir.mkdir(parents=True, exist_ok=True)
         self.shards_dir = shards_dir
-        self._fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tar", dir=shards_dir)  # unique while unpublished
-        self.tmp = Path(tmp)
+        self._fd, self.tmp = make_temp(shards_dir, ".tar")  # unique while unpublished
         self._hash = xxhash.xxh3_128()
         self._parts: list[bytes] = []
         self.size = 0  # every byte added, written or still gathered

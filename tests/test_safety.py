@@ -231,3 +231,20 @@ def test_large_tar_member_is_streamed_on_ingest(tmp_path: Path, worktree: Path, 
     cli("ingest", str(tmp_path / "big.tar"), "--prefix", "big")
     assert cli("cat", "HEAD:big/s/0.bin").stdout_bytes == big
     assert "0 problems" in cli("fsck").output
+
+
+def test_a_temporary_file_gets_a_name_no_file_has(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stat
+
+    from datarepo import fsutil
+
+    fd, first = fsutil.make_temp(tmp_path, ".tar")
+    os.write(fd, b"kept")
+    os.close(fd)
+    assert first.name.startswith(fsutil.TMP_PREFIX) and first.suffix == ".tar"
+    assert stat.S_IMODE(first.stat().st_mode) == 0o600
+    draws = iter([bytes.fromhex(first.name[len(fsutil.TMP_PREFIX) : -4]), b"\x01" * 8])  # the first draw is taken
+    monkeypatch.setattr(fsutil.os, "urandom", lambda n: next(draws))
+    fd, second = fsutil.make_temp(tmp_path, ".tar")
+    os.close(fd)
+    assert second != first and first.read_bytes() == b"kept"
