@@ -162,6 +162,11 @@ def test_corrupted_shard_is_named(repo_with_commit, worktree: Path, cli) -> None
     shard, path, raw, at, datum, key, ext = _flip_a_byte(repo)
     result = cli("fsck", ok=False)
     assert result.exit_code == 1 and f"corrupt object {shard}.tar" in result.output
+    # Its datums are in a shard, a damaged one: one line says so, not one line a datum.
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    held = len(repo.store.read_index(shard).datums)
+    assert len(errors) == 2 and "in no shard" not in result.output
+    assert f"shard {shard} is damaged and is the only copy of {held} reachable datums" in errors[1]
     from datarepo.errors import CorruptObjectError
 
     with pytest.raises(CorruptObjectError, match=shard):
@@ -226,6 +231,17 @@ def test_a_corrupt_ref_is_an_error_never_an_unborn_branch(repo_with_commit, work
     assert "0 problems" in cli("fsck").output
     (repo.dotdir / "HEAD").write_text("0123\n")  # a detached HEAD that names no commit
     _one_line_error(cli("log", ok=False), "HEAD")
+
+
+def test_a_deleted_shard_leaves_its_datums_in_no_shard(repo_with_commit, cli) -> None:
+    repo, _ = repo_with_commit
+    shard = next(repo.store.iter_shards())
+    held = {d.datum for d in repo.store.read_index(shard).datums}
+    repo.store.idx_path(shard).unlink()
+    repo.store.shard_path(shard).unlink()
+    result = cli("fsck", ok=False)
+    lost = [line for line in result.output.splitlines() if line.endswith("is in no shard")]
+    assert {line.split()[2] for line in lost} == held and "damaged" not in result.output
 
 
 def test_truncated_shard_is_named(repo_with_commit, worktree: Path, cli) -> None:

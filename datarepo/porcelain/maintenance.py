@@ -120,6 +120,7 @@ def fsck(repo: Repo, rebuild_index: bool = False, progress: Progress = None) -> 
     """Re-hashes every object and shard and checks that every ref reaches whole data."""
     result = FsckResult()
     stored: set[str] = set()
+    damaged: dict[str, str] = {}  # datum → a shard that failed its check, whose .idx lists it
     begin(progress, None)
     for oid in repo.store.iter_objects():
         result.objects += 1
@@ -130,12 +131,22 @@ def fsck(repo: Repo, rebuild_index: bool = False, progress: Progress = None) -> 
         index = _check(result, repo.store.verify_shard, shard)
         if index is not None:
             stored.update(d.datum for d in index.datums)
+        elif (listed := _quietly(repo.store.read_index, shard)) is not None:
+            damaged.update((d.datum, shard) for d in listed.datums)
         tick(progress)
     seen = reachable(repo, result.problems)
     result.problems.extend(seen.missing)
     result.datums = len(seen.datums)
+    lost = sorted((d, k) for d, k in seen.datums.items() if k and d not in stored)
+    result.problems.extend(f"datum {d} (key {k}) is in no shard" for d, k in lost if d not in damaged)
+    # A damaged shard's reachable datums: one line for the shard, not one a datum (a shard holds thousands).
+    only_there: dict[str, list[str]] = {}
+    for d, k in lost:
+        if d in damaged:
+            only_there.setdefault(damaged[d], []).append(k)
     result.problems.extend(
-        f"datum {d} (key {k}) is in no shard" for d, k in sorted(seen.datums.items()) if k and d not in stored
+        f"shard {shard} is damaged and is the only copy of {len(keys)} reachable datums (keys {_some(keys)})"
+        for shard, keys in sorted(only_there.items())
     )
     result.unreachable_objects = result.objects - len(seen.objects & set(repo.store.iter_objects()))
     result.garbage = [str(p.relative_to(repo.dotdir)) for p in repo.store.iter_garbage()]
@@ -146,6 +157,18 @@ def fsck(repo: Repo, rebuild_index: bool = False, progress: Progress = None) -> 
             repo.sync_locations()
         result.reindexed = True
     return result
+
+
+def _quietly(fn: Callable[[str], T], oid: str) -> T | None:
+    try:
+        return fn(oid)
+    except DataRepoError:
+        return None
+
+
+def _some(keys: list[str], shown: int = 3) -> str:
+    ordered = sorted(keys)
+    return ", ".join(ordered[:shown]) + (f" and {len(ordered) - shown} more" if len(ordered) > shown else "")
 
 
 def _check(result: FsckResult, fn: Callable[[str], T], oid: str) -> T | None:
