@@ -248,3 +248,25 @@ def test_a_temporary_file_gets_a_name_no_file_has(tmp_path: Path, monkeypatch: p
     fd, second = fsutil.make_temp(tmp_path, ".tar")
     os.close(fd)
     assert second != first and first.read_bytes() == b"kept"
+
+
+def test_gc_removes_what_killed_writers_left_beside_refs_and_caches(repo_with_commit, cli) -> None:
+    """A writer killed between writing a temporary file and renaming it leaves the file: a
+    ref's (under ``refs/``) or a cache's (``status`` writes its listing at the top, without
+    the lock, so a fresh one there may be a live writer's and is left alone)."""
+    import time
+
+    repo, _ = repo_with_commit
+    left = [repo.dotdir / "refs/heads/.tmp-0123456789abcdef", repo.dotdir / ".tmp-fedcba9876543210"]
+    live = repo.dotdir / ".tmp-00000000000000aa"
+    for path in (*left, live):
+        path.write_bytes(b"half")
+    hour_ago = time.time() - 3700
+    os.utime(left[1], (hour_ago, hour_ago))
+    out = cli("fsck").output
+    assert all(f"garbage: {p.relative_to(repo.dotdir)}" in out for p in left) and live.name not in out
+    [branch] = cli("branch").output.splitlines()  # no branch named ".tmp-…"
+    assert "0 problems" in out and branch.split()[:2] == ["*", "main"]
+    cli("gc")
+    assert not any(p.exists() for p in left) and live.exists()
+    assert "garbage" not in cli("fsck").output

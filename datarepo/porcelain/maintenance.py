@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from datarepo.errors import CorruptObjectError, DataRepoError
-from datarepo.fsutil import remove
+from datarepo.fsutil import TMP_PREFIX, remove
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit, Tree, TreePage
 from datarepo.porcelain import Progress, begin, tick
@@ -149,7 +150,7 @@ def fsck(repo: Repo, rebuild_index: bool = False, progress: Progress = None) -> 
         for shard, keys in sorted(only_there.items())
     )
     result.unreachable_objects = result.objects - len(seen.objects & set(repo.store.iter_objects()))
-    result.garbage = [str(p.relative_to(repo.dotdir)) for p in repo.store.iter_garbage()]
+    result.garbage = [str(p.relative_to(repo.dotdir)) for p in leftovers(repo)]
     if rebuild_index:
         with repo.lock:
             with repo.index.transaction():
@@ -157,6 +158,26 @@ def fsck(repo: Repo, rebuild_index: bool = False, progress: Progress = None) -> 
             repo.sync_locations()
         result.reindexed = True
     return result
+
+
+# A temporary file at the top of the repository's folder counts as left over from this age on:
+# ``status`` writes its caches there (the listing, the stat base) without the writer lock.
+TOP_LEFTOVER_AGE = 3600.0
+
+
+def leftovers(repo: Repo) -> Iterator[Path]:
+    """Files interrupted writers left: the store's (see ``Store.iter_garbage``), and temporary
+    files among the refs and at the top of the repository's folder (``HEAD``, ``config.toml``
+    and the index's caches are written there by rename)."""
+    yield from repo.store.iter_garbage()
+    for folder, _, names in os.walk(repo.dotdir / "refs"):
+        yield from (Path(folder, name) for name in sorted(names) if name.startswith(TMP_PREFIX))
+    horizon = time.time() - TOP_LEFTOVER_AGE
+    with os.scandir(repo.dotdir) as entries:
+        for entry in entries:
+            if entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False):
+                if entry.stat(follow_symlinks=False).st_mtime < horizon:
+                    yield Path(entry.path)
 
 
 def _quietly(fn: Callable[[str], T], oid: str) -> T | None:
@@ -200,7 +221,7 @@ def gc(repo: Repo, dry_run: bool = False) -> GcResult:
             index = repo.store.read_index(shard)
             if not any(d.datum in seen.datums for d in index.datums):
                 dead_shards.append((shard, index.size))
-        garbage = list(repo.store.iter_garbage())
+        garbage = list(leftovers(repo))
         freed = sum(s for _, s in dead_shards) + sum(p.stat().st_size for p in garbage if p.exists())
         if not dry_run:
             _delete(repo, dead_objects, [s for s, _ in dead_shards], garbage)
