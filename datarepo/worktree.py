@@ -9,7 +9,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import cached_property, partial
+from functools import cached_property
 from itertools import chain, repeat, starmap
 from operator import is_
 from pathlib import Path
@@ -454,6 +454,18 @@ def lstat(path: str, rel: str) -> FileStat:
     return st.st_size, st.st_mtime_ns, st.st_ino
 
 
+def _read_rest(fd: int, head: bytes, rel: str) -> bytes:
+    """The whole of a file that grew since its stat, ``head`` read already. One that grows
+    past ``LARGE_FILE`` is being written: it is an error, never held whole in memory."""
+    chunks, total = [head], len(head)
+    while chunk := os.read(fd, 1 << 20):
+        total += len(chunk)
+        if total > LARGE_FILE:
+            raise InvalidInputError(f"file changed while it was being read: {rel}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 # A datum read from its files: its id, its members sorted by extension (bytes, or a range of
 # a large file to stream when it is stored) and its size. A plain tuple: a first add makes
 # 50,000, and a NamedTuple's constructor runs Python code.
@@ -593,8 +605,8 @@ class Hasher:
                     size = st.st_size
                 if size <= LARGE_FILE:
                     data = os.read(fd, size + 1)
-                    if len(data) > size:  # it grew since its stat: read to its end
-                        data = b"".join([data, *iter(partial(os.read, fd, 1 << 20), b"")])
+                    if len(data) > size:  # it grew since its stat
+                        data = _read_rest(fd, data, rel)
                     return data, xxh3_128_digest(data)
             finally:
                 os.close(fd)

@@ -317,7 +317,11 @@ def test_a_new_index_has_16_kib_pages_and_an_old_one_keeps_its_own(tmp_path: Pat
     assert index.load_stats() == {"a.jpg": (1, 2, 3, 4, "0" * 32)}
 
 
-def test_a_file_that_grew_since_its_stat_is_read_to_its_end(tmp_path: Path) -> None:
+def test_a_file_that_grew_since_its_stat_is_read_to_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unless it grew past the size up to which files are read whole: then it is being
+    written, and is an error rather than held whole in memory."""
+    from datarepo import worktree
+    from datarepo.errors import InvalidInputError
     from datarepo.worktree import Hasher, lstat
 
     path = tmp_path / "a.bin"
@@ -328,3 +332,6 @@ def test_a_file_that_grew_since_its_stat_is_read_to_its_end(tmp_path: Path) -> N
     [(datum, items, size)] = Hasher(tmp_path, files, {}, 0).read_many([{"bin": "a.bin"}])
     assert items == [("bin", grown)] and size == len(grown)
     assert datum == datum_id({"bin": hash_bytes(grown)})
+    monkeypatch.setattr(worktree, "LARGE_FILE", 2 << 20)
+    with pytest.raises(InvalidInputError, match="file changed while it was being read: a.bin"):
+        Hasher(tmp_path, files, {}, 0).read_many([{"bin": "a.bin"}])
