@@ -275,6 +275,12 @@ class Index:
         row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
         return row[0] if row else None
 
+    def get_metas(self, names: list[str]) -> dict[str, str | bytes]:
+        """The values of those of ``names`` that are set, read in one statement: from one
+        state of the file, whatever another process commits meanwhile."""
+        marks = ",".join("?" * len(names))
+        return dict(self.db.execute(f"SELECT name, value FROM meta WHERE name IN ({marks})", names))
+
     def set_meta(self, name: str, value: str | bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (name, value))
 
