@@ -103,12 +103,20 @@ def _part(name: str) -> str:
     return f"{META_NAME} {name}"
 
 
-def load(repo: Repo, tok: str) -> Snapshot | None:
-    rows = repo.index.get_metas([META_NAME, *map(_part, PARTS)])
+def _head(rows: dict[str, Any], tok: str) -> dict[str, Any] | None:
+    """The snapshot's head among ``rows`` (``meta`` rows by name), if it was saved under ``tok``."""
     try:
         head = json.loads(rows[META_NAME])
-        if head["token"] != tok:
-            return None
+        return head if head["token"] == tok else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def load(repo: Repo, tok: str) -> Snapshot | None:
+    rows = repo.index.get_metas([META_NAME, *map(_part, PARTS)])
+    if (head := _head(rows, tok)) is None:
+        return None
+    try:
         return Snapshot(repo, head["digest"], {n: json.loads(rows[_part(n)]) for n in PARTS}, head["listing"])
     except (ValueError, KeyError, TypeError):  # (KeyError too for a part missing: not a snapshot)
         return None
@@ -197,11 +205,7 @@ def carry(repo: Repo, old_token: str, commit: bool = False) -> None:
     work tree differs from HEAD exactly as it differed from the index.
     """
     rows = repo.index.get_metas([META_NAME, _part("unstaged")])
-    try:
-        head = json.loads(rows[META_NAME])
-        if head["token"] != old_token or _part("unstaged") not in rows:
-            return
-    except (ValueError, KeyError, TypeError):
+    if (head := _head(rows, old_token)) is None or _part("unstaged") not in rows:
         return
     parts = {"staged": json.dumps(Changes().to_json()), "total": rows[_part("unstaged")]} if commit else {}
     _store(repo, {**head, "token": token(repo, follow=False)}, parts)
