@@ -315,7 +315,7 @@ def _staged_tree(
     Runs ``meanwhile`` (which stages ``staged`` and saves ``hasher``'s stat cache) while
     it does, with many changes in a forked helper: building the pages of 50,000 entries
     took a first add 85-150 ms. The helper then also writes a bulk hasher's stat base
-    (70-100 ms for 100,000 files), so that both processes take about as long; what names
+    (70-110 ms for 100,000 files), so that both processes take about as long; what names
     the base is returned second, for the caller to record with the tree.
 
     Either way the tree is the same: a datum's size is the sum of its members' sizes,
