@@ -156,14 +156,11 @@ class Index:
     def add_shard(self, shard: str, size: int, rows: Sequence[LocationRow]) -> None:
         """Records a shard and the locations of its datums (see :func:`location_rows`)."""
         self.db.execute("INSERT OR REPLACE INTO shard VALUES (?,?,?)", (shard, size, len(rows)))
-        self.locate_in(shard, rows)
+        self.locate_in(rows)
 
-    def locate_in(self, shard: str, rows: Iterable[LocationRow]) -> None:
-        """Points the datums of ``rows`` at their copies in ``shard``."""
-        self.db.executemany(
-            "INSERT OR REPLACE INTO location VALUES (?,?,?,?,?)",
-            ((datum, shard, offset, length, members) for datum, offset, length, members in rows),
-        )
+    def locate_in(self, rows: Iterable[LocationRow]) -> None:
+        """Points the datums of ``rows`` at the copies in the shards the rows name."""
+        self.db.executemany("INSERT OR REPLACE INTO location VALUES (?,?,?,?,?)", rows)
 
     def drop_shard(self, shard: str) -> None:
         self.db.execute("DELETE FROM shard WHERE shard=?", (shard,))
@@ -415,18 +412,19 @@ class StatBase:
 _FEW_PATHS = 4096
 
 
-# (datum, offset, length, members as text): a ``location`` row without its shard.
-LocationRow = tuple[str, int, int, str]
+# (datum, shard, offset, length, members as text): a ``location`` row as it is inserted.
+LocationRow = tuple[str, str, int, int, str]
 
 
 def location_rows(index: ShardIndex) -> list[LocationRow]:
-    """The ``location`` rows of a shard's datums, in a form that travels as JSON."""
-    return [(d.datum, d.offset, d.length, _members_text(d.members)) for d in index.datums]
+    """The ``location`` rows of a shard's datums."""
+    shard = index.shard
+    return [(datum, shard, offset, length, _members_text(members)) for datum, offset, length, members in index.datums]
 
 
 def _members_text(members: tuple[MemberLoc, ...]) -> str:
     # "/" cannot occur in an extension; offsets and sizes come first, so spaces in one are fine.
-    return "/".join(f"{m.offset} {m.size} {m.ext}" for m in members)
+    return "/".join([f"{offset} {size} {ext}" for ext, offset, size in members])
 
 
 def _parse_members(text: str) -> tuple[MemberLoc, ...]:

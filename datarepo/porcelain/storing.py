@@ -361,4 +361,4 @@ def _relocate(sink: DatumSink, shards: list[tuple[Oid, int]], datums: set[str]) 
         for oid, _ in shards:
             if any(d in datums for d in sink.held[oid]):
                 rows = location_rows(sink.repo.store.read_index(oid))
-                sink.repo.index.locate_in(oid, [row for row in rows if row[0] in datums])
+                sink.repo.index.locate_in([row for row in rows if row[0] in datums])
