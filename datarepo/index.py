@@ -114,24 +114,21 @@ class Index:
             return True
         return self.db.execute("SELECT 1 FROM stat WHERE scope=? LIMIT 1", (scope,)).fetchone() is not None
 
-    def save_stat_base(self, parts: Iterable[StatPart], seen_ns: int, scope: str = "") -> None:
-        """Makes ``parts`` (each file hashed at ``seen_ns``) the stat cache's base, in place of
-        the last one: a bulk hashing (a first ``add``) writes one file, not a row per file.
-        Its rows stay, and still win. Called in a transaction; the file is written first,
-        and a crash before the transaction commits leaves a base whose hash does not match
-        (read as empty: its files are hashed again, nothing else is lost)."""
-        self.name_stat_base(self.write_stat_base(parts, seen_ns, scope), scope)
-
     def write_stat_base(self, parts: Iterable[StatPart], seen_ns: int, scope: str = "") -> str:
-        """The first half of :meth:`save_stat_base`: writes the file, and returns what names it
-        for :meth:`name_stat_base`. It does not touch SQLite, so a forked helper may run it."""
+        """Writes ``parts`` (each file hashed at ``seen_ns``) as the stat cache's next base: a
+        bulk hashing (a first ``add``) writes one file, not a row per file. Returns what names
+        it, for :meth:`name_stat_base` to record; until then the old name (or none) stays, and
+        a base whose hash does not match what is named is read as empty (its files are
+        hashed again, nothing else is lost). It does not touch SQLite, so a forked helper may
+        run it."""
         raw = StatBase.pack(list(parts), seen_ns)
         path = self._base_path(scope)
         atomic_write(path, raw, mode=0o644, durable=False)
         return json.dumps([path.name, hash_bytes(raw)])
 
     def name_stat_base(self, named: str, scope: str = "") -> None:
-        """Makes the file :meth:`write_stat_base` wrote the stat cache's base (in a transaction)."""
+        """Makes the file :meth:`write_stat_base` wrote the stat cache's base, in place of the
+        last one (in a transaction). Rows written before stay, and still win."""
         self.set_meta(_base_meta(scope), named)
         self._bases.pop(scope, None)
 
@@ -294,7 +291,7 @@ class Index:
             yield datum
 
 
-# Files hashed together, for :meth:`Index.save_stat_base`: their paths, their (size,
+# Files hashed together, for :meth:`Index.write_stat_base`: their paths, their (size,
 # mtime_ns, inode) as int64s, three a path, and their hashes joined.
 StatPart = tuple[list[str], array, str]
 

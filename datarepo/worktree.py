@@ -476,7 +476,7 @@ class Hasher:
     """Hashes work-tree files, trusting the stat cache where the stat matches.
 
     A ``bulk`` hasher starts from an empty stat cache (a first ``add``): what
-    it hashes becomes the cache's base in one file (:meth:`Index.save_stat_base`),
+    it hashes becomes the cache's base in one file (:meth:`Index.write_stat_base`),
     not a row per file.
     """
 
