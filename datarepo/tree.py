@@ -1,5 +1,6 @@
 """Paged trees (DESIGN §3.3): a commit's sorted (key, datum, size) list, cut into
-pages at content-defined boundaries so a small change rewrites only nearby pages."""
+pages at content-defined boundaries so a small change rewrites only nearby pages
+(and after ``PAGE_MAX`` entries, so that no page grows without bound)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ from datarepo.objects import PAGE_HEAD, PAGE_TAIL, PageRef, Tree, TreeEntry, Tre
 from datarepo.store import Store
 
 PAGE_MODULUS = 1024
+# A page also ends after this many entries. Keys that hash to a boundary come about once in
+# 1,024, so no run of real keys is this long (one in e^16 pages would be); keys chosen to
+# avoid boundaries would otherwise make one page of the whole tree, rewritten by every
+# commit. The cut stays a function of the sorted keys alone: the count starts again at
+# every cut, so an update still meets the old pages again at a cut (:func:`update_tree`).
+PAGE_MAX = 16_384
 # Up to this many keys of one page are looked up, or given new values, in the page's text, each
 # by a search of it; above, the page is parsed once. Each search reads on average half the page
 # (about 34 KB, 3 µs), and a parse costs about a millisecond: all 50,000 keys of a tree changed
@@ -49,10 +56,20 @@ class _PageCutter:
     def extend(self, entries: list[Row]) -> None:
         start = 0
         for end in _boundaries(entries):
-            self.pending.extend(entries[start : end + 1])
+            self._add(entries[start : end + 1])
             self.flush()
             start = end + 1
-        self.pending.extend(entries[start:])
+        self._add(entries[start:])
+
+    def _add(self, run: list[Row]) -> None:
+        """Adds entries none of which is a boundary but perhaps the last, cutting a page
+        wherever one reaches ``PAGE_MAX`` entries."""
+        while len(self.pending) + len(run) >= PAGE_MAX:
+            take = PAGE_MAX - len(self.pending)
+            self.pending.extend(run[:take])
+            self.flush()
+            run = run[take:]
+        self.pending.extend(run)
 
     def keep(self, ref: PageRef) -> None:
         """Reuses an unchanged page (only valid when nothing is pending)."""

@@ -54,6 +54,33 @@ def test_update_equals_full_rewrite(tmp_path_factory, base: set, added: set, rem
     assert diff == {k: (old.get(k), new[k]) for k in new if old.get(k) != new[k]}
 
 
+@settings(max_examples=40, deadline=None)
+@given(keys, keys, keys)
+def test_update_equals_full_rewrite_where_pages_are_cut_by_count(tmp_path_factory, base: set, added: set, removed: set) -> None:
+    """Pages cut at ``PAGE_MAX`` entries (here 4, so that most cuts are by count) still
+    give updates equal to full rewrites, and no page is longer."""
+    with mock.patch.object(trees, "PAGE_MAX", 4):
+        test_update_equals_full_rewrite.hypothesis.inner_test(tmp_path_factory, base, added, removed)
+        store = _store(tmp_path_factory.mktemp("c"))
+        pages = store.get(trees.write_tree(store, _entries(base | added))).pages
+        assert all(ref.count <= 4 for ref in pages)
+        assert sum(ref.count for ref in pages) == len(base | added)
+
+
+def test_keys_that_avoid_every_boundary_still_make_bounded_pages(tmp_path: Path) -> None:
+    """Keys chosen so that none hashes to a boundary: pages of ``PAGE_MAX`` entries, not one
+    page of the whole tree, and a change of one key rewrites one page."""
+    store = _store(tmp_path)
+    names = (f"adv/{i:06d}" for i in range(40_000))
+    entries = _entries([k for k in names if not trees.is_boundary(k)][: 2 * trees.PAGE_MAX + 100])
+    root = trees.write_tree(store, entries)
+    assert [p.count for p in store.get(root).pages] == [trees.PAGE_MAX, trees.PAGE_MAX, 100]
+    key = entries[-1].key
+    changed = trees.update_tree(store, root, {key: TreeEntry(key, hash_bytes(b"x"), 1)})
+    old_pages, new_pages = store.get(root).pages, store.get(changed).pages
+    assert old_pages[:2] == new_pages[:2] and old_pages[2] != new_pages[2]
+
+
 @pytest.mark.parametrize("deleted", [0, 1])
 def test_update_of_values_across_pages_equals_full_rewrite(tmp_path: Path, deleted: int) -> None:
     store = _store(tmp_path)
