@@ -335,3 +335,21 @@ def test_a_file_that_grew_since_its_stat_is_read_to_its_end(tmp_path: Path, monk
     monkeypatch.setattr(worktree, "LARGE_FILE", 2 << 20)
     with pytest.raises(InvalidInputError, match="file changed while it was being read: a.bin"):
         Hasher(tmp_path, files, {}, 0).read_many([{"bin": "a.bin"}])
+
+
+@pytest.mark.parametrize("count", [0, 1, 99, 100, 101, 250])
+def test_rows_inserted_a_hundred_to_a_statement_are_all_there_and_the_last_wins(tmp_path: Path, count: int) -> None:
+    """Staging, stat and location rows go to SQLite in statements of many rows: every row
+    arrives whatever the count (a generator's too), and of two rows with one key, as
+    one by one, the later one stays."""
+    from datarepo.index import Index
+
+    index = Index(tmp_path / "index.sqlite")
+    rows = [(f"k/{i:04d}", f"{i:032x}", i) for i in range(count)]
+    twice = [(k, f"{i + 1:032x}", 7) for i, (k, _, _) in enumerate(rows[::3])]
+    with index.transaction():
+        index.stage(row for row in rows + twice)  # a key staged twice in one statement, too
+        index.save_stats(((k, (1, 2, 3, 4, d)) for k, d, _ in rows), scope="s")
+    expected = {k: (d, size) for k, d, size in rows + twice}
+    assert {k: (d, size) for k, d, size in index.db.execute("SELECT key, datum, size FROM staged")} == expected
+    assert index.load_stats("s") == {k: (1, 2, 3, 4, d) for k, d, _ in rows}
