@@ -109,6 +109,32 @@ def test_add_keeps_the_snapshot_usable(repo: Repo, worktree: Path, monkeypatch: 
     assert st.staged.modified == ["train/cat/0000"] and not st.unstaged
 
 
+@pytest.mark.parametrize("aside", [False, True])
+def test_a_first_add_leaves_a_snapshot_the_next_status_uses(worktree: Path, monkeypatch: pytest.MonkeyPatch, aside: bool) -> None:
+    """A first add (``aside``: with its tree and the snapshot's listing written by a forked
+    helper, as with many changes) leaves a snapshot and a stat cache the next status uses
+    as they are: nothing looked at again, nothing read, and the same verdict as from scratch."""
+    from datarepo import parallel
+
+    forks = []
+    if aside:
+        monkeypatch.setenv("DATAREPO_WORKERS", "2")
+        monkeypatch.setattr(stage, "TREE_ASIDE_MIN", 1)
+        real_both = parallel.both
+        monkeypatch.setattr(parallel, "both", lambda here, there: forks.append(1) or real_both(here, there))
+    write_samples(worktree, 30)
+    age(worktree, 60)
+    repo = Repo.init(worktree)
+    assert stage.add(repo, [str(worktree)]).hashed == 60
+    assert len(forks) == (1 if aside else 0)
+    monkeypatch.setattr(stage._Look, "hasher", lambda *a: pytest.fail("the snapshot was not used after add"))
+    st = stage.status(repo)
+    assert len(st.staged.added) == 30 and not st.unstaged
+    monkeypatch.undo()
+    assert stage.add(Repo.open(worktree), [str(worktree)]).hashed == 0  # the stat cache holds every file
+    assert _as_dict(stage.status(repo)) == _as_dict(_fresh(repo))
+
+
 def test_staging_and_commits_invalidate_the_snapshot(repo: Repo, worktree: Path) -> None:
     (worktree / "train/cat/0000.jpg").write_bytes(b"new")
     assert stage.status(repo).unstaged.modified == ["train/cat/0000"]
