@@ -302,7 +302,8 @@ def test_a_helper_killed_after_handing_over_leaves_its_keys_to_the_parent(
 
 def test_a_first_add_stats_each_file_as_it_reads_it(tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """With no snapshot and no stat cache, the scan stats nothing: each process stats a file
-    once it has it open. What is saved is what a stat'ing scan gives, so nothing is read again."""
+    once it has it open, and the ``add`` takes the helper's stats, stat'ing by path only
+    what no process read. What is saved is what a stat'ing scan gives, so nothing is read again."""
     _samples(tmp_path)
     (tmp_path / "README").write_bytes(b"no extension: grouped into no datum, never read")
     age(tmp_path)
@@ -313,7 +314,12 @@ def test_a_first_add_stats_each_file_as_it_reads_it(tmp_path: Path, split: None,
         raise AssertionError("a first add stats files by path")
 
     monkeypatch.setattr(wt, "_stat_files", no_stat_pass)
+    by_path: list[str] = []
+    real_lstat = wt.lstat
+    monkeypatch.setattr(wt, "lstat", lambda path, rel: by_path.append(rel) or real_lstat(path, rel))
     assert add(repo).hashed == 603
+    # By path: the files of the keys sampled to size the cut (``SIZE_SAMPLES``), and the README.
+    assert by_path[-1] == "README" and len(by_path) <= 2 * (storing.SIZE_SAMPLES + 1) + 1
     monkeypatch.undo()
     full = wt.scan(tmp_path)
     assert len(full.files) == 604

@@ -266,6 +266,7 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         def rest() -> None:  # the staging area, then (for an add of everything) the status snapshot
             _stage(repo, staged, head, hasher)
             if prefixes is None:  # the verdict of every key it looked at is known: keep the snapshot
+                hasher.settle_files()  # (its listing has the stats of every file the reads saw)
                 if keys is not None:  # head and the index hold only those keys; now, only those with files
                     look.save(_verdict(_only(head, keys), _only(after, keys), now), keys)
                 else:

@@ -330,8 +330,6 @@ def _adopt(sink: DatumSink, hasher: Hasher, out: Stored, theirs: list[str], answ
     did = theirs[: len(answer.ids)]  # the keys it did: those before the ones it handed over
     out.datums.update(zip(did, answer.ids))
     out.sizes.update(zip(did, answer.sizes))
-    it = iter(answer.stats)
-    hasher.files.update(zip(answer.names, zip(it, it, it)))
     hasher.take_part(answer.names, answer.stats, answer.hashes)
     hasher.hashed += answer.hashed
     mine = list(sink.shards)
