@@ -15,7 +15,7 @@ from datarepo import index as index_module
 from datarepo.hashing import datum_id, hash_bytes
 from datarepo.repo import Repo
 
-from conftest import age, write_samples
+from conftest import age, tree_aside, write_samples
 
 
 def _hashed(output: str) -> int:
@@ -257,15 +257,7 @@ def test_the_tree_add_stores_is_the_one_commit_would_build(tmp_path: Path, monke
     """``add`` stores the next commit's tree when it can (``aside``: in a helper process,
     as with many changes); built from the staging area instead, the tree is the same,
     step by step."""
-    from datarepo import parallel
-    from datarepo.porcelain import stage
-
-    forks = []
-    if aside:
-        monkeypatch.setenv("DATAREPO_WORKERS", "2")
-        monkeypatch.setattr(stage, "TREE_ASIDE_MIN", 1)
-        real_both = parallel.both
-        monkeypatch.setattr(parallel, "both", lambda here, there: forks.append(1) or real_both(here, there))
+    forks = tree_aside(monkeypatch) if aside else []
     steps = [
         [("add", ["."])],  # a first add: HEAD is unborn
         [("write", ("train/cat/0000.cls", b"9")), ("add", ["train/cat"]),  # two adds chain

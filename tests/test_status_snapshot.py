@@ -17,7 +17,7 @@ from datarepo.repo import Repo
 from datarepo import worktree as wt
 from datarepo.worktree import Scan, scan
 
-from conftest import age, write_samples
+from conftest import age, tree_aside, write_samples
 
 
 def _fresh(repo: Repo) -> stage.Status:
@@ -111,17 +111,10 @@ def test_add_keeps_the_snapshot_usable(repo: Repo, worktree: Path, monkeypatch: 
 
 @pytest.mark.parametrize("aside", [False, True])
 def test_a_first_add_leaves_a_snapshot_the_next_status_uses(worktree: Path, monkeypatch: pytest.MonkeyPatch, aside: bool) -> None:
-    """A first add (``aside``: with its tree and the snapshot's listing written by a forked
-    helper, as with many changes) leaves a snapshot and a stat cache the next status uses
-    as they are: nothing looked at again, nothing read, and the same verdict as from scratch."""
-    from datarepo import parallel
-
-    forks = []
-    if aside:
-        monkeypatch.setenv("DATAREPO_WORKERS", "2")
-        monkeypatch.setattr(stage, "TREE_ASIDE_MIN", 1)
-        real_both = parallel.both
-        monkeypatch.setattr(parallel, "both", lambda here, there: forks.append(1) or real_both(here, there))
+    """A first add (``aside``: with its tree and stat base written by a forked helper, as
+    with many changes) leaves a snapshot and a stat cache the next status uses as they
+    are: nothing looked at again, nothing read, and the same verdict as from scratch."""
+    forks = tree_aside(monkeypatch) if aside else []
     write_samples(worktree, 30)
     age(worktree, 60)
     repo = Repo.init(worktree)
