@@ -112,18 +112,18 @@ class ShardIndex:
 
 def tar_header(name: str, size: int) -> bytes:
     """Returns the deterministic header block(s) for a regular member."""
-    raw = name.encode("utf-8")
+    return b"".join(_header_parts(name.encode("utf-8"), size))
+
+
+def _header_parts(raw: bytes, size: int) -> tuple[bytes, ...]:
+    """The pieces of a member's header(s), for its name as UTF-8: a shard writer gathers
+    them as they are, with the member's bytes, and joins them all at once. A name of up to
+    100 ASCII bytes and a size that fits take one ustar block, in seven pieces; any other
+    takes a PAX header, in one. The block's checksum sums its bytes, whose fixed part is
+    summed once (``_CHECKSUM_BASE``); adler32 sums the rest in C (its low half is one plus
+    the sum of the bytes, exact below 65,521: a name and a size field sum to under 29,000)."""
     if len(raw) > 100 or size >= _MAX_USTAR_SIZE or not raw.isascii():
-        return _pax_header(name, size)
-    return b"".join(_ustar_parts(raw, size))
-
-
-def _ustar_parts(raw: bytes, size: int) -> tuple[bytes, ...]:
-    """The pieces of a ustar header block, for a name of up to 100 ASCII bytes and a size
-    that fits: a shard writer gathers them as they are, with the member's bytes, and joins
-    them all at once. Its checksum sums the bytes of the block, whose fixed part is summed
-    once (``_CHECKSUM_BASE``); adler32 sums the rest in C (its low half is one plus the sum
-    of the bytes, exact below 65,521: a name and a size field sum to under 29,000)."""
+        return (_pax_header(raw.decode("utf-8"), size),)
     size_field = b"%011o\x00" % size
     total = _adler32(size_field, _adler32(raw)) & 0xFFFF
     if (chksum := _CHECKSUMS.get(total)) is None:
@@ -185,14 +185,9 @@ class ShardWriter:
                 pos = self.size
                 continue
             size = len(data)
-            raw = stem + ext.encode("utf-8")
-            if len(raw) <= 100 and size < _MAX_USTAR_SIZE and raw.isascii():
-                parts += _ustar_parts(raw, size)
-                pos += BLOCK
-            else:
-                header = _pax_header(f"{datum}.{ext}", size)
-                parts.append(header)
-                pos += len(header)
+            header = _header_parts(stem + ext.encode("utf-8"), size)
+            parts += header
+            pos += BLOCK if len(header) > 1 else len(header[0])
             locs.append(_new(MemberLoc, (ext, pos, size)))
             pad = -size % BLOCK
             pos += size + pad
