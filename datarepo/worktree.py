@@ -491,10 +491,11 @@ class Hasher:
         self.seen_ns = seen_ns
         self.bulk = bulk
         # What was hashed, as columns: paths, their (size, mtime_ns, inode) as int64s and
-        # their hashes. Those before ``_saved`` are in the stat cache.
+        # their 16-byte digests (made hex a column at a time). Those before ``_saved`` are in
+        # the stat cache.
         self.names: list[str] = []
         self.stats = array("q")
-        self.hashes: list[str] = []
+        self.digests: list[bytes] = []
         self._saved = 0
         self._parts: list[StatPart] = []  # a bulk hasher's entries hashed by a helper process
         self._unsettled: list[tuple[list[str], array]] = []  # the stats a helper took, not yet in ``files``
@@ -515,7 +516,8 @@ class Hasher:
             index.name_stat_base(write_base(index), self.scope)
         elif len(self.names) > start:
             it = iter(self.stats[3 * start :])
-            index.save_stats(zip(self.names[start:], zip(it, it, it, repeat(self.seen_ns), self.hashes[start:])), self.scope)
+            hashes = [d.hex() for d in self.digests[start:]]
+            index.save_stats(zip(self.names[start:], zip(it, it, it, repeat(self.seen_ns), hashes)), self.scope)
         self._saved = len(self.names)
 
     def detach_base(self) -> Callable[[Index], str] | None:
@@ -526,7 +528,7 @@ class Hasher:
         start = self._saved
         if not self.bulk or not (len(self.names) > start or self._parts):
             return None
-        parts = [*self._parts, (self.names[start:], self.stats[3 * start :], "".join(self.hashes[start:]))]
+        parts = [*self._parts, (self.names[start:], self.stats[3 * start :], self.hex_digests(start))]
         seen_ns, scope = self.seen_ns, self.scope
         self.bulk, self._parts, self._saved = False, [], len(self.names)
         return lambda index: index.write_stat_base(parts, seen_ns, scope)
@@ -545,6 +547,10 @@ class Hasher:
         if self.bulk:
             self._parts.append((names, stats, hashes))
         self._unsettled.append((names, stats))
+
+    def hex_digests(self, start: int = 0) -> str:
+        """The hex hashes of the files hashed here from ``start`` on, joined."""
+        return b"".join(self.digests[start:]).hex()
 
     def settle_files(self) -> None:
         """Puts the stats of the files helper processes read into ``files``."""
@@ -583,7 +589,7 @@ class Hasher:
         datum. A first add runs every file through this loop: a datum's id is hashed from
         its members' digests as they are read, not from hex hashes parsed back."""
         out = []
-        files, read, names, stats, hashes = self.files, self._read, self.names.append, self.stats.extend, self.hashes.append
+        files, read, names, stats, kept = self.files, self._read, self.names.append, self.stats.extend, self.digests.append
         for members in datums:
             items: list[tuple[str, MemberData]] = []
             digests = []
@@ -593,7 +599,7 @@ class Hasher:
                 data, digest = read(rel)
                 names(rel)
                 stats(files[rel])
-                hashes(digest.hex())
+                kept(digest)
                 items.append((ext, data))
                 digests.append((ext, digest))
                 size += len(data) if type(data) is bytes else data.size  # type: ignore[union-attr]

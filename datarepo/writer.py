@@ -84,8 +84,9 @@ class DatumSink:
         return self._writer
 
     def _wrote(self, loc: DatumLoc) -> None:
+        """Counts a datum the shard being written has just taken; ends the shard once full."""
         self.written[loc.datum] = loc.length
-        if self._shard().size >= self._shard_size:
+        if self._writer is not None and self._writer.size >= self._shard_size:
             self.end_shard()
 
     def end_shard(self) -> None:

@@ -294,7 +294,7 @@ class _Answer(NamedTuple):
             array("q", map(sink.written.__getitem__, datums)).tobytes(),
             "\x00".join(hasher.names[start:]).encode("utf-8", "surrogateescape"),
             hasher.stats[3 * start :].tobytes(),
-            "".join(hasher.hashes[start:]).encode(),
+            hasher.hex_digests(start).encode(),
         ]
         return b"".join(chain.from_iterable((len(p).to_bytes(8, "little"), p) for p in parts))
 
