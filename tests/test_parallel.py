@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import signal
@@ -371,6 +372,29 @@ def test_both_returns_none_when_the_helper_fails() -> None:
     assert parallel.both(lambda: 1, lambda: b"x" * 100_000) == (1, b"x" * 100_000)
     assert parallel.both(lambda: 2, fails) == (2, None)
     assert parallel.both(lambda: 3, lambda: os.kill(os.getpid(), signal.SIGKILL) or b"") == (3, None)
+
+
+def test_a_helper_answers_without_waiting_for_this_process_to_read() -> None:
+    """A helper's answer, however large, is whole before this process comes to read it:
+    the helper is done (a zombie, not blocked writing) while this process is still busy."""
+    shared = mmap.mmap(-1, 8)
+    payload = os.urandom(1 << 22)  # far more than a pipe holds
+
+    def there() -> bytes:
+        shared[:] = os.getpid().to_bytes(8, "little")
+        return payload
+
+    def here() -> str:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if pid := int.from_bytes(shared[:], "little"):
+                with open(f"/proc/{pid}/stat") as f:
+                    if (state := f.read().rsplit(")", 1)[1].split()[0]) == "Z":
+                        return state
+            time.sleep(0.01)
+        return "still running"
+
+    assert parallel.both(here, there) == ("Z", payload)
 
 
 def test_an_error_here_kills_the_helper() -> None:

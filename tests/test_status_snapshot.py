@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+from array import array
+from itertools import chain
 from pathlib import Path
 
 import pytest
@@ -126,6 +128,28 @@ def test_a_first_add_leaves_a_snapshot_the_next_status_uses(worktree: Path, monk
     monkeypatch.undo()
     assert stage.add(Repo.open(worktree), [str(worktree)]).hashed == 0  # the stat cache holds every file
     assert _as_dict(stage.status(repo)) == _as_dict(_fresh(repo))
+
+
+def test_a_listing_is_filled_from_the_stats_files_were_read_at(tmp_path: Path) -> None:
+    """A scan that stat'ed nothing (a first add's) takes the stats of the files read from the
+    hasher's columns, as they were when read, and stats the others by path; a file gone
+    since the scan leaves the listing, which is then a stat'ing scan's."""
+    names = [f"d{i % 3}/{i:02d}.{ext}" for i in range(12) for ext in ("jpg", "cls")] + ["README"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode())
+    found = scan(tmp_path, with_stats=False)
+    (tmp_path / "d1" / "04.cls").unlink()
+    full = scan(tmp_path)
+    read = sorted(n for n in full.names if n.endswith(".jpg"))
+    here, there = read[::2], read[1::2]  # as if read by this process and by a helper
+    as_read = {n: (i, 2 * i, 3 * i) for i, n in enumerate(read)}  # (not what a stat now gives)
+    found.fill_stats(tmp_path, [(part, array("q", chain.from_iterable(map(as_read.get, part)))) for part in (here, there)])
+    assert found.names == full.names and len(found.names) == len(names) - 1
+    assert found.files == {**full.files, **as_read}
+    assert found.packed == wt.pack_files(found.files)
+    expected = {"d1/04.jpg": as_read["d1/04.jpg"], "d2/05.jpg": as_read["d2/05.jpg"], "d2/05.cls": full.files["d2/05.cls"]}
+    assert found.files_of(["d1/04", "d2/05"], "wds") == expected
 
 
 def test_staging_and_commits_invalidate_the_snapshot(repo: Repo, worktree: Path) -> None:

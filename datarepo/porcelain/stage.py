@@ -145,9 +145,10 @@ class _Look:
         files = self.key_files
         return Hasher(self.repo.require_worktree(), files, self.repo.index.load_stats_for(files), self.found.started_ns)
 
-    def save(self, result: Status, keys: set[str] | None) -> Status:
-        """Stores ``result`` (fresh for ``keys`` only, or for all) as the new snapshot; returns it whole."""
-        self.found.fill_stats(self.repo.require_worktree())
+    def save(self, result: Status, keys: set[str] | None, hasher: Hasher) -> Status:
+        """Stores ``result`` (fresh for ``keys`` only, or for all) as the new snapshot, with the
+        stats of the files ``hasher`` read; returns it whole."""
+        self.found.fill_stats(self.repo.require_worktree(), hasher.read_stats())
         if keys is not None and self.snap is not None:
             old = self.snap.status
             result = Status(*(snapshot.merge(snapshot.changes_from_json(old[n]), keys, getattr(result, n)) for n in _PARTS))
@@ -205,7 +206,7 @@ def status(repo: Repo, follow: bool = False) -> Status:
     now = {k: hasher.datum(m) for k, m in look.members.items() if keys is None or k in keys}
     hasher.save_all(repo.index)
     head = head_datums(repo, keys)
-    return look.save(_verdict(head, index_datums(repo, head, keys), now), keys)
+    return look.save(_verdict(head, index_datums(repo, head, keys), now), keys, hasher)
 
 
 def diff_worktree(repo: Repo, rev: str) -> Changes:
@@ -266,11 +267,10 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         def rest() -> None:  # the staging area, then (for an add of everything) the status snapshot
             _stage(repo, staged, head, hasher)
             if prefixes is None:  # the verdict of every key it looked at is known: keep the snapshot
-                hasher.settle_files()  # (its listing has the stats of every file the reads saw)
                 if keys is not None:  # head and the index hold only those keys; now, only those with files
-                    look.save(_verdict(_only(head, keys), _only(after, keys), now), keys)
+                    look.save(_verdict(_only(head, keys), _only(after, keys), now), keys, hasher)
                 else:
-                    look.save(_verdict(head, after, now), keys)
+                    look.save(_verdict(head, after, now), keys, hasher)
 
         tree, base = _staged_tree(repo, staged, hasher, rest)
         if tree is not None or base is not None:
