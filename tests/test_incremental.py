@@ -345,3 +345,10 @@ def test_rows_inserted_a_hundred_to_a_statement_are_all_there_and_the_last_wins(
     expected = {k: (d, size) for k, d, size in rows + twice}
     assert {k: (d, size) for k, d, size in index.db.execute("SELECT key, datum, size FROM staged")} == expected
     assert index.load_stats("s") == {k: (1, 2, 3, 4, d) for k, d, _ in rows}
+    # Location rows, whose datums come in no order (they are sorted before they go in).
+    located = [(f"{(i * 7919) % 1000:032x}", "s" * 32, i, 1, f"{i} 1 jpg") for i in range(count)]
+    moved = [(d, "t" * 32, 2 * off, 1, "0 1 jpg") for d, _, off, _, _ in located[::3]]
+    with index.transaction():
+        index.locate_in(row for row in located + moved)
+    where = {d: (shard, off) for d, shard, off, _, _ in located + moved}
+    assert {d: (shard, off) for d, shard, off in index.db.execute("SELECT datum, shard, offset FROM location")} == where
