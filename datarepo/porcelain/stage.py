@@ -18,7 +18,7 @@ from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, compare, retain, snapshot
 from datarepo.porcelain.storing import Stored, store_datums
 from datarepo.repo import Repo
-from datarepo.worktree import FileStat, Hasher, Scan, group, member_path, scan
+from datarepo.worktree import FileStat, Hasher, Scan, Unstated, group, member_path, scan
 from datarepo.writer import DatumSink
 
 
@@ -140,7 +140,8 @@ class _Look:
     def hasher(self) -> Hasher:
         """A hasher with the stat cache of every file, or only of the files of the keys to look at."""
         if self.keys is None:  # every file: with an empty stat cache, all are hashed in bulk
-            files, cache = self.found.files, self.repo.index.load_stats()
+            files = self.found.files if self.found.stats is not None else Unstated()  # (none stat'ed: all are read)
+            cache = self.repo.index.load_stats()
             return Hasher(self.repo.require_worktree(), files, cache, self.found.started_ns, bulk=not cache)
         files = self.key_files
         return Hasher(self.repo.require_worktree(), files, self.repo.index.load_stats_for(files), self.found.started_ns)
