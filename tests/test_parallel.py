@@ -9,7 +9,7 @@ import shutil
 import signal
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,13 +32,13 @@ def split(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATAREPO_WORKERS", "2")
     monkeypatch.setattr(storing, "SPLIT_MIN_BYTES", 0)
     monkeypatch.setattr(wt, "PARALLEL_STAT_MIN", 0)
-    monkeypatch.setattr(storing, "SIZE_SAMPLES", 16)  # the cut is sized from a few keys, as with many keys
+    monkeypatch.setattr(storing, "SIZE_SAMPLES", 16)  # the split is judged from a few keys, as with many keys
 
 
 def _samples(root: Path) -> None:
     write_samples(root, 300, seed=3)
-    # The same datum at the start, in the middle and at the end of the keys: in both halves,
-    # and, when the helper hands over half its keys, in both of the helper's quarters.
+    # The same datum at the start, in the middle and at the end of the keys: in batches
+    # of both processes, however they share them.
     for key in ("a-first/0000", "train/dog/0000a", "z-last/9999"):
         (root / key).parent.mkdir(parents=True, exist_ok=True)
         (root / f"{key}.txt").write_bytes(b"the same datum twice")
@@ -72,24 +72,20 @@ def _assert_shards_in_key_order(repo: Repo, tree: str) -> None:
             last = later[0]
 
 
-def _helper_waits_to_be_asked(monkeypatch: pytest.MonkeyPatch, marker: Path) -> None:
-    """The helper begins only once this process, done with its own keys, has been answered and
-    is storing the keys it took over (the marker file says so)."""
-    real_batches, real_batched = storing._Handover.batches, storing._batched
-    calls = []
+def _queue_hook(monkeypatch: pytest.MonkeyPatch, here: Hook | None = None, there: Hook | None = None) -> None:
+    """Runs each process's batches through ``here`` (this process) or ``there`` (the
+    helper): a hook gets the queue and its real batches, and yields the batches to store.
+    It is resumed once the one it yielded is stored (and its datums logged)."""
+    parent, real = os.getpid(), storing._Queue.batches
 
-    def waiting(self: storing._Handover) -> Iterator[list[str]]:
-        _wait_for(marker)
-        yield from real_batches(self)
+    def batches(self: storing._Queue) -> Iterator[list[str]]:
+        hook = here if os.getpid() == parent else there
+        return hook(self, real(self)) if hook is not None else real(self)
 
-    def batched(items: list[str]) -> Iterator[list[str]]:  # only this process batches with _batched
-        calls.append(len(items))
-        if len(calls) == 2:  # the keys it took over
-            marker.touch()
-        yield from real_batched(items)
+    monkeypatch.setattr(storing._Queue, "batches", batches)
 
-    monkeypatch.setattr(storing._Handover, "batches", waiting)
-    monkeypatch.setattr(storing, "_batched", batched)
+
+Hook = Callable[[storing._Queue, Iterator[list[str]]], Iterator[list[str]]]
 
 
 def _wait_for(marker: Path) -> None:
@@ -98,28 +94,46 @@ def _wait_for(marker: Path) -> None:
         time.sleep(0.01)
 
 
-def _helper_done_first(monkeypatch: pytest.MonkeyPatch, marker: Path) -> None:
-    """This process begins only once the helper has taken all its batches, so it has none to hand over."""
-    real_batches, real_batched = storing._Handover.batches, storing._batched
+def _one_takes_all(monkeypatch: pytest.MonkeyPatch, marker: Path, helper: bool) -> None:
+    """The helper (or this process) takes every batch before the other takes one."""
 
-    def eager(self: storing._Handover) -> Iterator[list[str]]:
-        batches = list(real_batches(self))
+    def takes_all(queue: storing._Queue, batches: Iterator[list[str]]) -> Iterator[list[str]]:
+        taken = list(batches)
         marker.touch()
+        yield from taken
+
+    def waits(queue: storing._Queue, batches: Iterator[list[str]]) -> Iterator[list[str]]:
+        _wait_for(marker)
         yield from batches
 
-    def waiting(items: list[str]) -> Iterator[list[str]]:
-        _wait_for(marker)
-        yield from real_batched(items)
+    _queue_hook(monkeypatch, *((waits, takes_all) if helper else (takes_all, waits)))
 
-    monkeypatch.setattr(storing._Handover, "batches", eager)
-    monkeypatch.setattr(storing, "_batched", waiting)
+
+def _in_halves(monkeypatch: pytest.MonkeyPatch, marker: Path) -> None:
+    """This process stores the first half of the batches; then the helper takes the rest."""
+
+    def first_half(queue: storing._Queue, batches: Iterator[list[str]]) -> Iterator[list[str]]:
+        for batch in batches:
+            yield batch
+            if len(queue.taken) >= queue.count // 2:
+                break
+        marker.touch()
+        _wait_for(marker.with_suffix(".done"))
+        yield from batches  # (none are left)
+
+    def the_rest(queue: storing._Queue, batches: Iterator[list[str]]) -> Iterator[list[str]]:
+        _wait_for(marker)
+        yield from batches
+        marker.with_suffix(".done").touch()
+
+    _queue_hook(monkeypatch, first_half, the_rest)
 
 
 def _helper_looks_too_early(monkeypatch: pytest.MonkeyPatch, marker: Path) -> None:
     """The helper, beginning only once this process has published the shard holding the shared
     datum, still writes that datum: as when both come to it at once, before either has
     logged it, let alone published it."""
-    _helper_waits_to_be_asked(monkeypatch, marker)
+    _in_halves(monkeypatch, marker)
     parent, real, real_log = os.getpid(), Index.stored, storing._Written.taken_in
 
     def stored(self: Index, datums: Iterable[str]) -> set[str]:
@@ -132,7 +146,7 @@ def _helper_looks_too_early(monkeypatch: pytest.MonkeyPatch, marker: Path) -> No
     monkeypatch.setattr(storing._Written, "taken_in", taken_in)
 
 
-@pytest.mark.parametrize("timing", ["as it comes", "taken over", "helper done first", "helper looks too early"])
+@pytest.mark.parametrize("timing", ["as it comes", "in halves", "helper takes all", "this process takes all", "helper looks too early"])
 def test_split_add_stores_what_a_single_process_stores(
     tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch, timing: str
 ) -> None:
@@ -144,18 +158,18 @@ def test_split_add_stores_what_a_single_process_stores(
     monkeypatch.setattr(storing, "STORE_BATCH", 8)
     monkeypatch.setattr(storing, "STAT_SAVE_ROWS", 16)  # both processes write stat rows as they go
     marker = tmp_path / "marker"
-    if timing == "taken over":
-        _helper_waits_to_be_asked(monkeypatch, marker)
-    elif timing == "helper done first":
-        _helper_done_first(monkeypatch, marker)
+    if timing == "in halves":
+        _in_halves(monkeypatch, marker)
+    elif timing in ("helper takes all", "this process takes all"):
+        _one_takes_all(monkeypatch, marker, helper=timing == "helper takes all")
     elif timing == "helper looks too early":
         _helper_looks_too_early(monkeypatch, marker)
-    adopted = []  # (how many keys the helper was given, how many it stored)
+    adopted = []  # the keys the helper stored, and the datums it answered for them
     real_adopt = storing._adopt
 
-    def adopt(sink: object, hasher: object, out: object, theirs: list[str], answer: storing._Answer) -> object:
-        adopted.append((len(theirs), len(answer.ids)))
-        return real_adopt(sink, hasher, out, theirs, answer)
+    def adopt(sink: object, hasher: object, out: storing.Stored, did: list[str], answer: storing._Answer) -> object:
+        adopted.append((did, answer.ids))
+        return real_adopt(sink, hasher, out, did, answer)
 
     monkeypatch.setattr(storing, "_adopt", adopt)
     # Small shards: both processes publish many while the other is at work.
@@ -172,12 +186,16 @@ def test_split_add_stores_what_a_single_process_stores(
     for entry in iter_tree(both.store, both_tree):  # the location cache finds every datum in a shard holding it
         shard, loc = both.index.locate(entry.datum)
         assert entry.datum in {d.datum for d in both.store.read_index(shard).datums}
-    [(given, did)] = adopted
-    assert 0 < did <= given
-    if timing in ("taken over", "helper looks too early"):
-        assert did == int(given * storing.HELPER_KEEPS)  # it kept the first part of its keys
-    elif timing == "helper done first":
-        assert did == given
+    [(did, ids)] = adopted
+    assert len(did) == len(ids) and did == sorted(did)  # it took its batches in key order
+    expected = {e.key: e.datum for e in iter_tree(single.store, single_tree)}
+    assert [expected[k] for k in did] == ids
+    if timing in ("in halves", "helper looks too early"):
+        assert did == sorted(expected)[-len(did) :] and 0 < len(did) < len(expected)
+    elif timing == "helper takes all":
+        assert len(did) == len(expected)
+    elif timing == "this process takes all":
+        assert did == []
     cached = {rel: entry[4] for rel, entry in both.index.load_stats().items()}  # the stat cache is whole
     assert cached == {rel: entry[4] for rel, entry in single.index.load_stats().items()} and len(cached) == 603
     assert json.loads(Cli(tmp_path / "two")("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
@@ -186,12 +204,12 @@ def test_split_add_stores_what_a_single_process_stores(
 def test_a_datum_written_but_not_yet_published_is_not_written_again(
     tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The helper begins once this process has written every key of its own (the shared datum
-    among them) into a shard it has not published (shards of 256 MiB): it leaves that datum
-    alone, so none of its shards is copied to drop a second copy."""
+    """The helper begins once this process has written the first half of the keys (the shared
+    datum among them) into a shard it has not published (shards of 256 MiB): it leaves that
+    datum alone, so none of its shards is copied to drop a second copy."""
     _samples(tmp_path)
     monkeypatch.setattr(storing, "STORE_BATCH", 8)
-    _helper_waits_to_be_asked(monkeypatch, tmp_path / "marker")
+    _in_halves(monkeypatch, tmp_path / "marker")
     copied = []
     real_copy = DatumSink.copy_shard
     monkeypatch.setattr(DatumSink, "copy_shard", lambda self, shard: copied.append(shard) or real_copy(self, shard))
@@ -205,34 +223,28 @@ def test_a_datum_written_but_not_yet_published_is_not_written_again(
 def test_a_datum_left_to_a_helper_that_dies_is_stored_by_the_add(
     tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The helper writes a datum (for a key of its own) and is killed before it publishes it;
-    this process, which left that datum to it for a key it took over, stores it: it stores
-    the helper's keys, that one among them."""
+    """The helper writes a datum (for a key in its batches) and is killed before it publishes
+    it; this process, which left that datum to it for a key of a later batch, stores it: it
+    stores the helper's keys, that one among them."""
     _samples(tmp_path)
-    shared = "train/dog/0000b"  # the same datum as z-last/9998, a key this process takes over
+    shared = "train/dog/0000b"  # the same datum as z-last/9998, a key of a later batch
     for key in (shared, "z-last/9998"):
         (tmp_path / f"{key}.txt").write_bytes(b"only in the second half")
-    asked, logged = tmp_path / "asked", tmp_path / "logged"
-    real_batched = storing._batched
-    calls = []
+    logged = tmp_path / "logged"
 
-    def batched(items: list[str]) -> Iterator[list[str]]:
-        calls.append(items)
-        if len(calls) == 2:  # the keys it took over: once the helper has logged the shared datum
-            assert "z-last/9998" in items
-            asked.touch()
-            _wait_for(logged)
-        yield from real_batched(items)
+    def waits(queue: storing._Queue, batches: Iterator[list[str]]) -> Iterator[list[str]]:
+        _wait_for(logged)
+        yield from batches
 
-    def killed(self: storing._Handover) -> Iterator[list[str]]:
-        _wait_for(asked)
-        assert shared in self.keys[: self.end]
-        yield [shared]
-        logged.touch()  # _put logs a batch's datums before it asks for the next
-        os.kill(os.getpid(), signal.SIGKILL)
+    def killed(queue: storing._Queue, batches: Iterator[list[str]]) -> Iterator[list[str]]:
+        for batch in batches:
+            yield batch
+            if shared in batch:
+                assert "z-last/9998" not in batch
+                logged.touch()  # _put logs a batch's datums before it asks for the next
+                os.kill(os.getpid(), signal.SIGKILL)
 
-    monkeypatch.setattr(storing, "_batched", batched)
-    monkeypatch.setattr(storing._Handover, "batches", killed)
+    _queue_hook(monkeypatch, waits, killed)
     repo, tree = _add_and_commit(tmp_path)
     assert logged.exists()  # the helper did log that datum before it was killed
     assert fsck(repo).problems == []
@@ -269,7 +281,7 @@ def test_a_failed_helper_leaves_its_half_to_the_parent(tmp_path: Path, split: No
     assert not list(repo.store.iter_garbage())
 
 
-def test_a_helper_killed_after_handing_over_leaves_its_keys_to_the_parent(
+def test_a_helper_killed_midway_leaves_its_keys_to_the_parent(
     tmp_path: Path, split: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _samples(tmp_path)
@@ -277,14 +289,17 @@ def test_a_helper_killed_after_handing_over_leaves_its_keys_to_the_parent(
     cli("init", "--shard-size", "4K")  # the helper publishes shards before it is killed
     monkeypatch.setattr(storing, "STORE_BATCH", 8)
     marker = tmp_path / "marker"
-    _helper_waits_to_be_asked(monkeypatch, marker)
-    waiting = storing._Handover.batches
 
-    def killed(self: storing._Handover) -> Iterator[list[str]]:
-        yield next(waiting(self))  # once answered, it does one batch and is killed
+    def waits(queue: storing._Queue, batches: Iterator[list[str]]) -> Iterator[list[str]]:
+        _wait_for(marker)
+        yield from batches
+
+    def killed(queue: storing._Queue, batches: Iterator[list[str]]) -> Iterator[list[str]]:
+        yield next(batches)  # it does one batch, publishing its datums, and is killed
+        marker.touch()
         os.kill(os.getpid(), signal.SIGKILL)
 
-    monkeypatch.setattr(storing._Handover, "batches", killed)
+    _queue_hook(monkeypatch, waits, killed)
     result = add(Repo.open(tmp_path))
     assert result.hashed == 603  # all read here: the helper never reported
     cli("commit", "-m", "first")
@@ -412,11 +427,38 @@ def test_an_error_here_kills_the_helper() -> None:
         os.waitpid(-1, os.WNOHANG)  # and reaped: no child is left
 
 
-def test_cut_places_this_process_share_of_the_sampled_bytes() -> None:
-    assert storing._cut([10] * 100) == 35  # HERE_SHARE of the bytes
-    assert storing._cut([1000, 1, 1]) == 1
-    assert storing._cut([1, 1, 1000]) == 3
-    assert storing._cut([0, 0]) == 1
+@pytest.mark.parametrize("count", [1, 10, 63, 64, 65, 1_000, 16_384, 300_001])
+def test_the_queue_cuts_the_keys_into_batches_in_order(count: int) -> None:
+    keys = [f"{i:07d}" for i in range(count)]
+    queue = storing._Queue(keys)
+    try:
+        batches = list(queue.batches())
+    finally:
+        queue.close()
+    assert [k for batch in batches for k in batch] == keys and list(queue.taken) == list(range(len(batches)))
+    assert min(count, storing.FEWEST_BATCHES) <= len(batches) <= storing._Queue.MOST
+    assert all(0 < len(batch) <= max(storing.STORE_BATCH, -(-count // storing._Queue.MOST)) for batch in batches)
+
+
+def test_two_processes_take_every_batch_once_each_in_key_order() -> None:
+    keys = [f"{i:05d}" for i in range(20_000)]
+    queue = storing._Queue(keys)
+
+    def take() -> list[str]:
+        taken = []
+        for batch in queue.batches():
+            taken.extend(batch)
+            time.sleep(0.0005)  # (so that both take some)
+        return taken
+
+    try:
+        mine, theirs = parallel.both(take, lambda: json.dumps(take()).encode())
+    finally:
+        queue.close()
+    assert theirs is not None
+    theirs = json.loads(theirs)
+    assert mine == sorted(mine) and theirs == sorted(theirs) and mine and theirs
+    assert sorted(mine + theirs) == keys
 
 
 def test_split_folder_ingest_stores_what_a_single_process_stores(

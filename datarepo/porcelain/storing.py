@@ -2,13 +2,14 @@
 ``ingest`` takes), over two processes when it pays.
 
 A first ``add`` spends its time on per-file Python work: open, read, hash,
-tar header, write. With a second core, a forked helper stores the keys after
-a cut into shards of its own, and publishes them, while this process stores
-those before it. The cut gives this process the
-smaller part; once done with it, this process takes over more than half of
-the keys the helper has not yet begun, so both end at about the same time.
-Each shard still holds its datums in key order, and a datum both processes
-hold is kept once, at the place of whichever of its keys was stored first.
+tar header, write. With a second core, a forked helper stores keys into
+shards of its own, and publishes them, while this process stores others.
+The keys are cut into batches, in order, and each process takes the next
+batch whenever it is free (:class:`_Queue`), so both end within a batch of
+each other, however their speeds vary. Each process takes its batches in key
+order, so each shard still holds its datums in key order; a datum both
+processes hold is kept once, at the place of whichever of its keys was
+stored first.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import json
 import mmap
 import os
-import threading
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain, islice
@@ -33,18 +33,13 @@ from datarepo.writer import DatumSink
 STORE_BATCH = 256
 # Below this many bytes to store, forking a helper costs more than it saves.
 SPLIT_MIN_BYTES = int(os.environ.get("DATAREPO_SPLIT_MIN_BYTES", 32 << 20))
-# This process's first share of the bytes. It is less than half so that this process,
-# which also publishes its shards as it goes, is the one done first and takes over.
-HERE_SHARE = 0.35
-# At the take-over, the helper keeps this share of the keys it has not begun. Less than half:
-# after its last key it still publishes its last shard and writes its answer (about 0.1 s
-# for 25,000 keys) while this process only saves its stat rows. With half, this process
-# waited 16-264 ms for the answer (median 107 ms, 9 runs); with 0.45, 17-83 ms (median 26 ms, 5).
-HELPER_KEEPS = 0.45
-# The cut is placed by the sizes of about this many keys, evenly spread (of all keys, where
-# there are fewer): the take-over evens out the rest. (A first add stats their files by path
-# before the fork: 1,024 keys took 13 ms.)
-SIZE_SAMPLES = 256
+# Whether there are that many is judged by the sizes of about this many keys, evenly spread.
+# (A first add stats their files by path, before the fork.)
+SIZE_SAMPLES = 64
+# The keys two processes share are cut into at least this many batches (fewer keys than
+# that: a key each), so that neither waits long for the other at the end, and at most
+# ``_Queue.MOST`` (more keys: larger batches).
+FEWEST_BATCHES = 64
 # Stat-cache rows are written as they come, this many at a time: with two processes, written
 # while the other one is busy, not one after the other at the end (SQLite has one writer).
 STAT_SAVE_ROWS = 4096
@@ -87,22 +82,11 @@ def store_datums(sink: DatumSink, hasher: Hasher, members: Members, keys: list[s
 
 def store_keys(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], progress: Progress) -> Stored:
     """Stores the datums of ``keys`` (in key order) through ``sink``; returns each key's datum and size."""
-    if parallel.helper_available():
+    if parallel.helper_available() and len(keys) > 1:
         step = max(1, len(keys) // SIZE_SAMPLES)
-        sampled = [sum([hasher.size(f) for f in members[k].values()]) for k in keys[::step]]
-        if sum(sampled) * step >= SPLIT_MIN_BYTES and 0 < (cut := _cut(sampled) * step) < len(keys):
-            return _put_halves(sink, hasher, members, keys[:cut], keys[cut:], progress)
+        if sum(sum([hasher.size(f) for f in members[k].values()]) for k in keys[::step]) * step >= SPLIT_MIN_BYTES:
+            return _put_shared(sink, hasher, members, keys, progress)
     return _put(sink, hasher, members, _batched(keys), lambda n: tick(progress, n))
-
-
-def _cut(sampled: list[int]) -> int:
-    """How many of the sampled keys make up this process's share of their bytes."""
-    goal, done = HERE_SHARE * sum(sampled), 0
-    for i, size in enumerate(sampled):
-        done += size
-        if done >= goal:
-            return i + 1
-    return len(sampled)
 
 
 def _put(
@@ -169,62 +153,57 @@ def _batched(items: list[str]) -> Iterator[list[str]]:
         yield batch
 
 
-class _Handover:
-    """The helper's side of the take-over: its keys, batch by batch. A thread waits to be
-    asked (a byte on ``asked``); it then keeps the first ``HELPER_KEEPS`` share of the keys
-    not yet begun and writes where they end to ``answer``: the other process takes the rest. The answer
-    comes while the helper is busy (publishing a shard takes a tenth of a second), not
-    after. Closing ``answer`` without a word says there is nothing left to take."""
+class _Queue:
+    """The batches of keys that two processes share, each taken by whichever process asks
+    first: their numbers wait in a pipe, four bytes each, written before the fork, and each
+    process reads one number at a time (the kernel hands each read to one reader, whole).
+    The pipe is written at once, before anything reads it, so it holds at most one page:
+    the least a pipe is given. Each process notes the batches it took, in order."""
 
-    def __init__(self, keys: list[str], asked: int, answer: int) -> None:
-        self.keys, self.asked, self.answer = keys, asked, answer
-        self.start, self.end = 0, len(keys)  # the keys not yet begun
-        self.closed = False
-        self.lock = threading.Lock()
-        threading.Thread(target=self._answer_when_asked, daemon=True).start()
+    MOST = 1024  # four bytes each: one page
 
-    def _answer_when_asked(self) -> None:
-        asked = os.read(self.asked, 1)
-        with self.lock:
-            if asked and not self.closed:
-                self.end = self.start + int((self.end - self.start) * HELPER_KEEPS)
-                os.write(self.answer, self.end.to_bytes(8, "little"))
+    def __init__(self, keys: list[str]) -> None:
+        size = min(STORE_BATCH, max(1, len(keys) // FEWEST_BATCHES))
+        self.size = max(size, -(-len(keys) // self.MOST))
+        self.keys = keys
+        self.count = -(-len(keys) // self.size)
+        self._read, write = os.pipe()
+        try:
+            os.write(write, b"".join(n.to_bytes(4, "little") for n in range(self.count)))
+        finally:
+            os.close(write)  # the queue ends where the numbers do
+        self.taken = array("i")
+
+    def batch(self, number: int) -> list[str]:
+        return self.keys[number * self.size : (number + 1) * self.size]
 
     def batches(self) -> Iterator[list[str]]:
-        try:
-            while True:
-                with self.lock:
-                    start, stop = self.start, min(self.start + STORE_BATCH, self.end)
-                    self.start = stop
-                if start >= stop:
-                    return
-                yield self.keys[start:stop]
-        finally:
-            with self.lock:
-                self.closed = True
-                os.close(self.answer)
+        """The batches this process takes, until there are none left."""
+        while len(got := os.read(self._read, 4)) == 4:
+            number = int.from_bytes(got, "little")
+            self.taken.append(number)
+            yield self.batch(number)
+
+    def close(self) -> None:
+        os.close(self._read)
 
 
-def _put_halves(
-    sink: DatumSink, hasher: Hasher, members: Members, mine: list[str], theirs: list[str], progress: Progress
-) -> dict[str, Oid]:
+def _put_shared(sink: DatumSink, hasher: Hasher, members: Members, keys: list[str], progress: Progress) -> Stored:
     counter = mmap.mmap(-1, 8)  # shared with the helper: how many keys it has done
-    here_log, there_log = _Written(len(mine) + len(theirs)), _Written(len(theirs))
+    here_log, there_log = _Written(len(keys)), _Written(len(keys))
     hashed_before, read_before = hasher.hashed, len(hasher.names)
-    ask_r, ask_w = os.pipe()  # this process asks for part of the helper's keys
-    answer_r, answer_w = os.pipe()  # where the helper's keys now end
+    queue = _Queue(keys)
 
     def there() -> bytes:
-        handover = _Handover(theirs, ask_r, answer_w)
         helper = DatumSink(Repo(sink.repo.dotdir, sink.repo.worktree))  # its own SQLite connection
 
         def count(n: int) -> None:
             counter[:] = (int.from_bytes(counter[:], "little") + n).to_bytes(8, "little")
 
         with helper:  # it publishes its shards as this process does
-            did = _put(helper, hasher, members, handover.batches(), count, (there_log, here_log))
+            did = _put(helper, hasher, members, queue.batches(), count, (there_log, here_log))
         hasher.save(helper.repo.index)  # true whatever becomes of the shards (a bulk hasher's go back)
-        return _Answer.of(helper, hasher, read_before, did, hasher.hashed - hashed_before)
+        return _Answer.of(helper, hasher, read_before, did, hasher.hashed - hashed_before, queue.taken)
 
     seen = ticked = 0
 
@@ -236,12 +215,7 @@ def _put_halves(
         seen = now
 
     def here() -> Stored:
-        os.close(answer_w)  # the helper's copy is the one whose closing ends the answer
-        out = _put(sink, hasher, members, _batched(mine), done, (here_log, there_log))
-        os.write(ask_w, b"?")
-        if len(answer := os.read(answer_r, 8)) == 8:  # else the helper had begun all its keys
-            rest = theirs[int.from_bytes(answer, "little") :]
-            out.update(_put(sink, hasher, members, _batched(rest), done, (here_log, there_log)))
+        out = _put(sink, hasher, members, queue.batches(), done, (here_log, there_log))
         hasher.save(sink.repo.index)  # while the helper may still be at work
         sink.end_shard()  # published too: the helper publishes its last shard before it answers
         return out
@@ -250,29 +224,30 @@ def _put_halves(
     try:
         out, raw = parallel.both(here, there)
     finally:
-        for fd in (ask_r, ask_w, answer_r):
-            os.close(fd)
-    tick(progress, len(mine) + len(theirs) - ticked)
+        queue.close()
+    tick(progress, len(keys) - ticked)
     if raw is None:  # the helper failed: its keys are done here (those of shards it published are found there)
         # What it published is in the location cache (shard, .idx, then rows): stored by this add.
         for oid in sorted(sink.repo.index.known_shards() - before - {oid for oid, _ in sink.shards}):
             index = sink.repo.store.read_index(oid)
             sink.take_on(index.shard, index.size, [d.datum for d in index.datums], [d.length for d in index.datums])
-        sink.end_shard()  # they may come before keys this process took over
+        sink.end_shard()  # they may come before keys this process took
         # Its keys: a datum this process left to it, logged for one of them, is stored with them.
-        out.update(_put(sink, hasher, members, _batched([k for k in theirs if k not in out.datums]), lambda n: None))
+        out.update(_put(sink, hasher, members, _batched([k for k in keys if k not in out.datums]), lambda n: None))
         return out
-    return _adopt(sink, hasher, out, theirs, _Answer.parse(raw))
+    answer = _Answer.parse(raw)
+    return _adopt(sink, hasher, out, [k for number in answer.taken for k in queue.batch(number)], answer)
 
 
 class _Answer(NamedTuple):
-    """What the helper hands back: the datum and size of each key it did, the shards it
-    published (oid, size, and each one's datums with their lengths), the files it read with
-    their (size, mtime_ns, inode) (a first add's scan leaves those to the reads) and hashes
-    (for a bulk hasher's stat cache), and how many it read. It travels as a small JSON head
+    """What the helper hands back: the batches it took, the datum and size of each of their
+    keys, the shards it published (oid, size, and each one's datums with their lengths), the
+    files it read with their (size, mtime_ns, inode) (a first add's scan leaves those to the
+    reads) and hashes (for a bulk hasher's stat cache), and how many it read. It travels as a small JSON head
     and packed arrays: JSON of 50,000 ids and 100,000 stats cost a tenth of a second to
     write and read, while both processes waited."""
 
+    taken: array
     ids: list[Oid]
     sizes: array
     shards: list[tuple[Oid, int, list[Oid], array]]
@@ -282,13 +257,14 @@ class _Answer(NamedTuple):
     hashed: int
 
     @staticmethod
-    def of(sink: DatumSink, hasher: Hasher, start: int, did: Stored, hashed: int) -> bytes:
+    def of(sink: DatumSink, hasher: Hasher, start: int, did: Stored, hashed: int, taken: array) -> bytes:
         """The answer of a helper whose hasher read what it holds from ``start`` on."""
         held = [sink.held[oid] for oid, _ in sink.shards]
         head = {"hashed": hashed, "shards": [[oid, size, len(h)] for (oid, size), h in zip(sink.shards, held)]}
         datums = list(chain.from_iterable(held))
         parts = [
             json.dumps(head).encode(),
+            taken.tobytes(),
             "".join(did.datums.values()).encode(),
             array("q", did.sizes.values()).tobytes(),
             "".join(datums).encode(),
@@ -306,8 +282,9 @@ class _Answer(NamedTuple):
             size = int.from_bytes(raw[at : at + 8], "little")
             parts.append(raw[at + 8 : at + 8 + size])
             at += 8 + size
-        head_raw, ids, sizes_raw, datums, lengths_raw, names, stats_raw, hashes = parts
-        head, sizes, lengths, stats = json.loads(head_raw), array("q"), array("q"), array("q")
+        head_raw, taken_raw, ids, sizes_raw, datums, lengths_raw, names, stats_raw, hashes = parts
+        head, taken, sizes, lengths, stats = json.loads(head_raw), array("i"), array("q"), array("q"), array("q")
+        taken.frombytes(taken_raw)
         sizes.frombytes(sizes_raw)
         lengths.frombytes(lengths_raw)
         stats.frombytes(stats_raw)
@@ -316,7 +293,7 @@ class _Answer(NamedTuple):
             shards.append((Oid(oid), size, _oids(datums, start, count), lengths[start : start + count]))
             start += count
         read = names.decode("utf-8", "surrogateescape").split("\x00") if names else []
-        return cls(_oids(ids, 0, len(ids) // OID_LEN), sizes, shards, read, stats, hashes.decode("ascii"), head["hashed"])
+        return cls(taken, _oids(ids, 0, len(ids) // OID_LEN), sizes, shards, read, stats, hashes.decode("ascii"), head["hashed"])
 
 
 def _oids(joined: bytes, start: int, count: int) -> list[Oid]:
@@ -324,11 +301,11 @@ def _oids(joined: bytes, start: int, count: int) -> list[Oid]:
     return [Oid(text[i : i + OID_LEN]) for i in range(0, len(text), OID_LEN)]
 
 
-def _adopt(sink: DatumSink, hasher: Hasher, out: Stored, theirs: list[str], answer: _Answer) -> Stored:
+def _adopt(sink: DatumSink, hasher: Hasher, out: Stored, did: list[str], answer: _Answer) -> Stored:
     """Takes on the shards the helper published, with the datums and sizes of the keys it did
-    (``out`` has those of the keys this process did). A shard of the helper's holding a datum this
-    process also stored is copied without it, then dropped: each datum is stored once."""
-    did = theirs[: len(answer.ids)]  # the keys it did: those before the ones it handed over
+    (``did``, in the order it stored them; ``out`` has those of the keys this process did). A
+    shard of the helper's holding a datum this process also stored is copied without it, then
+    dropped: each datum is stored once."""
     out.datums.update(zip(did, answer.ids))
     out.sizes.update(zip(did, answer.sizes))
     hasher.take_part(answer.names, answer.stats, answer.hashes)
@@ -341,8 +318,8 @@ def _adopt(sink: DatumSink, hasher: Hasher, out: Stored, theirs: list[str], answ
     if not doubled:
         return out
     # Each of those shards is copied without the datums this process holds, byte for byte
-    # (no file is read again), into shards of its own: they come before the keys this
-    # process took over, so a new shard keeps key order. Then it is dropped.
+    # (no file is read again), into shards of its own, which hold its datums in its order,
+    # key order. Then it is dropped.
     twice = {d for oid, _, held, _ in answer.shards if oid in doubled for d in held if d in sink.written}
     sink.end_shard()
     for oid in doubled:
