@@ -95,6 +95,13 @@ class Index:
     def close(self) -> None:
         self.db.close()
 
+    def checkpoint(self) -> None:
+        """Copies what the write-ahead log holds into the database, as far as no reader or
+        writer stands in the way (SQLite's ``PASSIVE`` checkpoint), so that no later commit
+        has to. Not inside a transaction, where SQLite refuses it."""
+        if not self.db.in_transaction:
+            self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
     def transaction(self) -> sqlite3.Connection:
         """``with index.transaction() as db:`` commits on success, rolls back on error."""
         self.db.execute("BEGIN IMMEDIATE")

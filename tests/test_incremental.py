@@ -6,6 +6,8 @@ import io
 import json
 import os
 import re
+import shutil
+import sqlite3
 import tarfile
 from pathlib import Path
 
@@ -352,3 +354,38 @@ def test_rows_inserted_a_hundred_to_a_statement_are_all_there_and_the_last_wins(
         index.locate_in(row for row in located + moved)
     where = {d: (shard, off) for d, shard, off, _, _ in located + moved}
     assert {d: (shard, off) for d, shard, off in index.db.execute("SELECT datum, shard, offset FROM location")} == where
+
+
+def test_a_checkpoint_puts_the_log_into_the_database_file_outside_transactions(tmp_path: Path) -> None:
+    """A full shard's location rows leave SQLite's write-ahead log for the database file at
+    once (so no later commit copies the log while another process waits); inside a
+    transaction a checkpoint is left for later, not an error."""
+    from datarepo.index import Index
+    from datarepo.writer import DatumSink
+
+    def rows_in_file_alone(where: Path, table: str) -> int:
+        alone = tmp_path / "alone"
+        alone.mkdir(exist_ok=True)
+        shutil.copyfile(where / "index.sqlite", alone / "index.sqlite")  # without its -wal
+        db = sqlite3.connect(alone / "index.sqlite")
+        try:
+            return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        finally:
+            db.close()
+            (alone / "index.sqlite").unlink()
+
+    index = Index(tmp_path / "index.sqlite")
+    index.checkpoint()  # (the schema, into the file)
+    with index.transaction():
+        index.stage([("k", "0" * 32, 1)])
+        index.checkpoint()
+    assert rows_in_file_alone(tmp_path, "staged") == 0  # still only in the log
+    index.checkpoint()
+    assert rows_in_file_alone(tmp_path, "staged") == 1
+    index.close()
+
+    repo = Repo.init(tmp_path / "repo", shard_size=1024)  # every datum fills a shard
+    with DatumSink(repo) as sink:
+        for i in range(3):
+            sink.put({"bin": bytes([i]) * 2000}, {"bin": hash_bytes(bytes([i]) * 2000)})
+    assert rows_in_file_alone(repo.dotdir, "location") == 3
