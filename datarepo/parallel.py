@@ -3,7 +3,8 @@
 Python runs one thread at a time, and the per-file work of a scan or a first
 ``add`` (a ``stat``, an ``open``/``read``, a hash, a tar header) is Python
 work. :func:`both` forks one helper process that runs one half while this
-process runs the other; the helper's result comes back as bytes over a pipe.
+process runs the other; the helper's result comes back as bytes, in a file
+in memory.
 A fork shares everything already in memory (the file list, the plan), so
 there is nothing to start up and nothing to pickle. If the helper fails in
 any way, the caller does its half itself: the helper is an optimisation,

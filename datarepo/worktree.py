@@ -522,8 +522,9 @@ class Hasher:
         self.stats = array("q")
         self.digests: list[bytes] = []
         self._saved = 0
-        self._parts: list[StatPart] = []  # a bulk hasher's entries hashed by a helper process
-        self._helped: list[tuple[list[str], array]] = []  # the paths helper processes read, with their stats
+        # The entries helper processes hashed: while the hasher is bulk, all for its base (a
+        # hasher that is not bulk had the helpers save them as rows).
+        self._helped: list[StatPart] = []
         self.hashed = 0  # files read and hashed (here, or by a helper that reported them)
 
     def save(self, index: Index, at_least: int = 1) -> None:
@@ -551,16 +552,16 @@ class Hasher:
         run), for the caller to record with :meth:`Index.name_stat_base`. From then on, the
         hasher counts every entry so far as saved. None if there is no base to write."""
         start = self._saved
-        if not self.bulk or not (len(self.names) > start or self._parts):
+        if not self.bulk or not (len(self.names) > start or self._helped):
             return None
-        parts = [*self._parts, (self.names[start:], self.stats[3 * start :], self.hex_digests(start))]
+        parts = [*self._helped, (self.names[start:], self.stats[3 * start :], self.hex_digests(start))]
         seen_ns, scope = self.seen_ns, self.scope
-        self.bulk, self._parts, self._saved = False, [], len(self.names)
+        self.bulk, self._saved = False, len(self.names)
         return lambda index: index.write_stat_base(parts, seen_ns, scope)
 
     def save_all(self, index: Index) -> None:
         """:meth:`write_to` in a transaction of its own, if there is anything to write."""
-        if len(self.names) > self._saved or self._parts:
+        if len(self.names) > self._saved or (self.bulk and self._helped):
             with index.transaction():
                 self.write_to(index)
 
@@ -568,9 +569,7 @@ class Hasher:
         """Takes on the entries a helper process hashed: a bulk hasher keeps them for its
         base (one that is not had the helper save them), and their stats are among
         :meth:`read_stats`, not put into ``files`` one by one."""
-        if self.bulk:
-            self._parts.append((names, stats, hashes))
-        self._helped.append((names, stats))
+        self._helped.append((names, stats, hashes))
 
     def hex_digests(self, start: int = 0) -> str:
         """The hex hashes of the files hashed here from ``start`` on, joined."""
@@ -579,7 +578,7 @@ class Hasher:
     def read_stats(self) -> list[tuple[list[str], array]]:
         """The paths read, here and by helper processes, with the (size, mtime_ns, inode) each
         was read at, as int64s: columns, for :meth:`Scan.fill_stats`."""
-        return [(self.names, self.stats), *self._helped]
+        return [(self.names, self.stats), *((names, stats) for names, stats, _ in self._helped)]
 
     def cached(self, rel: str) -> Oid | None:
         entry = self.cache.get(rel)
