@@ -6,9 +6,12 @@ import getpass
 import os
 import re
 from datetime import datetime, timezone
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
+from datarepo import tree as trees
 from datarepo.config import DEFAULT_SHARD_SIZE, Config
 from datarepo.errors import BadRevisionError, InvalidInputError, NotARepositoryError, ObjectNotFoundError
 from datarepo.fsutil import WriterLock, atomic_write
@@ -124,12 +127,12 @@ class Repo:
         if op == "^":
             if count == 0:
                 return oid
-            parents = self.commit(oid).parents
+            parents = self.read_commit(oid).parents
             if len(parents) < count:
                 raise BadRevisionError(rev, "no such parent")
             return parents[count - 1]
         for _ in range(count):
-            parents = self.commit(oid).parents
+            parents = self.read_commit(oid).parents
             if not parents:
                 raise BadRevisionError(rev, "no such ancestor")
             oid = parents[0]
@@ -158,15 +161,48 @@ class Repo:
             raise BadRevisionError(prefix, "ambiguous oid prefix")
         return Oid(commits[0]) if commits else None
 
-    def commit(self, oid: str) -> Commit:
+    def read_commit(self, oid: str) -> Commit:
         return self.store.get_typed(oid, Commit)  # type: ignore[return-value]
+
+    # writing commits ---------------------------------------------------
+    def commit(
+        self,
+        changes: Mapping[str, trees.Row | None],
+        message: str,
+        provenance: dict[str, Any] | None = None,
+        parent: Oid | None | bool = True,
+        ref: str = HEAD,
+    ) -> Oid:
+        """Writes a commit of ``parent``'s tree with ``changes`` applied (key → entry
+        ``(key, datum, size)``, or None to delete) and moves ``ref`` to it.
+
+        ``parent`` defaults to what ``ref`` names now. Write order: tree pages, the commit,
+        then the ref by compare-and-swap from ``parent``: a ref moved meanwhile by another
+        writer raises :class:`RefConflictError` and nothing is lost. Every datum the
+        changes name must already be stored (see :meth:`writer`).
+        """
+        if parent is True:
+            parent = self.refs.read(ref)
+        base = self.read_commit(parent).tree if parent else None
+        tree = trees.apply_changes(self.store, base, dict(changes))
+        return self.commit_tree(tree, message, parent or None, provenance, ref)
+
+    def commit_tree(
+        self, tree: Oid, message: str, parent: Oid | None, provenance: dict[str, Any] | None = None, ref: str = HEAD
+    ) -> Oid:
+        """Writes a commit of a stored tree and moves ``ref`` from ``parent`` to it."""
+        commit = Commit(tree, (parent,) if parent else (), self.author(), self.now(), message, provenance)
+        oid = self.store.put(commit)
+        first = message.splitlines()[0] if message else ""
+        self.refs.update(ref, oid, expected=parent, message=f"commit: {first}")
+        return oid
 
     def tree_of(self, rev: str | None) -> Oid | None:
         """The tree oid of a revision; None for an unborn HEAD."""
         if rev is None:
             head = self.head()
-            return self.commit(head).tree if head else None
-        return self.commit(self.resolve(rev)).tree
+            return self.read_commit(head).tree if head else None
+        return self.read_commit(self.resolve(rev)).tree
 
     def split_rev_key(self, spec: str, default: str = "HEAD") -> tuple[Oid, str]:
         """Splits ``REV:key`` (or a bare key) into (commit oid, key)."""

@@ -152,7 +152,7 @@ def _flip_a_byte(repo) -> _Flipped:  # type: ignore[no-untyped-def]
     at = member.offset + member.size - 1
     raw[at] ^= 0xFF
     path.write_bytes(raw)
-    key = next(e.key for p in repo.store.get(repo.commit(repo.head()).tree).pages
+    key = next(e.key for p in repo.store.get(repo.read_commit(repo.head()).tree).pages
                for e in repo.store.get(p.page).entries if e.datum == first.datum)
     return _Flipped(shard, path, raw, at, first.datum, key, member.ext)
 
@@ -251,7 +251,7 @@ def test_truncated_shard_is_named(repo_with_commit, worktree: Path, cli) -> None
     path = repo.store.shard_path(shard)
     os.chmod(path, 0o644)
     os.truncate(path, index.datums[-1].offset + 10)
-    key = next(e for e in repo.store.get(repo.store.get(repo.commit(repo.head()).tree).pages[0].page).entries
+    key = next(e for e in repo.store.get(repo.store.get(repo.read_commit(repo.head()).tree).pages[0].page).entries
                if e.datum == index.datums[-1].datum).key
     _one_line_error(cli("cat", f"HEAD:{key}.jpg", ok=False), f"corrupt object {shard}.tar", "truncated")
     assert f"corrupt object {shard}.tar" in cli("fsck", ok=False).output
@@ -271,7 +271,7 @@ def test_object_with_wrong_content_fails_fsck(repo_with_commit, cli) -> None:
     repo, _ = repo_with_commit
     head = repo.head()
     path = repo.store.objects_dir / head[:2] / head[2:]
-    c = repo.commit(head)
+    c = repo.read_commit(head)
     from datarepo import objects
 
     forged = objects.Commit(c.tree, c.parents, c.author, c.time, "forged message")

@@ -122,7 +122,7 @@ def test_golden_shard_tree_and_commit(
     assert shard == expected["shard"]
     assert repo.store.idx_path(shard).read_bytes() == (GOLDEN / "shard.idx").read_bytes()
     head = repo.head()
-    c = repo.commit(head)
+    c = repo.read_commit(head)
     tree = repo.store.get(c.tree)
     assert {"commit": head, "tree": c.tree, "pages": [p.page for p in tree.pages]} == {
         k: expected[k] for k in ("commit", "tree", "pages")
@@ -151,7 +151,7 @@ def test_stock_webdataset_reads_every_shard_exactly(repo_with_commit) -> None:
 def _entries(repo: Repo):
     from datarepo.tree import iter_tree
 
-    return iter_tree(repo.store, repo.commit(repo.head()).tree)
+    return iter_tree(repo.store, repo.read_commit(repo.head()).tree)
 
 
 def test_shard_index_points_at_every_member(repo_with_commit) -> None:

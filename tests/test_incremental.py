@@ -250,7 +250,7 @@ def _trees_after_each_commit(root: Path, steps, drop_staged_tree: bool) -> list[
             with repo.index.transaction():
                 repo.index.db.execute("DELETE FROM meta WHERE name='staged_tree'")
         commit(repo, "step")
-        trees.append((repo.commit(repo.head()).tree, used is not None))
+        trees.append((repo.read_commit(repo.head()).tree, used is not None))
     return trees
 
 

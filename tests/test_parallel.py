@@ -50,7 +50,7 @@ def _add_and_commit(root: Path, *init: str) -> tuple[Repo, str]:
     cli("add", ".")
     cli("commit", "-m", "first")
     repo = Repo.open(root)
-    return repo, repo.commit(repo.head()).tree
+    return repo, repo.read_commit(repo.head()).tree
 
 
 def _shard_datums(repo: Repo) -> list[list[str]]:
@@ -312,7 +312,7 @@ def test_a_helper_killed_midway_leaves_its_keys_to_the_parent(
     # What the helper published before it was killed counts as stored by this add, once.
     spans = {d.datum: d.length for shard in repo.store.iter_shards() for d in repo.store.read_index(shard).datums}
     assert (result.stored, result.stored_bytes) == (len(spans), sum(spans.values()))
-    _assert_shards_in_key_order(repo, repo.commit(repo.head()).tree)
+    _assert_shards_in_key_order(repo, repo.read_commit(repo.head()).tree)
     assert json.loads(cli("status", "--json").output) == {"added": [], "modified": [], "deleted": []}
 
 
@@ -478,7 +478,7 @@ def test_split_folder_ingest_stores_what_a_single_process_stores(
         repo = Repo.open(tmp_path / name)
         result = ingest(repo, str(src), "extra/")
         assert (result.stored, result.reused_files) == (301, 0)  # 303 keys, one datum three times
-        trees.append(repo.commit(repo.head()).tree)
+        trees.append(repo.read_commit(repo.head()).tree)
         assert fsck(repo).problems == []
         held = [d for shard in _shard_datums(repo) for d in shard]
         assert len(held) == len(set(held)) == 301

@@ -190,7 +190,7 @@ def test_random_edits_agree_with_a_fresh_status(repo: Repo, worktree: Path, seed
         elif action == "touch":
             age(worktree, 60, only=[rng.choice(files)])
         elif action == "checkout":
-            target = rng.choice(["main", "HEAD~1"]) if repo.commit(repo.head()).parents else "main"
+            target = rng.choice(["main", "HEAD~1"]) if repo.read_commit(repo.head()).parents else "main"
             with contextlib.suppress(DirtyWorktreeError):
                 checkout(repo, target)
         reused = _as_dict(stage.status(repo))

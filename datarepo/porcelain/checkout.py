@@ -49,7 +49,7 @@ def checkout(
     branch = repo.current_branch() if rev == "HEAD" else rev if repo.refs.read(BRANCHES + rev) is not None else None
     with repo.lock:
         head_tree = repo.tree_of(None)
-        new_tree = repo.commit(target).tree
+        new_tree = repo.read_commit(target).tree
         moves = {c.key: c for c in trees.diff_trees(repo.store, head_tree, new_tree) if not repo.config.is_sparse(c.key)}
         total, staged = status(repo).total, repo.index.staged()
         dirty = total.keys() | staged.keys()

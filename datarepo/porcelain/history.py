@@ -30,33 +30,6 @@ class CommitResult:
     changes: int
 
 
-def make_commit(
-    repo: Repo,
-    changes: dict[str, trees.Row | None],
-    message: str,
-    parent: Oid | None,
-    provenance: dict | None = None,
-    ref: str = HEAD,
-) -> Oid:
-    """Writes a tree and commit on top of ``parent`` and moves ``ref`` from ``parent``.
-
-    Write order: tree pages, then the commit, then the ref (compare-and-swap).
-    """
-    tree = trees.apply_changes(repo.store, repo.commit(parent).tree if parent else None, changes)
-    return commit_tree(repo, tree, message, parent, provenance, ref)
-
-
-def commit_tree(
-    repo: Repo, tree: Oid, message: str, parent: Oid | None, provenance: dict | None = None, ref: str = HEAD
-) -> Oid:
-    """Writes a commit of a stored tree and moves ``ref`` from ``parent`` to it."""
-    commit = Commit(tree, (parent,) if parent else (), repo.author(), repo.now(), message, provenance)
-    oid = repo.store.put(commit)
-    first = message.splitlines()[0] if message else ""
-    repo.refs.update(ref, oid, expected=parent, message=f"commit: {first}")
-    return oid
-
-
 def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
     """Records the staged changes as a new commit on the current branch."""
     if not message.strip():
@@ -69,11 +42,11 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
         before = snapshot.token(repo, follow=False) if repo.worktree is not None else None
         if (tree := repo.index.staged_tree(parent)) is not None and repo.store.has(tree):
             # ``add`` stored this tree, and every datum it names, for exactly this HEAD and staging area.
-            oid = commit_tree(repo, tree, message, parent)
+            oid = repo.commit_tree(tree, message, parent)
         else:
             if missing := repo.index.staged_unstored():
                 raise ObjectNotFoundError("staged datum", min(missing))
-            oid = make_commit(repo, trees.staged_changes(repo.index.staged_rows()), message, parent)
+            oid = repo.commit(trees.staged_changes(repo.index.staged_rows()), message, parent=parent)
         repo.index.unstage()
         if before is not None:
             snapshot.carry(repo, before, commit=True)
@@ -85,18 +58,18 @@ def log(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[tup
     if rev == "HEAD" and repo.head() is None:
         return
     start = repo.resolve(rev)
-    heap = [(_neg_time(repo.commit(start)), start)]
+    heap = [(_neg_time(repo.read_commit(start)), start)]
     seen = {start}
     count = 0
     while heap and (limit is None or count < limit):
         _, oid = heapq.heappop(heap)
-        c = repo.commit(oid)
+        c = repo.read_commit(oid)
         yield oid, c
         count += 1
         for p in c.parents:
             if p not in seen:
                 seen.add(p)
-                heapq.heappush(heap, (_neg_time(repo.commit(p)), p))
+                heapq.heappush(heap, (_neg_time(repo.read_commit(p)), p))
 
 
 def _neg_time(c: Commit) -> tuple[str, ...]:
@@ -120,8 +93,8 @@ def changes_of(changes: Iterator[trees.Change]) -> Changes:
 
 def show(repo: Repo, rev: str) -> tuple[Oid, Commit, Changes]:
     oid = repo.resolve(rev)
-    c = repo.commit(oid)
-    parent_tree = repo.commit(c.parents[0]).tree if c.parents else None
+    c = repo.read_commit(oid)
+    parent_tree = repo.read_commit(c.parents[0]).tree if c.parents else None
     return oid, c, changes_of(trees.diff_trees(repo.store, parent_tree, c.tree))
 
 
@@ -133,7 +106,7 @@ def ls(repo: Repo, rev: str = "HEAD", prefix: str = "") -> Iterator[TreeEntry]:
 def resolve_member(repo: Repo, spec: str) -> tuple[TreeEntry, str | None]:
     """Finds the datum and member named by ``REV:path`` (a key, or key.ext)."""
     oid, path = repo.split_rev_key(spec)
-    tree = repo.commit(oid).tree
+    tree = repo.read_commit(oid).tree
     entry = trees.lookup(repo.store, tree, path)
     if entry is not None:
         return entry, None

@@ -21,7 +21,7 @@ from datarepo.hashing import Oid, datum_id, hash_bytes
 from datarepo.index import trusted
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, tick
-from datarepo.porcelain.history import changes_of, diff, make_commit
+from datarepo.porcelain.history import changes_of, diff
 from datarepo.porcelain.storing import store_datums
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, member_hash, member_size, split_member_name
@@ -88,7 +88,7 @@ def ingest(
                 entries[full] = TreeEntry(full, item.datum, item.size)
         parent = repo.head()
         changes = _tree_changes(repo, parent, prefix, entries, append)
-        oid = make_commit(repo, changes, message or f"ingest {src} into {prefix}", parent) if changes else None
+        oid = repo.commit(changes, message or f"ingest {src} into {prefix}", parent=parent) if changes else None
         with repo.index.transaction():
             for name, value in run.remembered.items():
                 repo.index.set_meta(name, value)
@@ -115,7 +115,7 @@ def _mark_sparse(repo: Repo, prefix: str) -> None:
 def _tree_changes(
     repo: Repo, parent: Oid | None, prefix: str, entries: dict[str, TreeEntry], append: bool
 ) -> dict[str, TreeEntry | None]:
-    tree = repo.commit(parent).tree if parent else None
+    tree = repo.read_commit(parent).tree if parent else None
     old = {e.key: e.datum for e in trees.iter_tree(repo.store, tree, prefix)} if tree else {}
     changes: dict[str, TreeEntry | None] = {k: e for k, e in entries.items() if old.get(k) != e.datum}
     if not append:
