@@ -10,7 +10,7 @@ from datarepo.index import location_rows
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData, ShardWriter
 from datarepo.store import datum_members
-from datarepo.worktree import Read
+from datarepo.hasher import Read
 
 
 class DatumSink:

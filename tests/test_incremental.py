@@ -314,9 +314,10 @@ def test_a_new_index_has_16_kib_pages_and_an_old_one_keeps_its_own(tmp_path: Pat
 def test_a_file_that_grew_since_its_stat_is_read_to_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Unless it grew past the size up to which files are read whole: then it is being
     written, and is an error rather than held whole in memory."""
-    from datarepo import worktree
+    from datarepo import hasher
     from datarepo.errors import InvalidInputError
-    from datarepo.worktree import Hasher, lstat
+    from datarepo.hasher import Hasher
+    from datarepo.worktree import lstat
 
     path = tmp_path / "a.bin"
     path.write_bytes(b"x" * 10)
@@ -326,7 +327,7 @@ def test_a_file_that_grew_since_its_stat_is_read_to_its_end(tmp_path: Path, monk
     [(datum, items, size)] = Hasher(tmp_path, files, {}, 0).read_many([{"bin": "a.bin"}])
     assert items == [("bin", grown)] and size == len(grown)
     assert datum == datum_id({"bin": hash_bytes(grown)})
-    monkeypatch.setattr(worktree, "LARGE_FILE", 2 << 20)
+    monkeypatch.setattr(hasher, "LARGE_FILE", 2 << 20)
     with pytest.raises(InvalidInputError, match="file changed while it was being read: a.bin"):
         Hasher(tmp_path, files, {}, 0).read_many([{"bin": "a.bin"}])
 

@@ -163,13 +163,13 @@ def test_a_killed_writer_leaves_no_lock_behind(repo_with_commit, tmp_path: Path)
 
 def test_large_file_is_streamed(worktree: Path, cli) -> None:
     """A member bigger than the read-whole limit goes through the streaming path."""
-    from datarepo import worktree as wt
+    from datarepo import shards
 
     big = worktree / "big.bin"
     with open(big, "wb") as f:
         for i in range(40):
             f.write(bytes([i]) * (1 << 20))
-    assert big.stat().st_size > wt.LARGE_FILE
+    assert big.stat().st_size > shards.LARGE_FILE
     cli("init")
     cli("add", ".")
     cli("commit", "-m", "big")

@@ -12,7 +12,7 @@ from datarepo.errors import BadRevisionError, CorruptObjectError, DataRepoError,
 from datarepo.hashing import Oid
 from datarepo.objects import Commit, TreeEntry
 from datarepo.porcelain import Changes, snapshot
-from datarepo.refs import BRANCHES, HEAD, check_name
+from datarepo.refs import BRANCHES, check_name
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, copy_member, member_hash
 from datarepo.store import check_datum, datum_members

@@ -25,7 +25,8 @@ from datarepo.porcelain.history import changes_of, diff
 from datarepo.porcelain.storing import store_datums
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, member_hash, member_size, split_member_name
-from datarepo.worktree import Hasher, check_key, group, scan
+from datarepo.hasher import Hasher
+from datarepo.worktree import check_key, group, scan
 from datarepo.writer import DatumSink
 
 TAR_SUFFIXES = (".tar",)

@@ -18,7 +18,8 @@ from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, compare, retain, snapshot
 from datarepo.porcelain.storing import Stored, store_datums
 from datarepo.repo import Repo
-from datarepo.worktree import FileStat, Hasher, Scan, Unstated, group, member_path, scan
+from datarepo.hasher import Hasher
+from datarepo.worktree import FileStat, Scan, Unstated, group, member_path, scan
 from datarepo.writer import DatumSink
 
 

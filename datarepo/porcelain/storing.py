@@ -27,7 +27,8 @@ from datarepo.hashing import OID_LEN, Oid, is_oid
 from datarepo.index import location_rows
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.repo import Repo
-from datarepo.worktree import SIZE, Hasher
+from datarepo.worktree import SIZE
+from datarepo.hasher import Hasher
 from datarepo.writer import DatumSink
 
 STORE_BATCH = 256
