@@ -60,7 +60,6 @@ from datarepo.objects import TreeEntry
 from datarepo.porcelain.history import diff
 from datarepo.repo import Repo
 from datarepo.tree import read_root
-from datarepo.writer import DatumSink
 
 BIN = Path(sys.executable).parent
 DATAREPO = str(BIN / "datarepo")
@@ -429,15 +428,15 @@ def scale_key(i: int) -> str:
 
 def store_datums(repo: Repo, items: list[tuple[str, bytes]]) -> dict[str, TreeEntry]:
     """Stores one-member datums (``key`` → ``.cls`` bytes); returns key → TreeEntry. Hold the lock."""
-    with DatumSink(repo) as sink:
-        return {key: TreeEntry(key, sink.put({"cls": data}, {"cls": hash_bytes(data)}), len(data)) for key, data in items}
+    with repo.writer() as writer:
+        return {key: writer.put(key, {"cls": data}, {"cls": hash_bytes(data)}) for key, data in items}
 
 
 def bench_scale(workdir: Path, count: int, seed: int) -> tuple[list[Row], list[str]]:
     path = workdir / "scale"
     objects = path / ".datarepo" / "objects"
     repo = Repo.init(path)
-    log(f"scale: storing {count} datums through DatumSink")
+    log(f"scale: storing {count} datums through repo.writer()")
     start = time.perf_counter()
     with repo.lock:
         entries = store_datums(repo, [(scale_key(i), b"%d" % i) for i in range(count)])

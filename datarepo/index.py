@@ -22,6 +22,7 @@ import xxhash
 from datarepo.fsutil import atomic_write, set_aside
 from datarepo.hashing import OID_LEN, Oid, hash_bytes, is_oid
 from datarepo.shards import DatumLoc, MemberLoc, ShardIndex
+from datarepo.statcols import StatColumns
 
 SCHEMA_VERSION = 1
 PAGE_SIZE = 16384
@@ -78,6 +79,20 @@ class Index:
                 set_aside(path.with_name(path.name + suffix), "damaged")
             self.created = True
             self._open()
+
+    @classmethod
+    def reader(cls, path: Path) -> Index:
+        """The cache opened read-only, for a worker that only looks things up; an empty
+        one where there is no file yet."""
+        index = cls.__new__(cls)
+        index.path, index.created, index._bases = path, False, {}
+        try:
+            index.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60, isolation_level=None)
+            index.db.execute("SELECT 1 FROM location LIMIT 1")
+        except sqlite3.DatabaseError:
+            index.db = sqlite3.connect(":memory:", isolation_level=None)
+            index.db.executescript(_SCHEMA)
+        return index
 
     def _open(self) -> None:
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
@@ -149,6 +164,17 @@ class Index:
         tag = "" if not scope else "-" + xxhash.xxh3_64_hexdigest(scope.encode("utf-8", "surrogateescape"))
         return self.path.with_name(f"index.stats{tag}")
 
+    def record_hashes(self, read: StatColumns, seen_ns: int, scope: str = "", bulk: bool = False) -> None:
+        """Records the files ``read`` (hashed as looked at ``seen_ns``) in the stat cache, in
+        the caller's transaction: as the cache's new base when ``bulk`` (a first add, whose
+        cache was empty: one file, not a row per file), else as rows."""
+        if not read:
+            return
+        if bulk:
+            self.name_stat_base(self.write_stat_base([(read.names, read.stats, "".join(read.hex_hashes()))], seen_ns, scope), scope)
+        else:
+            self.save_stats(read.rows(seen_ns), scope)
+
     def save_stats(self, entries: Iterable[tuple[str, StatRow]], scope: str = "") -> None:
         _insert(self.db, "stat", 7, ((scope, p, *e) for p, e in entries))
 
@@ -187,14 +213,14 @@ class Index:
     def has(self, datum: str) -> bool:
         return self.db.execute("SELECT 1 FROM location WHERE datum=?", (datum,)).fetchone() is not None
 
-    def stored(self, datums: Iterable[str]) -> set[str]:
-        """The subset of ``datums`` that some shard holds."""
-        found: set[str] = set()
+    def stored_in(self, datums: Iterable[str]) -> dict[str, str]:
+        """The shard the location table places each of ``datums`` in, for those it places."""
+        found: dict[str, str] = {}
         batch = list(datums)
         for i in range(0, len(batch), 500):
             chunk = batch[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in self.db.execute(f"SELECT datum FROM location WHERE datum IN ({marks})", chunk))
+            found.update(self.db.execute(f"SELECT datum, shard FROM location WHERE datum IN ({marks})", chunk))
         return found
 
     def clear_locations(self) -> None:

@@ -6,10 +6,10 @@ import getpass
 import os
 import re
 from datetime import datetime, timezone
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datarepo import tree as trees
 from datarepo.config import DEFAULT_SHARD_SIZE, Config
@@ -21,6 +21,9 @@ from datarepo.objects import Commit
 from datarepo.refs import BRANCHES, HEAD, TAGS, Refs
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData
 from datarepo.store import Store, datum_members
+
+if TYPE_CHECKING:
+    from datarepo.write import RepoWriter
 
 DOTDIR = ".datarepo"
 _REV_SUFFIX = re.compile(r"(~\d*|\^\d*)$")
@@ -164,7 +167,21 @@ class Repo:
     def read_commit(self, oid: str) -> Commit:
         return self.store.get_typed(oid, Commit)  # type: ignore[return-value]
 
-    # writing commits ---------------------------------------------------
+    # writing -----------------------------------------------------------
+    def writer(self) -> RepoWriter:
+        """``with repo.writer() as w: w.put(key, {ext: bytes})``: stores datums into new
+        shards, adopted on a clean exit; ``w.entries`` are the keys put, for :meth:`commit`.
+        Take the writer lock (``with repo.lock``) around the writer and the commit."""
+        from datarepo.write import RepoWriter
+
+        return RepoWriter(self)
+
+    def stored(self, datums: Iterable[str]) -> set[str]:
+        """Those of ``datums`` stored in a shard that is there (by the location cache)."""
+        from datarepo.write import present
+
+        return present(self.index, self.store, datums)
+
     def commit(
         self,
         changes: Mapping[str, trees.Row | None],

@@ -124,6 +124,10 @@ class Store:
     def idx_path(self, oid: str) -> Path:
         return fanout(self.shards_dir, oid, ".idx")
 
+    def has_shard(self, oid: str) -> bool:
+        """Whether the shard's tar is there (with or without its ``.idx``)."""
+        return self.shard_path(oid).exists()
+
     def new_shard(self) -> ShardWriter:
         return ShardWriter(self.shards_dir)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 
-from datarepo import parallel
+from datarepo import executor
 from datarepo.errors import InvalidInputError
 
 NEVER_ADDED = frozenset({".git", ".dvc", ".datarepo", ".datarepoignore"})
@@ -31,15 +31,6 @@ FileStat = tuple[int, int, int]
 SIZE, MTIME = 0, 1
 # The stat of a file listed but not stat'ed yet: it is, when it is first read.
 UNSTATED: FileStat = (-1, -1, -1)
-
-
-class Unstated(dict):  # type: ignore[type-arg]
-    """The files of a scan that stat'ed none, for a :class:`Hasher` that reads them all: a
-    path not in it is :data:`UNSTATED`. (Listing 100,000 paths as ``UNSTATED`` beforehand
-    took a first add 22 ms, before the other core had anything to do.)"""
-
-    def __missing__(self, rel: str) -> FileStat:
-        return UNSTATED
 
 
 @dataclass
@@ -274,28 +265,38 @@ _FAILED = (-1, 0, 0)  # the stat of a file that could not be stat'ed
 
 
 def _stat_files(root: Path, listed: list[tuple[str, list[str]]]) -> array:
-    """Stats the regular files listed, half of them in a helper process when there are many."""
+    """Stats the regular files listed: with many, in runs of about equal length over the
+    executor's workers (see :mod:`datarepo.executor`)."""
     count = sum(len(names) for _, names in listed)
-    if count < PARALLEL_STAT_MIN or not parallel.helper_available():
+    run = executor.for_work(count >= PARALLEL_STAT_MIN)
+    if run.workers < 2:
         return _stats(root, listed)
-    mine, theirs = _halves(listed, count // 2)
-    stats, raw = parallel.both(lambda: _stats(root, mine), lambda: _stats(root, theirs).tobytes())
-    if raw is not None and len(raw) == 24 * (count - count // 2):
-        stats.frombytes(raw)
-    else:  # the helper failed: its half is done here
-        stats.extend(_stats(root, theirs))
-    return stats
+    out = array("q")
+    for part in run.map(stat_listed, [(str(root), part) for part in _cut(listed, count, run.workers)]):
+        out.extend(part)
+    return out
 
 
-def _halves(listed: list[tuple[str, list[str]]], half: int) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]]]:
-    """The listing cut after its first ``half`` files (within a directory, if need be)."""
-    first: list[tuple[str, list[str]]] = []
-    for i, (rel_dir, names) in enumerate(listed):
-        if len(names) >= half:
-            return [*first, (rel_dir, names[:half])], [(rel_dir, names[half:]), *listed[i + 1 :]]
-        first.append((rel_dir, names))
-        half -= len(names)
-    return first, []
+def stat_listed(item: tuple[str, list[tuple[str, list[str]]]]) -> array:
+    """:func:`_stats` of one run of the listing (what an executor maps)."""
+    return _stats(Path(item[0]), item[1])
+
+
+def _cut(listed: list[tuple[str, list[str]]], count: int, parts: int) -> list[list[tuple[str, list[str]]]]:
+    """The listing cut into ``parts`` runs of about ``count / parts`` files each (a
+    directory's files split between runs where need be), in order."""
+    size = -(-count // parts)
+    runs: list[list[tuple[str, list[str]]]] = [[]]
+    room = size
+    for rel_dir, names in listed:
+        while names:
+            if not room:
+                runs.append([])
+                room = size
+            runs[-1].append((rel_dir, names[:room]))
+            room -= len(names[:room])
+            names = names[len(runs[-1][-1][1]) :]
+    return runs
 
 
 def _stats(root: Path, listed: list[tuple[str, list[str]]]) -> array:

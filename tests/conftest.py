@@ -88,17 +88,3 @@ def age(root: Path, seconds: float = 10, only: list[Path] | None = None) -> None
     for p in paths:
         st = os.stat(p)
         os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))
-
-
-def tree_aside(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Has ``add`` build its staged tree in a forked helper whatever the number of changes, as
-    it does with many; returns a list that gets an item at each fork."""
-    from datarepo import parallel
-    from datarepo.porcelain import stage
-
-    forks: list[int] = []
-    monkeypatch.setenv("DATAREPO_WORKERS", "2")
-    monkeypatch.setattr(stage, "TREE_ASIDE_MIN", 1)
-    real_both = parallel.both
-    monkeypatch.setattr(parallel, "both", lambda here, there: forks.append(1) or real_both(here, there))
-    return forks

@@ -17,7 +17,7 @@ from datarepo import index as index_module
 from datarepo.hashing import datum_id, hash_bytes
 from datarepo.repo import Repo
 
-from conftest import age, tree_aside, write_samples
+from conftest import age, write_samples
 
 
 def _hashed(output: str) -> int:
@@ -41,22 +41,7 @@ def test_add_rereads_only_changed_files(worktree: Path, cli) -> None:
     assert _hashed(cli("add", ".").output) == 0
 
 
-@pytest.mark.parametrize("written", ["here", "aside", "here, the helper failing"])
-def test_a_first_add_keeps_its_stat_cache_in_one_file(worktree: Path, cli, monkeypatch, written: str) -> None:
-    """``written``: where the file is written. With many changes (``aside``), a helper
-    process writes it while it builds the staged tree; if that helper fails, this one does."""
-    from datarepo import parallel
-    from datarepo.porcelain import stage
-
-    forks = []
-    if written != "here":
-        monkeypatch.setenv("DATAREPO_WORKERS", "2")
-        monkeypatch.setattr(stage, "TREE_ASIDE_MIN", 1)
-        real_both = parallel.both
-        fail = written == "here, the helper failing"
-        monkeypatch.setattr(
-            parallel, "both", lambda here, there: forks.append(1) or real_both(here, (lambda: 1 / 0) if fail else there)
-        )
+def test_a_first_add_keeps_its_stat_cache_in_one_file(worktree: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
     files = write_samples(worktree, 30)
     for name in ("é/x.txt", "日本/y.txt", "a-b.txt", "a.b.txt", "z z.txt"):  # sorted apart from key order
         (worktree / name).parent.mkdir(exist_ok=True)
@@ -65,7 +50,6 @@ def test_a_first_add_keeps_its_stat_cache_in_one_file(worktree: Path, cli, monke
     age(worktree)
     cli("init")
     assert _hashed(cli("add", ".").output) == 65
-    assert len(forks) == (0 if written == "here" else 1)  # (no helper hashes so few bytes)
     repo = Repo.open(worktree)
     assert repo.index.db.execute("SELECT count(*) FROM stat").fetchone()[0] == 0  # no row per file
     cache = repo.index.load_stats()
@@ -254,12 +238,9 @@ def _trees_after_each_commit(root: Path, steps, drop_staged_tree: bool) -> list[
     return trees
 
 
-@pytest.mark.parametrize("aside", [False, True])
-def test_the_tree_add_stores_is_the_one_commit_would_build(tmp_path: Path, monkeypatch, aside: bool) -> None:
-    """``add`` stores the next commit's tree when it can (``aside``: in a helper process,
-    as with many changes); built from the staging area instead, the tree is the same,
-    step by step."""
-    forks = tree_aside(monkeypatch) if aside else []
+def test_the_tree_add_stores_is_the_one_commit_would_build(tmp_path: Path) -> None:
+    """``add`` stores the next commit's tree when it can; built from the staging area
+    instead, the tree is the same, step by step."""
     steps = [
         [("add", ["."])],  # a first add: HEAD is unborn
         [("write", ("train/cat/0000.cls", b"9")), ("add", ["train/cat"]),  # two adds chain
@@ -274,7 +255,6 @@ def test_the_tree_add_stores_is_the_one_commit_would_build(tmp_path: Path, monke
     slow = _trees_after_each_commit(tmp_path / "b", steps, drop_staged_tree=True)
     assert [t for t, _ in fast] == [t for t, _ in slow]
     assert [used for _, used in fast] == [True, True, False, True, True]
-    assert len(forks) == (12 if aside else 0)  # the adds with changes and a tree at hand, in both runs
 
 
 def test_gc_between_add_and_commit_keeps_the_staged_tree(repo_with_commit, worktree: Path, cli) -> None:
@@ -314,9 +294,9 @@ def test_a_new_index_has_16_kib_pages_and_an_old_one_keeps_its_own(tmp_path: Pat
 def test_a_file_that_grew_since_its_stat_is_read_to_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Unless it grew past the size up to which files are read whole: then it is being
     written, and is an error rather than held whole in memory."""
-    from datarepo import hasher
+    from datarepo import write
     from datarepo.errors import InvalidInputError
-    from datarepo.hasher import Hasher
+    from datarepo.statcols import StatColumns
     from datarepo.worktree import lstat
 
     path = tmp_path / "a.bin"
@@ -324,12 +304,14 @@ def test_a_file_that_grew_since_its_stat_is_read_to_its_end(tmp_path: Path, monk
     files = {"a.bin": lstat(str(path), "a.bin")}  # as a scan saw it
     grown = os.urandom(3 << 20)  # read in more than one call
     path.write_bytes(grown)
-    [(datum, items, size)] = Hasher(tmp_path, files, {}, 0).read_many([{"bin": "a.bin"}])
+    read = StatColumns()
+    datum, items, size = write.read_datum(f"{tmp_path}/", {"bin": "a.bin"}, files, read)
     assert items == [("bin", grown)] and size == len(grown)
     assert datum == datum_id({"bin": hash_bytes(grown)})
-    monkeypatch.setattr(hasher, "LARGE_FILE", 2 << 20)
+    assert read.names == ["a.bin"] and read.stat(0) == files["a.bin"]  # the stat it was read at
+    monkeypatch.setattr(write, "LARGE_FILE", 2 << 20)
     with pytest.raises(InvalidInputError, match="file changed while it was being read: a.bin"):
-        Hasher(tmp_path, files, {}, 0).read_many([{"bin": "a.bin"}])
+        write.read_datum(f"{tmp_path}/", {"bin": "a.bin"}, files, StatColumns())
 
 
 @pytest.mark.parametrize("count", [0, 1, 99, 100, 101, 250])
@@ -358,11 +340,9 @@ def test_rows_inserted_a_hundred_to_a_statement_are_all_there_and_the_last_wins(
 
 
 def test_a_checkpoint_puts_the_log_into_the_database_file_outside_transactions(tmp_path: Path) -> None:
-    """A full shard's location rows leave SQLite's write-ahead log for the database file at
-    once (so no later commit copies the log while another process waits); inside a
-    transaction a checkpoint is left for later, not an error."""
+    """A checkpoint moves SQLite's write-ahead log into the database file; inside a
+    transaction it is left for later, not an error."""
     from datarepo.index import Index
-    from datarepo.writer import DatumSink
 
     def rows_in_file_alone(where: Path, table: str) -> int:
         alone = tmp_path / "alone"
@@ -384,9 +364,3 @@ def test_a_checkpoint_puts_the_log_into_the_database_file_outside_transactions(t
     index.checkpoint()
     assert rows_in_file_alone(tmp_path, "staged") == 1
     index.close()
-
-    repo = Repo.init(tmp_path / "repo", shard_size=1024)  # every datum fills a shard
-    with DatumSink(repo) as sink:
-        for i in range(3):
-            sink.put({"bin": bytes([i]) * 2000}, {"bin": hash_bytes(bytes([i]) * 2000)})
-    assert rows_in_file_alone(repo.dotdir, "location") == 3

@@ -61,7 +61,7 @@ def expected_content(n: int) -> dict[str, bytes]:
 @pytest.mark.parametrize("mode", ["commit", "maintain", "split"])
 def test_sigkill_while_committing_never_breaks_the_repository(tmp_path: Path, mode: str) -> None:
     """SIGKILL at random points of commits (and, in "maintain", of repack --all and gc;
-    in "split", every add stores half its datums in a forked helper process)."""
+    in "split", every add stores its datums over a pool of worker processes)."""
     root = tmp_path / "w"
     root.mkdir()
     repo = Repo.init(root, shard_size=8192)
@@ -71,7 +71,7 @@ def test_sigkill_while_committing_never_breaks_the_repository(tmp_path: Path, mo
     rng = random.Random(1)
     env = {**os.environ, "DATAREPO_LOCK_TIMEOUT": "2"}
     if mode == "split":
-        env |= {"DATAREPO_WORKERS": "2", "DATAREPO_SPLIT_MIN_BYTES": "0"}
+        env |= {"DATAREPO_WORKERS": "2", "DATAREPO_PARALLEL_MIN_BYTES": "0"}
     next_i = 0
     for _ in range(30):
         proc = subprocess.Popen([sys.executable, "-c", COMMITTER, str(root), str(next_i), mode], env=env,

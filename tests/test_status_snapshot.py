@@ -19,7 +19,7 @@ from datarepo.repo import Repo
 from datarepo import worktree as wt
 from datarepo.worktree import Scan, scan
 
-from conftest import age, tree_aside, write_samples
+from conftest import age, write_samples
 
 
 def _fresh(repo: Repo) -> stage.Status:
@@ -46,7 +46,7 @@ def repo(worktree: Path) -> Repo:
 def test_unchanged_tree_takes_the_fast_path(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
     first = stage.status(repo)
     assert not first.total
-    monkeypatch.setattr(stage._Look, "hasher", lambda *a: pytest.fail("the snapshot was not used"))
+    monkeypatch.setattr(stage._Look, "stat_view", lambda *a: pytest.fail("the snapshot was not used"))
     assert _as_dict(stage.status(repo)) == _as_dict(first)
 
 
@@ -106,23 +106,19 @@ def test_add_keeps_the_snapshot_usable(repo: Repo, worktree: Path, monkeypatch: 
 
     monkeypatch.setattr(Index, "load_stats", lambda *a: pytest.fail("add looked at every key"))
     assert stage.add(repo, [str(worktree)]).changes.modified == ["train/cat/0000"]
-    monkeypatch.setattr(stage._Look, "hasher", lambda *a: pytest.fail("the snapshot was not used after add"))
+    monkeypatch.setattr(stage._Look, "stat_view", lambda *a: pytest.fail("the snapshot was not used after add"))
     st = stage.status(repo)
     assert st.staged.modified == ["train/cat/0000"] and not st.unstaged
 
 
-@pytest.mark.parametrize("aside", [False, True])
-def test_a_first_add_leaves_a_snapshot_the_next_status_uses(worktree: Path, monkeypatch: pytest.MonkeyPatch, aside: bool) -> None:
-    """A first add (``aside``: with its tree and stat base written by a forked helper, as
-    with many changes) leaves a snapshot and a stat cache the next status uses as they
-    are: nothing looked at again, nothing read, and the same verdict as from scratch."""
-    forks = tree_aside(monkeypatch) if aside else []
+def test_a_first_add_leaves_a_snapshot_the_next_status_uses(worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first add leaves a snapshot and a stat cache the next status uses as they are:
+    nothing looked at again, nothing read, and the same verdict as from scratch."""
     write_samples(worktree, 30)
     age(worktree, 60)
     repo = Repo.init(worktree)
     assert stage.add(repo, [str(worktree)]).hashed == 60
-    assert len(forks) == (1 if aside else 0)
-    monkeypatch.setattr(stage._Look, "hasher", lambda *a: pytest.fail("the snapshot was not used after add"))
+    monkeypatch.setattr(stage._Look, "stat_view", lambda *a: pytest.fail("the snapshot was not used after add"))
     st = stage.status(repo)
     assert len(st.staged.added) == 30 and not st.unstaged
     monkeypatch.undo()
@@ -216,7 +212,7 @@ def test_commit_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: py
     with repo.index.transaction():  # the commit does not read the staged part (after a first add, every key)
         repo.index.set_meta(f"{snapshot.META_NAME} staged", "not JSON")
     commit(repo, "second")
-    carried = _carried_status(repo, monkeypatch, stage._Look, "hasher")
+    carried = _carried_status(repo, monkeypatch, stage._Look, "stat_view")
     assert carried["total"]["modified"] == ["train/dog/0001"] and not carried["staged"]["modified"]
 
 

@@ -22,12 +22,10 @@ from datarepo.index import trusted
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, tick
 from datarepo.porcelain.history import changes_of, diff
-from datarepo.porcelain.storing import store_datums
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, member_hash, member_size, split_member_name
-from datarepo.hasher import Hasher
 from datarepo.worktree import check_key, group, scan
-from datarepo.writer import DatumSink
+from datarepo.write import RepoWriter, store_files
 
 TAR_SUFFIXES = (".tar",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -55,13 +53,13 @@ class _Run:
     """What one ingest has seen so far."""
 
     repo: Repo
-    sink: DatumSink
+    sink: RepoWriter
     notes: list[str] = field(default_factory=list)
     reused_files: int = 0
     remembered: dict[str, str] = field(default_factory=dict)
 
     def stored(self, datum: Oid) -> bool:
-        return self.sink.has(datum)
+        return datum in self.sink.written or bool(self.repo.stored([datum]))
 
 
 @dataclass(frozen=True)
@@ -81,7 +79,7 @@ def ingest(
     """Makes ``prefix`` mirror ``src`` (or, with ``append``, adds to it) in one new commit."""
     prefix = _norm_prefix(prefix)
     with repo.lock:
-        with DatumSink(repo) as sink:  # every shard is published before the ref moves
+        with repo.writer() as sink:  # every shard is published and adopted before the ref moves
             run = _Run(repo, sink)
             entries: dict[str, TreeEntry] = {}
             for item in _read_source(run, src, progress):
@@ -139,7 +137,7 @@ def _read_source(run: _Run, src: str, progress: Progress) -> Iterator[TreeEntry]
     begin(progress, None)  # a stream: how many datums it holds is not known beforehand
     for item in items:
         if isinstance(item, NewDatum):
-            item = TreeEntry(item.key, run.sink.put(item.members, item.hashes), item.size)
+            item = run.sink.put(item.key, item.members, item.hashes)
         tick(progress)
         yield item
 
@@ -161,14 +159,14 @@ def _folder(run: _Run, root: Path, progress: Progress) -> list[TreeEntry]:
     run.notes.extend(found.notes)
     members = group(sorted(found.files), run.repo.config.grouping, run.notes)
     cache = run.repo.index.load_stats(scope)
-    hasher = Hasher(root, found.files, cache, found.started_ns, scope, bulk=not cache)
     keys = sorted(members)
-    datums, sizes = store_datums(run.sink, hasher, members, keys, progress)
-    run.reused_files += sum(map(len, members.values())) - hasher.hashed
+    stored = store_files(run.repo, root, members, keys, found.files, cache, progress)
+    run.sink.written.update(stored.written)
+    run.reused_files += sum(map(len, members.values())) - stored.hashed
     with run.repo.index.transaction():
-        run.repo.index.drop_stats(set(hasher.cache) - set(found.files), scope)
-        hasher.write_to(run.repo.index)
-    return [TreeEntry(k, datums[k], sizes[k]) for k in keys]
+        run.repo.index.drop_stats(set(cache) - set(found.files), scope)
+        run.repo.index.record_hashes(stored.read, found.started_ns, scope, bulk=not cache)
+    return [TreeEntry(k, stored.datums[k], stored.sizes[k]) for k in keys]
 
 
 def _remembered_file(run: _Run, path: Path) -> Iterator[NewDatum | TreeEntry]:

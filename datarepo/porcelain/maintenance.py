@@ -16,7 +16,7 @@ from datarepo.objects import Blob, Commit, Tree, TreePage
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.refs import HEAD
 from datarepo.repo import Repo
-from datarepo.writer import DatumSink
+from datarepo.write import RepoWriter
 
 DAY = 86400.0
 T = TypeVar("T")
@@ -263,11 +263,11 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
             {d.datum for i in chosen for d in i.datums if d.datum in seen.datums}, key=lambda d: (seen.datums[d], d)
         )
         begin(progress, len(live_datums))
-        with DatumSink(repo, rewrite=True) as sink:
+        with RepoWriter(repo, rewrite=True) as writer:
             for datum in live_datums:
-                sink.put_datum(datum, repo.members(datum))  # (members checked against the datum's id)
+                writer.put_datum(datum, repo.members(datum))  # (members checked against the datum's id)
                 tick(progress)
-        new = sink.shards  # the sink pointed every live datum's location at them
-        repo.drop_shards([i.shard for i in chosen if i.shard not in {oid for oid, _ in new}])
-    return RepackResult(len(chosen), len(new), len(live_datums), sum(i.size for i in chosen), sum(size for _, size in new))
+        new = writer.shards  # adopted: every live datum's location points into them
+        repo.drop_shards([i.shard for i in chosen if i.shard not in {s.oid for s in new}])
+    return RepackResult(len(chosen), len(new), len(live_datums), sum(i.size for i in chosen), sum(s.size for s in new))
 

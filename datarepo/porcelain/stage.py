@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from datarepo import parallel
 from datarepo import tree as trees
 from datarepo.errors import InvalidInputError
 from datarepo.fsutil import prune_dirs, remove
 from datarepo.hashing import Oid
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, compare, retain, snapshot
-from datarepo.porcelain.storing import Stored, store_datums
 from datarepo.repo import Repo
-from datarepo.hasher import Hasher
-from datarepo.worktree import FileStat, Scan, Unstated, group, member_path, scan
-from datarepo.writer import DatumSink
+from datarepo.worktree import FileStat, Scan, group, member_path, paths_within, scan
+from datarepo.statcols import StatColumns, StatRow
+from datarepo.write import hash_datum, store_files
 
 
 @dataclass
@@ -138,19 +135,19 @@ class _Look:
     def members(self) -> dict[str, dict[str, str]]:
         return self.grouped[0]
 
-    def hasher(self) -> Hasher:
-        """A hasher with the stat cache of every file, or only of the files of the keys to look at."""
-        if self.keys is None:  # every file: with an empty stat cache, all are hashed in bulk
-            files = self.found.files if self.found.stats is not None else Unstated()  # (none stat'ed: all are read)
-            cache = self.repo.index.load_stats()
-            return Hasher(self.repo.require_worktree(), files, cache, self.found.started_ns, bulk=not cache)
-        files = self.key_files
-        return Hasher(self.repo.require_worktree(), files, self.repo.index.load_stats_for(files), self.found.started_ns)
+    def stat_view(self) -> tuple[dict[str, FileStat], dict[str, StatRow]]:
+        """The stats of the files to look at (every file, or those of the keys to look at
+        again) and their stat-cache entries. A scan that stat'ed no file (a first add, every
+        file to be read) gives no stats: each file is stat'ed as it is read."""
+        if self.keys is None:
+            files = self.found.files if self.found.stats is not None else {}
+            return files, self.repo.index.load_stats()
+        return self.key_files, self.repo.index.load_stats_for(self.key_files)
 
-    def save(self, result: Status, keys: set[str] | None, hasher: Hasher) -> Status:
+    def save(self, result: Status, keys: set[str] | None, read: StatColumns) -> Status:
         """Stores ``result`` (fresh for ``keys`` only, or for all) as the new snapshot, with the
-        stats of the files ``hasher`` read; returns it whole."""
-        self.found.fill_stats(self.repo.require_worktree(), hasher.read_stats())
+        stats of the files ``read`` (a first add's scan took none); returns it whole."""
+        self.found.fill_stats(self.repo.require_worktree(), [(read.names, read.stats)])
         if keys is not None and self.snap is not None:
             old = self.snap.status
             result = Status(*(snapshot.merge(snapshot.changes_from_json(old[n]), keys, getattr(result, n)) for n in _PARTS))
@@ -166,15 +163,16 @@ _PARTS = ("staged", "unstaged", "total")
 PARTIAL_LIMIT = 20_000
 
 
-def _look(repo: Repo, follow: bool, with_unstaged: bool = False) -> _Look:
+def _look(repo: Repo, follow: bool, with_unstaged: bool = False, within: list[str] | None = None) -> _Look:
     """Scans the work tree and works out which keys need a new look (``with_unstaged``:
-    also those the snapshot saw differ from the index, which ``add`` stages)."""
+    also those the snapshot saw differ from the index, which ``add`` stages). Only bad
+    entries ``within`` those paths (all, if None) stop it (:meth:`Scan.raise_errors`)."""
     snap = snapshot.load(repo, snapshot.token(repo, follow))
     # With no snapshot and an empty stat cache (a first add or status), every file will be
     # read: each is stat'ed as it is opened, not by path beforehand.
     with_stats = snap is not None or repo.index.has_stats()
     found = scan(repo.require_worktree(), follow=follow, skip_prefixes=repo.config.sparse, with_stats=with_stats)
-    found.raise_errors()
+    found.raise_errors(within)
     keys, seen = None, snapshot.digest(found) if snap is not None else None
     if snap is not None and snap.digest == seen:
         keys = set()
@@ -204,11 +202,13 @@ def status(repo: Repo, follow: bool = False) -> Status:
         if look.digest != look.snap.digest:  # files moved in the listing, no key changed: the next status need not look
             snapshot.save(repo, snapshot.token(repo, follow), look.found, old, look.digest)
         return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), look.found.notes + old["group_notes"])
-    hasher = look.hasher()
-    now = {k: hasher.datum(m) for k, m in look.members.items() if keys is None or k in keys}
-    hasher.save_all(repo.index)
+    files, cache = look.stat_view()
+    root, read = repo.require_worktree(), StatColumns()
+    now = {k: hash_datum(root, m, files, cache, read) for k, m in look.members.items() if keys is None or k in keys}
+    with repo.index.transaction():
+        repo.index.record_hashes(read, look.found.started_ns, bulk=not cache)
     head = head_datums(repo, keys)
-    return look.save(_verdict(head, index_datums(repo, head, keys), now), keys, hasher)
+    return look.save(_verdict(head, index_datums(repo, head, keys), now), keys, read)
 
 
 def diff_worktree(repo: Repo, rev: str) -> Changes:
@@ -225,8 +225,8 @@ def diff_worktree(repo: Repo, rev: str) -> Changes:
     found = scan(root, skip_prefixes=repo.config.sparse)
     found.raise_errors()
     files = found.files_of(dirty, grouping)  # the files of these keys only, grouped as they are now
-    hasher = Hasher(root, files, repo.index.load_stats_for(files), found.started_ns)
-    now.update((k, hasher.datum(m)) for k, m in group(sorted(files), grouping, []).items())
+    cache, read = repo.index.load_stats_for(files), StatColumns()
+    now.update((k, hash_datum(root, m, files, cache, read)) for k, m in group(sorted(files), grouping, []).items())
     return compare(then, now)
 
 
@@ -247,7 +247,7 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     """
     prefixes = key_filter(repo, paths)
     with repo.lock:
-        look = _look(repo, follow, with_unstaged=True)
+        look = _look(repo, follow, with_unstaged=True, within=paths_within(repo.require_worktree(), paths))
         keys, members = look.keys, look.members
         head = head_datums(repo, keys)
         index = index_datums(repo, head, keys)
@@ -257,34 +257,35 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
             candidates = [*members, *((index.keys() | head.keys()) - members.keys())]
         chosen = sorted(candidates if prefixes is None else (k for k in candidates if _selected(k, prefixes)))
         _check_matched(repo, paths, chosen)
-        hasher = look.hasher()
-        (now, sizes), written = _store(repo, members, hasher, [k for k in chosen if k in members], progress)
+        files, cache = look.stat_view()
+        parent = repo.head()
+        # The tree ``commit`` will write is built here where a stored tree is at hand to apply
+        # the changes to: the one the last add stored, or HEAD's own when nothing is staged.
+        base = repo.index.staged_tree(parent)
+        buildable = base is not None or not repo.index.staged_count()
+        base = base if base is not None else repo.tree_of(None)
+        stored = store_files(repo, repo.require_worktree(), members, [k for k in chosen if k in members], files, cache, progress)
+        now, sizes = stored.datums, stored.sizes
         deleted = [k for k in chosen if k not in members and k in index]
         staged = [(k, d, sizes[k]) for k, d in now.items() if index.get(k) != d]
         staged.extend((k, None, 0) for k in deleted)
         after = {**index, **now}  # (a key with files and no staged change already had its datum)
         for k in deleted:
             del after[k]
-
-        def rest() -> None:  # the staging area, then (for an add of everything) the status snapshot
-            _stage(repo, staged, head, hasher)
-            if prefixes is None:  # the verdict of every key it looked at is known: keep the snapshot
-                if keys is not None:  # head and the index hold only those keys; now, only those with files
-                    look.save(_verdict(_only(head, keys), _only(after, keys), now), keys, hasher)
-                else:
-                    look.save(_verdict(head, after, now), keys, hasher)
-
-        tree, base = _staged_tree(repo, staged, hasher, rest)
-        if tree is not None or base is not None:
+        _stage(repo, staged, head, stored.read, look.found.started_ns, bulk=not cache)
+        if prefixes is None:  # the verdict of every key it looked at is known: keep the snapshot
+            if keys is not None:  # head and the index hold only those keys; now, only those with files
+                look.save(_verdict(_only(head, keys), _only(after, keys), now), keys, stored.read)
+            else:
+                look.save(_verdict(head, after, now), keys, stored.read)
+        if buildable and (staged or base is not None):
+            tree = trees.apply_changes(repo.store, base, trees.staged_changes(staged)) if staged else base
             with repo.index.transaction():
-                if tree is not None:
-                    repo.index.set_staged_tree(*tree)
-                if base is not None:
-                    repo.index.name_stat_base(base, hasher.scope)
+                repo.index.set_staged_tree(parent, tree)  # type: ignore[arg-type]
     changes = compare({k: index[k] for k, _, _ in staged if k in index}, {k: d for k, d, _ in staged if d})
     notes = look.found.notes + look.grouped[1]
-    retain(look, hasher, head, index, now, sizes, after, staged)
-    return AddResult(changes, len(written), sum(written.values()), hasher.hashed, notes)
+    retain(look, stored, head, index, now, sizes, after, staged)
+    return AddResult(changes, len(stored.written), sum(stored.written.values()), stored.hashed, notes)
 
 
 def _check_matched(repo: Repo, paths: list[str] | None, chosen: list[str]) -> None:
@@ -299,72 +300,17 @@ def _only(state: dict[str, Oid], keys: set[str]) -> dict[str, Oid]:
     return {k: v for k, v in state.items() if k in keys}
 
 
-def _store(
-    repo: Repo, members: dict[str, dict[str, str]], hasher: Hasher, keys: list[str], progress: Progress
-) -> tuple[Stored, dict[Oid, int]]:
-    """The datum and size of every key in ``keys``, and the datums stored (read once each)."""
-    with DatumSink(repo) as sink:
-        stored = store_datums(sink, hasher, members, keys, progress)
-    return stored, sink.written
-
-
-def _staged_tree(
-    repo: Repo, staged: list[tuple[str, Oid | None, int]], hasher: Hasher, meanwhile: Callable[[], None]
-) -> tuple[StagedTree | None, str | None]:
-    """Stores the tree ``commit`` will write (HEAD with the staging area applied, once
-    ``staged`` is in it) where a stored tree is at hand to apply the changes to: the one
-    the last ``add`` stored, or HEAD's own when nothing else is staged. Returns (HEAD,
-    the tree), or None where ``commit`` is left to build the tree from the staging area.
-    Runs ``meanwhile`` (which stages ``staged`` and saves ``hasher``'s stat cache) while
-    it does, with many changes in a forked helper: building the pages of 50,000 entries
-    took a first add 85-150 ms. The helper then also writes a bulk hasher's stat base
-    (70-110 ms for 100,000 files), so that both processes take about as long; what names
-    the base is returned second, for the caller to record with the tree.
-
-    Either way the tree is the same: a datum's size is the sum of its members' sizes,
-    so an entry follows from its key and datum.
-    """
-    parent = repo.head()
-    base = repo.index.staged_tree(parent)  # (asked before ``meanwhile`` stages anything)
-    if base is None and not repo.index.staged_count():
-        base = repo.tree_of(None)
-    elif base is None:
-        meanwhile()
-        return None, None
-
-    def build() -> StagedTree | None:
-        if not staged:
-            return (parent, base) if base is not None else None
-        return parent, trees.apply_changes(repo.store, base, trees.staged_changes(staged))
-
-    if len(staged) < TREE_ASIDE_MIN or not parallel.helper_available():
-        meanwhile()
-        return build(), None
-    write_base = hasher.detach_base()  # (None unless the hasher is bulk)
-
-    def aside() -> list:
-        return [build(), write_base(repo.index) if write_base is not None else None]
-
-    _, raw = parallel.both(meanwhile, lambda: json.dumps(aside()).encode())
-    made, named = aside() if raw is None else json.loads(raw)  # (None: the helper failed, so done here)
-    return (None if made is None else (made[0], Oid(made[1]))), named
-
-
-# (HEAD, its tree with the staging area applied), as ``add`` records it for ``commit``.
-StagedTree = tuple[Oid | None, Oid]
-# From this many staged changes, ``add`` builds the tree in a helper process (see :func:`_staged_tree`).
-TREE_ASIDE_MIN = 20_000
-
-
-def _stage(repo: Repo, staged: list[tuple[str, Oid | None, int]], head: dict[str, Oid], hasher: Hasher) -> None:
+def _stage(
+    repo: Repo, staged: list[tuple[str, Oid | None, int]], head: dict[str, Oid], read: StatColumns, seen_ns: int, bulk: bool
+) -> None:
     """Writes staged changes, dropping those that only restore HEAD's value, with the stat
-    cache's new entries."""
+    cache's entries for the files ``read`` (as its new base, if ``bulk``)."""
     with repo.index.transaction():
         if head:  # (a first add has none to compare its 50,000 keys with)
             repo.index.unstage(k for k, d, _ in staged if head.get(k) == d)
             staged = [row for row in staged if head.get(row[0]) != row[1]]
         repo.index.stage(staged)
-        hasher.write_to(repo.index)
+        repo.index.record_hashes(read, seen_ns, bulk=bulk)
 
 
 def rm(repo: Repo, paths: list[str], cached: bool = False) -> list[str]:

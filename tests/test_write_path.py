@@ -1,0 +1,223 @@
+"""The one write path: its executors, and the same results from every executor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import age, write_samples
+from datarepo import executor as executors
+from datarepo.executor import Executor, ProcessExecutor, SerialExecutor
+from datarepo.porcelain.maintenance import fsck
+from datarepo.repo import Repo
+from datarepo.worktree import group, scan
+from datarepo.write import store_files
+
+DATAREPO = str(Path(sys.executable).parent / "datarepo")
+EXECUTORS = {"serial": SerialExecutor, "processes": lambda: ProcessExecutor(2)}
+
+
+@pytest.fixture(params=sorted(EXECUTORS))
+def executor(request: pytest.FixtureRequest) -> Executor:
+    made = EXECUTORS[request.param]()
+    yield made
+    made.close()
+
+
+# --- the executor contract --------------------------------------------------------------------
+def _double(n: int) -> tuple[int, int]:
+    return n * 2, os.getpid()
+
+
+def _fails_on_three(n: int) -> int:
+    if n == 3:
+        raise ValueError("three")
+    return n
+
+
+def _dies_in_a_worker(item: tuple[int, int]) -> int:
+    n, driver = item
+    if n % 2 and os.getpid() != driver:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return n * 10
+
+
+def test_map_gives_every_result_in_order(executor: Executor) -> None:
+    results = list(executor.map(_double, range(20)))
+    assert [r for r, _ in results] == [n * 2 for n in range(20)]
+    pids = {pid for _, pid in results}
+    assert (pids == {os.getpid()}) == isinstance(executor, SerialExecutor)
+
+
+def test_an_error_in_an_item_reaches_the_caller_as_itself(executor: Executor) -> None:
+    with pytest.raises(ValueError, match="three"):
+        list(executor.map(_fails_on_three, range(6)))
+    assert list(executor.map(_fails_on_three, [1, 2])) == [1, 2]  # the executor still works after it
+
+
+def test_an_item_whose_worker_dies_is_run_by_the_driver(executor: Executor) -> None:
+    items = [(n, os.getpid()) for n in range(8)]
+    assert list(executor.map(_dies_in_a_worker, items)) == [n * 10 for n in range(8)]
+    assert [r for r, _ in executor.map(_double, [5])] == [10]  # (on a new pool, where the old one broke)
+
+
+def test_the_serial_executor_runs_an_item_only_when_its_result_is_asked_for() -> None:
+    ran: list[int] = []
+    results = SerialExecutor().map(lambda n: ran.append(n) or n, [1, 2, 3])
+    assert ran == [] and next(results) == 1 and ran == [1]
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "two", "1.5"])
+def test_a_bad_worker_count_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    from datarepo.errors import InvalidInputError
+
+    monkeypatch.setenv("DATAREPO_WORKERS", raw)
+    with pytest.raises(InvalidInputError, match="DATAREPO_WORKERS"):
+        executors.worker_count()
+
+
+# --- storing files: the same shards from every executor -----------------------------------------
+def _store(path: Path, src: Path, executor: Executor, shard_size: int = 4096) -> tuple[Repo, dict[str, str]]:
+    repo = Repo.init(path, bare=True, shard_size=shard_size)
+    found = scan(src)
+    members = group(sorted(found.names), "wds", [])
+    with repo.lock:
+        stored = store_files(repo, src, members, sorted(members), {}, {}, executor=executor)
+    return repo, stored.datums
+
+
+def _samples_with_twins(root: Path, n: int) -> tuple[dict[str, bytes], dict[str, str]]:
+    """Samples, and copies of every seventh under ``twins/``: the same datums under keys far
+    apart, which different batches store. Returns the files and each twin's original key."""
+    files = write_samples(root, n)
+    twins = {}
+    for i in range(0, n, 7):
+        key = f"train/{['cat', 'dog'][i % 2]}/{i:04d}"
+        twins[f"twins/{i:04d}"] = key
+        for ext in ("jpg", "cls"):
+            (root / "twins").mkdir(exist_ok=True)
+            (root / "twins" / f"{i:04d}.{ext}").write_bytes(files[f"{key}.{ext}"])
+            files[f"twins/{i:04d}.{ext}"] = files[f"{key}.{ext}"]
+    return files, twins
+
+
+def test_every_executor_stores_the_same_shards(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    files, _ = _samples_with_twins(src, 60)
+    results = {}
+    for name, make in EXECUTORS.items():
+        run = make()
+        try:
+            repo, datums = _store(tmp_path / name, src, run)
+        finally:
+            run.close()
+        shards = sorted(repo.store.iter_shards())
+        located = repo.index.db.execute("SELECT datum, shard, offset, length FROM location ORDER BY datum").fetchall()
+        results[name] = (datums, shards, located)
+        assert len(shards) > 3  # several batches, each with shards of its own
+        assert fsck(repo).problems == []
+        for key, datum in datums.items():
+            members = repo.read_datum(datum, verify=True)
+            assert {f"{key}.{ext}": data for ext, data in members.items()} == {
+                rel: data for rel, data in files.items() if rel.rsplit(".", 1)[0] == key
+            }
+    assert results["serial"] == results["processes"]
+
+
+def test_a_datum_two_batches_both_wrote_has_one_location(tmp_path: Path, executor: Executor) -> None:
+    src = tmp_path / "src"
+    _, twins = _samples_with_twins(src, 40)
+    repo, datums = _store(tmp_path / "repo", src, executor, shard_size=2048)
+    assert all(datums[twin] == datums[key] for twin, key in twins.items())
+    held = {}  # datum → the shards whose index lists it
+    for shard in repo.store.iter_shards():
+        for loc in repo.store.read_index(shard).datums:
+            held.setdefault(loc.datum, []).append(shard)
+    for twin in twins:
+        shard, _ = repo.locate(datums[twin])
+        assert shard in held[datums[twin]]
+        repo.read_datum(datums[twin], verify=True)
+    assert fsck(repo).problems == []
+
+
+def test_of_a_datum_two_writers_both_published_the_first_adopted_copy_is_located(tmp_path: Path) -> None:
+    from datarepo.hashing import datum_id, hash_bytes
+    from datarepo.write import DatumWriter, adopt
+
+    repo = Repo.init(tmp_path / "r", bare=True)
+    shared, own = {"bin": b"shared"}, [{"bin": b"one"}, {"bin": b"two"}]
+    ids = {name: datum_id({e: hash_bytes(d) for e, d in m.items()}) for name, m in (("shared", shared), ("one", own[0]), ("two", own[1]))}
+    published = []
+    for mine in own:  # two workers, each unaware of the other
+        writer = DatumWriter(repo.store, 1 << 20)
+        for members in (mine, shared):
+            writer.write(ids["shared" if members is shared else ("one" if mine is own[0] else "two")], sorted(members.items()))
+        published.extend(writer.close())
+    assert len({s.oid for s in published}) == 2
+    adopted: set[str] = set()
+    with repo.lock:
+        for shard in published:
+            adopt(repo, [shard], adopted)
+    assert repo.locate(ids["shared"])[0] == published[0].oid
+    assert repo.locate(ids["two"])[0] == published[1].oid
+    assert repo.read_datum(ids["shared"], verify=True) == shared
+
+
+def test_an_add_over_worker_processes_commits_what_a_serial_add_commits(tmp_path: Path) -> None:
+    """Through the real program: a first add of over 32 MiB, over two worker processes
+    (and again with every add spread), gives the commit a single process gives."""
+    src = tmp_path / "src"
+    for i in range(40):
+        (src / f"d{i % 4}").mkdir(parents=True, exist_ok=True)
+        (src / f"d{i % 4}" / f"{i:03d}.bin").write_bytes(os.urandom(1 << 20))
+        (src / f"d{i % 4}" / f"{i:03d}.txt").write_text(f"label {i}")
+    age(src)
+    trees = {}
+    for workers, spread in (("1", ""), ("2", ""), ("2", "0")):
+        work = tmp_path / f"w{workers}{spread}"
+        subprocess.run(["cp", "-a", str(src), str(work)], check=True)
+        env = {**os.environ, "DATAREPO_WORKERS": workers, "DATAREPO_PARALLEL_MIN_BYTES": spread or str(32 << 20)}
+        env.setdefault("DATAREPO_TIME", "2026-01-01T00:00:00Z")
+        for args in (["init", "--shard-size", "8M"], ["add", "."], ["commit", "-m", "x"]):
+            subprocess.run([DATAREPO, *args], cwd=work, env=env, check=True, capture_output=True)
+        repo = Repo.open(work)
+        trees[(workers, spread)] = (repo.read_commit(repo.head()).tree, tuple(sorted(repo.store.iter_shards())))
+        assert fsck(repo).problems == []
+    assert len(set(trees.values())) == 1
+
+
+def test_re_adding_restores_a_datum_whose_shard_is_gone(worktree: Path, cli) -> None:
+    """``add`` of the same content stores a datum again when its shard is missing: the way
+    to repair a repository from the original files."""
+    write_samples(worktree, 6)
+    age(worktree)
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "first")
+    repo = Repo.open(worktree)
+    (shard,) = list(repo.store.iter_shards())
+    repo.store.delete_shard(shard)
+    out = cli("add", ".").output
+    assert "stored 6 new datums" in out
+    cli("cat", "train/cat/0000.cls")
+    assert fsck(Repo.open(worktree)).problems == []
+
+
+def test_a_scan_over_worker_processes_equals_a_serial_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datarepo import worktree
+
+    root = tmp_path / "many"
+    for d in range(7):
+        (root / f"d{d}").mkdir(parents=True)
+        for i in range(worktree.PARALLEL_STAT_MIN // 7 + 3):
+            (root / f"d{d}" / f"{i}.x").write_bytes(b"x" * (i % 5))
+    monkeypatch.setenv("DATAREPO_WORKERS", "1")
+    serial = scan(root)
+    monkeypatch.setenv("DATAREPO_WORKERS", "3")
+    spread = scan(root)
+    assert spread.names == serial.names and spread.stats == serial.stats and not spread.errors
