@@ -1,4 +1,4 @@
-"""Executors: how parallel work is run (DESIGN §9).
+"""Executors: how parallel work is run (docs/format.md, "Writing safely").
 
 Every parallel step of datarepo (statting a large tree, reading, hashing and
 storing the datums of an ``add`` or ``ingest``) is a list of plain, picklable

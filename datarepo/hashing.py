@@ -35,7 +35,7 @@ def hash_stream(stream: BinaryIO) -> tuple[Oid, int]:
 
 
 def datum_id(member_hashes: Mapping[str, str]) -> Oid:
-    """Returns the id of a datum from its members' extensions and hashes (DESIGN §2)."""
+    """Returns the id of a datum from its members' extensions and hashes (docs/format.md, "Hashing and ids")."""
     return datum_id_of_digests([(ext, bytes.fromhex(member_hashes[ext])) for ext in sorted(member_hashes)])
 
 

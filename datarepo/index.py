@@ -2,7 +2,7 @@
 
 It holds the stat cache (file → member hash), the datum → shard location
 table, the staging area and per-source ingest state. Deleting it loses speed
-and the staging area, never committed data (DESIGN §3).
+and the staging area, never committed data (docs/format.md, "index.sqlite").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A shard is a plain tar whose members are ``<datum-id>.<ext>``, so stock
 ``webdataset.WebDataset`` reads it and yields ``__key__`` = datum id. Bytes are
-deterministic (DESIGN §3.1): ustar headers with mode 0444, uid/gid 0, mtime 0,
+deterministic (docs/format.md, "Shards"): ustar headers with mode 0444, uid/gid 0, mtime 0,
 empty user names; a PAX header only where a name or size does not fit ustar.
 """
 

@@ -1,4 +1,4 @@
-"""The one write path (DESIGN §9): datums in, published shards out, adopted by the driver.
+"""The one write path (docs/format.md, "Writing safely"): datums in, published shards out, adopted by the driver.
 
 ``add``, ``ingest`` (and, later, pipeline outputs) store datums in stages that
 pass plain, picklable data:
