@@ -22,7 +22,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
 from typing import Protocol, TypeVar
 
 from datarepo.errors import InvalidInputError
@@ -60,80 +59,204 @@ class SerialExecutor:
 
 
 class ProcessExecutor:
-    """Runs items on a pool of ``workers`` local processes, started when first needed.
+    """Runs items on ``workers`` local processes, forked when first needed and kept for the
+    next map. Each worker takes the next item whenever it is free, so all end within an
+    item of each other. Items and results cross a pipe, pickled.
 
-    A worker that dies (killed, out of memory) does not fail the map: the items it
-    held, and those not yet started, are run in this process. The stages make every
-    item safe to run twice (a batch publishes content-addressed shards, and a shard
-    published twice is the same file).
+    A worker that dies (killed, out of memory) does not fail the map: its item, and any
+    that no worker is left to take, run in this process. The stages make every item safe
+    to run twice (a batch publishes content-addressed shards, and a shard published twice
+    is the same file). An error raised by an item reaches the caller as itself; the
+    workers still busy then are killed, as they are when the caller stops iterating early.
+
+    Not ``concurrent.futures``: importing it and ``multiprocessing`` took 40-70 ms here,
+    and starting two of its workers 22 ms more, while a ``status`` of 40,000 files takes
+    0.3 s in all; a fork takes about a millisecond.
     """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self._pool = None
+        self._owner = os.getpid()
+        self._idle: list[_Worker] = []
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        items = list(items)
-        futures = [self._submit(fn, item) for item in items]
-        return self._results(fn, items, futures)
+        todo = list(enumerate(items))
+        todo.reverse()  # popped from the end: in order
+        busy: dict[int, tuple[_Worker, int, T]] = {}  # a worker's answer fd → it, and its item
+        self._hand_out(fn, todo, busy)  # the work starts now, not when the caller iterates
+        return self._collect(fn, todo, busy)
 
-    def _submit(self, fn: Callable[[T], R], item: T) -> Future[R] | None:
-        from concurrent.futures.process import BrokenProcessPool
+    def _hand_out(self, fn: Callable[[T], R], todo: list[tuple[int, T]], busy: dict) -> None:  # type: ignore[type-arg]
+        while todo and len(busy) < self.workers:
+            worker = self._idle.pop() if self._idle else _Worker.start(self._owner)
+            if worker is None:  # no fork to be had: what is left runs here
+                return
+            i, item = todo.pop()
+            if worker.send((fn, item)):
+                busy[worker.answers] = (worker, i, item)
+            else:  # it died while idle
+                worker.reap()
+                todo.append((i, item))
 
+    def _collect(self, fn: Callable[[T], R], todo: list[tuple[int, T]], busy: dict) -> Iterator[R]:  # type: ignore[type-arg]
+        import select
+
+        done: dict[int, R] = {}
+        total, at = len(todo) + len(busy), 0
         try:
-            return self._start().submit(fn, item)
-        except BrokenProcessPool:
-            self._pool = None
-            return None
-
-    def _results(self, fn: Callable[[T], R], items: list[T], futures: list[Future[R] | None]) -> Iterator[R]:
-        from concurrent.futures.process import BrokenProcessPool
-
-        try:
-            for item, future in zip(items, futures):
-                if future is None:
-                    yield fn(item)
+            while at < total:
+                if at in done:
+                    yield done.pop(at)
+                    at += 1
                     continue
-                try:
-                    yield future.result()
-                except BrokenProcessPool:
-                    self._pool = None
-                    yield fn(item)
+                if not busy:  # no worker could be had, or all died: the rest runs here
+                    i, item = todo.pop()
+                    done[i] = fn(item)
+                    continue
+                for fd in select.select(list(busy), [], [])[0]:
+                    worker, i, item = busy.pop(fd)
+                    answer = worker.receive()
+                    if answer is None:  # it died: its item runs here
+                        worker.reap()
+                        done[i] = fn(item)
+                    else:
+                        self._idle.append(worker)
+                        ok, value = answer
+                        if not ok:
+                            raise value
+                        done[i] = value
+                    self._hand_out(fn, todo, busy)
         finally:
-            for future in futures:
-                if future is not None:
-                    future.cancel()
-
-    def _start(self):  # type: ignore[no-untyped-def]
-        if self._pool is None:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            method = "fork" if sys.platform.startswith("linux") else None
-            self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context(method), initializer=_worker_init, initargs=(os.getpid(),)
-            )
-        return self._pool
+            for worker, _, _ in busy.values():  # stopped early: what they do is not wanted
+                worker.kill()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        for worker in self._idle:
+            worker.stop()
+        self._idle.clear()
 
 
-def _worker_init(parent: int) -> None:
-    """A worker ignores the terminal's Ctrl-C (its parent handles it) and dies with its
-    parent: a killed ``add`` leaves no worker behind."""
+class _Worker:
+    """One forked worker: it reads (fn, item) from one pipe and answers on another."""
+
+    def __init__(self, pid: int, orders: int, answers: int) -> None:
+        self.pid, self.orders, self.answers = pid, orders, answers
+
+    @classmethod
+    def start(cls, owner: int) -> _Worker | None:
+        if not hasattr(os, "fork") or os.getpid() != owner:  # (no pool in a worker of a pool)
+            return None
+        orders_r, orders_w = os.pipe()
+        answers_r, answers_w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (orders_r, orders_w, answers_r, answers_w):
+                os.close(fd)
+            return None
+        if pid == 0:  # the worker: never returns into the caller's stack
+            code = 1
+            try:
+                _become_worker(owner, keep=(orders_r, answers_w))
+                _serve(orders_r, answers_w)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(orders_r)
+        os.close(answers_w)
+        return cls(pid, orders_w, answers_r)
+
+    def send(self, message: object) -> bool:
+        import pickle
+
+        try:
+            _write_message(self.orders, pickle.dumps(message, protocol=5))
+        except BrokenPipeError:
+            return False
+        return True
+
+    def receive(self) -> tuple[bool, object] | None:
+        import pickle
+
+        raw = _read_message(self.answers)
+        return None if raw is None else pickle.loads(raw)
+
+    def stop(self) -> None:
+        """Ends an idle worker: it exits when its orders pipe closes."""
+        os.close(self.orders)
+        os.close(self.answers)
+        os.waitpid(self.pid, 0)
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        self.reap()
+
+    def reap(self) -> None:
+        os.close(self.orders)
+        os.close(self.answers)
+        os.waitpid(self.pid, 0)
+
+
+def _become_worker(owner: int, keep: tuple[int, int]) -> None:
+    """A worker ignores the terminal's Ctrl-C (its parent handles it), dies with its parent
+    (a killed ``add`` leaves no worker behind) and keeps no file its parent had open (the
+    writer lock, SQLite's files): it is handed all it uses."""
+    global _in_worker
+    _in_worker = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         import ctypes
 
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the line above
+    if os.getppid() != owner:  # the parent died before the line above
         os._exit(1)
+    low, high = sorted(keep)
+    os.closerange(3, low)
+    os.closerange(low + 1, high)
+    os.closerange(high + 1, 1 << 16)
 
 
 _PR_SET_PDEATHSIG = 1
+
+
+def _serve(orders: int, answers: int) -> None:
+    import pickle
+
+    while (raw := _read_message(orders)) is not None:
+        fn, item = pickle.loads(raw)
+        try:
+            answer = pickle.dumps((True, fn(item)), protocol=5)
+        except Exception as e:  # the item's error, for the caller to raise
+            try:
+                answer = pickle.dumps((False, e), protocol=5)
+            except Exception:
+                answer = pickle.dumps((False, RuntimeError(f"{type(e).__name__}: {e}")), protocol=5)
+        _write_message(answers, answer)
+
+
+def _write_message(fd: int, payload: bytes) -> None:
+    view = memoryview(len(payload).to_bytes(8, "little") + payload)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _read_message(fd: int) -> bytes | None:
+    """One length-prefixed message, or None at the end of the pipe (its writer is gone)."""
+    head = _read_exact(fd, 8)
+    if head is None:
+        return None
+    return _read_exact(fd, int.from_bytes(head, "little"))
+
+
+def _read_exact(fd: int, size: int) -> bytes | None:
+    chunks, left = [], size
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def worker_count() -> int:
@@ -150,6 +273,7 @@ def worker_count() -> int:
 
 
 _shared: ProcessExecutor | None = None
+_in_worker = False  # set in a worker process: its own steps run serially
 
 
 def for_work(parallel: bool) -> Executor:
@@ -158,8 +282,8 @@ def for_work(parallel: bool) -> Executor:
     :class:`SerialExecutor`. The pool is made once a process and shared by its steps."""
     global _shared
     workers = worker_count()
-    if not parallel or workers < 2:
+    if not parallel or workers < 2 or _in_worker:
         return SerialExecutor()
-    if _shared is None or _shared.workers != workers:
+    if _shared is None or _shared.workers != workers or _shared._owner != os.getpid():
         _shared = ProcessExecutor(workers)
     return _shared

@@ -88,6 +88,16 @@ class Repo:
                     added += 1
         return added
 
+    def forget_missing_shards(self) -> list[str]:
+        """Drops from the location cache the shards whose files are gone, so that their
+        datums count as not stored (the next ``add`` of their files stores them again)."""
+        missing = [shard for shard in self.index.known_shards() if not self.store.has_shard(shard)]
+        if missing:
+            with self.index.transaction():
+                for shard in missing:
+                    self.index.drop_shard(shard)
+        return missing
+
     def drop_shards(self, shards: list[str]) -> None:
         """Forgets shards in the location cache, then deletes their files."""
         with self.index.transaction():

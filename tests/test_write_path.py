@@ -211,6 +211,7 @@ def test_re_adding_restores_a_datum_whose_shard_is_gone(worktree: Path, cli) -> 
 def test_a_scan_over_worker_processes_equals_a_serial_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from datarepo import worktree
 
+    monkeypatch.setattr(worktree, "PARALLEL_STAT_MIN", 300)  # (20,000 files, as a status spreads them, take long to make)
     root = tmp_path / "many"
     for d in range(7):
         (root / f"d{d}").mkdir(parents=True)

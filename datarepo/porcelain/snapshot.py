@@ -122,6 +122,12 @@ def load(repo: Repo, tok: str) -> Snapshot | None:
         return None
 
 
+def drop(repo: Repo) -> None:
+    """Forgets the snapshot: the next status or add looks at every key."""
+    with repo.index.transaction():
+        repo.index.db.execute("DELETE FROM meta WHERE name=?", (META_NAME,))
+
+
 def _store(repo: Repo, head: dict[str, Any], parts: dict[str, str]) -> None:
     """Writes a snapshot's head and its parts (as JSON text), in one transaction."""
     with repo.index.transaction():

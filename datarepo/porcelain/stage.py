@@ -247,6 +247,8 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     """
     prefixes = key_filter(repo, paths)
     with repo.lock:
+        if repo.forget_missing_shards():  # their datums are stored again from the files that have them
+            snapshot.drop(repo)
         look = _look(repo, follow, with_unstaged=True, within=paths_within(repo.require_worktree(), paths))
         keys, members = look.keys, look.members
         head = head_datums(repo, keys)
