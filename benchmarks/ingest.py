@@ -12,7 +12,8 @@ cache, on separate copies of the folder:
 
 * the first ``datarepo add . && datarepo commit`` against ``tar cf``,
   ``dvc add`` and ``git add``;
-* a no-op ``datarepo status`` against ``git status`` and ``dvc status``;
+* a no-op ``datarepo status`` against ``git status`` and ``dvc status``, and
+  against ``git status`` again on a tree of 20,000 samples (``--status-sizes``);
 * re-adding (``datarepo add .``, then also with the commit) after 50
   ``.jpg`` files were rewritten, against ``dvc add`` and against a no-op
   ``datarepo status``;
@@ -385,6 +386,35 @@ def readd(copies: Copies, jpgs: list[Path], seed: int) -> list[Row]:
     ]
 
 
+def status_at_size(workdir: Path, samples: int, seed: int) -> list[Row]:
+    """A no-op status against ``git status`` on a tree of another size: the target holds at
+    every size, and at small ones the start-up of each program weighs more."""
+    datarepo_copy, git_copy = workdir / f"status-{samples}-datarepo", workdir / f"status-{samples}-git"
+    log(f"status at {samples} samples: writing them, then a first add and commit in each copy")
+    make_samples(datarepo_copy, samples, seed)
+    created = time.time()
+    copy_tree(datarepo_copy, git_copy)
+    run([DATAREPO, "init"], datarepo_copy)
+    run([DATAREPO, "add", "."], datarepo_copy)
+    run([DATAREPO, "commit", "-m", "first"], datarepo_copy)
+    run(["git", "init", "-q"], git_copy)
+    run(["git", "add", "."], git_copy)
+    run(["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com", "commit", "-qm", "first"], git_copy)
+    wait_until_not_racy(created)
+    for root in (datarepo_copy, git_copy):  # each status saves what it saw: the timed ones find it
+        run([DATAREPO, "status"] if root == datarepo_copy else ["git", "status"], root)
+    log(f"no-op status at {samples} samples, best of {TURNS} each, in turns")
+    ours, git = in_turns(TURNS, {
+        "datarepo status": lambda: timed(([DATAREPO, "status"], datarepo_copy)),
+        "git status": lambda: timed((["git", "status"], git_copy)),
+    })
+    label = f"no-op status, {samples} samples"
+    return [
+        Row(label, min(ours), "git status", min(git), "<= 2x git status", min(ours) <= 2 * min(git)),
+        Row(f"{label}, median", median(ours), "git status, median", median(git)),
+    ]
+
+
 def cli_start(workdir: Path) -> tuple[list[Row], str]:
     log(f"datarepo --help, best of {HELP_RUNS}")
     ours = best_of(HELP_RUNS, lambda: timed(([DATAREPO, "--help"], workdir)))
@@ -399,10 +429,12 @@ def cli_start(workdir: Path) -> tuple[list[Row], str]:
     return [Row("datarepo --help", ours, "python -c pass", python, "< 0.15 s", ours < 0.15)], note
 
 
-def bench_ingest(workdir: Path, samples: int, seed: int) -> tuple[list[Row], list[str]]:
+def bench_ingest(workdir: Path, samples: int, seed: int, status_sizes: list[int]) -> tuple[list[Row], list[str]]:
     copies, jpgs = Copies.make(workdir, samples, seed)
     rows = first_add(copies, workdir)
     rows += noop_status(copies)
+    for size in status_sizes:
+        rows += status_at_size(workdir, size, seed)
     rows += readd(copies, jpgs, seed)
     help_rows, note = cli_start(workdir)
     rows += help_rows
@@ -555,6 +587,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--scale", action="store_true", help="also benchmark a large repository built through the API")
     parser.add_argument("--scale-datums", type=int, default=1_000_000, help="datums in the --scale repository")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--status-sizes", type=int, nargs="*", default=[20_000],
+                        help="sample counts of further trees whose no-op status is timed against git status")
     return parser.parse_args()
 
 
@@ -574,7 +608,7 @@ def main() -> None:
     print("# datarepo ingest benchmark\n\n" + "\n".join(f"- {line}" for line in describe(repo_root)))
     try:
         if args.samples:
-            rows, notes = bench_ingest(workdir, args.samples, args.seed)
+            rows, notes = bench_ingest(workdir, args.samples, args.seed, args.status_sizes)
             print_table("ingest", rows, notes)
         if args.scale:
             rows, notes = bench_scale(workdir, args.scale_datums, args.seed)
