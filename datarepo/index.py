@@ -137,14 +137,13 @@ class Index:
             return True
         return self.db.execute("SELECT 1 FROM stat WHERE scope=? LIMIT 1", (scope,)).fetchone() is not None
 
-    def write_stat_base(self, parts: Iterable[StatPart], seen_ns: int, scope: str = "") -> str:
-        """Writes ``parts`` (each file hashed at ``seen_ns``) as the stat cache's next base: a
-        bulk hashing (a first ``add``) writes one file, not a row per file. Returns what names
-        it, for :meth:`name_stat_base` to record; until then the old name (or none) stays, and
-        a base whose hash does not match what is named is read as empty (its files are
-        hashed again, nothing else is lost). It does not touch SQLite, so a forked helper may
-        run it."""
-        raw = StatBase.pack(list(parts), seen_ns)
+    def write_stat_base(self, read: StatColumns, seen_ns: int, scope: str = "") -> str:
+        """Writes the files ``read`` (each hashed at ``seen_ns``) as the stat cache's next base:
+        a bulk hashing (a first ``add``) writes one file, not a row per file. Returns what
+        names it, for :meth:`name_stat_base` to record; until then the old name (or none)
+        stays, and a base whose hash does not match what is named is read as empty (its
+        files are hashed again, nothing else is lost)."""
+        raw = StatBase.pack(read, seen_ns)
         path = self._base_path(scope)
         atomic_write(path, raw, mode=0o644, durable=False)
         return json.dumps([path.name, hash_bytes(raw)])
@@ -171,7 +170,7 @@ class Index:
         if not read:
             return
         if bulk:
-            self.name_stat_base(self.write_stat_base([(read.names, read.stats, "".join(read.hex_hashes()))], seen_ns, scope), scope)
+            self.name_stat_base(self.write_stat_base(read, seen_ns, scope), scope)
         else:
             self.save_stats(read.rows(seen_ns), scope)
 
@@ -327,11 +326,6 @@ class Index:
             yield datum
 
 
-# Files hashed together, for :meth:`Index.write_stat_base`: their paths, their (size,
-# mtime_ns, inode) as int64s, three a path, and their hashes joined.
-StatPart = tuple[list[str], array, str]
-
-
 def _base_meta(scope: str) -> str:
     return f"stat-base {scope}" if scope else "stat-base"
 
@@ -388,9 +382,9 @@ class StatBase:
         return cls(raw) if hash_bytes(raw) == digest else cls()
 
     @staticmethod
-    def pack(parts: list[StatPart], seen_ns: int) -> bytes:
-        names = [n for part in parts for n in part[0]]
-        places = sorted(range(len(names)), key=names.__getitem__)  # parts come nearly sorted: quick
+    def pack(read: StatColumns, seen_ns: int) -> bytes:
+        names = read.names
+        places = sorted(range(len(names)), key=names.__getitem__)  # they come nearly sorted: quick
         ordered = [names[i] for i in places]
         text = "\x00".join(ordered)
         raw = text.encode("utf-8", "surrogateescape")
@@ -398,9 +392,8 @@ class StatBase:
             ordered = [name.encode("utf-8", "surrogateescape") for name in ordered]
         totals = array("q", accumulate(map(len, ordered), initial=0))
         head = array("q", [len(names), seen_ns, len(raw)]).tobytes()
-        stats = [part[1].tobytes() for part in parts]
-        hashes = [part[2].encode("ascii") for part in parts]
-        return b"".join([head, raw, bytes(-len(raw) % 8), totals.tobytes(), array("q", places).tobytes(), *stats, *hashes])
+        hashes = read.digests.hex().encode("ascii")
+        return b"".join([head, raw, bytes(-len(raw) % 8), totals.tobytes(), array("q", places).tobytes(), read.stats.tobytes(), hashes])
 
     def _name(self, i: int) -> str:
         return bytes(self.names[self.totals[i] + i : self.totals[i + 1] + i]).decode("utf-8", "surrogateescape")
