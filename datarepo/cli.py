@@ -28,6 +28,8 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except DataRepoError as e:
+            for detail in getattr(e, "details", [])[1:]:  # the full list, then the one-line summary
+                click.echo(f"error: {detail}", err=True)
             raise click.ClickException(str(e)) from None
         except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as git does
             _quiet_stdout()
@@ -149,6 +151,8 @@ def status(as_json: bool, follow: bool) -> None:
 
     repo = _repo()
     st = run(repo, follow=follow)
+    for note in st.notes:
+        click.echo(f"note: {note}", err=True)
     if as_json:
         _json(st.total.to_json())
         return
@@ -158,10 +162,9 @@ def status(as_json: bool, follow: bool) -> None:
         if changes:
             click.echo(title)
             _print_changes(changes)
-    for note in st.notes:
-        click.echo(f"note: {note}", err=True)
-    if not st.total and not st.staged:
-        click.echo("nothing to commit, work tree clean")
+    if not st.total and not st.staged:  # never "clean" while files are left out
+        left = f"but {len(st.notes)} left out (see the notes)" if st.notes else "work tree clean"
+        click.echo(f"nothing to commit, {left}")
 
 
 def _print_changes(changes: Any) -> None:

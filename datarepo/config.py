@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import os
 import tomllib
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from datarepo.errors import InvalidInputError
 from datarepo.fsutil import atomic_write
+from datarepo.keys import GROUPINGS, check_key
 
 DEFAULT_SHARD_SIZE = 256 << 20
-GROUPINGS = ("wds", "file")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # a commit's time (UTC)
 
 
 @dataclass(frozen=True)
@@ -52,28 +56,92 @@ class Config:
 
     @classmethod
     def load(cls, path: Path) -> Config:
+        """Reads ``config.toml``; InvalidInputError names the file and what is wrong in it."""
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-            core, gc = data.get("core", {}), data.get("gc", {})
-            cfg = cls(
-                bare=bool(core.get("bare", False)),
-                grouping=str(core.get("grouping", "wds")),
-                shard_size=int(core.get("shard_size", DEFAULT_SHARD_SIZE)),
-                pipelines_dir=str(core.get("pipelines_dir", "pipelines")),
-                sparse=tuple(str(p) for p in core.get("sparse", ())),
-                reflog_expire_days=int(gc.get("reflog_expire_days", 30)),
-                user={str(k): str(v) for k, v in data.get("user", {}).items()},
-            )
-        except (OSError, tomllib.TOMLDecodeError, ValueError, TypeError, AttributeError) as e:
+            data = tomllib.loads(path.read_bytes().decode("utf-8"))
+        except OSError as e:
+            raise InvalidInputError(f"cannot read {path}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"bad config {path}: not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as e:
             raise InvalidInputError(f"bad config {path}: {e}") from None
-        return cfg.validated()
+        read = _Reader(path, data)
+        return cls(
+            bare=read("core", "bare", bool, False),
+            grouping=read("core", "grouping", str, "wds"),
+            shard_size=read("core", "shard_size", int, DEFAULT_SHARD_SIZE),
+            pipelines_dir=read("core", "pipelines_dir", str, "pipelines"),
+            sparse=tuple(read("core", "sparse", list, [], of=str)),
+            reflog_expire_days=read("gc", "reflog_expire_days", int, 30),
+            user=dict(read("user", None, dict, {}, of=str)),
+        ).validated(path)
 
-    def validated(self) -> Config:
+    def validated(self, path: Path | None = None) -> Config:
+        where = f"bad config {path}: " if path else ""
         if self.grouping not in GROUPINGS:
-            raise InvalidInputError(f"grouping must be one of {', '.join(GROUPINGS)}, not {self.grouping!r}")
+            raise InvalidInputError(f"{where}grouping must be one of {', '.join(GROUPINGS)}, not {self.grouping!r}")
         if self.shard_size < 1024:
-            raise InvalidInputError(f"shard_size must be at least 1024 bytes, not {self.shard_size}")
+            raise InvalidInputError(f"{where}shard_size must be at least 1024 bytes, not {self.shard_size}")
+        if self.reflog_expire_days < 0:
+            raise InvalidInputError(f"{where}reflog_expire_days must not be negative, not {self.reflog_expire_days}")
+        for prefix in self.sparse:
+            if not prefix.endswith("/"):
+                raise InvalidInputError(f"{where}a sparse prefix ends with '/', not {prefix!r}")
+            try:
+                check_key(prefix[:-1])
+            except InvalidInputError as e:
+                raise InvalidInputError(f"{where}sparse prefix {prefix!r}: {e}") from None
         return self
+
+
+class _Reader:
+    """Takes settings out of a parsed config.toml, each of the type it must have."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path, self.data = path, data
+
+    def __call__(self, table: str, name: str | None, kind: type, default: Any, of: type | None = None) -> Any:
+        where = f"{table}.{name}" if name else f"[{table}]"
+        section = self.data.get(table, {})
+        if not isinstance(section, dict):
+            raise InvalidInputError(f"bad config {self.path}: [{table}] must be a table")
+        value = section if name is None else section.get(name, default)
+        # (bool is an int in Python; a setting that takes a number does not take true)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise InvalidInputError(f"bad config {self.path}: {where} must be {_KINDS[kind]}, not {value!r:.40}")
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        if of is not None and not all(isinstance(v, of) for v in items):
+            raise InvalidInputError(f"bad config {self.path}: {where} must hold only {_KINDS[of].removeprefix('a ')}s")
+        return value
+
+
+_KINDS = {bool: "true or false", str: "a string", int: "a whole number", list: "a list", dict: "a table"}
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A number of seconds from the environment variable ``name`` (unset or empty: ``default``)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < math.inf:
+        raise InvalidInputError(f"{name} must be a number of seconds (0 or more), not {text!r}")
+    return value
+
+
+def env_time(name: str = "DATAREPO_TIME") -> str | None:
+    """A commit time from the environment (``2024-01-02T03:04:05Z``, UTC), or None if unset."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        datetime.strptime(text, TIME_FORMAT)
+    except ValueError:
+        raise InvalidInputError(f"{name} must be a UTC time like 2024-01-02T03:04:05Z, not {text!r}") from None
+    return text
 
 
 def _value(v: Any) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from datarepo import tree as trees
-from datarepo.config import DEFAULT_SHARD_SIZE, Config
+from datarepo.config import DEFAULT_SHARD_SIZE, TIME_FORMAT, Config, env_seconds, env_time
 from datarepo.errors import BadRevisionError, InvalidInputError, NotARepositoryError, ObjectNotFoundError
 from datarepo.fsutil import WriterLock, atomic_write
 from datarepo.hashing import Oid, is_oid
@@ -37,7 +37,7 @@ class Repo:
         self.worktree = worktree
         self.config = Config.load(dotdir / "config.toml")
         self.store = Store(dotdir)
-        self.lock = WriterLock(dotdir / "lock", timeout=float(os.environ.get("DATAREPO_LOCK_TIMEOUT", "60")))
+        self.lock = WriterLock(dotdir / "lock", timeout=env_seconds("DATAREPO_LOCK_TIMEOUT", 60))
         self.refs = Refs(dotdir, self.lock)
 
     # opening -----------------------------------------------------------
@@ -249,7 +249,7 @@ class Repo:
 
     @staticmethod
     def now() -> str:
-        return os.environ.get("DATAREPO_TIME") or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return env_time() or datetime.now(timezone.utc).strftime(TIME_FORMAT)
 
     # datums ------------------------------------------------------------
     def locate(self, datum: str) -> tuple[str, DatumLoc]:

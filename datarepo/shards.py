@@ -19,6 +19,7 @@ from zlib import adler32 as _adler32
 
 import xxhash
 
+from datarepo import keys
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.fsutil import make_temp, start_writeback
 from datarepo.hashing import CHUNK, Oid, canonical_json, is_oid
@@ -106,7 +107,7 @@ class ShardIndex:
                 for d, o, n, m in obj["datums"]
             )
             return cls(Oid(obj["shard"]), int(obj["size"]), datums)
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as e:
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError, OverflowError) as e:
             raise CorruptObjectError(name, f"bad shard index ({e!s:.60})") from None
 
 
@@ -397,9 +398,5 @@ def _pax_records(payload: bytes, name: str, pos: int) -> dict[str, str]:
 
 
 def split_member_name(name: str) -> tuple[str, str]:
-    """Splits a WebDataset member name into (key, extension) at the basename's first dot."""
-    slash = name.rfind("/") + 1
-    dot = name.find(".", slash)
-    if dot < 0:
-        return name, ""
-    return name[:dot], name[dot + 1 :]
+    """Splits a WebDataset member name into (key, extension): :func:`datarepo.keys.split_member`."""
+    return keys.split_member(name)

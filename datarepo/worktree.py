@@ -7,20 +7,20 @@ import stat as stat_mod
 import struct
 import time
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import chain, repeat, starmap
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
 from datarepo import executor
 from datarepo.errors import InvalidInputError
+from datarepo.keys import IGNORE_FILE, RESERVED_DIRS, check_key, check_path, join, split, split_all  # noqa: F401 (check_key: re-exported)
 
-NEVER_ADDED = frozenset({".git", ".dvc", ".datarepo", ".datarepoignore"})
-IGNORE_FILE = ".datarepoignore"
+NEVER_ADDED = RESERVED_DIRS | {IGNORE_FILE}
 # Below this many files, forking a helper to stat half of them costs more than it saves.
 PARALLEL_STAT_MIN = 20_000
 
@@ -49,7 +49,7 @@ class Scan:
     # anywhere (those reached through a symlink) lie in a span whose directory is None.
     spans: list[tuple[str | None, int, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[Problem] = field(default_factory=list)
     started_ns: int = 0
 
     @cached_property
@@ -102,7 +102,8 @@ class Scan:
         wanted: dict[str, list[str]] = {}
         for key in keys:
             wanted.setdefault(key[: key.rfind("/") + 1], []).append(key)
-        end = "\x00" if grouping == "file" else "."  # a file's key is its path; else its name up to a dot
+        # A file's key is its path ("file"); else its name up to a dot, or all of it (no extension).
+        ends = ("\x00",) if grouping == "file" else (".", "\x00")
         found = {}
         for rel_dir, start, stop in self.spans:
             near = wanted.get(rel_dir, []) if rel_dir is not None else [k for ks in wanted.values() for k in ks]
@@ -110,24 +111,25 @@ class Scan:
                 continue
             if len(near) > FEW_KEYS:
                 at_key: dict[str, list[int]] = {}
-                for i, split in enumerate(split_paths(self.names[start:stop], grouping), start):
-                    if split is not None:
-                        at_key.setdefault(split[0], []).append(i)
+                for i, (key, _) in enumerate(split_all(self.names[start:stop], grouping), start):
+                    at_key.setdefault(key, []).append(i)
                 found.update((self.names[i], self._stat(i)) for key in near for i in at_key.get(key, ()))
                 continue
             joined = "\x00" + "\x00".join(self.names[start:stop]) + "\x00"
             hits = []
             for key in near:
-                needle = "\x00" + key + end
-                at = joined.find(needle)
-                while at >= 0:
-                    hits.append(at)
-                    at = joined.find(needle, at + 1)
+                for end in ends:
+                    needle = "\x00" + key + end
+                    at = joined.find(needle)
+                    while at >= 0:
+                        hits.append((at, key))
+                        at = joined.find(needle, at + 1)
             i, counted = start, 0
-            for at in sorted(hits):  # a file's place: the names before it, counted once along the string
+            for at, key in sorted(hits):  # a file's place: the names before it, counted once along the string
                 i += joined.count("\x00", counted, at)
                 counted = at
-                found[self.names[i]] = self._stat(i)
+                if split(self.names[i], grouping)[0] == key:  # ("x." begins with "x.", yet is a key of its own)
+                    found[self.names[i]] = self._stat(i)
         return found
 
     def _stat(self, i: int) -> FileStat:
@@ -135,10 +137,58 @@ class Scan:
             return self.files[self.names[i]]
         return self.stats[3 * i], self.stats[3 * i + 1], self.stats[3 * i + 2]
 
-    def raise_errors(self) -> None:
-        if self.errors:
-            more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
-            raise InvalidInputError(self.errors[0] + more)
+    def raise_errors(self, within: list[str] | None = None) -> None:
+        """Refuses, with the full list, the entries under ``within`` (work-tree paths, as
+        :func:`paths_within` gives them; None: all) whose contents cannot be known (a
+        directory or ignore file that cannot be read, a file that cannot be stat'ed), and
+        those ``within`` names itself; the other entries that cannot be stored (a fifo, a
+        name that is not UTF-8) become notes, as git passes them over. Entries elsewhere are
+        no concern of a command given ``within``: one bad entry does not block the others."""
+        relevant = [p for p in self.errors if within is None or any(_overlap(p.path, w) for w in within)]
+        fatal = [p.message for p in relevant if p.unknown or (within is not None and p.path in within)]
+        if fatal:
+            raise BadEntriesError(fatal)
+        self.notes.extend(f"{p.message} (left out)" for p in relevant)
+        self.errors = []
+
+
+class Problem(NamedTuple):
+    """An entry a scan could not take: its path (a directory: its contents), why, and whether
+    what lies there is unknown (an unreadable directory) rather than known but not storable."""
+
+    path: str
+    message: str
+    unknown: bool
+
+
+class BadEntriesError(InvalidInputError):
+    """Entries of the work tree that a command cannot pass over; ``details`` lists them all."""
+
+    def __init__(self, details: list[str]) -> None:
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        super().__init__(details[0] + more)
+        self.details = details
+
+
+def _overlap(path: str, other: str) -> bool:
+    """Whether one of two work-tree paths ("": the root) lies in the other."""
+    return not path or not other or path == other or other.startswith(path + "/") or path.startswith(other + "/")
+
+
+def paths_within(root: Path, paths: Iterable[str] | None) -> list[str] | None:
+    """Path arguments as work-tree paths ("" for the root); None for no arguments or the root."""
+    if not paths:
+        return None
+    found = []
+    for p in paths:
+        try:
+            rel = Path(os.path.abspath(p)).relative_to(root).as_posix()
+        except ValueError:  # outside the work tree: refused by the command itself
+            continue
+        if rel in ("", "."):
+            return None
+        found.append(rel)
+    return found
 
 
 # Up to this many keys in one directory, :meth:`Scan.files_of` searches the directory's names
@@ -173,11 +223,37 @@ def _read_ignore(entry: os.DirEntry, rel: str, result: Scan) -> Any | None:
     try:
         raw = Path(entry.path).read_bytes()
     except OSError as e:
-        result.errors.append(f"cannot read {rel}: {e.strerror}")
+        result.errors.append(Problem(rel.rpartition("/")[0], f"cannot read {rel}: {e.strerror}", True))
         return None
+    try:
+        return parse_ignore(raw, rel)
+    except InvalidInputError as e:
+        result.errors.append(Problem(rel.rpartition("/")[0], str(e), True))
+        return None
+
+
+def parse_ignore(raw: bytes, name: str = IGNORE_FILE) -> Any:
+    """The spec of an ignore file's bytes (gitignore syntax; bytes that are not UTF-8 are
+    replaced); InvalidInputError names a line that is not a pattern."""
     import pathspec
 
-    return pathspec.GitIgnoreSpec.from_lines(raw.decode("utf-8", errors="replace").splitlines())
+    lines = raw.decode("utf-8", errors="replace").splitlines()
+    try:
+        return pathspec.GitIgnoreSpec.from_lines(lines)
+    except ValueError as e:  # pathspec's error for a line that is no pattern (a lone "!" or "\\")
+        bad = next((i for i, line in enumerate(lines, 1) if not _is_pattern(line)), None)
+        where = f" line {bad}" if bad else ""
+        raise InvalidInputError(f"{name}{where}: not a gitignore pattern ({e!s:.80})") from None
+
+
+def _is_pattern(line: str) -> bool:
+    import pathspec
+
+    try:
+        pathspec.GitIgnoreSpec.from_lines([line])
+    except ValueError:
+        return False
+    return True
 
 
 def ignored(rules: Rules, rel: str, is_dir: bool) -> bool:
@@ -213,7 +289,7 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
             with os.scandir(os.path.join(root, rel_dir)) as it:
                 entries = list(it)
         except OSError as e:
-            result.errors.append(f"cannot read directory {rel_dir or '.'}: {e.strerror}")
+            result.errors.append(Problem(rel_dir.rstrip("/"), f"cannot read directory {rel_dir or '.'}: {e.strerror}", True))
             continue
         if (ignore := next((e for e in entries if e.name == IGNORE_FILE), None)) is not None:
             if (spec := _read_ignore(ignore, rel_dir + IGNORE_FILE, result)) is not None:
@@ -335,7 +411,7 @@ def _restat_failed(root: Path, result: Scan) -> None:
             try:
                 now = os.lstat(os.path.join(root, rel))
             except OSError as e:
-                result.errors.append(f"cannot stat {rel}: {e.strerror}")
+                result.errors.append(Problem(rel, f"cannot stat {rel}: {e.strerror}", True))
                 continue
             st = (now.st_size, now.st_mtime_ns, now.st_ino)
         names.append(rel)
@@ -359,7 +435,8 @@ def _valid_names(entries: list[os.DirEntry], rel_dir: str, result: Scan) -> list
             e.name.encode("utf-8")
             good.append(e)
         except UnicodeEncodeError:
-            result.errors.append(f"file name is not valid UTF-8: {os.fsencode(rel_dir + e.name)!r}")
+            rel = rel_dir + e.name
+            result.errors.append(Problem(rel, f"{os.fsencode(rel)!r}: file name is not valid UTF-8", False))
     return good
 
 
@@ -372,53 +449,27 @@ def _classify_other(entry: os.DirEntry, rel: str, result: Scan, follow: bool) ->
     try:
         st = entry.stat(follow_symlinks=True)
     except OSError as e:
-        result.errors.append(f"cannot stat {rel}: {e.strerror}")
+        result.notes.append(f"skipped symlink {rel}: its target cannot be read ({e.strerror})")
         return None
     if stat_mod.S_ISREG(st.st_mode):
         return st.st_size, st.st_mtime_ns, st.st_ino
     if stat_mod.S_ISDIR(st.st_mode):
         result.notes.append(f"skipped symlink to a directory {rel}")
     else:
-        result.errors.append(f"not a regular file: {rel}")
+        result.errors.append(Problem(rel, f"not a regular file: {rel}", False))
     return None
 
 
-def split_path(rel: str, grouping: str) -> tuple[str, str] | None:
-    """Returns (key, member extension) for a file, or None if it cannot be grouped."""
-    return next(split_paths((rel,), grouping))
-
-
-def split_paths(paths: Iterable[str], grouping: str) -> Iterator[tuple[str, str] | None]:
-    """:func:`split_path` of each path, as one loop: a first ``add`` groups every file."""
-    if grouping == "file":
-        for rel in paths:
-            base = rel.rsplit("/", 1)[-1]
-            dot = base.rfind(".")
-            yield rel, (base[dot + 1 :] if 0 < dot < len(base) - 1 else "bin")
-        return
-    for rel in paths:  # "wds": the key ends at the basename's first dot, as in a WebDataset tar
-        slash = rel.rfind("/") + 1  # (:func:`split_member_name`, inlined: a first add splits every path)
-        dot = rel.find(".", slash)
-        yield (rel[:dot], rel[dot + 1 :]) if slash < dot < len(rel) - 1 else None  # a key and an extension
-
-
-def check_key(key: str) -> str:
-    """Refuses keys that could not be written safely below a directory."""
-    parts = key.split("/")
-    if not key or key.startswith("/") or "\x00" in key or any(p in ("", ".", "..") for p in parts):
-        raise InvalidInputError(f"invalid key {key!r}: keys are relative '/'-separated paths without '.' or '..'")
-    return key
+# The key rule lives in :mod:`datarepo.keys`; these names stay here for the callers that import them.
+split_path = split
+split_paths = split_all
+member_path = join
 
 
 def safe_path(root: Path, rel: str) -> Path:
-    """``root / rel``, refusing anything that would land outside ``root``."""
-    check_key(rel)
+    """``root / rel``, refusing anything that would land outside ``root`` (or in its ``.datarepo``)."""
+    check_path(rel)
     return root / rel
-
-
-def member_path(key: str, ext: str, grouping: str) -> str:
-    """The work-tree path of a datum member: the inverse of :func:`split_path`."""
-    return key if grouping == "file" else f"{key}.{ext}"
 
 
 def file_and_dir(files: set[str]) -> tuple[str, set[str]]:
@@ -435,28 +486,25 @@ def file_and_dir(files: set[str]) -> tuple[str, set[str]]:
     return clash, dirs
 
 
-def group(files: Iterable[str], grouping: str, notes: list[str]) -> dict[str, dict[str, str]]:
-    """Groups relative paths into datums: key → {extension: path}."""
+def group(files: Iterable[str], grouping: str, notes: list[str] | None = None) -> dict[str, dict[str, str]]:
+    """Groups relative paths into datums by :func:`datarepo.keys.split`: key → {extension: path}.
+    Every path fits a datum (``notes`` is kept for the callers that pass one)."""
     files = files if isinstance(files, list) else list(files)
     if grouping == "wds":
-        return _group_wds(files, notes)
-    # grouping = "file": each file is a datum of its own, keyed by its path (no split fails)
-    return {key: {ext: rel} for rel, (key, ext) in zip(files, split_paths(files, grouping))}  # type: ignore[misc]
+        return _group_wds(files)
+    return {key: {ext: rel} for rel, (key, ext) in zip(files, split_all(files, grouping))}
 
 
-def _group_wds(files: list[str], notes: list[str]) -> dict[str, dict[str, str]]:
+def _group_wds(files: list[str]) -> dict[str, dict[str, str]]:
     """:func:`group` by WebDataset keys, in one loop: a first add groups every file. Each path
     is cut at its first dot (in C); where that dot is not in the file's name, or leaves no
-    key or extension, :func:`split_path` decides. Sorted paths bring a key's files one after
-    another, so most need no lookup of their key (half the time of looking up every one)."""
+    key or extension, :func:`datarepo.keys.split` decides. Sorted paths bring a key's files
+    one after another, so most need no lookup of their key (half the time of looking up every one)."""
     datums: dict[str, dict[str, str]] = {}
     last, datum = None, {}  # the key of the last file, and its members
     for rel, (key, _, ext) in zip(files, map(str.partition, files, repeat("."))):
         if not ext or "/" in ext or not key or key[-1] == "/":
-            if (split := split_path(rel, "wds")) is None:
-                notes.append(f"skipped {rel}: no extension to name a member by (grouping = \"wds\")")
-                continue
-            key, ext = split
+            key, ext = split(rel)
         if key != last:
             if (found := datums.get(key)) is None:
                 datums[key] = found = {}

@@ -58,20 +58,32 @@ def test_symlinks_are_skipped_with_a_note_or_followed(worktree: Path, cli, tmp_p
     assert cli("cat", "HEAD:link.jpg").stdout_bytes == b"target bytes"
 
 
-def test_fifo_is_refused_and_nothing_is_staged(worktree: Path, cli) -> None:
+def test_a_fifo_is_left_out_with_a_note_and_refused_when_named(worktree: Path, cli) -> None:
+    """As git passes over what it cannot store: ``add .`` stores the rest and says what it
+    left out, status never calls the tree clean meanwhile, and naming the fifo is an error."""
     (worktree / "ok.jpg").write_bytes(b"ok")
     os.mkfifo(worktree / "pipe.jpg")
     cli("init")
-    _one_line_error(cli("add", ".", ok=False), "not a regular file: pipe.jpg")
-    assert Repo.open(worktree).index.staged() == {}
+    out = cli("add", ".").output
+    assert "note: not a regular file: pipe.jpg (left out)" in out and "staged 1 added" in out
+    cli("commit", "-m", "x")
+    status = cli("status").output
+    assert "not a regular file: pipe.jpg" in status and "work tree clean" not in status
+    _one_line_error(cli("add", "pipe.jpg", ok=False), "not a regular file: pipe.jpg")
 
 
-def test_name_that_is_not_utf8_is_refused(worktree: Path, cli) -> None:
+def test_a_name_that_is_not_utf8_is_left_out_and_blocks_nothing(worktree: Path, cli) -> None:
     (worktree / "ok.jpg").write_bytes(b"ok")
-    with open(os.path.join(os.fsencode(worktree), b"bad\xff.jpg"), "wb") as f:
+    bad = os.path.join(os.fsencode(worktree), b"bad\xff.jpg")
+    with open(bad, "wb") as f:
         f.write(b"x")
     cli("init")
-    _one_line_error(cli("add", ".", ok=False), "not valid UTF-8")
+    out = cli("add", ".").output
+    assert "not valid UTF-8 (left out)" in out and "staged 1 added" in out
+    cli("commit", "-m", "x")
+    status = cli("status").output
+    assert "not valid UTF-8" in status and "nothing to commit, but 1 left out" in status
+    _one_line_error(cli("add", os.fsdecode(bad), ok=False), "not valid UTF-8")
 
 
 def test_empty_files_round_trip(worktree: Path, cli) -> None:
@@ -396,13 +408,14 @@ def test_keys_that_would_be_both_a_file_and_a_directory_are_refused_before_writi
     cli("ingest", str(lines), "--prefix", "p")
     cli("checkout", "-f", "HEAD")
     assert (worktree / "p" / "x.jpg" / "y.txt").read_text() == "b"
-    # and back: the directory goes with its last file, unless a file no datum holds (no extension) stays in it
+    # and back: the directory goes with its last file, unless a file no datum holds (an ignored one) stays in it
     lines.write_text('{"__key__": "keep", "txt": "k"}\n{"__key__": "x", "jpg": "a"}\n')
     cli("ingest", str(lines), "--prefix", "p")
-    (worktree / "p" / "x.jpg" / "NOTES").write_bytes(b"untracked")
+    (worktree / ".datarepoignore").write_text("*.log\n")
+    (worktree / "p" / "x.jpg" / "NOTES.log").write_bytes(b"ignored")
     _one_line_error(cli("checkout", "-f", "HEAD", ok=False), "p/x.jpg is a directory where a file is needed")
-    assert (worktree / "p" / "x.jpg" / "NOTES").read_bytes() == b"untracked"
-    (worktree / "p" / "x.jpg" / "NOTES").unlink()
+    assert (worktree / "p" / "x.jpg" / "NOTES.log").read_bytes() == b"ignored"
+    (worktree / "p" / "x.jpg" / "NOTES.log").unlink()
     cli("checkout", "-f", "HEAD")
     assert (worktree / "p" / "x.jpg").read_text() == "a"
 
@@ -446,3 +459,167 @@ def test_commit_refuses_a_staged_datum_no_shard_holds(repo_with_commit, worktree
         repo.index.drop_shard(shard)
     _one_line_error(cli("commit", "-m", "x", ok=False), "staged datum", datum)
     assert Repo.open(worktree).head() == head
+
+
+def _program(cwd: Path, *args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    """The real program in a process of its own, without the power to bypass file permissions."""
+    env = {**os.environ, "DATAREPO_AUTHOR": "t", "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "datarepo.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, preexec_fn=kw.pop("preexec_fn", _drop_file_override), **kw)
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_an_unreadable_directory_blocks_only_what_it_could_hide(worktree: Path) -> None:
+    """``add good.txt`` does not care about a directory elsewhere; ``add .`` and ``status``
+    refuse, since the directory's datums would look deleted, and list every bad entry."""
+    (worktree / "good.txt").write_bytes(b"good")
+    for name in ("locked", "shut"):
+        (worktree / name).mkdir()
+        (worktree / name / "a.txt").write_bytes(b"a")
+    assert _program(worktree, "init").returncode == 0
+    os.chmod(worktree / "locked", 0)
+    os.chmod(worktree / "shut", 0)
+    try:
+        assert _program(worktree, "add", "good.txt").returncode == 0
+        result = _program(worktree, "add", ".")
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [
+            "error: cannot read directory shut/: Permission denied",
+            "Error: cannot read directory locked/: Permission denied (and 1 more)",
+        ] or result.stderr.strip().splitlines() == [
+            "error: cannot read directory locked/: Permission denied",
+            "Error: cannot read directory shut/: Permission denied (and 1 more)",
+        ], result.stderr
+        _one_error_line(_program(worktree, "add", "locked/a.txt"), "locked", "Permission denied")
+    finally:
+        os.chmod(worktree / "locked", 0o755)
+        os.chmod(worktree / "shut", 0o755)
+    assert list(Repo.open(worktree).index.staged()) == ["good"]
+
+
+def test_add_follow_of_one_path_ignores_a_dangling_link_elsewhere(worktree: Path, cli) -> None:
+    (worktree / "x.txt").write_bytes(b"x")
+    (worktree / "dangling.txt").symlink_to(worktree / "gone.txt")
+    cli("init")
+    cli("add", "--follow", "x.txt")
+    out = cli("add", "--follow", ".").output
+    assert "skipped symlink dangling.txt: its target cannot be read" in out
+    assert "work tree clean" not in cli("status", "--follow").output
+
+
+def test_stdin_that_is_closed_is_one_line(worktree: Path) -> None:
+    assert _program(worktree, "init").returncode == 0
+    result = _program(worktree, "ingest", "-", "--prefix", "p", preexec_fn=lambda: os.close(0))
+    _one_error_line(result, "standard input is closed")
+
+
+@pytest.mark.parametrize(
+    ("lines", "words"),
+    [
+        ('{"txt": "no key"}\n', ['<stdin>:1', 'no "__key__" field']),
+        ('[1, 2]\n', ["<stdin>:1", "a datum is a JSON object, not a list"]),
+        ('"text"\n', ["<stdin>:1", "not a string"]),
+        ('{"__key__": 3, "txt": "x"}\n', ['"__key__" must be a string']),
+        ('{"__key__": "a"}\n', ["has no members"]),
+        ('{"__key__": "a", "txt": "x", "txt": "y"}\n', ["field 'txt' appears twice"]),
+        ('{"__key__": "a", "txt": true}\n', ["unsupported member value True"]),
+        ('{"__key__": "a", "b/c": "x"}\n', ["<stdin>:1", "invalid member name 'b/c'"]),
+        ('{"__key__": "a", "x\\u0000": "x"}\n', ["invalid member name"]),
+        ('{"__key__": "a/../b", "txt": "x"}\n', ["invalid key"]),
+        ('{"__key__": ".datarepo/HEAD", "txt": "x"}\n', ["invalid key"]),
+        ('{"__key__": "a", "txt": "1"}\n{"__key__": "b", "txt": "2"}\n{"__key__": "a", "txt": "3"}\n',
+         ["key 'a' comes twice: <stdin>:1 and <stdin>:3"]),
+        ('{"__key__": "a", "txt": {"base64": "!!"}}\n', ["<stdin>:1", "bad JSON-lines datum"]),
+        (b"\xff\xfe\n", ["<stdin>:1"]),
+        ("[" * 100_000 + "\n", ["<stdin>:1"]),
+    ],
+)
+def test_bad_json_lines_are_one_line_and_commit_nothing(worktree: Path, cli, lines: str | bytes, words: list[str]) -> None:
+    cli("init")
+    _one_line_error(cli("ingest", "-", "--prefix", "p", input=lines, ok=False), *words)
+    assert cli("log").output == ""
+
+
+def test_a_key_twice_across_files_or_in_a_tar_is_refused(tmp_path: Path, worktree: Path, cli) -> None:
+    import io
+    import tarfile
+
+    (tmp_path / "one.jsonl").write_text('{"__key__": "a", "txt": "1"}\n')
+    (tmp_path / "two.jsonl").write_text('{"__key__": "a", "txt": "2"}\n')
+    cli("init")
+    _one_line_error(cli("ingest", str(tmp_path / "*.jsonl"), "--prefix", "p", ok=False),
+                    f"key 'a' comes twice: {tmp_path}/one.jsonl:1 and {tmp_path}/two.jsonl:1")
+    with tarfile.open(tmp_path / "x.tar", "w") as tf:
+        for name in ("a.jpg", "b.jpg", "a.cls"):  # a's members apart: two samples of one key
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tf.addfile(info, io.BytesIO(b"x"))
+    _one_line_error(cli("ingest", str(tmp_path / "x.tar"), "--prefix", "p", ok=False), "key 'a' comes twice", "member a.jpg", "member a.cls")
+    assert cli("log").output == ""
+
+
+def test_a_member_name_that_cannot_be_stored_is_refused_at_the_door(tmp_path: Path, worktree: Path, cli) -> None:
+    """A member named ``a/b`` was once taken, and then cat, export and repack failed forever."""
+    cli("init")
+    _one_line_error(cli("ingest", "-", "--prefix", "p", input='{"__key__": "k", "a/b": "x"}\n', ok=False), "invalid member name")
+    assert cli("log").output == ""
+    cli("ingest", "-", "--prefix", "p", input='{"__key__": "k", "": "no extension", "txt": "t"}\n')
+    assert cli("cat", "HEAD:p/k").stdout_bytes == b"no extension"
+    cli("export", "HEAD", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "p" / "k").read_bytes() == b"no extension"
+    cli("repack", "--all")
+    assert "0 problems" in cli("fsck").output
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "words"),
+    [
+        ("DATAREPO_LOCK_TIMEOUT", "soon", ["DATAREPO_LOCK_TIMEOUT must be a number of seconds", "'soon'"]),
+        ("DATAREPO_LOCK_TIMEOUT", "-1", ["DATAREPO_LOCK_TIMEOUT"]),
+        ("DATAREPO_LOCK_TIMEOUT", "nan", ["DATAREPO_LOCK_TIMEOUT"]),
+        ("DATAREPO_TIME", "yesterday", ["DATAREPO_TIME must be a UTC time", "'yesterday'"]),
+        ("DATAREPO_TIME", "2024-13-01T00:00:00Z", ["DATAREPO_TIME"]),
+    ],
+)
+def test_bad_environment_variables_are_one_line(repo_with_commit, worktree: Path, name: str, value: str, words: list[str]) -> None:
+    (worktree / "new.txt").write_bytes(b"n")
+    assert _program(worktree, "add", "new.txt").returncode == 0
+    _one_error_line(_program(worktree, "commit", "-m", "x", env={name: value}), *words)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (b"[core\n", ["config.toml"]),
+        (b"\xff\xfe", ["not UTF-8"]),
+        (b"core = 3\n", ["[core] must be a table"]),
+        (b'[core]\nshard_size = "big"\n', ["core.shard_size must be a whole number", "'big'"]),
+        (b"[core]\nshard_size = true\n", ["core.shard_size must be a whole number"]),
+        (b"[core]\nshard_size = 1e999\n", ["core.shard_size must be a whole number"]),
+        (b"[core]\nshard_size = 10\n", ["shard_size must be at least 1024"]),
+        (b'[core]\ngrouping = "dirs"\n', ["grouping must be one of wds, file"]),
+        (b'[core]\nbare = "no"\n', ["core.bare must be true or false"]),
+        (b'[core]\nsparse = ["in"]\n', ["sparse prefix ends with '/'"]),
+        (b'[core]\nsparse = ["../x/"]\n', ["sparse prefix", "invalid key"]),
+        (b"[core]\nsparse = [1]\n", ["core.sparse must hold only strings"]),
+        (b"[user]\nname = 1\n", ["[user] must hold only strings"]),
+        (b"[gc]\nreflog_expire_days = -1\n", ["reflog_expire_days must not be negative"]),
+    ],
+)
+def test_a_bad_config_is_one_line(repo_with_commit, worktree: Path, cli, text: bytes, words: list[str]) -> None:
+    (worktree / ".datarepo" / "config.toml").write_bytes(text)
+    _one_line_error(cli("status", ok=False), "config.toml", *words)
+
+
+def test_a_bad_ignore_file_is_one_line(repo_with_commit, worktree: Path, cli) -> None:
+    (worktree / ".datarepoignore").write_text("*.log\n!\n")
+    _one_line_error(cli("status", ok=False), ".datarepoignore line 2: not a gitignore pattern")
+    (worktree / ".datarepoignore").write_bytes(b"*.log\n\xff\xfe\n")  # not UTF-8: read as best it can be
+    cli("status")

@@ -19,6 +19,7 @@ from datarepo.refs import BRANCHES
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData, copy_member
 from datarepo.fsutil import atomic_file, prune_dirs, remove
+from datarepo.keys import member_of
 from datarepo.store import check_datum, datum_members
 from datarepo.worktree import file_and_dir, member_path, safe_path, split_path
 
@@ -191,7 +192,7 @@ def _remove_stale(root: Path, exts: dict[str, list[str]], grouping: str) -> int:
         if rel_dir not in by_stem:
             by_stem[rel_dir] = _files_by_stem(root / rel_dir)
         for name in by_stem[rel_dir].get(stem.partition(".")[0], ()):  # (an ingested key may hold a dot)
-            if name.startswith(stem + ".") and name[len(stem) + 1 :] not in keep:
+            if (ext := member_of(name, stem)) is not None and ext not in keep:
                 remove(root / rel_dir / name)
                 count += 1
         if not keep:
@@ -202,15 +203,16 @@ def _remove_stale(root: Path, exts: dict[str, list[str]], grouping: str) -> int:
 
 
 def _files_by_stem(path: Path) -> dict[str, list[str]]:
-    """A directory's regular files by the part of their name before its first dot."""
+    """A directory's regular files by the part of their name before its first dot (all of it:
+    a file without an extension is a member too)."""
     found: dict[str, list[str]] = {}
     try:
         entries = list(os.scandir(path))
     except (FileNotFoundError, NotADirectoryError):
         return found
     for entry in entries:
-        stem, dot, _ = entry.name.partition(".")
-        if dot and entry.is_file(follow_symlinks=False):
+        stem = entry.name.partition(".")[0]
+        if entry.is_file(follow_symlinks=False):
             found.setdefault(stem, []).append(entry.name)
     return found
 

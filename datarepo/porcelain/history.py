@@ -125,6 +125,8 @@ def cat(repo: Repo, spec: str, out: BinaryIO) -> None:
     entry, ext = resolve_member(repo, spec)
     shard, loc = repo.locate(entry.datum)
     members = datum_members(repo.store, shard, loc, LARGE_FILE, verify=False)
+    if ext is None and "" in members:  # ``REV:README`` names the file README: the member without an extension
+        ext = ""
     if ext is None:
         if len(members) != 1:
             raise InvalidInputError(f"{entry.key} has members {', '.join(sorted(members))}; name one as KEY.EXT")

@@ -3,49 +3,24 @@ under a prefix, without a copy in the work tree, storing only what is new or cha
 
 from __future__ import annotations
 
-import base64
-import binascii
-import glob
 import json
-import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
+from datarepo import sources
 from datarepo import tree as trees
-from datarepo.errors import CorruptObjectError, InvalidInputError
-from datarepo.hashing import Oid, datum_id, hash_bytes
+from datarepo.errors import InvalidInputError
+from datarepo.hashing import Oid
 from datarepo.index import trusted
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, tick
 from datarepo.porcelain.history import changes_of, diff
 from datarepo.repo import Repo
-from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, member_hash, member_size, split_member_name
+from datarepo.sources import NewDatum
 from datarepo.worktree import check_key, group, scan
 from datarepo.write import RepoWriter, store_files
-
-TAR_SUFFIXES = (".tar",)
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
-
-
-@dataclass(frozen=True)
-class NewDatum:
-    """A datum read from the source: its members, their hashes and its id."""
-
-    key: str
-    members: dict[str, MemberData]
-    hashes: dict[str, Oid]
-
-    @property
-    def datum(self) -> Oid:
-        return datum_id(self.hashes)
-
-    @property
-    def size(self) -> int:
-        return sum(map(member_size, self.members.values()))
 
 
 @dataclass
@@ -123,31 +98,31 @@ def _tree_changes(
 
 
 def _read_source(run: _Run, src: str, progress: Progress) -> Iterator[TreeEntry]:
-    """The datums of ``src``, each stored unless some shard holds it already."""
+    """The datums of ``src``, each stored unless some shard holds it already. A key that
+    comes twice is refused, naming both places (a source is a set of datums, not a log)."""
     path = Path(src)
     if src != "-" and path.is_dir():
         yield from _folder(run, path, progress)
         return
     if src == "-":
-        items = _jsonl(sys.stdin.buffer, "<stdin>")
-    elif files := sorted(glob.glob(src)) if any(c in src for c in "*?[") else _braces(src):
+        items: Iterator[NewDatum | tuple[TreeEntry, str]] = sources.read_jsonl(sources.stdin(), "<stdin>")
+    elif files := sources.expand(src):
         items = (item for name in files for item in _remembered_file(run, Path(name)))
     else:
         raise InvalidInputError(f"no such file or directory: {src}")
     begin(progress, None)  # a stream: how many datums it holds is not known beforehand
+    seen: dict[str, str] = {}  # key → where it was read
     for item in items:
         if isinstance(item, NewDatum):
+            origin = item.origin
             item = run.sink.put(item.key, item.members, item.hashes)
+        else:
+            item, origin = item
+        if (before := seen.get(item.key)) is not None:
+            raise InvalidInputError(f"key {item.key!r} comes twice: {before} and {origin}")
+        seen[item.key] = origin
         tick(progress)
         yield item
-
-
-def _braces(src: str) -> list[str]:
-    if "{" in src:
-        import braceexpand
-
-        return [p for p in braceexpand.braceexpand(src) if os.path.exists(p)]
-    return [src] if os.path.exists(src) else []
 
 
 def _folder(run: _Run, root: Path, progress: Progress) -> list[TreeEntry]:
@@ -169,8 +144,8 @@ def _folder(run: _Run, root: Path, progress: Progress) -> list[TreeEntry]:
     return [TreeEntry(k, stored.datums[k], stored.sizes[k]) for k in keys]
 
 
-def _remembered_file(run: _Run, path: Path) -> Iterator[NewDatum | TreeEntry]:
-    """Reads one tar or JSON-lines file, or replays what it held if it has not changed."""
+def _remembered_file(run: _Run, path: Path) -> Iterator[NewDatum | tuple[TreeEntry, str]]:
+    """Reads one tar or JSON-lines file, or replays what it held (with where) if it has not changed."""
     name = f"ingest:{path.resolve()}"
     st = path.stat()
     seen = time.time_ns()
@@ -180,108 +155,12 @@ def _remembered_file(run: _Run, path: Path) -> Iterator[NewDatum | TreeEntry]:
         entries = [TreeEntry(k, Oid(d), s) for k, d, s in saved["entries"]]
         if trusted(tuple(saved["stat"]), (st.st_size, st.st_mtime_ns, st.st_ino)) and all(run.stored(e.datum) for e in entries):
             run.reused_files += 1
-            yield from entries
+            where = str(path)
+            yield from ((e, where) for e in entries)
             return
     taken: list[TreeEntry] = []
-    for item in _read_file(path, run.notes):
+    for item in sources.read_file(path, run.notes):
         taken.append(TreeEntry(item.key, item.datum, item.size))
         yield item
     stat = [st.st_size, st.st_mtime_ns, st.st_ino, seen, ""]
     run.remembered[name] = json.dumps({"stat": stat, "entries": [list(e) for e in taken]})
-
-
-def _read_file(path: Path, notes: list[str]) -> Iterator[NewDatum]:
-    if path.name.endswith(JSONL_SUFFIXES):
-        with open(path, "rb") as f:
-            yield from _jsonl(f, str(path))
-    elif path.name.endswith(TAR_SUFFIXES):
-        yield from _tar(path, notes)
-    else:
-        raise InvalidInputError(f"cannot ingest {path}: expected a folder, a .tar shard or a .jsonl file")
-
-
-def _tar(path: Path, notes: list[str]) -> Iterator[NewDatum]:
-    """Groups consecutive tar members with the same key into datums, as WebDataset does.
-    Members that are not regular files (links, devices, fifos) are passed over with a note."""
-    key: str | None = None
-    members: dict[str, MemberData] = {}
-    hashes: dict[str, Oid] = {}
-    passed_over: list[str] = []
-    with open(path, "rb") as f:
-        for m in iter_tar(f, str(path), passed_over):
-            if not _is_utf8(m.name):
-                raise InvalidInputError(f"{path}: member name {m.name!r} is not valid UTF-8")
-            k, ext = split_member_name(m.name.removeprefix("./"))
-            if not ext or k.endswith("/"):
-                continue
-            if k != key and members:
-                yield NewDatum(key, members, hashes)  # type: ignore[arg-type]
-                members, hashes = {}, {}
-            key = k
-            if ext in members:
-                raise InvalidInputError(f"{path}: member {m.name} appears twice in one sample")
-            members[ext], hashes[ext] = _member(f, path, m.offset, m.size)
-    if members:
-        yield NewDatum(key, members, hashes)  # type: ignore[arg-type]
-    if passed_over:
-        more = f" (and {len(passed_over) - 1} more)" if len(passed_over) > 1 else ""
-        notes.append(f"skipped {path}: member {passed_over[0]!r}{more} is not a regular file (a link, device or fifo)")
-
-
-def _is_utf8(text: str) -> bool:
-    """False for a name read from bytes that are not UTF-8 (as surrogate escapes) or from JSON
-    with a lone surrogate: keys and extensions are stored as UTF-8."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _member(f: BinaryIO, path: Path, offset: int, size: int) -> tuple[MemberData, Oid]:
-    if size > LARGE_FILE:
-        span = FileRange(path, offset, size)
-        try:
-            oid = member_hash(span)
-        except CorruptObjectError:
-            raise InvalidInputError(f"{path}: truncated member at byte {offset}") from None
-        return span._replace(oid=oid), oid
-    f.seek(offset)
-    data = f.read(size)
-    if len(data) != size:
-        raise InvalidInputError(f"{path}: truncated member at byte {offset}")
-    return data, hash_bytes(data)
-
-
-def _jsonl(stream: BinaryIO, name: str) -> Iterator[NewDatum]:
-    """One datum a line: ``{"__key__": k, ext: text | {"base64": …} | {"text": …} | number}``."""
-    for lineno, line in enumerate(stream, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-            key = obj.pop("__key__")
-            if not isinstance(key, str) or not isinstance(obj, dict) or not obj:
-                raise ValueError("needs a string __key__ and at least one member")
-            if not _is_utf8("".join((key, *obj))):
-                raise ValueError("a key or member name is not valid UTF-8")
-            members = {ext: _member_bytes(v) for ext, v in obj.items() if not ext.startswith("__")}
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as e:
-            raise InvalidInputError(f"{name}:{lineno}: bad JSON-lines datum ({e!s:.80})") from None
-        yield NewDatum(key, members, {ext: hash_bytes(b) for ext, b in members.items()})  # type: ignore[misc]
-
-
-def _member_bytes(value: object) -> bytes:
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"unsupported member value {value!r}")
-    if isinstance(value, (int, float)):
-        return str(value).encode()
-    if isinstance(value, dict) and set(value) == {"base64"}:
-        return base64.b64decode(value["base64"], validate=True)
-    if isinstance(value, dict) and set(value) == {"text"} and isinstance(value["text"], str):
-        return value["text"].encode("utf-8")
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-    raise ValueError(f"unsupported member value {value!r:.40}")

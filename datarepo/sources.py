@@ -1,0 +1,194 @@
+"""Readers of what ``ingest`` takes in: WebDataset tars and JSON lines (a folder is
+scanned as a work tree is). Each yields :class:`NewDatum`s; anything it cannot take
+raises InvalidInputError naming the source and where in it, never another error.
+Keys and member names are checked at the door by :mod:`datarepo.keys`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from datarepo.errors import CorruptObjectError, InvalidInputError
+from datarepo.hashing import Oid, datum_id, hash_bytes
+from datarepo.keys import check_member, split_member
+from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, member_hash, member_size
+
+TAR_SUFFIXES = (".tar",)
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+@dataclass(frozen=True)
+class NewDatum:
+    """A datum read from a source: its members, their hashes, and where it was read
+    (``origin``: ``file:line`` or ``file member name``, for errors that name it)."""
+
+    key: str
+    members: dict[str, MemberData]
+    hashes: dict[str, Oid]
+    origin: str = ""
+
+    @property
+    def datum(self) -> Oid:
+        return datum_id(self.hashes)
+
+    @property
+    def size(self) -> int:
+        return sum(map(member_size, self.members.values()))
+
+
+def expand(src: str) -> list[str]:
+    """The files a source names: a glob (``*.tar``), braces (``x-{000..009}.tar``) or one
+    path; those that exist, sorted for a glob."""
+    if any(c in src for c in "*?["):
+        import glob
+
+        return sorted(glob.glob(src))
+    if "{" in src:
+        import braceexpand
+
+        try:
+            return [p for p in braceexpand.braceexpand(src) if os.path.exists(p)]
+        except braceexpand.UnbalancedBracesError as e:
+            raise InvalidInputError(f"bad source {src!r}: {e}") from None
+    return [src] if os.path.exists(src) else []
+
+
+def stdin() -> BinaryIO:
+    """Standard input as bytes; InvalidInputError where the process has none (``<&-``)."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        raise InvalidInputError("standard input is closed: nothing to read for '-'")
+    return stream
+
+
+def read_file(path: Path, notes: list[str]) -> Iterator[NewDatum]:
+    """The datums of a tar or JSON-lines file, by its suffix."""
+    if path.name.endswith(JSONL_SUFFIXES):
+        with open(path, "rb") as f:
+            yield from read_jsonl(f, str(path))
+    elif path.name.endswith(TAR_SUFFIXES):
+        yield from read_tar(path, notes)
+    else:
+        raise InvalidInputError(f"cannot ingest {path}: expected a folder, a .tar shard or a .jsonl file")
+
+
+def read_tar(path: Path, notes: list[str]) -> Iterator[NewDatum]:
+    """Groups consecutive tar members with the same key into datums, as WebDataset does
+    (:func:`datarepo.keys.split_member`). Members that are not regular files (links,
+    devices, fifos) are passed over with a note."""
+    key: str | None = None
+    members: dict[str, MemberData] = {}
+    hashes: dict[str, Oid] = {}
+    passed_over: list[str] = []
+    first = ""
+    with open(path, "rb") as f:
+        try:
+            for m in iter_tar(f, str(path), passed_over):
+                name = m.name.removeprefix("./")
+                k, ext = split_member(name)
+                try:
+                    check_member(k, ext)
+                except InvalidInputError as e:
+                    raise InvalidInputError(f"{path}: member {name!r}: {e}") from None
+                if k != key and members:
+                    yield NewDatum(key, members, hashes, first)  # type: ignore[arg-type]
+                    members, hashes = {}, {}
+                if k != key:
+                    key, first = k, f"{path} member {name}"
+                if ext in members:
+                    raise InvalidInputError(f"{path}: member {name} appears twice in one sample")
+                members[ext], hashes[ext] = _member(f, path, m.offset, m.size)
+        except CorruptObjectError as e:  # the tar is the user's input, not a stored object
+            raise InvalidInputError(f"{path}: not a readable tar ({e.reason})") from None
+    if members:
+        yield NewDatum(key, members, hashes, first)  # type: ignore[arg-type]
+    if passed_over:
+        more = f" (and {len(passed_over) - 1} more)" if len(passed_over) > 1 else ""
+        notes.append(f"skipped {path}: member {passed_over[0]!r}{more} is not a regular file (a link, device or fifo)")
+
+
+def _member(f: BinaryIO, path: Path, offset: int, size: int) -> tuple[MemberData, Oid]:
+    if size > LARGE_FILE:
+        span = FileRange(path, offset, size)
+        try:
+            oid = member_hash(span)
+        except CorruptObjectError:
+            raise InvalidInputError(f"{path}: truncated member at byte {offset}") from None
+        return span._replace(oid=oid), oid
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) != size:
+        raise InvalidInputError(f"{path}: truncated member at byte {offset}")
+    return data, hash_bytes(data)
+
+
+def read_jsonl(stream: BinaryIO, name: str) -> Iterator[NewDatum]:
+    """One datum a line: ``{"__key__": k, ext: text | {"base64": …} | {"text": …} | number}``.
+    Other fields whose names begin with ``__`` are metadata and left out."""
+    for lineno, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        where = f"{name}:{lineno}"
+        try:
+            key, members = _datum(line)
+            for ext in members:
+                check_member(key, ext)
+        except InvalidInputError as e:
+            raise InvalidInputError(f"{where}: {e}") from None
+        except (ValueError, TypeError, RecursionError, binascii.Error) as e:
+            raise InvalidInputError(f"{where}: bad JSON-lines datum ({e!s:.80})") from None
+        yield NewDatum(key, members, {ext: hash_bytes(b) for ext, b in members.items()}, where)  # type: ignore[misc]
+
+
+def _datum(line: bytes) -> tuple[str, dict[str, bytes]]:
+    obj = json.loads(line, object_pairs_hook=_no_duplicates)
+    if not isinstance(obj, dict):
+        raise TypeError(f"a datum is a JSON object, not {_kind(obj)}")
+    if "__key__" not in obj:
+        raise ValueError('no "__key__" field (every line needs one)')
+    key = obj["__key__"]
+    if not isinstance(key, str):
+        raise TypeError(f'"__key__" must be a string, not {_kind(key)}')
+    members = {ext: _member_bytes(v) for ext, v in obj.items() if not ext.startswith("__")}
+    if not members:
+        raise ValueError(f"{key!r} has no members (fields besides __key__)")
+    return key, members
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        names = [k for k, _ in pairs]
+        twice = next(k for i, k in enumerate(names) if k in names[:i])
+        raise ValueError(f"field {twice!r} appears twice")
+    return obj
+
+
+def _kind(value: object) -> str:
+    names = {list: "a list", dict: "an object", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
+
+
+def _member_bytes(value: object) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"unsupported member value {value!r}")
+    if isinstance(value, (int, float)):
+        return str(value).encode()
+    if isinstance(value, dict) and set(value) == {"base64"}:
+        if not isinstance(value["base64"], str):
+            raise ValueError("a base64 member must be a string")
+        return base64.b64decode(value["base64"], validate=True)
+    if isinstance(value, dict) and set(value) == {"text"} and isinstance(value["text"], str):
+        return value["text"].encode("utf-8")
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+    raise ValueError(f"unsupported member value {value!r:.40}")
