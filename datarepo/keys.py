@@ -110,6 +110,15 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_prefix(prefix: str) -> str:
+    """Returns ``prefix`` (a folder of keys, without its trailing ``/``) if keys may be stored
+    below it: :func:`check_key`, with every part a folder."""
+    check_key(prefix)
+    if (name := prefix[prefix.rfind("/") + 1 :]) in _OWN_DIRS:
+        raise InvalidInputError(f"invalid prefix {prefix!r}: {name} is the repository's own folder")
+    return prefix
+
+
 def check_path(path: str) -> str:
     """Returns ``path`` if a member's file may be written there in a work tree (or read from
     one), else raises InvalidInputError: :func:`check_key`, and not a file the repository

@@ -107,6 +107,14 @@ def test_keys_that_cannot_be_stored_are_refused(key: str) -> None:
         keys.check_key(key)
 
 
+@pytest.mark.parametrize("prefix", [".datarepo", "a/.git", "x/../y", ""])
+def test_prefixes_that_cannot_hold_keys_are_refused(prefix: str, worktree: Path, cli: Cli) -> None:
+    cli("init")
+    result = cli("ingest", "-", "--prefix", prefix, input='{"__key__": "k", "txt": "x"}\n', ok=False)
+    assert result.exit_code == 1 and result.output.startswith("Error: "), result.output
+    assert cli("log").output == ""
+
+
 @pytest.mark.parametrize("ext", ["a/b", "x\x00", "\udcff"])
 def test_member_names_that_cannot_be_stored_are_refused(ext: str) -> None:
     with pytest.raises(InvalidInputError):

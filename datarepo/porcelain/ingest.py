@@ -13,6 +13,7 @@ from datarepo import sources
 from datarepo import tree as trees
 from datarepo.errors import InvalidInputError
 from datarepo.hashing import Oid
+from datarepo.keys import check_prefix
 from datarepo.index import trusted
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, tick
@@ -75,7 +76,7 @@ def _norm_prefix(prefix: str) -> str:
     prefix = prefix.strip("/")
     if not prefix:
         raise InvalidInputError("ingest needs a non-empty --prefix (the folder the source appears under)")
-    check_key(prefix)
+    check_prefix(prefix)
     return prefix + "/"
 
 
