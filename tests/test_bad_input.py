@@ -594,6 +594,12 @@ def test_bad_environment_variables_are_one_line(repo_with_commit, worktree: Path
     _one_error_line(_program(worktree, "commit", "-m", "x", env={name: value}), *words)
 
 
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5"])
+def test_bad_worker_counts_are_one_line(repo_with_commit, worktree: Path, value: str) -> None:
+    (worktree / "new.txt").write_bytes(b"n")
+    _one_error_line(_program(worktree, "add", "new.txt", env={"DATAREPO_WORKERS": value}), "DATAREPO_WORKERS", repr(value))
+
+
 @pytest.mark.parametrize(
     ("text", "words"),
     [
