@@ -1,3 +1,27 @@
-"""datarepo: a versioned repository of datums stored in WebDataset shards."""
+"""datarepo: a versioned repository of datums stored in WebDataset shards.
+
+``datarepo.open(path)`` opens a repository; see docs/api.md. Nothing is imported here
+until it is used, so that the ``datarepo`` command starts fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from datarepo.repo import Repo
 
 __version__ = "0.1.0"
+
+
+def open(path: str | Path = ".") -> Repo:
+    """Opens the repository at or above ``path`` (a work tree or a bare repository).
+
+    The :class:`~datarepo.repo.Repo` is a context manager (``with datarepo.open(p) as
+    repo:`` closes its cache), and may be used again in a forked child process.
+    """
+    from datarepo.repo import Repo
+
+    return Repo.open(path)

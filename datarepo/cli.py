@@ -353,18 +353,38 @@ def tag(**kwargs: Any) -> None:
 @main.command(name="ls")
 @click.argument("rev", default="HEAD")
 @click.option("--prefix", default="", help="Only keys starting with this.")
+@click.option("--glob", default=None, help="Only keys matching this glob (* ? [..] within a name, ** across names).")
 @click.option("-l", "--long", is_flag=True, help="Also the datum id and size.")
 @click.option("--json", "as_json", is_flag=True)
-def ls_command(rev: str, prefix: str, long: bool, as_json: bool) -> None:
+def ls_command(rev: str, prefix: str, glob: str | None, long: bool, as_json: bool) -> None:
     """List the keys of a revision."""
     from datarepo.porcelain.history import ls
 
-    entries = ls(_repo(), rev, prefix)
+    # A page of the tree at a time, as one write: a listing of a million keys is not a
+    # million calls to echo.
+    pages = ls(_repo(), rev, prefix, glob).columns()
     if as_json:
-        _json([{"key": e.key, "datum": e.datum, "size": e.size} for e in entries])
+        _json_entries(pages)
         return
-    for e in entries:
-        click.echo(f"{e.datum[:12]} {e.size:>10} {_quoted(e.key)}" if long else _quoted(e.key))
+    for keys, datums, sizes in pages:
+        if not all(map(str.isprintable, keys)):
+            keys = list(map(_quoted, keys))
+        lines = [f"{d[:12]} {s:>10} {k}" for k, d, s in zip(keys, datums, sizes)] if long else keys
+        click.echo("\n".join(lines))
+
+
+def _json_entries(pages: Iterator[tuple[Any, Any, Any]]) -> None:
+    """Writes the entries as :func:`_json` writes a list of {key, datum, size}, a page at a time."""
+    from datarepo.objects import json_string
+
+    sep = "["
+    for keys, datums, sizes in pages:
+        rows = ",\n".join(
+            [f'  {{\n    "key": {json_string(k)},\n    "datum": "{d}",\n    "size": {s}\n  }}' for k, d, s in zip(keys, datums, sizes)]
+        )
+        click.echo(f"{sep}\n{rows}", nl=False)
+        sep = ","
+    click.echo("[]" if sep == "[" else "\n]")
 
 
 @main.command()

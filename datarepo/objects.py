@@ -1,4 +1,4 @@
-"""Frozen repository objects and their canonical JSON encoding (DESIGN §2, §3.3, §3.4).
+"""Frozen repository objects and their canonical JSON encoding (docs/format.md, "Objects").
 
 An object's oid is the xxh3-128 of its canonical JSON bytes. On disk the bytes
 may be zstd-compressed; :func:`decode` accepts both and raises only
@@ -45,7 +45,8 @@ class TreePage:
     ``rows`` are the entries as stored, ``[key, datum, size]`` each (lists as
     decoded, or TreeEntry tuples as built); :attr:`entries` makes them
     TreeEntry tuples only when asked, since a lookup or an update of a few
-    keys need not build a thousand of them.
+    keys need not build a thousand of them, and :attr:`columns` gives them as
+    three columns (a page read whole, by a listing or a manifest).
     """
 
     rows: Sequence[Sequence[Any]]
@@ -53,6 +54,11 @@ class TreePage:
     @cached_property
     def entries(self) -> tuple[TreeEntry, ...]:
         return tuple(map(TreeEntry._make, self.rows))
+
+    @cached_property
+    def columns(self) -> tuple[Sequence[str], Sequence[Oid], Sequence[int]]:
+        """(keys, datums, sizes), in key order: :func:`decode_page` fills them in as it checks them."""
+        return tuple(zip(*self.rows)) if self.rows else ((), (), ())  # type: ignore[return-value]
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "type": "page", "entries": self.rows}  # json writes tuples as arrays
@@ -114,22 +120,53 @@ RepoObject = Commit | Tree | TreePage | Blob
 def encode(obj: RepoObject) -> bytes:
     """Returns the canonical bytes of ``obj`` (hash these for its oid)."""
     if isinstance(obj, TreePage):
-        return _page_bytes(obj.rows)
+        return encode_page(obj.rows)
     return canonical_json(obj.to_json())
 
 
-# A page's canonical JSON around its rows.
+# The tree page codec --------------------------------------------------------
+# A page is written by :func:`encode_page` and read by :func:`decode_page` (through
+# :func:`decode`): the bytes are those :func:`canonical_json` gives for the page's JSON
+# (``{"entries":[[key,datum,size],...],"format":1,"type":"page"}``), which
+# ``tree.py`` also searches as text, by :data:`PAGE_HEAD`, :data:`PAGE_TAIL` and
+# :data:`json_string`. A property test holds the three to one another.
 PAGE_HEAD, PAGE_TAIL = '{"entries":[', '],"format":%d,"type":"page"}' % FORMAT
 json_string = json.encoder.encode_basestring  # json's own (C) quoting of a string, as ensure_ascii=False quotes it
 
 
-def _page_bytes(rows: Sequence[Sequence[Any]]) -> bytes:
-    """The canonical JSON of a page, written out: the bytes :func:`canonical_json` gives
-    (a test holds them equal), in about two thirds of the time. Every commit and ``add``
-    encodes the pages it changes, each of about a thousand entries. A row's datum is an
-    oid and its size an int, as every page built or decoded here holds."""
+def encode_page(rows: Sequence[Sequence[Any]]) -> bytes:
+    """The canonical JSON of a page, written out: the bytes :func:`canonical_json` gives,
+    in about two thirds of the time. Every commit and ``add`` encodes the pages it
+    changes, each of about a thousand entries. A row's datum is an oid and its size an
+    int, as every page built or decoded here holds."""
     body = ",".join([f'[{json_string(key)},"{datum}",{size}]' for key, datum, size in rows])
     return (PAGE_HEAD + body + PAGE_TAIL).encode()
+
+
+def decode_page(obj: dict[str, Any]) -> TreePage:
+    """A page from its decoded JSON, checked column by column, in C: pages hold thousands
+    of entries and are read on every status, listing and commit that touches them.
+    Raises TypeError or ValueError (which :func:`decode` reports as CorruptObjectError)."""
+    rows = obj["entries"]
+    if type(rows) is not list:
+        raise TypeError("entries must be a list")
+    # Three columns (a row that is not a list cannot give an int size, checked below), and
+    # no row longer than three: zip stops at the shortest row.
+    keys, datums, sizes = zip(*rows) if rows else ((), (), ())
+    if sum(map(len, rows)) != 3 * len(rows):
+        raise TypeError("entries must be [key, datum, size]")
+    if not set(map(type, keys)) <= {str} or not set(map(type, sizes)) <= {int}:
+        raise TypeError("entries must be [key, datum, size]")
+    # (joining the datums fails on one that is not a string)
+    if not set(map(len, datums)) <= {OID_LEN} or not is_hex("".join(datums)):
+        raise ValueError("bad datum oid")
+    if sizes and min(sizes) < 0:
+        raise ValueError("negative size")
+    if not all(map(operator.lt, keys, keys[1:])):
+        raise ValueError("entries are not sorted and unique")
+    page = TreePage(rows)
+    page.__dict__["columns"] = (keys, datums, sizes)  # checked above: kept, not zipped again
+    return page
 
 
 def compress(data: bytes) -> bytes:
@@ -206,27 +243,9 @@ def _tree(obj: dict[str, Any]) -> Tree:
     return Tree(tuple(PageRef(_str(k), _int(n), _oid(p)) for k, n, p in obj["pages"]))
 
 
-def _page(obj: dict[str, Any]) -> TreePage:
-    # Checked column by column, in C: pages hold thousands of entries and are
-    # read on every status and commit that touches them.
-    rows = obj["entries"]
-    if not set(map(type, rows)) <= {list} or not set(map(len, rows)) <= {3}:
-        raise TypeError("entries must be [key, datum, size]")
-    keys, datums, sizes = zip(*rows) if rows else ((), (), ())
-    if not {*map(type, keys), *map(type, datums)} <= {str} or not set(map(type, sizes)) <= {int}:
-        raise TypeError("entries must be [key, datum, size]")
-    if not set(map(len, datums)) <= {OID_LEN} or not is_hex("".join(datums)):
-        raise ValueError("bad datum oid")
-    if sizes and min(sizes) < 0:
-        raise ValueError("negative size")
-    if not all(map(operator.lt, keys, keys[1:])):
-        raise ValueError("entries are not sorted and unique")
-    return TreePage(rows)
-
-
 def _blob(obj: dict[str, Any]) -> Blob:
     _str(obj["type"])
     return Blob(obj)
 
 
-_PARSERS = {"commit": _commit, "tree": _tree, "page": _page}
+_PARSERS = {"commit": _commit, "tree": _tree, "page": decode_page}

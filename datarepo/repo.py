@@ -6,10 +6,9 @@ import getpass
 import os
 import re
 from datetime import datetime, timezone
-from collections.abc import Iterable, Mapping
-from functools import cached_property
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from datarepo import tree as trees
 from datarepo.config import DEFAULT_SHARD_SIZE, TIME_FORMAT, Config, env_seconds, env_time
@@ -23,10 +22,15 @@ from datarepo.shards import LARGE_FILE, DatumLoc, MemberData
 from datarepo.store import Store, datum_members
 
 if TYPE_CHECKING:
+    from datarepo.manifest import Manifest
     from datarepo.write import RepoWriter
 
 DOTDIR = ".datarepo"
+# Caches opened by a parent process and inherited across a fork: kept, so that the child
+# never closes (or frees) a SQLite connection that is the parent's.
+_INHERITED: list[Index] = []
 _REV_SUFFIX = re.compile(r"(~\d*|\^\d*)$")
+T = TypeVar("T")
 
 
 class Repo:
@@ -39,6 +43,8 @@ class Repo:
         self.store = Store(dotdir)
         self.lock = WriterLock(dotdir / "lock", timeout=env_seconds("DATAREPO_LOCK_TIMEOUT", 60))
         self.refs = Refs(dotdir, self.lock)
+        self._index: Index | None = None
+        self._index_pid = 0
 
     # opening -----------------------------------------------------------
     @classmethod
@@ -68,12 +74,19 @@ class Repo:
                 return cls(candidate, None)
         raise NotARepositoryError(str(start))
 
-    @cached_property
+    @property
     def index(self) -> Index:
-        index = Index(self.dotdir / "index.sqlite")
-        if index.created:
-            self.sync_locations(index)
-        return index
+        """The location and stat cache (``index.sqlite``), opened on first use, and opened
+        again in a process forked after that (a DataLoader worker): a SQLite connection
+        must not cross a fork. The parent's is left alone there, neither used nor closed."""
+        if self._index is None or self._index_pid != os.getpid():
+            if self._index is not None:
+                _INHERITED.append(self._index)
+            index = Index(self.dotdir / "index.sqlite")
+            self._index, self._index_pid = index, os.getpid()
+            if index.created:
+                self.sync_locations(index)
+        return self._index
 
     def sync_locations(self, index: Index | None = None) -> int:
         """Indexes shards whose ``.idx`` the location table does not know yet."""
@@ -107,8 +120,16 @@ class Repo:
             self.store.delete_shard(shard)
 
     def close(self) -> None:
-        if "index" in self.__dict__:
-            self.index.close()
+        """Closes the cache's connection (a later use opens it again)."""
+        if self._index is not None and self._index_pid == os.getpid():
+            self._index.close()
+        self._index = None
+
+    def __enter__(self) -> Repo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def require_worktree(self) -> Path:
         if self.worktree is None:
@@ -262,11 +283,45 @@ class Repo:
 
     def members(self, datum: str, large: int = LARGE_FILE) -> dict[str, MemberData]:
         """A datum's members: bytes, or (over ``large`` bytes) file ranges to stream."""
+        return self.at_location(datum, lambda shard, loc: datum_members(self.store, shard, loc, large))
+
+    def at_location(self, datum: str, read: Callable[[str, DatumLoc], T]) -> T:
+        """``read(shard, loc)`` at the datum's place; if its shard has gone meanwhile (a
+        ``repack`` or ``gc`` replaced it, and updated the location cache), once more at
+        its new place."""
         shard, loc = self.locate(datum)
-        return datum_members(self.store, shard, loc, large)
+        try:
+            return read(shard, loc)
+        except ObjectNotFoundError as e:
+            if e.kind != "shard":
+                raise
+        shard, loc = self.locate(datum)
+        return read(shard, loc)
 
     def read_datum(self, datum: str, verify: bool = True) -> dict[str, bytes]:
-        """Returns a datum's members (extension → bytes) whole, checked against its id
-        unless ``verify`` is False."""
-        shard, loc = self.locate(datum)
-        return datum_members(self.store, shard, loc, large=1 << 62, verify=verify)  # type: ignore[return-value]
+        """:meth:`read`, checked against the datum's id unless ``verify`` is False."""
+        return self.read(datum, verify=verify)
+
+    # the read API (docs/api.md) ------------------------------------------
+    def tree(self, rev: str = "HEAD") -> trees.Tree:
+        """The tree of a revision (git's forms: ``main``, ``HEAD~2``, ``v1``, an oid
+        prefix); an unborn HEAD gives the empty tree."""
+        if rev in ("HEAD", "@") and self.head() is None:
+            return trees.Tree(self.store, None)
+        commit = self.resolve(rev)
+        return trees.Tree(self.store, self.read_commit(commit).tree, commit)
+
+    def read(self, datum: str, verify: bool = False) -> dict[str, bytes]:
+        """A datum's members, extension → bytes, read whole. With ``verify`` they are first
+        checked against the datum's id (CorruptObjectError names the shard).
+
+        Its place comes from the location cache, looked up again if its shard has gone
+        meanwhile (see :meth:`at_location`)."""
+        return self.at_location(datum, lambda shard, loc: datum_members(self.store, shard, loc, 1 << 62, verify=verify))  # type: ignore[return-value]
+
+    def manifest(self, selection: trees.Selection | trees.Tree) -> Manifest:
+        """Where the datums of a selection (or a whole tree) lie, grouped by shard: a
+        :class:`~datarepo.manifest.Manifest`, for readers in other processes."""
+        from datarepo.manifest import build_manifest
+
+        return build_manifest(self, selection)

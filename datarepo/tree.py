@@ -1,19 +1,33 @@
-"""Paged trees (DESIGN §3.3): a commit's sorted (key, datum, size) list, cut into
-pages at content-defined boundaries so a small change rewrites only nearby pages
-(and after ``PAGE_MAX`` entries, so that no page grows without bound)."""
+"""Paged trees (docs/format.md, "Tree pages and roots"): a commit's sorted (key, datum,
+size) list, cut into pages at content-defined boundaries so a small change rewrites only
+nearby pages (and after ``PAGE_MAX`` entries, so that no page grows without bound).
+
+:class:`Tree` and :class:`Selection` are the read API over them (``repo.tree(rev)``);
+the functions below are what they, commits and diffs are made of."""
 
 from __future__ import annotations
 
 import bisect
+import re
 from collections.abc import Iterable, Iterator, Sequence
+from functools import cached_property
+from itertools import compress
 from operator import itemgetter
 from typing import Any, NamedTuple
 
 import xxhash
 
-from datarepo.errors import CorruptObjectError
+from datarepo.errors import CorruptObjectError, ObjectNotFoundError
 from datarepo.hashing import OID_LEN, Oid, is_hex
-from datarepo.objects import PAGE_HEAD, PAGE_TAIL, PageRef, Tree, TreeEntry, TreePage, json_string
+from datarepo.objects import (
+    PAGE_HEAD,
+    PAGE_TAIL,
+    PageRef,
+    TreeEntry,
+    TreePage,
+    json_string,
+)
+from datarepo.objects import Tree as Root
 from datarepo.store import Store
 
 PAGE_MODULUS = 1024
@@ -83,7 +97,7 @@ class _PageCutter:
 
     def finish(self) -> Oid:
         self.flush()
-        return self.store.put(Tree(tuple(self.pages)))
+        return self.store.put(Root(tuple(self.pages)))
 
 
 def write_tree(store: Store, entries: Iterable[Row]) -> Oid:
@@ -105,8 +119,8 @@ def apply_changes(store: Store, base: Oid | None, changes: dict[str, Row | None]
     return write_tree(store, sorted(filter(None, changes.values()), key=_KEY))
 
 
-def read_root(store: Store, oid: str) -> Tree:
-    return store.get_typed(oid, Tree)  # type: ignore[return-value]
+def read_root(store: Store, oid: str) -> Root:
+    return store.get_typed(oid, Root)  # type: ignore[return-value]
 
 
 def read_page(store: Store, oid: str) -> TreePage:
@@ -222,7 +236,7 @@ def update_tree(store: Store, oid: str, changes: dict[str, Row | None]) -> Oid:
 def _replaced(text: str, page: str, changes: dict[str, Row | None]) -> str | None:
     """A page's canonical text with new values for existing keys, or None if a key is added
     or deleted (its boundaries may move: the page is then parsed and cut again). A new
-    row's datum is an oid and its size an int, as :func:`objects._page_bytes` writes them."""
+    row's datum is an oid and its size an int, as :func:`objects.encode_page` writes them."""
     spans = []
     for key, new in changes.items():
         if new is None or (span := _find_row(text, key, page)) is None:
@@ -289,3 +303,209 @@ def merge_diff(old: Iterable[TreeEntry], new: Iterable[TreeEntry]) -> Iterator[C
             if ea.datum != eb.datum:  # type: ignore[union-attr]
                 yield Change(ka, ea, eb)
             ea, eb = next(it_a, None), next(it_b, None)
+
+
+# The read API ------------------------------------------------------------------
+
+
+class Tree:
+    """The tree of one commit, read page by page as it is used: iterate it for its
+    :class:`TreeEntry` ``(key, datum, size)`` in key order, ``tree[key]`` for one entry,
+    ``key in tree``, ``len(tree)`` (from the root's page counts, no page opened),
+    :meth:`select` for a prefix or a glob, :meth:`diff` against another tree.
+
+    ``oid`` is the root's oid (None: the empty tree, an unborn branch's), ``commit``
+    the commit it was read from, where known.
+    """
+
+    def __init__(self, store: Store, oid: Oid | None, commit: Oid | None = None) -> None:
+        self.store = store
+        self.oid = oid
+        self.commit = commit
+
+    def __repr__(self) -> str:
+        return f"<Tree {self.oid or '(empty)'} of commit {self.commit or '-'}>"
+
+    @cached_property
+    def pages(self) -> tuple[PageRef, ...]:
+        """The root's page list: (first key, entry count, page oid) of each page."""
+        return read_root(self.store, self.oid).pages if self.oid else ()
+
+    def __len__(self) -> int:
+        return sum(p.count for p in self.pages)
+
+    def __iter__(self) -> Iterator[TreeEntry]:
+        return iter(self.select())
+
+    def __getitem__(self, key: str) -> TreeEntry:
+        """The entry of ``key``; ObjectNotFoundError (a KeyError) if the tree has none.
+        Opens the one page that can hold it."""
+        found = lookup(self.store, self.oid, key) if self.oid else None
+        if found is None:
+            raise ObjectNotFoundError("key", key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def get(self, key: str, default: TreeEntry | None = None) -> TreeEntry | None:
+        found = lookup(self.store, self.oid, key) if self.oid else None
+        return default if found is None else found
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, TreeEntry]:
+        """The entries of those of ``keys`` the tree has, each page opened once."""
+        return lookup_many(self.store, self.oid, keys) if self.oid else {}
+
+    def select(self, prefix: str = "", glob: str | None = None) -> Selection:
+        """The entries whose key starts with ``prefix`` and matches ``glob`` (both optional;
+        see :func:`glob_regex` for the glob's rules). Only the pages that can hold the
+        prefix, or the glob's literal start, are opened, when the selection is read."""
+        return Selection(self, prefix, glob)
+
+    def diff(self, other: Tree) -> Iterator[Change]:
+        """The keys that differ from this tree to ``other``, in key order: a
+        :class:`Change` ``(key, old, new)`` each, ``old`` from this tree. Pages both trees
+        share are not opened."""
+        return diff_trees(self.store, self.oid, other.oid)
+
+
+class Selection:
+    """Some entries of a tree, by key prefix and glob: iterate it for :class:`TreeEntry`
+    in key order, or hand it to ``repo.manifest``. It is read when iterated, every time."""
+
+    def __init__(self, tree: Tree, prefix: str = "", glob: str | None = None) -> None:
+        self.tree = tree
+        self.prefix = prefix
+        self.glob = glob
+        self._match = re.compile(glob_regex(glob), re.DOTALL).fullmatch if glob is not None else None
+        # Pages are chosen by the longer of the prefix and the glob's literal start, which
+        # must agree (``select(prefix="a/", glob="b/*")`` selects nothing).
+        start = glob_literal_prefix(glob) if glob is not None else ""
+        self._pages_prefix: str | None = max(prefix, start, key=len)
+        if not self._pages_prefix.startswith(min(prefix, start, key=len)):
+            self._pages_prefix = None
+
+    def __repr__(self) -> str:
+        return f"<Selection prefix={self.prefix!r} glob={self.glob!r} of {self.tree!r}>"
+
+    def __iter__(self) -> Iterator[TreeEntry]:
+        for keys, datums, sizes in self.columns():
+            yield from map(TreeEntry._make, zip(keys, datums, sizes))
+
+    def columns(self) -> Iterator[tuple[Sequence[str], Sequence[Oid], Sequence[int]]]:
+        """The selected (keys, datums, sizes) of each page opened, in key order: a page's
+        columns as they are where it is selected whole."""
+        prefix = self._pages_prefix
+        if prefix is None:
+            return
+        for page in _pages_of(self.tree, prefix):
+            keys, datums, sizes = read_page(self.tree.store, page.page).columns
+            if prefix and not (keys and keys[0].startswith(prefix) and keys[-1].startswith(prefix)):
+                lo, hi = _prefix_span(keys, prefix)
+                keys, datums, sizes = keys[lo:hi], datums[lo:hi], sizes[lo:hi]
+            if self._match is not None:
+                chosen = list(map(bool, map(self._match, keys)))
+                if not all(chosen):
+                    keys, datums, sizes = (list(compress(column, chosen)) for column in (keys, datums, sizes))
+            if keys:
+                yield keys, datums, sizes
+
+
+def _pages_of(tree: Tree, prefix: str) -> Iterator[PageRef]:
+    """The pages of a tree that can hold keys starting with ``prefix``."""
+    pages = tree.pages
+    start = max(bisect.bisect_right([p.first_key for p in pages], prefix) - 1, 0)
+    for ref in pages[start:]:
+        if prefix and ref.first_key > prefix and not ref.first_key.startswith(prefix):
+            return
+        yield ref
+
+
+def _prefix_span(keys: Sequence[str], prefix: str) -> tuple[int, int]:
+    """Where the keys that start with ``prefix`` lie in sorted ``keys``: from ``prefix``
+    up to the least string past every string that starts with it."""
+    lo = bisect.bisect_left(keys, prefix)
+    past = _past(prefix)
+    return lo, bisect.bisect_left(keys, past, lo) if past is not None else len(keys)
+
+
+def _past(prefix: str) -> str | None:
+    """The least string greater than every string that starts with ``prefix`` (None if
+    there is none: a prefix of only U+10FFFF)."""
+    stem = prefix.rstrip("\U0010ffff")
+    return stem[:-1] + chr(ord(stem[-1]) + 1) if stem else None
+
+
+_GLOB_SPECIAL = "*?[\\"
+
+
+def glob_regex(pattern: str) -> str:
+    """A regular expression (to fullmatch, with DOTALL) for a key glob, with the rules of
+    ``.gitignore`` and ``pathlib``'s ``full_match``, for ``/``-separated keys:
+
+    - ``*`` matches any run of characters but ``/``; ``?`` one character but ``/``;
+      ``[abc]``, ``[a-z]`` and ``[!abc]`` (or ``[^abc]``) one character of a class, never
+      ``/``; ``\\x`` matches ``x`` itself.
+    - ``**`` as a whole component matches any number of components: ``**/x`` matches
+      ``x`` and ``a/b/x``; ``a/**/x`` matches ``a/x`` and ``a/b/c/x``; ``a/**`` matches
+      every key below ``a/`` (not ``a`` itself); ``**`` alone matches every key.
+      Elsewhere (``a**b``) it is a ``*``.
+    - The glob matches the whole key: ``train/*`` matches ``train/x``, not
+      ``train/x/y``, nor ``train``.
+    """
+    parts = pattern.split("/")
+    out = []
+    for i, part in enumerate(parts):
+        first, last = i == 0, i == len(parts) - 1
+        if part == "**":
+            out.append((".*" if first else ".+") if last else "(?:.*/)?")
+            continue
+        out.append(_component_regex(part) + ("" if last else "/"))
+    return "".join(out)
+
+
+def _component_regex(part: str) -> str:
+    out = []
+    i = 0
+    while i < len(part):
+        c = part[i]
+        i += 1
+        if c == "*":
+            while i < len(part) and part[i] == "*":
+                i += 1
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\" and i < len(part):
+            out.append(re.escape(part[i]))
+            i += 1
+        elif c == "[" and (end := _class_end(part, i)) is not None:
+            out.append(_class_regex(part[i:end]))
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+    return "".join(out)
+
+
+def _class_end(part: str, start: int) -> int | None:
+    """Where the class opened just before ``start`` closes (a ``]`` right after the
+    opening, or after its ``!``, is a member), or None if it does not close."""
+    i = start + (1 if part[start : start + 1] in ("!", "^") else 0)
+    i += 1 if part[i : i + 1] == "]" else 0
+    end = part.find("]", i)
+    return end if end >= 0 else None
+
+
+def _class_regex(body: str) -> str:
+    negate = body[:1] in ("!", "^")
+    body = body[1:] if negate else body
+    members = "".join(c if c == "-" else re.escape(c) for c in body)
+    return f"[^/{members}]" if negate else f"(?!/)[{members}]"
+
+
+def glob_literal_prefix(pattern: str) -> str:
+    """The start of a glob before its first wildcard: every key it matches starts so."""
+    for i, c in enumerate(pattern):
+        if c in _GLOB_SPECIAL:
+            return pattern[:i]
+    return pattern

@@ -1,18 +1,40 @@
-"""export: a revision (or a prefix of it) to a folder, or to a WebDataset shard set."""
+"""export: a revision (or a prefix of it) to a folder, or to a WebDataset shard set.
+
+Datums are read through a manifest (where each lies, without a query a datum), one
+shard at a time, in one pass each (:class:`~datarepo.manifest.ShardReader`). Everything
+is written into a temporary folder beside the destination, renamed into place once whole:
+an export that fails leaves no destination that looks complete.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from datarepo.errors import InvalidInputError
-from datarepo.fsutil import publish
+import xxhash
+
+from datarepo.errors import CorruptObjectError, InvalidInputError, ObjectNotFoundError
+from datarepo.fsutil import TMP_PREFIX, fsync_dir, publish
+from datarepo.hashing import CHUNK
+from datarepo.manifest import (
+    DatumRange,
+    Manifest,
+    ShardReader,
+    check_members,
+    cut_members,
+)
 from datarepo.porcelain import Progress, begin, tick
-from datarepo.porcelain.checkout import write_datum
-from datarepo.porcelain.history import ls
 from datarepo.repo import Repo
-from datarepo.shards import ShardWriter, member_size
-from datarepo.worktree import file_and_dir, member_path
+from datarepo.shards import LARGE_FILE, MemberData, MemberLoc, ShardWriter, member_size
+from datarepo.store import check_datum
+from datarepo.worktree import file_and_dir, member_path, safe_path
+
+# Shards held open at once while datums are read in key order (``--shards``).
+OPEN_SHARDS = 64
 
 
 @dataclass(frozen=True)
@@ -31,7 +53,7 @@ def export(
     shard_size: int | None = None,
     progress: Progress = None,
 ) -> ExportResult:
-    """Writes the datums of ``rev`` under ``prefix`` into ``dest`` (which must be empty).
+    """Writes the datums of ``rev`` under ``prefix`` into ``dest`` (which must be new or empty).
 
     As a folder, files keep their work-tree names; as shards (``shards=True``),
     ``dest/000000.tar``… hold members named ``<key>.<ext>`` in key order, which
@@ -39,44 +61,154 @@ def export(
     """
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InvalidInputError(f"export destination must be a new or empty directory: {dest}")
-    entries = ls(repo, rev, prefix)
-    if shards:
-        dest.mkdir(parents=True, exist_ok=True)
-        begin(progress, None)
-        return _to_shards(repo, entries, dest, shard_size or repo.config.shard_size, progress)
-    grouping = repo.config.grouping
-    found = [(entry.key, repo.locate(entry.datum)) for entry in entries]
-    clash, _ = file_and_dir({member_path(key, m.ext, grouping) for key, (_, loc) in found for m in loc.members})
-    if clash:  # before anything is written
-        raise InvalidInputError(f"cannot export {rev} as files: {clash} would be both a file and a directory")
-    dest.mkdir(parents=True, exist_ok=True)
-    begin(progress, len(found))
-    datums = files = size = 0
-    for key, (shard, loc) in found:
-        files += len(write_datum(repo, shard, loc, dest, key))
-        size += sum(m.size for m in loc.members)
-        datums += 1
-        tick(progress)
-    return ExportResult(datums, files, size)
+    manifest = repo.manifest(repo.tree(rev).select(prefix=prefix))
+    dest = dest.absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f"{TMP_PREFIX}export-{os.urandom(6).hex()}"
+    tmp.mkdir()
+    try:
+        begin(progress, len(manifest))
+        if shards:
+            result = _to_shards(repo, manifest, tmp, shard_size or repo.config.shard_size, progress)
+        else:
+            result = _Files(repo, tmp, rev).write(manifest, progress)
+        os.replace(tmp, dest)  # a new name, or over the empty folder there
+        fsync_dir(dest.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
 
 
-def _to_shards(repo: Repo, entries, dest: Path, shard_size: int, progress: Progress) -> ExportResult:  # type: ignore[no-untyped-def]
-    written = 0
-    datums = files = size = 0
+class _Files:
+    """Writes datums as work-tree files below a folder (a new, empty one)."""
+
+    def __init__(self, repo: Repo, root: Path, rev: str) -> None:
+        self.repo = repo
+        self.root = root
+        self.rev = rev
+        self.grouping = repo.config.grouping
+        self.written: set[str] = set()
+        self.datums = self.bytes = 0
+
+    def write(self, manifest: Manifest, progress: Progress) -> ExportResult:
+        for i, shard in enumerate(manifest.shards):
+            ranges = manifest.ranges(i)
+            for key, members in _read_shard(self.repo, shard, [r for r in ranges if r.length <= LARGE_FILE]):
+                for ext, data in members.items():
+                    with self._create(key, ext) as f:
+                        f.write(data)
+                    self.bytes += len(data)
+                self.datums += 1
+                tick(progress)
+            for r in ranges:
+                if r.length > LARGE_FILE:  # streamed from its shard, never held whole
+                    self._write_large(r)
+                    self.datums += 1
+                    tick(progress)
+        return ExportResult(self.datums, len(self.written), self.bytes)
+
+    def _write_large(self, r: DatumRange) -> None:
+        shard, loc, f = self.repo.at_location(r.datum, lambda shard, loc: (shard, loc, self.repo.store.open_shard(shard)))
+        with f:
+            hashes = {m.ext: self._copy(f, shard, r.key, m) for m in loc.members}
+        check_datum(shard, loc, hashes)  # the bytes as written, each read once
+
+    def _copy(self, f: BinaryIO, shard: str, key: str, member: MemberLoc) -> str:
+        f.seek(member.offset)
+        h = xxhash.xxh3_128()
+        left = member.size
+        with self._create(key, member.ext) as out:
+            while left:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    raise CorruptObjectError(f"{shard}.tar", f"truncated: member at byte {member.offset} is cut short")
+                h.update(chunk)
+                out.write(chunk)
+                left -= len(chunk)
+        self.bytes += member.size
+        return h.hexdigest()
+
+    def _create(self, key: str, ext: str) -> BinaryIO:
+        """A member's new file, its folder made. Two keys that need one path as both a file
+        and a folder (``x`` with ``.jpg``, and ``x.jpg/y``: an ingest can hold both) are
+        refused by name."""
+        rel = member_path(key, ext, self.grouping)
+        if rel in self.written:
+            raise InvalidInputError(f"cannot export {self.rev} as files: two members would be {rel}")
+        self.written.add(rel)
+        path = safe_path(self.root, rel)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return path.open("xb")
+        except (FileExistsError, NotADirectoryError, IsADirectoryError):
+            clash = file_and_dir(self.written)[0] or rel
+            raise InvalidInputError(f"cannot export {self.rev} as files: {clash} would be both a file and a directory") from None
+
+
+def _read_shard(repo: Repo, shard: str, ranges: list[DatumRange]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The datums of one shard, in one pass, checked against their ids; if the shard has
+    gone (a ``repack`` or ``gc`` replaced it since the manifest was made), each datum from
+    where the location cache places it now."""
+    if not ranges:
+        return
+    try:
+        f = repo.store.open_shard(shard)
+    except ObjectNotFoundError:
+        for r in ranges:
+            yield r.key, repo.read(r.datum, verify=True)
+        return
+    with f:
+        yield from ShardReader(f, ranges, shard, verify=True)
+
+
+def _to_shards(repo: Repo, manifest: Manifest, dest: Path, shard_size: int, progress: Progress) -> ExportResult:
+    """Shards of ``<key>.<ext>`` members in key order: each datum read at its offset,
+    from shards held open (up to ``OPEN_SHARDS`` of them)."""
+    written = datums = files = size = 0
     writer: ShardWriter | None = None
-    for entry in entries:
-        if writer is None:
-            writer = ShardWriter(dest)
-        members = repo.members(entry.datum)
-        writer.add(entry.key, sorted(members.items()))  # type: ignore[arg-type]
-        datums, files, size = datums + 1, files + len(members), size + sum(map(member_size, members.values()))
-        if writer.size >= shard_size:
-            written = _close(writer, dest, written)
-            writer = None
-        tick(progress)
-    if writer is not None:
-        _close(writer, dest, written)
+    files_open: dict[int, BinaryIO] = {}
+    try:
+        for i in sorted(range(len(manifest)), key=manifest.keys.__getitem__):
+            key, members = manifest.keys[i], _read_row(repo, manifest, i, files_open)
+            writer = writer or ShardWriter(dest)
+            writer.add(key, sorted(members.items()))  # type: ignore[arg-type]
+            datums, files, size = datums + 1, files + len(members), size + sum(map(member_size, members.values()))
+            if writer.size >= shard_size:
+                written, writer = _close(writer, dest, written), None
+            tick(progress)
+        if writer is not None:
+            _close(writer, dest, written)
+    finally:
+        for f in files_open.values():
+            f.close()
     return ExportResult(datums, files, size)
+
+
+def _read_row(repo: Repo, manifest: Manifest, i: int, files_open: dict[int, BinaryIO]) -> dict[str, MemberData]:
+    """The members of a manifest's row ``i``, checked against its id (a large one streamed
+    later, from where the location cache places it)."""
+    place = int(manifest.shard_index[i])
+    shard, datum = manifest.shards[place], manifest.datums[i].decode()
+    offset, length = int(manifest.offsets[i]), int(manifest.lengths[i])
+    if length > LARGE_FILE:
+        return repo.members(datum)
+    if (f := files_open.get(place)) is None:
+        try:
+            f = repo.store.open_shard(shard)
+        except ObjectNotFoundError:  # gone since the manifest was made
+            return repo.read(datum, verify=True)  # type: ignore[return-value]
+        if len(files_open) >= OPEN_SHARDS:
+            files_open.pop(next(iter(files_open))).close()
+        files_open[place] = f
+    name = f"{shard}.tar"
+    f.seek(offset)
+    span = f.read(length)
+    if len(span) != length:
+        raise CorruptObjectError(name, f"truncated: datum at byte {offset} is cut short")
+    members = cut_members(span, datum, name, offset)
+    check_members(members, datum, name)
+    return members  # type: ignore[return-value]
 
 
 def _close(writer: ShardWriter, dest: Path, n: int) -> int:

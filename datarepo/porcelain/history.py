@@ -79,9 +79,11 @@ def _neg_time(c: Commit) -> tuple[str, ...]:
 
 def diff(repo: Repo, a: str | None, b: str | None) -> Iterator[trees.Change]:
     """Yields the keys that differ between two revisions (``None``: the empty tree)."""
-    ta = repo.tree_of(a) if a else None
-    tb = repo.tree_of(b) if b else None
-    return trees.diff_trees(repo.store, ta, tb)
+    return _tree(repo, a).diff(_tree(repo, b))
+
+
+def _tree(repo: Repo, rev: str | None) -> trees.Tree:
+    return repo.tree(rev) if rev else trees.Tree(repo.store, None)
 
 
 def changes_of(changes: Iterator[trees.Change]) -> Changes:
@@ -94,24 +96,23 @@ def changes_of(changes: Iterator[trees.Change]) -> Changes:
 def show(repo: Repo, rev: str) -> tuple[Oid, Commit, Changes]:
     oid = repo.resolve(rev)
     c = repo.read_commit(oid)
-    parent_tree = repo.read_commit(c.parents[0]).tree if c.parents else None
-    return oid, c, changes_of(trees.diff_trees(repo.store, parent_tree, c.tree))
+    parent = repo.tree(c.parents[0]) if c.parents else trees.Tree(repo.store, None)
+    return oid, c, changes_of(parent.diff(trees.Tree(repo.store, c.tree, oid)))
 
 
-def ls(repo: Repo, rev: str = "HEAD", prefix: str = "") -> Iterator[TreeEntry]:
-    tree = repo.tree_of(None if rev == "HEAD" else rev)
-    return trees.iter_tree(repo.store, tree, prefix) if tree else iter(())
+def ls(repo: Repo, rev: str = "HEAD", prefix: str = "", glob: str | None = None) -> trees.Selection:
+    """The entries of ``rev`` under ``prefix`` (and matching ``glob``), read as iterated."""
+    return repo.tree(rev).select(prefix=prefix, glob=glob)
 
 
 def resolve_member(repo: Repo, spec: str) -> tuple[TreeEntry, str | None]:
     """Finds the datum and member named by ``REV:path`` (a key, or key.ext)."""
     oid, path = repo.split_rev_key(spec)
-    tree = repo.read_commit(oid).tree
-    entry = trees.lookup(repo.store, tree, path)
-    if entry is not None:
+    tree = trees.Tree(repo.store, repo.read_commit(oid).tree, oid)
+    if (entry := tree.get(path)) is not None:
         return entry, None
     split = split_path(path, repo.config.grouping)
-    if split is not None and (entry := trees.lookup(repo.store, tree, split[0])) is not None:
+    if split is not None and (entry := tree.get(split[0])) is not None:
         return entry, split[1]
     raise BadRevisionError(spec, "no such key")
 
@@ -123,8 +124,9 @@ def cat(repo: Repo, spec: str, out: BinaryIO) -> None:
     member is read once; a mismatch raises CorruptObjectError once its bytes are out.
     """
     entry, ext = resolve_member(repo, spec)
-    shard, loc = repo.locate(entry.datum)
-    members = datum_members(repo.store, shard, loc, LARGE_FILE, verify=False)
+    shard, loc, members = repo.at_location(
+        entry.datum, lambda shard, loc: (shard, loc, datum_members(repo.store, shard, loc, LARGE_FILE, verify=False))
+    )
     if ext is None and "" in members:  # ``REV:README`` names the file README: the member without an extension
         ext = ""
     if ext is None:
