@@ -274,3 +274,23 @@ def test_grouping_gives_each_file_the_key_and_extension_split_path_gives_it() ->
         notes: list[str] = []
         assert wt.group(files, "wds", notes) == expected, files
         assert len(notes) == sum(wt.split_path(rel, "wds") is None for rel in files)
+
+
+def test_a_file_a_checkout_wrote_and_the_user_deleted_is_seen_deleted(worktree: Path, cli) -> None:
+    """The snapshot a checkout carries over was listed before the checkout: a file it then
+    wrote, deleted before the next status, is in neither listing nor scan, yet is looked at."""
+    (worktree / "a.txt").write_text("a")
+    (worktree / "b.txt").write_text("b")
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "one")
+    (worktree / "b.txt").unlink()
+    (worktree / "c.txt").write_text("c")
+    cli("add", ".")
+    cli("commit", "-m", "two")
+    age(worktree)
+    assert "work tree clean" in cli("status").output
+    cli("checkout", "-f", "HEAD~1")
+    cli("checkout", "main")
+    (worktree / "c.txt").unlink()
+    assert "deleted:  c" in cli("status").output

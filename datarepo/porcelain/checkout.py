@@ -75,7 +75,7 @@ def checkout(
         else:
             repo.refs.detach(target, f"checkout: moving to {rev}")
         if not force:  # --force also unstages keys whose files it did not touch
-            snapshot.carry(repo, before)
+            snapshot.carry(repo, before, moved=moves)
     return CheckoutResult(target, branch, written, removed)
 
 

@@ -20,6 +20,7 @@ import json
 from array import array
 from dataclasses import dataclass
 from functools import cached_property
+from collections.abc import Iterable
 from typing import Any
 
 from datarepo.fsutil import atomic_write
@@ -33,7 +34,7 @@ META_NAME = "status-snapshot"
 # The status's parts, each a ``meta`` row of its own beside the snapshot's head (``META_NAME``):
 # a ``commit`` carries the snapshot over by rewriting the head and two parts, without reading
 # and parsing the staged part, which after a first add lists every key (14 ms for 50,000).
-PARTS = ("staged", "unstaged", "total", "group_notes")
+PARTS = ("staged", "unstaged", "total", "group_notes", "recheck")
 LISTING_FILE = "index.listing"
 UNTRUSTED = (-1, -1, -1)
 
@@ -138,6 +139,7 @@ def _store(repo: Repo, head: dict[str, Any], parts: dict[str, str]) -> None:
 
 def save(repo: Repo, tok: str, found: Scan, status: dict[str, Any], seen: str | None = None) -> None:
     """Saves a status with the files it saw (``seen``: their digest, if already known)."""
+    status = {"recheck": [], **status}
     horizon = found.started_ns - RACY_NS
     # A file too recent to trust is listed with a stat no file has: it always
     # counts as changed while it exists, and its deletion is still noticed.
@@ -202,16 +204,21 @@ def merge(old: Changes, keys: set[str], new: Changes) -> Changes:
     return out
 
 
-def carry(repo: Repo, old_token: str, commit: bool = False) -> None:
+def carry(repo: Repo, old_token: str, commit: bool = False, moved: Iterable[str] = ()) -> None:
     """Carries a snapshot over a change of HEAD that rewrote the files of every key it moved.
 
-    Moved keys' files have new stats, so the next status looks at them again;
-    every other key keeps its verdict. After a ``commit`` of the whole staging
-    area the new HEAD is the old index: nothing is staged any more, and the
-    work tree differs from HEAD exactly as it differed from the index.
+    Every other key keeps its verdict. The ``moved`` keys are looked at again by the next
+    status whatever its scan finds (a file the change wrote and the user then deleted
+    leaves no trace in the scan, nor in the listing saved before the change). After a
+    ``commit`` of the whole staging area the new HEAD is the old index: nothing is staged
+    any more, and the work tree differs from HEAD exactly as it differed from the index.
     """
-    rows = repo.index.get_metas([META_NAME, _part("unstaged")])
+    rows = repo.index.get_metas([META_NAME, _part("unstaged"), _part("recheck")])
     if (head := _head(rows, old_token)) is None or _part("unstaged") not in rows:
         return
     parts = {"staged": json.dumps(Changes().to_json()), "total": rows[_part("unstaged")]} if commit else {}
+    recheck = set(moved)
+    if recheck:
+        recheck.update(json.loads(rows.get(_part("recheck"), "[]")))
+        parts["recheck"] = json.dumps(sorted(recheck))
     _store(repo, {**head, "token": token(repo, follow=False)}, parts)

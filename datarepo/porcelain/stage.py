@@ -180,8 +180,10 @@ def _look(repo: Repo, follow: bool, with_unstaged: bool = False, within: list[st
         keys = snapshot.changed_keys(snap, found, repo.config.grouping)
         if keys is not None and len(keys) > PARTIAL_LIMIT:
             keys = None
-    if keys is not None and snap is not None and with_unstaged:
-        keys |= snapshot.changes_from_json(snap.status["unstaged"]).keys()
+    if keys is not None and snap is not None:
+        keys |= set(snap.status["recheck"])  # moved by a checkout since: their files may be gone
+        if with_unstaged:
+            keys |= snapshot.changes_from_json(snap.status["unstaged"]).keys()
     return _Look(repo, found, snap, keys, follow, seen)
 
 
