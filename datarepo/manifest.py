@@ -11,10 +11,12 @@ locally, or a remote object.
 from __future__ import annotations
 
 import binascii
+import gc
 import sqlite3
 import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -162,19 +164,44 @@ def build_manifest(repo: Repo, selection: Selection | Tree) -> Manifest:
     selection = selection.select() if not hasattr(selection, "columns") else selection
     tree = selection.tree
     index_path = repo.index.path  # opened, and filled if new, before another connection reads it
-    scan = _Scan(index_path) if _worth_a_scan(repo, selection) else None
-    keys: list[str] = []
-    hex_ids = bytearray()
-    for k, d, _ in selection.columns():
-        keys.extend(k)
-        hex_ids += "".join(d).encode()
-    known = scan.result() if scan is not None else _read_locations(index_path, sorted(set(_split(hex_ids))))
-    shard_of, offsets, lengths, names = _join(repo, hex_ids, known)
-    del known
-    order = np.lexsort((offsets, shard_of))
-    datums = np.frombuffer(hex_ids, dtype="S32")[order]
-    del hex_ids
-    return Manifest(_take(keys, order), datums, shard_of[order], offsets[order], lengths[order], names, tree.oid, tree.commit)
+    with _collector_paused():
+        scan = _Scan(index_path) if _worth_a_scan(repo, selection) else None
+        keys: list[str] = []
+        hex_ids = bytearray()
+        for k, d, _ in selection.columns(sizes=False):
+            keys.extend(k)
+            hex_ids += "".join(d).encode()
+        known = scan.result() if scan is not None else _read_locations(index_path, sorted(set(_split(hex_ids))))
+        shard_of, offsets, lengths, names = _join(repo, hex_ids, known)
+        del known
+        order = _by_shard_and_offset(shard_of, offsets)
+        datums = np.frombuffer(hex_ids, dtype="S32")[order]
+        del hex_ids
+        return Manifest(_take(keys, order), datums, shard_of[order], offsets[order], lengths[order], names, tree.oid, tree.commit)
+
+
+def _by_shard_and_offset(shard_of: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The rows in (shard, offset) order. They mostly are already, in key order (a shard
+    holds datums in the order of their keys): a stable sort of one key finds the runs."""
+    bits = int(offsets.max()).bit_length() if len(offsets) else 0
+    if bits + len(shard_of).bit_length() + 1 > 63:
+        return np.lexsort((offsets, shard_of))
+    return np.argsort((shard_of.astype(np.int64) << bits) | offsets, kind="stable")
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pauses Python's cyclic garbage collector: reading a million entries makes a million
+    small containers, none of them in a cycle, and each collection they set off walked
+    the growing list of keys again (half the time of reading the pages)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class _Known(NamedTuple):
@@ -303,26 +330,22 @@ def _split(hex_ids: bytes | bytearray) -> Iterator[str]:
 
 
 def _join(repo: Repo, hex_ids: bytearray, known: _Known) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[Oid, ...]]:
-    """Each selected datum's (shard place, offset, length), and the shards in oid order."""
+    """Where each selected datum lies (shard place, offset, length, in the selection's
+    order) and the shards used, in oid order. The datums are looked up in the order of
+    their ids, in which both sides are sorted: the cache's columns are read in sequence,
+    not at random (twice as fast), and the answers put back in the selection's order."""
     ids = np.frombuffer(binascii.unhexlify(hex_ids), dtype=">u8").reshape(-1, 2)
     n, m = len(ids), len(known.high)
+    rows = np.argsort(ids[:, 0].astype(np.uint64))
     shard_of = np.full(n, -1, np.int32)
     offsets = np.zeros(n, np.int64)
     lengths = np.zeros(n, np.int64)
     if m:
-        # Searched for in sorted order, the cache's rows are read in order: a third faster
-        # than a million searches at random.
-        high = ids[:, 0].astype(np.uint64)
-        by_id = np.argsort(high)
-        at = np.empty(n, np.intp)
-        at[by_id] = np.searchsorted(known.high, high[by_id])
-        del by_id
-        np.minimum(at, m - 1, out=at)
-        hit = known.high[at] == high
-        hit &= known.low[at] == ids[:, 1]
-        del high
-        at = at[hit]
-        shard_of[hit], offsets[hit], lengths[hit] = known.shard[at], known.offset[at], known.length[at]
+        high, low = ids[rows, 0].astype(np.uint64), ids[rows, 1].astype(np.uint64)
+        at = np.minimum(np.searchsorted(known.high, high), m - 1)
+        hit = (known.high[at] == high) & (known.low[at] == low) & (known.shard[at] >= 0)
+        at, found = at[hit], rows[hit]
+        shard_of[found], offsets[found], lengths[found] = known.shard[at], known.offset[at], known.length[at]
     names = list(known.shards)
     missing = np.flatnonzero(shard_of < 0).tolist()
     if missing:  # not in the cache (or behind a datum with the same first half): through the shard indexes
@@ -334,7 +357,7 @@ def _join(repo: Repo, hex_ids: bytearray, known: _Known) -> tuple[np.ndarray, np
                 names.append(shard)
             shard_of[i], offsets[i], lengths[i] = places[shard], loc.offset, loc.length
     # Only the shards used, in oid order, numbered afresh.
-    used = sorted(np.unique(shard_of).tolist(), key=names.__getitem__)
+    used = sorted(np.flatnonzero(np.bincount(shard_of, minlength=len(names))).tolist(), key=names.__getitem__)
     renumber = np.zeros(max(len(names), 1), np.int32)
     renumber[used] = np.arange(len(used), dtype=np.int32)
     return renumber[shard_of], offsets, lengths, tuple(Oid(names[i]) for i in used)

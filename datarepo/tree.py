@@ -392,23 +392,26 @@ class Selection:
         for keys, datums, sizes in self.columns():
             yield from map(TreeEntry._make, zip(keys, datums, sizes))
 
-    def columns(self) -> Iterator[tuple[Sequence[str], Sequence[Oid], Sequence[int]]]:
+    def columns(self, sizes: bool = True) -> Iterator[tuple[Sequence[str], Sequence[Oid], Sequence[int] | None]]:
         """The selected (keys, datums, sizes) of each page opened, in key order: a page's
-        columns as they are where it is selected whole."""
+        columns as they are where it is selected whole. Without ``sizes`` (None in their
+        place), a page read from its text does not parse them."""
         prefix = self._pages_prefix
         if prefix is None:
             return
         for page in _pages_of(self.tree, prefix):
-            keys, datums, sizes = read_page(self.tree.store, page.page).columns
+            read = read_page(self.tree.store, page.page)
+            columns = read.columns if sizes else (*read.keys_and_datums, None)
+            keys = columns[0]
             if prefix and not (keys and keys[0].startswith(prefix) and keys[-1].startswith(prefix)):
                 lo, hi = _prefix_span(keys, prefix)
-                keys, datums, sizes = keys[lo:hi], datums[lo:hi], sizes[lo:hi]
+                columns = tuple(c[lo:hi] if c is not None else None for c in columns)
             if self._match is not None:
-                chosen = list(map(bool, map(self._match, keys)))
+                chosen = list(map(bool, map(self._match, columns[0])))
                 if not all(chosen):
-                    keys, datums, sizes = (list(compress(column, chosen)) for column in (keys, datums, sizes))
-            if keys:
-                yield keys, datums, sizes
+                    columns = tuple(list(compress(c, chosen)) if c is not None else None for c in columns)
+            if columns[0]:
+                yield columns  # type: ignore[misc]
 
 
 def _pages_of(tree: Tree, prefix: str) -> Iterator[PageRef]:

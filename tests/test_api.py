@@ -18,7 +18,7 @@ import datarepo
 from datarepo.errors import CorruptObjectError, DataRepoError, ObjectNotFoundError
 from datarepo.hashing import canonical_json, hash_bytes
 from datarepo.manifest import Manifest, ShardReader
-from datarepo.objects import TreeEntry, TreePage, decode, encode_page
+from datarepo.objects import TreeEntry, TreePage, decode, decode_page, decode_page_text, encode_page
 from datarepo.tree import Tree
 
 
@@ -395,19 +395,50 @@ def test_a_repo_opened_before_a_fork_works_in_the_child_and_after(repo) -> None:
 keys = st.lists(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12), unique=True, max_size=40)
 
 
+def page_rows(keys: list[str], data) -> list[list]:  # type: ignore[no-untyped-def]
+    keys = sorted(set(keys + data.draw(st.lists(st.sampled_from(['"', "\\", '\\"', "\n", "é", "\x00", "/", "0"]), unique=True))))
+    return [[k, hash_bytes(k.encode()), data.draw(st.integers(0, 2**64))] for k in keys]
+
+
 @settings(max_examples=200, deadline=None)
 @given(keys, st.data())
 def test_page_codec_round_trips_to_canonical_json(keys, data) -> None:  # type: ignore[no-untyped-def]
     """encode_page gives the bytes canonical_json gives for the page, and decoding them
-    gives the rows back: keys with quotes, backslashes, control and non-ASCII characters."""
-    keys = sorted(keys + data.draw(st.lists(st.sampled_from(['"', "\\", '\\"', "\n", "é", "\x00", "/"]), unique=True)))
-    keys = sorted(set(keys))
-    rows = [[k, hash_bytes(k.encode("utf-8", "surrogatepass")), data.draw(st.integers(0, 2**53))] for k in keys]
+    gives the rows back: keys with quotes, backslashes, control and non-ASCII characters,
+    read from the text where no key needs an escape, else as JSON."""
+    rows = page_rows(keys, data)
     raw = encode_page(rows)
     assert raw == canonical_json(TreePage(rows).to_json())
     page = decode(raw)
-    assert isinstance(page, TreePage) and [list(r) for r in page.rows] == rows
-    assert page.columns == (tuple(keys), tuple(r[1] for r in rows), tuple(r[2] for r in rows)) if rows else True
+    assert isinstance(page, TreePage) and [list(r) for r in page.rows] == rows and page == TreePage(rows)
+    assert [list(c) for c in page.columns] == ([list(c) for c in zip(*rows)] if rows else [[], [], []])
+    assert [e.key for e in page.entries] == [r[0] for r in rows]
+    escaped = any(c in '"\\' or c < " " for k in page.columns[0] for c in k)  # what JSON writes escaped
+    assert (decode_page_text(raw) is None) == (escaped or not rows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys, st.data())
+def test_a_page_read_from_its_text_is_the_page_json_reads(keys, data) -> None:  # type: ignore[no-untyped-def]
+    """Damaged bytes (a byte changed, some cut out or put in) are either refused by the
+    text reader, or read as JSON reads them: never as another page, never with an error
+    that JSON would not raise."""
+    raw = bytearray(encode_page(page_rows(keys, data)))
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(raw)))
+        edit = data.draw(st.sampled_from(["set", "cut", "put"]))
+        byte = data.draw(st.sampled_from(b'0123456789abcdefg[],"\\\n :x\xc3\xa9'))
+        if edit == "set" and at < len(raw):
+            raw[at] = byte
+        elif edit == "cut":
+            del raw[at : at + data.draw(st.integers(1, 40))]
+        else:
+            raw[at:at] = bytes([byte])
+    page = decode_page_text(bytes(raw))
+    if page is None:
+        return
+    assert page == decode_page(json.loads(bytes(raw)))
+    assert list(page.columns[2]) == [r[2] for r in json.loads(bytes(raw))["entries"]]
 
 
 # the CLI through the API ---------------------------------------------------------------
