@@ -426,7 +426,8 @@ def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bo
 
 
 @main.command()
-@click.option("--rebuild-index", is_flag=True, help="Rebuild index.sqlite's locations from the shard indexes.")
+@click.option("--rebuild-index", is_flag=True,
+              help="Write a missing or mismatched shard .idx anew from its tar, and rebuild index.sqlite's locations.")
 @click.option("--json", "as_json", is_flag=True)
 def fsck(rebuild_index: bool, as_json: bool) -> None:
     """Re-hash every object and shard and check that every ref reaches whole data."""
@@ -441,26 +442,55 @@ def fsck(rebuild_index: bool, as_json: bool) -> None:
             click.echo(f"error: {p}")
         for g in r.garbage:
             click.echo(f"garbage: {g} (gc removes it)")
+        for s in r.rebuilt:
+            click.echo(f"rebuilt: the index of shard {s}")
+        retired = f"; {r.retired} retired shards (gc prunes them)" if r.retired else ""
         click.echo(f"checked {r.objects} objects, {r.shards} shards, {r.datums} reachable datums; "
                    f"{len(r.problems)} problems, {r.unreachable_objects} unreachable objects"
-                   + ("; index rebuilt" if r.reindexed else ""))
+                   + retired + ("; index rebuilt" if r.reindexed else ""))
     if r.problems:
         sys.exit(1)
 
 
+def _parse_age(text: str) -> float:
+    """``now``, or an age in seconds with an optional unit: ``90``, ``30m``, ``2h``, ``14d``."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    value = text.strip().lower()
+    if value == "now":
+        return 0.0
+    scale = units.get(value[-1:], None)
+    number = value[:-1] if scale else value
+    try:
+        age = float(number) * (scale or 1)
+    except ValueError:
+        age = -1.0
+    if not age >= 0 or age == float("inf"):
+        raise click.BadParameter(f"{text!r} is not 'now' or an age such as 90, 30m, 2h, 14d", param_hint="'--prune'")
+    return age
+
+
 @main.command()
 @click.option("-n", "--dry-run", is_flag=True, help="Only say what would be deleted.")
+@click.option("--prune", default=None, metavar="AGE",
+              help="Delete retired shards once they are this old: 'now', or e.g. 30m, 2h, 14d (default 1h).")
 @click.option("--json", "as_json", is_flag=True)
-def gc(dry_run: bool, as_json: bool) -> None:
-    """Delete objects and shards that no branch, tag, run or recent reflog entry reaches."""
-    from datarepo.porcelain.maintenance import gc as run
+def gc(dry_run: bool, prune: str | None, as_json: bool) -> None:
+    """Delete objects that no branch, tag, run or recent reflog entry reaches.
 
-    r = run(_repo(), dry_run=dry_run)
+    Shards without a reachable datum (and those repack replaced) are retired first:
+    kept aside for readers that still use them, and deleted once --prune's age is over.
+    """
+    from datarepo.porcelain.maintenance import PRUNE_AFTER, gc as run
+
+    prune_after = PRUNE_AFTER if prune is None else _parse_age(prune)
+    r = run(_repo(), dry_run=dry_run, prune_after=prune_after)
     if as_json:
         _json(r.__dict__)
         return
     verb = "would delete" if dry_run else "deleted"
-    click.echo(f"{verb} {r.objects} objects, {r.shards} shards, {r.garbage} leftover files ({r.bytes_freed} bytes)")
+    retire = "would retire" if dry_run else "retired"
+    click.echo(f"{verb} {r.objects} objects, {r.pruned} retired shards, {r.garbage} leftover files "
+               f"({r.bytes_freed} bytes); {retire} {r.shards} shards")
 
 
 @main.command()

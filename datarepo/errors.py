@@ -66,3 +66,13 @@ class InvalidInputError(DataRepoError, ValueError):
 
 class DirtyWorktreeError(DataRepoError):
     """An operation would overwrite uncommitted changes."""
+
+
+class UnsafePathError(InvalidInputError):
+    """A work-tree path lies beyond a symbolic link: writing or deleting it would reach
+    outside the work tree (git: "beyond a symbolic link")."""
+
+    def __init__(self, path: str, linked: str) -> None:
+        super().__init__(f"refusing to touch {path}: it is beyond the symbolic link {linked}")
+        self.path = path
+        self.linked = linked

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 import time
 from collections.abc import Iterator
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NewType
 
 from datarepo.errors import CorruptObjectError, InvalidInputError, RefConflictError
-from datarepo.fsutil import WriterLock, atomic_write
+from datarepo.fsutil import FileSystem, LocalFileSystem, WriterLock
 from datarepo.hashing import Oid, is_oid
 
 RefName = NewType("RefName", str)
@@ -20,59 +20,88 @@ BRANCHES = "refs/heads/"
 TAGS = "refs/tags/"
 RUNS = "refs/runs/"
 _SYMREF = "ref: "
-_BAD_COMPONENT = re.compile(r"^\.|\.lock$|^$|\.\.|[\x00-\x20\x7f~^:?*\[\\]|@\{")
+# git's check-ref-format: no "..", "@{", control character, space, ~ ^ : ? * [ or \; no
+# empty component (no leading, trailing or double "/"); no component that starts with "."
+# or ends with ".lock"; no trailing ".".
+_BAD_REF = re.compile(r"\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|//|^/|/$|\.$|(?:^|/)\.|\.lock(?:/|$)")
+
+
+def is_valid_ref_format(name: str) -> bool:
+    """Whether ``name`` passes git's ``check-ref-format`` (with ``--allow-onelevel``)."""
+    return bool(name) and name != "@" and _BAD_REF.search(name) is None
+
+
+def is_ref_name(name: str) -> bool:
+    """Whether ``name`` is a full ref name: ``HEAD``, or ``refs/…`` passing check-ref-format.
+    Only such names become paths below the repository's folder."""
+    return name == HEAD or (name.startswith("refs/") and is_valid_ref_format(name))
 
 
 def check_name(name: str, what: str = "branch") -> str:
-    """Validates a short branch, tag or run name as git's check-ref-format would."""
-    if name.startswith("-") or name.endswith("/") or name == "@" or any(
-        _BAD_COMPONENT.search(part) for part in name.split("/")
-    ):
+    """Validates a short branch, tag or run name as git does: check-ref-format, and not
+    ``HEAD``, not starting with ``-`` or ``refs/``."""
+    if not is_valid_ref_format(name) or name == HEAD or name.startswith(("-", "refs/")):
         raise InvalidInputError(f"invalid {what} name: {name!r}")
     return name
 
 
 class Refs:
-    """The refs of one repository, stored as files under ``.datarepo/``."""
+    """The refs of one repository: files under its folder (``root``), read and written
+    through ``fs`` (the local folder by default). Updates take the writer lock, a local
+    concern; every name is checked before it becomes a path (:func:`is_ref_name`)."""
 
-    def __init__(self, root: Path, lock: WriterLock) -> None:
+    def __init__(self, root: Path | str, lock: WriterLock | None = None, fs: FileSystem | None = None) -> None:
         self.root = root
-        self.lock = lock
+        self.lock = lock if lock is not None else contextlib.nullcontext()
+        self.fs: FileSystem = fs if fs is not None else LocalFileSystem(perm=0o644)
+        self._base = str(root).rstrip("/")
 
-    def _path(self, name: str) -> Path:
-        return self.root / name
+    def _path(self, name: str) -> str:
+        if not is_ref_name(name):
+            raise InvalidInputError(f"invalid ref name: {name[:80]!r}")
+        return f"{self._base}/{name}"
+
+    def _read_file(self, name: str) -> str | None:
+        try:
+            raw = self.fs.cat_file(self._path(name))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        return raw.decode("utf-8", "replace").strip()
 
     def read_symbolic(self, name: str = HEAD) -> str | None:
-        """The ref ``name`` points to if it is symbolic (``HEAD`` on a branch), else None."""
-        try:
-            text = self._path(name).read_text().strip()
-        except FileNotFoundError:
+        """The ref ``name`` points to if it is symbolic (``HEAD`` on a branch), else None.
+        A target that is not a valid ref under ``refs/`` is a CorruptObjectError naming it."""
+        text = self._read_file(name) if is_ref_name(name) else None
+        if text is None or not text.startswith(_SYMREF):
             return None
-        return text[len(_SYMREF) :] if text.startswith(_SYMREF) else None
+        return _target(name, text)
 
     def read(self, name: str) -> Oid | None:
-        """The commit a ref names, following HEAD's symbolic ref; None if unborn or absent.
+        """The commit a ref names, following HEAD's symbolic ref; None if unborn or absent
+        (a name that is not a valid ref name names nothing).
 
         A ref file that names no commit is an error, never an unborn branch: a commit on
         it would start a new history, and ``gc`` would then delete the old one.
         """
+        if not is_ref_name(name):
+            return None
         for _ in range(5):
-            try:
-                raw = self._path(name).read_bytes()
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            text = self._read_file(name)
+            if text is None:
                 return None
-            text = raw.decode("utf-8", "replace").strip()
             if not text.startswith(_SYMREF):
                 if not is_oid(text):
                     raise CorruptObjectError(name, f"holds {text[:40]!r}, not a commit id")
                 return Oid(text)
-            name = text[len(_SYMREF) :]
+            name = _target(name, text)
         raise CorruptObjectError(name, "symbolic refs point at each other")
 
     def set_symbolic(self, target: str, name: str = HEAD, message: str = "") -> None:
+        if not target.startswith("refs/") or not is_ref_name(target):
+            raise InvalidInputError(f"invalid ref name: {target[:80]!r}")
         with self.lock:
             old = self.read(name)
-            atomic_write(self._path(name), f"{_SYMREF}{target}\n".encode(), mode=0o644)
+            self._write(name, f"{_SYMREF}{target}\n")
             self._log(name, old, self.read(name), message or f"checkout: moving to {target}")
 
     def update(self, name: str, new: Oid | None, expected: Oid | None | bool = True, message: str = "") -> None:
@@ -82,6 +111,7 @@ class Refs:
         ``True`` means "any". A mismatch raises RefConflictError. HEAD on a branch
         updates the branch.
         """
+        self._path(name)  # an invalid name is refused before anything is read
         with self.lock:
             target = self.read_symbolic(name) if name == HEAD else None
             path_name = target or name
@@ -94,9 +124,12 @@ class Refs:
             if expected is not True and old != expected:
                 raise RefConflictError(path_name, expected or None, old)
             if new is None:
-                self._path(path_name).unlink(missing_ok=True)
+                try:
+                    self.fs.rm_file(self._path(path_name))
+                except FileNotFoundError:
+                    pass
             else:
-                atomic_write(self._path(path_name), f"{new}\n".encode(), mode=0o644)
+                self._write(path_name, f"{new}\n")
             self._log(path_name, old, new, message)
             if target is not None:
                 self._log(HEAD, old, new, message)
@@ -105,18 +138,17 @@ class Refs:
         """Points HEAD straight at a commit."""
         with self.lock:
             old = self.read(HEAD)
-            atomic_write(self._path(HEAD), f"{oid}\n".encode(), mode=0o644)
+            self._write(HEAD, f"{oid}\n")
             self._log(HEAD, old, oid, message)
 
     def names(self, prefix: str) -> Iterator[str]:
-        """Yields the full name of every ref under ``prefix`` (e.g. ``refs/heads/``)."""
-        top = self._path(prefix)
-        if not top.is_dir():
-            return
-        for dirpath, _, files in sorted(os.walk(top)):
-            for f in sorted(files):
-                if not f.startswith("."):
-                    yield os.path.relpath(os.path.join(dirpath, f), self.root)
+        """Yields the full name of every ref under ``prefix`` (e.g. ``refs/heads/``); files
+        there whose names are not valid ref names (a writer's ``.tmp-…``) are passed over."""
+        top = f"{self._base}/{prefix.rstrip('/')}"
+        for path in self.fs.find(top):
+            name = path[len(self._base) + 1 :]
+            if is_ref_name(name):
+                yield name
 
     def list(self, prefix: str) -> Iterator[tuple[str, Oid]]:
         """Yields (short name, oid) for every ref under ``prefix`` (e.g. ``refs/heads/``)."""
@@ -124,19 +156,32 @@ class Refs:
             if (oid := self.read(full)) is not None:
                 yield full[len(prefix) :], oid
 
+    def _write(self, name: str, text: str) -> None:
+        path = self._path(name)
+        try:
+            self.fs.pipe_file(path, text.encode())
+        except FileNotFoundError:  # an fsspec filesystem that does not make parent folders
+            self.fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+            self.fs.pipe_file(path, text.encode())
+
+    def _log_path(self, name: str) -> str:
+        self._path(name)  # the same names as refs, below logs/
+        return f"{self._base}/logs/{name}"
+
     def _log(self, name: str, old: Oid | None, new: Oid | None, message: str) -> None:
-        path = self.root / "logs" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
         line = f"{old or '-'} {new or '-'} {time.time():.0f} {message.replace(chr(10), ' ')}\n"
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line)
+        path = self._log_path(name)
+        self.fs.makedirs(path.rpartition("/")[0], exist_ok=True)
+        with self.fs.open(path, "ab") as f:
+            f.write(line.encode())
 
     def reflog(self, name: str) -> Iterator[tuple[Oid | None, Oid | None, float, str]]:
         """Yields (old, new, unix time, message) entries of a ref's log, oldest first."""
-        path = self.root / "logs" / name
-        if not path.exists():
+        try:
+            raw = self.fs.cat_file(self._log_path(name))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in raw.decode("utf-8", "replace").splitlines():
             parts = line.split(" ", 3)
             if len(parts) < 3:
                 continue
@@ -149,7 +194,17 @@ class Refs:
 
     def iter_reflogs(self) -> Iterator[str]:
         """Yields the names of refs that have a log."""
-        top = self.root / "logs"
-        for dirpath, _, files in os.walk(top):
-            for f in files:
-                yield os.path.relpath(os.path.join(dirpath, f), top)
+        top = f"{self._base}/logs"
+        for path in self.fs.find(top):
+            name = path[len(top) + 1 :]
+            if is_ref_name(name):
+                yield name
+
+
+def _target(name: str, text: str) -> str:
+    """The target of a symbolic ref's text; one that is not a ref under ``refs/`` would
+    resolve to a path elsewhere (``ref: refs/heads/../../x``) and is refused."""
+    target = text[len(_SYMREF) :]
+    if not target.startswith("refs/") or not is_ref_name(target):
+        raise CorruptObjectError(name, f"points at {target[:80]!r}, which is not a valid ref name")
+    return target

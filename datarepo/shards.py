@@ -55,6 +55,12 @@ class FileRange(NamedTuple):
     size: int
     oid: Oid | None = None
 
+    def open(self) -> BinaryIO:
+        """The file, positioned at the range (a store's ShardRange opens its shard so)."""
+        f = open(self.path, "rb")
+        f.seek(self.offset)
+        return f
+
 
 MemberData = bytes | FileRange
 
@@ -280,8 +286,7 @@ def copy_member(src: MemberData, out: BinaryIO | ShardWriter) -> Oid:
         out.write(src)
         return Oid(xxhash.xxh3_128_hexdigest(src))
     h = xxhash.xxh3_128()
-    with open(src.path, "rb") as f:
-        f.seek(src.offset)
+    with src.open() as f:
         left = src.size
         while left:
             chunk = f.read(min(CHUNK, left))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import bisect
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from datarepo import tree as trees
-from datarepo.errors import CorruptObjectError, DirtyWorktreeError, InvalidInputError
+from datarepo.errors import CorruptObjectError, DirtyWorktreeError, InvalidInputError, UnsafePathError
 from datarepo.hashing import Oid
 from datarepo.index import StatEntry
 from datarepo.porcelain import Progress, begin, snapshot, tick
@@ -18,10 +19,14 @@ from datarepo.porcelain.stage import status
 from datarepo.refs import BRANCHES
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData, copy_member
-from datarepo.fsutil import atomic_file, prune_dirs, remove
+from datarepo.fsutil import TMP_PREFIX, WorktreePaths, atomic_file, check_relative, prune_dirs, remove, same_device
 from datarepo.keys import member_of
 from datarepo.store import check_datum, datum_members
-from datarepo.worktree import file_and_dir, member_path, safe_path, split_path
+from datarepo.worktree import file_and_dir, member_path, split_path
+
+# Where checkout writes each file before renaming it into place (below the repository's
+# folder, so that a killed checkout leaves nothing in the work tree; the next one removes it).
+TEMP_DIR = "tmp"
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,8 @@ def checkout(
     # A branch name stays attached, and so does HEAD itself (``checkout -f HEAD``), as in git.
     branch = repo.current_branch() if rev == "HEAD" else rev if repo.refs.read(BRANCHES + rev) is not None else None
     with repo.lock:
+        for path in checkout_leftovers(repo):  # a killed checkout's: the lock says it is gone
+            remove(path)
         head_tree = repo.tree_of(None)
         new_tree = repo.read_commit(target).tree
         moves = {c.key: c for c in trees.diff_trees(repo.store, head_tree, new_tree) if not repo.config.is_sparse(c.key)}
@@ -94,6 +101,7 @@ def _apply(
     clash, dirs = file_and_dir(files)
     if clash:
         raise InvalidInputError(f"cannot check out: {clash} would be both a file and a directory")
+    paths = _check_paths(root, moves.keys(), files)
     in_the_way, below = _in_the_way(root, untracked, files, dirs, grouping)
     for rel in in_the_way:
         remove(root / rel)
@@ -103,25 +111,37 @@ def _apply(
     _check_in_the_way(root, files, dirs)
     written: dict[str, Oid] = {}
     begin(progress, len(moves))
+    tmp = _temp_dir(repo)
     for key, at in found.items():
         if at is not None:
-            written.update(write_datum(repo, *at, root, key))
+            written.update(write_datum(repo, *at, root, key, paths, tmp))
         tick(progress)
     _record_stats(repo, root, written)
     return len(written), removed
 
 
-def write_datum(repo: Repo, shard: str, loc: DatumLoc, root: Path, key: str) -> dict[str, Oid]:
-    """Writes a datum's members as the files of ``key`` below ``root``; returns each file's
-    hash. The datum's id is checked against the hashes of what was written, so a large
-    member is read once: on a mismatch its files are removed again and CorruptObjectError
-    names the shard."""
+def write_datum(
+    repo: Repo,
+    shard: str,
+    loc: DatumLoc,
+    root: Path,
+    key: str,
+    paths: WorktreePaths | None = None,
+    tmp: _TempDirs | None = None,
+) -> dict[str, Oid]:
+    """Writes a datum's members as the files of ``key`` below ``root`` (never beyond a
+    symbolic link: ``paths`` checks them); returns each file's hash. The datum's id is
+    checked against the hashes of what was written, so a large member is read once: on a
+    mismatch its files are removed again and CorruptObjectError names the shard. Each
+    file is written under a temporary name (in ``tmp``'s folder where it can be) and
+    renamed into place."""
+    paths = paths or WorktreePaths(root)
     written = {}
     hashes: dict[str, Oid] = {}
     try:
         for ext, data in datum_members(repo.store, shard, loc, LARGE_FILE, verify=False).items():
             rel = member_path(key, ext, repo.config.grouping)
-            written[rel] = hashes[ext] = _write_file(safe_path(root, rel), data)
+            written[rel] = hashes[ext] = _write_file(paths.check(rel), data, tmp)
         check_datum(shard, loc, hashes)
     except CorruptObjectError:
         for rel in written:
@@ -217,10 +237,54 @@ def _files_by_stem(path: Path) -> dict[str, list[str]]:
     return found
 
 
-def _write_file(path: Path, data: MemberData) -> Oid:
+def _write_file(path: Path, data: MemberData, tmp: _TempDirs | None) -> Oid:
     """Replaces a work-tree file whole (a reader never sees half of it); returns its hash."""
-    with atomic_file(path, mode=0o644, durable=False) as f:
+    with atomic_file(path, mode=0o644, durable=False, tmp_dir=tmp.for_folder(path.parent) if tmp else None) as f:
         return copy_member(data, f)
+
+
+class _TempDirs:
+    """Where the temporary file of a work-tree file is written: the repository's ``tmp/``
+    when it is on the same file system as the file's folder (a rename must not cross
+    file systems), else the folder itself."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self._chosen: dict[Path, Path] = {}
+
+    def for_folder(self, folder: Path) -> Path:
+        if (chosen := self._chosen.get(folder)) is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            chosen = self._chosen[folder] = self.tmp if same_device(self.tmp, folder) else folder
+        return chosen
+
+
+def _temp_dir(repo: Repo) -> _TempDirs:
+    tmp = repo.dotdir / TEMP_DIR
+    tmp.mkdir(exist_ok=True)
+    return _TempDirs(tmp)
+
+
+def checkout_leftovers(repo: Repo) -> list[Path]:
+    """The temporary files a killed checkout left in the repository's ``tmp/`` (whoever holds
+    the writer lock knows no checkout is writing them)."""
+    try:
+        with os.scandir(repo.dotdir / TEMP_DIR) as entries:
+            return sorted(Path(e.path) for e in entries if e.name.startswith(TMP_PREFIX))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _check_paths(root: Path, keys: Iterable[str], files: set[str]) -> WorktreePaths:
+    """Refuses, before anything is written or removed, a key whose files lie beyond a
+    symbolic link in the work tree: checkout writes and deletes only inside it."""
+    paths = WorktreePaths(root)
+    for rel in sorted(files):
+        paths.check(rel)
+    for key in sorted(keys):
+        if (linked := paths.linked_folder(check_relative(key).rpartition("/")[0])) is not None:
+            raise UnsafePathError(key, linked)
+    return paths
 
 
 def _record_stats(repo: Repo, root: Path, written: dict[str, Oid]) -> None:

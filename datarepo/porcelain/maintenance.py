@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TypeVar
 
-from datarepo.errors import CorruptObjectError, DataRepoError
+from datarepo.errors import CorruptObjectError, DataRepoError, ObjectNotFoundError
 from datarepo.fsutil import TMP_PREFIX, remove
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit, Tree, TreePage
 from datarepo.porcelain import Progress, begin, tick
+from datarepo.porcelain.checkout import checkout_leftovers
 from datarepo.refs import HEAD
 from datarepo.repo import Repo
 from datarepo.write import RepoWriter
@@ -115,49 +117,103 @@ class FsckResult:
     garbage: list[str] = field(default_factory=list)
     unreachable_objects: int = 0
     reindexed: bool = False
+    rebuilt: list[str] = field(default_factory=list)  # shards whose .idx was written anew from the tar
+    retired: int = 0  # shards repack or gc took out of use, kept for readers until gc prunes them
+
+
+@dataclass
+class _Shards:
+    """What the shards in use hold, as fsck found it."""
+
+    stored: set[str] = field(default_factory=set)  # datums in sound shards
+    damaged: dict[str, str] = field(default_factory=dict)  # datum → a shard that failed its check, whose .idx lists it
+    unindexed: dict[str, set[str]] = field(default_factory=dict)  # shard without its .idx → the datums its tar names
 
 
 def fsck(repo: Repo, rebuild_index: bool = False, progress: Progress = None) -> FsckResult:
-    """Re-hashes every object and shard and checks that every ref reaches whole data."""
+    """Re-hashes every object and shard and checks that every ref reaches whole data.
+
+    With ``rebuild_index``, a shard whose ``.idx`` is missing or does not match its tar
+    gets a new one, built from the tar (which must hash to its name, and each datum to
+    its id), and the location cache is refilled from every ``.idx``.
+    """
+    with repo.lock if rebuild_index else contextlib.nullcontext():
+        return _fsck(repo, rebuild_index, progress)
+
+
+def _fsck(repo: Repo, rebuild_index: bool, progress: Progress) -> FsckResult:
     result = FsckResult()
-    stored: set[str] = set()
-    damaged: dict[str, str] = {}  # datum → a shard that failed its check, whose .idx lists it
     begin(progress, None)
     for oid in repo.store.iter_objects():
         result.objects += 1
         _check(result, repo.store.verify_object, oid)
         tick(progress)
-    for shard in repo.store.iter_shards():
+    shards = _Shards()
+    for shard in repo.store.iter_shard_files():
         result.shards += 1
-        index = _check(result, repo.store.verify_shard, shard)
-        if index is not None:
-            stored.update(d.datum for d in index.datums)
-        elif (listed := _quietly(repo.store.read_index, shard)) is not None:
-            damaged.update((d.datum, shard) for d in listed.datums)
+        _check_shard(repo, shard, shards, result, rebuild_index)
         tick(progress)
     seen = reachable(repo, result.problems)
     result.problems.extend(seen.missing)
     result.datums = len(seen.datums)
-    lost = sorted((d, k) for d, k in seen.datums.items() if k and d not in stored)
-    result.problems.extend(f"datum {d} (key {k}) is in no shard" for d, k in lost if d not in damaged)
-    # A damaged shard's reachable datums: one line for the shard, not one a datum (a shard holds thousands).
-    only_there: dict[str, list[str]] = {}
+    lost = sorted((d, k) for d, k in seen.datums.items() if k and d not in shards.stored)
+    only_in: dict[str, list[str]] = {}  # a shard (damaged, or without its .idx) → the keys only it holds
     for d, k in lost:
-        if d in damaged:
-            only_there.setdefault(damaged[d], []).append(k)
-    result.problems.extend(
-        f"shard {shard} is damaged and is the only copy of {len(keys)} reachable datums (keys {_some(keys)})"
-        for shard, keys in sorted(only_there.items())
-    )
+        shard = shards.damaged.get(d) or next((s for s, held in shards.unindexed.items() if d in held), None)
+        if shard is None:
+            result.problems.append(f"datum {d} (key {k}) is in no shard")
+        else:
+            only_in.setdefault(shard, []).append(k)
+    # One line a shard, not one a datum (a shard holds thousands).
+    for shard, keys in sorted(only_in.items()):
+        if shard in shards.unindexed:
+            result.problems.append(
+                f"shard {shard} has no index and is the only copy of {len(keys)} reachable datums "
+                f"(keys {_some(keys)}): run fsck --rebuild-index"
+            )
+        else:
+            result.problems.append(
+                f"shard {shard} is damaged and is the only copy of {len(keys)} reachable datums (keys {_some(keys)})"
+            )
     result.unreachable_objects = result.objects - len(seen.objects & set(repo.store.iter_objects()))
-    result.garbage = [str(p.relative_to(repo.dotdir)) for p in leftovers(repo)]
+    result.garbage = [_relative(repo, p) for p in leftovers(repo)]
+    result.garbage += [_relative(repo, repo.store.shard_path(s)) for s in sorted(shards.unindexed) if s not in only_in]
+    result.retired = sum(1 for _ in repo.store.iter_retired())
     if rebuild_index:
-        with repo.lock:
-            with repo.index.transaction():
-                repo.index.clear_locations()
-            repo.sync_locations()
+        with repo.index.transaction():
+            repo.index.clear_locations()
+        repo.sync_locations()
         result.reindexed = True
     return result
+
+
+def _check_shard(repo: Repo, shard: str, shards: _Shards, result: FsckResult, rebuild_index: bool) -> None:
+    """Checks one shard in use, noting what it holds in ``shards`` (or a problem)."""
+    try:
+        shards.stored.update(d.datum for d in repo.store.verify_shard(shard).datums)
+        return
+    except ObjectNotFoundError as e:
+        missing, error = e.kind == "shard index", e
+    except CorruptObjectError as e:
+        missing, error = False, e
+    if rebuild_index:
+        try:
+            shards.stored.update(d.datum for d in repo.store.rebuild_index(shard).datums)
+            result.rebuilt.append(shard)
+            return
+        except DataRepoError:
+            pass  # the tar itself is damaged: say what the check found
+    if missing:
+        if (held := _check(result, repo.store.scan_datums, shard)) is not None:
+            shards.unindexed[shard] = held
+        return
+    result.problems.append(str(error))
+    if (listed := _quietly(repo.store.read_index, shard)) is not None:
+        shards.damaged.update((d.datum, shard) for d in listed.datums)
+
+
+def _relative(repo: Repo, path: PurePath | str) -> str:
+    return os.path.relpath(str(path), repo.dotdir)
 
 
 # A temporary file at the top of the repository's folder counts as left over from this age on:
@@ -166,10 +222,11 @@ TOP_LEFTOVER_AGE = 3600.0
 
 
 def leftovers(repo: Repo) -> Iterator[Path]:
-    """Files interrupted writers left: the store's (see ``Store.iter_garbage``), and temporary
-    files among the refs and at the top of the repository's folder (``HEAD``, ``config.toml``
-    and the index's caches are written there by rename)."""
-    yield from repo.store.iter_garbage()
+    """Files interrupted writers left: the store's (see ``Store.iter_garbage``), temporary
+    files among the refs and at the top of the repository's folder (``HEAD``,
+    ``config.toml`` and the index's caches are written there by rename), and those of a
+    killed ``checkout`` (in ``tmp/``; a live one holds the writer lock)."""
+    yield from (Path(p) for p in repo.store.iter_garbage())
     for folder, _, names in os.walk(repo.dotdir / "refs"):
         yield from (Path(folder, name) for name in sorted(names) if name.startswith(TMP_PREFIX))
     horizon = time.time() - TOP_LEFTOVER_AGE
@@ -178,6 +235,7 @@ def leftovers(repo: Repo) -> Iterator[Path]:
             if entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False):
                 if entry.stat(follow_symlinks=False).st_mtime < horizon:
                     yield Path(entry.path)
+    yield from checkout_leftovers(repo)
 
 
 def _quietly(fn: Callable[[str], T], oid: str) -> T | None:
@@ -201,39 +259,84 @@ def _check(result: FsckResult, fn: Callable[[str], T], oid: str) -> T | None:
         return None
 
 
+# How long a shard taken out of use (by repack or gc) stays where readers find it: a reader
+# that looked its datums up before (an export, a DataLoader worker) goes on reading it.
+PRUNE_AFTER = 3600.0
+
+
 @dataclass(frozen=True)
 class GcResult:
-    objects: int
-    shards: int
-    garbage: int
+    objects: int  # unreachable objects deleted
+    shards: int  # shards without a reachable datum, taken out of use (retired)
+    pruned: int  # retired shards deleted, their grace period over
+    garbage: int  # files interrupted writers left, deleted
     bytes_freed: int
 
 
-def gc(repo: Repo, dry_run: bool = False) -> GcResult:
-    """Deletes objects and shards no root reaches, and files left by interrupted writers."""
+def gc(repo: Repo, dry_run: bool = False, prune_after: float = PRUNE_AFTER) -> GcResult:
+    """Deletes objects no root reaches and files left by interrupted writers; retires shards
+    none of whose datums is reachable, and deletes retired shards (of ``repack`` too) once
+    they are ``prune_after`` seconds retired (0: now, as git's ``--prune=now``).
+
+    A shard is never deleted while it holds a reachable datum that no other shard in use
+    holds; a tar whose ``.idx`` is lost is read for its datum ids first.
+    """
     with repo.lock:
         seen = reachable(repo)
         if seen.missing:
             raise DataRepoError(f"gc refuses to run on a damaged repository: {seen.missing[0]} (run fsck)")
         dead_objects = [o for o in repo.store.iter_objects() if o not in seen.objects]
-        dead_shards = []
-        for shard in repo.store.iter_shards():
-            index = repo.store.read_index(shard)
-            if not any(d.datum in seen.datums for d in index.datums):
-                dead_shards.append((shard, index.size))
+        held = {shard: _datums_in(repo, shard) for shard in repo.store.iter_shard_files()}
+        dead = [s for s, datums in held.items() if datums is not None and datums.isdisjoint(seen.datums)]
+        kept = set().union(*(datums for s, datums in held.items() if datums is not None and s not in dead))
         garbage = list(leftovers(repo))
-        freed = sum(s for _, s in dead_shards) + sum(p.stat().st_size for p in garbage if p.exists())
+        now = time.time()
         if not dry_run:
-            _delete(repo, dead_objects, [s for s, _ in dead_shards], garbage)
-    return GcResult(len(dead_objects), len(dead_shards), len(garbage), freed)
+            retire_shards(repo, dead, now)
+        prunable = [
+            r for r in repo.store.iter_retired()
+            if r.since <= now - prune_after and seen.datums.keys() & repo.store.retired_datums(r) <= kept
+        ]
+        freed = sum(map(repo.store.retired_size, prunable)) + sum(_size(p) for p in garbage)
+        pruned = len(prunable) + (len(dead) if dry_run and prune_after <= 0 else 0)
+        if not dry_run:
+            for r in prunable:
+                repo.store.delete_retired(r)
+            for oid in dead_objects:
+                repo.store.delete_object(oid)
+            for path in garbage:
+                remove(path)
+    return GcResult(len(dead_objects), len(dead), pruned, len(garbage), freed)
 
 
-def _delete(repo: Repo, dead_objects: list[Oid], dead_shards: list[str], garbage: list[Path]) -> None:
-    repo.drop_shards(dead_shards)
-    for oid in dead_objects:
-        repo.store.delete_object(oid)
-    for path in garbage:
-        remove(path)
+def retire_shards(repo: Repo, shards: list[str], now: float | None = None) -> None:
+    """Takes shards out of use: their rows leave the location cache (new readers look their
+    datums up elsewhere), then their files move aside (see ``Store.retire_shard``)."""
+    with repo.index.transaction():
+        for shard in shards:
+            repo.index.drop_shard(shard)
+    for shard in shards:
+        repo.store.retire_shard(shard, now)
+
+
+def _datums_in(repo: Repo, shard: str) -> set[str] | None:
+    """The datums a shard in use holds, by its ``.idx`` or else by its tar's member names;
+    None if neither can be read (nothing may then be deleted on its account)."""
+    try:
+        return {d.datum for d in repo.store.read_index(shard).datums}
+    except DataRepoError:
+        pass
+    try:
+        return set(repo.store.scan_datums(shard))
+    except DataRepoError:
+        return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -246,7 +349,9 @@ class RepackResult:
 
 
 def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> RepackResult:
-    """Merges small or sparse shards into new full ones, keeping only reachable datums."""
+    """Merges small or sparse shards into new full ones, keeping only reachable datums.
+    The shards it replaces are retired, not deleted: a reader that looked a datum up
+    before still finds it, until ``gc`` prunes them."""
     with repo.lock:
         seen = reachable(repo)
         target = repo.config.shard_size
@@ -268,6 +373,5 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
                 writer.put_datum(datum, repo.members(datum))  # (members checked against the datum's id)
                 tick(progress)
         new = writer.shards  # adopted: every live datum's location points into them
-        repo.drop_shards([i.shard for i in chosen if i.shard not in {s.oid for s in new}])
+        retire_shards(repo, [i.shard for i in chosen if i.shard not in {s.oid for s in new}])
     return RepackResult(len(chosen), len(new), len(live_datums), sum(i.size for i in chosen), sum(s.size for s in new))
-

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from datarepo import tree as trees
 from datarepo.errors import InvalidInputError
-from datarepo.fsutil import prune_dirs, remove
+from datarepo.fsutil import WorktreePaths, prune_dirs, remove
 from datarepo.hashing import Oid
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, compare, retain, snapshot
@@ -329,12 +329,11 @@ def rm(repo: Repo, paths: list[str], cached: bool = False) -> list[str]:
             raise InvalidInputError(f"no tracked datum matches {' '.join(paths)}")
         if not cached:  # the files, then the directories that leaves empty, as git rm does
             emptied = set()
-            for key in keys:
-                _, loc = repo.locate(index[key])
-                for m in loc.members:
-                    path = root / member_path(key, m.ext, repo.config.grouping)
-                    remove(path)
-                    emptied.add(path.parent)
+            safe = WorktreePaths(root)  # never deleting beyond a symbolic link: all checked first
+            files = [safe.check(member_path(k, m.ext, repo.config.grouping)) for k in keys for m in repo.locate(index[k])[1].members]
+            for path in files:
+                remove(path)
+                emptied.add(path.parent)
             for path in sorted(emptied, key=lambda p: len(p.parts), reverse=True):  # the deepest first
                 prune_dirs(root, path)
         with repo.index.transaction():

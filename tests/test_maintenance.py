@@ -1,0 +1,141 @@
+"""fsck, gc and repack keep committed data: a lost shard index, shards replaced under a
+reader, and the grace period before retired shards are deleted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from datarepo.errors import ObjectNotFoundError
+from datarepo.repo import Repo
+from datarepo.store import datum_members
+from conftest import write_samples
+
+
+def _idx_files(repo: Repo) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(repo.store.shards_dir.glob("*/*.idx"))}
+
+
+def _tar_files(repo: Repo) -> list[Path]:
+    return sorted(repo.store.shards_dir.glob("*/*.tar"))
+
+
+def test_lost_indexes_are_a_problem_gc_keeps_the_shards_and_fsck_rebuilds_them(repo_with_commit, cli) -> None:
+    repo, files = repo_with_commit
+    before, tars = _idx_files(repo), _tar_files(repo)
+    assert len(before) >= 2
+    for path in before:
+        path.unlink()
+    result = cli("fsck", ok=False)
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(tars) and all("has no index" in e and "--rebuild-index" in e for e in errors)
+    assert "in no shard" not in result.output and "garbage" not in result.output
+    for args in (["gc"], ["gc", "--prune=now"], ["repack", "--all"], ["gc", "--prune=now"]):
+        cli(*args)
+        assert _tar_files(repo) == tars  # every tar holds reachable datums: none is deleted
+    assert cli("cat", "HEAD:train/cat/0000.jpg").stdout_bytes == files["train/cat/0000.jpg"]
+    out = cli("fsck", "--rebuild-index").output
+    assert out.count("rebuilt: the index of shard") == len(tars) and "0 problems" in out
+    assert _idx_files(repo) == before  # the same bytes as written with the shards
+    assert "0 problems" in cli("fsck").output and "rebuilt" not in cli("fsck").output
+
+
+def test_a_tar_without_index_holding_nothing_reachable_is_garbage(repo_with_commit, cli) -> None:
+    """What a writer killed between its tar and its ``.idx`` leaves."""
+    repo, _ = repo_with_commit
+    writer = repo.store.new_shard()
+    writer.add("0" * 32, [("bin", b"never committed")])  # named as no real datum is: never reachable
+    tmp, index = writer.finish()
+    repo.store.put_shard(tmp, index)
+    repo.store.idx_path(index.shard).unlink()
+    out = cli("fsck").output
+    assert f"garbage: shards/{index.shard[:2]}/{index.shard[2:]}.tar" in out and "0 problems" in out
+    gc = json.loads(cli("gc", "--json").output)
+    assert gc["shards"] == 1 and gc["pruned"] == 0 and not repo.store.has_shard(index.shard)
+    assert json.loads(cli("gc", "--json", "--prune=now").output)["pruned"] == 1
+    assert list(repo.store.iter_retired()) == []
+
+
+def test_a_reader_holding_old_locations_survives_repack_until_the_grace_period_ends(repo_with_commit, worktree: Path, cli) -> None:
+    repo, files = repo_with_commit
+    (worktree / "train/cat/0000.jpg").write_bytes(b"changed")  # a small shard of its own: repack merges it
+    cli("add", ".")
+    cli("commit", "-m", "second")
+    reader = Repo.open(repo.worktree)
+    entries = {e["datum"]: e["key"] for e in json.loads(cli("ls", "HEAD~1", "--json").output)}
+    before = {datum: reader.locate(datum) for datum in entries}  # looked up before the repack
+    out = json.loads(cli("repack", "--all", "--json").output)
+    gone = {d: at for d, at in before.items() if not repo.store.has_shard(at[0])}
+    assert out["shards_in"] >= 2 and gone
+    for _ in range(2):
+        for datum, (shard, loc) in gone.items():
+            key = entries[datum]
+            assert datum_members(reader.store, shard, loc, large=1 << 20)["jpg"] == files[f"{key}.jpg"]
+        gc = json.loads(cli("gc", "--json").output)  # within the grace period: kept
+        assert gc["pruned"] == 0
+    retired = len(list(repo.store.iter_retired()))
+    fsck = cli("fsck").output
+    assert "0 problems" in fsck and f"{retired} retired shards" in fsck
+    assert "would delete 0 objects, " in cli("gc", "-n", "--prune=now").output
+    assert json.loads(cli("gc", "--json", "--prune=now").output)["pruned"] == retired
+    shard, loc = next(iter(gone.values()))
+    with pytest.raises(ObjectNotFoundError, match=f"shard not found: {shard}"):
+        datum_members(Repo.open(repo.worktree).store, shard, loc, large=1 << 20)
+    assert cli("cat", "HEAD~1:train/cat/0000.jpg").stdout_bytes == files["train/cat/0000.jpg"]
+    assert "0 problems" in cli("fsck").output
+
+
+def test_gc_never_prunes_a_retired_shard_that_is_the_only_copy_of_reachable_data(repo_with_commit, cli) -> None:
+    repo, files = repo_with_commit
+    shard = next(repo.store.iter_shards())
+    repo.store.retire_shard(shard, now=0)  # as if retired long ago, but still needed
+    cli("gc", "--prune=now")
+    assert [r.shard for r in repo.store.iter_retired()] == [shard]
+
+
+def test_export_during_repack_finds_every_shard(worktree: Path, cli, tmp_path: Path) -> None:
+    """Real processes: commits and ``repack --all`` rewrite every shard again and again
+    while ``export`` of a tag runs; every export succeeds and gives the files back."""
+    files = write_samples(worktree, 300)
+    cli("init", "--shard-size", "16K")
+    cli("add", ".")
+    cli("commit", "-m", "first")
+    cli("tag", "v1")
+    env = {**os.environ, "DATAREPO_LOCK_TIMEOUT": "60"}
+    command = [sys.executable, "-c", "from datarepo.cli import run; run()"]
+    stop = threading.Event()
+    repacks: list[int] = []
+
+    def repack_forever() -> None:
+        i = 0
+        while not stop.is_set():
+            (worktree / "a" / f"{i}.bin").parent.mkdir(exist_ok=True)
+            (worktree / "a" / f"{i}.bin").write_bytes(b"%d" % i)  # sorts first: every shard changes
+            for args in (["add", "a"], ["commit", "-m", f"a{i}"], ["repack", "--all"]):
+                repacks.append(subprocess.run([*command, *args], cwd=worktree, env=env, capture_output=True).returncode)
+            i += 1
+
+    thread = threading.Thread(target=repack_forever)
+    thread.start()
+    try:
+        for i in range(6):
+            out = tmp_path / f"out{i}"
+            done = subprocess.run([*command, "export", "v1", str(out)], cwd=worktree, env=env, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr
+            assert {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+    finally:
+        stop.set()
+        thread.join()
+    assert repacks and set(repacks) == {0}
+
+
+@pytest.mark.parametrize("age", ["soon", "-1", "1x", "inf", ""])
+def test_a_bad_prune_age_is_one_clear_line(repo_with_commit, cli, age: str) -> None:
+    result = cli("gc", f"--prune={age}", ok=False)
+    assert result.exit_code == 2 and "Invalid value for '--prune'" in result.output
