@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import binascii
 import gc
+import queue
 import sqlite3
 import threading
 import warnings
@@ -19,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
@@ -42,6 +44,8 @@ _DISCARD = 1 << 20
 # holds fewer than one in this many of the cache's rows; else the whole cache is read.
 _SCAN_RATIO = 8
 _IN_BATCH = 500
+# The ids of a selection go to the thread that looks them up this many bytes at a time.
+_BATCH_BYTES = 32 * 65536
 
 
 class DatumRange(NamedTuple):
@@ -165,15 +169,24 @@ def build_manifest(repo: Repo, selection: Selection | Tree) -> Manifest:
     tree = selection.tree
     index_path = repo.index.path  # opened, and filled if new, before another connection reads it
     with _collector_paused():
-        scan = _Scan(index_path) if _worth_a_scan(repo, selection) else None
+        locator = _Locator(index_path) if _worth_a_scan(repo, selection) else None
         keys: list[str] = []
         hex_ids = bytearray()
+        sent = 0
         for k, d, _ in selection.columns(sizes=False):
             keys.extend(k)
             hex_ids += "".join(d).encode()
-        known = scan.result() if scan is not None else _read_locations(index_path, sorted(set(_split(hex_ids))))
-        shard_of, offsets, lengths, names = _join(repo, hex_ids, known)
-        del known
+            if locator is not None and len(hex_ids) - sent >= _BATCH_BYTES:
+                locator.look_up(bytes(hex_ids[sent:]))
+                sent = len(hex_ids)
+        if locator is not None:
+            locator.look_up(bytes(hex_ids[sent:]))
+            where, shards = locator.result()
+        else:
+            known = _read_locations(index_path, sorted(set(_split(hex_ids))))
+            where, shards = _look_up(known, hex_ids), known.shards
+        shard_of, offsets, lengths, names = _resolve(repo, hex_ids, where, shards)
+        del where
         order = _by_shard_and_offset(shard_of, offsets)
         datums = np.frombuffer(hex_ids, dtype="S32")[order]
         del hex_ids
@@ -209,9 +222,9 @@ class _Known(NamedTuple):
 
     high: np.ndarray  # uint64
     low: np.ndarray  # uint64
-    shard: np.ndarray  # int32 into shards; -1 where a row names a shard the cache does not list
-    offset: np.ndarray  # int64
-    length: np.ndarray  # int64
+    # (shard place, offset, length) rows, int64: moved a row at a time, not a column at a
+    # time. A place of -1 is of a shard the cache does not list.
+    where: np.ndarray
     shards: list[str]  # sorted
 
 
@@ -233,28 +246,59 @@ _DIGITS = "0123456789abcdef"
 _SLICES = [(_DIGITS[i], _DIGITS[i + 1] if i < 15 else "g") for i in range(16)]
 
 
-class _Scan:
-    """Reads the whole location cache on a thread of its own: SQLite runs each query in C
-    without the GIL while the caller's thread reads tree pages. It is read in sixteen
-    slices of the datum ids, so that the text of all its rows is never held at once."""
+class _Locator:
+    """Finds where datums lie, on a thread of its own: it reads the whole location cache
+    (SQLite runs its queries in C, without the GIL), then looks up each batch of datum
+    ids the caller's thread hands it as it reads the tree pages (numpy lets go of the GIL
+    while it sorts and searches). Once the pages are read, the caller's thread takes
+    batches too. The cache is read in sixteen slices of the datum ids, so that the text
+    of all its rows is never held at once."""
 
     def __init__(self, path: Path) -> None:
-        self._result: _Known | None = None
+        self._batches: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
+        self._handed = 0
+        self._found: dict[int, np.ndarray] = {}
+        self._known: _Known | None = None
+        self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(path,), name="datarepo-locations", daemon=True)
         self._thread.start()
 
-    def _run(self, path: Path) -> None:
-        try:
-            self._result = _read_locations(path, None)
-        except BaseException as e:  # handed to the caller's thread
-            self._error = e
+    def look_up(self, hex_ids: bytes) -> None:
+        """Hands over the next datum ids (32 hex digits each)."""
+        self._batches.put((self._handed, hex_ids))
+        self._handed += 1
 
-    def result(self) -> _Known:
+    def result(self) -> tuple[np.ndarray, list[str]]:
+        """The (shard place, offset, length) rows of every id handed over, in order, and
+        the shards the places number."""
+        self._batches.put(None)  # the end, which each taker puts back for the other
+        self._ready.wait()
+        if self._known is not None:
+            self._take_batches()
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._result  # type: ignore[return-value]
+        found = [self._found[i] for i in range(self._handed)]
+        return (np.concatenate(found) if found else np.zeros((0, 3), np.int64)), self._known.shards  # type: ignore[union-attr]
+
+    def _run(self, path: Path) -> None:
+        try:
+            self._known = _read_locations(path, None)
+        except BaseException as e:  # handed to the caller's thread
+            self._error = e
+        finally:
+            self._ready.set()
+        try:
+            if self._known is not None:
+                self._take_batches()
+        except BaseException as e:  # (the caller's thread takes the batches left)
+            self._error = e
+
+    def _take_batches(self) -> None:
+        while (batch := self._batches.get()) is not None:
+            self._found[batch[0]] = _look_up(self._known, batch[1])  # type: ignore[arg-type]
+        self._batches.put(None)
 
 
 def _read_locations(path: Path, datums: list[str] | None) -> _Known:
@@ -271,8 +315,7 @@ def _read_locations(path: Path, datums: list[str] | None) -> _Known:
             size = len(datums)
             batches = (datums[i : i + _IN_BATCH] for i in range(0, len(datums), _IN_BATCH))
             queries = ((_COLUMNS + f" WHERE datum IN ({','.join('?' * len(b))})", b) for b in batches)
-        known = _Known(np.empty(size, np.uint64), np.empty(size, np.uint64), np.empty(size, np.int32),
-                       np.empty(size, np.int64), np.empty(size, np.int64), shards)  # fmt: skip
+        known = _Known(np.empty(size, np.uint64), np.empty(size, np.uint64), np.empty((size, 3), np.int64), shards)
         filled = 0
         for sql, params in queries:
             part = _columns(db.execute(sql, params).fetchone(), shards)
@@ -290,31 +333,38 @@ def _read_locations(path: Path, datums: list[str] | None) -> _Known:
         raise DataRepoError(f"index.sqlite: {e}") from None
     finally:
         db.close()
-    known = known._replace(**{f: getattr(known, f)[:filled] for f in known._fields[:5]})
+    known = known._replace(high=known.high[:filled], low=known.low[:filled], where=known.where[:filled])
     if datums is not None:  # a lookup's rows come in no promised order
         order = np.lexsort((known.low, known.high))
-        known = known._replace(**{f: getattr(known, f)[order] for f in known._fields[:5]})
+        known = known._replace(high=known.high[order], low=known.low[order], where=known.where[order])
     return known
 
 
 def _columns(row: tuple[str | None, ...], shards: list[str]) -> tuple[np.ndarray, ...]:
-    """One query's texts as arrays: the ids' halves, shard places (-1 for a shard the
-    cache does not list), offsets and lengths."""
+    """One query's texts as arrays: the ids' halves and (shard place, offset, length) rows
+    (a place of -1 for a shard the cache does not list)."""
     datums, names, offsets, lengths = row
     if not datums:
         return ()
     n = len(datums) // 32
     ids = np.frombuffer(binascii.unhexlify(datums), dtype=">u8").reshape(n, 2)
     found = np.frombuffer(names.encode(), dtype="S32")  # type: ignore[union-attr]
-    place = np.full(n, -1, np.int32)
+    place = np.full(n, -1, np.int64)
     if shards:
+        # Searched for by their first 8 characters as one integer (a search among strings
+        # is four times slower), where those tell the shards apart; then compared whole.
         table = np.array(shards, dtype="S32")
-        at = np.minimum(np.searchsorted(table, found), len(shards) - 1)
-        place = np.where(table[at] == found, at, -1).astype(np.int32)
+        heads = table.view(">u8").reshape(-1, 4)[:, 0].astype(np.uint64)  # sorted, as the names
+        if len(np.unique(heads)) == len(heads):
+            at = np.searchsorted(heads, found.view(">u8").reshape(-1, 4)[:, 0].astype(np.uint64))
+        else:
+            at = np.searchsorted(table, found)
+        at = np.minimum(at, len(shards) - 1)
+        place = np.where(table[at] == found, at, -1)
     offs, lens = _ints(offsets, n), _ints(lengths, n)
     if len(found) != n or len(offs) != n or len(lens) != n:
         raise CorruptObjectError("index.sqlite", "location rows do not line up")
-    return ids[:, 0], ids[:, 1], place, offs, lens
+    return ids[:, 0], ids[:, 1], np.stack([place, offs, lens], axis=1)
 
 
 def _ints(text: str | None, n: int) -> np.ndarray:
@@ -329,26 +379,30 @@ def _split(hex_ids: bytes | bytearray) -> Iterator[str]:
     return (text[i : i + 32] for i in range(0, len(text), 32))
 
 
-def _join(repo: Repo, hex_ids: bytearray, known: _Known) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[Oid, ...]]:
-    """Where each selected datum lies (shard place, offset, length, in the selection's
-    order) and the shards used, in oid order. The datums are looked up in the order of
-    their ids, in which both sides are sorted: the cache's columns are read in sequence,
-    not at random (twice as fast), and the answers put back in the selection's order."""
-    ids = np.frombuffer(binascii.unhexlify(hex_ids), dtype=">u8").reshape(-1, 2)
-    n, m = len(ids), len(known.high)
-    rows = np.argsort(ids[:, 0].astype(np.uint64))
-    shard_of = np.full(n, -1, np.int32)
-    offsets = np.zeros(n, np.int64)
-    lengths = np.zeros(n, np.int64)
-    if m:
-        high, low = ids[rows, 0].astype(np.uint64), ids[rows, 1].astype(np.uint64)
-        at = np.minimum(np.searchsorted(known.high, high), m - 1)
-        hit = (known.high[at] == high) & (known.low[at] == low) & (known.shard[at] >= 0)
-        at, found = at[hit], rows[hit]
-        shard_of[found], offsets[found], lengths[found] = known.shard[at], known.offset[at], known.length[at]
-    names = list(known.shards)
+def _look_up(known: _Known, hex_ids: bytes | bytearray) -> np.ndarray:
+    """The (shard place, offset, length) rows of some datum ids, in their order; -1 rows
+    for those the cache does not place. The ids are looked up in sorted order, in which
+    the cache is too: its rows are then read in sequence, not at random (twice as fast)."""
+    ids = np.frombuffer(binascii.unhexlify(hex_ids), dtype=">u8").reshape(-1, 2).astype(np.uint64)
+    where = np.full((len(ids), 3), -1, np.int64)
+    if m := len(known.high):
+        rows = np.argsort(ids[:, 0])
+        by_id = ids[rows]
+        at = np.minimum(np.searchsorted(known.high, by_id[:, 0]), m - 1)
+        hit = (known.high[at] == by_id[:, 0]) & (known.low[at] == by_id[:, 1])
+        where[rows[hit]] = known.where[at[hit]]
+    return where
+
+
+def _resolve(
+    repo: Repo, hex_ids: bytearray, where: np.ndarray, shards: list[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[Oid, ...]]:
+    """Shard places, offsets and lengths, with the datums the cache did not place looked up
+    through the shard indexes; and the shards used, in oid order, numbered afresh."""
+    shard_of, offsets, lengths = where[:, 0], where[:, 1], where[:, 2]
+    names = list(shards)
     missing = np.flatnonzero(shard_of < 0).tolist()
-    if missing:  # not in the cache (or behind a datum with the same first half): through the shard indexes
+    if missing:  # not in the cache (or behind a datum with the same first half)
         places = {name: i for i, name in enumerate(names)}
         for i in missing:
             shard, loc = repo.locate(hex_ids[32 * i : 32 * i + 32].decode())
@@ -356,17 +410,26 @@ def _join(repo: Repo, hex_ids: bytearray, known: _Known) -> tuple[np.ndarray, np
                 places[shard] = len(names)
                 names.append(shard)
             shard_of[i], offsets[i], lengths[i] = places[shard], loc.offset, loc.length
-    # Only the shards used, in oid order, numbered afresh.
     used = sorted(np.flatnonzero(np.bincount(shard_of, minlength=len(names))).tolist(), key=names.__getitem__)
     renumber = np.zeros(max(len(names), 1), np.int32)
     renumber[used] = np.arange(len(used), dtype=np.int32)
-    return renumber[shard_of], offsets, lengths, tuple(Oid(names[i]) for i in used)
+    return renumber[shard_of], offsets.copy(), lengths.copy(), tuple(Oid(names[i]) for i in used)
 
 
 def _take(items: list[str], order: np.ndarray) -> list[str]:
+    """``items`` in ``order``: as slices where the order has few runs (a shard holds its
+    datums in key order, so a tree's keys come in a run a shard), else one by one."""
     if len(order) == 0:
         return []
-    return np.array(items, dtype=object)[order].tolist()
+    starts = np.flatnonzero(np.diff(order) != 1) + 1
+    if len(starts) > len(order) // 64:
+        return np.array(items, dtype=object)[order].tolist()
+    out: list[str] = []
+    bounds = [0, *starts.tolist(), len(order)]
+    for a, b in pairwise(bounds):
+        first = int(order[a])
+        out += items[first : first + b - a]
+    return out
 
 
 # Reading ----------------------------------------------------------------------

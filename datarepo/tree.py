@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import xxhash
 
-from datarepo.errors import CorruptObjectError, ObjectNotFoundError
+from datarepo.errors import CorruptObjectError, InvalidInputError, ObjectNotFoundError
 from datarepo.hashing import OID_LEN, Oid, is_hex
 from datarepo.objects import (
     PAGE_HEAD,
@@ -113,10 +113,19 @@ def staged_changes(rows: Iterable[tuple[str, Oid | None, int]]) -> dict[str, Row
 
 
 def apply_changes(store: Store, base: Oid | None, changes: dict[str, Row | None]) -> Oid:
-    """Stores the tree ``base`` (None: the empty tree) with ``changes`` applied; returns its root."""
+    """Stores the tree ``base`` (None: the empty tree) with ``changes`` applied; returns its
+    root. Each change's entry must be of its own key: a page of two rows for one key would
+    be refused by every reader."""
+    if not all(map(_same_key, changes.items())):
+        key, entry = next(item for item in changes.items() if not _same_key(item))
+        raise InvalidInputError(f"the change of key {key!r:.80} gives an entry of key {entry[0]!r:.80}")  # type: ignore[index]
     if base is not None:
         return update_tree(store, base, changes)
     return write_tree(store, sorted(filter(None, changes.values()), key=_KEY))
+
+
+def _same_key(item: tuple[str, Row | None]) -> bool:
+    return item[1] is None or item[1][0] == item[0]
 
 
 def read_root(store: Store, oid: str) -> Root:

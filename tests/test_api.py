@@ -494,3 +494,13 @@ def test_readers_find_datums_a_repack_moved(repo, cli, tmp_path: Path) -> None: 
     cli("export", "first", str(tmp_path / "out"))
     got = {p.relative_to(tmp_path / "out").as_posix(): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert got == files
+
+
+def test_a_change_must_give_an_entry_of_its_own_key(repo) -> None:  # type: ignore[no-untyped-def]
+    repo, _ = repo
+    entry = repo.tree()["train/cat/0000"]
+    with repo.lock, pytest.raises(DataRepoError, match="gives an entry of key"):
+        repo.commit({"train/cat/0001": entry}, "a copy under another key, given as the original")
+    with repo.lock:
+        repo.commit({"train/cat/0001": entry._replace(key="train/cat/0001")}, "a copy")
+    assert repo.tree()["train/cat/0001"].datum == entry.datum and len(repo.tree()) == 21
