@@ -504,3 +504,45 @@ def test_a_change_must_give_an_entry_of_its_own_key(repo) -> None:  # type: igno
     with repo.lock:
         repo.commit({"train/cat/0001": entry._replace(key="train/cat/0001")}, "a copy")
     assert repo.tree()["train/cat/0001"].datum == entry.datum and len(repo.tree()) == 21
+
+
+_MAINTAIN = """
+import sys
+from pathlib import Path
+from click.testing import CliRunner
+from datarepo.cli import main
+
+root, rounds = Path(sys.argv[1]), int(sys.argv[2])
+runner = CliRunner()
+for i in range(rounds):
+    (root / "extra").mkdir(exist_ok=True)
+    (root / "extra" / f"{i}.bin").write_bytes(bytes([i]) * 3000)
+    for args in (["-C", str(root), "add", "."], ["-C", str(root), "commit", "-m", f"extra {i}"],
+                 ["-C", str(root), "repack", "--all"], ["-C", str(root), "gc"]):
+        result = runner.invoke(main, args, catch_exceptions=False)
+        assert result.exit_code == 0, (args, result.output)
+"""
+
+
+def test_readers_run_while_repack_and_gc_replace_shards(repo, cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """export, cat and ls of a tagged commit, again and again while another process
+    commits, repacks every shard and collects garbage: each reads the whole, right data."""
+    import subprocess
+    import sys
+
+    repo, files = repo
+    cli("tag", "first")
+    worker = subprocess.Popen([sys.executable, "-c", _MAINTAIN, str(repo.worktree), "4"], stderr=subprocess.PIPE)
+    rounds = 0
+    try:
+        while worker.poll() is None or rounds < 2:
+            out = tmp_path / f"out{rounds}"
+            cli("export", "first", str(out))
+            got = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+            assert got == files
+            assert cli("cat", "first:train/dog/0001.jpg").stdout_bytes == files["train/dog/0001.jpg"]
+            assert len(cli("ls", "first").output.split()) == 20
+            rounds += 1
+    finally:
+        worker.wait(timeout=120)
+    assert worker.returncode == 0, worker.stderr.read().decode()[-2000:]
