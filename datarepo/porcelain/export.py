@@ -20,6 +20,7 @@ import xxhash
 from datarepo.errors import CorruptObjectError, InvalidInputError, ObjectNotFoundError
 from datarepo.fsutil import TMP_PREFIX, fsync_dir, publish
 from datarepo.hashing import CHUNK
+from datarepo.keys import check_path
 from datarepo.manifest import (
     DatumRange,
     Manifest,
@@ -31,7 +32,7 @@ from datarepo.porcelain import Progress, begin, tick
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, MemberData, MemberLoc, ShardWriter, member_size
 from datarepo.store import check_datum
-from datarepo.worktree import file_and_dir, member_path, safe_path
+from datarepo.worktree import file_and_dir, member_path
 
 # Shards held open at once while datums are read in key order (``--shards``).
 OPEN_SHARDS = 64
@@ -85,10 +86,11 @@ class _Files:
 
     def __init__(self, repo: Repo, root: Path, rev: str) -> None:
         self.repo = repo
-        self.root = root
+        self.root = str(root)
         self.rev = rev
         self.grouping = repo.config.grouping
         self.written: set[str] = set()
+        self.folders: set[str] = {""}  # made already
         self.datums = self.bytes = 0
 
     def write(self, manifest: Manifest, progress: Progress) -> ExportResult:
@@ -96,8 +98,11 @@ class _Files:
             ranges = manifest.ranges(i)
             for key, members in _read_shard(self.repo, shard, [r for r in ranges if r.length <= LARGE_FILE]):
                 for ext, data in members.items():
-                    with self._create(key, ext) as f:
-                        f.write(data)
+                    fd = self._create(key, ext)
+                    try:
+                        _write_all(fd, data)
+                    finally:
+                        os.close(fd)
                     self.bytes += len(data)
                 self.datums += 1
                 tick(progress)
@@ -118,32 +123,43 @@ class _Files:
         f.seek(member.offset)
         h = xxhash.xxh3_128()
         left = member.size
-        with self._create(key, member.ext) as out:
+        fd = self._create(key, member.ext)
+        try:
             while left:
                 chunk = f.read(min(CHUNK, left))
                 if not chunk:
                     raise CorruptObjectError(f"{shard}.tar", f"truncated: member at byte {member.offset} is cut short")
                 h.update(chunk)
-                out.write(chunk)
+                _write_all(fd, chunk)
                 left -= len(chunk)
+        finally:
+            os.close(fd)
         self.bytes += member.size
         return h.hexdigest()
 
-    def _create(self, key: str, ext: str) -> BinaryIO:
-        """A member's new file, its folder made. Two keys that need one path as both a file
-        and a folder (``x`` with ``.jpg``, and ``x.jpg/y``: an ingest can hold both) are
-        refused by name."""
-        rel = member_path(key, ext, self.grouping)
+    def _create(self, key: str, ext: str) -> int:
+        """A member's new file (its descriptor), its folder made. Two keys that need one
+        path as both a file and a folder (``x`` with ``.jpg``, and ``x.jpg/y``: an ingest
+        can hold both) are refused by name."""
+        rel = check_path(member_path(key, ext, self.grouping))
         if rel in self.written:
             raise InvalidInputError(f"cannot export {self.rev} as files: two members would be {rel}")
         self.written.add(rel)
-        path = safe_path(self.root, rel)
+        folder = rel.rpartition("/")[0]
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return path.open("xb")
+            if folder not in self.folders:
+                os.makedirs(f"{self.root}/{folder}", exist_ok=True)
+                self.folders.add(folder)
+            return os.open(f"{self.root}/{rel}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except (FileExistsError, NotADirectoryError, IsADirectoryError):
             clash = file_and_dir(self.written)[0] or rel
             raise InvalidInputError(f"cannot export {self.rev} as files: {clash} would be both a file and a directory") from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _read_shard(repo: Repo, shard: str, ranges: list[DatumRange]) -> Iterator[tuple[str, dict[str, bytes]]]:
