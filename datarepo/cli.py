@@ -465,7 +465,9 @@ def _parse_age(text: str) -> float:
     except ValueError:
         age = -1.0
     if not age >= 0 or age == float("inf"):
-        raise click.BadParameter(f"{text!r} is not 'now' or an age such as 90, 30m, 2h, 14d", param_hint="'--prune'")
+        from datarepo.errors import InvalidInputError
+
+        raise InvalidInputError(f"--prune: {text!r} is not 'now' or an age such as 90, 30m, 2h, 14d")
     return age
 
 

@@ -383,6 +383,11 @@ class Store:
     def remove_garbage(self, path: PurePosixPath) -> None:
         self._remove(str(path))
 
+    @staticmethod
+    def shard_name(oid: str, suffix: str = ".tar") -> str:
+        """Where a shard in use lies, relative to the repository's folder (for messages)."""
+        return f"shards/{oid[:2]}/{oid[2:]}{suffix}"
+
     # local paths, for callers that have not moved to the methods above yet --------------
     def shard_path(self, oid: str) -> Path:
         return Path(self._tar(oid))

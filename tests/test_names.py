@@ -12,8 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from datarepo.refs import check_name, is_valid_ref_format
+from datarepo.errors import DataRepoError, InvalidInputError
+from datarepo.hashing import hash_bytes
+from datarepo.refs import Refs, check_name, is_ref_name, is_valid_ref_format
 
 BAD_NAMES = [
     "HEAD", "refs/heads/x", "ab.", "-x", "a..b", "a/.b", ".a", "x.lock", "a/x.lock/b", "a b", "a~1", "a^", "a:b",
@@ -38,6 +42,34 @@ def test_check_ref_format_refuses_what_git_refuses(name: str) -> None:
 @pytest.mark.parametrize("name", GOOD_NAMES)
 def test_check_ref_format_takes_what_git_takes(name: str) -> None:
     assert check_name(name) == name and is_valid_ref_format(f"refs/heads/{name}")
+
+
+NAME_PARTS = st.lists(st.sampled_from(["a", "b", ".", "..", "/", "refs/", "heads/", "HEAD", ".lock", "@{", "~", " ", "\x00", "é", "-"]), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=30), NAME_PARTS.map("".join)))
+def test_no_name_resolves_outside_the_repository(tmp_path_factory: pytest.TempPathFactory, name: str) -> None:
+    """Any text as a branch or ref name: refused with our error, or a path inside ``refs/``."""
+    root = tmp_path_factory.getbasetemp() / "names" / "repo"
+    refs = Refs(root)
+    try:
+        check_name(name)
+    except InvalidInputError:
+        pass
+    else:
+        full = os.path.normpath(root / "refs/heads" / name)
+        assert full.startswith(str(root / "refs/heads") + os.sep)
+    if is_ref_name(name) and name != "HEAD":
+        assert os.path.normpath(root / name).startswith(str(root / "refs") + os.sep)
+    try:
+        assert refs.read(name) is None
+        refs.update(name, hash_bytes(b"c"), expected=None)
+        refs.update(name, None)
+    except (DataRepoError, OSError):  # refused, or a folder where a ref would be (git refuses it too)
+        pass
+    written = [p for p in (root.parent).rglob("*") if p.is_file()]
+    assert all(p.is_relative_to(root) for p in written)
 
 
 @pytest.mark.parametrize("name", ["HEAD", "refs/heads/x", "ab.", "a..b", "x.lock", "../../../../x"])

@@ -69,7 +69,7 @@ def reachable(repo: Repo, problems: list[str] | None = None) -> Reachable:
         if oid in seen.objects:
             continue
         try:
-            obj = repo.store.get(oid)
+            obj = repo.store.get_object(oid)
         except DataRepoError as e:
             seen.missing.append(str(e))
             continue
@@ -177,7 +177,7 @@ def _fsck(repo: Repo, rebuild_index: bool, progress: Progress) -> FsckResult:
             )
     result.unreachable_objects = result.objects - len(seen.objects & set(repo.store.iter_objects()))
     result.garbage = [_relative(repo, p) for p in leftovers(repo)]
-    result.garbage += [_relative(repo, repo.store.shard_path(s)) for s in sorted(shards.unindexed) if s not in only_in]
+    result.garbage += [repo.store.shard_name(s) for s in sorted(shards.unindexed) if s not in only_in]
     result.retired = sum(1 for _ in repo.store.iter_retired())
     if rebuild_index:
         with repo.index.transaction():
