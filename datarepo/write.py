@@ -184,7 +184,7 @@ class DatumWriter:
         if writer is None:
             return
         tmp, index = writer.finish()
-        self.store.publish_shard(tmp, index.shard, index.to_bytes())
+        self.store.put_shard(tmp, index)
         self.published.append(PublishedShard(index.shard, index.size, location_rows(index)))
 
     def close(self) -> list[PublishedShard]:
