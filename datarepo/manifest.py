@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import binascii
 import gc
+import operator
 import queue
 import sqlite3
 import threading
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import numpy as np
 import xxhash
@@ -66,6 +67,100 @@ class ManifestEntry(NamedTuple):
     length: int
 
 
+class Keys(Sequence[str]):
+    """A column of keys: one text of them all, each followed by a NUL (which no key
+    holds), and where each begins. A million keys are 22 MB so, not 80 MB of strings,
+    and pickle as one string and one array. ``keys[i]`` is a key, ``keys[a:b]`` a list."""
+
+    __slots__ = ("starts", "text")
+
+    def __init__(self, text: str = "", starts: np.ndarray | None = None) -> None:
+        self.text = text
+        self.starts = starts if starts is not None else np.zeros(1, np.int64)  # n + 1 of them
+
+    def __reduce__(self) -> tuple[type, tuple[str, np.ndarray]]:
+        return Keys, (self.text, self.starts)
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            lo, hi, step = i.indices(len(self))
+            if step != 1:
+                return [self[j] for j in range(lo, hi, step)]
+            return self.text[self.starts[lo] : self.starts[hi] - 1].split("\0") if lo < hi else []
+        n = len(self)
+        i = operator.index(i) + (n if i < 0 else 0)
+        if not 0 <= i < n:
+            raise IndexError("key index out of range")
+        return self.text[self.starts[i] : self.starts[i + 1] - 1]
+
+    def __iter__(self) -> Iterator[str]:
+        for lo in range(0, len(self), 65536):
+            yield from self[lo : lo + 65536]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Keys):
+            return self.text == other.text
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Keys: {len(self)}>"
+
+    @classmethod
+    def of(cls, pages: Iterable[Sequence[str]]) -> Keys:
+        """The keys of pages (each a sequence of keys), in order."""
+        builder = _KeysBuilder()
+        for keys in pages:
+            builder.add(keys)
+        return builder.keys()
+
+    def take(self, order: np.ndarray) -> Keys:
+        """The keys in ``order``: a slice of the text a run of rows that follow one another
+        (a shard holds its datums in key order: a run a shard), else a slice a key."""
+        if len(order) == 0:
+            return Keys()
+        sizes = np.diff(self.starts)[order]
+        starts = np.concatenate([np.zeros(1, np.int64), np.cumsum(sizes)])
+        breaks = np.flatnonzero(np.diff(order) != 1) + 1
+        if len(breaks) > len(order) // 64:
+            lo, hi = self.starts[order].tolist(), self.starts[order + 1].tolist()
+            return Keys("".join([self.text[a:b] for a, b in zip(lo, hi)]), starts)
+        bounds = [0, *breaks.tolist(), len(order)]
+        first = order[bounds[:-1]].tolist()
+        pieces = [self.text[self.starts[f] : self.starts[f + b - a]] for f, (a, b) in zip(first, pairwise(bounds))]
+        return Keys("".join(pieces), starts)
+
+
+class _KeysBuilder:
+    """Makes a :class:`Keys` a page of keys at a time (their strings need not outlive it)."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.ends: list[np.ndarray] = [np.zeros(1, np.int64)]
+        self.at = 0
+
+    def add(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        text = "\0".join(keys) + "\0"
+        if text.isascii():  # a character a byte: the NULs are found in C
+            ends = np.flatnonzero(np.frombuffer(text.encode(), np.uint8) == 0) + 1
+        else:
+            ends = np.cumsum(np.fromiter(map(len, keys), np.int64, len(keys)) + 1)
+        self.texts.append(text)
+        self.ends.append(ends + self.at)
+        self.at += len(text)
+
+    def keys(self) -> Keys:
+        """The keys added (once: the pieces are let go)."""
+        text, self.texts = "".join(self.texts), []
+        return Keys(text, np.concatenate(self.ends))
+
+
 @dataclass(frozen=True, eq=False)
 class Manifest:
     """The datums of a selection of a tree, as columns, grouped by shard.
@@ -74,11 +169,11 @@ class Manifest:
     lying at ``offsets[i]`` for ``lengths[i]`` bytes in shard ``shards[shard_index[i]]``.
     Rows are sorted by shard (in :attr:`shards` order, the shards' oid order), then by
     offset. A datum that several keys name has a row for each key. It pickles as a few
-    arrays and one list, for other processes: give each worker some of :attr:`shards`
+    arrays and one text, for other processes: give each worker some of :attr:`shards`
     (or a :meth:`subset`), and let it read them with :class:`ShardReader`.
     """
 
-    keys: list[str]
+    keys: Keys
     datums: np.ndarray  # S32
     shard_index: np.ndarray  # int32, into shards
     offsets: np.ndarray  # int64
@@ -135,7 +230,7 @@ class Manifest:
         remap = np.full(len(self.shards), -1, np.int32)
         remap[places] = np.arange(len(places), dtype=np.int32)
         return Manifest(
-            [self.keys[i] for i in rows.tolist()],
+            self.keys.take(rows),
             self.datums[rows],
             remap[self.shard_index[rows]],
             self.offsets[rows],
@@ -170,27 +265,39 @@ def build_manifest(repo: Repo, selection: Selection | Tree) -> Manifest:
     index_path = repo.index.path  # opened, and filled if new, before another connection reads it
     with _collector_paused():
         locator = _Locator(index_path) if _worth_a_scan(repo, selection) else None
-        keys: list[str] = []
-        hex_ids = bytearray()
-        sent = 0
+        keys = _KeysBuilder()
+        batches: list[bytes] = []  # the datum ids, 32 hex digits each, a batch at a time
+        pending: list[str] = []
         for k, d, _ in selection.columns(sizes=False):
-            keys.extend(k)
-            hex_ids += "".join(d).encode()
-            if locator is not None and len(hex_ids) - sent >= _BATCH_BYTES:
-                locator.look_up(bytes(hex_ids[sent:]))
-                sent = len(hex_ids)
+            keys.add(k)
+            pending.append("".join(d))
+            if len(pending) * len(d) >= _BATCH_BYTES or len(pending) >= 1024:
+                _hand_over(batches, pending, locator)
+        _hand_over(batches, pending, locator)
         if locator is not None:
-            locator.look_up(bytes(hex_ids[sent:]))
             where, shards = locator.result()
         else:
-            known = _read_locations(index_path, sorted(set(_split(hex_ids))))
-            where, shards = _look_up(known, hex_ids), known.shards
-        shard_of, offsets, lengths, names = _resolve(repo, hex_ids, where, shards)
+            known = _read_locations(index_path, sorted(set(_split(b"".join(batches)))))
+            where, shards = _look_up(known, b"".join(batches)), known.shards
+            del known
+        ids = np.concatenate([np.frombuffer(b, dtype="S32") for b in batches]) if batches else np.zeros(0, "S32")
+        del batches
+        shard_of, offsets, lengths, names = _resolve(repo, ids, where, shards)
         del where
         order = _by_shard_and_offset(shard_of, offsets)
-        datums = np.frombuffer(hex_ids, dtype="S32")[order]
-        del hex_ids
-        return Manifest(_take(keys, order), datums, shard_of[order], offsets[order], lengths[order], names, tree.oid, tree.commit)
+        datums = ids[order]
+        del ids
+        shard_of, offsets, lengths = shard_of[order], offsets[order], lengths[order]
+        return Manifest(keys.keys().take(order), datums, shard_of, offsets, lengths, names, tree.oid, tree.commit)
+
+
+def _hand_over(batches: list[bytes], pending: list[str], locator: _Locator | None) -> None:
+    """Makes the pending ids one batch, and hands it to the locator."""
+    if pending:
+        batches.append("".join(pending).encode())
+        pending.clear()
+        if locator is not None:
+            locator.look_up(batches[-1])
 
 
 def _by_shard_and_offset(shard_of: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -279,8 +386,10 @@ class _Locator:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        found = [self._found[i] for i in range(self._handed)]
-        return (np.concatenate(found) if found else np.zeros((0, 3), np.int64)), self._known.shards  # type: ignore[union-attr]
+        shards = self._known.shards  # type: ignore[union-attr]
+        self._known = None  # (before the answers are joined: it may be the larger)
+        found = [self._found.pop(i) for i in range(self._handed)]
+        return (np.concatenate(found) if found else np.zeros((0, 3), np.int64)), shards
 
     def _run(self, path: Path) -> None:
         try:
@@ -395,7 +504,7 @@ def _look_up(known: _Known, hex_ids: bytes | bytearray) -> np.ndarray:
 
 
 def _resolve(
-    repo: Repo, hex_ids: bytearray, where: np.ndarray, shards: list[str]
+    repo: Repo, ids: np.ndarray, where: np.ndarray, shards: list[str]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[Oid, ...]]:
     """Shard places, offsets and lengths, with the datums the cache did not place looked up
     through the shard indexes; and the shards used, in oid order, numbered afresh."""
@@ -405,7 +514,7 @@ def _resolve(
     if missing:  # not in the cache (or behind a datum with the same first half)
         places = {name: i for i, name in enumerate(names)}
         for i in missing:
-            shard, loc = repo.locate(hex_ids[32 * i : 32 * i + 32].decode())
+            shard, loc = repo.locate(ids[i].decode())
             if shard not in places:
                 places[shard] = len(names)
                 names.append(shard)
@@ -414,22 +523,6 @@ def _resolve(
     renumber = np.zeros(max(len(names), 1), np.int32)
     renumber[used] = np.arange(len(used), dtype=np.int32)
     return renumber[shard_of], offsets.copy(), lengths.copy(), tuple(Oid(names[i]) for i in used)
-
-
-def _take(items: list[str], order: np.ndarray) -> list[str]:
-    """``items`` in ``order``: as slices where the order has few runs (a shard holds its
-    datums in key order, so a tree's keys come in a run a shard), else one by one."""
-    if len(order) == 0:
-        return []
-    starts = np.flatnonzero(np.diff(order) != 1) + 1
-    if len(starts) > len(order) // 64:
-        return np.array(items, dtype=object)[order].tolist()
-    out: list[str] = []
-    bounds = [0, *starts.tolist(), len(order)]
-    for a, b in pairwise(bounds):
-        first = int(order[a])
-        out += items[first : first + b - a]
-    return out
 
 
 # Reading ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pickle
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -546,3 +547,22 @@ def test_readers_run_while_repack_and_gc_replace_shards(repo, cli, tmp_path: Pat
     finally:
         worker.wait(timeout=120)
     assert worker.returncode == 0, worker.stderr.read().decode()[-2000:]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1, max_size=6), max_size=5), max_size=5), st.data())
+def test_keys_column_holds_keys_and_takes_any_order(pages, data) -> None:  # type: ignore[no-untyped-def]
+    from datarepo.manifest import Keys
+
+    flat = [k for page in pages for k in page]
+    keys = Keys.of(pages)
+    assert list(keys) == flat and len(keys) == len(flat) and keys == flat
+    assert [keys[i] for i in range(len(flat))] == flat and keys[1:3] == flat[1:3] and keys[::2] == flat[::2]
+    if flat:
+        assert keys[-1] == flat[-1]
+    with pytest.raises(IndexError):
+        keys[len(flat)]
+    order = data.draw(st.permutations(range(len(flat))))
+    taken = keys.take(np.array(order, dtype=np.int64))
+    assert list(taken) == [flat[i] for i in order]
+    assert pickle.loads(pickle.dumps(taken)) == taken

@@ -185,8 +185,9 @@ def _to_shards(repo: Repo, manifest: Manifest, dest: Path, shard_size: int, prog
     writer: ShardWriter | None = None
     files_open: dict[int, BinaryIO] = {}
     try:
-        for i in sorted(range(len(manifest)), key=manifest.keys.__getitem__):
-            key, members = manifest.keys[i], _read_row(repo, manifest, i, files_open)
+        keys = list(manifest.keys)
+        for i in sorted(range(len(keys)), key=keys.__getitem__):
+            key, members = keys[i], _read_row(repo, manifest, i, files_open)
             writer = writer or ShardWriter(dest)
             writer.add(key, sorted(members.items()))  # type: ignore[arg-type]
             datums, files, size = datums + 1, files + len(members), size + sum(map(member_size, members.values()))
