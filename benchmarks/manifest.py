@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/manifest.py --datums 100000 --keep /tmp/m
 
 Builds a repository of ``--datums`` one-member datums (a few bytes each) in
-shards of ``--per-shard`` datums, written straight through ``ShardWriter``
-and committed with ``repo.commit`` (no files, no ``add``), then measures in a
+shards of ``--per-shard`` datums, written straight through ``ShardWriter``,
+indexed by ``repo.sync_locations`` and committed with ``repo.commit`` (no
+files, no ``add``), then measures in a
 fresh process each: ``repo.manifest(repo.tree())`` (the whole tree) and
 ``repo.manifest(tree.select(prefix=...))`` (a tenth of it), best of
 ``--runs``. Peak memory is the process's maximum resident set size
@@ -31,7 +32,6 @@ import xxhash
 
 import datarepo
 from datarepo.hashing import datum_id_of_digests
-from datarepo.index import location_rows
 from datarepo.objects import TreeEntry
 from datarepo.repo import Repo
 
@@ -57,8 +57,7 @@ def build(path: Path, count: int, per_shard: int) -> None:
                 entries[key] = TreeEntry(key, datum, len(data))
             tmp, index = writer.finish()
             repo.store.publish_shard(tmp, index.shard, index.to_bytes())
-            with repo.index.transaction():
-                repo.index.add_shard(index.shard, index.size, location_rows(index))
+        repo.sync_locations()  # the location cache learns the new shards from their .idx
         repo.commit(entries, "base", parent=None)
     repo.close()
 
