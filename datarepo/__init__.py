@@ -17,10 +17,17 @@ __version__ = "0.1.0"
 
 
 def open(path: str | Path = ".") -> Repo:
-    """Opens the repository at or above ``path`` (a work tree or a bare repository).
+    """Opens the repository at or above a folder (docs/api.md).
 
-    The :class:`~datarepo.repo.Repo` is a context manager (``with datarepo.open(p) as
-    repo:`` closes its cache), and may be used again in a forked child process.
+    Args:
+        path: a work tree (or a folder in it), or a bare repository.
+
+    Returns:
+        A :class:`~datarepo.repo.Repo`: a context manager (``with datarepo.open(p) as
+        repo:`` closes its cache), which may be used again in a forked child process.
+
+    Raises:
+        NotARepositoryError: no repository at or above ``path``.
     """
     from datarepo.repo import Repo
 

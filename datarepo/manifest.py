@@ -1,11 +1,11 @@
-"""Manifests and shard readers: the datums of a tree selection, where they lie and how to
-read them, as plain data that other processes (DataLoader workers, Ray tasks) receive.
+"""Manifests: the datums of a tree selection and where they lie, as plain data that other
+processes (DataLoader workers, Ray tasks) receive.
 
 A :class:`Manifest` is columnar (keys, datum ids, shard, offset, length), grouped by
 shard with the shards in oid order and each shard's datums in offset order, so a reader
 takes a shard's :meth:`Manifest.ranges` and reads them in one pass with a
-:class:`ShardReader`, from any binary file: the shard's tar (docs/format.md, "Shards")
-locally, or a remote object.
+:class:`~datarepo.shardreader.ShardReader` (also importable from here), from any binary
+file: the shard's tar (docs/format.md, "Shards") locally, or a remote object.
 """
 
 from __future__ import annotations
@@ -23,40 +23,26 @@ from dataclasses import dataclass
 from functools import cached_property
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import xxhash
 
-from datarepo.errors import CorruptObjectError, InvalidInputError, ObjectNotFoundError
-from datarepo.hashing import Oid, datum_id_of_digests
-from datarepo.shards import BLOCK, _octal, _pax_records, _ustar_name, padding
+from datarepo.errors import CorruptObjectError, DataRepoError, ObjectNotFoundError
+from datarepo.hashing import Oid
+from datarepo.shardreader import DatumRange, ShardReader, check_members, cut_members
+
+__all__ = ["DatumRange", "Keys", "Manifest", "ManifestEntry", "ShardReader", "build_manifest", "check_members", "cut_members"]
 
 if TYPE_CHECKING:
     from datarepo.repo import Repo
     from datarepo.tree import Selection, Tree
 
-# A reader of a seekable file reads over gaps up to this size rather than seek: one
-# sequential stream is cheaper than a seek for a few skipped datums.
-SEEK_OVER = 1 << 20
-# Gaps of a stream that cannot seek are read and dropped this many bytes at a time.
-_DISCARD = 1 << 20
 # A selection is looked up in the location cache datum by datum, in batches, when it
 # holds fewer than one in this many of the cache's rows; else the whole cache is read.
 _SCAN_RATIO = 8
 _IN_BATCH = 500
 # The ids of a selection go to the thread that looks them up this many bytes at a time.
 _BATCH_BYTES = 32 * 65536
-
-
-class DatumRange(NamedTuple):
-    """Where one datum lies in its shard: from its first tar header, ``length`` bytes
-    (its members' headers, bytes and padding; see docs/format.md, "Shard index")."""
-
-    key: str
-    datum: Oid
-    offset: int
-    length: int
 
 
 class ManifestEntry(NamedTuple):
@@ -203,7 +189,14 @@ class Manifest:
         return range(self._bounds[i], self._bounds[i + 1])
 
     def ranges(self, shard: str | int) -> list[DatumRange]:
-        """The datums of one shard (its oid, or its place in :attr:`shards`), in offset order."""
+        """The datums of one shard, in offset order: what a :class:`ShardReader` reads.
+
+        Args:
+            shard: the shard's oid, or its place in :attr:`shards`.
+
+        Raises:
+            ObjectNotFoundError: (a KeyError) the manifest has no such shard.
+        """
         rows = self.rows(shard)
         lo, hi = rows.start, rows.stop
         return list(
@@ -224,7 +217,11 @@ class Manifest:
         return int(self.lengths[rows.start : rows.stop].sum())
 
     def subset(self, shards: Iterable[str | int]) -> Manifest:
-        """The manifest of some of its shards (kept in this manifest's order)."""
+        """The manifest of some of its shards, in this manifest's order: a worker's share.
+
+        Args:
+            shards: oids, or places in :attr:`shards`.
+        """
         places = sorted({s if isinstance(s, int) else self._place(s) for s in shards})
         rows = np.concatenate([np.arange(self._bounds[i], self._bounds[i + 1]) for i in places] or [np.zeros(0, np.int64)])
         remap = np.full(len(self.shards), -1, np.int32)
@@ -251,7 +248,7 @@ class Manifest:
 
 
 def build_manifest(repo: Repo, selection: Selection | Tree) -> Manifest:
-    """The manifest of a selection (or a whole tree) of ``repo``.
+    """The manifest of a selection (or a whole tree) of ``repo`` (see :meth:`Repo.manifest`).
 
     The keys and datums come from the tree's pages; where each datum lies comes from the
     location cache (``index.sqlite``; see docs/format.md), read whole, in C and on another
@@ -338,10 +335,7 @@ class _Known(NamedTuple):
 def _worth_a_scan(repo: Repo, selection: Selection) -> bool:
     """Whether the selection may hold one in ``_SCAN_RATIO`` of the cache's rows (by the
     counts of the pages it opens, which bound it)."""
-    from datarepo.tree import _pages_of
-
-    prefix = selection._pages_prefix
-    most = sum(p.count for p in _pages_of(selection.tree, prefix)) if prefix is not None else 0
+    most = selection.at_most()
     rows = repo.index.db.execute("SELECT coalesce(sum(datums), 0) FROM shard").fetchone()[0]
     return most * _SCAN_RATIO >= rows and most > _IN_BATCH
 
@@ -437,8 +431,6 @@ def _read_locations(path: Path, datums: list[str] | None) -> _Known:
             filled += len(part[0])
         db.execute("COMMIT")
     except sqlite3.Error as e:
-        from datarepo.errors import DataRepoError
-
         raise DataRepoError(f"index.sqlite: {e}") from None
     finally:
         db.close()
@@ -523,112 +515,3 @@ def _resolve(
     renumber = np.zeros(max(len(names), 1), np.int32)
     renumber[used] = np.arange(len(used), dtype=np.int32)
     return renumber[shard_of], offsets.copy(), lengths.copy(), tuple(Oid(names[i]) for i in used)
-
-
-# Reading ----------------------------------------------------------------------
-
-
-class ShardReader:
-    """Reads the datums of one shard, given their ranges in offset order (a manifest's
-    :meth:`Manifest.ranges`), from a binary file positioned at the shard's start, in one
-    sequential pass: ``for key, members in ShardReader(f, ranges, shard)``.
-
-    The file needs only ``read``; gaps between the ranges are sought over where the file
-    is seekable and the gap large, else read and dropped, so a stream that cannot seek
-    (a pipe, an HTTP body) works. Each datum's tar headers are parsed from its bytes, its
-    members cut out and, with ``verify``, checked against its id. Anything the bytes do
-    not hold as the ranges say raises CorruptObjectError naming the shard. Yields
-    ``(key, {ext: bytes})``, with the datum id for a key where a range has none.
-    """
-
-    def __init__(self, fileobj: BinaryIO, ranges: Sequence[DatumRange], shard: str = "", verify: bool = False) -> None:
-        self.fileobj = fileobj
-        self.ranges = ranges
-        self.name = f"{shard}.tar" if shard else "<shard>"
-        self.verify = verify
-        self._seekable = _seekable(fileobj)
-        self._pos = fileobj.tell() if self._seekable else 0
-
-    def __iter__(self) -> Iterator[tuple[str, dict[str, bytes]]]:
-        for r in self.ranges:
-            self._skip_to(r.offset)
-            span = self._read(r.length)
-            members = cut_members(span, r.datum, self.name, r.offset)
-            if self.verify:
-                check_members(members, r.datum, self.name)
-            yield (r.key or r.datum), members
-
-    def _skip_to(self, offset: int) -> None:
-        gap = offset - self._pos
-        if gap < 0:
-            raise InvalidInputError(f"{self.name}: ranges must be in offset order and not overlap (at byte {offset})")
-        if gap > SEEK_OVER and self._seekable:
-            self.fileobj.seek(offset)
-            self._pos = offset
-            return
-        while gap:
-            gap -= len(self._read(min(gap, _DISCARD)))
-
-    def _read(self, size: int) -> bytes:
-        data = self.fileobj.read(size)
-        while data is not None and len(data) < size:  # a raw file or a socket may return less
-            more = self.fileobj.read(size - len(data))
-            if not more:
-                break
-            data += more
-        if data is None or len(data) < size:
-            raise CorruptObjectError(self.name, f"truncated: {size} bytes wanted at byte {self._pos}")
-        self._pos += size
-        return data
-
-
-def _seekable(f: BinaryIO) -> bool:
-    try:
-        return bool(f.seekable())
-    except (AttributeError, ValueError, OSError):
-        return False
-
-
-def cut_members(span: bytes, datum: str, name: str, offset: int = 0) -> dict[str, bytes]:
-    """The members of a datum cut out of its span (its bytes from its first tar header):
-    the ustar headers are parsed here, and each member must be named ``<datum>.<ext>``."""
-    members: dict[str, bytes] = {}
-    stem = datum + "."
-    pos, end = 0, len(span)
-    pax_path: str | None = None
-    pax_size: int | None = None
-    while pos < end:
-        if end - pos < BLOCK:
-            raise CorruptObjectError(name, f"truncated tar header at byte {offset + pos}")
-        block = span[pos : pos + BLOCK]
-        kind = block[156:157]
-        size = _octal(block[124:136], name, offset + pos)
-        data = pos + BLOCK
-        if kind == b"x":
-            records = _pax_records(span[data : data + size], name, offset + pos)
-            pax_path = records.get("path", pax_path)
-            pax_size = int(records["size"]) if records.get("size", "").isdigit() else pax_size
-        elif kind in (b"0", b"\x00"):
-            member = pax_path or _ustar_name(block)
-            size = pax_size if pax_size is not None else size
-            if not member.startswith(stem):  # ("<datum>." is the member without an extension: docs/format.md)
-                raise CorruptObjectError(name, f"member {member[:80]!r} at byte {offset + pos} is not of datum {datum}")
-            if data + size > end:
-                raise CorruptObjectError(name, f"truncated: member {member[:80]!r} at byte {offset + pos} is cut short")
-            members[member[len(stem) :]] = span[data : data + size]
-            pax_path = pax_size = None
-        elif block == bytes(BLOCK):
-            raise CorruptObjectError(name, f"end of archive inside datum {datum} at byte {offset + pos}")
-        else:
-            raise CorruptObjectError(name, f"unexpected tar member type {kind!r} at byte {offset + pos}")
-        pos = data + size + padding(size)
-    if not members:
-        raise CorruptObjectError(name, f"datum {datum} has no members at byte {offset}")
-    return members
-
-
-def check_members(members: dict[str, bytes], datum: str, name: str) -> None:
-    """Raises CorruptObjectError, naming the shard, unless the members give the datum's id."""
-    got = datum_id_of_digests([(ext, xxhash.xxh3_128_digest(members[ext])) for ext in sorted(members)])
-    if got != datum:
-        raise CorruptObjectError(name, f"datum {datum} does not match its bytes")

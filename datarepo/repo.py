@@ -304,24 +304,50 @@ class Repo:
 
     # the read API (docs/api.md) ------------------------------------------
     def tree(self, rev: str = "HEAD") -> trees.Tree:
-        """The tree of a revision (git's forms: ``main``, ``HEAD~2``, ``v1``, an oid
-        prefix); an unborn HEAD gives the empty tree."""
+        """The tree of a revision, read page by page as it is used (docs/api.md).
+
+        Args:
+            rev: git's forms: ``HEAD``, ``main``, ``v1``, ``HEAD~2``, ``v1^``, an oid
+                prefix. An unborn HEAD gives the empty tree.
+
+        Raises:
+            BadRevisionError: ``rev`` names no commit.
+        """
         if rev in ("HEAD", "@") and self.head() is None:
             return trees.Tree(self.store, None)
         commit = self.resolve(rev)
         return trees.Tree(self.store, self.read_commit(commit).tree, commit)
 
     def read(self, datum: str, verify: bool = False) -> dict[str, bytes]:
-        """A datum's members, extension → bytes, read whole. With ``verify`` they are first
-        checked against the datum's id (CorruptObjectError names the shard).
+        """A datum's members, read whole from where the location cache places it (looked
+        up again if its shard has gone meanwhile: :meth:`at_location`).
 
-        Its place comes from the location cache, looked up again if its shard has gone
-        meanwhile (see :meth:`at_location`)."""
+        Args:
+            datum: the datum's id.
+            verify: check the members against the datum's id first.
+
+        Returns:
+            Extension → bytes.
+
+        Raises:
+            ObjectNotFoundError: no shard holds the datum.
+            CorruptObjectError: (with ``verify``) the bytes do not give the datum's id;
+                it names the shard.
+        """
         return self.at_location(datum, lambda shard, loc: datum_members(self.store, shard, loc, 1 << 62, verify=verify))  # type: ignore[return-value]
 
     def manifest(self, selection: trees.Selection | trees.Tree) -> Manifest:
-        """Where the datums of a selection (or a whole tree) lie, grouped by shard: a
-        :class:`~datarepo.manifest.Manifest`, for readers in other processes."""
+        """Where the datums of a selection lie, for readers in other processes.
+
+        Args:
+            selection: a :meth:`Tree.select` selection, or a whole tree.
+
+        Returns:
+            A :class:`~datarepo.manifest.Manifest`: columnar, grouped by shard.
+
+        Raises:
+            ObjectNotFoundError: a selected datum is in no shard.
+        """
         from datarepo.manifest import build_manifest
 
         return build_manifest(self, selection)

@@ -347,8 +347,11 @@ class Tree:
         return iter(self.select())
 
     def __getitem__(self, key: str) -> TreeEntry:
-        """The entry of ``key``; ObjectNotFoundError (a KeyError) if the tree has none.
-        Opens the one page that can hold it."""
+        """The entry of a key, read from the one page that can hold it.
+
+        Raises:
+            ObjectNotFoundError: (a KeyError) the tree has no such key.
+        """
         found = lookup(self.store, self.oid, key) if self.oid else None
         if found is None:
             raise ObjectNotFoundError("key", key)
@@ -366,15 +369,25 @@ class Tree:
         return lookup_many(self.store, self.oid, keys) if self.oid else {}
 
     def select(self, prefix: str = "", glob: str | None = None) -> Selection:
-        """The entries whose key starts with ``prefix`` and matches ``glob`` (both optional;
-        see :func:`glob_regex` for the glob's rules). Only the pages that can hold the
-        prefix, or the glob's literal start, are opened, when the selection is read."""
+        """Some entries of the tree, read when the selection is iterated.
+
+        Only the pages that can hold the prefix, or the glob's start before its first
+        wildcard, are opened.
+
+        Args:
+            prefix: keep the keys that start with it.
+            glob: keep the keys it matches whole (rules: :func:`glob_regex`).
+        """
         return Selection(self, prefix, glob)
 
     def diff(self, other: Tree) -> Iterator[Change]:
-        """The keys that differ from this tree to ``other``, in key order: a
-        :class:`Change` ``(key, old, new)`` each, ``old`` from this tree. Pages both trees
-        share are not opened."""
+        """The keys that differ from this tree to another, in key order. Pages both trees
+        share are not opened.
+
+        Yields:
+            A :class:`Change` ``(key, old, new)`` a key: ``old`` this tree's entry, ``new``
+            the other's, None where the tree has no such key.
+        """
         return diff_trees(self.store, self.oid, other.oid)
 
 
@@ -396,6 +409,12 @@ class Selection:
 
     def __repr__(self) -> str:
         return f"<Selection prefix={self.prefix!r} glob={self.glob!r} of {self.tree!r}>"
+
+    def at_most(self) -> int:
+        """How many entries the selection can hold at most: the counts, in the tree's root,
+        of the pages it opens (none is opened)."""
+        prefix = self._pages_prefix
+        return sum(p.count for p in _pages_of(self.tree, prefix)) if prefix is not None else 0
 
     def __iter__(self) -> Iterator[TreeEntry]:
         for keys, datums, sizes in self.columns():

@@ -19,7 +19,14 @@ import datarepo
 from datarepo.errors import CorruptObjectError, DataRepoError, ObjectNotFoundError
 from datarepo.hashing import canonical_json, hash_bytes
 from datarepo.manifest import Manifest, ShardReader
-from datarepo.objects import TreeEntry, TreePage, decode, decode_page, decode_page_text, encode_page
+from datarepo.objects import (
+    TreeEntry,
+    TreePage,
+    decode,
+    decode_page,
+    decode_page_text,
+    encode_page,
+)
 from datarepo.tree import Tree
 
 
@@ -566,3 +573,22 @@ def test_keys_column_holds_keys_and_takes_any_order(pages, data) -> None:  # typ
     taken = keys.take(np.array(order, dtype=np.int64))
     assert list(taken) == [flat[i] for i in order]
     assert pickle.loads(pickle.dumps(taken)) == taken
+
+
+def test_a_member_without_extension_is_read_and_exported(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    cli("init")
+    (cli.cwd / "README").write_bytes(b"read me")
+    (cli.cwd / "a").mkdir()
+    (cli.cwd / "a" / "x.txt").write_bytes(b"x")
+    cli("add", ".")
+    cli("commit", "-m", "files without an extension too")
+    with datarepo.open(cli.cwd) as repo:
+        manifest = repo.manifest(repo.tree())
+        got = {}
+        for shard in manifest.shards:
+            with shard_file(repo.worktree, shard).open("rb") as f:
+                got.update(ShardReader(f, manifest.ranges(shard), shard, verify=True))
+        assert got == {"README": {"": b"read me"}, "a/x": {"txt": b"x"}}
+        assert repo.read(repo.tree()["README"].datum) == {"": b"read me"}
+    cli("export", "HEAD", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "README").read_bytes() == b"read me" and (tmp_path / "out" / "a" / "x.txt").read_bytes() == b"x"
