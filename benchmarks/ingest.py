@@ -493,7 +493,7 @@ def bench_scale(workdir: Path, count: int, seed: int) -> tuple[list[Row], list[s
     with repo.lock:
         staged = store_datums(repo, [(k, b"staged-%s" % k.encode()) for k in rng.sample(sorted(entries), CHANGED_KEYS)])
         with repo.index.transaction():
-            repo.index.stage(tuple(e) for e in staged.values())
+            repo.index.staging.stage(tuple(e) for e in staged.values())
     repo.close()
     cli_before = tree_usage(objects)
     cli_commit_s = timed(([DATAREPO, "commit", "-m", "staged"], path))

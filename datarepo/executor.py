@@ -99,8 +99,6 @@ class ProcessExecutor:
                 todo.append((i, item))
 
     def _collect(self, fn: Callable[[T], R], todo: list[tuple[int, T]], busy: dict) -> Iterator[R]:  # type: ignore[type-arg]
-        import select
-
         done: dict[int, R] = {}
         total, at = len(todo) + len(busy), 0
         try:
@@ -113,7 +111,7 @@ class ProcessExecutor:
                     i, item = todo.pop()
                     done[i] = fn(item)
                     continue
-                for fd in select.select(list(busy), [], [])[0]:
+                for fd in _ready(busy):
                     worker, i, item = busy.pop(fd)
                     answer = worker.receive()
                     if answer is None:  # it died: its item runs here
@@ -134,6 +132,17 @@ class ProcessExecutor:
         for worker in self._idle:
             worker.stop()
         self._idle.clear()
+
+
+def _ready(fds: Iterable[int]) -> list[int]:
+    """Those of ``fds`` with something to read (or closed), waiting for one. ``poll``, not
+    ``select``, which refuses descriptors numbered 1024 or more."""
+    import select
+
+    poll = select.poll()
+    for fd in fds:
+        poll.register(fd, select.POLLIN)
+    return [fd for fd, _ in poll.poll()]
 
 
 class _Worker:

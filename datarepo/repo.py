@@ -15,7 +15,8 @@ from datarepo.config import DEFAULT_SHARD_SIZE, TIME_FORMAT, Config, env_seconds
 from datarepo.errors import BadRevisionError, InvalidInputError, NotARepositoryError, ObjectNotFoundError
 from datarepo.fsutil import WriterLock, atomic_write
 from datarepo.hashing import Oid, is_oid
-from datarepo.index import Index, location_rows
+from datarepo.index import Index
+from datarepo.locations import location_rows
 from datarepo.objects import Commit
 from datarepo.refs import BRANCHES, HEAD, TAGS, Refs
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData
@@ -91,31 +92,31 @@ class Repo:
     def sync_locations(self, index: Index | None = None) -> int:
         """Indexes shards whose ``.idx`` the location table does not know yet."""
         index = index or self.index
-        known = index.known_shards()
+        known = index.locations.shards()
         added = 0
         with index.transaction():
             for shard in self.store.iter_shards():
                 if shard not in known:
                     found = self.store.read_index(shard)
-                    index.add_shard(found.shard, found.size, location_rows(found))
+                    index.locations.add_shard(found.shard, found.size, location_rows(found))
                     added += 1
         return added
 
     def forget_missing_shards(self) -> list[str]:
         """Drops from the location cache the shards whose files are gone, so that their
         datums count as not stored (the next ``add`` of their files stores them again)."""
-        missing = [shard for shard in self.index.known_shards() if not self.store.has_shard(shard)]
+        missing = [shard for shard in self.index.locations.shards() if not self.store.has_shard(shard)]
         if missing:
             with self.index.transaction():
                 for shard in missing:
-                    self.index.drop_shard(shard)
+                    self.index.locations.drop_shard(shard)
         return missing
 
     def drop_shards(self, shards: list[str]) -> None:
         """Forgets shards in the location cache, then deletes their files."""
         with self.index.transaction():
             for shard in shards:
-                self.index.drop_shard(shard)
+                self.index.locations.drop_shard(shard)
         for shard in shards:
             self.store.delete_shard(shard)
 
@@ -274,9 +275,9 @@ class Repo:
 
     # datums ------------------------------------------------------------
     def locate(self, datum: str) -> tuple[str, DatumLoc]:
-        found = self.index.locate(datum)
+        found = self.index.locations.locate(datum)
         if found is None and self.sync_locations():
-            found = self.index.locate(datum)
+            found = self.index.locations.locate(datum)
         if found is None:
             raise ObjectNotFoundError("datum", datum)
         return found

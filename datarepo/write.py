@@ -33,7 +33,9 @@ from xxhash import xxh3_128_digest
 from datarepo import executor as executors
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id, datum_id_of_digests
-from datarepo.index import Index, LocationRow, location_rows, trusted
+from datarepo.index import Index
+from datarepo.locations import LocationRow, location_rows
+from datarepo.statcache import trusted
 from datarepo.objects import TreeEntry
 from datarepo.shards import LARGE_FILE, DatumLoc, FileRange, MemberData, ShardWriter, member_hash, member_size
 from datarepo.statcols import SIZE, FileStat, StatColumns, StatRow
@@ -254,7 +256,7 @@ def _stored(dotdir: str, datums: list[Oid]) -> set[str]:
 def present(index: Index, store: Store, datums: Iterable[str]) -> set[str]:
     """Those of ``datums`` that the location cache places in a shard the store has. A datum
     whose shard went missing is not: storing it again is how it is restored."""
-    found = index.stored_in(datums)
+    found = index.locations.shards_of(datums)
     shards = {shard for shard in set(found.values()) if store.has_shard(shard)}
     return {datum for datum, shard in found.items() if shard in shards}
 
@@ -332,7 +334,7 @@ def store_files(
             [dict(members[k]) for k in to_read[a:b]],
             {f: files[f] for k in to_read[a:b] for f in members[k].values() if f in files and files[f][SIZE] >= 0},
             repo.config.shard_size,
-            skip_stored=bool(repo.index.known_shards()),
+            skip_stored=bool(repo.index.locations.shards()),
         )
         for a, b in plan_batches(to_read, sizes, limit)
     ]
@@ -386,7 +388,7 @@ def adopt(repo, shards: Iterable[PublishedShard], adopted: set[str]) -> None:  #
         for shard in shards:
             rows = [row for row in shard.rows if row[0] not in adopted]
             adopted.update(row[0] for row in rows)
-            repo.index.add_shard(shard.oid, shard.size, rows)
+            repo.index.locations.add_shard(shard.oid, shard.size, rows)
 
 
 # --- the writer of the Python API ----------------------------------------------------------------
@@ -404,7 +406,7 @@ class RepoWriter:
         self.shards: list[PublishedShard] = []
         self._adopted: set[str] = set()
         # With no shard before this writer began, no datum it is given can be stored already.
-        self._none_before = not repo.index.known_shards()
+        self._none_before = not repo.index.locations.shards()
 
     def put(self, key: str, members: Mapping[str, MemberData], hashes: Mapping[str, str] | None = None) -> TreeEntry:
         """Stores a datum (once: not if some shard holds it) under ``key``. ``hashes``, the

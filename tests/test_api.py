@@ -262,7 +262,7 @@ def test_a_manifest_of_many_datums_reads_the_whole_cache(repo) -> None:  # type:
     tree = repo.tree()
     check_manifest(repo, repo.manifest(tree), list(tree))
     check_manifest(repo, repo.manifest(tree.select(prefix="many/00")), list(tree.select(prefix="many/00")))
-    repo.index.clear_locations()  # a cache that has lost its rows: the shard indexes have them
+    repo.index.locations.clear()  # a cache that has lost its rows: the shard indexes have them
     check_manifest(repo, repo.manifest(tree), list(tree))
 
 

@@ -109,7 +109,7 @@ def test_unreadable_file(worktree: Path) -> None:
     result = run("add", ".")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["Error: cannot read secret.jpg: Permission denied"]
-    assert Repo.open(worktree).index.staged() == {}
+    assert Repo.open(worktree).index.staging.changes() == {}
 
 
 def test_a_directory_whose_files_cannot_be_stated(worktree: Path) -> None:
@@ -453,10 +453,10 @@ def test_commit_refuses_a_staged_datum_no_shard_holds(repo_with_commit, worktree
     cli("add", ".")
     repo = Repo.open(worktree)
     head = repo.head()
-    (datum, _), = [v for k, v in repo.index.staged().items() if k == "extra"]
-    shard, _ = repo.index.locate(datum) or (None, None)
+    (datum, _), = [v for k, v in repo.index.staging.changes().items() if k == "extra"]
+    shard, _ = repo.index.locations.locate(datum) or (None, None)
     with repo.index.transaction():
-        repo.index.drop_shard(shard)
+        repo.index.locations.drop_shard(shard)
     _one_line_error(cli("commit", "-m", "x", ok=False), "staged datum", datum)
     assert Repo.open(worktree).head() == head
 
@@ -501,7 +501,7 @@ def test_an_unreadable_directory_blocks_only_what_it_could_hide(worktree: Path) 
     finally:
         os.chmod(worktree / "locked", 0o755)
         os.chmod(worktree / "shut", 0o755)
-    assert list(Repo.open(worktree).index.staged()) == ["good"]
+    assert list(Repo.open(worktree).index.staging.changes()) == ["good"]
 
 
 def test_add_follow_of_one_path_ignores_a_dangling_link_elsewhere(worktree: Path, cli) -> None:

@@ -370,7 +370,7 @@ def test_gc_removes_unreachable(repo_with_commit, worktree: Path, cli) -> None:
     time.sleep(1.1)
     out = json.loads(cli("gc", "--json").output)
     assert out["objects"] >= 1 and out["shards"] >= 1
-    assert Repo.open(worktree).index.locate(big) is None
+    assert Repo.open(worktree).index.locations.locate(big) is None
     assert "0 problems" in cli("fsck").output
 
 

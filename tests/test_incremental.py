@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from datarepo import index as index_module
+from datarepo import statcache
 from datarepo.hashing import datum_id, hash_bytes
 from datarepo.repo import Repo
 
@@ -52,14 +52,14 @@ def test_a_first_add_keeps_its_stat_cache_in_one_file(worktree: Path, cli, monke
     assert _hashed(cli("add", ".").output) == 65
     repo = Repo.open(worktree)
     assert repo.index.db.execute("SELECT count(*) FROM stat").fetchone()[0] == 0  # no row per file
-    cache = repo.index.load_stats()
+    cache = repo.index.stats.load()
     assert sorted(cache) == sorted(files)
     hashes = {rel: entry[4] for rel, entry in cache.items()}
     assert hashes == {rel: hash_bytes(data) for rel, data in files.items()}
     wanted = [*sorted(files)[::7], "é/x.txt", "日本/y.txt", "missing.txt", "", "zzz"]
-    assert repo.index.load_stats_for(wanted) == {p: cache[p] for p in wanted if p in cache}  # searched for
-    monkeypatch.setattr(index_module, "_FEW_PATHS", 2)
-    assert repo.index.load_stats_for(wanted) == {p: cache[p] for p in wanted if p in cache}  # read whole
+    assert repo.index.stats.lookup(wanted) == {p: cache[p] for p in wanted if p in cache}  # searched for
+    monkeypatch.setattr(statcache, "_FEW_PATHS", 2)
+    assert repo.index.stats.lookup(wanted) == {p: cache[p] for p in wanted if p in cache}  # read whole
     cli("commit", "-m", "first")
     changed = worktree / "train/cat/0004.jpg"
     changed.write_bytes(b"new")
@@ -229,7 +229,7 @@ def _trees_after_each_commit(root: Path, steps, drop_staged_tree: bool) -> list[
                 add(repo, [str(root / p) for p in arg])
             else:
                 rm(repo, [str(root / arg)], cached=True)
-        used = repo.index.staged_tree(repo.head())
+        used = repo.index.staging.tree(repo.head())
         if drop_staged_tree:
             with repo.index.transaction():
                 repo.index.db.execute("DELETE FROM meta WHERE name='staged_tree'")
@@ -261,7 +261,7 @@ def test_gc_between_add_and_commit_keeps_the_staged_tree(repo_with_commit, workt
     (worktree / "train/cat/0000.cls").write_bytes(b"changed")
     cli("add", ".")
     repo = Repo.open(worktree)
-    staged = repo.index.staged_tree(repo.head())
+    staged = repo.index.staging.tree(repo.head())
     cli("gc")
     assert staged is not None and repo.store.has(staged)  # a root, like the staged datums
     cli("commit", "-m", "after gc")
@@ -287,8 +287,8 @@ def test_a_new_index_has_16_kib_pages_and_an_old_one_keeps_its_own(tmp_path: Pat
     index = Index(tmp_path / "old.sqlite")
     assert index.db.execute("PRAGMA page_size").fetchone()[0] == 4096
     with index.transaction():
-        index.save_stats([("a.jpg", (1, 2, 3, 4, "0" * 32))])
-    assert index.load_stats() == {"a.jpg": (1, 2, 3, 4, "0" * 32)}
+        index.stats.save([("a.jpg", (1, 2, 3, 4, "0" * 32))])
+    assert index.stats.load() == {"a.jpg": (1, 2, 3, 4, "0" * 32)}
 
 
 def test_a_file_that_grew_since_its_stat_is_read_to_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -325,16 +325,16 @@ def test_rows_inserted_a_hundred_to_a_statement_are_all_there_and_the_last_wins(
     rows = [(f"k/{i:04d}", f"{i:032x}", i) for i in range(count)]
     twice = [(k, f"{i + 1:032x}", 7) for i, (k, _, _) in enumerate(rows[::3])]
     with index.transaction():
-        index.stage(row for row in rows + twice)  # a key staged twice in one statement, too
-        index.save_stats(((k, (1, 2, 3, 4, d)) for k, d, _ in rows), scope="s")
+        index.staging.stage(row for row in rows + twice)  # a key staged twice in one statement, too
+        index.stats.save(((k, (1, 2, 3, 4, d)) for k, d, _ in rows), scope="s")
     expected = {k: (d, size) for k, d, size in rows + twice}
     assert {k: (d, size) for k, d, size in index.db.execute("SELECT key, datum, size FROM staged")} == expected
-    assert index.load_stats("s") == {k: (1, 2, 3, 4, d) for k, d, _ in rows}
+    assert index.stats.load("s") == {k: (1, 2, 3, 4, d) for k, d, _ in rows}
     # Location rows, whose datums come in no order (they are sorted before they go in).
     located = [(f"{(i * 7919) % 1000:032x}", "s" * 32, i, 1, f"{i} 1 jpg") for i in range(count)]
     moved = [(d, "t" * 32, 2 * off, 1, "0 1 jpg") for d, _, off, _, _ in located[::3]]
     with index.transaction():
-        index.locate_in(row for row in located + moved)
+        index.locations.put(row for row in located + moved)
     where = {d: (shard, off) for d, shard, off, _, _ in located + moved}
     assert {d: (shard, off) for d, shard, off in index.db.execute("SELECT datum, shard, offset FROM location")} == where
 
@@ -358,7 +358,7 @@ def test_a_checkpoint_puts_the_log_into_the_database_file_outside_transactions(t
     index = Index(tmp_path / "index.sqlite")
     index.checkpoint()  # (the schema, into the file)
     with index.transaction():
-        index.stage([("k", "0" * 32, 1)])
+        index.staging.stage([("k", "0" * 32, 1)])
         index.checkpoint()
     assert rows_in_file_alone(tmp_path, "staged") == 0  # still only in the log
     index.checkpoint()

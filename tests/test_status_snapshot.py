@@ -69,9 +69,9 @@ def test_changed_keys_take_the_partial_path(repo: Repo, worktree: Path, monkeypa
     (worktree / "train/dog/0003.jpg").unlink()
     (worktree / "train/dog/0003.cls").unlink()
     (worktree / "fresh.bin").write_bytes(b"added")
-    from datarepo.index import Index
+    from datarepo.statcache import StatCache
 
-    monkeypatch.setattr(Index, "load_stats", lambda *a: pytest.fail("a full status was not needed"))
+    monkeypatch.setattr(StatCache, "load", lambda *a: pytest.fail("a full status was not needed"))
     st = stage.status(repo)
     assert st.total.to_json() == {
         "added": ["fresh"],
@@ -102,9 +102,9 @@ def test_add_keeps_the_snapshot_usable(repo: Repo, worktree: Path, monkeypatch: 
     stage.status(repo)
     (worktree / "train/cat/0000.jpg").write_bytes(b"new")
     age(worktree, 60, only=[worktree / "train/cat/0000.jpg"])
-    from datarepo.index import Index
+    from datarepo.statcache import StatCache
 
-    monkeypatch.setattr(Index, "load_stats", lambda *a: pytest.fail("add looked at every key"))
+    monkeypatch.setattr(StatCache, "load", lambda *a: pytest.fail("add looked at every key"))
     assert stage.add(repo, [str(worktree)]).changes.modified == ["train/cat/0000"]
     monkeypatch.setattr(stage._Look, "stat_view", lambda *a: pytest.fail("the snapshot was not used after add"))
     st = stage.status(repo)
@@ -181,7 +181,7 @@ def test_random_edits_agree_with_a_fresh_status(repo: Repo, worktree: Path, seed
             stage.add(repo, [str(worktree)])
         elif action == "add-part" and (worktree / "train/cat").is_dir():
             stage.add(repo, [str(worktree / "train/cat")])
-        elif action == "commit" and repo.index.staged():
+        elif action == "commit" and repo.index.staging.changes():
             commit(repo, f"step {step}")
         elif action == "touch":
             age(worktree, 60, only=[rng.choice(files)])
@@ -217,7 +217,7 @@ def test_commit_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: py
 
 
 def test_checkout_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from datarepo.index import Index
+    from datarepo.statcache import StatCache
 
     (worktree / "train/cat/0000.jpg").write_bytes(b"second")
     stage.add(repo, [str(worktree)])
@@ -228,7 +228,7 @@ def test_checkout_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: 
     stage.add(repo, [str(worktree / "train/dog/0003.cls")])
     stage.status(repo)
     checkout(repo, "HEAD~1")
-    carried = _carried_status(repo, monkeypatch, Index, "load_stats")
+    carried = _carried_status(repo, monkeypatch, StatCache, "load")
     assert carried["total"]["modified"] == ["train/dog/0001", "train/dog/0003"]
     assert carried["staged"]["modified"] == ["train/dog/0003"]
 

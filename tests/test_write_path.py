@@ -222,3 +222,22 @@ def test_a_scan_over_worker_processes_equals_a_serial_scan(tmp_path: Path, monke
     monkeypatch.setenv("DATAREPO_WORKERS", "3")
     spread = scan(root)
     assert spread.names == serial.names and spread.stats == serial.stats and not spread.errors
+
+
+def test_a_pool_works_in_a_process_with_over_a_thousand_descriptors_open() -> None:
+    """(``select`` refuses descriptors numbered 1024 or more: a long-lived process that has
+    opened many files must still get its results.)"""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    pool = ProcessExecutor(2)
+    try:
+        assert [r for r, _ in pool.map(_double, range(5))] == [0, 2, 4, 6, 8]
+    finally:
+        pool.close()
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

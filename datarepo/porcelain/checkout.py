@@ -12,7 +12,6 @@ from pathlib import Path
 from datarepo import tree as trees
 from datarepo.errors import CorruptObjectError, DirtyWorktreeError, InvalidInputError, UnsafePathError
 from datarepo.hashing import Oid
-from datarepo.index import StatEntry
 from datarepo.porcelain import Progress, begin, snapshot, tick
 from datarepo.porcelain.history import create_ref
 from datarepo.porcelain.stage import status
@@ -59,7 +58,7 @@ def checkout(
         head_tree = repo.tree_of(None)
         new_tree = repo.read_commit(target).tree
         moves = {c.key: c for c in trees.diff_trees(repo.store, head_tree, new_tree) if not repo.config.is_sparse(c.key)}
-        total, staged = status(repo).total, repo.index.staged()
+        total, staged = status(repo).total, repo.index.staging.changes()
         dirty = total.keys() | staged.keys()
         clash = sorted(dirty & moves.keys())
         if clash and not force:
@@ -74,9 +73,9 @@ def checkout(
         before = snapshot.token(repo, follow=False)
         written, removed = _apply(repo, root, moves, progress, untracked)
         if force:
-            repo.index.unstage()
+            repo.index.staging.unstage()
         else:
-            repo.index.unstage(moves)
+            repo.index.staging.unstage(moves)
         if branch:
             repo.refs.set_symbolic(BRANCHES + branch)
         else:
@@ -293,6 +292,6 @@ def _record_stats(repo: Repo, root: Path, written: dict[str, Oid]) -> None:
     entries = []
     for rel, oid in written.items():
         st = os.stat(root / rel)
-        entries.append((rel, StatEntry(st.st_size, st.st_mtime_ns, st.st_ino, seen, oid)))
+        entries.append((rel, (st.st_size, st.st_mtime_ns, st.st_ino, seen, oid)))
     with repo.index.transaction():
-        repo.index.save_stats(entries)
+        repo.index.stats.save(entries)

@@ -36,18 +36,18 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
         raise InvalidInputError("empty commit message (use -m)")
     with repo.lock:
         parent = repo.head()
-        count = repo.index.staged_count()
+        count = repo.index.staging.count()
         if not count and not allow_empty:
             raise NothingToCommitError("nothing to commit (use \"datarepo add\" first)")
         before = snapshot.token(repo, follow=False) if repo.worktree is not None else None
-        if (tree := repo.index.staged_tree(parent)) is not None and repo.store.has(tree):
+        if (tree := repo.index.staging.tree(parent)) is not None and repo.store.has(tree):
             # ``add`` stored this tree, and every datum it names, for exactly this HEAD and staging area.
             oid = repo.commit_tree(tree, message, parent)
         else:
-            if missing := repo.index.staged_unstored():
+            if missing := repo.index.staging.unstored():
                 raise ObjectNotFoundError("staged datum", min(missing))
-            oid = repo.commit(trees.staged_changes(repo.index.staged_rows()), message, parent=parent)
-        repo.index.unstage()
+            oid = repo.commit(trees.staged_changes(repo.index.staging.rows()), message, parent=parent)
+        repo.index.staging.unstage()
         if before is not None:
             snapshot.carry(repo, before, commit=True)
     return CommitResult(oid, repo.current_branch(), count)

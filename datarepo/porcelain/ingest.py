@@ -14,7 +14,7 @@ from datarepo import tree as trees
 from datarepo.errors import InvalidInputError
 from datarepo.hashing import Oid
 from datarepo.keys import check_prefix
-from datarepo.index import trusted
+from datarepo.statcache import trusted
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, tick
 from datarepo.porcelain.history import changes_of, diff
@@ -134,14 +134,14 @@ def _folder(run: _Run, root: Path, progress: Progress) -> list[TreeEntry]:
     found.raise_errors()
     run.notes.extend(found.notes)
     members = group(sorted(found.files), run.repo.config.grouping, run.notes)
-    cache = run.repo.index.load_stats(scope)
+    cache = run.repo.index.stats.load(scope)
     keys = sorted(members)
     stored = store_files(run.repo, root, members, keys, found.files, cache, progress)
     run.sink.written.update(stored.written)
     run.reused_files += sum(map(len, members.values())) - stored.hashed
     with run.repo.index.transaction():
-        run.repo.index.drop_stats(set(cache) - set(found.files), scope)
-        run.repo.index.record_hashes(stored.read, found.started_ns, scope, bulk=not cache)
+        run.repo.index.stats.drop(set(cache) - set(found.files), scope)
+        run.repo.index.stats.record(stored.read, found.started_ns, scope, bulk=not cache)
     return [TreeEntry(k, stored.datums[k], stored.sizes[k]) for k in keys]
 
 

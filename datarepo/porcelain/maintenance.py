@@ -50,7 +50,7 @@ def roots(repo: Repo, problems: list[str] | None = None) -> set[Oid]:
         if oid is not None:
             named[name] = oid
     found = set(named.values())
-    if (staged := repo.index.staged_tree(named.get(branch or HEAD))) is not None:
+    if (staged := repo.index.staging.tree(named.get(branch or HEAD))) is not None:
         found.add(staged)
     horizon = time.time() - repo.config.reflog_expire_days * DAY
     for name in repo.refs.iter_reflogs():
@@ -75,7 +75,7 @@ def reachable(repo: Repo, problems: list[str] | None = None) -> Reachable:
             continue
         seen.objects.add(oid)
         stack.extend(_children(obj, seen))
-    for datum in repo.index.iter_staged_datums():
+    for datum in repo.index.staging.datums():
         seen.datums.setdefault(datum, "")
     return seen
 
@@ -181,7 +181,7 @@ def _fsck(repo: Repo, rebuild_index: bool, progress: Progress) -> FsckResult:
     result.retired = sum(1 for _ in repo.store.iter_retired())
     if rebuild_index:
         with repo.index.transaction():
-            repo.index.clear_locations()
+            repo.index.locations.clear()
         repo.sync_locations()
         result.reindexed = True
     return result
@@ -314,7 +314,7 @@ def retire_shards(repo: Repo, shards: list[str], now: float | None = None) -> No
     datums up elsewhere), then their files move aside (see ``Store.retire_shard``)."""
     with repo.index.transaction():
         for shard in shards:
-            repo.index.drop_shard(shard)
+            repo.index.locations.drop_shard(shard)
     for shard in shards:
         repo.store.retire_shard(shard, now)
 

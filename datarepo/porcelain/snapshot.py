@@ -25,7 +25,7 @@ from typing import Any
 
 from datarepo.fsutil import atomic_write
 from datarepo.hashing import hash_bytes
-from datarepo.index import RACY_NS
+from datarepo.statcache import RACY_NS
 from datarepo.porcelain import Changes
 from datarepo.repo import Repo
 from datarepo.worktree import IGNORE_FILE, MTIME, FileStat, Scan, pack_files, split_path

@@ -90,7 +90,7 @@ def head_datums(repo: Repo, keys: Iterable[str] | None = None) -> dict[str, Oid]
 def index_datums(repo: Repo, head: dict[str, Oid], keys: Iterable[str] | None = None) -> dict[str, Oid]:
     """HEAD overlaid with the staging area (only ``keys``, if given)."""
     state = dict(head)
-    staged = repo.index.staged() if keys is None else repo.index.staged_for(keys)
+    staged = repo.index.staging.changes() if keys is None else repo.index.staging.changes_for(keys)
     for key, (datum, _) in staged.items():
         if datum is None:
             state.pop(key, None)
@@ -141,8 +141,8 @@ class _Look:
         file to be read) gives no stats: each file is stat'ed as it is read."""
         if self.keys is None:
             files = self.found.files if self.found.stats is not None else {}
-            return files, self.repo.index.load_stats()
-        return self.key_files, self.repo.index.load_stats_for(self.key_files)
+            return files, self.repo.index.stats.load()
+        return self.key_files, self.repo.index.stats.lookup(self.key_files)
 
     def save(self, result: Status, keys: set[str] | None, read: StatColumns) -> Status:
         """Stores ``result`` (fresh for ``keys`` only, or for all) as the new snapshot, with the
@@ -170,7 +170,7 @@ def _look(repo: Repo, follow: bool, with_unstaged: bool = False, within: list[st
     snap = snapshot.load(repo, snapshot.token(repo, follow))
     # With no snapshot and an empty stat cache (a first add or status), every file will be
     # read: each is stat'ed as it is opened, not by path beforehand.
-    with_stats = snap is not None or repo.index.has_stats()
+    with_stats = snap is not None or repo.index.stats.any()
     found = scan(repo.require_worktree(), follow=follow, skip_prefixes=repo.config.sparse, with_stats=with_stats)
     found.raise_errors(within)
     keys, seen = None, snapshot.digest(found) if snap is not None else None
@@ -208,7 +208,7 @@ def status(repo: Repo, follow: bool = False) -> Status:
     root, read = repo.require_worktree(), StatColumns()
     now = {k: hash_datum(root, m, files, cache, read) for k, m in look.members.items() if keys is None or k in keys}
     with repo.index.transaction():
-        repo.index.record_hashes(read, look.found.started_ns, bulk=not cache)
+        repo.index.stats.record(read, look.found.started_ns, bulk=not cache)
     head = head_datums(repo, keys)
     return look.save(_verdict(head, index_datums(repo, head, keys), now), keys, read)
 
@@ -227,7 +227,7 @@ def diff_worktree(repo: Repo, rev: str) -> Changes:
     found = scan(root, skip_prefixes=repo.config.sparse)
     found.raise_errors()
     files = found.files_of(dirty, grouping)  # the files of these keys only, grouped as they are now
-    cache, read = repo.index.load_stats_for(files), StatColumns()
+    cache, read = repo.index.stats.lookup(files), StatColumns()
     now.update((k, hash_datum(root, m, files, cache, read)) for k, m in group(sorted(files), grouping, []).items())
     return compare(then, now)
 
@@ -265,8 +265,8 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         parent = repo.head()
         # The tree ``commit`` will write is built here where a stored tree is at hand to apply
         # the changes to: the one the last add stored, or HEAD's own when nothing is staged.
-        base = repo.index.staged_tree(parent)
-        buildable = base is not None or not repo.index.staged_count()
+        base = repo.index.staging.tree(parent)
+        buildable = base is not None or not repo.index.staging.count()
         base = base if base is not None else repo.tree_of(None)
         stored = store_files(repo, repo.require_worktree(), members, [k for k in chosen if k in members], files, cache, progress)
         now, sizes = stored.datums, stored.sizes
@@ -285,7 +285,7 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         if buildable and (staged or base is not None):
             tree = trees.apply_changes(repo.store, base, trees.staged_changes(staged)) if staged else base
             with repo.index.transaction():
-                repo.index.set_staged_tree(parent, tree)  # type: ignore[arg-type]
+                repo.index.staging.set_tree(parent, tree)  # type: ignore[arg-type]
     changes = compare({k: index[k] for k, _, _ in staged if k in index}, {k: d for k, d, _ in staged if d})
     notes = look.found.notes + look.grouped[1]
     retain(look, stored, head, index, now, sizes, after, staged)
@@ -311,10 +311,10 @@ def _stage(
     cache's entries for the files ``read`` (as its new base, if ``bulk``)."""
     with repo.index.transaction():
         if head:  # (a first add has none to compare its 50,000 keys with)
-            repo.index.unstage(k for k, d, _ in staged if head.get(k) == d)
+            repo.index.staging.unstage(k for k, d, _ in staged if head.get(k) == d)
             staged = [row for row in staged if head.get(row[0]) != row[1]]
-        repo.index.stage(staged)
-        repo.index.record_hashes(read, seen_ns, bulk=bulk)
+        repo.index.staging.stage(staged)
+        repo.index.stats.record(read, seen_ns, bulk=bulk)
 
 
 def rm(repo: Repo, paths: list[str], cached: bool = False) -> list[str]:
@@ -337,6 +337,6 @@ def rm(repo: Repo, paths: list[str], cached: bool = False) -> list[str]:
             for path in sorted(emptied, key=lambda p: len(p.parts), reverse=True):  # the deepest first
                 prune_dirs(root, path)
         with repo.index.transaction():
-            repo.index.unstage(k for k in keys if k not in head)
-            repo.index.stage((k, None, 0) for k in keys if k in head)
+            repo.index.staging.unstage(k for k in keys if k not in head)
+            repo.index.staging.stage((k, None, 0) for k in keys if k in head)
     return keys
