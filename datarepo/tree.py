@@ -91,13 +91,13 @@ class _PageCutter:
 
     def flush(self) -> None:
         if self.pending:
-            oid = self.store.put(TreePage(tuple(self.pending)))
+            oid = self.store.put_object(TreePage(tuple(self.pending)))
             self.pages.append(PageRef(self.pending[0][0], len(self.pending), oid))
             self.pending = []
 
     def finish(self) -> Oid:
         self.flush()
-        return self.store.put(Root(tuple(self.pages)))
+        return self.store.put_object(Root(tuple(self.pages)))
 
 
 def write_tree(store: Store, entries: Iterable[Row]) -> Oid:
@@ -234,7 +234,7 @@ def update_tree(store: Store, oid: str, changes: dict[str, Row | None]) -> Oid:
             and (same := _replaced(_page_text(store, ref.page), ref.page, by_page[i])) is not None
         ):
             # The same keys: the same boundaries, and the page rewritten as text, not parsed.
-            cutter.keep(PageRef(ref.first_key, ref.count, store.put_canonical(same.encode())))
+            cutter.keep(PageRef(ref.first_key, ref.count, store.put_object_bytes(same.encode())))
             continue
         cutter.extend(_merge(read_page(store, ref.page).rows, by_page.get(i, {})))
     if not pages:
