@@ -56,7 +56,7 @@ def build(path: Path, count: int, per_shard: int) -> None:
                 writer.add(datum, [("cls", data)])
                 entries[key] = TreeEntry(key, datum, len(data))
             tmp, index = writer.finish()
-            repo.store.publish_shard(tmp, index.shard, index.to_bytes())
+            repo.store.put_shard(tmp, index)
         repo.sync_locations()  # the location cache learns the new shards from their .idx
         repo.commit(entries, "base", parent=None)
     repo.close()
