@@ -49,21 +49,6 @@ class Index:
             self.created = True
             self._open()
 
-    @classmethod
-    def reader(cls, path: Path) -> Index:
-        """The cache opened read-only, for a worker that only looks things up; an empty
-        one where there is no file yet."""
-        index = cls.__new__(cls)
-        index.path, index.created = path, False
-        index.stats, index.locations, index.staging = StatCache(index), Locations(index), Staging(index)
-        try:
-            index.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60, isolation_level=None)
-            index.db.execute("SELECT 1 FROM location LIMIT 1")
-        except sqlite3.DatabaseError:
-            index.db = sqlite3.connect(":memory:", isolation_level=None)
-            index.db.executescript(_SCHEMA)
-        return index
-
     def _open(self) -> None:
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         # Before anything is written (a no-op on an existing file): the location table is keyed

@@ -188,10 +188,9 @@ class Repo:
 
     def _expand_prefix(self, prefix: str) -> Oid | None:
         if is_oid(prefix):
-            return Oid(prefix) if self.store.has(prefix) else None
-        sub = self.store.objects_dir / prefix[:2]
-        matches = [prefix[:2] + n for n in (os.listdir(sub) if sub.is_dir() else ()) if n.startswith(prefix[2:])]
-        commits = [m for m in matches if is_oid(m) and isinstance(self.store.get(m), Commit)]
+            return Oid(prefix) if self.store.has_object(prefix) else None
+        matches = self.store.objects_with_prefix(prefix)
+        commits = [m for m in matches if isinstance(self.store.get_object(m), Commit)]
         if len(commits) > 1:
             raise BadRevisionError(prefix, "ambiguous oid prefix")
         return Oid(commits[0]) if commits else None
@@ -241,7 +240,7 @@ class Repo:
     ) -> Oid:
         """Writes a commit of a stored tree and moves ``ref`` from ``parent`` to it."""
         commit = Commit(tree, (parent,) if parent else (), self.author(), self.now(), message, provenance)
-        oid = self.store.put(commit)
+        oid = self.store.put_object(commit)
         first = message.splitlines()[0] if message else ""
         self.refs.update(ref, oid, expected=parent, message=f"commit: {first}")
         return oid

@@ -37,11 +37,6 @@ RETIRED = "retired"
 _MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
-def fanout(root: Path, oid: str, suffix: str = "") -> Path:
-    """``root/ab/cdef…suffix``: the path of an oid under a fan-out directory."""
-    return root / oid[:2] / (oid[2:] + suffix)
-
-
 class Retired(NamedTuple):
     """A shard taken out of use (by ``repack`` or ``gc``), kept for readers for a while."""
 
@@ -91,8 +86,6 @@ class Store:
         self._texts: dict[str, str] = {}
         self._retired_seen: dict[str, Retired] = {}
         # Local paths, for callers that have not moved to the methods below yet.
-        self.objects_dir = Path(self._objects)
-        self.shards_dir = Path(self._shards)
 
     # objects -----------------------------------------------------------
     def put_object(self, obj: RepoObject) -> Oid:
@@ -175,13 +168,6 @@ class Store:
     def delete_object(self, oid: str) -> None:
         self._remove(self._object(oid))
 
-    # old names, until every caller has moved
-    put = put_object
-    put_canonical = put_object_bytes
-    get = get_object
-    get_raw = stored_bytes
-    has = has_object
-
     # shards ------------------------------------------------------------
     def new_shard(self) -> ShardWriter:
         """A writer of a new shard into a local temporary file (see :meth:`put_shard`)."""
@@ -202,10 +188,6 @@ class Store:
 
     def put_index(self, index: ShardIndex) -> None:
         self._write(self._idx(index.shard), index.to_bytes())
-
-    def publish_shard(self, tmp: Path, shard: str, idx: bytes) -> None:
-        """Old name of :meth:`put_shard`, given the index as bytes."""
-        self.put_shard(tmp, ShardIndex.from_bytes(idx, f"{shard}.idx"))
 
     def has_shard(self, oid: str) -> bool:
         """Whether the shard's tar is there, in use (with or without its ``.idx``)."""
@@ -264,7 +246,6 @@ class Store:
             raise CorruptObjectError(f"{shard}.tar", f"truncated: member at byte {offset} is cut short")
         return data
 
-    read_member = read_range  # old name
 
     def verify_shard(self, oid: str) -> ShardIndex:
         """Re-hashes a shard and checks its index against its tar headers."""
@@ -387,13 +368,6 @@ class Store:
     def shard_name(oid: str, suffix: str = ".tar") -> str:
         """Where a shard in use lies, relative to the repository's folder (for messages)."""
         return f"shards/{oid[:2]}/{oid[2:]}{suffix}"
-
-    # local paths, for callers that have not moved to the methods above yet --------------
-    def shard_path(self, oid: str) -> Path:
-        return Path(self._tar(oid))
-
-    def idx_path(self, oid: str) -> Path:
-        return Path(self._idx(oid))
 
     # internals ---------------------------------------------------------
     def _object(self, oid: str) -> str:

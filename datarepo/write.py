@@ -24,7 +24,7 @@ sizes, never on the executor, so every executor writes the same shards.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,7 +202,7 @@ class DatumWriter:
 # --- one batch, in any process ---------------------------------------------------------------
 @dataclass(frozen=True)
 class StoreBatch:
-    """Keys to read from files and store: plain data, for any process."""
+    """Keys to read from files, hash and (``write``) store: plain data, for any process."""
 
     dotdir: str  # the repository's ``.datarepo``
     root: str  # the folder the member paths are relative to
@@ -210,7 +210,8 @@ class StoreBatch:
     members: list[dict[str, str]]  # each key's extension → path
     stats: dict[str, FileStat]  # the stats of those files a scan took (the others are stat'ed as read)
     shard_size: int
-    skip_stored: bool  # ask the location cache for datums already stored (False: none can be)
+    write: bool = True  # False: only read and hash
+    expected: list[Oid] | None = None  # each key's datum, as hashed before: a file changed since is an error
 
 
 @dataclass
@@ -225,32 +226,29 @@ class BatchResult:
 
 
 def store_batch(batch: StoreBatch) -> BatchResult:
-    """Reads, hashes and stores one batch (the function executors map)."""
+    """Reads, hashes and (unless told not to) stores one batch: the function executors map.
+    It opens no cache: which datums are stored already, the driver works out from what a
+    batch that only hashes returns (SQLite's state must not cross a fork: a connection a
+    forked worker opened to the driver's file waited out its busy timeout)."""
     out = BatchResult()
     prefix = os.path.join(batch.root, "")
-    reads = [read_datum(prefix, m, batch.stats, out.read) for m in batch.members]
-    stored = _stored(batch.dotdir, [datum for datum, _, _ in reads]) if batch.skip_stored else set()
-    writer = DatumWriter(Store(Path(batch.dotdir)), batch.shard_size)
+    writer = DatumWriter(Store(Path(batch.dotdir)), batch.shard_size) if batch.write else None
     try:
-        for datum, items, size in reads:
-            if datum not in stored:
+        for i, members in enumerate(batch.members):
+            datum, items, size = read_datum(prefix, members, batch.stats, out.read)
+            if batch.expected is not None and batch.expected[i] != datum:
+                raise InvalidInputError(f"file changed while it was being stored: {min(members.values())}")
+            if writer is not None:
                 writer.write(datum, items)
             out.datums.append(datum)
             out.sizes.append(size)
-        out.shards = writer.close()
+        if writer is not None:
+            out.shards = writer.close()
     except BaseException:
-        writer.abort()
+        if writer is not None:
+            writer.abort()
         raise
     return out
-
-
-def _stored(dotdir: str, datums: list[Oid]) -> set[str]:
-    """Those of ``datums`` some shard holds, by the location cache (opened read-only)."""
-    index = Index.reader(Path(dotdir) / "index.sqlite")
-    try:
-        return present(index, Store(Path(dotdir)), datums)
-    finally:
-        index.close()
 
 
 def present(index: Index, store: Store, datums: Iterable[str]) -> set[str]:
@@ -324,32 +322,55 @@ def store_files(
             out.sizes[k] = sum(files[f][SIZE] for f in members[k].values())
     _begin(progress, len(keys))
     _tick(progress, len(keys) - len(to_read))
-    sizes = _sizes(root, members, to_read, files)
-    limit = batch_bytes(sum(sizes), repo.config.shard_size)
-    batches = [
-        StoreBatch(
-            str(repo.dotdir),
-            str(root),
-            to_read[a:b],
-            [dict(members[k]) for k in to_read[a:b]],
-            {f: files[f] for k in to_read[a:b] for f in members[k].values() if f in files and files[f][SIZE] >= 0},
-            repo.config.shard_size,
-            skip_stored=bool(repo.index.locations.shards()),
-        )
-        for a, b in plan_batches(to_read, sizes, limit)
-    ]
-    run = executor or executors.for_work(sum(sizes) >= _parallel_min_bytes() and len(batches) > 1)
+    sizes = dict(zip(to_read, _sizes(root, members, to_read, files)))
+    run = executor or executors.for_work(sum(sizes.values()) >= _parallel_min_bytes() and len(to_read) > 1)
+    expected = None
+    if repo.index.locations.shards():  # some may be stored already: hashed first, only the others stored
+        expected = {}
+        for keys_done, result in _batches(repo, root, members, to_read, sizes, files, run, write=False):
+            expected.update(zip(keys_done, result.datums))
+            out.sizes.update(zip(keys_done, result.sizes))
+            out.read.extend(result.read)
+        stored = repo.stored(set(expected.values()))
+        out.datums.update((k, d) for k, d in expected.items() if d in stored)
+        _tick(progress, sum(1 for d in expected.values() if d in stored))
+        to_read = [k for k in to_read if expected[k] not in stored]
     adopted: set[str] = set()
-    for batch, result in zip(batches, run.map(store_batch, batches)):
+    for keys_done, result in _batches(repo, root, members, to_read, sizes, files, run, expected=expected):
         adopt(repo, result.shards, adopted)
         repo.index.checkpoint()  # (the log into the database while the workers still store)
         for shard in result.shards:
             out.written.update((row[0], row[3]) for row in shard.rows)
-        out.datums.update(zip(batch.keys, result.datums))
-        out.sizes.update(zip(batch.keys, result.sizes))
-        out.read.extend(result.read)
-        _tick(progress, len(batch.keys))
+        out.datums.update(zip(keys_done, result.datums))
+        out.sizes.update(zip(keys_done, result.sizes))
+        if expected is None:  # (else the hashing pass has them)
+            out.read.extend(result.read)
+        _tick(progress, len(keys_done))
     return out
+
+
+def _batches(
+    repo,  # type: ignore[no-untyped-def]
+    root: Path,
+    members: Members,
+    keys: list[str],
+    sizes: Mapping[str, int],
+    files: Mapping[str, FileStat],
+    run: executors.Executor,
+    write: bool = True,
+    expected: Mapping[str, Oid] | None = None,
+) -> Iterator[tuple[list[str], BatchResult]]:
+    """Plans the batches of ``keys`` and yields the keys of each with its result, in order."""
+    limit = batch_bytes(sum(sizes[k] for k in keys), repo.config.shard_size)
+    batches = []
+    for a, b in plan_batches(keys, [sizes[k] for k in keys], limit):
+        run_keys = keys[a:b]
+        stats = {f: files[f] for k in run_keys for f in members[k].values() if f in files and files[f][SIZE] >= 0}
+        want = [expected[k] for k in run_keys] if expected is not None else None
+        members_of = [dict(members[k]) for k in run_keys]
+        batches.append(StoreBatch(str(repo.dotdir), str(root), run_keys, members_of, stats, repo.config.shard_size, write, want))
+    for batch, result in zip(batches, run.map(store_batch, batches)):
+        yield batch.keys, result
 
 
 def _parallel_min_bytes() -> int:

@@ -88,3 +88,9 @@ def age(root: Path, seconds: float = 10, only: list[Path] | None = None) -> None
     for p in paths:
         st = os.stat(p)
         os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))
+
+
+def shard_file(repo: Repo, shard: str, suffix: str = ".tar") -> Path:
+    """Where a local repository keeps a shard's file (``.tar`` or ``.idx``), for tests
+    that damage or remove it."""
+    return repo.dotdir / "shards" / shard[:2] / (shard[2:] + suffix)

@@ -13,7 +13,7 @@ import pytest
 
 from datarepo.repo import Repo
 
-from conftest import Cli
+from conftest import Cli, shard_file
 
 
 def _one_line_error(result, *words: str) -> None:
@@ -156,7 +156,7 @@ class _Flipped(NamedTuple):
 def _flip_a_byte(repo) -> _Flipped:  # type: ignore[no-untyped-def]
     """Flips the last byte of the largest member of a shard's first datum."""
     shard = next(repo.store.iter_shards())
-    path = repo.store.shard_path(shard)
+    path = shard_file(repo, shard)
     os.chmod(path, 0o644)
     first = repo.store.read_index(shard).datums[0]
     member = max(first.members, key=lambda m: m.size)
@@ -164,8 +164,8 @@ def _flip_a_byte(repo) -> _Flipped:  # type: ignore[no-untyped-def]
     at = member.offset + member.size - 1
     raw[at] ^= 0xFF
     path.write_bytes(raw)
-    key = next(e.key for p in repo.store.get(repo.read_commit(repo.head()).tree).pages
-               for e in repo.store.get(p.page).entries if e.datum == first.datum)
+    key = next(e.key for p in repo.store.get_object(repo.read_commit(repo.head()).tree).pages
+               for e in repo.store.get_object(p.page).entries if e.datum == first.datum)
     return _Flipped(shard, path, raw, at, first.datum, key, member.ext)
 
 
@@ -249,8 +249,8 @@ def test_a_deleted_shard_leaves_its_datums_in_no_shard(repo_with_commit, cli) ->
     repo, _ = repo_with_commit
     shard = next(repo.store.iter_shards())
     held = {d.datum for d in repo.store.read_index(shard).datums}
-    repo.store.idx_path(shard).unlink()
-    repo.store.shard_path(shard).unlink()
+    shard_file(repo, shard, ".idx").unlink()
+    shard_file(repo, shard).unlink()
     result = cli("fsck", ok=False)
     lost = [line for line in result.output.splitlines() if line.endswith("is in no shard")]
     assert {line.split()[2] for line in lost} == held and "damaged" not in result.output
@@ -260,10 +260,10 @@ def test_truncated_shard_is_named(repo_with_commit, worktree: Path, cli) -> None
     repo, _ = repo_with_commit
     shard = next(repo.store.iter_shards())
     index = repo.store.read_index(shard)
-    path = repo.store.shard_path(shard)
+    path = shard_file(repo, shard)
     os.chmod(path, 0o644)
     os.truncate(path, index.datums[-1].offset + 10)
-    key = next(e for e in repo.store.get(repo.store.get(repo.read_commit(repo.head()).tree).pages[0].page).entries
+    key = next(e for e in repo.store.get_object(repo.store.get_object(repo.read_commit(repo.head()).tree).pages[0].page).entries
                if e.datum == index.datums[-1].datum).key
     _one_line_error(cli("cat", f"HEAD:{key}.jpg", ok=False), f"corrupt object {shard}.tar", "truncated")
     assert f"corrupt object {shard}.tar" in cli("fsck", ok=False).output
@@ -272,7 +272,7 @@ def test_truncated_shard_is_named(repo_with_commit, worktree: Path, cli) -> None
 def test_corrupted_commit_object_is_named(repo_with_commit, cli) -> None:
     repo, _ = repo_with_commit
     head = repo.head()
-    path = repo.store.objects_dir / head[:2] / head[2:]
+    path = repo.dotdir / "objects" / head[:2] / head[2:]
     os.chmod(path, 0o644)
     path.write_bytes(b"\x28\xb5\x2f\xfd garbage")
     _one_line_error(cli("log", ok=False), f"corrupt object {head}")
@@ -282,7 +282,7 @@ def test_corrupted_commit_object_is_named(repo_with_commit, cli) -> None:
 def test_object_with_wrong_content_fails_fsck(repo_with_commit, cli) -> None:
     repo, _ = repo_with_commit
     head = repo.head()
-    path = repo.store.objects_dir / head[:2] / head[2:]
+    path = repo.dotdir / "objects" / head[:2] / head[2:]
     c = repo.read_commit(head)
     from datarepo import objects
 

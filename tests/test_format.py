@@ -9,6 +9,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
+from conftest import shard_file
 import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -118,12 +120,12 @@ def test_golden_shard_tree_and_commit(
     repo = _golden_repo(tmp_path, monkeypatch)
     expected = json.loads((GOLDEN / "golden.json").read_text())
     (shard,) = repo.store.iter_shards()
-    assert repo.store.shard_path(shard).read_bytes() == (GOLDEN / "shard.tar").read_bytes()
+    assert shard_file(repo, shard).read_bytes() == (GOLDEN / "shard.tar").read_bytes()
     assert shard == expected["shard"]
-    assert repo.store.idx_path(shard).read_bytes() == (GOLDEN / "shard.idx").read_bytes()
+    assert shard_file(repo, shard, ".idx").read_bytes() == (GOLDEN / "shard.idx").read_bytes()
     head = repo.head()
     c = repo.read_commit(head)
-    tree = repo.store.get(c.tree)
+    tree = repo.store.get_object(c.tree)
     assert {"commit": head, "tree": c.tree, "pages": [p.page for p in tree.pages]} == {
         k: expected[k] for k in ("commit", "tree", "pages")
     }
@@ -138,7 +140,7 @@ def test_stock_webdataset_reads_every_shard_exactly(repo_with_commit) -> None:
     seen = {}
     for shard in shards:
         index = repo.store.read_index(shard)
-        for sample in wds.WebDataset(str(repo.store.shard_path(shard)), shardshuffle=False, empty_check=False):
+        for sample in wds.WebDataset(str(shard_file(repo, shard)), shardshuffle=False, empty_check=False):
             seen[sample["__key__"]] = {k: v for k, v in sample.items() if not k.startswith("__")}
         assert [d.datum for d in index.datums] == [k for k in seen if k in {d.datum for d in index.datums}]
     by_id = {e.datum: e.key for e in _entries(repo)}
@@ -158,11 +160,11 @@ def test_shard_index_points_at_every_member(repo_with_commit) -> None:
     repo, _ = repo_with_commit
     for shard in repo.store.iter_shards():
         index = repo.store.verify_shard(shard)
-        raw = repo.store.shard_path(shard).read_bytes()
+        raw = shard_file(repo, shard).read_bytes()
         spans = sorted((d.offset, d.offset + d.length) for d in index.datums)
         assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
         assert spans[-1][1] == len(raw) - 1024
-        with open(repo.store.shard_path(shard), "rb") as f:
+        with open(shard_file(repo, shard), "rb") as f:
             names = [m.name for m in iter_tar(f)]
         assert names == [f"{d.datum}.{m.ext}" for d in index.datums for m in d.members]
 
@@ -227,8 +229,8 @@ def test_objects_round_trip_through_the_store(tmp_path: Path) -> None:
 
     store = Store(tmp_path)
     c = Commit(hash_bytes(b"t"), (hash_bytes(b"p"),), "me", "2026-01-01T00:00:00Z", "msg", {"pipeline": "p"})
-    oid = store.put(c)
+    oid = store.put_object(c)
     assert oid == hash_bytes(objects.encode(c))
-    assert store.get(oid) == c
+    assert store.get_object(oid) == c
     store.verify_object(oid)
-    assert store.objects_dir.joinpath(oid[:2], oid[2:]).stat().st_mode & 0o777 == 0o444
+    assert (tmp_path / "objects" / oid[:2] / oid[2:]).stat().st_mode & 0o777 == 0o444

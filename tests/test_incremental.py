@@ -263,7 +263,7 @@ def test_gc_between_add_and_commit_keeps_the_staged_tree(repo_with_commit, workt
     repo = Repo.open(worktree)
     staged = repo.index.staging.tree(repo.head())
     cli("gc")
-    assert staged is not None and repo.store.has(staged)  # a root, like the staged datums
+    assert staged is not None and repo.store.has_object(staged)  # a root, like the staged datums
     cli("commit", "-m", "after gc")
     assert "0 problems" in cli("fsck").output
     assert cli("cat", "HEAD:train/cat/0000.cls").stdout_bytes == b"changed"

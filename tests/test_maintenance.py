@@ -15,15 +15,15 @@ import pytest
 from datarepo.errors import ObjectNotFoundError
 from datarepo.repo import Repo
 from datarepo.store import datum_members
-from conftest import write_samples
+from conftest import shard_file, write_samples
 
 
 def _idx_files(repo: Repo) -> dict[Path, bytes]:
-    return {p: p.read_bytes() for p in sorted(repo.store.shards_dir.glob("*/*.idx"))}
+    return {p: p.read_bytes() for p in sorted((repo.dotdir / "shards").glob("*/*.idx"))}
 
 
 def _tar_files(repo: Repo) -> list[Path]:
-    return sorted(repo.store.shards_dir.glob("*/*.tar"))
+    return sorted((repo.dotdir / "shards").glob("*/*.tar"))
 
 
 def test_lost_indexes_are_a_problem_gc_keeps_the_shards_and_fsck_rebuilds_them(repo_with_commit, cli) -> None:
@@ -53,7 +53,7 @@ def test_a_tar_without_index_holding_nothing_reachable_is_garbage(repo_with_comm
     writer.add("0" * 32, [("bin", b"never committed")])  # named as no real datum is: never reachable
     tmp, index = writer.finish()
     repo.store.put_shard(tmp, index)
-    repo.store.idx_path(index.shard).unlink()
+    shard_file(repo, index.shard, ".idx").unlink()
     out = cli("fsck").output
     assert f"garbage: shards/{index.shard[:2]}/{index.shard[2:]}.tar" in out and "0 problems" in out
     gc = json.loads(cli("gc", "--json").output)

@@ -210,7 +210,7 @@ def test_every_shard_is_published_before_the_ref_moves(tmp_path: Path, monkeypat
             tree = Repo.open(root).store.get_object(Repo.open(root).store.get_object(new).tree)
             unstored = [e.key for p in tree.pages for e in repo.store.get_object(p.page).entries
                         if Repo.open(root).index.locations.locate(e.datum) is None]
-            seen.append((unstored, sorted(p.name for p in repo.store.shards_dir.glob(".tmp-*"))))
+            seen.append((unstored, sorted(p.name for p in (repo.dotdir / "shards").glob(".tmp-*"))))
         return real_update(self, name, new, *args, **kwargs)
 
     monkeypatch.setattr(Refs, "update", checked_update)

@@ -17,7 +17,6 @@ from datarepo.fsutil import LocalFileSystem
 from datarepo.hashing import datum_id, hash_bytes
 from datarepo.objects import Commit, PageRef, Tree
 from datarepo.refs import Refs
-from datarepo.repo import Repo
 from datarepo.shards import member_hash
 from datarepo.store import ShardRange, Store, datum_members
 
@@ -179,9 +178,9 @@ def test_every_object_read_is_checked_through_the_cli(repo_with_commit, worktree
     old_page = repo.store.get_object(repo.read_commit(repo.resolve("HEAD~1")).tree).pages[0].page  # type: ignore[union-attr]
     new_page = repo.store.get_object(repo.read_commit(repo.head()).tree).pages[0].page  # type: ignore[union-attr]
     assert old_page != new_page
-    path = repo.store.objects_dir / new_page[:2] / new_page[2:]
+    path = repo.dotdir / "objects" / new_page[:2] / new_page[2:]
     os.chmod(path, 0o644)
-    path.write_bytes((repo.store.objects_dir / old_page[:2] / old_page[2:]).read_bytes())
+    path.write_bytes((repo.dotdir / "objects" / old_page[:2] / old_page[2:]).read_bytes())
     for args in (["ls"], ["diff", "HEAD~1", "HEAD"], ["export", "HEAD", str(tmp_path / "out")], ["cat", "HEAD:train/cat/0000.jpg"]):
         result = cli(*args, ok=False)
         assert result.exit_code == 1, result.output

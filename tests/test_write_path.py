@@ -241,3 +241,25 @@ def test_a_pool_works_in_a_process_with_over_a_thousand_descriptors_open() -> No
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_content_already_stored_is_not_stored_again_by_worker_processes(worktree: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A re-add over worker processes: of its changed files, those whose content some shard
+    holds already (a copy, a file put back as it was) are hashed, found stored and not
+    written again; the rest are stored, once."""
+    files = write_samples(worktree, 20)
+    age(worktree)
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "first")
+    monkeypatch.setenv("DATAREPO_WORKERS", "2")
+    monkeypatch.setenv("DATAREPO_PARALLEL_MIN_BYTES", "0")
+    for i in range(4):  # copies of stored samples under new keys
+        for ext in ("jpg", "cls"):
+            (worktree / "copies").mkdir(exist_ok=True)
+            (worktree / "copies" / f"{i}.{ext}").write_bytes(files[f"train/{['cat', 'dog'][i % 2]}/{i:04d}.{ext}"])
+    (worktree / "new.bin").write_bytes(b"never stored")
+    out = cli("add", ".").output
+    assert "staged 5 added" in out and "stored 1 new datums" in out
+    cli("commit", "-m", "copies")
+    assert fsck(Repo.open(worktree)).problems == []

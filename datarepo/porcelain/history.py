@@ -40,7 +40,7 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
         if not count and not allow_empty:
             raise NothingToCommitError("nothing to commit (use \"datarepo add\" first)")
         before = snapshot.token(repo, follow=False) if repo.worktree is not None else None
-        if (tree := repo.index.staging.tree(parent)) is not None and repo.store.has(tree):
+        if (tree := repo.index.staging.tree(parent)) is not None and repo.store.has_object(tree):
             # ``add`` stored this tree, and every datum it names, for exactly this HEAD and staging area.
             oid = repo.commit_tree(tree, message, parent)
         else:
