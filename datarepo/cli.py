@@ -482,7 +482,8 @@ def gc(dry_run: bool, prune: str | None, as_json: bool) -> None:
     Shards without a reachable datum (and those repack replaced) are retired first:
     kept aside for readers that still use them, and deleted once --prune's age is over.
     """
-    from datarepo.porcelain.maintenance import PRUNE_AFTER, gc as run
+    from datarepo.porcelain.maintenance import PRUNE_AFTER
+    from datarepo.porcelain.maintenance import gc as run
 
     prune_after = PRUNE_AFTER if prune is None else _parse_age(prune)
     r = run(_repo(), dry_run=dry_run, prune_after=prune_after)

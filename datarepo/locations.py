@@ -4,6 +4,7 @@ each datum lies in one, filled from the shards' ``.idx`` files (docs/format.md,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 # (datum, shard, offset, length, members as text): a ``location`` row as it is inserted.
 LocationRow = tuple[str, str, int, int, str]
 _DATUM = itemgetter(0)
+_DAMAGED = "damaged-shards"
 
 
 
@@ -60,6 +62,24 @@ class Locations:
             return None
         return row[0], DatumLoc(Oid(datum), row[1], row[2], _parse_members(row[3]))
 
+    def set_damaged(self, shards: set[str]) -> None:
+        """Records the shards ``fsck`` found damaged (all of them, replacing the last list):
+        their copies do not count as stored, so ``add`` of the same content stores it again."""
+        self.index.set_meta(_DAMAGED, json.dumps(sorted(shards)))
+
+    def damaged(self) -> set[str]:
+        raw = self.index.get_meta(_DAMAGED)
+        try:
+            found = json.loads(raw) if raw is not None else []
+        except ValueError:
+            return set()
+        return {s for s in found if isinstance(s, str)} if isinstance(found, list) else set()
+
+    def relied_on(self, shards: set[str]) -> bool:
+        """Whether any datum's location is in one of ``shards``."""
+        marks = ",".join("?" * len(shards))
+        return bool(shards) and self.index.db.execute(f"SELECT 1 FROM location WHERE shard IN ({marks}) LIMIT 1", sorted(shards)).fetchone() is not None
+
     def shards_of(self, datums: Iterable[str]) -> dict[str, str]:
         """The shard each of ``datums`` lies in, for those the table places."""
         found: dict[str, str] = {}
@@ -72,6 +92,7 @@ class Locations:
 
 
 _DATUM = itemgetter(0)
+_DAMAGED = "damaged-shards"
 
 
 def location_rows(index: ShardIndex) -> list[LocationRow]:

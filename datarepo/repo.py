@@ -5,8 +5,8 @@ from __future__ import annotations
 import getpass
 import os
 import re
-from datetime import datetime, timezone
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -92,25 +92,27 @@ class Repo:
     def sync_locations(self, index: Index | None = None) -> int:
         """Indexes shards whose ``.idx`` the location table does not know yet."""
         index = index or self.index
-        known = index.locations.shards()
+        known, damaged = index.locations.shards(), index.locations.damaged()
         added = 0
-        with index.transaction():
-            for shard in self.store.iter_shards():
+        with index.transaction():  # a damaged shard's rows first: a sound copy of a datum wins
+            for shard in sorted(self.store.iter_shards(), key=lambda s: s not in damaged):
                 if shard not in known:
                     found = self.store.read_index(shard)
                     index.locations.add_shard(found.shard, found.size, location_rows(found))
                     added += 1
         return added
 
-    def forget_missing_shards(self) -> list[str]:
+    def forget_missing_shards(self) -> bool:
         """Drops from the location cache the shards whose files are gone, so that their
-        datums count as not stored (the next ``add`` of their files stores them again)."""
+        datums count as not stored; True if there were any, or if datums are still located
+        in shards ``fsck`` found damaged (which do not count as stored either): the next
+        ``add`` then looks at every key, and stores those datums again from their files."""
         missing = [shard for shard in self.index.locations.shards() if not self.store.has_shard(shard)]
         if missing:
             with self.index.transaction():
                 for shard in missing:
                     self.index.locations.drop_shard(shard)
-        return missing
+        return bool(missing) or self.index.locations.relied_on(self.index.locations.damaged())
 
     def drop_shards(self, shards: list[str]) -> None:
         """Forgets shards in the location cache, then deletes their files."""

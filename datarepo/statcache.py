@@ -73,11 +73,11 @@ class StatCache:
     def record(self, read: StatColumns, seen_ns: int, scope: str = "", bulk: bool = False) -> None:
         """Records the files ``read`` (hashed as looked at ``seen_ns``), in the caller's
         transaction: as the new base when ``bulk`` (a first add, whose cache was empty: one
-        file, not a row per file), else as rows."""
+        file, not a row per file, see :func:`write_base`), else as rows."""
         if not read:
             return
         if bulk:
-            self._name_base(self._write_base(read, seen_ns, scope), scope)
+            self.name_base(write_base((str(self.base_path(scope)), read, seen_ns)), scope)
         else:
             self.save(read.rows(seen_ns), scope)
 
@@ -87,16 +87,9 @@ class StatCache:
     def drop(self, paths: Iterable[str], scope: str = "") -> None:
         self.index.db.executemany("DELETE FROM stat WHERE scope=? AND path=?", ((scope, p) for p in paths))
 
-    def _write_base(self, read: StatColumns, seen_ns: int, scope: str) -> str:
-        """Writes the files ``read`` as the next base; returns what names it, for
-        :meth:`_name_base`. Until then the old name (or none) stays, and a base whose hash
-        does not match what is named is read as empty (its files are hashed again)."""
-        raw = StatBase.pack(read, seen_ns)
-        path = self.base_path(scope)
-        atomic_write(path, raw, mode=0o644, durable=False)
-        return json.dumps([path.name, hash_bytes(raw)])
-
-    def _name_base(self, named: str, scope: str) -> None:
+    def name_base(self, named: str, scope: str = "") -> None:
+        """Makes the file :func:`write_base` wrote the base, in place of the last one (in the
+        caller's transaction). Rows written before stay, and still win."""
         self.index.set_meta(_base_meta(scope), named)
         self._bases.pop(scope, None)
 
@@ -108,6 +101,18 @@ class StatCache:
     def base_path(self, scope: str) -> Path:
         tag = "" if not scope else "-" + xxhash.xxh3_64_hexdigest(scope.encode("utf-8", "surrogateescape"))
         return self.index.path.with_name(f"index.stats{tag}")
+
+
+def write_base(item: tuple[str, StatColumns, int]) -> str:
+    """Writes the files read (``item``: the base's path, the files, when they were looked
+    at) as the stat cache's next base; returns what names it, for
+    :meth:`StatCache.name_base`. Until then the old name (or none) stays, and a base whose
+    hash does not match what is named is read as empty (its files are hashed again). Plain
+    data in and out: an executor may run it beside the work that stages."""
+    path, read, seen_ns = item
+    raw = StatBase.pack(read, seen_ns)
+    atomic_write(Path(path), raw, mode=0o644, durable=False)
+    return json.dumps([Path(path).name, hash_bytes(raw)])
 
 
 def _base_meta(scope: str) -> str:

@@ -13,20 +13,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from itertools import compress
 from operator import itemgetter
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import xxhash
 
 from datarepo.errors import CorruptObjectError, InvalidInputError, ObjectNotFoundError
 from datarepo.hashing import OID_LEN, Oid, is_hex
-from datarepo.objects import (
-    PAGE_HEAD,
-    PAGE_TAIL,
-    PageRef,
-    TreeEntry,
-    TreePage,
-    json_string,
-)
+from datarepo.objects import PAGE_HEAD, PAGE_TAIL, PageRef, TreeEntry, TreePage, json_string
 from datarepo.objects import Tree as Root
 from datarepo.store import Store
 
@@ -122,6 +116,13 @@ def apply_changes(store: Store, base: Oid | None, changes: dict[str, Row | None]
     if base is not None:
         return update_tree(store, base, changes)
     return write_tree(store, sorted(filter(None, changes.values()), key=_KEY))
+
+
+def build_tree(item: tuple[str, Oid | None, list[tuple[str, Oid | None, int]]]) -> Oid:
+    """:func:`apply_changes` of staged rows (``item``: the repository's folder, the base
+    tree, the rows), from plain data: an executor may run it beside the work that stages."""
+    dotdir, base, rows = item
+    return apply_changes(Store(Path(dotdir)), base, staged_changes(rows))
 
 
 def _same_key(item: tuple[str, Row | None]) -> bool:

@@ -15,10 +15,17 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
-
 from datarepo import executor
 from datarepo.errors import InvalidInputError
-from datarepo.keys import IGNORE_FILE, RESERVED_DIRS, check_key, check_path, join, split, split_all  # noqa: F401 (check_key: re-exported)
+from datarepo.keys import (  # noqa: F401 (check_key: re-exported)
+    IGNORE_FILE,
+    RESERVED_DIRS,
+    check_key,
+    check_path,
+    join,
+    split,
+    split_all,
+)
 
 NEVER_ADDED = RESERVED_DIRS | {IGNORE_FILE}
 # Below this many files, forking a helper to stat half of them costs more than it saves.

@@ -35,9 +35,9 @@ from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id, datum_id_of_digests
 from datarepo.index import Index
 from datarepo.locations import LocationRow, location_rows
-from datarepo.statcache import trusted
 from datarepo.objects import TreeEntry
 from datarepo.shards import LARGE_FILE, DatumLoc, FileRange, MemberData, ShardWriter, member_hash, member_size
+from datarepo.statcache import trusted
 from datarepo.statcols import SIZE, FileStat, StatColumns, StatRow
 from datarepo.store import Store
 
@@ -253,9 +253,11 @@ def store_batch(batch: StoreBatch) -> BatchResult:
 
 def present(index: Index, store: Store, datums: Iterable[str]) -> set[str]:
     """Those of ``datums`` that the location cache places in a shard the store has. A datum
-    whose shard went missing is not: storing it again is how it is restored."""
+    whose shard went missing, or that ``fsck`` found damaged, is not: storing it again is
+    how it is restored."""
     found = index.locations.shards_of(datums)
-    shards = {shard for shard in set(found.values()) if store.has_shard(shard)}
+    damaged = index.locations.damaged()
+    shards = {shard for shard in set(found.values()) if shard not in damaged and store.has_shard(shard)}
     return {datum for datum, shard in found.items() if shard in shards}
 
 

@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from conftest import Cli, shard_file
 
 from datarepo.repo import Repo
-
-from conftest import Cli, shard_file
 
 
 def _one_line_error(result, *words: str) -> None:

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from datarepo.repo import Repo
-
 from conftest import write_samples
+
+from datarepo.repo import Repo
 
 
 def test_init_add_commit_status(worktree: Path, cli) -> None:

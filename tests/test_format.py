@@ -9,9 +9,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-
-from conftest import shard_file
 import xxhash
+from conftest import shard_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

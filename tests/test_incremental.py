@@ -12,12 +12,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import age, write_samples
 
 from datarepo import statcache
 from datarepo.hashing import datum_id, hash_bytes
 from datarepo.repo import Repo
-
-from conftest import age, write_samples
 
 
 def _hashed(output: str) -> int:

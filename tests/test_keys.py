@@ -8,14 +8,13 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import Cli
 from hypothesis import given
 from hypothesis import strategies as st
 
 from datarepo import keys
 from datarepo.errors import InvalidInputError
 from datarepo.worktree import group
-
-from conftest import Cli
 
 # A folder as users have them: files without an extension, dotfiles, names ending in a dot,
 # a dot in a directory's name, and a file without an extension beside one with (same key).

@@ -11,11 +11,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import shard_file, write_samples
 
 from datarepo.errors import ObjectNotFoundError
 from datarepo.repo import Repo
 from datarepo.store import datum_members
-from conftest import shard_file, write_samples
 
 
 def _idx_files(repo: Repo) -> dict[Path, bytes]:

@@ -9,8 +9,8 @@ import signal
 import subprocess
 import sys
 import textwrap
-from dataclasses import replace
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest

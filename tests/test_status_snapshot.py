@@ -10,16 +10,16 @@ from itertools import chain
 from pathlib import Path
 
 import pytest
+from conftest import age, write_samples
 
+from datarepo import snapshot
+from datarepo import worktree as wt
 from datarepo.errors import DirtyWorktreeError
-from datarepo.porcelain import snapshot, stage
+from datarepo.porcelain import stage
 from datarepo.porcelain.checkout import checkout
 from datarepo.porcelain.history import commit
 from datarepo.repo import Repo
-from datarepo import worktree as wt
 from datarepo.worktree import Scan, scan
-
-from conftest import age, write_samples
 
 
 def _fresh(repo: Repo) -> stage.Status:

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import age, shard_file, write_samples
 
-from conftest import age, write_samples
 from datarepo import executor as executors
 from datarepo.executor import Executor, ProcessExecutor, SerialExecutor
 from datarepo.porcelain.maintenance import fsck
@@ -263,3 +263,24 @@ def test_content_already_stored_is_not_stored_again_by_worker_processes(worktree
     assert "staged 5 added" in out and "stored 1 new datums" in out
     cli("commit", "-m", "copies")
     assert fsck(Repo.open(worktree)).problems == []
+
+
+def test_re_adding_restores_datums_whose_shard_fsck_found_damaged(worktree: Path, cli) -> None:
+    files = write_samples(worktree, 6)
+    age(worktree)
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "first")
+    repo = Repo.open(worktree)
+    (shard,) = list(repo.store.iter_shards())
+    path = shard_file(repo, shard)
+    raw = bytearray(path.read_bytes())
+    raw[repo.store.read_index(shard).datums[0].members[0].offset] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(raw))
+    out = cli("fsck", ok=False).output
+    assert "is damaged and is the only copy of 6 reachable datums" in out
+    assert "stored 6 new datums" in cli("add", ".").output  # those of the shard that failed its check
+    for rel, data in files.items():
+        assert cli("cat", rel).stdout_bytes == data
+    assert "only copy" not in cli("fsck", ok=False).output

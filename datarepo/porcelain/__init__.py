@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
+
+from datarepo.changes import Changes, compare
+
+__all__ = ["Changes", "Progress", "Reporter", "begin", "compare", "retain", "retain_until_exit", "tick"]
 
 
 class Reporter(Protocol):
@@ -42,35 +45,3 @@ def begin(progress: Progress, total: int | None) -> None:
 def tick(progress: Progress, n: int = 1) -> None:
     if progress is not None:
         progress.advance(n)
-
-
-@dataclass
-class Changes:
-    """Keys that differ between two states."""
-
-    added: list[str] = field(default_factory=list)
-    modified: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.added or self.modified or self.deleted)
-
-    def keys(self) -> set[str]:
-        return {*self.added, *self.modified, *self.deleted}
-
-    def to_json(self) -> dict[str, list[str]]:
-        return {"added": self.added, "modified": self.modified, "deleted": self.deleted}
-
-
-def compare(old: dict[str, str], new: dict[str, str]) -> Changes:
-    """The changes from ``old`` to ``new`` (key → datum id maps), keys sorted."""
-    if not old or not new:  # a first add or a first commit: no set of pairs to build
-        return Changes(sorted(new), [], sorted(old))
-    if old == new:  # a clean tree, or a first add's index against its files: one pass in C
-        return Changes()
-    differ = new.items() - old.items()  # set operations: done in C, for maps of any size
-    return Changes(
-        sorted(new.keys() - old.keys()),
-        sorted(key for key, _ in differ if key in old),
-        sorted(old.keys() - new.keys()),
-    )

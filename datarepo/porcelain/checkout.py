@@ -9,17 +9,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from datarepo import snapshot
 from datarepo import tree as trees
 from datarepo.errors import CorruptObjectError, DirtyWorktreeError, InvalidInputError, UnsafePathError
+from datarepo.fsutil import TMP_PREFIX, WorktreePaths, atomic_file, check_relative, prune_dirs, remove, same_device
 from datarepo.hashing import Oid
-from datarepo.porcelain import Progress, begin, snapshot, tick
+from datarepo.keys import member_of
+from datarepo.porcelain import Progress, begin, tick
 from datarepo.porcelain.history import create_ref
 from datarepo.porcelain.stage import status
 from datarepo.refs import BRANCHES
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData, copy_member
-from datarepo.fsutil import TMP_PREFIX, WorktreePaths, atomic_file, check_relative, prune_dirs, remove, same_device
-from datarepo.keys import member_of
 from datarepo.store import check_datum, datum_members
 from datarepo.worktree import file_and_dir, member_path, split_path
 

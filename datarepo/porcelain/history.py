@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from datarepo import snapshot
 from datarepo import tree as trees
 from datarepo.errors import BadRevisionError, CorruptObjectError, DataRepoError, InvalidInputError, ObjectNotFoundError
 from datarepo.hashing import Oid
 from datarepo.objects import Commit, TreeEntry
-from datarepo.porcelain import Changes, snapshot
+from datarepo.porcelain import Changes
 from datarepo.refs import BRANCHES, check_name
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, copy_member, member_hash

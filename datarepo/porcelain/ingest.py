@@ -14,12 +14,12 @@ from datarepo import tree as trees
 from datarepo.errors import InvalidInputError
 from datarepo.hashing import Oid
 from datarepo.keys import check_prefix
-from datarepo.statcache import trusted
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, tick
 from datarepo.porcelain.history import changes_of, diff
 from datarepo.repo import Repo
 from datarepo.sources import NewDatum
+from datarepo.statcache import trusted
 from datarepo.worktree import check_key, group, scan
 from datarepo.write import RepoWriter, store_files
 

@@ -127,6 +127,7 @@ class _Shards:
 
     stored: set[str] = field(default_factory=set)  # datums in sound shards
     damaged: dict[str, str] = field(default_factory=dict)  # datum → a shard that failed its check, whose .idx lists it
+    failed: set[str] = field(default_factory=set)  # shards that failed their check (not for a missing .idx)
     unindexed: dict[str, set[str]] = field(default_factory=dict)  # shard without its .idx → the datums its tar names
 
 
@@ -179,6 +180,8 @@ def _fsck(repo: Repo, rebuild_index: bool, progress: Progress) -> FsckResult:
     result.garbage = [_relative(repo, p) for p in leftovers(repo)]
     result.garbage += [repo.store.shard_name(s) for s in sorted(shards.unindexed) if s not in only_in]
     result.retired = sum(1 for _ in repo.store.iter_retired())
+    with repo.index.transaction():  # (their copies no longer count as stored: add restores them)
+        repo.index.locations.set_damaged(shards.failed)
     if rebuild_index:
         with repo.index.transaction():
             repo.index.locations.clear()
@@ -208,6 +211,7 @@ def _check_shard(repo: Repo, shard: str, shards: _Shards, result: FsckResult, re
             shards.unindexed[shard] = held
         return
     result.problems.append(str(error))
+    shards.failed.add(shard)
     if (listed := _quietly(repo.store.read_index, shard)) is not None:
         shards.damaged.update((d.datum, shard) for d in listed.datums)
 

@@ -8,15 +8,17 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from datarepo import executor, snapshot
 from datarepo import tree as trees
 from datarepo.errors import InvalidInputError
 from datarepo.fsutil import WorktreePaths, prune_dirs, remove
 from datarepo.hashing import Oid
 from datarepo.objects import TreeEntry
-from datarepo.porcelain import Changes, Progress, compare, retain, snapshot
+from datarepo.porcelain import Changes, Progress, compare, retain
 from datarepo.repo import Repo
-from datarepo.worktree import FileStat, Scan, group, member_path, paths_within, scan
+from datarepo.statcache import write_base
 from datarepo.statcols import StatColumns, StatRow
+from datarepo.worktree import FileStat, Scan, group, member_path, paths_within, scan
 from datarepo.write import hash_datum, store_files
 
 
@@ -161,6 +163,9 @@ class _Look:
 
 _PARTS = ("staged", "unstaged", "total")
 PARTIAL_LIMIT = 20_000
+# From this many staged changes, ``add`` builds the tree (and a first add's stat base) in
+# worker processes while it stages: 85-150 ms and 70-110 ms for 50,000 keys and 100,000 files.
+ASIDE_MIN = 20_000
 
 
 def _look(repo: Repo, follow: bool, with_unstaged: bool = False, within: list[str] | None = None) -> _Look:
@@ -249,7 +254,7 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     """
     prefixes = key_filter(repo, paths)
     with repo.lock:
-        if repo.forget_missing_shards():  # their datums are stored again from the files that have them
+        if repo.forget_missing_shards():  # datums whose copy is gone or damaged: stored again from their files
             snapshot.drop(repo)
         look = _look(repo, follow, with_unstaged=True, within=paths_within(repo.require_worktree(), paths))
         keys, members = look.keys, look.members
@@ -276,16 +281,25 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         after = {**index, **now}  # (a key with files and no staged change already had its datum)
         for k in deleted:
             del after[k]
-        _stage(repo, staged, head, stored.read, look.found.started_ns, bulk=not cache)
+        # The tree and a first add's stat base are built beside the staging (in worker
+        # processes, with many changes): both from plain data, each the same wherever it runs.
+        aside = executor.for_work(len(staged) >= ASIDE_MIN)
+        tree_job = aside.map(trees.build_tree, [(str(repo.dotdir), base, staged)]) if buildable and staged else None
+        bulk = not cache and len(stored.read) > 0
+        base_path = str(repo.index.stats.base_path(""))
+        base_job = aside.map(write_base, [(base_path, stored.read, look.found.started_ns)]) if bulk else None
+        _stage(repo, staged, head, StatColumns() if bulk else stored.read, look.found.started_ns)
         if prefixes is None:  # the verdict of every key it looked at is known: keep the snapshot
             if keys is not None:  # head and the index hold only those keys; now, only those with files
                 look.save(_verdict(_only(head, keys), _only(after, keys), now), keys, stored.read)
             else:
                 look.save(_verdict(head, after, now), keys, stored.read)
-        if buildable and (staged or base is not None):
-            tree = trees.apply_changes(repo.store, base, trees.staged_changes(staged)) if staged else base
-            with repo.index.transaction():
-                repo.index.staging.set_tree(parent, tree)  # type: ignore[arg-type]
+        tree = next(tree_job) if tree_job is not None else base if buildable else None
+        with repo.index.transaction():
+            if tree is not None:
+                repo.index.staging.set_tree(parent, tree)
+            if base_job is not None:
+                repo.index.stats.name_base(next(base_job))
     changes = compare({k: index[k] for k, _, _ in staged if k in index}, {k: d for k, d, _ in staged if d})
     notes = look.found.notes + look.grouped[1]
     retain(look, stored, head, index, now, sizes, after, staged)
@@ -304,17 +318,15 @@ def _only(state: dict[str, Oid], keys: set[str]) -> dict[str, Oid]:
     return {k: v for k, v in state.items() if k in keys}
 
 
-def _stage(
-    repo: Repo, staged: list[tuple[str, Oid | None, int]], head: dict[str, Oid], read: StatColumns, seen_ns: int, bulk: bool
-) -> None:
-    """Writes staged changes, dropping those that only restore HEAD's value, with the stat
-    cache's entries for the files ``read`` (as its new base, if ``bulk``)."""
+def _stage(repo: Repo, staged: list[tuple[str, Oid | None, int]], head: dict[str, Oid], read: StatColumns, seen_ns: int) -> None:
+    """Writes staged changes, dropping those that only restore HEAD's value, with stat-cache
+    rows for the files ``read``."""
     with repo.index.transaction():
         if head:  # (a first add has none to compare its 50,000 keys with)
             repo.index.staging.unstage(k for k, d, _ in staged if head.get(k) == d)
             staged = [row for row in staged if head.get(row[0]) != row[1]]
         repo.index.staging.stage(staged)
-        repo.index.stats.record(read, seen_ns, bulk=bulk)
+        repo.index.stats.record(read, seen_ns)
 
 
 def rm(repo: Repo, paths: list[str], cached: bool = False) -> list[str]:

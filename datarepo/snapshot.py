@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import json
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
-from collections.abc import Iterable
 from typing import Any
 
+from datarepo.changes import Changes
 from datarepo.fsutil import atomic_write
 from datarepo.hashing import hash_bytes
-from datarepo.statcache import RACY_NS
-from datarepo.porcelain import Changes
 from datarepo.repo import Repo
+from datarepo.statcache import RACY_NS
 from datarepo.worktree import IGNORE_FILE, MTIME, FileStat, Scan, pack_files, split_path
 
 META_NAME = "status-snapshot"
