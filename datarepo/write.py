@@ -60,10 +60,10 @@ SIZE_SAMPLES = 64
 # --- the files of one datum --------------------------------------------------------------
 # A datum read from its files: its id, its members sorted by extension (bytes, or a range of
 # a large file to stream when it is stored) and its size in bytes.
-Read = tuple[Oid, list[tuple[str, MemberData]], int]
+DatumFromFiles = tuple[Oid, list[tuple[str, MemberData]], int]
 
 
-def read_datum(prefix: str, members: Mapping[str, str], files: Mapping[str, FileStat], read: StatColumns) -> Read:
+def read_datum(prefix: str, members: Mapping[str, str], files: Mapping[str, FileStat], read: StatColumns) -> DatumFromFiles:
     """Reads and hashes the member files of one datum (``prefix`` + each path); appends each
     file's path, stat and digest to ``read``. A file whose stat is unknown (size -1) is
     stat'ed once open: cheaper than a ``stat`` by path first."""

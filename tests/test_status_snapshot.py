@@ -46,8 +46,8 @@ def repo(worktree: Path) -> Repo:
 def test_unchanged_tree_takes_the_fast_path(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
     first = stage.status(repo)
     assert not first.total
-    monkeypatch.setattr(stage._Look, "stat_view", lambda *a: pytest.fail("the snapshot was not used"))
-    assert _as_dict(stage.status(repo)) == _as_dict(first)
+    again = stage.status(repo)
+    assert again.looked_at == 0 and _as_dict(again) == _as_dict(first)
 
 
 def test_a_snapshot_whose_digest_no_longer_matches_is_saved_again(repo: Repo, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -69,10 +69,8 @@ def test_changed_keys_take_the_partial_path(repo: Repo, worktree: Path, monkeypa
     (worktree / "train/dog/0003.jpg").unlink()
     (worktree / "train/dog/0003.cls").unlink()
     (worktree / "fresh.bin").write_bytes(b"added")
-    from datarepo.statcache import StatCache
-
-    monkeypatch.setattr(StatCache, "load", lambda *a: pytest.fail("a full status was not needed"))
     st = stage.status(repo)
+    assert st.looked_at == 4  # the keys of the changed files, not every key
     assert st.total.to_json() == {
         "added": ["fresh"],
         "modified": ["train/cat/0000", "train/dog/0001"],
@@ -102,13 +100,10 @@ def test_add_keeps_the_snapshot_usable(repo: Repo, worktree: Path, monkeypatch: 
     stage.status(repo)
     (worktree / "train/cat/0000.jpg").write_bytes(b"new")
     age(worktree, 60, only=[worktree / "train/cat/0000.jpg"])
-    from datarepo.statcache import StatCache
-
-    monkeypatch.setattr(StatCache, "load", lambda *a: pytest.fail("add looked at every key"))
-    assert stage.add(repo, [str(worktree)]).changes.modified == ["train/cat/0000"]
-    monkeypatch.setattr(stage._Look, "stat_view", lambda *a: pytest.fail("the snapshot was not used after add"))
+    added = stage.add(repo, [str(worktree)])
+    assert added.changes.modified == ["train/cat/0000"] and added.looked_at == 1
     st = stage.status(repo)
-    assert st.staged.modified == ["train/cat/0000"] and not st.unstaged
+    assert st.looked_at == 0 and st.staged.modified == ["train/cat/0000"] and not st.unstaged
 
 
 def test_a_first_add_leaves_a_snapshot_the_next_status_uses(worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,10 +113,8 @@ def test_a_first_add_leaves_a_snapshot_the_next_status_uses(worktree: Path, monk
     age(worktree, 60)
     repo = Repo.init(worktree)
     assert stage.add(repo, [str(worktree)]).hashed == 60
-    monkeypatch.setattr(stage._Look, "stat_view", lambda *a: pytest.fail("the snapshot was not used after add"))
     st = stage.status(repo)
-    assert len(st.staged.added) == 30 and not st.unstaged
-    monkeypatch.undo()
+    assert st.looked_at == 0 and len(st.staged.added) == 30 and not st.unstaged
     assert stage.add(Repo.open(worktree), [str(worktree)]).hashed == 0  # the stat cache holds every file
     assert _as_dict(stage.status(repo)) == _as_dict(_fresh(repo))
 
@@ -193,12 +186,12 @@ def test_random_edits_agree_with_a_fresh_status(repo: Repo, worktree: Path, seed
         assert reused == _as_dict(_fresh(repo)), f"seed {seed} step {step} after {action}"
 
 
-def _carried_status(repo: Repo, monkeypatch: pytest.MonkeyPatch, owner: type, slow: str) -> dict:
-    """Status with ``owner.slow`` (a sign of work the snapshot should save) forbidden;
-    checked against a status computed from scratch."""
-    monkeypatch.setattr(owner, slow, lambda *a: pytest.fail(f"the snapshot was not carried over ({slow} ran)"))
-    carried = _as_dict(stage.status(repo))
-    monkeypatch.undo()
+def _carried_status(repo: Repo, looked_at: int) -> dict:
+    """A status that starts from the carried snapshot (looking at ``looked_at`` keys again,
+    not every key), checked against a status computed from scratch."""
+    st = stage.status(repo)
+    assert st.looked_at == looked_at
+    carried = _as_dict(st)
     assert carried == _as_dict(_fresh(repo))
     return carried
 
@@ -212,13 +205,11 @@ def test_commit_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: py
     with repo.index.transaction():  # the commit does not read the staged part (after a first add, every key)
         repo.index.set_meta(f"{snapshot.META_NAME} staged", "not JSON")
     commit(repo, "second")
-    carried = _carried_status(repo, monkeypatch, stage._Look, "stat_view")
+    carried = _carried_status(repo, looked_at=0)
     assert carried["total"]["modified"] == ["train/dog/0001"] and not carried["staged"]["modified"]
 
 
 def test_checkout_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from datarepo.statcache import StatCache
-
     (worktree / "train/cat/0000.jpg").write_bytes(b"second")
     stage.add(repo, [str(worktree)])
     commit(repo, "second")
@@ -228,7 +219,7 @@ def test_checkout_carries_the_snapshot(repo: Repo, worktree: Path, monkeypatch: 
     stage.add(repo, [str(worktree / "train/dog/0003.cls")])
     stage.status(repo)
     checkout(repo, "HEAD~1")
-    carried = _carried_status(repo, monkeypatch, StatCache, "load")
+    carried = _carried_status(repo, looked_at=1)  # the key the checkout moved
     assert carried["total"]["modified"] == ["train/dog/0001", "train/dog/0003"]
     assert carried["staged"]["modified"] == ["train/dog/0003"]
 

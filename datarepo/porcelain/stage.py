@@ -28,6 +28,9 @@ class Status:
     unstaged: Changes
     total: Changes
     notes: list[str] = field(default_factory=list)
+    # How many keys were looked at again (their files changed since the last status): 0 when
+    # the saved verdict stood; None when every key was (no status to start from).
+    looked_at: int | None = None
 
 
 def key_filter(repo: Repo, paths: list[str] | None) -> Selection | None:
@@ -102,7 +105,7 @@ def index_datums(repo: Repo, head: dict[str, Oid], keys: Iterable[str] | None = 
 
 
 @dataclass
-class _Look:
+class _WorktreeState:
     """One look at the work tree, and what the status snapshot says about it.
 
     ``keys`` are the keys to look at again: those whose files changed since
@@ -168,7 +171,7 @@ PARTIAL_LIMIT = 20_000
 ASIDE_MIN = 20_000
 
 
-def _look(repo: Repo, follow: bool, with_unstaged: bool = False, within: list[str] | None = None) -> _Look:
+def _look(repo: Repo, follow: bool, with_unstaged: bool = False, within: list[str] | None = None) -> _WorktreeState:
     """Scans the work tree and works out which keys need a new look (``with_unstaged``:
     also those the snapshot saw differ from the index, which ``add`` stages). Only bad
     entries ``within`` those paths (all, if None) stop it (:meth:`Scan.raise_errors`)."""
@@ -189,7 +192,7 @@ def _look(repo: Repo, follow: bool, with_unstaged: bool = False, within: list[st
         keys |= set(snap.status["recheck"])  # moved by a checkout since: their files may be gone
         if with_unstaged:
             keys |= snapshot.changes_from_json(snap.status["unstaged"]).keys()
-    return _Look(repo, found, snap, keys, follow, seen)
+    return _WorktreeState(repo, found, snap, keys, follow, seen)
 
 
 def _verdict(head: dict[str, Oid], index: dict[str, Oid], now: dict[str, Oid]) -> Status:
@@ -208,14 +211,16 @@ def status(repo: Repo, follow: bool = False) -> Status:
         old = look.snap.status
         if look.digest != look.snap.digest:  # files moved in the listing, no key changed: the next status need not look
             snapshot.save(repo, snapshot.token(repo, follow), look.found, old, look.digest)
-        return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), look.found.notes + old["group_notes"])
+        return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), look.found.notes + old["group_notes"], 0)
     files, cache = look.stat_view()
     root, read = repo.require_worktree(), StatColumns()
     now = {k: hash_datum(root, m, files, cache, read) for k, m in look.members.items() if keys is None or k in keys}
     with repo.index.transaction():
         repo.index.stats.record(read, look.found.started_ns, bulk=not cache)
     head = head_datums(repo, keys)
-    return look.save(_verdict(head, index_datums(repo, head, keys), now), keys, read)
+    result = look.save(_verdict(head, index_datums(repo, head, keys), now), keys, read)
+    result.looked_at = None if keys is None else len(keys)
+    return result
 
 
 def diff_worktree(repo: Repo, rev: str) -> Changes:
@@ -244,6 +249,7 @@ class AddResult:
     stored_bytes: int
     hashed: int
     notes: list[str]
+    looked_at: int | None  # keys looked at again (see :class:`Status`); None: every key
 
 
 def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progress: Progress = None) -> AddResult:
@@ -303,7 +309,8 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     changes = compare({k: index[k] for k, _, _ in staged if k in index}, {k: d for k, d, _ in staged if d})
     notes = look.found.notes + look.grouped[1]
     retain(look, stored, head, index, now, sizes, after, staged)
-    return AddResult(changes, len(stored.written), sum(stored.written.values()), stored.hashed, notes)
+    looked_at = None if keys is None else len(keys)
+    return AddResult(changes, len(stored.written), sum(stored.written.values()), stored.hashed, notes, looked_at)
 
 
 def _check_matched(repo: Repo, paths: list[str] | None, chosen: list[str]) -> None:
