@@ -191,16 +191,22 @@ def test_an_add_over_worker_processes_commits_what_a_serial_add_commits(tmp_path
     assert len(set(trees.values())) == 1
 
 
-def test_re_adding_restores_a_datum_whose_shard_is_gone(worktree: Path, cli) -> None:
-    """``add`` of the same content stores a datum again when its shard is missing: the way
-    to repair a repository from the original files."""
-    write_samples(worktree, 6)
+def _six_samples_in_one_shard(worktree: Path, cli) -> tuple[dict[str, bytes], Repo, str]:
+    """Six samples added and committed: their files, the repository and its one shard."""
+    files = write_samples(worktree, 6)
     age(worktree)
     cli("init")
     cli("add", ".")
     cli("commit", "-m", "first")
     repo = Repo.open(worktree)
     (shard,) = list(repo.store.iter_shards())
+    return files, repo, shard
+
+
+def test_re_adding_restores_a_datum_whose_shard_is_gone(worktree: Path, cli) -> None:
+    """``add`` of the same content stores a datum again when its shard is missing: the way
+    to repair a repository from the original files."""
+    _, repo, shard = _six_samples_in_one_shard(worktree, cli)
     repo.store.delete_shard(shard)
     out = cli("add", ".").output
     assert "stored 6 new datums" in out
@@ -266,13 +272,7 @@ def test_content_already_stored_is_not_stored_again_by_worker_processes(worktree
 
 
 def test_re_adding_restores_datums_whose_shard_fsck_found_damaged(worktree: Path, cli) -> None:
-    files = write_samples(worktree, 6)
-    age(worktree)
-    cli("init")
-    cli("add", ".")
-    cli("commit", "-m", "first")
-    repo = Repo.open(worktree)
-    (shard,) = list(repo.store.iter_shards())
+    files, repo, shard = _six_samples_in_one_shard(worktree, cli)
     path = shard_file(repo, shard)
     raw = bytearray(path.read_bytes())
     raw[repo.store.read_index(shard).datums[0].members[0].offset] ^= 0xFF
