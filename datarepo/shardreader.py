@@ -11,7 +11,7 @@ import xxhash
 
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id_of_digests
-from datarepo.shards import BLOCK, _octal, _pax_records, _ustar_name, padding
+from datarepo.shards import BLOCK, octal_field, pax_records, ustar_name, padding
 
 # A reader of a seekable file reads over gaps up to this size rather than seek: one
 # sequential stream is cheaper than a seek for a few skipped datums.
@@ -113,14 +113,14 @@ def cut_members(span: bytes, datum: str, name: str, offset: int = 0) -> dict[str
             raise CorruptObjectError(name, f"truncated tar header at byte {offset + pos}")
         block = span[pos : pos + BLOCK]
         kind = block[156:157]
-        size = _octal(block[124:136], name, offset + pos)
+        size = octal_field(block[124:136], name, offset + pos)
         data = pos + BLOCK
         if kind == b"x":
-            records = _pax_records(span[data : data + size], name, offset + pos)
+            records = pax_records(span[data : data + size], name, offset + pos)
             pax_path = records.get("path", pax_path)
             pax_size = int(records["size"]) if records.get("size", "").isdigit() else pax_size
         elif kind in (b"0", b"\x00"):
-            member = pax_path or _ustar_name(block)
+            member = pax_path or ustar_name(block)
             size = pax_size if pax_size is not None else size
             if not member.startswith(stem):  # ("<datum>." is the member without an extension: docs/format.md)
                 raise CorruptObjectError(name, f"member {member[:80]!r} at byte {offset + pos} is not of datum {datum}")

@@ -324,7 +324,7 @@ def iter_tar(f: BinaryIO, name: str = "<tar>", passed_over: list[str] | None = N
             return
         _check_sum(block, name, pos)
         kind = block[156:157]
-        size = _octal(block[124:136], name, pos)
+        size = octal_field(block[124:136], name, pos)
         data = pos + BLOCK
         if kind in (b"x", b"L"):
             f.seek(data)
@@ -334,25 +334,26 @@ def iter_tar(f: BinaryIO, name: str = "<tar>", passed_over: list[str] | None = N
             if kind == b"L":
                 pax_path = payload.rstrip(b"\x00").decode("utf-8", "surrogateescape")
             else:
-                records = _pax_records(payload, name, pos)
+                records = pax_records(payload, name, pos)
                 pax_path = records.get("path", pax_path)
                 if "size" in records:
                     pax_size = _int(records["size"], name, pos)
         elif kind in (b"0", b"\x00", b"7"):
             if pax_size is not None:
                 size = pax_size
-            yield TarMember(pax_path or _ustar_name(block), data, size)
+            yield TarMember(pax_path or ustar_name(block), data, size)
             pax_path = pax_size = None
         elif kind in (b"g", b"K"):  # PAX global records; a GNU long link target (of a link, passed over)
             pass
         else:
             if passed_over is not None and kind != b"5":
-                passed_over.append(pax_path or _ustar_name(block))
+                passed_over.append(pax_path or ustar_name(block))
             pax_path = pax_size = None
         pos = data + size + padding(size)
 
 
-def _ustar_name(block: bytes) -> str:
+def ustar_name(block: bytes) -> str:
+    """A ustar header block's member name (its prefix field joined on, if any)."""
     name = block[0:100].split(b"\x00", 1)[0]
     if block[257:262] == b"ustar":
         prefix = block[345:500].split(b"\x00", 1)[0]
@@ -362,12 +363,14 @@ def _ustar_name(block: bytes) -> str:
 
 
 def _check_sum(block: bytes, name: str, pos: int) -> None:
-    stored = _octal(block[148:156], name, pos)
+    stored = octal_field(block[148:156], name, pos)
     if stored != sum(block[:148]) + 256 + sum(block[156:]):
         raise CorruptObjectError(name, f"bad tar header checksum at byte {pos}")
 
 
-def _octal(field: bytes, name: str, pos: int) -> int:
+def octal_field(field: bytes, name: str, pos: int) -> int:
+    """A tar header's number field (octal text, or GNU base-256); CorruptObjectError names
+    the tar ``name`` and the header's place ``pos`` if it is neither."""
     if field[:1] == b"\x80":
         return int.from_bytes(field[1:], "big")
     text = field.split(b"\x00", 1)[0].strip()
@@ -383,7 +386,8 @@ def _int(text: str, name: str, pos: int) -> int:
     return int(text)
 
 
-def _pax_records(payload: bytes, name: str, pos: int) -> dict[str, str]:
+def pax_records(payload: bytes, name: str, pos: int) -> dict[str, str]:
+    """The key → value records of a PAX header's payload."""
     records = {}
     buf = io.BytesIO(payload)
     while rest := buf.read(1):
