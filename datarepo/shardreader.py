@@ -11,7 +11,7 @@ import xxhash
 
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id_of_digests
-from datarepo.shards import BLOCK, octal_field, pax_records, ustar_name, padding
+from datarepo.shards import BLOCK, octal_field, padding, pax_records, ustar_name
 
 # A reader of a seekable file reads over gaps up to this size rather than seek: one
 # sequential stream is cheaper than a seek for a few skipped datums.

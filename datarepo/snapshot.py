@@ -28,7 +28,8 @@ from datarepo.fsutil import atomic_write
 from datarepo.hashing import hash_bytes
 from datarepo.repo import Repo
 from datarepo.statcache import RACY_NS
-from datarepo.worktree import IGNORE_FILE, MTIME, FileStat, Scan, pack_files, split_path
+from datarepo.statcols import MTIME, FileStat, Packed, StatColumns, listing_bytes, listing_parts
+from datarepo.worktree import IGNORE_FILE, Scan, split_path
 
 META_NAME = "status-snapshot"
 # The status's parts, each a ``meta`` row of its own beside the snapshot's head (``META_NAME``):
@@ -49,43 +50,24 @@ class Snapshot:
     listing: str  # the hash of the listing file it was saved with
 
     @cached_property
-    def packed(self) -> tuple[bytes, bytes] | None:
+    def packed(self) -> Packed | None:
         """The saved listing as (names, stats), the form of :attr:`Scan.packed`."""
         try:
             raw = (self.repo.dotdir / LISTING_FILE).read_bytes()
         except OSError:
             return None
-        if len(raw) < 8 or hash_bytes(raw) != self.listing:
-            return None
-        cut = 8 + int.from_bytes(raw[:8], "little")
-        return raw[8:cut], raw[cut:]
+        return listing_parts(raw) if hash_bytes(raw) == self.listing else None
 
     @cached_property
     def files(self) -> dict[str, FileStat]:
-        return unpack_files(self.packed)
+        columns = StatColumns.unpacked(self.packed) if self.packed is not None else None
+        return columns.files() if columns is not None else {}
 
 
 def digest(found: Scan) -> str:
     """One hash of a scan's (path, stat) listing in scan order. The order of an unchanged
     tree's listing is stable; if it moves, the digests differ and status takes the slower path."""
-    names, stats = found.packed
-    return hash_bytes(len(names).to_bytes(8, "little") + names + stats)
-
-
-def unpack_files(packed: tuple[bytes, bytes] | None) -> dict[str, FileStat]:
-    """The inverse of :func:`pack_files`; {} for anything malformed."""
-    if packed is None:
-        return {}
-    stats = array("q")
-    try:
-        names = packed[0].decode("utf-8", "surrogateescape").split("\x00") if packed[0] else []
-        stats.frombytes(packed[1])
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    if len(stats) != 3 * len(names):
-        return {}
-    it = iter(stats)
-    return dict(zip(names, zip(it, it, it)))
+    return hash_bytes(listing_bytes(found.packed))
 
 
 def token(repo: Repo, follow: bool) -> str:
@@ -149,9 +131,9 @@ def save(repo: Repo, tok: str, found: Scan, status: dict[str, Any], seen: str | 
         seen = digest(found)
     mtimes = array("q", stats)[MTIME::3]
     if mtimes and max(mtimes) >= horizon:
-        names, stats = pack_files({p: st if st[MTIME] < horizon else UNTRUSTED for p, st in found.files.items()})
+        names, stats = StatColumns.of({p: st if st[MTIME] < horizon else UNTRUSTED for p, st in found.files.items()}).packed()
         seen = ""
-    listing = len(names).to_bytes(8, "little") + names + stats
+    listing = listing_bytes((names, stats))
     atomic_write(repo.dotdir / LISTING_FILE, listing, mode=0o644, durable=False)
     head = {"token": tok, "digest": seen, "listing": hash_bytes(listing)}
     _store(repo, head, {n: json.dumps(status[n]) for n in PARTS})

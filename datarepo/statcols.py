@@ -4,9 +4,9 @@ cache's base and the status snapshot share."""
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
 
 from datarepo.hashing import Oid
 
@@ -18,6 +18,22 @@ SIZE, MTIME = 0, 1
 # looked at (``seen_ns``), and its hash. A plain tuple, read by position, for the same reason.
 StatRow = tuple[int, int, int, int, Oid]
 DIGEST = 16  # bytes of an xxh3-128 digest
+# Paths and stats packed: the paths joined by NUL (which no path holds) as UTF-8, and the
+# stats as three int64s a path, in the same order.
+Packed = tuple[bytes, bytes]
+
+
+def listing_bytes(packed: Packed) -> bytes:
+    """One byte string of a packed listing: the paths' byte count (int64), paths, stats."""
+    return len(packed[0]).to_bytes(8, "little") + packed[0] + packed[1]
+
+
+def listing_parts(raw: bytes) -> Packed | None:
+    """The inverse of :func:`listing_bytes`; None if ``raw`` is too short to be one."""
+    if len(raw) < 8:
+        return None
+    cut = 8 + int.from_bytes(raw[:8], "little")
+    return raw[8:cut], raw[cut:]
 
 
 @dataclass
@@ -45,6 +61,32 @@ class StatColumns:
 
     def stat(self, i: int) -> FileStat:
         return self.stats[3 * i], self.stats[3 * i + 1], self.stats[3 * i + 2]
+
+    @classmethod
+    def of(cls, files: Mapping[str, FileStat]) -> StatColumns:
+        """The columns of a path → stat mapping (no digests)."""
+        return cls(list(files), array("q", chain.from_iterable(files.values())))
+
+    def files(self) -> dict[str, FileStat]:
+        """path → (size, mtime_ns, inode)."""
+        it = iter(self.stats)
+        return dict(zip(self.names, zip(it, it, it)))
+
+    def packed(self) -> Packed:
+        """The paths and stats as bytes (:data:`Packed`): what a status snapshot digests,
+        compares and saves."""
+        return "\x00".join(self.names).encode("utf-8", "surrogateescape"), self.stats.tobytes()
+
+    @classmethod
+    def unpacked(cls, packed: Packed) -> StatColumns | None:
+        """The inverse of :meth:`packed`; None for anything malformed."""
+        stats = array("q")
+        try:
+            names = packed[0].decode("utf-8", "surrogateescape").split("\x00") if packed[0] else []
+            stats.frombytes(packed[1])
+        except (UnicodeDecodeError, ValueError):
+            return None
+        return cls(names, stats) if len(stats) == 3 * len(names) else None
 
     def hex_hashes(self) -> list[str]:
         """The files' hashes as oids, a column at a time."""

@@ -10,7 +10,7 @@ from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import chain, repeat, starmap
+from itertools import chain, repeat
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,16 +26,13 @@ from datarepo.keys import (  # noqa: F401 (check_key: re-exported)
     split,
     split_all,
 )
+from datarepo.statcols import SIZE, FileStat, Packed, StatColumns
 
 NEVER_ADDED = RESERVED_DIRS | {IGNORE_FILE}
-# Below this many files, forking a helper to stat half of them costs more than it saves.
+# Below this many files, statting them over worker processes costs more than it saves.
 PARALLEL_STAT_MIN = 20_000
 
 
-# (size, mtime_ns, inode) of a file: a plain tuple, not a NamedTuple, because the
-# scan builds one per file and that constructor is a measurable share of a status.
-FileStat = tuple[int, int, int]
-SIZE, MTIME = 0, 1
 # The stat of a file listed but not stat'ed yet: it is, when it is first read.
 UNSTATED: FileStat = (-1, -1, -1)
 
@@ -63,14 +60,13 @@ class Scan:
     def files(self) -> dict[str, FileStat]:
         if self.stats is None:
             return dict.fromkeys(self.names, UNSTATED)
-        it = iter(self.stats)
-        return dict(zip(self.names, zip(it, it, it)))
+        return StatColumns(self.names, self.stats).files()
 
     @cached_property
-    def packed(self) -> tuple[bytes, bytes]:
+    def packed(self) -> Packed:
         if self.stats is None:  # stat'ed file by file as they were read: packed as they are now
-            return pack_files(self.files)
-        return pack_names(self.names), self.stats.tobytes()
+            return StatColumns.of(self.files).packed()
+        return StatColumns(self.names, self.stats).packed()
 
     def fill_stats(self, root: Path, read: Iterable[tuple[list[str], array]] = ()) -> None:
         """Gives a scan ``with_stats=False`` the stats of its files: those a hasher took as it
@@ -204,18 +200,8 @@ def paths_within(root: Path, paths: Iterable[str] | None) -> list[str] | None:
 FEW_KEYS = 64
 
 
-def pack_names(names: Iterable[str]) -> bytes:
-    """Paths as bytes: joined by NUL, which no name holds."""
-    return "\x00".join(names).encode("utf-8", "surrogateescape")
-
-
 _RECORD_STAT = struct.Struct("=qqq")  # a FileStat as the int64s of ``Scan.stats``
 _RECORD = struct.Struct("24s")  # the same, as bytes
-
-
-def pack_files(files: dict[str, FileStat]) -> tuple[bytes, bytes]:
-    """A listing as bytes: its paths (:func:`pack_names`) and their stats as int64s."""
-    return pack_names(files), b"".join(starmap(_RECORD_STAT.pack, files.values()))
 
 
 # The ``.datarepoignore`` files that apply in a directory: (the directory, its spec), outermost first.

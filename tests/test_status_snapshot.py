@@ -19,6 +19,7 @@ from datarepo.porcelain import stage
 from datarepo.porcelain.checkout import checkout
 from datarepo.porcelain.history import commit
 from datarepo.repo import Repo
+from datarepo.statcols import StatColumns
 from datarepo.worktree import Scan, scan
 
 
@@ -136,7 +137,7 @@ def test_a_listing_is_filled_from_the_stats_files_were_read_at(tmp_path: Path) -
     found.fill_stats(tmp_path, [(part, array("q", chain.from_iterable(map(as_read.get, part)))) for part in (here, there)])
     assert found.names == full.names and len(found.names) == len(names) - 1
     assert found.files == {**full.files, **as_read}
-    assert found.packed == wt.pack_files(found.files)
+    assert found.packed == StatColumns.of(found.files).packed()
     expected = {"d1/04.jpg": as_read["d1/04.jpg"], "d2/05.jpg": as_read["d2/05.jpg"], "d2/05.cls": full.files["d2/05.cls"]}
     assert found.files_of(["d1/04", "d2/05"], "wds") == expected
 

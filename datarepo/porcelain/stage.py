@@ -17,8 +17,8 @@ from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, compare, retain
 from datarepo.repo import Repo
 from datarepo.statcache import write_base
-from datarepo.statcols import StatColumns, StatRow
-from datarepo.worktree import FileStat, Scan, group, member_path, paths_within, scan
+from datarepo.statcols import FileStat, StatColumns, StatRow
+from datarepo.worktree import Scan, group, member_path, paths_within, scan
 from datarepo.write import hash_datum, store_files
 
 
