@@ -27,6 +27,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xxhash import xxh3_128_digest
 
@@ -36,10 +37,14 @@ from datarepo.hashing import Oid, datum_id, datum_id_of_digests
 from datarepo.index import Index
 from datarepo.locations import LocationRow, location_rows
 from datarepo.objects import TreeEntry
+from datarepo.progress import Progress, begin, tick
 from datarepo.shards import LARGE_FILE, DatumLoc, FileRange, MemberData, ShardWriter, member_hash, member_size
 from datarepo.statcache import trusted
 from datarepo.statcols import SIZE, FileStat, StatColumns, StatRow
 from datarepo.store import Store
+
+if TYPE_CHECKING:
+    from datarepo.repo import Repo
 
 # Keys and their members: key → {extension: path relative to the folder read}.
 Members = Mapping[str, Mapping[str, str]]
@@ -297,13 +302,13 @@ class Stored:
 
 
 def store_files(
-    repo,  # type: ignore[no-untyped-def]  # (a Repo: this module is below repo.py)
+    repo: Repo,
     root: Path,
     members: Members,
     keys: list[str],
     files: Mapping[str, FileStat],
     cache: Mapping[str, StatRow],
-    progress=None,  # type: ignore[no-untyped-def]
+    progress: Progress = None,
     executor: executors.Executor | None = None,
 ) -> Stored:
     """The datum and size of every key in ``keys`` (sorted), storing the datums no shard holds.
@@ -322,8 +327,8 @@ def store_files(
         if k not in out.datums and known.get(k) in present:
             out.datums[k] = known[k]
             out.sizes[k] = sum(files[f][SIZE] for f in members[k].values())
-    _begin(progress, len(keys))
-    _tick(progress, len(keys) - len(to_read))
+    begin(progress, len(keys))
+    tick(progress, len(keys) - len(to_read))
     sizes = dict(zip(to_read, _sizes(root, members, to_read, files)))
     run = executor or executors.for_work(sum(sizes.values()) >= _parallel_min_bytes() and len(to_read) > 1)
     expected = None
@@ -335,7 +340,7 @@ def store_files(
             out.read.extend(result.read)
         stored = repo.stored(set(expected.values()))
         out.datums.update((k, d) for k, d in expected.items() if d in stored)
-        _tick(progress, sum(1 for d in expected.values() if d in stored))
+        tick(progress, sum(1 for d in expected.values() if d in stored))
         to_read = [k for k in to_read if expected[k] not in stored]
     adopted: set[str] = set()
     for keys_done, result in _batches(repo, root, members, to_read, sizes, files, run, expected=expected):
@@ -347,12 +352,12 @@ def store_files(
         out.sizes.update(zip(keys_done, result.sizes))
         if expected is None:  # (else the hashing pass has them)
             out.read.extend(result.read)
-        _tick(progress, len(keys_done))
+        tick(progress, len(keys_done))
     return out
 
 
 def _batches(
-    repo,  # type: ignore[no-untyped-def]
+    repo: Repo,
     root: Path,
     members: Members,
     keys: list[str],
@@ -403,7 +408,7 @@ def _sizes(root: Path, members: Members, keys: list[str], files: Mapping[str, Fi
     return [total // len(sample)] * len(keys)
 
 
-def adopt(repo, shards: Iterable[PublishedShard], adopted: set[str]) -> None:  # type: ignore[no-untyped-def]
+def adopt(repo: Repo, shards: Iterable[PublishedShard], adopted: set[str]) -> None:
     """Records published shards in the location cache. Of a datum that two batches both
     wrote (each before the other's shard was recorded), the copy adopted first is the one
     its location points to; the other stays in its shard unused until ``repack``."""
@@ -421,7 +426,7 @@ class RepoWriter:
     Each :meth:`put` returns the key's tree entry; :attr:`entries` holds them all, for
     :meth:`Repo.commit`. Callers hold the writer lock."""
 
-    def __init__(self, repo, rewrite: bool = False) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, repo: Repo, rewrite: bool = False) -> None:
         self.repo = repo
         self.rewrite = rewrite  # write datums again, though stored (``repack``): their locations move here
         self.writer = DatumWriter(repo.store, repo.config.shard_size)
@@ -464,13 +469,3 @@ class RepoWriter:
             self.close()
         else:
             self.writer.abort()
-
-
-def _begin(progress, total: int | None) -> None:  # type: ignore[no-untyped-def]
-    if progress is not None:
-        progress.start(total)
-
-
-def _tick(progress, n: int) -> None:  # type: ignore[no-untyped-def]
-    if progress is not None and n:
-        progress.advance(n)

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from datarepo.changes import Changes, compare
+from datarepo.progress import Progress, Reporter, begin, tick
 
 __all__ = ["Changes", "Progress", "Reporter", "begin", "compare", "retain", "retain_until_exit", "tick"]
-
-
-class Reporter(Protocol):
-    """Told how much work there is and how much is done; the CLI draws it as a bar."""
-
-    def start(self, total: int | None) -> None: ...
-
-    def advance(self, n: int) -> None: ...
-
-
-Progress = Reporter | None
 
 
 # What commands built, kept until the process ends, where :func:`retain_until_exit` asked for
@@ -35,13 +23,3 @@ def retain_until_exit() -> None:
 def retain(*objects: object) -> None:
     if _retained is not None:
         _retained.extend(objects)
-
-
-def begin(progress: Progress, total: int | None) -> None:
-    if progress is not None:
-        progress.start(total)
-
-
-def tick(progress: Progress, n: int = 1) -> None:
-    if progress is not None:
-        progress.advance(n)
