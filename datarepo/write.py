@@ -329,12 +329,12 @@ def store_files(
             out.sizes[k] = sum(files[f][SIZE] for f in members[k].values())
     begin(progress, len(keys))
     tick(progress, len(keys) - len(to_read))
-    sizes = dict(zip(to_read, _sizes(root, members, to_read, files)))
-    run = executor or executors.for_work(sum(sizes.values()) >= _parallel_min_bytes() and len(to_read) > 1)
+    source = _Source(repo, root, members, files, dict(zip(to_read, _sizes(root, members, to_read, files))))
+    run = executor or executors.for_work(sum(source.sizes.values()) >= _parallel_min_bytes() and len(to_read) > 1)
     expected = None
     if repo.index.locations.shards():  # some may be stored already: hashed first, only the others stored
         expected = {}
-        for keys_done, result in _batches(repo, root, members, to_read, sizes, files, run, write=False):
+        for keys_done, result in source.batches(to_read, run, write=False):
             expected.update(zip(keys_done, result.datums))
             out.sizes.update(zip(keys_done, result.sizes))
             out.read.extend(result.read)
@@ -343,7 +343,7 @@ def store_files(
         tick(progress, sum(1 for d in expected.values() if d in stored))
         to_read = [k for k in to_read if expected[k] not in stored]
     adopted: set[str] = set()
-    for keys_done, result in _batches(repo, root, members, to_read, sizes, files, run, expected=expected):
+    for keys_done, result in source.batches(to_read, run, expected=expected):
         adopt(repo, result.shards, adopted)
         repo.index.checkpoint()  # (the log into the database while the workers still store)
         for shard in result.shards:
@@ -356,28 +356,33 @@ def store_files(
     return out
 
 
-def _batches(
-    repo: Repo,
-    root: Path,
-    members: Members,
-    keys: list[str],
-    sizes: Mapping[str, int],
-    files: Mapping[str, FileStat],
-    run: executors.Executor,
-    write: bool = True,
-    expected: Mapping[str, Oid] | None = None,
-) -> Iterator[tuple[list[str], BatchResult]]:
-    """Plans the batches of ``keys`` and yields the keys of each with its result, in order."""
-    limit = batch_bytes(sum(sizes[k] for k in keys), repo.config.shard_size)
-    batches = []
-    for a, b in plan_batches(keys, [sizes[k] for k in keys], limit):
-        run_keys = keys[a:b]
-        stats = {f: files[f] for k in run_keys for f in members[k].values() if f in files and files[f][SIZE] >= 0}
-        want = [expected[k] for k in run_keys] if expected is not None else None
-        members_of = [dict(members[k]) for k in run_keys]
-        batches.append(StoreBatch(str(repo.dotdir), str(root), run_keys, members_of, stats, repo.config.shard_size, write, want))
-    for batch, result in zip(batches, run.map(store_batch, batches)):
-        yield batch.keys, result
+@dataclass
+class _Source:
+    """What :func:`store_files` reads: the folder, each key's members, the stats a scan took
+    of their files, and each key's size (to cut batches by)."""
+
+    repo: Repo
+    root: Path
+    members: Members
+    files: Mapping[str, FileStat]
+    sizes: dict[str, int]
+
+    def batches(
+        self, keys: list[str], run: executors.Executor, write: bool = True, expected: Mapping[str, Oid] | None = None
+    ) -> Iterator[tuple[list[str], BatchResult]]:
+        """Plans the batches of ``keys``, has ``run`` map :func:`store_batch` over them, and
+        yields the keys of each with its result, in order."""
+        limit = batch_bytes(sum(self.sizes[k] for k in keys), self.repo.config.shard_size)
+        batches = [self._batch(keys[a:b], write, expected) for a, b in plan_batches(keys, [self.sizes[k] for k in keys], limit)]
+        for batch, result in zip(batches, run.map(store_batch, batches)):
+            yield batch.keys, result
+
+    def _batch(self, keys: list[str], write: bool, expected: Mapping[str, Oid] | None) -> StoreBatch:
+        files = self.files
+        stats = {f: files[f] for k in keys for f in self.members[k].values() if f in files and files[f][SIZE] >= 0}
+        members = [dict(self.members[k]) for k in keys]
+        want = [expected[k] for k in keys] if expected is not None else None
+        return StoreBatch(str(self.repo.dotdir), str(self.root), keys, members, stats, self.repo.config.shard_size, write, want)
 
 
 def _parallel_min_bytes() -> int:
