@@ -294,5 +294,7 @@ def for_work(parallel: bool) -> Executor:
     if not parallel or workers < 2 or _in_worker:
         return SerialExecutor()
     if _shared is None or _shared.workers != workers or _shared._owner != os.getpid():
+        if _shared is not None and _shared._owner == os.getpid():  # (another worker count: its idle workers end)
+            _shared.close()
         _shared = ProcessExecutor(workers)
     return _shared
