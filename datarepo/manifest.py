@@ -14,9 +14,7 @@ import binascii
 import gc
 import operator
 import queue
-import sqlite3
 import threading
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,8 +25,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from datarepo.errors import CorruptObjectError, DataRepoError, ObjectNotFoundError
+from datarepo.errors import ObjectNotFoundError
 from datarepo.hashing import Oid
+from datarepo.locations import LocationColumns, read_columns
 from datarepo.shardreader import DatumRange, ShardReader, check_members, cut_members
 
 __all__ = ["DatumRange", "Keys", "Manifest", "ManifestEntry", "ShardReader", "build_manifest", "check_members", "cut_members"]
@@ -276,7 +275,7 @@ def build_manifest(repo: Repo, selection: Selection | Tree) -> Manifest:
         if locator is not None:
             where, shards = locator.result()
         else:
-            known = _read_locations(index_path, sorted(set(_split(b"".join(batches)))))
+            known = read_columns(index_path, sorted(set(_split(b"".join(batches)))), _IN_BATCH)
             where, shards = _look_up(known, b"".join(batches)), known.shards
             del known
         ids = np.concatenate([np.frombuffer(b, dtype="S32") for b in batches]) if batches else np.zeros(0, "S32")
@@ -323,30 +322,11 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-class _Known(NamedTuple):
-    """Locations from the cache, sorted by datum, each id as its two 64-bit halves."""
-
-    high: np.ndarray  # uint64
-    low: np.ndarray  # uint64
-    # (shard place, offset, length) rows, int64: moved a row at a time, not a column at a
-    # time. A place of -1 is of a shard the cache does not list.
-    where: np.ndarray
-    shards: list[str]  # sorted
-
-
 def _worth_a_scan(repo: Repo, selection: Selection) -> bool:
     """Whether the selection may hold one in ``_SCAN_RATIO`` of the cache's rows (by the
     counts of the pages it opens, which bound it)."""
     most = selection.at_most()
-    rows = repo.index.db.execute("SELECT coalesce(sum(datums), 0) FROM shard").fetchone()[0]
-    return most * _SCAN_RATIO >= rows and most > _IN_BATCH
-
-
-# A query gives its rows as four texts, concatenated in C: a row at a time, the sqlite3
-# module spent 0.7 µs a row making Python objects.
-_COLUMNS = "SELECT group_concat(datum, ''), group_concat(shard, ''), group_concat(offset), group_concat(length) FROM location"
-_DIGITS = "0123456789abcdef"
-_SLICES = [(_DIGITS[i], _DIGITS[i + 1] if i < 15 else "g") for i in range(16)]
+    return most * _SCAN_RATIO >= repo.index.locations.count() and most > _IN_BATCH
 
 
 class _Locator:
@@ -361,7 +341,7 @@ class _Locator:
         self._batches: queue.SimpleQueue[tuple[int, bytes] | None] = queue.SimpleQueue()
         self._handed = 0
         self._found: dict[int, np.ndarray] = {}
-        self._known: _Known | None = None
+        self._known: LocationColumns | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(path,), name="datarepo-locations", daemon=True)
@@ -389,7 +369,7 @@ class _Locator:
 
     def _run(self, path: Path) -> None:
         try:
-            self._known = _read_locations(path, None)
+            self._known = read_columns(path, None)
         except BaseException as e:  # handed to the caller's thread
             self._error = e
         finally:
@@ -406,83 +386,12 @@ class _Locator:
         self._batches.put(None)
 
 
-def _read_locations(path: Path, datums: list[str] | None) -> _Known:
-    """The cache's locations of ``datums`` (sorted; None: of every datum), in one snapshot
-    of it, whatever a writer does meanwhile."""
-    db = sqlite3.connect(path, timeout=60, isolation_level=None)
-    try:
-        db.execute("BEGIN")
-        shards = [r[0] for r in db.execute("SELECT shard FROM shard ORDER BY shard")]
-        if datums is None:
-            size = db.execute("SELECT count(*) FROM location").fetchone()[0]
-            queries = ((_COLUMNS + " WHERE datum >= ? AND datum < ?", bounds) for bounds in _SLICES)
-        else:
-            size = len(datums)
-            batches = (datums[i : i + _IN_BATCH] for i in range(0, len(datums), _IN_BATCH))
-            queries = ((_COLUMNS + f" WHERE datum IN ({','.join('?' * len(b))})", b) for b in batches)
-        known = _Known(np.empty(size, np.uint64), np.empty(size, np.uint64), np.empty((size, 3), np.int64), shards)
-        filled = 0
-        for sql, params in queries:
-            part = _columns(db.execute(sql, params).fetchone(), shards)
-            if not part:
-                continue
-            if filled + len(part[0]) > size:
-                raise CorruptObjectError("index.sqlite", "the location table changed while it was read")
-            for column, values in zip(known, part):
-                column[filled : filled + len(values)] = values
-            filled += len(part[0])
-        db.execute("COMMIT")
-    except sqlite3.Error as e:
-        raise DataRepoError(f"index.sqlite: {e}") from None
-    finally:
-        db.close()
-    known = known._replace(high=known.high[:filled], low=known.low[:filled], where=known.where[:filled])
-    if datums is not None:  # a lookup's rows come in no promised order
-        order = np.lexsort((known.low, known.high))
-        known = known._replace(high=known.high[order], low=known.low[order], where=known.where[order])
-    return known
-
-
-def _columns(row: tuple[str | None, ...], shards: list[str]) -> tuple[np.ndarray, ...]:
-    """One query's texts as arrays: the ids' halves and (shard place, offset, length) rows
-    (a place of -1 for a shard the cache does not list)."""
-    datums, names, offsets, lengths = row
-    if not datums:
-        return ()
-    n = len(datums) // 32
-    ids = np.frombuffer(binascii.unhexlify(datums), dtype=">u8").reshape(n, 2)
-    found = np.frombuffer(names.encode(), dtype="S32")  # type: ignore[union-attr]
-    place = np.full(n, -1, np.int64)
-    if shards:
-        # Searched for by their first 8 characters as one integer (a search among strings
-        # is four times slower), where those tell the shards apart; then compared whole.
-        table = np.array(shards, dtype="S32")
-        heads = table.view(">u8").reshape(-1, 4)[:, 0].astype(np.uint64)  # sorted, as the names
-        if len(np.unique(heads)) == len(heads):
-            at = np.searchsorted(heads, found.view(">u8").reshape(-1, 4)[:, 0].astype(np.uint64))
-        else:
-            at = np.searchsorted(table, found)
-        at = np.minimum(at, len(shards) - 1)
-        place = np.where(table[at] == found, at, -1)
-    offs, lens = _ints(offsets, n), _ints(lengths, n)
-    if len(found) != n or len(offs) != n or len(lens) != n:
-        raise CorruptObjectError("index.sqlite", "location rows do not line up")
-    return ids[:, 0], ids[:, 1], np.stack([place, offs, lens], axis=1)
-
-
-def _ints(text: str | None, n: int) -> np.ndarray:
-    """Comma-separated integers, parsed in C (a bad one ends the array early)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return np.fromstring(text or "", dtype=np.int64, sep=",") if n else np.zeros(0, np.int64)
-
-
 def _split(hex_ids: bytes | bytearray) -> Iterator[str]:
     text = hex_ids.decode()
     return (text[i : i + 32] for i in range(0, len(text), 32))
 
 
-def _look_up(known: _Known, hex_ids: bytes | bytearray) -> np.ndarray:
+def _look_up(known: LocationColumns, hex_ids: bytes | bytearray) -> np.ndarray:
     """The (shard place, offset, length) rows of some datum ids, in their order; -1 rows
     for those the cache does not place. The ids are looked up in sorted order, in which
     the cache is too: its rows are then read in sequence, not at random (twice as fast)."""
