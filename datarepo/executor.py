@@ -9,9 +9,10 @@ items mapped by a module-level function. An executor runs that map:
 
 A Ray executor slots in the same way: the stages never learn which one runs
 them. Every process trick lives in this module, and none is a contract: a
-worker receives its item and the function by pickling and returns its result
-by pickling, so nothing it does may depend on memory inherited from the
-parent. (On Linux the workers are forked, which starts them in milliseconds
+worker receives the function by its name and the item as plain data, and
+returns plain data (read back by :func:`_decode`, which builds nothing but
+values and datarepo's own records), so nothing it does may depend on memory
+inherited from the parent. (On Linux the workers are forked, which starts them in milliseconds
 instead of the hundred a fresh interpreter needs to import datarepo, but
 they are handed everything they use.)
 """
@@ -22,7 +23,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from datarepo.errors import InvalidInputError
 
@@ -40,7 +41,8 @@ class Executor(Protocol):
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """Yields ``fn(item)`` for each item, in the items' order. The work may start at
         once and run concurrently with the caller; results come as they are iterated.
-        ``fn`` must be a module-level function and the items and results picklable."""
+        ``fn`` must be a module-level function and the items and results plain data
+        (builtin values, arrays, datarepo's dataclasses, named tuples and errors)."""
         ...
 
     def close(self) -> None: ...
@@ -61,7 +63,7 @@ class SerialExecutor:
 class ProcessExecutor:
     """Runs items on ``workers`` local processes, forked when first needed and kept for the
     next map. Each worker takes the next item whenever it is free, so all end within an
-    item of each other. Items and results cross a pipe, pickled.
+    item of each other. Items and results cross a pipe as plain data (:func:`_decode`).
 
     A worker that dies (killed, out of memory) does not fail the map: its item, and any
     that no worker is left to take, run in this process. The stages make every item safe
@@ -83,22 +85,24 @@ class ProcessExecutor:
         todo = list(enumerate(items))
         todo.reverse()  # popped from the end: in order
         busy: dict[int, tuple[_Worker, int, T]] = {}  # a worker's answer fd → it, and its item
-        self._hand_out(fn, todo, busy)  # the work starts now, not when the caller iterates
-        return self._collect(fn, todo, busy)
+        name = _function_name(fn)
+        self._hand_out(name, todo, busy)  # the work starts now, not when the caller iterates
+        return self._collect(fn, name, todo, busy)
 
-    def _hand_out(self, fn: Callable[[T], R], todo: list[tuple[int, T]], busy: dict) -> None:  # type: ignore[type-arg]
+    def _hand_out(self, name: str, todo: list[tuple[int, T]], busy: dict) -> None:  # type: ignore[type-arg]
         while todo and len(busy) < self.workers:
+            order = _encode((name, todo[-1][1]))  # (before a worker is taken: it may fail)
             worker = self._idle.pop() if self._idle else _Worker.start(self._owner)
             if worker is None:  # no fork to be had: what is left runs here
                 return
             i, item = todo.pop()
-            if worker.send((fn, item)):
+            if worker.send(order):
                 busy[worker.answers] = (worker, i, item)
             else:  # it died while idle
                 worker.reap()
                 todo.append((i, item))
 
-    def _collect(self, fn: Callable[[T], R], todo: list[tuple[int, T]], busy: dict) -> Iterator[R]:  # type: ignore[type-arg]
+    def _collect(self, fn: Callable[[T], R], name: str, todo: list[tuple[int, T]], busy: dict) -> Iterator[R]:  # type: ignore[type-arg]
         done: dict[int, R] = {}
         total, at = len(todo) + len(busy), 0
         try:
@@ -113,17 +117,17 @@ class ProcessExecutor:
                     continue
                 for fd in _ready(busy):
                     worker, i, item = busy.pop(fd)
-                    answer = worker.receive()
-                    if answer is None:  # it died: its item runs here
+                    raw = _read_message(worker.answers)
+                    if raw is None:  # it died: its item runs here
                         worker.reap()
                         done[i] = fn(item)
                     else:
                         self._idle.append(worker)
-                        ok, value = answer
+                        ok, value = _decode(raw)
                         if not ok:
                             raise value
                         done[i] = value
-                    self._hand_out(fn, todo, busy)
+                    self._hand_out(name, todo, busy)
         finally:
             for worker, _, _ in busy.values():  # stopped early: what they do is not wanted
                 worker.kill()
@@ -175,20 +179,13 @@ class _Worker:
         os.close(answers_w)
         return cls(pid, orders_w, answers_r)
 
-    def send(self, message: object) -> bool:
-        import pickle
-
+    def send(self, order: bytes) -> bool:
+        """Hands an order over; False if the worker is gone."""
         try:
-            _write_message(self.orders, pickle.dumps(message, protocol=5))
+            _write_message(self.orders, order)
         except BrokenPipeError:
             return False
         return True
-
-    def receive(self) -> tuple[bool, object] | None:
-        import pickle
-
-        raw = _read_message(self.answers)
-        return None if raw is None else pickle.loads(raw)
 
     def stop(self) -> None:
         """Ends an idle worker: it exits when its orders pipe closes."""
@@ -229,18 +226,76 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _serve(orders: int, answers: int) -> None:
+    while (raw := _read_message(orders)) is not None:
+        name, item = _decode(raw)
+        try:
+            answer = _encode((True, _function(name)(item)))
+        except Exception as e:  # the item's error, for the caller to raise as itself if it is plain
+            answer = _encode((False, e))
+            try:
+                _decode(answer)
+            except Exception:
+                answer = _encode((False, RuntimeError(f"{type(e).__name__}: {e}")))
+        _write_message(answers, answer)
+
+
+# Items and results cross the pipes pickled, and are read back by an unpickler that builds
+# only plain data: builtin values, arrays, and datarepo's dataclasses, named tuples and
+# errors. It never calls a function or builds any other object, so what crosses is data,
+# not code; the function itself crosses as its name ("module:qualname") and is imported.
+_PLAIN_BUILTINS = frozenset({"bytearray", "set", "frozenset", "complex", "slice", "range"})
+
+
+def _encode(message: object) -> bytes:
     import pickle
 
-    while (raw := _read_message(orders)) is not None:
-        fn, item = pickle.loads(raw)
-        try:
-            answer = pickle.dumps((True, fn(item)), protocol=5)
-        except Exception as e:  # the item's error, for the caller to raise
-            try:
-                answer = pickle.dumps((False, e), protocol=5)
-            except Exception:
-                answer = pickle.dumps((False, RuntimeError(f"{type(e).__name__}: {e}")), protocol=5)
-        _write_message(answers, answer)
+    return pickle.dumps(message, protocol=5)
+
+
+def _decode(raw: bytes) -> Any:
+    import io
+    import pickle
+
+    class PlainData(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module == "array" and name in ("array", "_array_reconstructor"):
+                return super().find_class(module, name)
+            if module == "builtins" or module.split(".")[0] == "datarepo":
+                found = super().find_class(module, name)
+                if _plain_type(found, builtin=module == "builtins", name=name):
+                    return found
+            raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+    return PlainData(io.BytesIO(raw)).load()
+
+
+def _plain_type(found: object, builtin: bool, name: str) -> bool:
+    import dataclasses
+
+    if not isinstance(found, type):
+        return False
+    if issubclass(found, BaseException):
+        return True
+    if builtin:
+        return name in _PLAIN_BUILTINS
+    return dataclasses.is_dataclass(found) or issubclass(found, tuple)
+
+
+def _function_name(fn: Callable[..., object]) -> str:
+    name = f"{fn.__module__}:{fn.__qualname__}"
+    if "<" in name:  # a lambda, or a function defined inside another: no name reaches it
+        raise TypeError(f"an executor maps module-level functions, not {name}")
+    return name
+
+
+def _function(name: str) -> Callable[[Any], Any]:
+    import importlib
+
+    module, _, qualname = name.partition(":")
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
 
 
 def _write_message(fd: int, payload: bytes) -> None:

@@ -66,6 +66,36 @@ def test_an_item_whose_worker_dies_is_run_by_the_driver(executor: Executor) -> N
     assert [r for r, _ in executor.map(_double, [5])] == [10]  # (on a new pool, where the old one broke)
 
 
+def _returns_a_stat(path: str) -> os.stat_result:
+    return os.stat(path)
+
+
+def _raises_a_foreign_error(n: int) -> int:
+    import sqlite3
+
+    raise sqlite3.OperationalError(f"no table {n}")
+
+
+def test_worker_processes_hand_back_plain_data_only(tmp_path: Path) -> None:
+    """What comes back from a worker is read as data: builtin values, arrays and
+    datarepo's own records and errors. Anything else is refused, never built; an error of
+    another kind comes back named, as a RuntimeError; a function crosses only by name."""
+    import pickle
+
+    pool = ProcessExecutor(2)
+    try:
+        with pytest.raises(pickle.UnpicklingError, match="os.stat_result is not plain data"):
+            list(pool.map(_returns_a_stat, [str(tmp_path)]))
+        with pytest.raises(RuntimeError, match="OperationalError: no table 7"):
+            list(pool.map(_raises_a_foreign_error, [7]))
+        with pytest.raises(TypeError, match="module-level functions"):
+            list(pool.map(lambda n: n, [1]))
+        assert [r for r, _ in pool.map(_double, [4, 5])] == [8, 10]  # still at work, on its two workers
+        assert len({pid for _, pid in pool.map(_double, range(40))} - {os.getpid()}) <= 2  # none was lost to a refusal
+    finally:
+        pool.close()
+
+
 def test_the_serial_executor_runs_an_item_only_when_its_result_is_asked_for() -> None:
     ran: list[int] = []
     results = SerialExecutor().map(lambda n: ran.append(n) or n, [1, 2, 3])
