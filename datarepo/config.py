@@ -132,6 +132,17 @@ def env_seconds(name: str, default: float) -> float:
     return value
 
 
+def env_count(name: str, default: int, least: int = 0) -> int:
+    """A whole number of at least ``least`` from the environment variable ``name`` (unset
+    or empty: ``default``)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < least:
+        raise InvalidInputError(f"{name} must be a whole number of at least {least}, not {text!r}")
+    return int(text)
+
+
 def env_time(name: str = "DATAREPO_TIME") -> str | None:
     """A commit time from the environment (``2024-01-02T03:04:05Z``, UTC), or None if unset."""
     text = os.environ.get(name, "").strip()

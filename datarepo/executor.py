@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
-from datarepo.errors import InvalidInputError
+from datarepo.config import env_count
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -326,14 +326,8 @@ def _read_exact(fd: int, size: int) -> bytes | None:
 def worker_count() -> int:
     """The processes parallel work may use: ``DATAREPO_WORKERS``, else the cores this
     process may run on."""
-    raw = os.environ.get(WORKERS_ENV, "").strip()
-    if raw:
-        if not raw.isdigit() or int(raw) < 1:
-            raise InvalidInputError(f"{WORKERS_ENV} must be a whole number of at least 1, not {raw!r}")
-        return int(raw)
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return env_count(WORKERS_ENV, cores, least=1)
 
 
 _shared: ProcessExecutor | None = None

@@ -210,10 +210,13 @@ class Repo:
         return RepoWriter(self)
 
     def stored(self, datums: Iterable[str]) -> set[str]:
-        """Those of ``datums`` stored in a shard that is there (by the location cache)."""
-        from datarepo.write import present
-
-        return present(self.index, self.store, datums)
+        """Those of ``datums`` that the location cache places in a shard the store has. A
+        datum whose shard went missing, or that ``fsck`` found damaged, is not: storing it
+        again (``add`` of the same content) is how it is restored."""
+        found = self.index.locations.shards_of(datums)
+        damaged = self.index.locations.damaged()
+        sound = {shard for shard in set(found.values()) if shard not in damaged and self.store.has_shard(shard)}
+        return {datum for datum, shard in found.items() if shard in sound}
 
     def commit(
         self,
@@ -299,10 +302,6 @@ class Repo:
                 raise
         shard, loc = self.locate(datum)
         return read(shard, loc)
-
-    def read_datum(self, datum: str, verify: bool = True) -> dict[str, bytes]:
-        """:meth:`read`, checked against the datum's id unless ``verify`` is False."""
-        return self.read(datum, verify=verify)
 
     # the read API (docs/api.md) ------------------------------------------
     def tree(self, rev: str = "HEAD") -> trees.Tree:

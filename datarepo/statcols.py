@@ -14,6 +14,8 @@ from datarepo.hashing import Oid
 # builds one per file and that constructor is a measurable share of a status.
 FileStat = tuple[int, int, int]
 SIZE, MTIME = 0, 1
+# The stat of a file listed but not stat'ed yet: it is, once it is open for reading.
+UNSTATED: FileStat = (-1, -1, -1)
 # A stat-cache entry: the file's (size, mtime_ns, inode) when it was hashed, when it was
 # looked at (``seen_ns``), and its hash. A plain tuple, read by position, for the same reason.
 StatRow = tuple[int, int, int, int, Oid]

@@ -26,15 +26,13 @@ from datarepo.keys import (  # noqa: F401 (check_key: re-exported)
     split,
     split_all,
 )
-from datarepo.statcols import SIZE, FileStat, Packed, StatColumns
+from datarepo.statcols import SIZE, UNSTATED, FileStat, Packed, StatColumns
 
 NEVER_ADDED = RESERVED_DIRS | {IGNORE_FILE}
 # Below this many files, statting them over worker processes costs more than it saves.
 PARALLEL_STAT_MIN = 20_000
 
 
-# The stat of a file listed but not stat'ed yet: it is, when it is first read.
-UNSTATED: FileStat = (-1, -1, -1)
 
 
 @dataclass

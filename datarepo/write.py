@@ -1,24 +1,26 @@
-"""The one write path (docs/format.md, "Writing safely"): datums in, published shards out, adopted by the driver.
+"""The one write path (docs/format.md, "Writing safely"): datums in, published shards
+out, adopted by the driver.
 
 ``add``, ``ingest`` (and, later, pipeline outputs) store datums in stages that
-pass plain, picklable data:
+pass plain data:
 
 1. **list**: the keys to store, each with its members (extension → file path);
 2. **plan**: :func:`plan_batches` cuts the keys, in key order, into
    :class:`StoreBatch` es of about :func:`batch_bytes` each;
 3. **store**: an executor (:mod:`datarepo.executor`) maps :func:`store_batch`
-   over them. A batch reads and hashes its files, writes the datums that no
-   shard holds into shards of its own (:class:`DatumWriter`), publishes them
-   (shard, then ``.idx``), and returns a :class:`BatchResult`: each key's datum
-   and size, the shards it published with their location rows, and the stats
-   and hashes of the files it read;
+   over them. A batch reads and hashes its files, writes their datums into
+   shards of its own (:class:`DatumWriter`), publishes them (shard, then
+   ``.idx``), and returns a :class:`BatchResult`: each key's datum and size,
+   the shards it published with their location rows, and the stats and hashes
+   of the files it read. Where the repository has shards already, the batches
+   first only hash, and only the keys whose datums no shard holds are stored;
 4. **adopt**: the driver records the published shards in the location cache
    (:func:`adopt`), keeping one copy of a datum two batches both wrote;
 5. the caller stages the keys and builds the tree.
 
-Only the driver touches SQLite; a batch reads the location cache, at most,
-to skip datums already stored. The batches depend only on the keys and their
-sizes, never on the executor, so every executor writes the same shards.
+Only the driver touches SQLite: SQLite's state must not cross a fork. The
+batches depend only on the keys and their sizes, never on the executor, so
+every executor writes the same shards.
 """
 
 from __future__ import annotations
@@ -32,15 +34,15 @@ from typing import TYPE_CHECKING
 from xxhash import xxh3_128_digest
 
 from datarepo import executor as executors
+from datarepo.config import env_count
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id, datum_id_of_digests
-from datarepo.index import Index
 from datarepo.locations import LocationRow, location_rows
 from datarepo.objects import TreeEntry
 from datarepo.progress import Progress, begin, tick
 from datarepo.shards import LARGE_FILE, DatumLoc, FileRange, MemberData, ShardWriter, member_hash, member_size
 from datarepo.statcache import trusted
-from datarepo.statcols import SIZE, FileStat, StatColumns, StatRow
+from datarepo.statcols import SIZE, UNSTATED, FileStat, StatColumns, StatRow
 from datarepo.store import Store
 
 if TYPE_CHECKING:
@@ -83,9 +85,6 @@ def read_datum(prefix: str, members: Mapping[str, str], files: Mapping[str, File
         digests.append((ext, digest))
         size += stat[SIZE] if type(data) is not bytes else len(data)
     return datum_id_of_digests(digests), items, size
-
-
-UNSTATED: FileStat = (-1, -1, -1)
 
 
 def _read_file(prefix: str, rel: str, stat: FileStat) -> tuple[MemberData, bytes, FileStat]:
@@ -256,16 +255,6 @@ def store_batch(batch: StoreBatch) -> BatchResult:
     return out
 
 
-def present(index: Index, store: Store, datums: Iterable[str]) -> set[str]:
-    """Those of ``datums`` that the location cache places in a shard the store has. A datum
-    whose shard went missing, or that ``fsck`` found damaged, is not: storing it again is
-    how it is restored."""
-    found = index.locations.shards_of(datums)
-    damaged = index.locations.damaged()
-    shards = {shard for shard in set(found.values()) if shard not in damaged and store.has_shard(shard)}
-    return {datum for datum, shard in found.items() if shard in shards}
-
-
 # --- the driver --------------------------------------------------------------------------------
 def batch_bytes(total: int, shard_size: int) -> int:
     """The bytes a batch holds: a share of ``total``, between ``MIN_BATCH_BYTES`` and a shard."""
@@ -324,13 +313,13 @@ def store_files(
     present = repo.stored(known.values()) if known else set()
     to_read = [k for k in keys if known.get(k) not in present]
     for k in keys:
-        if k not in out.datums and known.get(k) in present:
+        if known.get(k) in present:
             out.datums[k] = known[k]
             out.sizes[k] = sum(files[f][SIZE] for f in members[k].values())
     begin(progress, len(keys))
     tick(progress, len(keys) - len(to_read))
     source = _Source(repo, root, members, files, dict(zip(to_read, _sizes(root, members, to_read, files))))
-    run = executor or executors.for_work(sum(source.sizes.values()) >= _parallel_min_bytes() and len(to_read) > 1)
+    run = executor or executors.for_work(sum(source.sizes.values()) >= env_count(PARALLEL_MIN_ENV, PARALLEL_MIN_BYTES) and len(to_read) > 1)
     expected = None
     if repo.index.locations.shards():  # some may be stored already: hashed first, only the others stored
         expected = {}
@@ -383,15 +372,6 @@ class _Source:
         members = [dict(self.members[k]) for k in keys]
         want = [expected[k] for k in keys] if expected is not None else None
         return StoreBatch(str(self.repo.dotdir), str(self.root), keys, members, stats, self.repo.config.shard_size, write, want)
-
-
-def _parallel_min_bytes() -> int:
-    raw = os.environ.get(PARALLEL_MIN_ENV, "").strip()
-    if not raw:
-        return PARALLEL_MIN_BYTES
-    if not raw.isdigit():
-        raise InvalidInputError(f"{PARALLEL_MIN_ENV} must be a whole number of bytes, not {raw!r}")
-    return int(raw)
 
 
 def _sizes(root: Path, members: Members, keys: list[str], files: Mapping[str, FileStat]) -> list[int]:

@@ -181,7 +181,7 @@ def test_corrupted_shard_is_named(repo_with_commit, worktree: Path, cli) -> None
     from datarepo.errors import CorruptObjectError
 
     with pytest.raises(CorruptObjectError, match=shard):
-        repo.read_datum(datum)
+        repo.read(datum, verify=True)
     # Whatever hands the datum's bytes on checks them first: one line naming the shard, never
     # the flipped bytes as the datum's.
     file = worktree / f"{key}.{ext}"

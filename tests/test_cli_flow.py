@@ -351,7 +351,7 @@ def test_fsck_gc_repack_keep_data(repo_with_commit, worktree: Path, cli) -> None
     assert "0 problems" in cli("fsck").output
     for rev in ("HEAD", "keep", "HEAD~3"):
         for e in json.loads(cli("ls", rev, "--json").output):
-            assert Repo.open(worktree).read_datum(e["datum"], verify=True)
+            assert Repo.open(worktree).read(e["datum"], verify=True)
     assert cli("cat", "keep:train/cat/0000.jpg").stdout_bytes == bytes([0]) * 5000
 
 

@@ -96,7 +96,7 @@ def test_sigkill_while_committing_never_breaks_the_repository(tmp_path: Path, mo
             continue
         n = int(repo.read_commit(head).message.removeprefix("i="))
         assert not done or n in (done[-1], done[-1] + 1)  # killed after the ref moved, before the print
-        got = {e.key: repo.read_datum(e.datum, verify=True)["bin"] for e in iter_tree(repo.store, repo.read_commit(head).tree)}
+        got = {e.key: repo.read(e.datum, verify=True)["bin"] for e in iter_tree(repo.store, repo.read_commit(head).tree)}
         assert got == expected_content(n)
         assert [c.message for _, c in log(repo)] == [f"i={i}" for i in range(n, -1, -1)]
         repo.close()
@@ -129,7 +129,7 @@ def test_concurrent_committers_lose_no_update(tmp_path: Path) -> None:
         procs.append(subprocess.Popen([sys.executable, "-c", CONCURRENT, str(repo.dotdir), str(src), who]))
     assert all(p.wait(timeout=120) == 0 for p in procs)
     repo = Repo.open(repo.dotdir)
-    entries = {e.key: repo.read_datum(e.datum)["txt"] for e in iter_tree(repo.store, repo.read_commit(repo.head()).tree)}
+    entries = {e.key: repo.read(e.datum, verify=True)["txt"] for e in iter_tree(repo.store, repo.read_commit(repo.head()).tree)}
     assert entries == {f"w/{who}/{who}": f"{who} round 3".encode() for who in writers}
     messages = sorted(c.message for _, c in log(repo))
     assert messages == sorted(f"{who} {r}" for who in writers for r in range(4))
@@ -183,7 +183,7 @@ def test_large_file_is_streamed(worktree: Path, cli) -> None:
     repo = Repo.open(worktree)
     (entry,) = list(iter_tree(repo.store, repo.read_commit(repo.head()).tree))
     assert entry.size == 40 << 20
-    assert repo.read_datum(entry.datum, verify=True)["bin"] == big.read_bytes()
+    assert repo.read(entry.datum, verify=True)["bin"] == big.read_bytes()
     assert json.loads(cli("status", "--json").output)["modified"] == []
 
 

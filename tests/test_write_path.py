@@ -152,7 +152,7 @@ def test_every_executor_stores_the_same_shards(tmp_path: Path) -> None:
         assert len(shards) > 3  # several batches, each with shards of its own
         assert fsck(repo).problems == []
         for key, datum in datums.items():
-            members = repo.read_datum(datum, verify=True)
+            members = repo.read(datum, verify=True)
             assert {f"{key}.{ext}": data for ext, data in members.items()} == {
                 rel: data for rel, data in files.items() if rel.rsplit(".", 1)[0] == key
             }
@@ -171,7 +171,7 @@ def test_a_datum_two_batches_both_wrote_has_one_location(tmp_path: Path, executo
     for twin in twins:
         shard, _ = repo.locate(datums[twin])
         assert shard in held[datums[twin]]
-        repo.read_datum(datums[twin], verify=True)
+        repo.read(datums[twin], verify=True)
     assert fsck(repo).problems == []
 
 
@@ -195,7 +195,7 @@ def test_of_a_datum_two_writers_both_published_the_first_adopted_copy_is_located
             adopt(repo, [shard], adopted)
     assert repo.locate(ids["shared"])[0] == published[0].oid
     assert repo.locate(ids["two"])[0] == published[1].oid
-    assert repo.read_datum(ids["shared"], verify=True) == shared
+    assert repo.read(ids["shared"], verify=True) == shared
 
 
 def test_an_add_over_worker_processes_commits_what_a_serial_add_commits(tmp_path: Path) -> None:
