@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from datarepo.errors import InvalidInputError, LockedError, UnsafePathError
+from datarepo.errors import LockedError, UnsafePathError
+from datarepo.keys import check_key
 
 READ_ONLY = 0o444
 TMP_PREFIX = ".tmp-"
@@ -139,14 +140,6 @@ def prune_dirs(root: Path, path: Path) -> None:
 # Work-tree paths ----------------------------------------------------------------------------
 
 
-def check_relative(rel: str) -> str:
-    """Refuses a path that could leave the folder it is relative to: absolute, or with an
-    empty, ``.`` or ``..`` component, or a NUL."""
-    if not rel or rel.startswith("/") or "\x00" in rel or any(p in ("", ".", "..") for p in rel.split("/")):
-        raise InvalidInputError(f"invalid path {rel!r}: not a relative '/'-separated path without '.' or '..'")
-    return rel
-
-
 class WorktreePaths:
     """The paths below a work tree that may be written or deleted: never one that lies
     beyond a symbolic link (git's "beyond a symbolic link"), so a symlinked folder's
@@ -161,8 +154,8 @@ class WorktreePaths:
 
     def check(self, rel: str) -> Path:
         """``root / rel``, or UnsafePathError if a folder on its way is a symbolic link
-        (InvalidInputError if ``rel`` is not a plain relative path)."""
-        check_relative(rel)
+        (InvalidInputError if ``rel`` is not a path a key may name: :func:`keys.check_key`)."""
+        check_key(rel)
         if (linked := self.linked_folder(rel.rpartition("/")[0])) is not None:
             raise UnsafePathError(rel, linked)
         return self.root / rel

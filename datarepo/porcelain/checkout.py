@@ -12,9 +12,9 @@ from pathlib import Path
 from datarepo import snapshot
 from datarepo import tree as trees
 from datarepo.errors import CorruptObjectError, DirtyWorktreeError, InvalidInputError, UnsafePathError
-from datarepo.fsutil import TMP_PREFIX, WorktreePaths, atomic_file, check_relative, prune_dirs, remove, same_device
+from datarepo.fsutil import TMP_PREFIX, WorktreePaths, atomic_file, prune_dirs, remove, same_device
 from datarepo.hashing import Oid
-from datarepo.keys import member_of
+from datarepo.keys import check_key, member_of
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.porcelain.history import create_ref
 from datarepo.porcelain.stage import status
@@ -282,7 +282,7 @@ def _check_paths(root: Path, keys: Iterable[str], files: set[str]) -> WorktreePa
     for rel in sorted(files):
         paths.check(rel)
     for key in sorted(keys):
-        if (linked := paths.linked_folder(check_relative(key).rpartition("/")[0])) is not None:
+        if (linked := paths.linked_folder(check_key(key).rpartition("/")[0])) is not None:
             raise UnsafePathError(key, linked)
     return paths
 

@@ -215,8 +215,9 @@ def status(repo: Repo, follow: bool = False) -> Status:
     files, cache = look.stat_view()
     root, read = repo.require_worktree(), StatColumns()
     now = {k: hash_datum(root, m, files, cache, read) for k, m in look.members.items() if keys is None or k in keys}
-    with repo.index.transaction():
-        repo.index.stats.record(read, look.found.started_ns, bulk=not cache)
+    if read:
+        with repo.index.transaction():
+            repo.index.stats.record(read, look.found.started_ns, bulk=not cache)
     head = head_datums(repo, keys)
     result = look.save(_verdict(head, index_datums(repo, head, keys), now), keys, read)
     result.looked_at = None if keys is None else len(keys)
