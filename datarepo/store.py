@@ -85,7 +85,6 @@ class Store:
         self._pages: dict[str, RepoObject] = {}
         self._texts: dict[str, str] = {}
         self._retired_seen: dict[str, Retired] = {}
-        # Local paths, for callers that have not moved to the methods below yet.
 
     # objects -----------------------------------------------------------
     def put_object(self, obj: RepoObject) -> Oid:
@@ -268,7 +267,7 @@ class Store:
         without its ``.idx`` and without reading the members' bytes."""
         name = f"{oid}.tar"
         with self.open_shard(oid) as f:
-            return {_member_datum(m.name, name)[0] for m in iter_tar(f, name)}
+            return _datums_named(f, name)
 
     def rebuild_index(self, oid: str) -> ShardIndex:
         """Writes a shard's ``.idx`` anew from its tar: the tar must hash to its name, and
@@ -327,7 +326,7 @@ class Store:
         try:
             if retired.tar is not None:
                 with self.fs.open(retired.tar, "rb") as f:
-                    return {_member_datum(m.name, retired.tar)[0] for m in iter_tar(f, retired.tar)}
+                    return _datums_named(f, retired.tar)
         except (*_MISSING, CorruptObjectError):
             pass
         return set()
@@ -453,6 +452,11 @@ def _fanout(top: str, oid: str, suffix: str) -> str:
     if not is_oid(oid):
         raise ObjectNotFoundError("object", repr(oid)[:80])
     return f"{top}/{oid[:2]}/{oid[2:]}{suffix}"
+
+
+def _datums_named(f: BinaryIO, name: str) -> set[Oid]:
+    """The datum ids a shard's tar names its members by, its headers read, not its bytes."""
+    return {_member_datum(m.name, name)[0] for m in iter_tar(f, name)}
 
 
 def _member_datum(member: str, shard: str) -> tuple[Oid, str]:
