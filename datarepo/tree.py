@@ -139,16 +139,7 @@ def read_page(store: Store, oid: str) -> TreePage:
 
 def iter_tree(store: Store, oid: str, prefix: str = "") -> Iterator[TreeEntry]:
     """Yields a tree's entries in key order, opening only pages that can hold ``prefix``."""
-    pages = read_root(store, oid).pages
-    start = max(bisect.bisect_right([p.first_key for p in pages], prefix) - 1, 0)
-    for ref in pages[start:]:
-        if prefix and ref.first_key > prefix and not ref.first_key.startswith(prefix):
-            return
-        for entry in read_page(store, ref.page).entries:
-            if entry.key.startswith(prefix):
-                yield entry
-            elif entry.key > prefix:
-                return
+    return iter(Tree(store, Oid(oid)).select(prefix))
 
 
 def lookup(store: Store, oid: str, key: str) -> TreeEntry | None:
@@ -353,8 +344,7 @@ class Tree:
         Raises:
             ObjectNotFoundError: (a KeyError) the tree has no such key.
         """
-        found = lookup(self.store, self.oid, key) if self.oid else None
-        if found is None:
+        if (found := self.get(key)) is None:
             raise ObjectNotFoundError("key", key)
         return found
 
