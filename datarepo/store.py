@@ -245,15 +245,12 @@ class Store:
             raise CorruptObjectError(f"{shard}.tar", f"truncated: member at byte {offset} is cut short")
         return data
 
-
     def verify_shard(self, oid: str) -> ShardIndex:
         """Re-hashes a shard and checks its index against its tar headers."""
         index = self.read_index(oid)
         name = f"{oid}.tar"
         with self.open_shard(oid) as f:
-            got, _ = hash_stream(f)
-            if got != oid:
-                raise CorruptObjectError(name, f"content hashes to {got}")
+            _hashed_whole(f, oid, name)
             members = {m.offset: m for m in iter_tar(f, name)}
         for d in index.datums:
             for m in d.members:
@@ -274,9 +271,7 @@ class Store:
         each datum's members to the datum id they are named by. Returns the index."""
         name = f"{oid}.tar"
         with self.open_shard(oid) as f:
-            got, size = hash_stream(f)
-            if got != oid:
-                raise CorruptObjectError(name, f"content hashes to {got}")
+            size = _hashed_whole(f, oid, name)
             datums = _datums_of(f, name)
         index = ShardIndex(Oid(oid), size, datums)
         self.put_index(index)
@@ -452,6 +447,15 @@ def _fanout(top: str, oid: str, suffix: str) -> str:
     if not is_oid(oid):
         raise ObjectNotFoundError("object", repr(oid)[:80])
     return f"{top}/{oid[:2]}/{oid[2:]}{suffix}"
+
+
+def _hashed_whole(f: BinaryIO, oid: str, name: str) -> int:
+    """Hashes a shard's bytes from where ``f`` is; CorruptObjectError unless they hash to
+    the shard's name. Returns their size."""
+    got, size = hash_stream(f)
+    if got != oid:
+        raise CorruptObjectError(name, f"content hashes to {got}")
+    return size
 
 
 def _datums_named(f: BinaryIO, name: str) -> set[Oid]:

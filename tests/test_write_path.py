@@ -221,13 +221,19 @@ def test_an_add_over_worker_processes_commits_what_a_serial_add_commits(tmp_path
     assert len(set(trees.values())) == 1
 
 
-def _six_samples_in_one_shard(worktree: Path, cli) -> tuple[dict[str, bytes], Repo, str]:
-    """Six samples added and committed: their files, the repository and its one shard."""
-    files = write_samples(worktree, 6)
+def _committed_samples(worktree: Path, cli, n: int) -> dict[str, bytes]:
+    """``n`` samples, old enough to be trusted, added and committed; returns their files."""
+    files = write_samples(worktree, n)
     age(worktree)
     cli("init")
     cli("add", ".")
     cli("commit", "-m", "first")
+    return files
+
+
+def _six_samples_in_one_shard(worktree: Path, cli) -> tuple[dict[str, bytes], Repo, str]:
+    """Six samples added and committed: their files, the repository and its one shard."""
+    files = _committed_samples(worktree, cli, 6)
     repo = Repo.open(worktree)
     (shard,) = list(repo.store.iter_shards())
     return files, repo, shard
@@ -283,11 +289,7 @@ def test_content_already_stored_is_not_stored_again_by_worker_processes(worktree
     """A re-add over worker processes: of its changed files, those whose content some shard
     holds already (a copy, a file put back as it was) are hashed, found stored and not
     written again; the rest are stored, once."""
-    files = write_samples(worktree, 20)
-    age(worktree)
-    cli("init")
-    cli("add", ".")
-    cli("commit", "-m", "first")
+    files = _committed_samples(worktree, cli, 20)
     monkeypatch.setenv("DATAREPO_WORKERS", "2")
     monkeypatch.setenv("DATAREPO_PARALLEL_MIN_BYTES", "0")
     for i in range(4):  # copies of stored samples under new keys
