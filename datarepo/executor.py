@@ -347,3 +347,22 @@ def for_work(parallel: bool) -> Executor:
             _shared.close()
         _shared = ProcessExecutor(workers)
     return _shared
+
+
+KINDS = ("serial", "process", "ray")
+
+
+def open_executor(kind: str = "process", workers: int | None = None, address: str | None = None) -> Executor:
+    """A new executor of a ``kind`` (:data:`KINDS`) with ``workers`` (default
+    :func:`worker_count`); ``address`` is the Ray cluster to join (``None``: start or join a
+    local one). The caller closes it."""
+    count = workers or worker_count()
+    if kind == "serial":
+        return SerialExecutor()
+    if kind == "process":
+        return ProcessExecutor(count)
+    if kind == "ray":
+        from datarepo.rayexec import RayExecutor
+
+        return RayExecutor(count, address)
+    raise ValueError(f"unknown executor {kind!r}: choose one of {', '.join(KINDS)}")
