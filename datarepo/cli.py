@@ -405,14 +405,36 @@ def cat(spec: str) -> None:
 @click.option("-m", "--message", default=None, help="The commit message.")
 @click.option("--append", is_flag=True, help="Keep keys under PREFIX that the source no longer has.")
 @click.option("--json", "as_json", is_flag=True)
-def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bool) -> None:
-    """Commit a folder, tar/WebDataset shards (a.tar, 'x-{000..009}.tar', '*.tar'), or JSON lines (- for stdin) under PREFIX."""
-    from datarepo.porcelain.ingest import ingest as run
+@click.option("--commit-every", "every", type=click.IntRange(min=1), default=None,
+              help="With SRC -: a spout, committing every N datums (and at the end of input).")
+@click.option("--commit-seconds", "seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="With SRC -: a spout, committing T seconds after the first uncommitted datum.")
+def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bool, every: int | None,
+           seconds: float | None) -> None:
+    """Commit a folder, tar/WebDataset shards (a.tar, 'x-{000..009}.tar', '*.tar'), or JSON lines (- for stdin) under PREFIX.
 
+    With --commit-every or --commit-seconds, stdin is a spout: a long-lived producer whose
+    datums are committed as they come, a line printed a commit."""
+    from datarepo.porcelain.ingest import ingest as run
+    from datarepo.porcelain.ingest import spout
+
+    if every is not None or seconds is not None:
+        if src != "-":
+            raise click.UsageError("--commit-every and --commit-seconds read a stream: give - as SRC")
+        from datarepo.sources import stdin
+
+        for r in spout(_repo(), stdin(), prefix, every, seconds, message):
+            _print_ingested(r, as_json)
+            sys.stdout.flush()
+        return
     with _progress("ingesting") as bar:
         r = run(_repo(), src, prefix, message, append, progress=bar)
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
+    _print_ingested(r, as_json)
+
+
+def _print_ingested(r: Any, as_json: bool) -> None:
     if as_json:
         _json({"commit": r.commit, **r.changes.to_json(), "datums": r.datums, "stored": r.stored,
                "stored_bytes": r.stored_bytes, "reused_files": r.reused_files})

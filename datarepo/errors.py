@@ -76,3 +76,8 @@ class UnsafePathError(InvalidInputError):
         super().__init__(f"refusing to touch {path}: it is beyond the symbolic link {linked}")
         self.path = path
         self.linked = linked
+
+
+class ExecutorUnavailableError(DataRepoError):
+    """The executor asked for cannot run here: Ray is not installed, or its cluster cannot
+    be reached."""

@@ -85,7 +85,7 @@ class ProcessExecutor:
         todo = list(enumerate(items))
         todo.reverse()  # popped from the end: in order
         busy: dict[int, tuple[_Worker, int, T]] = {}  # a worker's answer fd → it, and its item
-        name = _function_name(fn)
+        name = function_name(fn)
         self._hand_out(name, todo, busy)  # the work starts now, not when the caller iterates
         return self._collect(fn, name, todo, busy)
 
@@ -123,10 +123,7 @@ class ProcessExecutor:
                         done[i] = fn(item)
                     else:
                         self._idle.append(worker)
-                        ok, value = _decode(raw)
-                        if not ok:
-                            raise value
-                        done[i] = value
+                        done[i] = result(raw)
                     self._hand_out(name, todo, busy)
         finally:
             for worker, _, _ in busy.values():  # stopped early: what they do is not wanted
@@ -227,16 +224,29 @@ _PR_SET_PDEATHSIG = 1
 
 def _serve(orders: int, answers: int) -> None:
     while (raw := _read_message(orders)) is not None:
-        name, item = _decode(raw)
+        _write_message(answers, answer(*_decode(raw)))
+
+
+def answer(name: str, item: object) -> bytes:
+    """Runs the function called ``name`` on ``item`` in a worker and encodes its outcome for
+    :func:`result`: its value, or the error it raised (as itself where that is plain data)."""
+    try:
+        return _encode((True, _function(name)(item)))
+    except Exception as e:  # the item's error, for the caller to raise as itself if it is plain
+        encoded = _encode((False, e))
         try:
-            answer = _encode((True, _function(name)(item)))
-        except Exception as e:  # the item's error, for the caller to raise as itself if it is plain
-            answer = _encode((False, e))
-            try:
-                _decode(answer)
-            except Exception:
-                answer = _encode((False, RuntimeError(f"{type(e).__name__}: {e}")))
-        _write_message(answers, answer)
+            _decode(encoded)
+        except Exception:
+            encoded = _encode((False, RuntimeError(f"{type(e).__name__}: {e}")))
+        return encoded
+
+
+def result(encoded: bytes) -> Any:
+    """The value a worker's :func:`answer` holds; the error it holds is raised."""
+    ok, value = _decode(encoded)
+    if not ok:
+        raise value
+    return value
 
 
 # Items and results cross the pipes pickled, and are read back by an unpickler that builds
@@ -281,7 +291,7 @@ def _plain_type(found: object, builtin: bool, name: str) -> bool:
     return dataclasses.is_dataclass(found) or issubclass(found, tuple)
 
 
-def _function_name(fn: Callable[..., object]) -> str:
+def function_name(fn: Callable[..., object]) -> str:
     name = f"{fn.__module__}:{fn.__qualname__}"
     if "<" in name:  # a lambda, or a function defined inside another: no name reaches it
         raise TypeError(f"an executor maps module-level functions, not {name}")

@@ -133,18 +133,49 @@ def read_jsonl(stream: BinaryIO, name: str) -> Iterator[NewDatum]:
     """One datum a line: ``{"__key__": k, ext: text | {"base64": …} | {"text": …} | number}``.
     Other fields whose names begin with ``__`` are metadata and left out."""
     for lineno, line in enumerate(stream, 1):
-        if not line.strip():
+        if line.strip():
+            yield jsonl_datum(line, f"{name}:{lineno}")
+
+
+def jsonl_datum(line: bytes, where: str) -> NewDatum:
+    """The datum one JSON line holds; InvalidInputError naming ``where`` if it holds none."""
+    try:
+        key, members = _datum(line)
+        for ext in members:
+            check_member(key, ext)
+    except InvalidInputError as e:
+        raise InvalidInputError(f"{where}: {e}") from None
+    except (ValueError, TypeError, RecursionError, binascii.Error) as e:
+        raise InvalidInputError(f"{where}: bad JSON-lines datum ({e!s:.80})") from None
+    return NewDatum(key, members, {ext: hash_bytes(b) for ext, b in members.items()}, where)  # type: ignore[arg-type]
+
+
+def lines_or_idle(stream: BinaryIO, idle: float | None) -> Iterator[bytes | None]:
+    """The lines of a long-lived stream, and ``None`` whenever ``idle`` seconds pass with no
+    whole line, so a reader may act on time while its producer is quiet. A stream that is
+    not a pipe, terminal or file descriptor (or no ``idle``) gives its lines only."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None
+    if idle is None or fd is None:
+        yield from stream
+        return
+    import select
+
+    buffered = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], idle)
+        if not ready:
+            yield None
             continue
-        where = f"{name}:{lineno}"
-        try:
-            key, members = _datum(line)
-            for ext in members:
-                check_member(key, ext)
-        except InvalidInputError as e:
-            raise InvalidInputError(f"{where}: {e}") from None
-        except (ValueError, TypeError, RecursionError, binascii.Error) as e:
-            raise InvalidInputError(f"{where}: bad JSON-lines datum ({e!s:.80})") from None
-        yield NewDatum(key, members, {ext: hash_bytes(b) for ext, b in members.items()}, where)  # type: ignore[misc]
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            break
+        *lines, buffered = (buffered + chunk).split(b"\n")
+        yield from (line + b"\n" for line in lines)
+    if buffered:
+        yield buffered
 
 
 def _datum(line: bytes) -> tuple[str, dict[str, bytes]]:

@@ -94,3 +94,19 @@ def shard_file(repo: Repo, shard: str, suffix: str = ".tar") -> Path:
     """Where a local repository keeps a shard's file (``.tar`` or ``.idx``), for tests
     that damage or remove it."""
     return repo.dotdir / "shards" / shard[:2] / (shard[2:] + suffix)
+
+
+RAY = pytest.mark.xdist_group("ray")  # every test that uses Ray runs on one xdist worker, beside one Ray instance
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> object:
+    """A real local Ray instance (2 CPUs, no dashboard), started once for the tests that use
+    it; a RayExecutor made while it runs joins it. Mark such tests with ``RAY``."""
+    import ray
+
+    tests = str(Path(__file__).parent)  # (the functions the tests map live in their modules)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {"PYTHONPATH": tests}})
+    yield ray
+    ray.shutdown()

@@ -9,21 +9,24 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import age, shard_file, write_samples
+from conftest import RAY, age, shard_file, write_samples
 
 from datarepo import executor as executors
 from datarepo.executor import Executor, ProcessExecutor, SerialExecutor
 from datarepo.porcelain.maintenance import fsck
+from datarepo.rayexec import RayExecutor
 from datarepo.repo import Repo
 from datarepo.worktree import group, scan
 from datarepo.write import store_files
 
 DATAREPO = str(Path(sys.executable).parent / "datarepo")
-EXECUTORS = {"serial": SerialExecutor, "processes": lambda: ProcessExecutor(2)}
+EXECUTORS = {"serial": SerialExecutor, "processes": lambda: ProcessExecutor(2), "ray": lambda: RayExecutor(2)}
 
 
-@pytest.fixture(params=sorted(EXECUTORS))
+@pytest.fixture(params=["serial", "processes", pytest.param("ray", marks=RAY)])
 def executor(request: pytest.FixtureRequest) -> Executor:
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
     made = EXECUTORS[request.param]()
     yield made
     made.close()
@@ -61,8 +64,8 @@ def test_an_error_in_an_item_reaches_the_caller_as_itself(executor: Executor) ->
 
 
 def test_an_item_whose_worker_dies_is_run_by_the_driver(executor: Executor) -> None:
-    items = [(n, os.getpid()) for n in range(8)]
-    assert list(executor.map(_dies_in_a_worker, items)) == [n * 10 for n in range(8)]
+    items = [(n, os.getpid()) for n in range(5)]
+    assert list(executor.map(_dies_in_a_worker, items)) == [n * 10 for n in range(5)]
     assert [r for r, _ in executor.map(_double, [5])] == [10]  # (on a new pool, where the old one broke)
 
 
@@ -94,6 +97,24 @@ def test_worker_processes_hand_back_plain_data_only(tmp_path: Path) -> None:
         assert len({pid for _, pid in pool.map(_double, range(40))} - {os.getpid()}) <= 2  # none was lost to a refusal
     finally:
         pool.close()
+
+
+def test_a_ray_cluster_that_cannot_be_reached_is_one_clear_error() -> None:
+    from datarepo.errors import ExecutorUnavailableError
+
+    with pytest.raises(ExecutorUnavailableError, match="cannot reach Ray at 127.0.0.1:9"):
+        executors.open_executor("ray", 2, address="127.0.0.1:9")  # (nothing listens on the discard port)
+
+
+def test_without_ray_installed_the_ray_executor_is_one_clear_error() -> None:
+    code = (
+        "import sys; sys.modules['ray'] = None  # what an import finds where Ray is not installed\n"
+        "from datarepo.executor import open_executor\n"
+        "open_executor('ray', 2)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "ExecutorUnavailableError: the Ray executor needs Ray, which is not installed here" in done.stderr
 
 
 def test_the_serial_executor_runs_an_item_only_when_its_result_is_asked_for() -> None:
@@ -136,7 +157,8 @@ def _samples_with_twins(root: Path, n: int) -> tuple[dict[str, bytes], dict[str,
     return files, twins
 
 
-def test_every_executor_stores_the_same_shards(tmp_path: Path) -> None:
+@RAY
+def test_every_executor_stores_the_same_shards(tmp_path: Path, ray_cluster: object) -> None:
     src = tmp_path / "src"
     files, _ = _samples_with_twins(src, 60)
     results = {}
@@ -156,7 +178,7 @@ def test_every_executor_stores_the_same_shards(tmp_path: Path) -> None:
             assert {f"{key}.{ext}": data for ext, data in members.items()} == {
                 rel: data for rel, data in files.items() if rel.rsplit(".", 1)[0] == key
             }
-    assert results["serial"] == results["processes"]
+    assert results["serial"] == results["processes"] == results["ray"]
 
 
 def test_a_datum_two_batches_both_wrote_has_one_location(tmp_path: Path, executor: Executor) -> None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from datarepo import sources
 from datarepo import tree as trees
@@ -70,6 +71,52 @@ def ingest(
         _mark_sparse(repo, prefix)
     summary = changes_of(diff(repo, parent, oid)) if oid else Changes()
     return IngestResult(oid, summary, len(entries), len(sink.written), sum(sink.written.values()), run.reused_files, run.notes)
+
+
+def spout(
+    repo: Repo, stream: BinaryIO, prefix: str, every: int | None = None, seconds: float | None = None, message: str | None = None
+) -> Iterator[IngestResult]:
+    """Commits the JSON-lines datums of a long-lived ``stream`` under ``prefix`` as they come
+    (a spout, as Pachyderm's): a commit every ``every`` datums, or ``seconds`` after the first
+    datum not yet committed, and one at the end of the stream; one result a commit. A spout
+    is a log: keys under ``prefix`` are kept, and a key sent again names its newest datum.
+
+    The writer lock is held only while a commit is written (what is not committed yet is
+    held in memory, so ``every`` bounds that), so pipelines and other writers commit on the
+    same branch between the spout's commits."""
+    if every is None and seconds is None:
+        raise InvalidInputError("a spout commits every N datums or T seconds: give --commit-every or --commit-seconds")
+    if every is not None and every < 1 or seconds is not None and seconds <= 0:
+        raise InvalidInputError("--commit-every and --commit-seconds must be positive")
+    prefix = _norm_prefix(prefix)
+    pending: dict[str, NewDatum] = {}
+    count, since, lineno = 0, 0.0, 0
+    for line in sources.lines_or_idle(stream, seconds):
+        if line is not None:
+            lineno += 1
+            if not line.strip():
+                continue
+            item = sources.jsonl_datum(line, f"<stdin>:{lineno}")
+            pending[prefix + check_key(item.key)] = item
+            count, since = count + 1, since or time.monotonic()
+        if count and (every and count >= every or seconds and time.monotonic() - since >= seconds):
+            yield _commit_pending(repo, prefix, pending, count, message)
+            pending, count, since = {}, 0, 0.0
+    if count:
+        yield _commit_pending(repo, prefix, pending, count, message)
+
+
+def _commit_pending(repo: Repo, prefix: str, pending: dict[str, NewDatum], count: int, message: str | None) -> IngestResult:
+    with repo.lock:
+        with repo.writer() as sink:
+            for key, item in pending.items():
+                sink.put(key, item.members, item.hashes)
+        parent = repo.head()
+        changes = _tree_changes(repo, parent, prefix, sink.entries, append=True)
+        oid = repo.commit(changes, message or f"spout: {count} datums into {prefix}", parent=parent) if changes else None
+        _mark_sparse(repo, prefix)
+    summary = changes_of(diff(repo, parent, oid)) if oid else Changes()
+    return IngestResult(oid, summary, len(pending), len(sink.written), sum(sink.written.values()), 0, [])
 
 
 def _norm_prefix(prefix: str) -> str:
