@@ -396,12 +396,17 @@ def _sizes(root: Path, members: Members, keys: list[str], files: Mapping[str, Fi
 def adopt(repo: Repo, shards: Iterable[PublishedShard], adopted: set[str]) -> None:
     """Records published shards in the location cache. Of a datum that two batches both
     wrote (each before the other's shard was recorded), the copy adopted first is the one
-    its location points to; the other stays in its shard unused until ``repack``."""
+    its location points to; the other stays in its shard unused until ``repack``. A shard
+    ``fsck`` found damaged and now published again (the same datums in the same order make
+    the same bytes) is whole again."""
+    shards = list(shards)
     with repo.index.transaction():
         for shard in shards:
             rows = [row for row in shard.rows if row[0] not in adopted]
             adopted.update(row[0] for row in rows)
             repo.index.locations.add_shard(shard.oid, shard.size, rows)
+        if (damaged := repo.index.locations.damaged()) & (published := {shard.oid for shard in shards}):
+            repo.index.locations.set_damaged(damaged - published)
 
 
 # --- the writer of the Python API ----------------------------------------------------------------

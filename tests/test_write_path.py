@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -337,4 +338,22 @@ def test_re_adding_restores_datums_whose_shard_fsck_found_damaged(worktree: Path
     assert "stored 6 new datums" in cli("add", ".").output  # those of the shard that failed its check
     for rel, data in files.items():
         assert cli("cat", rel).stdout_bytes == data
-    assert "only copy" not in cli("fsck", ok=False).output
+    assert "error" not in cli("fsck").output  # the same datums in the same order: the same shard, whole again
+    assert "stored 0 new datums" in cli("add", ".").output  # its copies count as stored again
+
+
+def test_gc_retires_a_damaged_shard_once_its_datums_are_stored_again(worktree: Path, cli) -> None:
+    files, repo, shard = _six_samples_in_one_shard(worktree, cli)
+    path = shard_file(repo, shard)
+    raw = bytearray(path.read_bytes())
+    raw[repo.store.read_index(shard).datums[-1].members[0].offset] ^= 0xFF
+    path.chmod(0o644)
+    path.write_bytes(bytes(raw))
+    cli("fsck", ok=False)
+    write_samples(worktree / "more", 1, seed=1)
+    assert "stored 7 new datums" in cli("add", ".").output  # six again, beside a new one: another shard
+    cli("commit", "-m", "one more")
+    assert json.loads(cli("gc", "--json").output)["shards"] == 1  # the damaged one: nothing needs it now
+    assert "error" not in cli("fsck").output
+    for rel, data in files.items():
+        assert cli("cat", rel).stdout_bytes == data

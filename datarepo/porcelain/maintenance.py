@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import TypeVar
@@ -292,11 +292,13 @@ def gc(repo: Repo, dry_run: bool = False, prune_after: float = PRUNE_AFTER) -> G
         dead_objects = [o for o in repo.store.iter_objects() if o not in seen.objects]
         held = {shard: _datums_in(repo, shard) for shard in repo.store.iter_shard_files()}
         dead = [s for s, datums in held.items() if datums is not None and datums.isdisjoint(seen.datums)]
+        dead += _replaced_damaged(repo, {s: d for s, d in held.items() if d is not None and s not in dead}, seen.datums.keys())
         kept = set().union(*(datums for s, datums in held.items() if datums is not None and s not in dead))
         garbage = list(leftovers(repo))
         now = time.time()
         if not dry_run:
             retire_shards(repo, dead, now)
+            repo.index.locations.set_damaged(repo.index.locations.damaged() - set(dead))
         prunable = [
             r for r in repo.store.iter_retired()
             if r.since <= now - prune_after and seen.datums.keys() & repo.store.retired_datums(r) <= kept
@@ -311,6 +313,14 @@ def gc(repo: Repo, dry_run: bool = False, prune_after: float = PRUNE_AFTER) -> G
             for path in garbage:
                 remove(path)
     return GcResult(len(dead_objects), len(dead), pruned, len(garbage), freed)
+
+
+def _replaced_damaged(repo: Repo, in_use: dict[str, set[str]], wanted: Set[str]) -> list[str]:
+    """The shards ``fsck`` found damaged whose reachable datums all have a copy in a sound
+    shard (an ``add`` of the same content stored them again): nothing needs them any more."""
+    damaged = repo.index.locations.damaged() & in_use.keys()
+    sound = set().union(*(datums for s, datums in in_use.items() if s not in damaged))
+    return sorted(s for s in damaged if wanted & in_use[s] <= sound)
 
 
 def retire_shards(repo: Repo, shards: list[str], now: float | None = None) -> None:
