@@ -32,11 +32,12 @@ class RayExecutor:
     """Maps items as Ray tasks, at most ``2 * workers`` in flight, results in order.
 
     A task whose worker dies (killed, out of memory) is retried by Ray; when it still
-    cannot finish, its item runs in this process, as :class:`ProcessExecutor` does with an
-    item whose worker died."""
+    cannot finish, its item runs in this process, or gives ``lost(item)`` where ``lost`` is
+    given, as with :class:`~datarepo.executor.ProcessExecutor`."""
 
-    def __init__(self, workers: int, address: str | None = None) -> None:
+    def __init__(self, workers: int, address: str | None = None, lost: Callable[[Any], Any] | None = None) -> None:
         self.workers = workers
+        self.lost = lost
         self._ray = _import_ray()
         address = address or os.environ.get("RAY_ADDRESS")
         if address is not None:
@@ -65,7 +66,7 @@ class RayExecutor:
                 try:
                     encoded = self._ray.get(ref)
                 except (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.OutOfMemoryError):
-                    yield fn(item)  # (its worker died RETRIES + 1 times)
+                    yield self.lost(item) if self.lost is not None else fn(item)  # (its worker died RETRIES + 1 times)
                 else:
                     yield result(encoded)
                 self._submit(name, todo, flight)

@@ -70,6 +70,24 @@ def test_an_item_whose_worker_dies_is_run_by_the_driver(executor: Executor) -> N
     assert [r for r, _ in executor.map(_double, [5])] == [10]  # (on a new pool, where the old one broke)
 
 
+def _lost(item: tuple[int, int]) -> int:
+    return -item[0]
+
+
+@pytest.mark.parametrize("kind", ["process", pytest.param("ray", marks=RAY)])
+def test_an_item_whose_worker_dies_gives_what_lost_makes_of_it(kind: str, request: pytest.FixtureRequest) -> None:
+    """A pipeline's batch that killed its worker (out of memory, say) must not run again in
+    the driver: with ``lost``, the executor gives ``lost(item)`` for it instead."""
+    if kind == "ray":
+        request.getfixturevalue("ray_cluster")
+    run = executors.open_executor(kind, 2, lost=_lost)
+    try:
+        items = [(n, os.getpid()) for n in range(5)]
+        assert list(run.map(_dies_in_a_worker, items)) == [0, -1, 20, -3, 40]
+    finally:
+        run.close()
+
+
 def _returns_a_stat(path: str) -> os.stat_result:
     return os.stat(path)
 
