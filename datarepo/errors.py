@@ -76,3 +76,16 @@ class UnsafePathError(InvalidInputError):
         super().__init__(f"refusing to touch {path}: it is beyond the symbolic link {linked}")
         self.path = path
         self.linked = linked
+
+
+class PipelineError(DataRepoError):
+    """A pipeline cannot be loaded or run as declared (docs/pipelines.md)."""
+
+
+class TransformError(DataRepoError):
+    """What a transform did with one datum cannot be taken: a wrong return value, a bad
+    member name, an output key outside the prefix, a command that failed or wrote nothing."""
+
+
+class DatumTimeout(TransformError):
+    """A transform took longer than its pipeline's per-datum ``timeout``."""

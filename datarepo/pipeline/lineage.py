@@ -1,0 +1,236 @@
+"""Lineage objects (DESIGN §3.5): per output, the cache key, the inputs and the outputs.
+
+A pipeline commit's ``provenance["lineage"]`` names a **lineage root**; the root lists
+**lineage pages** as a tree root lists tree pages: ``(first base, count, page oid)``, the
+records sorted by their *base* (the output key of their unit of work) and cut where a base
+hashes to 0 modulo 1024 (:func:`datarepo.tree.is_boundary`). A run that changes a few
+units writes only the pages that hold them, and shares every other page (by oid) with the
+run before; a run that changes nothing writes nothing.
+
+A record is ``[base, cache key, inputs, outputs, error, dropped]``: ``inputs`` the
+``[key, datum]`` of each input datum, ``outputs`` the ``[suffix, datum, size]`` of each
+output (key ``base``, or ``base/suffix``), ``error`` ``[class, message]`` for a failure,
+``dropped`` the reason a transform filtered the unit out (or null).
+
+A **journal** object holds the records of one finished batch of a run not committed yet:
+an interrupted run's work is found through it (see :mod:`datarepo.pipeline.cache`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from datarepo.errors import CorruptObjectError
+from datarepo.hashing import Oid, is_oid
+from datarepo.objects import Blob
+from datarepo.store import Store
+from datarepo.tree import is_boundary
+
+ROOT, PAGE, JOURNAL = "lineage", "lineage-page", "lineage-journal"
+PAGE_MAX = 4096
+
+
+class Record(NamedTuple):
+    """What one unit of work gave (see the module's docstring)."""
+
+    base: str
+    cache: str
+    inputs: tuple[tuple[str, str], ...]
+    outputs: tuple[tuple[str, str, int], ...]
+    error: tuple[str, str] | None = None
+    dropped: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def keys(self) -> Iterator[tuple[str, str, int]]:
+        """Each output's (key, datum, size)."""
+        for suffix, datum, size in self.outputs:
+            yield (f"{self.base}/{suffix}" if suffix else self.base), datum, size
+
+    def at(self, base: str) -> Record:
+        """The same outputs under another base (a cached result of another key)."""
+        return self._replace(base=base)
+
+
+def record_of(value: Any, name: str = "<lineage>") -> Record:
+    """A record from its JSON form, checked."""
+    try:
+        base, cache, inputs, outputs, error, dropped = value
+        ok = isinstance(base, str) and is_oid(cache) and (error is None or len(error) == 2)
+        rec = Record(base, cache, tuple((k, d) for k, d in inputs), tuple((s, d, int(n)) for s, d, n in outputs),
+                     tuple(error) if error is not None else None, dropped)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as e:
+        raise CorruptObjectError(name, f"bad lineage record: {e}") from None
+    if not ok:
+        raise CorruptObjectError(name, "bad lineage record")
+    return rec
+
+
+@dataclass(frozen=True)
+class Root:
+    """A lineage root: one pipeline's records as of one commit."""
+
+    pipeline: str
+    fingerprint: str
+    input: str  # the input's label (its globs, combined)
+    output: str
+    inputs: dict[str, str]  # each source's label → the commit it was read at
+    pages: tuple[tuple[str, int, str], ...] = ()
+    failed: tuple[str, ...] = ()  # bases whose last try failed
+    outputs: int = 0
+
+    @property
+    def count(self) -> int:
+        return sum(p[1] for p in self.pages)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": 1, "type": ROOT, "pipeline": self.pipeline, "fingerprint": self.fingerprint,
+            "input": self.input, "output": self.output, "inputs": self.inputs,
+            "pages": [list(p) for p in self.pages], "failed": list(self.failed), "outputs": self.outputs,
+        }
+
+
+def read_root(store: Store, oid: str) -> Root:
+    data = _blob(store, oid, ROOT)
+    try:
+        pages = tuple((str(f), int(n), str(p)) for f, n, p in data["pages"])
+        return Root(data["pipeline"], data["fingerprint"], data["input"], data["output"], dict(data["inputs"]),
+                    pages, tuple(data["failed"]), int(data["outputs"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptObjectError(oid, f"bad lineage root: {e}") from None
+
+
+def read_page(store: Store, oid: str) -> list[Record]:
+    return [record_of(r, oid) for r in _blob(store, oid, PAGE)["records"]]
+
+
+def read_journal(store: Store, oid: str) -> list[Record]:
+    return [record_of(r, oid) for r in _blob(store, oid, JOURNAL)["records"]]
+
+
+def write_journal(store: Store, pipeline: str, fingerprint: str, records: list[Record]) -> Oid:
+    return store.put_object(Blob({"format": 1, "type": JOURNAL, "pipeline": pipeline, "fingerprint": fingerprint,
+                                  "records": [list(r) for r in records]}))
+
+
+def _blob(store: Store, oid: str, kind: str) -> dict[str, Any]:
+    obj = store.get_object(oid)
+    if not isinstance(obj, Blob) or obj.data.get("type") != kind:
+        raise CorruptObjectError(oid, f"not a {kind} object")
+    return obj.data
+
+
+def children(data: Mapping[str, Any]) -> list[str] | None:
+    """The objects a lineage object names (for ``gc`` and ``fsck``): a root's pages and
+    input commits; none for a page or a journal. None for an object of another type."""
+    kind = data.get("type")
+    if kind == ROOT:
+        return [p[2] for p in data.get("pages", ())] + [c for c in data.get("inputs", {}).values() if is_oid(c)]
+    if kind in (PAGE, JOURNAL):
+        return []
+    return None
+
+
+def check(store: Store, oid: str) -> None:
+    """Reads a lineage object whole, checking every field; raises CorruptObjectError."""
+    kind = store.get_object(oid).to_json().get("type")
+    if kind == ROOT:
+        read_root(store, oid)
+    else:
+        (read_page if kind == PAGE else read_journal)(store, oid)
+
+
+# --- reading ----------------------------------------------------------------------------------
+@dataclass
+class Reader:
+    """Reads a root's records, each page once."""
+
+    store: Store
+    root: Root
+    _pages: dict[str, list[Record]] = field(default_factory=dict)
+
+    def page(self, oid: str) -> list[Record]:
+        if oid not in self._pages:
+            self._pages[oid] = read_page(self.store, oid)
+        return self._pages[oid]
+
+    def __iter__(self) -> Iterator[Record]:
+        for _, _, oid in self.root.pages:
+            yield from self.page(oid)
+
+    def get(self, base: str) -> Record | None:
+        """The record of the unit whose base is ``base``."""
+        firsts = [p[0] for p in self.root.pages]
+        at = bisect.bisect_right(firsts, base) - 1
+        if at < 0:
+            return None
+        records = self.page(self.root.pages[at][2])
+        i = bisect.bisect_left([r.base for r in records], base)
+        return records[i] if i < len(records) and records[i].base == base else None
+
+    def producer(self, key: str) -> Record | None:
+        """The record whose outputs hold ``key``: its base is ``key`` or a folder above it."""
+        candidate = key
+        while candidate.startswith(self.root.output) and len(candidate) > len(self.root.output):
+            found = self.get(candidate)
+            if found is not None and any(k == key for k, _, _ in found.keys()):
+                return found
+            candidate = candidate[: candidate.rfind("/")] if "/" in candidate else ""
+        return None
+
+
+# --- writing ----------------------------------------------------------------------------------
+class _Cutter:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.pending: list[Record] = []
+        self.pages: list[tuple[str, int, str]] = []
+
+    def extend(self, records: Iterable[Record]) -> None:
+        for r in records:
+            self.pending.append(r)
+            if is_boundary(r.base) or len(self.pending) >= PAGE_MAX:
+                self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            blob = Blob({"format": 1, "type": PAGE, "records": [list(r) for r in self.pending]})
+            self.pages.append((self.pending[0].base, len(self.pending), self.store.put_object(blob)))
+            self.pending = []
+
+
+def update_pages(reader: Reader | None, store: Store, changes: Mapping[str, Record | None]) -> tuple[tuple[str, int, str], ...]:
+    """The pages of ``reader``'s root with ``changes`` (base → record, or None to delete)
+    applied: pages none of whose bases changed are kept as they are, unread."""
+    keys = sorted(changes)
+    cutter = _Cutter(store)
+    pages = reader.root.pages if reader is not None else ()
+    i = 0
+    for n, (first, count, oid) in enumerate(pages):
+        j = bisect.bisect_left(keys, pages[n + 1][0]) if n + 1 < len(pages) else len(keys)
+        if i == j and not cutter.pending:
+            cutter.pages.append((first, count, oid))
+            continue
+        cutter.extend(_merge(reader.page(oid), keys[i:j], changes))  # type: ignore[union-attr]
+        i = j
+    cutter.extend(_merge([], keys[i:], changes))
+    cutter.flush()
+    return tuple(cutter.pages)
+
+
+def _merge(records: list[Record], keys: list[str], changes: Mapping[str, Record | None]) -> list[Record]:
+    if not keys:
+        return records
+    kept = {r.base: r for r in records}
+    for k in keys:
+        if (new := changes[k]) is None:
+            kept.pop(k, None)
+        else:
+            kept[k] = new
+    return [kept[k] for k in sorted(kept)]
