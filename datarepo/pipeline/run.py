@@ -274,7 +274,16 @@ class _Driver:
                    f"{result.deleted} deleted ({self.run_id})")
         commit = repo.commit(tree_changes, message, provenance=provenance, parent=head)
         self.cache.index_pages(p[2] for p in pages)
+        _mark_sparse(repo, spec.output)
         return commit
+
+
+def _mark_sparse(repo: Repo, prefix: str) -> None:
+    """Outputs are not materialised in the work tree (as ``ingest``'s are not): their prefix
+    is marked sparse, so ``status`` and ``add`` leave it alone, unless the work tree has it."""
+    if repo.worktree is not None and not (repo.worktree / prefix).exists() and prefix not in repo.config.sparse:
+        repo.config = repo.config.with_sparse(prefix)
+        repo.config.save(repo.dotdir / "config.toml")
 
 
 # --- reading what runs did -------------------------------------------------------------------------
