@@ -263,13 +263,13 @@ def run_command(spec: Spec, folder: Path, given: list[dict[str, Any]], base: str
             for ext, data in datum.items():
                 if ext != "__key__":
                     (target / (f"{name}.{ext}" if ext else name)).write_bytes(data)
-        _execute(spec, folder, inp, out, base)
-        return _collected(out, spec.command[0])
+        subst = {"{in}": str(inp), "{out}": str(out), "{python}": sys.executable}
+        argv = [subst.get(a, a) for a in spec.command]
+        _execute(spec, argv, folder, inp, out, base)
+        return _collected(out, argv[0])
 
 
-def _execute(spec: Spec, folder: Path, inp: Path, out: Path, base: str) -> None:
-    subst = {"{in}": str(inp), "{out}": str(out), "{python}": sys.executable}
-    argv = [subst.get(a, a) for a in spec.command]
+def _execute(spec: Spec, argv: list[str], folder: Path, inp: Path, out: Path, base: str) -> None:
     env = {**os.environ, "DATAREPO_IN": str(inp), "DATAREPO_OUT": str(out), "DATAREPO_KEY": base}
     for name, value in spec.params.items():
         env[f"DATAREPO_PARAM_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
