@@ -4,16 +4,20 @@
   record: the run cache (a unit whose cache key is here is not computed again);
 * ``lineage_input``: input datum → the lineage pages with a record that read it: what
   ``lineage --downstream`` starts from;
-* ``lineage_indexed``: the pages and journals whose records are in the two above.
+* ``lineage_indexed``: the pages whose records are in the two above;
+* the meta value ``lineage-journals:<pipeline>``: the journals (one a finished batch) of a
+  run of the pipeline not committed yet (interrupted, or stopped by ``--fail-fast``),
+  whose records the next run reuses.
 
-Pages and journals are content-addressed and shared between runs, so a run indexes only
-the pages it wrote. Deleting ``index.sqlite`` loses nothing: a lookup that finds a page
-not indexed indexes it first (:func:`index_pages`).
+Pages are content-addressed and shared between runs, so a run indexes only the pages it
+wrote. Deleting ``index.sqlite`` loses speed, not data: the runs to come index the pages
+of the pipelines' roots as they meet them (an interrupted run's journals are then not
+found, and its work is done again).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from datarepo.index import Index
 from datarepo.pipeline.lineage import Record, read_journal, read_page
@@ -25,6 +29,7 @@ CREATE TABLE IF NOT EXISTS lineage_cache (cache TEXT PRIMARY KEY, object TEXT) W
 CREATE TABLE IF NOT EXISTS lineage_input (datum TEXT, page TEXT, PRIMARY KEY (datum, page)) WITHOUT ROWID;
 """
 _CHUNK = 900
+_JOURNALS = "lineage-journals:"
 
 
 class LineageCache:
@@ -37,31 +42,35 @@ class LineageCache:
     def indexed(self, objects: Iterable[str]) -> set[str]:
         return set(self._select("SELECT object FROM lineage_indexed WHERE object IN ({})", list(objects)))
 
-    def index_pages(self, pages: Iterable[str]) -> int:
-        """Indexes the lineage pages not indexed yet; returns how many."""
+    def index_pages(self, pages: Iterable[str], known: Mapping[str, list[Record]] | None = None) -> int:
+        """Indexes the lineage pages not indexed yet (their records read from ``known``
+        where the caller has them); returns how many."""
         given = set(pages)
         todo = sorted(given - self.indexed(given))
         if not todo:
             return 0
+        known = known or {}
         with self.index.transaction() as db:
             for page in todo:
-                records = read_page(self.store, page)
-                self._add(db, page, records)
+                records = known[page] if page in known else read_page(self.store, page)
+                db.executemany("INSERT OR REPLACE INTO lineage_cache VALUES (?,?)", [(r.cache, page) for r in records if r.ok])
                 db.executemany("INSERT OR IGNORE INTO lineage_input VALUES (?,?)",
                                {(d, page) for r in records for _, d in r.inputs})
+                db.execute("INSERT OR IGNORE INTO lineage_indexed VALUES (?)", (page,))
         return len(todo)
 
-    def index_journal(self, journal: str, records: list[Record] | None = None) -> None:
-        """Indexes a journal (its records, when the caller has them already)."""
-        if self.indexed([journal]):
-            return
-        records = records if records is not None else read_journal(self.store, journal)
-        with self.index.transaction() as db:
-            self._add(db, journal, records)
+    # Journals: the records of a run's finished batches, before its commit -------------------
+    def add_journal(self, pipeline: str, journal: str) -> None:
+        """Notes a journal of a run of ``pipeline`` not committed yet."""
+        self.index.set_meta(_JOURNALS + pipeline, "\n".join([*self.journals(pipeline), journal]))
 
-    def _add(self, db, obj: str, records: list[Record]) -> None:  # type: ignore[no-untyped-def]
-        db.executemany("INSERT OR REPLACE INTO lineage_cache VALUES (?,?)", [(r.cache, obj) for r in records if r.ok])
-        db.execute("INSERT OR IGNORE INTO lineage_indexed VALUES (?)", (obj,))
+    def journals(self, pipeline: str) -> list[str]:
+        value = self.index.get_meta(_JOURNALS + pipeline)
+        return str(value).split("\n") if value else []
+
+    def clear_journals(self, pipeline: str) -> None:
+        """Forgets the journals of ``pipeline``: its commit holds their records now."""
+        self.index.db.execute("DELETE FROM meta WHERE name=?", (_JOURNALS + pipeline,))
 
     def lookup(self, caches: Iterable[str]) -> dict[str, str]:
         """Cache key → the page or journal holding its success, for those of ``caches`` known."""
@@ -87,9 +96,5 @@ class LineageCache:
 
 def read_records(store: Store, obj: str) -> list[Record]:
     """The records of a page or a journal, whichever ``obj`` is."""
-    from datarepo.errors import CorruptObjectError
-
-    try:
-        return read_page(store, obj)
-    except CorruptObjectError:
-        return read_journal(store, obj)
+    kind = store.get_object(obj).to_json().get("type")
+    return read_journal(store, obj) if kind == "lineage-journal" else read_page(store, obj)

@@ -58,17 +58,26 @@ class Record(NamedTuple):
 
 
 def record_of(value: Any, name: str = "<lineage>") -> Record:
-    """A record from its JSON form, checked."""
+    """A record from its JSON form. Its shape is checked here; its fields by :func:`check`."""
     try:
         base, cache, inputs, outputs, error, dropped = value
-        ok = isinstance(base, str) and is_oid(cache) and (error is None or len(error) == 2)
-        rec = Record(base, cache, tuple((k, d) for k, d in inputs), tuple((s, d, int(n)) for s, d, n in outputs),
-                     tuple(error) if error is not None else None, dropped)  # type: ignore[arg-type]
+        return Record(base, cache, tuple(map(tuple, inputs)), tuple(map(tuple, outputs)),  # type: ignore[arg-type]
+                      tuple(error) if error is not None else None, dropped)
     except (TypeError, ValueError) as e:
         raise CorruptObjectError(name, f"bad lineage record: {e}") from None
-    if not ok:
-        raise CorruptObjectError(name, "bad lineage record")
-    return rec
+
+
+def _checked(record: Record, name: str) -> None:
+    """Every field of a record, as :func:`record_of` does not check them."""
+    good = (
+        isinstance(record.base, str) and isinstance(record.cache, str) and is_oid(record.cache)
+        and all(len(i) == 2 and isinstance(i[0], str) and is_oid(i[1]) for i in record.inputs)
+        and all(len(o) == 3 and isinstance(o[0], str) and is_oid(o[1]) and type(o[2]) is int for o in record.outputs)
+        and (record.error is None or (len(record.error) == 2 and all(isinstance(e, str) for e in record.error)))
+        and (record.dropped is None or isinstance(record.dropped, str))
+    )
+    if not good:
+        raise CorruptObjectError(name, f"bad lineage record for {str(record.base)[:80]!r}")
 
 
 @dataclass(frozen=True)
@@ -141,9 +150,12 @@ def check(store: Store, oid: str) -> None:
     """Reads a lineage object whole, checking every field; raises CorruptObjectError."""
     kind = store.get_object(oid).to_json().get("type")
     if kind == ROOT:
-        read_root(store, oid)
-    else:
-        (read_page if kind == PAGE else read_journal)(store, oid)
+        root = read_root(store, oid)
+        if not (is_oid(root.fingerprint) and all(is_oid(p[2]) for p in root.pages)):
+            raise CorruptObjectError(oid, "bad lineage root")
+        return
+    for record in (read_page if kind == PAGE else read_journal)(store, oid):
+        _checked(record, oid)
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -187,8 +199,9 @@ class Reader:
 
 # --- writing ----------------------------------------------------------------------------------
 class _Cutter:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, written: dict[str, list[Record]] | None) -> None:
         self.store = store
+        self.written = written
         self.pending: list[Record] = []
         self.pages: list[tuple[str, int, str]] = []
 
@@ -201,15 +214,20 @@ class _Cutter:
     def flush(self) -> None:
         if self.pending:
             blob = Blob({"format": 1, "type": PAGE, "records": [list(r) for r in self.pending]})
-            self.pages.append((self.pending[0].base, len(self.pending), self.store.put_object(blob)))
+            oid = self.store.put_object(blob)
+            self.pages.append((self.pending[0].base, len(self.pending), oid))
+            if self.written is not None:
+                self.written[oid] = self.pending
             self.pending = []
 
 
-def update_pages(reader: Reader | None, store: Store, changes: Mapping[str, Record | None]) -> tuple[tuple[str, int, str], ...]:
+def update_pages(reader: Reader | None, store: Store, changes: Mapping[str, Record | None],
+                 written: dict[str, list[Record]] | None = None) -> tuple[tuple[str, int, str], ...]:
     """The pages of ``reader``'s root with ``changes`` (base → record, or None to delete)
-    applied: pages none of whose bases changed are kept as they are, unread."""
+    applied: pages none of whose bases changed are kept as they are, unread. The pages
+    written are put in ``written`` (oid → records) too."""
     keys = sorted(changes)
-    cutter = _Cutter(store)
+    cutter = _Cutter(store, written)
     pages = reader.root.pages if reader is not None else ()
     i = 0
     for n, (first, count, oid) in enumerate(pages):

@@ -97,7 +97,8 @@ def _same_run(spec: Spec, fp: Oid, root: Root, inputs: dict[str, Oid | None]) ->
             and root.output == spec.output and set(root.inputs) == set(inputs))
 
 
-def _tree(repo: Repo, commit: str | None) -> trees.Tree:
+def tree_at(repo: Repo, commit: str | None) -> trees.Tree:
+    """The tree of a commit (None: the empty tree)."""
     return trees.Tree(repo.store, repo.read_commit(commit).tree, Oid(commit)) if commit else trees.Tree(repo.store, None)
 
 
@@ -136,7 +137,7 @@ def _selected(tree: trees.Tree, pages: list, shared: set[str], match) -> Iterato
 def _repair(repo: Repo, spec: Spec, last: Oid, head: Oid | None, plan: Plan) -> None:
     """Output keys that changed since the pipeline's last commit (an ``add`` that deleted
     them, a hand edit) are put back as that commit had them."""
-    for change in selection_diff(_tree(repo, head), _tree(repo, last), spec.output + "**"):
+    for change in selection_diff(tree_at(repo, head), tree_at(repo, last), spec.output + "**"):
         plan.repair[change.key] = change.new
 
 
@@ -146,7 +147,7 @@ def _plan_by_difference(repo: Repo, plan: Plan) -> None:
     assert reader is not None
     seen: set[str] = set()
     for src in spec.sources:
-        old, new = _tree(repo, reader.root.inputs[src.label]), _tree(repo, plan.inputs[src.label])
+        old, new = tree_at(repo, reader.root.inputs[src.label]), tree_at(repo, plan.inputs[src.label])
         for key, before, after in selection_diff(old, new, src.glob):
             base = spec.base(key)
             seen.add(base)
@@ -163,7 +164,7 @@ def _retry_failed(repo: Repo, plan: Plan, base: str) -> None:
     spec = plan.spec
     key = spec.strip + base[len(spec.output) :]
     for src in spec.sources:
-        if src.regex().fullmatch(key) and (entry := _tree(repo, plan.inputs[src.label]).get(key)) is not None:
+        if src.regex().fullmatch(key) and (entry := tree_at(repo, plan.inputs[src.label]).get(key)) is not None:
             _add(plan, base, ((key, entry.datum),), FAILED)
             return
     _delete(plan, base)
@@ -217,7 +218,7 @@ def _plan_in_full(repo: Repo, plan: Plan) -> None:
 
 def _units(repo: Repo, spec: Spec, plan: Plan) -> Iterator[tuple[str, tuple[tuple[str, str], ...]]]:
     """Every unit of the input now: (base, ((key, datum), ...)), bases unique."""
-    entries = [list(_tree(repo, plan.inputs[s.label]).select(glob=s.glob)) for s in spec.sources]
+    entries = [list(tree_at(repo, plan.inputs[s.label]).select(glob=s.glob)) for s in spec.sources]
     kind = spec.input.kind if isinstance(spec.input, Combine) else "glob"
     seen: set[str] = set()
     if kind in ("glob", "union"):
@@ -274,16 +275,21 @@ def _reuse_cached(repo: Repo, plan: Plan, cache: LineageCache) -> None:
     outputs are still stored, and reuses that success."""
     if plan.previous is not None:
         cache.index_pages(p[2] for p in plan.previous.root.pages)
-    found = cache.lookup(c for _, c, _ in plan.todo)
-    if not found:
-        return
     records: dict[str, Record] = {}
-    for obj in set(found.values()):
+    for journal in cache.journals(plan.spec.name):  # an unfinished run's batches
+        try:
+            records.update((r.cache, r) for r in read_records(repo.store, journal) if r.ok)
+        except DataRepoError:  # gc deleted it since: its work is done again
+            continue
+    wanted = [c for _, c, _ in plan.todo if c not in records]
+    for obj in set(cache.lookup(wanted).values()):
         try:
             records.update((r.cache, r) for r in read_records(repo.store, obj) if r.ok)
-        except DataRepoError:  # a journal gc deleted since: its work is done again
+        except DataRepoError:
             continue
-    hits = {c: records[c] for c in found if c in records}
+    hits = {c: records[c] for _, c, _ in plan.todo if c in records}
+    if not hits:
+        return
     stored = repo.stored({d for r in hits.values() for _, d, _ in r.outputs})
     keep = []
     for base, cache_id, inputs in plan.todo:

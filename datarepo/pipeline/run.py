@@ -30,13 +30,14 @@ from datarepo.pipeline import dag
 from datarepo.pipeline.cache import LineageCache
 from datarepo.pipeline.fingerprint import fingerprint
 from datarepo.pipeline.lineage import Reader, Record, Root, read_root, update_pages, write_journal
-from datarepo.pipeline.plan import Plan, make_plan
+from datarepo.pipeline.plan import Plan, make_plan, tree_at
 from datarepo.pipeline.spec import Spec, load_specs
 from datarepo.pipeline.worker import Batch, Outcome, Unit, run_batch, worker_died
 from datarepo.repo import Repo
 from datarepo.write import adopt
 
-BATCH_MAX = 1000
+BATCH_MAX = 5000
+MANIFEST_FROM = 4096  # datums to locate from which the inputs' manifests are built
 BATCH_BYTES = 64 << 20
 FAILURES_SHOWN = 5
 
@@ -193,7 +194,7 @@ class _Driver:
         """Adopts a finished batch's shards and journals its records."""
         adopt(self.repo, outcome.shards, set())
         journal = write_journal(self.repo.store, spec.name, plan.fingerprint, outcome.records)
-        self.cache.index_journal(journal, outcome.records)
+        self.cache.add_journal(spec.name, journal)
 
     def _stop_early(self, spec: Spec, outcome: Outcome, failures: int) -> None:
         first = next((r for r in outcome.records if not r.ok), None)
@@ -205,7 +206,7 @@ class _Driver:
             raise PipelineError(f"{spec.name}: {first.base}: {first.error[0]}: {first.error[1]} ({why}; nothing committed)")  # type: ignore[index]
 
     def _batches(self, spec: Spec, plan: Plan) -> list[Batch]:
-        places = self._locate({d for _, _, inputs in plan.todo for _, d in inputs})
+        places = self._locate(plan, {d for _, _, inputs in plan.todo for _, d in inputs})
         units = sorted(plan.todo, key=lambda u: places[u[2][0][1]][:2] if u[2] else ("", 0))
         workers = self.executor(spec).workers
         size = spec.batch_size or max(1, min(BATCH_MAX, math.ceil(len(units) / (workers * 4))))
@@ -217,10 +218,18 @@ class _Driver:
                 start, held = i + 1, 0
         return batches
 
-    def _locate(self, datums: set[str]) -> dict[str, tuple[str, int, int]]:
-        """Datum → (shard, offset, length)."""
-        out = {}
-        for datum in datums:
+    def _locate(self, plan: Plan, datums: set[str]) -> dict[str, tuple[str, int, int]]:
+        """Datum → (shard, offset, length): from the inputs' manifests when there are many
+        (a first run), else one lookup a datum."""
+        out: dict[str, tuple[str, int, int]] = {}
+        if len(datums) > MANIFEST_FROM:
+            for src in plan.spec.sources:
+                m = self.repo.manifest(tree_at(self.repo, plan.inputs[src.label]).select(glob=src.glob))
+                columns = zip(m.datums.tolist(), m.shard_index.tolist(), m.offsets.tolist(), m.lengths.tolist())
+                for raw, shard, offset, length in columns:
+                    if (datum := raw.decode()) in datums:
+                        out[datum] = (m.shards[shard], offset, length)
+        for datum in datums - out.keys():
             shard, loc = self.repo.locate(datum)
             out[datum] = (shard, loc.offset, loc.length)
         return out
@@ -261,11 +270,13 @@ class _Driver:
                 outputs += len(new.outputs)
         failed = set(reader.root.failed) if reader is not None else set()
         failed = (failed - set(changes)) | {b for b, r in changes.items() if r is not None and not r.ok}
-        pages = update_pages(reader, repo.store, changes)
+        written: dict[str, list[Record]] = {}
+        pages = update_pages(reader, repo.store, changes, written)
         root = Root(spec.name, plan.fingerprint, spec.input.label, spec.output,
                     {k: v for k, v in plan.inputs.items() if v is not None}, pages, tuple(sorted(failed)), outputs)
         result.reused = root.count - result.processed - result.failed
         if not tree_changes and reader is not None and (pages, root.failed) == (reader.root.pages, reader.root.failed):
+            self.cache.clear_journals(spec.name)
             return None  # (the same failures again): no commit that changes nothing
         lineage = repo.store.put_object(Blob(root.to_json()))
         provenance = {"pipeline": spec.name, "fingerprint": plan.fingerprint, "inputs": root.inputs,
@@ -273,7 +284,8 @@ class _Driver:
         message = (f"{spec.name}: {result.processed} processed, {result.reused} reused, {result.failed} failed, "
                    f"{result.deleted} deleted ({self.run_id})")
         commit = repo.commit(tree_changes, message, provenance=provenance, parent=head)
-        self.cache.index_pages(p[2] for p in pages)
+        self.cache.index_pages((p[2] for p in pages), written)
+        self.cache.clear_journals(spec.name)
         _mark_sparse(repo, spec.output)
         return commit
 

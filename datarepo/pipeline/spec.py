@@ -13,6 +13,7 @@ import importlib.util
 import re
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -180,7 +181,7 @@ class Spec:
         """True when each unit of work is one input key (a glob, or a union)."""
         return isinstance(self.input, Source) or self.input.kind == "union"
 
-    @property
+    @cached_property
     def strip(self) -> str:
         """The start of input keys an output key does not repeat (keyed inputs): the
         folder common to every source."""
