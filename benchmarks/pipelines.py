@@ -11,9 +11,9 @@ bytes, in shards of the repository's size):
 
 * **full run**: ``datarepo.pipeline.run.run`` (the driver ``datarepo run`` calls) on a
   fresh copy of the input repository, with each executor of ``--executors``;
-* **Pool.map**: a ``multiprocessing.Pool`` of as many processes maps a function over the
-  input's shards (from ``repo.manifest``); each task reads its shard with
-  ``ShardReader``, applies ``work`` and writes the outputs with ``DatumWriter``; the
+* **Pool.map**: a ``multiprocessing.Pool`` of as many processes maps a function over
+  runs of the input's datums (from ``repo.manifest``, four runs a process, as the
+  pipeline's batches); each task reads its run from its shard with ``ShardReader``, applies ``work`` and writes the outputs with ``DatumWriter``; the
   parent adopts the shards and commits the outputs. No planning, lineage or run cache:
   the floor a pipeline run is held to;
 * **1% changed**: 1% of the input datums rewritten (one commit), then a run;
@@ -159,8 +159,10 @@ def pool_run(path: Path, workers: int) -> int:
 
     with datarepo.open(path) as repo, repo.lock:
         m = repo.manifest(repo.tree().select(prefix="raw/"))
-        items = [(str(repo.dotdir), shard, [tuple(r) for r in m.ranges(shard)], repo.config.shard_size,
-                  str(path / "pipelines" / "spin.py")) for shard in m.shards]
+        chunk = max(1, -(-len(m) // (workers * 4)))  # as many tasks as the pipeline has batches
+        items = [(str(repo.dotdir), shard, [tuple(r) for r in ranges[i : i + chunk]], repo.config.shard_size,
+                  str(path / "pipelines" / "spin.py"))
+                 for shard in m.shards for ranges in [m.ranges(shard)] for i in range(0, len(ranges), chunk)]
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             results = pool.map(pool_task, items, chunksize=1)
         changes = {}
