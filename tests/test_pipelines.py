@@ -90,6 +90,8 @@ def test_first_run_then_only_changes_are_processed(texts: Path, cli: Cli) -> Non
         assert repo.read(tree["up/a/001"].datum) == {"txt": b"CHANGED"}
         assert "up/b/002" not in tree and "up/a/101" in tree
         assert sum(1 for _ in tree.select(prefix="up/")) == 41
+    for raw, out in (("raw/b/004", "up/b/004"), ("raw/a/001", "up/a/001"), ("raw/a/101", "up/a/101")):  # kept, changed, new
+        assert [c["key"] for c in json.loads(cli("lineage", raw, "--downstream", "--json").output)["links"]] == [out]
 
 
 def test_no_op_run_makes_no_commit(texts: Path, cli: Cli) -> None:
@@ -198,6 +200,8 @@ def test_gc_keeps_lineage_and_fsck_checks_it(texts: Path, cli: Cli) -> None:
     assert "0 problems" in fsck
     assert run(cli)["upper"]["processed"] == 0
     assert json.loads(cli("lineage", "up/a/001@HEAD~2", "--json").output)["links"][0]["key"] == "raw/a/001"
+    down = json.loads(cli("lineage", "raw/b/002", "--downstream", "--json").output)
+    assert [c["key"] for c in down["links"]] == ["up/b/002"]
 
 
 def test_serial_and_process_executors_give_the_same_tree(texts: Path, cli: Cli) -> None:

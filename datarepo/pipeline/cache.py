@@ -4,15 +4,16 @@
   record: the run cache (a unit whose cache key is here is not computed again);
 * ``lineage_input``: input datum → the lineage pages with a record that read it: what
   ``lineage --downstream`` starts from;
-* ``lineage_indexed``: the pages whose records are in the two above;
+* ``lineage_indexed``: the pages whose records are in the two above (each record at the
+  page of the run that wrote it: see :meth:`LineageCache.index_written`);
 * the meta value ``lineage-journals:<pipeline>``: the journals (one a finished batch) of a
   run of the pipeline not committed yet (interrupted, or stopped by ``--fail-fast``),
   whose records the next run reuses.
 
-Pages are content-addressed and shared between runs, so a run indexes only the pages it
-wrote. Deleting ``index.sqlite`` loses speed, not data: the runs to come index the pages
-of the pipelines' roots as they meet them (an interrupted run's journals are then not
-found, and its work is done again).
+A run indexes only the records it wrote. Deleting ``index.sqlite`` (and ``gc``, which
+empties these tables when it deletes objects) loses speed, not data: the runs and queries
+to come index the pages of the pipelines' roots as they meet them (an interrupted run's
+journals are then not found, and its work is done again).
 """
 
 from __future__ import annotations
@@ -42,22 +43,36 @@ class LineageCache:
     def indexed(self, objects: Iterable[str]) -> set[str]:
         return set(self._select("SELECT object FROM lineage_indexed WHERE object IN ({})", list(objects)))
 
-    def index_pages(self, pages: Iterable[str], known: Mapping[str, list[Record]] | None = None) -> int:
-        """Indexes the lineage pages not indexed yet (their records read from ``known``
-        where the caller has them); returns how many."""
+    def index_pages(self, pages: Iterable[str]) -> int:
+        """Indexes the lineage pages not indexed yet, each record of them; returns how many."""
         given = set(pages)
         todo = sorted(given - self.indexed(given))
-        if not todo:
-            return 0
-        known = known or {}
-        with self.index.transaction() as db:
-            for page in todo:
-                records = known[page] if page in known else read_page(self.store, page)
-                db.executemany("INSERT OR REPLACE INTO lineage_cache VALUES (?,?)", [(r.cache, page) for r in records if r.ok])
-                db.executemany("INSERT OR IGNORE INTO lineage_input VALUES (?,?)",
-                               {(d, page) for r in records for _, d in r.inputs})
-                db.execute("INSERT OR IGNORE INTO lineage_indexed VALUES (?)", (page,))
+        if todo:
+            with self.index.transaction() as db:
+                for page in todo:
+                    self._add(db, [(page, r) for r in read_page(self.store, page)])
+                db.executemany("INSERT OR IGNORE INTO lineage_indexed VALUES (?)", [(p,) for p in todo])
         return len(todo)
+
+    def index_written(self, placed: Mapping[str, str], records: Mapping[str, Record | None]) -> None:
+        """Indexes the records a run wrote (base → the page it put each in). The other
+        records of those pages were written by earlier runs and are indexed at the pages
+        those runs wrote, which are immutable: a run that changes a few units of a page it
+        rewrites indexes those few, not the page."""
+        with self.index.transaction() as db:
+            self._add(db, [(page, r) for base, page in placed.items() if (r := records[base]) is not None])
+            db.executemany("INSERT OR IGNORE INTO lineage_indexed VALUES (?)", [(p,) for p in set(placed.values())])
+
+    @staticmethod
+    def _add(db, found: list[tuple[str, Record]]) -> None:  # type: ignore[no-untyped-def]
+        db.executemany("INSERT OR REPLACE INTO lineage_cache VALUES (?,?)", [(r.cache, page) for page, r in found if r.ok])
+        db.executemany("INSERT OR IGNORE INTO lineage_input VALUES (?,?)", {(d, page) for page, r in found for _, d in r.inputs})
+
+    def clear(self) -> None:
+        """Forgets everything (``gc`` deleted objects that rows may name)."""
+        with self.index.transaction() as db:
+            for table in ("lineage_indexed", "lineage_cache", "lineage_input"):
+                db.execute(f"DELETE FROM {table}")
 
     # Journals: the records of a run's finished batches, before its commit -------------------
     def add_journal(self, pipeline: str, journal: str) -> None:

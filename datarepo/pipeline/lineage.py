@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, NamedTuple
 
 from datarepo.errors import CorruptObjectError
@@ -116,7 +117,7 @@ def read_root(store: Store, oid: str) -> Root:
 
 
 def read_page(store: Store, oid: str) -> list[Record]:
-    return [record_of(r, oid) for r in _blob(store, oid, PAGE)["records"]]
+    return [record_of(r, oid) for r in page_rows(store, oid)]
 
 
 def read_journal(store: Store, oid: str) -> list[Record]:
@@ -125,7 +126,7 @@ def read_journal(store: Store, oid: str) -> list[Record]:
 
 def write_journal(store: Store, pipeline: str, fingerprint: str, records: list[Record]) -> Oid:
     return store.put_object(Blob({"format": 1, "type": JOURNAL, "pipeline": pipeline, "fingerprint": fingerprint,
-                                  "records": [list(r) for r in records]}))
+                                  "records": [_row(r) for r in records]}))
 
 
 def _blob(store: Store, oid: str, kind: str) -> dict[str, Any]:
@@ -159,18 +160,35 @@ def check(store: Store, oid: str) -> None:
 
 
 # --- reading ----------------------------------------------------------------------------------
+# A page is held as its decoded rows (lists, as JSON gives them); a row becomes a Record only
+# when it is asked for: a run that rewrites a page after changing a few of its units reads
+# its thousand rows, and turns into records only those few.
+Row = list[Any]
+
+
+def page_rows(store: Store, oid: str) -> list[Row]:
+    rows = _blob(store, oid, PAGE)["records"]
+    if not isinstance(rows, list) or not all(isinstance(r, list) and len(r) == 6 and isinstance(r[0], str) for r in rows):
+        raise CorruptObjectError(oid, "bad lineage page")
+    return rows
+
+
 @dataclass
 class Reader:
     """Reads a root's records, each page once."""
 
     store: Store
     root: Root
-    _pages: dict[str, list[Record]] = field(default_factory=dict)
+    _pages: dict[str, list[Row]] = field(default_factory=dict)
+    _bases: dict[str, list[str]] = field(default_factory=dict)
+
+    def rows(self, oid: str) -> list[Row]:
+        if oid not in self._pages:
+            self._pages[oid] = page_rows(self.store, oid)
+        return self._pages[oid]
 
     def page(self, oid: str) -> list[Record]:
-        if oid not in self._pages:
-            self._pages[oid] = read_page(self.store, oid)
-        return self._pages[oid]
+        return [record_of(r, oid) for r in self.rows(oid)]
 
     def __iter__(self) -> Iterator[Record]:
         for _, _, oid in self.root.pages:
@@ -178,13 +196,19 @@ class Reader:
 
     def get(self, base: str) -> Record | None:
         """The record of the unit whose base is ``base``."""
-        firsts = [p[0] for p in self.root.pages]
-        at = bisect.bisect_right(firsts, base) - 1
+        at = bisect.bisect_right(self._firsts, base) - 1
         if at < 0:
             return None
-        records = self.page(self.root.pages[at][2])
-        i = bisect.bisect_left([r.base for r in records], base)
-        return records[i] if i < len(records) and records[i].base == base else None
+        oid = self.root.pages[at][2]
+        rows = self.rows(oid)
+        if oid not in self._bases:
+            self._bases[oid] = [r[0] for r in rows]
+        i = bisect.bisect_left(self._bases[oid], base)
+        return record_of(rows[i], oid) if i < len(rows) and rows[i][0] == base else None
+
+    @cached_property
+    def _firsts(self) -> list[str]:
+        return [p[0] for p in self.root.pages]
 
     def producer(self, key: str) -> Record | None:
         """The record whose outputs hold ``key``: its base is ``key`` or a folder above it."""
@@ -199,35 +223,34 @@ class Reader:
 
 # --- writing ----------------------------------------------------------------------------------
 class _Cutter:
-    def __init__(self, store: Store, written: dict[str, list[Record]] | None) -> None:
+    def __init__(self, store: Store, placed: dict[str, str] | None, changed: Mapping[str, Record | None]) -> None:
         self.store = store
-        self.written = written
-        self.pending: list[Record] = []
+        self.placed, self.changed = placed, changed
+        self.pending: list[Row] = []
         self.pages: list[tuple[str, int, str]] = []
 
-    def extend(self, records: Iterable[Record]) -> None:
-        for r in records:
+    def extend(self, rows: Iterable[Row]) -> None:
+        for r in rows:
             self.pending.append(r)
-            if is_boundary(r.base) or len(self.pending) >= PAGE_MAX:
+            if is_boundary(r[0]) or len(self.pending) >= PAGE_MAX:
                 self.flush()
 
     def flush(self) -> None:
         if self.pending:
-            blob = Blob({"format": 1, "type": PAGE, "records": [list(r) for r in self.pending]})
-            oid = self.store.put_object(blob)
-            self.pages.append((self.pending[0].base, len(self.pending), oid))
-            if self.written is not None:
-                self.written[oid] = self.pending
+            oid = self.store.put_object(Blob({"format": 1, "type": PAGE, "records": self.pending}))
+            self.pages.append((self.pending[0][0], len(self.pending), oid))
+            if self.placed is not None:
+                self.placed.update((r[0], oid) for r in self.pending if r[0] in self.changed)
             self.pending = []
 
 
 def update_pages(reader: Reader | None, store: Store, changes: Mapping[str, Record | None],
-                 written: dict[str, list[Record]] | None = None) -> tuple[tuple[str, int, str], ...]:
+                 placed: dict[str, str] | None = None) -> tuple[tuple[str, int, str], ...]:
     """The pages of ``reader``'s root with ``changes`` (base → record, or None to delete)
-    applied: pages none of whose bases changed are kept as they are, unread. The pages
-    written are put in ``written`` (oid → records) too."""
+    applied: pages none of whose bases changed are kept as they are, unread. Each changed
+    base's new page is put in ``placed`` (base → page oid)."""
     keys = sorted(changes)
-    cutter = _Cutter(store, written)
+    cutter = _Cutter(store, placed, changes)
     pages = reader.root.pages if reader is not None else ()
     i = 0
     for n, (first, count, oid) in enumerate(pages):
@@ -235,20 +258,25 @@ def update_pages(reader: Reader | None, store: Store, changes: Mapping[str, Reco
         if i == j and not cutter.pending:
             cutter.pages.append((first, count, oid))
             continue
-        cutter.extend(_merge(reader.page(oid), keys[i:j], changes))  # type: ignore[union-attr]
+        cutter.extend(_merge(reader.rows(oid), keys[i:j], changes))  # type: ignore[union-attr]
         i = j
     cutter.extend(_merge([], keys[i:], changes))
     cutter.flush()
     return tuple(cutter.pages)
 
 
-def _merge(records: list[Record], keys: list[str], changes: Mapping[str, Record | None]) -> list[Record]:
+def _merge(rows: list[Row], keys: list[str], changes: Mapping[str, Record | None]) -> list[Row]:
     if not keys:
-        return records
-    kept = {r.base: r for r in records}
+        return rows
+    kept = {r[0]: r for r in rows}
     for k in keys:
         if (new := changes[k]) is None:
             kept.pop(k, None)
         else:
-            kept[k] = new
+            kept[k] = _row(new)
     return [kept[k] for k in sorted(kept)]
+
+
+def _row(record: Record) -> Row:
+    base, cache, inputs, outputs, error, dropped = record
+    return [base, cache, [list(i) for i in inputs], [list(o) for o in outputs], list(error) if error else None, dropped]

@@ -104,15 +104,19 @@ def tree_at(repo: Repo, commit: str | None) -> trees.Tree:
 
 # --- differences of selections ----------------------------------------------------------------
 def selection_diff(old: trees.Tree, new: trees.Tree, glob: str) -> Iterator[trees.Change]:
-    """The keys ``glob`` selects that differ from ``old`` to ``new``. Of the pages that can
-    hold such keys, those both trees share are not opened."""
+    """The keys ``glob`` selects that differ from ``old`` to ``new``, in key order. Of the
+    pages that can hold such keys, those both trees share are not opened."""
     if old.oid == new.oid:
         return
     prefix = trees.glob_literal_prefix(glob)
     match = re.compile(trees.glob_regex(glob), re.DOTALL).fullmatch
     a, b = _pages(old, prefix), _pages(new, prefix)
     shared = {p.page for p in a} & {p.page for p in b}
-    yield from trees.merge_diff(_selected(old, a, shared, match), _selected(new, b, shared, match))
+    before, after = _selected(old, a, shared, match), _selected(new, b, shared, match)
+    for key in sorted(before.keys() | after.keys()):
+        x, y = before.get(key), after.get(key)
+        if x is None or y is None or x.datum != y.datum:
+            yield trees.Change(key, x, y)
 
 
 def _pages(tree: trees.Tree, prefix: str) -> list:  # type: ignore[type-arg]
@@ -126,12 +130,14 @@ def _pages(tree: trees.Tree, prefix: str) -> list:  # type: ignore[type-arg]
     return out
 
 
-def _selected(tree: trees.Tree, pages: list, shared: set[str], match) -> Iterator[TreeEntry]:  # type: ignore[no-untyped-def,type-arg]
+def _selected(tree: trees.Tree, pages: list, shared: set[str], match) -> dict[str, TreeEntry]:  # type: ignore[no-untyped-def,type-arg]
+    """Key → entry, of the keys ``match`` takes in the pages not ``shared``."""
+    found: dict[str, TreeEntry] = {}
     for ref in pages:
         if ref.page not in shared:
-            for entry in trees.read_page(tree.store, ref.page).entries:
-                if match(entry.key):
-                    yield entry
+            keys, datums, sizes = trees.read_page(tree.store, ref.page).columns
+            found.update((k, TreeEntry(k, d, n)) for k, d, n in zip(keys, datums, sizes) if match(k))
+    return found
 
 
 def _repair(repo: Repo, spec: Spec, last: Oid, head: Oid | None, plan: Plan) -> None:

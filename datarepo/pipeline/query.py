@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from datarepo.errors import ObjectNotFoundError
+from datarepo.errors import DataRepoError, ObjectNotFoundError
 from datarepo.hashing import Oid
 from datarepo.pipeline.cache import LineageCache
-from datarepo.pipeline.lineage import Reader, Record, read_root
+from datarepo.pipeline.lineage import Reader, Record, page_rows, read_root
 from datarepo.pipeline.spec import source
 from datarepo.repo import Repo
 
@@ -138,12 +138,22 @@ def downstream(repo: Repo, spec: str, cache: LineageCache) -> Node:
 
 
 def _down(node: Node, readers: list[tuple[State, Reader]], cache: LineageCache, depth: int) -> None:
+    """Links to ``node`` the units that read it, as each pipeline's root has them now: the
+    index names pages (of any run) with a record that read the datum; the record's base is
+    then looked up in the root of the pipeline that writes there."""
     if depth >= MAX_DEPTH:
         return
-    pages = cache.pages_reading(node.datum)
-    for state, reader in readers:
-        for oid in sorted(pages & {p[2] for p in reader.root.pages}):
-            for record in reader.page(oid):
+    wanted = [node.key, node.datum]
+    bases = set()
+    for page in sorted(cache.pages_reading(node.datum)):
+        try:
+            rows = page_rows(cache.store, page)
+        except DataRepoError:  # deleted by gc since: the index is rebuilt after a gc
+            continue
+        bases.update(r[0] for r in rows if wanted in r[2])
+    for base in sorted(bases):
+        for state, reader in readers:
+            if base.startswith(reader.root.output) and (record := reader.get(base)) is not None:
                 if (node.key, node.datum) in record.inputs:
                     _link(node, state, reader, record, readers, cache, depth)
 

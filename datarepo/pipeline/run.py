@@ -270,8 +270,8 @@ class _Driver:
                 outputs += len(new.outputs)
         failed = set(reader.root.failed) if reader is not None else set()
         failed = (failed - set(changes)) | {b for b, r in changes.items() if r is not None and not r.ok}
-        written: dict[str, list[Record]] = {}
-        pages = update_pages(reader, repo.store, changes, written)
+        placed: dict[str, str] = {}
+        pages = update_pages(reader, repo.store, changes, placed)
         root = Root(spec.name, plan.fingerprint, spec.input.label, spec.output,
                     {k: v for k, v in plan.inputs.items() if v is not None}, pages, tuple(sorted(failed)), outputs)
         result.reused = root.count - result.processed - result.failed
@@ -284,7 +284,9 @@ class _Driver:
         message = (f"{spec.name}: {result.processed} processed, {result.reused} reused, {result.failed} failed, "
                    f"{result.deleted} deleted ({self.run_id})")
         commit = repo.commit(tree_changes, message, provenance=provenance, parent=head)
-        self.cache.index_pages((p[2] for p in pages), written)
+        if reader is not None:  # (its records must be indexed before the few written here are)
+            self.cache.index_pages(p[2] for p in reader.root.pages)
+        self.cache.index_written(placed, changes)
         self.cache.clear_journals(spec.name)
         _mark_sparse(repo, spec.output)
         return commit

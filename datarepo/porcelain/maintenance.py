@@ -15,6 +15,7 @@ from datarepo.fsutil import TMP_PREFIX, remove
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit, Tree, TreePage
 from datarepo.pipeline import lineage
+from datarepo.pipeline.cache import LineageCache
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.porcelain.checkout import checkout_leftovers
 from datarepo.refs import HEAD
@@ -326,6 +327,8 @@ def gc(repo: Repo, dry_run: bool = False, prune_after: float = PRUNE_AFTER) -> G
                 repo.store.delete_retired(r)
             for oid in dead_objects:
                 repo.store.delete_object(oid)
+            if dead_objects:  # (the lineage tables may name them: they are filled again as needed)
+                LineageCache(repo.index, repo.store).clear()
             for path in garbage:
                 remove(path)
     return GcResult(len(dead_objects), len(dead), pruned, len(garbage), freed)
