@@ -109,14 +109,13 @@ def selection_diff(old: trees.Tree, new: trees.Tree, glob: str) -> Iterator[tree
     if old.oid == new.oid:
         return
     prefix = trees.glob_literal_prefix(glob)
-    match = re.compile(trees.glob_regex(glob), re.DOTALL).fullmatch
+    match = None if glob == prefix + "**" and prefix.endswith("/") else re.compile(trees.glob_regex(glob), re.DOTALL).fullmatch
     a, b = _pages(old, prefix), _pages(new, prefix)
     shared = {p.page for p in a} & {p.page for p in b}
-    before, after = _selected(old, a, shared, match), _selected(new, b, shared, match)
-    for key in sorted(before.keys() | after.keys()):
+    before, after = _selected(old, a, shared, prefix, match), _selected(new, b, shared, prefix, match)
+    for key in sorted(before.keys() ^ after.keys() | {k for k, v in before.items() if k in after and after[k][0] != v[0]}):
         x, y = before.get(key), after.get(key)
-        if x is None or y is None or x.datum != y.datum:
-            yield trees.Change(key, x, y)
+        yield trees.Change(key, TreeEntry(key, *x) if x else None, TreeEntry(key, *y) if y else None)
 
 
 def _pages(tree: trees.Tree, prefix: str) -> list:  # type: ignore[type-arg]
@@ -130,13 +129,15 @@ def _pages(tree: trees.Tree, prefix: str) -> list:  # type: ignore[type-arg]
     return out
 
 
-def _selected(tree: trees.Tree, pages: list, shared: set[str], match) -> dict[str, TreeEntry]:  # type: ignore[no-untyped-def,type-arg]
-    """Key → entry, of the keys ``match`` takes in the pages not ``shared``."""
-    found: dict[str, TreeEntry] = {}
+def _selected(tree: trees.Tree, pages: list, shared: set[str], prefix: str, match) -> dict[str, tuple[str, int]]:  # type: ignore[no-untyped-def,type-arg]
+    """Key → (datum, size), of the keys under ``prefix`` that ``match`` takes (all, if it
+    is None: a glob ``prefix/**``), in the pages not ``shared``."""
+    found: dict[str, tuple[str, int]] = {}
     for ref in pages:
         if ref.page not in shared:
             keys, datums, sizes = trees.read_page(tree.store, ref.page).columns
-            found.update((k, TreeEntry(k, d, n)) for k, d, n in zip(keys, datums, sizes) if match(k))
+            rows = zip(keys, zip(datums, sizes))
+            found.update((k, v) for k, v in rows if k.startswith(prefix) and (match is None or match(k)))
     return found
 
 

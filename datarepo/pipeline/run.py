@@ -37,6 +37,7 @@ from datarepo.repo import Repo
 from datarepo.write import adopt
 
 BATCH_MAX = 5000
+BATCH_MIN = 64
 MANIFEST_FROM = 4096  # datums to locate from which the inputs' manifests are built
 BATCH_BYTES = 64 << 20
 FAILURES_SHOWN = 5
@@ -209,7 +210,10 @@ class _Driver:
         places = self._locate(plan, {d for _, _, inputs in plan.todo for _, d in inputs})
         units = sorted(plan.todo, key=lambda u: places[u[2][0][1]][:2] if u[2] else ("", 0))
         workers = self.executor(spec).workers
-        size = spec.batch_size or max(1, min(BATCH_MAX, math.ceil(len(units) / (workers * 4))))
+        # Four batches a worker (each ends near the others), but not many small ones: each
+        # writes a shard and a journal. At most BATCH_MAX units or BATCH_BYTES of input.
+        n = len(units)
+        size = spec.batch_size or max(1, min(BATCH_MAX, max(math.ceil(n / (workers * 4)), min(BATCH_MIN, math.ceil(n / workers)))))
         batches, start, held = [], 0, 0
         for i, unit in enumerate(units):
             held += sum(places[d][2] for _, d in unit[2])
