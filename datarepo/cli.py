@@ -627,7 +627,7 @@ def _show_run(run_id: str, as_json: bool) -> None:
         _json([{"commit": oid, **c.to_json()} for oid, c in found])
         return
     for oid, c in found:
-        click.echo(f"{oid} {c.provenance['pipeline']}: {c.message}")
+        click.echo(f"{oid} {c.message}")
 
 
 @main.command()
