@@ -127,15 +127,38 @@ def test_failures_are_recorded_reported_and_retried(texts: Path, cli: Cli) -> No
     assert run(cli)["upper"] == {"processed": 1, "reused": 39, "failed": 0, "deleted": 0}
 
 
-def test_fail_fast_commits_nothing(texts: Path, cli: Cli) -> None:
+@pytest.mark.parametrize("how", ["--fail-fast", "max_failures=0"])
+def test_fail_fast_and_max_failures_commit_nothing(texts: Path, cli: Cli, how: str) -> None:
     (texts / "raw/a/003.txt").write_text("bad one")
     commit_raw(cli, "one bad")
+    if how != "--fail-fast":
+        write_pipeline(texts, "upper.py", UPPER.replace('version="1"', 'version="1", max_failures=0'))
     with datarepo.open(texts) as repo:
         head = repo.head()
-    result = cli("run", "--fail-fast", "--executor", "serial", ok=False)
-    assert result.exit_code == 1 and "--fail-fast; nothing committed" in result.output
+    result = cli("run", *([how] if how == "--fail-fast" else []), "--executor", "serial", ok=False)
+    why = "--fail-fast" if how == "--fail-fast" else "more than max_failures=0 failed"
+    assert result.exit_code == 1 and f"up/a/003: ValueError: cannot take raw/a/003 ({why}; nothing committed)" in result.output
     with datarepo.open(texts) as repo:
         assert repo.head() == head
+
+
+def test_retries_within_a_run(texts: Path, cli: Cli, tmp_path: Path) -> None:
+    tries = tmp_path / "tries"
+    tries.mkdir()
+    write_pipeline(texts, "upper.py", f'''
+        import os
+        from datarepo import pipeline
+
+        @pipeline(input="raw/**", output="up/", retries=2)
+        def upper(datum):
+            mark = os.path.join({str(tries)!r}, datum["__key__"].replace("/", "_"))
+            open(mark, "a").write("x")
+            if len(open(mark).read()) < 3:
+                raise OSError("flaky")
+            return {{"txt": datum["txt"]}}
+    ''')
+    assert run(cli)["upper"] == {"processed": 40, "reused": 0, "failed": 0, "deleted": 0}
+    assert {p.read_text() for p in tries.iterdir()} == {"xxx"} and len(list(tries.iterdir())) == 40
 
 
 def test_dag_lineage_upstream_and_downstream(texts: Path, cli: Cli) -> None:

@@ -137,21 +137,26 @@ class _Driver:
     def __init__(self, repo: Repo, folder: Path, run_id: str, options: Options) -> None:
         self.repo, self.folder, self.run_id, self.options = repo, folder, run_id, options
         self.cache = LineageCache(repo.index, repo.store)
-        self._executor: executors.Executor | None = None
+        self._executors: dict[int, executors.Executor] = {}  # by worker count
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.close()
+        for executor in self._executors.values():
+            executor.close()
 
     def executor(self, spec: Spec) -> executors.Executor:
-        if self._executor is None:
-            o = self.options
-            workers = o.workers or spec.workers
+        """The executor for a pipeline: ``--workers``, else the pipeline's ``workers``, else
+        one a core; one of each size for the whole run."""
+        o = self.options
+        workers = o.workers or spec.workers or executors.worker_count()
+        if workers not in self._executors:
             if o.executor == "process":
-                self._executor = executors.ProcessExecutor(workers or executors.worker_count(), lost=worker_died)
+                self._executors[workers] = executors.ProcessExecutor(workers, lost=worker_died)
             else:
-                self._executor = executors.open_executor(o.executor, workers, o.address)
-        return self._executor
+                try:
+                    self._executors[workers] = executors.open_executor(o.executor, workers, o.address)
+                except ImportError as e:
+                    raise PipelineError(f"the {o.executor} executor is not available: {e}") from None
+        return self._executors[workers]
 
     def run_one(self, spec: Spec) -> PipelineResult:
         repo = self.repo
