@@ -16,7 +16,9 @@ bytes, in shards of the repository's size):
   pipeline's batches); each task reads its run from its shard with ``ShardReader``, applies ``work`` and writes the outputs with ``DatumWriter``; the
   parent adopts the shards and commits the outputs. No planning, lineage or run cache:
   the floor a pipeline run is held to;
-* **1% changed**: 1% of the input datums rewritten (one commit), then a run;
+* **1% changed**: 1% of the input datums rewritten (one commit), then a run: spread at
+  random over the keys (every tree and lineage page is touched), and as a run of
+  consecutive keys (a folder of new images: a few pages are);
 * **no-op**: a run with nothing changed, through the API and through the CLI (a new
   process: interpreter start and imports included, bytecode cache on);
 * **dvc repro**: the inputs as files, one DVC stage whose script maps ``work`` over all
@@ -88,11 +90,18 @@ def build(path: Path, count: int, ms: float) -> None:
     (path / "pipelines" / "spin.py").write_text(TRANSFORM.format(ms=ms, seconds=ms / 1000))
 
 
-def change(path: Path, share: float, seed: int = 0) -> int:
-    """Rewrites ``share`` of the datums (one commit); returns how many."""
+def change(path: Path, share: float, seed: int = 0, contiguous: bool = False) -> int:
+    """Rewrites ``share`` of the datums (one commit): spread at random over the keys, or
+    (``contiguous``) a run of consecutive keys; returns how many."""
     with datarepo.open(path) as repo, repo.lock:
         count = sum(1 for _ in repo.tree().select(prefix="raw/"))
-        chosen = random.Random(seed).sample(range(count), max(1, int(count * share)))
+        n = max(1, int(count * share))
+        if contiguous:
+            keys = sorted(range(count), key=key_of)
+            start = random.Random(seed).randrange(count - n)
+            chosen = keys[start : start + n]
+        else:
+            chosen = random.Random(seed).sample(range(count), n)
         with repo.writer() as w:
             for i in sorted(chosen, key=key_of):
                 w.put(key_of(i), {"txt": text_of(i, f"-changed{seed}")})
@@ -289,7 +298,7 @@ def measure_small(table: Table, base: Path, tmp: Path, args: argparse.Namespace)
         pool.append(timed(lambda: pool_run(tmp / "pool", w)))
     table.add(f"Pool.map x{w} (read, transform, write, commit)", pool)
     for kind in args.executors.split(","):
-        full, rerun, noop, noop_cli = [], [], [], []
+        full, rerun, clustered, noop, noop_cli = [], [], [], [], []
         work = tmp / f"run-{kind}"
         try:
             for r in range(args.runs):
@@ -298,6 +307,8 @@ def measure_small(table: Table, base: Path, tmp: Path, args: argparse.Namespace)
                 full.append(timed(lambda: check(run_pipeline(work, kind, w), processed=n)))
                 changed = change(work, 0.01, seed=r)
                 rerun.append(timed(lambda: check(run_pipeline(work, kind, w), processed=changed)))
+                changed = change(work, 0.01, seed=100 + r, contiguous=True)
+                clustered.append(timed(lambda: check(run_pipeline(work, kind, w), processed=changed)))
                 noop.append(timed(lambda: check(run_pipeline(work, kind, w), processed=0)))
                 noop_cli.append(timed(lambda: cli(work, "run")))
         except ImportError as e:
@@ -307,6 +318,8 @@ def measure_small(table: Table, base: Path, tmp: Path, args: argparse.Namespace)
         table.add(f"datarepo run, {kind} x{w}: full", full, f"{ratio:.2f}x Pool.map")
         table.add(f"datarepo run, {kind} x{w}: 1% changed ({n // 100})", rerun,
                   f"{100 * statistics.median(rerun) / statistics.median(full):.1f}% of full")
+        table.add(f"datarepo run, {kind} x{w}: 1% changed, consecutive keys", clustered,
+                  f"{100 * statistics.median(clustered) / statistics.median(full):.1f}% of full")
         table.add(f"datarepo run, {kind}: no-op (API)", noop, f"{1e6 * statistics.median(noop) / n:.2f} us a datum")
         table.add(f"datarepo run, {kind}: no-op (CLI process)", noop_cli, f"{1e6 * statistics.median(noop_cli) / n:.2f} us a datum")
 
