@@ -602,6 +602,8 @@ def _render_run(result: Any, as_json: bool, dry_run: bool, final: bool = True) -
 
     if as_json:
         _json({"run": result.run, "pipelines": [p.to_json() for p in result.pipelines]})
+    elif not result.pipelines:
+        click.echo("no pipelines to run")
     for p in result.pipelines if not as_json else ():
         if dry_run:
             why = ", ".join(f"{n} {w}" for w, n in sorted(p.reasons.items()))

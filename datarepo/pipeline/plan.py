@@ -162,19 +162,20 @@ def _plan_by_difference(repo: Repo, plan: Plan) -> None:
                 _delete(plan, base)
             else:
                 _add(plan, base, ((key, after.datum),), NEW if before is None else CHANGED)
-    for base in reader.root.failed:
-        if base not in seen:
-            _retry_failed(repo, plan, base)
+    _retry_failed(repo, plan, [b for b in reader.root.failed if b not in seen])
 
 
-def _retry_failed(repo: Repo, plan: Plan, base: str) -> None:
+def _retry_failed(repo: Repo, plan: Plan, bases: list[str]) -> None:
+    """Plans again the units that failed last time (each page of the input read once)."""
     spec = plan.spec
-    key = spec.strip + base[len(spec.output) :]
+    keys = {spec.strip + base[len(spec.output) :]: base for base in bases}
     for src in spec.sources:
-        if src.regex().fullmatch(key) and (entry := tree_at(repo, plan.inputs[src.label]).get(key)) is not None:
-            _add(plan, base, ((key, entry.datum),), FAILED)
-            return
-    _delete(plan, base)
+        match = src.regex().fullmatch
+        found = tree_at(repo, plan.inputs[src.label]).get_many(k for k in keys if match(k))
+        for key, entry in sorted(found.items()):
+            _add(plan, keys.pop(key), ((key, entry.datum),), FAILED)
+    for base in keys.values():  # their input is gone
+        _delete(plan, base)
 
 
 def _add(plan: Plan, base: str, inputs: tuple[tuple[str, str], ...], why: str) -> None:
