@@ -46,6 +46,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import datarepo
+from datarepo.errors import DataRepoError
 from datarepo.repo import Repo
 
 BIN = Path(sys.executable).parent
@@ -311,7 +312,7 @@ def measure_small(table: Table, base: Path, tmp: Path, args: argparse.Namespace)
                 clustered.append(timed(lambda: check(run_pipeline(work, kind, w), processed=changed)))
                 noop.append(timed(lambda: check(run_pipeline(work, kind, w), processed=0)))
                 noop_cli.append(timed(lambda: cli(work, "run")))
-        except ImportError as e:
+        except (ImportError, DataRepoError) as e:
             print(f"  executor {kind}: not available here ({e})")
             continue
         ratio = statistics.median(full) / table.median(f"Pool.map x{w} (read, transform, write, commit)")
