@@ -267,6 +267,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--executors", default="process", help="comma-separated: serial, process, ray")
     parser.add_argument("--no-dvc", action="store_true")
+    parser.add_argument("--no-small", action="store_true", help="skip the --datums rows (with --scale)")
     parser.add_argument("--scale", action="store_true", help="also the 1,000,000-datum rows")
     parser.add_argument("--scale-datums", type=int, default=1_000_000)
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
@@ -279,7 +280,8 @@ def main() -> None:
         if not base.exists():
             build(base, args.datums, args.ms)
         print(f"{args.datums} datums, transform ~{args.ms} ms, {args.workers} workers, {args.runs} runs; in {tmp}")
-        measure_small(table, base, tmp, args)
+        if not args.no_small:
+            measure_small(table, base, tmp, args)
         if not args.no_dvc:
             measure_dvc(table, tmp, args)
         if args.scale:
@@ -339,7 +341,7 @@ def measure_dvc(table: Table, tmp: Path, args: argparse.Namespace) -> None:
         dvc_change(path, args.datums, 0.01, seed=r)
         times.append(timed(lambda: dvc(path, "repro", "-q")))
     note = ""
-    rows = [name for name, _, _ in table.rows if name.endswith("1% changed (%d)" % (args.datums // 100))]
+    rows = [name for name, _, _ in table.rows if name.endswith(f"1% changed ({args.datums // 100})")]
     if rows:
         note = f"{statistics.median(times) / table.median(rows[0]):.0f}x datarepo's re-run"
     table.add("dvc repro, one stage, after the same 1% change", times, note)
