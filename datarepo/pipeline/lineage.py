@@ -160,10 +160,11 @@ def check(store: Store, oid: str) -> None:
 
 
 # --- reading ----------------------------------------------------------------------------------
-# A page is held as its decoded rows (lists, as JSON gives them); a row becomes a Record only
-# when it is asked for: a run that rewrites a page after changing a few of its units reads
-# its thousand rows, and turns into records only those few.
-Row = list[Any]
+# A page is held as its decoded rows (lists, as JSON gives them, or records a run made: JSON
+# writes both alike); a row becomes a Record only when it is asked for: a run that rewrites
+# a page after changing a few of its units reads its thousand rows, and turns into records
+# only those few.
+Row = list[Any] | Record
 
 
 def page_rows(store: Store, oid: str) -> list[Row]:
@@ -278,5 +279,5 @@ def _merge(rows: list[Row], keys: list[str], changes: Mapping[str, Record | None
 
 
 def _row(record: Record) -> Row:
-    base, cache, inputs, outputs, error, dropped = record
-    return [base, cache, [list(i) for i in inputs], [list(o) for o in outputs], list(error) if error else None, dropped]
+    """A record as a page row: itself (JSON writes tuples as arrays)."""
+    return record  # type: ignore[return-value]

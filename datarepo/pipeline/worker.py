@@ -71,7 +71,8 @@ def run_batch(batch: Batch) -> Outcome:
     datums = _read(store, batch.reads)
     writer = DatumWriter(store, batch.shard_size)
     try:
-        records = [loaded.run(unit, datums, writer) for unit in batch.units]
+        with alarms():
+            records = [loaded.run(unit, datums, writer) for unit in batch.units]
         return Outcome(records, writer.close())
     except BaseException:
         writer.abort()
@@ -168,23 +169,43 @@ class _Loaded:
 
 
 @contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Raises :class:`DatumTimeout` in the block after ``seconds`` (by SIGALRM, where this is
-    the main thread; elsewhere the block runs unbounded)."""
+def alarms() -> Iterator[None]:
+    """Lets :func:`deadline` interrupt the block's transforms (SIGALRM's handler is set once
+    a batch: setting it costs more than a small transform)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    old = signal.signal(signal.SIGALRM, _expire)
+    _armed[0] = True
+    try:
+        yield
+    finally:
+        _armed[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
-    def expire(signum: int, frame: Any) -> None:
-        raise DatumTimeout(f"took longer than the timeout of {seconds:g} s")
 
-    old = signal.signal(signal.SIGALRM, expire)
+def _expire(signum: int, frame: Any) -> None:
+    raise DatumTimeout(f"took longer than the timeout of {_limit[0]:g} s")
+
+
+_limit = [0.0]
+_armed = [False]  # inside alarms(), in this process
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raises :class:`DatumTimeout` in the block after ``seconds``, inside :func:`alarms`
+    (where this is the main thread; elsewhere the block runs unbounded)."""
+    if not _armed[0]:
+        yield
+        return
+    _limit[0] = seconds
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 # --- what a transform returned ----------------------------------------------------------------
@@ -209,7 +230,7 @@ def _outputs(result: Any, base: str, prefix: str) -> list[tuple[str, dict[str, b
         if not isinstance(suffix, str) or not isinstance(members, dict):
             raise TransformError(f"the transform returned a ({type(suffix).__name__}, {type(members).__name__}) pair; expected (str, dict)")
         key = f"{base}/{suffix}" if suffix else base
-        if suffix in seen or not _under(key, prefix):
+        if suffix in seen or (suffix and not _under(key, prefix)):  # (the base itself is a key under it)
             raise TransformError(f"output key {key!r} is {'given twice' if suffix in seen else 'outside the output prefix ' + repr(prefix)}")
         seen.add(suffix)
         out.append((suffix, _members(members, key)))
