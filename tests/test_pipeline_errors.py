@@ -166,7 +166,8 @@ def _cli_process(cwd: Path, *args: str) -> subprocess.Popen[bytes]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-def test_a_killed_run_leaves_the_branch_and_its_work_is_reused(worktree: Path, cli: Cli, tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])  # killed, or Ctrl-C
+def test_a_killed_run_leaves_the_branch_and_its_work_is_reused(worktree: Path, cli: Cli, tmp_path: Path, how: str) -> None:
     cli("init", "--shard-size", "16K")
     write_texts(worktree, 40)
     commit_raw(cli)
@@ -180,14 +181,16 @@ from datarepo import pipeline
 def upper(datum):
     if datum["__key__"] == "raw/b/030" and os.path.exists({str(flag)!r}):
         os.unlink({str(flag)!r})
-        os.kill(os.getppid(), signal.SIGKILL)  # the driver, killed mid-run
+        os.kill(os.getppid(), signal.{how})  # the driver, stopped mid-run
         signal.pause()
     return {{"txt": datum["txt"].upper()}}
 ''')
     before = head(worktree)
     proc = _cli_process(worktree, "run", "--workers", "1")
-    proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL and not flag.exists()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == (-signal.SIGKILL if how == "SIGKILL" else 130) and not flag.exists(), out
+    if how == "SIGINT":
+        assert out.decode().strip().endswith("interrupted")
     assert head(worktree) == before
     out = run(cli)["upper"]
     assert out["processed"] + out["reused"] == 40 and out["reused"] >= 10  # the finished batches were kept
