@@ -592,7 +592,8 @@ def run_command(names: tuple[str, ...], dry_run: bool, kind: str, workers: int |
 
     options = Options(kind, workers, ray_address, dry_run, fail_fast)
     if watch:
-        watching(".", names, options, folder, interval, max_runs, lambda r: _render_run(r, as_json, dry_run, final=False), time.sleep)
+        report = lambda r: _render_run(r, as_json, dry_run, final=False)  # noqa: E731
+        watching(".", names, options, folder, interval, max_runs, report, time.sleep)
         return
     _render_run(run(_repo(), names, options, folder), as_json, dry_run)
 
@@ -618,7 +619,8 @@ def _render_run(result: Any, as_json: bool, dry_run: bool, final: bool = True) -
     if result.failed and final:
         first = next(p for p in result.pipelines if p.failed)
         base, kind, message = first.failures[0]
-        raise PipelineError(f"{result.failed} datum(s) failed, first {first.name} {base}: {kind}: {message} (retried on the next run)")
+        first_failure = f"{first.name} {base}: {kind}: {message}"
+        raise PipelineError(f"{result.failed} datum(s) failed, first {first_failure} (retried on the next run)")
 
 
 def _show_run(run_id: str, as_json: bool) -> None:
@@ -710,7 +712,8 @@ def dag(fmt: str, folder: str | None) -> None:
 
 
 @main.command(name="export-dvc")
-@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True), help="Where to write (default: stdout).")
+@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Where to write (default: stdout).")
 @_pipeline_options
 def export_dvc(output: str, folder: str | None) -> None:
     """Write dvc.yaml stages that call ``datarepo run``, so ``dvc repro`` drives the pipelines."""

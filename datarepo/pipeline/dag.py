@@ -21,10 +21,12 @@ def edges(specs: list[Spec]) -> dict[str, list[str]]:
         for b in specs[i + 1 :]:
             if _overlap(a.output, b.output):
                 raise PipelineError(f"pipelines {a.name!r} and {b.name!r} both write under {min(a.output, b.output, key=len)!r}")
-    return {
-        s.name: sorted(u.name for u in specs if any(src.rev is None and _overlap(glob_literal_prefix(src.glob), u.output) for src in s.sources))
-        for s in specs
-    }
+    return {s.name: sorted(u.name for u in specs if _reads(s, u.output)) for s in specs}
+
+
+def _reads(spec: Spec, prefix: str) -> bool:
+    """True when an input of ``spec`` (at the branch being run) can select keys under ``prefix``."""
+    return any(src.rev is None and _overlap(glob_literal_prefix(src.glob), prefix) for src in spec.sources)
 
 
 def order(specs: list[Spec]) -> list[Spec]:

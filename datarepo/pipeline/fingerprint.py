@@ -52,4 +52,6 @@ def _dependency(spec: Spec, folder: Path, name: str) -> str:
     try:
         return "package:" + version(name)
     except (PackageNotFoundError, ValueError):
-        raise PipelineError(f"pipeline {spec.name!r}: depends on {name!r}, which is neither a file in {folder.name}/ nor an installed package") from None
+        raise PipelineError(
+            f"pipeline {spec.name!r}: depends on {name!r}, which is neither a file in {folder.name}/ nor an installed package"
+        ) from None

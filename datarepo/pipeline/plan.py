@@ -129,7 +129,9 @@ def _pages(tree: trees.Tree, prefix: str) -> list:  # type: ignore[type-arg]
     return out
 
 
-def _selected(tree: trees.Tree, pages: list, shared: set[str], prefix: str, match) -> dict[str, tuple[str, int]]:  # type: ignore[no-untyped-def,type-arg]
+def _selected(
+    tree: trees.Tree, pages: list, shared: set[str], prefix: str, match  # type: ignore[no-untyped-def,type-arg]
+) -> dict[str, tuple[str, int]]:
     """Key → (datum, size), of the keys under ``prefix`` that ``match`` takes (all, if it
     is None: a glob ``prefix/**``), in the pages not ``shared``."""
     found: dict[str, tuple[str, int]] = {}

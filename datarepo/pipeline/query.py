@@ -71,7 +71,8 @@ def states(repo: Repo, commit: Oid | None, names: set[str] | None = None) -> Ite
     while oid is not None and (names is None or not names <= seen):
         c = repo.read_commit(oid)
         prov = c.provenance
-        if prov and isinstance(prov.get("pipeline"), str) and isinstance(prov.get("lineage"), str) and prov["pipeline"] not in seen:
+        named = prov and isinstance(prov.get("pipeline"), str) and isinstance(prov.get("lineage"), str)
+        if named and prov["pipeline"] not in seen:  # type: ignore[index]
             seen.add(prov["pipeline"])
             yield State(prov["pipeline"], oid, prov)
         oid = c.parents[0] if c.parents else None
@@ -158,7 +159,9 @@ def _down(node: Node, readers: list[tuple[State, Reader]], cache: LineageCache, 
                     _link(node, state, reader, record, readers, cache, depth)
 
 
-def _link(node: Node, state: State, reader: Reader, record: Record, readers: list[tuple[State, Reader]], cache: LineageCache, depth: int) -> None:
+def _link(
+    node: Node, state: State, reader: Reader, record: Record, readers: list[tuple[State, Reader]], cache: LineageCache, depth: int
+) -> None:
     if not record.outputs:
         node.links.append(Node(record.base, "", state.commit, state.name, reader.root.fingerprint,
                                record.dropped if record.ok else f"failed: {record.error[0]}"))  # type: ignore[index]

@@ -209,7 +209,8 @@ class _Driver:
         limit = spec.max_failures
         if self.options.fail_fast or (limit is not None and failures > limit):
             why = "--fail-fast" if self.options.fail_fast else f"more than max_failures={limit} failed"
-            raise PipelineError(f"{spec.name}: {first.base}: {first.error[0]}: {first.error[1]} ({why}; nothing committed)")  # type: ignore[index]
+            kind, message = first.error  # type: ignore[misc]
+            raise PipelineError(f"{spec.name}: {first.base}: {kind}: {message} ({why}; nothing committed)")
 
     def _batches(self, spec: Spec, plan: Plan) -> list[Batch]:
         places = self._locate(plan, {d for _, _, inputs in plan.todo for _, d in inputs})
@@ -218,7 +219,8 @@ class _Driver:
         # Four batches a worker (each ends near the others), but not many small ones: each
         # writes a shard and a journal. At most BATCH_MAX units or BATCH_BYTES of input.
         n = len(units)
-        size = spec.batch_size or max(1, min(BATCH_MAX, max(math.ceil(n / (workers * 4)), min(BATCH_MIN, math.ceil(n / workers)))))
+        share = max(math.ceil(n / (workers * 4)), min(BATCH_MIN, math.ceil(n / workers)))
+        size = spec.batch_size or max(1, min(BATCH_MAX, share))
         batches, start, held = [], 0, 0
         for i, unit in enumerate(units):
             held += sum(places[d][2] for _, d in unit[2])
@@ -251,7 +253,8 @@ class _Driver:
                 by_shard.setdefault(shard, set()).add((d, offset, length))
         reads = [(shard, sorted(spans, key=lambda s: s[1])) for shard, spans in sorted(by_shard.items())]
         repo = self.repo
-        return Batch(str(repo.dotdir), str(self.folder), spec.file, spec.name, plan.fingerprint, units, reads, repo.config.shard_size)
+        folder, shard_size = str(self.folder), repo.config.shard_size
+        return Batch(str(repo.dotdir), folder, spec.file, spec.name, plan.fingerprint, units, reads, shard_size)
 
     # committing -------------------------------------------------------------------------------
     def _tally(self, result: PipelineResult, plan: Plan, done: list[Record]) -> None:
@@ -263,7 +266,9 @@ class _Driver:
         result.repaired = len(plan.repair)
         result.failures = [(r.base, *r.error) for r in failed[:FAILURES_SHOWN]]  # type: ignore[misc]
 
-    def _commit(self, spec: Spec, plan: Plan, changes: dict[str, Record | None], head: Oid | None, result: PipelineResult) -> Oid | None:
+    def _commit(
+        self, spec: Spec, plan: Plan, changes: dict[str, Record | None], head: Oid | None, result: PipelineResult
+    ) -> Oid | None:
         repo = self.repo
         reader = plan.previous
         tree_changes: dict[str, TreeEntry | None] = dict(plan.repair)

@@ -292,7 +292,9 @@ def _python_specs(folder: Path, path: Path) -> list[Spec]:
 
 
 # --- command transforms in TOML ---------------------------------------------------------------
-_TOML_KEYS = {"input", "output", "command", "version", "params", "workers", "max_failures", "retries", "timeout", "depends", "batch_size"}
+_TOML_KEYS = {
+    "input", "output", "command", "version", "params", "workers", "max_failures", "retries", "timeout", "depends", "batch_size",
+}
 
 
 def _command_specs(folder: Path, path: Path) -> list[Spec]:
@@ -316,7 +318,8 @@ def _command_spec(rel: str, name: str, table: Any) -> Spec:
     unknown = set(table) - _TOML_KEYS
     missing = {"input", "output", "command"} - set(table)
     if unknown or missing:
-        raise PipelineError(f"{where}: {'unknown keys ' + ', '.join(sorted(unknown)) if unknown else 'missing ' + ', '.join(sorted(missing))}")
+        problem = f"unknown keys {', '.join(sorted(unknown))}" if unknown else f"missing {', '.join(sorted(missing))}"
+        raise PipelineError(f"{where}: {problem}")
     command = table["command"]
     if isinstance(command, str):
         import shlex

@@ -228,10 +228,12 @@ def _outputs(result: Any, base: str, prefix: str) -> list[tuple[str, dict[str, b
     out, seen = [], set()
     for suffix, members in pairs:
         if not isinstance(suffix, str) or not isinstance(members, dict):
-            raise TransformError(f"the transform returned a ({type(suffix).__name__}, {type(members).__name__}) pair; expected (str, dict)")
+            kinds = f"({type(suffix).__name__}, {type(members).__name__})"
+            raise TransformError(f"the transform returned a {kinds} pair; expected (str, dict)")
         key = f"{base}/{suffix}" if suffix else base
         if suffix in seen or (suffix and not _under(key, prefix)):  # (the base itself is a key under it)
-            raise TransformError(f"output key {key!r} is {'given twice' if suffix in seen else 'outside the output prefix ' + repr(prefix)}")
+            problem = "given twice" if suffix in seen else f"outside the output prefix {prefix!r}"
+            raise TransformError(f"output key {key!r} is {problem}")
         seen.add(suffix)
         out.append((suffix, _members(members, key)))
     return out
@@ -269,7 +271,9 @@ def _members(members: dict[Any, Any], key: str) -> dict[str, bytes]:
 
 
 # --- command transforms ---------------------------------------------------------------------------
-def run_command(spec: Spec, folder: Path, given: list[dict[str, Any]], base: str, combined: bool) -> list[tuple[str, dict[str, bytes]]]:
+def run_command(
+    spec: Spec, folder: Path, given: list[dict[str, Any]], base: str, combined: bool
+) -> list[tuple[str, dict[str, bytes]]]:
     """Runs ``spec.command`` in ``folder`` on one unit: each datum's members written to an
     input folder (``{in}``; a sub-folder ``0``, ``1``… each when the unit has several
     datums), its outputs read from an output folder (``{out}``): files named ``<stem>.<ext>``,
