@@ -37,7 +37,7 @@ from datarepo.repo import Repo
 from datarepo.write import adopt
 
 BATCH_MAX = 5000
-BATCH_MIN = 64
+BATCH_MIN = 128
 MANIFEST_FROM = 4096  # datums to locate from which the inputs' manifests are built
 BATCH_BYTES = 64 << 20
 FAILURES_SHOWN = 5
