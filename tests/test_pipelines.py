@@ -248,3 +248,18 @@ def test_pipelines_and_dag_listings(texts: Path, cli: Cli) -> None:
     dot = cli("dag", "--format", "dot").output
     assert '"upper" -> "reverse";' in dot and '"raw/**" -> "upper";' in dot and "40 in, 40 out" in dot
     assert "reverse: upper -> rev/  (40 in, 40 out, 0 failed)" in cli("dag").output
+
+
+def test_fsck_reports_a_malformed_lineage_record(texts: Path, cli: Cli) -> None:
+    from datarepo.objects import Blob
+
+    with datarepo.open(texts) as repo, repo.lock:
+        page = repo.store.put_object(Blob({"format": 1, "type": "lineage-page",
+                                           "records": [["up/x", "not-a-cache-key", [], [], None, None]]}))
+        root = repo.store.put_object(Blob({"format": 1, "type": "lineage", "pipeline": "p", "fingerprint": "0" * 32,
+                                           "input": "raw/**", "output": "up/", "inputs": {}, "pages": [["up/x", 1, page]],
+                                           "failed": [], "outputs": 0}))
+        repo.commit({}, "a bad lineage", provenance={"pipeline": "p", "fingerprint": "0" * 32, "inputs": {},
+                                                      "lineage": root, "run": "run-x", "output": "up/"})
+    result = cli("fsck", ok=False)
+    assert result.exit_code == 1 and f"corrupt object {page}: bad lineage record for 'up/x'" in result.output
