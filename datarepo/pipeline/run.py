@@ -154,7 +154,7 @@ class _Driver:
             else:
                 try:
                     self._executors[workers] = executors.open_executor(o.executor, workers, o.address)
-                except ImportError as e:
+                except (ImportError, ConnectionError) as e:  # not installed, or no cluster at the address
                     raise PipelineError(f"the {o.executor} executor is not available: {e}") from None
         return self._executors[workers]
 
