@@ -94,6 +94,17 @@ def test_first_run_then_only_changes_are_processed(texts: Path, cli: Cli) -> Non
         assert [c["key"] for c in json.loads(cli("lineage", raw, "--downstream", "--json").output)["links"]] == [out]
 
 
+def test_a_first_run_owns_its_prefix(texts: Path, cli: Cli) -> None:
+    with datarepo.open(texts) as repo, repo.lock:
+        with repo.writer() as w:
+            w.put("up/stale", {"txt": b"left by hand"})
+        repo.commit(w.entries, "something under up/")
+    run(cli)
+    with datarepo.open(texts) as repo:
+        keys = {e.key for e in repo.tree().select(prefix="up/")}
+    assert "up/stale" not in keys and len(keys) == 40
+
+
 def test_no_op_run_makes_no_commit(texts: Path, cli: Cli) -> None:
     run(cli)
     with datarepo.open(texts) as repo:

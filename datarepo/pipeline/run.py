@@ -272,6 +272,8 @@ class _Driver:
         repo = self.repo
         reader = plan.previous
         tree_changes: dict[str, TreeEntry | None] = dict(plan.repair)
+        if reader is None:  # a first run: the prefix is the pipeline's, and what it holds goes
+            tree_changes.update((e.key, None) for e in tree_at(repo, head).select(prefix=spec.output))
         outputs = reader.root.outputs if reader is not None else 0
         for base, new in changes.items():
             if (old := plan.old.get(base)) is not None:
