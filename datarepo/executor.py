@@ -355,17 +355,20 @@ def for_work(parallel: bool) -> Executor:
 KINDS = ("serial", "process", "ray")
 
 
-def open_executor(kind: str = "process", workers: int | None = None, address: str | None = None) -> Executor:
+def open_executor(
+    kind: str = "process", workers: int | None = None, address: str | None = None, lost: Callable[[Any], Any] | None = None
+) -> Executor:
     """A new executor of a ``kind`` (:data:`KINDS`) with ``workers`` (default
     :func:`worker_count`); ``address`` is the Ray cluster to join (``None``: start or join a
-    local one). The caller closes it."""
+    local one); ``lost`` what an item whose worker died gives instead (default: the item
+    runs in this process). The caller closes it."""
     count = workers or worker_count()
     if kind == "serial":
         return SerialExecutor()
     if kind == "process":
-        return ProcessExecutor(count)
+        return ProcessExecutor(count, lost)
     if kind == "ray":
         from datarepo.rayexec import RayExecutor
 
-        return RayExecutor(count, address)
+        return RayExecutor(count, address, lost)
     raise ValueError(f"unknown executor {kind!r}: choose one of {', '.join(KINDS)}")

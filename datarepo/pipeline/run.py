@@ -149,13 +149,10 @@ class _Driver:
         o = self.options
         workers = o.workers or spec.workers or executors.worker_count()
         if workers not in self._executors:
-            if o.executor == "process":
-                self._executors[workers] = executors.ProcessExecutor(workers, lost=worker_died)
-            else:
-                try:
-                    self._executors[workers] = executors.open_executor(o.executor, workers, o.address)
-                except (ImportError, ConnectionError) as e:  # not installed, or no cluster at the address
-                    raise PipelineError(f"the {o.executor} executor is not available: {e}") from None
+            try:  # a batch whose worker died is recorded as failed, never run here
+                self._executors[workers] = executors.open_executor(o.executor, workers, o.address, lost=worker_died)
+            except (ImportError, ConnectionError) as e:  # not installed, or no cluster at the address
+                raise PipelineError(f"the {o.executor} executor is not available: {e}") from None
         return self._executors[workers]
 
     def run_one(self, spec: Spec) -> PipelineResult:
