@@ -69,8 +69,8 @@ class ProcessExecutor:
     that no worker is left to take, run in this process; or, given ``lost``, the dead
     worker's item gives ``lost(item)`` as its result instead (a pipeline's batch that
     killed its worker must not run in the driver: it records the batch as failed). The
-    stages make every item safe to run twice (a batch publishes content-addressed shards, and a shard published twice
-    is the same file). An error raised by an item reaches the caller as itself; the
+    stages make every item safe to run twice (a batch publishes content-addressed
+    shards, and a shard published twice is the same file). An error raised by an item reaches the caller as itself; the
     workers still busy then are killed, as they are when the caller stops iterating early.
 
     Not ``concurrent.futures``: importing it and ``multiprocessing`` took 40-70 ms here,
