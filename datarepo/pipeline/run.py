@@ -2,8 +2,8 @@
 
 Under the writer lock, for each pipeline in DAG order: plan (:mod:`~datarepo.pipeline.plan`),
 cut the units to compute into batches, map :func:`~datarepo.pipeline.worker.run_batch`
-over them with an executor, adopt the shards each batch published and record its records
-in a journal object (so a run interrupted later does not lose them), then write the new
+over them with an executor, adopt the shards each batch published and note the journal object
+in which the batch wrote its records (so a run interrupted later does not lose them), then write the new
 lineage and one commit on the branch, whose ``provenance`` names the pipeline, its
 fingerprint, the input commits, the lineage root and the run's id. The branch moves only
 at that commit, by compare-and-swap: a run interrupted (Ctrl-C, SIGKILL) leaves it where
@@ -29,7 +29,7 @@ from datarepo.objects import Blob, TreeEntry
 from datarepo.pipeline import dag
 from datarepo.pipeline.cache import LineageCache
 from datarepo.pipeline.fingerprint import fingerprint
-from datarepo.pipeline.lineage import Reader, Record, Root, read_root, update_pages, write_journal
+from datarepo.pipeline.lineage import Reader, Record, Root, read_root, update_pages
 from datarepo.pipeline.plan import Plan, make_plan, tree_at
 from datarepo.pipeline.spec import Spec, load_specs
 from datarepo.pipeline.worker import Batch, Outcome, Unit, run_batch, worker_died
@@ -194,10 +194,10 @@ class _Driver:
         return records
 
     def _keep(self, spec: Spec, plan: Plan, outcome: Outcome) -> None:
-        """Adopts a finished batch's shards and journals its records."""
+        """Adopts a finished batch's shards and notes its journal."""
         adopt(self.repo, outcome.shards, set())
-        journal = write_journal(self.repo.store, spec.name, plan.fingerprint, outcome.records)
-        self.cache.add_journal(spec.name, journal)
+        if outcome.journal:
+            self.cache.add_journal(spec.name, outcome.journal)
 
     def _stop_early(self, spec: Spec, outcome: Outcome, failures: int) -> None:
         first = next((r for r in outcome.records if not r.ok), None)

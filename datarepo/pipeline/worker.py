@@ -6,8 +6,9 @@ input datums lie. :func:`run_batch` (the function executors map) loads the pipel
 file once a process (and runs its ``setup`` once), reads the datums with
 :class:`~datarepo.shardreader.ShardReader`, runs the transform on each unit under the
 per-datum timeout, writes the outputs with :class:`~datarepo.write.DatumWriter` (shards
-published content-addressed, not yet adopted) and returns an :class:`Outcome`: a lineage
-record per unit and the shards. It never opens ``index.sqlite``.
+published content-addressed, not yet adopted), writes the records as a journal object
+and returns an :class:`Outcome`: a lineage record per unit, the shards and the journal.
+It never opens ``index.sqlite``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 from datarepo.errors import DataRepoError, DatumTimeout, PipelineError, TransformError
 from datarepo.hashing import datum_id, hash_bytes
 from datarepo.keys import check_ext, check_key, split
-from datarepo.pipeline.lineage import Record
+from datarepo.pipeline.lineage import Record, write_journal
 from datarepo.pipeline.spec import Drop, Spec, import_module
 from datarepo.shardreader import DatumRange, ShardReader
 from datarepo.store import Store
@@ -55,10 +56,12 @@ class Batch:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a batch gave: a record per unit, in the batch's order, and the shards it published."""
+    """What a batch gave: a record per unit, in the batch's order, the shards it published
+    and the journal object holding its records ("" for none)."""
 
     records: list[Record]
     shards: list[PublishedShard]
+    journal: str = ""
 
 
 def run_batch(batch: Batch) -> Outcome:
@@ -73,10 +76,12 @@ def run_batch(batch: Batch) -> Outcome:
     try:
         with alarms():
             records = [loaded.run(unit, datums, writer) for unit in batch.units]
-        return Outcome(records, writer.close())
+        shards = writer.close()
     except BaseException:
         writer.abort()
         raise
+    # Written here, not by the driver: encoding it is work the workers share.
+    return Outcome(records, shards, write_journal(store, batch.name, batch.fingerprint, records))
 
 
 def failed(batch: Batch, kind: str, message: str) -> Outcome:
