@@ -2,9 +2,9 @@
 
 Under the writer lock, for each pipeline in DAG order: plan (:mod:`~datarepo.pipeline.plan`),
 cut the units to compute into batches, map :func:`~datarepo.pipeline.worker.run_batch`
-over them with an executor, adopt the shards each batch published and note the journal object
-in which the batch wrote its records (so a run interrupted later does not lose them), then write the new
-lineage and one commit on the branch, whose ``provenance`` names the pipeline, its
+over them with an executor, adopt the shards each batch published and note the journal
+object in which the batch wrote its records (so a run interrupted later does not lose
+them), then write the new lineage and one commit on the branch, whose ``provenance`` names the pipeline, its
 fingerprint, the input commits, the lineage root and the run's id. The branch moves only
 at that commit, by compare-and-swap: a run interrupted (Ctrl-C, SIGKILL) leaves it where
 it was, and the next run reuses every batch the interrupted one finished.
