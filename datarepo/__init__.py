@@ -32,3 +32,12 @@ def open(path: str | Path = ".") -> Repo:
     from datarepo.repo import Repo
 
     return Repo.open(path)
+
+
+def __getattr__(name: str) -> object:
+    """``datarepo.pipeline`` (the decorator, docs/pipelines.md), imported when first used."""
+    if name == "pipeline":
+        import importlib
+
+        return importlib.import_module("datarepo.pipeline")
+    raise AttributeError(f"module 'datarepo' has no attribute {name!r}")

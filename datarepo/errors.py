@@ -81,3 +81,16 @@ class UnsafePathError(InvalidInputError):
 class ExecutorUnavailableError(DataRepoError):
     """The executor asked for cannot run here: Ray is not installed, or its cluster cannot
     be reached."""
+
+
+class PipelineError(DataRepoError):
+    """A pipeline cannot be loaded or run as declared (docs/pipelines.md)."""
+
+
+class TransformError(DataRepoError):
+    """What a transform did with one datum cannot be taken: a wrong return value, a bad
+    member name, an output key outside the prefix, a command that failed or wrote nothing."""
+
+
+class DatumTimeout(TransformError):
+    """A transform took longer than its pipeline's per-datum ``timeout``."""

@@ -66,9 +66,11 @@ class ProcessExecutor:
     item of each other. Items and results cross a pipe as plain data (:func:`_decode`).
 
     A worker that dies (killed, out of memory) does not fail the map: its item, and any
-    that no worker is left to take, run in this process. The stages make every item safe
-    to run twice (a batch publishes content-addressed shards, and a shard published twice
-    is the same file). An error raised by an item reaches the caller as itself; the
+    that no worker is left to take, run in this process; or, given ``lost``, the dead
+    worker's item gives ``lost(item)`` as its result instead (a pipeline's batch that
+    killed its worker must not run in the driver: it records the batch as failed). The
+    stages make every item safe to run twice (a batch publishes content-addressed
+    shards, and a shard published twice is the same file). An error raised by an item reaches the caller as itself; the
     workers still busy then are killed, as they are when the caller stops iterating early.
 
     Not ``concurrent.futures``: importing it and ``multiprocessing`` took 40-70 ms here,
@@ -76,8 +78,9 @@ class ProcessExecutor:
     0.3 s in all; a fork takes about a millisecond.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, lost: Callable[[Any], Any] | None = None) -> None:
         self.workers = workers
+        self.lost = lost
         self._owner = os.getpid()
         self._idle: list[_Worker] = []
 
@@ -118,9 +121,9 @@ class ProcessExecutor:
                 for fd in _ready(busy):
                     worker, i, item = busy.pop(fd)
                     raw = _read_message(worker.answers)
-                    if raw is None:  # it died: its item runs here
+                    if raw is None:  # it died: its item runs here, or becomes what ``lost`` makes of it
                         worker.reap()
-                        done[i] = fn(item)
+                        done[i] = self.lost(item) if self.lost is not None else fn(item)
                     else:
                         self._idle.append(worker)
                         done[i] = result(raw)

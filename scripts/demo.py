@@ -26,6 +26,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 DATAREPO = Path(sys.executable).with_name("datarepo")
+EXAMPLES = Path(__file__).resolve().parent.parent / "pipelines"
 CLASSES = ("cat", "dog", "bird", "fish")
 SHAPES = {"cat": "circle", "dog": "square", "bird": "triangle", "fish": "ellipse"}
 MAX_LINES = 14
@@ -254,6 +255,45 @@ def export_and_read(repo: Path, tmp: Path) -> None:
     sys.stdout.flush()
 
 
+def pipelines(repo: Path) -> None:
+    say("the example pipelines (pipelines/ of this project): drop corrupt images, thumbnails, a card per "
+        "thumbnail by a command, tokens of the captions")
+    shutil.copytree(EXAMPLES, repo / "pipelines")
+    show("\n".join(sorted(p.name for p in (repo / "pipelines").iterdir())))
+    bird = repo / "train/bird/0010.jpg"
+    bird.write_bytes(bird.read_bytes()[:40])  # a truncated JPEG, for the filter to drop
+    datarepo("add", "train", cwd=repo)
+    datarepo("commit", "-m", "a truncated image", cwd=repo)
+    datarepo("dag", cwd=repo)
+    first = datarepo("run", cwd=repo)
+    check("clean_images: 203 processed, 0 reused, 0 failed, 0 deleted, 1 dropped" in first,
+          "the filter read all 203 images and dropped the truncated one")
+    check("thumbnails: 202 processed" in first and "image_cards: 202 processed" in first, "202 thumbnails and cards made")
+    out = datarepo("run", cwd=repo)
+    check(out.count("0 processed") == 4 and "nothing to commit" in out, "a second run finds nothing to do")
+
+    say("change 1% of the raw images (2 of 203), then run again: only those 2 are processed")
+    rng = random.Random(4)
+    for key in ("train/dog/0001", "train/fish/0002"):
+        (repo / f"{key}.jpg").write_bytes(image_bytes(rng, "square"))
+    datarepo("add", "train", cwd=repo)
+    datarepo("commit", "-m", "redraw two images", cwd=repo)
+    datarepo("run", "--dry-run", cwd=repo)
+    out = datarepo("run", cwd=repo)
+    for name in ("clean_images", "thumbnails", "image_cards"):
+        check(f"{name}: 2 processed, " in out, f"{name} processed only the 2 changed images")
+    check("tokens: 0 processed, 8 reused" in out, "tokens, whose input did not change, processed nothing")
+    log = datarepo("log", "--oneline", "-n", "4", cwd=repo)
+    run_id = log.split("(run-", 1)[1].split(")", 1)[0]
+    made = datarepo("show", f"run-{run_id}", cwd=repo)
+    check(len(made.splitlines()) == 3, "the run made one commit for each of the 3 image pipelines (show RUN-ID)")
+
+    say("the lineage of one output, back to the raw image; and what was made from a raw image")
+    datarepo("lineage", "cards/dog/0001", cwd=repo)
+    datarepo("lineage", "train/bird/0010", "--downstream", cwd=repo)
+    datarepo("pipelines", cwd=repo)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="Keep the temporary directory.")
@@ -270,6 +310,7 @@ def main() -> int:
         ingests(repo, tmp)
         maintenance(repo)
         export_and_read(repo, tmp)
+        pipelines(repo)
     except DemoFailed as e:
         print(f"\ndemo FAILED: {e}\n(files kept in {tmp})", file=sys.stderr)
         return 1

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent environment setup: a virtualenv in .venv with datarepo installed
-# in editable mode, plus its dev and torch extras.
+# in editable mode, plus its dev, torch and remote (DVC) extras.
 #
 # torch is installed first and on its own, pinned to the CPU build: once a
 # torch that satisfies the "torch" extra is present, pip keeps it; otherwise
@@ -38,8 +38,8 @@ echo "setup: upgrading pip"
 echo "setup: installing torch==$TORCH_VERSION (CPU build) before anything that depends on it"
 "${pip[@]}" install --prefer-binary "torch==$TORCH_VERSION"
 
-echo "setup: installing datarepo in editable mode with the dev and torch extras"
-"${pip[@]}" install --prefer-binary -e '.[dev,torch]'
+echo "setup: installing datarepo in editable mode with the dev, torch and remote (DVC) extras"
+"${pip[@]}" install --prefer-binary -e '.[dev,torch,remote]'
 
 touch "$STAMP"
 echo "setup: done ($("$VENV/bin/datarepo" --version))"

@@ -14,6 +14,8 @@ from datarepo.errors import CorruptObjectError, DataRepoError, ObjectNotFoundErr
 from datarepo.fsutil import TMP_PREFIX, remove
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit, Tree, TreePage
+from datarepo.pipeline import lineage
+from datarepo.pipeline.cache import LineageCache
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.porcelain.checkout import checkout_leftovers
 from datarepo.refs import HEAD
@@ -31,6 +33,7 @@ class Reachable:
     objects: set[str] = field(default_factory=set)
     datums: dict[str, str] = field(default_factory=dict)  # datum → a key that names it
     missing: list[str] = field(default_factory=list)
+    lineage: list[str] = field(default_factory=list)  # lineage objects, for fsck to check
 
 
 def roots(repo: Repo, problems: list[str] | None = None) -> set[Oid]:
@@ -74,6 +77,8 @@ def reachable(repo: Repo, problems: list[str] | None = None) -> Reachable:
             seen.missing.append(str(e))
             continue
         seen.objects.add(oid)
+        if isinstance(obj, Blob) and lineage.children(obj.data) is not None:
+            seen.lineage.append(oid)
         stack.extend(_children(obj, seen))
     for datum in repo.index.staging.datums():
         seen.datums.setdefault(datum, "")
@@ -85,14 +90,26 @@ def _children(obj: object, seen: Reachable) -> Iterator[str]:
         yield obj.tree
         yield from obj.parents
         if obj.provenance:
-            yield from _oids_in(obj.provenance, seen)
+            yield from _provenance_objects(obj.provenance, seen)
     elif isinstance(obj, Tree):
         yield from (p.page for p in obj.pages)
     elif isinstance(obj, TreePage):
         for e in obj.entries:
             seen.datums.setdefault(e.datum, e.key)
     elif isinstance(obj, Blob):
-        yield from _oids_in(obj.data, seen)
+        named = lineage.children(obj.data)  # a lineage object names objects, and datums only as records
+        yield from named if named is not None else _oids_in(obj.data, seen)
+
+
+def _provenance_objects(provenance: dict[str, object], seen: Reachable) -> Iterator[str]:
+    """A pipeline commit's provenance names its lineage root and input commits (its
+    fingerprint is an oid of nothing stored); any other provenance is searched for oids."""
+    if "pipeline" in provenance and isinstance(provenance.get("lineage"), str):
+        inputs = provenance.get("inputs")
+        yield provenance["lineage"]  # type: ignore[misc]
+        yield from (v for v in (inputs.values() if isinstance(inputs, dict) else ()) if isinstance(v, str) and is_oid(v))
+    else:
+        yield from _oids_in(provenance, seen)
 
 
 def _oids_in(value: object, seen: Reachable) -> Iterator[str]:
@@ -156,6 +173,8 @@ def _fsck(repo: Repo, rebuild_index: bool, progress: Progress) -> FsckResult:
         tick(progress)
     seen = reachable(repo, result.problems)
     result.problems.extend(seen.missing)
+    for oid in seen.lineage:
+        _check(result, lambda o: lineage.check(repo.store, o), oid)
     result.datums = len(seen.datums)
     lost = sorted((d, k) for d, k in seen.datums.items() if k and d not in shards.stored)
     only_in: dict[str, list[str]] = {}  # a shard (damaged, or without its .idx) → the keys only it holds
@@ -310,6 +329,8 @@ def gc(repo: Repo, dry_run: bool = False, prune_after: float = PRUNE_AFTER) -> G
                 repo.store.delete_retired(r)
             for oid in dead_objects:
                 repo.store.delete_object(oid)
+            if dead_objects:  # (the lineage tables may name them: they are filled again as needed)
+                LineageCache(repo.index, repo.store).clear()
             for path in garbage:
                 remove(path)
     return GcResult(len(dead_objects), len(dead), pruned, len(garbage), freed)

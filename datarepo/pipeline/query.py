@@ -1,0 +1,173 @@
+"""Lineage queries: ``datarepo lineage KEY[@REV]`` and ``--downstream``; the pipelines' states.
+
+Upstream: the pipeline commit that wrote a key is the first on the first-parent history
+whose ``provenance["output"]`` holds the key; its lineage root finds the key's record in
+one page (the root is an index by output key, as a tree root is by key), and the record
+names the input keys and datums, at the input commit, from which the walk goes on. A key
+that no known pipeline's prefix holds is raw data.
+
+Downstream: the run cache's ``lineage_input`` table (:mod:`~datarepo.pipeline.cache`)
+gives the lineage pages with a record that read a datum; of those, the pages of each
+pipeline's current root are opened, and the walk goes on from their outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from datarepo.errors import DataRepoError, ObjectNotFoundError
+from datarepo.hashing import Oid
+from datarepo.pipeline.cache import LineageCache
+from datarepo.pipeline.lineage import Reader, Record, page_rows, read_root
+from datarepo.pipeline.spec import source
+from datarepo.repo import Repo
+
+MAX_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class State:
+    """A pipeline as of a commit: its last commit there and that commit's provenance."""
+
+    name: str
+    commit: Oid
+    provenance: dict[str, Any]
+
+    @property
+    def output(self) -> str:
+        return str(self.provenance.get("output", ""))
+
+
+@dataclass
+class Node:
+    """A key in a lineage walk: raw (``pipeline`` empty) or made by a pipeline from ``inputs``
+    (upstream), or used to make ``outputs`` (downstream)."""
+
+    key: str
+    datum: str
+    commit: str
+    pipeline: str = ""
+    fingerprint: str = ""
+    dropped: str | None = None
+    links: list[Node] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"key": self.key, "datum": self.datum, "commit": self.commit}
+        if self.pipeline:
+            out.update(pipeline=self.pipeline, fingerprint=self.fingerprint)
+        if self.dropped is not None:
+            out["dropped"] = self.dropped
+        out["links"] = [n.to_json() for n in self.links]
+        return out
+
+
+def states(repo: Repo, commit: Oid | None, names: set[str] | None = None) -> Iterator[State]:
+    """Each pipeline's last commit on the first-parent history of ``commit``, newest first
+    (stopping once every one of ``names`` is found)."""
+    seen: set[str] = set()
+    oid = commit
+    while oid is not None and (names is None or not names <= seen):
+        c = repo.read_commit(oid)
+        prov = c.provenance
+        named = prov and isinstance(prov.get("pipeline"), str) and isinstance(prov.get("lineage"), str)
+        if named and prov["pipeline"] not in seen:  # type: ignore[index]
+            seen.add(prov["pipeline"])
+            yield State(prov["pipeline"], oid, prov)
+        oid = c.parents[0] if c.parents else None
+
+
+def upstream(repo: Repo, spec: str, outputs: tuple[str, ...] | None = None) -> Node:
+    """The lineage of ``KEY[@REV]`` back to raw datums. ``outputs``, the output prefixes of
+    every pipeline (when the caller knows them all), spares walking the history back from a
+    raw key to its start to be sure no pipeline wrote it."""
+    key, commit = _key_at(repo, spec)
+    return _up(repo, key, commit, outputs, 0)
+
+
+def _key_at(repo: Repo, spec: str) -> tuple[str, Oid]:
+    key, sep, rev = spec.rpartition("@")
+    if not sep:
+        key, rev = spec, "HEAD"
+    return key, repo.resolve(rev)
+
+
+def _up(repo: Repo, key: str, commit: Oid, outputs: tuple[str, ...] | None, depth: int) -> Node:
+    entry = repo.tree(commit).get(key)
+    if entry is None:
+        raise ObjectNotFoundError("key", f"{key} at {commit[:12]}")
+    node = Node(key, entry.datum, commit)
+    if depth >= MAX_DEPTH or (outputs is not None and not any(key.startswith(o) for o in outputs)):
+        return node  # raw: under no pipeline's output prefix
+    for state in states(repo, commit):
+        if state.output and key.startswith(state.output):
+            root = read_root(repo.store, state.provenance["lineage"])
+            record = Reader(repo.store, root).producer(key)
+            if record is None:
+                return node
+            node.pipeline, node.fingerprint, node.commit = state.name, root.fingerprint, state.commit
+            for in_key, _ in record.inputs:
+                at = _input_commit(root.inputs, in_key)
+                node.links.append(_up(repo, in_key, at, outputs, depth + 1))
+            return node
+    return node
+
+
+def _input_commit(inputs: dict[str, str], key: str) -> Oid:
+    for label, commit in inputs.items():
+        glob = label.rsplit("@", 1)[0] if "@" in label and label.rsplit("@", 1)[0] else label
+        if source(glob).regex().fullmatch(key):
+            return Oid(commit)
+    return Oid(next(iter(inputs.values())))
+
+
+def downstream(repo: Repo, spec: str, cache: LineageCache) -> Node:
+    """Everything derived from ``KEY[@REV]``, as of that revision."""
+    key, commit = _key_at(repo, spec)
+    entry = repo.tree(commit).get(key)
+    if entry is None:
+        raise ObjectNotFoundError("key", f"{key} at {commit[:12]}")
+    readers = []
+    for state in states(repo, commit):
+        root = read_root(repo.store, state.provenance["lineage"])
+        cache.index_pages(p[2] for p in root.pages)
+        readers.append((state, Reader(repo.store, root)))
+    node = Node(key, entry.datum, commit)
+    _down(node, readers, cache, 0)
+    return node
+
+
+def _down(node: Node, readers: list[tuple[State, Reader]], cache: LineageCache, depth: int) -> None:
+    """Links to ``node`` the units that read it, as each pipeline's root has them now: the
+    index names pages (of any run) with a record that read the datum; the record's base is
+    then looked up in the root of the pipeline that writes there."""
+    if depth >= MAX_DEPTH:
+        return
+    wanted = [node.key, node.datum]
+    bases = set()
+    for page in sorted(cache.pages_reading(node.datum)):
+        try:
+            rows = page_rows(cache.store, page)
+        except DataRepoError:  # deleted by gc since: the index is rebuilt after a gc
+            continue
+        bases.update(r[0] for r in rows if wanted in r[2])
+    for base in sorted(bases):
+        for state, reader in readers:
+            if base.startswith(reader.root.output) and (record := reader.get(base)) is not None:
+                if (node.key, node.datum) in record.inputs:
+                    _link(node, state, reader, record, readers, cache, depth)
+
+
+def _link(
+    node: Node, state: State, reader: Reader, record: Record, readers: list[tuple[State, Reader]], cache: LineageCache, depth: int
+) -> None:
+    if not record.outputs:
+        node.links.append(Node(record.base, "", state.commit, state.name, reader.root.fingerprint,
+                               record.dropped if record.ok else f"failed: {record.error[0]}"))  # type: ignore[index]
+        return
+    for out_key, datum, _ in record.keys():
+        child = Node(out_key, datum, state.commit, state.name, reader.root.fingerprint)
+        node.links.append(child)
+        _down(child, readers, cache, depth + 1)
+

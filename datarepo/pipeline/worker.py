@@ -1,0 +1,339 @@
+"""One batch of a pipeline's work, in whatever process an executor runs it.
+
+A :class:`Batch` is plain data: where the repository and the pipelines are, which
+pipeline (and the fingerprint the driver planned with), its units of work and where their
+input datums lie. :func:`run_batch` (the function executors map) loads the pipeline's
+file once a process (and runs its ``setup`` once), reads the datums with
+:class:`~datarepo.shardreader.ShardReader`, runs the transform on each unit under the
+per-datum timeout, writes the outputs with :class:`~datarepo.write.DatumWriter` (shards
+published content-addressed, not yet adopted), writes the records as a journal object
+and returns an :class:`Outcome`: a lineage record per unit, the shards and the journal.
+It never opens ``index.sqlite``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from datarepo.errors import DataRepoError, DatumTimeout, PipelineError, TransformError
+from datarepo.hashing import datum_id, hash_bytes
+from datarepo.keys import check_ext, check_key, split
+from datarepo.pipeline.lineage import Record, write_journal
+from datarepo.pipeline.spec import Drop, Spec, import_module
+from datarepo.shardreader import DatumRange, ShardReader
+from datarepo.store import Store
+from datarepo.write import DatumWriter, PublishedShard
+
+STDERR_TAIL = 400
+# A unit: (base, cache key, ((input key, input datum), ...)).
+Unit = tuple[str, str, tuple[tuple[str, str], ...]]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Units of one pipeline's work, for any process."""
+
+    dotdir: str
+    folder: str  # the pipelines folder
+    file: str  # the declaring file, in the folder
+    name: str
+    fingerprint: str
+    units: list[Unit]
+    reads: list[tuple[str, list[tuple[str, int, int]]]]  # shard → (datum, offset, length), in offset order
+    shard_size: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a batch gave: a record per unit, in the batch's order, the shards it published
+    and the journal object holding its records ("" for none)."""
+
+    records: list[Record]
+    shards: list[PublishedShard]
+    journal: str = ""
+
+
+def run_batch(batch: Batch) -> Outcome:
+    """Runs one batch (see the module's docstring)."""
+    try:
+        loaded = _load(batch)
+    except DataRepoError as e:
+        return failed(batch, type(e).__name__, str(e))
+    store = Store(Path(batch.dotdir))
+    datums = _read(store, batch.reads)
+    writer = DatumWriter(store, batch.shard_size)
+    try:
+        with alarms():
+            records = [loaded.run(unit, datums, writer) for unit in batch.units]
+        shards = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    # Written here, not by the driver: encoding it is work the workers share.
+    return Outcome(records, shards, write_journal(store, batch.name, batch.fingerprint, records))
+
+
+def failed(batch: Batch, kind: str, message: str) -> Outcome:
+    """Every unit of ``batch`` failed for one reason."""
+    return Outcome([Record(base, cache, inputs, (), (kind, message)) for base, cache, inputs in batch.units], [])
+
+
+def worker_died(batch: Batch) -> Outcome:
+    """What a batch whose worker died (killed, out of memory) gave: each unit failed."""
+    return failed(batch, "WorkerDied", "the process running this batch died (killed, or out of memory)")
+
+
+def _read(store: Store, reads: list[tuple[str, list[tuple[str, int, int]]]]) -> dict[str, dict[str, bytes]]:
+    datums: dict[str, dict[str, bytes]] = {}
+    for shard, spans in reads:
+        with store.open_shard(shard) as f:
+            ranges = [DatumRange(d, d, offset, length) for d, offset, length in spans]  # type: ignore[arg-type]
+            datums.update(ShardReader(f, ranges, shard))
+    return datums
+
+
+# --- the loaded pipeline, once a process ----------------------------------------------------
+_loaded: dict[tuple[str, str, str], _Loaded] = {}
+
+
+def _load(batch: Batch) -> _Loaded:
+    key = (batch.folder, batch.name, batch.fingerprint)
+    if key not in _loaded:
+        from datarepo.pipeline.fingerprint import fingerprint
+        from datarepo.pipeline.spec import load_file
+
+        folder = Path(batch.folder)
+        spec = next((s for s in load_file(folder, folder / batch.file) if s.name == batch.name), None)
+        if spec is None or fingerprint(spec, folder) != batch.fingerprint:
+            raise PipelineError(f"pipeline {batch.name!r} changed while it ran: run again")
+        _loaded[key] = _Loaded.start(spec, folder)
+    return _loaded[key]
+
+
+@dataclass
+class _Loaded:
+    spec: Spec
+    folder: Path
+    fn: Any  # the Python transform (None for a command)
+    extra: dict[str, Any]  # what setup gave
+
+    @classmethod
+    def start(cls, spec: Spec, folder: Path) -> _Loaded:
+        if spec.kind == "command":
+            return cls(spec, folder, None, {})
+        module = import_module(folder / spec.file, spec.file)
+        extra: dict[str, Any] = {}
+        if spec.setup:
+            try:
+                extra = getattr(module, spec.setup)()
+            except Exception as e:
+                raise PipelineError(f"setup of {spec.name!r} failed: {type(e).__name__}: {e}") from None
+            if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
+                raise PipelineError(f"setup of {spec.name!r} must return a dict of keyword arguments, not {type(extra).__name__}")
+        return cls(spec, folder, getattr(module, spec.function), extra)
+
+    def run(self, unit: Unit, datums: dict[str, dict[str, bytes]], writer: DatumWriter) -> Record:
+        base, cache, inputs = unit
+        given = [{**datums[d], "__key__": k} for k, d in inputs]
+        error: tuple[str, str] | None = None
+        for _ in range(self.spec.retries + 1):
+            try:
+                with deadline(self.spec.timeout):
+                    result = self._call(given, base)
+                outputs = _outputs(result, base, self.spec.output)
+                break
+            except Exception as e:  # the datum's failure, recorded: never the others'
+                error = (type(e).__name__, str(e)[:1000])
+        else:
+            return Record(base, cache, inputs, (), error)
+        if isinstance(outputs, Drop):
+            return Record(base, cache, inputs, (), None, outputs.reason)
+        written = []
+        for suffix, members in outputs:
+            datum = datum_id({ext: hash_bytes(data) for ext, data in members.items()})
+            writer.write(datum, sorted(members.items()))
+            written.append((suffix, datum, sum(map(len, members.values()))))
+        return Record(base, cache, inputs, tuple(written))
+
+    def _call(self, given: list[dict[str, Any]], base: str) -> Any:
+        combined = not self.spec.keyed
+        if self.fn is None:
+            return run_command(self.spec, self.folder, given, base, combined)
+        return self.fn(given if combined else given[0], **self.spec.params, **self.extra)
+
+
+@contextmanager
+def alarms() -> Iterator[None]:
+    """Lets :func:`deadline` interrupt the block's transforms (SIGALRM's handler is set once
+    a batch: setting it costs more than a small transform)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGALRM, _expire)
+    _armed[0] = True
+    try:
+        yield
+    finally:
+        _armed[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _expire(signum: int, frame: Any) -> None:
+    raise DatumTimeout(f"took longer than the timeout of {_limit[0]:g} s")
+
+
+_limit = [0.0]
+_armed = [False]  # inside alarms(), in this process
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raises :class:`DatumTimeout` in the block after ``seconds``, inside :func:`alarms`
+    (where this is the main thread; elsewhere the block runs unbounded)."""
+    if not _armed[0]:
+        yield
+        return
+    _limit[0] = seconds
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+# --- what a transform returned ----------------------------------------------------------------
+_EXPECTED = "a dict of members, a list of (suffix, dict), None or Drop"
+
+
+def _outputs(result: Any, base: str, prefix: str) -> list[tuple[str, dict[str, bytes]]] | Drop:
+    if result is None:
+        return Drop("")
+    if isinstance(result, Drop):
+        return result
+    if isinstance(result, dict):
+        pairs = [("", result)]
+    elif isinstance(result, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in result):
+        pairs = list(result)
+        if not pairs:
+            return Drop("")
+    else:
+        raise TransformError(f"the transform returned {type(result).__name__}; expected {_EXPECTED}")
+    out, seen = [], set()
+    for suffix, members in pairs:
+        if not isinstance(suffix, str) or not isinstance(members, dict):
+            kinds = f"({type(suffix).__name__}, {type(members).__name__})"
+            raise TransformError(f"the transform returned a {kinds} pair; expected (str, dict)")
+        key = f"{base}/{suffix}" if suffix else base
+        if suffix in seen or (suffix and not _under(key, prefix)):  # (the base itself is a key under it)
+            problem = "given twice" if suffix in seen else f"outside the output prefix {prefix!r}"
+            raise TransformError(f"output key {key!r} is {problem}")
+        seen.add(suffix)
+        out.append((suffix, _members(members, key)))
+    return out
+
+
+def _under(key: str, prefix: str) -> bool:
+    try:
+        check_key(key)
+    except DataRepoError:
+        return False
+    return key.startswith(prefix)
+
+
+def _members(members: dict[Any, Any], key: str) -> dict[str, bytes]:
+    out = {}
+    for ext, value in members.items():
+        if isinstance(ext, str) and ext.startswith("__") and ext.endswith("__"):
+            continue  # metadata such as __key__, as WebDataset's samples carry
+        if not isinstance(ext, str) or not ext or ext.startswith("."):
+            raise TransformError(f"output {key!r}: {ext!r} is not a member name (an extension such as 'jpg')")
+        try:
+            check_ext(ext, key)
+        except DataRepoError as e:
+            raise TransformError(str(e)) from None
+        if isinstance(value, str):
+            value = value.encode()
+        elif isinstance(value, (bytearray, memoryview)):
+            value = bytes(value)
+        elif not isinstance(value, bytes):
+            raise TransformError(f"output {key!r}: member {ext!r} is {type(value).__name__}; members are bytes or str")
+        out[ext] = value
+    if not out:
+        raise TransformError(f"output {key!r} has no member")
+    return out
+
+
+# --- command transforms ---------------------------------------------------------------------------
+def run_command(
+    spec: Spec, folder: Path, given: list[dict[str, Any]], base: str, combined: bool
+) -> list[tuple[str, dict[str, bytes]]]:
+    """Runs ``spec.command`` in ``folder`` on one unit: each datum's members written to an
+    input folder (``{in}``; a sub-folder ``0``, ``1``… each when the unit has several
+    datums), its outputs read from an output folder (``{out}``): files named ``<stem>.<ext>``,
+    one output datum per stem (at the base if there is one stem, else at ``base/<stem>``)."""
+    with tempfile.TemporaryDirectory(prefix="datarepo-run-") as tmp:
+        inp, out = Path(tmp, "in"), Path(tmp, "out")
+        out.mkdir()
+        for i, datum in enumerate(given):
+            target = inp / str(i) if combined else inp
+            target.mkdir(parents=True)
+            name = datum["__key__"].rsplit("/", 1)[-1]
+            for ext, data in datum.items():
+                if ext != "__key__":
+                    (target / (f"{name}.{ext}" if ext else name)).write_bytes(data)
+        subst = {"{in}": str(inp), "{out}": str(out), "{python}": sys.executable}
+        argv = [subst.get(a, a) for a in spec.command]
+        _execute(spec, argv, folder, inp, out, base)
+        return _collected(out, argv[0])
+
+
+def _execute(spec: Spec, argv: list[str], folder: Path, inp: Path, out: Path, base: str) -> None:
+    env = {**os.environ, "DATAREPO_IN": str(inp), "DATAREPO_OUT": str(out), "DATAREPO_KEY": base}
+    for name, value in spec.params.items():
+        env[f"DATAREPO_PARAM_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
+    try:
+        proc = subprocess.Popen(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+    except OSError as e:
+        raise TransformError(f"cannot run {argv[0]!r}: {e.strerror}") from None
+    try:
+        _, err = proc.communicate(timeout=spec.timeout)
+    except subprocess.TimeoutExpired:  # the command's whole group ends (a shell's children too)
+        _kill(proc)
+        raise DatumTimeout(f"the command took longer than the timeout of {spec.timeout:g} s") from None
+    except BaseException:
+        _kill(proc)
+        raise
+    if proc.returncode != 0:
+        tail = err.decode(errors="replace").strip()[-STDERR_TAIL:]
+        raise TransformError(f"{argv[0]} exited with status {proc.returncode}" + (f": {tail}" if tail else ""))
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
+def _collected(out: Path, program: str) -> list[tuple[str, dict[str, bytes]]]:
+    found: dict[str, dict[str, bytes]] = {}
+    for path in sorted(out.rglob("*")):
+        if path.is_file():
+            stem, ext = split(path.relative_to(out).as_posix())
+            found.setdefault(stem, {})[ext] = path.read_bytes()
+    if not found:
+        raise TransformError(f"{program} wrote nothing to its output folder")
+    if len(found) == 1:
+        return [("", next(iter(found.values())))]
+    return sorted(found.items())
