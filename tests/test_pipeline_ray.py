@@ -1,0 +1,56 @@
+"""Pipelines on the Ray executor: a real local Ray instance, the same results as local processes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import RAY, Cli
+from test_pipeline_errors import one_error
+from test_pipelines import run, texts, write_pipeline  # noqa: F401  (texts: a fixture)
+
+import datarepo
+
+pytestmark = RAY
+
+
+def test_ray_and_local_processes_give_the_same_tree_and_lineage(texts: Path, cli: Cli, tmp_path: Path, ray_cluster: object) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(texts, copy)  # (a repository of its own: no run cache shared with the first)
+    assert run(cli, "--executor", "process", "--workers", "2")["upper"]["processed"] == 40
+    assert run(Cli(copy), "--executor", "ray", "--workers", "2")["upper"]["processed"] == 40
+    with datarepo.open(texts) as by_process, datarepo.open(copy) as by_ray:
+        assert by_ray.tree().oid == by_process.tree().oid
+        assert by_ray.read_commit(by_ray.head()).provenance["lineage"] == by_process.read_commit(by_process.head()).provenance["lineage"]
+    assert run(Cli(copy), "--executor", "ray")["upper"] == {"processed": 0, "reused": 40, "failed": 0, "deleted": 0}
+
+
+def test_a_ray_worker_killed_fails_its_batch_not_the_run(texts: Path, cli: Cli, ray_cluster: object) -> None:
+    write_pipeline(texts, "upper.py", '''
+import os, signal
+from datarepo import pipeline
+
+@pipeline(input="raw/**", output="up/", batch_size=1)
+def upper(datum):
+    if datum["__key__"] == "raw/a/005":
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+    return {"txt": datum["txt"]}
+''')
+    line = one_error(cli, "run", "--executor", "ray", "--workers", "2")
+    assert "up/a/005: WorkerDied: the process running this batch died" in line
+    with datarepo.open(texts) as repo:
+        assert sum(1 for _ in repo.tree().select(prefix="up/")) == 39
+
+
+def test_a_ray_cluster_that_cannot_be_reached_is_one_clear_error(worktree: Path, cli: Cli) -> None:
+    cli("init")
+    write_pipeline(worktree, "upper.py", "from datarepo import pipeline\n\n@pipeline(input='raw/**', output='up/')\ndef upper(d):\n    return d\n")
+    (worktree / "raw").mkdir()
+    (worktree / "raw" / "x.txt").write_text("x")
+    cli("add", "raw")
+    cli("commit", "-m", "raw")
+    line = one_error(cli, "run", "--executor", "ray", "--ray-address", "127.0.0.1:9")
+    assert line == "Error: cannot reach Ray at 127.0.0.1:9: Connection refused"
+    with datarepo.open(worktree) as repo:
+        assert [e.key for e in repo.tree()] == ["raw/x"]
