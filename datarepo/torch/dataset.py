@@ -158,7 +158,7 @@ class DatumDataset(IterableDataset):
         taking a state every step costs a dict)."""
         if self._plan_id is None:
             h = xxhash.xxh3_64()
-            h.update(repr((self.manifest.tree, self.prefix, self.spec, self.pad)).encode())
+            h.update(repr((self.manifest.tree, self.prefix, self.spec)).encode())
             h.update(self.manifest.datums[self.rows].tobytes())
             self._plan_id = h.hexdigest()
         return self._plan_id
@@ -183,7 +183,8 @@ class DatumDataset(IterableDataset):
                 differs from the DataLoader's ``batch_size``).
         """
         if after is not None:
-            self.received(after)
+            self._consumed, self._disordered = 0, False
+            self.received(after, first=False)
         if self._disordered:
             raise InvalidInputError("batches reached the training loop out of order: set chunk_size to the DataLoader's batch_size")
         return {
@@ -207,9 +208,11 @@ class DatumDataset(IterableDataset):
         self.epoch, self._start, self._consumed, self._disordered = epoch, position, 0, False
         self.epochs = max(self.epochs, epoch + 1)
 
-    def received(self, batch: Mapping[str, Any]) -> None:
+    def received(self, batch: Mapping[str, Any], first: bool = True) -> None:
         """Notes a batch (or sample) that the training loop received; a
-        :class:`DeviceLoader` calls this for each batch it hands over."""
+        :class:`DeviceLoader` calls this for each batch it hands over. Each batch must
+        follow the one before (unless not ``first``: then it is taken as the last of
+        those received)."""
         positions = positions_of(batch)
         if not positions:
             return
@@ -220,7 +223,7 @@ class DatumDataset(IterableDataset):
             self._disordered = True
             return
         exact = self.batch_size is not None or self.on_error == "raise"
-        if lo < self._consumed or (exact and lo != self._consumed):
+        if first and (lo < self._consumed or (exact and lo != self._consumed)):
             self._disordered = True
         self._consumed = max(self._consumed, hi + 1)
 
