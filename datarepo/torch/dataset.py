@@ -213,6 +213,8 @@ class DatumDataset(IterableDataset):
         :class:`DeviceLoader` calls this for each batch it hands over. Each batch must
         follow the one before (unless not ``first``: then it is taken as the last of
         those received)."""
+        if isinstance(batch, Mapping):
+            self.skipped += [str(m) for _, m in batch.get("__skipped__") or []]
         positions = positions_of(batch)
         if not positions:
             return
