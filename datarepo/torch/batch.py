@@ -11,6 +11,40 @@ import numpy as np
 import torch
 
 
+# Tensors up to this size cross from a worker as bytes in the batch's pickle: torch would
+# hand each over in shared memory, through a file descriptor sent over a socket, which
+# costs more than copying a few kilobytes (labels, positions; measured: two small tensors
+# a batch halved the batches a second two workers delivered).
+SMALL_TENSOR = 1 << 16
+
+
+class Batch(dict):  # type: ignore[type-arg]
+    """A batch: a dict of columns, which crosses between processes with its small tensors
+    as plain arrays (rebuilt as tensors on arrival; see SMALL_TENSOR)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, ({k: _packed(v) for k, v in self.items()},)
+
+
+class _Small:
+    """A small tensor, packed as a numpy array for the trip."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+
+def _packed(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.nbytes <= SMALL_TENSOR and value.dtype != torch.bfloat16:
+        return _Small(value.numpy())
+    return value
+
+
+def _rebuild(columns: dict[str, Any]) -> Batch:
+    return Batch({k: torch.from_numpy(v.array) if isinstance(v, _Small) else v for k, v in columns.items()})
+
+
 def collate(samples: list[dict[str, Any]], skipped: list[tuple[int, str]]) -> dict[str, Any]:
     """One dict of columns: tensors stacked (where their shapes agree), ints and floats as
     a tensor, numpy arrays stacked into a tensor, anything else (bytes, text, JSON values,
@@ -20,9 +54,27 @@ def collate(samples: list[dict[str, Any]], skipped: list[tuple[int, str]]) -> di
     names: dict[str, None] = {}
     for s in samples:
         names.update(dict.fromkeys(s))
-    batch = {name: column([s.get(name) for s in samples]) for name in names}
+    batch = Batch({name: column([s.get(name) for s in samples]) for name in names})
     batch.setdefault("__key__", [])
     batch.setdefault("__index__", torch.zeros(0, dtype=torch.int64))
+    batch["__skipped__"] = skipped
+    return batch
+
+
+def columns(read: list[tuple[str, int, dict[str, Any]]], skipped: list[tuple[int, str]]) -> Batch:
+    """:func:`collate` of samples given as (key, position, fields), without making a dict
+    a sample first."""
+    names: dict[str, None] = {}
+    for _, _, fields in read:
+        names.update(dict.fromkeys(fields))
+    batch = Batch(
+        {
+            "__key__": [k for k, _, _ in read],
+            "__index__": torch.tensor([p for _, p, _ in read], dtype=torch.int64),
+        }
+    )
+    for name in names:
+        batch[name] = column([f.get(name) for _, _, f in read])
     batch["__skipped__"] = skipped
     return batch
 

@@ -17,7 +17,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 import datarepo
 from datarepo.errors import DataRepoError, InvalidInputError
 from datarepo.repo import Repo
-from datarepo.torch.batch import collate, positions_of
+from datarepo.torch.batch import Batch, collate, columns, positions_of
 from datarepo.torch.decode import check_spec, decoder
 from datarepo.torch.plan import OrderSpec, Share, order_fingerprint, rows_at, select, share
 from datarepo.torch.reader import SampleError, ShardFiles, read_rows
@@ -249,38 +249,45 @@ class DatumDataset(IterableDataset):
         decode = decoder(self.decode_spec)
         for c in range(worker, -(-s.length // chunk), workers):
             positions = s.positions(c * chunk, (c + 1) * chunk)
-            samples, skipped = self._read(positions, order, decode)
+            read, skipped = self._read(positions, order, decode)
+            if here:
+                self.skipped += [m for _, m in skipped]
             if self.batch_size:
                 if here:
                     self._consumed = c * chunk + len(positions)
-                    self.skipped += [m for _, m in skipped]
-                yield collate(samples, skipped)
+                yield self._batch(read, skipped)
                 continue
-            for sample in samples:
+            for key, position, fields in read:
                 if here:
-                    self._consumed = s.local(int(sample["__index__"])) + 1
-                yield sample
+                    self._consumed = s.local(position) + 1
+                yield self._transformed({"__key__": key, "__index__": position, **fields})
             if here:
                 self._consumed = c * chunk + len(positions)
-                self.skipped += [m for _, m in skipped]
 
-    def _read(self, positions: np.ndarray, order: np.ndarray, decode: Callable[[dict[str, bytes]], dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    def _batch(self, read: list[tuple[str, int, dict[str, Any]]], skipped: list[tuple[int, str]]) -> Batch:
+        if self.transform is not None:
+            return collate([self._transformed({"__key__": k, "__index__": p, **f}) for k, p, f in read], skipped)
+        return columns(read, skipped)
+
+    def _read(
+        self, positions: np.ndarray, order: np.ndarray, decode: Callable[[dict[str, bytes]], dict[str, Any]] | None
+    ) -> tuple[list[tuple[str, int, dict[str, Any]]], list[tuple[int, str]]]:
+        """(key, position, decoded fields) of the samples at some positions, and the
+        (position, message) of those ``on_error="skip"`` left out."""
         rows = self.rows[rows_at(order, positions)]
-        samples: list[dict[str, Any]] = []
+        read: list[tuple[str, int, dict[str, Any]]] = []
         skipped: list[tuple[int, str]] = []
         for position, (key, members) in zip(positions.tolist(), read_rows(self.manifest, rows, self._shard_files(), self.verify)):
             try:
                 if isinstance(members, SampleError):
                     raise members
-                sample = _decoded(key, position, members, decode)
+                read.append((key, position, members if decode is None else _decoded(key, members, decode)))
             except SampleError as e:
                 if self.on_error == "raise":
                     raise
                 warnings.warn(str(e), SkippedSampleWarning, stacklevel=2)
                 skipped.append((position, str(e)))
-                continue
-            samples.append(self._transformed(sample))
-        return samples, skipped
+        return read, skipped
 
     def _transformed(self, sample: dict[str, Any]) -> dict[str, Any]:
         if self.transform is None:
@@ -360,14 +367,13 @@ def _unsafe(spec: Any) -> bool:
     return spec in ("pth", "pickle")
 
 
-def _decoded(key: str, position: int, members: dict[str, bytes], decode: Callable[[dict[str, bytes]], dict[str, Any]]) -> dict[str, Any]:
+def _decoded(key: str, members: dict[str, bytes], decode: Callable[[dict[str, bytes]], dict[str, Any]]) -> dict[str, Any]:
     try:
-        fields = decode(members)
+        return decode(members)
     except DataRepoError:
         raise
     except Exception as e:  # a decoder's own error (Pillow, json, int): the sample is bad
         raise SampleError(f"sample {key}: cannot decode: {e.__class__.__name__}: {e}", key) from None
-    return {"__key__": key, "__index__": position, **fields}
 
 
 def _place(rank: int | None, world: int | None) -> tuple[int, int]:

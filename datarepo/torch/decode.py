@@ -55,8 +55,11 @@ def check_spec(decode: Mapping[str, Spec] | None, unsafe: bool) -> dict[str, Any
     return out
 
 
-def decoder(spec: dict[str, Any]) -> Callable[[dict[str, bytes]], dict[str, Any]]:
-    """A function from a datum's members to its decoded fields."""
+def decoder(spec: dict[str, Any]) -> Callable[[dict[str, bytes]], dict[str, Any]] | None:
+    """A function from a datum's members to its decoded fields; None where the spec
+    leaves every member as bytes."""
+    if all(s == "bytes" for s in spec.values()):
+        return None
     funcs = {ext: _one(s) for ext, s in spec.items()}
 
     def decode(members: dict[str, bytes]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ READ_OVER = 64 << 10
 # A run is cut after this many bytes, so that a batch of large datums is not one read.
 RUN_BYTES = 8 << 20
 _BLOCK = 512
+_PLAIN = (0x30, 0)  # the type of a regular file: '0', or NUL in old tars
 
 
 class SampleError(DataRepoError):
@@ -74,12 +75,17 @@ def read_rows(manifest: Manifest, rows: np.ndarray, files: ShardFiles, verify: b
     """The (key, members or error) of manifest rows, in the order given (a row given twice
     is read once)."""
     unique, inverse = np.unique(rows, return_inverse=True)
-    found: list[tuple[str, Members | SampleError]] = []
     shard_of = manifest.shard_index[unique]
     offsets, lengths = manifest.offsets[unique], manifest.lengths[unique]
+    starts = manifest.keys.starts
+    text = manifest.keys.text
+    keys = [text[a : b - 1] for a, b in zip(starts[unique].tolist(), starts[unique + 1].tolist())]
+    datums = manifest.datums[unique].tolist()
+    found: list[tuple[str, Members | SampleError]] = []
+    at, ends = offsets.tolist(), (offsets + lengths).tolist()
     for lo, hi in _runs(shard_of, offsets, lengths):
         shard = manifest.shards[int(shard_of[lo])]
-        found += _read_run(manifest, unique[lo:hi], shard, files, verify)
+        found += _read_run(files, shard, keys[lo:hi], datums[lo:hi], at[lo:hi], ends[lo:hi], verify)
     return [found[i] for i in inverse.tolist()]
 
 
@@ -100,52 +106,50 @@ def _runs(shard_of: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> lis
     return runs
 
 
-def _read_run(manifest: Manifest, rows: np.ndarray, shard: str, files: ShardFiles, verify: bool) -> list[tuple[str, Members | SampleError]]:
-    offsets, lengths = manifest.offsets[rows].tolist(), manifest.lengths[rows].tolist()
-    keys = [manifest.keys[r] for r in rows.tolist()]
-    datums = [d.decode() for d in manifest.datums[rows].tolist()]
-    base = offsets[0]
+def _read_run(
+    files: ShardFiles, shard: str, keys: list[str], datums: list[bytes], starts: list[int], ends: list[int], verify: bool
+) -> list[tuple[str, Members | SampleError]]:
+    """The datums of one run: one read, then each datum's headers parsed from it."""
     name = f"{shard}.tar"
+    base = starts[0]
     try:
-        buf = files.read(shard, base, offsets[-1] + lengths[-1] - base)
+        buf = files.read(shard, base, ends[-1] - base)
     except DataRepoError as e:
-        return [(k, SampleError(f"sample {k}: {e}", k, shard)) for k in keys]
+        return [(k, SampleError(f"sample {k} in shard {name}: {getattr(e, 'reason', e)}", k, shard)) for k in keys]
     out: list[tuple[str, Members | SampleError]] = []
-    for key, datum, offset, length in zip(keys, datums, offsets, lengths):
-        at = offset - base
+    for key, datum, start, end in zip(keys, datums, starts, ends):
         try:
-            members = parse_datum(buf, at, at + length, datum, name, offset)
+            members = parse_datum(buf, start - base, end - base, datum, name, start)
             if verify:
-                check_members(members, datum, name)
+                check_members(members, datum.decode(), name)
             out.append((key, members))
         except DataRepoError as e:
             out.append((key, SampleError(f"sample {key} in shard {name}: {getattr(e, 'reason', e)}", key, shard)))
     return out
 
 
-def parse_datum(buf: bytes, pos: int, end: int, datum: str, name: str, offset: int) -> Members:
-    """The members of the datum at ``buf[pos:end]``: plain ustar headers are parsed here
-    (a member ``<datum>.<ext>``, type ``0``); anything else (PAX records, base-256
-    sizes) goes to :func:`cut_members`, which reads every form."""
+def parse_datum(buf: bytes, pos: int, end: int, datum: bytes, name: str, offset: int) -> Members:
+    """The members of the datum (its id, ASCII) at ``buf[pos:end]``, which lies at byte
+    ``offset`` of the shard: plain ustar headers are parsed here (a member
+    ``<datum>.<ext>``, type ``0``, an octal size, no name prefix); anything else (PAX
+    records, base-256 sizes) goes to :func:`cut_members`, which reads every form."""
     members: Members = {}
-    stem = datum.encode() + b"."
+    stem = datum + b"."
+    cut = len(stem)
     start = pos
     while pos < end:
-        if end - pos < _BLOCK or buf[pos + 156] not in b"0\x00" or buf[pos + 124] == 0x80 or buf[pos + 345]:
-            return cut_members(buf[start:end], datum, name, offset)
-        field = buf[pos + 124 : pos + 136]
+        if end - pos < _BLOCK or buf[pos + 156] not in _PLAIN or buf[pos + 124] == 0x80 or buf[pos + 345]:
+            return cut_members(buf[start:end], datum.decode(), name, offset)
+        member = buf[pos : pos + 100].split(b"\x00", 1)[0]
         try:
-            size = int(field.rstrip(b"\x00 ") or b"0", 8)
+            size = int(buf[pos + 124 : pos + 136].rstrip(b"\x00 ") or b"0", 8)
         except ValueError:
             raise CorruptObjectError(name, f"bad tar number at byte {offset + pos - start}") from None
-        member = buf[pos : pos + 100].split(b"\x00", 1)[0]
         data = pos + _BLOCK
-        if not member.startswith(stem):
-            raise CorruptObjectError(name, f"member {member[:80]!r} at byte {offset + pos - start} is not of datum {datum}")
-        if data + size > end:
-            raise CorruptObjectError(name, f"truncated: member {member[:80]!r} at byte {offset + pos - start} is cut short")
-        members[member[len(stem) :].decode("utf-8", "surrogateescape")] = buf[data : data + size]
+        if member[:cut] != stem or data + size > end:
+            return cut_members(buf[start:end], datum.decode(), name, offset)  # which says what is wrong
+        members[member[cut:].decode("utf-8", "surrogateescape")] = buf[data : data + size]
         pos = data + size + (-size % _BLOCK)
     if not members:
-        raise CorruptObjectError(name, f"datum {datum} has no members at byte {offset}")
+        raise CorruptObjectError(name, f"datum {datum.decode()} has no members at byte {offset}")
     return members
