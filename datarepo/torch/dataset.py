@@ -159,7 +159,7 @@ class DatumDataset(IterableDataset):
         if self._plan_id is None:
             h = xxhash.xxh3_64()
             h.update(repr((self.manifest.tree, self.prefix, self.spec)).encode())
-            h.update(self.manifest.datums[self.rows].tobytes())
+            h.update(order_fingerprint(self.manifest.datums, self.rows).encode())
             self._plan_id = h.hexdigest()
         return self._plan_id
 

@@ -133,9 +133,11 @@ def chunks_of(length: int, chunk: int, worker: int, workers: int) -> range:
 
 def order_fingerprint(datums: np.ndarray, order: np.ndarray) -> str:
     """A digest of the datum ids in an order (16 hex digits: not oid-shaped, so ``gc``
-    never mistakes it for an object to keep)."""
+    never mistakes it for an object to keep), taken a slice at a time: a million ids are
+    32 MB."""
     h = xxhash.xxh3_64()
-    h.update(np.ascontiguousarray(datums[order]).tobytes())
+    for lo in range(0, len(order), 1 << 16):
+        h.update(np.ascontiguousarray(datums[order[lo : lo + (1 << 16)]]))
     return h.hexdigest()
 
 
