@@ -19,7 +19,7 @@ from datarepo.errors import DataRepoError, InvalidInputError
 from datarepo.repo import Repo
 from datarepo.torch.batch import Batch, collate, columns, positions_of
 from datarepo.torch.decode import check_spec, decoder
-from datarepo.torch.plan import OrderSpec, Share, order_fingerprint, rows_at, select, share
+from datarepo.torch.plan import OrderSpec, Share, chunks_of, order_fingerprint, rows_at, select, share
 from datarepo.torch.reader import SampleError, ShardFiles, read_rows
 
 STATE_FORMAT = 1
@@ -92,6 +92,8 @@ class DatumDataset(IterableDataset):
                 raise InvalidInputError(f"{name} must be a positive int, not {value!r}")
         if type(seed) is not int or seed < 0 or type(epoch) is not int or epoch < 0:
             raise InvalidInputError("seed and epoch must be ints of 0 or more")
+        if keys is not None and prefix:
+            raise InvalidInputError("give a prefix or keys, not both")
         self.decode_spec = check_spec(decode, unsafe)
         opened = repo if isinstance(repo, Repo) else datarepo.open(repo)
         try:
@@ -107,7 +109,7 @@ class DatumDataset(IterableDataset):
                 opened.close()
         self.transform = transform
         self.batch_size, self.chunk_size = batch_size, chunk_size
-        self.pad, self.on_error, self.verify, self.unsafe = pad, on_error, verify, unsafe
+        self.pad, self.on_error, self.verify = pad, on_error, verify
         self.spec = OrderSpec(len(self.rows), seed, shuffle, block, window)
         self.rank, self.world_size = _place(rank, world_size)
         self.epoch = epoch
@@ -184,7 +186,7 @@ class DatumDataset(IterableDataset):
         """
         if after is not None:
             self._consumed, self._disordered = 0, False
-            self.received(after, first=False)
+            self.received(after, in_turn=False)
         if self._disordered:
             raise InvalidInputError("batches reached the training loop out of order: set chunk_size to the DataLoader's batch_size")
         return {
@@ -208,11 +210,11 @@ class DatumDataset(IterableDataset):
         self.epoch, self._start, self._consumed, self._disordered = epoch, position, 0, False
         self.epochs = max(self.epochs, epoch + 1)
 
-    def received(self, batch: Mapping[str, Any], first: bool = True) -> None:
+    def received(self, batch: Mapping[str, Any], in_turn: bool = True) -> None:
         """Notes a batch (or sample) that the training loop received; a
-        :class:`DeviceLoader` calls this for each batch it hands over. Each batch must
-        follow the one before (unless not ``first``: then it is taken as the last of
-        those received)."""
+        :class:`DeviceLoader` calls this for each batch it hands over. ``in_turn``: the
+        batch must follow the one noted before (else it is only taken as the last one
+        received)."""
         if isinstance(batch, Mapping):
             self.skipped += [str(m) for _, m in batch.get("__skipped__") or []]
         positions = positions_of(batch)
@@ -225,7 +227,7 @@ class DatumDataset(IterableDataset):
             self._disordered = True
             return
         exact = self.batch_size is not None or self.on_error == "raise"
-        if first and (lo < self._consumed or (exact and lo != self._consumed)):
+        if in_turn and (lo < self._consumed or (exact and lo != self._consumed)):
             self._disordered = True
         self._consumed = max(self._consumed, hi + 1)
 
@@ -247,7 +249,7 @@ class DatumDataset(IterableDataset):
         order, s = self.order(), self.share()
         chunk = self.batch_size or self.chunk_size
         decode = decoder(self.decode_spec)
-        for c in range(worker, -(-s.length // chunk), workers):
+        for c in chunks_of(s.length, chunk, worker, workers):
             positions = s.positions(c * chunk, (c + 1) * chunk)
             read, skipped = self._read(positions, order, decode)
             if here:
