@@ -10,7 +10,8 @@ not give its id) is not an error of the whole batch: it comes back as a
 
 from __future__ import annotations
 
-import os
+import io
+import mmap
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -43,32 +44,47 @@ Members = dict[str, bytes]
 
 class ShardFiles:
     """Open shard files of one process, by oid, through ``opener`` (the store's
-    ``open_shard``); reads with ``os.pread`` where the file has a descriptor."""
+    ``open_shard``). A local file is mapped into memory (a datum is then one copy out of
+    the page cache, without a system call); any other file object is read with seek
+    and read."""
 
     def __init__(self, opener: Callable[[str], BinaryIO], keep: int = 64) -> None:
         self.opener = opener
         self.keep = keep
-        self.files: dict[str, BinaryIO] = {}
+        self.files: dict[str, tuple[BinaryIO, mmap.mmap | None]] = {}
 
     def read(self, shard: str, offset: int, length: int) -> bytes:
-        f = self.files.get(shard)
-        if f is None:
-            if len(self.files) >= self.keep:
-                self.files.pop(next(iter(self.files))).close()
-            f = self.files[shard] = self.opener(shard)
-        try:
-            data = os.pread(f.fileno(), length, offset)
-        except (AttributeError, OSError, ValueError):  # no descriptor (a remote file object)
+        f, mapped = self.files.get(shard) or self._open(shard)
+        if mapped is not None:
+            data = mapped[offset : offset + length]
+        else:
             f.seek(offset)
             data = f.read(length)
         if len(data) < length:
             raise CorruptObjectError(f"{shard}.tar", f"truncated: {length} bytes wanted at byte {offset}")
         return data
 
+    def _open(self, shard: str) -> tuple[BinaryIO, mmap.mmap | None]:
+        if len(self.files) >= self.keep:
+            _close(*self.files.pop(next(iter(self.files))))
+        f = self.opener(shard)
+        try:
+            mapped: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # not a local file, or empty
+            mapped = None
+        self.files[shard] = (f, mapped)
+        return f, mapped
+
     def close(self) -> None:
-        for f in self.files.values():
-            f.close()
+        for f, mapped in self.files.values():
+            _close(f, mapped)
         self.files.clear()
+
+
+def _close(f: BinaryIO, mapped: mmap.mmap | None) -> None:
+    if mapped is not None:
+        mapped.close()
+    f.close()
 
 
 def read_rows(manifest: Manifest, rows: np.ndarray, files: ShardFiles, verify: bool) -> list[tuple[str, Members | SampleError]]:
