@@ -1,7 +1,8 @@
 """Reading the datums of a batch from their shards: the batch's rows sorted by shard and
-offset, read in runs (one ``pread`` covers datums that lie close together; the datums in
-between that the batch does not take are read over only when the gap is small), each
-datum's tar headers parsed here. No torch: a DataLoader worker calls this.
+offset, cut into runs of datums that lie close together, each datum's tar headers parsed
+here. A local shard is mapped into memory, and each member is copied once, straight out
+of the page cache; another file object is read a run at a time (one read covers datums
+that lie close together). No torch: a DataLoader worker calls this.
 
 A datum that cannot be read (headers that are not what the manifest says, bytes that do
 not give its id) is not an error of the whole batch: it comes back as a
@@ -21,7 +22,8 @@ from datarepo.errors import CorruptObjectError, DataRepoError
 from datarepo.manifest import Manifest
 from datarepo.shardreader import check_members, cut_members
 
-# Datums this close together are read in one run, the bytes between them read and dropped.
+# Datums this close together are read in one run (from a file object that is not mapped),
+# the bytes between them read and dropped.
 READ_OVER = 64 << 10
 # A run is cut after this many bytes, so that a batch of large datums is not one read.
 RUN_BYTES = 8 << 20
@@ -53,16 +55,20 @@ class ShardFiles:
         self.keep = keep
         self.files: dict[str, tuple[BinaryIO, mmap.mmap | None]] = {}
 
-    def read(self, shard: str, offset: int, length: int) -> bytes:
+    def read(self, shard: str, offset: int, length: int) -> tuple[bytes | mmap.mmap, int]:
+        """``length`` bytes of a shard at ``offset``: a buffer that holds them, and the
+        shard's offset of the buffer's first byte (the whole mapping of a local file, at
+        0: its members are then copied once, straight out of the page cache)."""
         f, mapped = self.files.get(shard) or self._open(shard)
         if mapped is not None:
-            data = mapped[offset : offset + length]
-        else:
-            f.seek(offset)
-            data = f.read(length)
+            if offset + length > len(mapped):
+                raise CorruptObjectError(f"{shard}.tar", f"truncated: {length} bytes wanted at byte {offset}")
+            return mapped, 0
+        f.seek(offset)
+        data = f.read(length)
         if len(data) < length:
             raise CorruptObjectError(f"{shard}.tar", f"truncated: {length} bytes wanted at byte {offset}")
-        return data
+        return data, offset
 
     def _open(self, shard: str) -> tuple[BinaryIO, mmap.mmap | None]:
         if len(self.files) >= self.keep:
@@ -127,9 +133,8 @@ def _read_run(
 ) -> list[tuple[str, Members | SampleError]]:
     """The datums of one run: one read, then each datum's headers parsed from it."""
     name = f"{shard}.tar"
-    base = starts[0]
     try:
-        buf = files.read(shard, base, ends[-1] - base)
+        buf, base = files.read(shard, starts[0], ends[-1] - starts[0])
     except DataRepoError as e:
         return [(k, SampleError(f"sample {k} in shard {name}: {getattr(e, 'reason', e)}", k, shard)) for k in keys]
     out: list[tuple[str, Members | SampleError]] = []
@@ -144,7 +149,7 @@ def _read_run(
     return out
 
 
-def parse_datum(buf: bytes, pos: int, end: int, datum: bytes, name: str, offset: int) -> Members:
+def parse_datum(buf: bytes | mmap.mmap, pos: int, end: int, datum: bytes, name: str, offset: int) -> Members:
     """The members of the datum (its id, ASCII) at ``buf[pos:end]``, which lies at byte
     ``offset`` of the shard: plain ustar headers are parsed here (a member
     ``<datum>.<ext>``, type ``0``, an octal size, no name prefix); anything else (PAX
@@ -156,15 +161,15 @@ def parse_datum(buf: bytes, pos: int, end: int, datum: bytes, name: str, offset:
     while pos < end:
         if end - pos < _BLOCK or buf[pos + 156] not in _PLAIN or buf[pos + 124] == 0x80 or buf[pos + 345]:
             return cut_members(buf[start:end], datum.decode(), name, offset)
-        member = buf[pos : pos + 100].split(b"\x00", 1)[0]
         try:
             size = int(buf[pos + 124 : pos + 136].rstrip(b"\x00 ") or b"0", 8)
         except ValueError:
             raise CorruptObjectError(name, f"bad tar number at byte {offset + pos - start}") from None
         data = pos + _BLOCK
-        if member[:cut] != stem or data + size > end:
+        named = buf.find(b"\x00", pos, pos + 100)
+        if buf[pos : pos + cut] != stem or data + size > end:
             return cut_members(buf[start:end], datum.decode(), name, offset)  # which says what is wrong
-        members[member[cut:].decode("utf-8", "surrogateescape")] = buf[data : data + size]
+        members[buf[pos + cut : named if named >= 0 else pos + 100].decode("utf-8", "surrogateescape")] = buf[data : data + size]
         pos = data + size + (-size % _BLOCK)
     if not members:
         raise CorruptObjectError(name, f"datum {datum.decode()} has no members at byte {offset}")
