@@ -73,8 +73,9 @@ def epoch_order(count: int, seed: int, epoch: int, shuffle: bool = True, block: 
     # The rows of the shuffled blocks, one after another: a run of consecutive rows a block.
     run_starts = np.repeat(starts - np.concatenate([[0], np.cumsum(sizes)[:-1]]), sizes)
     rows = run_starts + np.arange(count, dtype=np.int64)
-    span = block * window
-    keys = (np.arange(count, dtype=np.int64) // span).astype(np.float64)
+    # A row's window (the place of its block in the shuffled order, by ``window``), plus
+    # a uniform draw in [0, 1): sorted, the windows stay in turn, each shuffled.
+    keys = np.repeat((np.arange(blocks) // window).astype(np.float64), sizes)
     keys += _rng(seed, epoch, _WINDOW_SALT).random(count)
     return rows[np.argsort(keys, kind="stable")]
 
