@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,8 @@ def indexed(batches: Iterable[dict[str, Any]]) -> list[tuple[int, str]]:
     return [(int(i), k) for b in batches for i, k in zip(b["__index__"].tolist(), b["__key__"])]
 
 
-def loader(ds: Any, workers: int, batch_size: int | None = None, **kw: Any) -> Callable[[], Any]:
+def loader(ds: Any, workers: int, batch_size: int | None = None, **kw: Any) -> Any:
+    """A DataLoader over ``ds`` (batches from the dataset itself by default)."""
     import torch
 
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, **kw)

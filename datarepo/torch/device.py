@@ -53,21 +53,25 @@ class DeviceLoader:
 
     def _to_device(self, batches: Iterator[Any]) -> Iterator[tuple[Any, Any]]:
         """(host batch, device batch) pairs, the next one's copy started before this one
-        is handed over."""
+        is handed over; the loop's stream waits for this batch's copy only."""
         stream = torch.cuda.Stream(self.device)
         ahead = self._copy(next(batches, None), stream)
         while ahead is not None:
-            current = ahead
+            host, moved, copied = ahead
             ahead = self._copy(next(batches, None), stream)
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            _record(current[1], torch.cuda.current_stream(self.device))
-            yield current
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(copied)
+            _record(moved, current)
+            yield host, moved
 
-    def _copy(self, batch: Any, stream: torch.cuda.Stream) -> tuple[Any, Any] | None:
+    def _copy(self, batch: Any, stream: torch.cuda.Stream) -> tuple[Any, Any, torch.cuda.Event] | None:
         if batch is None:
             return None
         with torch.cuda.stream(stream):
-            return batch, move(batch, self.device)
+            moved = move(batch, self.device)
+            copied = torch.cuda.Event()
+            copied.record(stream)
+        return batch, moved, copied
 
 
 def move(batch: Any, device: torch.device) -> Any:
