@@ -157,3 +157,28 @@ def test_stock_webdataset_reads_every_shard(mixed: Path, tmp_path: Path) -> None
     first = manifest.ranges(0)[0]
     with datarepo.open(tmp_path) as repo:
         assert got[first.datum]["bin"] == repo.read(first.datum)["bin"]
+
+
+def rings_of_dead_processes() -> list[str]:
+    """Shared-memory files a worker left behind: those whose process is gone."""
+    left = []
+    for name in os.listdir("/dev/shm") if os.path.isdir("/dev/shm") else []:
+        if name.startswith("datarepo-"):
+            try:
+                os.kill(int(name.split("-")[1]), 0)
+            except ProcessLookupError:
+                left.append(name)
+    return left
+
+
+@pytest.mark.parametrize("size", [6000, 3 << 20])  # batches of 96 KB through shared memory; of 12 MB through the pipe
+def test_bytes_reach_the_loop_whole_through_workers(tmp_path: Path, size: int) -> None:
+    samples = {f"s/{i:03d}": {"bin": os.urandom(size + i), "txt": b"%d" % i} for i in range(24 if size < 1 << 20 else 8)}
+    make_repo(tmp_path, samples, shard_size=1 << 20)
+    ds = DatumDataset(tmp_path, batch_size=16 if size < 1 << 20 else 4, seed=1)
+    got = {}
+    for batch in loader(ds, workers=2):
+        assert type(batch["bin"]) is list and type(batch["__key__"]) is list
+        got.update(zip(batch["__key__"], zip(batch["bin"], batch["txt"])))
+    assert got == {k: (m["bin"], m["txt"]) for k, m in samples.items()}
+    assert rings_of_dead_processes() == []

@@ -17,7 +17,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 import datarepo
 from datarepo.errors import DataRepoError, InvalidInputError
 from datarepo.repo import Repo
-from datarepo.torch.batch import Batch, collate, columns, positions_of
+from datarepo.torch.batch import Batch, collate, columns, for_the_queue, positions_of
 from datarepo.torch.decode import check_spec, decoder
 from datarepo.torch.plan import OrderSpec, Share, chunks_of, order_fingerprint, rows_at, select, share
 from datarepo.torch.reader import SampleError, ShardFiles, read_rows
@@ -257,7 +257,7 @@ class DatumDataset(IterableDataset):
             if self.batch_size:
                 if here:
                     self._consumed = c * chunk + len(positions)
-                yield self._batch(read, skipped)
+                yield self._batch(read, skipped) if info is None else for_the_queue(self._batch(read, skipped))
                 continue
             for key, position, fields in read:
                 if here:
@@ -302,7 +302,8 @@ class DatumDataset(IterableDataset):
     def _shard_files(self) -> ShardFiles:
         if self._files is None or self._files[0] != os.getpid():
             repo = datarepo.open(self.path)
-            self._files = (os.getpid(), ShardFiles(repo.store.open_shard))
+            wanted = np.bincount(self.manifest.shard_index[self.rows], self.manifest.lengths[self.rows], len(self.manifest.shards))
+            self._files = (os.getpid(), ShardFiles(repo.store.open_shard, dict(zip(self.manifest.shards, wanted.tolist()))))
         return self._files[1]
 
     def __getstate__(self) -> dict[str, Any]:
