@@ -39,11 +39,14 @@ class Ring:
         size = _HEADER + slots * slot_bytes
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            self._finalize = Finalize(self, _unlink, (path,), exitpriority=10)
             os.posix_fallocate(fd, 0, size)  # the space now, or ENOSPC now: never SIGBUS later
             self.map = mmap.mmap(fd, size)
+        except BaseException:
+            _unlink(path)
+            raise
         finally:
             os.close(fd)
+        self._finalize = Finalize(self, _unlink, (path,), exitpriority=10)
 
     def put(self, blobs: list[bytes]) -> Shared | None:
         """The place of ``blobs`` copied into a free slot; None where none is free or
@@ -107,7 +110,7 @@ def ring_of_this_process() -> Ring | None:
     if _RING is None or _RING[0] != os.getpid():
         try:
             ring: Ring | None = Ring(f"{SHM}/datarepo-{os.getpid()}-{secrets.token_hex(6)}")
-        except OSError:
+        except (OSError, AttributeError):  # no /dev/shm, no space, or no posix_fallocate
             ring = None
         _RING = (os.getpid(), ring)
     return _RING[1]
