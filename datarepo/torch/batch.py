@@ -14,13 +14,11 @@ from torch.utils.data import get_worker_info
 
 from datarepo.torch.transport import shared
 
-
 # Tensors up to this size cross from a worker as bytes in the batch's pickle: torch would
 # hand each over in shared memory, through a file descriptor sent over a socket, which
 # costs more than copying a few kilobytes (labels, positions; measured: two small tensors
 # a batch halved the batches a second two workers delivered).
 SMALL_TENSOR = 1 << 16
-
 
 # A DataLoader worker hands a column of bytes over through shared memory (transport.py)
 # from this many bytes in all; a smaller one goes in the batch's pickle.
@@ -55,8 +53,11 @@ class _Small:
 def _packed(value: Any, worker: bool) -> Any:
     if isinstance(value, Column):
         value = value.items
-    if isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.nbytes <= SMALL_TENSOR and value.dtype != torch.bfloat16:
-        return _Small(value.numpy())
+    if isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.nbytes <= SMALL_TENSOR:
+        try:
+            return _Small(value.numpy())
+        except (TypeError, RuntimeError):  # a dtype numpy has not (bfloat16), or one that needs grad
+            return value
     if worker and type(value) is list and value and all(type(v) is bytes for v in value) and sum(map(len, value)) >= SHARED_BYTES:
         return shared(value)
     return value
