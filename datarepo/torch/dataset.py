@@ -257,7 +257,8 @@ class DatumDataset(IterableDataset):
             if self.batch_size:
                 if here:
                     self._consumed = c * chunk + len(positions)
-                yield self._batch(read, skipped) if info is None else for_the_queue(self._batch(read, skipped))
+                batch = self._batch(read, skipped)
+                yield batch if info is None else for_the_queue(batch)
                 continue
             for key, position, fields in read:
                 if here:
