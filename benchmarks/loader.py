@@ -56,7 +56,7 @@ import io
 import json
 import os
 import platform
-import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from statistics import median
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -396,11 +397,22 @@ class BadEpoch(Exception):
     pass
 
 
-def epoch(name: str, s: SampleSet, batches: Iterable, opts: Opts) -> float:
-    """Seconds to read one epoch; checks that it delivered every sample exactly once."""
+class Timing(NamedTuple):
+    wall: float  # seconds
+    cpu: float  # CPU seconds of this process and the workers it reaped, user and system
+
+
+def cpu_now() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def epoch(name: str, s: SampleSet, batches: Iterable, opts: Opts) -> Timing:
+    """The time of one epoch, wall and CPU (the DataLoader joins its workers as the epoch
+    ends, so their CPU time is counted); checks that it delivered every sample exactly once."""
     keys: list[str] = []
     labels = size = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_now()
     for batch_keys, payload, batch_labels in batches:
         keys.extend(batch_keys)
         labels += int(batch_labels.sum())
@@ -410,7 +422,7 @@ def epoch(name: str, s: SampleSet, batches: Iterable, opts: Opts) -> float:
             size += payload.shape[0]
         else:
             size += sum(map(len, payload))
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, cpu_now() - cpu
     want_size = len(s.samples) if opts.decode else s.total_bytes
     if len(keys) != len(s.samples) or set(keys) != s.keys or labels != s.label_sum or size != want_size:
         raise BadEpoch(
@@ -418,7 +430,7 @@ def epoch(name: str, s: SampleSet, batches: Iterable, opts: Opts) -> float:
             f"{len(s.keys - set(keys))} missing), labels summing to {labels} and {size} bytes or images; "
             f"expected {len(s.samples)} distinct samples, {s.label_sum}, {want_size}"
         )
-    return seconds
+    return Timing(seconds, cpu)
 
 
 def drop_caches(dirs: Iterable[Path]) -> str:
@@ -453,25 +465,30 @@ def warm(dirs: Iterable[Path]) -> None:
 @dataclass
 class Result:
     name: str
-    runs: list[float]  # seconds an epoch
+    runs: list[Timing]  # one an epoch
     samples: int
     kind: str = "peer"  # "ours", "peer" or "reference"
 
     @property
     def best(self) -> float:
-        return self.samples / min(self.runs)
+        return self.samples / min(t.wall for t in self.runs)
 
     @property
     def median(self) -> float:
-        return self.samples / median(self.runs)
+        return self.samples / median(t.wall for t in self.runs)
+
+    @property
+    def cpu_us(self) -> float:
+        """The median CPU time a sample, all processes together, in microseconds."""
+        return 1e6 * median(t.cpu for t in self.runs) / self.samples
 
 
 def in_turns(
     s: SampleSet, loaders: dict[str, Callable[[SampleSet, Opts], Iterable]], opts: Opts, repeats: int, cold: bool
-) -> dict[str, list[float]]:
+) -> dict[str, list[Timing]]:
     """``repeats`` epochs of each loader, taken in turns, so a slow spell of a shared
     machine weighs on all; every epoch is logged."""
-    runs: dict[str, list[float]] = {name: [] for name in loaders}
+    runs: dict[str, list[Timing]] = {name: [] for name in loaders}
     how = ""
     for r in range(repeats):
         for name, make in loaders.items():
@@ -481,8 +498,9 @@ def in_turns(
             runs[name].append(epoch(name, s, batches, opts))
             del batches
             gc.collect()
-            log(f"  {s.name} {'cold' if cold else 'warm'} round {r + 1}: {name} {runs[name][-1]:.3f} s "
-                f"({len(s.samples) / runs[name][-1]:,.0f} samples/s){' after ' + how if how else ''}")
+            wall, cpu = runs[name][-1]
+            log(f"  {s.name} {'cold' if cold else 'warm'} round {r + 1}: {name} {wall:.3f} s, {cpu:.3f} s CPU "
+                f"({len(s.samples) / wall:,.0f} samples/s){' after ' + how if how else ''}")
     return runs
 
 
@@ -503,13 +521,13 @@ def ustar_loop(paths: list[Path]) -> int:
     return samples
 
 
-def ustar_runs(s: SampleSet, repeats: int) -> list[float]:
+def ustar_runs(s: SampleSet, repeats: int) -> list[Timing]:
     paths = sorted(s.dirs["wds"].glob("*.tar"))
     runs = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_now()
         found = ustar_loop(paths)
-        runs.append(time.perf_counter() - start)
+        runs.append(Timing(time.perf_counter() - start, cpu_now() - cpu))
         if found != len(s.samples):
             raise BadEpoch(f"ustar loop: {found} samples, expected {len(s.samples)}")
     return runs
@@ -638,17 +656,18 @@ def print_table(title: str, results: list[Result], targets: list[tuple[str, bool
         return f"{r.best / other.best:.2f}x ({r.median / other.median:.2f}x)"
 
     header = ("loader", "samples/s, best", "median", f"vs fastest peer ({fastest.name if fastest else '-'})", "vs WebDataset",
-              "epochs (s)")
+              "CPU us a sample", "epochs (s)")
     lines = [
         (r.name + (" (reference)" if r.kind == "reference" else ""), rate(r.best), rate(r.median), ratio(r, fastest),
-         ratio(r, wds), ", ".join(f"{t:.2f}" for t in r.runs))
+         ratio(r, wds), f"{r.cpu_us:.0f}", ", ".join(f"{t.wall:.2f}" for t in r.runs))
         for r in results
     ]
     widths = [max(len(line[i]) for line in (header, *lines)) for i in range(len(header))]
     print(f"\n## {title}\n")
     for line in (header, tuple("-" * w for w in widths), *lines):
         print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |")
-    print("\nRatios: best against best (median against median).\n")
+    print("\nRatios: best against best (median against median). CPU: the median epoch's CPU time (user and "
+          "system) of the main process and its workers together, a sample.\n")
     for target, met in targets:
         print(f"- target: {target}: {'-' if met is None else 'met' if met else 'MISSED'}")
     for note in notes:
@@ -691,7 +710,7 @@ def loaders_of(with_reference: bool, variants: bool = False) -> dict[str, Callab
     return out
 
 
-def results_of(runs: dict[str, list[float]], samples: int) -> list[Result]:
+def results_of(runs: dict[str, list[Timing]], samples: int) -> list[Result]:
     kinds = {"datarepo": "ours", "datarepo, verify=False": "ours", "datarepo, samples one by one": "ours",
              "bytes in memory": "reference", "plain ustar loop, 1 core": "reference"}
     return [Result(name, times, samples, kinds.get(name, "peer")) for name, times in runs.items()]
