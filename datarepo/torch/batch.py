@@ -145,17 +145,18 @@ def column(values: list[Any]) -> Any:
     return values
 
 
-def positions_of(batch: Mapping[str, Any] | Any) -> list[int]:
-    """The global positions a batch (or one sample) stands for: its samples' and those of
-    the samples skipped in it."""
-    if not isinstance(batch, Mapping) or "__index__" not in batch:
-        return []
-    index = batch["__index__"]
+def position_range(batch: Mapping[str, Any] | Any) -> tuple[int, int] | None:
+    """The first and last global positions a batch (or one sample) stands for: of its
+    samples and of the samples skipped in it; None for anything else. (Taken every
+    step: the positions are not copied out of their tensor.)"""
+    index = batch.get("__index__") if isinstance(batch, dict) or isinstance(batch, Mapping) else None
+    if index is None:
+        return None
     if isinstance(index, torch.Tensor):
-        found = index.reshape(-1).tolist()
-    elif isinstance(index, (list, tuple)):
-        found = [int(i) for i in index]
-    else:
-        found = [int(index)]
-    skipped = batch.get("__skipped__") or []
-    return found + [int(p) for p, *_ in skipped if isinstance(p, (int, np.integer))]
+        index = index.numpy() if index.device.type == "cpu" else index.cpu().numpy()
+    found = np.asarray(index, dtype=np.int64).reshape(-1)
+    skipped = [int(p) for p, *_ in batch.get("__skipped__") or ()]
+    if not len(found) and not skipped:
+        return None
+    ends = [int(found.min()), int(found.max())] if len(found) else []
+    return min(ends + skipped), max(ends + skipped)

@@ -17,7 +17,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 import datarepo
 from datarepo.errors import DataRepoError, InvalidInputError
 from datarepo.repo import Repo
-from datarepo.torch.batch import Batch, collate, columns, for_the_queue, positions_of
+from datarepo.torch.batch import Batch, collate, columns, for_the_queue, position_range
 from datarepo.torch.decode import check_spec, decoder
 from datarepo.torch.plan import OrderSpec, Share, chunks_of, order_fingerprint, rows_at, select, share
 from datarepo.torch.reader import SampleError, ShardFiles, read_rows
@@ -122,6 +122,7 @@ class DatumDataset(IterableDataset):
         self._order: tuple[int, np.ndarray] | None = None
         self._files: tuple[int, ShardFiles] | None = None
         self._plan_id: str | None = None
+        self._share: Share | None = None
 
     # the order ---------------------------------------------------------
     @property
@@ -135,7 +136,9 @@ class DatumDataset(IterableDataset):
 
     def share(self) -> Share:
         """This rank's share of the current epoch, from where it resumes."""
-        return share(self.spec.count, self._start, self.rank, self.world_size, self.pad)
+        if self._share is None or self._share.start != self._start:
+            self._share = share(self.spec.count, self._start, self.rank, self.world_size, self.pad)
+        return self._share
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         """The global order of an epoch: positions of the selection's rows (in manifest order)."""
@@ -217,12 +220,12 @@ class DatumDataset(IterableDataset):
         received)."""
         if isinstance(batch, Mapping):
             self.skipped += [str(m) for _, m in batch.get("__skipped__") or []]
-        positions = positions_of(batch)
-        if not positions:
+        ends = position_range(batch)
+        if ends is None:
             return
         s = self.share()
         try:
-            lo, hi = s.local(min(positions)), s.local(max(positions))
+            lo, hi = s.local(ends[0]), s.local(ends[1])
         except ValueError:
             self._disordered = True
             return
