@@ -25,20 +25,22 @@ SMALL_TENSOR = 1 << 16
 SHARED_BYTES = 1 << 16
 
 
-class Batch(dict):  # type: ignore[type-arg]
-    """A batch: a dict of columns. Through a multiprocessing queue (a DataLoader worker's
-    hand-over) its small tensors travel as plain arrays (rebuilt as tensors on arrival;
-    see SMALL_TENSOR), and a DataLoader worker's columns of bytes through shared memory
-    (:mod:`datarepo.torch.transport`). Pickled otherwise, it is a plain dict."""
+class Record(dict):  # type: ignore[type-arg]
+    """A sample (a dict of fields) or a batch (a dict of columns). Through a
+    multiprocessing queue (a DataLoader worker's hand-over) its small tensors travel as
+    plain arrays (rebuilt as tensors on arrival; see SMALL_TENSOR), and a DataLoader
+    worker's columns of bytes through shared memory (:mod:`datarepo.torch.transport`).
+    Pickled otherwise, it is a plain dict. A DataLoader that batches samples keeps the
+    type of the first: the batches of Records are Records."""
 
 
-def _reduce(batch: Batch) -> tuple[Any, ...]:
+def _reduce(batch: Record) -> tuple[Any, ...]:
     """How a batch crosses a multiprocessing queue (registered with its pickler below)."""
     worker = get_worker_info() is not None
     return _rebuild, ({k: _packed(v, worker) for k, v in batch.items()},)
 
 
-ForkingPickler.register(Batch, _reduce)
+ForkingPickler.register(Record, _reduce)
 
 
 class _Small:
@@ -63,8 +65,8 @@ def _packed(value: Any, worker: bool) -> Any:
     return value
 
 
-def _rebuild(columns: dict[str, Any]) -> Batch:
-    return Batch({k: torch.from_numpy(v.array) if isinstance(v, _Small) else v for k, v in columns.items()})
+def _rebuild(columns: dict[str, Any]) -> Record:
+    return Record({k: torch.from_numpy(v.array) if isinstance(v, _Small) else v for k, v in columns.items()})
 
 
 class Column:
@@ -87,9 +89,9 @@ class Column:
         return iter(self.items)
 
 
-def for_the_queue(batch: Batch) -> Batch:
+def for_the_queue(batch: Record) -> Record:
     """The batch with its lists wrapped as :class:`Column`: what a worker yields."""
-    return Batch({k: Column(v) if type(v) is list else v for k, v in batch.items()})
+    return Record({k: Column(v) if type(v) is list else v for k, v in batch.items()})
 
 
 def collate(samples: list[dict[str, Any]], skipped: list[tuple[int, str]]) -> dict[str, Any]:
@@ -101,20 +103,20 @@ def collate(samples: list[dict[str, Any]], skipped: list[tuple[int, str]]) -> di
     names: dict[str, None] = {}
     for s in samples:
         names.update(dict.fromkeys(s))
-    batch = Batch({name: column([s.get(name) for s in samples]) for name in names})
+    batch = Record({name: column([s.get(name) for s in samples]) for name in names})
     batch.setdefault("__key__", [])
     batch.setdefault("__index__", torch.zeros(0, dtype=torch.int64))
     batch["__skipped__"] = skipped
     return batch
 
 
-def columns(read: list[tuple[str, int, dict[str, Any]]], skipped: list[tuple[int, str]]) -> Batch:
+def columns(read: list[tuple[str, int, dict[str, Any]]], skipped: list[tuple[int, str]]) -> Record:
     """:func:`collate` of samples given as (key, position, fields), without making a dict
     a sample first."""
     names: dict[str, None] = {}
     for _, _, fields in read:
         names.update(dict.fromkeys(fields))
-    batch = Batch(
+    batch = Record(
         {
             "__key__": [k for k, _, _ in read],
             "__index__": torch.from_numpy(np.array([p for _, p, _ in read], dtype=np.int64)),

@@ -17,7 +17,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 import datarepo
 from datarepo.errors import DataRepoError, InvalidInputError
 from datarepo.repo import Repo
-from datarepo.torch.batch import Batch, collate, columns, for_the_queue, position_range
+from datarepo.torch.batch import Record, collate, columns, for_the_queue, position_range
 from datarepo.torch.decode import check_spec, decoder
 from datarepo.torch.plan import OrderSpec, Share, chunks_of, order_fingerprint, rows_at, select, share
 from datarepo.torch.reader import SampleError, ShardFiles, read_rows
@@ -266,11 +266,11 @@ class DatumDataset(IterableDataset):
             for key, position, fields in read:
                 if here:
                     self._consumed = s.local(position) + 1
-                yield self._transformed({"__key__": key, "__index__": position, **fields})
+                yield Record(self._transformed({"__key__": key, "__index__": position, **fields}))
             if here:
                 self._consumed = c * chunk + len(positions)
 
-    def _batch(self, read: list[tuple[str, int, dict[str, Any]]], skipped: list[tuple[int, str]]) -> Batch:
+    def _batch(self, read: list[tuple[str, int, dict[str, Any]]], skipped: list[tuple[int, str]]) -> Record:
         if self.transform is not None:
             return collate([self._transformed({"__key__": k, "__index__": p, **f}) for k, p, f in read], skipped)
         return columns(read, skipped)
