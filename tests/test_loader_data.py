@@ -172,12 +172,17 @@ def rings_of_dead_processes() -> list[str]:
 
 
 @pytest.mark.parametrize("size", [6000, 3 << 20])  # batches of 96 KB through shared memory; of 12 MB through the pipe
-def test_bytes_reach_the_loop_whole_through_workers(tmp_path: Path, size: int) -> None:
+@pytest.mark.parametrize("batched_by", ["dataset", "loader"])
+def test_bytes_reach_the_loop_whole_through_workers(tmp_path: Path, size: int, batched_by: str) -> None:
     samples = {f"s/{i:03d}": {"bin": os.urandom(size + i), "txt": b"%d" % i} for i in range(24 if size < 1 << 20 else 8)}
     make_repo(tmp_path, samples, shard_size=1 << 20)
-    ds = DatumDataset(tmp_path, batch_size=16 if size < 1 << 20 else 4, seed=1)
+    n = 16 if size < 1 << 20 else 4
+    if batched_by == "dataset":
+        batches = loader(DatumDataset(tmp_path, batch_size=n, seed=1), workers=2)
+    else:
+        batches = loader(DatumDataset(tmp_path, chunk_size=n, seed=1), workers=2, batch_size=n)
     got = {}
-    for batch in loader(ds, workers=2):
+    for batch in batches:
         assert type(batch["bin"]) is list and type(batch["__key__"]) is list
         got.update(zip(batch["__key__"], zip(batch["bin"], batch["txt"])))
     assert got == {k: (m["bin"], m["txt"]) for k, m in samples.items()}
