@@ -121,7 +121,7 @@ class DatumDataset(IterableDataset):
         self.skipped: list[str] = []  # what on_error="skip" left out, as seen by this process
         self._order: tuple[int, np.ndarray] | None = None
         self._files: tuple[int, ShardFiles] | None = None
-        self._plan_id: str | None = None
+        self._plan_id = self._digest_plan()
         self._share: Share | None = None
 
     # the order ---------------------------------------------------------
@@ -159,14 +159,15 @@ class DatumDataset(IterableDataset):
         return order_fingerprint(self.manifest.datums, self.rows[self.spec.epoch_order(0)])
 
     def plan_id(self) -> str:
-        """A digest of what fixes the order, checked when a state is loaded (made once:
-        taking a state every step costs a dict)."""
-        if self._plan_id is None:
-            h = xxhash.xxh3_64()
-            h.update(repr((self.manifest.tree, self.prefix, self.spec)).encode())
-            h.update(order_fingerprint(self.manifest.datums, self.rows).encode())
-            self._plan_id = h.hexdigest()
+        """A digest of what fixes the order, checked when a state is loaded (made with
+        the dataset: taking a state every step then costs a dict)."""
         return self._plan_id
+
+    def _digest_plan(self) -> str:
+        h = xxhash.xxh3_64()
+        h.update(repr((self.manifest.tree, self.prefix, self.spec)).encode())
+        h.update(order_fingerprint(self.manifest.datums, self.rows).encode())
+        return h.hexdigest()
 
     def set_epoch(self, epoch: int) -> None:
         """Starts another epoch (its own order); a state loaded for this epoch is kept."""
