@@ -307,8 +307,7 @@ class DatumDataset(IterableDataset):
     def _shard_files(self) -> ShardFiles:
         if self._files is None or self._files[0] != os.getpid():
             repo = datarepo.open(self.path)
-            wanted = np.bincount(self.manifest.shard_index[self.rows], self.manifest.lengths[self.rows], len(self.manifest.shards))
-            self._files = (os.getpid(), ShardFiles(repo.store.open_shard, dict(zip(self.manifest.shards, wanted.tolist()))))
+            self._files = (os.getpid(), ShardFiles(repo.store.open_shard))
         return self._files[1]
 
     def __getstate__(self) -> dict[str, Any]:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import io
 import mmap
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import BinaryIO
 
 import numpy as np
@@ -49,18 +48,10 @@ class ShardFiles:
     """Open shard files of one process, by oid, through ``opener`` (the store's
     ``open_shard``). A local file is mapped into memory (a datum is then one copy out of
     the page cache, without a system call); any other file object is read with seek
-    and read.
+    and read."""
 
-    ``wanted`` says how many bytes of each shard the reader's selection holds: a shard
-    that it holds at least half of is mapped whole at once (``MAP_POPULATE``: its page
-    table filled in one go, and read in one sequential pass if it is not cached),
-    rather than page by page as its datums are read (a fault a few pages, which cost a
-    DataLoader worker, new every epoch, more than the copies).
-    """
-
-    def __init__(self, opener: Callable[[str], BinaryIO], wanted: Mapping[str, int] | None = None, keep: int = 64) -> None:
+    def __init__(self, opener: Callable[[str], BinaryIO], keep: int = 64) -> None:
         self.opener = opener
-        self.wanted = wanted or {}
         self.keep = keep
         self.files: dict[str, tuple[BinaryIO, mmap.mmap | None]] = {}
 
@@ -84,10 +75,7 @@ class ShardFiles:
             _close(*self.files.pop(next(iter(self.files))))
         f = self.opener(shard)
         try:
-            fd = f.fileno()
-            dense = 2 * self.wanted.get(shard, 0) >= os.fstat(fd).st_size
-            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if dense else 0)
-            mapped: mmap.mmap | None = mmap.mmap(fd, 0, flags=flags, prot=mmap.PROT_READ)
+            mapped: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # not a local file, or empty
             mapped = None
         self.files[shard] = (f, mapped)
