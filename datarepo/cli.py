@@ -577,7 +577,14 @@ def runs(ctx: click.Context, as_json: bool) -> None:
         _json([r._asdict() for r in found])
         return
     for r in found:
-        click.echo(f"{r.name}\t{r.commit[:12]}\t{_quoted(r.prefix) or '(all)'}\tseed {r.seed}\tepochs {r.epochs}\tworld {r.world_size}\t{r.time}")
+        prefix = _quoted(r.prefix) or "(all)"
+        click.echo(f"{r.name}\t{r.commit[:12]}\t{prefix}\tseed {r.seed}\tepochs {r.epochs}\tworld {r.world_size}\t{r.time}")
+
+
+_RUN_FIELDS = (
+    "name", "commit", "rev", "prefix", "count", "seed", "shuffle", "block", "window",
+    "epochs", "world_size", "batch_size", "pad", "decode", "fingerprint", "time", "author", "extra",
+)  # fmt: skip
 
 
 @runs.command(name="show")
@@ -602,7 +609,7 @@ def runs_show(name: str, keys: bool, epoch: int, as_json: bool) -> None:
     if as_json:
         _json(run)
         return
-    for field in ("name", "commit", "rev", "prefix", "count", "seed", "shuffle", "block", "window", "epochs", "world_size", "batch_size", "pad", "decode", "fingerprint", "time", "author", "extra"):
+    for field in _RUN_FIELDS:
         value = run.get(field)
         click.echo(f"{field}: {value if isinstance(value, str) else json.dumps(value)}")
 

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     ds = dataset(args.repo, args.rev, args.prefix)
-    labels = DatumDataset(args.repo, rev=args.rev, prefix=args.prefix, decode={"cls": "int", "jpg": None, "json": None}, batch_size=256)
+    only_labels = {"cls": "int", "jpg": None, "json": None}
+    labels = DatumDataset(args.repo, rev=args.rev, prefix=args.prefix, decode=only_labels, batch_size=256)
     classes = 1 + max(int(batch["cls"].max()) for batch in DataLoader(labels, batch_size=None))
     print(f"{ds.spec.count} samples under {args.prefix!r} at {ds.commit[:12]}, {len(ds)} batches of {BATCH}, {classes} classes")
     net = model(classes).to(device)
@@ -100,12 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     rest = train(net, DeviceLoader(DataLoader(resumed, batch_size=None, num_workers=1), device), None)
 
     with datarepo.open(args.repo) as repo:
-        oid = repo.record_run(args.run, resumed, extra={"script": "train_example.py", "steps": len(first) + len(rest)}, force=True)
+        extra = {"script": "train_example.py", "steps": len(first) + len(rest)}
+        oid = repo.record_run(args.run, resumed, extra=extra, force=True)
     print(f"-- recorded run {args.run!r} ({oid[:12]}): datarepo runs show {args.run} --keys")
 
     replay = [digest(b) for b in DataLoader(DatumDataset.from_run(args.repo, args.run), batch_size=None, num_workers=0)]
     same = replay == first + rest
-    print(f"-- replay of the run: {len(replay)} batches, {'the same samples in the same order, bit for bit' if same else 'DIFFERENT'}")
+    verdict = "the same samples in the same order, bit for bit" if same else "DIFFERENT"
+    print(f"-- replay of the run: {len(replay)} batches, {verdict}")
     return 0 if same else 1
 
 

@@ -76,7 +76,10 @@ def test_images_decode_at_a_reduced_scale_when_smaller_is_asked(mixed: Path) -> 
 
 
 def test_transform_runs_in_the_workers(mixed: Path) -> None:
-    ds = DatumDataset(mixed, prefix="img/", decode={"cls": "int"}, transform=lambda s: {"y": s["cls"] * 10, "pid": os.getpid()}, batch_size=4)
+    def tag(sample: dict) -> dict:
+        return {"y": sample["cls"] * 10, "pid": os.getpid()}
+
+    ds = DatumDataset(mixed, prefix="img/", decode={"cls": "int"}, transform=tag, batch_size=4)
     batches = list(loader(ds, workers=2))
     assert {pid for b in batches for pid in b["pid"].tolist()}.isdisjoint({os.getpid()})
     assert sorted(y for b in batches for y in b["y"].tolist()) == sorted(10 * (i % 3) for i in range(12))

@@ -192,7 +192,9 @@ class DatumDataset(IterableDataset):
             self._consumed, self._disordered = 0, False
             self.received(after, in_turn=False)
         if self._disordered:
-            raise InvalidInputError("batches reached the training loop out of order: set chunk_size to the DataLoader's batch_size")
+            raise InvalidInputError(
+                "batches reached the training loop out of order: set chunk_size to the DataLoader's batch_size"
+            )
         return {
             "format": STATE_FORMAT,
             "epoch": self.epoch,
