@@ -12,8 +12,10 @@ it unpickles the batch, then marks the slot free. Nothing is inherited across a 
 the name is plain data, and the file is opened by it.
 
 Where a list does not fit a slot, every slot is taken, or no ring can be made (no
-``/dev/shm``, no space), the bytes go through the pipe as before. The worker deletes its
-ring when it exits (a worker killed outright leaves it, as torch's own shared memory).
+``/dev/shm``, no space), the bytes go through the pipe as before. The training process
+unlinks a ring as soon as it has opened it (the worker and it keep it open), and closes
+it once its worker is gone; a worker that exits before a batch of its ring was taken
+deletes it itself.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
+import threading
 from multiprocessing.util import Finalize
 from typing import Any
 
@@ -80,18 +83,46 @@ class Shared:
 
 def take(path: str, slot: int, offset: int, lengths: list[int]) -> list[bytes]:
     """The bytes a worker left in a slot, read out; the slot is freed."""
+    fd = _opened(path)
+    out = []
+    for n in lengths:
+        out.append(os.pread(fd, n, offset))
+        offset += n
+    os.pwrite(fd, bytes([_FREE]), slot)
+    return out
+
+
+# The rings this (training) process reads, by name: opened once, and unlinked at once, so
+# that a worker that dies in any way (a DataLoader terminates a worker that does not
+# stop) leaves no file behind; closed once their worker is gone.
+_OPENED: dict[str, int] = {}
+_OPENED_IN = [0]
+_LOCK = threading.Lock()
+
+
+def _opened(path: str) -> int:
     if not path.startswith(SHM + "/datarepo-") or "/" in path[len(SHM) + 1 :]:
         raise ValueError(f"not a ring: {path!r}")
-    fd = os.open(path, os.O_RDWR)
-    try:
-        out = []
-        for n in lengths:
-            out.append(os.pread(fd, n, offset))
-            offset += n
-        os.pwrite(fd, bytes([_FREE]), slot)
-    finally:
-        os.close(fd)
-    return out
+    with _LOCK:
+        if _OPENED_IN[0] != os.getpid():  # (a forked child does not take its parent's)
+            _OPENED.clear()
+            _OPENED_IN[0] = os.getpid()
+        fd = _OPENED.get(path)
+        if fd is None:
+            _close_the_dead()
+            fd = _OPENED[path] = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            _unlink(path)
+        return fd
+
+
+def _close_the_dead() -> None:
+    for path, fd in list(_OPENED.items()):
+        try:
+            os.kill(int(path.rsplit("/", 1)[1].split("-")[1]), 0)
+        except ProcessLookupError:
+            os.close(_OPENED.pop(path))
+        except (PermissionError, ValueError):
+            pass
 
 
 def _unlink(path: str) -> None:
