@@ -6,16 +6,16 @@ A DataLoader pickles each batch into a pipe: every member's bytes are copied fou
 time waking the other process. Measured here, that was about 16 µs of CPU a 10 KiB
 sample, twice what reading it from the shard costs. Instead, each worker keeps a *ring*:
 a file of a few fixed slots in ``/dev/shm``, its space reserved when it is made. A list
-of bytes is copied into a free slot, and only its place (the file's name, the slot, the
-lengths) goes through the pipe; the training process reads the bytes out of the file as
-it unpickles the batch, then marks the slot free. Nothing is inherited across a fork:
-the name is plain data, and the file is opened by it.
+of bytes is copied into a free slot, and only its place (the worker's process id and
+descriptor of the file, a token, the slot, the lengths) goes through the pipe; the
+training process reads the bytes out of the file as it unpickles the batch, then marks
+the slot free. Nothing is inherited across a fork: the place is plain data.
 
-Where a list does not fit a slot, every slot is taken, or no ring can be made (no
-``/dev/shm``, no space), the bytes go through the pipe as before. The training process
-unlinks a ring as soon as it has opened it (the worker and it keep it open), and closes
-it once its worker is gone; a worker that exits before a batch of its ring was taken
-deletes it itself.
+The file is unlinked as soon as it is made: the training process opens it through
+``/proc/<pid>/fd/<fd>`` (Linux), and it is gone with the last of the two processes,
+however the worker ends (a DataLoader terminates a worker that does not stop). Where a
+list does not fit a slot, every slot is taken, or no ring can be made (no ``/dev/shm`` or
+``/proc``, no space), the bytes go through the pipe as before.
 """
 
 from __future__ import annotations
@@ -24,32 +24,33 @@ import mmap
 import os
 import secrets
 import threading
-from multiprocessing.util import Finalize
 from typing import Any
 
 SHM = "/dev/shm"
 SLOTS = 4
 SLOT_BYTES = 8 << 20
 _FREE, _FULL = 0, 1
-_HEADER = mmap.PAGESIZE  # one state byte a slot, then the slots
+_TOKEN_AT, _TOKEN_BYTES = 64, 16  # after the slots' state bytes
+_HEADER = mmap.PAGESIZE  # the state bytes and the token, then the slots
 
 
 class Ring:
-    """A worker's slots in one shared file (made by :func:`ring_of_this_process`)."""
+    """A worker's slots in one shared, unlinked file (see :func:`ring_of_this_process`)."""
 
-    def __init__(self, path: str, slots: int = SLOTS, slot_bytes: int = SLOT_BYTES) -> None:
-        self.path, self.slots, self.slot_bytes = path, slots, slot_bytes
+    def __init__(self, slots: int = SLOTS, slot_bytes: int = SLOT_BYTES) -> None:
+        self.slots, self.slot_bytes = slots, slot_bytes
+        self.token = secrets.token_bytes(_TOKEN_BYTES)
         size = _HEADER + slots * slot_bytes
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        path = f"{SHM}/datarepo-{os.getpid()}-{self.token.hex()}"
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.posix_fallocate(fd, 0, size)  # the space now, or ENOSPC now: never SIGBUS later
-            self.map = mmap.mmap(fd, size)
+            os.unlink(path)
+            os.posix_fallocate(self.fd, 0, size)  # the space now, or ENOSPC now: never SIGBUS later
+            self.map = mmap.mmap(self.fd, size)
         except BaseException:
-            _unlink(path)
+            os.close(self.fd)
             raise
-        finally:
-            os.close(fd)
-        self._finalize = Finalize(self, _unlink, (path,), exitpriority=10)
+        self.map[_TOKEN_AT : _TOKEN_AT + _TOKEN_BYTES] = self.token
 
     def put(self, blobs: list[bytes]) -> Shared | None:
         """The place of ``blobs`` copied into a free slot; None where none is free or
@@ -65,25 +66,28 @@ class Ring:
             self.map[at : at + n] = blob
             at += n
         self.map[slot] = _FULL
-        return Shared(self.path, slot, _HEADER + slot * self.slot_bytes, lengths)
+        return Shared((os.getpid(), self.fd, self.token.hex()), slot, _HEADER + slot * self.slot_bytes, lengths)
+
+
+Place = tuple[int, int, str]  # the worker's pid, its descriptor of the ring, the ring's token
 
 
 class Shared:
     """A list of bytes left in a ring's slot: pickles as its place, and unpickles (in the
     training process) as the list, read out of the slot, which is then freed."""
 
-    __slots__ = ("lengths", "offset", "path", "slot")
+    __slots__ = ("lengths", "offset", "ring", "slot")
 
-    def __init__(self, path: str, slot: int, offset: int, lengths: list[int]) -> None:
-        self.path, self.slot, self.offset, self.lengths = path, slot, offset, lengths
+    def __init__(self, ring: Place, slot: int, offset: int, lengths: list[int]) -> None:
+        self.ring, self.slot, self.offset, self.lengths = ring, slot, offset, lengths
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return take, (self.path, self.slot, self.offset, self.lengths)
+        return take, (self.ring, self.slot, self.offset, self.lengths)
 
 
-def take(path: str, slot: int, offset: int, lengths: list[int]) -> list[bytes]:
-    """The bytes a worker left in a slot, read out; the slot is freed."""
-    fd = _opened(path)
+def take(ring: Place, slot: int, offset: int, lengths: list[int]) -> list[bytes]:
+    """The bytes a worker left in a slot of its ring, read out; the slot is freed."""
+    fd = _opened(ring)
     out = []
     for n in lengths:
         out.append(os.pread(fd, n, offset))
@@ -92,44 +96,38 @@ def take(path: str, slot: int, offset: int, lengths: list[int]) -> list[bytes]:
     return out
 
 
-# The rings this (training) process reads, by name: opened once, and unlinked at once, so
-# that a worker that dies in any way (a DataLoader terminates a worker that does not
-# stop) leaves no file behind; closed once their worker is gone.
-_OPENED: dict[str, int] = {}
+# The rings this (training) process reads: opened once each, closed once their worker
+# is gone (the file's space is freed when the last descriptor or mapping of it closes).
+_OPENED: dict[Place, int] = {}
 _OPENED_IN = [0]
 _LOCK = threading.Lock()
 
 
-def _opened(path: str) -> int:
-    if not path.startswith(SHM + "/datarepo-") or "/" in path[len(SHM) + 1 :]:
-        raise ValueError(f"not a ring: {path!r}")
+def _opened(ring: Place) -> int:
+    pid, wfd, token = int(ring[0]), int(ring[1]), str(ring[2])
     with _LOCK:
-        if _OPENED_IN[0] != os.getpid():  # (a forked child does not take its parent's)
+        if _OPENED_IN[0] != os.getpid():  # (a forked child does not use its parent's)
             _OPENED.clear()
             _OPENED_IN[0] = os.getpid()
-        fd = _OPENED.get(path)
+        fd = _OPENED.get((pid, wfd, token))
         if fd is None:
             _close_the_dead()
-            fd = _OPENED[path] = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            _unlink(path)
+            fd = os.open(f"/proc/{pid}/fd/{wfd}", os.O_RDWR | os.O_CLOEXEC)
+            if os.pread(fd, _TOKEN_BYTES, _TOKEN_AT).hex() != token:  # another process, another file
+                os.close(fd)
+                raise ValueError(f"process {pid} holds no ring {token}")
+            _OPENED[(pid, wfd, token)] = fd
         return fd
 
 
 def _close_the_dead() -> None:
-    for path, fd in list(_OPENED.items()):
+    for place in list(_OPENED):
         try:
-            os.kill(int(path.rsplit("/", 1)[1].split("-")[1]), 0)
+            os.kill(place[0], 0)
         except ProcessLookupError:
-            os.close(_OPENED.pop(path))
-        except (PermissionError, ValueError):
+            os.close(_OPENED.pop(place))
+        except PermissionError:
             pass
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 _RING: tuple[int, Ring | None] | None = None
@@ -140,7 +138,7 @@ def ring_of_this_process() -> Ring | None:
     global _RING
     if _RING is None or _RING[0] != os.getpid():
         try:
-            ring: Ring | None = Ring(f"{SHM}/datarepo-{os.getpid()}-{secrets.token_hex(6)}")
+            ring: Ring | None = Ring() if os.path.isdir(f"/proc/{os.getpid()}/fd") else None
         except (OSError, AttributeError):  # no /dev/shm, no space, or no posix_fallocate
             ring = None
         _RING = (os.getpid(), ring)
