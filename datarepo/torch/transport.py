@@ -87,37 +87,41 @@ class Shared:
 
 def take(ring: Place, slot: int, offset: int, lengths: list[int]) -> list[bytes]:
     """The bytes a worker left in a slot of its ring, read out; the slot is freed."""
-    fd = _opened(ring)
+    mapped = _opened(ring)
     out = []
     for n in lengths:
-        out.append(os.pread(fd, n, offset))
+        out.append(mapped[offset : offset + n])
         offset += n
-    os.pwrite(fd, bytes([_FREE]), slot)
+    mapped[slot] = _FREE
     return out
 
 
-# The rings this (training) process reads: opened once each, closed once their worker
-# is gone (the file's space is freed when the last descriptor or mapping of it closes).
-_OPENED: dict[Place, int] = {}
+# The rings this (training) process reads: mapped once each, unmapped once their worker
+# is gone (the file's space is freed when the last mapping of it closes).
+_OPENED: dict[Place, mmap.mmap] = {}
 _OPENED_IN = [0]
 _LOCK = threading.Lock()
 
 
-def _opened(ring: Place) -> int:
+def _opened(ring: Place) -> mmap.mmap:
     pid, wfd, token = int(ring[0]), int(ring[1]), str(ring[2])
     with _LOCK:
         if _OPENED_IN[0] != os.getpid():  # (a forked child does not use its parent's)
             _OPENED.clear()
             _OPENED_IN[0] = os.getpid()
-        fd = _OPENED.get((pid, wfd, token))
-        if fd is None:
+        mapped = _OPENED.get((pid, wfd, token))
+        if mapped is None:
             _close_the_dead()
             fd = os.open(f"/proc/{pid}/fd/{wfd}", os.O_RDWR | os.O_CLOEXEC)
-            if os.pread(fd, _TOKEN_BYTES, _TOKEN_AT).hex() != token:  # another process, another file
+            try:
+                mapped = mmap.mmap(fd, 0)
+            finally:
                 os.close(fd)
+            if mapped[_TOKEN_AT : _TOKEN_AT + _TOKEN_BYTES].hex() != token:  # another process, another file
+                mapped.close()
                 raise ValueError(f"process {pid} holds no ring {token}")
-            _OPENED[(pid, wfd, token)] = fd
-        return fd
+            _OPENED[(pid, wfd, token)] = mapped
+        return mapped
 
 
 def _close_the_dead() -> None:
@@ -125,7 +129,7 @@ def _close_the_dead() -> None:
         try:
             os.kill(place[0], 0)
         except ProcessLookupError:
-            os.close(_OPENED.pop(place))
+            _OPENED.pop(place).close()
         except PermissionError:
             pass
 
