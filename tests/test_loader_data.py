@@ -184,3 +184,10 @@ def test_bytes_reach_the_loop_whole_through_workers(tmp_path: Path, size: int, b
         got.update(zip(batch["__key__"], zip(batch["bin"], batch["txt"])))
     assert got == {k: (m["bin"], m["txt"]) for k, m in samples.items()}
     assert ring_files() == []
+
+
+def test_a_member_some_datums_lack_is_none_in_their_place(tmp_path: Path) -> None:
+    make_repo(tmp_path, {f"k{i}": {"cls": b"%d" % i, **({"json": json_bytes(i)} if i % 3 == 0 else {})} for i in range(9)})
+    (batch,) = loader(DatumDataset(tmp_path, decode={"cls": "int", "json": "json"}, batch_size=9, shuffle=False), workers=1)
+    assert batch["json"] == [int(k[1:]) if int(k[1:]) % 3 == 0 else None for k in batch["__key__"]]
+    assert batch["cls"].tolist() == [int(k[1:]) for k in batch["__key__"]]

@@ -113,17 +113,20 @@ def collate(samples: list[dict[str, Any]], skipped: list[tuple[int, str]]) -> di
 def columns(read: list[tuple[str, int, dict[str, Any]]], skipped: list[tuple[int, str]]) -> Record:
     """:func:`collate` of samples given as (key, position, fields), without making a dict
     a sample first."""
-    names: dict[str, None] = {}
-    for _, _, fields in read:
-        names.update(dict.fromkeys(fields))
+    first = read[0][2].keys() if read else {}.keys()
+    names: dict[str, None] = dict.fromkeys(first)
+    if not all(fields.keys() == first for _, _, fields in read):  # (datums have the same members, mostly)
+        for _, _, fields in read:
+            names.update(dict.fromkeys(fields))
     batch = Record(
         {
             "__key__": [k for k, _, _ in read],
             "__index__": torch.from_numpy(np.array([p for _, p, _ in read], dtype=np.int64)),
         }
     )
+    fields = [f for _, _, f in read]
     for name in names:
-        batch[name] = column([f.get(name) for _, _, f in read])
+        batch[name] = column([f.get(name) for f in fields])
     batch["__skipped__"] = skipped
     return batch
 
