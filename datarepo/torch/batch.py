@@ -150,18 +150,27 @@ def column(values: list[Any]) -> Any:
     return values
 
 
-def position_range(batch: Mapping[str, Any] | Any) -> tuple[int, int] | None:
+def position_range(batch: Mapping[str, Any] | Any, step: int = 1) -> tuple[int, int] | None:
     """The first and last global positions a batch (or one sample) stands for: of its
-    samples and of the samples skipped in it; None for anything else. (Taken every
-    step: the positions are not copied out of their tensor.)"""
+    samples and of the samples skipped in it; None for anything else.
+
+    Taken every step, on a batch just received: its positions are in order as the
+    dataset yields them, so the first and the last are read, and the rest only where
+    those two cannot be the ends (positions ``step`` apart, ``n`` of them, span at least
+    ``(n - 1) * step``): a batch put in another order is still read right."""
     index = batch.get("__index__") if isinstance(batch, dict) or isinstance(batch, Mapping) else None
     if index is None:
         return None
     if isinstance(index, torch.Tensor):
         index = index.numpy() if index.device.type == "cpu" else index.cpu().numpy()
-    found = np.asarray(index, dtype=np.int64).reshape(-1)
+    found = index if isinstance(index, np.ndarray) and index.ndim == 1 else np.asarray(index, dtype=np.int64).reshape(-1)
+    ends = []
+    if len(found):
+        lo, hi = int(found[0]), int(found[-1])
+        if hi < lo or (hi - lo) // step + 1 < len(found):
+            lo, hi = int(found.min()), int(found.max())
+        ends = [lo, hi]
     skipped = [int(p) for p, *_ in batch.get("__skipped__") or ()]
-    if not len(found) and not skipped:
+    if not ends and not skipped:
         return None
-    ends = [int(found.min()), int(found.max())] if len(found) else []
     return min(ends + skipped), max(ends + skipped)

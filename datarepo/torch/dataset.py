@@ -223,7 +223,7 @@ class DatumDataset(IterableDataset):
         received)."""
         if isinstance(batch, Mapping):
             self.skipped += [str(m) for _, m in batch.get("__skipped__") or []]
-        ends = position_range(batch)
+        ends = position_range(batch, self.world_size)
         if ends is None:
             return
         s = self.share()
