@@ -17,13 +17,14 @@ from datarepo.fsutil import WriterLock, atomic_write
 from datarepo.hashing import Oid, is_oid
 from datarepo.index import Index
 from datarepo.locations import location_rows
-from datarepo.objects import Commit
-from datarepo.refs import BRANCHES, HEAD, TAGS, Refs
+from datarepo.objects import Blob, Commit
+from datarepo.refs import BRANCHES, HEAD, RUNS, TAGS, Refs
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData
 from datarepo.store import Store, datum_members
 
 if TYPE_CHECKING:
     from datarepo.manifest import Manifest
+    from datarepo.torch.dataset import DatumDataset
     from datarepo.write import RepoWriter
 
 DOTDIR = ".datarepo"
@@ -181,12 +182,19 @@ class Repo:
             if oid is None:
                 raise BadRevisionError(rev, "no commits yet")
             return oid
-        for ref in (rev, BRANCHES + rev, TAGS + rev, "refs/runs/" + rev):
+        for ref in (rev, BRANCHES + rev, TAGS + rev, RUNS + rev):
             if ref.startswith("refs/") and (oid := self.refs.read(ref)) is not None:
-                return oid
+                return self._run_commit(oid) if ref.startswith(RUNS) else oid
         if 4 <= len(rev) <= 32 and all(c in "0123456789abcdef" for c in rev):
             return self._expand_prefix(rev)
         return None
+
+    def _run_commit(self, oid: Oid) -> Oid:
+        """The commit a run ref's record read (a run ref names its run object)."""
+        obj = self.store.get_object(oid)
+        if isinstance(obj, Blob) and obj.data.get("type") == "run" and isinstance(obj.data.get("commit"), str):
+            return Oid(obj.data["commit"])
+        return oid
 
     def _expand_prefix(self, prefix: str) -> Oid | None:
         if is_oid(prefix):
@@ -352,3 +360,16 @@ class Repo:
         from datarepo.manifest import build_manifest
 
         return build_manifest(self, selection)
+
+    def record_run(self, name: str, dataset: DatumDataset, extra: dict[str, Any] | None = None, force: bool = False) -> Oid:
+        """Records what a training run read (docs/loader.md) under ``refs/runs/NAME``: the
+        dataset's commit, selection, seed, epochs, world size, decoders and order
+        fingerprint, with ``extra`` (JSON data). The ref keeps that data from ``gc``.
+
+        Raises:
+            InvalidInputError: a bad name, extras that are not JSON, or a run of that
+                name already recorded (unless ``force``).
+        """
+        from datarepo.torch.runs import record_run
+
+        return record_run(self, name, dataset, extra, force)

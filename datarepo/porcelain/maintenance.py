@@ -96,6 +96,10 @@ def _children(obj: object, seen: Reachable) -> Iterator[str]:
     elif isinstance(obj, TreePage):
         for e in obj.entries:
             seen.datums.setdefault(e.datum, e.key)
+    elif isinstance(obj, Blob) and obj.data.get("type") == "run":
+        # A training run's record keeps the commit (and tree) it read; the rest of it is
+        # the user's (extras may hold any 32-hex-digit string, which is no object here).
+        yield from (v for v in (obj.data.get("commit"), obj.data.get("tree")) if isinstance(v, str) and is_oid(v))
     elif isinstance(obj, Blob):
         named = lineage.children(obj.data)  # a lineage object names objects, and datums only as records
         yield from named if named is not None else _oids_in(obj.data, seen)

@@ -1,0 +1,397 @@
+"""``DatumDataset``: the datums of a revision, streamed from their shards into PyTorch in
+an order that is a pure function of (commit, selection, seed, epoch), resumable mid-epoch
+on any number of workers and ranks. See docs/loader.md."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import xxhash
+from torch.utils.data import IterableDataset, get_worker_info
+
+import datarepo
+from datarepo.errors import DataRepoError, InvalidInputError
+from datarepo.repo import Repo
+from datarepo.torch.batch import Record, collate, columns, for_the_queue, position_range
+from datarepo.torch.decode import check_spec, decoder
+from datarepo.torch.plan import OrderSpec, Share, chunks_of, order_fingerprint, rows_at, select, share
+from datarepo.torch.reader import SampleError, ShardFiles, read_rows
+
+STATE_FORMAT = 1
+
+
+class SkippedSampleWarning(UserWarning):
+    """A sample that could not be read or decoded was skipped (``on_error="skip"``)."""
+
+
+class DatumDataset(IterableDataset):
+    """The datums of a revision under a prefix (or a list of keys), read straight from the
+    shards, for a ``torch.utils.data.DataLoader``.
+
+    Each sample is a dict: ``__key__``, ``__index__`` (its position in the epoch's global
+    order) and one field a member, decoded as ``decode`` says (raw bytes otherwise), then
+    passed to ``transform`` in the worker. With ``batch_size``, the dataset yields batches
+    already collated (use ``DataLoader(ds, batch_size=None)``): handing a batch from a
+    worker costs far less than handing its samples one by one.
+
+    Args:
+        repo: a repository's path, or an opened :class:`~datarepo.repo.Repo`.
+        rev: the revision to read (git's forms: ``main``, ``v1``, ``HEAD~2``, an oid).
+        prefix: the keys to read start with this.
+        keys: instead of a prefix, these keys (the order does not depend on theirs).
+        decode: ext → decoder spec (docs/loader.md); members not named stay bytes.
+        transform: called on each decoded sample (a dict) in the worker; returns a dict.
+        shuffle: shuffle the order (block-wise, see :mod:`datarepo.torch.plan`).
+        seed: the order's seed.
+        epoch: the first epoch (:meth:`set_epoch` sets another).
+        batch_size: yield collated batches of this many samples.
+        chunk_size: without ``batch_size``, workers take turns by runs of this many
+            samples: make it the DataLoader's ``batch_size`` so that batches arrive in order.
+        pad: every rank gets as many samples: pad the last ones by repetition (True) or
+            drop the remainder (False).
+        rank, world_size: this process's place among the ranks; by default from
+            ``torch.distributed`` if it is initialized, else 0 of 1.
+        on_error: ``"raise"`` (a :class:`SampleError` naming key and shard) or ``"skip"``.
+        verify: check each datum's bytes against its id.
+        block, window: the shuffle's block (rows) and window (blocks).
+        unsafe: allow decoders that unpickle (``"pth"``, ``"pickle"``).
+    """
+
+    def __init__(
+        self,
+        repo: str | os.PathLike[str] | Repo,
+        rev: str = "HEAD",
+        prefix: str = "",
+        keys: Sequence[str] | None = None,
+        decode: Mapping[str, Any] | None = None,
+        transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        epoch: int = 0,
+        batch_size: int | None = None,
+        chunk_size: int = 256,
+        pad: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        on_error: str = "raise",
+        verify: bool = True,
+        block: int = 1024,
+        window: int = 16,
+        unsafe: bool = False,
+    ) -> None:
+        super().__init__()
+        if on_error not in ("raise", "skip"):
+            raise InvalidInputError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        for name, value in (("batch_size", batch_size or 1), ("chunk_size", chunk_size), ("block", block), ("window", window)):
+            if type(value) is not int or value < 1:
+                raise InvalidInputError(f"{name} must be a positive int, not {value!r}")
+        if type(seed) is not int or seed < 0 or type(epoch) is not int or epoch < 0:
+            raise InvalidInputError("seed and epoch must be ints of 0 or more")
+        if keys is not None and prefix:
+            raise InvalidInputError("give a prefix or keys, not both")
+        self.decode_spec = check_spec(decode, unsafe)
+        opened = repo if isinstance(repo, Repo) else datarepo.open(repo)
+        try:
+            self.path = str(opened.dotdir)
+            self.rev = rev
+            tree = opened.tree(rev)
+            self.commit = tree.commit
+            self.prefix = prefix
+            self.keys = sorted(set(keys)) if keys is not None else None
+            self.manifest, self.rows = select(opened, tree, prefix, self.keys)
+        finally:
+            if opened is not repo:
+                opened.close()
+        self.transform = transform
+        self.batch_size, self.chunk_size = batch_size, chunk_size
+        self.pad, self.on_error, self.verify = pad, on_error, verify
+        self.spec = OrderSpec(len(self.rows), seed, shuffle, block, window)
+        self.rank, self.world_size = _place(rank, world_size)
+        self.epoch = epoch
+        self.epochs = epoch + 1  # epochs begun, for run records
+        self._start = 0  # the global position this epoch resumes at
+        self._consumed = 0  # samples of this rank's share the training loop received
+        self._observed = False  # a consumer-side wrapper reports what the loop received
+        self._disordered = False
+        self.skipped: list[str] = []  # what on_error="skip" left out, as seen by this process
+        self._order: tuple[int, np.ndarray] | None = None
+        self._files: tuple[int, ShardFiles] | None = None
+        self._plan_id = self._digest_plan()
+        self._share: Share | None = None
+
+    # the order ---------------------------------------------------------
+    @property
+    def seed(self) -> int:
+        return self.spec.seed
+
+    def __len__(self) -> int:
+        """Items this rank yields in the epoch: samples, or batches with ``batch_size``."""
+        n = self.share().length
+        return -(-n // self.batch_size) if self.batch_size else n
+
+    def share(self) -> Share:
+        """This rank's share of the current epoch, from where it resumes."""
+        if self._share is None or self._share.start != self._start:
+            self._share = share(self.spec.count, self._start, self.rank, self.world_size, self.pad)
+        return self._share
+
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        """The global order of an epoch: positions of the selection's rows (in manifest order)."""
+        epoch = self.epoch if epoch is None else epoch
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, self.spec.epoch_order(epoch))
+        return self._order[1]
+
+    def keys_in_order(self, epoch: int | None = None) -> Iterator[str]:
+        """The keys of an epoch in its global order (what ``datarepo runs show --keys`` prints)."""
+        rows = self.rows[self.order(epoch)]
+        for lo in range(0, len(rows), 65536):
+            yield from (self.manifest.keys[r] for r in rows[lo : lo + 65536].tolist())
+
+    def fingerprint(self) -> str:
+        """A digest of the datum ids of epoch 0 in order: two datasets with the same
+        fingerprint read the same data in the same order."""
+        return order_fingerprint(self.manifest.datums, self.rows[self.spec.epoch_order(0)])
+
+    def plan_id(self) -> str:
+        """A digest of what fixes the order, checked when a state is loaded (made with
+        the dataset: taking a state every step then costs a dict)."""
+        return self._plan_id
+
+    def _digest_plan(self) -> str:
+        h = xxhash.xxh3_64()
+        h.update(repr((self.manifest.tree, self.prefix, self.spec)).encode())
+        h.update(order_fingerprint(self.manifest.datums, self.rows).encode())
+        return h.hexdigest()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Starts another epoch (its own order); a state loaded for this epoch is kept."""
+        if type(epoch) is not int or epoch < 0:
+            raise InvalidInputError(f"an epoch is an int of 0 or more, not {epoch!r}")
+        if epoch != self.epoch:
+            self.epoch, self._start, self._consumed, self._disordered = epoch, 0, 0, False
+        self.epochs = max(self.epochs, epoch + 1)
+
+    # resuming ----------------------------------------------------------
+    def state_dict(self, after: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Where the epoch stands: resume it with :meth:`load_state_dict`, on any number
+        of workers and ranks. Counts what the training loop received: in this process
+        (``num_workers=0``), through a :class:`DeviceLoader`, or given the last batch the
+        loop received as ``after``. Ranks must have taken the same number of samples.
+
+        Raises:
+            InvalidInputError: batches reached the loop out of order (``chunk_size``
+                differs from the DataLoader's ``batch_size``).
+        """
+        if after is not None:
+            self._consumed, self._disordered = 0, False
+            self.received(after, in_turn=False)
+        if self._disordered:
+            raise InvalidInputError(
+                "batches reached the training loop out of order: set chunk_size to the DataLoader's batch_size"
+            )
+        return {
+            "format": STATE_FORMAT,
+            "epoch": self.epoch,
+            "position": self.share().consumed(self._consumed),
+            "plan": self.plan_id(),
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resumes an epoch where a state (of this dataset, on any number of ranks) left it."""
+        try:
+            epoch, position, plan = int(state["epoch"]), int(state["position"]), str(state["plan"])
+        except (KeyError, TypeError, ValueError):
+            raise InvalidInputError("not a DatumDataset state") from None
+        if state.get("format") != STATE_FORMAT or not 0 <= position <= self.spec.count or epoch < 0:
+            raise InvalidInputError("not a DatumDataset state")
+        if plan != self.plan_id():
+            raise InvalidInputError("the state is of another dataset (another selection, seed or shuffle)")
+        self.epoch, self._start, self._consumed, self._disordered = epoch, position, 0, False
+        self.epochs = max(self.epochs, epoch + 1)
+
+    def received(self, batch: Mapping[str, Any], in_turn: bool = True) -> None:
+        """Notes a batch (or sample) that the training loop received; a
+        :class:`DeviceLoader` calls this for each batch it hands over. ``in_turn``: the
+        batch must follow the one noted before (else it is only taken as the last one
+        received)."""
+        if isinstance(batch, Mapping):
+            self.skipped += [str(m) for _, m in batch.get("__skipped__") or []]
+        ends = position_range(batch, self.world_size)
+        if ends is None:
+            return
+        s = self.share()
+        try:
+            lo, hi = s.local(ends[0]), s.local(ends[1])
+        except ValueError:
+            self._disordered = True
+            return
+        exact = self.batch_size is not None or self.on_error == "raise"
+        if in_turn and (lo < self._consumed or (exact and lo != self._consumed)):
+            self._disordered = True
+        self._consumed = max(self._consumed, hi + 1)
+
+    def observed(self, on: bool = True) -> None:
+        """Whether a consumer-side wrapper reports the batches the loop receives (samples
+        this process produces, which it may prefetch, then do not count); turned on at
+        the start of an iteration, which starts the count afresh."""
+        self._observed = on
+        if on:
+            self._consumed, self._disordered = 0, False
+
+    # reading -----------------------------------------------------------
+    def __iter__(self) -> Iterator[Any]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        here = info is None and not self._observed
+        if info is None:
+            self._consumed, self._disordered = 0, False
+        order, s = self.order(), self.share()
+        chunk = self.batch_size or self.chunk_size
+        decode = decoder(self.decode_spec)
+        for c in chunks_of(s.length, chunk, worker, workers):
+            positions = s.positions(c * chunk, (c + 1) * chunk)
+            read, skipped = self._read(positions, order, decode)
+            if here:
+                self.skipped += [m for _, m in skipped]
+            if self.batch_size:
+                if here:
+                    self._consumed = c * chunk + len(positions)
+                batch = self._batch(read, skipped)
+                yield batch if info is None else for_the_queue(batch)
+                continue
+            for key, position, fields in read:
+                if here:
+                    self._consumed = s.local(position) + 1
+                yield Record(self._transformed({"__key__": key, "__index__": position, **fields}))
+            if here:
+                self._consumed = c * chunk + len(positions)
+
+    def _batch(self, read: list[tuple[str, int, dict[str, Any]]], skipped: list[tuple[int, str]]) -> Record:
+        if self.transform is not None:
+            return collate([self._transformed({"__key__": k, "__index__": p, **f}) for k, p, f in read], skipped)
+        return columns(read, skipped)
+
+    def _read(
+        self, positions: np.ndarray, order: np.ndarray, decode: Callable[[dict[str, bytes]], dict[str, Any]] | None
+    ) -> tuple[list[tuple[str, int, dict[str, Any]]], list[tuple[int, str]]]:
+        """(key, position, decoded fields) of the samples at some positions, and the
+        (position, message) of those ``on_error="skip"`` left out."""
+        rows = self.rows[rows_at(order, positions)]
+        read: list[tuple[str, int, dict[str, Any]]] = []
+        skipped: list[tuple[int, str]] = []
+        for position, (key, members) in zip(positions.tolist(), read_rows(self.manifest, rows, self._shard_files(), self.verify)):
+            try:
+                if isinstance(members, SampleError):
+                    raise members
+                read.append((key, position, members if decode is None else _decoded(key, members, decode)))
+            except SampleError as e:
+                if self.on_error == "raise":
+                    raise
+                warnings.warn(str(e), SkippedSampleWarning, stacklevel=2)
+                skipped.append((position, str(e)))
+        return read, skipped
+
+    def _transformed(self, sample: dict[str, Any]) -> dict[str, Any]:
+        if self.transform is None:
+            return sample
+        out = self.transform(sample)
+        if not isinstance(out, Mapping):
+            raise InvalidInputError(f"transform must return a dict of fields, not {type(out).__name__}")
+        return {"__key__": sample["__key__"], "__index__": sample["__index__"], **out}
+
+    def _shard_files(self) -> ShardFiles:
+        if self._files is None or self._files[0] != os.getpid():
+            repo = datarepo.open(self.path)
+            self._files = (os.getpid(), ShardFiles(repo.store.open_shard))
+        return self._files[1]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_files"] = None  # open files stay in their process
+        return state
+
+    # run records -------------------------------------------------------
+    def run_spec(self) -> dict[str, Any]:
+        """What a run record stores of this dataset (plain JSON data)."""
+        return {
+            "commit": self.commit,
+            "tree": self.manifest.tree,
+            "rev": self.rev,
+            "prefix": self.prefix,
+            "keys": self.keys,
+            "count": self.spec.count,
+            "seed": self.spec.seed,
+            "shuffle": self.spec.shuffle,
+            "block": self.spec.block,
+            "window": self.spec.window,
+            "pad": self.pad,
+            "epochs": self.epochs,
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "decode": self.decode_spec,
+            "verify": self.verify,
+            "fingerprint": self.fingerprint(),
+        }
+
+    @classmethod
+    def from_run(cls, repo: str | os.PathLike[str] | Repo, name: str, **options: Any) -> DatumDataset:
+        """The dataset a recorded run read (same commit, selection, seed and decoders),
+        checked against the run's order fingerprint. ``options`` (``transform``,
+        ``batch_size``, ``rank``, ``world_size``, ...) are passed on."""
+        from datarepo.torch.runs import read_run
+
+        opened = repo if isinstance(repo, Repo) else datarepo.open(repo)
+        try:
+            run = read_run(opened, name)
+            args: dict[str, Any] = {
+                "rev": run["commit"],
+                "prefix": run["prefix"],
+                "keys": run["keys"],
+                "decode": run["decode"],
+                "shuffle": run["shuffle"],
+                "seed": run["seed"],
+                "block": run["block"],
+                "window": run["window"],
+                "pad": run["pad"],
+                "batch_size": run["batch_size"],
+                "unsafe": any(_unsafe(s) for s in run["decode"].values()),
+            }
+            ds = cls(opened, **{**args, **options})
+        finally:
+            if opened is not repo:
+                opened.close()
+        if ds.fingerprint() != run["fingerprint"]:
+            raise InvalidInputError(f"run {name}: the data no longer gives the recorded order")
+        return ds
+
+
+def _unsafe(spec: Any) -> bool:
+    return spec in ("pth", "pickle")
+
+
+def _decoded(key: str, members: dict[str, bytes], decode: Callable[[dict[str, bytes]], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return decode(members)
+    except DataRepoError:
+        raise
+    except Exception as e:  # a decoder's own error (Pillow, json, int): the sample is bad
+        raise SampleError(f"sample {key}: cannot decode: {e.__class__.__name__}: {e}", key) from None
+
+
+def _place(rank: int | None, world: int | None) -> tuple[int, int]:
+    """The rank and world size: as given, else from torch.distributed, else 0 of 1."""
+    if rank is None or world is None:
+        dist = torch.distributed
+        live = dist.is_available() and dist.is_initialized()
+        rank = rank if rank is not None else (dist.get_rank() if live else 0)
+        world = world if world is not None else (dist.get_world_size() if live else 1)
+    if type(rank) is not int or type(world) is not int or world < 1 or not 0 <= rank < world:
+        raise InvalidInputError(f"rank {rank!r} is not one of {world!r}")
+    return rank, world

@@ -1,0 +1,176 @@
+"""Reading the datums of a batch from their shards: the batch's rows sorted by shard and
+offset, cut into runs of datums that lie close together, each datum's tar headers parsed
+here. A local shard is mapped into memory, and each member is copied once, straight out
+of the page cache; another file object is read a run at a time (one read covers datums
+that lie close together). No torch: a DataLoader worker calls this.
+
+A datum that cannot be read (headers that are not what the manifest says, bytes that do
+not give its id) is not an error of the whole batch: it comes back as a
+:class:`SampleError` in its place, for the caller's ``on_error`` policy.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+from collections.abc import Callable
+from typing import BinaryIO
+
+import numpy as np
+
+from datarepo.errors import CorruptObjectError, DataRepoError
+from datarepo.manifest import Manifest
+from datarepo.shardreader import check_members, cut_members
+
+# Datums this close together are read in one run (from a file object that is not mapped),
+# the bytes between them read and dropped.
+READ_OVER = 64 << 10
+# A run is cut after this many bytes, so that a batch of large datums is not one read.
+RUN_BYTES = 8 << 20
+_BLOCK = 512
+_PLAIN = (0x30, 0)  # the type of a regular file: '0', or NUL in old tars
+
+
+class SampleError(DataRepoError):
+    """A sample could not be read or decoded; the message names its key and shard. (One
+    message argument, so that a DataLoader re-raises it in the main process as itself.)"""
+
+    def __init__(self, message: str, key: str = "", shard: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+        self.shard = shard
+
+
+Members = dict[str, bytes]
+
+
+class ShardFiles:
+    """Open shard files of one process, by oid, through ``opener`` (the store's
+    ``open_shard``). A local file is mapped into memory (a datum is then one copy out of
+    the page cache, without a system call); any other file object is read with seek
+    and read."""
+
+    def __init__(self, opener: Callable[[str], BinaryIO], keep: int = 64) -> None:
+        self.opener = opener
+        self.keep = keep
+        self.files: dict[str, tuple[BinaryIO, mmap.mmap | None]] = {}
+
+    def read(self, shard: str, offset: int, length: int) -> tuple[bytes | mmap.mmap, int]:
+        """``length`` bytes of a shard at ``offset``: a buffer that holds them, and the
+        shard's offset of the buffer's first byte (the whole mapping of a local file, at
+        0: its members are then copied once, straight out of the page cache)."""
+        f, mapped = self.files.get(shard) or self._open(shard)
+        if mapped is not None:
+            if offset + length > len(mapped):
+                raise CorruptObjectError(f"{shard}.tar", f"truncated: {length} bytes wanted at byte {offset}")
+            return mapped, 0
+        f.seek(offset)
+        data = f.read(length)
+        if len(data) < length:
+            raise CorruptObjectError(f"{shard}.tar", f"truncated: {length} bytes wanted at byte {offset}")
+        return data, offset
+
+    def _open(self, shard: str) -> tuple[BinaryIO, mmap.mmap | None]:
+        if len(self.files) >= self.keep:
+            _close(*self.files.pop(next(iter(self.files))))
+        f = self.opener(shard)
+        try:
+            mapped: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # not a local file, or empty
+            mapped = None
+        self.files[shard] = (f, mapped)
+        return f, mapped
+
+    def close(self) -> None:
+        for f, mapped in self.files.values():
+            _close(f, mapped)
+        self.files.clear()
+
+
+def _close(f: BinaryIO, mapped: mmap.mmap | None) -> None:
+    if mapped is not None:
+        mapped.close()
+    f.close()
+
+
+def read_rows(manifest: Manifest, rows: np.ndarray, files: ShardFiles, verify: bool) -> list[tuple[str, Members | SampleError]]:
+    """The (key, members or error) of manifest rows, in the order given (a row given twice
+    is read once)."""
+    unique, inverse = np.unique(rows, return_inverse=True)
+    shard_of = manifest.shard_index[unique]
+    offsets, lengths = manifest.offsets[unique], manifest.lengths[unique]
+    starts = manifest.keys.starts
+    text = manifest.keys.text
+    keys = [text[a : b - 1] for a, b in zip(starts[unique].tolist(), starts[unique + 1].tolist())]
+    datums = manifest.datums[unique].tolist()
+    found: list[tuple[str, Members | SampleError]] = []
+    at, ends = offsets.tolist(), (offsets + lengths).tolist()
+    for lo, hi in _runs(shard_of, offsets, lengths):
+        shard = manifest.shards[int(shard_of[lo])]
+        found += _read_run(files, shard, keys[lo:hi], datums[lo:hi], at[lo:hi], ends[lo:hi], verify)
+    return [found[i] for i in inverse.tolist()]
+
+
+def _runs(shard_of: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> list[tuple[int, int]]:
+    """Cuts sorted rows into runs to read at once: same shard, gaps up to READ_OVER."""
+    if not len(offsets):
+        return []
+    ends = offsets + lengths
+    cut = (shard_of[1:] != shard_of[:-1]) | (offsets[1:] - ends[:-1] > READ_OVER)
+    bounds = [0, *(np.flatnonzero(cut) + 1).tolist(), len(offsets)]
+    runs = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        while hi - lo > 1 and ends[hi - 1] - offsets[lo] > RUN_BYTES:  # split long runs
+            mid = lo + max(1, int(np.searchsorted(ends[lo:hi], offsets[lo] + RUN_BYTES)))
+            runs.append((lo, mid))
+            lo = mid
+        runs.append((lo, hi))
+    return runs
+
+
+def _read_run(
+    files: ShardFiles, shard: str, keys: list[str], datums: list[bytes], starts: list[int], ends: list[int], verify: bool
+) -> list[tuple[str, Members | SampleError]]:
+    """The datums of one run: one read, then each datum's headers parsed from it."""
+    name = f"{shard}.tar"
+    try:
+        buf, base = files.read(shard, starts[0], ends[-1] - starts[0])
+    except DataRepoError as e:
+        return [(k, SampleError(f"sample {k} in shard {name}: {getattr(e, 'reason', e)}", k, shard)) for k in keys]
+    out: list[tuple[str, Members | SampleError]] = []
+    for key, datum, start, end in zip(keys, datums, starts, ends):
+        try:
+            members = parse_datum(buf, start - base, end - base, datum, name, start)
+            if verify:
+                check_members(members, datum.decode(), name)
+            out.append((key, members))
+        except DataRepoError as e:
+            out.append((key, SampleError(f"sample {key} in shard {name}: {getattr(e, 'reason', e)}", key, shard)))
+    return out
+
+
+def parse_datum(buf: bytes | mmap.mmap, pos: int, end: int, datum: bytes, name: str, offset: int) -> Members:
+    """The members of the datum (its id, ASCII) at ``buf[pos:end]``, which lies at byte
+    ``offset`` of the shard: plain ustar headers are parsed here (a member
+    ``<datum>.<ext>``, type ``0``, an octal size, no name prefix); anything else (PAX
+    records, base-256 sizes) goes to :func:`cut_members`, which reads every form."""
+    members: Members = {}
+    stem = datum + b"."
+    cut = len(stem)
+    start = pos
+    while pos < end:
+        if end - pos < _BLOCK or buf[pos + 156] not in _PLAIN or buf[pos + 124] == 0x80 or buf[pos + 345]:
+            return cut_members(buf[start:end], datum.decode(), name, offset)
+        try:
+            size = int(buf[pos + 124 : pos + 136].rstrip(b"\x00 ") or b"0", 8)
+        except ValueError:
+            raise CorruptObjectError(name, f"bad tar number at byte {offset + pos - start}") from None
+        data = pos + _BLOCK
+        named = buf.find(b"\x00", pos, pos + 100)
+        if buf[pos : pos + cut] != stem or data + size > end:
+            return cut_members(buf[start:end], datum.decode(), name, offset)  # which says what is wrong
+        members[buf[pos + cut : named if named >= 0 else pos + 100].decode("utf-8", "surrogateescape")] = buf[data : data + size]
+        pos = data + size + (-size % _BLOCK)
+    if not members:
+        raise CorruptObjectError(name, f"datum {datum.decode()} has no members at byte {offset}")
+    return members

@@ -1,0 +1,106 @@
+"""Run records: ``record_run`` pins what a training run read against ``gc``, ``datarepo
+runs`` lists the runs and prints the exact order of any epoch, and ``from_run`` rebuilds
+the same dataset."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import Cli  # noqa: E402
+from loader_fixtures import keys_of, labelled, loader, make_repo  # noqa: E402
+
+import datarepo  # noqa: E402
+from datarepo.config import Config  # noqa: E402
+from datarepo.errors import BadRevisionError, InvalidInputError, ObjectNotFoundError  # noqa: E402
+from datarepo.torch import DatumDataset  # noqa: E402
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    make_repo(tmp_path, {**labelled(40), **labelled(10, "val/", seed=2)})
+    return tmp_path
+
+
+def test_a_recorded_run_lists_and_replays_its_order(repo: Path) -> None:
+    ds = DatumDataset(repo, rev="main", prefix="train/", decode={"cls": "int"}, seed=4, batch_size=8, block=4, window=2)
+    ds.set_epoch(1)
+    with datarepo.open(repo) as r:
+        oid = r.record_run("exp-1", ds, extra={"git": "abc", "md5": "0" * 32})
+        head = r.head()
+    cli = Cli(repo)
+    assert cli("runs").output.split("\t")[:2] == ["exp-1", head[:12]]
+    (listed,) = json.loads(cli("runs", "--json").output)
+    assert listed["name"] == "exp-1" and listed["oid"] == oid and listed["epochs"] == 2 and listed["seed"] == 4
+    shown = json.loads(cli("runs", "show", "exp-1", "--json").output)
+    assert shown["commit"] == head and shown["prefix"] == "train/" and shown["world_size"] == 1
+    assert shown["decode"] == {"cls": "int"} and shown["extra"] == {"git": "abc", "md5": "0" * 32}
+    assert "fingerprint: " + ds.fingerprint() in cli("runs", "show", "exp-1").output
+    for epoch in (0, 1):
+        printed = cli("runs", "show", "exp-1", "--keys", "--epoch", str(epoch)).output.splitlines()
+        assert printed == list(ds.keys_in_order(epoch))
+        assert keys_of(loader(DatumDataset.from_run(repo, "exp-1", epoch=epoch), workers=1)) == printed
+    assert head in cli("log", "exp-1").output  # a run's name is a revision: the commit it read
+
+
+def test_run_names_and_missing_runs(repo: Path) -> None:
+    ds = DatumDataset(repo, prefix="val/")
+    with datarepo.open(repo) as r:
+        r.record_run("a", ds)
+        with pytest.raises(InvalidInputError, match="already recorded"):
+            r.record_run("a", ds)
+        r.record_run("a", DatumDataset(repo, prefix="train/"), force=True)
+        for bad in ("", "../x", "a b", "-x"):
+            with pytest.raises(InvalidInputError):
+                r.record_run(bad, ds)
+        with pytest.raises(InvalidInputError, match="JSON"):
+            r.record_run("b", ds, extra={"x": object()})
+        with pytest.raises(ObjectNotFoundError):
+            DatumDataset.from_run(r, "nope")
+    result = Cli(repo)("runs", "show", "nope", ok=False)
+    assert result.exit_code == 1 and result.output.strip() == "Error: run not found: nope"
+    assert json.loads(Cli(repo)("runs", "show", "a", "--json").output)["prefix"] == "train/"
+
+
+def test_gc_keeps_the_data_a_recorded_run_read(repo: Path) -> None:
+    only_here = labelled(30, "exp/", seed=9)
+    with datarepo.open(repo) as r, r.lock:
+        r.commit({}, "a branch", parent=None, ref="refs/heads/exp")
+    add_commit_on(repo, only_here, "refs/heads/exp")
+    path = repo / ".datarepo" / "config.toml"
+    replace(Config.load(path), reflog_expire_days=0).save(path)  # reflogs keep nothing here
+    with datarepo.open(repo) as r:
+        ds = DatumDataset(r, rev="exp", prefix="exp/", batch_size=7)
+        r.record_run("kept", ds)
+        r.record_run("dropped", DatumDataset(r, rev="exp", prefix="exp/", seed=1))
+        r.refs.update("refs/heads/exp", None)
+        r.refs.update("refs/runs/dropped", None)
+    cli = Cli(repo)
+    cli("gc", "--prune=now")
+    assert " 0 problems" in cli("fsck").output
+    again = DatumDataset.from_run(repo, "kept", decode={"bin": "bytes"})
+    got = {k: b for batch in loader(again, workers=0) for k, b in zip(batch["__key__"], batch["bin"])}
+    assert got == {k: m["bin"] for k, m in only_here.items()}
+    with datarepo.open(repo) as r:
+        r.refs.update("refs/runs/kept", None)
+    time.sleep(1.1)  # reflog entries are stamped to the second: let the last ones expire
+    cli("gc", "--prune=now")
+    with pytest.raises(BadRevisionError):  # without the run, its commit and data went
+        DatumDataset(repo, rev=ds.commit, prefix="exp/")
+
+
+def add_commit_on(root: Path, samples: dict[str, dict[str, bytes]], ref: str) -> None:
+    with datarepo.open(root) as r, r.lock:
+        with r.writer() as w:
+            for key, members in samples.items():
+                w.put(key, members)
+        r.commit(w.entries, "exp data", ref=ref)
+
+
+
