@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc as collector  # the name gc is the command below
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,6 +17,7 @@ from typing import Any
 
 import click
 
+RUN_ID = re.compile(r"run-\d{8}T\d{6}-[0-9a-f]{6}")  # a pipeline run's id (datarepo.pipeline.run.new_run_id)
 SIGPIPE_EXIT = 141  # what a shell reports for a command that a closed pipe ended (128 + SIGPIPE)
 
 
@@ -235,12 +237,23 @@ def log(rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
         click.echo("".join(f"    {line}\n" for line in c.message.splitlines()))
 
 
+def _show_run(run_id: str, as_json: bool) -> None:
+    from datarepo.pipeline.run import commits_of_run
+
+    found = commits_of_run(_repo(), run_id)
+    if as_json:
+        _json([{"commit": oid, **c.to_json()} for oid, c in found])
+        return
+    for oid, c in found:
+        click.echo(f"{oid} {c.message}")
+
+
 @main.command()
 @click.argument("rev", default="HEAD")
 @click.option("--json", "as_json", is_flag=True)
 def show(rev: str, as_json: bool) -> None:
     """Show a commit and the keys it changed, or (a RUN-ID) the commits a pipeline run made."""
-    if rev.startswith("run-"):
+    if RUN_ID.fullmatch(rev):
         _show_run(rev, as_json)
         return
     from datarepo.porcelain.history import show as run
@@ -585,224 +598,11 @@ def run() -> None:
     os._exit(code)
 
 
-# --- pipelines (docs/pipelines.md) ------------------------------------------------------------
-def _pipeline_options(fn: Callable[..., None]) -> Callable[..., None]:
-    fn = click.option("--pipelines", "folder", default=None, type=click.Path(file_okay=False),
-                      help="The folder of pipeline files (default: pipelines/ of the work tree).")(fn)
-    return fn
+# The commands of pipelines and of training runs live in modules of their own; importing
+# them adds them to ``main``.
+from datarepo import cli_pipelines, cli_runs  # noqa: F401
 
+if __name__ == "__main__":  # python -m datarepo.cli: the module as imported, with every command
+    from datarepo.cli import run as run_imported
 
-@main.command(name="run")
-@click.argument("names", nargs=-1)
-@click.option("--dry-run", is_flag=True, help="Show what would be processed, and why; change nothing.")
-@click.option("--executor", "kind", type=click.Choice(["serial", "process", "ray"]), default="process",
-              help="Where transforms run: this process, local processes (default), or Ray.")
-@click.option("-j", "--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: the cores).")
-@click.option("--ray-address", default=None, help="The Ray cluster to join (default: start a local one).")
-@click.option("--fail-fast", is_flag=True, help="Stop at the first failing datum; commit nothing for that pipeline.")
-@click.option("--watch", is_flag=True, help="Run again whenever the branch moves, until interrupted.")
-@click.option("--interval", type=click.FloatRange(min=0.01), default=2.0, help="Seconds between looks at the branch (--watch).")
-@click.option("--max-runs", type=click.IntRange(min=1), default=None, help="Stop watching after this many runs.")
-@click.option("--json", "as_json", is_flag=True)
-@_pipeline_options
-def run_command(names: tuple[str, ...], dry_run: bool, kind: str, workers: int | None, ray_address: str | None,
-                fail_fast: bool, watch: bool, interval: float, max_runs: int | None, as_json: bool, folder: str | None) -> None:
-    """Run the pipelines (all, or NAMES) in DAG order, computing only what is new or changed."""
-    import time
-
-    from datarepo.pipeline.run import Options, run, watch as watching
-
-    options = Options(kind, workers, ray_address, dry_run, fail_fast)
-    if watch:
-        report = lambda r: _render_run(r, as_json, dry_run, final=False)  # noqa: E731
-        watching(".", names, options, folder, interval, max_runs, report, time.sleep)
-        return
-    _render_run(run(_repo(), names, options, folder), as_json, dry_run)
-
-
-def _render_run(result: Any, as_json: bool, dry_run: bool, final: bool = True) -> None:
-    from datarepo.errors import PipelineError
-
-    if as_json:
-        _json({"run": result.run, "pipelines": [p.to_json() for p in result.pipelines]})
-    elif not result.pipelines:
-        click.echo("no pipelines to run")
-    for p in result.pipelines if not as_json else ():
-        if dry_run:
-            why = ", ".join(f"{n} {w}" for w, n in sorted(p.reasons.items()))
-            click.echo(f"{p.name}: would process {p.processed}{f' ({why})' if why else ''}, reuse {p.reused}, delete {p.deleted}")
-            continue
-        tail = f" -> commit {p.commit[:12]}" if p.commit else " (nothing to commit)"
-        extra = f", {p.dropped} dropped" if p.dropped else ""
-        extra += f", {p.repaired} outputs restored" if p.repaired else ""
-        click.echo(f"{p.name}: {p.processed} processed, {p.reused} reused, {p.failed} failed, {p.deleted} deleted{extra}{tail}")
-        for base, kind, message in p.failures:
-            click.echo(f"  failed {_quoted(base)}: {kind}: {message}", err=True)
-    if result.failed and final:
-        first = next(p for p in result.pipelines if p.failed)
-        base, kind, message = first.failures[0]
-        first_failure = f"{first.name} {base}: {kind}: {message}"
-        raise PipelineError(f"{result.failed} datum(s) failed, first {first_failure} (retried on the next run)")
-
-
-def _show_run(run_id: str, as_json: bool) -> None:
-    from datarepo.pipeline.run import commits_of_run
-
-    found = commits_of_run(_repo(), run_id)
-    if as_json:
-        _json([{"commit": oid, **c.to_json()} for oid, c in found])
-        return
-    for oid, c in found:
-        click.echo(f"{oid} {c.message}")
-
-
-@main.command()
-@click.argument("spec", metavar="KEY[@REV]")
-@click.option("--downstream", is_flag=True, help="Everything derived from the key, instead of what it came from.")
-@click.option("--json", "as_json", is_flag=True)
-@_pipeline_options
-def lineage(spec: str, downstream: bool, as_json: bool, folder: str | None) -> None:
-    """Where a key came from (through every pipeline, back to raw datums), or with
-    --downstream what was made from it."""
-    from datarepo.pipeline import query
-
-    repo = _repo()
-    if downstream:
-        from datarepo.pipeline.cache import LineageCache
-
-        with repo.lock:
-            node = query.downstream(repo, spec, LineageCache(repo.index, repo.store))
-    else:
-        node = query.upstream(repo, spec, _known_outputs(repo, folder))
-    if as_json:
-        _json(node.to_json())
-        return
-    _print_node(node, 0)
-
-
-def _known_outputs(repo: Any, folder: str | None) -> tuple[str, ...] | None:
-    from datarepo.errors import DataRepoError
-    from datarepo.pipeline.run import pipelines_folder
-    from datarepo.pipeline.spec import load_specs
-
-    try:
-        specs = load_specs(pipelines_folder(repo, folder))
-    except DataRepoError:
-        return None
-    return tuple(s.output for s in specs) if specs else None
-
-
-def _print_node(node: Any, depth: int) -> None:
-    made = f"  [{node.pipeline} {node.fingerprint[:12]}]" if node.pipeline else "  [raw]"
-    note = f"  (dropped: {node.dropped or 'filtered out'})" if node.dropped is not None else ""
-    click.echo(f"{'  ' * depth}{_quoted(node.key)} {node.datum[:12] or '-'} @ {node.commit[:12]}{made}{note}")
-    for child in node.links:
-        _print_node(child, depth + 1)
-
-
-@main.command(name="pipelines")
-@click.option("--json", "as_json", is_flag=True)
-@_pipeline_options
-def pipelines_command(as_json: bool, folder: str | None) -> None:
-    """List the pipelines, with their fingerprints, inputs and last run."""
-    from datarepo.pipeline.info import describe
-
-    rows = describe(_repo(), folder)
-    if as_json:
-        _json([r.to_json() for r in rows])
-        return
-    for r in rows:
-        last = f"last run {r.run} ({r.units} in, {r.outputs} out, {r.failed} failed)" if r.run else "never run"
-        state = "" if r.current else "  (changed since)"
-        click.echo(f"{r.name}  {r.fingerprint[:12]}{state}  {r.input} -> {r.output}  {last}")
-
-
-@main.command()
-@click.option("--format", "fmt", type=click.Choice(["text", "dot"]), default="text", help="text, or Graphviz dot.")
-@_pipeline_options
-def dag(fmt: str, folder: str | None) -> None:
-    """The DAG of pipelines, with counts (``--format dot | dot -Tsvg``)."""
-    from datarepo.pipeline.info import describe, dot
-
-    rows = describe(_repo(), folder)
-    if fmt == "dot":
-        click.echo(dot(rows), nl=False)
-        return
-    for r in rows:
-        reads = ", ".join(r.upstream) or r.input
-        click.echo(f"{r.name}: {reads} -> {r.output}  ({r.units} in, {r.outputs} out, {r.failed} failed)")
-
-
-@main.command(name="export-dvc")
-@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
-              help="Where to write (default: stdout).")
-@_pipeline_options
-def export_dvc(output: str, folder: str | None) -> None:
-    """Write dvc.yaml stages that call ``datarepo run``, so ``dvc repro`` drives the pipelines."""
-    from datarepo.pipeline.dvcexport import dvc_yaml
-
-    text = dvc_yaml(_repo(), folder)
-    if output == "-":
-        click.echo(text, nl=False)
-    else:
-        from pathlib import Path
-
-        Path(output).write_text(text)
-
-
-# Run records (datarepo.torch.runs: no torch is loaded) ------------------------
-
-
-@main.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def runs(ctx: click.Context, as_json: bool) -> None:
-    """List recorded training runs: which commit, prefix and seed each read."""
-    if ctx.invoked_subcommand is not None:
-        return
-    from datarepo.torch.runs import list_runs
-
-    found = list_runs(_repo())
-    if as_json:
-        _json([r._asdict() for r in found])
-        return
-    for r in found:
-        prefix = _quoted(r.prefix) or "(all)"
-        click.echo(f"{r.name}\t{r.commit[:12]}\t{prefix}\tseed {r.seed}\tepochs {r.epochs}\tworld {r.world_size}\t{r.time}")
-
-
-_RUN_FIELDS = (
-    "name", "commit", "rev", "prefix", "count", "seed", "shuffle", "block", "window",
-    "epochs", "world_size", "batch_size", "pad", "decode", "fingerprint", "time", "author", "extra",
-)  # fmt: skip
-
-
-@runs.command(name="show")
-@click.argument("name")
-@click.option("--keys", "keys", is_flag=True, help="Print the keys of an epoch in the order the run read them.")
-@click.option("--epoch", default=0, type=click.IntRange(min=0), show_default=True, help="The epoch whose order --keys prints.")
-@click.option("--json", "as_json", is_flag=True)
-def runs_show(name: str, keys: bool, epoch: int, as_json: bool) -> None:
-    """Show a run's record, or (--keys) the exact order of one of its epochs."""
-    from datarepo.torch.runs import read_run, run_keys
-
-    repo = _repo()
-    if keys:
-        ordered = run_keys(repo, name, epoch)
-        if as_json:
-            _json(list(ordered))
-            return
-        for key in ordered:
-            click.echo(_quoted(key))
-        return
-    run = read_run(repo, name)
-    if as_json:
-        _json(run)
-        return
-    for field in _RUN_FIELDS:
-        value = run.get(field)
-        click.echo(f"{field}: {value if isinstance(value, str) else json.dumps(value)}")
-
-
-if __name__ == "__main__":
-    run()
+    run_imported()

@@ -1,0 +1,60 @@
+"""The commands of training runs (docs/loader.md): runs, runs show. No torch is loaded."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from datarepo.cli import _json, _quoted, _repo, main
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def runs(ctx: click.Context, as_json: bool) -> None:
+    """List recorded training runs: which commit, prefix and seed each read."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from datarepo.torch.runs import list_runs
+
+    found = list_runs(_repo())
+    if as_json:
+        _json([r._asdict() for r in found])
+        return
+    for r in found:
+        prefix = _quoted(r.prefix) or "(all)"
+        click.echo(f"{r.name}\t{r.commit[:12]}\t{prefix}\tseed {r.seed}\tepochs {r.epochs}\tworld {r.world_size}\t{r.time}")
+
+
+_RUN_FIELDS = (
+    "name", "commit", "rev", "prefix", "count", "seed", "shuffle", "block", "window",
+    "epochs", "world_size", "batch_size", "pad", "decode", "fingerprint", "time", "author", "extra",
+)  # fmt: skip
+
+
+@runs.command(name="show")
+@click.argument("name")
+@click.option("--keys", "keys", is_flag=True, help="Print the keys of an epoch in the order the run read them.")
+@click.option("--epoch", default=0, type=click.IntRange(min=0), show_default=True, help="The epoch whose order --keys prints.")
+@click.option("--json", "as_json", is_flag=True)
+def runs_show(name: str, keys: bool, epoch: int, as_json: bool) -> None:
+    """Show a run's record, or (--keys) the exact order of one of its epochs."""
+    from datarepo.torch.runs import read_run, run_keys
+
+    repo = _repo()
+    if keys:
+        ordered = run_keys(repo, name, epoch)
+        if as_json:
+            _json(list(ordered))
+            return
+        for key in ordered:
+            click.echo(_quoted(key))
+        return
+    run = read_run(repo, name)
+    if as_json:
+        _json(run)
+        return
+    for field in _RUN_FIELDS:
+        value = run.get(field)
+        click.echo(f"{field}: {value if isinstance(value, str) else json.dumps(value)}")
