@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 
 DATAREPO = Path(sys.executable).with_name("datarepo")
 EXAMPLES = Path(__file__).resolve().parent.parent / "pipelines"
+TRAIN_EXAMPLE = Path(__file__).resolve().parent / "train_example.py"
 CLASSES = ("cat", "dog", "bird", "fish")
 SHAPES = {"cat": "circle", "dog": "square", "bird": "triangle", "fish": "ellipse"}
 MAX_LINES = 14
@@ -294,6 +295,18 @@ def pipelines(repo: Path) -> None:
     datarepo("pipelines", cwd=repo)
 
 
+def training(repo: Path) -> None:
+    say("train a small CNN straight from the shards of the thumbnails: stopped mid-epoch, resumed, "
+        "recorded, and replayed in the same order (scripts/train_example.py)")
+    proc = subprocess.run([sys.executable, str(TRAIN_EXAMPLE), str(repo), "--prefix", "thumbs/"],
+                          capture_output=True, text=True)
+    show(proc.stdout + proc.stderr)
+    check(proc.returncode == 0, "the training example ran, resumed and replayed the same order")
+    datarepo("runs", cwd=repo)
+    keys = datarepo("runs", "show", "train-example", "--keys", cwd=repo, limit=5)
+    check(len(keys.splitlines()) == 202, "the recorded run lists the exact order of its 202 samples")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="Keep the temporary directory.")
@@ -311,6 +324,7 @@ def main() -> int:
         maintenance(repo)
         export_and_read(repo, tmp)
         pipelines(repo)
+        training(repo)
     except DemoFailed as e:
         print(f"\ndemo FAILED: {e}\n(files kept in {tmp})", file=sys.stderr)
         return 1
