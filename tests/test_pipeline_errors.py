@@ -143,8 +143,7 @@ def test_commands_that_fail_write_nothing_or_hang(texts: Path, cli: Cli) -> None
         assert repo.read(repo.tree()["t/b/004"].datum) == {"txt": b"ok"}
 
 
-def test_a_worker_killed_fails_its_batch_not_the_run(texts: Path, cli: Cli) -> None:
-    write_pipeline(texts, "upper.py", '''
+KILLS_ITS_WORKER = '''
 import os, signal
 from datarepo import pipeline
 
@@ -153,7 +152,11 @@ def upper(datum):
     if datum["__key__"] == "raw/a/005":
         os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
     return {"txt": datum["txt"]}
-''')
+'''
+
+
+def test_a_worker_killed_fails_its_batch_not_the_run(texts: Path, cli: Cli) -> None:
+    write_pipeline(texts, "upper.py", KILLS_ITS_WORKER)
     line = one_error(cli, "run", "--workers", "2")
     assert "up/a/005: WorkerDied: the process running this batch died" in line
     with datarepo.open(texts) as repo:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import RAY, Cli
-from test_pipeline_errors import one_error
+from test_pipeline_errors import KILLS_ITS_WORKER, one_error
 from test_pipelines import run, texts, write_pipeline  # noqa: F401  (texts: a fixture)
 
 import datarepo
@@ -27,16 +27,7 @@ def test_ray_and_local_processes_give_the_same_tree_and_lineage(texts: Path, cli
 
 
 def test_a_ray_worker_killed_fails_its_batch_not_the_run(texts: Path, cli: Cli, ray_cluster: object) -> None:
-    write_pipeline(texts, "upper.py", '''
-import os, signal
-from datarepo import pipeline
-
-@pipeline(input="raw/**", output="up/", batch_size=1)
-def upper(datum):
-    if datum["__key__"] == "raw/a/005":
-        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
-    return {"txt": datum["txt"]}
-''')
+    write_pipeline(texts, "upper.py", KILLS_ITS_WORKER)
     line = one_error(cli, "run", "--executor", "ray", "--workers", "2")
     assert "up/a/005: WorkerDied: the process running this batch died" in line
     with datarepo.open(texts) as repo:
