@@ -753,7 +753,7 @@ def bench_raw(s: SampleSet, opts: Opts, repeats: int) -> None:
             (f"state_dict() every step < 1% of a step, by the calls' CPU time: {100 * cost.cpu / cost.epoch:.3f}% "
              f"({1e6 * cost.cpu / cost.steps:.0f} us a call)", cost.cpu / cost.epoch < 0.01),
         ],
-        [f"built in (s): " + ", ".join(f"{k} {v:.1f}" for k, v in s.build_s.items())] if s.build_s else [],
+        ["built in (s): " + ", ".join(f"{k} {v:.1f}" for k, v in s.build_s.items())] if s.build_s else [],
     )
 
 

@@ -142,9 +142,9 @@ _work: Callable[[bytes], bytes] | None = None
 def pool_task(item: tuple[str, str, list[tuple[str, str, int, int]], int, str]) -> tuple[list, list]:  # type: ignore[type-arg]
     """One input shard: read, transform, write the outputs into new shards."""
     global _work
+    from datarepo.hashing import datum_id, hash_bytes
     from datarepo.shardreader import DatumRange, ShardReader
     from datarepo.store import Store
-    from datarepo.hashing import datum_id, hash_bytes
     from datarepo.write import DatumWriter
 
     dotdir, shard, ranges, shard_size, module = item

@@ -6,7 +6,7 @@ import getpass
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -283,7 +283,7 @@ class Repo:
 
     @staticmethod
     def now() -> str:
-        return env_time() or datetime.now(timezone.utc).strftime(TIME_FORMAT)
+        return env_time() or datetime.now(UTC).strftime(TIME_FORMAT)
 
     # datums ------------------------------------------------------------
     def locate(self, datum: str) -> tuple[str, DatumLoc]:

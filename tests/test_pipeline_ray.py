@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
 from conftest import RAY, Cli
 from test_pipeline_errors import KILLS_ITS_WORKER, one_error
 from test_pipelines import run, texts, write_pipeline  # noqa: F401  (texts: a fixture)

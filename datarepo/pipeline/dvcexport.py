@@ -16,8 +16,8 @@ from pathlib import Path
 
 from datarepo.errors import PipelineError
 from datarepo.pipeline import dag
-from datarepo.pipeline.spec import load_specs
 from datarepo.pipeline.run import pipelines_folder
+from datarepo.pipeline.spec import load_specs
 from datarepo.repo import Repo
 
 REPORTS = ".datarepo-dvc"

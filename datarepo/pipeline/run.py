@@ -29,7 +29,7 @@ from datarepo.objects import Blob, TreeEntry
 from datarepo.pipeline import dag
 from datarepo.pipeline.cache import LineageCache
 from datarepo.pipeline.fingerprint import fingerprint
-from datarepo.pipeline.lineage import Reader, Record, Root, read_root, update_pages
+from datarepo.pipeline.lineage import Record, Root, read_root, update_pages
 from datarepo.pipeline.plan import Plan, make_plan, tree_at
 from datarepo.pipeline.spec import Spec, load_specs
 from datarepo.pipeline.worker import Batch, Outcome, Unit, run_batch, worker_died
