@@ -104,3 +104,17 @@ def add_commit_on(root: Path, samples: dict[str, dict[str, bytes]], ref: str) ->
 
 
 
+
+
+def test_a_run_record_that_names_an_unpickling_decoder_needs_the_caller_s_opt_in(tmp_path: Path) -> None:
+    """A run record is data a clone may bring from anyone: rebuilding its dataset never
+    grants the unpickling decoders on the record's word."""
+    import pickle
+
+    make_repo(tmp_path, {"a": {"pickle": pickle.dumps([1, 2])}})
+    with datarepo.open(tmp_path) as r:
+        r.record_run("unsafe-run", DatumDataset(r, decode={"pickle": "pickle"}, unsafe=True))
+    with pytest.raises(InvalidInputError, match="unpickles data: pass unsafe=True"):
+        DatumDataset.from_run(tmp_path, "unsafe-run")
+    (got,) = DatumDataset.from_run(tmp_path, "unsafe-run", unsafe=True)
+    assert got["pickle"] == [1, 2]

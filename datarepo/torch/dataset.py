@@ -94,6 +94,7 @@ class DatumDataset(IterableDataset):
             raise InvalidInputError("seed and epoch must be ints of 0 or more")
         if keys is not None and prefix:
             raise InvalidInputError("give a prefix or keys, not both")
+        self.unsafe = unsafe
         self.decode_spec = check_spec(decode, unsafe)
         opened = repo if isinstance(repo, Repo) else datarepo.open(repo)
         try:
@@ -254,7 +255,7 @@ class DatumDataset(IterableDataset):
             self._consumed, self._disordered = 0, False
         order, s = self.order(), self.share()
         chunk = self.batch_size or self.chunk_size
-        decode = decoder(self.decode_spec)
+        decode = decoder(self.decode_spec, self.unsafe)
         for c in chunks_of(s.length, chunk, worker, workers):
             positions = s.positions(c * chunk, (c + 1) * chunk)
             read, skipped = self._read(positions, order, decode)
@@ -344,7 +345,9 @@ class DatumDataset(IterableDataset):
     def from_run(cls, repo: str | os.PathLike[str] | Repo, name: str, **options: Any) -> DatumDataset:
         """The dataset a recorded run read (same commit, selection, seed and decoders),
         checked against the run's order fingerprint. ``options`` (``transform``,
-        ``batch_size``, ``rank``, ``world_size``, ...) are passed on."""
+        ``batch_size``, ``rank``, ``world_size``, ...) are passed on. A run record is data
+        (a clone's may come from anyone): one that names an unpickling decoder is refused
+        unless ``unsafe=True`` is given here."""
         from datarepo.torch.runs import read_run
 
         opened = repo if isinstance(repo, Repo) else datarepo.open(repo)
@@ -361,7 +364,6 @@ class DatumDataset(IterableDataset):
                 "window": run["window"],
                 "pad": run["pad"],
                 "batch_size": run["batch_size"],
-                "unsafe": any(_unsafe(s) for s in run["decode"].values()),
             }
             ds = cls(opened, **{**args, **options})
         finally:
@@ -370,10 +372,6 @@ class DatumDataset(IterableDataset):
         if ds.fingerprint() != run["fingerprint"]:
             raise InvalidInputError(f"run {name}: the data no longer gives the recorded order")
         return ds
-
-
-def _unsafe(spec: Any) -> bool:
-    return spec in ("pth", "pickle")
 
 
 def _decoded(key: str, members: dict[str, bytes], decode: Callable[[dict[str, bytes]], dict[str, Any]]) -> dict[str, Any]:

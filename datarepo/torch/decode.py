@@ -55,9 +55,10 @@ def check_spec(decode: Mapping[str, Spec] | None, unsafe: bool) -> dict[str, Any
     return out
 
 
-def decoder(spec: dict[str, Any]) -> Callable[[dict[str, bytes]], dict[str, Any]] | None:
+def decoder(spec: dict[str, Any], unsafe: bool = False) -> Callable[[dict[str, bytes]], dict[str, Any]] | None:
     """A function from a datum's members to its decoded fields; None where the spec
-    leaves every member as bytes."""
+    leaves every member as bytes. An unpickling decoder is made only with ``unsafe``."""
+    check_spec(spec, unsafe)
     if all(s == "bytes" for s in spec.values()):
         return None
     funcs = {ext: _one(s) for ext, s in spec.items()}
