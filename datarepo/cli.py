@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc as collector  # the name gc is the command below
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +16,6 @@ from typing import Any
 
 import click
 
-RUN_ID = re.compile(r"run-\d{8}T\d{6}-[0-9a-f]{6}")  # a pipeline run's id (datarepo.pipeline.run.new_run_id)
 SIGPIPE_EXIT = 141  # what a shell reports for a command that a closed pipe ended (128 + SIGPIPE)
 
 
@@ -253,9 +251,12 @@ def _show_run(run_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def show(rev: str, as_json: bool) -> None:
     """Show a commit and the keys it changed, or (a RUN-ID) the commits a pipeline run made."""
-    if RUN_ID.fullmatch(rev):
-        _show_run(rev, as_json)
-        return
+    if rev.startswith("run-"):
+        from datarepo.pipeline.run import is_run_id
+
+        if is_run_id(rev):
+            _show_run(rev, as_json)
+            return
     from datarepo.porcelain.history import show as run
 
     oid, c, changes = run(_repo(), rev)

@@ -16,6 +16,7 @@ prefix, beside the raw data (as Pachyderm's output branch, but one tree).
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,9 +100,17 @@ def chosen(specs: list[Spec], names: tuple[str, ...] | list[str]) -> list[Spec]:
     return ordered
 
 
+_RUN_ID = re.compile(r"run-\d{8}T\d{6}-[0-9a-f]{6}")
+
+
 def new_run_id(repo: Repo) -> str:
     stamp = repo.now().replace("-", "").replace(":", "")[:15]
     return f"run-{stamp}-{secrets.token_hex(3)}"
+
+
+def is_run_id(text: str) -> bool:
+    """Whether ``text`` has the form :func:`new_run_id` gives (a branch may be named run-x)."""
+    return _RUN_ID.fullmatch(text) is not None
 
 
 def run(repo: Repo, names: tuple[str, ...] = (), options: Options = Options(), folder: str | Path | None = None) -> RunResult:
