@@ -309,7 +309,7 @@ def checkout(rev: str | None, new_branch: str | None, force: bool) -> None:
 
     if rev is None and new_branch is None:
         raise click.UsageError("name a revision to check out (or -b NAME for a new branch at HEAD)")
-    rev = rev or "HEAD"
+    rev = "HEAD" if rev is None else rev
     with _progress("checking out") as bar:
         result = run(_repo(), rev, force=force, new_branch=new_branch, progress=bar)
     where = f"branch {result.branch}" if result.branch else f"detached HEAD at {result.oid[:12]}"

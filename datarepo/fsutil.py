@@ -214,6 +214,8 @@ class FileSystem(Protocol):
 
     def makedirs(self, path: str, exist_ok: bool = False) -> Any: ...
 
+    def rmdir(self, path: str) -> Any: ...
+
 
 class LocalFileSystem:
     """Local paths behind :class:`FileSystem`'s methods, without importing fsspec (which
@@ -280,6 +282,10 @@ class LocalFileSystem:
 
     def makedirs(self, path: str, exist_ok: bool = False) -> None:
         os.makedirs(path, exist_ok=exist_ok)
+
+    def rmdir(self, path: str) -> None:
+        """Removes an empty folder (OSError if it is not empty)."""
+        os.rmdir(path)
 
 
 def same_device(a: Path, b: Path) -> bool:

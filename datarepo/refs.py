@@ -124,15 +124,82 @@ class Refs:
             if expected is not True and old != expected:
                 raise RefConflictError(path_name, expected or None, old)
             if new is None:
-                try:
-                    self.fs.rm_file(self._path(path_name))
-                except FileNotFoundError:
-                    pass
+                self._delete(path_name)
             else:
+                if old is None:
+                    self._check_free(path_name)
                 self._write(path_name, f"{new}\n")
-            self._log(path_name, old, new, message)
+                self._log(path_name, old, new, message)
             if target is not None:
                 self._log(HEAD, old, new, message)
+
+    def _check_free(self, name: str) -> None:
+        """git's rule for a new ref: no ref may be a folder of another (``a`` beside
+        ``a/b``), as each is a file. A folder left empty at the name is removed."""
+        parts = name.split("/")
+        for i in range(2, len(parts)):
+            above = "/".join(parts[:i])
+            if is_ref_name(above) and self._kind(above) == "file":
+                raise InvalidInputError(f"cannot create {name}: {above} exists")
+        if self._kind(name) == "directory":
+            if below := next(self.names(name + "/"), None):
+                raise InvalidInputError(f"cannot create {name}: {below} exists")
+            try:
+                self._remove_folder(self._path(name))
+            except OSError:
+                raise InvalidInputError(f"cannot create {name}: a folder of that name holds other files") from None
+        self._free_log(name)
+
+    def _free_log(self, name: str) -> None:
+        """Makes room for a new ref's log where a repository of an earlier version kept the
+        logs of deleted refs (``logs/refs/heads/a`` in the way of ``a/b``'s log)."""
+        log = self._log_path(name)
+        top = f"{self._base}/logs/"
+        parts = log[len(top) :].split("/")
+        for i in range(2, len(parts)):
+            above = top + "/".join(parts[:i])
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                if self.fs.info(above)["type"] == "file":
+                    self.fs.rm_file(above)  # the log of a ref that is gone: its folder is needed
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            if self.fs.info(log)["type"] == "directory":
+                try:
+                    self._remove_folder(log)
+                except OSError:
+                    raise InvalidInputError(f"cannot create {name}: logs/{name} is a folder that holds other files") from None
+
+    def _kind(self, name: str) -> str | None:
+        try:
+            return str(self.fs.info(self._path(name))["type"])
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def _remove_folder(self, path: str) -> None:
+        """Removes a folder that holds only empty folders (OSError if anything else)."""
+        for entry in self.fs.ls(path, detail=True):
+            if entry["type"] == "directory":
+                self._remove_folder(entry["name"])
+        self.fs.rmdir(path)
+
+    def _delete(self, name: str) -> None:
+        """Deletes a ref and its log (as git does: HEAD's log still holds what was
+        committed through it), then the folders that leaves empty."""
+        for path, top in ((self._path(name), self._base), (self._log_path(name), f"{self._base}/logs")):
+            try:
+                self.fs.rm_file(path)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            self._prune(path.rpartition("/")[0], top)
+
+    def _prune(self, folder: str, top: str) -> None:
+        """Removes ``folder`` and the folders above it, up to ``refs/<kind>`` below ``top``,
+        while they are empty."""
+        while folder.startswith(top + "/refs/") and folder.count("/") > top.count("/") + 2:
+            try:
+                self.fs.rmdir(folder)
+            except OSError:
+                return
+            folder = folder.rpartition("/")[0]
 
     def detach(self, oid: Oid, message: str = "") -> None:
         """Points HEAD straight at a commit."""

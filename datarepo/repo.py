@@ -150,6 +150,8 @@ class Repo:
 
     def resolve(self, rev: str) -> Oid:
         """Resolves git's revision forms to a commit oid (``main``, ``HEAD~2``, ``v1^``, an oid prefix)."""
+        if not rev:
+            raise BadRevisionError(rev)
         m = _REV_SUFFIX.search(rev)
         if m and m.start() > 0:
             base = self.resolve(rev[: m.start()])

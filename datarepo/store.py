@@ -254,9 +254,11 @@ class Store:
             members = {m.offset: m for m in iter_tar(f, name)}
         for d in index.datums:
             for m in d.members:
-                found = members.get(m.offset)
+                found = members.pop(m.offset, None)
                 if found is None or found.size != m.size or found.name != f"{d.datum}.{m.ext}":
                     raise CorruptObjectError(name, f"index does not match member {d.datum}.{m.ext}")
+        if members:  # (an index that lists too few would let gc retire the only copy of the rest)
+            raise CorruptObjectError(name, f"index does not list member {next(iter(members.values())).name}")
         return index
 
     def scan_datums(self, oid: str) -> set[Oid]:

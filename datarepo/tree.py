@@ -390,7 +390,7 @@ class Selection:
         self.tree = tree
         self.prefix = prefix
         self.glob = glob
-        self._match = re.compile(glob_regex(glob), re.DOTALL).fullmatch if glob is not None else None
+        self._match = compile_glob(glob).fullmatch if glob is not None else None
         # Pages are chosen by the longer of the prefix and the glob's literal start, which
         # must agree (``select(prefix="a/", glob="b/*")`` selects nothing).
         start = glob_literal_prefix(glob) if glob is not None else ""
@@ -459,6 +459,18 @@ def _past(prefix: str) -> str | None:
 
 
 _GLOB_SPECIAL = "*?[\\"
+
+
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """A key glob compiled (to ``fullmatch``; rules: :func:`glob_regex`).
+
+    Raises:
+        InvalidInputError: the glob has a class no regular expression can hold (``[z-a]``).
+    """
+    try:
+        return re.compile(glob_regex(pattern), re.DOTALL)
+    except re.error as e:
+        raise InvalidInputError(f"bad glob {pattern!r}: {e}") from None
 
 
 def glob_regex(pattern: str) -> str:

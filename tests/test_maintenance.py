@@ -141,3 +141,64 @@ def test_a_bad_prune_age_is_one_clear_line(repo_with_commit, cli, age: str) -> N
     assert result.exit_code == 1 and result.output.splitlines() == [
         f"Error: --prune: {age!r} is not 'now' or an age such as 90, 30m, 2h, 14d"
     ]
+
+
+def _one_error_line(result, *words: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code != 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and all(w in lines[0] for w in words), result.output
+
+
+def test_a_branch_naming_a_tree_is_a_problem_and_gc_keeps_the_history(repo_with_commit, worktree: Path, cli) -> None:
+    repo, files = repo_with_commit
+    (worktree / "train/cat/0000.jpg").write_bytes(b"second")
+    cli("add", ".")
+    cli("commit", "-m", "second")
+    head = repo.head()
+    ref = repo.dotdir / "refs/heads/main"
+    ref.write_text(f"{repo.read_commit(head).tree}\n")  # a tree id copied over the branch
+    for log in (repo.dotdir / "logs").rglob("*"):  # and no reflog to keep the commits
+        if log.is_file():
+            log.unlink()
+    result = cli("fsck", ok=False)
+    assert "refs/heads/main" in result.output and "not a commit" in result.output
+    _one_error_line(cli("gc", "--prune=now", ok=False), "refs/heads/main", "not a commit")
+    _one_error_line(cli("repack", "--all", ok=False), "refs/heads/main", "not a commit")
+    ref.write_text(f"{head}\n")  # mended: the whole history is still there
+    assert len(cli("log", "--oneline").output.splitlines()) == 2
+    assert cli("cat", "HEAD~1:train/cat/0000.jpg").stdout_bytes == files["train/cat/0000.jpg"]
+
+
+def test_repack_refuses_a_repository_whose_objects_it_cannot_read(repo_with_commit, worktree: Path, cli) -> None:
+    repo, files = repo_with_commit
+    (worktree / "train/cat/0000.jpg").write_bytes(b"second")
+    cli("add", ".")
+    cli("commit", "-m", "second")
+    tree = repo.read_commit(repo.resolve("HEAD~1")).tree  # only the old commit reaches it
+    old_tree = repo.dotdir / "objects" / tree[:2] / tree[2:]
+    saved = old_tree.read_bytes()
+    os.chmod(old_tree, 0o644)
+    old_tree.write_bytes(saved[:-1] + bytes([saved[-1] ^ 1]))
+    tars = _tar_files(repo)
+    _one_error_line(cli("repack", "--all", ok=False), "repack refuses to run on a damaged repository")
+    assert _tar_files(repo) == tars and list(repo.store.iter_retired()) == []
+    old_tree.write_bytes(saved)
+    assert cli("cat", "HEAD~1:train/cat/0000.jpg").stdout_bytes == files["train/cat/0000.jpg"]
+    assert "0 problems" in cli("fsck").output
+
+
+@pytest.mark.parametrize("command", [["gc", "--prune=now"], ["repack", "--all"]])
+def test_an_index_that_lists_too_few_datums_never_retires_the_rest(repo_with_commit, cli, command: list[str]) -> None:
+    repo, files = repo_with_commit
+    tars = _tar_files(repo)
+    for idx in _idx_files(repo):  # every .idx now lists no datum (or one fewer) than its tar holds
+        os.chmod(idx, 0o644)
+        doc = json.loads(idx.read_bytes())
+        doc["datums"] = doc["datums"][:-1] if command[0] == "repack" else []
+        idx.write_text(json.dumps(doc))
+    assert "in no shard" in cli("fsck", ok=False).output
+    cli(*command)
+    assert all(t.exists() for t in tars)
+    assert "0 problems" in cli("fsck", "--rebuild-index").output
+    for path, data in files.items():
+        assert cli("cat", f"HEAD:{path}").stdout_bytes == data

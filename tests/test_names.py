@@ -188,3 +188,27 @@ def test_a_killed_checkout_leaves_no_temporary_file_in_the_work_tree(tmp_path: P
     assert list(temp.iterdir()) == []
     assert {name: (worktree / name).read_bytes() for name in big} == big
     assert "work tree clean" in cli("status").output
+
+
+def test_a_ref_cannot_be_a_folder_of_another_and_deleting_one_frees_its_name(repo_with_commit, cli) -> None:
+    repo, _ = repo_with_commit
+    cli("branch", "a/b")
+    _one_line_error(cli("branch", "a", ok=False), "cannot create refs/heads/a: refs/heads/a/b exists")
+    cli("branch", "-d", "a/b")
+    cli("branch", "a")  # (its folder, and the folder of its log, went with a/b)
+    _one_line_error(cli("branch", "a/b/c", ok=False), "cannot create refs/heads/a/b/c: refs/heads/a exists")
+    cli("tag", "x")
+    _one_line_error(cli("tag", "x/y", ok=False), "cannot create refs/tags/x/y: refs/tags/x exists")
+    assert [line.split()[-2] for line in cli("branch").output.splitlines()] == ["a", "main"]
+    assert sorted(p.name for p in (repo.dotdir / "refs/heads").iterdir()) == ["a", "main"]
+    assert [(old, new) for old, new, _, _ in repo.refs.reflog("refs/heads/a")] == [(None, repo.head())]
+
+
+def test_an_empty_revision_is_an_unknown_revision(repo_with_commit, cli) -> None:
+    for args in (["diff", "HEAD", ""], ["diff", "", "HEAD"], ["checkout", ""], ["log", ""], ["ls", ""]):
+        _one_line_error(cli(*args, ok=False), "unknown revision: ''")
+
+
+@pytest.mark.parametrize("glob", ["[z-a]", "train/[9-0]*"])
+def test_a_glob_no_pattern_can_hold_is_one_error_line(repo_with_commit, cli, glob: str) -> None:
+    _one_line_error(cli("ls", "HEAD", "--glob", glob, ok=False), f"bad glob {glob!r}")

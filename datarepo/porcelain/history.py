@@ -84,7 +84,7 @@ def diff(repo: Repo, a: str | None, b: str | None) -> Iterator[trees.Change]:
 
 
 def _tree(repo: Repo, rev: str | None) -> trees.Tree:
-    return repo.tree(rev) if rev else trees.Tree(repo.store, None)
+    return repo.tree(rev) if rev is not None else trees.Tree(repo.store, None)
 
 
 def changes_of(changes: Iterator[trees.Change]) -> Changes:

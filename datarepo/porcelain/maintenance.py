@@ -18,7 +18,7 @@ from datarepo.pipeline import lineage
 from datarepo.pipeline.cache import LineageCache
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.porcelain.checkout import checkout_leftovers
-from datarepo.refs import HEAD
+from datarepo.refs import HEAD, RUNS
 from datarepo.repo import Repo
 from datarepo.write import RepoWriter
 
@@ -45,10 +45,12 @@ def roots(repo: Repo, problems: list[str] | None = None) -> set[Oid]:
     for name in [*repo.refs.names("refs/"), *([] if branch else [HEAD])]:  # a detached HEAD names a commit
         try:
             oid = repo.refs.read(name)
-        except CorruptObjectError as e:
+            if oid is not None:
+                _check_named(repo, name, oid)
+        except (CorruptObjectError, ObjectNotFoundError) as e:
             if problems is None:
                 raise
-            problems.append(str(e))
+            problems.append(f"ref {name}: {e}" if name not in str(e) else str(e))
             continue
         if oid is not None:
             named[name] = oid
@@ -61,6 +63,26 @@ def roots(repo: Repo, problems: list[str] | None = None) -> set[Oid]:
             if when >= horizon:
                 found.update(o for o in (old, new) if o)
     return found
+
+
+def _reachable_whole(repo: Repo, command: str) -> Reachable:
+    """What the roots reach, for a command that deletes or retires what they do not: one
+    that cannot read an object (nor know what it reaches) refuses to run."""
+    seen = reachable(repo)
+    if seen.missing:
+        raise DataRepoError(f"{command} refuses to run on a damaged repository: {seen.missing[0]} (run fsck)")
+    return seen
+
+
+def _check_named(repo: Repo, name: str, oid: Oid) -> None:
+    """A run's ref names a run record; any other ref a commit. A ref that names another
+    object (a tree copied into a branch) is corrupt: what it was meant to reach is unknown."""
+    obj = repo.store.get_object(oid)
+    if name.startswith(RUNS):
+        if not (isinstance(obj, Blob) and obj.data.get("type") == "run"):
+            raise CorruptObjectError(name, f"names {oid}, which is not a run record")
+    elif not isinstance(obj, Commit):
+        raise CorruptObjectError(name, f"names {oid}, which is not a commit")
 
 
 def reachable(repo: Repo, problems: list[str] | None = None) -> Reachable:
@@ -309,12 +331,10 @@ def gc(repo: Repo, dry_run: bool = False, prune_after: float = PRUNE_AFTER) -> G
     holds; a tar whose ``.idx`` is lost is read for its datum ids first.
     """
     with repo.lock:
-        seen = reachable(repo)
-        if seen.missing:
-            raise DataRepoError(f"gc refuses to run on a damaged repository: {seen.missing[0]} (run fsck)")
+        seen = _reachable_whole(repo, "gc")
         dead_objects = [o for o in repo.store.iter_objects() if o not in seen.objects]
         held = {shard: _datums_in(repo, shard) for shard in repo.store.iter_shard_files()}
-        dead = [s for s, datums in held.items() if datums is not None and datums.isdisjoint(seen.datums)]
+        dead = [s for s, datums in held.items() if datums is not None and datums.isdisjoint(seen.datums) and _tar_holds(repo, s, datums)]
         dead += _replaced_damaged(repo, {s: d for s, d in held.items() if d is not None and s not in dead}, seen.datums.keys())
         kept = set().union(*(datums for s, datums in held.items() if datums is not None and s not in dead))
         garbage = list(leftovers(repo))
@@ -345,7 +365,7 @@ def _replaced_damaged(repo: Repo, in_use: dict[str, set[str]], wanted: Set[str])
     shard (an ``add`` of the same content stored them again): nothing needs them any more."""
     damaged = repo.index.locations.damaged() & in_use.keys()
     sound = set().union(*(datums for s, datums in in_use.items() if s not in damaged))
-    return sorted(s for s in damaged if wanted & in_use[s] <= sound)
+    return sorted(s for s in damaged if wanted & in_use[s] <= sound and _tar_holds(repo, s, in_use[s]))
 
 
 def retire_shards(repo: Repo, shards: list[str], now: float | None = None) -> None:
@@ -371,6 +391,17 @@ def _datums_in(repo: Repo, shard: str) -> set[str] | None:
         return None
 
 
+def _tar_holds(repo: Repo, shard: str, datums: set[str]) -> bool:
+    """Whether a shard's tar holds just the datums its ``.idx`` lists: a shard is retired
+    on its ``.idx``'s word only when its tar agrees (an ``.idx`` that lists too few would
+    otherwise retire the only copy of the rest); one whose tar cannot be read is left as
+    it is, for ``fsck`` to report."""
+    try:
+        return repo.store.scan_datums(shard) == datums
+    except DataRepoError:
+        return False
+
+
 def _size(path: Path) -> int:
     try:
         return os.lstat(path).st_size
@@ -392,13 +423,15 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
     The shards it replaces are retired, not deleted: a reader that looked a datum up
     before still finds it, until ``gc`` prunes them."""
     with repo.lock:
-        seen = reachable(repo)
+        seen = _reachable_whole(repo, "repack")
         target = repo.config.shard_size
         chosen = []
         for shard in repo.store.iter_shards():
             index = repo.store.read_index(shard)
             live = sum(d.length for d in index.datums if d.datum in seen.datums)
-            if all_shards or index.size < target // 2 or live < index.size // 2:
+            if (all_shards or index.size < target // 2 or live < index.size // 2) and _tar_holds(
+                repo, shard, {d.datum for d in index.datums}
+            ):
                 chosen.append(index)
         has_dead = any(d.datum not in seen.datums for i in chosen for d in i.datums)
         if len(chosen) < 2 and not has_dead:
