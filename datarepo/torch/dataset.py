@@ -4,6 +4,7 @@ on any number of workers and ranks. See docs/loader.md."""
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -134,7 +135,7 @@ class DatumDataset(IterableDataset):
     @property
     def epoch(self) -> int:
         """The current epoch (:meth:`set_epoch`, :meth:`load_state_dict`)."""
-        return self._cursor.epoch
+        return self._cursor.values[0]
 
     def __len__(self) -> int:
         """Items this rank yields in the epoch: samples, or batches with ``batch_size``."""
@@ -143,7 +144,7 @@ class DatumDataset(IterableDataset):
 
     def share(self) -> Share:
         """This rank's share of the current epoch, from where it resumes."""
-        start = self._cursor.start
+        start = self._cursor.values[1]
         if self._share is None or self._share.start != start:
             self._share = share(self.spec.count, start, self.rank, self.world_size, self.pad)
         return self._share
@@ -231,8 +232,9 @@ class DatumDataset(IterableDataset):
         :class:`DeviceLoader` calls this for each batch it hands over. ``in_turn``: the
         batch must follow the one noted before (else it is only taken as the last one
         received)."""
-        if isinstance(batch, Mapping):
-            self.skipped += [str(m) for _, m in batch.get("__skipped__") or []]
+        skipped = batch.get("__skipped__") if isinstance(batch, dict) or isinstance(batch, Mapping) else None
+        if skipped:
+            self.skipped += [str(m) for _, m in skipped]
         ends = position_range(batch, self.world_size)
         if ends is None:
             return
@@ -331,7 +333,7 @@ class DatumDataset(IterableDataset):
         """A copy with an epoch and a position of its own (a plain shallow copy would
         share the original's)."""
         other = type(self).__new__(type(self))
-        other.__dict__.update(self.__getstate__(), _cursor=_cursor(self.epoch, self._cursor.start))
+        other.__dict__.update(self.__getstate__(), _cursor=copy.copy(self._cursor))
         return other
 
     # run records -------------------------------------------------------
@@ -397,27 +399,22 @@ class _Cursor:
     that DataLoader workers, persistent ones included, read what the training process
     wrote last: a forked worker maps the same block, and a worker started by spawn or
     forkserver receives the block itself (the registration with the multiprocessing
-    pickler below). Pickled or copied otherwise, a cursor is its two values, in a new block."""
+    pickler below). Pickled or copied otherwise, a cursor is its two values, in a new block.
+
+    ``values``: the block as a memoryview of two ints, ``[epoch, start]`` (read every
+    training step: a memoryview's item costs less than a tensor's or an array's)."""
 
     __slots__ = ("block", "values")
 
     def __init__(self, block: torch.Tensor) -> None:
         self.block = block
-        self.values = block.numpy()  # (read and written through numpy: a tenth of a tensor's cost)
-
-    @property
-    def epoch(self) -> int:
-        return int(self.values[0])
-
-    @property
-    def start(self) -> int:
-        return int(self.values[1])
+        self.values = memoryview(block.numpy())
 
     def set(self, epoch: int, start: int) -> None:
-        self.values[:] = (epoch, start)
+        self.values[0], self.values[1] = epoch, start
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return _cursor, (self.epoch, self.start)
+        return _cursor, (self.values[0], self.values[1])
 
 
 def _cursor(epoch: int, start: int) -> _Cursor:
