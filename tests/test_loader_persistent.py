@@ -126,3 +126,15 @@ def test_a_copy_or_a_pickle_has_its_own_epoch_and_position(repo: Path) -> None:
         other.set_epoch(6)
         assert (ds.epoch, ds.state_dict()["position"]) == (4, 120)  # the original's stay
     assert [p for p, _ in indexed(ds)] == list(range(120, N))  # and in this process, as before
+
+
+def test_state_after_a_batch_reads_its_positions_as_they_are_now(repo: Path) -> None:
+    ds = dataset(repo)
+    batches = iter(loader(ds, 1, persistent_workers=True))
+    next(batches)
+    batch = next(batches)
+    assert ds.state_dict(after=batch)["position"] == 20
+    batch["__index__"][9] = 15  # the loop changed a position in place
+    assert ds.state_dict(after=batch)["position"] == 19
+    batch["__index__"] = batch["__index__"][:4]  # or kept the batch's first 4 samples
+    assert ds.state_dict(after=batch)["position"] == 14
