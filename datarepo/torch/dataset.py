@@ -4,9 +4,11 @@ on any number of workers and ranks. See docs/loader.md."""
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from datarepo.torch.plan import OrderSpec, Share, chunks_of, order_fingerprint, 
 from datarepo.torch.reader import SampleError, ShardFiles, read_rows
 
 STATE_FORMAT = 1
+MAX_EPOCH = 1 << 63  # epochs are kept as int64 (see _Cursor)
 
 
 class SkippedSampleWarning(UserWarning):
@@ -90,7 +93,7 @@ class DatumDataset(IterableDataset):
         for name, value in (("batch_size", batch_size or 1), ("chunk_size", chunk_size), ("block", block), ("window", window)):
             if type(value) is not int or value < 1:
                 raise InvalidInputError(f"{name} must be a positive int, not {value!r}")
-        if type(seed) is not int or seed < 0 or type(epoch) is not int or epoch < 0:
+        if type(seed) is not int or seed < 0 or type(epoch) is not int or not 0 <= epoch < MAX_EPOCH:
             raise InvalidInputError("seed and epoch must be ints of 0 or more")
         if keys is not None and prefix:
             raise InvalidInputError("give a prefix or keys, not both")
@@ -113,9 +116,8 @@ class DatumDataset(IterableDataset):
         self.pad, self.on_error, self.verify = pad, on_error, verify
         self.spec = OrderSpec(len(self.rows), seed, shuffle, block, window)
         self.rank, self.world_size = _place(rank, world_size)
-        self.epoch = epoch
+        self._cursor = _cursor(epoch, 0)  # the epoch, and the global position it resumes at
         self.epochs = epoch + 1  # epochs begun, for run records
-        self._start = 0  # the global position this epoch resumes at
         self._consumed = 0  # samples of this rank's share the training loop received
         self._observed = False  # a consumer-side wrapper reports what the loop received
         self._disordered = False
@@ -130,6 +132,11 @@ class DatumDataset(IterableDataset):
     def seed(self) -> int:
         return self.spec.seed
 
+    @property
+    def epoch(self) -> int:
+        """The current epoch (:meth:`set_epoch`, :meth:`load_state_dict`)."""
+        return self._cursor.values[0]
+
     def __len__(self) -> int:
         """Items this rank yields in the epoch: samples, or batches with ``batch_size``."""
         n = self.share().length
@@ -137,8 +144,9 @@ class DatumDataset(IterableDataset):
 
     def share(self) -> Share:
         """This rank's share of the current epoch, from where it resumes."""
-        if self._share is None or self._share.start != self._start:
-            self._share = share(self.spec.count, self._start, self.rank, self.world_size, self.pad)
+        start = self._cursor.values[1]
+        if self._share is None or self._share.start != start:
+            self._share = share(self.spec.count, start, self.rank, self.world_size, self.pad)
         return self._share
 
     def order(self, epoch: int | None = None) -> np.ndarray:
@@ -172,10 +180,11 @@ class DatumDataset(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Starts another epoch (its own order); a state loaded for this epoch is kept."""
-        if type(epoch) is not int or epoch < 0:
+        if type(epoch) is not int or not 0 <= epoch < MAX_EPOCH:
             raise InvalidInputError(f"an epoch is an int of 0 or more, not {epoch!r}")
         if epoch != self.epoch:
-            self.epoch, self._start, self._consumed, self._disordered = epoch, 0, 0, False
+            self._cursor.set(epoch, 0)
+            self._consumed, self._disordered = 0, False
         self.epochs = max(self.epochs, epoch + 1)
 
     # resuming ----------------------------------------------------------
@@ -210,11 +219,12 @@ class DatumDataset(IterableDataset):
             epoch, position, plan = int(state["epoch"]), int(state["position"]), str(state["plan"])
         except (KeyError, TypeError, ValueError):
             raise InvalidInputError("not a DatumDataset state") from None
-        if state.get("format") != STATE_FORMAT or not 0 <= position <= self.spec.count or epoch < 0:
+        if state.get("format") != STATE_FORMAT or not 0 <= position <= self.spec.count or not 0 <= epoch < MAX_EPOCH:
             raise InvalidInputError("not a DatumDataset state")
         if plan != self.plan_id():
             raise InvalidInputError("the state is of another dataset (another selection, seed or shuffle)")
-        self.epoch, self._start, self._consumed, self._disordered = epoch, position, 0, False
+        self._cursor.set(epoch, position)
+        self._consumed, self._disordered = 0, False
         self.epochs = max(self.epochs, epoch + 1)
 
     def received(self, batch: Mapping[str, Any], in_turn: bool = True) -> None:
@@ -222,8 +232,9 @@ class DatumDataset(IterableDataset):
         :class:`DeviceLoader` calls this for each batch it hands over. ``in_turn``: the
         batch must follow the one noted before (else it is only taken as the last one
         received)."""
-        if isinstance(batch, Mapping):
-            self.skipped += [str(m) for _, m in batch.get("__skipped__") or []]
+        skipped = batch.get("__skipped__") if isinstance(batch, dict) or isinstance(batch, Mapping) else None
+        if skipped:
+            self.skipped += [str(m) for _, m in skipped]
         ends = position_range(batch, self.world_size)
         if ends is None:
             return
@@ -318,6 +329,13 @@ class DatumDataset(IterableDataset):
         state["_files"] = None  # open files stay in their process
         return state
 
+    def __copy__(self) -> DatumDataset:
+        """A copy with an epoch and a position of its own (a plain shallow copy would
+        share the original's)."""
+        other = type(self).__new__(type(self))
+        other.__dict__.update(self.__getstate__(), _cursor=copy.copy(self._cursor))
+        return other
+
     # run records -------------------------------------------------------
     def run_spec(self) -> dict[str, Any]:
         """What a run record stores of this dataset (plain JSON data)."""
@@ -372,6 +390,45 @@ class DatumDataset(IterableDataset):
         if ds.fingerprint() != run["fingerprint"]:
             raise InvalidInputError(f"run {name}: the data no longer gives the recorded order")
         return ds
+
+
+class _Cursor:
+    """The epoch and the global position it resumes at: what :meth:`DatumDataset.set_epoch`
+    and :meth:`~DatumDataset.load_state_dict` change once the dataset is made, and what
+    ``__iter__`` reads. They live in a block of shared memory made with the dataset, so
+    that DataLoader workers, persistent ones included, read what the training process
+    wrote last: a forked worker maps the same block, and a worker started by spawn or
+    forkserver receives the block itself (the registration with the multiprocessing
+    pickler below). Pickled or copied otherwise, a cursor is its two values, in a new block.
+
+    ``values``: the block as a memoryview of two ints, ``[epoch, start]`` (read every
+    training step: a memoryview's item costs less than a tensor's or an array's)."""
+
+    __slots__ = ("block", "values")
+
+    def __init__(self, block: torch.Tensor) -> None:
+        self.block = block
+        self.values = memoryview(block.numpy())
+
+    def set(self, epoch: int, start: int) -> None:
+        self.values[0], self.values[1] = epoch, start
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _cursor, (self.values[0], self.values[1])
+
+
+def _cursor(epoch: int, start: int) -> _Cursor:
+    """A cursor in a block of its own."""
+    return _Cursor(torch.tensor([epoch, start], dtype=torch.int64).share_memory_())
+
+
+def _shared_cursor(cursor: _Cursor) -> tuple[Any, ...]:
+    """How a cursor crosses to another process through multiprocessing (a DataLoader
+    worker's start): its block, which torch hands over as shared memory."""
+    return _Cursor, (cursor.block,)
+
+
+ForkingPickler.register(_Cursor, _shared_cursor)
 
 
 def _decoded(key: str, members: dict[str, bytes], decode: Callable[[dict[str, bytes]], dict[str, Any]]) -> dict[str, Any]:
