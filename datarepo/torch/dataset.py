@@ -418,8 +418,14 @@ class _Cursor:
 
 
 def _cursor(epoch: int, start: int) -> _Cursor:
-    """A cursor in a block of its own."""
-    return _Cursor(torch.tensor([epoch, start], dtype=torch.int64).share_memory_())
+    """A cursor in a block of its own: shared memory, or where the system has none, the
+    process's own (persistent workers then keep the epoch they started with)."""
+    block = torch.tensor([epoch, start], dtype=torch.int64)
+    try:
+        return _Cursor(block.share_memory_())
+    except RuntimeError as e:  # no /dev/shm, or no room in it
+        warnings.warn(f"no shared memory ({e}): persistent DataLoader workers will not follow set_epoch", stacklevel=3)
+        return _Cursor(block)
 
 
 def _shared_cursor(cursor: _Cursor) -> tuple[Any, ...]:
