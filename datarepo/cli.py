@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 SIGPIPE_EXIT = 141  # what a shell reports for a command that a closed pipe ended (128 + SIGPIPE)
+MAX_SECONDS = 365 * 86400.0  # the longest a spout waits to commit
 
 
 class Group(click.Group):
@@ -122,9 +123,12 @@ def _parse_size(text: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
     text = text.strip().lower().removesuffix("ib").removesuffix("b")
     try:
-        return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
-    except ValueError:
+        size = int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
+    except (ValueError, OverflowError):  # (OverflowError: "inf")
         raise click.BadParameter(f"not a size: {text!r}") from None
+    if size < 1:
+        raise click.BadParameter(f"a size is a positive number of bytes, not {text!r}")
+    return size
 
 
 @main.command()
@@ -195,11 +199,12 @@ def add(paths: tuple[str, ...], follow: bool) -> None:
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--cached", is_flag=True, help="Only unstage; keep the files.")
-def rm(paths: tuple[str, ...], cached: bool) -> None:
+@click.option("-f", "--force", is_flag=True, help="Delete files whose changes are not committed.")
+def rm(paths: tuple[str, ...], cached: bool, force: bool) -> None:
     """Stage the removal of datums (and delete their files)."""
     from datarepo.porcelain.stage import rm as run
 
-    for key in run(_repo(), list(paths), cached=cached):
+    for key in run(_repo(), list(paths), cached=cached, force=force):
         click.echo(f"rm {_quoted(key)}")
 
 
@@ -276,13 +281,16 @@ def show(rev: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print {added, modified, deleted} keys.")
 @click.option("--stat", is_flag=True, help="Only the counts.")
 def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
-    """Show keys that differ: A..B, A..work tree, or HEAD..work tree."""
+    """Show keys that differ: A B (or A..B), A and the work tree, or HEAD and the work tree."""
     from datarepo.porcelain.history import changes_of
     from datarepo.porcelain.history import diff as run
     from datarepo.porcelain.stage import diff_worktree
     from datarepo.porcelain.stage import status as worktree_status
 
     repo = _repo()
+    if b is None and a is not None and ".." in a:  # git's A..B (no ref name holds "..")
+        a, _, b = a.partition("..")
+        a, b = a or "HEAD", b or "HEAD"
     if b is None and (a is None or a == "HEAD"):
         changes = worktree_status(repo).total
     elif b is None:
@@ -424,7 +432,7 @@ def cat(spec: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--commit-every", "every", type=click.IntRange(min=1), default=None,
               help="With SRC -: a spout, committing every N datums (and at the end of input).")
-@click.option("--commit-seconds", "seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--commit-seconds", "seconds", type=click.FloatRange(min=0, max=MAX_SECONDS, min_open=True), default=None,
               help="With SRC -: a spout, committing T seconds after the first uncommitted datum.")
 def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bool, every: int | None,
            seconds: float | None) -> None:
@@ -435,6 +443,8 @@ def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bo
     from datarepo.porcelain.ingest import ingest as run
     from datarepo.porcelain.ingest import spout
 
+    if seconds is not None and not 0 < seconds <= MAX_SECONDS:  # (nan passes click's range)
+        raise click.BadParameter(f"not a number of seconds: {seconds}", param_hint="--commit-seconds")
     if every is not None or seconds is not None:
         if src != "-":
             raise click.UsageError("--commit-every and --commit-seconds read a stream: give - as SRC")

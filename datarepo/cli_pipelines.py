@@ -155,10 +155,11 @@ def export_dvc(output: str, folder: str | None) -> None:
     """Write dvc.yaml stages that call ``datarepo run``, so ``dvc repro`` drives the pipelines."""
     from datarepo.pipeline.dvcexport import dvc_yaml
 
-    text = dvc_yaml(_repo(), folder)
+    repo = _repo()
+    text = dvc_yaml(repo, folder)
     if output == "-":
         click.echo(text, nl=False)
     else:
         from pathlib import Path
 
-        Path(output).write_text(text)
+        repo.check_outside(Path(output), "output").write_text(text)

@@ -15,6 +15,7 @@ from datarepo.fsutil import atomic_write
 from datarepo.keys import GROUPINGS, check_key
 
 DEFAULT_SHARD_SIZE = 256 << 20
+FORMAT = 1  # the repository format this code reads and writes (docs/format.md)
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # a commit's time (UTC)
 
 
@@ -39,7 +40,7 @@ class Config:
 
     def to_toml(self) -> str:
         core = {
-            "format": 1,
+            "format": FORMAT,
             "bare": self.bare,
             "grouping": self.grouping,
             "shard_size": self.shard_size,
@@ -66,6 +67,8 @@ class Config:
         except tomllib.TOMLDecodeError as e:
             raise InvalidInputError(f"bad config {path}: {e}") from None
         read = _Reader(path, data)
+        if (version := read("core", "format", int, FORMAT)) != FORMAT:
+            raise InvalidInputError(f"bad config {path}: repository format {version} is not supported (this datarepo reads format {FORMAT})")
         return cls(
             bare=read("core", "bare", bool, False),
             grouping=read("core", "grouping", str, "wds"),
@@ -84,6 +87,11 @@ class Config:
             raise InvalidInputError(f"{where}shard_size must be at least 1024 bytes, not {self.shard_size}")
         if self.reflog_expire_days < 0:
             raise InvalidInputError(f"{where}reflog_expire_days must not be negative, not {self.reflog_expire_days}")
+        folder = self.pipelines_dir.replace("\\", "/")
+        if not folder or folder.startswith("/") or ".." in folder.split("/") or ":" in folder:
+            raise InvalidInputError(
+                f"{where}pipelines_dir must be a folder inside the work tree, not {self.pipelines_dir!r} (use --pipelines DIR for another)"
+            )
         for prefix in self.sparse:
             if not prefix.endswith("/"):
                 raise InvalidInputError(f"{where}a sparse prefix ends with '/', not {prefix!r}")
@@ -132,14 +140,14 @@ def env_seconds(name: str, default: float) -> float:
     return value
 
 
-def env_count(name: str, default: int, least: int = 0) -> int:
-    """A whole number of at least ``least`` from the environment variable ``name`` (unset
-    or empty: ``default``)."""
+def env_count(name: str, default: int, least: int = 0, most: int = 1 << 62) -> int:
+    """A whole number from ``least`` to ``most`` from the environment variable ``name``
+    (unset or empty: ``default``)."""
     text = os.environ.get(name, "").strip()
     if not text:
         return default
-    if not text.isdigit() or int(text) < least:
-        raise InvalidInputError(f"{name} must be a whole number of at least {least}, not {text!r}")
+    if not (text.isascii() and text.isdigit()) or not least <= int(text) <= most:
+        raise InvalidInputError(f"{name} must be a whole number from {least} to {most}, not {text[:40]!r}")
     return int(text)
 
 

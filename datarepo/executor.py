@@ -31,6 +31,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 WORKERS_ENV = "DATAREPO_WORKERS"
+MAX_WORKERS = 1024  # processes one executor may start
 
 
 class Executor(Protocol):
@@ -340,7 +341,7 @@ def worker_count() -> int:
     """The processes parallel work may use: ``DATAREPO_WORKERS``, else the cores this
     process may run on."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return env_count(WORKERS_ENV, cores, least=1)
+    return env_count(WORKERS_ENV, cores, least=1, most=MAX_WORKERS)
 
 
 _shared: ProcessExecutor | None = None

@@ -230,7 +230,19 @@ class LocalFileSystem:
         self.durable = durable
 
     def open(self, path: str, mode: str = "rb") -> BinaryIO:
-        return open(path, mode)  # type: ignore[return-value]
+        """A file to read, or to append to (``ab``: a symbolic link there is not followed,
+        but replaced by a file, as every other write replaces one)."""
+        if mode != "ab":
+            return open(path, mode)  # type: ignore[return-value]
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+        try:
+            fd = os.open(path, flags, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            os.unlink(path)
+            fd = os.open(path, flags | os.O_EXCL, 0o644)
+        return os.fdopen(fd, "ab")
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
         with open(path, "rb") as f:

@@ -58,7 +58,7 @@ class Repo:
             raise InvalidInputError(f"already a datarepo repository: {dotdir}")
         if bare and path.exists() and any(path.iterdir()):
             raise InvalidInputError(f"a bare repository needs an empty directory: {path}")
-        cfg = Config(bare=bare, grouping=grouping, shard_size=shard_size or DEFAULT_SHARD_SIZE).validated()
+        cfg = Config(bare=bare, grouping=grouping, shard_size=DEFAULT_SHARD_SIZE if shard_size is None else shard_size).validated()
         for sub in ("objects", "shards", "refs/heads", "refs/tags", "refs/runs"):
             (dotdir / sub).mkdir(parents=True, exist_ok=True)
         cfg.save(dotdir / "config.toml")
@@ -254,7 +254,7 @@ class Repo:
         self, tree: Oid, message: str, parent: Oid | None, provenance: dict[str, Any] | None = None, ref: str = HEAD
     ) -> Oid:
         """Writes a commit of a stored tree and moves ``ref`` from ``parent`` to it."""
-        commit = Commit(tree, (parent,) if parent else (), self.author(), self.now(), message, provenance)
+        commit = Commit(tree, (parent,) if parent else (), self.author(), self.now(), _utf8(message, "the commit message"), provenance)
         oid = self.store.put_object(commit)
         first = message.splitlines()[0] if message else ""
         self.refs.update(ref, oid, expected=parent, message=f"commit: {first}")
@@ -274,14 +274,32 @@ class Repo:
             rev, key = default, spec
         return self.resolve(rev or default), key
 
+    def check_outside(self, path: Path, what: str) -> Path:
+        """``path``, resolved, unless it is (or lies in) this repository's own folder, which
+        no command reads as data nor writes data into.
+
+        Raises:
+            InvalidInputError: it does.
+        """
+        resolved = path.resolve()
+        if resolved.is_relative_to(self.dotdir.resolve()):
+            raise InvalidInputError(f"{what} {str(path)!r} is inside the repository's own folder {self.dotdir.name}/")
+        return resolved
+
     # identity ----------------------------------------------------------
     def author(self) -> str:
+        """``DATAREPO_AUTHOR``, else the config's user name and email, else the login name:
+        one line of text."""
         env = os.environ.get("DATAREPO_AUTHOR")
         if env:
-            return env
-        name = self.config.user.get("name") or getpass.getuser()
-        email = self.config.user.get("email")
-        return f"{name} <{email}>" if email else name
+            author, what = env, "DATAREPO_AUTHOR"
+        else:
+            name = self.config.user.get("name") or getpass.getuser()
+            email = self.config.user.get("email")
+            author, what = (f"{name} <{email}>" if email else name), "the author (user.name, user.email)"
+        if not author.isprintable():
+            raise InvalidInputError(f"{what} must be one line of printable text, not {author[:60]!r}")
+        return _utf8(author, what)
 
     @staticmethod
     def now() -> str:
@@ -375,3 +393,13 @@ class Repo:
         from datarepo.torch.runs import record_run
 
         return record_run(self, name, dataset, extra, force)
+
+
+def _utf8(text: str, what: str) -> str:
+    """``text``, if it encodes as UTF-8 (what a shell passes from bytes that do not decode
+    holds lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(f"{what} is not valid UTF-8") from None
+    return text

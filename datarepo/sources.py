@@ -9,6 +9,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +44,23 @@ class NewDatum:
         return sum(map(member_size, self.members.values()))
 
 
+# The most names a source's braces may expand to (WebDataset's shard lists run to thousands).
+MAX_BRACE_NAMES = 1_000_000
+_RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?\}")
+
+
+def _brace_bound(src: str) -> int:
+    """At least as many names as ``src``'s braces expand to, counted without expanding
+    them (a range's items are made all at once): the product of each numeric range's
+    length and of each brace's number of commas plus one."""
+    bound = 1
+    for m in _RANGE.finditer(src):
+        lo, hi, step = int(m[1]), int(m[2]), abs(int(m[3] or 1)) or 1
+        bound *= abs(hi - lo) // step + 1
+    for group in re.findall(r"\{[^{}]*\}", src):
+        bound *= group.count(",") + 1
+    return bound
+
 def expand(src: str) -> list[str]:
     """The files a source names: a glob (``*.tar``), braces (``x-{000..009}.tar``) or one
     path; those that exist, sorted for a glob."""
@@ -53,6 +71,8 @@ def expand(src: str) -> list[str]:
     if "{" in src:
         import braceexpand
 
+        if _brace_bound(src) > MAX_BRACE_NAMES:
+            raise InvalidInputError(f"bad source {src!r}: its braces name more than {MAX_BRACE_NAMES:,} files")
         try:
             return [p for p in braceexpand.braceexpand(src) if os.path.exists(p)]
         except braceexpand.UnbalancedBracesError as e:

@@ -62,8 +62,8 @@ def export(
     """
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise InvalidInputError(f"export destination must be a new or empty directory: {dest}")
+    dest = repo.check_outside(dest, "export destination")  # (a symbolic link: the folder it names)
     manifest = repo.manifest(repo.tree(rev).select(prefix=prefix))
-    dest = dest.absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f"{TMP_PREFIX}export-{os.urandom(6).hex()}"
     tmp.mkdir()

@@ -150,11 +150,14 @@ def _read_source(run: _Run, src: str, progress: Progress) -> Iterator[TreeEntry]
     comes twice is refused, naming both places (a source is a set of datums, not a log)."""
     path = Path(src)
     if src != "-" and path.is_dir():
+        run.repo.check_outside(path, "ingest source")
         yield from _folder(run, path, progress)
         return
     if src == "-":
         items: Iterator[NewDatum | tuple[TreeEntry, str]] = sources.read_jsonl(sources.stdin(), "<stdin>")
     elif files := sources.expand(src):
+        for name in files:
+            run.repo.check_outside(Path(name), "ingest source")
         items = (item for name in files for item in _remembered_file(run, Path(name)))
     else:
         raise InvalidInputError(f"no such file or directory: {src}")

@@ -41,6 +41,8 @@ def key_filter(repo: Repo, paths: list[str] | None) -> Selection | None:
     keys: set[str] = set()
     dirs: set[str] = set()
     for p in paths:
+        if not p:
+            raise InvalidInputError("an empty path names nothing (use . for the whole work tree)")
         full = Path(os.path.abspath(p))
         try:
             rel = full.relative_to(root).as_posix()
@@ -337,10 +339,22 @@ def _stage(repo: Repo, staged: list[tuple[str, Oid | None, int]], head: dict[str
         repo.index.stats.record(read, seen_ns)
 
 
-def rm(repo: Repo, paths: list[str], cached: bool = False) -> list[str]:
-    """Stages the deletion of the datums under ``paths``; removes their files unless ``cached``."""
+def _would_lose(now: Status) -> set[str]:
+    """The keys whose files hold changes not committed (a key whose files are gone has
+    none left to lose)."""
+    return ({*now.unstaged.modified, *now.staged.added, *now.staged.modified}) - set(now.unstaged.deleted)
+
+
+def rm(repo: Repo, paths: list[str], cached: bool = False, force: bool = False) -> list[str]:
+    """Stages the deletion of the datums under ``paths``; removes their files unless ``cached``.
+
+    As git, it refuses to delete the files of a datum whose work-tree files or staged
+    datum differ from HEAD's (their content exists nowhere else, or only in the staging
+    area), unless ``force``.
+    """
     prefixes = key_filter(repo, paths)
     root = repo.require_worktree()
+    now = None if cached or force else status(repo)
     with repo.lock:
         head = head_datums(repo)
         index = index_datums(repo, head)
@@ -351,6 +365,11 @@ def rm(repo: Repo, paths: list[str], cached: bool = False) -> list[str]:
             emptied = set()
             safe = WorktreePaths(root)  # never deleting beyond a symbolic link: all checked first
             files = [safe.check(member_path(k, m.ext, repo.config.grouping)) for k in keys for m in repo.locate(index[k])[1].members]
+            if now is not None and (changed := [k for k in keys if k in _would_lose(now)]):
+                more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+                raise InvalidInputError(
+                    f"{changed[0]}{more}: changes that are not committed (rm --cached keeps the files; rm -f deletes them)"
+                )
             for path in files:
                 remove(path)
                 emptied.add(path.parent)
