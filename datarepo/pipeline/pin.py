@@ -1,0 +1,121 @@
+"""What a run holds while it computes: the run lock and the pin (docs/pipelines.md, "Guarantees").
+
+A run computes without the writer lock (it takes that lock only to commit), so two things
+keep it safe from the other processes of the repository:
+
+* the **run lock** (an ``flock`` on ``run.lock`` in the repository's folder): one run at
+  a time. Another ``datarepo run`` waits for it up to ``DATAREPO_LOCK_TIMEOUT`` seconds,
+  then stops with one line. The kernel releases it when the run's process dies;
+* the **pin** (``run.pin``, JSON, written whole by rename): the time the run began and the
+  commits it reads. While the run lock is held, ``gc`` and ``repack`` treat the pinned
+  commits as roots and leave alone every object, shard and temporary file written since
+  the run began: the shards and journals the run's batches publish before its commit
+  names them. A pin whose run lock nobody holds is a dead run's, and counts for nothing.
+
+``gc`` lists the files it may delete *before* it reads the pin, so a run that begins
+after that reading writes only files ``gc`` has not listed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+from datarepo.config import env_seconds
+from datarepo.errors import CorruptObjectError, LockedError, PipelineError
+from datarepo.fsutil import WriterLock, atomic_write, remove
+from datarepo.hashing import is_oid
+
+LOCK, PIN = "run.lock", "run.pin"
+# File times come from a coarse clock that may lag time.time() by a tick: a pin begins
+# this much earlier than its run, so that nothing the run writes is older than it.
+SLACK = 1.0
+
+
+class RunInProgressError(PipelineError):
+    """Another run of the repository's pipelines holds the run lock."""
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A live run's pin: files written since ``since`` are its, ``commits`` are roots."""
+
+    since: float
+    commits: tuple[str, ...] = ()
+
+    def spares(self, mtime: float) -> bool:
+        return mtime >= self.since
+
+
+class RunPin:
+    """``with RunPin(dotdir, run_id) as pin:`` the run lock and the pin of one run."""
+
+    def __init__(self, dotdir: Path, run_id: str) -> None:
+        self.dotdir, self.run_id = dotdir, run_id
+        self.lock = WriterLock(dotdir / LOCK, timeout=env_seconds("DATAREPO_LOCK_TIMEOUT", 60))
+        self.since = 0.0
+        self.commits: list[str] = []
+
+    def __enter__(self) -> Self:
+        try:
+            self.lock.acquire()
+        except LockedError:
+            raise RunInProgressError(
+                f"another run of this repository's pipelines is in progress; gave up waiting after "
+                f"{self.lock.timeout:g}s (DATAREPO_LOCK_TIMEOUT): run again when it has ended") from None
+        try:
+            self.since = time.time() - SLACK
+            self._write()
+        except BaseException:
+            self.lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            remove(self.dotdir / PIN)
+        finally:
+            self.lock.release()
+
+    def add(self, commits: Iterable[str | None]) -> None:
+        """Pins commits the run reads (before it reads them)."""
+        new = [c for c in commits if c is not None and c not in self.commits]
+        if new:
+            self.commits.extend(new)
+            self._write()
+
+    def _write(self) -> None:
+        data = {"run": self.run_id, "since": self.since, "commits": self.commits}
+        atomic_write(self.dotdir / PIN, json.dumps(data).encode(), mode=0o644)
+
+
+def live_pin(dotdir: Path) -> Pinned | None:
+    """The pin of the run in progress, if one is (its run lock held); a dead run's pin is
+    deleted. For ``gc`` and ``repack``, under the writer lock."""
+    probe = WriterLock(dotdir / LOCK, timeout=0)
+    try:
+        probe.acquire()
+    except LockedError:
+        return _read(dotdir / PIN)
+    try:  # no run holds it: a pin left there is a killed run's
+        remove(dotdir / PIN)
+    finally:
+        probe.release()
+    return None
+
+
+def _read(path: Path) -> Pinned | None:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:  # the run has the lock and has not written its pin yet: it writes nothing before
+        return None
+    except ValueError:
+        raise CorruptObjectError(path.name, "not a run pin") from None
+    since, commits = data.get("since") if isinstance(data, dict) else None, data.get("commits", [])
+    if not isinstance(since, (int, float)) or not isinstance(commits, list) or not all(isinstance(c, str) and is_oid(c) for c in commits):
+        raise CorruptObjectError(path.name, "not a run pin")
+    return Pinned(float(since), tuple(commits))
