@@ -190,37 +190,40 @@ class _Driver:
             plan = make_plan(self.repo, spec, fp, head, previous, self.cache)
             result = PipelineResult(spec.name, fp, reasons=dict(plan.reasons()))
             if self.options.dry_run or plan.idle:
-                fresh = sum(1 for b in [*(u[0] for u in plan.todo), *plan.reuse] if b not in plan.old)
-                total = (previous[1].count if previous else 0) - len(plan.deleted) + fresh
-                result.processed, result.deleted = len(plan.todo), len(plan.deleted)
-                result.reused, result.repaired = total - len(plan.todo), len(plan.repair)
-                return result
+                return _planned(result, plan, previous[1] if previous else None)
             if self.pin is not None:  # (a source at a fixed revision too: gc keeps what the workers read)
                 self.pin.add(plan.inputs.values())
             done = self._compute(spec, plan)
             changes = {**plan.reuse, **{r.base: r for r in done}, **{b: None for b in plan.deleted}}
             self._tally(result, plan, done)
             with self.repo.lock:
-                now = self.repo.refs.read(self.ref)
+                now = self.repo.refs.read(self._ref_now())
                 why = rebase.conflict(self.repo, spec, changes, head, now, previous[0] if previous else None)
                 if why is None:
                     result.commit = self._commit(spec, plan, changes, now, result)
                     self.head, self.behind = result.commit or now, self.behind or now != head
                     return result
-        raise rebase.RunConflictError(f"{spec.name}: {why} while it computed, {REPLANS + 1} times in a row; nothing committed "
-                            "for it (its finished batches are kept for the next run)")
+        raise rebase.RunConflictError(f"{spec.name}: {why} while it computed, {REPLANS + 1} times in a row; "
+                                      "nothing committed for it (its finished batches are kept for the next run)")
 
     def _read_head(self) -> Oid | None:
         """What the branch names now (pinned: ``gc`` keeps it while the run reads it)."""
-        if self.ref == HEAD and self.repo.refs.read_symbolic(HEAD) is not None:
-            raise PipelineError("HEAD was moved to a branch while the run computed; nothing more committed: run again")
-        head = self.repo.refs.read(self.ref)
+        head = self.repo.refs.read(self._ref_now())
         if self.pin is not None:
             self.pin.add([head])
         if self._seen and head != self.head:
             self.behind = True  # a commit not the run's own landed since it last looked
         self.head, self._seen = head, True
         return head
+
+    def _ref_now(self) -> str:
+        """The ref to read and move: HEAD while it still points at the run's branch (so
+        that HEAD's reflog has the commit, as any other), else the branch itself (a
+        ``checkout`` meanwhile does not take the run's commits to another branch)."""
+        symbolic = self.repo.refs.read_symbolic(HEAD)
+        if self.ref == HEAD and symbolic is not None:
+            raise PipelineError("HEAD was moved to a branch while the run computed; nothing more committed: run again")
+        return HEAD if self.ref in (HEAD, symbolic) else self.ref
 
     # computing ------------------------------------------------------------------------------
     def _compute(self, spec: Spec, plan: Plan) -> list[Record]:
@@ -346,13 +349,22 @@ class _Driver:
                       "lineage": lineage, "run": self.run_id, "output": spec.output}
         message = (f"{spec.name}: {result.processed} processed, {result.reused} reused, {result.failed} failed, "
                    f"{result.deleted} deleted ({self.run_id})")
-        commit = repo.commit(tree_changes, message, provenance=provenance, parent=head, ref=self.ref)
+        commit = repo.commit(tree_changes, message, provenance=provenance, parent=head, ref=self._ref_now())
         if reader is not None:  # (its records must be indexed before the few written here are)
             self.cache.index_pages(p[2] for p in reader.root.pages)
         self.cache.index_written(placed, changes)
         self.cache.clear_journals(spec.name)
         _mark_sparse(repo, spec.output)
         return commit
+
+
+def _planned(result: PipelineResult, plan: Plan, previous: Root | None) -> PipelineResult:
+    """``result`` of a dry run, or of a plan with nothing to do: what it would do."""
+    fresh = sum(1 for b in [*(u[0] for u in plan.todo), *plan.reuse] if b not in plan.old)
+    total = (previous.count if previous else 0) - len(plan.deleted) + fresh
+    result.processed, result.deleted = len(plan.todo), len(plan.deleted)
+    result.reused, result.repaired = total - len(plan.todo), len(plan.repair)
+    return result
 
 
 def _mark_sparse(repo: Repo, prefix: str) -> None:
