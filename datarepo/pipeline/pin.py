@@ -6,14 +6,15 @@ keep it safe from the other processes of the repository:
 * the **run lock** (an ``flock`` on ``run.lock`` in the repository's folder): one run at
   a time. Another ``datarepo run`` waits for it up to ``DATAREPO_LOCK_TIMEOUT`` seconds,
   then stops with one line. The kernel releases it when the run's process dies;
-* the **pin** (``run.pin``, JSON, written whole by rename): the time the run began and the
-  commits it reads. While the run lock is held, ``gc`` and ``repack`` treat the pinned
-  commits as roots and leave alone every object, shard and temporary file written since
-  the run began: the shards and journals the run's batches publish before its commit
-  names them. A pin whose run lock nobody holds is a dead run's, and counts for nothing.
+* the **pin** (``run.pin``, JSON, written whole by rename before the run writes
+  anything): the time the run began and the commits it reads. While the run lock is
+  held, ``gc`` and ``repack`` treat the pinned commits as roots and leave alone every
+  object, shard and temporary file written since the run began: the shards and journals
+  the run's batches publish before its commit names them. A pin whose run lock nobody
+  holds is a dead run's, and counts for nothing.
 
-``gc`` lists the files it may delete *before* it reads the pin, so a run that begins
-after that reading writes only files ``gc`` has not listed.
+``gc`` lists the files it may delete *before* it reads the pin: a run whose pin it did
+not find writes only files written after that listing.
 """
 
 from __future__ import annotations
@@ -67,22 +68,20 @@ class RunPin:
             raise RunInProgressError(
                 f"another run of this repository's pipelines is in progress; gave up waiting after "
                 f"{self.lock.timeout:g}s (DATAREPO_LOCK_TIMEOUT): run again when it has ended") from None
-        try:
-            self.since = time.time() - SLACK
-            self._write()
-        except BaseException:
-            self.lock.release()
-            raise
+        self.since = time.time() - SLACK
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
-            remove(self.dotdir / PIN)
+            if self.commits:
+                remove(self.dotdir / PIN)
         finally:
             self.lock.release()
 
     def add(self, commits: Iterable[str | None]) -> None:
-        """Pins commits the run reads (before it reads them)."""
+        """Pins commits the run reads, and so everything written since the run began: the
+        pin is written before the run writes anything (a run with nothing to compute
+        writes neither)."""
         new = [c for c in commits if c is not None and c not in self.commits]
         if new:
             self.commits.extend(new)
@@ -90,7 +89,8 @@ class RunPin:
 
     def _write(self) -> None:
         data = {"run": self.run_id, "since": self.since, "commits": self.commits}
-        atomic_write(self.dotdir / PIN, json.dumps(data).encode(), mode=0o644)
+        # Not fsync'ed: a pin counts only while its run's process lives.
+        atomic_write(self.dotdir / PIN, json.dumps(data).encode(), mode=0o644, durable=False)
 
 
 def live_pin(dotdir: Path) -> Pinned | None:

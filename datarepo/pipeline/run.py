@@ -192,7 +192,7 @@ class _Driver:
             if self.options.dry_run or plan.idle:
                 return _planned(result, plan, previous[1] if previous else None)
             if self.pin is not None:  # (a source at a fixed revision too: gc keeps what the workers read)
-                self.pin.add(plan.inputs.values())
+                self.pin.add([head, *plan.inputs.values()])
             done = self._compute(spec, plan)
             changes = {**plan.reuse, **{r.base: r for r in done}, **{b: None for b in plan.deleted}}
             self._tally(result, plan, done)
@@ -207,10 +207,8 @@ class _Driver:
                                       "nothing committed for it (its finished batches are kept for the next run)")
 
     def _read_head(self) -> Oid | None:
-        """What the branch names now (pinned: ``gc`` keeps it while the run reads it)."""
+        """What the branch names now; noting whether it moved since the run last looked."""
         head = self.repo.refs.read(self._ref_now())
-        if self.pin is not None:
-            self.pin.add([head])
         if self._seen and head != self.head:
             self.behind = True  # a commit not the run's own landed since it last looked
         self.head, self._seen = head, True
