@@ -221,3 +221,21 @@ def test_watch_runs_again_at_once_for_what_landed_while_it_computed(texts: Path,
     assert run_counts(finish(proc)) == [{"processed": 6, "reused": 0, "failed": 0, "deleted": 0},
                                         {"processed": 1, "reused": 6, "failed": 0, "deleted": 0}]
     assert outputs(texts) == {**expected(6), "up/c/100": b"TEXT 100"}
+
+
+def test_a_checkout_while_a_run_computes_leaves_its_commit_on_the_branch_it_read(
+    texts: Path, cli: Cli, tmp_path: Path
+) -> None:
+    gate = Gate(tmp_path)
+    write_pipeline(texts, "upper.py", gate.pipeline(block_at=6))
+    read = head(texts)
+    proc = start_run(texts)
+    gate.wait_started(proc)
+    cli("checkout", "-b", "other")
+    gate.open()
+    finish(proc)
+    with datarepo.open(texts) as repo:
+        assert repo.current_branch() == "other" and repo.head() == read
+        main = repo.resolve("main")
+        assert repo.read_commit(main).parents == (read,)
+        assert sum(1 for _ in repo.tree("main").select(prefix="up/")) == 6

@@ -72,9 +72,8 @@ class RunPin:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            if self.commits:
-                remove(self.dotdir / PIN)
+        try:  # (its own, or one a killed run left)
+            remove(self.dotdir / PIN)
         finally:
             self.lock.release()
 
@@ -94,17 +93,14 @@ class RunPin:
 
 
 def live_pin(dotdir: Path) -> Pinned | None:
-    """The pin of the run in progress, if one is (its run lock held); a dead run's pin is
-    deleted. For ``gc`` and ``repack``, under the writer lock."""
+    """The pin of the run in progress, if one is (its run lock held; a pin left by a killed
+    run counts for nothing, and the next run replaces it). For ``gc`` and ``repack``."""
     probe = WriterLock(dotdir / LOCK, timeout=0)
     try:
         probe.acquire()
     except LockedError:
         return _read(dotdir / PIN)
-    try:  # no run holds it: a pin left there is a killed run's
-        remove(dotdir / PIN)
-    finally:
-        probe.release()
+    probe.release()
     return None
 
 
