@@ -29,9 +29,9 @@ class Gate:
 
     def __init__(self, root: Path) -> None:
         self.armed, self.started, self.go = root / "armed", root / "started", root / "go"
-        self.armed.write_text("")
 
     def pipeline(self, block_at: int) -> str:
+        self.arm(block_at)
         return f'''
 import os, time
 from datarepo import pipeline
@@ -41,7 +41,7 @@ CALLS = [0]
 @pipeline(input="raw/**", output="up/", version="1", batch_size=1)
 def upper(datum):
     CALLS[0] += 1
-    if CALLS[0] == {block_at} and os.path.exists({str(self.armed)!r}):
+    if os.path.exists({str(self.armed)!r}) and CALLS[0] == int(open({str(self.armed)!r}).read()):
         os.unlink({str(self.armed)!r})
         open({str(self.started)!r}, "w").close()
         deadline = time.monotonic() + {WAIT}
@@ -51,6 +51,12 @@ def upper(datum):
             time.sleep(0.005)
     return {{"txt": datum["txt"].upper()}}
 '''
+
+    def arm(self, block_at: int) -> None:
+        """Blocks the ``block_at``-th call of the next run (the pipeline's text, and so its
+        fingerprint, stays the same)."""
+        self.started.unlink(missing_ok=True)
+        self.armed.write_text(str(block_at))
 
     def wait_started(self, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + WAIT
@@ -94,6 +100,13 @@ def outputs(root: Path) -> dict[str, bytes]:
 
 def expected(n: int, skip: tuple[int, ...] = ()) -> dict[str, bytes]:
     return {f"up/{'a' if i % 2 else 'b'}/{i:03d}": b"TEXT %d" % i for i in range(n) if i not in skip}
+
+
+def older(folder: Path) -> None:
+    """Dates the files under ``folder`` two hours back."""
+    old = time.time() - 7200
+    for path in folder.rglob("*"):
+        os.utime(path, (old, old))
 
 
 @pytest.fixture
@@ -143,9 +156,7 @@ def test_gc_during_a_run_keeps_what_the_run_has_not_committed_yet(
 ) -> None:
     with datarepo.open(texts) as repo, repo.lock, repo.writer() as w:  # garbage from before the run: a shard no commit names
         w.put("stray", {"txt": b"never committed"})
-    old = time.time() - 7200
-    for shard in w.shards:
-        os.utime(texts / ".datarepo" / repo.store.shard_name(shard.oid), (old, old))
+    older(texts / ".datarepo" / "shards")
     gate = Gate(tmp_path)
     write_pipeline(texts, "upper.py", gate.pipeline(block_at=6))  # five batches published, adopted and journaled
     proc = start_run(texts)
@@ -160,6 +171,26 @@ def test_gc_during_a_run_keeps_what_the_run_has_not_committed_yet(
     swept = json.loads(cli("gc", "--prune", "now", "--json").output)
     assert (swept["shards"], swept["pruned"]) == (0, 1)
     assert outputs(texts) == expected(6)
+
+
+def test_gc_during_a_run_that_reuses_a_killed_run_s_work_does_not_lose_it(texts: Path, cli: Cli, tmp_path: Path) -> None:
+    gate = Gate(tmp_path)
+    write_pipeline(texts, "upper.py", gate.pipeline(block_at=6))
+    killed = start_run(texts)
+    gate.wait_started(killed)
+    killed.kill()  # five batches journaled, their shards named by no commit
+    killed.communicate(timeout=WAIT)
+    older(texts / ".datarepo" / "shards")  # (written more than the pin's second of slack before the next run)
+    gate.arm(block_at=1)  # the next run reuses those five and blocks on the one left
+    proc = start_run(texts)
+    gate.wait_started(proc)
+    swept = json.loads(cli("gc", "--prune", "now", "--json").output)
+    assert swept["shards"] == 5  # the killed run's: older than this run, and no commit names them
+    gate.open()
+    # Its reused outputs are gone: planned again, the five are computed, the sixth reused.
+    assert run_counts(finish(proc)) == [{"processed": 5, "reused": 1, "failed": 0, "deleted": 0}]
+    assert outputs(texts) == expected(6)
+    assert "0 problems" in cli("fsck").output
 
 
 def test_a_second_run_waits_for_the_first_then_stops_with_one_line(

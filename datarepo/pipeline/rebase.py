@@ -11,8 +11,10 @@ That is right unless the branch moved in a way the result cannot be applied to
 (:func:`conflict`): something else changed the output prefix (the prefix is the
 pipeline's), another commit of the pipeline landed, the branch no longer holds the
 pipeline's last commit, or an input of a unit the run writes outputs for was deleted
-(its output would come back for a datum that is gone). The driver then plans again
-against the new head; the batches it finished are reused, not computed again.
+(its output would come back for a datum that is gone); or, whether or not the branch
+moved, ``gc`` collected outputs the run reuses from an earlier run (:func:`lost_outputs`).
+The driver then plans again against the new head; the batches it finished are reused,
+not computed again.
 """
 
 from __future__ import annotations
@@ -46,6 +48,16 @@ def conflict(repo: Repo, spec: Spec, changes: Mapping[str, Record | None], read:
     gone = _deleted_inputs(spec, before, after, {k for r in changes.values() if r is not None and r.outputs for k, _ in r.inputs})
     if gone:
         return f"its input {min(gone)} was deleted from the branch"
+    return None
+
+
+def lost_outputs(repo: Repo, reused: Mapping[str, Record]) -> str | None:
+    """Why results the run reuses (from an earlier run's journal or lineage) cannot be
+    committed: ``gc`` took away the shards of outputs no commit named (under the writer
+    lock, so that once checked they stay until the commit names them)."""
+    datums = {d for r in reused.values() for _, d, _ in r.outputs}
+    if lost := len(datums - repo.stored(datums)):
+        return f"gc collected {lost} outputs it was to reuse from an earlier run"
     return None
 
 

@@ -198,7 +198,8 @@ class _Driver:
             self._tally(result, plan, done)
             with self.repo.lock:
                 now = self.repo.refs.read(self._ref_now())
-                why = rebase.conflict(self.repo, spec, changes, head, now, previous[0] if previous else None)
+                why = (rebase.conflict(self.repo, spec, changes, head, now, previous[0] if previous else None)
+                       or rebase.lost_outputs(self.repo, plan.reuse))
                 if why is None:
                     result.commit = self._commit(spec, plan, changes, now, result)
                     self.head, self.behind = result.commit or now, self.behind or now != head
@@ -220,7 +221,7 @@ class _Driver:
         ``checkout`` meanwhile does not take the run's commits to another branch)."""
         symbolic = self.repo.refs.read_symbolic(HEAD)
         if self.ref == HEAD and symbolic is not None:
-            raise PipelineError("HEAD was moved to a branch while the run computed; nothing more committed: run again")
+            raise rebase.RunConflictError("HEAD was moved to a branch while the run computed; nothing more committed: run again")
         return HEAD if self.ref in (HEAD, symbolic) else self.ref
 
     # computing ------------------------------------------------------------------------------
