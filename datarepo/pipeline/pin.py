@@ -110,8 +110,9 @@ def _read(path: Path) -> Pinned | None:
     except FileNotFoundError:  # the run has the lock and has not written its pin yet: it writes nothing before
         return None
     except ValueError:
-        raise CorruptObjectError(path.name, "not a run pin") from None
-    since, commits = data.get("since") if isinstance(data, dict) else None, data.get("commits", [])
-    if not isinstance(since, (int, float)) or not isinstance(commits, list) or not all(isinstance(c, str) and is_oid(c) for c in commits):
-        raise CorruptObjectError(path.name, "not a run pin")
+        data = None
+    since, commits = (data.get("since"), data.get("commits")) if isinstance(data, dict) else (None, None)
+    good = isinstance(since, (int, float)) and isinstance(commits, list)
+    if not good or not all(isinstance(c, str) and is_oid(c) for c in commits):
+        raise CorruptObjectError(path.name, "not a run pin (delete it once no datarepo run is in progress)")
     return Pinned(float(since), tuple(commits))
