@@ -40,6 +40,8 @@ def conflict(repo: Repo, spec: Spec, changes: Mapping[str, Record | None], read:
     cannot be committed on ``now``; None if they can."""
     if now == read:
         return None
+    if now is None:
+        return "the branch was deleted"
     if (why := _history(repo, spec.name, read, now, last)) is not None:
         return why
     before, after = tree_at(repo, read), tree_at(repo, now)
