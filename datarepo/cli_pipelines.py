@@ -40,7 +40,8 @@ def run_command(names: tuple[str, ...], dry_run: bool, kind: str, workers: int |
     options = Options(kind, workers, ray_address, dry_run, fail_fast)
     if watch:
         report = lambda r: _render_run(r, as_json, dry_run, final=False)
-        watching(".", names, options, folder, interval, max_runs, report, time.sleep)
+        note = lambda message: click.echo(f"not run: {message}", err=True)
+        watching(".", names, options, folder, interval, max_runs, report, time.sleep, note)
         return
     _render_run(run(_repo(), names, options, folder), as_json, dry_run)
 

@@ -164,6 +164,15 @@ class Store:
             return []
         return [Oid(prefix[:2] + n) for n in names if n.startswith(prefix[2:]) and is_oid(prefix[:2] + n)]
 
+    def modified(self, oid: str, shard: bool = False) -> float:
+        """When an object (or a shard's tar) was written, as a Unix time: 0 if it is not
+        there, infinity if the filesystem does not say (``gc`` then counts it as new)."""
+        try:
+            mtime = self.fs.info(self._tar(oid) if shard else self._object(oid)).get("mtime")
+        except _MISSING:
+            return 0.0
+        return float(mtime) if isinstance(mtime, (int, float)) else float("inf")
+
     def delete_object(self, oid: str) -> None:
         self._remove(self._object(oid))
 

@@ -12,8 +12,10 @@ declares a Python transform in a module under ``pipelines/``::
 The rest of the package: :mod:`~datarepo.pipeline.spec` (declarations, loading),
 :mod:`~datarepo.pipeline.dag`, :mod:`~datarepo.pipeline.plan` (what a run must do),
 :mod:`~datarepo.pipeline.worker` (the batches any executor runs),
-:mod:`~datarepo.pipeline.lineage` (lineage objects) and
-:mod:`~datarepo.pipeline.run` (the driver).
+:mod:`~datarepo.pipeline.lineage` (lineage objects),
+:mod:`~datarepo.pipeline.run` (the driver), :mod:`~datarepo.pipeline.pin` (what a run
+holds while it computes) and :mod:`~datarepo.pipeline.rebase` (committing on a branch
+that moved meanwhile).
 """
 
 from __future__ import annotations

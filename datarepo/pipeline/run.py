@@ -1,13 +1,16 @@
 """``datarepo run``: the driver (DESIGN §5).
 
-Under the writer lock, for each pipeline in DAG order: plan (:mod:`~datarepo.pipeline.plan`),
-cut the units to compute into batches, map :func:`~datarepo.pipeline.worker.run_batch`
-over them with an executor, adopt the shards each batch published and note the journal
-object in which the batch wrote its records (so a run interrupted later does not lose
-them), then write the new lineage and one commit on the branch, whose ``provenance`` names the pipeline, its
-fingerprint, the input commits, the lineage root and the run's id. The branch moves only
-at that commit, by compare-and-swap: a run interrupted (Ctrl-C, SIGKILL) leaves it where
-it was, and the next run reuses every batch the interrupted one finished.
+Holding the run lock and its pin (:mod:`~datarepo.pipeline.pin`), not the writer lock,
+for each pipeline in DAG order: plan (:mod:`~datarepo.pipeline.plan`) against the commit
+the branch names, cut the units to compute into batches, map
+:func:`~datarepo.pipeline.worker.run_batch` over them with an executor, adopt the shards
+each batch published and note the journal object in which the batch wrote its records (so
+a run interrupted later does not lose them). Then, under the writer lock only, write the
+new lineage and one commit on top of what the branch names by then
+(:mod:`~datarepo.pipeline.rebase`), whose ``provenance`` names the pipeline, its
+fingerprint, the input commits read, the lineage root and the run's id. The branch moves
+only at that commit, by compare-and-swap: a run interrupted (Ctrl-C, SIGKILL) leaves it
+where it was, and the next run reuses every batch the interrupted one finished.
 
 Outputs are committed on the branch the inputs are read from, under the pipeline's output
 prefix, beside the raw data (as Pachyderm's output branch, but one tree).
@@ -15,6 +18,7 @@ prefix, beside the raw data (as Pachyderm's output branch, but one tree).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import secrets
@@ -27,13 +31,15 @@ from datarepo import executor as executors
 from datarepo.errors import PipelineError
 from datarepo.hashing import Oid
 from datarepo.objects import Blob, TreeEntry
-from datarepo.pipeline import dag
+from datarepo.pipeline import dag, rebase
 from datarepo.pipeline.cache import LineageCache
 from datarepo.pipeline.fingerprint import fingerprint
 from datarepo.pipeline.lineage import Record, Root, read_root, update_pages
+from datarepo.pipeline.pin import RunInProgressError, RunPin
 from datarepo.pipeline.plan import Plan, make_plan, tree_at
 from datarepo.pipeline.spec import Spec, load_specs
 from datarepo.pipeline.worker import Batch, Outcome, Unit, run_batch, worker_died
+from datarepo.refs import BRANCHES, HEAD
 from datarepo.repo import Repo
 from datarepo.write import adopt
 
@@ -42,6 +48,7 @@ BATCH_MIN = 128
 MANIFEST_FROM = 4096  # datums to locate from which the inputs' manifests are built
 BATCH_BYTES = 64 << 20
 FAILURES_SHOWN = 5
+REPLANS = 3  # times a pipeline is planned again when the branch moved under it in a way it cannot commit on
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,8 @@ class PipelineResult:
 class RunResult:
     run: str
     pipelines: list[PipelineResult]
+    head: Oid | None = None  # what the branch named after the run's last commit (or when it last read it)
+    behind: bool = False  # other commits landed on the branch during the run: the next run has work
 
     @property
     def failed(self) -> int:
@@ -114,19 +123,22 @@ def is_run_id(text: str) -> bool:
 
 
 def run(repo: Repo, names: tuple[str, ...] = (), options: Options = Options(), folder: str | Path | None = None) -> RunResult:
-    """Runs the pipelines of ``folder`` (default: ``pipelines/`` of the work tree)."""
+    """Runs the pipelines of ``folder`` (default: ``pipelines/`` of the work tree), on the
+    current branch. It holds the run lock throughout (another run waits, then stops) and
+    the writer lock only to commit; a dry run holds neither."""
     where = pipelines_folder(repo, folder)
     specs = chosen(load_specs(where), names)
     run_id = new_run_id(repo)
+    branch = repo.current_branch()
     results = []
-    with repo.lock:
-        driver = _Driver(repo, where, run_id, options)
+    with contextlib.nullcontext() if options.dry_run else RunPin(repo.dotdir, run_id) as pin:
+        driver = _Driver(repo, where, run_id, options, pin, BRANCHES + branch if branch else HEAD)
         try:
             for spec in specs:
                 results.append(driver.run_one(spec))
         finally:
             driver.close()
-    return RunResult(run_id, results)
+    return RunResult(run_id, results, driver.head, driver.behind)
 
 
 def previous_state(repo: Repo, head: Oid | None, name: str) -> tuple[Oid, Root] | None:
@@ -143,10 +155,14 @@ def previous_state(repo: Repo, head: Oid | None, name: str) -> tuple[Oid, Root] 
 
 
 class _Driver:
-    def __init__(self, repo: Repo, folder: Path, run_id: str, options: Options) -> None:
+    def __init__(self, repo: Repo, folder: Path, run_id: str, options: Options, pin: RunPin | None, ref: str) -> None:
         self.repo, self.folder, self.run_id, self.options = repo, folder, run_id, options
+        self.pin, self.ref = pin, ref  # the run's pin (None for a dry run); the ref it commits on
         self.cache = LineageCache(repo.index, repo.store)
         self._executors: dict[int, executors.Executor] = {}  # by worker count
+        self.head: Oid | None = None  # the branch as the run last saw it
+        self.behind = False
+        self._seen = False
 
     def close(self) -> None:
         for executor in self._executors.values():
@@ -165,23 +181,48 @@ class _Driver:
         return self._executors[workers]
 
     def run_one(self, spec: Spec) -> PipelineResult:
-        repo = self.repo
+        """Plans, computes and commits one pipeline; plans again (its finished batches are
+        reused) when the branch moved under it in a way it cannot commit on."""
         fp = fingerprint(spec, self.folder)
-        head = repo.head()
-        previous = previous_state(repo, head, spec.name)
-        plan = make_plan(repo, spec, fp, head, previous, self.cache)
-        result = PipelineResult(spec.name, fp, reasons=dict(plan.reasons()))
-        if self.options.dry_run or plan.idle:
-            fresh = sum(1 for b in [*(u[0] for u in plan.todo), *plan.reuse] if b not in plan.old)
-            total = (previous[1].count if previous else 0) - len(plan.deleted) + fresh
-            result.processed, result.deleted = len(plan.todo), len(plan.deleted)
-            result.reused, result.repaired = total - len(plan.todo), len(plan.repair)
-            return result
-        done = self._compute(spec, plan)
-        changes = {**plan.reuse, **{r.base: r for r in done}, **{b: None for b in plan.deleted}}
-        self._tally(result, plan, done)
-        result.commit = self._commit(spec, plan, changes, head, result)
-        return result
+        for _ in range(REPLANS + 1):
+            head = self._read_head()
+            previous = previous_state(self.repo, head, spec.name)
+            plan = make_plan(self.repo, spec, fp, head, previous, self.cache)
+            result = PipelineResult(spec.name, fp, reasons=dict(plan.reasons()))
+            if self.options.dry_run or plan.idle:
+                return _planned(result, plan, previous[1] if previous else None)
+            if self.pin is not None:  # (a source at a fixed revision too: gc keeps what the workers read)
+                self.pin.add([head, *plan.inputs.values()])
+            done = self._compute(spec, plan)
+            changes = {**plan.reuse, **{r.base: r for r in done}, **{b: None for b in plan.deleted}}
+            self._tally(result, plan, done)
+            with self.repo.lock:
+                now = self.repo.refs.read(self._ref_now())
+                why = (rebase.conflict(self.repo, spec, changes, head, now, previous[0] if previous else None)
+                       or rebase.lost_outputs(self.repo, plan.reuse))
+                if why is None:
+                    result.commit = self._commit(spec, plan, changes, now, result)
+                    self.head, self.behind = result.commit or now, self.behind or now != head
+                    return result
+        raise rebase.RunConflictError(f"{spec.name}: {why} while it computed, {REPLANS + 1} times in a row; "
+                                      "nothing committed for it (its finished batches are kept for the next run)")
+
+    def _read_head(self) -> Oid | None:
+        """What the branch names now; noting whether it moved since the run last looked."""
+        head = self.repo.refs.read(self._ref_now())
+        if self._seen and head != self.head:
+            self.behind = True  # a commit not the run's own landed since it last looked
+        self.head, self._seen = head, True
+        return head
+
+    def _ref_now(self) -> str:
+        """The ref to read and move: HEAD while it still points at the run's branch (so
+        that HEAD's reflog has the commit, as any other), else the branch itself (a
+        ``checkout`` meanwhile does not take the run's commits to another branch)."""
+        symbolic = self.repo.refs.read_symbolic(HEAD)
+        if self.ref == HEAD and symbolic is not None:
+            raise rebase.RunConflictError("HEAD was moved to a branch while the run computed; nothing more committed: run again")
+        return HEAD if self.ref in (HEAD, symbolic) else self.ref
 
     # computing ------------------------------------------------------------------------------
     def _compute(self, spec: Spec, plan: Plan) -> list[Record]:
@@ -275,6 +316,8 @@ class _Driver:
     def _commit(
         self, spec: Spec, plan: Plan, changes: dict[str, Record | None], head: Oid | None, result: PipelineResult
     ) -> Oid | None:
+        """Writes the lineage and one commit on ``head`` (what the branch names now, under the
+        writer lock) with the pipeline's output-prefix changes, by compare-and-swap."""
         repo = self.repo
         reader = plan.previous
         tree_changes: dict[str, TreeEntry | None] = dict(plan.repair)
@@ -305,13 +348,22 @@ class _Driver:
                       "lineage": lineage, "run": self.run_id, "output": spec.output}
         message = (f"{spec.name}: {result.processed} processed, {result.reused} reused, {result.failed} failed, "
                    f"{result.deleted} deleted ({self.run_id})")
-        commit = repo.commit(tree_changes, message, provenance=provenance, parent=head)
+        commit = repo.commit(tree_changes, message, provenance=provenance, parent=head, ref=self._ref_now())
         if reader is not None:  # (its records must be indexed before the few written here are)
             self.cache.index_pages(p[2] for p in reader.root.pages)
         self.cache.index_written(placed, changes)
         self.cache.clear_journals(spec.name)
         _mark_sparse(repo, spec.output)
         return commit
+
+
+def _planned(result: PipelineResult, plan: Plan, previous: Root | None) -> PipelineResult:
+    """``result`` of a dry run, or of a plan with nothing to do: what it would do."""
+    fresh = sum(1 for b in [*(u[0] for u in plan.todo), *plan.reuse] if b not in plan.old)
+    total = (previous.count if previous else 0) - len(plan.deleted) + fresh
+    result.processed, result.deleted = len(plan.todo), len(plan.deleted)
+    result.reused, result.repaired = total - len(plan.todo), len(plan.repair)
+    return result
 
 
 def _mark_sparse(repo: Repo, prefix: str) -> None:
@@ -344,21 +396,29 @@ def commits_of_run(repo: Repo, run_id: str) -> list[tuple[Oid, Any]]:
 
 
 def watch(repo_path: str | Path, names: tuple[str, ...], options: Options, folder: str | Path | None,
-          interval: float, max_runs: int | None, report: Callable[[RunResult], None], sleep: Callable[[float], None]) -> int:
-    """Runs the DAG, then again whenever the branch moves (polled every ``interval`` s),
-    until interrupted or ``max_runs`` runs are done; returns how many ran."""
+          interval: float, max_runs: int | None, report: Callable[[RunResult], None], sleep: Callable[[float], None],
+          note: Callable[[str], None] = lambda message: None) -> int:
+    """Runs the DAG, then again whenever the branch moves (polled every ``interval`` s; at
+    once when commits landed during the run), until interrupted or ``max_runs`` runs are
+    done; returns how many ran. A run that cannot commit (another run holds the run lock,
+    the branch kept moving under it) is ``note``'d, and tried again at the next look."""
     import datarepo
 
     runs, seen = 0, None
     while max_runs is None or runs < max_runs:
         with datarepo.open(repo_path) as repo:
-            head = repo.head()
-            if head != seen:
-                result = run(repo, names, options, folder)
-                report(result)
-                runs += 1
-                seen = repo.head()
-                continue
+            if repo.head() != seen:
+                try:
+                    result = run(repo, names, options, folder)
+                except (RunInProgressError, rebase.RunConflictError) as e:
+                    note(str(e))
+                else:
+                    report(result)
+                    runs += 1
+                    seen = _AGAIN if result.behind else result.head
+                    continue
         sleep(interval)
     return runs
 
+
+_AGAIN = Oid("again")  # (no head is this: the next look runs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator, Set
+from collections.abc import Callable, Iterable, Iterator, Set
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import TypeVar
@@ -16,6 +16,7 @@ from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit, Tree, TreePage
 from datarepo.pipeline import lineage
 from datarepo.pipeline.cache import LineageCache
+from datarepo.pipeline.pin import Pinned, live_pin
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.porcelain.checkout import checkout_leftovers
 from datarepo.refs import HEAD, RUNS
@@ -65,10 +66,11 @@ def roots(repo: Repo, problems: list[str] | None = None) -> set[Oid]:
     return found
 
 
-def _reachable_whole(repo: Repo, command: str) -> Reachable:
-    """What the roots reach, for a command that deletes or retires what they do not: one
-    that cannot read an object (nor know what it reaches) refuses to run."""
-    seen = reachable(repo)
+def _reachable_whole(repo: Repo, command: str, pinned: Iterable[str] = ()) -> Reachable:
+    """What the roots (and a running pipeline's ``pinned`` commits) reach, for a command
+    that deletes or retires what they do not: one that cannot read an object (nor know
+    what it reaches) refuses to run."""
+    seen = reachable(repo, pinned=pinned)
     if seen.missing:
         raise DataRepoError(f"{command} refuses to run on a damaged repository: {seen.missing[0]} (run fsck)")
     return seen
@@ -85,10 +87,11 @@ def _check_named(repo: Repo, name: str, oid: Oid) -> None:
         raise CorruptObjectError(name, f"names {oid}, which is not a commit")
 
 
-def reachable(repo: Repo, problems: list[str] | None = None) -> Reachable:
-    """Walks commits, trees, pages and other objects from every root (see :func:`roots`)."""
+def reachable(repo: Repo, problems: list[str] | None = None, pinned: Iterable[str] = ()) -> Reachable:
+    """Walks commits, trees, pages and other objects from every root (see :func:`roots`),
+    and from the commits a running pipeline run has ``pinned``."""
     seen = Reachable()
-    stack = list(roots(repo, problems))
+    stack = [*roots(repo, problems), *pinned]
     while stack:
         oid = stack.pop()
         if oid in seen.objects:
@@ -328,16 +331,21 @@ def gc(repo: Repo, dry_run: bool = False, prune_after: float = PRUNE_AFTER) -> G
     they are ``prune_after`` seconds retired (0: now, as git's ``--prune=now``).
 
     A shard is never deleted while it holds a reachable datum that no other shard in use
-    holds; a tar whose ``.idx`` is lost is read for its datum ids first.
+    holds; a tar whose ``.idx`` is lost is read for its datum ids first. While a pipeline
+    run computes, what it wrote since it began and the commits it reads are kept (its pin:
+    :mod:`datarepo.pipeline.pin`).
     """
     with repo.lock:
-        seen = _reachable_whole(repo, "gc")
-        dead_objects = [o for o in repo.store.iter_objects() if o not in seen.objects]
-        held = {shard: _datums_in(repo, shard) for shard in repo.store.iter_shard_files()}
+        objects, shards, garbage = list(repo.store.iter_objects()), list(repo.store.iter_shard_files()), list(leftovers(repo))
+        pin = live_pin(repo.dotdir)  # (after the listing: a run that begins later writes only files not listed)
+        seen = _reachable_whole(repo, "gc", pin.commits if pin else ())
+        dead_objects = [o for o in objects if o not in seen.objects and not _run_wrote(pin, repo.store.modified(o))]
+        held = {shard: _datums_in(repo, shard) for shard in shards}
         dead = [s for s, datums in held.items() if datums is not None and datums.isdisjoint(seen.datums) and _tar_holds(repo, s, datums)]
         dead += _replaced_damaged(repo, {s: d for s, d in held.items() if d is not None and s not in dead}, seen.datums.keys())
+        dead = [s for s in dead if not _run_wrote(pin, repo.store.modified(s, shard=True))]
         kept = set().union(*(datums for s, datums in held.items() if datums is not None and s not in dead))
-        garbage = list(leftovers(repo))
+        garbage = [p for p in garbage if not _run_wrote(pin, _mtime(p))]
         now = time.time()
         if not dry_run:
             retire_shards(repo, dead, now)
@@ -345,6 +353,7 @@ def gc(repo: Repo, dry_run: bool = False, prune_after: float = PRUNE_AFTER) -> G
         prunable = [
             r for r in repo.store.iter_retired()
             if r.since <= now - prune_after and seen.datums.keys() & repo.store.retired_datums(r) <= kept
+            and (pin is None or r.since < pin.since - 1)  # (retired since the run began: it may read it)
         ]
         freed = sum(map(repo.store.retired_size, prunable)) + sum(_size(p) for p in garbage)
         pruned = len(prunable) + (len(dead) if dry_run and prune_after <= 0 else 0)
@@ -358,6 +367,18 @@ def gc(repo: Repo, dry_run: bool = False, prune_after: float = PRUNE_AFTER) -> G
             for path in garbage:
                 remove(path)
     return GcResult(len(dead_objects), len(dead), pruned, len(garbage), freed)
+
+
+def _run_wrote(pin: Pinned | None, mtime: float) -> bool:
+    """Whether a file was written since the running pipeline run (if any) began."""
+    return pin is not None and pin.spares(mtime)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 def _replaced_damaged(repo: Repo, in_use: dict[str, set[str]], wanted: Set[str]) -> list[str]:
@@ -423,10 +444,14 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
     The shards it replaces are retired, not deleted: a reader that looked a datum up
     before still finds it, until ``gc`` prunes them."""
     with repo.lock:
-        seen = _reachable_whole(repo, "repack")
+        shards = list(repo.store.iter_shards())
+        pin = live_pin(repo.dotdir)  # (after the listing, as in gc: a running pipeline's new shards stay)
+        seen = _reachable_whole(repo, "repack", pin.commits if pin else ())
         target = repo.config.shard_size
         chosen = []
-        for shard in repo.store.iter_shards():
+        for shard in shards:
+            if _run_wrote(pin, repo.store.modified(shard, shard=True)):
+                continue
             index = repo.store.read_index(shard)
             live = sum(d.length for d in index.datums if d.datum in seen.datums)
             if (all_shards or index.size < target // 2 or live < index.size // 2) and _tar_holds(
