@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import os
 import re
 import sys
@@ -199,7 +200,7 @@ def lines_or_idle(stream: BinaryIO, idle: float | None) -> Iterator[bytes | None
 
 
 def _datum(line: bytes) -> tuple[str, dict[str, bytes]]:
-    obj = json.loads(line, object_pairs_hook=_no_duplicates)
+    obj = json.loads(line, object_pairs_hook=_no_duplicates, parse_constant=_not_json, parse_float=_finite)
     if not isinstance(obj, dict):
         raise TypeError(f"a datum is a JSON object, not {_kind(obj)}")
     if "__key__" not in obj:
@@ -211,6 +212,18 @@ def _datum(line: bytes) -> tuple[str, dict[str, bytes]]:
     if not members:
         raise ValueError(f"{key!r} has no members (fields besides __key__)")
     return key, members
+
+
+def _not_json(token: str) -> float:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or exponent, which must fit a float (``1e999`` does not)."""
+    value = float(text)
+    if value in (math.inf, -math.inf):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
 
 
 def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -241,5 +254,5 @@ def _member_bytes(value: object) -> bytes:
     if isinstance(value, dict) and set(value) == {"text"} and isinstance(value["text"], str):
         return value["text"].encode("utf-8")
     if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     raise ValueError(f"unsupported member value {value!r:.40}")

@@ -159,3 +159,11 @@ def test_rm_keeps_files_whose_changes_are_not_committed_unless_forced(repo_with_
     (worktree / "train/cat/0006.jpg").unlink()  # deleted by hand first, then staged as git rm does
     (worktree / "train/cat/0006.cls").unlink()
     assert cli("rm", "train/cat/0006").output == "rm train/cat/0006\n"
+
+
+@pytest.mark.parametrize("line", ['{"__key__": "a", "x": NaN}', '{"__key__": "a", "x": 1e999}', '{"__key__": "a", "x": [-Infinity]}'])
+def test_json_lines_take_only_json(repo_with_commit, cli, line: str) -> None:
+    repo, _ = repo_with_commit
+    head = repo.head()
+    _one_error_line(cli("ingest", "-", "--prefix", "n/", input=line + "\n", ok=False), "<stdin>:1: bad JSON-lines datum")
+    assert repo.head() == head
