@@ -434,8 +434,9 @@ def cat(spec: str) -> None:
               help="With SRC -: a spout, committing every N datums (and at the end of input).")
 @click.option("--commit-seconds", "seconds", type=click.FloatRange(min=0, max=MAX_SECONDS, min_open=True), default=None,
               help="With SRC -: a spout, committing T seconds after the first uncommitted datum.")
+@click.option("--follow", is_flag=True, help="A folder's symlinks: store the files they point to.")
 def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bool, every: int | None,
-           seconds: float | None) -> None:
+           seconds: float | None, follow: bool) -> None:
     """Commit a folder, tar/WebDataset shards (a.tar, 'x-{000..009}.tar', '*.tar'), or JSON lines (- for stdin) under PREFIX.
 
     With --commit-every or --commit-seconds, stdin is a spout: a long-lived producer whose
@@ -455,7 +456,7 @@ def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bo
             sys.stdout.flush()
         return
     with _progress("ingesting") as bar:
-        r = run(_repo(), src, prefix, message, append, progress=bar)
+        r = run(_repo(), src, prefix, message, append, progress=bar, follow=follow)
     for note in r.notes:
         click.echo(f"note: {note}", err=True)
     _print_ingested(r, as_json)

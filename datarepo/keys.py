@@ -160,7 +160,17 @@ def _bad_key(key: str) -> str | None:
         return "keys are relative '/'-separated paths without '.' or '..'"
     if not _OWN_DIRS.isdisjoint(parts[:-1]):
         return f"{', '.join(sorted(_OWN_DIRS))} are the repository's own folders"
+    if len(parts) > MAX_KEY_PARTS or len(key) > MAX_KEY_BYTES or max(map(len, parts)) > MAX_PART_BYTES // 4:
+        if len(parts) > MAX_KEY_PARTS:
+            return f"deeper than {MAX_KEY_PARTS} folders"
+        if len(key.encode()) > MAX_KEY_BYTES or max(len(p.encode()) for p in parts) > MAX_PART_BYTES:
+            return f"longer than a file system takes (a key of {MAX_KEY_BYTES} bytes, a part of {MAX_PART_BYTES})"
     return None
+
+
+# What a file system takes of a path (Linux: PATH_MAX 4096 bytes, NAME_MAX 255), and a
+# depth of folders no real data set has.
+MAX_KEY_BYTES, MAX_PART_BYTES, MAX_KEY_PARTS = 4095, 255, 256
 
 
 _OWN_DIRS = RESERVED_DIRS | {IGNORE_FILE}

@@ -16,6 +16,7 @@ from datarepo.errors import BadRevisionError, InvalidInputError, NotARepositoryE
 from datarepo.fsutil import WriterLock, atomic_write
 from datarepo.hashing import Oid, is_oid
 from datarepo.index import Index
+from datarepo.keys import check_key
 from datarepo.locations import location_rows
 from datarepo.objects import Blob, Commit
 from datarepo.refs import BRANCHES, HEAD, RUNS, TAGS, Refs
@@ -72,7 +73,7 @@ class Repo:
         for candidate in (start, *start.parents):
             if (candidate / DOTDIR / "config.toml").is_file():
                 return cls(candidate / DOTDIR, candidate)
-            if (candidate / "config.toml").is_file() and (candidate / "objects").is_dir() and (candidate / "HEAD").is_file():
+            if (candidate / "objects").is_dir() and (candidate / "HEAD").is_file() and _says_bare(candidate / "config.toml"):
                 return cls(candidate, None)
         raise NotARepositoryError(str(start))
 
@@ -244,11 +245,25 @@ class Repo:
         writer raises :class:`RefConflictError` and nothing is lost. Every datum the
         changes name must already be stored (see :meth:`writer`).
         """
+        for key in changes:  # (what the API is handed: the CLI's keys are checked where they enter)
+            check_key(key)
+        self._check_stored({row[1]: key for key, row in changes.items() if row is not None})
         if parent is True:
             parent = self.refs.read(ref)
         base = self.read_commit(parent).tree if parent else None
         tree = trees.apply_changes(self.store, base, dict(changes))
         return self.commit_tree(tree, message, parent or None, provenance, ref)
+
+    def _check_stored(self, datums: Mapping[str, str]) -> None:
+        """Raises InvalidInputError unless some shard holds each datum (datum → a key)."""
+        if not datums:
+            return
+        missing = datums.keys() - self.index.locations.shards_of(datums).keys()
+        if missing and self.sync_locations():  # (a shard published by another writer just now)
+            missing -= self.index.locations.shards_of(missing).keys()
+        if missing:
+            datum = min(missing)
+            raise InvalidInputError(f"datum {datum} (key {datums[datum]}) is not stored: write it first (repo.writer())")
 
     def commit_tree(
         self, tree: Oid, message: str, parent: Oid | None, provenance: dict[str, Any] | None = None, ref: str = HEAD
@@ -403,3 +418,12 @@ def _utf8(text: str, what: str) -> str:
     except UnicodeEncodeError:
         raise InvalidInputError(f"{what} is not valid UTF-8") from None
     return text
+
+
+def _says_bare(config: Path) -> bool:
+    """Whether a folder shaped as a bare repository is one: its config says so (a folder of
+    data that holds such files, tracked in a work tree, is not)."""
+    try:
+        return Config.load(config).bare
+    except InvalidInputError:
+        return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat as stat_mod
 import struct
 import time
@@ -231,7 +232,7 @@ def parse_ignore(raw: bytes, name: str = IGNORE_FILE) -> Any:
     lines = raw.decode("utf-8", errors="replace").splitlines()
     try:
         return pathspec.GitIgnoreSpec.from_lines(lines)
-    except ValueError as e:  # pathspec's error for a line that is no pattern (a lone "!" or "\\")
+    except (ValueError, re.error) as e:  # a line that is no pattern (a lone "!" or "\\", a class "[z-a]")
         bad = next((i for i, line in enumerate(lines, 1) if not _is_pattern(line)), None)
         where = f" line {bad}" if bad else ""
         raise InvalidInputError(f"{name}{where}: not a gitignore pattern ({e!s:.80})") from None
@@ -242,7 +243,7 @@ def _is_pattern(line: str) -> bool:
 
     try:
         pathspec.GitIgnoreSpec.from_lines([line])
-    except ValueError:
+    except (ValueError, re.error):
         return False
     return True
 

@@ -37,6 +37,7 @@ from datarepo import executor as executors
 from datarepo.config import env_count
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id, datum_id_of_digests
+from datarepo.keys import check_member
 from datarepo.locations import LocationRow, location_rows
 from datarepo.objects import TreeEntry
 from datarepo.progress import Progress, begin, tick
@@ -428,7 +429,13 @@ class RepoWriter:
 
     def put(self, key: str, members: Mapping[str, MemberData], hashes: Mapping[str, str] | None = None) -> TreeEntry:
         """Stores a datum (once: not if some shard holds it) under ``key``. ``hashes``, the
-        members' hashes when the caller has them, spares hashing them again."""
+        members' hashes when the caller has them, spares hashing them again.
+
+        Raises:
+            InvalidInputError: the key or a member's name breaks the key rule (docs/format.md).
+        """
+        for ext in members:
+            check_member(key, ext)
         if hashes is None:
             hashes = {ext: member_hash(data) for ext, data in members.items()}
         datum = self.put_datum(datum_id(hashes), members)

@@ -167,3 +167,80 @@ def test_json_lines_take_only_json(repo_with_commit, cli, line: str) -> None:
     head = repo.head()
     _one_error_line(cli("ingest", "-", "--prefix", "n/", input=line + "\n", ok=False), "<stdin>:1: bad JSON-lines datum")
     assert repo.head() == head
+
+
+@pytest.mark.parametrize(
+    "key, members",
+    [("../../x", {"txt": b"1"}), (".datarepo/HEAD", {"txt": b"1"}), ("a", {"a/b": b"1"}), ("a/" * 300 + "x", {"txt": b"1"}),
+     ("x" * 256, {"txt": b"1"})],
+)
+def test_the_write_api_takes_only_keys_the_key_rule_takes(repo_with_commit, key: str, members: dict[str, bytes]) -> None:
+    from datarepo.errors import InvalidInputError
+
+    repo, _ = repo_with_commit
+    head = repo.head()
+    with repo.lock:
+        with pytest.raises(InvalidInputError, match="invalid"):
+            with repo.writer() as w:
+                w.put(key, members)
+    assert repo.head() == head
+
+
+@pytest.mark.parametrize("key", ["../../x", ".datarepo/HEAD", "a/" * 300 + "x", "x" * 256])
+def test_a_commit_through_the_api_takes_only_valid_keys_of_stored_datums(repo_with_commit, key: str) -> None:
+    from datarepo.errors import InvalidInputError
+
+    repo, _ = repo_with_commit
+    head = repo.head()
+    stored = repo.tree()["train/cat/0000"].datum
+    with repo.lock:
+        with pytest.raises(InvalidInputError, match="invalid key"):
+            repo.commit({key: (key, stored, 1)}, "never")
+        with pytest.raises(InvalidInputError, match="is not stored"):
+            repo.commit({"new/key": ("new/key", "0" * 32, 1)}, "never")
+    assert repo.head() == head
+
+
+def test_a_key_deeper_than_a_file_system_takes_is_refused_where_it_enters(repo_with_commit, cli) -> None:
+    line = json.dumps({"__key__": "a/" * 300 + "x", "txt": "deep"})
+    _one_error_line(cli("ingest", "-", "--prefix", "d/", input=line + "\n", ok=False), "deeper than 256 folders")
+
+
+def test_an_ignore_line_no_pattern_can_hold_is_one_error_line(repo_with_commit, cli, worktree: Path) -> None:
+    (worktree / ".datarepoignore").write_text("*.tmp\n[z-a]\n")
+    for args in (["status"], ["add", "."]):
+        _one_error_line(cli(*args, ok=False), ".datarepoignore line 2: not a gitignore pattern")
+
+
+def test_a_tracked_folder_shaped_as_a_bare_repository_is_data(repo_with_commit, cli, worktree: Path) -> None:
+    fake = worktree / "data" / "fake"
+    (fake / "objects").mkdir(parents=True)
+    (fake / "HEAD").write_text("ref: refs/heads/main\n")
+    (fake / "config.toml").write_text("[core]\nformat = 1\n")
+    cli("add", ".")
+    cli("commit", "-m", "a folder of data")
+    inside = type(cli)(fake)
+    assert inside("log", "--oneline").output.splitlines()[0].endswith("a folder of data")
+    inside("gc")
+    assert not (fake / "lock").exists()
+
+
+def test_ingest_follows_a_folders_symlinks_when_asked(repo_with_commit, cli, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("a")
+    (tmp_path / "target.txt").write_text("target")
+    (source / "b.txt").symlink_to(tmp_path / "target.txt")
+    out = cli("ingest", str(source), "--prefix", "s/").output
+    assert "skipped symlink b.txt (use --follow to store its target)" in out
+    cli("ingest", str(source), "--prefix", "s/", "--follow")
+    assert cli("cat", "HEAD:s/b.txt").output == "target"
+
+
+def test_paths_named_through_a_link_to_the_work_tree_are_inside_it(repo_with_commit, cli, worktree: Path, tmp_path: Path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(worktree, target_is_directory=True)
+    (worktree / "train/cat/0000.jpg").write_bytes(b"changed")
+    cli("add", str(link / "train/cat/0000.jpg"))
+    assert "modified: train/cat/0000" in cli("status").output
+    assert cli("rm", "--cached", str(link / "train/cat/0000")).output == "rm train/cat/0000\n"

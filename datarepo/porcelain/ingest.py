@@ -34,6 +34,7 @@ class _Run:
     notes: list[str] = field(default_factory=list)
     reused_files: int = 0
     remembered: dict[str, str] = field(default_factory=dict)
+    follow: bool = False  # a folder's symlinks: read as the files they point to
 
     def stored(self, datum: Oid) -> bool:
         return datum in self.sink.written or bool(self.repo.stored([datum]))
@@ -51,13 +52,15 @@ class IngestResult:
 
 
 def ingest(
-    repo: Repo, src: str, prefix: str, message: str | None = None, append: bool = False, progress: Progress = None
+    repo: Repo, src: str, prefix: str, message: str | None = None, append: bool = False, progress: Progress = None,
+    follow: bool = False,
 ) -> IngestResult:
-    """Makes ``prefix`` mirror ``src`` (or, with ``append``, adds to it) in one new commit."""
+    """Makes ``prefix`` mirror ``src`` (or, with ``append``, adds to it) in one new commit;
+    ``follow``: a folder's symlinks are read as the files they point to."""
     prefix = _norm_prefix(prefix)
     with repo.lock:
         with repo.writer() as sink:  # every shard is published and adopted before the ref moves
-            run = _Run(repo, sink)
+            run = _Run(repo, sink, follow=follow)
             entries: dict[str, TreeEntry] = {}
             for item in _read_source(run, src, progress):
                 full = prefix + check_key(item.key)
@@ -180,7 +183,7 @@ def _folder(run: _Run, root: Path, progress: Progress) -> list[TreeEntry]:
     """Stores a folder's datums as ``add`` does (over two processes, where that pays), with a
     stat cache of its own: files unchanged since the last ingest of this folder are not read."""
     scope = f"ingest:{root.resolve()}"
-    found = scan(root)
+    found = scan(root, follow=run.follow)
     found.raise_errors()
     run.notes.extend(found.notes)
     members = group(sorted(found.files), run.repo.config.grouping, run.notes)

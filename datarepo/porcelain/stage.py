@@ -44,6 +44,8 @@ def key_filter(repo: Repo, paths: list[str] | None) -> Selection | None:
         if not p:
             raise InvalidInputError("an empty path names nothing (use . for the whole work tree)")
         full = Path(os.path.abspath(p))
+        if not full.is_relative_to(root):  # named through a symbolic link to the work tree (or a folder above it)?
+            full = Path(os.path.realpath(full.parent)) / full.name
         try:
             rel = full.relative_to(root).as_posix()
         except ValueError:
