@@ -171,8 +171,11 @@ def test_a_prefix_opens_only_the_pages_that_can_hold_it(repo) -> None:  # type: 
 def test_diff_opens_only_the_pages_that_differ(repo) -> None:  # type: ignore[no-untyped-def]
     repo, _ = repo
     tree = big_tree(repo)
-    changes = {"b/00001": TreeEntry("b/00001", hash_bytes(b"new"), 3), "c/00002": None, "d/new": TreeEntry("d/new", hash_bytes(b"d"), 1)}
     with repo.lock:
+        with repo.writer() as w:  # what the changes name must be stored
+            w.put("b/00001", {"txt": b"new"})
+            w.put("d/new", {"txt": b"d"})
+        changes = {**w.entries, "c/00002": None}
         other = repo.tree(repo.commit(changes, "change", ref="refs/heads/big"))
     shared = {p.page for p in tree.pages} & {p.page for p in other.pages}
     assert len(shared) >= len(tree.pages) - 3
@@ -185,7 +188,7 @@ def test_diff_opens_only_the_pages_that_differ(repo) -> None:  # type: ignore[no
         for path in hidden:
             path.with_name(path.name + ".away").rename(path)
     assert [(c.key, c.old is None, c.new is None) for c in got] == [("b/00001", False, False), ("c/00002", False, True), ("d/new", True, False)]
-    assert got[0].new.datum == hash_bytes(b"new") and list(other.diff(other)) == []
+    assert got[0].new.datum == w.entries["b/00001"].datum and list(other.diff(other)) == []
     assert [c.key for c in other.diff(tree)] == ["b/00001", "c/00002", "d/new"]
 
 
