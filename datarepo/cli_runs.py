@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from datarepo.cli import _json, _quoted, _repo, main
+
+if TYPE_CHECKING:
+    from datarepo.torch.runs import RunInfo
 
 
 @main.group(invoke_without_command=True)
@@ -16,15 +21,24 @@ def runs(ctx: click.Context, as_json: bool) -> None:
     """List recorded training runs: which commit, prefix and seed each read."""
     if ctx.invoked_subcommand is not None:
         return
-    from datarepo.torch.runs import list_runs
+    from datarepo.torch.runs import NotARunError, list_runs
 
-    found = list_runs(_repo())
+    problems: list[NotARunError] = []
+    found = list_runs(_repo(), problems)
     if as_json:
         _json([r._asdict() for r in found])
-        return
+    else:
+        _list(found)
+    for problem in problems:  # as git does for a broken ref: the others listed, each named, a failure
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+
+
+def _list(found: list[RunInfo]) -> None:
     for r in found:
         prefix = _quoted(r.prefix) or "(all)"
-        click.echo(f"{r.name}\t{r.commit[:12]}\t{prefix}\tseed {r.seed}\tepochs {r.epochs}\tworld {r.world_size}\t{r.time}")
+        click.echo(f"{_quoted(r.name)}\t{r.commit[:12]}\t{prefix}\tseed {r.seed}\tepochs {r.epochs}\tworld {r.world_size}\t{_quoted(r.time)}")
 
 
 _RUN_FIELDS = (
