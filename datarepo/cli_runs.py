@@ -38,7 +38,8 @@ def runs(ctx: click.Context, as_json: bool) -> None:
 def _list(found: list[RunInfo]) -> None:
     for r in found:
         prefix = _quoted(r.prefix) or "(all)"
-        click.echo(f"{_quoted(r.name)}\t{r.commit[:12]}\t{prefix}\tseed {r.seed}\tepochs {r.epochs}\tworld {r.world_size}\t{_quoted(r.time)}")
+        place = f"seed {r.seed}\tepochs {r.epochs}\tworld {r.world_size}"
+        click.echo(f"{_quoted(r.name)}\t{r.commit[:12]}\t{prefix}\t{place}\t{_quoted(r.time)}")
 
 
 _RUN_FIELDS = (
@@ -72,3 +73,13 @@ def runs_show(name: str, keys: bool, epoch: int, as_json: bool) -> None:
     for field in _RUN_FIELDS:
         value = run.get(field)
         click.echo(f"{field}: {value if isinstance(value, str) else json.dumps(value)}")
+
+
+@runs.command(name="rm")
+@click.argument("name")
+def runs_rm(name: str) -> None:
+    """Delete a run's record (its ref): the data only it kept is then gc's to delete."""
+    from datarepo.torch.runs import delete_run
+
+    old = delete_run(_repo(), name)
+    click.echo(f"Deleted run {name} (was {old[:12] if old else 'no object id'})")

@@ -225,3 +225,21 @@ def test_record_run_takes_a_dataset_and_a_true_or_false_force(repo: Path) -> Non
         refused("dataset", lambda: r.record_run("r", "train/"))
         refused("force", lambda: r.record_run("r", DatumDataset(r), force="yes"))
         assert [ref for ref, _ in r.refs.list("refs/runs/")] == ["run"]
+
+
+def test_bad_arguments_of_a_made_dataset_s_methods_are_refused(repo: Path) -> None:
+    ds = DatumDataset(repo, prefix="train/", batch_size=4)
+    for bad in (-1, 1.5, "2", 2**63):
+        refused("epoch", lambda: ds.set_epoch(bad))
+        refused("epoch", lambda: list(ds.keys_in_order(bad)))
+    refused("epoch", lambda: ds.set_epoch(None))
+    refused("after", lambda: ds.state_dict(after=[0, 1, 2]))  # not a batch: never read as "nothing received"
+    refused("after", lambda: ds.state_dict(after={"cls": [1]}))
+    first = next(iter(loader(ds, workers=0)))
+    assert ds.state_dict(after=first)["position"] == 4
+    with datarepo.open(repo) as r:
+        from datarepo.torch.runs import run_keys
+
+        refused("epoch", lambda: run_keys(r, "run", -1))  # when called, not once iterated
+        assert list(run_keys(r, "run", 1)) == list(DatumDataset.from_run(r, "run").keys_in_order(1))
+    refused("repo", lambda: DatumDataset.from_run(5, "run"))

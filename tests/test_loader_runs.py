@@ -132,7 +132,8 @@ def test_a_run_ref_that_names_no_run_record_is_named_and_the_other_runs_still_li
     (runs / "g").write_text("garbage\n")
     listed = cli("runs", ok=False)
     assert listed.exit_code == 1
-    assert [line.split("\t")[:3] for line in listed.stdout.splitlines()] == [["a", head[:12], "train/"], ["c", head[:12], "train/"]]
+    rows = [line.split("\t")[:4] for line in listed.stdout.splitlines()]
+    assert rows == [["a", head[:12], "train/", "seed 1"], ["c", head[:12], "train/", "seed 2"]]
     assert listed.stderr.splitlines() == [
         f"error: refs/runs/b does not name a run record: {head} is a commit",
         "error: refs/runs/g does not name a run record: it holds no object id",
@@ -148,9 +149,15 @@ def test_a_run_ref_that_names_no_run_record_is_named_and_the_other_runs_still_li
     with pytest.raises(NotARunError, match="refs/runs/t does not name a run record"):
         DatumDataset.from_run(worktree, "t")
     assert "refs/runs/b" in cli("fsck", ok=False).output
-    for bad in "bgtz":
-        (runs / bad).unlink()
+    assert cli("gc", ok=False).exit_code == 1  # what the bad refs were meant to keep is unknown
+    assert cli("runs", "rm", "b").output == f"Deleted run b (was {head[:12]})\n"
+    assert cli("runs", "rm", "g").output == "Deleted run g (was no object id)\n"
+    for bad in "tz":
+        cli("runs", "rm", bad)
+    assert cli("runs", "rm", "b", ok=False).output == "Error: run not found: b\n"
     assert [line.split("\t")[0] for line in cli("runs").output.splitlines()] == ["a", "c"]
+    assert " 0 problems" in cli("fsck").output
+    cli("gc")
 
 
 def test_a_run_record_holds_only_strict_json(worktree: Path, cli: Cli) -> None:

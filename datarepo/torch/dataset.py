@@ -148,7 +148,7 @@ class DatumDataset(IterableDataset):
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         """The global order of an epoch: positions of the selection's rows (in manifest order)."""
-        epoch = self.epoch if epoch is None else epoch
+        epoch = self.epoch if epoch is None else args.integer("epoch", epoch, 0, MAX_EPOCH)
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, self.spec.epoch_order(epoch))
         return self._order[1]
@@ -177,8 +177,7 @@ class DatumDataset(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Starts another epoch (its own order); a state loaded for this epoch is kept."""
-        if type(epoch) is not int or not 0 <= epoch < MAX_EPOCH:
-            raise InvalidInputError(f"an epoch is an int of 0 or more, not {epoch!r}")
+        epoch = args.integer("epoch", epoch, 0, MAX_EPOCH)
         if epoch != self.epoch:
             self._cursor.set(epoch, 0)
             self._consumed, self._disordered = 0, False
@@ -196,6 +195,8 @@ class DatumDataset(IterableDataset):
                 differs from the DataLoader's ``batch_size``).
         """
         if after is not None:
+            if not isinstance(after, Mapping) or "__index__" not in after:
+                raise InvalidInputError(f"after must be a batch (or sample) of this dataset, not {after!r:.60}")
             self._consumed, self._disordered = 0, False
             self.received(after, in_turn=False)
         if self._disordered:

@@ -96,6 +96,28 @@ def read_run(repo: Repo, name: str) -> dict[str, Any]:
     return run_object(repo, oid, ref)
 
 
+def delete_run(repo: Repo, name: str) -> Oid | None:
+    """Deletes ``refs/runs/NAME``, whether it names a run record or not (a damaged ref
+    that stops ``gc`` is mended so); the data it alone kept is then ``gc``'s. Returns
+    the oid it named, None where it held no object id.
+
+    Raises:
+        ObjectNotFoundError: no such run.
+    """
+    ref = RUNS + check_name(args.text("name", name), "run")
+    with repo.lock:
+        try:
+            old = repo.refs.read(ref)
+        except CorruptObjectError:
+            old, expected = None, True  # what it holds is no id: anything there goes
+        else:
+            if old is None:
+                raise ObjectNotFoundError("run", name)
+            expected = old
+        repo.refs.update(ref, None, expected=expected, message="deleted")
+    return old
+
+
 def _read_ref(repo: Repo, ref: str) -> Oid | None:
     try:
         return repo.refs.read(ref)
@@ -155,14 +177,18 @@ def list_runs(repo: Repo, problems: list[NotARunError] | None = None) -> list[Ru
 
 
 def run_keys(repo: Repo, name: str, epoch: int = 0) -> Iterator[str]:
-    """The keys of one epoch of a run, in the global order its dataset read them."""
+    """The keys of one epoch of a run, in the global order its dataset read them.
+
+    Raises:
+        InvalidInputError: a bad name or epoch (when called, not when iterated).
+        ObjectNotFoundError: no such run.
+        NotARunError: its ref names something else than a run record.
+    """
     from datarepo.torch.plan import OrderSpec, select
 
-    if epoch < 0:
-        raise InvalidInputError("an epoch is 0 or more")
+    epoch = args.integer("epoch", epoch)
     run = read_run(repo, name)
     manifest, rows = select(repo, repo.tree(run["commit"]), run["prefix"], run["keys"])
     spec = OrderSpec(len(rows), run["seed"], run["shuffle"], run["block"], run["window"])
     ordered = rows[spec.epoch_order(epoch)]
-    for lo in range(0, len(ordered), 65536):
-        yield from (manifest.keys[r] for r in ordered[lo : lo + 65536].tolist())
+    return (manifest.keys[r] for lo in range(0, len(ordered), 65536) for r in ordered[lo : lo + 65536].tolist())
