@@ -12,13 +12,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
 from loader_fixtures import keys_of, labelled, loader, make_repo  # noqa: E402
 
 import datarepo  # noqa: E402
-from datarepo.errors import InvalidInputError  # noqa: E402
+from datarepo.errors import DataRepoError, InvalidInputError  # noqa: E402
 from datarepo.torch import DatumDataset, DeviceLoader  # noqa: E402
 
 
@@ -90,7 +92,9 @@ BAD_DATASET_ARGS = [
     ("batch_size", 2.0),
     ("batch_size", True),
     ("batch_size", "8"),
+    ("batch_size", 2**63),  # past int64, where the order is computed
     ("chunk_size", 0),
+    ("chunk_size", 2**63),
     ("chunk_size", None),
     ("pad", None),
     ("pad", 1),
@@ -100,6 +104,7 @@ BAD_DATASET_ARGS = [
     ("world_size", 0),
     ("world_size", -2),
     ("world_size", "2"),
+    ("world_size", 2**63),
     ("on_error", "ignore"),
     ("on_error", None),
     ("on_error", True),
@@ -107,8 +112,10 @@ BAD_DATASET_ARGS = [
     ("verify", 0),
     ("block", 0),
     ("block", 1.5),
+    ("block", 2**63),
     ("window", 0),
     ("window", None),
+    ("window", 2**70),
     ("unsafe", 1),
     ("unsafe", "yes"),
 ]
@@ -129,6 +136,10 @@ def test_arguments_that_are_right_are_taken_as_given(repo: Path) -> None:
     assert DatumDataset(repo, keys=iter(["train/0002"])).keys == ["train/0002"]
     assert DatumDataset(repo, decode={"bin": ("rgb8", 8)}).decode_spec == {"bin": ["rgb8", 8]}
     assert DatumDataset(repo, rank=1, world_size=2).share().rank == 1
+    big = 2**63 - 1  # the largest sizes taken still read the data (numpy's int64 holds them)
+    sizes = {"prefix": "train/", "block": big, "window": big, "batch_size": big, "seed": 2**100}
+    assert sorted(keys_of(loader(DatumDataset(repo, **sizes), workers=0))) == sorted(labelled(12))
+    assert len(keys_of(loader(DatumDataset(repo, **sizes, world_size=big, rank=big - 1), workers=0))) == 1
 
 
 def test_both_a_prefix_and_keys_are_refused(repo: Path) -> None:
@@ -243,3 +254,39 @@ def test_bad_arguments_of_a_made_dataset_s_methods_are_refused(repo: Path) -> No
         refused("epoch", lambda: run_keys(r, "run", -1))  # when called, not once iterated
         assert list(run_keys(r, "run", 1)) == list(DatumDataset.from_run(r, "run").keys_in_order(1))
     refused("repo", lambda: DatumDataset.from_run(5, "run"))
+
+
+ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=2**70),
+    st.floats(),
+    st.text(max_size=12),
+    st.binary(max_size=4),
+    st.lists(st.one_of(st.text(max_size=10), st.integers()), max_size=3),
+    st.tuples(st.sampled_from(["rgb8", "int", "x"]), st.one_of(st.integers(-1, 300), st.floats(), st.none())),
+    st.dictionaries(
+        st.sampled_from(["cls", "bin", "", "a/b"]),
+        st.one_of(st.sampled_from(["int", "rgb", "pth", "?"]), st.lists(st.integers(), max_size=3)),
+        max_size=2,
+    ),
+    st.just(dict),  # a transform (what one raises while iterating is its own error)
+)
+ARGUMENTS = [
+    "rev", "prefix", "keys", "decode", "transform", "shuffle", "seed", "epoch", "batch_size",
+    "chunk_size", "pad", "rank", "world_size", "on_error", "verify", "block", "window", "unsafe",
+]  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(given_args=st.dictionaries(st.sampled_from(ARGUMENTS), ANY_VALUE, min_size=1, max_size=3))
+def test_any_arguments_make_a_dataset_or_raise_the_project_s_error(repo: Path, given_args: dict[str, Any]) -> None:
+    """Whatever is given, the dataset is made (and its first batch read), or one of the
+    project's errors says why, never a Python error."""
+    try:
+        ds = DatumDataset(repo, **given_args)
+    except DataRepoError as e:
+        assert "\n" not in str(e)
+        return
+    first = next(iter(ds), None)
+    assert first is None or "__key__" in first

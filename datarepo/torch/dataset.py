@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
@@ -26,7 +26,8 @@ from datarepo.torch.plan import OrderSpec, Share, chunks_of, order_fingerprint, 
 from datarepo.torch.reader import SampleError, ShardFiles, read_rows
 
 STATE_FORMAT = 1
-MAX_EPOCH = 1 << 63  # epochs are kept as int64 (see _Cursor)
+INT64_END = 1 << 63
+MAX_EPOCH = INT64_END  # epochs are kept as int64 (see _Cursor)
 
 
 class SkippedSampleWarning(UserWarning):
@@ -47,7 +48,8 @@ class DatumDataset(IterableDataset):
         repo: a repository's path, or an opened :class:`~datarepo.repo.Repo`.
         rev: the revision to read (git's forms: ``main``, ``v1``, ``HEAD~2``, an oid).
         prefix: the keys to read start with this.
-        keys: instead of a prefix, these keys (the order does not depend on theirs).
+        keys: instead of a prefix, these keys: a list (or any iterable but a str) of
+            distinct strs (the order does not depend on theirs).
         decode: ext → decoder spec (docs/loader.md); members not named stay bytes.
         transform: called on each decoded sample (a dict) in the worker; returns a dict.
         shuffle: shuffle the order (block-wise, see :mod:`datarepo.torch.plan`).
@@ -64,6 +66,11 @@ class DatumDataset(IterableDataset):
         verify: check each datum's bytes against its id.
         block, window: the shuffle's block (rows) and window (blocks).
         unsafe: allow decoders that unpickle (``"pth"``, ``"pickle"``).
+
+    Raises:
+        InvalidInputError: an argument of a wrong type or value, when the dataset is
+            made; the message starts with the argument's name (ints may be numpy's,
+            flags are True or False, ``batch_size`` is None or 1 or more).
     """
 
     def __init__(
@@ -71,7 +78,7 @@ class DatumDataset(IterableDataset):
         repo: str | os.PathLike[str] | Repo,
         rev: str = "HEAD",
         prefix: str = "",
-        keys: Sequence[str] | None = None,
+        keys: Iterable[str] | None = None,
         decode: Mapping[str, Any] | None = None,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         shuffle: bool = True,
@@ -89,8 +96,10 @@ class DatumDataset(IterableDataset):
         unsafe: bool = False,
     ) -> None:
         super().__init__()
-        batch_size, chunk_size = args.optional_integer("batch_size", batch_size, 1), args.integer("chunk_size", chunk_size, 1)
-        block, window = args.integer("block", block, 1), args.integer("window", window, 1)
+        # Sizes are int64 in numpy's arithmetic of the order: a larger one would fail there, later.
+        batch_size = args.optional_integer("batch_size", batch_size, 1, INT64_END)
+        chunk_size = args.integer("chunk_size", chunk_size, 1, INT64_END)
+        block, window = args.integer("block", block, 1, INT64_END), args.integer("window", window, 1, INT64_END)
         seed, epoch = args.integer("seed", seed), args.integer("epoch", epoch, 0, MAX_EPOCH)
         shuffle, pad, verify = args.flag("shuffle", shuffle), args.flag("pad", pad), args.flag("verify", verify)
         self.unsafe = args.flag("unsafe", unsafe)
@@ -459,7 +468,7 @@ def _decoded(key: str, members: dict[str, bytes], decode: Callable[[dict[str, by
 
 def _place(rank: int | None, world: int | None) -> tuple[int, int]:
     """The rank and world size: as given, else from torch.distributed, else 0 of 1."""
-    rank, world = args.optional_integer("rank", rank), args.optional_integer("world_size", world, 1)
+    rank, world = args.optional_integer("rank", rank), args.optional_integer("world_size", world, 1, INT64_END)
     if rank is None or world is None:
         dist = torch.distributed
         live = dist.is_available() and dist.is_initialized()
