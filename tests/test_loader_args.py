@@ -234,6 +234,7 @@ def test_a_bad_run_name_or_extra_is_refused_and_nothing_is_recorded(repo: Path, 
 def test_record_run_takes_a_dataset_and_a_true_or_false_force(repo: Path) -> None:
     with datarepo.open(repo) as r:
         refused("dataset", lambda: r.record_run("r", "train/"))
+        refused("dataset", lambda: r.record_run("r", DatumDataset))
         refused("force", lambda: r.record_run("r", DatumDataset(r), force="yes"))
         assert [ref for ref, _ in r.refs.list("refs/runs/")] == ["run"]
 

@@ -6,6 +6,7 @@ reads records and orders without it."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -62,15 +63,15 @@ def record_run(repo: Repo, name: str, dataset: DatumDataset, extra: Mapping[str,
             name already recorded (unless ``force``).
     """
     check_name(args.text("name", name), "run")
-    spec = getattr(dataset, "run_spec", None)
-    if not callable(spec):
+    made = sys.modules.get("datarepo.torch.dataset")  # (not loaded: no DatumDataset was made)
+    if made is None or not isinstance(dataset, made.DatumDataset):
         raise InvalidInputError(f"dataset must be a DatumDataset, not {type(dataset).__name__}")
     if extra is not None and not isinstance(extra, Mapping):
         raise InvalidInputError(f"run {name!r}: extra must be JSON data (a dict, not a {type(extra).__name__})")
     if not args.flag("force", force) and repo.refs.read(RUNS + name) is not None:
         raise InvalidInputError(f"run {name!r} is already recorded")
     data = {"format": FORMAT, "type": RUN_TYPE, "name": name, "time": repo.now(), "author": repo.author()}
-    data.update(spec())
+    data.update(dataset.run_spec())
     data["extra"] = dict(extra or {})
     for field, value in data.items():
         try:
