@@ -68,15 +68,17 @@ def key_list(value: Any) -> list[str] | None:
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
         raise InvalidInputError(f"keys must be a list of str, not {_shown(value)}")
     keys = list(value)
-    for key in keys:
-        if not isinstance(key, str):
-            raise InvalidInputError(f"keys must be a list of str, and {_shown(key)} is not one")
-    _utf8("keys", "\0".join(keys))
+    try:
+        joined = "\0".join(keys)  # (checks that each is a str, in C: a million keys are many)
+    except TypeError:
+        bad = next(k for k in keys if not isinstance(k, str))
+        raise InvalidInputError(f"keys must be a list of str, and {_shown(bad)} is not one") from None
+    _utf8("keys", joined)
     out = sorted(set(keys))
     if len(out) != len(keys):
         twice = next(k for k, n in zip(sorted(keys), sorted(keys)[1:]) if k == n)
         raise InvalidInputError(f"keys names {twice!r} more than once")
-    return [str(k) for k in out]
+    return out
 
 
 def json_data(name: str, value: Any) -> None:
