@@ -247,6 +247,7 @@ def test_bad_arguments_of_a_made_dataset_s_methods_are_refused(repo: Path) -> No
     refused("epoch", lambda: ds.set_epoch(None))
     refused("after", lambda: ds.state_dict(after=[0, 1, 2]))  # not a batch: never read as "nothing received"
     refused("after", lambda: ds.state_dict(after={"cls": [1]}))
+    refused("state", lambda: ds.load_state_dict([("epoch", 0)]))
     first = next(iter(loader(ds, workers=0)))
     assert ds.state_dict(after=first)["position"] == 4
     with datarepo.open(repo) as r:

@@ -14,13 +14,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import Cli  # noqa: E402
-from datarepo.torch.runs import NotARunError  # noqa: E402
 from loader_fixtures import keys_of, labelled, loader, make_repo  # noqa: E402
 
 import datarepo  # noqa: E402
 from datarepo.config import Config  # noqa: E402
 from datarepo.errors import BadRevisionError, InvalidInputError, ObjectNotFoundError  # noqa: E402
+from datarepo.objects import Blob  # noqa: E402
 from datarepo.torch import DatumDataset  # noqa: E402
+from datarepo.torch.runs import NotARunError  # noqa: E402
 
 
 @pytest.fixture
@@ -124,12 +125,14 @@ def test_a_run_ref_that_names_no_run_record_is_named_and_the_other_runs_still_li
         r.record_run("a", DatumDataset(r, prefix="train/", seed=1))
         r.record_run("c", DatumDataset(r, prefix="train/", seed=2))
         head, tree = r.head(), r.tree("HEAD").oid
+        partial = r.store.put_object(Blob({"format": 1, "type": "run", "name": "h", "seed": 0}))  # a hand-made record
     runs = worktree / ".datarepo" / "refs" / "runs"
     (runs / "b").write_text(head + "\n")  # a commit written where a run's record should be
     (runs / "t").write_text(tree + "\n")
     nowhere = "0" * len(head)
     (runs / "z").write_text(nowhere + "\n")  # an object that is nowhere
     (runs / "g").write_text("garbage\n")
+    (runs / "h").write_text(partial + "\n")
     listed = cli("runs", ok=False)
     assert listed.exit_code == 1
     rows = [line.split("\t")[:4] for line in listed.stdout.splitlines()]
@@ -137,6 +140,7 @@ def test_a_run_ref_that_names_no_run_record_is_named_and_the_other_runs_still_li
     assert listed.stderr.splitlines() == [
         f"error: refs/runs/b does not name a run record: {head} is a commit",
         "error: refs/runs/g does not name a run record: it holds no object id",
+        f"error: refs/runs/h does not name a run record: {partial} is a run object without a valid 'time'",
         f"error: refs/runs/t does not name a run record: {tree} is a tree",
         f"error: refs/runs/z does not name a run record: {nowhere} is missing from the store",
     ]
@@ -152,7 +156,7 @@ def test_a_run_ref_that_names_no_run_record_is_named_and_the_other_runs_still_li
     assert cli("gc", ok=False).exit_code == 1  # what the bad refs were meant to keep is unknown
     assert cli("runs", "rm", "b").output == f"Deleted run b (was {head[:12]})\n"
     assert cli("runs", "rm", "g").output == "Deleted run g (was no object id)\n"
-    for bad in "tz":
+    for bad in "htz":
         cli("runs", "rm", bad)
     assert cli("runs", "rm", "b", ok=False).output == "Error: run not found: b\n"
     assert [line.split("\t")[0] for line in cli("runs").output.splitlines()] == ["a", "c"]

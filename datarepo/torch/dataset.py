@@ -222,6 +222,8 @@ class DatumDataset(IterableDataset):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resumes an epoch where a state (of this dataset, on any number of ranks) left it."""
+        if not isinstance(state, Mapping):
+            raise InvalidInputError(f"state must be a DatumDataset state (a dict), not {state!r:.60}")
         try:
             epoch, position, plan = int(state["epoch"]), int(state["position"]), str(state["plan"])
         except (KeyError, TypeError, ValueError):

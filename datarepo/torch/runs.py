@@ -144,7 +144,7 @@ def run_object(repo: Repo, oid: str, ref: str = "") -> dict[str, Any]:
     for field, types in _FIELDS.items():
         value = obj.data.get(field)
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-            raise NotARunError(ref, f"{oid} is a run record without a valid {field!r}")
+            raise NotARunError(ref, f"{oid} is a run object without a valid {field!r}")
     return obj.data
 
 
