@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from datarepo.cli import _json, _quoted, _repo, main
+
+if TYPE_CHECKING:
+    from datarepo.torch.runs import RunInfo
 
 
 @main.group(invoke_without_command=True)
@@ -16,15 +21,25 @@ def runs(ctx: click.Context, as_json: bool) -> None:
     """List recorded training runs: which commit, prefix and seed each read."""
     if ctx.invoked_subcommand is not None:
         return
-    from datarepo.torch.runs import list_runs
+    from datarepo.torch.runs import NotARunError, list_runs
 
-    found = list_runs(_repo())
+    problems: list[NotARunError] = []
+    found = list_runs(_repo(), problems)
     if as_json:
         _json([r._asdict() for r in found])
-        return
+    else:
+        _list(found)
+    for problem in problems:  # as git does for a broken ref: the others listed, each named, a failure
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+
+
+def _list(found: list[RunInfo]) -> None:
     for r in found:
         prefix = _quoted(r.prefix) or "(all)"
-        click.echo(f"{r.name}\t{r.commit[:12]}\t{prefix}\tseed {r.seed}\tepochs {r.epochs}\tworld {r.world_size}\t{r.time}")
+        place = f"seed {r.seed}\tepochs {r.epochs}\tworld {r.world_size}"
+        click.echo(f"{_quoted(r.name)}\t{r.commit[:12]}\t{prefix}\t{place}\t{_quoted(r.time)}")
 
 
 _RUN_FIELDS = (
@@ -58,3 +73,13 @@ def runs_show(name: str, keys: bool, epoch: int, as_json: bool) -> None:
     for field in _RUN_FIELDS:
         value = run.get(field)
         click.echo(f"{field}: {value if isinstance(value, str) else json.dumps(value)}")
+
+
+@runs.command(name="rm")
+@click.argument("name")
+def runs_rm(name: str) -> None:
+    """Delete a run's record (its ref): the data only it kept is then gc's to delete."""
+    from datarepo.torch.runs import delete_run
+
+    old = delete_run(_repo(), name)
+    click.echo(f"Deleted run {name} (was {old[:12] if old else 'no object id'})")

@@ -19,7 +19,9 @@ from loader_fixtures import keys_of, labelled, loader, make_repo  # noqa: E402
 import datarepo  # noqa: E402
 from datarepo.config import Config  # noqa: E402
 from datarepo.errors import BadRevisionError, InvalidInputError, ObjectNotFoundError  # noqa: E402
+from datarepo.objects import Blob  # noqa: E402
 from datarepo.torch import DatumDataset  # noqa: E402
+from datarepo.torch.runs import NotARunError  # noqa: E402
 
 
 @pytest.fixture
@@ -103,9 +105,6 @@ def add_commit_on(root: Path, samples: dict[str, dict[str, bytes]], ref: str) ->
         r.commit(w.entries, "exp data", ref=ref)
 
 
-
-
-
 def test_a_run_record_that_names_an_unpickling_decoder_needs_the_caller_s_opt_in(tmp_path: Path) -> None:
     """A run record is data a clone may bring from anyone: rebuilding its dataset never
     grants the unpickling decoders on the record's word."""
@@ -118,3 +117,65 @@ def test_a_run_record_that_names_an_unpickling_decoder_needs_the_caller_s_opt_in
         DatumDataset.from_run(tmp_path, "unsafe-run")
     (got,) = DatumDataset.from_run(tmp_path, "unsafe-run", unsafe=True)
     assert got["pickle"] == [1, 2]
+
+
+def test_a_run_ref_that_names_no_run_record_is_named_and_the_other_runs_still_listed(worktree: Path, cli: Cli) -> None:
+    make_repo(worktree, labelled(20))
+    with datarepo.open(worktree) as r:
+        r.record_run("a", DatumDataset(r, prefix="train/", seed=1))
+        r.record_run("c", DatumDataset(r, prefix="train/", seed=2))
+        head, tree = r.head(), r.tree("HEAD").oid
+        partial = r.store.put_object(Blob({"format": 1, "type": "run", "name": "h", "seed": 0}))  # a hand-made record
+    runs = worktree / ".datarepo" / "refs" / "runs"
+    (runs / "b").write_text(head + "\n")  # a commit written where a run's record should be
+    (runs / "t").write_text(tree + "\n")
+    nowhere = "0" * len(head)
+    (runs / "z").write_text(nowhere + "\n")  # an object that is nowhere
+    (runs / "g").write_text("garbage\n")
+    (runs / "h").write_text(partial + "\n")
+    listed = cli("runs", ok=False)
+    assert listed.exit_code == 1
+    rows = [line.split("\t")[:4] for line in listed.stdout.splitlines()]
+    assert rows == [["a", head[:12], "train/", "seed 1"], ["c", head[:12], "train/", "seed 2"]]
+    assert listed.stderr.splitlines() == [
+        f"error: refs/runs/b does not name a run record: {head} is a commit",
+        "error: refs/runs/g does not name a run record: it holds no object id",
+        f"error: refs/runs/h does not name a run record: {partial} is a run object without a valid 'time'",
+        f"error: refs/runs/t does not name a run record: {tree} is a tree",
+        f"error: refs/runs/z does not name a run record: {nowhere} is missing from the store",
+    ]
+    as_json = cli("runs", "--json", ok=False)
+    assert as_json.exit_code == 1 and [run["seed"] for run in json.loads(as_json.stdout)] == [1, 2]
+    for args in (("runs", "show", "b"), ("runs", "show", "b", "--json"), ("runs", "show", "b", "--keys")):
+        shown = cli(*args, ok=False)
+        assert shown.exit_code == 1 and shown.stdout == ""
+        assert shown.stderr == f"Error: refs/runs/b does not name a run record: {head} is a commit\n"
+    with pytest.raises(NotARunError, match="refs/runs/t does not name a run record"):
+        DatumDataset.from_run(worktree, "t")
+    assert "refs/runs/b" in cli("fsck", ok=False).output
+    assert cli("gc", ok=False).exit_code == 1  # what the bad refs were meant to keep is unknown
+    assert cli("runs", "rm", "b").output == f"Deleted run b (was {head[:12]})\n"
+    assert cli("runs", "rm", "g").output == "Deleted run g (was no object id)\n"
+    for bad in "htz":
+        cli("runs", "rm", bad)
+    assert cli("runs", "rm", "b", ok=False).output == "Error: run not found: b\n"
+    assert [line.split("\t")[0] for line in cli("runs").output.splitlines()] == ["a", "c"]
+    assert " 0 problems" in cli("fsck").output
+    cli("gc")
+
+
+def test_a_run_record_holds_only_strict_json(worktree: Path, cli: Cli) -> None:
+    """NaN and Infinity are refused as any other value JSON has not; a record that is
+    taken reads back, through the command, as JSON any reader parses."""
+    make_repo(worktree, labelled(10))
+    with datarepo.open(worktree) as r:
+        ds = DatumDataset(r, prefix="train/", decode={"cls": "int", "bin": ["rgb8", 8]})
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            with pytest.raises(InvalidInputError, match="extra must be JSON data"):
+                r.record_run("nan", ds, extra={"loss": bad})
+        r.record_run("ok", ds, extra={"loss": 0.25, "lr": [1e-3, 1e-4], "note": "caf\u00e9", "tags": {"a": None}})
+    assert cli("runs", "show", "nan", ok=False).output == "Error: run not found: nan\n"
+    text = cli("runs", "show", "ok", "--json").output
+    shown = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert shown["extra"] == {"loss": 0.25, "lr": [1e-3, 1e-4], "note": "caf\u00e9", "tags": {"a": None}}
+    assert shown["decode"] == {"cls": "int", "bin": ["rgb8", 8]}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
@@ -19,13 +19,15 @@ from torch.utils.data import IterableDataset, get_worker_info
 import datarepo
 from datarepo.errors import DataRepoError, InvalidInputError
 from datarepo.repo import Repo
+from datarepo.torch import args
 from datarepo.torch.batch import Record, collate, columns, for_the_queue, position_range
 from datarepo.torch.decode import check_spec, decoder
 from datarepo.torch.plan import OrderSpec, Share, chunks_of, order_fingerprint, rows_at, select, share
 from datarepo.torch.reader import SampleError, ShardFiles, read_rows
 
 STATE_FORMAT = 1
-MAX_EPOCH = 1 << 63  # epochs are kept as int64 (see _Cursor)
+INT64_END = 1 << 63
+MAX_EPOCH = INT64_END  # epochs are kept as int64 (see _Cursor)
 
 
 class SkippedSampleWarning(UserWarning):
@@ -46,7 +48,8 @@ class DatumDataset(IterableDataset):
         repo: a repository's path, or an opened :class:`~datarepo.repo.Repo`.
         rev: the revision to read (git's forms: ``main``, ``v1``, ``HEAD~2``, an oid).
         prefix: the keys to read start with this.
-        keys: instead of a prefix, these keys (the order does not depend on theirs).
+        keys: instead of a prefix, these keys: a list (or any iterable but a str) of
+            distinct strs (the order does not depend on theirs).
         decode: ext → decoder spec (docs/loader.md); members not named stay bytes.
         transform: called on each decoded sample (a dict) in the worker; returns a dict.
         shuffle: shuffle the order (block-wise, see :mod:`datarepo.torch.plan`).
@@ -63,6 +66,11 @@ class DatumDataset(IterableDataset):
         verify: check each datum's bytes against its id.
         block, window: the shuffle's block (rows) and window (blocks).
         unsafe: allow decoders that unpickle (``"pth"``, ``"pickle"``).
+
+    Raises:
+        InvalidInputError: an argument of a wrong type or value, when the dataset is
+            made; the message starts with the argument's name (ints may be numpy's,
+            flags are True or False, ``batch_size`` is None or 1 or more).
     """
 
     def __init__(
@@ -70,7 +78,7 @@ class DatumDataset(IterableDataset):
         repo: str | os.PathLike[str] | Repo,
         rev: str = "HEAD",
         prefix: str = "",
-        keys: Sequence[str] | None = None,
+        keys: Iterable[str] | None = None,
         decode: Mapping[str, Any] | None = None,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         shuffle: bool = True,
@@ -88,34 +96,32 @@ class DatumDataset(IterableDataset):
         unsafe: bool = False,
     ) -> None:
         super().__init__()
-        if on_error not in ("raise", "skip"):
-            raise InvalidInputError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
-        for name, value in (("batch_size", batch_size or 1), ("chunk_size", chunk_size), ("block", block), ("window", window)):
-            if type(value) is not int or value < 1:
-                raise InvalidInputError(f"{name} must be a positive int, not {value!r}")
-        if type(seed) is not int or seed < 0 or type(epoch) is not int or not 0 <= epoch < MAX_EPOCH:
-            raise InvalidInputError("seed and epoch must be ints of 0 or more")
-        if keys is not None and prefix:
-            raise InvalidInputError("give a prefix or keys, not both")
-        self.unsafe = unsafe
+        # Sizes are int64 in numpy's arithmetic of the order: a larger one would fail there, later.
+        batch_size = args.optional_integer("batch_size", batch_size, 1, INT64_END)
+        chunk_size = args.integer("chunk_size", chunk_size, 1, INT64_END)
+        block, window = args.integer("block", block, 1, INT64_END), args.integer("window", window, 1, INT64_END)
+        seed, epoch = args.integer("seed", seed), args.integer("epoch", epoch, 0, MAX_EPOCH)
+        shuffle, pad, verify = args.flag("shuffle", shuffle), args.flag("pad", pad), args.flag("verify", verify)
+        self.unsafe = args.flag("unsafe", unsafe)
         self.decode_spec = check_spec(decode, unsafe)
-        opened = repo if isinstance(repo, Repo) else datarepo.open(repo)
+        self.transform = args.function("transform", transform)
+        self.on_error = args.choice("on_error", on_error, ("raise", "skip"))
+        self.rank, self.world_size = _place(rank, world_size)
+        self.rev, self.prefix = args.text("rev", rev, empty=False), args.text("prefix", prefix)
+        self.keys = args.key_list(keys)
+        if self.keys is not None and prefix:
+            raise InvalidInputError("keys: give a prefix or keys, not both")
+        opened = _opened(repo)
         try:
             self.path = str(opened.dotdir)
-            self.rev = rev
             tree = opened.tree(rev)
             self.commit = tree.commit
-            self.prefix = prefix
-            self.keys = sorted(set(keys)) if keys is not None else None
             self.manifest, self.rows = select(opened, tree, prefix, self.keys)
         finally:
             if opened is not repo:
                 opened.close()
-        self.transform = transform
-        self.batch_size, self.chunk_size = batch_size, chunk_size
-        self.pad, self.on_error, self.verify = pad, on_error, verify
+        self.batch_size, self.chunk_size, self.pad, self.verify = batch_size, chunk_size, pad, verify
         self.spec = OrderSpec(len(self.rows), seed, shuffle, block, window)
-        self.rank, self.world_size = _place(rank, world_size)
         self._cursor = _cursor(epoch, 0)  # the epoch, and the global position it resumes at
         self.epochs = epoch + 1  # epochs begun, for run records
         self._consumed = 0  # samples of this rank's share the training loop received
@@ -151,7 +157,7 @@ class DatumDataset(IterableDataset):
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         """The global order of an epoch: positions of the selection's rows (in manifest order)."""
-        epoch = self.epoch if epoch is None else epoch
+        epoch = self.epoch if epoch is None else args.integer("epoch", epoch, 0, MAX_EPOCH)
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, self.spec.epoch_order(epoch))
         return self._order[1]
@@ -180,8 +186,7 @@ class DatumDataset(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         """Starts another epoch (its own order); a state loaded for this epoch is kept."""
-        if type(epoch) is not int or not 0 <= epoch < MAX_EPOCH:
-            raise InvalidInputError(f"an epoch is an int of 0 or more, not {epoch!r}")
+        epoch = args.integer("epoch", epoch, 0, MAX_EPOCH)
         if epoch != self.epoch:
             self._cursor.set(epoch, 0)
             self._consumed, self._disordered = 0, False
@@ -199,6 +204,8 @@ class DatumDataset(IterableDataset):
                 differs from the DataLoader's ``batch_size``).
         """
         if after is not None:
+            if not isinstance(after, Mapping) or "__index__" not in after:
+                raise InvalidInputError(f"after must be a batch (or sample) of this dataset, not {after!r:.60}")
             self._consumed, self._disordered = 0, False
             self.received(after, in_turn=False)
         if self._disordered:
@@ -215,6 +222,8 @@ class DatumDataset(IterableDataset):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resumes an epoch where a state (of this dataset, on any number of ranks) left it."""
+        if not isinstance(state, Mapping):
+            raise InvalidInputError(f"state must be a DatumDataset state (a dict), not {state!r:.60}")
         try:
             epoch, position, plan = int(state["epoch"]), int(state["position"]), str(state["plan"])
         except (KeyError, TypeError, ValueError):
@@ -362,34 +371,47 @@ class DatumDataset(IterableDataset):
     @classmethod
     def from_run(cls, repo: str | os.PathLike[str] | Repo, name: str, **options: Any) -> DatumDataset:
         """The dataset a recorded run read (same commit, selection, seed and decoders),
-        checked against the run's order fingerprint. ``options`` (``transform``,
-        ``batch_size``, ``rank``, ``world_size``, ...) are passed on. A run record is data
-        (a clone's may come from anyone): one that names an unpickling decoder is refused
-        unless ``unsafe=True`` is given here."""
+        checked against the run's order fingerprint. ``options`` are passed on: those that
+        change how the data is read (``decode``, ``transform``, ``batch_size``, ``rank``,
+        ``world_size``, ...), never those that fix which data and in what order (``rev``,
+        ``prefix``, ``keys``, ``seed``, ``shuffle``, ``block``, ``window``). A run record is
+        data (a clone's may come from anyone): one that names an unpickling decoder is
+        refused unless ``unsafe=True`` is given here.
+
+        Raises:
+            InvalidInputError: a bad name, or an option that is not one of those.
+        """
         from datarepo.torch.runs import read_run
 
-        opened = repo if isinstance(repo, Repo) else datarepo.open(repo)
+        _check_run_options(args.text("name", name), options)
+        opened = _opened(repo)
         try:
             run = read_run(opened, name)
-            args: dict[str, Any] = {
-                "rev": run["commit"],
-                "prefix": run["prefix"],
-                "keys": run["keys"],
-                "decode": run["decode"],
-                "shuffle": run["shuffle"],
-                "seed": run["seed"],
-                "block": run["block"],
-                "window": run["window"],
-                "pad": run["pad"],
-                "batch_size": run["batch_size"],
-            }
-            ds = cls(opened, **{**args, **options})
+            recorded = {field: run[field] for field in _RUN_FIXES + _RUN_DEFAULTS}
+            ds = cls(opened, **{**recorded, "rev": run["commit"], **options})
         finally:
             if opened is not repo:
                 opened.close()
         if ds.fingerprint() != run["fingerprint"]:
             raise InvalidInputError(f"run {name}: the data no longer gives the recorded order")
         return ds
+
+
+# What a run record fixes of its dataset (from_run takes no other), and what it records
+# that from_run's options may change.
+_RUN_FIXES = ("prefix", "keys", "shuffle", "seed", "block", "window")
+_RUN_DEFAULTS = ("decode", "pad", "batch_size")
+_RUN_OPTIONS = _RUN_DEFAULTS + ("transform", "epoch", "chunk_size", "rank", "world_size", "on_error", "verify", "unsafe")
+
+
+def _check_run_options(name: str, options: dict[str, Any]) -> None:
+    for option in options:
+        if option in _RUN_FIXES or option == "rev":
+            raise InvalidInputError(
+                f"{option}: run {name!r} fixes which data it read and in what order; make a DatumDataset to read other data"
+            )
+        if option not in _RUN_OPTIONS:
+            raise InvalidInputError(f"{option}: from_run takes no such option (it takes {', '.join(_RUN_OPTIONS)})")
 
 
 class _Cursor:
@@ -448,11 +470,21 @@ def _decoded(key: str, members: dict[str, bytes], decode: Callable[[dict[str, by
 
 def _place(rank: int | None, world: int | None) -> tuple[int, int]:
     """The rank and world size: as given, else from torch.distributed, else 0 of 1."""
+    rank, world = args.optional_integer("rank", rank), args.optional_integer("world_size", world, 1, INT64_END)
     if rank is None or world is None:
         dist = torch.distributed
         live = dist.is_available() and dist.is_initialized()
         rank = rank if rank is not None else (dist.get_rank() if live else 0)
         world = world if world is not None else (dist.get_world_size() if live else 1)
-    if type(rank) is not int or type(world) is not int or world < 1 or not 0 <= rank < world:
-        raise InvalidInputError(f"rank {rank!r} is not one of {world!r}")
+    if rank >= world:
+        raise InvalidInputError(f"rank must be less than world_size: rank {rank} of {world}")
     return rank, world
+
+
+def _opened(repo: Any) -> Repo:
+    """``repo`` if it is an opened repository, else the repository at that path."""
+    if isinstance(repo, Repo):
+        return repo
+    if not isinstance(repo, (str, os.PathLike)) or not isinstance(os.fspath(repo), str):
+        raise InvalidInputError(f"repo must be a path or a Repo, not {repo!r:.60}")
+    return datarepo.open(repo)

@@ -25,13 +25,16 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Callable, Mapping
+from numbers import Integral
 from typing import Any
 
 from datarepo.errors import InvalidInputError
+from datarepo.keys import check_ext
 
 _IMAGE = {"rgb8": ("RGB", False), "l8": ("L", False), "rgb": ("RGB", True), "l": ("L", True), "pil": ("RGB", None)}
 _PLAIN = {"bytes", "txt", "json", "int", "cls", "npy"}
 _UNSAFE = {"pth", "pickle"}
+_ALL = set(_IMAGE) | _PLAIN | _UNSAFE
 Spec = str | list | tuple | None
 
 
@@ -39,20 +42,39 @@ def check_spec(decode: Mapping[str, Spec] | None, unsafe: bool) -> dict[str, Any
     """The decode spec as plain JSON data (a list for a sized image), checked.
 
     Raises:
-        InvalidInputError: an unknown decoder, a bad size, or an unsafe decoder without
-            ``unsafe=True``.
+        InvalidInputError: ``decode`` is not a dict of member name to decoder, names an
+            unknown decoder, a bad size, or an unsafe decoder without ``unsafe=True``.
     """
+    if decode is None:
+        return {}
+    if not isinstance(decode, Mapping):
+        raise InvalidInputError(f"decode must be a dict of member name to decoder, not {decode!r:.60}")
     out: dict[str, Any] = {}
-    for ext, spec in (decode or {}).items():
-        name, size = (spec[0], spec[1]) if isinstance(spec, (list, tuple)) and len(spec) == 2 else (spec, None)
-        if name is not None and name not in _IMAGE and name not in _PLAIN and name not in _UNSAFE:
-            raise InvalidInputError(f"unknown decoder {spec!r} for {ext!r}")
-        if size is not None and (name not in _IMAGE or type(size) is not int or size < 1):
-            raise InvalidInputError(f"a size goes with an image decoder and is a positive int: {spec!r}")
-        if name in _UNSAFE and not unsafe:
-            raise InvalidInputError(f"decoder {name!r} for {ext!r} unpickles data: pass unsafe=True to allow it")
-        out[ext] = [name, size] if size is not None else name
+    for ext, spec in decode.items():
+        if not isinstance(ext, str):
+            raise InvalidInputError(f"decode: a member name is a str, not {ext!r:.60}")
+        try:
+            check_ext(ext)
+        except InvalidInputError as e:
+            raise InvalidInputError(f"decode: {e}") from None
+        out[ext] = _checked(ext, spec, unsafe)
     return out
+
+
+def _checked(ext: str, spec: Any, unsafe: bool) -> Any:
+    """One member's spec as plain data: a name, None, or ``[image decoder, size]``."""
+    if isinstance(spec, (list, tuple)):
+        name, size = spec if len(spec) == 2 else (None, None)
+        if not isinstance(name, str) or name not in _IMAGE:
+            raise InvalidInputError(f"decode: {spec!r:.60} for {ext!r} is not [an image decoder, a size]")
+        if isinstance(size, bool) or not isinstance(size, Integral) or size < 1:
+            raise InvalidInputError(f"decode: the size in {spec!r:.60} for {ext!r} must be a positive int")
+        return [name, int(size)]
+    if spec is not None and (not isinstance(spec, str) or spec not in _ALL):
+        raise InvalidInputError(f"decode: unknown decoder {spec!r:.60} for {ext!r}")
+    if spec in _UNSAFE and not unsafe:
+        raise InvalidInputError(f"decode: decoder {spec!r} for {ext!r} unpickles data: pass unsafe=True to allow it")
+    return spec
 
 
 def decoder(spec: dict[str, Any], unsafe: bool = False) -> Callable[[dict[str, bytes]], dict[str, Any]] | None:

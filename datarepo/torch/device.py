@@ -4,10 +4,12 @@ training loop's side of the count that a resumable dataset's state is made of.""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
+
+from datarepo.errors import InvalidInputError
 
 
 class DeviceLoader:
@@ -25,14 +27,12 @@ class DeviceLoader:
     """
 
     def __init__(self, loader: Iterable[Any], device: str | torch.device = "cuda") -> None:
+        if isinstance(loader, (str, bytes, Mapping)) or not isinstance(loader, Iterable):
+            raise InvalidInputError(f"loader must be a DataLoader or an iterable of batches, not {loader!r:.60}")
         self.loader = loader
-        self.device = torch.device(device)
+        self.device = _device(device)
         self.dataset = getattr(loader, "dataset", None)
         self._cuda = self.device.type == "cuda"
-        if self._cuda and not torch.cuda.is_available():
-            from datarepo.errors import InvalidInputError
-
-            raise InvalidInputError(f"no CUDA device for {self.device}")
 
     def __len__(self) -> int:
         return len(self.loader)  # type: ignore[arg-type]
@@ -72,6 +72,23 @@ class DeviceLoader:
             copied = torch.cuda.Event()
             copied.record(stream)
         return batch, moved, copied
+
+
+def _device(device: Any) -> torch.device:
+    """The CPU or a CUDA device this process has (any other would be passed by silently)."""
+    if not isinstance(device, (str, torch.device)):
+        raise InvalidInputError(f"device must be a str or a torch.device, not {device!r:.60}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise InvalidInputError(f"device: {str(e).splitlines()[0]}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device: no CUDA device for {device}")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InvalidInputError(f"device: {device} is not one of the {torch.cuda.device_count()} CUDA devices")
+    if device.type not in ("cpu", "cuda"):
+        raise InvalidInputError(f"device must be the CPU or a CUDA device, not {device}")
+    return device
 
 
 def move(batch: Any, device: torch.device) -> Any:

@@ -6,19 +6,29 @@ reads records and orders without it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from datarepo.errors import InvalidInputError, ObjectNotFoundError
+from datarepo.errors import CorruptObjectError, DataRepoError, InvalidInputError, ObjectNotFoundError
 from datarepo.hashing import Oid
-from datarepo.objects import FORMAT, Blob
+from datarepo.objects import FORMAT, Blob, Commit, Tree, TreePage
 from datarepo.refs import RUNS, check_name
+from datarepo.torch import args
 
 if TYPE_CHECKING:
     from datarepo.repo import Repo
     from datarepo.torch.dataset import DatumDataset
 
 RUN_TYPE = "run"
+
+# The fields of a run record, and the JSON types each holds (a record stores them all).
+_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,), "time": (str,), "author": (str,), "commit": (str,), "tree": (str,), "rev": (str,),
+    "prefix": (str,), "keys": (list, type(None)), "count": (int,), "seed": (int,), "shuffle": (bool,),
+    "block": (int,), "window": (int,), "pad": (bool,), "epochs": (int,), "world_size": (int,),
+    "batch_size": (int, type(None)), "decode": (dict,), "verify": (bool,), "fingerprint": (str,), "extra": (dict,),
+}  # fmt: skip
 
 
 class RunInfo(NamedTuple):
@@ -34,23 +44,41 @@ class RunInfo(NamedTuple):
     time: str
 
 
-def record_run(repo: Repo, name: str, dataset: DatumDataset, extra: dict[str, Any] | None = None, force: bool = False) -> Oid:
+class NotARunError(DataRepoError):
+    """A ref under ``refs/runs/`` that does not name a run record (a commit or a tree
+    written there, a missing or unreadable object, a record that lacks a field)."""
+
+    def __init__(self, ref: str, reason: str) -> None:
+        super().__init__(f"{ref} does not name a run record: {reason}")
+        self.ref = ref
+        self.reason = reason
+
+
+def record_run(repo: Repo, name: str, dataset: DatumDataset, extra: Mapping[str, Any] | None = None, force: bool = False) -> Oid:
     """Stores the run object of ``dataset`` and points ``refs/runs/NAME`` at it.
 
     Raises:
-        InvalidInputError: a bad name, extras that are not JSON, or a run of that name
-            already recorded (unless ``force``).
+        InvalidInputError: a bad name, a ``dataset`` that is not a DatumDataset, extras
+            that are not a dict of strict JSON data (no NaN or Infinity), or a run of that
+            name already recorded (unless ``force``).
     """
-    check_name(name, "run")
-    if repo.refs.read(RUNS + name) is not None and not force:
+    check_name(args.text("name", name), "run")
+    made = sys.modules.get("datarepo.torch.dataset")  # (not loaded: no DatumDataset was made)
+    if made is None or not isinstance(dataset, made.DatumDataset):
+        raise InvalidInputError(f"dataset must be a DatumDataset, not {type(dataset).__name__}")
+    if extra is not None and not isinstance(extra, Mapping):
+        raise InvalidInputError(f"run {name!r}: extra must be JSON data (a dict, not a {type(extra).__name__})")
+    if not args.flag("force", force) and repo.refs.read(RUNS + name) is not None:
         raise InvalidInputError(f"run {name!r} is already recorded")
     data = {"format": FORMAT, "type": RUN_TYPE, "name": name, "time": repo.now(), "author": repo.author()}
     data.update(dataset.run_spec())
-    data["extra"] = extra or {}
-    try:
-        oid = repo.store.put_object(Blob(data))
-    except (TypeError, ValueError) as e:
-        raise InvalidInputError(f"run {name!r}: extra must be JSON data ({e})") from None
+    data["extra"] = dict(extra or {})
+    for field, value in data.items():
+        try:
+            args.json_data(field, value)
+        except InvalidInputError as e:
+            raise InvalidInputError(f"run {name!r}: {e}") from None
+    oid = repo.store.put_object(Blob(data))
     repo.refs.update(RUNS + name, oid, message=f"run: {name}")
     return oid
 
@@ -60,38 +88,108 @@ def read_run(repo: Repo, name: str) -> dict[str, Any]:
 
     Raises:
         ObjectNotFoundError: no such run.
+        NotARunError: its ref names something else than a run record.
     """
-    oid = repo.refs.read(RUNS + check_name(name, "run"))
+    ref = RUNS + check_name(args.text("name", name), "run")
+    oid = _read_ref(repo, ref)
     if oid is None:
         raise ObjectNotFoundError("run", name)
-    return run_object(repo, oid)
+    return run_object(repo, oid, ref)
 
 
-def run_object(repo: Repo, oid: str) -> dict[str, Any]:
-    obj = repo.store.get_object(oid)
+def delete_run(repo: Repo, name: str) -> Oid | None:
+    """Deletes ``refs/runs/NAME``, whether it names a run record or not (a damaged ref
+    that stops ``gc`` is mended so); the data it alone kept is then ``gc``'s. Returns
+    the oid it named, None where it held no object id.
+
+    Raises:
+        ObjectNotFoundError: no such run.
+    """
+    ref = RUNS + check_name(args.text("name", name), "run")
+    with repo.lock:
+        try:
+            old = repo.refs.read(ref)
+        except CorruptObjectError:
+            old, expected = None, True  # what it holds is no id: anything there goes
+        else:
+            if old is None:
+                raise ObjectNotFoundError("run", name)
+            expected = old
+        repo.refs.update(ref, None, expected=expected, message="deleted")
+    return old
+
+
+def _read_ref(repo: Repo, ref: str) -> Oid | None:
+    try:
+        return repo.refs.read(ref)
+    except CorruptObjectError:  # not an object id: the ref file was written by hand
+        raise NotARunError(ref, "it holds no object id") from None
+
+
+def run_object(repo: Repo, oid: str, ref: str = "") -> dict[str, Any]:
+    """The run record ``oid`` (named by ``ref``), its fields checked.
+
+    Raises:
+        NotARunError: ``oid`` is another object, is missing, or lacks a field.
+    """
+    ref = ref or f"object {oid}"
+    try:
+        obj = repo.store.get_object(oid)
+    except ObjectNotFoundError:
+        raise NotARunError(ref, f"{oid} is missing from the store") from None
+    except DataRepoError as e:
+        raise NotARunError(ref, str(e)) from None
     if not isinstance(obj, Blob) or obj.data.get("type") != RUN_TYPE:
-        raise ObjectNotFoundError("run object", oid)
+        raise NotARunError(ref, f"{oid} is {_kind(obj)}")
+    for field, types in _FIELDS.items():
+        value = obj.data.get(field)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise NotARunError(ref, f"{oid} is a run object without a valid {field!r}")
     return obj.data
 
 
-def list_runs(repo: Repo) -> list[RunInfo]:
-    """Every recorded run, by name."""
+def _kind(obj: object) -> str:
+    if isinstance(obj, Commit):
+        return "a commit"
+    if isinstance(obj, (Tree, TreePage)):
+        return "a tree"
+    kind = obj.data.get("type") if isinstance(obj, Blob) else None
+    return f"a {kind} object" if isinstance(kind, str) and kind.isprintable() else "another object"
+
+
+def list_runs(repo: Repo, problems: list[NotARunError] | None = None) -> list[RunInfo]:
+    """Every recorded run, by name. A ref under ``refs/runs/`` that names no run record
+    raises :class:`NotARunError`, or, given a list of ``problems``, is added to it and
+    passed over (``datarepo runs`` lists the others, then names it)."""
     out = []
-    for name, oid in sorted(repo.refs.list(RUNS)):
-        run = run_object(repo, oid)
-        out.append(RunInfo(name, oid, run["commit"], run["prefix"], run["seed"], run["epochs"], run["world_size"], run["time"]))
+    for ref in sorted(repo.refs.names(RUNS)):
+        try:
+            oid = _read_ref(repo, ref)
+            if oid is None:
+                continue
+            run = run_object(repo, oid, ref)
+        except DataRepoError as e:
+            if problems is None:
+                raise
+            problems.append(e if isinstance(e, NotARunError) else NotARunError(ref, str(e)))
+            continue
+        out.append(RunInfo(ref[len(RUNS) :], oid, *(run[f] for f in RunInfo._fields[2:])))
     return out
 
 
 def run_keys(repo: Repo, name: str, epoch: int = 0) -> Iterator[str]:
-    """The keys of one epoch of a run, in the global order its dataset read them."""
+    """The keys of one epoch of a run, in the global order its dataset read them.
+
+    Raises:
+        InvalidInputError: a bad name or epoch (when called, not when iterated).
+        ObjectNotFoundError: no such run.
+        NotARunError: its ref names something else than a run record.
+    """
     from datarepo.torch.plan import OrderSpec, select
 
-    if epoch < 0:
-        raise InvalidInputError("an epoch is 0 or more")
+    epoch = args.integer("epoch", epoch)
     run = read_run(repo, name)
     manifest, rows = select(repo, repo.tree(run["commit"]), run["prefix"], run["keys"])
     spec = OrderSpec(len(rows), run["seed"], run["shuffle"], run["block"], run["window"])
     ordered = rows[spec.epoch_order(epoch)]
-    for lo in range(0, len(ordered), 65536):
-        yield from (manifest.keys[r] for r in ordered[lo : lo + 65536].tolist())
+    return (manifest.keys[r] for lo in range(0, len(ordered), 65536) for r in ordered[lo : lo + 65536].tolist())

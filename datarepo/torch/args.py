@@ -1,0 +1,136 @@
+"""Checks of what a caller hands the loader (``DatumDataset``, ``DeviceLoader``,
+``from_run``, ``record_run``): a wrong type or value is an :class:`InvalidInputError`
+whose message starts with the argument's name, raised when the object is made, never
+later in a worker, and never silently reinterpreted (a ``str`` taken as a list of keys,
+``batch_size=0`` as no batch size). Neither torch nor numpy is needed here: run records
+are checked by the ``runs`` command too."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from numbers import Integral
+from typing import Any
+
+from datarepo.errors import InvalidInputError
+
+MAX_NESTING = 100  # JSON data nested deeper is refused (json's own parsers stop near 1,000)
+
+
+def integer(name: str, value: Any, low: int = 0, high: int | None = None) -> int:
+    """An int (numpy's too, never a bool) with ``low <= value`` and ``value < high``."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise InvalidInputError(f"{name} must be an int, not {_shown(value)}")
+    value = int(value)
+    if value < low or (high is not None and value >= high):
+        bound = f"from {low} to {high - 1}" if high is not None else f"of {low} or more"
+        raise InvalidInputError(f"{name} must be an int {bound}, not {value}")
+    return value
+
+
+def optional_integer(name: str, value: Any, low: int = 0, high: int | None = None) -> int | None:
+    return None if value is None else integer(name, value, low, high)
+
+
+def flag(name: str, value: Any) -> bool:
+    """True or False, nothing else (``0``, ``"no"`` and ``None`` are not taken for one)."""
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"{name} must be True or False, not {_shown(value)}")
+    return value
+
+
+def text(name: str, value: Any, empty: bool = True) -> str:
+    """A str that UTF-8 can encode (what a run record stores must be)."""
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{name} must be a str, not {_shown(value)}")
+    if not empty and not value:
+        raise InvalidInputError(f"{name} must not be empty")
+    _utf8(name, value)
+    return str(value)
+
+
+def choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidInputError(f"{name} must be {' or '.join(map(repr, choices))}, not {_shown(value)}")
+    return value
+
+
+def function(name: str, value: Any) -> Callable[..., Any] | None:
+    if value is not None and not callable(value):
+        raise InvalidInputError(f"{name} must be a function or None, not {_shown(value)}")
+    return value
+
+
+def key_list(value: Any) -> list[str] | None:
+    """The keys to read, sorted: a list (or any iterable but a str) of distinct strs."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        raise InvalidInputError(f"keys must be a list of str, not {_shown(value)}")
+    keys = list(value)
+    try:
+        joined = "\0".join(keys)  # (checks that each is a str, in C: a million keys are many)
+    except TypeError:
+        bad = next(k for k in keys if not isinstance(k, str))
+        raise InvalidInputError(f"keys must be a list of str, and {_shown(bad)} is not one") from None
+    _utf8("keys", joined)
+    out = sorted(set(keys))
+    if len(out) != len(keys):
+        twice = next(k for k, n in zip(sorted(keys), sorted(keys)[1:]) if k == n)
+        raise InvalidInputError(f"keys names {twice!r} more than once")
+    return out
+
+
+def json_data(name: str, value: Any) -> None:
+    """Checks that ``value`` is strict JSON data: dicts with str keys, lists (or tuples),
+    strs UTF-8 can encode, ints, finite floats, bools and None, without cycles. Python's
+    ``json`` would write ``NaN`` or ``Infinity`` (which no other JSON reader takes), turn
+    keys into strs, and loop on a cycle.
+
+    Raises:
+        InvalidInputError: ``"{name} must be JSON data (why)"``.
+    """
+    why = _not_json(value, name, 0)
+    if why is not None:
+        raise InvalidInputError(f"{name} must be JSON data ({why})")
+
+
+def _not_json(value: Any, where: str, depth: int) -> str | None:
+    """Why ``value`` is not JSON data (naming where in it), or None."""
+    if value is None or isinstance(value, (bool, int)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where} is {value!r}, which JSON has no number for"
+    if isinstance(value, str):
+        return None if _encodes(value) else f"{where} is not valid UTF-8"
+    if depth >= MAX_NESTING and isinstance(value, (dict, list, tuple)):
+        return f"{where} is nested more than {MAX_NESTING} deep (or holds itself)"
+    if isinstance(value, (list, tuple)):
+        return next((w for i, v in enumerate(value) if (w := _not_json(v, f"{where}[{i}]", depth + 1))), None)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str) or not _encodes(k):
+                return f"{where} has the key {k!r}: a JSON object's keys are UTF-8 strings"
+            if (w := _not_json(v, f"{where}[{k!r}]", depth + 1)) is not None:
+                return w
+        return None
+    return f"{where} is a {type(value).__name__}"
+
+
+def _utf8(name: str, value: str) -> None:
+    if not _encodes(value):
+        raise InvalidInputError(f"{name} is not valid UTF-8: {value[:80]!r}")
+
+
+def _encodes(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(value: Any) -> str:
+    """A value as an error names it: its repr where short, else its type."""
+    shown = repr(value)
+    return shown if len(shown) <= 60 else f"a {type(value).__name__}"
