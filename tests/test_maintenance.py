@@ -202,3 +202,28 @@ def test_an_index_that_lists_too_few_datums_never_retires_the_rest(repo_with_com
     assert "0 problems" in cli("fsck", "--rebuild-index").output
     for path, data in files.items():
         assert cli("cat", f"HEAD:{path}").stdout_bytes == data
+
+
+def test_repack_salvages_the_datums_of_a_damaged_shard_that_still_read_whole(repo_with_commit, cli) -> None:
+    repo, files = repo_with_commit
+    tar = max(_tar_files(repo), key=lambda p: p.stat().st_size)
+    datums = json.loads(tar.with_suffix(".idx").read_bytes())["datums"]  # [datum, offset, length, members]
+    broken, at = datums[0][0], datums[0][3][0][1]  # a byte of the first datum's first member flipped
+    os.chmod(tar, 0o644)
+    data = bytearray(tar.read_bytes())
+    data[at] ^= 1
+    tar.write_bytes(bytes(data))
+    assert f"is damaged and is the only copy of {len(datums)} reachable datums" in cli("fsck", ok=False).output
+    keys = {path.split(".")[0] for path in files}
+    assert f"({len(keys) - 1} datums" in cli("repack", "--all").output  # every datum but the broken one
+    assert "is damaged and is the only copy of 1 reachable datums" in cli("fsck", ok=False).output
+    lost = {e.key for e in repo.tree() if e.datum == broken}
+    for path, content in files.items():
+        if path.split(".")[0] not in lost:
+            assert cli("cat", f"HEAD:{path}").stdout_bytes == content
+    cli("add", ".")  # the files restore the broken datum: nothing needs the damaged shard then
+    cli("repack", "--all")
+    cli("gc", "--prune=now")
+    assert "0 problems" in cli("fsck").output
+    for path, content in files.items():
+        assert cli("cat", f"HEAD:{path}").stdout_bytes == content

@@ -21,6 +21,7 @@ from datarepo.porcelain import Progress, begin, tick
 from datarepo.porcelain.checkout import checkout_leftovers
 from datarepo.refs import HEAD, RUNS
 from datarepo.repo import Repo
+from datarepo.shards import ShardIndex
 from datarepo.write import RepoWriter
 
 DAY = 86400.0
@@ -412,6 +413,17 @@ def _datums_in(repo: Repo, shard: str) -> set[str] | None:
         return None
 
 
+def _held(repo: Repo, index: ShardIndex) -> set[str]:
+    """The datums a shard holds by its ``.idx`` and, where its tar can be read, by its
+    tar's member names too (an ``.idx`` may list too few)."""
+    held = {d.datum for d in index.datums}
+    try:
+        held |= repo.store.scan_datums(index.shard)
+    except DataRepoError:
+        pass
+    return held
+
+
 def _tar_holds(repo: Repo, shard: str, datums: set[str]) -> bool:
     """Whether a shard's tar holds just the datums its ``.idx`` lists: a shard is retired
     on its ``.idx``'s word only when its tar agrees (an ``.idx`` that lists too few would
@@ -448,27 +460,38 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
         pin = live_pin(repo.dotdir)  # (after the listing, as in gc: a running pipeline's new shards stay)
         seen = _reachable_whole(repo, "repack", pin.commits if pin else ())
         target = repo.config.shard_size
+        damaged = repo.index.locations.damaged()
         chosen = []
         for shard in shards:
             if _run_wrote(pin, repo.store.modified(shard, shard=True)):
                 continue
             index = repo.store.read_index(shard)
             live = sum(d.length for d in index.datums if d.datum in seen.datums)
-            if (all_shards or index.size < target // 2 or live < index.size // 2) and _tar_holds(
-                repo, shard, {d.datum for d in index.datums}
+            if shard in damaged or (
+                (all_shards or index.size < target // 2 or live < index.size // 2)
+                and _tar_holds(repo, shard, {d.datum for d in index.datums})
             ):
                 chosen.append(index)
         has_dead = any(d.datum not in seen.datums for i in chosen for d in i.datums)
-        if len(chosen) < 2 and not has_dead:
+        if len(chosen) < 2 and not has_dead and not damaged & {i.shard for i in chosen}:
             return RepackResult(0, 0, 0, 0, 0)
         live_datums = sorted(
             {d.datum for i in chosen for d in i.datums if d.datum in seen.datums}, key=lambda d: (seen.datums[d], d)
         )
         begin(progress, len(live_datums))
+        lost = set()  # datums no copy of which reads whole
         with RepoWriter(repo, rewrite=True) as writer:
             for datum in live_datums:
-                writer.put_datum(datum, repo.members(datum))  # (members checked against the datum's id)
+                try:
+                    writer.put_datum(datum, repo.members(datum))  # (members checked against the datum's id)
+                except DataRepoError:
+                    lost.add(datum)
                 tick(progress)
         new = writer.shards  # adopted: every live datum's location points into them
-        retire_shards(repo, [i.shard for i in chosen if i.shard not in {s.oid for s in new}])
-    return RepackResult(len(chosen), len(new), len(live_datums), sum(i.size for i in chosen), sum(s.size for s in new))
+        # A shard whose reachable datums did not all read whole is kept (a damaged shard's
+        # datums that still match their ids are salvaged; ``add`` of the files restores the rest).
+        copied = set(live_datums) - lost
+        done = [i.shard for i in chosen if _held(repo, i) & seen.datums.keys() <= copied]
+        retire_shards(repo, [shard for shard in done if shard not in {s.oid for s in new}])
+        repo.index.locations.set_damaged(damaged - set(done))  # (one written again whole is sound)
+    return RepackResult(len(done), len(new), len(live_datums) - len(lost), sum(i.size for i in chosen), sum(s.size for s in new))
