@@ -12,6 +12,7 @@ from typing import NewType
 from datarepo.errors import CorruptObjectError, InvalidInputError, RefConflictError
 from datarepo.fsutil import FileSystem, LocalFileSystem, WriterLock
 from datarepo.hashing import Oid, is_oid
+from datarepo.keys import is_utf8
 
 RefName = NewType("RefName", str)
 
@@ -28,17 +29,7 @@ _BAD_REF = re.compile(r"\.\.|@\{|[\x00-\x20\x7f~^:?*\[\\]|//|^/|/$|\.$|(?:^|/)\.
 
 def is_valid_ref_format(name: str) -> bool:
     """Whether ``name`` passes git's ``check-ref-format`` (with ``--allow-onelevel``)."""
-    return bool(name) and name != "@" and _BAD_REF.search(name) is None and _is_utf8(name)
-
-
-def _is_utf8(text: str) -> bool:
-    """Whether ``text`` encodes as UTF-8 (a name read from bytes that are not, as a shell
-    may pass, holds lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return bool(name) and name != "@" and _BAD_REF.search(name) is None and is_utf8(name)
 
 
 def is_ref_name(name: str) -> bool:

@@ -16,7 +16,7 @@ from datarepo.errors import BadRevisionError, InvalidInputError, NotARepositoryE
 from datarepo.fsutil import WriterLock, atomic_write
 from datarepo.hashing import Oid, is_oid
 from datarepo.index import Index
-from datarepo.keys import check_key
+from datarepo.keys import check_key, is_utf8
 from datarepo.locations import location_rows
 from datarepo.objects import Blob, Commit
 from datarepo.refs import BRANCHES, HEAD, RUNS, TAGS, Refs
@@ -413,10 +413,8 @@ class Repo:
 def _utf8(text: str, what: str) -> str:
     """``text``, if it encodes as UTF-8 (what a shell passes from bytes that do not decode
     holds lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInputError(f"{what} is not valid UTF-8") from None
+    if not is_utf8(text):
+        raise InvalidInputError(f"{what} is not valid UTF-8")
     return text
 
 

@@ -13,6 +13,7 @@ from numbers import Integral
 from typing import Any
 
 from datarepo.errors import InvalidInputError
+from datarepo.keys import is_utf8
 
 MAX_NESTING = 100  # JSON data nested deeper is refused (json's own parsers stop near 1,000)
 
@@ -102,14 +103,14 @@ def _not_json(value: Any, where: str, depth: int) -> str | None:
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{where} is {value!r}, which JSON has no number for"
     if isinstance(value, str):
-        return None if _encodes(value) else f"{where} is not valid UTF-8"
+        return None if is_utf8(value) else f"{where} is not valid UTF-8"
     if depth >= MAX_NESTING and isinstance(value, (dict, list, tuple)):
         return f"{where} is nested more than {MAX_NESTING} deep (or holds itself)"
     if isinstance(value, (list, tuple)):
         return next((w for i, v in enumerate(value) if (w := _not_json(v, f"{where}[{i}]", depth + 1))), None)
     if isinstance(value, dict):
         for k, v in value.items():
-            if not isinstance(k, str) or not _encodes(k):
+            if not isinstance(k, str) or not is_utf8(k):
                 return f"{where} has the key {k!r}: a JSON object's keys are UTF-8 strings"
             if (w := _not_json(v, f"{where}[{k!r}]", depth + 1)) is not None:
                 return w
@@ -118,16 +119,8 @@ def _not_json(value: Any, where: str, depth: int) -> str | None:
 
 
 def _utf8(name: str, value: str) -> None:
-    if not _encodes(value):
+    if not is_utf8(value):
         raise InvalidInputError(f"{name} is not valid UTF-8: {value[:80]!r}")
-
-
-def _encodes(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _shown(value: Any) -> str:
