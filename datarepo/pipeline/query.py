@@ -4,7 +4,9 @@ Upstream: the pipeline commit that wrote a key is the first on the first-parent 
 whose ``provenance["output"]`` holds the key; its lineage root finds the key's record in
 one page (the root is an index by output key, as a tree root is by key), and the record
 names the input keys and datums, at the input commit, from which the walk goes on. A key
-that no known pipeline's prefix holds is raw data.
+that no pipeline's prefix holds (as the nearest pipeline commit's provenance lists them)
+is raw data. No pipeline's code is read: a pipeline renamed or removed since still
+answers for what it wrote.
 
 Downstream: the run cache's ``lineage_input`` table (:mod:`~datarepo.pipeline.cache`)
 gives the lineage pages with a record that read a datum; of those, the pages of each
@@ -78,12 +80,34 @@ def states(repo: Repo, commit: Oid | None, names: set[str] | None = None) -> Ite
         oid = c.parents[0] if c.parents else None
 
 
-def upstream(repo: Repo, spec: str, outputs: tuple[str, ...] | None = None) -> Node:
-    """The lineage of ``KEY[@REV]`` back to raw datums. ``outputs``, the output prefixes of
-    every pipeline (when the caller knows them all), spares walking the history back from a
-    raw key to its start to be sure no pipeline wrote it."""
+def output_prefixes(repo: Repo, commit: Oid | None) -> tuple[str, ...]:
+    """The output prefixes of every pipeline as of ``commit``, from the repository alone:
+    the nearest pipeline commit on its first-parent history names them all
+    (``provenance["outputs"]``: the prefixes of its run's whole DAG, and of every pipeline
+    before it). History written before that field is walked to its start, each pipeline
+    commit's ``output`` taken."""
+    found: set[str] = set()
+    oid = commit
+    while oid is not None:
+        c = repo.read_commit(oid)
+        prov = c.provenance or {}
+        if isinstance(prov.get("pipeline"), str):
+            if isinstance(prov.get("output"), str):
+                found.add(prov["output"])
+            outputs = prov.get("outputs")
+            if isinstance(outputs, list) and all(isinstance(o, str) for o in outputs):
+                found.update(outputs)
+                break
+        oid = c.parents[0] if c.parents else None
+    return tuple(sorted(found))
+
+
+def upstream(repo: Repo, spec: str) -> Node:
+    """The lineage of ``KEY[@REV]`` back to raw datums, from the repository alone (no
+    pipeline's code is read): a key under no output prefix (:func:`output_prefixes`) is raw
+    at once; else the pipeline commit whose output holds it is found on the history."""
     key, commit = _key_at(repo, spec)
-    return _up(repo, key, commit, outputs, 0)
+    return _up(repo, key, commit, {}, 0)
 
 
 def _key_at(repo: Repo, spec: str) -> tuple[str, Oid]:
@@ -93,12 +117,14 @@ def _key_at(repo: Repo, spec: str) -> tuple[str, Oid]:
     return key, repo.resolve(rev)
 
 
-def _up(repo: Repo, key: str, commit: Oid, outputs: tuple[str, ...] | None, depth: int) -> Node:
+def _up(repo: Repo, key: str, commit: Oid, prefixes: dict[Oid, tuple[str, ...]], depth: int) -> Node:
     entry = repo.tree(commit).get(key)
     if entry is None:
         raise ObjectNotFoundError("key", f"{key} at {commit[:12]}")
     node = Node(key, entry.datum, commit)
-    if depth >= MAX_DEPTH or (outputs is not None and not any(key.startswith(o) for o in outputs)):
+    if commit not in prefixes:
+        prefixes[commit] = output_prefixes(repo, commit)
+    if depth >= MAX_DEPTH or not any(key.startswith(o) for o in prefixes[commit]):
         return node  # raw: under no pipeline's output prefix
     for state in states(repo, commit):
         if state.output and key.startswith(state.output):
@@ -109,7 +135,7 @@ def _up(repo: Repo, key: str, commit: Oid, outputs: tuple[str, ...] | None, dept
             node.pipeline, node.fingerprint, node.commit = state.name, root.fingerprint, state.commit
             for in_key, _ in record.inputs:
                 at = _input_commit(root.inputs, in_key)
-                node.links.append(_up(repo, in_key, at, outputs, depth + 1))
+                node.links.append(_up(repo, in_key, at, prefixes, depth + 1))
             return node
     return node
 
