@@ -203,6 +203,8 @@ def write_toml(root: Path, table: dict[str, Any]) -> None:
         ("input", "", "input: bad input glob ''"),
         ("input", 42, "input: bad input 42"),
         ("input", {"glob": "raw/**", "bogus": 1}, "input: bad input"),
+        ("input", {"rev": "v1"}, "input: bad input"),
+        ("input", {"union": ["raw/a/*"], "glob": "raw/**"}, "input: bad input"),
         ("input", {"join": ["raw/a/*", "raw/b/*"]}, "input: bad key pattern ''"),
         ("input", {"cross": []}, "input: bad input: cross takes a list of inputs"),
         ("input", {"glob": "raw/**", "rev": 3}, "input: bad revision 3"),

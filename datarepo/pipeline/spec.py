@@ -159,7 +159,7 @@ def as_input(value: Any) -> Input:
     if isinstance(value, dict):
         kinds = [k for k in COMBINATIONS if k in value]
         fields = {"glob", "rev"} if "glob" in value or not kinds else {kinds[0], _PATTERN.get(kinds[0], kinds[0])}
-        if len(kinds) > 1 or ("glob" in value and kinds) or set(value) - fields or not value:
+        if len(kinds) + ("glob" in value) != 1 or set(value) - fields:
             raise PipelineError(f"bad input {value!r:.80}: a table of glob (and rev), or of one of cross, join (and on), "
                                 "union, group (and by)")
         if "glob" in value:
