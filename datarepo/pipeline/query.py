@@ -5,7 +5,7 @@ whose ``provenance["output"]`` holds the key; its lineage root finds the key's r
 one page (the root is an index by output key, as a tree root is by key), and the record
 names the input keys and datums, at the input commit, from which the walk goes on. A key
 that no pipeline's prefix holds (as the nearest pipeline commit's provenance lists them)
-is raw data. No pipeline's code is read: a pipeline renamed or removed since still
+is raw data, known as soon as that commit is read. No pipeline's code is read: a pipeline renamed or removed since still
 answers for what it wrote.
 
 Downstream: the run cache's ``lineage_input`` table (:mod:`~datarepo.pipeline.cache`)
@@ -104,10 +104,23 @@ def output_prefixes(repo: Repo, commit: Oid | None) -> tuple[str, ...]:
 
 def upstream(repo: Repo, spec: str) -> Node:
     """The lineage of ``KEY[@REV]`` back to raw datums, from the repository alone (no
-    pipeline's code is read): a key under no output prefix (:func:`output_prefixes`) is raw
-    at once; else the pipeline commit whose output holds it is found on the history."""
+    pipeline's code is read): see :func:`producer`."""
     key, commit = _key_at(repo, spec)
-    return _up(repo, key, commit, {}, 0)
+    return _up(repo, key, commit, 0)
+
+
+def producer(repo: Repo, key: str, commit: Oid) -> State | None:
+    """The last commit, as of ``commit``, of the pipeline whose output prefix holds ``key``
+    (None: a raw key). One walk of the first-parent history: the nearest pipeline commit
+    names every output prefix (``provenance["outputs"]``), so a key under none of them is
+    raw at once; else the walk goes on to the pipeline that writes there."""
+    for i, state in enumerate(states(repo, commit)):
+        if state.output and key.startswith(state.output):
+            return state
+        outputs = state.provenance.get("outputs") if i == 0 else None
+        if isinstance(outputs, list) and not any(isinstance(o, str) and key.startswith(o) for o in outputs):
+            return None
+    return None
 
 
 def _key_at(repo: Repo, spec: str) -> tuple[str, Oid]:
@@ -117,26 +130,21 @@ def _key_at(repo: Repo, spec: str) -> tuple[str, Oid]:
     return key, repo.resolve(rev)
 
 
-def _up(repo: Repo, key: str, commit: Oid, prefixes: dict[Oid, tuple[str, ...]], depth: int) -> Node:
+def _up(repo: Repo, key: str, commit: Oid, depth: int) -> Node:
     entry = repo.tree(commit).get(key)
     if entry is None:
         raise ObjectNotFoundError("key", f"{key} at {commit[:12]}")
     node = Node(key, entry.datum, commit)
-    if commit not in prefixes:
-        prefixes[commit] = output_prefixes(repo, commit)
-    if depth >= MAX_DEPTH or not any(key.startswith(o) for o in prefixes[commit]):
+    state = producer(repo, key, commit) if depth < MAX_DEPTH else None
+    if state is None:
         return node  # raw: under no pipeline's output prefix
-    for state in states(repo, commit):
-        if state.output and key.startswith(state.output):
-            root = read_root(repo.store, state.provenance["lineage"])
-            record = Reader(repo.store, root).producer(key)
-            if record is None:
-                return node
-            node.pipeline, node.fingerprint, node.commit = state.name, root.fingerprint, state.commit
-            for in_key, _ in record.inputs:
-                at = _input_commit(root.inputs, in_key)
-                node.links.append(_up(repo, in_key, at, prefixes, depth + 1))
-            return node
+    root = read_root(repo.store, state.provenance["lineage"])
+    record = Reader(repo.store, root).producer(key)
+    if record is None:
+        return node
+    node.pipeline, node.fingerprint, node.commit = state.name, root.fingerprint, state.commit
+    for in_key, _ in record.inputs:
+        node.links.append(_up(repo, in_key, _input_commit(root.inputs, in_key), depth + 1))
     return node
 
 
