@@ -84,6 +84,8 @@ def test_unknown_pipeline_name(texts: Path, cli: Cli) -> None:
         ("return [('../escape', {'txt': b'x'})]", "output key: invalid key 'up/a/003/../escape'"),
         ("return {}", "has no member"),
         ("raise KeyError('nope')", "KeyError: 'nope'"),
+        ("raise type('Odd', (Exception,), {'__str__': lambda self: exec('raise SystemExit(1)')})()",
+         "Odd: (its message cannot be shown: SystemExit)"),
     ],
 )
 def test_a_transform_that_returns_something_wrong(texts: Path, cli: Cli, body: str, error: str) -> None:

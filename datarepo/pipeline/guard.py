@@ -60,7 +60,18 @@ def line_in(error: BaseException, filename: str) -> int | None:
     return line
 
 
+def message_of(error: BaseException) -> str:
+    """The message of an error user code raised, at most 1000 characters (one whose
+    ``__str__`` itself raises says so)."""
+    try:
+        return str(error)[:1000]
+    except BaseException as e:  # (a __str__ that raises SystemExit too)
+        if stops_run(e):
+            raise
+        return f"(its message cannot be shown: {type(e).__name__})"
+
+
 def described(error: BaseException) -> str:
-    """``Class: message`` of an error, on one line and at most 1000 characters."""
-    text = " ".join(str(error).split())[:1000]
+    """``Class: message`` of an error, on one line."""
+    text = " ".join(message_of(error).split())
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -30,7 +30,7 @@ from typing import Any
 from datarepo.errors import DataRepoError, DatumTimeout, PipelineError, TransformError
 from datarepo.hashing import datum_id, hash_bytes
 from datarepo.keys import check_key, check_member, is_utf8, split
-from datarepo.pipeline.guard import described, interrupts, stops_run
+from datarepo.pipeline.guard import described, interrupts, message_of, stops_run
 from datarepo.pipeline.lineage import Record, write_journal
 from datarepo.pipeline.spec import Drop, Spec, import_module
 from datarepo.shardreader import DatumRange, ShardReader
@@ -160,7 +160,7 @@ class _Loaded:
             except BaseException as e:  # the datum's failure (SystemExit too), recorded: never the others'
                 if stops_run(e):
                     raise
-                error = (type(e).__name__, str(e)[:1000])
+                error = (type(e).__name__, message_of(e))
         else:
             return Record(base, cache, inputs, (), error)
         if isinstance(outputs, Drop):
