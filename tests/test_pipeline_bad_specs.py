@@ -227,6 +227,7 @@ def write_toml(root: Path, table: dict[str, Any]) -> None:
         ("timeout", True, "timeout: must be a number of seconds"),
         ("depends", [""], "depends: must be a list of file or package names"),
         ("depends", "numpy", "depends: must be a list of strings"),
+        ("depends", ["no-such-package-here"], "depends: 'no-such-package-here' is neither a file in pipelines/ nor an installed package"),
         ("colour", "blue", "unknown field colour"),
     ],
 )
