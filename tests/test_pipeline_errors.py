@@ -45,10 +45,10 @@ def one_error(cli: Cli, *args: str) -> str:
         ("import no_such_module_here\n", "upper.py:1: cannot import: ModuleNotFoundError: No module named 'no_such_module_here'"),
         ("from datarepo import pipeline\n\ndef broken(:\n    pass\n", "upper.py:3: syntax error"),
         ("from datarepo import pipeline\n\n@pipeline(input='raw/**', output='up')\ndef f(d):\n    return d\n",
-         "output 'up' must be a key prefix ending with '/'"),
+         "output: 'up' must be a key prefix ending with '/'"),
         ("from datarepo import pipeline\n\n@pipeline(input=42, output='up/')\ndef f(d):\n    return d\n", "bad input 42"),
         ("from datarepo import pipeline\n\n@pipeline(input='raw/**', output='up/', params={'x': object()})\ndef f(d, x):\n    return d\n",
-         "params must be JSON values"),
+         "params: must be JSON values"),
     ],
 )
 def test_a_pipeline_that_cannot_load(texts: Path, cli: Cli, source: str, message: str) -> None:

@@ -249,20 +249,20 @@ def check_spec(spec: Spec) -> Spec:
 
 def _check_output(output: Any) -> None:
     if not isinstance(output, str) or not output.endswith("/"):
-        raise PipelineError(f"output {output!r:.80} must be a key prefix ending with '/'")
+        raise PipelineError(f"{output!r:.80} must be a key prefix ending with '/'")
     check_prefix(output[:-1])  # the key rule: no '..', no empty part, not .datarepo/, .git/, .dvc/ …
 
 
 def _check_params(params: Any) -> None:
     if not isinstance(params, dict):
-        raise PipelineError(f"params must be a table of names and JSON values, not {type(params).__name__}")
+        raise PipelineError(f"must be a table of names and JSON values, not {type(params).__name__}")
     for name in params:
         if not isinstance(name, str) or not _PARAM.fullmatch(name):
             raise PipelineError(f"param name {name!r:.80} is not a name (letters, digits, '_')")
     try:
         json.dumps(params, allow_nan=False, ensure_ascii=False).encode()
     except (TypeError, ValueError, RecursionError) as e:
-        raise PipelineError(f"params must be JSON values (str, int, float, bool, list, dict): {e}") from None
+        raise PipelineError(f"must be JSON values (str, int, float, bool, list, dict): {e}") from None
 
 
 def _count(least: int, most: int, optional: bool = False) -> Any:
