@@ -88,6 +88,37 @@ def upper(datum):
     assert "0 problems" in cli("fsck").output and "up/a/001" in cli("ls").output
 
 
+def test_a_group_value_that_makes_no_key_fails_its_unit(worktree: Path, cli: Cli) -> None:
+    cli("init")
+    for name in ("v/.env", "v/.git.txt", "v/x.txt", "w/.git.txt"):
+        (worktree / "raw" / name).parent.mkdir(parents=True, exist_ok=True)
+        (worktree / "raw" / name).write_text(name)
+    commit_raw(cli)
+    write_pipeline(worktree, "g.py", '''
+from datarepo import pipeline
+
+@pipeline(input=pipeline.group("raw/**", by=r"[.]"), output="o/")
+def dots(datums):
+    return {"n": str(len(datums))}
+
+@pipeline(input=pipeline.join("raw/*/.*", "raw/v/*", on=r"[.]git$"), output="j/")
+def pairs(datums):
+    return {"n": str(len(datums))}
+
+@pipeline(input=pipeline.group("raw/**", by=r"raw/(zz)?"), output="p/")
+def none(datums):
+    return {"n": b"x"}
+''')
+    failed = failures(cli, "--executor", "serial")
+    own = ".datarepo, .datarepoignore, .dvc, .git are the repository's own folders"
+    assert failed == {
+        "o/.": ["TransformError", "output key: invalid key 'o/.': keys are relative '/'-separated paths without '.' or '..'"],
+        "j/.git/0": ["TransformError", f"output key: invalid key 'j/.git/0': {own}"],
+        "j/.git/1": ["TransformError", f"output key: invalid key 'j/.git/1': {own}"],
+    }
+    assert head(worktree) is not None and outputs(worktree, "o/") == {} and "0 problems" in cli("fsck").output
+
+
 # --- SystemExit and other BaseExceptions -----------------------------------------------------------
 @pytest.mark.parametrize("raised", ["SystemExit(0)", "SystemExit('bye')", "KeyboardInterrupt()", "GeneratorExit()"])
 def test_a_module_raising_a_base_exception_at_import_is_one_error(texts: Path, cli: Cli, raised: str) -> None:

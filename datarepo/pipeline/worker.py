@@ -149,6 +149,8 @@ class _Loaded:
 
     def run(self, unit: Unit, datums: dict[str, dict[str, bytes]], writer: DatumWriter) -> Record:
         base, cache, inputs = unit
+        if not self.spec.keyed and (bad := _bad_key(base)) is not None:  # a join or group value made it
+            return Record(base, cache, inputs, (), ("TransformError", bad))
         given = [{**datums[d], "__key__": k} for k, d in inputs]
         error: tuple[str, str] | None = None
         for _ in range(self.spec.retries + 1):
@@ -245,13 +247,20 @@ def _outputs(result: Any, base: str) -> list[tuple[str, dict[str, bytes]]] | Dro
         key = f"{base}/{suffix}" if suffix else base
         if suffix in seen:
             raise TransformError(f"output key {key!r} is given twice")
-        try:  # (under the prefix: a suffix can only leave it by '..', which the key rule refuses)
-            check_key(key)
-        except DataRepoError as e:
-            raise TransformError(f"output key: {e}") from None
+        if (bad := _bad_key(key)) is not None:  # (under the prefix: a suffix leaves it only by '..')
+            raise TransformError(bad)
         seen.add(suffix)
         out.append((suffix, _members(members, key)))
     return out
+
+
+def _bad_key(key: str) -> str | None:
+    """Why ``key`` may not be an output key (the project's one key rule), or None."""
+    try:
+        check_key(key)
+    except DataRepoError as e:
+        return f"output key: {e}"
+    return None
 
 
 def _members(members: dict[Any, Any], key: str) -> dict[str, bytes]:
