@@ -128,6 +128,11 @@ def test_a_module_raising_a_base_exception_at_import_is_one_error(texts: Path, c
         assert one_error(cli, command).startswith(f"Error: t.py:3: cannot import: {kind}")
 
 
+def test_a_module_object_raising_system_exit_when_looked_at_is_one_error(texts: Path, cli: Cli) -> None:
+    write_pipeline(texts, "t.py", "class Odd:\n    def __getattr__(self, name):\n        raise SystemExit(name)\n\nodd = Odd()\n")
+    assert one_error(cli, "run") == "Error: t.py: cannot read 'odd': SystemExit: __datarepo_pipeline__"
+
+
 def _cli_process(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATAREPO_AUTHOR": "Test <test@example.com>"}
     return subprocess.run([sys.executable, "-m", "datarepo.cli", *args], cwd=cwd, env=env, capture_output=True,

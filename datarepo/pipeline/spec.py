@@ -365,10 +365,7 @@ def _python_specs(folder: Path, path: Path) -> list[Spec]:
     module = import_module(path, rel)
     text = path.read_text(encoding="utf-8", errors="replace")
     specs = []
-    for attr, fn in sorted(vars(module).items()):
-        options = getattr(fn, "__datarepo_pipeline__", None)
-        if options is None or not callable(fn) or getattr(fn, "__module__", None) != module.__name__:
-            continue
+    for attr, fn, options in _declared(rel, module):
         where = f"{rel}: pipeline {options['name']!r}"
         setup = options["setup"]
         if setup is not None and (not callable(setup) or getattr(module, getattr(setup, "__name__", ""), None) is not setup):
@@ -382,6 +379,23 @@ def _python_specs(folder: Path, path: Path) -> list[Spec]:
             function=attr, setup=setup.__name__ if setup else "", declaration=text,
         )))
     return specs
+
+
+def _declared(rel: str, module: ModuleType) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(name, function, options) of each function of ``module`` that ``@pipeline`` marked.
+    Looking at the module's objects runs their code (``__getattr__``): what that raises is
+    the module's error, as at import."""
+    found = []
+    for attr, fn in sorted(vars(module).items()):
+        try:
+            options = getattr(fn, "__datarepo_pipeline__", None)
+            if isinstance(options, dict) and callable(fn) and getattr(fn, "__module__", None) == module.__name__:
+                found.append((attr, fn, options))
+        except BaseException as e:
+            if stops_run(e):
+                raise
+            raise PipelineError(f"{rel}: cannot read {attr!r}: {described(e)}") from None
+    return found
 
 
 # --- command transforms in TOML ---------------------------------------------------------------
