@@ -139,12 +139,14 @@ class _Loaded:
         if spec.setup:
             try:
                 extra = getattr(module, spec.setup)()
+                given = dict(extra) if isinstance(extra, dict) else None  # (a plain dict: no more user code)
             except BaseException as e:  # SystemExit too: only a real Ctrl-C goes on
                 if stops_run(e):
                     raise
                 raise PipelineError(f"setup of {spec.name!r} failed: {described(e)}") from None
-            if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
+            if given is None or not all(isinstance(k, str) for k in given):
                 raise PipelineError(f"setup of {spec.name!r} must return a dict of keyword arguments, not {type(extra).__name__}")
+            extra = given
         return cls(spec, folder, getattr(module, spec.function), extra)
 
     def run(self, unit: Unit, datums: dict[str, dict[str, bytes]], writer: DatumWriter) -> Record:
