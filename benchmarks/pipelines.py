@@ -373,7 +373,7 @@ def measure_scale(table: Table, tmp: Path, args: argparse.Namespace) -> None:
 
     key = "out/" + key_of(n // 2)[4:]
     with datarepo.open(path) as repo:
-        api = [timed(lambda: upstream(repo, key, ("out/",))) for _ in range(max(args.runs, 5))]
+        api = [timed(lambda: upstream(repo, key)) for _ in range(max(args.runs, 5))]
     table.add(f"scale: lineage of one key of {n} (API)", api)
     table.add(f"scale: lineage of one key of {n} (CLI process)", [timed(lambda: cli(path, "lineage", key)) for _ in range(args.runs)])
 

@@ -75,10 +75,10 @@ def _render_run(result: Any, as_json: bool, dry_run: bool, final: bool = True) -
 @click.argument("spec", metavar="KEY[@REV]")
 @click.option("--downstream", is_flag=True, help="Everything derived from the key, instead of what it came from.")
 @click.option("--json", "as_json", is_flag=True)
-@_pipeline_options
-def lineage(spec: str, downstream: bool, as_json: bool, folder: str | None) -> None:
+def lineage(spec: str, downstream: bool, as_json: bool) -> None:
     """Where a key came from (through every pipeline, back to raw datums), or with
-    --downstream what was made from it."""
+    --downstream what was made from it. Answered from the repository alone: no pipeline's
+    code is read."""
     from datarepo.pipeline import query
 
     repo = _repo()
@@ -88,23 +88,11 @@ def lineage(spec: str, downstream: bool, as_json: bool, folder: str | None) -> N
         with repo.lock:
             node = query.downstream(repo, spec, LineageCache(repo.index, repo.store))
     else:
-        node = query.upstream(repo, spec, _known_outputs(repo, folder))
+        node = query.upstream(repo, spec)
     if as_json:
         _json(node.to_json())
         return
     _print_node(node, 0)
-
-
-def _known_outputs(repo: Any, folder: str | None) -> tuple[str, ...] | None:
-    from datarepo.errors import DataRepoError
-    from datarepo.pipeline.run import pipelines_folder
-    from datarepo.pipeline.spec import load_specs
-
-    try:
-        specs = load_specs(pipelines_folder(repo, folder))
-    except DataRepoError:
-        return None
-    return tuple(s.output for s in specs) if specs else None
 
 
 def _print_node(node: Any, depth: int) -> None:

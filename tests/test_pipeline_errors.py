@@ -42,13 +42,13 @@ def one_error(cli: Cli, *args: str) -> str:
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ("import no_such_module_here\n", "upper.py: cannot import: ModuleNotFoundError: No module named 'no_such_module_here'"),
+        ("import no_such_module_here\n", "upper.py:1: cannot import: ModuleNotFoundError: No module named 'no_such_module_here'"),
         ("from datarepo import pipeline\n\ndef broken(:\n    pass\n", "upper.py:3: syntax error"),
         ("from datarepo import pipeline\n\n@pipeline(input='raw/**', output='up')\ndef f(d):\n    return d\n",
-         "output 'up' must be a key prefix ending with '/'"),
+         "output: 'up' must be a key prefix ending with '/'"),
         ("from datarepo import pipeline\n\n@pipeline(input=42, output='up/')\ndef f(d):\n    return d\n", "bad input 42"),
         ("from datarepo import pipeline\n\n@pipeline(input='raw/**', output='up/', params={'x': object()})\ndef f(d, x):\n    return d\n",
-         "params must be JSON values"),
+         "params: must be JSON values"),
     ],
 )
 def test_a_pipeline_that_cannot_load(texts: Path, cli: Cli, source: str, message: str) -> None:
@@ -81,9 +81,11 @@ def test_unknown_pipeline_name(texts: Path, cli: Cli) -> None:
         ("return 42", "TransformError: the transform returned int; expected a dict of members"),
         ("return {'a/b': b'x'}", "TransformError: invalid member name 'a/b'"),
         ("return {'txt': 3.5}", "member 'txt' is float; members are bytes or str"),
-        ("return [('../escape', {'txt': b'x'})]", "is outside the output prefix 'up/'"),
+        ("return [('../escape', {'txt': b'x'})]", "output key: invalid key 'up/a/003/../escape'"),
         ("return {}", "has no member"),
         ("raise KeyError('nope')", "KeyError: 'nope'"),
+        ("raise type('Odd', (Exception,), {'__str__': lambda self: exec('raise SystemExit(1)')})()",
+         "Odd: (its message cannot be shown: SystemExit)"),
     ],
 )
 def test_a_transform_that_returns_something_wrong(texts: Path, cli: Cli, body: str, error: str) -> None:

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 from conftest import RAY, Cli
+from test_pipeline_bad_specs import EXITS, failures
 from test_pipeline_errors import KILLS_ITS_WORKER, one_error
 from test_pipelines import run, texts, write_pipeline  # noqa: F401  (texts: a fixture)
 
@@ -31,6 +32,15 @@ def test_a_ray_worker_killed_fails_its_batch_not_the_run(texts: Path, cli: Cli, 
     assert "up/a/005: WorkerDied: the process running this batch died" in line
     with datarepo.open(texts) as repo:
         assert sum(1 for _ in repo.tree().select(prefix="up/")) == 39
+
+
+def test_a_transform_raising_system_exit_on_ray_fails_its_datum_only(texts: Path, cli: Cli, ray_cluster: object) -> None:
+    write_pipeline(texts, "upper.py", EXITS.format(setup="ready"))
+    failed = failures(cli, "--executor", "ray", "--workers", "2")
+    assert failed == {"up/a/001": ["SystemExit", "bye"], "up/b/002": ["SystemExit", "3"],
+                      "up/a/003": ["KeyboardInterrupt", "not a Ctrl-C"], "up/b/004": ["GeneratorExit", "closed"]}
+    with datarepo.open(texts) as repo:
+        assert sum(1 for _ in repo.tree().select(prefix="up/")) == 36
 
 
 def test_a_ray_cluster_that_cannot_be_reached_is_one_clear_error(worktree: Path, cli: Cli) -> None:

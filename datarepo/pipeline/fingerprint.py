@@ -53,5 +53,5 @@ def _dependency(spec: Spec, folder: Path, name: str) -> str:
         return "package:" + version(name)
     except (PackageNotFoundError, ValueError):
         raise PipelineError(
-            f"pipeline {spec.name!r}: depends on {name!r}, which is neither a file in {folder.name}/ nor an installed package"
+            f"{spec.file}: pipeline {spec.name!r}: depends: {name!r} is neither a file in {folder.name}/ nor an installed package"
         ) from None

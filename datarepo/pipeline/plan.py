@@ -252,7 +252,7 @@ def _value(on: re.Pattern[str], key: str) -> str | None:
     if m is None:
         return None
     value = m.group(1) if m.groups() else m.group(0)
-    return value.strip("/") or None
+    return (value or "").strip("/") or None  # (a group that took no part: no value)
 
 
 def _joined(spec: Spec, entries: list[list[TreeEntry]], on: re.Pattern[str]) -> Iterator[tuple[str, tuple[tuple[str, str], ...]]]:

@@ -4,7 +4,9 @@ Upstream: the pipeline commit that wrote a key is the first on the first-parent 
 whose ``provenance["output"]`` holds the key; its lineage root finds the key's record in
 one page (the root is an index by output key, as a tree root is by key), and the record
 names the input keys and datums, at the input commit, from which the walk goes on. A key
-that no known pipeline's prefix holds is raw data.
+that no pipeline's prefix holds (as the nearest pipeline commit's provenance lists them)
+is raw data, known as soon as that commit is read. No pipeline's code is read: a pipeline renamed or removed since still
+answers for what it wrote.
 
 Downstream: the run cache's ``lineage_input`` table (:mod:`~datarepo.pipeline.cache`)
 gives the lineage pages with a record that read a datum; of those, the pages of each
@@ -78,12 +80,47 @@ def states(repo: Repo, commit: Oid | None, names: set[str] | None = None) -> Ite
         oid = c.parents[0] if c.parents else None
 
 
-def upstream(repo: Repo, spec: str, outputs: tuple[str, ...] | None = None) -> Node:
-    """The lineage of ``KEY[@REV]`` back to raw datums. ``outputs``, the output prefixes of
-    every pipeline (when the caller knows them all), spares walking the history back from a
-    raw key to its start to be sure no pipeline wrote it."""
+def output_prefixes(repo: Repo, commit: Oid | None) -> tuple[str, ...]:
+    """The output prefixes of every pipeline as of ``commit``, from the repository alone:
+    the nearest pipeline commit on its first-parent history names them all
+    (``provenance["outputs"]``: the prefixes of its run's whole DAG, and of every pipeline
+    before it). History written before that field is walked to its start, each pipeline
+    commit's ``output`` taken."""
+    found: set[str] = set()
+    oid = commit
+    while oid is not None:
+        c = repo.read_commit(oid)
+        prov = c.provenance or {}
+        if isinstance(prov.get("pipeline"), str):
+            if isinstance(prov.get("output"), str):
+                found.add(prov["output"])
+            outputs = prov.get("outputs")
+            if isinstance(outputs, list) and all(isinstance(o, str) for o in outputs):
+                found.update(outputs)
+                break
+        oid = c.parents[0] if c.parents else None
+    return tuple(sorted(found))
+
+
+def upstream(repo: Repo, spec: str) -> Node:
+    """The lineage of ``KEY[@REV]`` back to raw datums, from the repository alone (no
+    pipeline's code is read): see :func:`producer`."""
     key, commit = _key_at(repo, spec)
-    return _up(repo, key, commit, outputs, 0)
+    return _up(repo, key, commit, 0)
+
+
+def producer(repo: Repo, key: str, commit: Oid) -> State | None:
+    """The last commit, as of ``commit``, of the pipeline whose output prefix holds ``key``
+    (None: a raw key). One walk of the first-parent history: the nearest pipeline commit
+    names every output prefix (``provenance["outputs"]``), so a key under none of them is
+    raw at once; else the walk goes on to the pipeline that writes there."""
+    for i, state in enumerate(states(repo, commit)):
+        if state.output and key.startswith(state.output):
+            return state
+        outputs = state.provenance.get("outputs") if i == 0 else None
+        if isinstance(outputs, list) and not any(isinstance(o, str) and key.startswith(o) for o in outputs):
+            return None
+    return None
 
 
 def _key_at(repo: Repo, spec: str) -> tuple[str, Oid]:
@@ -93,24 +130,21 @@ def _key_at(repo: Repo, spec: str) -> tuple[str, Oid]:
     return key, repo.resolve(rev)
 
 
-def _up(repo: Repo, key: str, commit: Oid, outputs: tuple[str, ...] | None, depth: int) -> Node:
+def _up(repo: Repo, key: str, commit: Oid, depth: int) -> Node:
     entry = repo.tree(commit).get(key)
     if entry is None:
         raise ObjectNotFoundError("key", f"{key} at {commit[:12]}")
     node = Node(key, entry.datum, commit)
-    if depth >= MAX_DEPTH or (outputs is not None and not any(key.startswith(o) for o in outputs)):
+    state = producer(repo, key, commit) if depth < MAX_DEPTH else None
+    if state is None:
         return node  # raw: under no pipeline's output prefix
-    for state in states(repo, commit):
-        if state.output and key.startswith(state.output):
-            root = read_root(repo.store, state.provenance["lineage"])
-            record = Reader(repo.store, root).producer(key)
-            if record is None:
-                return node
-            node.pipeline, node.fingerprint, node.commit = state.name, root.fingerprint, state.commit
-            for in_key, _ in record.inputs:
-                at = _input_commit(root.inputs, in_key)
-                node.links.append(_up(repo, in_key, at, outputs, depth + 1))
-            return node
+    root = read_root(repo.store, state.provenance["lineage"])
+    record = Reader(repo.store, root).producer(key)
+    if record is None:
+        return node
+    node.pipeline, node.fingerprint, node.commit = state.name, root.fingerprint, state.commit
+    for in_key, _ in record.inputs:
+        node.links.append(_up(repo, in_key, _input_commit(root.inputs, in_key), depth + 1))
     return node
 
 

@@ -37,6 +37,7 @@ from datarepo.pipeline.fingerprint import fingerprint
 from datarepo.pipeline.lineage import Record, Root, read_root, update_pages
 from datarepo.pipeline.pin import RunInProgressError, RunPin
 from datarepo.pipeline.plan import Plan, make_plan, tree_at
+from datarepo.pipeline.query import output_prefixes
 from datarepo.pipeline.spec import Spec, load_specs
 from datarepo.pipeline.worker import Batch, Outcome, Unit, run_batch, worker_died
 from datarepo.refs import BRANCHES, HEAD
@@ -127,12 +128,14 @@ def run(repo: Repo, names: tuple[str, ...] = (), options: Options = Options(), f
     current branch. It holds the run lock throughout (another run waits, then stops) and
     the writer lock only to commit; a dry run holds neither."""
     where = pipelines_folder(repo, folder)
-    specs = chosen(load_specs(where), names)
+    every = load_specs(where)
+    specs = chosen(every, names)
     run_id = new_run_id(repo)
     branch = repo.current_branch()
     results = []
     with contextlib.nullcontext() if options.dry_run else RunPin(repo.dotdir, run_id) as pin:
         driver = _Driver(repo, where, run_id, options, pin, BRANCHES + branch if branch else HEAD)
+        driver.outputs = frozenset(s.output for s in every)
         try:
             for spec in specs:
                 results.append(driver.run_one(spec))
@@ -163,6 +166,7 @@ class _Driver:
         self.head: Oid | None = None  # the branch as the run last saw it
         self.behind = False
         self._seen = False
+        self.outputs: frozenset[str] = frozenset()  # the output prefixes of the whole DAG
 
     def close(self) -> None:
         for executor in self._executors.values():
@@ -344,8 +348,9 @@ class _Driver:
             self.cache.clear_journals(spec.name)
             return None  # (the same failures again): no commit that changes nothing
         lineage = repo.store.put_object(Blob(root.to_json()))
+        outputs = sorted(self.outputs | {spec.output} | set(output_prefixes(repo, head)))
         provenance = {"pipeline": spec.name, "fingerprint": plan.fingerprint, "inputs": root.inputs,
-                      "lineage": lineage, "run": self.run_id, "output": spec.output}
+                      "lineage": lineage, "run": self.run_id, "output": spec.output, "outputs": outputs}
         message = (f"{spec.name}: {result.processed} processed, {result.reused} reused, {result.failed} failed, "
                    f"{result.deleted} deleted ({self.run_id})")
         commit = repo.commit(tree_changes, message, provenance=provenance, parent=head, ref=self._ref_now())

@@ -10,9 +10,11 @@ a Python module, or as a ``[pipeline.NAME]`` table of a TOML file (a command tra
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from types import ModuleType
@@ -20,7 +22,9 @@ from typing import Any, NamedTuple
 
 from datarepo.errors import DataRepoError, PipelineError
 from datarepo.hashing import canonical_json, hash_bytes
-from datarepo.keys import check_key
+from datarepo.executor import MAX_WORKERS
+from datarepo.keys import check_prefix, is_utf8
+from datarepo.pipeline.guard import described, interrupts, line_in, stops_run
 from datarepo.tree import glob_literal_prefix, glob_regex
 
 COMBINATIONS = ("cross", "join", "union", "group")
@@ -80,24 +84,30 @@ def source(glob: str, rev: str | None = None) -> Source:
 
 def cross(*inputs: str | Source) -> Combine:
     """Every tuple of one datum of each input; the transform gets a list of datums."""
-    return Combine("cross", tuple(map(_as_source, inputs)))
+    return Combine("cross", _sources(inputs))
 
 
 def join(*inputs: str | Source, on: str) -> Combine:
     """Tuples of one datum of each input whose keys give the same value of the regular
     expression ``on`` (its first group if it has one, else its whole match)."""
-    return Combine("join", tuple(map(_as_source, inputs)), _checked_regex(on))
+    return Combine("join", _sources(inputs), _checked_regex(on))
 
 
 def union(*inputs: str | Source) -> Combine:
     """The datums of every input, each on its own, as one input."""
-    return Combine("union", tuple(map(_as_source, inputs)))
+    return Combine("union", _sources(inputs))
 
 
 def group(input: str | Source, by: str) -> Combine:
     """All datums whose keys give the same value of the regular expression ``by``, as one
     unit (a list of datums, in key order)."""
     return Combine("group", (_as_source(input),), _checked_regex(by))
+
+
+def _sources(inputs: tuple[str | Source, ...]) -> tuple[Source, ...]:
+    if not inputs:
+        raise PipelineError("a combination takes one input or more")
+    return tuple(map(_as_source, inputs))
 
 
 def _as_source(value: str | Source) -> Source:
@@ -111,17 +121,23 @@ def _as_source(value: str | Source) -> Source:
 def _checked_source(src: Source) -> Source:
     if not isinstance(src.glob, str) or not src.glob or src.glob.startswith("/"):
         raise PipelineError(f"bad input glob {src.glob!r}: a relative key glob such as 'raw/**'")
+    if src.rev is not None and (not isinstance(src.rev, str) or not src.rev.strip() or "\x00" in src.rev):
+        raise PipelineError(f"bad revision {src.rev!r} of input {src.glob!r}: a revision name such as 'v1'")
     try:
         src.regex()
+        if folder := src.strip.rstrip("/"):  # the keys it reads lie there: the key rule's
+            check_prefix(folder)
     except (re.error, DataRepoError, ValueError) as e:
         raise PipelineError(f"bad input glob {src.glob!r}: {e}") from None
     return src
 
 
 def _checked_regex(pattern: str) -> str:
+    if not isinstance(pattern, str) or not pattern:
+        raise PipelineError(f"bad key pattern {pattern!r}: a regular expression such as r'[^/]+$'")
     try:
         re.compile(pattern)
-    except (re.error, TypeError) as e:
+    except (re.error, TypeError, OverflowError, RecursionError) as e:
         raise PipelineError(f"bad key pattern {pattern!r}: {e}") from None
     return pattern
 
@@ -130,23 +146,37 @@ def as_input(value: Any) -> Input:
     """An input from what a declaration gives: a glob, a :class:`Source`, a
     :class:`Combine`, or (TOML) a table ``{glob, rev}``, ``{cross = [...]}``, ``{join =
     [...], on = "..."}``, ``{union = [...]}``, ``{group = "...", by = "..."}``."""
-    if isinstance(value, (Source, Combine)):
-        return value
+    if isinstance(value, Source):
+        return _checked_source(value)
+    if isinstance(value, Combine):
+        if value.kind not in COMBINATIONS or not value.parts or not all(isinstance(p, Source) for p in value.parts):
+            raise PipelineError(f"bad input {value!r:.80}: made by cross, join, union or group")
+        for part in value.parts:
+            _checked_source(part)
+        return value if value.kind not in _PATTERN else replace(value, on=_checked_regex(value.on))  # type: ignore[arg-type]
     if isinstance(value, str):
         return source(value)
     if isinstance(value, dict):
+        kinds = [k for k in COMBINATIONS if k in value]
+        fields = {"glob", "rev"} if "glob" in value or not kinds else {kinds[0], _PATTERN.get(kinds[0], kinds[0])}
+        if len(kinds) + ("glob" in value) != 1 or set(value) - fields:
+            raise PipelineError(f"bad input {value!r:.80}: a table of glob (and rev), or of one of cross, join (and on), "
+                                "union, group (and by)")
         if "glob" in value:
             return source(value["glob"], value.get("rev"))
-        kinds = [k for k in COMBINATIONS if k in value]
-        if len(kinds) == 1:
-            kind, parts = kinds[0], value[kinds[0]]
-            if kind == "group":
-                return group(as_input(parts), by=value.get("by", ""))  # type: ignore[arg-type]
-            items = [as_input(p) for p in (parts if isinstance(parts, list) else [parts])]
-            if kind == "join":
-                return join(*items, on=value.get("on", ""))  # type: ignore[arg-type]
-            return {"cross": cross, "union": union}[kind](*items)  # type: ignore[arg-type]
+        kind, parts = kinds[0], value[kinds[0]]
+        if kind == "group":
+            return group(as_input(parts), by=value.get("by", ""))  # type: ignore[arg-type]
+        if not isinstance(parts, list) or not parts:
+            raise PipelineError(f"bad input: {kind} takes a list of inputs, not {parts!r:.80}")
+        items = [as_input(p) for p in parts]
+        if kind == "join":
+            return join(*items, on=value.get("on", ""))  # type: ignore[arg-type]
+        return {"cross": cross, "union": union}[kind](*items)  # type: ignore[arg-type]
     raise PipelineError(f"bad input {value!r:.80}: a key glob, or a table of glob/rev, cross, join, union or group")
+
+
+_PATTERN = {"join": "on", "group": "by"}
 
 
 # --- specs ------------------------------------------------------------------------------------
@@ -197,26 +227,86 @@ class Spec:
         return self.output + key[len(self.strip) :]
 
 
+MAX_TIMEOUT = 1e6  # seconds one datum may take, at most (11 days)
+MAX_RETRIES = 100
+MAX_BATCH = 10_000_000
+_PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def check_spec(spec: Spec) -> Spec:
-    """Checks what a declaration gives; raises one PipelineError naming the pipeline."""
-    where = f"pipeline {spec.name!r} ({spec.file})"
-    if not _NAME.fullmatch(spec.name):
-        raise PipelineError(f"{where}: a name is letters, digits, '_', '.', '-'")
-    if not isinstance(spec.output, str) or not spec.output.endswith("/"):
-        raise PipelineError(f"{where}: output {spec.output!r} must be a key prefix ending with '/'")
-    try:
-        check_key(spec.output.rstrip("/"))
-        canonical_json({"params": spec.params})
-    except DataRepoError as e:
-        raise PipelineError(f"{where}: output: {e}") from None
-    except (TypeError, ValueError) as e:
-        raise PipelineError(f"{where}: params must be JSON values (str, int, float, bool, list, dict): {e}") from None
-    for what, value in (("retries", spec.retries), ("workers", spec.workers or 1), ("max_failures", spec.max_failures or 0)):
-        if type(value) is not int or value < 0:
-            raise PipelineError(f"{where}: {what} must be a count, not {value!r}")
-    if not isinstance(spec.timeout, (int, float)) or spec.timeout <= 0:
-        raise PipelineError(f"{where}: timeout must be a positive number of seconds")
+    """Checks every field of a declaration; raises one PipelineError naming the file, the
+    pipeline and the field."""
+    where = f"{spec.file}: pipeline {spec.name!r}"
+    if not isinstance(spec.name, str) or not _NAME.fullmatch(spec.name):
+        raise PipelineError(f"{where}: name: a name is letters, digits, '_', '.', '-'")
+    for name, check in _CHECKS.items():
+        try:
+            check(getattr(spec, name))
+        except (DataRepoError, TypeError, ValueError, OverflowError) as e:
+            raise PipelineError(f"{where}: {name}: {e}") from None
     return spec
+
+
+def _check_output(output: Any) -> None:
+    if not isinstance(output, str) or not output.endswith("/"):
+        raise PipelineError(f"{output!r:.80} must be a key prefix ending with '/'")
+    check_prefix(output[:-1])  # the key rule: no '..', no empty part, not .datarepo/, .git/, .dvc/ …
+
+
+def _check_params(params: Any) -> None:
+    if not isinstance(params, dict):
+        raise PipelineError(f"must be a table of names and JSON values, not {type(params).__name__}")
+    for name in params:
+        if not isinstance(name, str) or not _PARAM.fullmatch(name):
+            raise PipelineError(f"param name {name!r:.80} is not a name (letters, digits, '_')")
+    try:
+        json.dumps(params, allow_nan=False, ensure_ascii=False).encode()
+    except (TypeError, ValueError, RecursionError) as e:
+        raise PipelineError(f"must be JSON values (str, int, float, bool, list, dict): {e}") from None
+
+
+def _count(least: int, most: int, optional: bool = False) -> Any:
+    def check(value: Any) -> None:
+        if value is None and optional:
+            return
+        if type(value) is not int or not least <= value <= most:
+            raise PipelineError(f"must be a whole number from {least} to {most}, not {value!r:.80}")
+
+    return check
+
+
+def _check_timeout(value: Any) -> None:
+    if type(value) not in (int, float) or not math.isfinite(value) or not 0 < value <= MAX_TIMEOUT:
+        raise PipelineError(f"must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, not {value!r:.80}")
+
+
+def _check_strings(what: str, nonempty: bool = False) -> Any:
+    def check(values: Any) -> None:
+        if not isinstance(values, tuple) or (nonempty and not values):
+            raise PipelineError(f"must be a list of {what}")
+        for v in values:
+            if not isinstance(v, str) or not v or "\x00" in v or not is_utf8(v):
+                raise PipelineError(f"must be a list of {what}, not holding {v!r:.80}")
+
+    return check
+
+
+def _check_version(value: Any) -> None:
+    if not isinstance(value, str) or "\x00" in value or not is_utf8(value) or len(value) > 1000:
+        raise PipelineError(f"must be a string (of at most 1000 characters), not {value!r:.80}")
+
+
+_CHECKS: dict[str, Any] = {
+    "output": _check_output,
+    "version": _check_version,
+    "params": _check_params,
+    "workers": _count(1, MAX_WORKERS, optional=True),
+    "max_failures": _count(0, 2**63 - 1, optional=True),
+    "retries": _count(0, MAX_RETRIES),
+    "timeout": _check_timeout,
+    "batch_size": _count(1, MAX_BATCH, optional=True),
+    "depends": _check_strings("file or package names"),
+}
 
 
 def load_specs(folder: Path) -> list[Spec]:
@@ -255,13 +345,17 @@ def import_module(path: Path, rel: str) -> ModuleType:
     module = importlib.util.module_from_spec(found)
     sys.modules[name] = module
     try:
-        found.loader.exec_module(module)
+        with interrupts():
+            found.loader.exec_module(module)
     except SyntaxError as e:
         del sys.modules[name]
         raise PipelineError(f"{rel}:{e.lineno}: syntax error: {e.msg}") from None
-    except Exception as e:
+    except BaseException as e:  # SystemExit, KeyboardInterrupt … too: only a real Ctrl-C goes on
         del sys.modules[name]
-        raise PipelineError(f"{rel}: cannot import: {type(e).__name__}: {e}") from None
+        if stops_run(e):
+            raise
+        line = line_in(e, found.origin or str(path))
+        raise PipelineError(f"{rel}{f':{line}' if line else ''}: cannot import: {described(e)}") from None
     _modules[key] = module
     return module
 
@@ -271,24 +365,37 @@ def _python_specs(folder: Path, path: Path) -> list[Spec]:
     module = import_module(path, rel)
     text = path.read_text(encoding="utf-8", errors="replace")
     specs = []
-    for attr, fn in sorted(vars(module).items()):
-        options = getattr(fn, "__datarepo_pipeline__", None)
-        if options is None or not callable(fn) or getattr(fn, "__module__", None) != module.__name__:
-            continue
+    for attr, fn, options in _declared(rel, module):
+        where = f"{rel}: pipeline {options['name']!r}"
         setup = options["setup"]
-        if setup is not None and (not callable(setup) or getattr(module, setup.__name__, None) is not setup):
-            raise PipelineError(f"{rel}: setup of {options['name']!r} must be a function of the module")
-        try:
-            specs.append(check_spec(Spec(
-                name=options["name"], kind="python", file=rel, input=as_input(options["input"]),
-                output=options["output"], version=options["version"], params=options["params"],
-                workers=options["workers"], max_failures=options["max_failures"], retries=options["retries"],
-                timeout=options["timeout"], batch_size=options["batch_size"], depends=options["depends"],
-                function=attr, setup=setup.__name__ if setup else "", declaration=text,
-            )))
-        except PipelineError as e:
-            raise PipelineError(f"{rel}: {e}") from None
+        if setup is not None and (not callable(setup) or getattr(module, getattr(setup, "__name__", ""), None) is not setup):
+            raise PipelineError(f"{where}: setup: must be a function of the module")
+        specs.append(check_spec(Spec(
+            name=options["name"], kind="python", file=rel, input=_field(where, "input", as_input, options["input"]),
+            output=options["output"], version=options["version"], params=options["params"],
+            workers=options["workers"], max_failures=options["max_failures"], retries=options["retries"],
+            timeout=options["timeout"], batch_size=options["batch_size"],
+            depends=_field(where, "depends", _strings, options["depends"]),
+            function=attr, setup=setup.__name__ if setup else "", declaration=text,
+        )))
     return specs
+
+
+def _declared(rel: str, module: ModuleType) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(name, function, options) of each function of ``module`` that ``@pipeline`` marked.
+    Looking at the module's objects runs their code (``__getattr__``): what that raises is
+    the module's error, as at import."""
+    found = []
+    for attr, fn in sorted(vars(module).items()):
+        try:
+            options = getattr(fn, "__datarepo_pipeline__", None)
+            if isinstance(options, dict) and callable(fn) and getattr(fn, "__module__", None) == module.__name__:
+                found.append((attr, fn, options))
+        except BaseException as e:
+            if stops_run(e):
+                raise
+            raise PipelineError(f"{rel}: cannot read {attr!r}: {described(e)}") from None
+    return found
 
 
 # --- command transforms in TOML ---------------------------------------------------------------
@@ -318,23 +425,48 @@ def _command_spec(rel: str, name: str, table: Any) -> Spec:
     unknown = set(table) - _TOML_KEYS
     missing = {"input", "output", "command"} - set(table)
     if unknown or missing:
-        problem = f"unknown keys {', '.join(sorted(unknown))}" if unknown else f"missing {', '.join(sorted(missing))}"
+        problem = f"unknown field {', '.join(sorted(unknown))}" if unknown else f"missing {', '.join(sorted(missing))}"
         raise PipelineError(f"{where}: {problem}")
-    command = table["command"]
-    if isinstance(command, str):
+    spec = check_spec(Spec(
+        name=name, kind="command", file=rel, input=_field(where, "input", as_input, table["input"]),
+        output=table["output"], version=table.get("version", ""), params=table.get("params", {}),
+        workers=table.get("workers"), max_failures=table.get("max_failures"), retries=table.get("retries", 0),
+        timeout=table.get("timeout", 600.0), batch_size=table.get("batch_size"),
+        depends=_field(where, "depends", _strings, table.get("depends", [])),
+        command=_field(where, "command", _command, table["command"]),
+    ))
+    return replace(spec, declaration=canonical_json({"format": 1, **table}).decode())  # (JSON values, checked)
+
+
+def _field(where: str, name: str, parse: Any, value: Any) -> Any:
+    """``parse(value)``, its error one line naming the file, pipeline and field."""
+    try:
+        return parse(value)
+    except (DataRepoError, TypeError, ValueError, RecursionError) as e:
+        raise PipelineError(f"{where}: {name}: {e}") from None
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise PipelineError(f"must be a list of strings, not {type(value).__name__}")
+    return tuple(value)
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    """A command's program and arguments: a list of strings, or one string split as a shell
+    would (``shlex``)."""
+    if isinstance(value, str):
         import shlex
 
-        command = shlex.split(command)
-    if not command or not all(isinstance(a, str) for a in command):
-        raise PipelineError(f"{where}: command must be a list of strings (or one string)")
-    try:
-        return check_spec(Spec(
-            name=name, kind="command", file=rel, input=as_input(table["input"]), output=table["output"],
-            version=str(table.get("version", "")), params=dict(table.get("params", {})),
-            workers=table.get("workers"), max_failures=table.get("max_failures"), retries=table.get("retries", 0),
-            timeout=table.get("timeout", 600.0), batch_size=table.get("batch_size"),
-            depends=tuple(table.get("depends", ())), command=tuple(command),
-            declaration=canonical_json({"format": 1, **table}).decode(),
-        ))
-    except PipelineError as e:
-        raise PipelineError(f"{rel}: {e}") from None
+        try:
+            value = shlex.split(value)
+        except ValueError as e:  # No closing quotation, No escaped character
+            raise PipelineError(str(e)) from None
+    if not isinstance(value, (list, tuple)) or not value:
+        raise PipelineError("must be a list of strings (or one string), naming a program")
+    for arg in value:
+        if not isinstance(arg, str) or "\x00" in arg or not is_utf8(arg):
+            raise PipelineError(f"must be a list of strings (or one string), not holding {arg!r:.80}")
+    if not value[0].strip():
+        raise PipelineError("the program's name is empty")
+    return tuple(value)

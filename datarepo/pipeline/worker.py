@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,8 @@ from typing import Any
 
 from datarepo.errors import DataRepoError, DatumTimeout, PipelineError, TransformError
 from datarepo.hashing import datum_id, hash_bytes
-from datarepo.keys import check_ext, check_key, split
+from datarepo.keys import check_key, check_member, is_utf8, split
+from datarepo.pipeline.guard import described, interrupts, message_of, stops_run
 from datarepo.pipeline.lineage import Record, write_journal
 from datarepo.pipeline.spec import Drop, Spec, import_module
 from datarepo.shardreader import DatumRange, ShardReader
@@ -137,24 +139,32 @@ class _Loaded:
         if spec.setup:
             try:
                 extra = getattr(module, spec.setup)()
-            except Exception as e:
-                raise PipelineError(f"setup of {spec.name!r} failed: {type(e).__name__}: {e}") from None
-            if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
+                given = dict(extra) if isinstance(extra, dict) else None  # (a plain dict: no more user code)
+            except BaseException as e:  # SystemExit too: only a real Ctrl-C goes on
+                if stops_run(e):
+                    raise
+                raise PipelineError(f"setup of {spec.name!r} failed: {described(e)}") from None
+            if given is None or not all(isinstance(k, str) for k in given):
                 raise PipelineError(f"setup of {spec.name!r} must return a dict of keyword arguments, not {type(extra).__name__}")
+            extra = given
         return cls(spec, folder, getattr(module, spec.function), extra)
 
     def run(self, unit: Unit, datums: dict[str, dict[str, bytes]], writer: DatumWriter) -> Record:
         base, cache, inputs = unit
+        if not self.spec.keyed and (bad := _bad_key(base)) is not None:  # a join or group value made it
+            return Record(base, cache, inputs, (), ("TransformError", bad))
         given = [{**datums[d], "__key__": k} for k, d in inputs]
         error: tuple[str, str] | None = None
         for _ in range(self.spec.retries + 1):
             try:
                 with deadline(self.spec.timeout):
                     result = self._call(given, base)
-                outputs = _outputs(result, base, self.spec.output)
+                outputs = _outputs(result, base)
                 break
-            except Exception as e:  # the datum's failure, recorded: never the others'
-                error = (type(e).__name__, str(e)[:1000])
+            except BaseException as e:  # the datum's failure (SystemExit too), recorded: never the others'
+                if stops_run(e):
+                    raise
+                error = (type(e).__name__, message_of(e))
         else:
             return Record(base, cache, inputs, (), error)
         if isinstance(outputs, Drop):
@@ -183,7 +193,8 @@ def alarms() -> Iterator[None]:
     old = signal.signal(signal.SIGALRM, _expire)
     _armed[0] = True
     try:
-        yield
+        with interrupts():  # (a Ctrl-C of a serial run stops it; a transform's KeyboardInterrupt fails its datum)
+            yield
     finally:
         _armed[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -217,7 +228,7 @@ def deadline(seconds: float) -> Iterator[None]:
 _EXPECTED = "a dict of members, a list of (suffix, dict), None or Drop"
 
 
-def _outputs(result: Any, base: str, prefix: str) -> list[tuple[str, dict[str, bytes]]] | Drop:
+def _outputs(result: Any, base: str) -> list[tuple[str, dict[str, bytes]]] | Drop:
     if result is None:
         return Drop("")
     if isinstance(result, Drop):
@@ -236,20 +247,22 @@ def _outputs(result: Any, base: str, prefix: str) -> list[tuple[str, dict[str, b
             kinds = f"({type(suffix).__name__}, {type(members).__name__})"
             raise TransformError(f"the transform returned a {kinds} pair; expected (str, dict)")
         key = f"{base}/{suffix}" if suffix else base
-        if suffix in seen or (suffix and not _under(key, prefix)):  # (the base itself is a key under it)
-            problem = "given twice" if suffix in seen else f"outside the output prefix {prefix!r}"
-            raise TransformError(f"output key {key!r} is {problem}")
+        if suffix in seen:
+            raise TransformError(f"output key {key!r} is given twice")
+        if (bad := _bad_key(key)) is not None:  # (under the prefix: a suffix leaves it only by '..')
+            raise TransformError(bad)
         seen.add(suffix)
         out.append((suffix, _members(members, key)))
     return out
 
 
-def _under(key: str, prefix: str) -> bool:
+def _bad_key(key: str) -> str | None:
+    """Why ``key`` may not be an output key (the project's one key rule), or None."""
     try:
         check_key(key)
-    except DataRepoError:
-        return False
-    return key.startswith(prefix)
+    except DataRepoError as e:
+        return f"output key: {e}"
+    return None
 
 
 def _members(members: dict[Any, Any], key: str) -> dict[str, bytes]:
@@ -260,7 +273,7 @@ def _members(members: dict[Any, Any], key: str) -> dict[str, bytes]:
         if not isinstance(ext, str) or not ext or ext.startswith("."):
             raise TransformError(f"output {key!r}: {ext!r} is not a member name (an extension such as 'jpg')")
         try:
-            check_ext(ext, key)
+            check_member(key, ext)  # the extension, and the file it comes back to in a work tree
         except DataRepoError as e:
             raise TransformError(str(e)) from None
         if isinstance(value, str):
@@ -327,13 +340,62 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _collected(out: Path, program: str) -> list[tuple[str, dict[str, bytes]]]:
+    """The outputs a command left in ``out``: regular files only. A symbolic link (it could
+    name any file of the machine), a FIFO (reading it would wait for ever), a socket or a
+    device, or a name that is not UTF-8, fails the datum: no link is followed."""
     found: dict[str, dict[str, bytes]] = {}
-    for path in sorted(out.rglob("*")):
-        if path.is_file():
-            stem, ext = split(path.relative_to(out).as_posix())
-            found.setdefault(stem, {})[ext] = path.read_bytes()
+    try:
+        top = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        raise TransformError(f"{program} replaced its output folder with something not a folder") from None
+    try:
+        for rel, data in _files(top, ""):
+            stem, ext = split(rel)
+            found.setdefault(stem, {})[ext] = data
+    finally:
+        os.close(top)
     if not found:
         raise TransformError(f"{program} wrote nothing to its output folder")
     if len(found) == 1:
         return [("", next(iter(found.values())))]
     return sorted(found.items())
+
+
+def _files(folder: int, rel: str) -> Iterator[tuple[str, bytes]]:
+    """(path, contents) of each regular file under the open folder ``folder``, whose path is
+    ``rel``; opened relative to it, never through a link (``O_NOFOLLOW``, then ``fstat``)."""
+    with os.scandir(folder) as entries:
+        names = sorted(e.name for e in entries)
+    for name in names:
+        path = f"{rel}{name}"
+        if not is_utf8(path):
+            raise TransformError(f"output file name {os.fsencode(path)!r} is not UTF-8")
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+        except OSError as e:  # ELOOP: a symbolic link; ENXIO: a socket
+            raise TransformError(f"output file {path!r} is {_kind(folder, name, e)}: outputs are regular files") from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISDIR(mode):
+                yield from _files(fd, path + "/")
+            elif stat.S_ISREG(mode):
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    yield path, f.read()
+            else:
+                raise TransformError(f"output file {path!r} is {_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}: "
+                                     "outputs are regular files")
+        finally:
+            os.close(fd)
+
+
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
+
+
+def _kind(folder: int, name: str, error: OSError) -> str:
+    try:
+        mode = os.lstat(name, dir_fd=folder).st_mode
+    except OSError:
+        return f"not readable ({error.strerror})"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link (not followed)"
+    return _KINDS.get(stat.S_IFMT(mode), f"not readable ({error.strerror})")
