@@ -44,7 +44,8 @@ class ShardReader:
 
     Args:
         fileobj: the shard, positioned at its start (or, if seekable, anywhere).
-        ranges: the datums to read, in offset order, not overlapping.
+        ranges: the datums to read, in offset order, not overlapping (a datum that several
+            keys name, as a manifest has it, comes once a key, its range repeated).
         shard: the shard's oid, for messages.
         verify: check each datum's members against its id.
 
@@ -61,12 +62,17 @@ class ShardReader:
         self._pos = fileobj.tell() if self._seekable else 0
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, bytes]]]:
+        last: tuple[int, int, dict[str, bytes]] | None = None
         for r in self.ranges:
+            if last is not None and (r.offset, r.length) == last[:2]:  # one datum, named by another key
+                yield (r.key or r.datum), dict(last[2])
+                continue
             self._skip_to(r.offset)
             span = self._read(r.length)
             members = cut_members(span, r.datum, self.name, r.offset)
             if self.verify:
                 check_members(members, r.datum, self.name)
+            last = (r.offset, r.length, members)
             yield (r.key or r.datum), members
 
     def _skip_to(self, offset: int) -> None:
