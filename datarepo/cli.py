@@ -559,6 +559,11 @@ def repack(all_shards: bool, as_json: bool) -> None:
         _json(r.__dict__)
         return
     click.echo(f"repacked {r.shards_in} shards into {r.shards_out} ({r.datums} datums, {r.bytes_before} -> {r.bytes_after} bytes)")
+    if r.unreadable:
+        shards = ", ".join(r.kept[:3]) + (f" and {len(r.kept) - 3} more" if len(r.kept) > 3 else "")
+        click.echo(f"error: {r.unreadable} reachable datums did not read whole: kept shard {shards} "
+                   "(fsck names them; add their files to store them again)", err=True)
+        sys.exit(1)
 
 
 @main.command()

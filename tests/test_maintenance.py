@@ -215,7 +215,9 @@ def test_repack_salvages_the_datums_of_a_damaged_shard_that_still_read_whole(rep
     tar.write_bytes(bytes(data))
     assert f"is damaged and is the only copy of {len(datums)} reachable datums" in cli("fsck", ok=False).output
     keys = {path.split(".")[0] for path in files}
-    assert f"({len(keys) - 1} datums" in cli("repack", "--all").output  # every datum but the broken one
+    repacked = cli("repack", "--all", ok=False)  # every datum but the broken one
+    assert repacked.exit_code == 1 and f"({len(keys) - 1} datums" in repacked.output
+    assert f"1 reachable datums did not read whole: kept shard {tar.parent.name}{tar.stem}" in repacked.output
     assert "is damaged and is the only copy of 1 reachable datums" in cli("fsck", ok=False).output
     lost = {e.key for e in repo.tree() if e.datum == broken}
     for path, content in files.items():

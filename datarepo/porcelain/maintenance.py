@@ -449,6 +449,8 @@ class RepackResult:
     datums: int
     bytes_before: int
     bytes_after: int
+    unreadable: int = 0  # reachable datums no copy of which read whole
+    kept: list[str] = field(default_factory=list)  # the shards kept for them
 
 
 def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> RepackResult:
@@ -494,4 +496,7 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
         done = [i.shard for i in chosen if _held(repo, i) & seen.datums.keys() <= copied]
         retire_shards(repo, [shard for shard in done if shard not in {s.oid for s in new}])
         repo.index.locations.set_damaged(damaged - set(done))  # (one written again whole is sound)
-    return RepackResult(len(done), len(new), len(live_datums) - len(lost), sum(i.size for i in chosen), sum(s.size for s in new))
+    kept = sorted(i.shard for i in chosen if i.shard not in done)
+    return RepackResult(
+        len(done), len(new), len(live_datums) - len(lost), sum(i.size for i in chosen), sum(s.size for s in new), len(lost), kept
+    )
