@@ -14,6 +14,7 @@ from pathlib import Path
 
 from datarepo.fsutil import set_aside
 from datarepo.locations import Locations
+from datarepo.sqlrows import DamagedCacheError as DamagedCacheError
 from datarepo.staging import Staging
 from datarepo.statcache import StatCache
 
@@ -32,7 +33,12 @@ CREATE TABLE IF NOT EXISTS staged (key TEXT PRIMARY KEY, datum TEXT, size INTEGE
 
 
 class Index:
-    """The SQLite cache of one repository."""
+    """The SQLite cache of one repository.
+
+    A row that does not read as its writer wrote it (a wrong type, a value out of range,
+    text that is not UTF-8) is damage, as a file SQLite cannot read is: each reader drops
+    or rebuilds what it cannot trust, or raises :class:`DamagedCacheError`.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -78,17 +84,24 @@ class Index:
         return _Tx(self.db)  # type: ignore[return-value]
 
     # named values (the staged tree, the status snapshot, ingest state) ----
-    def get_meta(self, name: str) -> str | bytes | None:
-        row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
-        return row[0] if row else None
+    def get_meta(self, name: str) -> str | None:
+        """The text named ``name``; None if unset, or if it is not text (UTF-8) as every
+        writer leaves it: a value that cannot be read is as good as lost."""
+        return self.get_metas([name]).get(name)
 
-    def get_metas(self, names: list[str]) -> dict[str, str | bytes]:
-        """The values of those of ``names`` that are set, read in one statement: from one
-        state of the file, whatever another process commits meanwhile."""
+    def get_metas(self, names: list[str]) -> dict[str, str]:
+        """The values of those of ``names`` that are set (and text), read in one statement:
+        from one state of the file, whatever another process commits meanwhile."""
         marks = ",".join("?" * len(names))
-        return dict(self.db.execute(f"SELECT name, value FROM meta WHERE name IN ({marks})", names))
+        sql = f"SELECT name, value FROM meta WHERE name IN ({marks}) AND typeof(value) = 'text'"
+        try:
+            return dict(self.db.execute(sql, names))
+        except sqlite3.OperationalError:  # a value that is not UTF-8: read each alone, without it
+            if len(names) == 1:
+                return {}
+            return {n: v for name in names for n, v in self.get_metas([name]).items()}
 
-    def set_meta(self, name: str, value: str | bytes) -> None:
+    def set_meta(self, name: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (name, value))
 
 

@@ -5,20 +5,23 @@ each datum lies in one, filled from the shards' ``.idx`` files (docs/format.md,
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
-from datarepo.errors import CorruptObjectError, DataRepoError
-from datarepo.hashing import Oid
+from datarepo.hashing import Oid, is_oid
 from datarepo.shards import DatumLoc, MemberLoc, ShardIndex
-from datarepo.sqlrows import insert_rows
+from datarepo.sqlrows import DamagedCacheError, insert_rows
 
 if TYPE_CHECKING:
     import numpy as np
 
     from datarepo.index import Index
+
 
 # (datum, shard, offset, length, members as text): a ``location`` row as it is inserted.
 LocationRow = tuple[str, str, int, int, str]
@@ -30,7 +33,23 @@ _DAMAGED = "damaged-shards"
 
 # A query gives its rows as four texts, concatenated in C: a row at a time, the sqlite3
 # module spent 0.7 µs a row making Python objects.
-_COLUMNS = "SELECT group_concat(datum, ''), group_concat(shard, ''), group_concat(offset), group_concat(length) FROM location"
+# Only rows of the form ``put`` writes (checked in C, a column at a time) are read: any other
+# is left out, and so is looked up alone (:meth:`Locations.locate`), which mends it.
+_SOUND = (
+    "typeof(datum) = 'text' AND length(datum) = 32 AND NOT datum GLOB '*[^0-9a-f]*'"
+    " AND typeof(shard) = 'text' AND length(shard) = 32 AND NOT shard GLOB '*[^0-9a-f]*'"
+    " AND typeof(offset) = 'integer' AND offset >= 0 AND typeof(length) = 'integer' AND length > 0"
+)
+_COLUMNS = "SELECT group_concat(datum, ''), group_concat(shard, ''), group_concat(offset), group_concat(length) FROM location WHERE " + _SOUND
+_SHARDS = (
+    "SELECT shard, size FROM shard WHERE typeof(shard) = 'text' AND length(shard) = 32"
+    " AND NOT shard GLOB '*[^0-9a-f]*' AND typeof(size) = 'integer' ORDER BY shard"
+)
+# A datum's row with its shard's size, to check the one against the other.
+_LOCATE = (
+    "SELECT l.shard, l.offset, l.length, l.members, s.size FROM location l"
+    " LEFT JOIN shard s ON s.shard = l.shard WHERE l.datum = ?"
+)
 _DIGITS = "0123456789abcdef"
 _SLICES = [(_DIGITS[i], _DIGITS[i + 1] if i < 15 else "g") for i in range(16)]
 
@@ -84,10 +103,58 @@ class Locations:
         return {r[0] for r in self.index.db.execute("SELECT shard FROM shard")}
 
     def locate(self, datum: str) -> tuple[str, DatumLoc] | None:
-        row = self.index.db.execute("SELECT shard, offset, length, members FROM location WHERE datum=?", (datum,)).fetchone()
+        """Where the cache places ``datum``; None if nowhere, or if its row is damaged (see
+        :func:`decode_row`): the row's shard is then forgotten, to be read again from its
+        ``.idx`` (:meth:`Repo.sync_locations`), or every shard if the row names none."""
+        try:
+            row = self.index.db.execute(_LOCATE, (datum,)).fetchone()
+        except sqlite3.OperationalError:  # text that is not UTF-8
+            row = (None, None, None, None, None)
         if row is None:
             return None
-        return row[0], DatumLoc(Oid(datum), row[1], row[2], _parse_members(row[3]))
+        if (loc := decode_row(datum, *row)) is None:
+            self.forget(row[0])
+            return None
+        return row[0], loc
+
+    def forget(self, shard: object) -> None:
+        """Drops a shard whose rows cannot be trusted (every shard, if ``shard`` names none)."""
+        with nullcontext() if self.index.db.in_transaction else self.index.transaction():
+            if isinstance(shard, str) and is_oid(shard):
+                self.drop_shard(shard)
+            else:
+                self.clear()
+
+    def agrees(self, shard: str, loc: DatumLoc, index: ShardIndex) -> bool:
+        """Whether ``loc``, from the cache, is where the shard's ``.idx`` places the datum;
+        if not, the shard is forgotten (:meth:`forget`), to be read again from the ``.idx``."""
+        if any(found == loc for found in index.datums if found.datum == loc.datum):
+            return True
+        self.forget(shard)
+        return False
+
+    def disagreements(self, index_of: Callable[[str], ShardIndex | None]) -> list[str]:
+        """The cache's rows that are not what the ``.idx`` of the shard they name says
+        (``index_of``: a shard's index, or None if it has none that reads), as problems, one
+        line for the ``location`` table and one for ``shard``. Read a shard at a time (the
+        rows sorted by shard in C), as bytes: a row need not even be text to be read."""
+        rows = self.index.db.execute(
+            "SELECT CAST(shard AS BLOB), CAST(datum AS BLOB), offset, length, CAST(members AS BLOB) FROM location ORDER BY 1"
+        )
+        wrong, example = 0, ""
+        for shard, group in groupby(rows, key=_DATUM):
+            if (expected := _expected_rows(shard, index_of)) is None:
+                continue  # a shard without an .idx that reads: a problem of its own, or gone
+            for _, datum, *rest in group:
+                if expected.get(datum) != tuple(rest):
+                    wrong, example = wrong + 1, example or f"datum {_shown(datum)} in shard {_shown(shard)}"
+        problems = [f"index.sqlite: {wrong} location rows disagree with the shards' .idx ({example}): run fsck --rebuild-index"] if wrong else []
+        # (A shard's count is of the rows it got: a datum two shards hold is placed in one.)
+        shards = self.index.db.execute("SELECT CAST(shard AS BLOB), size, datums FROM shard").fetchall()
+        bad = [s for s, size, count in shards if _name(s) is None or type(count) is not int or ((i := _index(s, index_of)) and i.size != size)]
+        if bad:
+            problems.append(f"index.sqlite: {len(bad)} shard rows disagree with the shards' .idx ({_shown(bad[0])}): run fsck --rebuild-index")
+        return problems
 
     def set_damaged(self, shards: set[str]) -> None:
         """Records the shards ``fsck`` found damaged (all of them, replacing the last list):
@@ -118,8 +185,31 @@ class Locations:
         return found
 
 
-_DATUM = itemgetter(0)
-_DAMAGED = "damaged-shards"
+def _shown(raw: bytes | None) -> str:
+    return repr(bytes(raw or b"").decode("utf-8", "replace"))[:40]
+
+
+def _name(shard: bytes | None) -> str | None:
+    """The shard a row names, if it names one."""
+    try:
+        name = bytes(shard or b"").decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return name if is_oid(name) else None
+
+
+def _index(shard: bytes | None, index_of: Callable[[str], ShardIndex | None]) -> ShardIndex | None:
+    return index_of(name) if (name := _name(shard)) is not None else None
+
+
+def _expected_rows(shard: bytes | None, index_of: Callable[[str], ShardIndex | None]) -> dict[bytes, tuple[int, int, bytes]] | None:
+    """datum → (offset, length, members) of the rows ``put`` writes for a shard, as bytes:
+    none for a row that names no shard, None for a shard without an ``.idx`` that reads."""
+    if _name(shard) is None:
+        return {}
+    if (index := _index(shard, index_of)) is None:
+        return None
+    return {d.encode(): (o, n, m.encode("utf-8", "surrogateescape")) for d, _, o, n, m in location_rows(index)}
 
 
 def location_rows(index: ShardIndex) -> list[LocationRow]:
@@ -131,6 +221,24 @@ def location_rows(index: ShardIndex) -> list[LocationRow]:
 def _members_text(members: tuple[MemberLoc, ...]) -> str:
     # "/" cannot occur in an extension; offsets and sizes come first, so spaces in one are fine.
     return "/".join([f"{offset} {size} {ext}" for ext, offset, size in members])
+
+
+def decode_row(datum: str, shard: object, offset: object, length: object, members: object, size: object) -> DatumLoc | None:
+    """A ``location`` row (with its shard's size) as ``put`` wrote it, or None if it is not
+    one: a shard that is no oid, a span that is not within the shard, members that do not
+    parse or lie outside the span."""
+    if not (isinstance(shard, str) and is_oid(shard) and isinstance(members, str)):
+        return None
+    if not (type(offset) is int and type(length) is int and type(size) is int and 0 <= offset and 0 < length <= size - offset):
+        return None
+    try:
+        parsed = _parse_members(members)
+    except ValueError:
+        return None
+    end = offset + length
+    if all(offset <= m.offset and 0 <= m.size <= end - m.offset and "\x00" not in m.ext for m in parsed):
+        return DatumLoc(Oid(datum), offset, length, parsed)
+    return None
 
 
 def _parse_members(text: str) -> tuple[MemberLoc, ...]:
@@ -153,28 +261,29 @@ def read_columns(path: Path, datums: list[str] | None, in_batch: int = 999) -> L
     db = sqlite3.connect(path, timeout=60, isolation_level=None)
     try:
         db.execute("BEGIN")
-        shards = [r[0] for r in db.execute("SELECT shard FROM shard ORDER BY shard")]
+        listed = db.execute(_SHARDS).fetchall()
+        shards, sizes = [r[0] for r in listed], [r[1] for r in listed]
         if datums is None:
             size = db.execute("SELECT count(*) FROM location").fetchone()[0]
-            queries = ((_COLUMNS + " WHERE datum >= ? AND datum < ?", bounds) for bounds in _SLICES)
+            queries = ((_COLUMNS + " AND datum >= ? AND datum < ?", bounds) for bounds in _SLICES)
         else:
             size = len(datums)
             batches = (datums[i : i + in_batch] for i in range(0, len(datums), in_batch))
-            queries = ((_COLUMNS + f" WHERE datum IN ({','.join('?' * len(b))})", b) for b in batches)
+            queries = ((_COLUMNS + f" AND datum IN ({','.join('?' * len(b))})", b) for b in batches)
         known = LocationColumns(np.empty(size, np.uint64), np.empty(size, np.uint64), np.empty((size, 3), np.int64), shards)
         filled = 0
         for sql, params in queries:
-            part = _columns(db.execute(sql, params).fetchone(), shards)
+            part = _columns(db.execute(sql, params).fetchone(), shards, sizes)
             if not part:
                 continue
             if filled + len(part[0]) > size:
-                raise CorruptObjectError("index.sqlite", "the location table changed while it was read")
+                raise DamagedCacheError("the location table changed while it was read")
             for column, values in zip(known, part):
                 column[filled : filled + len(values)] = values
             filled += len(part[0])
         db.execute("COMMIT")
     except sqlite3.Error as e:
-        raise DataRepoError(f"index.sqlite: {e}") from None
+        raise DamagedCacheError(str(e)) from None
     finally:
         db.close()
     known = known._replace(high=known.high[:filled], low=known.low[:filled], where=known.where[:filled])
@@ -184,9 +293,10 @@ def read_columns(path: Path, datums: list[str] | None, in_batch: int = 999) -> L
     return known
 
 
-def _columns(row: tuple[str | None, ...], shards: list[str]) -> tuple[np.ndarray, ...]:
+def _columns(row: tuple[str | None, ...], shards: list[str], sizes: list[int]) -> tuple[np.ndarray, ...]:
     """One query's texts as arrays: the ids' halves and (shard place, offset, length) rows
-    (a place of -1 for a shard the cache does not list)."""
+    (a place of -1 for a shard the cache does not list, or a row that reaches past the end
+    of its shard: either is looked up alone)."""
     import binascii
 
     import numpy as np
@@ -211,7 +321,9 @@ def _columns(row: tuple[str | None, ...], shards: list[str]) -> tuple[np.ndarray
         place = np.where(table[at] == found, at, -1)
     offs, lens = _ints(offsets, n), _ints(lengths, n)
     if len(found) != n or len(offs) != n or len(lens) != n:
-        raise CorruptObjectError("index.sqlite", "location rows do not line up")
+        raise DamagedCacheError("location rows do not line up")
+    if shards:
+        place[offs > np.asarray(sizes, np.int64)[np.maximum(place, 0)] - lens] = -1
     return ids[:, 0], ids[:, 1], np.stack([place, offs, lens], axis=1)
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from datarepo import tree as trees
 from datarepo.config import DEFAULT_SHARD_SIZE, TIME_FORMAT, Config, env_seconds, env_time
-from datarepo.errors import BadRevisionError, InvalidInputError, NotARepositoryError, ObjectNotFoundError
+from datarepo.errors import BadRevisionError, CorruptObjectError, InvalidInputError, NotARepositoryError, ObjectNotFoundError
 from datarepo.fsutil import WriterLock, atomic_write
 from datarepo.hashing import Oid, is_oid
 from datarepo.index import Index
@@ -20,6 +20,7 @@ from datarepo.locations import location_rows
 from datarepo.objects import Blob, Commit
 from datarepo.refs import BRANCHES, HEAD, RUNS, TAGS, Refs
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData
+from datarepo.staging import first_bad_key
 from datarepo.store import Store, datum_members
 
 if TYPE_CHECKING:
@@ -244,6 +245,8 @@ class Repo:
         writer raises :class:`RefConflictError` and nothing is lost. Every datum the
         changes name must already be stored (see :meth:`writer`).
         """
+        if (bad := first_bad_key(list(changes))) is not None:
+            raise InvalidInputError(f"nothing committed: {bad}")
         if parent is True:
             parent = self.refs.read(ref)
         base = self.read_commit(parent).tree if parent else None
@@ -303,12 +306,16 @@ class Repo:
     def at_location(self, datum: str, read: Callable[[str, DatumLoc], T]) -> T:
         """``read(shard, loc)`` at the datum's place; if its shard has gone meanwhile (a
         ``repack`` or ``gc`` replaced it, and updated the location cache), once more at
-        its new place."""
+        its new place; if the bytes there are not the datum's, once more where the shard's
+        ``.idx`` places it, unless that is where the cache did (the shard is damaged)."""
         shard, loc = self.locate(datum)
         try:
             return read(shard, loc)
         except ObjectNotFoundError as e:
             if e.kind != "shard":
+                raise
+        except CorruptObjectError:
+            if self.index.locations.agrees(shard, loc, self.store.read_index(shard)):
                 raise
         shard, loc = self.locate(datum)
         return read(shard, loc)

@@ -4,11 +4,15 @@ for the next commit, and the tree ``add`` built for it (docs/format.md, "index.s
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+import re
+from contextlib import nullcontext
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
+from datarepo.errors import InvalidInputError
 from datarepo.hashing import Oid, is_oid
-from datarepo.sqlrows import insert_rows
+from datarepo.keys import check_key
+from datarepo.sqlrows import DamagedCacheError, insert_rows
 
 if TYPE_CHECKING:
     from datarepo.index import Index
@@ -16,15 +20,119 @@ if TYPE_CHECKING:
 # A staged change: the key, its new datum (None: deleted) and the datum's size.
 StagedRow = tuple[str, Oid | None, int]
 
+# The rows SQLite (in C) finds anything odd in: a key the key rule might refuse (not text,
+# empty, not printable ASCII, a part that starts with a dot, an empty part, NUL), a datum
+# that is not an oid, a size that is not a count. Only these are read in Python, and each
+# is judged by the key rule itself (:func:`row_fault`): a sound table costs one scan in C.
+_SUSPECT = (
+    "typeof(key) != 'text' OR key = '' OR key GLOB '*[^ -~]*' OR key GLOB '.*' OR key GLOB '*/.*'"
+    " OR key GLOB '/*' OR key GLOB '*/' OR key GLOB '*//*' OR instr(key, char(0)) > 0"
+    " OR (datum IS NOT NULL AND (typeof(datum) != 'text' OR length(datum) != 32 OR datum GLOB '*[^0-9a-f]*'))"
+    " OR typeof(size) != 'integer' OR size < 0"
+)
+_SUSPECT_ROWS = (
+    "SELECT typeof(key), CAST(key AS BLOB), typeof(datum), CAST(datum AS BLOB),"
+    f" CASE WHEN typeof(size) = 'integer' THEN size END FROM staged WHERE {_SUSPECT}"
+)
+
+
+class StagedDamage(NamedTuple):
+    """A staged row that is not what ``add`` or ``rm`` writes: its key's type and bytes
+    (to delete it by), and why."""
+
+    kind: str
+    raw: bytes
+    reason: str
+
+
+def row_fault(kind: str, raw: bytes, datum_kind: str, datum: bytes | None, size: int | None) -> str | None:
+    """Why a staged row (as :data:`_SUSPECT_ROWS` reads it) cannot be trusted, or None."""
+    if kind != "text":
+        return f"a key that is {kind}, not text"
+    try:
+        check_key(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return f"a key that is not UTF-8 ({raw!r:.60})"
+    except InvalidInputError as e:
+        return str(e)
+    if datum_kind != "null" and (datum_kind != "text" or not is_oid(bytes(datum or b"").decode("latin-1"))):
+        return f"key {raw.decode()!r}: a datum that is not an id"
+    if size is None or size < 0:
+        return f"key {raw.decode()!r}: a size that is not a count"
+    return None
+
+
+# Where a key, in keys joined by NUL, may break the key rule (see :func:`first_bad_key`): a
+# key that starts with "/" or ".", a part that starts with ".", "//", a "/" that ends a key,
+# an empty key, anything not ASCII. No match takes in a NUL: each starts within its key.
+_ODD_KEY = re.compile("(?<![^\x00])[/.]|/\\.|//|/(?![^\x00])|(?<![^\x00])(?![^\x00])|[^\x00-\x7f]")
+
+
+def first_bad_key(keys: Sequence[str]) -> str | None:
+    """The key rule's complaint (:func:`datarepo.keys.check_key`) about the first of ``keys``
+    that breaks it, or None. The keys are joined and searched in C for anything odd; only
+    the keys at a find (a part with a leading dot, say) are checked one by one."""
+    text = "\x00".join(keys)
+    if text.count("\x00") != len(keys) - 1:  # a key holds NUL: check each
+        odd: Iterable[str] = keys
+    else:
+        odd = (_key_at(text, m.start()) for m in _ODD_KEY.finditer(text))
+    for key in odd:
+        try:
+            check_key(key)
+        except InvalidInputError as e:
+            return str(e)
+    return None
+
+
+def _key_at(text: str, at: int) -> str:
+    end = text.find("\x00", at)
+    return text[text.rfind("\x00", 0, at) + 1 : len(text) if end < 0 else end]
+
 
 class Staging:
-    """The staged changes, each a :data:`StagedRow`."""
+    """The staged changes, each a :data:`StagedRow`. Rows no ``add`` or ``rm`` wrote (see
+    :meth:`damage`) are dropped before any is read: the staging area is only a cache, and
+    its changes are staged again by the next ``add``; ``commit`` refuses them (:meth:`check`)."""
 
     def __init__(self, index: Index) -> None:
         self.index = index
+        self._sound = False  # checked in this process (and written by it since)
+
+    def damage(self) -> list[StagedDamage]:
+        """The staged rows that are not what ``add`` or ``rm`` writes (:func:`row_fault`)."""
+        found = []
+        for kind, raw, *rest in self.index.db.execute(_SUSPECT_ROWS):
+            if (reason := row_fault(kind, bytes(raw or b""), *rest)) is not None:
+                found.append(StagedDamage(kind, bytes(raw or b""), reason))
+        return found
+
+    def check(self) -> None:
+        """Raises DamagedCacheError if any staged row is damaged, once it has dropped them:
+        what ``commit`` does before it builds a tree, so that nothing it cannot trust is
+        committed, nor anything short of what was staged."""
+        if damage := self._drop_damage():
+            raise DamagedCacheError(
+                f"{len(damage)} staged row(s) were damaged ({damage[0].reason}): dropped, nothing committed",
+                "check `datarepo status`, add again and commit",
+            )
+
+    def _drop_damage(self) -> list[StagedDamage]:
+        if self._sound:
+            return []
+        if damage := self.damage():
+            with nullcontext() if self.index.db.in_transaction else self.index.transaction():
+                self.index.db.executemany(
+                    "DELETE FROM staged WHERE typeof(key) = ? AND CAST(key AS BLOB) = ?", [d[:2] for d in damage]
+                )
+                self._bump()
+                self.withdraw_tree()
+        self._sound = True
+        return damage
 
     def rows(self) -> list[StagedRow]:
         """Every staged change, in key order."""
+        self._drop_damage()
         return self.index.db.execute("SELECT key, datum, size FROM staged ORDER BY key").fetchall()
 
     def changes(self) -> dict[str, tuple[Oid | None, int]]:
@@ -33,6 +141,7 @@ class Staging:
 
     def changes_for(self, keys: Iterable[str]) -> dict[str, tuple[Oid | None, int]]:
         """:meth:`changes`, of ``keys`` only."""
+        self._drop_damage()
         found = {}
         batch = list(keys)
         for i in range(0, len(batch), 500):
@@ -42,6 +151,7 @@ class Staging:
         return found
 
     def count(self) -> int:
+        self._drop_damage()
         return self.index.db.execute("SELECT count(*) FROM staged").fetchone()[0]
 
     def stage(self, changes: Iterable[StagedRow]) -> None:
@@ -58,6 +168,7 @@ class Staging:
 
     def unstored(self) -> list[str]:
         """Staged datums no shard holds (one join, not one lookup per datum)."""
+        self._drop_damage()
         rows = self.index.db.execute(
             "SELECT s.datum FROM staged s LEFT JOIN location l ON l.datum = s.datum"
             " WHERE s.datum IS NOT NULL AND l.datum IS NULL"
@@ -65,6 +176,7 @@ class Staging:
         return [r[0] for r in rows]
 
     def datums(self) -> Iterator[str]:
+        self._drop_damage()
         for (datum,) in self.index.db.execute("SELECT datum FROM staged WHERE datum IS NOT NULL"):
             yield datum
 
@@ -96,3 +208,4 @@ class Staging:
         self.index.db.execute(
             "INSERT INTO meta VALUES ('staged_version', '1') ON CONFLICT(name) DO UPDATE SET value = value + 1"
         )
+

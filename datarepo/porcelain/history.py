@@ -37,6 +37,7 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
         raise InvalidInputError("empty commit message (use -m)")
     with repo.lock:
         parent = repo.head()
+        repo.index.staging.check()  # a damaged staged row (an invalid key, say) is never committed
         count = repo.index.staging.count()
         if not count and not allow_empty:
             raise NothingToCommitError("nothing to commit (use \"datarepo add\" first)")
