@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from datarepo.hashing import Oid, is_oid
-from datarepo.shards import DatumLoc, MemberLoc, ShardIndex
+from datarepo.shards import BLOCK, DatumLoc, MemberLoc, ShardIndex
 from datarepo.sqlrows import DamagedCacheError, insert_rows
 
 if TYPE_CHECKING:
@@ -35,11 +35,23 @@ _DAMAGED = "damaged-shards"
 # module spent 0.7 µs a row making Python objects.
 # Only rows of the form ``put`` writes (checked in C, a column at a time) are read: any other
 # is left out, and so is looked up alone (:meth:`Locations.locate`), which mends it.
-_SOUND = (
-    "typeof(datum) = 'text' AND length(datum) = 32 AND NOT datum GLOB '*[^0-9a-f]*'"
-    " AND typeof(shard) = 'text' AND length(shard) = 32 AND NOT shard GLOB '*[^0-9a-f]*'"
-    " AND typeof(offset) = 'integer' AND offset >= 0 AND typeof(length) = 'integer' AND length > 0"
-)
+_OID = "typeof({0}) = 'text' AND length({0}) = 32 AND NOT {0} GLOB '*[^0-9a-f]*'"
+
+
+def sound(table: str = "") -> str:
+    """The SQL test of a ``location`` row of the form ``put`` writes (of ``table``, as named):
+    ids that are oids, a span that starts on a tar block, whose first member (the first
+    number of ``members``) starts after a header of its own and within the span."""
+    t = f"{table}." if table else ""
+    first = f"CAST(substr({t}members, 1, instr({t}members, ' ') - 1) AS INTEGER)"
+    return (
+        f"{_OID.format(t + 'datum')} AND {_OID.format(t + 'shard')} AND typeof({t}offset) = 'integer'"
+        f" AND {t}offset >= 0 AND {t}offset % {BLOCK} = 0 AND typeof({t}length) = 'integer' AND {t}length > 0"
+        f" AND typeof({t}members) = 'text' AND {first} BETWEEN {t}offset + {BLOCK} AND {t}offset + {t}length"
+    )
+
+
+_SOUND = sound()
 _COLUMNS = "SELECT group_concat(datum, ''), group_concat(shard, ''), group_concat(offset), group_concat(length) FROM location WHERE " + _SOUND
 _SHARDS = (
     "SELECT shard, size FROM shard WHERE typeof(shard) = 'text' AND length(shard) = 32"
@@ -97,10 +109,11 @@ class Locations:
 
     def count(self) -> int:
         """How many datum locations the table holds (by its shards' counts)."""
-        return self.index.db.execute("SELECT coalesce(sum(datums), 0) FROM shard").fetchone()[0]
+        return self.index.db.execute("SELECT coalesce(sum(datums), 0) FROM shard WHERE typeof(datums) = 'integer'").fetchone()[0]
 
     def shards(self) -> set[str]:
-        return {r[0] for r in self.index.db.execute("SELECT shard FROM shard")}
+        """The shards the cache lists (by a name that is an oid: a row of any other form names none)."""
+        return {r[0] for r in self.index.db.execute(f"SELECT shard FROM shard WHERE {_OID.format('shard')}")}
 
     def locate(self, datum: str) -> tuple[str, DatumLoc] | None:
         """Where the cache places ``datum``; None if nowhere, or if its row is damaged (see
@@ -181,7 +194,7 @@ class Locations:
         for i in range(0, len(batch), 500):
             chunk = batch[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            found.update(self.index.db.execute(f"SELECT datum, shard FROM location WHERE datum IN ({marks})", chunk))
+            found.update(self.index.db.execute(f"SELECT datum, shard FROM location WHERE datum IN ({marks}) AND {_SOUND}", chunk))
         return found
 
 
@@ -225,18 +238,21 @@ def _members_text(members: tuple[MemberLoc, ...]) -> str:
 
 def decode_row(datum: str, shard: object, offset: object, length: object, members: object, size: object) -> DatumLoc | None:
     """A ``location`` row (with its shard's size) as ``put`` wrote it, or None if it is not
-    one: a shard that is no oid, a span that is not within the shard, members that do not
-    parse or lie outside the span."""
+    one: a shard that is no oid, a span that is not within the shard or does not start on a
+    tar block, members that do not parse or do not start on a block after the span's
+    first header, or end past the span."""
     if not (isinstance(shard, str) and is_oid(shard) and isinstance(members, str)):
         return None
     if not (type(offset) is int and type(length) is int and type(size) is int and 0 <= offset and 0 < length <= size - offset):
+        return None
+    if offset % BLOCK:
         return None
     try:
         parsed = _parse_members(members)
     except ValueError:
         return None
     end = offset + length
-    if all(offset <= m.offset and 0 <= m.size <= end - m.offset and "\x00" not in m.ext for m in parsed):
+    if all(offset < m.offset and not (m.offset - offset) % BLOCK and 0 <= m.size <= end - m.offset and "\x00" not in m.ext for m in parsed):
         return DatumLoc(Oid(datum), offset, length, parsed)
     return None
 

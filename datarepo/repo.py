@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import re
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from datarepo import tree as trees
 from datarepo.config import DEFAULT_SHARD_SIZE, TIME_FORMAT, Config, env_seconds, env_time
-from datarepo.errors import BadRevisionError, CorruptObjectError, InvalidInputError, NotARepositoryError, ObjectNotFoundError
+from datarepo.errors import BadRevisionError, CorruptObjectError, DataRepoError, InvalidInputError, NotARepositoryError, ObjectNotFoundError
 from datarepo.fsutil import WriterLock, atomic_write
 from datarepo.hashing import Oid, is_oid
 from datarepo.index import Index
@@ -295,9 +296,23 @@ class Repo:
         found = self.index.locations.locate(datum)
         if found is None and self.sync_locations():
             found = self.index.locations.locate(datum)
+        if found is None and self._reread_holder(datum):
+            found = self.index.locations.locate(datum)
         if found is None:
             raise ObjectNotFoundError("datum", datum)
         return found
+
+    def _reread_holder(self, datum: str) -> bool:
+        """Looks for ``datum`` in every shard's ``.idx``, when the cache places it nowhere:
+        its row may be lost or damaged. The shard that lists it is read into the cache again;
+        True if there is one. Only on the way to an error (every caller of :meth:`locate`
+        needs the datum), so its cost (parsing every ``.idx``) is that of a damaged cache."""
+        for shard in sorted(self.store.iter_shards()):
+            with contextlib.suppress(DataRepoError):
+                if any(d.datum == datum for d in self.store.read_index(shard).datums):
+                    self.index.locations.forget(shard)
+                    return self.sync_locations() > 0
+        return False
 
     def members(self, datum: str, large: int = LARGE_FILE) -> dict[str, MemberData]:
         """A datum's members: bytes, or (over ``large`` bytes) file ranges to stream."""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from datarepo.errors import InvalidInputError
 from datarepo.hashing import Oid, is_oid
 from datarepo.keys import check_key
+from datarepo.locations import sound
 from datarepo.sqlrows import DamagedCacheError, insert_rows
 
 if TYPE_CHECKING:
@@ -167,10 +168,10 @@ class Staging:
         self._bump()
 
     def unstored(self) -> list[str]:
-        """Staged datums no shard holds (one join, not one lookup per datum)."""
+        """Staged datums no shard holds, by a row that reads (one join, not one lookup per datum)."""
         self._drop_damage()
         rows = self.index.db.execute(
-            "SELECT s.datum FROM staged s LEFT JOIN location l ON l.datum = s.datum"
+            f"SELECT s.datum FROM staged s LEFT JOIN location l ON l.datum = s.datum AND {sound('l')}"
             " WHERE s.datum IS NOT NULL AND l.datum IS NULL"
         )
         return [r[0] for r in rows]
