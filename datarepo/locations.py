@@ -130,6 +130,10 @@ class Locations:
             return None
         return row[0], loc
 
+    def has_row(self, datum: str) -> bool:
+        """Whether the cache has a row for ``datum``, whatever it holds."""
+        return self.index.db.execute("SELECT 1 FROM location WHERE datum=?", (datum,)).fetchone() is not None
+
     def forget(self, shard: object) -> None:
         """Drops a shard whose rows cannot be trusted (every shard, if ``shard`` names none)."""
         with nullcontext() if self.index.db.in_transaction else self.index.transaction():

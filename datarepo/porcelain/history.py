@@ -47,15 +47,22 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
             oid = repo.commit_tree(tree, message, parent)
         else:
             for datum in sorted(repo.index.staging.unstored()):
-                try:
-                    repo.locate(datum)  # (a damaged row is read again from its shard's .idx)
-                except ObjectNotFoundError:
-                    raise ObjectNotFoundError("staged datum", datum) from None
+                if not _placed_again(repo, datum):
+                    raise ObjectNotFoundError("staged datum", datum)
             oid = repo.commit(trees.staged_changes(repo.index.staging.rows()), message, parent=parent)
         repo.index.staging.unstage()
         if before is not None:
             snapshot.carry(repo, before, commit=True)
     return CommitResult(oid, repo.current_branch(), count)
+
+
+def _placed_again(repo: Repo, datum: str) -> bool:
+    """Whether a staged datum whose location row does not read (damaged) is placed once
+    that row's shard is read again from its ``.idx``. A datum without a row is not."""
+    locations = repo.index.locations
+    if not locations.has_row(datum):
+        return False
+    return locations.locate(datum) is not None or (repo.sync_locations() > 0 and locations.locate(datum) is not None)
 
 
 def log(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[tuple[Oid, Commit]]:
