@@ -52,7 +52,16 @@ def sound(table: str = "") -> str:
 
 
 _SOUND = sound()
-_COLUMNS = "SELECT group_concat(datum, ''), group_concat(shard, ''), group_concat(offset), group_concat(length) FROM location WHERE " + _SOUND
+_COLUMNS = "SELECT group_concat(datum, ''), group_concat(shard, ''), group_concat(offset), group_concat(length) FROM location WHERE "
+# What a row must be to be read, the cheap tests first (a GLOB and a typeof() a row cost
+# several times the read itself: 3,000 rows in 1.0 ms, 1.7 ms with these, 12 ms with all):
+# the span, and its first member (``members`` as a number: its first). A row that passes
+# these and still holds what is no number or id makes the query's columns not parse; then
+# the query is made again with every test (:func:`sound`).
+_QUICK = (
+    "length(datum) = 32 AND length(shard) = 32 AND offset >= 0 AND offset % 512 = 0 AND length > 0"
+    " AND CAST(members AS INTEGER) BETWEEN offset + 512 AND offset + length"
+)
 _SHARDS = (
     "SELECT shard, size FROM shard WHERE typeof(shard) = 'text' AND length(shard) = 32"
     " AND NOT shard GLOB '*[^0-9a-f]*' AND typeof(size) = 'integer' ORDER BY shard"
@@ -285,15 +294,15 @@ def read_columns(path: Path, datums: list[str] | None, in_batch: int = 999) -> L
         shards, sizes = [r[0] for r in listed], [r[1] for r in listed]
         if datums is None:
             size = db.execute("SELECT count(*) FROM location").fetchone()[0]
-            queries = ((_COLUMNS + " AND datum >= ? AND datum < ?", bounds) for bounds in _SLICES)
+            queries = (("datum >= ? AND datum < ?", bounds) for bounds in _SLICES)
         else:
             size = len(datums)
             batches = (datums[i : i + in_batch] for i in range(0, len(datums), in_batch))
-            queries = ((_COLUMNS + f" AND datum IN ({','.join('?' * len(b))})", b) for b in batches)
+            queries = ((f"datum IN ({','.join('?' * len(b))})", b) for b in batches)
         known = LocationColumns(np.empty(size, np.uint64), np.empty(size, np.uint64), np.empty((size, 3), np.int64), shards)
         filled = 0
-        for sql, params in queries:
-            part = _columns(db.execute(sql, params).fetchone(), shards, sizes)
+        for where, params in queries:
+            part = _query_columns(db, where, params, shards, sizes)
             if not part:
                 continue
             if filled + len(part[0]) > size:
@@ -311,6 +320,17 @@ def read_columns(path: Path, datums: list[str] | None, in_batch: int = 999) -> L
         order = np.lexsort((known.low, known.high))
         known = known._replace(high=known.high[order], low=known.low[order], where=known.where[order])
     return known
+
+
+def _query_columns(db: sqlite3.Connection, where: str, params: Sequence[str], shards: list[str], sizes: list[int]) -> tuple[np.ndarray, ...]:
+    """:func:`_columns` of the rows ``where`` selects, of those that pass the quick tests;
+    if they do not parse, of those that pass every test."""
+    import binascii
+
+    try:
+        return _columns(db.execute(f"{_COLUMNS}{_QUICK} AND {where}", params).fetchone(), shards, sizes)
+    except (sqlite3.OperationalError, binascii.Error, ValueError, DamagedCacheError):
+        return _columns(db.execute(f"{_COLUMNS}{_SOUND} AND {where}", params).fetchone(), shards, sizes)
 
 
 def _columns(row: tuple[str | None, ...], shards: list[str], sizes: list[int]) -> tuple[np.ndarray, ...]:
