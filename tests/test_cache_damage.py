@@ -38,15 +38,24 @@ def head_keys(root: Path) -> list[str]:
     return [e.key for e in Repo.open(root).tree().select()]
 
 
-@pytest.fixture
-def repo(worktree: Path, cli: Cli) -> dict[str, bytes]:
-    """20 samples committed, one status seen (a snapshot saved)."""
-    files = write_samples(worktree, 20)
+@pytest.fixture(scope="module")
+def committed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, bytes]]:
+    root = tmp_path_factory.mktemp("committed") / "work"
+    root.mkdir()
+    files = write_samples(root, 20)
+    cli = Cli(root)
     cli("init", "--shard-size", "16K")
     cli("add", ".")
     cli("commit", "-m", "first")
     cli("status")
-    return files
+    return root, files
+
+
+@pytest.fixture
+def repo(committed: tuple[Path, dict[str, bytes]], worktree: Path) -> dict[str, bytes]:
+    """20 samples committed, one status seen (a snapshot saved): a copy of one made once."""
+    shutil.copytree(committed[0], worktree, symlinks=True, dirs_exist_ok=True)
+    return committed[1]
 
 
 def assert_clean(cli: Cli) -> None:
@@ -323,7 +332,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_damaged_cell_gives_a_right_result_or_one_error_line(pristine: Path, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
     root = tmp_path_factory.mktemp("damaged") / "work"
@@ -343,6 +352,12 @@ def test_any_damaged_cell_gives_a_right_result_or_one_error_line(pristine: Path,
             q(root, sql, value, kind, key)
         except sqlite3.IntegrityError:
             continue  # (a key that another row has, or NULL)
+    for name in data.draw(st.sets(st.sampled_from(["index.stats", "index.listing"]))):  # the files beside it
+        side = root / ".datarepo" / name
+        raw = bytearray(side.read_bytes())
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at : at + 8] = data.draw(st.binary(min_size=1, max_size=8))
+        side.write_bytes(bytes(raw))
     cli = Cli(root)
     files = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file() and ".datarepo" not in p.parts}
     for args in (["status"], ["add", "."], ["cat", "HEAD:train/dog/0001.jpg"], ["commit", "-m", "after"], ["fsck"]):
