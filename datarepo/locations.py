@@ -52,7 +52,9 @@ def sound(table: str = "") -> str:
 
 
 _SOUND = sound()
-_COLUMNS = "SELECT group_concat(datum, ''), group_concat(shard, ''), group_concat(offset), group_concat(length) FROM location WHERE "
+_COLUMNS = (
+    "SELECT group_concat(datum, ''), group_concat(shard, ''), group_concat(offset), group_concat(length) FROM location WHERE "
+)
 # What a row must be to be read, the cheap tests first (a GLOB and a typeof() a row cost
 # several times the read itself: 3,000 rows in 1.0 ms, 1.7 ms with these, 12 ms with all):
 # the span, and its first member (``members`` as a number: its first). A row that passes
@@ -174,12 +176,12 @@ class Locations:
             for _, datum, *rest in group:
                 if expected.get(datum) != tuple(rest):
                     wrong, example = wrong + 1, example or f"datum {_shown(datum)} in shard {_shown(shard)}"
-        problems = [f"index.sqlite: {wrong} location rows disagree with the shards' .idx ({example}): run fsck --rebuild-index"] if wrong else []
+        problems = [_disagree(f"{wrong} location rows", example)] if wrong else []
         # (A shard's count is of the rows it got: a datum two shards hold is placed in one.)
         shards = self.index.db.execute("SELECT CAST(shard AS BLOB), size, datums FROM shard").fetchall()
-        bad = [s for s, size, count in shards if _name(s) is None or type(count) is not int or ((i := _index(s, index_of)) and i.size != size)]
+        bad = [s for s, size, count in shards if _name(s) is None or type(count) is not int or _size_differs(s, size, index_of)]
         if bad:
-            problems.append(f"index.sqlite: {len(bad)} shard rows disagree with the shards' .idx ({_shown(bad[0])}): run fsck --rebuild-index")
+            problems.append(_disagree(f"{len(bad)} shard rows", _shown(bad[0])))
         return problems
 
     def set_damaged(self, shards: set[str]) -> None:
@@ -228,7 +230,17 @@ def _index(shard: bytes | None, index_of: Callable[[str], ShardIndex | None]) ->
     return index_of(name) if (name := _name(shard)) is not None else None
 
 
-def _expected_rows(shard: bytes | None, index_of: Callable[[str], ShardIndex | None]) -> dict[bytes, tuple[int, int, bytes]] | None:
+def _disagree(what: str, example: str) -> str:
+    return f"index.sqlite: {what} disagree with the shards' .idx ({example}): run fsck --rebuild-index"
+
+
+def _size_differs(shard: bytes, size: object, index_of: Callable[[str], ShardIndex | None]) -> bool:
+    return (index := _index(shard, index_of)) is not None and index.size != size
+
+
+def _expected_rows(
+    shard: bytes | None, index_of: Callable[[str], ShardIndex | None]
+) -> dict[bytes, tuple[int, int, bytes]] | None:
     """datum → (offset, length, members) of the rows ``put`` writes for a shard, as bytes:
     none for a row that names no shard, None for a shard without an ``.idx`` that reads."""
     if _name(shard) is None:
@@ -265,9 +277,10 @@ def decode_row(datum: str, shard: object, offset: object, length: object, member
     except ValueError:
         return None
     end = offset + length
-    if all(offset < m.offset and not (m.offset - offset) % BLOCK and 0 <= m.size <= end - m.offset and "\x00" not in m.ext for m in parsed):
-        return DatumLoc(Oid(datum), offset, length, parsed)
-    return None
+    def fits(m: MemberLoc) -> bool:
+        return offset < m.offset and not (m.offset - offset) % BLOCK and 0 <= m.size <= end - m.offset and "\x00" not in m.ext
+
+    return DatumLoc(Oid(datum), offset, length, parsed) if all(map(fits, parsed)) else None
 
 
 def _parse_members(text: str) -> tuple[MemberLoc, ...]:
@@ -322,7 +335,9 @@ def read_columns(path: Path, datums: list[str] | None, in_batch: int = 999) -> L
     return known
 
 
-def _query_columns(db: sqlite3.Connection, where: str, params: Sequence[str], shards: list[str], sizes: list[int]) -> tuple[np.ndarray, ...]:
+def _query_columns(
+    db: sqlite3.Connection, where: str, params: Sequence[str], shards: list[str], sizes: list[int]
+) -> tuple[np.ndarray, ...]:
     """:func:`_columns` of the rows ``where`` selects, of those that pass the quick tests;
     if they do not parse, of those that pass every test."""
     import binascii

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from datarepo import tree as trees
 from datarepo.config import DEFAULT_SHARD_SIZE, TIME_FORMAT, Config, env_seconds, env_time
-from datarepo.errors import BadRevisionError, CorruptObjectError, DataRepoError, InvalidInputError, NotARepositoryError, ObjectNotFoundError
+from datarepo.errors import (
+    BadRevisionError,
+    CorruptObjectError,
+    DataRepoError,
+    InvalidInputError,
+    NotARepositoryError,
+    ObjectNotFoundError,
+)
 from datarepo.fsutil import WriterLock, atomic_write
 from datarepo.hashing import Oid, is_oid
 from datarepo.index import Index

@@ -112,6 +112,7 @@ class Staging:
         """Raises DamagedCacheError if any staged row is damaged, once it has dropped them:
         what ``commit`` does before it builds a tree, so that nothing it cannot trust is
         committed, nor anything short of what was staged."""
+        self._sound = False  # (looked at again: another process may have written since)
         if damage := self._drop_damage():
             raise DamagedCacheError(
                 f"{len(damage)} staged row(s) were damaged ({damage[0].reason}): dropped, nothing committed",

@@ -79,7 +79,9 @@ SNAPSHOT_VALUES = [
 
 
 @pytest.mark.parametrize(("name", "value"), SNAPSHOT_VALUES)
-def test_a_damaged_status_snapshot_is_no_snapshot(repo: dict[str, bytes], worktree: Path, cli: Cli, name: str, value: str) -> None:
+def test_a_damaged_status_snapshot_is_no_snapshot(
+    repo: dict[str, bytes], worktree: Path, cli: Cli, name: str, value: str
+) -> None:
     q(worktree, "UPDATE meta SET value=? WHERE name=?", value, name)
     assert_clean(cli)
     (worktree / "train/cat/0000.jpg").write_bytes(b"changed")
@@ -109,7 +111,8 @@ def test_damaged_stat_rows_are_passed_over(repo: dict[str, bytes], worktree: Pat
     cli("add", ".")
     cli("commit", "-m", "second")
     assert q(worktree, "SELECT count(*) FROM stat")[0][0] >= 2
-    sql = f"UPDATE stat SET {column}=CAST(? AS TEXT)" if isinstance(value, bytes) and column == "path" else f"UPDATE stat SET {column}=?"
+    as_text = isinstance(value, bytes) and column == "path"  # (bytes as text: not UTF-8)
+    sql = f"UPDATE stat SET {column}=CAST(? AS TEXT)" if as_text else f"UPDATE stat SET {column}=?"
     if column == "path":  # (the primary key: one row at a time)
         q(worktree, sql + " WHERE path='train/cat/0000.jpg'", value)
     else:
@@ -192,7 +195,8 @@ def test_fsck_reports_location_rows_the_idx_disagrees_with_and_rebuild_mends_the
     q(worktree, "UPDATE location SET offset=offset+1")
     result = cli("fsck", ok=False)
     assert result.exit_code != 0
-    assert any("index.sqlite" in line and "location rows" in line and "--rebuild-index" in line for line in result.output.splitlines())
+    lines = result.output.splitlines()
+    assert any("index.sqlite" in line and "location rows" in line and "--rebuild-index" in line for line in lines)
     q(worktree, "UPDATE shard SET size=size+1")
     assert "shard rows" in cli("fsck", ok=False).output
     cli("fsck", "--rebuild-index")
@@ -239,7 +243,9 @@ def test_commit_refuses_a_damaged_staged_row_and_commits_nothing(
 
 
 @pytest.mark.parametrize(("key", "datum", "size"), BAD_STAGED[:3])
-def test_status_and_add_drop_a_damaged_staged_row(repo: dict[str, bytes], worktree: Path, cli: Cli, key: str, datum: str, size: str) -> None:
+def test_status_and_add_drop_a_damaged_staged_row(
+    repo: dict[str, bytes], worktree: Path, cli: Cli, key: str, datum: str, size: str
+) -> None:
     q(worktree, f"INSERT INTO staged VALUES ({key}, {datum.format(D=repr(a_stored_datum(worktree)))}, {size})")
     assert_clean(cli)
     assert q(worktree, "SELECT count(*) FROM staged") == [(0,)]
@@ -266,7 +272,9 @@ def test_commit_refuses_a_staged_datum_no_shard_holds(repo: dict[str, bytes], wo
     assert "train/ghost" not in head_keys(worktree)
 
 
-def test_a_staged_datum_whose_location_row_is_damaged_is_found_in_its_idx(repo: dict[str, bytes], worktree: Path, cli: Cli) -> None:
+def test_a_staged_datum_whose_location_row_is_damaged_is_found_in_its_idx(
+    repo: dict[str, bytes], worktree: Path, cli: Cli
+) -> None:
     (worktree / "train/cat/0000.cls").write_bytes(b"9")
     cli("add", ".")
     q(worktree, "DELETE FROM meta WHERE name='staged_tree'")
@@ -334,7 +342,9 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_any_damaged_cell_gives_a_right_result_or_one_error_line(pristine: Path, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject) -> None:
+def test_any_damaged_cell_gives_a_right_result_or_one_error_line(
+    pristine: Path, tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
     root = tmp_path_factory.mktemp("damaged") / "work"
     shutil.copytree(pristine, root, symlinks=True)
     for _ in range(data.draw(st.integers(1, 3))):
@@ -359,7 +369,8 @@ def test_any_damaged_cell_gives_a_right_result_or_one_error_line(pristine: Path,
         raw[at : at + 8] = data.draw(st.binary(min_size=1, max_size=8))
         side.write_bytes(bytes(raw))
     cli = Cli(root)
-    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file() and ".datarepo" not in p.parts}
+    work = [p for p in root.rglob("*") if p.is_file() and ".datarepo" not in p.parts]
+    files = {p.relative_to(root).as_posix(): p.read_bytes() for p in work}
     for args in (["status"], ["add", "."], ["cat", "HEAD:train/dog/0001.jpg"], ["commit", "-m", "after"], ["fsck"]):
         result = cli(*args, ok=False)  # anything but a DataRepoError would raise here
         assert result.exit_code == 0 or args[0] == "fsck" or len(error_lines(result.output)) == 1, (args, result.output)

@@ -19,8 +19,8 @@ from datarepo.pipeline.cache import LineageCache
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.porcelain.checkout import checkout_leftovers
 from datarepo.refs import HEAD, RUNS
-from datarepo.staging import first_bad_key
 from datarepo.repo import Repo
+from datarepo.staging import first_bad_key
 from datarepo.write import RepoWriter
 
 DAY = 86400.0
