@@ -14,7 +14,6 @@ from pathlib import Path
 
 from datarepo.fsutil import set_aside
 from datarepo.locations import Locations
-from datarepo.sqlrows import DamagedCacheError as DamagedCacheError
 from datarepo.staging import Staging
 from datarepo.statcache import StatCache
 
@@ -37,7 +36,7 @@ class Index:
 
     A row that does not read as its writer wrote it (a wrong type, a value out of range,
     text that is not UTF-8) is damage, as a file SQLite cannot read is: each reader drops
-    or rebuilds what it cannot trust, or raises :class:`DamagedCacheError`.
+    or rebuilds what it cannot trust, or raises :class:`~datarepo.sqlrows.DamagedCacheError`.
     """
 
     def __init__(self, path: Path) -> None:
@@ -64,8 +63,7 @@ class Index:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA cache_size=-65536")
         self.db.executescript(_SCHEMA)
-        version = self.db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-        if version is None:
+        if self.db.execute("SELECT 1 FROM meta WHERE name='schema'").fetchone() is None:  # (its value unread)
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:

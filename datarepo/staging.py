@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import re
-from contextlib import nullcontext
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, NamedTuple
 
 from datarepo.errors import InvalidInputError

@@ -5,6 +5,7 @@ sqlite3, as a tool or a stray write would, and the commands run through the real
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import sqlite3
 from pathlib import Path
@@ -92,12 +93,15 @@ def test_a_damaged_status_snapshot_is_no_snapshot(
 
 @pytest.mark.parametrize("value", [b"\xff\xfe", 7, None])
 def test_a_meta_value_that_is_not_text_reads_as_unset(repo: dict[str, bytes], worktree: Path, cli: Cli, value: object) -> None:
-    names = [n for (n,) in q(worktree, "SELECT name FROM meta")]
+    (worktree / "train/cat/0000.cls").write_bytes(b"staged")
+    cli("add", ".")
     sql = "UPDATE meta SET value=CAST(? AS TEXT)" if isinstance(value, bytes) else "UPDATE meta SET value=?"
-    q(worktree, sql, value)  # every value at once: schema, snapshot, stat base, staged version
-    assert_clean(cli)
-    assert_cat_all(cli, {p: d for p, d in repo.items() if p.endswith(".cls")})
-    assert names  # (the rows were there to damage)
+    q(worktree, sql, value)  # every value at once: schema, snapshot, stat base, staged version and tree
+    assert "train/cat/0000" in cli("status").output  # still staged: the file was not set aside
+    assert not (worktree / ".datarepo" / "index.sqlite.damaged").exists()
+    cli("commit", "-m", "second")
+    assert cli("cat", "HEAD:train/cat/0000.cls").stdout_bytes == b"staged"
+    assert_cat_all(cli, {p: d for p, d in repo.items() if p.endswith(".cls") and p != "train/cat/0000.cls"})
 
 
 # --- the stat cache -----------------------------------------------------------------------------
@@ -182,7 +186,7 @@ def test_a_row_pointing_at_other_bytes_of_its_shard_is_mended_by_a_reader_that_v
 ) -> None:
     # every row moved one datum on, members and all: well formed, inside the shard, wrong
     rows = q(worktree, "SELECT datum, shard, offset, length, members FROM location ORDER BY shard, offset")
-    for (d, *_), (_, s, o, n, m) in zip(rows, rows[1:]):
+    for (d, *_), (_, s, o, n, m) in itertools.pairwise(rows):
         q(worktree, "UPDATE location SET shard=?, offset=?, length=?, members=? WHERE datum=?", s, o, n, m, d)
     assert_cat_all(cli, repo)
     assert cli("fsck").exit_code == 0
