@@ -247,14 +247,17 @@ def test_commit_refuses_a_damaged_staged_row_and_commits_nothing(
 
 
 @pytest.mark.parametrize(("key", "datum", "size"), BAD_STAGED[:3])
-def test_status_and_add_drop_a_damaged_staged_row(
+def test_a_damaged_staged_row_beside_sound_ones_is_dropped_and_the_sound_ones_committed(
     repo: dict[str, bytes], worktree: Path, cli: Cli, key: str, datum: str, size: str
 ) -> None:
     q(worktree, f"INSERT INTO staged VALUES ({key}, {datum.format(D=repr(a_stored_datum(worktree)))}, {size})")
     assert_clean(cli)  # (a row no status reads is dropped once one does)
     (worktree / "train/cat/0000.cls").write_bytes(b"7")
     cli("add", ".")
-    cli("commit", "-m", "second")
+    assert "train/cat/0000" in cli("status").output
+    [line] = error_lines(cli("commit", "-m", "second", ok=False).output)
+    assert "index.sqlite" in line and "nothing committed" in line
+    cli("commit", "-m", "second")  # the sound staged change, without the damaged row
     assert all(check_key(k) for k in head_keys(worktree))
     assert cli("cat", "HEAD:train/cat/0000.cls").stdout_bytes == b"7"
 
