@@ -32,7 +32,12 @@ CREATE TABLE IF NOT EXISTS staged (key TEXT PRIMARY KEY, datum TEXT, size INTEGE
 
 
 class Index:
-    """The SQLite cache of one repository."""
+    """The SQLite cache of one repository.
+
+    A row that does not read as its writer wrote it (a wrong type, a value out of range,
+    text that is not UTF-8) is damage, as a file SQLite cannot read is: each reader drops
+    or rebuilds what it cannot trust, or raises :class:`~datarepo.sqlrows.DamagedCacheError`.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -58,8 +63,7 @@ class Index:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA cache_size=-65536")
         self.db.executescript(_SCHEMA)
-        version = self.db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-        if version is None:
+        if self.db.execute("SELECT 1 FROM meta WHERE name='schema'").fetchone() is None:  # (its value unread)
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
@@ -78,17 +82,24 @@ class Index:
         return _Tx(self.db)  # type: ignore[return-value]
 
     # named values (the staged tree, the status snapshot, ingest state) ----
-    def get_meta(self, name: str) -> str | bytes | None:
-        row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
-        return row[0] if row else None
+    def get_meta(self, name: str) -> str | None:
+        """The text named ``name``; None if unset, or if it is not text (UTF-8) as every
+        writer leaves it: a value that cannot be read is as good as lost."""
+        return self.get_metas([name]).get(name)
 
-    def get_metas(self, names: list[str]) -> dict[str, str | bytes]:
-        """The values of those of ``names`` that are set, read in one statement: from one
-        state of the file, whatever another process commits meanwhile."""
+    def get_metas(self, names: list[str]) -> dict[str, str]:
+        """The values of those of ``names`` that are set (and text), read in one statement:
+        from one state of the file, whatever another process commits meanwhile."""
         marks = ",".join("?" * len(names))
-        return dict(self.db.execute(f"SELECT name, value FROM meta WHERE name IN ({marks})", names))
+        sql = f"SELECT name, value FROM meta WHERE name IN ({marks}) AND typeof(value) = 'text'"
+        try:
+            return dict(self.db.execute(sql, names))
+        except sqlite3.OperationalError:  # a value that is not UTF-8: read each alone, without it
+            if len(names) == 1:
+                return {}
+            return {n: v for name in names for n, v in self.get_metas([name]).items()}
 
-    def set_meta(self, name: str, value: str | bytes) -> None:
+    def set_meta(self, name: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (name, value))
 
 

@@ -106,7 +106,7 @@ def check_key(key: str) -> str:
     and no folder a work tree keeps to itself (``.datarepo``, ``.git``, ``.dvc``, which
     ``add`` never looks into)."""
     if (reason := _bad_key(key)) is not None:
-        raise InvalidInputError(f"invalid key {key!r}: {reason}")
+        raise InvalidInputError(f"invalid key {_shown(key)}: {reason}")
     return key
 
 
@@ -174,3 +174,8 @@ MAX_KEY_BYTES, MAX_PART_BYTES, MAX_KEY_PARTS = 4095, 255, 256
 
 
 _OWN_DIRS = RESERVED_DIRS | {IGNORE_FILE}
+
+
+def _shown(key: str) -> str:
+    """A key as a message names it: whole, or its start and length if long."""
+    return repr(key) if len(key) <= 120 else f"{key[:100]!r}... ({len(key)} characters)"

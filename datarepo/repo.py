@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import re
@@ -12,15 +13,23 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from datarepo import tree as trees
 from datarepo.config import DEFAULT_SHARD_SIZE, TIME_FORMAT, Config, env_seconds, env_time
-from datarepo.errors import BadRevisionError, InvalidInputError, NotARepositoryError, ObjectNotFoundError
+from datarepo.errors import (
+    BadRevisionError,
+    CorruptObjectError,
+    DataRepoError,
+    InvalidInputError,
+    NotARepositoryError,
+    ObjectNotFoundError,
+)
 from datarepo.fsutil import WriterLock, atomic_write
 from datarepo.hashing import Oid, is_oid
 from datarepo.index import Index
-from datarepo.keys import check_key, is_utf8
+from datarepo.keys import is_utf8
 from datarepo.locations import location_rows
 from datarepo.objects import Blob, Commit
 from datarepo.refs import BRANCHES, HEAD, RUNS, TAGS, Refs
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData
+from datarepo.staging import first_bad_key
 from datarepo.store import Store, datum_members
 
 if TYPE_CHECKING:
@@ -245,8 +254,8 @@ class Repo:
         writer raises :class:`RefConflictError` and nothing is lost. Every datum the
         changes name must already be stored (see :meth:`writer`).
         """
-        for key in changes:  # (what the API is handed: the CLI's keys are checked where they enter)
-            check_key(key)
+        if (bad := first_bad_key(list(changes))) is not None:
+            raise InvalidInputError(f"nothing committed: {bad}")
         self._check_stored({row[1]: key for key, row in changes.items() if row is not None})
         if parent is True:
             parent = self.refs.read(ref)
@@ -325,9 +334,23 @@ class Repo:
         found = self.index.locations.locate(datum)
         if found is None and self.sync_locations():
             found = self.index.locations.locate(datum)
+        if found is None and self._reread_holder(datum):
+            found = self.index.locations.locate(datum)
         if found is None:
             raise ObjectNotFoundError("datum", datum)
         return found
+
+    def _reread_holder(self, datum: str) -> bool:
+        """Looks for ``datum`` in every shard's ``.idx``, when the cache places it nowhere:
+        its row may be lost or damaged. The shard that lists it is read into the cache again;
+        True if there is one. Only on the way to an error (every caller of :meth:`locate`
+        needs the datum), so its cost (parsing every ``.idx``) is that of a damaged cache."""
+        for shard in sorted(self.store.iter_shards()):
+            with contextlib.suppress(DataRepoError):
+                if any(d.datum == datum for d in self.store.read_index(shard).datums):
+                    self.index.locations.forget(shard)
+                    return self.sync_locations() > 0
+        return False
 
     def members(self, datum: str, large: int = LARGE_FILE) -> dict[str, MemberData]:
         """A datum's members: bytes, or (over ``large`` bytes) file ranges to stream."""
@@ -336,12 +359,16 @@ class Repo:
     def at_location(self, datum: str, read: Callable[[str, DatumLoc], T]) -> T:
         """``read(shard, loc)`` at the datum's place; if its shard has gone meanwhile (a
         ``repack`` or ``gc`` replaced it, and updated the location cache), once more at
-        its new place."""
+        its new place; if the bytes there are not the datum's, once more where the shard's
+        ``.idx`` places it, unless that is where the cache did (the shard is damaged)."""
         shard, loc = self.locate(datum)
         try:
             return read(shard, loc)
         except ObjectNotFoundError as e:
             if e.kind != "shard":
+                raise
+        except CorruptObjectError:
+            if self.index.locations.agrees(shard, loc, self.store.read_index(shard)):
                 raise
         shard, loc = self.locate(datum)
         return read(shard, loc)

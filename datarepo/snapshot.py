@@ -90,18 +90,31 @@ def _head(rows: dict[str, Any], tok: str) -> dict[str, Any] | None:
     """The snapshot's head among ``rows`` (``meta`` rows by name), if it was saved under ``tok``."""
     try:
         head = json.loads(rows[META_NAME])
-        return head if head["token"] == tok else None
+        return head if head["token"] == tok and isinstance(head["parts"], dict) else None
     except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _parts(rows: dict[str, Any], head: dict[str, Any], names: Iterable[str]) -> dict[str, Any] | None:
+    """The parts ``names`` among ``rows``, parsed; None if any is missing or is not the text
+    the head names by its hash: a part that does not read as it was written is damage, and
+    a snapshot with a damaged part is no snapshot (the next status does the full work)."""
+    try:
+        texts = {n: rows[_part(n)] for n in names}
+        if any(hash_bytes(t.encode()) != head["parts"][n] for n, t in texts.items()):
+            return None
+        return {n: json.loads(t) for n, t in texts.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
 def load(repo: Repo, tok: str) -> Snapshot | None:
     rows = repo.index.get_metas([META_NAME, *map(_part, PARTS)])
-    if (head := _head(rows, tok)) is None:
+    if (head := _head(rows, tok)) is None or (status := _parts(rows, head, PARTS)) is None:
         return None
     try:
-        return Snapshot(repo, head["digest"], {n: json.loads(rows[_part(n)]) for n in PARTS}, head["listing"])
-    except (ValueError, KeyError, TypeError):  # (KeyError too for a part missing: not a snapshot)
+        return Snapshot(repo, head["digest"], status, head["listing"])
+    except (KeyError, TypeError):
         return None
 
 
@@ -112,7 +125,9 @@ def drop(repo: Repo) -> None:
 
 
 def _store(repo: Repo, head: dict[str, Any], parts: dict[str, str]) -> None:
-    """Writes a snapshot's head and its parts (as JSON text), in one transaction."""
+    """Writes a snapshot's head and its parts (as JSON text), in one transaction. The head
+    names each part by its hash (the parts not given keep theirs)."""
+    head = {**head, "parts": {**head.get("parts", {}), **{n: hash_bytes(t.encode()) for n, t in parts.items()}}}
     with repo.index.transaction():
         repo.index.set_meta(META_NAME, json.dumps(head))
         for name, text in parts.items():
@@ -196,11 +211,11 @@ def carry(repo: Repo, old_token: str, commit: bool = False, moved: Iterable[str]
     any more, and the work tree differs from HEAD exactly as it differed from the index.
     """
     rows = repo.index.get_metas([META_NAME, _part("unstaged"), _part("recheck")])
-    if (head := _head(rows, old_token)) is None or _part("unstaged") not in rows:
+    if (head := _head(rows, old_token)) is None or (old := _parts(rows, head, ("unstaged", "recheck"))) is None:
         return
     parts = {"staged": json.dumps(Changes().to_json()), "total": rows[_part("unstaged")]} if commit else {}
     recheck = set(moved)
     if recheck:
-        recheck.update(json.loads(rows.get(_part("recheck"), "[]")))
+        recheck.update(old["recheck"])
         parts["recheck"] = json.dumps(sorted(recheck))
     _store(repo, {**head, "token": token(repo, follow=False)}, parts)

@@ -1,10 +1,12 @@
-"""Rows into SQLite, many to a statement."""
+"""Rows into SQLite, many to a statement; and the error of rows that do not read as written."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
 from itertools import chain, islice
+
+from datarepo.errors import DataRepoError
 
 # Rows go to SQLite this many to a statement.
 ROWS_A_STATEMENT = 100
@@ -26,3 +28,13 @@ def insert_rows(db: sqlite3.Connection, table: str, width: int, rows: Iterable[S
             db.executemany(head + one, batch)
 
 
+# How to get past a cache that cannot be trusted, for an error that cannot: it is only a cache.
+RECOVER = "delete .datarepo/index.sqlite (it is rebuilt; the staging area is lost) or run fsck --rebuild-index"
+
+
+class DamagedCacheError(DataRepoError):
+    """Rows of ``index.sqlite`` do not read as they were written, and the command cannot
+    go on by dropping them. The message names the file and how to recover."""
+
+    def __init__(self, what: str, recover: str = RECOVER) -> None:
+        super().__init__(f"index.sqlite: {what}; {recover}")

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import mmap
+import sqlite3
 from array import array
 from collections.abc import Iterable
+from contextlib import nullcontext
 from itertools import accumulate, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +24,11 @@ from datarepo.statcols import FileStat, StatColumns, StatRow
 if TYPE_CHECKING:
     from datarepo.index import Index
 
+# A stat row as :meth:`StatCache.save` writes it, checked in C a column at a time.
+_SOUND = (
+    "typeof(path) = 'text' AND typeof(size) = 'integer' AND typeof(mtime_ns) = 'integer' AND typeof(ino) = 'integer'"
+    " AND typeof(seen_ns) = 'integer' AND typeof(hash) = 'text' AND length(hash) = 32 AND NOT hash GLOB '*[^0-9a-f]*'"
+)
 # A file whose mtime is this close to the moment it was looked at may change
 # again within the same timestamp tick, so its cached hash is not trusted.
 RACY_NS = 2_000_000_000
@@ -46,8 +53,7 @@ class StatCache:
         """path → (size, mtime_ns, ino, seen_ns, hash) of every file, as plain tuples: this is
         on the hot path."""
         out = self._base(scope).entries()
-        rows = self.index.db.execute("SELECT path, size, mtime_ns, ino, seen_ns, hash FROM stat WHERE scope=?", (scope,))
-        out.update((r[0], r[1:]) for r in rows)
+        out.update((r[0], r[1:]) for r in self._rows("", [scope]))
         return out
 
     def lookup(self, paths: Iterable[str], scope: str = "") -> dict[str, StatRow]:
@@ -56,13 +62,20 @@ class StatCache:
         found = self._base(scope).lookup(batch)
         for i in range(0, len(batch), 500):
             chunk = batch[i : i + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self.index.db.execute(
-                f"SELECT path, size, mtime_ns, ino, seen_ns, hash FROM stat WHERE scope=? AND path IN ({marks})",
-                [scope, *chunk],
-            )
-            found.update((r[0], r[1:]) for r in rows)
+            found.update((r[0], r[1:]) for r in self._rows(f" AND path IN ({','.join('?' * len(chunk))})", [scope, *chunk]))
         return found
+
+    def _rows(self, where: str, params: list[str]) -> list[tuple]:
+        """The rows of a scope (and ``where``) that read as :meth:`save` writes them: SQLite
+        passes over any other in C (the file is then hashed again). A row SQLite cannot hand
+        over (text that is not UTF-8) drops the scope's rows, as a damaged file drops all."""
+        sql = f"SELECT path, size, mtime_ns, ino, seen_ns, hash FROM stat WHERE scope=?{where} AND {_SOUND}"
+        try:
+            return self.index.db.execute(sql, params).fetchall()
+        except sqlite3.OperationalError:
+            with nullcontext() if self.index.db.in_transaction else self.index.transaction():
+                self.index.db.execute("DELETE FROM stat WHERE scope=?", (params[0],))
+            return []
 
     def any(self, scope: str = "") -> bool:
         """Whether the cache holds any file of ``scope``."""
@@ -150,7 +163,10 @@ class StatBase:
         self.names = view[24 : 24 + size]
         self.totals, self.places, self.stats = (view[a:b].cast("q") for a, b in zip(cuts[1:4], cuts[2:5]))
         self.hashes = view[cuts[4] : cuts[5]]
-        if self.totals[-1] + count - 1 == size:
+        # Whatever its hash says, a base that does not hold together is read as empty (each
+        # check in C): every place an entry's, every hash hex, the totals ending at the size.
+        places_ok = 0 <= min(self.places) and max(self.places) < count
+        if places_ok and self.totals[-1] + count - 1 == size and not bytes(self.hashes).translate(None, _HEX):
             self.count, self.seen_ns = count, seen_ns
 
     @classmethod
@@ -222,6 +238,7 @@ class StatBase:
         return found
 
 
+_HEX = b"0123456789abcdef"
 # Up to this many paths, :meth:`StatBase.lookup` searches for each (about 5 µs); above, it
 # reads the base whole (about 70 ms for 100,000 files).
 _FEW_PATHS = 4096

@@ -15,7 +15,7 @@ from datarepo.objects import Commit, TreeEntry
 from datarepo.porcelain import Changes
 from datarepo.refs import BRANCHES, check_name
 from datarepo.repo import Repo
-from datarepo.shards import LARGE_FILE, copy_member, member_hash
+from datarepo.shards import LARGE_FILE, DatumLoc, MemberData, copy_member, member_hash
 from datarepo.store import check_datum, datum_members
 from datarepo.worktree import split_path
 
@@ -37,6 +37,7 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
         raise InvalidInputError("empty commit message (use -m)")
     with repo.lock:
         parent = repo.head()
+        repo.index.staging.check()  # a damaged staged row (an invalid key, say) is never committed
         count = repo.index.staging.count()
         if not count and not allow_empty:
             raise NothingToCommitError("nothing to commit (use \"datarepo add\" first)")
@@ -45,13 +46,23 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
             # ``add`` stored this tree, and every datum it names, for exactly this HEAD and staging area.
             oid = repo.commit_tree(tree, message, parent)
         else:
-            if missing := repo.index.staging.unstored():
-                raise ObjectNotFoundError("staged datum", min(missing))
+            for datum in sorted(repo.index.staging.unstored()):
+                if not _placed_again(repo, datum):
+                    raise ObjectNotFoundError("staged datum", datum)
             oid = repo.commit(trees.staged_changes(repo.index.staging.rows()), message, parent=parent)
         repo.index.staging.unstage()
         if before is not None:
             snapshot.carry(repo, before, commit=True)
     return CommitResult(oid, repo.current_branch(), count)
+
+
+def _placed_again(repo: Repo, datum: str) -> bool:
+    """Whether a staged datum whose location row does not read (damaged) is placed once
+    that row's shard is read again from its ``.idx``. A datum without a row is not."""
+    locations = repo.index.locations
+    if not locations.has_row(datum):
+        return False
+    return locations.locate(datum) is not None or (repo.sync_locations() > 0 and locations.locate(datum) is not None)
 
 
 def log(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[tuple[Oid, Commit]]:
@@ -125,9 +136,7 @@ def cat(repo: Repo, spec: str, out: BinaryIO) -> None:
     member is read once; a mismatch raises CorruptObjectError once its bytes are out.
     """
     entry, ext = resolve_member(repo, spec)
-    shard, loc, members = repo.at_location(
-        entry.datum, lambda shard, loc: (shard, loc, datum_members(repo.store, shard, loc, LARGE_FILE, verify=False))
-    )
+    shard, loc, members, checked = repo.at_location(entry.datum, lambda shard, loc: _cat_members(repo, shard, loc))
     if ext is None and "" in members:  # ``REV:README`` names the file README: the member without an extension
         ext = ""
     if ext is None:
@@ -136,15 +145,26 @@ def cat(repo: Repo, spec: str, out: BinaryIO) -> None:
         ext = next(iter(members))
     if ext not in members:
         raise InvalidInputError(f"{entry.key} has no member {ext!r} (it has {', '.join(sorted(members))})")
-    hashes = {e: member_hash(m) for e, m in members.items() if e != ext}
+    hashes = {} if checked else {e: member_hash(m) for e, m in members.items() if e != ext}
     data = members[ext]
     if isinstance(data, bytes):  # in memory: checked before a byte is out
-        hashes[ext] = member_hash(data)
-        check_datum(shard, loc, hashes)
+        if not checked:
+            hashes[ext] = member_hash(data)
+            check_datum(shard, loc, hashes)
         out.write(data)
     else:  # streamed, and so read once: checked once it is out
         hashes[ext] = copy_member(data, out)
         check_datum(shard, loc, hashes)
+
+
+def _cat_members(repo: Repo, shard: str, loc: DatumLoc) -> tuple[str, DatumLoc, dict[str, MemberData], bool]:
+    """A datum's members, and whether they are checked: all in memory, they are, here, where
+    bytes that are not the datum's send :meth:`Repo.at_location` to the shard's ``.idx``."""
+    members = datum_members(repo.store, shard, loc, LARGE_FILE, verify=False)
+    checked = all(isinstance(m, bytes) for m in members.values())
+    if checked:
+        check_datum(shard, loc, {e: member_hash(m) for e, m in members.items()})  # type: ignore[arg-type]
+    return shard, loc, members, checked
 
 
 def list_refs(repo: Repo, prefix: str) -> list[tuple[str, Oid]]:

@@ -22,6 +22,7 @@ from datarepo.porcelain.checkout import checkout_leftovers
 from datarepo.refs import HEAD, RUNS
 from datarepo.repo import Repo
 from datarepo.shards import ShardIndex
+from datarepo.staging import first_bad_key
 from datarepo.write import RepoWriter
 
 DAY = 86400.0
@@ -36,6 +37,7 @@ class Reachable:
     datums: dict[str, str] = field(default_factory=dict)  # datum → a key that names it
     missing: list[str] = field(default_factory=list)
     lineage: list[str] = field(default_factory=list)  # lineage objects, for fsck to check
+    bad_keys: list[str] = field(default_factory=list)  # tree pages with a key the key rule refuses
 
 
 def roots(repo: Repo, problems: list[str] | None = None) -> set[Oid]:
@@ -103,6 +105,8 @@ def reachable(repo: Repo, problems: list[str] | None = None, pinned: Iterable[st
             seen.missing.append(str(e))
             continue
         seen.objects.add(oid)
+        if isinstance(obj, TreePage) and (bad := first_bad_key(obj.keys_and_datums[0])) is not None:
+            seen.bad_keys.append(f"tree page {oid}: {bad}")
         if isinstance(obj, Blob) and lineage.children(obj.data) is not None:
             seen.lineage.append(oid)
         stack.extend(_children(obj, seen))
@@ -201,8 +205,9 @@ def _fsck(repo: Repo, rebuild_index: bool, progress: Progress) -> FsckResult:
         result.shards += 1
         _check_shard(repo, shard, shards, result, rebuild_index)
         tick(progress)
+    result.problems.extend(f"index.sqlite: a damaged staged row, dropped: {d.reason}" for d in repo.index.staging.damage())
     seen = reachable(repo, result.problems)
-    result.problems.extend(seen.missing)
+    result.problems.extend(seen.missing + seen.bad_keys)
     for oid in seen.lineage:
         _check(result, lambda o: lineage.check(repo.store, o), oid)
     result.datums = len(seen.datums)
@@ -236,6 +241,7 @@ def _fsck(repo: Repo, rebuild_index: bool, progress: Progress) -> FsckResult:
             repo.index.locations.clear()
         repo.sync_locations()
         result.reindexed = True
+    result.problems.extend(repo.index.locations.disagreements(lambda shard: _quietly(repo.store.read_index, shard)))
     return result
 
 
