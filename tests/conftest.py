@@ -110,3 +110,12 @@ def ray_cluster() -> object:
              runtime_env={"env_vars": {"PYTHONPATH": tests}})
     yield ray
     ray.shutdown()
+
+
+def with_ctrl_c() -> None:
+    """``preexec_fn`` of a child that a test stops with SIGINT: a shell without job control
+    (a CI script run in the background) starts commands with SIGINT ignored, and a child
+    inherits that; a command typed at a terminal gets it as it should be."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

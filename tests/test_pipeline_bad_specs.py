@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import datarepo
-from tests.conftest import Cli
+from tests.conftest import Cli, with_ctrl_c
 from tests.test_pipeline_errors import head, one_error
 from tests.test_pipelines import UPPER, commit_raw, write_pipeline, write_texts
 
@@ -136,7 +136,7 @@ def test_a_module_object_raising_system_exit_when_looked_at_is_one_error(texts: 
 def _cli_process(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATAREPO_AUTHOR": "Test <test@example.com>"}
     return subprocess.run([sys.executable, "-m", "datarepo.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, preexec_fn=with_ctrl_c)
 
 
 def test_sys_exit_at_import_in_a_real_process(texts: Path) -> None:

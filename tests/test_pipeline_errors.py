@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import datarepo
-from tests.conftest import Cli
+from tests.conftest import Cli, with_ctrl_c
 from tests.test_pipelines import UPPER, commit_raw, run, write_pipeline, write_texts
 
 
@@ -168,7 +168,7 @@ def test_a_worker_killed_fails_its_batch_not_the_run(texts: Path, cli: Cli) -> N
 def _cli_process(cwd: Path, *args: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DATAREPO_AUTHOR": "Test <test@example.com>"}
     return subprocess.Popen([sys.executable, "-m", "datarepo.cli", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=with_ctrl_c)
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])  # killed, or Ctrl-C
