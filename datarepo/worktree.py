@@ -20,6 +20,8 @@ from datarepo import executor
 from datarepo.errors import InvalidInputError
 from datarepo.keys import (  # noqa: F401 (check_key: re-exported)
     IGNORE_FILE,
+    MAX_KEY_BYTES,
+    MAX_KEY_PARTS,
     RESERVED_DIRS,
     check_key,
     check_path,
@@ -301,7 +303,11 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
                 # Below the root too, as git never adds a nested repository's .git: a clone or a
                 # datarepo repository inside the work tree is not data (its shards stored again).
                 if entry.name not in NEVER_ADDED:
-                    stack.append((rel_dir + entry.name + "/", rules))
+                    sub = rel_dir + entry.name + "/"
+                    if sub.count("/") >= MAX_KEY_PARTS or len(sub) > MAX_KEY_BYTES // 4 and len(sub.encode()) > MAX_KEY_BYTES:
+                        result.errors.append(Problem(sub.rstrip("/"), f"{sub[:80]}...: deeper or longer than a key may be", False))
+                        continue
+                    stack.append((sub, rules))
             elif (stat := _classify_other(entry, rel_dir + entry.name, result, follow)) is not None:
                 followed.append((rel_dir + entry.name, stat))
         if regular:

@@ -244,3 +244,17 @@ def test_paths_named_through_a_link_to_the_work_tree_are_inside_it(repo_with_com
     cli("add", str(link / "train/cat/0000.jpg"))
     assert "modified: train/cat/0000" in cli("status").output
     assert cli("rm", "--cached", str(link / "train/cat/0000")).output == "rm train/cat/0000\n"
+
+
+def test_folders_deeper_than_a_key_may_be_are_left_out_and_named(repo_with_commit, cli, worktree: Path) -> None:
+    deep = worktree / "deep"
+    for _ in range(300):
+        deep = deep / "a"
+    deep.mkdir(parents=True)
+    (deep / "f.txt").write_text("x")
+    (worktree / "new.txt").write_text("new")
+    out = cli("add", ".").output
+    assert "deep/a/a/a" in out and "deeper or longer than a key may be (left out)" in out
+    cli("commit", "-m", "the rest")
+    assert "new" in cli("ls").output.split() and not any(k.startswith("deep/") for k in cli("ls").output.split())
+    assert "deeper or longer than a key may be" in cli("status").output  # never "clean" while it leaves files out

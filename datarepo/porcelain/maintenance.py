@@ -469,19 +469,19 @@ def repack(repo: Repo, all_shards: bool = False, progress: Progress = None) -> R
         seen = _reachable_whole(repo, "repack", pin.commits if pin else ())
         target = repo.config.shard_size
         damaged = repo.index.locations.damaged()
-        chosen = []
+        chosen, suspect = [], set()  # suspect: damaged, or a tar that does not hold what its .idx says
         for shard in shards:
             if _run_wrote(pin, repo.store.modified(shard, shard=True)):
                 continue
             index = repo.store.read_index(shard)
             live = sum(d.length for d in index.datums if d.datum in seen.datums)
-            if shard in damaged or (
-                (all_shards or index.size < target // 2 or live < index.size // 2)
-                and _tar_holds(repo, shard, {d.datum for d in index.datums})
-            ):
+            wanted = all_shards or index.size < target // 2 or live < index.size // 2
+            if shard in damaged or ((wanted or all_shards) and not _tar_holds(repo, shard, {d.datum for d in index.datums})):
+                suspect.add(shard)  # (taken as a damaged one: what reads whole is copied, and it
+            if wanted or shard in suspect:  # is retired only if nothing reachable is left in it)
                 chosen.append(index)
         has_dead = any(d.datum not in seen.datums for i in chosen for d in i.datums)
-        if len(chosen) < 2 and not has_dead and not damaged & {i.shard for i in chosen}:
+        if len(chosen) < 2 and not has_dead and not suspect:
             return RepackResult(0, 0, 0, 0, 0)
         live_datums = sorted(
             {d.datum for i in chosen for d in i.datums if d.datum in seen.datums}, key=lambda d: (seen.datums[d], d)
