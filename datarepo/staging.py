@@ -7,8 +7,8 @@ import json
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import chain
 from contextlib import nullcontext
+from itertools import chain
 from operator import itemgetter
 from typing import TYPE_CHECKING, NamedTuple
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,15 +21,12 @@ from hypothesis import strategies as st
 import datarepo
 from tests.conftest import Cli, with_ctrl_c
 from tests.test_pipeline_errors import head, one_error
-from tests.test_pipelines import UPPER, commit_raw, write_pipeline, write_texts
+from tests.test_pipelines import UPPER, commit_raw, committed_texts, write_pipeline, write_texts
 
 
 @pytest.fixture
 def texts(worktree: Path, cli: Cli) -> Path:
-    cli("init", "--shard-size", "16K")
-    write_texts(worktree, 10)
-    commit_raw(cli)
-    return worktree
+    return committed_texts(worktree, cli, 10)
 
 
 def failures(cli: Cli, *args: str) -> dict[str, list[str]]:
@@ -53,7 +49,7 @@ def test_an_output_prefix_the_key_rule_forbids_is_one_error(texts: Path, cli: Cl
     write_pipeline(texts, "t.py", f"from datarepo import pipeline\n\n@pipeline(input='raw/**', output={output!r})\n"
                                   "def f(d):\n    return {'txt': b'x'}\n")
     for command in ("run", "pipelines"):
-        assert one_error(cli, command).startswith(f"Error: t.py: pipeline 'f': output: invalid ")
+        assert one_error(cli, command).startswith("Error: t.py: pipeline 'f': output: invalid ")
     (texts / "pipelines/t.py").unlink()
     (texts / "pipelines/c.toml").write_text(f'[pipeline.x]\ncommand = ["true"]\ninput = "raw/**"\noutput = {json.dumps(output)}\n')
     assert one_error(cli, "run").startswith("Error: c.toml: pipeline 'x': output: invalid ")

@@ -18,7 +18,7 @@ import pytest
 import datarepo
 from tests.conftest import Cli
 from tests.test_pipeline_errors import head, one_error
-from tests.test_pipelines import commit_raw, counts, write_pipeline, write_texts
+from tests.test_pipelines import committed_texts, counts, write_pipeline
 
 WAIT = 60.0  # seconds a step may take before the test gives up (never asserted)
 
@@ -111,10 +111,7 @@ def older(folder: Path) -> None:
 
 @pytest.fixture
 def texts(worktree: Path, cli: Cli) -> Path:
-    cli("init", "--shard-size", "16K")
-    write_texts(worktree, 6)
-    commit_raw(cli)
-    return worktree
+    return committed_texts(worktree, cli, 6)
 
 
 def test_a_spout_commits_while_a_pipeline_computes_and_the_run_lands_on_top(

@@ -14,15 +14,12 @@ import pytest
 
 import datarepo
 from tests.conftest import Cli, with_ctrl_c
-from tests.test_pipelines import UPPER, commit_raw, run, write_pipeline, write_texts
+from tests.test_pipelines import UPPER, commit_raw, committed_texts, run, write_pipeline, write_texts
 
 
 @pytest.fixture
 def texts(worktree: Path, cli: Cli) -> Path:
-    cli("init", "--shard-size", "16K")
-    write_texts(worktree, 10)
-    commit_raw(cli)
-    return worktree
+    return committed_texts(worktree, cli, 10)
 
 
 def head(root: Path) -> str | None:

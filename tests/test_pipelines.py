@@ -47,6 +47,14 @@ def commit_raw(cli: Cli, message: str = "raw") -> None:
     cli("commit", "-m", message)
 
 
+def committed_texts(worktree: Path, cli: Cli, n: int) -> Path:
+    """A new repository of small shards whose first commit holds ``n`` texts under raw/."""
+    cli("init", "--shard-size", "16K")
+    write_texts(worktree, n)
+    commit_raw(cli)
+    return worktree
+
+
 def counts(line: str) -> dict[str, int]:
     """``name: 3 processed, 2 reused, ...`` → {"processed": 3, ...}"""
     body = line.split(": ", 1)[1].split(" -> ")[0].split(" (")[0]

@@ -21,8 +21,8 @@ from types import ModuleType
 from typing import Any, NamedTuple
 
 from datarepo.errors import DataRepoError, PipelineError
-from datarepo.hashing import canonical_json, hash_bytes
 from datarepo.executor import MAX_WORKERS
+from datarepo.hashing import canonical_json, hash_bytes
 from datarepo.keys import check_prefix, is_utf8
 from datarepo.pipeline.guard import described, interrupts, line_in, stops_run
 from datarepo.tree import glob_literal_prefix, glob_regex
