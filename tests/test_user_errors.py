@@ -258,3 +258,20 @@ def test_folders_deeper_than_a_key_may_be_are_left_out_and_named(repo_with_commi
     cli("commit", "-m", "the rest")
     assert "new" in cli("ls").output.split() and not any(k.startswith("deep/") for k in cli("ls").output.split())
     assert "deeper or longer than a key may be" in cli("status").output  # never "clean" while it leaves files out
+
+
+@pytest.mark.parametrize("memo", ["not json", '{"stat": 5, "entries": []}', '{"stat": [1, 2, 3, 4, ""], "entries": [["../x", "0", 1]]}', "[]"])
+def test_a_damaged_ingest_memo_is_read_as_none(repo_with_commit, cli, tmp_path: Path, memo: str) -> None:
+    import sqlite3
+
+    repo, _ = repo_with_commit
+    source = tmp_path / "a.jsonl"
+    source.write_text(json.dumps({"__key__": "k", "txt": "v"}) + "\n")
+    cli("ingest", str(source), "--prefix", "j/")
+    db = sqlite3.connect(repo.dotdir / "index.sqlite")
+    with db:
+        assert db.execute("UPDATE meta SET value=? WHERE name LIKE 'ingest:%'", (memo,)).rowcount == 1
+    db.close()
+    source.write_text(json.dumps({"__key__": "k", "txt": "w"}) + "\n")
+    cli("ingest", str(source), "--prefix", "j/")  # the file is read again
+    assert cli("cat", "HEAD:j/k.txt").output == "w"

@@ -13,7 +13,7 @@ from typing import BinaryIO
 from datarepo import sources
 from datarepo import tree as trees
 from datarepo.errors import InvalidInputError
-from datarepo.hashing import Oid
+from datarepo.hashing import Oid, is_oid
 from datarepo.keys import check_prefix
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, tick
@@ -198,16 +198,31 @@ def _folder(run: _Run, root: Path, progress: Progress) -> list[TreeEntry]:
     return [TreeEntry(k, stored.datums[k], stored.sizes[k]) for k in keys]
 
 
+def _memo(text: str | None) -> tuple[tuple[object, ...], list[TreeEntry]] | None:
+    """What an earlier ingest remembered of a file (its stat, its entries); None if nothing,
+    or if the cache's value does not read as written (a damaged cache: the file is read)."""
+    if text is None:
+        return None
+    try:
+        saved = json.loads(text)
+        entries = [TreeEntry(check_key(k), Oid(d), s) for k, d, s in saved["entries"] if is_oid(d) and type(s) is int]
+        stat = saved["stat"]
+        if len(entries) != len(saved["entries"]) or len(stat) != 5 or not all(type(x) is int for x in stat[:4]):
+            return None
+        return tuple(stat), entries
+    except (ValueError, TypeError, KeyError, InvalidInputError):
+        return None
+
+
 def _remembered_file(run: _Run, path: Path) -> Iterator[NewDatum | tuple[TreeEntry, str]]:
     """Reads one tar or JSON-lines file, or replays what it held (with where) if it has not changed."""
     name = f"ingest:{path.resolve()}"
     st = path.stat()
     seen = time.time_ns()
-    memo = run.repo.index.get_meta(name)
+    memo = _memo(run.repo.index.get_meta(name))
     if memo is not None:
-        saved = json.loads(memo)
-        entries = [TreeEntry(k, Oid(d), s) for k, d, s in saved["entries"]]
-        if trusted(tuple(saved["stat"]), (st.st_size, st.st_mtime_ns, st.st_ino)) and all(run.stored(e.datum) for e in entries):
+        saved_stat, entries = memo
+        if trusted(saved_stat, (st.st_size, st.st_mtime_ns, st.st_ino)) and all(run.stored(e.datum) for e in entries):
             run.reused_files += 1
             where = str(path)
             yield from ((e, where) for e in entries)
