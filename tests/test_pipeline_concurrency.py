@@ -75,6 +75,15 @@ def start_run(cwd: Path, *args: str) -> subprocess.Popen[bytes]:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+def start_held_run(texts: Path, tmp_path: Path, block_at: int = 6, *args: str) -> tuple[Gate, subprocess.Popen[bytes]]:
+    """A serial run of a pipeline that holds at its ``block_at``-th datum, once it is held."""
+    gate = Gate(tmp_path)
+    write_pipeline(texts, "upper.py", gate.pipeline(block_at=block_at))
+    proc = start_run(texts, *args)
+    gate.wait_started(proc)
+    return gate, proc
+
+
 def finish(proc: subprocess.Popen[bytes]) -> str:
     out = proc.communicate(timeout=WAIT)[0].decode()
     assert proc.returncode == 0, out
@@ -117,11 +126,8 @@ def texts(worktree: Path, cli: Cli) -> Path:
 def test_a_spout_commits_while_a_pipeline_computes_and_the_run_lands_on_top(
     texts: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate(tmp_path)
-    write_pipeline(texts, "upper.py", gate.pipeline(block_at=6))
     read = head(texts)
-    proc = start_run(texts)
-    gate.wait_started(proc)
+    gate, proc = start_held_run(texts, tmp_path)
     monkeypatch.setenv("DATAREPO_LOCK_TIMEOUT", "0")  # a writer that had to wait for the lock fails at once
     cli("ingest", "-", "--prefix", "raw/", "--commit-every", "1", input=spout_line("c/100", "text 100"))
     arrived = head(texts)
@@ -154,10 +160,7 @@ def test_gc_during_a_run_keeps_what_the_run_has_not_committed_yet(
     with datarepo.open(texts) as repo, repo.lock, repo.writer() as w:  # garbage from before the run: a shard no commit names
         w.put("stray", {"txt": b"never committed"})
     older(texts / ".datarepo" / "shards")
-    gate = Gate(tmp_path)
-    write_pipeline(texts, "upper.py", gate.pipeline(block_at=6))  # five batches published, adopted and journaled
-    proc = start_run(texts)
-    gate.wait_started(proc)
+    gate, proc = start_held_run(texts, tmp_path)  # five batches published, adopted and journaled
     swept = json.loads(cli("gc", "--prune", "now", "--json").output)
     # The stray shard only is retired (the run's five stay), and kept aside until the run ends.
     assert (swept["shards"], swept["pruned"]) == (1, 0)
@@ -171,10 +174,7 @@ def test_gc_during_a_run_keeps_what_the_run_has_not_committed_yet(
 
 
 def test_gc_during_a_run_that_reuses_a_killed_run_s_work_does_not_lose_it(texts: Path, cli: Cli, tmp_path: Path) -> None:
-    gate = Gate(tmp_path)
-    write_pipeline(texts, "upper.py", gate.pipeline(block_at=6))
-    killed = start_run(texts)
-    gate.wait_started(killed)
+    gate, killed = start_held_run(texts, tmp_path)
     killed.kill()  # five batches journaled, their shards named by no commit
     killed.communicate(timeout=WAIT)
     older(texts / ".datarepo" / "shards")  # (written more than the pin's second of slack before the next run)
@@ -193,11 +193,8 @@ def test_gc_during_a_run_that_reuses_a_killed_run_s_work_does_not_lose_it(texts:
 def test_a_second_run_waits_for_the_first_then_stops_with_one_line(
     texts: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = Gate(tmp_path)
-    write_pipeline(texts, "upper.py", gate.pipeline(block_at=3))
     before = head(texts)
-    proc = start_run(texts)
-    gate.wait_started(proc)
+    gate, proc = start_held_run(texts, tmp_path, 3)
     monkeypatch.setenv("DATAREPO_LOCK_TIMEOUT", "0")
     line = one_error(cli, "run", "--executor", "serial")
     assert "another run of this repository's pipelines is in progress" in line
@@ -215,10 +212,7 @@ def test_a_second_run_waits_for_the_first_then_stops_with_one_line(
 def test_a_branch_that_moved_in_a_way_the_result_cannot_land_on_is_planned_again(
     texts: Path, cli: Cli, tmp_path: Path, change: str
 ) -> None:
-    gate = Gate(tmp_path)
-    write_pipeline(texts, "upper.py", gate.pipeline(block_at=6))
-    proc = start_run(texts)
-    gate.wait_started(proc)
+    gate, proc = start_held_run(texts, tmp_path)
     with datarepo.open(texts) as repo, repo.lock:  # through the Python API, while the run computes
         if change == "an input deleted":
             repo.commit({"raw/a/001": None}, "raw/a/001 deleted")
@@ -240,10 +234,7 @@ def test_a_branch_that_moved_in_a_way_the_result_cannot_land_on_is_planned_again
 
 
 def test_watch_runs_again_at_once_for_what_landed_while_it_computed(texts: Path, cli: Cli, tmp_path: Path) -> None:
-    gate = Gate(tmp_path)
-    write_pipeline(texts, "upper.py", gate.pipeline(block_at=6))
-    proc = start_run(texts, "--watch", "--interval", "0.05", "--max-runs", "2")
-    gate.wait_started(proc)
+    gate, proc = start_held_run(texts, tmp_path, 6, "--watch", "--interval", "0.05", "--max-runs", "2")
     cli("ingest", "-", "--prefix", "raw/", "--commit-every", "1", input=spout_line("c/100", "text 100"))
     gate.open()  # no commit after this one: the second run is for the datum that came during the first
     assert run_counts(finish(proc)) == [{"processed": 6, "reused": 0, "failed": 0, "deleted": 0},
@@ -254,11 +245,8 @@ def test_watch_runs_again_at_once_for_what_landed_while_it_computed(texts: Path,
 def test_a_checkout_while_a_run_computes_leaves_its_commit_on_the_branch_it_read(
     texts: Path, cli: Cli, tmp_path: Path
 ) -> None:
-    gate = Gate(tmp_path)
-    write_pipeline(texts, "upper.py", gate.pipeline(block_at=6))
     read = head(texts)
-    proc = start_run(texts)
-    gate.wait_started(proc)
+    gate, proc = start_held_run(texts, tmp_path)
     cli("checkout", "-b", "other")
     gate.open()
     finish(proc)
