@@ -99,6 +99,24 @@ def test_no_unpickling_without_opting_in(mixed: Path) -> None:
     assert got["pickle"] == [1, 2]
 
 
+class _Anything:
+    """An object only a full unpickler rebuilds (running whatever its class says)."""
+
+
+def test_pth_loads_tensors_only_even_when_allowed(mixed: Path) -> None:
+    def saved(obj: object) -> bytes:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return buf.getvalue()
+
+    root = mixed.parent / "pth"
+    make_repo(root, {"t": {"pth": saved({"w": torch.arange(3)})}, "o": {"pth": saved(_Anything())}})
+    (got,) = DatumDataset(root, keys=["t"], decode={"pth": "pth"}, unsafe=True)
+    assert got["pth"]["w"].tolist() == [0, 1, 2]
+    with pytest.raises(SampleError, match="sample o: cannot decode"):
+        next(iter(DatumDataset(root, keys=["o"], decode={"pth": "pth"}, unsafe=True)))
+
+
 def test_an_undecodable_sample_raises_or_is_skipped(mixed: Path) -> None:
     root = mixed.parent / "undecodable"
     make_repo(root, {f"k{i}": {"jpg": jpeg((8, 8), (1, 2, 3)) if i != 3 else b"not a jpeg"} for i in range(8)})

@@ -16,7 +16,7 @@ with ``unsafe=True``: ``"pth"`` (``torch.load``) and ``"pickle"`` are refused ot
 | ``"rgb8"``, ``"l8"`` | a ``uint8`` tensor, channels first (3 x H x W, 1 x H x W) |
 | ``"rgb"``, ``"l"`` | a ``float32`` tensor in [0, 1], channels first |
 | ``"pil"`` | a ``PIL.Image`` in RGB |
-| ``"pth"`` / ``"pickle"`` | ``torch.load`` / ``pickle.loads``, only with ``unsafe=True`` |
+| ``"pth"`` / ``"pickle"`` | ``torch.load(weights_only=True)`` / ``pickle.loads``, only with ``unsafe=True`` |
 | ``None`` | the member is left out |
 """
 
@@ -126,9 +126,11 @@ def _npy(data: bytes) -> Any:
 
 
 def _pth(data: bytes) -> Any:
+    """Tensors (and plain containers of them), through torch's restricted unpickler even when
+    allowed: an arbitrary object needs ``"pickle"``."""
     import torch
 
-    return torch.load(io.BytesIO(data), weights_only=False)
+    return torch.load(io.BytesIO(data), weights_only=True)
 
 
 def _pickle(data: bytes) -> Any:
