@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -54,7 +53,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
 
+import machine  # (benchmarks/machine.py)
 import xxhash
+from machine import first_line
 
 from datarepo.hashing import hash_bytes
 from datarepo.objects import TreeEntry
@@ -559,25 +560,9 @@ def print_table(title: str, rows: list[Row], notes: list[str]) -> None:
 
 def describe(repo_root: Path) -> list[str]:
     """The code and the machine the figures belong to."""
-
-    def output(cmd: list[str]) -> str:
-        done = subprocess.run(cmd, cwd=repo_root, env=ENV, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    def first_line(cmd: list[str]) -> str:
-        return (output(cmd).splitlines() or ["unknown"])[0]
-
-    dirty = bool(output(["git", "status", "--porcelain", "--", "datarepo"]))
-    with open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
-    return [
-        f"datarepo at {first_line(['git', 'log', '-1', '--format=%h %s'])}"
-        + (" (plus uncommitted changes under datarepo/)" if dirty else ""),
-        f"{os.cpu_count()} cores ({model}), {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, "
-        f"Linux {platform.release()}, Python {platform.python_version()}",
-        f"peers: {first_line(['git', '--version'])}, dvc {first_line([DVC, '--version'])}, {first_line(['tar', '--version'])}",
-        "load average at start (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()),
-    ]
+    tools = [first_line(["git", "--version"], repo_root, ENV), f"dvc {first_line([DVC, '--version'], repo_root, ENV)}",
+             first_line(["tar", "--version"], repo_root, ENV)]
+    return machine.describe(repo_root, ", ".join(tools))
 
 
 def parse_args() -> argparse.Namespace:

@@ -52,10 +52,8 @@ import argparse
 import gc
 import importlib
 import importlib.util
-import io
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -75,6 +73,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import machine  # noqa: E402
 from ingest import CLASSES, make_samples  # noqa: E402  the core benchmark's sample set
 
 import datarepo  # noqa: E402
@@ -129,20 +128,11 @@ def make_jpegs(root: Path, count: int, seed: int) -> None:
 
 def decode_crop(data: bytes) -> torch.Tensor:
     """The JPEG work every loader does: decoded at the smallest draft scale that keeps both
-    sides at least 224, resized to 224 on the shorter side, centre-cropped, uint8 CHW."""
-    from PIL import Image
+    sides at least 224, resized to 224 on the shorter side, centre-cropped, uint8 CHW (the
+    function datarepo's ``["rgb8", 224]`` decoder calls, so every loader does the same work)."""
+    from datarepo.torch.decode import decode_image
 
-    img = Image.open(io.BytesIO(data))
-    img.draft("RGB", (CROP, CROP))
-    img = img.convert("RGB")
-    w, h = img.size
-    k = CROP / min(w, h)
-    if k != 1:
-        img = img.resize((max(CROP, round(w * k)), max(CROP, round(h * k))))
-    w, h = img.size
-    left, top = (w - CROP) // 2, (h - CROP) // 2
-    array = np.asarray(img.crop((left, top, left + CROP, top + CROP)))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return decode_image(data, "rgb8", CROP)
 
 
 def keep_bytes(data: bytes) -> bytes:
@@ -692,24 +682,11 @@ def print_table(title: str, results: list[Result], targets: list[tuple[str, bool
 
 
 def describe(repo_root: Path) -> list[str]:
-    def first_line(cmd: list[str]) -> str:
-        done = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True)
-        return (done.stdout.strip().splitlines() or ["unknown"])[0] if done.returncode == 0 else "unknown"
-
+    """The code and the machine the figures belong to."""
     from importlib.metadata import version
 
-    with open("/proc/cpuinfo") as f:
-        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "unknown CPU")
-    dirty = first_line(["git", "status", "--porcelain", "--", "datarepo"]) not in ("unknown", "")
     peers = ", ".join(f"{p} {version(p)}" for p in ("torch", "webdataset", "litdata", "mosaicml-streaming", "pillow"))
-    return [
-        f"datarepo at {first_line(['git', 'log', '-1', '--format=%h %s'])}"
-        + (" (plus uncommitted changes under datarepo/)" if dirty else ""),
-        f"{os.cpu_count()} cores ({model}), {os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB RAM, "
-        f"Linux {platform.release()}, Python {platform.python_version()}",
-        f"peers: {peers}",
-        "load average at start (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()),
-    ]
+    return machine.describe(repo_root, peers)
 
 
 # the runs --------------------------------------------------------------------------------
