@@ -267,9 +267,9 @@ class Repo:
         """Raises InvalidInputError unless some shard holds each datum (datum → a key)."""
         if not datums:
             return
-        missing = datums.keys() - self.index.locations.shards_of(datums).keys()
+        missing = datums.keys() - self.index.locations.with_rows(datums)
         if missing and self.sync_locations():  # (a shard published by another writer just now)
-            missing -= self.index.locations.shards_of(missing).keys()
+            missing -= self.index.locations.with_rows(missing)
         if missing:
             datum = min(missing)
             raise InvalidInputError(f"datum {datum} (key {datums[datum]}) is not stored: write it first (repo.writer())")
