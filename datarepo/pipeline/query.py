@@ -22,24 +22,12 @@ from typing import Any
 from datarepo.errors import DataRepoError, ObjectNotFoundError
 from datarepo.hashing import Oid
 from datarepo.pipeline.cache import LineageCache
+from datarepo.pipeline.heads import State, heads
 from datarepo.pipeline.lineage import Reader, Record, page_rows, read_root
 from datarepo.pipeline.spec import source
 from datarepo.repo import Repo
 
 MAX_DEPTH = 64
-
-
-@dataclass(frozen=True)
-class State:
-    """A pipeline as of a commit: its last commit there and that commit's provenance."""
-
-    name: str
-    commit: Oid
-    provenance: dict[str, Any]
-
-    @property
-    def output(self) -> str:
-        return str(self.provenance.get("output", ""))
 
 
 @dataclass
@@ -67,38 +55,22 @@ class Node:
 
 def states(repo: Repo, commit: Oid | None, names: set[str] | None = None) -> Iterator[State]:
     """Each pipeline's last commit on the first-parent history of ``commit``, newest first
-    (stopping once every one of ``names`` is found)."""
-    seen: set[str] = set()
-    oid = commit
-    while oid is not None and (names is None or not names <= seen):
-        c = repo.read_commit(oid)
-        prov = c.provenance
-        named = prov and isinstance(prov.get("pipeline"), str) and isinstance(prov.get("lineage"), str)
-        if named and prov["pipeline"] not in seen:  # type: ignore[index]
-            seen.add(prov["pipeline"])
-            yield State(prov["pipeline"], oid, prov)
-        oid = c.parents[0] if c.parents else None
+    (of ``names`` only, if given): see :mod:`~datarepo.pipeline.heads`."""
+    return (s for s in heads(repo, commit) if names is None or s.name in names)
 
 
 def output_prefixes(repo: Repo, commit: Oid | None) -> tuple[str, ...]:
     """The output prefixes of every pipeline as of ``commit``, from the repository alone:
-    the nearest pipeline commit on its first-parent history names them all
-    (``provenance["outputs"]``: the prefixes of its run's whole DAG, and of every pipeline
-    before it). History written before that field is walked to its start, each pipeline
-    commit's ``output`` taken."""
+    the nearest pipeline commit names them all (``provenance["outputs"]``: the prefixes of
+    its run's whole DAG, and of every pipeline before it), else (history written before
+    that field) each pipeline's last commit names its own."""
     found: set[str] = set()
-    oid = commit
-    while oid is not None:
-        c = repo.read_commit(oid)
-        prov = c.provenance or {}
-        if isinstance(prov.get("pipeline"), str):
-            if isinstance(prov.get("output"), str):
-                found.add(prov["output"])
-            outputs = prov.get("outputs")
-            if isinstance(outputs, list) and all(isinstance(o, str) for o in outputs):
-                found.update(outputs)
-                break
-        oid = c.parents[0] if c.parents else None
+    for state in states(repo, commit):
+        outputs = state.provenance.get("outputs")
+        if isinstance(outputs, list) and all(isinstance(o, str) for o in outputs):
+            return tuple(sorted(found.union(outputs)))
+        if isinstance(state.provenance.get("output"), str):
+            found.add(state.provenance["output"])
     return tuple(sorted(found))
 
 

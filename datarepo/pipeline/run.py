@@ -34,6 +34,7 @@ from datarepo.objects import Blob, TreeEntry
 from datarepo.pipeline import dag, rebase
 from datarepo.pipeline.cache import LineageCache
 from datarepo.pipeline.fingerprint import fingerprint
+from datarepo.pipeline.heads import heads
 from datarepo.pipeline.lineage import Record, Root, read_root, update_pages
 from datarepo.pipeline.pin import RunInProgressError, RunPin
 from datarepo.pipeline.plan import Plan, make_plan, tree_at
@@ -147,14 +148,8 @@ def run(repo: Repo, names: tuple[str, ...] = (), options: Options = Options(), f
 def previous_state(repo: Repo, head: Oid | None, name: str) -> tuple[Oid, Root] | None:
     """The last commit of pipeline ``name`` on the first-parent history of ``head``, with its
     lineage root."""
-    oid = head
-    while oid is not None:
-        commit = repo.read_commit(oid)
-        prov = commit.provenance
-        if prov and prov.get("pipeline") == name and isinstance(prov.get("lineage"), str):
-            return oid, read_root(repo.store, prov["lineage"])
-        oid = commit.parents[0] if commit.parents else None
-    return None
+    state = next((s for s in heads(repo, head) if s.name == name), None)
+    return None if state is None else (state.commit, read_root(repo.store, state.provenance["lineage"]))
 
 
 class _Driver:
