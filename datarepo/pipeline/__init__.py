@@ -25,9 +25,17 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from datarepo.pipeline.spec import Drop, Source, cross, group, join, source, union
-
 __all__ = ["Drop", "Source", "cross", "group", "join", "pipeline", "source", "union"]
+
+
+def __getattr__(name: str) -> Any:
+    """The declarations of :mod:`~datarepo.pipeline.spec`, imported when first asked for: a
+    command that only reads lineage (``datarepo lineage``) never imports them."""
+    if name in __all__:
+        from datarepo.pipeline import spec
+
+        return getattr(spec, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def pipeline(

@@ -15,6 +15,7 @@ pipeline's current root are opened, and the walk goes on from their outputs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,8 +25,8 @@ from datarepo.hashing import Oid
 from datarepo.pipeline.cache import LineageCache
 from datarepo.pipeline.heads import State, heads
 from datarepo.pipeline.lineage import Reader, Record, page_rows, read_root
-from datarepo.pipeline.spec import source
 from datarepo.repo import Repo
+from datarepo.tree import glob_regex
 
 MAX_DEPTH = 64
 
@@ -123,7 +124,7 @@ def _up(repo: Repo, key: str, commit: Oid, depth: int) -> Node:
 def _input_commit(inputs: dict[str, str], key: str) -> Oid:
     for label, commit in inputs.items():
         glob = label.rsplit("@", 1)[0] if "@" in label and label.rsplit("@", 1)[0] else label
-        if source(glob).regex().fullmatch(key):
+        if re.fullmatch(glob_regex(glob), key, re.DOTALL):
             return Oid(commit)
     return Oid(next(iter(inputs.values())))
 
