@@ -139,7 +139,10 @@ def _selected(
         if ref.page not in shared:
             keys, datums, sizes = trees.read_page(tree.store, ref.page).columns
             rows = zip(keys, zip(datums, sizes))
-            found.update((k, v) for k, v in rows if k.startswith(prefix) and (match is None or match(k)))
+            if match is None and keys and keys[0].startswith(prefix) and keys[-1].startswith(prefix):
+                found.update(rows)  # (keys are sorted: the page lies wholly under the prefix)
+            else:
+                found.update((k, v) for k, v in rows if k.startswith(prefix) and (match is None or match(k)))
     return found
 
 
