@@ -66,6 +66,7 @@ class Outcome:
     records: list[Record]
     shards: list[PublishedShard]
     journal: str = ""
+    died: bool = False  # the process running it died: every unit failed with it (see :func:`worker_died`)
 
 
 def run_batch(batch: Batch) -> Outcome:
@@ -95,8 +96,11 @@ def failed(batch: Batch, kind: str, message: str) -> Outcome:
 
 
 def worker_died(batch: Batch) -> Outcome:
-    """What a batch whose worker died (killed, out of memory) gave: each unit failed."""
-    return failed(batch, "WorkerDied", "the process running this batch died (killed, or out of memory)")
+    """What a batch whose worker died (killed, out of memory) gave: each unit failed. (The
+    driver runs the units of a batch of several again in smaller batches, so that only the
+    unit that kills its worker fails.)"""
+    outcome = failed(batch, "WorkerDied", "the process running this batch died (killed, or out of memory)")
+    return Outcome(outcome.records, [], died=True)
 
 
 def _read(store: Store, reads: list[tuple[str, list[tuple[str, int, int]]]]) -> dict[str, dict[str, bytes]]:
