@@ -81,7 +81,7 @@ def pipeline(
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn.__datarepo_pipeline__ = {  # type: ignore[attr-defined]
-            "input": input, "output": output, "name": name or fn.__name__, "version": str(version),
+            "input": input, "output": output, "name": name or fn.__name__, "version": version,
             "params": {} if params is None else params, "workers": workers, "max_failures": max_failures,
             "retries": retries, "timeout": timeout, "setup": setup, "depends": depends,
             "batch_size": batch_size,

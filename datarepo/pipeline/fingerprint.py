@@ -44,6 +44,9 @@ def dependencies(spec: Spec, folder: Path) -> dict[str, str]:
 
 
 def _dependency(spec: Spec, folder: Path, name: str) -> str:
+    if name.startswith("/") or ".." in name.replace("\\", "/").split("/"):
+        raise PipelineError(f"{spec.file}: pipeline {spec.name!r}: depends: {name!r} is outside {folder.name}/: "
+                            "name files of the pipelines folder (or bump version for one elsewhere)")
     path = folder / name
     if path.is_file():
         return "file:" + hash_bytes(path.read_bytes())

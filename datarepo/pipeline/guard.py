@@ -11,6 +11,8 @@ is user code's.)
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -60,18 +62,48 @@ def line_in(error: BaseException, filename: str) -> int | None:
     return line
 
 
-def message_of(error: BaseException) -> str:
-    """The message of an error user code raised, at most 1000 characters (one whose
-    ``__str__`` itself raises says so)."""
+@contextmanager
+def no_fork() -> Iterator[None]:
+    """Runs user code that may ``os.fork()``: a child process that comes out of the block
+    (it would go on as a second copy of the run or of the worker: two writers of one
+    shard, two answers for one batch) ends there at once, quietly. The parent goes on."""
+    pid = os.getpid()
     try:
-        return str(error)[:1000]
+        yield
+    finally:
+        if os.getpid() != pid:
+            os._exit(0)
+
+
+# Characters that would break a line or a terminal: control characters (C0, DEL, C1),
+# lone surrogates (bytes that were not UTF-8), and the invisible marks that reorder text.
+_UNCLEAN = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def one_line(text: str, limit: int = 1000) -> str:
+    """``text`` as one clean line of at most ``limit`` characters: runs of whitespace
+    (newlines too) become one space, other control characters ``\\xNN`` escapes."""
+    text = " ".join(text[: limit * 4].split())
+    return _UNCLEAN.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}", text)[:limit]
+
+
+def class_of(error: BaseException) -> str:
+    """The name of an error's class, as one clean line (a class may be named anything)."""
+    return one_line(str(type(error).__name__), 200) or "Exception"
+
+
+def message_of(error: BaseException) -> str:
+    """The message of an error user code raised, as one clean line of at most 1000
+    characters (one whose ``__str__`` itself raises says so)."""
+    try:
+        return one_line(str(error))
     except BaseException as e:  # (a __str__ that raises SystemExit too)
         if stops_run(e):
             raise
-        return f"(its message cannot be shown: {type(e).__name__})"
+        return f"(its message cannot be shown: {class_of(e)})"
 
 
 def described(error: BaseException) -> str:
     """``Class: message`` of an error, on one line."""
-    text = " ".join(message_of(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    text = message_of(error)
+    return f"{class_of(error)}: {text}" if text else class_of(error)

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from datarepo import tree as trees
-from datarepo.errors import DataRepoError
+from datarepo.errors import DataRepoError, PipelineError
 from datarepo.hashing import Oid, hash_bytes
 from datarepo.objects import TreeEntry
 from datarepo.pipeline.cache import LineageCache, read_records
@@ -74,7 +74,7 @@ def cache_key(fingerprint: str, inputs: Iterable[Iterable[str]]) -> Oid:
 
 
 def make_plan(repo: Repo, spec: Spec, fp: Oid, head: Oid | None, previous: tuple[Oid, Root] | None, cache: LineageCache) -> Plan:
-    inputs = {s.label: _commit_of(repo, s, head) for s in spec.sources}
+    inputs = {s.label: _commit_of(repo, s, head, spec) for s in spec.sources}
     reader = Reader(repo.store, previous[1]) if previous else None
     plan = Plan(spec, fp, inputs, reader)
     if previous is not None:
@@ -88,8 +88,11 @@ def make_plan(repo: Repo, spec: Spec, fp: Oid, head: Oid | None, previous: tuple
     return plan
 
 
-def _commit_of(repo: Repo, src: Source, head: Oid | None) -> Oid | None:
-    return repo.resolve(src.rev) if src.rev is not None else head
+def _commit_of(repo: Repo, src: Source, head: Oid | None, spec: Spec) -> Oid | None:
+    try:
+        return repo.resolve(src.rev) if src.rev is not None else head
+    except DataRepoError as e:  # (a branch deleted since, a tag never made): which pipeline reads it
+        raise PipelineError(f"{spec.file}: pipeline {spec.name!r}: input {src.label}: {e}") from None
 
 
 def _same_run(spec: Spec, fp: Oid, root: Root, inputs: dict[str, Oid | None]) -> bool:
@@ -294,12 +297,7 @@ def _reuse_cached(repo: Repo, plan: Plan, cache: LineageCache) -> None:
             records.update((r.cache, r) for r in read_records(repo.store, journal) if r.ok)
         except DataRepoError:  # gc deleted it since: its work is done again
             continue
-    wanted = [c for _, c, _ in plan.todo if c not in records]
-    for obj in set(cache.lookup(wanted).values()):
-        try:
-            records.update((r.cache, r) for r in read_records(repo.store, obj) if r.ok)
-        except DataRepoError:
-            continue
+    records.update(cache.successes(c for _, c, _ in plan.todo if c not in records))
     hits = {c: records[c] for _, c, _ in plan.todo if c in records}
     if not hits:
         return

@@ -23,7 +23,7 @@ import math
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,7 @@ class _Driver:
             if self.pin is not None:  # (a source at a fixed revision too: gc keeps what the workers read)
                 self.pin.add([head, *plan.inputs.values()])
             done = self._compute(spec, plan)
+            done = _without_collisions(plan, done)
             changes = {**plan.reuse, **{r.base: r for r in done}, **{b: None for b in plan.deleted}}
             self._tally(result, plan, done)
             with self.repo.lock:
@@ -225,21 +226,30 @@ class _Driver:
 
     # computing ------------------------------------------------------------------------------
     def _compute(self, spec: Spec, plan: Plan) -> list[Record]:
+        """Maps the batches; the units of a batch of several whose worker died are run
+        again, in two halves (and so on), so that only a unit that kills its worker fails
+        with it, not the others it shared a batch with."""
         if not plan.todo:
             return []
         batches = self._batches(spec, plan)
         records: list[Record] = []
         failures = 0
-        outcomes = self.executor(spec).map(run_batch, batches)
-        try:
-            for outcome in outcomes:
-                self._keep(spec, plan, outcome)
-                records.extend(outcome.records)
-                failures += sum(1 for r in outcome.records if not r.ok)
-                self._stop_early(spec, outcome, failures)
-        finally:
-            if hasattr(outcomes, "close"):
-                outcomes.close()  # (on an error: the batches still running are not wanted)
+        while batches:
+            again: list[Batch] = []
+            outcomes = self.executor(spec).map(run_batch, batches)
+            try:
+                for batch, outcome in zip(batches, outcomes):
+                    if outcome.died and len(batch.units) > 1:
+                        again.extend(_halves(batch))
+                        continue
+                    self._keep(spec, plan, outcome)
+                    records.extend(outcome.records)
+                    failures += sum(1 for r in outcome.records if not r.ok)
+                    self._stop_early(spec, outcome, failures)
+            finally:
+                if hasattr(outcomes, "close"):
+                    outcomes.close()  # (on an error: the batches still running are not wanted)
+            batches = again
         return records
 
     def _keep(self, spec: Spec, plan: Plan, outcome: Outcome) -> None:
@@ -357,6 +367,46 @@ class _Driver:
         return commit
 
 
+def _halves(batch: Batch) -> list[Batch]:
+    """The units of ``batch`` in two batches, each reading only its own inputs."""
+    mid = len(batch.units) // 2
+    out = []
+    for units in (batch.units[:mid], batch.units[mid:]):
+        datums = {d for _, _, inputs in units for _, d in inputs}
+        reads = [(shard, kept) for shard, spans in batch.reads if (kept := [s for s in spans if s[0] in datums])]
+        out.append(replace(batch, units=units, reads=reads))
+    return out
+
+
+def _without_collisions(plan: Plan, done: list[Record]) -> list[Record]:
+    """``done`` where a unit that writes an output key another unit writes too (in this run,
+    or an unchanged unit of the last one) fails instead (``TransformError``), each of them:
+    a key has one producer, whose record its lineage names and whose deletion removes it.
+    A result reused that collides is taken out of ``plan.reuse`` and fails likewise."""
+    results = {**plan.reuse, **{r.base: r for r in done if r.ok}}
+    clashes: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for base, record in sorted(results.items()):
+        for key, _, _ in record.keys():
+            if (other := owner.setdefault(key, base)) != base:
+                clashes.setdefault(base, f"output key {key!r} is also an output of {other!r}")
+                clashes.setdefault(other, f"output key {key!r} is also an output of {base!r}")
+    if plan.previous is not None:
+        changed = set(results) | set(plan.deleted) | {r.base for r in done}
+        for base, record in results.items():
+            for key, _, _ in record.keys() if base not in clashes else ():
+                found = plan.previous.producer(key)
+                if found is not None and found.base not in changed:
+                    clashes[base] = f"output key {key!r} is also an output of {found.base!r}"
+                    break
+    if not clashes:
+        return done
+    for base in clashes.keys() & plan.reuse.keys():
+        done.append(plan.reuse.pop(base))
+    return [r._replace(outputs=(), dropped=None, error=("TransformError", clashes[r.base])) if r.base in clashes else r
+            for r in done]
+
+
 def _planned(result: PipelineResult, plan: Plan, previous: Root | None) -> PipelineResult:
     """``result`` of a dry run, or of a plan with nothing to do: what it would do."""
     fresh = sum(1 for b in [*(u[0] for u in plan.todo), *plan.reuse] if b not in plan.old)
@@ -404,10 +454,14 @@ def watch(repo_path: str | Path, names: tuple[str, ...], options: Options, folde
     the branch kept moving under it) is ``note``'d, and tried again at the next look."""
     import datarepo
 
-    runs, seen = 0, None
+    runs, seen, waiting = 0, None, False
     while max_runs is None or runs < max_runs:
         with datarepo.open(repo_path) as repo:
-            if repo.head() != seen:
+            head = repo.head()
+            if head is None and not waiting:  # (deleted meanwhile, or never made): said once
+                note(f"{repo.current_branch() or 'HEAD'} names no commit (deleted, or none yet): waiting for one")
+            waiting = head is None
+            if head != seen and head is not None:
                 try:
                     result = run(repo, names, options, folder)
                 except (RunInProgressError, rebase.RunConflictError) as e:

@@ -13,8 +13,10 @@ It never opens ``index.sqlite``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -25,12 +27,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from datarepo.errors import DataRepoError, DatumTimeout, PipelineError, TransformError
 from datarepo.hashing import datum_id, hash_bytes
-from datarepo.keys import check_key, check_member, is_utf8, split
-from datarepo.pipeline.guard import described, interrupts, message_of, stops_run
+from datarepo.keys import MAX_KEY_PARTS, check_key, check_member, is_utf8, split
+from datarepo.pipeline.guard import class_of, described, interrupts, message_of, no_fork, one_line, stops_run
 from datarepo.pipeline.lineage import Record, write_journal
 from datarepo.pipeline.spec import Drop, Spec, import_module
 from datarepo.shardreader import DatumRange, ShardReader
@@ -64,6 +66,7 @@ class Outcome:
     records: list[Record]
     shards: list[PublishedShard]
     journal: str = ""
+    died: bool = False  # the process running it died: every unit failed with it (see :func:`worker_died`)
 
 
 def run_batch(batch: Batch) -> Outcome:
@@ -88,12 +91,16 @@ def run_batch(batch: Batch) -> Outcome:
 
 def failed(batch: Batch, kind: str, message: str) -> Outcome:
     """Every unit of ``batch`` failed for one reason."""
-    return Outcome([Record(base, cache, inputs, (), (kind, message)) for base, cache, inputs in batch.units], [])
+    error = (one_line(kind, 200), one_line(message))
+    return Outcome([Record(base, cache, inputs, (), error) for base, cache, inputs in batch.units], [])
 
 
 def worker_died(batch: Batch) -> Outcome:
-    """What a batch whose worker died (killed, out of memory) gave: each unit failed."""
-    return failed(batch, "WorkerDied", "the process running this batch died (killed, or out of memory)")
+    """What a batch whose worker died (killed, out of memory) gave: each unit failed. (The
+    driver runs the units of a batch of several again in smaller batches, so that only the
+    unit that kills its worker fails.)"""
+    outcome = failed(batch, "WorkerDied", "the process running this batch died (killed, or out of memory)")
+    return Outcome(outcome.records, [], died=True)
 
 
 def _read(store: Store, reads: list[tuple[str, list[tuple[str, int, int]]]]) -> dict[str, dict[str, bytes]]:
@@ -138,7 +145,8 @@ class _Loaded:
         extra: dict[str, Any] = {}
         if spec.setup:
             try:
-                extra = getattr(module, spec.setup)()
+                with no_fork():
+                    extra = getattr(module, spec.setup)()
                 given = dict(extra) if isinstance(extra, dict) else None  # (a plain dict: no more user code)
             except BaseException as e:  # SystemExit too: only a real Ctrl-C goes on
                 if stops_run(e):
@@ -146,6 +154,8 @@ class _Loaded:
                 raise PipelineError(f"setup of {spec.name!r} failed: {described(e)}") from None
             if given is None or not all(isinstance(k, str) for k in given):
                 raise PipelineError(f"setup of {spec.name!r} must return a dict of keyword arguments, not {type(extra).__name__}")
+            if clash := sorted(set(given) & set(spec.params)):
+                raise PipelineError(f"setup of {spec.name!r} returned {clash[0]!r}, which is also one of its params")
             extra = given
         return cls(spec, folder, getattr(module, spec.function), extra)
 
@@ -153,18 +163,18 @@ class _Loaded:
         base, cache, inputs = unit
         if not self.spec.keyed and (bad := _bad_key(base)) is not None:  # a join or group value made it
             return Record(base, cache, inputs, (), ("TransformError", bad))
-        given = [{**datums[d], "__key__": k} for k, d in inputs]
         error: tuple[str, str] | None = None
         for _ in range(self.spec.retries + 1):
+            given = [{**datums[d], "__key__": k} for k, d in inputs]  # (each try its own: a transform may change it)
             try:
-                with deadline(self.spec.timeout):
+                with no_fork(), deadline(self.spec.timeout):
                     result = self._call(given, base)
                 outputs = _outputs(result, base)
                 break
             except BaseException as e:  # the datum's failure (SystemExit too), recorded: never the others'
                 if stops_run(e):
                     raise
-                error = (type(e).__name__, message_of(e))
+                error = (class_of(e), message_of(e))
         else:
             return Record(base, cache, inputs, (), error)
         if isinstance(outputs, Drop):
@@ -232,7 +242,9 @@ def _outputs(result: Any, base: str) -> list[tuple[str, dict[str, bytes]]] | Dro
     if result is None:
         return Drop("")
     if isinstance(result, Drop):
-        return result
+        if not isinstance(result.reason, str):
+            raise TransformError(f"Drop's reason is {type(result.reason).__name__}; it is a str")
+        return Drop(one_line(result.reason))  # (recorded, and shown on one line)
     if isinstance(result, dict):
         pairs = [("", result)]
     elif isinstance(result, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in result):
@@ -246,6 +258,7 @@ def _outputs(result: Any, base: str) -> list[tuple[str, dict[str, bytes]]] | Dro
         if not isinstance(suffix, str) or not isinstance(members, dict):
             kinds = f"({type(suffix).__name__}, {type(members).__name__})"
             raise TransformError(f"the transform returned a {kinds} pair; expected (str, dict)")
+        suffix = str.__str__(suffix)
         key = f"{base}/{suffix}" if suffix else base
         if suffix in seen:
             raise TransformError(f"output key {key!r} is given twice")
@@ -268,6 +281,7 @@ def _bad_key(key: str) -> str | None:
 def _members(members: dict[Any, Any], key: str) -> dict[str, bytes]:
     out = {}
     for ext, value in members.items():
+        ext = str.__str__(ext) if isinstance(ext, str) else ext  # (a str subclass's methods are not asked)
         if isinstance(ext, str) and ext.startswith("__") and ext.endswith("__"):
             continue  # metadata such as __key__, as WebDataset's samples carry
         if not isinstance(ext, str) or not ext or ext.startswith("."):
@@ -277,9 +291,9 @@ def _members(members: dict[Any, Any], key: str) -> dict[str, bytes]:
         except DataRepoError as e:
             raise TransformError(str(e)) from None
         if isinstance(value, str):
-            value = value.encode()
-        elif isinstance(value, (bytearray, memoryview)):
-            value = bytes(value)
+            value = str.encode(value)  # (str's own: a subclass's encode() is not asked)
+        elif type(value) is not bytes and isinstance(value, (bytes, bytearray, memoryview)):
+            value = memoryview(value).tobytes()  # the bytes it holds (not a subclass's __len__ or __bytes__)
         elif not isinstance(value, bytes):
             raise TransformError(f"output {key!r}: member {ext!r} is {type(value).__name__}; members are bytes or str")
         out[ext] = value
@@ -296,7 +310,8 @@ def run_command(
     input folder (``{in}``; a sub-folder ``0``, ``1``… each when the unit has several
     datums), its outputs read from an output folder (``{out}``): files named ``<stem>.<ext>``,
     one output datum per stem (at the base if there is one stem, else at ``base/<stem>``)."""
-    with tempfile.TemporaryDirectory(prefix="datarepo-run-") as tmp:
+    tmp = tempfile.mkdtemp(prefix="datarepo-run-")
+    try:
         inp, out = Path(tmp, "in"), Path(tmp, "out")
         out.mkdir()
         for i, datum in enumerate(given):
@@ -308,52 +323,81 @@ def run_command(
                     (target / (f"{name}.{ext}" if ext else name)).write_bytes(data)
         subst = {"{in}": str(inp), "{out}": str(out), "{python}": sys.executable}
         argv = [subst.get(a, a) for a in spec.command]
-        _execute(spec, argv, folder, inp, out, base)
-        return _collected(out, argv[0])
+        _execute(spec, argv, folder, inp, out, base, Path(tmp, "stderr"))
+        return _collected(Path(tmp), argv[0])
+    finally:
+        _remove(tmp)
 
 
-def _execute(spec: Spec, argv: list[str], folder: Path, inp: Path, out: Path, base: str) -> None:
+def _remove(tmp: str) -> None:
+    """Deletes a unit's folder, however deep the command nested folders in it (deeper than
+    ``shutil.rmtree`` recurses, or than a path may be long: then ``rm -rf`` does it)."""
+    try:
+        shutil.rmtree(tmp)
+    except (OSError, RecursionError):
+        subprocess.run(["rm", "-rf", "--", tmp], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
+
+
+def _execute(spec: Spec, argv: list[str], folder: Path, inp: Path, out: Path, base: str, errors: Path) -> None:
+    """Runs the command, its stderr to the file ``errors`` (not a pipe: a program it left
+    running in the background could hold a pipe open for ever, and a pipe's whole text
+    would be held in memory). Waits for the program itself, then ends what it left running
+    in its process group."""
     env = {**os.environ, "DATAREPO_IN": str(inp), "DATAREPO_OUT": str(out), "DATAREPO_KEY": base}
     for name, value in spec.params.items():
         env[f"DATAREPO_PARAM_{name.upper()}"] = value if isinstance(value, str) else json.dumps(value)
-    try:
-        proc = subprocess.Popen(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
-    except OSError as e:
-        raise TransformError(f"cannot run {argv[0]!r}: {e.strerror}") from None
-    try:
-        _, err = proc.communicate(timeout=spec.timeout)
-    except subprocess.TimeoutExpired:  # the command's whole group ends (a shell's children too)
-        _kill(proc)
-        raise DatumTimeout(f"the command took longer than the timeout of {spec.timeout:g} s") from None
-    except BaseException:
-        _kill(proc)
-        raise
-    if proc.returncode != 0:
-        tail = err.decode(errors="replace").strip()[-STDERR_TAIL:]
-        raise TransformError(f"{argv[0]} exited with status {proc.returncode}" + (f": {tail}" if tail else ""))
+    with open(errors, "w+b") as err:
+        try:
+            proc = subprocess.Popen(argv, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err, start_new_session=True)
+        except OSError as e:
+            raise TransformError(f"cannot run {argv[0]!r}: {e.strerror}") from None
+        try:
+            proc.wait(timeout=spec.timeout)
+        except subprocess.TimeoutExpired:  # the command's whole group ends (a shell's children too)
+            raise DatumTimeout(f"the command took longer than the timeout of {spec.timeout:g} s") from None
+        finally:
+            _kill(proc)
+        if proc.returncode != 0:
+            tail = _tail(err)
+            raise TransformError(f"{argv[0]} exited with status {proc.returncode}" + (f": {tail}" if tail else ""))
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    """Ends the command's process group: the program (if it still runs) and whatever it
+    started and left running there (a process that left the group is beyond reach)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
-def _collected(out: Path, program: str) -> list[tuple[str, dict[str, bytes]]]:
-    """The outputs a command left in ``out``: regular files only. A symbolic link (it could
-    name any file of the machine), a FIFO (reading it would wait for ever), a socket or a
-    device, or a name that is not UTF-8, fails the datum: no link is followed."""
+def _tail(err: BinaryIO) -> str:
+    """The end of what the command wrote to stderr, as one clean line."""
+    size = err.seek(0, os.SEEK_END)
+    err.seek(max(0, size - 4 * STDERR_TAIL))
+    return one_line(err.read().decode(errors="replace"), 4 * STDERR_TAIL)[-STDERR_TAIL:].strip()
+
+
+def _collected(tmp: Path, program: str) -> list[tuple[str, dict[str, bytes]]]:
+    """The outputs a command left in ``tmp/out``: regular files only. A symbolic link (it
+    could name any file of the machine), a FIFO (reading it would wait for ever), a socket
+    or a device, a hard link to a file outside the unit's folders, or a name that is not
+    UTF-8, fails the datum: no link is followed."""
     found: dict[str, dict[str, bytes]] = {}
+    linked: dict[tuple[int, int], tuple[str, int]] = {}  # (device, inode) → (a path, its links), of files with several
     try:
-        top = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        top = os.open(tmp / "out", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         raise TransformError(f"{program} replaced its output folder with something not a folder") from None
     try:
-        for rel, data in _files(top, ""):
+        for rel, data in _files(top, "", linked, program):
             stem, ext = split(rel)
             found.setdefault(stem, {})[ext] = data
     finally:
         os.close(top)
+    if linked:
+        _check_links(tmp, linked)
     if not found:
         raise TransformError(f"{program} wrote nothing to its output folder")
     if len(found) == 1:
@@ -361,9 +405,12 @@ def _collected(out: Path, program: str) -> list[tuple[str, dict[str, bytes]]]:
     return sorted(found.items())
 
 
-def _files(folder: int, rel: str) -> Iterator[tuple[str, bytes]]:
+def _files(folder: int, rel: str, linked: dict[tuple[int, int], tuple[str, int]], program: str) -> Iterator[tuple[str, bytes]]:
     """(path, contents) of each regular file under the open folder ``folder``, whose path is
-    ``rel``; opened relative to it, never through a link (``O_NOFOLLOW``, then ``fstat``)."""
+    ``rel``; opened relative to it, never through a link (``O_NOFOLLOW``, then ``fstat``).
+    Files with several names (hard links) are noted in ``linked``."""
+    if rel.count("/") >= MAX_KEY_PARTS:
+        raise TransformError(f"{program} nested folders more than {MAX_KEY_PARTS} deep in its output folder")
     with os.scandir(folder) as entries:
         names = sorted(e.name for e in entries)
     for name in names:
@@ -375,17 +422,36 @@ def _files(folder: int, rel: str) -> Iterator[tuple[str, bytes]]:
         except OSError as e:  # ELOOP: a symbolic link; ENXIO: a socket
             raise TransformError(f"output file {path!r} is {_kind(folder, name, e)}: outputs are regular files") from None
         try:
-            mode = os.fstat(fd).st_mode
-            if stat.S_ISDIR(mode):
-                yield from _files(fd, path + "/")
-            elif stat.S_ISREG(mode):
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                yield from _files(fd, path + "/", linked, program)
+            elif stat.S_ISREG(info.st_mode):
+                if info.st_nlink > 1:
+                    linked[(info.st_dev, info.st_ino)] = (path, info.st_nlink)
                 with os.fdopen(os.dup(fd), "rb") as f:
                     yield path, f.read()
             else:
-                raise TransformError(f"output file {path!r} is {_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}: "
+                raise TransformError(f"output file {path!r} is {_KINDS.get(stat.S_IFMT(info.st_mode), 'not a regular file')}: "
                                      "outputs are regular files")
         finally:
             os.close(fd)
+
+
+def _check_links(tmp: Path, linked: dict[tuple[int, int], tuple[str, int]]) -> None:
+    """A hard link in the output folder is an output only when each of its file's names
+    lies in the unit's own folders (an input passed on by ``ln``): a link to any other file
+    of the machine would store that file."""
+    names: dict[tuple[int, int], int] = dict.fromkeys(linked, 0)
+    for top, folders, files in os.walk(tmp):  # (os.walk follows no link to a folder)
+        for name in files:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(top, name))
+                if (node := (info.st_dev, info.st_ino)) in names:
+                    names[node] += 1
+    for node, (path, links) in sorted(linked.items(), key=lambda item: item[1]):
+        if names[node] < links:
+            raise TransformError(f"output file {path!r} is a hard link to a file outside the command's folders: "
+                                 "outputs are files the command wrote")
 
 
 _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
