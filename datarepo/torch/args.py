@@ -84,7 +84,7 @@ def key_list(value: Any) -> list[str] | None:
 
 def json_data(name: str, value: Any) -> None:
     """Checks that ``value`` is strict JSON data: dicts with str keys, lists (or tuples),
-    strs UTF-8 can encode, ints, finite floats, bools and None, without cycles. Python's
+    strs UTF-8 can encode, ints of up to 128 bits, finite floats, bools and None, without cycles. Python's
     ``json`` would write ``NaN`` or ``Infinity`` (which no other JSON reader takes), turn
     keys into strs, and loop on a cycle.
 
@@ -98,8 +98,10 @@ def json_data(name: str, value: Any) -> None:
 
 def _not_json(value: Any, where: str, depth: int) -> str | None:
     """Why ``value`` is not JSON data (naming where in it), or None."""
-    if value is None or isinstance(value, (bool, int)):
+    if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, int):  # (JSON readers lose the digits of large ints; Python's own stop at 4,300)
+        return None if -(1 << 128) < value < 1 << 128 else f"{where} is an int of more than 128 bits"
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{where} is {value!r}, which JSON has no number for"
     if isinstance(value, str):

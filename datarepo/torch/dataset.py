@@ -53,7 +53,7 @@ class DatumDataset(IterableDataset):
         decode: ext → decoder spec (docs/loader.md); members not named stay bytes.
         transform: called on each decoded sample (a dict) in the worker; returns a dict.
         shuffle: shuffle the order (block-wise, see :mod:`datarepo.torch.plan`).
-        seed: the order's seed.
+        seed: the order's seed (from 0 to 2**128 - 1).
         epoch: the first epoch (:meth:`set_epoch` sets another).
         batch_size: yield collated batches of this many samples.
         chunk_size: without ``batch_size``, workers take turns by runs of this many
@@ -100,7 +100,7 @@ class DatumDataset(IterableDataset):
         batch_size = args.optional_integer("batch_size", batch_size, 1, INT64_END)
         chunk_size = args.integer("chunk_size", chunk_size, 1, INT64_END)
         block, window = args.integer("block", block, 1, INT64_END), args.integer("window", window, 1, INT64_END)
-        seed, epoch = args.integer("seed", seed), args.integer("epoch", epoch, 0, MAX_EPOCH)
+        seed, epoch = args.integer("seed", seed, 0, 1 << 128), args.integer("epoch", epoch, 0, MAX_EPOCH)
         shuffle, pad, verify = args.flag("shuffle", shuffle), args.flag("pad", pad), args.flag("verify", verify)
         self.unsafe = args.flag("unsafe", unsafe)
         self.decode_spec = check_spec(decode, unsafe)
@@ -222,14 +222,7 @@ class DatumDataset(IterableDataset):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resumes an epoch where a state (of this dataset, on any number of ranks) left it."""
-        if not isinstance(state, Mapping):
-            raise InvalidInputError(f"state must be a DatumDataset state (a dict), not {state!r:.60}")
-        try:
-            epoch, position, plan = int(state["epoch"]), int(state["position"]), str(state["plan"])
-        except (KeyError, TypeError, ValueError):
-            raise InvalidInputError("not a DatumDataset state") from None
-        if state.get("format") != STATE_FORMAT or not 0 <= position <= self.spec.count or not 0 <= epoch < MAX_EPOCH:
-            raise InvalidInputError("not a DatumDataset state")
+        epoch, position, plan = _checked_state(state, self.spec.count)
         if plan != self.plan_id():
             raise InvalidInputError("the state is of another dataset (another selection, seed or shuffle)")
         self._cursor.set(epoch, position)
@@ -242,9 +235,13 @@ class DatumDataset(IterableDataset):
         batch must follow the one noted before (else it is only taken as the last one
         received)."""
         skipped = batch.get("__skipped__") if isinstance(batch, dict) or isinstance(batch, Mapping) else None
-        if skipped:
-            self.skipped += [str(m) for _, m in skipped]
-        ends = position_range(batch, self.world_size)
+        try:
+            if skipped:
+                self.skipped += [str(m) for _, m in skipped]
+            ends = position_range(batch, self.world_size)
+        except (TypeError, ValueError, OverflowError, RuntimeError):  # not as this dataset makes them
+            self._disordered = True  # (state_dict then says so, rather than count it wrong)
+            return
         if ends is None:
             return
         s = self.share()
@@ -466,6 +463,32 @@ def _decoded(key: str, members: dict[str, bytes], decode: Callable[[dict[str, by
         raise
     except Exception as e:  # a decoder's own error (Pillow, json, int): the sample is bad
         raise SampleError(f"sample {key}: cannot decode: {e.__class__.__name__}: {e}", key) from None
+
+
+_STATE_FIELDS = ("format", "epoch", "position", "plan", "world_size")
+
+
+def _checked_state(state: Any, count: int) -> tuple[int, int, str]:
+    """The epoch, position and plan of a state that :meth:`DatumDataset.state_dict` could
+    have made: its five fields exactly, each of its type (ints may be numpy's, never a
+    bool, a float or text: a state that was changed on its way is refused, not read as
+    another position)."""
+    if not isinstance(state, Mapping):
+        raise InvalidInputError(f"state must be a DatumDataset state (a dict), not {state!r:.60}")
+    if set(state) != set(_STATE_FIELDS):
+        missing, extra = sorted(set(_STATE_FIELDS) - set(state)), sorted(set(state) - set(_STATE_FIELDS), key=repr)
+        why = f"lacks {', '.join(missing)}" if missing else f"has {', '.join(map(repr, extra))[:80]}"
+        raise InvalidInputError(f"not a DatumDataset state: a state has the fields {', '.join(_STATE_FIELDS)}; this one {why}")
+    try:
+        if args.integer("format", state["format"]) != STATE_FORMAT:
+            raise InvalidInputError(f"format {state['format']} is not {STATE_FORMAT}")
+        epoch = args.integer("epoch", state["epoch"], 0, MAX_EPOCH)
+        position = args.integer("position", state["position"], 0, count + 1)
+        args.integer("world_size", state["world_size"], 1, INT64_END)
+        plan = args.text("plan", state["plan"])
+    except InvalidInputError as e:
+        raise InvalidInputError(f"not a DatumDataset state: {e}") from None
+    return epoch, position, plan
 
 
 def _place(rank: int | None, world: int | None) -> tuple[int, int]:
