@@ -126,7 +126,7 @@ class DatumDataset(IterableDataset):
         self.epochs = epoch + 1  # epochs begun, for run records
         self._consumed = 0  # samples of this rank's share the training loop received
         self._observed = False  # a consumer-side wrapper reports what the loop received
-        self._disordered = False
+        self._disordered: bool | str = False  # True, or why, where what the loop received cannot be counted
         self.skipped: list[str] = []  # what on_error="skip" left out, as seen by this process
         self._order: tuple[int, np.ndarray] | None = None
         self._files: tuple[int, ShardFiles] | None = None
@@ -210,7 +210,9 @@ class DatumDataset(IterableDataset):
             self.received(after, in_turn=False)
         if self._disordered:
             raise InvalidInputError(
-                "batches reached the training loop out of order: set chunk_size to the DataLoader's batch_size"
+                self._disordered
+                if isinstance(self._disordered, str)
+                else "batches reached the training loop out of order: set chunk_size to the DataLoader's batch_size"
             )
         return {
             "format": STATE_FORMAT,
@@ -240,7 +242,8 @@ class DatumDataset(IterableDataset):
                 self.skipped += [str(m) for _, m in skipped]
             ends = position_range(batch, self.world_size)
         except (TypeError, ValueError, OverflowError, RuntimeError):  # not as this dataset makes them
-            self._disordered = True  # (state_dict then says so, rather than count it wrong)
+            # (state_dict then says so, rather than count it wrong)
+            self._disordered = "a batch the training loop received has __index__ or __skipped__ that this dataset did not make"
             return
         if ends is None:
             return
@@ -276,7 +279,7 @@ class DatumDataset(IterableDataset):
         for c in chunks_of(s.length, chunk, worker, workers):
             positions = s.positions(c * chunk, (c + 1) * chunk)
             read, skipped = self._read(positions, order, decode)
-            if here:
+            if here or (info is None and not self.batch_size):  # (a batch's own reach the loop with it)
                 self.skipped += [m for _, m in skipped]
             if self.batch_size:
                 if here:
@@ -308,7 +311,10 @@ class DatumDataset(IterableDataset):
             try:
                 if isinstance(members, SampleError):
                     raise members
-                read.append((key, position, members if decode is None else _decoded(key, members, decode)))
+                fields = members if decode is None else _decoded(key, members, decode)
+                if not _OWN_FIELDS.isdisjoint(fields):
+                    raise _shadowing(key, fields)
+                read.append((key, position, fields))
             except SampleError as e:
                 if self.on_error == "raise":
                     raise
@@ -322,7 +328,7 @@ class DatumDataset(IterableDataset):
         out = self.transform(sample)
         if not isinstance(out, Mapping):
             raise InvalidInputError(f"transform must return a dict of fields, not {type(out).__name__}")
-        return {"__key__": sample["__key__"], "__index__": sample["__index__"], **out}
+        return {**out, "__key__": sample["__key__"], "__index__": sample["__index__"]}  # (the dataset's own, whatever it returns)
 
     def _shard_files(self) -> ShardFiles:
         if self._files is None or self._files[0] != os.getpid():
@@ -456,6 +462,18 @@ def _shared_cursor(cursor: _Cursor) -> tuple[Any, ...]:
 ForkingPickler.register(_Cursor, _shared_cursor)
 
 
+# The fields a sample or batch has of the dataset itself: a member of one of these names
+# would take its place (a datum's bytes as its keys, or as its positions, which a state counts).
+_OWN_FIELDS = frozenset({"__key__", "__index__", "__skipped__"})
+
+
+def _shadowing(key: str, fields: Mapping[str, Any]) -> SampleError:
+    name = min(_OWN_FIELDS.intersection(fields))
+    return SampleError(
+        f"sample {key}: a member is named {name!r}, a field the dataset sets (leave it out: decode={{{name!r}: None}})", key
+    )
+
+
 def _decoded(key: str, members: dict[str, bytes], decode: Callable[[dict[str, bytes]], dict[str, Any]]) -> dict[str, Any]:
     try:
         return decode(members)
@@ -497,6 +515,13 @@ def _place(rank: int | None, world: int | None) -> tuple[int, int]:
     if rank is None or world is None:
         dist = torch.distributed
         live = dist.is_available() and dist.is_initialized()
+        if not live and rank is None and world is None and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
+            # Launched as one of several ranks (torchrun), made before init_process_group:
+            # taken as rank 0 of 1, every rank would read the whole epoch.
+            raise InvalidInputError(
+                f"rank: WORLD_SIZE is {os.environ['WORLD_SIZE'][:20]!r} but torch.distributed is not initialized: "
+                "make the dataset after init_process_group, or give rank= and world_size="
+            )
         rank = rank if rank is not None else (dist.get_rank() if live else 0)
         world = world if world is not None else (dist.get_world_size() if live else 1)
     if rank >= world:

@@ -172,7 +172,7 @@ def _check_values(run: dict[str, Any]) -> None:
             raise InvalidInputError(f"{field} is not an object id: {run[field][:40]!r}")
     for field in ("name", "rev", "prefix", "time", "author"):
         args.text(field, run[field])
-    if run["keys"] is not None:
+    if run.get("keys") is not None:
         keys = args.key_list(run["keys"])
         if run["prefix"] or len(keys) != run["count"]:
             raise InvalidInputError(f"keys: {len(keys)} keys, a count of {run['count']} and a prefix {run['prefix']!r:.40}")
@@ -181,7 +181,7 @@ def _check_values(run: dict[str, Any]) -> None:
     for field in ("block", "window", "world_size"):
         args.integer(field, run[field], 1, _INT64)
     args.integer("epochs", run["epochs"], 1, _INT64 + 1)
-    args.optional_integer("batch_size", run["batch_size"], 1, _INT64)
+    args.optional_integer("batch_size", run.get("batch_size"), 1, _INT64)
     check_spec(run["decode"], unsafe=True)  # (whether it may be used is from_run's question)
     if len(run["fingerprint"]) != 16 or not is_hex(run["fingerprint"]):
         raise InvalidInputError(f"fingerprint is not 16 hex digits: {run['fingerprint'][:40]!r}")
