@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from datarepo.errors import CorruptObjectError, DataRepoError, InvalidInputError, ObjectNotFoundError
+from datarepo.errors import CorruptObjectError, DataRepoError, InvalidInputError, ObjectNotFoundError, RefConflictError
 from datarepo.hashing import Oid, canonical_json, is_hex, is_oid
 from datarepo.objects import FORMAT, Blob, Commit, Tree, TreePage
 from datarepo.refs import RUNS, check_name
@@ -85,7 +85,10 @@ def record_run(repo: Repo, name: str, dataset: DatumDataset, extra: Mapping[str,
     if size > MAX_EXTRA_BYTES:
         raise InvalidInputError(f"run {name!r}: extra is {size} bytes of JSON, more than {MAX_EXTRA_BYTES} (keep large data elsewhere)")
     oid = repo.store.put_object(Blob(data))
-    repo.refs.update(RUNS + name, oid, message=f"run: {name}")
+    try:  # (the ref must still be free as it is written: two runs recorded at once under one name)
+        repo.refs.update(RUNS + name, oid, expected=True if force else None, message=f"run: {name}")
+    except RefConflictError:
+        raise InvalidInputError(f"run {name!r} is already recorded") from None
     return oid
 
 
