@@ -296,7 +296,24 @@ def test_a_batch_the_dataset_did_not_make_makes_the_state_say_so(repo: Path) -> 
         ds.state_dict()
 
 
+def test_a_batch_of_another_rank_is_named_by_the_state(repo: Path) -> None:
+    mine = DatumDataset(repo, batch_size=4, rank=0, world_size=2)
+    theirs = next(iter(DatumDataset(repo, batch_size=4, rank=1, world_size=2)))
+    with pytest.raises(InvalidInputError, match="is not of rank 0 of 2's share"):
+        mine.state_dict(after=theirs)
+
+
 # run records -----------------------------------------------------------------------------
+
+
+def test_a_run_of_another_repository_is_not_recorded(repo: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Its ref would keep nothing here, and make gc refuse to run (a missing commit)."""
+    other = tmp_path_factory.mktemp("other")
+    make_repo(other, labelled(4, seed=9))
+    with datarepo.open(repo) as r:
+        with pytest.raises(InvalidInputError, match="which is not in this repository"):
+            r.record_run("elsewhere", DatumDataset(other))
+    Cli(repo)("gc")
 
 
 def forged(repo: Path, name: str, **change: Any) -> None:

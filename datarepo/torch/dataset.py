@@ -251,7 +251,10 @@ class DatumDataset(IterableDataset):
         try:
             lo, hi = s.local(ends[0]), s.local(ends[1])
         except ValueError:
-            self._disordered = True
+            self._disordered = (
+                f"a batch the training loop received (positions {ends[0]} to {ends[1]}) is not of rank {self.rank} of "
+                f"{self.world_size}'s share of the epoch from position {s.start}"
+            )
             return
         exact = self.batch_size is not None or self.on_error == "raise"
         if in_turn and (lo < self._consumed or (exact and lo != self._consumed)):

@@ -61,9 +61,10 @@ def record_run(repo: Repo, name: str, dataset: DatumDataset, extra: Mapping[str,
     """Stores the run object of ``dataset`` and points ``refs/runs/NAME`` at it.
 
     Raises:
-        InvalidInputError: a bad name, a ``dataset`` that is not a DatumDataset, extras
-            that are not a dict of strict JSON data (no NaN or Infinity), or a run of that
-            name already recorded (unless ``force``).
+        InvalidInputError: a bad name, a ``dataset`` that is not a DatumDataset (or one
+            of another repository), extras that are not a dict of strict JSON data (no NaN
+            or Infinity, at most 1 MiB), or a run of that name already recorded (unless
+            ``force``).
     """
     check_name(args.text("name", name), "run")
     made = sys.modules.get("datarepo.torch.dataset")  # (not loaded: no DatumDataset was made)
@@ -73,6 +74,8 @@ def record_run(repo: Repo, name: str, dataset: DatumDataset, extra: Mapping[str,
         raise InvalidInputError(f"run {name!r}: extra must be JSON data (a dict, not a {type(extra).__name__})")
     if not args.flag("force", force) and repo.refs.read(RUNS + name) is not None:
         raise InvalidInputError(f"run {name!r} is already recorded")
+    if not repo.store.has_object(dataset.commit):  # (its ref would keep nothing, and stop gc as damage)
+        raise InvalidInputError(f"run {name!r}: the dataset reads commit {dataset.commit}, which is not in this repository")
     data = {"format": FORMAT, "type": RUN_TYPE, "name": name, "time": repo.now(), "author": repo.author()}
     data.update(dataset.run_spec())
     data["extra"] = dict(extra or {})
