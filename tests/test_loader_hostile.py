@@ -93,9 +93,7 @@ def test_persistent_workers_that_mapped_a_shard_report_it_cut_short_and_skip_it(
     others in their order (a worker used to die of SIGBUS: "DataLoader worker exited
     unexpectedly ... insufficient shared memory")."""
     ds = DatumDataset(repo, batch_size=4, seed=3, on_error="skip")
-    batches = DeviceLoader(
-        loader(ds, workers=2, persistent_workers=True, multiprocessing_context=context), device="cpu"
-    )
+    batches = DeviceLoader(loader(ds, workers=2, persistent_workers=True, multiprocessing_context=context), device="cpu")
     assert len(indexed(batches)) == 48
     ds.set_epoch(1)
     full = indexed(loader(DatumDataset(repo, batch_size=4, seed=3, epoch=1), workers=0))
@@ -310,9 +308,8 @@ def test_a_run_of_another_repository_is_not_recorded(repo: Path, tmp_path_factor
     """Its ref would keep nothing here, and make gc refuse to run (a missing commit)."""
     other = tmp_path_factory.mktemp("other")
     make_repo(other, labelled(4, seed=9))
-    with datarepo.open(repo) as r:
-        with pytest.raises(InvalidInputError, match="which is not in this repository"):
-            r.record_run("elsewhere", DatumDataset(other))
+    with datarepo.open(repo) as r, pytest.raises(InvalidInputError, match="which is not in this repository"):
+        r.record_run("elsewhere", DatumDataset(other))
     Cli(repo)("gc")
 
 
@@ -352,7 +349,8 @@ def test_a_forged_run_record_is_one_error_line_everywhere(worktree: Path, cli: C
         for args in (("runs", "show", name), ("runs", "show", name, "--json"), ("runs", "show", name, "--keys")):
             shown = cli(*args, ok=False)
             assert shown.exit_code == 1 and shown.stdout == ""
-            assert shown.stderr.startswith(f"Error: refs/runs/{name} does not name a run record") and shown.stderr.count("\n") == 1
+            assert shown.stderr.startswith(f"Error: refs/runs/{name} does not name a run record")
+            assert shown.stderr.count("\n") == 1
         with pytest.raises(NotARunError):
             DatumDataset.from_run(worktree, name)
     keys = cli("runs", "show", "other-prefix", "--keys", ok=False)

@@ -224,7 +224,7 @@ class DatumDataset(IterableDataset):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resumes an epoch where a state (of this dataset, on any number of ranks) left it."""
-        epoch, position, plan = _checked_state(state, self.spec.count)
+        epoch, position, plan = args.state(state, STATE_FORMAT, self.spec.count, MAX_EPOCH)
         if plan != self.plan_id():
             raise InvalidInputError("the state is of another dataset (another selection, seed or shuffle)")
         self._cursor.set(epoch, position)
@@ -484,32 +484,6 @@ def _decoded(key: str, members: dict[str, bytes], decode: Callable[[dict[str, by
         raise
     except Exception as e:  # a decoder's own error (Pillow, json, int): the sample is bad
         raise SampleError(f"sample {key}: cannot decode: {e.__class__.__name__}: {e}", key) from None
-
-
-_STATE_FIELDS = ("format", "epoch", "position", "plan", "world_size")
-
-
-def _checked_state(state: Any, count: int) -> tuple[int, int, str]:
-    """The epoch, position and plan of a state that :meth:`DatumDataset.state_dict` could
-    have made: its five fields exactly, each of its type (ints may be numpy's, never a
-    bool, a float or text: a state that was changed on its way is refused, not read as
-    another position)."""
-    if not isinstance(state, Mapping):
-        raise InvalidInputError(f"state must be a DatumDataset state (a dict), not {state!r:.60}")
-    if set(state) != set(_STATE_FIELDS):
-        missing, extra = sorted(set(_STATE_FIELDS) - set(state)), sorted(set(state) - set(_STATE_FIELDS), key=repr)
-        why = f"lacks {', '.join(missing)}" if missing else f"has {', '.join(map(repr, extra))[:80]}"
-        raise InvalidInputError(f"not a DatumDataset state: a state has the fields {', '.join(_STATE_FIELDS)}; this one {why}")
-    try:
-        if args.integer("format", state["format"]) != STATE_FORMAT:
-            raise InvalidInputError(f"format {state['format']} is not {STATE_FORMAT}")
-        epoch = args.integer("epoch", state["epoch"], 0, MAX_EPOCH)
-        position = args.integer("position", state["position"], 0, count + 1)
-        args.integer("world_size", state["world_size"], 1, INT64_END)
-        plan = args.text("plan", state["plan"])
-    except InvalidInputError as e:
-        raise InvalidInputError(f"not a DatumDataset state: {e}") from None
-    return epoch, position, plan
 
 
 def _place(rank: int | None, world: int | None) -> tuple[int, int]:

@@ -210,7 +210,8 @@ def _not_a_bomb(size: tuple[int, int], limit: int | None) -> None:
     bytes may declare an image of gigabytes. (Counted at the scale it decodes at: a JPEG
     read in draft mode decodes smaller.) Raise the limit there to read larger images."""
     if limit is not None and size[0] * size[1] > limit:
-        raise ValueError(f"image of {size[0]} x {size[1]} pixels, more than Image.MAX_IMAGE_PIXELS ({limit}): a decompression bomb?")
+        w, h = size
+        raise ValueError(f"image of {w} x {h} pixels, more than Image.MAX_IMAGE_PIXELS ({limit}): a decompression bomb?")
 
 
 def _fit(img: Any, size: int) -> Any:

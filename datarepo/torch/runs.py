@@ -86,7 +86,9 @@ def record_run(repo: Repo, name: str, dataset: DatumDataset, extra: Mapping[str,
             raise InvalidInputError(f"run {name!r}: {e}") from None
     size = len(canonical_json(data["extra"]))
     if size > MAX_EXTRA_BYTES:
-        raise InvalidInputError(f"run {name!r}: extra is {size} bytes of JSON, more than {MAX_EXTRA_BYTES} (keep large data elsewhere)")
+        raise InvalidInputError(
+            f"run {name!r}: extra is {size} bytes of JSON, more than {MAX_EXTRA_BYTES} (keep large data elsewhere)"
+        )
     oid = repo.store.put_object(Blob(data))
     try:  # (the ref must still be free as it is written: two runs recorded at once under one name)
         repo.refs.update(RUNS + name, oid, expected=True if force else None, message=f"run: {name}")
