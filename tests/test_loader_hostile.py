@@ -356,7 +356,12 @@ def test_a_forged_run_record_is_one_error_line_everywhere(worktree: Path, cli: C
     keys = cli("runs", "show", "other-prefix", "--keys", ok=False)
     assert keys.exit_code == 1 and keys.stdout == "" and "no longer gives the recorded order" in keys.stderr
     assert cli("runs", "show", "good", "--keys", "--epoch", str(2**63), ok=False).exit_code == 1
-    for name in [*FORGED, "other-prefix"]:
+    forged(worktree, "two-lines", author="a\nfingerprint: forged")  # shown on one line, quoted
+    shown = cli("runs", "show", "two-lines").output.splitlines()
+    assert 'author: "a\\nfingerprint: forged"' in shown and [line for line in shown if line.startswith("fingerprint")] == [
+        "fingerprint: " + json.loads(cli("runs", "show", "good", "--json").output)["fingerprint"]
+    ]
+    for name in [*FORGED, "other-prefix", "two-lines"]:
         cli("runs", "rm", name)
     cli("gc", "--prune", "now")
     assert len(cli("runs", "show", "good", "--keys").output.splitlines()) == 20  # gc kept the good run's data
