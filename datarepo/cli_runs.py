@@ -72,7 +72,7 @@ def runs_show(name: str, keys: bool, epoch: int, as_json: bool) -> None:
         return
     for field in _RUN_FIELDS:
         value = run.get(field)
-        click.echo(f"{field}: {value if isinstance(value, str) else json.dumps(value)}")
+        click.echo(f"{field}: {_quoted(value) if isinstance(value, str) else json.dumps(value, ensure_ascii=False)}")
 
 
 @runs.command(name="rm")

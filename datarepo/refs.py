@@ -38,11 +38,20 @@ def is_ref_name(name: str) -> bool:
     return name == HEAD or (name.startswith("refs/") and is_valid_ref_format(name))
 
 
+# A name becomes a file's path (below refs/ and logs/): a part of it longer than a file
+# system's file name (255 bytes) would be an OS error when it is written.
+MAX_PART_BYTES, MAX_NAME_BYTES = 200, 1000
+
+
 def check_name(name: str, what: str = "branch") -> str:
     """Validates a short branch, tag or run name as git does: check-ref-format, and not
     ``HEAD``, not starting with ``-`` or ``refs/``."""
     if not is_valid_ref_format(name) or name == HEAD or name.startswith(("-", "refs/")):
         raise InvalidInputError(f"invalid {what} name: {name!r}")
+    if len(name.encode()) > MAX_NAME_BYTES or max(len(part.encode()) for part in name.split("/")) > MAX_PART_BYTES:
+        raise InvalidInputError(
+            f"invalid {what} name: {name[:40]!r}…: longer than {MAX_NAME_BYTES} bytes, or a part of it than {MAX_PART_BYTES}"
+        )
     return name
 
 

@@ -4,6 +4,8 @@ default, or any fsspec filesystem holding the same layout (a DVC remote)."""
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -231,16 +233,23 @@ class Store:
         """A shard as a binary file (in use, or else retired: a reader that looked its
         datums up before a ``repack`` still finds them)."""
         try:
-            return self.fs.open(self._tar(oid), "rb")
+            return self._open_file(self._tar(oid), oid)
         except _MISSING:
             pass
         retired = self._find_retired(oid)
         if retired is not None and retired.tar is not None:
             try:
-                return self.fs.open(retired.tar, "rb")
+                return self._open_file(retired.tar, oid)
             except _MISSING:
                 pass
         raise ObjectNotFoundError("shard", oid)
+
+    def _open_file(self, path: str, oid: str) -> BinaryIO:
+        """A shard's file, which must be a regular file: opening a FIFO (or a device) put
+        in its place would wait forever (a reader, a DataLoader worker, would hang)."""
+        if isinstance(self.fs, LocalFileSystem) and not stat.S_ISREG(os.stat(path).st_mode):
+            raise CorruptObjectError(f"{oid}.tar", "is not a regular file")
+        return self.fs.open(path, "rb")
 
     def read_range(self, shard: str, offset: int, length: int) -> bytes:
         """``length`` bytes of a shard at ``offset`` (one datum's span, or one member)."""

@@ -82,9 +82,35 @@ def key_list(value: Any) -> list[str] | None:
     return out
 
 
+STATE_FIELDS = ("format", "epoch", "position", "plan", "world_size")
+
+
+def state(value: Any, format_: int, count: int, epochs: int) -> tuple[int, int, str]:
+    """The epoch, position and plan of a ``DatumDataset`` state, one that ``state_dict``
+    could have made (of a selection of ``count`` datums): its five fields exactly, each of
+    its type (ints may be numpy's, never a bool, a float, text or a tensor: a state
+    changed on its way is refused, not read as another position)."""
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"state must be a DatumDataset state (a dict), not {_shown(value)}")
+    if set(value) != set(STATE_FIELDS):
+        missing, extra = sorted(set(STATE_FIELDS) - set(value)), sorted(set(value) - set(STATE_FIELDS), key=repr)
+        why = f"lacks {', '.join(missing)}" if missing else f"has {', '.join(map(repr, extra))[:80]}"
+        raise InvalidInputError(f"not a DatumDataset state: a state has the fields {', '.join(STATE_FIELDS)}; this one {why}")
+    try:
+        if integer("format", value["format"]) != format_:
+            raise InvalidInputError(f"format {value['format']} is not {format_}")
+        epoch = integer("epoch", value["epoch"], 0, epochs)
+        position = integer("position", value["position"], 0, count + 1)
+        integer("world_size", value["world_size"], 1, 1 << 63)
+        plan = text("plan", value["plan"])
+    except InvalidInputError as e:
+        raise InvalidInputError(f"not a DatumDataset state: {e}") from None
+    return epoch, position, plan
+
+
 def json_data(name: str, value: Any) -> None:
     """Checks that ``value`` is strict JSON data: dicts with str keys, lists (or tuples),
-    strs UTF-8 can encode, ints, finite floats, bools and None, without cycles. Python's
+    strs UTF-8 can encode, ints of up to 128 bits, finite floats, bools and None, without cycles. Python's
     ``json`` would write ``NaN`` or ``Infinity`` (which no other JSON reader takes), turn
     keys into strs, and loop on a cycle.
 
@@ -98,8 +124,10 @@ def json_data(name: str, value: Any) -> None:
 
 def _not_json(value: Any, where: str, depth: int) -> str | None:
     """Why ``value`` is not JSON data (naming where in it), or None."""
-    if value is None or isinstance(value, (bool, int)):
+    if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, int):  # (JSON readers lose the digits of large ints; Python's own stop at 4,300)
+        return None if -(1 << 128) < value < 1 << 128 else f"{where} is an int of more than 128 bits"
     if isinstance(value, float):
         return None if math.isfinite(value) else f"{where} is {value!r}, which JSON has no number for"
     if isinstance(value, str):

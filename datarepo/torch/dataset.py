@@ -53,7 +53,7 @@ class DatumDataset(IterableDataset):
         decode: ext → decoder spec (docs/loader.md); members not named stay bytes.
         transform: called on each decoded sample (a dict) in the worker; returns a dict.
         shuffle: shuffle the order (block-wise, see :mod:`datarepo.torch.plan`).
-        seed: the order's seed.
+        seed: the order's seed (from 0 to 2**128 - 1).
         epoch: the first epoch (:meth:`set_epoch` sets another).
         batch_size: yield collated batches of this many samples.
         chunk_size: without ``batch_size``, workers take turns by runs of this many
@@ -100,7 +100,7 @@ class DatumDataset(IterableDataset):
         batch_size = args.optional_integer("batch_size", batch_size, 1, INT64_END)
         chunk_size = args.integer("chunk_size", chunk_size, 1, INT64_END)
         block, window = args.integer("block", block, 1, INT64_END), args.integer("window", window, 1, INT64_END)
-        seed, epoch = args.integer("seed", seed), args.integer("epoch", epoch, 0, MAX_EPOCH)
+        seed, epoch = args.integer("seed", seed, 0, 1 << 128), args.integer("epoch", epoch, 0, MAX_EPOCH)
         shuffle, pad, verify = args.flag("shuffle", shuffle), args.flag("pad", pad), args.flag("verify", verify)
         self.unsafe = args.flag("unsafe", unsafe)
         self.decode_spec = check_spec(decode, unsafe)
@@ -126,7 +126,7 @@ class DatumDataset(IterableDataset):
         self.epochs = epoch + 1  # epochs begun, for run records
         self._consumed = 0  # samples of this rank's share the training loop received
         self._observed = False  # a consumer-side wrapper reports what the loop received
-        self._disordered = False
+        self._disordered: bool | str = False  # True, or why, where what the loop received cannot be counted
         self.skipped: list[str] = []  # what on_error="skip" left out, as seen by this process
         self._order: tuple[int, np.ndarray] | None = None
         self._files: tuple[int, ShardFiles] | None = None
@@ -210,7 +210,9 @@ class DatumDataset(IterableDataset):
             self.received(after, in_turn=False)
         if self._disordered:
             raise InvalidInputError(
-                "batches reached the training loop out of order: set chunk_size to the DataLoader's batch_size"
+                self._disordered
+                if isinstance(self._disordered, str)
+                else "batches reached the training loop out of order: set chunk_size to the DataLoader's batch_size"
             )
         return {
             "format": STATE_FORMAT,
@@ -222,14 +224,7 @@ class DatumDataset(IterableDataset):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resumes an epoch where a state (of this dataset, on any number of ranks) left it."""
-        if not isinstance(state, Mapping):
-            raise InvalidInputError(f"state must be a DatumDataset state (a dict), not {state!r:.60}")
-        try:
-            epoch, position, plan = int(state["epoch"]), int(state["position"]), str(state["plan"])
-        except (KeyError, TypeError, ValueError):
-            raise InvalidInputError("not a DatumDataset state") from None
-        if state.get("format") != STATE_FORMAT or not 0 <= position <= self.spec.count or not 0 <= epoch < MAX_EPOCH:
-            raise InvalidInputError("not a DatumDataset state")
+        epoch, position, plan = args.state(state, STATE_FORMAT, self.spec.count, MAX_EPOCH)
         if plan != self.plan_id():
             raise InvalidInputError("the state is of another dataset (another selection, seed or shuffle)")
         self._cursor.set(epoch, position)
@@ -242,16 +237,24 @@ class DatumDataset(IterableDataset):
         batch must follow the one noted before (else it is only taken as the last one
         received)."""
         skipped = batch.get("__skipped__") if isinstance(batch, dict) or isinstance(batch, Mapping) else None
-        if skipped:
-            self.skipped += [str(m) for _, m in skipped]
-        ends = position_range(batch, self.world_size)
+        try:
+            if skipped:
+                self.skipped += [str(m) for _, m in skipped]
+            ends = position_range(batch, self.world_size)
+        except (TypeError, ValueError, OverflowError, RuntimeError):  # not as this dataset makes them
+            # (state_dict then says so, rather than count it wrong)
+            self._disordered = "a batch the training loop received has __index__ or __skipped__ that this dataset did not make"
+            return
         if ends is None:
             return
         s = self.share()
         try:
             lo, hi = s.local(ends[0]), s.local(ends[1])
         except ValueError:
-            self._disordered = True
+            self._disordered = (
+                f"a batch the training loop received (positions {ends[0]} to {ends[1]}) is not of rank {self.rank} of "
+                f"{self.world_size}'s share of the epoch from position {s.start}"
+            )
             return
         exact = self.batch_size is not None or self.on_error == "raise"
         if in_turn and (lo < self._consumed or (exact and lo != self._consumed)):
@@ -279,7 +282,7 @@ class DatumDataset(IterableDataset):
         for c in chunks_of(s.length, chunk, worker, workers):
             positions = s.positions(c * chunk, (c + 1) * chunk)
             read, skipped = self._read(positions, order, decode)
-            if here:
+            if here or (info is None and not self.batch_size):  # (a batch's own reach the loop with it)
                 self.skipped += [m for _, m in skipped]
             if self.batch_size:
                 if here:
@@ -311,7 +314,10 @@ class DatumDataset(IterableDataset):
             try:
                 if isinstance(members, SampleError):
                     raise members
-                read.append((key, position, members if decode is None else _decoded(key, members, decode)))
+                fields = members if decode is None else _decoded(key, members, decode)
+                if not _OWN_FIELDS.isdisjoint(fields):
+                    raise _shadowing(key, fields)
+                read.append((key, position, fields))
             except SampleError as e:
                 if self.on_error == "raise":
                     raise
@@ -325,7 +331,7 @@ class DatumDataset(IterableDataset):
         out = self.transform(sample)
         if not isinstance(out, Mapping):
             raise InvalidInputError(f"transform must return a dict of fields, not {type(out).__name__}")
-        return {"__key__": sample["__key__"], "__index__": sample["__index__"], **out}
+        return {**out, "__key__": sample["__key__"], "__index__": sample["__index__"]}  # (the dataset's own, whatever it returns)
 
     def _shard_files(self) -> ShardFiles:
         if self._files is None or self._files[0] != os.getpid():
@@ -459,6 +465,18 @@ def _shared_cursor(cursor: _Cursor) -> tuple[Any, ...]:
 ForkingPickler.register(_Cursor, _shared_cursor)
 
 
+# The fields a sample or batch has of the dataset itself: a member of one of these names
+# would take its place (a datum's bytes as its keys, or as its positions, which a state counts).
+_OWN_FIELDS = frozenset({"__key__", "__index__", "__skipped__"})
+
+
+def _shadowing(key: str, fields: Mapping[str, Any]) -> SampleError:
+    name = min(_OWN_FIELDS.intersection(fields))
+    return SampleError(
+        f"sample {key}: a member is named {name!r}, a field the dataset sets (leave it out: decode={{{name!r}: None}})", key
+    )
+
+
 def _decoded(key: str, members: dict[str, bytes], decode: Callable[[dict[str, bytes]], dict[str, Any]]) -> dict[str, Any]:
     try:
         return decode(members)
@@ -474,6 +492,13 @@ def _place(rank: int | None, world: int | None) -> tuple[int, int]:
     if rank is None or world is None:
         dist = torch.distributed
         live = dist.is_available() and dist.is_initialized()
+        if not live and rank is None and world is None and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
+            # Launched as one of several ranks (torchrun), made before init_process_group:
+            # taken as rank 0 of 1, every rank would read the whole epoch.
+            raise InvalidInputError(
+                f"rank: WORLD_SIZE is {os.environ['WORLD_SIZE'][:20]!r} but torch.distributed is not initialized: "
+                "make the dataset after init_process_group, or give rank= and world_size="
+            )
         rank = rank if rank is not None else (dist.get_rank() if live else 0)
         world = world if world is not None else (dist.get_world_size() if live else 1)
     if rank >= world:

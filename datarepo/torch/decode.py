@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Callable, Mapping
 from numbers import Integral
 from typing import Any
@@ -109,20 +110,65 @@ def _one(spec: Any) -> Callable[[bytes], Any] | None:
     return {
         "bytes": _bytes,
         "txt": lambda d: d.decode("utf-8"),
-        "json": json.loads,
-        "int": lambda d: int(d),
-        "cls": lambda d: int(d),
+        "json": _json,
+        "int": _int,
+        "cls": _int,
         "npy": _npy,
         "pth": _pth,
         "pickle": _pickle,
     }[name]
 
 
+INT64 = 1 << 63
+
+
+def _int(data: bytes) -> int:
+    """The int a label's text says (``b"3"``, ``b" -3\n"``), one that a batch's int64
+    column holds: digits, a sign, and spaces around them, no ``_`` (which ``int`` takes)."""
+    value = int(data)
+    if not -INT64 <= value < INT64 or b"_" in data:
+        raise ValueError(f"{bytes(data[:40])!r} is not a decimal int of 64 bits")
+    return value
+
+
+def _json(data: bytes) -> Any:
+    """Strict JSON: ``NaN``, ``Infinity`` and numbers past a double's range (``1e999``),
+    which Python's ``json`` would take as ``nan`` and ``inf``, are errors."""
+    return json.loads(data, parse_constant=_no_constant, parse_float=_finite)
+
+
+def _no_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _finite(token: str) -> float:
+    value = float(token)
+    if value - value != 0:  # (inf: a number too large for a double)
+        raise ValueError(f"{token[:40]} is out of a double's range")
+    return value
+
+
 def _npy(data: bytes) -> Any:
+    """A tensor of a ``.npy``: its header is read first, and an array that its bytes do
+    not hold whole (a huge shape over a few bytes: numpy would reserve all of it before
+    finding the bytes short) or one of Python objects is refused before any allocation.
+    Big-endian numbers are turned to the machine's order (torch takes no other)."""
     import numpy as np
     import torch
 
-    return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False))
+    f = io.BytesIO(data)
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(f)
+    if dtype.hasobject:
+        raise ValueError("the array holds Python objects, which are not loaded without unpickling")
+    held, declared = len(data) - f.tell(), math.prod(shape) * dtype.itemsize
+    if declared != held:
+        raise ValueError(f"the header declares {declared} bytes of array (shape {shape}), the file holds {held}")
+    array = np.load(io.BytesIO(data), allow_pickle=False)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return torch.from_numpy(array)
 
 
 def _pth(data: bytes) -> Any:
@@ -149,12 +195,23 @@ def decode_image(data: bytes, name: str, size: int | None = None) -> Any:
     img = Image.open(io.BytesIO(data))
     if size is not None:
         img.draft(mode, (size, size))
+    _not_a_bomb(img.size, Image.MAX_IMAGE_PIXELS)
     img = img.convert(mode)
     if size is not None:
         img = _fit(img, size)
     if scale is None:
         return img
     return image_tensor(img, scale)
+
+
+def _not_a_bomb(size: tuple[int, int], limit: int | None) -> None:
+    """Refuses an image of more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS`` (its
+    decompression bomb limit, which Pillow itself only warns of up to twice that): a few
+    bytes may declare an image of gigabytes. (Counted at the scale it decodes at: a JPEG
+    read in draft mode decodes smaller.) Raise the limit there to read larger images."""
+    if limit is not None and size[0] * size[1] > limit:
+        w, h = size
+        raise ValueError(f"image of {w} x {h} pixels, more than Image.MAX_IMAGE_PIXELS ({limit}): a decompression bomb?")
 
 
 def _fit(img: Any, size: int) -> Any:

@@ -92,17 +92,23 @@ def _device(device: Any) -> torch.device:
 
 
 def move(batch: Any, device: torch.device) -> Any:
-    """A batch's tensors pinned and copied to ``device`` without blocking (lists, tuples
-    and dicts followed; anything else kept as it is)."""
+    """A batch's tensors pinned and copied to ``device`` without blocking: dicts (any
+    mapping), lists and tuples followed at any depth (a named tuple stays one); anything
+    else kept as it is."""
     if isinstance(batch, torch.Tensor):
         host = batch if batch.is_pinned() or batch.device.type != "cpu" else batch.pin_memory()
         return host.to(device, non_blocking=True)
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         return {k: move(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in batch):
+    if isinstance(batch, (list, tuple)) and any(isinstance(v, _HOLDERS) for v in batch):
         moved = [move(v, device) for v in batch]
-        return type(batch)(moved) if isinstance(batch, list) else tuple(moved)
+        if isinstance(batch, list):
+            return moved
+        return type(batch)(*moved) if hasattr(batch, "_fields") else tuple(moved)
     return batch
+
+
+_HOLDERS = (torch.Tensor, Mapping, list, tuple)  # what may hold a tensor (a list of bytes holds none)
 
 
 def _record(batch: Any, stream: torch.cuda.Stream) -> None:
@@ -111,7 +117,7 @@ def _record(batch: Any, stream: torch.cuda.Stream) -> None:
     if isinstance(batch, torch.Tensor):
         if batch.device.type == "cuda":
             batch.record_stream(stream)
-    elif isinstance(batch, dict):
+    elif isinstance(batch, Mapping):
         for v in batch.values():
             _record(v, stream)
     elif isinstance(batch, (list, tuple)):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import mmap
+import os
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -48,43 +49,68 @@ class ShardFiles:
     """Open shard files of one process, by oid, through ``opener`` (the store's
     ``open_shard``). A local file is mapped into memory (a datum is then one copy out of
     the page cache, without a system call); any other file object is read with seek
-    and read."""
+    and read.
+
+    A mapped shard is read only up to the file's size as the batch (:meth:`begin`) first
+    read it, not to the mapping's end: a page of a mapping past the end of a file cut
+    short since is no error but a SIGBUS, which kills the process. (The size is looked at
+    once a shard a batch: a system call a run would cost a fifth of the read.)"""
 
     def __init__(self, opener: Callable[[str], BinaryIO], keep: int = 64) -> None:
         self.opener = opener
         self.keep = keep
-        self.files: dict[str, tuple[BinaryIO, mmap.mmap | None]] = {}
+        # shard -> [file, its mapping or None, the batch its size was looked at in, that size]
+        self.files: dict[str, list] = {}  # type: ignore[type-arg]
+        self.batch = 0
+
+    def begin(self) -> None:
+        """A new batch: each mapped shard's size is looked at again as it is first read."""
+        self.batch += 1
 
     def read(self, shard: str, offset: int, length: int) -> tuple[bytes | mmap.mmap, int]:
         """``length`` bytes of a shard at ``offset``: a buffer that holds them, and the
         shard's offset of the buffer's first byte (the whole mapping of a local file, at
         0: its members are then copied once, straight out of the page cache)."""
-        f, mapped = self.files.get(shard) or self._open(shard)
-        if mapped is not None:
-            if offset + length > len(mapped):
-                raise CorruptObjectError(f"{shard}.tar", f"truncated: {length} bytes wanted at byte {offset}")
-            return mapped, 0
-        f.seek(offset)
-        data = f.read(length)
+        entry = self.files.get(shard) or self._open(shard)
+        f, mapped = entry[0], entry[1]
+        try:
+            if mapped is not None:
+                if entry[2] != self.batch:
+                    entry[2], entry[3] = self.batch, min(len(mapped), os.fstat(f.fileno()).st_size)
+                if offset + length > entry[3]:
+                    raise CorruptObjectError(f"{shard}.tar", f"truncated: {length} bytes wanted at byte {offset}")
+                return mapped, 0
+            f.seek(offset)
+            data = f.read(length)
+        except (OSError, ValueError) as e:  # (a file closed or gone bad under us)
+            raise CorruptObjectError(f"{shard}.tar", f"cannot be read: {_reason(e)}") from None
         if len(data) < length:
             raise CorruptObjectError(f"{shard}.tar", f"truncated: {length} bytes wanted at byte {offset}")
         return data, offset
 
-    def _open(self, shard: str) -> tuple[BinaryIO, mmap.mmap | None]:
+    def _open(self, shard: str) -> list:  # type: ignore[type-arg]
         if len(self.files) >= self.keep:
-            _close(*self.files.pop(next(iter(self.files))))
-        f = self.opener(shard)
+            _close(*self.files.pop(next(iter(self.files)))[:2])
+        try:
+            f = self.opener(shard)
+        except OSError as e:  # a folder, or a file this process may not read, in its place
+            raise CorruptObjectError(f"{shard}.tar", f"cannot be opened: {_reason(e)}") from None
         try:
             mapped: mmap.mmap | None = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         except (AttributeError, OSError, ValueError, io.UnsupportedOperation):  # not a local file, or empty
             mapped = None
-        self.files[shard] = (f, mapped)
-        return f, mapped
+        entry = self.files[shard] = [f, mapped, -1, 0]
+        return entry
 
     def close(self) -> None:
-        for f, mapped in self.files.values():
-            _close(f, mapped)
+        for entry in self.files.values():
+            _close(entry[0], entry[1])
         self.files.clear()
+
+
+def _reason(e: BaseException) -> str:
+    """An OS error's reason, without the path it names."""
+    return e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
 
 
 def _close(f: BinaryIO, mapped: mmap.mmap | None) -> None:
@@ -96,6 +122,7 @@ def _close(f: BinaryIO, mapped: mmap.mmap | None) -> None:
 def read_rows(manifest: Manifest, rows: np.ndarray, files: ShardFiles, verify: bool) -> list[tuple[str, Members | SampleError]]:
     """The (key, members or error) of manifest rows, in the order given (a row given twice
     is read once)."""
+    files.begin()
     unique, inverse = np.unique(rows, return_inverse=True)
     shard_of = manifest.shard_index[unique]
     offsets, lengths = manifest.offsets[unique], manifest.lengths[unique]

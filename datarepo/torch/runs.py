@@ -10,8 +10,8 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from datarepo.errors import CorruptObjectError, DataRepoError, InvalidInputError, ObjectNotFoundError
-from datarepo.hashing import Oid
+from datarepo.errors import CorruptObjectError, DataRepoError, InvalidInputError, ObjectNotFoundError, RefConflictError
+from datarepo.hashing import Oid, canonical_json, is_hex, is_oid
 from datarepo.objects import FORMAT, Blob, Commit, Tree, TreePage
 from datarepo.refs import RUNS, check_name
 from datarepo.torch import args
@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from datarepo.torch.dataset import DatumDataset
 
 RUN_TYPE = "run"
+# A record's extras: `datarepo runs` reads every record; a model's weights or logs go elsewhere.
+MAX_EXTRA_BYTES = 1 << 20
+_INT64 = 1 << 63  # counts, sizes and epochs are int64 where the loader computes with them
 
 # The fields of a run record, and the JSON types each holds (a record stores them all).
 _FIELDS: dict[str, tuple[type, ...]] = {
@@ -58,9 +61,10 @@ def record_run(repo: Repo, name: str, dataset: DatumDataset, extra: Mapping[str,
     """Stores the run object of ``dataset`` and points ``refs/runs/NAME`` at it.
 
     Raises:
-        InvalidInputError: a bad name, a ``dataset`` that is not a DatumDataset, extras
-            that are not a dict of strict JSON data (no NaN or Infinity), or a run of that
-            name already recorded (unless ``force``).
+        InvalidInputError: a bad name, a ``dataset`` that is not a DatumDataset (or one
+            of another repository), extras that are not a dict of strict JSON data (no NaN
+            or Infinity, at most 1 MiB), or a run of that name already recorded (unless
+            ``force``).
     """
     check_name(args.text("name", name), "run")
     made = sys.modules.get("datarepo.torch.dataset")  # (not loaded: no DatumDataset was made)
@@ -70,6 +74,8 @@ def record_run(repo: Repo, name: str, dataset: DatumDataset, extra: Mapping[str,
         raise InvalidInputError(f"run {name!r}: extra must be JSON data (a dict, not a {type(extra).__name__})")
     if not args.flag("force", force) and repo.refs.read(RUNS + name) is not None:
         raise InvalidInputError(f"run {name!r} is already recorded")
+    if not repo.store.has_object(dataset.commit):  # (its ref would keep nothing, and stop gc as damage)
+        raise InvalidInputError(f"run {name!r}: the dataset reads commit {dataset.commit}, which is not in this repository")
     data = {"format": FORMAT, "type": RUN_TYPE, "name": name, "time": repo.now(), "author": repo.author()}
     data.update(dataset.run_spec())
     data["extra"] = dict(extra or {})
@@ -78,8 +84,16 @@ def record_run(repo: Repo, name: str, dataset: DatumDataset, extra: Mapping[str,
             args.json_data(field, value)
         except InvalidInputError as e:
             raise InvalidInputError(f"run {name!r}: {e}") from None
+    size = len(canonical_json(data["extra"]))
+    if size > MAX_EXTRA_BYTES:
+        raise InvalidInputError(
+            f"run {name!r}: extra is {size} bytes of JSON, more than {MAX_EXTRA_BYTES} (keep large data elsewhere)"
+        )
     oid = repo.store.put_object(Blob(data))
-    repo.refs.update(RUNS + name, oid, message=f"run: {name}")
+    try:  # (the ref must still be free as it is written: two runs recorded at once under one name)
+        repo.refs.update(RUNS + name, oid, expected=True if force else None, message=f"run: {name}")
+    except RefConflictError:
+        raise InvalidInputError(f"run {name!r} is already recorded") from None
     return oid
 
 
@@ -145,7 +159,40 @@ def run_object(repo: Repo, oid: str, ref: str = "") -> dict[str, Any]:
         value = obj.data.get(field)
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise NotARunError(ref, f"{oid} is a run object without a valid {field!r}")
+    unknown = sorted(set(obj.data) - set(_FIELDS) - {"format", "type"})
+    if unknown:
+        raise NotARunError(ref, f"{oid} is a run object with a field a run record has not: {unknown[0][:40]!r}")
+    try:
+        _check_values(obj.data)
+    except InvalidInputError as e:
+        raise NotARunError(ref, f"{oid} is a run object with a bad value: {e}") from None
     return obj.data
+
+
+def _check_values(run: dict[str, Any]) -> None:
+    """Raises InvalidInputError, naming the field, where a record's value is not one that
+    :func:`record_run` could have stored (what ``runs show --keys`` and ``from_run``
+    would otherwise compute an order from, or fail on)."""
+    from datarepo.torch.decode import check_spec
+
+    for field in ("commit", "tree"):
+        if not is_oid(run[field]):
+            raise InvalidInputError(f"{field} is not an object id: {run[field][:40]!r}")
+    for field in ("name", "rev", "prefix", "time", "author"):
+        args.text(field, run[field])
+    if run.get("keys") is not None:
+        keys = args.key_list(run["keys"])
+        if run["prefix"] or len(keys) != run["count"]:
+            raise InvalidInputError(f"keys: {len(keys)} keys, a count of {run['count']} and a prefix {run['prefix']!r:.40}")
+    args.integer("count", run["count"], 0, _INT64)
+    args.integer("seed", run["seed"], 0, 1 << 128)
+    for field in ("block", "window", "world_size"):
+        args.integer(field, run[field], 1, _INT64)
+    args.integer("epochs", run["epochs"], 1, _INT64 + 1)
+    args.optional_integer("batch_size", run.get("batch_size"), 1, _INT64)
+    check_spec(run["decode"], unsafe=True)  # (whether it may be used is from_run's question)
+    if len(run["fingerprint"]) != 16 or not is_hex(run["fingerprint"]):
+        raise InvalidInputError(f"fingerprint is not 16 hex digits: {run['fingerprint'][:40]!r}")
 
 
 def _kind(obj: object) -> str:
@@ -181,15 +228,18 @@ def run_keys(repo: Repo, name: str, epoch: int = 0) -> Iterator[str]:
     """The keys of one epoch of a run, in the global order its dataset read them.
 
     Raises:
-        InvalidInputError: a bad name or epoch (when called, not when iterated).
+        InvalidInputError: a bad name or epoch, or data that no longer gives the recorded
+            order (when called, not when iterated).
         ObjectNotFoundError: no such run.
         NotARunError: its ref names something else than a run record.
     """
-    from datarepo.torch.plan import OrderSpec, select
+    from datarepo.torch.plan import OrderSpec, order_fingerprint, select
 
-    epoch = args.integer("epoch", epoch)
+    epoch = args.integer("epoch", epoch, 0, _INT64)
     run = read_run(repo, name)
     manifest, rows = select(repo, repo.tree(run["commit"]), run["prefix"], run["keys"])
     spec = OrderSpec(len(rows), run["seed"], run["shuffle"], run["block"], run["window"])
+    if len(rows) != run["count"] or order_fingerprint(manifest.datums, rows[spec.epoch_order(0)]) != run["fingerprint"]:
+        raise InvalidInputError(f"run {name}: the data no longer gives the recorded order")
     ordered = rows[spec.epoch_order(epoch)]
     return (manifest.keys[r] for lo in range(0, len(ordered), 65536) for r in ordered[lo : lo + 65536].tolist())
