@@ -57,8 +57,9 @@ def _config(repo: Repo, create: bool = False, validate: bool = True) -> Any:
     except ImportError:
         raise RemoteError("remotes need DVC: pip install 'datarepo[remote]'") from None
     folder = dvc_dir(repo)
-    if create:
-        folder.mkdir(exist_ok=True)
+    if create and not folder.exists():
+        folder.mkdir()
+        (folder / ".gitignore").write_text("/config.local\n")  # as dvc init: credentials stay out of git
     try:
         return Config(dvc_dir=str(folder), validate=validate)
     except Exception as e:  # dvc.config.ConfigError and what its schema raises

@@ -152,6 +152,27 @@ def test_pull_refuses_uncommitted_changes(tmp_path: Path, worktree: Path, cli: C
     r = Cli(copy)("pull", ok=False)
     assert r.exit_code != 0 and "uncommitted" in r.output
     assert (copy / "train" / "cat" / "0000.cls").read_text() == "9" and not (copy / "more.txt").exists()
+    (copy / "train" / "cat" / "0000.cls").write_text("0")
+    (copy / "notes.txt").write_text("never added")  # as in git, a file never added is no change
+    assert "Fast-forward main" in Cli(copy)("pull").output
+    assert (copy / "more.txt").read_text() == "more" and (copy / "notes.txt").read_text() == "never added"
+
+
+def test_run_records_travel(tmp_path: Path, worktree: Path, cli: Cli, origin: Path) -> None:
+    pytest.importorskip("torch")
+    from datarepo.torch import DatumDataset
+
+    with datarepo.open(worktree) as r:
+        run = r.record_run("exp-1", DatumDataset(worktree, prefix="train/"))
+        head = r.head()
+    assert "refs/runs/exp-1" in cli("push", "exp-1").output
+    Cli(tmp_path)("init", "other")
+    other = Cli(tmp_path / "other")
+    other("remote", "add", "up", str(origin))
+    other("fetch", "-r", "up")
+    assert other("runs").output.split("\t")[:2] == ["exp-1", head[:12]]
+    with datarepo.open(tmp_path / "other") as r:
+        assert r.refs.read("refs/runs/exp-1") == run and r.resolve("exp-1") == head
 
 
 def test_tags_runs_and_all(tmp_path: Path, worktree: Path, cli: Cli, origin: Path) -> None:
@@ -260,13 +281,17 @@ def test_remote_ref_names_that_leave_the_repository_are_no_refs(tmp_path: Path, 
 def test_missing_plugin_and_unreachable_endpoint(worktree: Path, cli: Cli, tmp_path: Path) -> None:
     cli("init")
     cli("remote", "add", "gs", "gs://bucket/path")
-    r = cli("push", "-r", "gs", ok=False)  # no commit yet, but the remote is named first
-    assert r.exit_code != 0
     (worktree / "a.txt").write_text("a")
     cli("add", ".")
     cli("commit", "-m", "a")
-    r = cli("push", "-r", "gs", ok=False)
-    assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1 and "gs" in r.output
+    for args in (("push", "-r", "gs"), ("fetch", "-r", "gs")):  # no dvc-gs installed
+        r = cli(*args, ok=False)
+        assert r.exit_code != 0 and len(r.output.strip().splitlines()) == 1 and "gs" in r.output, r.output
+
+
+def test_clone_of_nothing_is_refused(tmp_path: Path) -> None:
+    r = Cli(tmp_path)("clone", str(tmp_path / "missing"), "none", ok=False)
+    assert r.exit_code != 0 and "no repository" in r.output and not (tmp_path / "none").exists()
 
 
 def test_stock_webdataset_reads_a_pushed_shard(worktree: Path, cli: Cli, origin: Path) -> None:
@@ -311,7 +336,7 @@ def _s3_remote(cli: Cli, endpoint: str, bucket: str, create: bool = True) -> Non
     cli("remote", "modify", "s3", "region", "us-east-1")
 
 
-def test_s3_round_trip(tmp_path: Path, worktree: Path, cli: Cli, s3_endpoint: str) -> None:
+def test_s3_round_trip(tmp_path: Path, worktree: Path, cli: Cli, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
     write_samples(worktree, 30)
     cli("init", "--shard-size", "16K")
     cli("add", ".")
@@ -319,14 +344,13 @@ def test_s3_round_trip(tmp_path: Path, worktree: Path, cli: Cli, s3_endpoint: st
     _s3_remote(cli, s3_endpoint, "round-trip")
     out = cli("push").output
     assert "refs/heads/main\t(new)" in out
-    # A clone from S3 needs the endpoint and credentials before its first fetch: made by hand.
+    # clone takes a URL only: botocore reads the endpoint and credentials from the environment.
+    for name, value in (("AWS_ENDPOINT_URL", s3_endpoint), ("AWS_ACCESS_KEY_ID", "test"),
+                        ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    Cli(tmp_path)("clone", "s3://round-trip/repo", "copy")
     copy = tmp_path / "copy"
-    copy.mkdir()
     b = Cli(copy)
-    b("init")
-    _s3_remote(b, s3_endpoint, "round-trip", create=False)
-    b("fetch")
-    b("checkout", "s3/main")
     with datarepo.open(worktree) as ours, datarepo.open(copy) as theirs:
         assert theirs.head() == ours.head()
         entries = list(ours.tree().select())
@@ -338,8 +362,6 @@ def test_s3_round_trip(tmp_path: Path, worktree: Path, cli: Cli, s3_endpoint: st
     cli("add", ".")
     cli("commit", "-m", "more")
     assert cli("push").output.startswith("uploaded 3 objects, 1 shards,")
-    b("branch", "main", "s3/main")
-    b("checkout", "main")
     assert "Fast-forward main" in b("pull").output
     assert (copy / "s3.txt").read_text() == "more"
 

@@ -424,8 +424,9 @@ def pull(repo: Repo, remote: str | None = None) -> PullResult:
     branch = repo.current_branch()
     if branch is None:
         raise InvalidInputError("HEAD is detached: check out a branch to pull into")
+    # Files never added do not count (as in git): checkout refuses those in the way.
     state, staged = status(repo).total, repo.index.staging.changes()
-    if state or staged:
+    if state.modified or state.deleted or staged:
         raise DirtyWorktreeError("the work tree or staging area has uncommitted changes: commit them before pulling")
     fetched = fetch(repo, remote)
     name = fetched.transfer.remote
@@ -487,7 +488,10 @@ def _remote_default(repo: Repo, fetched: FetchResult) -> str | None:
     rfs = reopen(repo, "origin")
     with _speaking("origin"):
         target = Refs(rfs.root, fs=rfs.fs).read_symbolic(HEAD)
+        there = target is not None or rfs.fs.exists(f"{rfs.root}/{HEAD}")
     branches = sorted(u.ref[len(REMOTES) + len("origin/") :] for u in fetched.updated if u.ref.startswith(f"{REMOTES}origin/"))
+    if not there and not fetched.updated:
+        raise RemoteError(f"no repository at {rfs.url}")
     if target and target.startswith(BRANCHES) and target[len(BRANCHES) :] in branches:
         return target[len(BRANCHES) :]
     return "main" if "main" in branches else branches[0] if branches else None
