@@ -623,3 +623,6 @@ if __name__ == "__main__":  # python -m datarepo.cli: the module as imported, wi
     from datarepo.cli import run as run_imported
 
     run_imported()
+
+# The commands of remotes (remote, push, fetch, pull, clone) live in a module of their own.
+from datarepo import cli_remote  # noqa: E402, F401

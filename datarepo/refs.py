@@ -20,6 +20,7 @@ HEAD = RefName("HEAD")
 BRANCHES = "refs/heads/"
 TAGS = "refs/tags/"
 RUNS = "refs/runs/"
+REMOTES = "refs/remotes/"  # what fetch last saw of each remote's branches: refs/remotes/<remote>/<branch>
 _SYMREF = "ref: "
 # git's check-ref-format: no "..", "@{", control character, space, ~ ^ : ? * [ or \; no
 # empty component (no leading, trailing or double "/"); no component that starts with "."

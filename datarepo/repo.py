@@ -27,7 +27,7 @@ from datarepo.index import Index
 from datarepo.keys import is_utf8
 from datarepo.locations import location_rows
 from datarepo.objects import Blob, Commit
-from datarepo.refs import BRANCHES, HEAD, RUNS, TAGS, Refs
+from datarepo.refs import BRANCHES, HEAD, REMOTES, RUNS, TAGS, Refs
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData
 from datarepo.staging import first_bad_key
 from datarepo.store import Store, datum_members
@@ -194,7 +194,7 @@ class Repo:
             if oid is None:
                 raise BadRevisionError(rev, "no commits yet")
             return oid
-        for ref in (rev, BRANCHES + rev, TAGS + rev, RUNS + rev):
+        for ref in (rev, BRANCHES + rev, TAGS + rev, REMOTES + rev, RUNS + rev):  # REMOTES: origin/main
             if ref.startswith("refs/") and (oid := self.refs.read(ref)) is not None:
                 return self._run_commit(oid) if ref.startswith(RUNS) else oid
         if 4 <= len(rev) <= 32 and all(c in "0123456789abcdef" for c in rev):

@@ -23,6 +23,7 @@ from datarepo.refs import HEAD, RUNS
 from datarepo.repo import Repo
 from datarepo.shards import ShardIndex
 from datarepo.staging import first_bad_key
+from datarepo.store import Store
 from datarepo.write import RepoWriter
 
 DAY = 86400.0
@@ -93,14 +94,26 @@ def _check_named(repo: Repo, name: str, oid: Oid) -> None:
 def reachable(repo: Repo, problems: list[str] | None = None, pinned: Iterable[str] = ()) -> Reachable:
     """Walks commits, trees, pages and other objects from every root (see :func:`roots`),
     and from the commits a running pipeline run has ``pinned``."""
+    seen = walk(repo.store, [*roots(repo, problems), *pinned])
+    for datum in repo.index.staging.datums():
+        seen.datums.setdefault(datum, "")
+    return seen
+
+
+def walk(
+    store: Store, starts: Iterable[str], had: Callable[[str], bool] | None = None, edges: dict[str, list[str]] | None = None
+) -> Reachable:
+    """Walks commits, trees, pages and other objects of ``store`` from ``starts``. An
+    object ``had`` says is had is passed over with all it reaches (``push`` and ``fetch``
+    stop at what the other side has); ``edges``, if given, gets each object's children."""
     seen = Reachable()
-    stack = [*roots(repo, problems), *pinned]
+    stack = list(starts)
     while stack:
         oid = stack.pop()
-        if oid in seen.objects:
+        if oid in seen.objects or (had is not None and had(oid)):
             continue
         try:
-            obj = repo.store.get_object(oid)
+            obj = store.get_object(oid)
         except DataRepoError as e:
             seen.missing.append(str(e))
             continue
@@ -109,9 +122,10 @@ def reachable(repo: Repo, problems: list[str] | None = None, pinned: Iterable[st
             seen.bad_keys.append(f"tree page {oid}: {bad}")
         if isinstance(obj, Blob) and lineage.children(obj.data) is not None:
             seen.lineage.append(oid)
-        stack.extend(_children(obj, seen))
-    for datum in repo.index.staging.datums():
-        seen.datums.setdefault(datum, "")
+        children = list(_children(obj, seen))
+        if edges is not None:
+            edges[oid] = children
+        stack.extend(children)
     return seen
 
 

@@ -1,0 +1,497 @@
+"""push, fetch, pull and clone: exchanging commits with a remote (docs/remotes.md).
+
+A remote holds ``objects/``, ``shards/`` and ``refs/`` in the layout of ``.datarepo/``,
+on any filesystem DVC reaches (see :mod:`datarepo.remotes_config`). Both sides keep one
+invariant: an object is there only after everything it reaches, so a walk stops at the
+first commit (or page) the other side has. Everything read from a remote is checked
+against its oid before it is stored here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from datarepo.errors import CorruptObjectError, DataRepoError, DirtyWorktreeError, InvalidInputError
+from datarepo.fsutil import TMP_PREFIX
+from datarepo.hashing import Oid, is_oid
+from datarepo.objects import Blob, Commit
+from datarepo.porcelain.maintenance import walk
+from datarepo.refs import BRANCHES, HEAD, REMOTES, RUNS, TAGS, Refs, is_ref_name
+from datarepo.remotes_config import RemoteError, RemoteFS, _one_line, open_remote
+from datarepo.repo import Repo
+from datarepo.store import Store
+
+FETCH_DIR = "fetch-"  # downloads in progress, in the repository's tmp/ (removed under the lock)
+_LOCAL = ("local", "file")
+
+
+class Transfer(NamedTuple):
+    """What one push or fetch moved."""
+
+    remote: str
+    objects: int
+    shards: int
+    bytes: int
+
+
+class RefUpdate(NamedTuple):
+    ref: str
+    old: Oid | None
+    new: Oid
+
+
+class PushResult(NamedTuple):
+    transfer: Transfer
+    updated: list[RefUpdate]  # refs written on the remote (those already equal are left out)
+
+
+class FetchResult(NamedTuple):
+    transfer: Transfer
+    updated: list[RefUpdate]  # local refs written (remote-tracking branches, new tags and runs)
+    kept: list[str]  # local tags that differ from the remote's, kept as they are
+
+
+class PullResult(NamedTuple):
+    fetched: FetchResult
+    branch: str
+    old: Oid | None
+    new: Oid | None
+    written: int
+    removed: int
+
+
+class CloneResult(NamedTuple):
+    path: Path
+    fetched: FetchResult
+    branch: str | None
+    commit: Oid | None
+
+
+@contextmanager
+def _speaking(remote: str) -> Iterator[None]:
+    """A filesystem's own errors (OSError, botocore's, …) become one RemoteError line;
+    datarepo's errors and Python's own (a bug) pass as they are."""
+    try:
+        yield
+    except DataRepoError:
+        raise
+    except Exception as e:
+        if isinstance(e, OSError) or type(e).__module__.split(".")[0] not in ("builtins", "datarepo"):
+            raise RemoteError(f"remote {remote!r}: {_one_line(e)}") from None
+        raise
+
+
+class Remote:
+    """The repository layout on a remote filesystem: what it holds (listed once), and
+    writes that a reader never sees half done (a local path gets a temporary name and a
+    rename; an object store's PUT is whole by itself)."""
+
+    def __init__(self, rfs: RemoteFS) -> None:
+        self.name, self.fs, self.root = rfs.name, rfs.fs, rfs.root
+        self.rename = rfs.protocol in _LOCAL
+        self.store = Store(self.root, fs=self.fs)
+        self.refs = Refs(self.root, fs=self.fs)
+        self.objects: set[str] = set()
+        self.shards: set[str] = set()  # shards whose .tar and .idx are both there
+
+    def list(self) -> None:
+        self.objects = set(self._oids("objects", ""))
+        tars = set(self._oids("shards", ".tar"))
+        self.shards = {oid for oid in self._oids("shards", ".idx") if oid in tars}
+
+    def _oids(self, top: str, suffix: str) -> Iterator[str]:
+        try:
+            paths = self.fs.find(f"{self.root}/{top}")
+        except FileNotFoundError:
+            return
+        for path in paths:
+            head, sub, name = str(path).rsplit("/", 2)
+            if name.endswith(suffix) and not name.startswith(TMP_PREFIX) and (head.endswith(f"/{top}") or head == top):
+                oid = sub + name[: len(name) - len(suffix)]
+                if is_oid(oid):
+                    yield oid
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def write(self, rel: str, data: bytes) -> None:
+        self._put(rel, lambda path: self.fs.pipe_file(path, data))
+
+    def upload(self, local: Path, rel: str) -> None:
+        self._put(rel, lambda path: self.fs.put_file(str(local), path))
+
+    def _put(self, rel: str, put: Callable[[str], Any]) -> None:
+        path = self.path(rel)
+        if not self.rename:
+            put(path)
+            return
+        folder = path.rpartition("/")[0]
+        self.fs.makedirs(folder, exist_ok=True)
+        tmp = f"{folder}/{TMP_PREFIX}{uuid.uuid4().hex}"
+        put(tmp)
+        self.fs.mv(tmp, path)
+
+    def read_ref(self, name: str) -> Oid | None:
+        return self.refs.read(name)
+
+
+def _connect(repo: Repo, name: str | None) -> Remote:
+    rfs = open_remote(repo, name)
+    remote = Remote(rfs)
+    with _speaking(remote.name):
+        remote.list()
+    return remote
+
+
+# --- push ------------------------------------------------------------------------------------------
+def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_refs: bool = False, force: bool = False) -> PushResult:
+    """Uploads what the remote lacks of the pushed refs, then moves the remote's refs
+    (fast-forward only, unless ``force``). The default is the current branch."""
+    refs = _refs_to_push(repo, list(revs), all_refs)
+    r = _connect(repo, remote)
+    with _speaking(r.name):
+        for name, new in refs:
+            _check_update(repo, r, name, new, force)
+        edges: dict[str, list[str]] = {}
+        seen = walk(repo.store, [oid for _, oid in refs], had=r.objects.__contains__, edges=edges)
+        if seen.missing:
+            raise DataRepoError(f"cannot push a damaged repository: {seen.missing[0]} (run fsck)")
+        sent = _push_shards(repo, r, seen.datums)
+        count = len(sent)
+        size = sum(sent)
+        for oid in _children_first(edges):
+            data = repo.store.stored_bytes(oid)
+            r.write(f"objects/{oid[:2]}/{oid[2:]}", data)
+            size += len(data)
+        updated = []
+        for name, new in refs:
+            old = _check_update(repo, r, name, new, force)  # read again just before writing
+            if old != new:
+                r.write(name, f"{new}\n".encode())
+                updated.append(RefUpdate(name, old, new))
+        _set_remote_head(repo, r, [name for name, _ in refs])
+    return PushResult(Transfer(r.name, len(edges), count, size), updated)
+
+
+def _refs_to_push(repo: Repo, revs: list[str], all_refs: bool) -> list[tuple[str, Oid]]:
+    if all_refs:
+        found = [(full, oid) for prefix in (BRANCHES, TAGS, RUNS) for full in repo.refs.names(prefix) if (oid := repo.refs.read(full))]
+        if not found:
+            raise InvalidInputError("nothing to push: no branch, tag or run")
+        return found
+    if not revs:
+        branch = repo.current_branch()
+        if branch is None:
+            raise InvalidInputError("HEAD is detached: name a branch or tag to push")
+        revs = [branch]
+    out = []
+    for rev in revs:
+        names = [rev] if rev.startswith("refs/") else [BRANCHES + rev, TAGS + rev, RUNS + rev]
+        found = [(n, oid) for n in names if n.startswith((BRANCHES, TAGS, RUNS)) and is_ref_name(n) and (oid := repo.refs.read(n))]
+        if not found:
+            raise InvalidInputError(f"no such branch, tag or run: {rev!r}")
+        out.append(found[0])
+    return out
+
+
+def _check_update(repo: Repo, r: Remote, name: str, new: Oid, force: bool) -> Oid | None:
+    """The remote's value of ``name``; refuses a move that is not a fast-forward (a tag or
+    run that differs, a branch whose remote commit is not an ancestor of ``new``)."""
+    old = r.read_ref(name)
+    if old is None or old == new or force:
+        return old
+    if not name.startswith(BRANCHES):
+        raise RemoteError(f"{name} differs on remote {r.name!r} (use --force to replace it)")
+    if not repo.store.has_object(old):
+        raise RemoteError(f"{name} on remote {r.name!r} has commits this repository lacks: fetch first (or --force)")
+    if not is_ancestor(repo, old, new):
+        raise RemoteError(f"{name} on remote {r.name!r} is not an ancestor of {new[:12]}: not a fast-forward (use --force)")
+    return old
+
+
+def is_ancestor(repo: Repo, old: str, new: str) -> bool:
+    """Whether commit ``old`` is ``new`` or one of its ancestors (in the local store)."""
+    queue, seen = deque([new]), {new}
+    while queue:
+        oid = queue.popleft()
+        if oid == old:
+            return True
+        for parent in repo.read_commit(oid).parents:
+            if parent not in seen:
+                seen.add(parent)
+                queue.append(parent)
+    return False
+
+
+def _push_shards(repo: Repo, r: Remote, datums: dict[str, str]) -> list[int]:
+    """Uploads the shards that hold the new pages' datums and that the remote lacks (tar,
+    then ``.idx``); returns the bytes of each."""
+    where = repo.index.locations.shards_of(datums)
+    if lost := next((d for d in datums if d not in where), None):
+        raise DataRepoError(f"datum {lost} (key {datums[lost]}) is in no shard here (run fsck)")
+    sent = []
+    for shard in sorted(set(where.values()) - r.shards):
+        index = repo.store.read_index(shard)
+        tar = repo.dotdir / Store.shard_name(shard)
+        r.upload(tar, Store.shard_name(shard))
+        data = index.to_bytes()
+        r.write(Store.shard_name(shard, ".idx"), data)
+        r.shards.add(shard)
+        sent.append(index.size + len(data))
+    return sent
+
+
+def _children_first(edges: dict[str, list[str]]) -> list[str]:
+    """The walked objects, each after every walked object it reaches (parents before their
+    children's commits, pages before roots, commits before run records)."""
+    order: list[str] = []
+    done: set[str] = set()
+    for start in edges:
+        stack = [(start, iter(edges[start]))]
+        if start in done:
+            continue
+        done.add(start)
+        while stack:
+            oid, children = stack[-1]
+            child = next((c for c in children if c in edges and c not in done), None)
+            if child is None:
+                stack.pop()
+                order.append(oid)
+            else:
+                done.add(child)
+                stack.append((child, iter(edges[child])))
+    return order
+
+
+def _set_remote_head(repo: Repo, r: Remote, pushed: list[str]) -> None:
+    """Points a remote's missing ``HEAD`` at the pushed branch (the current one if pushed)."""
+    branches = [n for n in pushed if n.startswith(BRANCHES)]
+    if not branches or r.fs.exists(r.path(HEAD)):
+        return
+    current = repo.refs.read_symbolic(HEAD)
+    r.write(HEAD, f"ref: {current if current in branches else branches[0]}\n".encode())
+
+
+# --- fetch -----------------------------------------------------------------------------------------
+def fetch(repo: Repo, remote: str | None = None) -> FetchResult:
+    """Downloads what the local store lacks of the remote's branches, tags and runs, each
+    object and shard checked, then sets ``refs/remotes/<remote>/<branch>`` and adds the
+    tags and runs this repository does not have."""
+    r = _connect(repo, remote)
+    with repo.lock, _speaking(r.name):
+        _remove_stale_downloads(repo)
+        wanted = _remote_refs(r)
+        cache = _Checked(r)
+        edges: dict[str, list[str]] = {}
+        seen = walk(cache, list(dict.fromkeys(wanted.values())), had=repo.store.has_object, edges=edges)
+        if seen.missing:
+            raise RemoteError(f"remote {r.name!r} cannot be fetched: {seen.missing[0]}")
+        for name, oid in wanted.items():
+            _check_kind(repo, cache, name, oid)
+        stored = repo.stored(seen.datums)
+        needed = {d: k for d, k in seen.datums.items() if d not in stored}
+        sizes = _fetch_shards(repo, r, needed)
+        size = sum(sizes)
+        for oid in _children_first(edges):
+            data = cache.got[oid]
+            repo.store.put_object_bytes(data)
+            size += len(data)
+        updated, kept = _update_local_refs(repo, r.name, wanted)
+    return FetchResult(Transfer(r.name, len(edges), len(sizes), size), updated, kept)
+
+
+class _Checked(Store):
+    """The remote's store, keeping the canonical bytes of every object read (each checked
+    against its oid as it is read), to be stored here once the walk is done."""
+
+    def __init__(self, r: Remote) -> None:
+        super().__init__(r.root, fs=r.fs)
+        self.got: dict[str, bytes] = {}
+
+    def canonical_bytes(self, oid: str) -> bytes:
+        if (data := self.got.get(oid)) is None:
+            data = self.got[oid] = super().canonical_bytes(oid)
+        return data
+
+
+def _remote_refs(r: Remote) -> dict[str, Oid]:
+    """The remote's branches, tags and runs (a name that is not a valid ref is no ref)."""
+    found: dict[str, Oid] = {}
+    for prefix in (BRANCHES, TAGS, RUNS):
+        for short, oid in r.refs.list(prefix):
+            found[prefix + short] = oid
+    return found
+
+
+def _check_kind(repo: Repo, store: Store, name: str, oid: Oid) -> None:
+    obj = repo.store.get_object(oid) if repo.store.has_object(oid) else store.get_object(oid)
+    if name.startswith(RUNS):
+        if not (isinstance(obj, Blob) and obj.data.get("type") == "run"):
+            raise CorruptObjectError(f"{name} on the remote", f"names {oid}, which is not a run record")
+    elif not isinstance(obj, Commit):
+        raise CorruptObjectError(f"{name} on the remote", f"names {oid}, which is not a commit")
+
+
+def _remove_stale_downloads(repo: Repo) -> None:
+    """Folders a killed fetch left (whoever holds the writer lock knows none is running)."""
+    tmp = repo.dotdir / "tmp"
+    if tmp.is_dir():
+        for entry in tmp.iterdir():
+            if entry.name.startswith(FETCH_DIR) and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _fetch_shards(repo: Repo, r: Remote, needed: dict[str, str]) -> list[int]:
+    """Downloads the remote's shards that hold ``needed`` datums, checks each (its tar hashes
+    to its name, each datum's members to its id, its ``.idx`` is the one its tar gives),
+    then publishes it here and records its datums' locations."""
+    if not needed:
+        return []
+    holder: dict[str, str] = {}
+    for shard in sorted(r.shards):
+        if repo.store.has_shard(shard):
+            continue
+        for d in r.store.read_index(shard).datums:
+            if d.datum in needed:
+                holder.setdefault(d.datum, shard)
+        if len(holder) == len(needed):
+            break
+    if lost := next((d for d in needed if d not in holder), None):
+        raise RemoteError(f"remote {r.name!r} lacks datum {lost} (key {needed[lost]})")
+    (repo.dotdir / "tmp").mkdir(exist_ok=True)
+    sizes = []
+    with tempfile.TemporaryDirectory(prefix=FETCH_DIR, dir=repo.dotdir / "tmp") as tmp:
+        staging = Store(tmp)
+        for shard in sorted(set(holder.values())):
+            sizes.append(_fetch_shard(repo, r, staging, Path(tmp), shard))
+    repo.sync_locations()
+    if lost := next((d for d in needed if d not in repo.stored([d])), None):
+        raise RemoteError(f"remote {r.name!r}: datum {lost} (key {needed[lost]}) is not in the shards fetched")
+    return sizes
+
+
+def _fetch_shard(repo: Repo, r: Remote, staging: Store, tmp: Path, shard: str) -> int:
+    tar = tmp / Store.shard_name(shard)
+    tar.parent.mkdir(parents=True, exist_ok=True)
+    with r.fs.open(r.path(Store.shard_name(shard)), "rb") as src, open(tar, "wb") as out:
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    sent = r.fs.cat_file(r.path(Store.shard_name(shard, ".idx")))
+    index = staging.rebuild_index(shard)  # raises CorruptObjectError for a tar that is not what it is named
+    if index.to_bytes() != sent:
+        raise CorruptObjectError(f"{shard}.idx on remote {r.name!r}", "does not match its shard")
+    repo.store.put_shard(tar, index)
+    return index.size + len(sent)
+
+
+def _update_local_refs(repo: Repo, remote: str, wanted: dict[str, Oid]) -> tuple[list[RefUpdate], list[str]]:
+    updated, kept = [], []
+    for name, oid in sorted(wanted.items()):
+        if name.startswith(BRANCHES):
+            local = f"{REMOTES}{remote}/{name[len(BRANCHES):]}"
+        else:
+            local = name
+        if not is_ref_name(local):
+            raise InvalidInputError(f"invalid ref name: {local[:80]!r}")
+        old = repo.refs.read(local)
+        if old == oid:
+            continue
+        if old is not None and not name.startswith(BRANCHES):
+            kept.append(name)  # a tag or run of the same name here: never replaced by a fetch
+            continue
+        repo.refs.update(local, oid, expected=old, message=f"fetch: from {remote}")
+        updated.append(RefUpdate(local, old, oid))
+    return updated, kept
+
+
+# --- pull and clone --------------------------------------------------------------------------------
+def pull(repo: Repo, remote: str | None = None) -> PullResult:
+    """Fetches, then fast-forwards the current branch to its remote-tracking ref and the
+    work tree with it. Refuses uncommitted changes and histories that diverged."""
+    from datarepo.porcelain.stage import status
+
+    repo.require_worktree()
+    branch = repo.current_branch()
+    if branch is None:
+        raise InvalidInputError("HEAD is detached: check out a branch to pull into")
+    # Files never added do not count (as in git): checkout refuses those in the way.
+    state, staged = status(repo).total, repo.index.staging.changes()
+    if state.modified or state.deleted or staged:
+        raise DirtyWorktreeError("the work tree or staging area has uncommitted changes: commit them before pulling")
+    fetched = fetch(repo, remote)
+    name = fetched.transfer.remote
+    target = repo.refs.read(f"{REMOTES}{name}/{branch}")
+    if target is None:
+        raise RemoteError(f"remote {name!r} has no branch {branch!r}")
+    return _fast_forward(repo, fetched, branch, target)
+
+
+def _fast_forward(repo: Repo, fetched: FetchResult, branch: str, target: Oid) -> PullResult:
+    from datarepo.porcelain.checkout import checkout
+
+    old = repo.refs.read(BRANCHES + branch)
+    if old == target or (old is not None and is_ancestor(repo, target, old)):
+        return PullResult(fetched, branch, old, old, 0, 0)
+    if old is not None and not is_ancestor(repo, old, target):
+        raise RemoteError(f"branch {branch!r} and {fetched.transfer.remote}/{branch} have diverged: not a fast-forward")
+    with repo.lock:
+        done = checkout(repo, target)  # detached at the target, the work tree moved with it
+        repo.refs.update(BRANCHES + branch, target, expected=old, message=f"pull: fast-forward to {target[:12]}")
+        repo.refs.set_symbolic(BRANCHES + branch, message=f"pull: back on {branch}")
+    return PullResult(fetched, branch, old, target, done.written, done.removed)
+
+
+def clone(url: str, dest: Path) -> CloneResult:
+    """A new repository at ``dest`` with ``origin`` (the default remote) at ``url``, its
+    history fetched and the remote's default branch checked out."""
+    from datarepo.remotes_config import add_remote
+
+    if dest.exists() and any(dest.iterdir()):
+        raise InvalidInputError(f"{dest} exists and is not empty")
+    made = not dest.exists()
+    try:
+        repo = Repo.init(dest)
+        add_remote(repo, "origin", url, default=True)
+        fetched = fetch(repo, "origin")
+        branch = _remote_default(repo, fetched)
+        target = repo.refs.read(f"{REMOTES}origin/{branch}") if branch else None
+        if branch is None or target is None:
+            return CloneResult(dest, fetched, None, None)
+        from datarepo.porcelain.checkout import checkout
+
+        with repo.lock:
+            checkout(repo, target)
+            repo.refs.update(BRANCHES + branch, target, expected=None, message=f"clone: from {url}")
+            repo.refs.set_symbolic(BRANCHES + branch, message=f"clone: on {branch}")
+        repo.close()
+        return CloneResult(dest, fetched, branch, target)
+    except BaseException:
+        if made:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _remote_default(repo: Repo, fetched: FetchResult) -> str | None:
+    """The branch the remote's HEAD names, else ``main``, else its first branch."""
+    from datarepo.remotes_config import open_remote as reopen
+
+    rfs = reopen(repo, "origin")
+    with _speaking("origin"):
+        target = Refs(rfs.root, fs=rfs.fs).read_symbolic(HEAD)
+        there = target is not None or rfs.fs.exists(f"{rfs.root}/{HEAD}")
+    branches = sorted(u.ref[len(REMOTES) + len("origin/") :] for u in fetched.updated if u.ref.startswith(f"{REMOTES}origin/"))
+    if not there and not fetched.updated:
+        raise RemoteError(f"no repository at {rfs.url}")
+    if target and target.startswith(BRANCHES) and target[len(BRANCHES) :] in branches:
+        return target[len(BRANCHES) :]
+    return "main" if "main" in branches else branches[0] if branches else None

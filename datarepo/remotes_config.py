@@ -1,0 +1,165 @@
+"""Remotes as DVC names them: read and written in the work tree's ``.dvc/config`` (and
+``.dvc/config.local`` for what should stay on this machine) through DVC's own config
+class, so ``dvc remote …`` and ``datarepo remote …`` see the same remotes, with DVC's
+credentials and options. DVC is imported here, inside functions, and only here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from datarepo.errors import DataRepoError, InvalidInputError
+from datarepo.refs import is_valid_ref_format
+from datarepo.repo import Repo
+
+DVC_DIR = ".dvc"
+
+
+class RemoteError(DataRepoError):
+    """A remote cannot be named, reached or used as asked (unknown name, bad URL, a
+    missing DVC plugin, an endpoint that does not answer)."""
+
+
+class RemoteInfo(NamedTuple):
+    name: str
+    url: str
+    default: bool
+
+
+class RemoteFS(NamedTuple):
+    """A remote's fsspec filesystem and the path of the repository's layout on it."""
+
+    name: str
+    url: str
+    fs: Any  # an fsspec AbstractFileSystem
+    root: str
+    protocol: str
+
+
+def dvc_dir(repo: Repo) -> Path:
+    """The ``.dvc`` folder beside the work tree (for a bare repository, in its folder)."""
+    return (repo.worktree if repo.worktree is not None else repo.dotdir) / DVC_DIR
+
+
+def check_remote_name(name: str) -> str:
+    """A remote's name becomes part of ref names (``refs/remotes/<name>/<branch>``): one
+    valid ref component, nothing that could leave the repository."""
+    if not is_valid_ref_format(name) or "/" in name or name.startswith("-") or name == "HEAD":
+        raise InvalidInputError(f"invalid remote name: {name!r}")
+    return name
+
+
+def _config(repo: Repo, create: bool = False, validate: bool = True) -> Any:
+    try:
+        from dvc.config import Config
+    except ImportError:
+        raise RemoteError("remotes need DVC: pip install 'datarepo[remote]'") from None
+    folder = dvc_dir(repo)
+    if create and not folder.exists():
+        folder.mkdir()
+        (folder / ".gitignore").write_text("/config.local\n")  # as dvc init: credentials stay out of git
+    try:
+        return Config(dvc_dir=str(folder), validate=validate)
+    except Exception as e:  # dvc.config.ConfigError and what its schema raises
+        raise RemoteError(f"{folder.name}/config: {_one_line(e)}") from None
+
+
+@contextmanager
+def _edit(repo: Repo, level: str, validate: bool = True) -> Iterator[dict[str, Any]]:
+    config = _config(repo, create=True, validate=validate)
+    try:
+        with config.edit(level, validate=validate) as conf:
+            yield conf
+    except DataRepoError:
+        raise
+    except Exception as e:
+        raise RemoteError(_one_line(e)) from None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    cause = e.__cause__ or e.__context__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
+        text = f"{text}: {str(cause).strip()}"
+    return " ".join(text.split())
+
+
+def add_remote(repo: Repo, name: str, url: str, default: bool = False, force: bool = False) -> None:
+    check_remote_name(name)
+    if not url or "\n" in url:
+        raise InvalidInputError(f"invalid remote URL: {url!r}")
+    with _edit(repo, "repo") as conf:
+        if name in conf["remote"] and not force:
+            raise RemoteError(f"remote {name!r} already exists")
+        conf["remote"][name] = {"url": url}
+        if default:
+            conf["core"]["remote"] = name
+
+
+def list_remotes(repo: Repo) -> list[RemoteInfo]:
+    config = _config(repo)
+    default = config["core"].get("remote")
+    return [RemoteInfo(n, str(c.get("url", "")), n == default) for n, c in sorted(config["remote"].items())]
+
+
+def remove_remote(repo: Repo, name: str) -> None:
+    if name not in _config(repo, validate=False)["remote"]:
+        raise RemoteError(f"no such remote: {name!r}")
+    # Not validated: a remote whose url is gone but whose options are left in config.local
+    # makes the whole config invalid, and removing it is how that is mended.
+    for level in ("local", "repo"):
+        with _edit(repo, level, validate=False) as conf:
+            conf["remote"].pop(name, None)
+            if conf["core"].get("remote") == name:
+                del conf["core"]["remote"]
+
+
+def modify_remote(repo: Repo, name: str, option: str, value: str | None, local: bool = False) -> None:
+    """Sets (or, with ``value=None``, unsets) one of DVC's options of a remote; DVC's schema
+    checks the option and its value when the config is written."""
+    if option == "url" and value is None:
+        raise InvalidInputError("a remote's url cannot be unset (remove the remote)")
+    if name not in _config(repo)["remote"]:
+        raise RemoteError(f"no such remote: {name!r}")
+    with _edit(repo, "local" if local else "repo") as conf:
+        section = conf["remote"].setdefault(name, {})
+        if value is None:
+            if option not in section:
+                raise RemoteError(f"remote {name!r} has no option {option!r} set {'locally' if local else ''}".rstrip())
+            del section[option]
+        else:
+            section[option] = value
+
+
+def default_remote(repo: Repo) -> str:
+    config = _config(repo)
+    name = config["core"].get("remote")
+    if name:
+        return str(name)
+    if len(config["remote"]) == 1:
+        return str(next(iter(config["remote"])))
+    raise RemoteError("no default remote: name one with -r, or set one with remote add -d")
+
+
+def open_remote(repo: Repo, name: str | None) -> RemoteFS:
+    """The filesystem of remote ``name`` (the default one if None), through DVC's
+    filesystem layer: any remote DVC supports, with its credentials and options."""
+    name = check_remote_name(name) if name is not None else default_remote(repo)
+    config = _config(repo)
+    if name not in config["remote"]:
+        raise RemoteError(f"no such remote: {name!r}")
+    url = str(config["remote"][name].get("url", ""))
+    try:
+        from dvc.fs import get_cloud_fs
+
+        cls, conf, fs_path = get_cloud_fs(config, name=name)
+        fs = cls(**conf)
+        inner = fs.fs
+    except ImportError as e:
+        raise RemoteError(f"remote {name!r} ({url}): {_one_line(e)}") from None
+    except Exception as e:  # a missing plugin, a URL DVC does not take
+        raise RemoteError(f"remote {name!r} ({url}): {_one_line(e)}") from None
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return RemoteFS(name, url, inner, str(fs_path).rstrip("/") or "/", protocol)
