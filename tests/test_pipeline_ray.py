@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import RAY, Cli
 from test_pipeline_bad_specs import EXITS, failures
 from test_pipeline_errors import KILLS_ITS_WORKER, one_error
-from test_pipelines import run, texts, write_pipeline  # noqa: F401  (texts: a fixture)
+from test_pipelines import run, texts, write_pipeline  # noqa: F401 (texts: a fixture)
 
 import datarepo
 
