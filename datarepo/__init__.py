@@ -16,11 +16,15 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def open(path: str | Path = ".") -> Repo:
-    """Opens the repository at or above a folder (docs/api.md).
+def open(path: str | Path = ".", cache: str | Path | None = None) -> Repo:
+    """Opens the repository at or above a folder, or a remote's by its URL (docs/api.md).
 
     Args:
-        path: a work tree (or a folder in it), or a bare repository.
+        path: a work tree (or a folder in it), a bare repository, or the URL of a
+            remote (``s3://bucket/cats``, ``file:///mnt/cats``: docs/remotes.md), opened
+            read-only without cloning it.
+        cache: for a URL, a local folder that keeps where each datum lies and the
+            shards read, for the next epoch and the next open (default: none kept).
 
     Returns:
         A :class:`~datarepo.repo.Repo`: a context manager (``with datarepo.open(p) as
@@ -28,8 +32,18 @@ def open(path: str | Path = ".") -> Repo:
 
     Raises:
         NotARepositoryError: no repository at or above ``path``.
+        RemoteError: a URL that cannot be reached, or holds no repository.
     """
+    if isinstance(path, str) and "://" in path:
+        from datarepo.remote_repo import RemoteRepo
+
+        return RemoteRepo(path, cache)
     from datarepo.repo import Repo
+
+    if cache is not None:
+        from datarepo.errors import InvalidInputError
+
+        raise InvalidInputError("cache is for a repository opened by its URL")
 
     return Repo.open(path)
 

@@ -86,6 +86,20 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
+@contextmanager
+def speaking(remote: str) -> Iterator[None]:
+    """A filesystem's own errors (OSError, botocore's, …) become one RemoteError line;
+    datarepo's errors and Python's own (a bug) pass as they are."""
+    try:
+        yield
+    except DataRepoError:
+        raise
+    except Exception as e:
+        if isinstance(e, OSError) or type(e).__module__.split(".")[0] not in ("builtins", "datarepo"):
+            raise RemoteError(f"remote {remote!r}: {_one_line(e)}") from None
+        raise
+
+
 def add_remote(repo: Repo, name: str, url: str, default: bool = False, force: bool = False) -> None:
     check_remote_name(name)
     if not url or "\n" in url:
@@ -163,3 +177,21 @@ def open_remote(repo: Repo, name: str | None) -> RemoteFS:
         raise RemoteError(f"remote {name!r} ({url}): {_one_line(e)}") from None
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return RemoteFS(name, url, inner, str(fs_path).rstrip("/") or "/", protocol)
+
+
+def open_url(url: str) -> RemoteFS:
+    """The filesystem of a remote named by its URL alone (``s3://bucket/path``,
+    ``file:///path``), through DVC's filesystem layer: credentials and endpoints come
+    from where DVC's libraries read them (for S3, ``AWS_ENDPOINT_URL`` and the rest)."""
+    if url.startswith("file://"):
+        url = url[len("file://"):] or "/"
+    try:
+        from dvc.fs import get_cloud_fs
+
+        cls, conf, fs_path = get_cloud_fs({}, url=url)
+        fs = cls(**conf)
+        inner = fs.fs
+    except Exception as e:  # DVC missing, a missing plugin, a URL DVC does not take
+        raise RemoteError(f"{url}: {_one_line(e)}") from None
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return RemoteFS(url, url, inner, str(fs_path).rstrip("/") or "/", protocol)

@@ -145,6 +145,11 @@ class Repo:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def source(self) -> tuple[str, str | None]:
+        """What :func:`datarepo.open` takes to open this repository again (in a
+        DataLoader worker): its folder, or its URL and cache folder."""
+        return str(self.dotdir), None
+
     def require_worktree(self) -> Path:
         if self.worktree is None:
             raise InvalidInputError("this operation needs a work tree; the repository is bare")

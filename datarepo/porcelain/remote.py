@@ -15,7 +15,6 @@ import tempfile
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,7 +24,7 @@ from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit
 from datarepo.porcelain.maintenance import walk
 from datarepo.refs import BRANCHES, HEAD, REMOTES, RUNS, TAGS, Refs, is_ref_name
-from datarepo.remotes_config import RemoteError, RemoteFS, _one_line, open_remote
+from datarepo.remotes_config import RemoteError, RemoteFS, open_remote, speaking
 from datarepo.repo import Repo
 from datarepo.store import Store
 
@@ -73,20 +72,6 @@ class CloneResult(NamedTuple):
     fetched: FetchResult
     branch: str | None
     commit: Oid | None
-
-
-@contextmanager
-def _speaking(remote: str) -> Iterator[None]:
-    """A filesystem's own errors (OSError, botocore's, …) become one RemoteError line;
-    datarepo's errors and Python's own (a bug) pass as they are."""
-    try:
-        yield
-    except DataRepoError:
-        raise
-    except Exception as e:
-        if isinstance(e, OSError) or type(e).__module__.split(".")[0] not in ("builtins", "datarepo"):
-            raise RemoteError(f"remote {remote!r}: {_one_line(e)}") from None
-        raise
 
 
 class Remote:
@@ -146,7 +131,7 @@ class Remote:
 def _connect(repo: Repo, name: str | None) -> Remote:
     rfs = open_remote(repo, name)
     remote = Remote(rfs)
-    with _speaking(remote.name):
+    with speaking(remote.name):
         remote.list()
     return remote
 
@@ -157,7 +142,7 @@ def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_re
     (fast-forward only, unless ``force``). The default is the current branch."""
     refs = _refs_to_push(repo, list(revs), all_refs)
     r = _connect(repo, remote)
-    with _speaking(r.name):
+    with speaking(r.name):
         for name, new in refs:
             _check_update(repo, r, name, new, force)
         edges: dict[str, list[str]] = {}
@@ -286,7 +271,7 @@ def fetch(repo: Repo, remote: str | None = None) -> FetchResult:
     object and shard checked, then sets ``refs/remotes/<remote>/<branch>`` and adds the
     tags and runs this repository does not have."""
     r = _connect(repo, remote)
-    with repo.lock, _speaking(r.name):
+    with repo.lock, speaking(r.name):
         _remove_stale_downloads(repo)
         wanted = _remote_refs(r)
         cache = _Checked(r)
@@ -486,7 +471,7 @@ def _remote_default(repo: Repo, fetched: FetchResult) -> str | None:
     from datarepo.remotes_config import open_remote as reopen
 
     rfs = reopen(repo, "origin")
-    with _speaking("origin"):
+    with speaking("origin"):
         target = Refs(rfs.root, fs=rfs.fs).read_symbolic(HEAD)
         there = target is not None or rfs.fs.exists(f"{rfs.root}/{HEAD}")
     branches = sorted(u.ref[len(REMOTES) + len("origin/") :] for u in fetched.updated if u.ref.startswith(f"{REMOTES}origin/"))

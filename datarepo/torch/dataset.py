@@ -45,7 +45,8 @@ class DatumDataset(IterableDataset):
     worker costs far less than handing its samples one by one.
 
     Args:
-        repo: a repository's path, or an opened :class:`~datarepo.repo.Repo`.
+        repo: a repository's path, a remote's URL (``s3://bucket/cats``: read without
+            cloning, docs/remotes.md), or an opened :class:`~datarepo.repo.Repo`.
         rev: the revision to read (git's forms: ``main``, ``v1``, ``HEAD~2``, an oid).
         prefix: the keys to read start with this.
         keys: instead of a prefix, these keys: a list (or any iterable but a str) of
@@ -66,6 +67,9 @@ class DatumDataset(IterableDataset):
         verify: check each datum's bytes against its id.
         block, window: the shuffle's block (rows) and window (blocks).
         unsafe: allow decoders that unpickle (``"pth"``, ``"pickle"``).
+        cache: with a remote's URL as ``repo``, a local folder that keeps the shards read
+            (each downloaded whole, once) and where each datum lies, for the next epoch
+            and the next run; without one, each run of nearby datums is a ranged read.
 
     Raises:
         InvalidInputError: an argument of a wrong type or value, when the dataset is
@@ -94,6 +98,7 @@ class DatumDataset(IterableDataset):
         block: int = 1024,
         window: int = 16,
         unsafe: bool = False,
+        cache: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
         # Sizes are int64 in numpy's arithmetic of the order: a larger one would fail there, later.
@@ -111,9 +116,9 @@ class DatumDataset(IterableDataset):
         self.keys = args.key_list(keys)
         if self.keys is not None and prefix:
             raise InvalidInputError("keys: give a prefix or keys, not both")
-        opened = _opened(repo)
+        opened = _opened(repo, cache)
         try:
-            self.path = str(opened.dotdir)
+            self.path, self.cache = opened.source()
             tree = opened.tree(rev)
             self.commit = tree.commit
             self.manifest, self.rows = select(opened, tree, prefix, self.keys)
@@ -335,7 +340,7 @@ class DatumDataset(IterableDataset):
 
     def _shard_files(self) -> ShardFiles:
         if self._files is None or self._files[0] != os.getpid():
-            repo = datarepo.open(self.path)
+            repo = datarepo.open(self.path, self.cache)
             self._files = (os.getpid(), ShardFiles(repo.store.open_shard))
         return self._files[1]
 
@@ -506,10 +511,16 @@ def _place(rank: int | None, world: int | None) -> tuple[int, int]:
     return rank, world
 
 
-def _opened(repo: Any) -> Repo:
-    """``repo`` if it is an opened repository, else the repository at that path."""
+def _opened(repo: Any, cache: Any = None) -> Repo:
+    """``repo`` if it is an opened repository, else the repository at that path or URL."""
+    if cache is not None and (not isinstance(cache, (str, os.PathLike)) or not isinstance(os.fspath(cache), str)):
+        raise InvalidInputError(f"cache must be a path, not {cache!r:.60}")
     if isinstance(repo, Repo):
+        if cache is not None:
+            raise InvalidInputError("cache: give it to datarepo.open with the URL, not with an opened repository")
         return repo
     if not isinstance(repo, (str, os.PathLike)) or not isinstance(os.fspath(repo), str):
-        raise InvalidInputError(f"repo must be a path or a Repo, not {repo!r:.60}")
-    return datarepo.open(repo)
+        raise InvalidInputError(f"repo must be a path, a URL or a Repo, not {repo!r:.60}")
+    if cache is not None and "://" not in str(repo):
+        raise InvalidInputError("cache is for a repository read from its URL")
+    return datarepo.open(os.fspath(repo), cache)

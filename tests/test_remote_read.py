@@ -1,0 +1,177 @@
+"""Reading a remote by its URL without cloning it (docs/remotes.md, "Training from a
+remote"): ``datarepo.open(URL)`` and ``DatumDataset(URL)`` over a pushed local-path remote
+(``file://``) and over S3 on loopback (moto's server), with DataLoader workers, with and
+without a local cache; read-only, checked, and refused where it cannot be right."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("dvc")
+
+from conftest import Cli, write_samples  # noqa: E402
+from test_remotes import _s3_remote, s3_endpoint  # noqa: E402,F401  (s3_endpoint: a fixture)
+
+import datarepo  # noqa: E402
+from datarepo.errors import CorruptObjectError, InvalidInputError  # noqa: E402
+from datarepo.objects import Blob  # noqa: E402
+from datarepo.remotes_config import RemoteError  # noqa: E402
+from datarepo.torch import DatumDataset, SampleError  # noqa: E402
+
+
+@pytest.fixture
+def pushed(tmp_path: Path, worktree: Path, cli: Cli) -> Path:
+    """A repository of 60 samples in shards of 16 KiB, pushed to a local-path remote."""
+    write_samples(worktree, 60)
+    cli("init", "--shard-size", "16K")
+    cli("add", ".")
+    cli("commit", "-m", "first")
+    store = tmp_path / "store"
+    cli("remote", "add", "origin", str(store), "-d")
+    cli("push")
+    return store
+
+
+def epoch(ds: DatumDataset, workers: int) -> list[tuple[str, bytes, int]]:
+    """(key, jpg bytes, label) of one epoch through a DataLoader, in the order it gives them."""
+    out = []
+    for batch in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers):
+        out += zip(batch["__key__"], batch["jpg"], batch["cls"].tolist())
+    return out
+
+
+def dataset(repo: object, **options: object) -> DatumDataset:
+    return DatumDataset(repo, **{"shuffle": True, "seed": 5, "batch_size": 8, "decode": {"cls": "int"}, **options})  # type: ignore[arg-type]
+
+
+def remote_listing(store: Path) -> dict[str, float]:
+    return {str(p.relative_to(store)): p.stat().st_mtime for p in store.rglob("*")}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("cached", [False, True])
+def test_a_dataset_reads_a_remote_by_url_as_it_reads_the_repository(
+    worktree: Path, pushed: Path, tmp_path: Path, workers: int, cached: bool
+) -> None:
+    local = dataset(str(worktree))
+    remote = dataset(pushed.as_uri(), cache=str(tmp_path / "cache") if cached else None)
+    assert remote.commit == local.commit
+    read = epoch(remote, workers)
+    assert read == epoch(local, 0) and len(read) == 60
+    shards = {p.name for p in pushed.glob("shards/*/*.tar")}
+    assert {p.name for p in (tmp_path / "cache").glob("shards/*/*.tar")} == (shards if cached else set())
+
+
+def test_the_read_api_over_a_url(worktree: Path, pushed: Path, cli: Cli) -> None:
+    with datarepo.open(worktree) as ours, datarepo.open(pushed.as_uri()) as theirs:
+        assert theirs.head() == ours.head() and theirs.current_branch() == "main"
+        entries = list(ours.tree("main").select(prefix="train/cat/"))
+        assert [e.key for e in theirs.tree("main").select(prefix="train/cat/")] == [e.key for e in entries]
+        assert all(theirs.read(e.datum, verify=True) == ours.read(e.datum) for e in entries)
+
+
+def test_a_cache_keeps_the_shards_and_a_later_open_learns_what_was_pushed_since(
+    worktree: Path, pushed: Path, cli: Cli, tmp_path: Path
+) -> None:
+    cache = str(tmp_path / "cache")
+    first = epoch(dataset(pushed.as_uri(), cache=cache), 2)
+    write_samples(worktree, 10, seed=1, prefix="more")
+    cli("add", ".")
+    cli("commit", "-m", "more")
+    cli("push")
+    grown = dataset(pushed.as_uri(), cache=cache)  # (the kept location cache reads the new shards' .idx)
+    assert len(list(grown.keys_in_order())) == 70 and grown.commit == datarepo.open(worktree).head()
+    # Every shard of the first commit is read from the cache: with the remote's copies gone,
+    # its samples still come back whole, in their order.
+    new = {p.name for p in (tmp_path / "cache").glob("shards/*/*.tar")}
+    for tar in pushed.glob("shards/*/*.tar"):
+        if tar.name in new:
+            tar.chmod(0o644)
+            tar.unlink()
+    assert epoch(dataset(pushed.as_uri(), rev="main~1", cache=cache), 2) == first
+
+
+def test_without_a_cache_a_shard_gone_from_the_remote_is_a_sample_error(pushed: Path) -> None:
+    ds, skipping = dataset(pushed.as_uri()), dataset(pushed.as_uri(), on_error="skip")  # (planned with it there)
+    tar = sorted(pushed.glob("shards/*/*.tar"))[0]
+    tar.chmod(0o644)
+    tar.unlink()
+    with pytest.raises(SampleError, match=f"in shard {tar.parent.name}{tar.stem}"):
+        epoch(ds, 0)
+    with pytest.warns(UserWarning):
+        read = epoch(skipping, 0)
+    assert 0 < len(read) < 60 and len(skipping.skipped) == 60 - len(read)
+    with pytest.raises(datarepo.errors.ObjectNotFoundError):  # planned after: its datums are in no shard
+        dataset(pushed.as_uri())
+
+
+def test_a_damaged_remote_shard_or_object_is_refused(worktree: Path, pushed: Path) -> None:
+    tar = sorted(pushed.glob("shards/*/*.tar"))[0]
+    tar.chmod(0o644)
+    data = bytearray(tar.read_bytes())
+    data[1536 + 10] ^= 0xFF  # (in the first datum's .jpg: .cls and its header, the .jpg's header, then its bytes)
+    tar.write_bytes(bytes(data))
+    with pytest.raises(SampleError, match="does not match"):
+        epoch(dataset(pushed.as_uri(), shuffle=False), 0)
+    with datarepo.open(worktree) as repo:  # a commit's tree replaced by another valid object
+        commit = repo.read_commit(repo.head())
+        other = repo.store.put_object(Blob({"not": "a tree"}))
+    page = pushed / "objects" / commit.tree[:2] / commit.tree[2:]
+    page.chmod(0o644)
+    page.write_bytes((worktree / ".datarepo" / "objects" / other[:2] / other[2:]).read_bytes())
+    with pytest.raises(CorruptObjectError):
+        list(datarepo.open(pushed.as_uri()).tree("main").select())
+
+
+def test_a_remote_opened_by_url_is_read_only(worktree: Path, pushed: Path) -> None:
+    before = remote_listing(pushed)
+    with datarepo.open(pushed.as_uri()) as repo:
+        head = repo.head()
+        for attempt in (lambda: repo.commit({}, "x"), lambda: repo.writer(),
+                        lambda: repo.refs.update("refs/heads/x", head, expected=None, message="x"),
+                        lambda: repo.record_run("r", dataset(repo))):
+            with pytest.raises(InvalidInputError, match="read-only"):
+                attempt()
+    assert remote_listing(pushed) == before
+
+
+def test_what_is_no_repository_or_no_cache_of_it_is_one_error(pushed: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    for url in ((tmp_path / "nothing").as_uri(), (tmp_path / "empty").as_uri()):
+        with pytest.raises(RemoteError, match="no repository at"):
+            datarepo.open(url)
+    other = tmp_path / "other"
+    shutil.copytree(pushed, other)
+    dataset(pushed.as_uri(), cache=str(tmp_path / "cache"))
+    with pytest.raises(InvalidInputError, match="keeps the data of"):
+        dataset(other.as_uri(), cache=str(tmp_path / "cache"))
+    with pytest.raises(InvalidInputError, match="cache"):
+        dataset(str(tmp_path), cache=str(tmp_path / "cache"))  # (a folder is no URL: nothing to cache)
+
+
+def test_a_dataset_streams_from_s3_with_workers_and_its_run_is_recorded_here(
+    worktree: Path, cli: Cli, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path  # noqa: F811
+) -> None:
+    write_samples(worktree, 40)
+    cli("init", "--shard-size", "16K")
+    cli("add", ".")
+    cli("commit", "-m", "first")
+    _s3_remote(cli, s3_endpoint, "stream")
+    cli("push")
+    for name, value in (("AWS_ENDPOINT_URL", s3_endpoint), ("AWS_ACCESS_KEY_ID", "test"),
+                        ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    local = epoch(dataset(str(worktree)), 0)
+    remote = dataset("s3://stream/repo")
+    assert epoch(remote, 2) == local
+    assert epoch(dataset("s3://stream/repo", cache=str(tmp_path / "cache")), 2) == local
+    with datarepo.open(worktree) as repo:  # (the commit it read is here: the run pins it)
+        repo.record_run("from-s3", remote)
+        again = DatumDataset.from_run(repo, "from-s3")
+    assert epoch(again, 0) == local
+    assert os.listdir(tmp_path / "cache" / "shards")
