@@ -25,6 +25,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+import datarepo as datarepo_api
+
 DATAREPO = Path(sys.executable).with_name("datarepo")
 EXAMPLES = Path(__file__).resolve().parent.parent / "pipelines"
 TRAIN_EXAMPLE = Path(__file__).resolve().parent / "train_example.py"
@@ -307,6 +309,24 @@ def training(repo: Path) -> None:
     check(len(keys.splitlines()) == 202, "the recorded run lists the exact order of its 202 samples")
 
 
+def remotes(repo: Path, tmp: Path) -> None:
+    say("share it through a DVC remote: push to a local-path remote (s3://, gs://, ... work alike), "
+        "clone it, and train straight from the remote's URL, without a clone")
+    store, clone = tmp / "remote-store", tmp / "clone"
+    datarepo("remote", "add", "origin", str(store), "-d", cwd=repo)
+    datarepo("remote", "list", cwd=repo)
+    datarepo("push", cwd=repo)
+    datarepo("clone", str(store), str(clone), cwd=tmp)
+    datarepo("log", "-n", "1", cwd=clone)
+    with datarepo_api.open(repo) as ours, datarepo_api.open(clone) as theirs:
+        check(theirs.head() == ours.head(), "the clone is at the commit pushed")
+    proc = subprocess.run([sys.executable, str(TRAIN_EXAMPLE), str(repo), "--prefix", "thumbs/",
+                           "--remote", store.as_uri(), "--run", "from-remote"], capture_output=True, text=True)
+    show(proc.stdout + proc.stderr)
+    check(proc.returncode == 0, "training read the remote by its URL: the same samples, in the same order, "
+          "as the repository's own shards")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="Keep the temporary directory.")
@@ -325,6 +345,7 @@ def main() -> int:
         export_and_read(repo, tmp)
         pipelines(repo)
         training(repo)
+        remotes(repo, tmp)
     except DemoFailed as e:
         print(f"\ndemo FAILED: {e}\n(files kept in {tmp})", file=sys.stderr)
         return 1

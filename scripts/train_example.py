@@ -3,7 +3,12 @@ under a prefix, is stopped mid-epoch and resumed from its checkpoint (on another
 of DataLoader workers), records its run, and a replay of the recorded run proves that it
 reads the same samples in the same order, bit for bit.
 
-    .venv/bin/python scripts/train_example.py REPO [--prefix train/] [--rev HEAD]
+    .venv/bin/python scripts/train_example.py REPO [--prefix train/] [--rev HEAD] [--remote URL]
+
+With ``--remote``, the samples are read from the URL of a remote REPO was pushed to
+(``s3://…``, ``file://…``), straight from object storage, each shard downloaded once into
+a cache folder; the run is recorded in REPO, and the replay from REPO's own shards proves
+that the remote gave the same bytes in the same order.
 
 The images (``.jpg``) are decoded to 32 x 32 in the DataLoader workers, the labels
 (``.cls``) are ints. Exits non-zero if the replay differs.
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,8 +45,9 @@ def model(classes: int) -> nn.Module:
     )  # fmt: skip
 
 
-def dataset(repo: str, rev: str, prefix: str) -> DatumDataset:
-    return DatumDataset(repo, rev=rev, prefix=prefix, decode={"jpg": ["rgb", SIZE], "cls": "int"}, batch_size=BATCH, seed=0)
+def dataset(repo: str, rev: str, prefix: str, cache: str | None = None) -> DatumDataset:
+    return DatumDataset(repo, rev=rev, prefix=prefix, decode={"jpg": ["rgb", SIZE], "cls": "int"}, batch_size=BATCH, seed=0,
+                        cache=cache)
 
 
 def digest(batch: dict[str, Any]) -> str:
@@ -76,14 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="train/")
     parser.add_argument("--rev", default="HEAD")
     parser.add_argument("--run", default="train-example", help="The name the run is recorded under.")
+    parser.add_argument("--remote", metavar="URL", help="Read the samples from this remote's URL (REPO was pushed there).")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    with tempfile.TemporaryDirectory() as cache:
+        return run(args, args.remote or args.repo, cache if args.remote else None, device)
 
-    ds = dataset(args.repo, args.rev, args.prefix)
+
+def run(args: argparse.Namespace, source: str, cache: str | None, device: str) -> int:
+    ds = dataset(source, args.rev, args.prefix, cache)
     only_labels = {"cls": "int", "jpg": None, "json": None}
-    labels = DatumDataset(args.repo, rev=args.rev, prefix=args.prefix, decode=only_labels, batch_size=256)
+    labels = DatumDataset(source, rev=args.rev, prefix=args.prefix, decode=only_labels, batch_size=256, cache=cache)
     classes = 1 + max(int(batch["cls"].max()) for batch in DataLoader(labels, batch_size=None))
-    print(f"{ds.spec.count} samples under {args.prefix!r} at {ds.commit[:12]}, {len(ds)} batches of {BATCH}, {classes} classes")
+    print(f"{ds.spec.count} samples under {args.prefix!r} at {ds.commit[:12]} of {source}, {len(ds)} batches of {BATCH}, "
+          f"{classes} classes")
     net = model(classes).to(device)
 
     stop = len(ds) // 2
@@ -95,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("-- resumed from the checkpoint, in a fresh dataset, on 1 worker")
     checkpoint = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
-    resumed = dataset(args.repo, args.rev, args.prefix)
+    resumed = dataset(source, args.rev, args.prefix, cache)
     resumed.load_state_dict(checkpoint["data"])
     net.load_state_dict(checkpoint["model"])
     rest = train(net, DeviceLoader(DataLoader(resumed, batch_size=None, num_workers=1), device), None)
