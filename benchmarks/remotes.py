@@ -13,7 +13,11 @@ as a user runs it (a new process), timed once, with a warm page cache:
   pages), and ``pull`` in the clone;
 * a push with nothing new (the remote's listing, one read of its ref);
 * for the local remote, ``cp -r`` of ``.datarepo/objects`` and ``shards``: what copying
-  the same bytes costs.
+  the same bytes costs;
+* an epoch of ``DatumDataset`` (raw bytes, shuffled, batch 256, two DataLoader workers)
+  read straight from the remote's URL without a clone, against the repository's own
+  shards: the first (S3: each shard downloaded into the cache folder), and a second
+  (from the cache; a ``file://`` remote is read in place both times).
 
 moto's server is Python answering one request at a time on this machine, so its rows
 show the number of requests more than any real S3 would; the local rows the bytes.
@@ -84,6 +88,30 @@ def rows(name: str, work: Path, url: str, tmp: Path, env: dict[str, str], setup:
     print(f"{name:6} push (nothing new)     {t:7.2f} s   {out}")
 
 
+def epoch_rate(source: str, cache: str | None = None) -> float:
+    """Samples a second of one epoch of raw bytes, shuffled, through a DataLoader of two
+    workers (batch 256), read from a repository's path or a remote's URL."""
+    import torch
+
+    from datarepo.torch import DatumDataset
+
+    ds = DatumDataset(source, prefix="train/", batch_size=256, seed=0, cache=cache)
+    start = time.perf_counter()
+    n = sum(len(b["__key__"]) for b in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2))
+    return n / (time.perf_counter() - start)
+
+
+def epochs(name: str, work: Path, url: str, tmp: Path) -> None:
+    """Epochs read straight from the remote's URL (no clone), against the repository's own
+    shards: with a kept cache folder, the first (each shard of a network remote downloaded
+    into it) and the second (none downloaded)."""
+    local = epoch_rate(str(work))
+    cache = str(tmp / f"cache-{name}")
+    first, second = epoch_rate(url, cache), epoch_rate(url, cache)
+    print(f"{name:6} epoch from the URL     {first:7.0f} samples/s, again {second:.0f}  "
+          f"(the repository's own shards: {local:.0f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=20000)
@@ -104,6 +132,7 @@ def main() -> None:
         print(f"local  cp -r objects shards    {time.perf_counter() - start:7.2f} s")
         env = dict(os.environ)
         rows("local", work, str(tmp / "store"), tmp, env, [["remote", "add", "local", str(tmp / "store")]])
+        epochs("local", work, (tmp / "store").as_uri(), tmp)
         if a.no_s3:
             return
         import logging
@@ -120,9 +149,14 @@ def main() -> None:
         server.start()
         try:
             endpoint = f"http://127.0.0.1:{port}"
-            env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_DEFAULT_REGION="us-east-1")
-            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x").create_bucket(Bucket="bench")
+            env.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x",
+                       AWS_DEFAULT_REGION="us-east-1")
+            s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="x",
+                              aws_secret_access_key="x")
+            s3.create_bucket(Bucket="bench")
             rows("s3", work, "s3://bench/repo", tmp, env, [["remote", "add", "s3", "s3://bench/repo"]])
+            os.environ.update(env)  # (the dataset reads in this process and its workers)
+            epochs("s3", work, "s3://bench/repo", tmp)
         finally:
             server.stop()
 

@@ -24,7 +24,8 @@ def open(path: str | Path = ".", cache: str | Path | None = None) -> Repo:
             remote (``s3://bucket/cats``, ``file:///mnt/cats``: docs/remotes.md), opened
             read-only without cloning it.
         cache: for a URL, a local folder that keeps where each datum lies and the
-            shards read, for the next epoch and the next open (default: none kept).
+            shards read, for the next open (default: a temporary one, removed when
+            this process ends).
 
     Returns:
         A :class:`~datarepo.repo.Repo`: a context manager (``with datarepo.open(p) as

@@ -3,15 +3,17 @@
 A remote holds ``objects/``, ``shards/`` and ``refs/`` in the layout of ``.datarepo/``
 (see :mod:`datarepo.porcelain.remote`), so the read API works over it as it is: revisions
 resolve through the remote's refs, trees and commits are read (and checked against their
-oids) from its objects, and a reader range-reads its shards. What a local repository keeps
+oids) from its objects, and its shards are read as below. What a local repository keeps
 in ``index.sqlite`` (where each datum lies) is built here from the shards' ``.idx`` files,
-in a local cache folder: the one given (kept, so a later open reads only the shards pushed
-since), or a temporary one removed when the process ends.
+in a local cache folder: the one given (kept, so a later open reads only the ``.idx`` of
+shards pushed since), or a temporary one, removed when the process that made it ends.
 
-With a cache folder, a shard a reader opens is first downloaded whole into it (under a
-temporary name, then renamed) and read from there, mapped, like a local one: a second epoch,
-or a second run, reads no byte from the remote. Without one, each run of nearby datums is
-one ranged read.
+A shard on a local or mounted filesystem (``file://``) is read in place. One over the
+network is downloaded whole into the cache folder when a reader first needs it (under a
+temporary name, then renamed) and read from there, mapped, like a local shard: the loader's
+shuffle reads a few datums here and there in each shard, which as ranged requests would
+cost a round trip each. The DataLoader workers share the folder, so a shard is downloaded
+once; with a kept folder a second run reads no shard from the remote again.
 
 It is read-only: writing (``writer``, ``commit``, ``record_run``, a ref) raises.
 """
@@ -23,6 +25,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
@@ -31,7 +34,7 @@ from datarepo.errors import InvalidInputError, ObjectNotFoundError
 from datarepo.fsutil import atomic_write, make_temp, publish
 from datarepo.index import Index
 from datarepo.refs import Refs
-from datarepo.remotes_config import RemoteError, RemoteFS, open_url, speaking
+from datarepo.remotes_config import LOCAL, RemoteError, speaking, url_filesystem
 from datarepo.repo import Repo
 from datarepo.store import Store
 
@@ -41,8 +44,15 @@ class ReadOnlyFS:
     method that would write raises, so nothing reached through it (an object, a shard, a
     ref) can change the remote."""
 
-    def __init__(self, fs: Any, url: str) -> None:
-        self.fs, self.url = fs, url
+    def __init__(self, dvc_fs: Any, url: str) -> None:
+        self._dvc_fs, self.url = dvc_fs, url
+
+    @cached_property
+    def fs(self) -> Any:
+        """The fsspec filesystem, made when first used (a DataLoader worker that reads
+        only cached shards never connects)."""
+        with speaking(self.url):
+            return self._dvc_fs.fs
 
     def open(self, path: str, mode: str = "rb", **options: Any) -> Any:
         if mode != "rb":
@@ -90,22 +100,20 @@ class ReadOnlyLock:
 
 
 class RemoteStore(Store):
-    """A store on a remote filesystem whose shards are opened through a local cache folder
-    (when there is one): downloaded whole once, then read as local files."""
+    """A store on a remote filesystem; shards over the network are read from copies
+    downloaded into a local folder."""
 
-    def __init__(self, rfs: RemoteFS, cache: Path | None) -> None:
-        super().__init__(rfs.root, fs=ReadOnlyFS(rfs.fs, rfs.url))
-        self.url = rfs.url
-        self.cache = cache
+    def __init__(self, fs: ReadOnlyFS, root: str, cache: Path | None) -> None:
+        super().__init__(root, fs=fs)
+        self.url = fs.url
+        self.cache = cache  # (None: shards are read in place)
 
     def open_shard(self, oid: str) -> BinaryIO:
-        """A shard as a file: the cached copy (downloaded first if it is not there yet), or
-        without a cache the remote object itself, each read one ranged request (the reader
-        reads nearby datums at once: no read-ahead of a block it may not want)."""
+        """A shard as a file: the remote's own on a local filesystem, else the local copy
+        (downloaded first if it is not there yet)."""
         if self.cache is None:
-            with speaking(self.url):
-                return self._remote(oid)
-        local = self.cache / "shards" / oid[:2] / f"{oid[2:]}.tar"
+            return super().open_shard(oid)
+        local = self.cache / oid[:2] / f"{oid[2:]}.tar"
         if not local.is_file():  # (two workers may both download it: the second rename wins)
             local.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = make_temp(local.parent)
@@ -123,7 +131,7 @@ class RemoteStore(Store):
 
     def _remote(self, oid: str) -> BinaryIO:
         try:
-            return self.fs.open(self._tar(oid), "rb", cache_type="none")
+            return self.fs.open(self._tar(oid), "rb", block_size=8 << 20)
         except FileNotFoundError:
             raise ObjectNotFoundError("shard", oid) from None
 
@@ -131,35 +139,32 @@ class RemoteStore(Store):
 class RemoteRepo(Repo):
     """A remote's repository, opened read-only from its URL (see the module's docstring)."""
 
-    def __init__(self, url: str, cache: str | os.PathLike[str] | None = None) -> None:
-        rfs = open_url(url)
+    def __init__(self, url: str, cache: str | os.PathLike[str] | None = None, check: bool = True) -> None:
+        """``check``: that the URL holds a repository (its ``HEAD``: a push writes it first),
+        else RemoteError; a DataLoader worker that opens it again does not ask."""
+        dvc_fs, root, protocol = url_filesystem(url)
         self.url = url
-        self.cache = Path(cache).resolve() if cache is not None else None
-        self.dotdir = self.cache  # (the location cache's folder: made when first needed)
+        self.cache = _claim(Path(cache).resolve() if cache is not None else _temporary(), url)
+        fs = ReadOnlyFS(dvc_fs, url)
+        self.store = RemoteStore(fs, root, None if protocol in LOCAL else self.cache / "shards")
+        self.dotdir = self.cache  # (the location cache, index.sqlite, is kept there)
         self.worktree = None
         self.config = Config(bare=True)
-        self.store = RemoteStore(rfs, self.cache)
-        self.lock = ReadOnlyLock(self.store.fs)  # type: ignore[assignment,arg-type]
-        self.refs = Refs(rfs.root, self.lock, fs=self.store.fs)  # type: ignore[arg-type]
+        self.lock = ReadOnlyLock(fs)  # type: ignore[assignment]
+        self.refs = Refs(root, self.lock, fs=fs)  # type: ignore[arg-type]
         self._index: Index | None = None
         self._index_pid = 0
-        with speaking(url):
-            there = rfs.fs.exists(f"{rfs.root}/objects") or rfs.fs.exists(f"{rfs.root}/HEAD")
-        if not there:
-            raise RemoteError(f"no repository at {url}")
-        if self.cache is not None:
-            _claim(self.cache, url)
+        if check:
+            with speaking(url):
+                there = fs.exists(f"{root}/HEAD")
+            if not there:
+                raise RemoteError(f"no repository at {url}")
 
     @property
     def index(self) -> Index:
-        """The location cache, in the cache folder; a kept one learns, when this process
-        first opens it, the shards pushed since (one listing; their ``.idx`` read)."""
-        if self.dotdir is None:
-            self.dotdir = Path(tempfile.mkdtemp(prefix="datarepo-remote-"))
-            atexit.register(shutil.rmtree, self.dotdir, ignore_errors=True)
+        """The location cache; a kept one learns, when this process first opens it, the
+        shards pushed since (one listing; their ``.idx`` read)."""
         opening = self._index is None or self._index_pid != os.getpid()
-        if opening:
-            self.dotdir.mkdir(parents=True, exist_ok=True)
         with speaking(self.url):
             index = super().index  # (a new one has read every .idx)
             if opening and not index.created:
@@ -167,7 +172,7 @@ class RemoteRepo(Repo):
         return index
 
     def source(self) -> tuple[str, str | None]:
-        return self.url, str(self.cache) if self.cache is not None else None
+        return self.url, str(self.cache)  # (a temporary cache too: the workers share it)
 
     def writer(self) -> NoReturn:  # type: ignore[override]
         self.store.fs.refuse()  # type: ignore[attr-defined]
@@ -176,8 +181,8 @@ class RemoteRepo(Repo):
         return f"RemoteRepo({self.url!r})"
 
 
-def _claim(cache: Path, url: str) -> None:
-    """Marks ``cache`` as ``url``'s, or refuses a cache folder another remote's data is in
+def _claim(cache: Path, url: str) -> Path:
+    """``cache``, marked as ``url``'s; a cache folder another remote's data is in is refused
     (its datums would be looked for in shards this remote may not have)."""
     marker = cache / "url"
     try:
@@ -185,8 +190,18 @@ def _claim(cache: Path, url: str) -> None:
     except FileNotFoundError:
         cache.mkdir(parents=True, exist_ok=True)
         atomic_write(marker, url.encode(), mode=0o644)
-        return
+        return cache
     except OSError as e:
         raise InvalidInputError(f"cache {str(cache)!r} cannot be used: {e.strerror}") from None
     if held != url:
         raise InvalidInputError(f"cache {str(cache)!r} keeps the data of {held[:200]!r}, not of {url!r}")
+    return cache
+
+
+def _temporary() -> Path:
+    """A cache folder removed when this process ends (not when a child forked from it
+    does: a DataLoader worker shares it)."""
+    folder = Path(tempfile.mkdtemp(prefix="datarepo-remote-"))
+    owner = os.getpid()
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
+    return folder

@@ -15,6 +15,7 @@ from datarepo.refs import is_valid_ref_format
 from datarepo.repo import Repo
 
 DVC_DIR = ".dvc"
+LOCAL = ("local", "file")  # the protocols of a remote on this machine's filesystem
 
 
 class RemoteError(DataRepoError):
@@ -179,19 +180,19 @@ def open_remote(repo: Repo, name: str | None) -> RemoteFS:
     return RemoteFS(name, url, inner, str(fs_path).rstrip("/") or "/", protocol)
 
 
-def open_url(url: str) -> RemoteFS:
-    """The filesystem of a remote named by its URL alone (``s3://bucket/path``,
-    ``file:///path``), through DVC's filesystem layer: credentials and endpoints come
-    from where DVC's libraries read them (for S3, ``AWS_ENDPOINT_URL`` and the rest)."""
-    if url.startswith("file://"):
-        url = url[len("file://"):] or "/"
+def url_filesystem(url: str) -> tuple[Any, str, str]:
+    """DVC's filesystem for a remote named by its URL alone (``s3://bucket/path``,
+    ``file:///path``), not yet connected (its fsspec filesystem, ``.fs``, is made when
+    first used), the path of the repository's layout on it, and its protocol.
+    Credentials and endpoints come from where DVC's libraries read them (for S3,
+    ``AWS_ENDPOINT_URL`` and the rest)."""
+    path = url[len("file://"):] or "/" if url.startswith("file://") else url
     try:
         from dvc.fs import get_cloud_fs
 
-        cls, conf, fs_path = get_cloud_fs({}, url=url)
+        cls, conf, fs_path = get_cloud_fs({}, url=path)
         fs = cls(**conf)
-        inner = fs.fs
     except Exception as e:  # DVC missing, a missing plugin, a URL DVC does not take
         raise RemoteError(f"{url}: {_one_line(e)}") from None
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return RemoteFS(url, url, inner, str(fs_path).rstrip("/") or "/", protocol)
+    return fs, str(fs_path).rstrip("/") or "/", protocol

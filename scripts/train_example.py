@@ -6,9 +6,9 @@ reads the same samples in the same order, bit for bit.
     .venv/bin/python scripts/train_example.py REPO [--prefix train/] [--rev HEAD] [--remote URL]
 
 With ``--remote``, the samples are read from the URL of a remote REPO was pushed to
-(``s3://…``, ``file://…``), straight from object storage, each shard downloaded once into
-a cache folder; the run is recorded in REPO, and the replay from REPO's own shards proves
-that the remote gave the same bytes in the same order.
+(``s3://…``, ``file://…``), straight from object storage (each shard downloaded once into
+a temporary cache folder); the run is recorded in REPO, and the replay from REPO's own
+shards proves that the remote gave the same bytes in the same order.
 
 The images (``.jpg``) are decoded to 32 x 32 in the DataLoader workers, the labels
 (``.cls``) are ints. Exits non-zero if the replay differs.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-import tempfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import datarepo
+from datarepo.repo import Repo
 from datarepo.torch import DatumDataset, DeviceLoader
 
 SIZE = 32
@@ -45,9 +45,8 @@ def model(classes: int) -> nn.Module:
     )  # fmt: skip
 
 
-def dataset(repo: str, rev: str, prefix: str, cache: str | None = None) -> DatumDataset:
-    return DatumDataset(repo, rev=rev, prefix=prefix, decode={"jpg": ["rgb", SIZE], "cls": "int"}, batch_size=BATCH, seed=0,
-                        cache=cache)
+def dataset(repo: str | Repo, rev: str, prefix: str) -> DatumDataset:
+    return DatumDataset(repo, rev=rev, prefix=prefix, decode={"jpg": ["rgb", SIZE], "cls": "int"}, batch_size=BATCH, seed=0)
 
 
 def digest(batch: dict[str, Any]) -> str:
@@ -86,17 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--remote", metavar="URL", help="Read the samples from this remote's URL (REPO was pushed there).")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with tempfile.TemporaryDirectory() as cache:
-        return run(args, args.remote or args.repo, cache if args.remote else None, device)
+    # A remote opened once: its datasets share one cache folder (each shard downloaded once).
+    return run(args, datarepo.open(args.remote) if args.remote else args.repo, device)
 
 
-def run(args: argparse.Namespace, source: str, cache: str | None, device: str) -> int:
-    ds = dataset(source, args.rev, args.prefix, cache)
+def run(args: argparse.Namespace, source: str | Repo, device: str) -> int:
+    ds = dataset(source, args.rev, args.prefix)
     only_labels = {"cls": "int", "jpg": None, "json": None}
-    labels = DatumDataset(source, rev=args.rev, prefix=args.prefix, decode=only_labels, batch_size=256, cache=cache)
+    labels = DatumDataset(source, rev=args.rev, prefix=args.prefix, decode=only_labels, batch_size=256)
     classes = 1 + max(int(batch["cls"].max()) for batch in DataLoader(labels, batch_size=None))
-    print(f"{ds.spec.count} samples under {args.prefix!r} at {ds.commit[:12]} of {source}, {len(ds)} batches of {BATCH}, "
-          f"{classes} classes")
+    print(f"{ds.spec.count} samples under {args.prefix!r} at {ds.commit[:12]} of {args.remote or args.repo}, "
+          f"{len(ds)} batches of {BATCH}, {classes} classes")
     net = model(classes).to(device)
 
     stop = len(ds) // 2
@@ -108,7 +107,7 @@ def run(args: argparse.Namespace, source: str, cache: str | None, device: str) -
 
     print("-- resumed from the checkpoint, in a fresh dataset, on 1 worker")
     checkpoint = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
-    resumed = dataset(source, args.rev, args.prefix, cache)
+    resumed = dataset(source, args.rev, args.prefix)
     resumed.load_state_dict(checkpoint["data"])
     net.load_state_dict(checkpoint["model"])
     rest = train(net, DeviceLoader(DataLoader(resumed, batch_size=None, num_workers=1), device), None)

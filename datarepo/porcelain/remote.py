@@ -24,12 +24,11 @@ from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit
 from datarepo.porcelain.maintenance import walk
 from datarepo.refs import BRANCHES, HEAD, REMOTES, RUNS, TAGS, Refs, is_ref_name
-from datarepo.remotes_config import RemoteError, RemoteFS, open_remote, speaking
+from datarepo.remotes_config import LOCAL, RemoteError, RemoteFS, open_remote, speaking
 from datarepo.repo import Repo
 from datarepo.store import Store
 
 FETCH_DIR = "fetch-"  # downloads in progress, in the repository's tmp/ (removed under the lock)
-_LOCAL = ("local", "file")
 
 
 class Transfer(NamedTuple):
@@ -81,7 +80,7 @@ class Remote:
 
     def __init__(self, rfs: RemoteFS) -> None:
         self.name, self.fs, self.root = rfs.name, rfs.fs, rfs.root
-        self.rename = rfs.protocol in _LOCAL
+        self.rename = rfs.protocol in LOCAL
         self.store = Store(self.root, fs=self.fs)
         self.refs = Refs(self.root, fs=self.fs)
         self.objects: set[str] = set()

@@ -67,9 +67,9 @@ class DatumDataset(IterableDataset):
         verify: check each datum's bytes against its id.
         block, window: the shuffle's block (rows) and window (blocks).
         unsafe: allow decoders that unpickle (``"pth"``, ``"pickle"``).
-        cache: with a remote's URL as ``repo``, a local folder that keeps the shards read
-            (each downloaded whole, once) and where each datum lies, for the next epoch
-            and the next run; without one, each run of nearby datums is a ranged read.
+        cache: with a remote's URL as ``repo``, a local folder that keeps where each datum
+            lies and the shards read (each downloaded whole, once), for the next run;
+            by default a temporary one, removed when this process ends.
 
     Raises:
         InvalidInputError: an argument of a wrong type or value, when the dataset is
@@ -340,7 +340,7 @@ class DatumDataset(IterableDataset):
 
     def _shard_files(self) -> ShardFiles:
         if self._files is None or self._files[0] != os.getpid():
-            repo = datarepo.open(self.path, self.cache)
+            repo = _reopened(self.path, self.cache)
             self._files = (os.getpid(), ShardFiles(repo.store.open_shard))
         return self._files[1]
 
@@ -509,6 +509,16 @@ def _place(rank: int | None, world: int | None) -> tuple[int, int]:
     if rank >= world:
         raise InvalidInputError(f"rank must be less than world_size: rank {rank} of {world}")
     return rank, world
+
+
+def _reopened(path: str, cache: str | None) -> Repo:
+    """The repository a dataset was made from, opened again in a worker: a remote's without
+    asking it whether it is one (the dataset's maker did; its shards may all be cached)."""
+    if cache is None:
+        return datarepo.open(path)
+    from datarepo.remote_repo import RemoteRepo
+
+    return RemoteRepo(path, cache, check=False)
 
 
 def _opened(repo: Any, cache: Any = None) -> Repo:
