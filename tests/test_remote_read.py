@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("dvc")
 
 from conftest import Cli, write_samples  # noqa: E402
-from test_remotes import _s3_remote, s3_endpoint  # noqa: E402,F401  (s3_endpoint: a fixture)
+from test_remotes import _s3_remote, origin, s3_endpoint  # noqa: E402,F401  (origin, s3_endpoint: fixtures)
 
 import datarepo  # noqa: E402
 from datarepo.errors import CorruptObjectError, InvalidInputError  # noqa: E402
@@ -25,16 +25,10 @@ from datarepo.torch import DatumDataset, SampleError  # noqa: E402
 
 
 @pytest.fixture
-def pushed(tmp_path: Path, worktree: Path, cli: Cli) -> Path:
-    """A repository of 60 samples in shards of 16 KiB, pushed to a local-path remote."""
-    write_samples(worktree, 60)
-    cli("init", "--shard-size", "16K")
-    cli("add", ".")
-    cli("commit", "-m", "first")
-    store = tmp_path / "store"
-    cli("remote", "add", "origin", str(store), "-d")
+def pushed(origin: Path, cli: Cli) -> Path:  # noqa: F811
+    """The repository of 20 samples in shards of 16 KiB, pushed to its local-path remote."""
     cli("push")
-    return store
+    return origin
 
 
 def epoch(ds: DatumDataset, workers: int) -> list[tuple[str, bytes, int]]:
@@ -60,7 +54,7 @@ def test_a_dataset_reads_a_remote_by_url_as_it_reads_the_repository(worktree: Pa
     remote = dataset(pushed.as_uri())
     assert remote.commit == local.commit
     read = epoch(remote, workers)
-    assert read == epoch(local, 0) and len(read) == 60
+    assert read == epoch(local, 0) and len(read) == 20
 
 
 def test_the_read_api_over_a_url(worktree: Path, pushed: Path, cli: Cli) -> None:
@@ -79,7 +73,7 @@ def test_a_kept_cache_learns_what_was_pushed_since(worktree: Path, pushed: Path,
     cli("commit", "-m", "more")
     cli("push")
     grown = dataset(pushed.as_uri(), cache=cache)  # (the kept location cache reads the new shards' .idx)
-    assert len(list(grown.keys_in_order())) == 70 and grown.commit == datarepo.open(worktree).head()
+    assert len(list(grown.keys_in_order())) == 30 and grown.commit == datarepo.open(worktree).head()
     assert epoch(dataset(pushed.as_uri(), rev="main~1", cache=cache), 2) == first
 
 
@@ -92,7 +86,7 @@ def test_a_shard_gone_from_the_remote_is_a_sample_error(pushed: Path) -> None:
         epoch(ds, 0)
     with pytest.warns(UserWarning):
         read = epoch(skipping, 0)
-    assert 0 < len(read) < 60 and len(skipping.skipped) == 60 - len(read)
+    assert 0 < len(read) < 20 and len(skipping.skipped) == 20 - len(read)
     with pytest.raises(datarepo.errors.ObjectNotFoundError):  # planned after: its datums are in no shard
         dataset(pushed.as_uri())
 
