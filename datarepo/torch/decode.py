@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from numbers import Integral
 from typing import Any
@@ -192,7 +193,9 @@ def decode_image(data: bytes, name: str, size: int | None = None) -> Any:
     from PIL import Image
 
     mode, scale = _IMAGE[name]
-    img = Image.open(io.BytesIO(data))
+    with warnings.catch_warnings():  # (Pillow's warning of a large image: refused below, at the scale it decodes at)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
     if size is not None:
         img.draft(mode, (size, size))
     _not_a_bomb(img.size, Image.MAX_IMAGE_PIXELS)
