@@ -230,8 +230,11 @@ class LocalFileSystem:
         self.durable = durable
 
     def open(self, path: str, mode: str = "rb") -> BinaryIO:
-        """A file to read, or to append to (``ab``: a symbolic link there is not followed,
-        but replaced by a file, as every other write replaces one)."""
+        """A file to read (a regular file: see :func:`open_regular`), or to append to
+        (``ab``: a symbolic link there is not followed, but replaced by a file, as every
+        other write replaces one)."""
+        if mode == "rb":
+            return os.fdopen(open_regular(path), "rb")
         if mode != "ab":
             return open(path, mode)  # type: ignore[return-value]
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
@@ -245,7 +248,7 @@ class LocalFileSystem:
         return os.fdopen(fd, "ab")
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
-        with open(path, "rb") as f:
+        with self.open(path) as f:
             if start is None and end is None:
                 return f.read()
             start = start or 0
@@ -298,6 +301,25 @@ class LocalFileSystem:
     def rmdir(self, path: str) -> None:
         """Removes an empty folder (OSError if it is not empty)."""
         os.rmdir(path)
+
+
+class NotAFileError(OSError):
+    """What the store reads is not a regular file (a FIFO, a device, a socket put there)."""
+
+
+def open_regular(path: str | Path) -> int:
+    """Opens a regular file to read (a file descriptor). Anything else in its place is a
+    NotAFileError, at once: opening a FIFO would wait for a writer forever (a folder is
+    IsADirectoryError, as ``open`` says it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        os.set_blocking(fd, True)
+        return fd
+    os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    raise NotAFileError(errno.EINVAL, "not a regular file", str(path))
 
 
 def same_device(a: Path, b: Path) -> bool:

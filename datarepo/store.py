@@ -4,8 +4,7 @@ default, or any fsspec filesystem holding the same layout (a DVC remote)."""
 
 from __future__ import annotations
 
-import os
-import stat
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -15,7 +14,7 @@ import xxhash
 
 from datarepo import objects
 from datarepo.errors import CorruptObjectError, ObjectNotFoundError
-from datarepo.fsutil import TMP_PREFIX, FileSystem, LocalFileSystem, remove
+from datarepo.fsutil import TMP_PREFIX, FileSystem, LocalFileSystem, NotAFileError, remove
 from datarepo.hashing import CHUNK, Oid, datum_id, hash_bytes, hash_stream, is_oid
 from datarepo.objects import RepoObject, TreePage
 from datarepo.shards import (
@@ -37,6 +36,16 @@ DECODED_PAGES = 64
 # Where replaced shards wait (``<unix time>-<oid>.tar`` / ``.idx``) until gc prunes them.
 RETIRED = "retired"
 _MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+@contextlib.contextmanager
+def _regular(name: str) -> Iterator[None]:
+    """A FIFO, device or socket where the store keeps a file: damage, named (never a wait:
+    see :func:`datarepo.fsutil.open_regular`)."""
+    try:
+        yield
+    except NotAFileError:
+        raise CorruptObjectError(name, "is not a regular file") from None
 
 
 class Retired(NamedTuple):
@@ -104,7 +113,8 @@ class Store:
     def stored_bytes(self, oid: str) -> bytes:
         """An object's bytes as stored (compressed or not), unchecked."""
         try:
-            return self.fs.cat_file(self._object(oid))
+            with _regular(oid):
+                return self.fs.cat_file(self._object(oid))
         except _MISSING:
             raise ObjectNotFoundError("object", oid) from None
 
@@ -206,13 +216,15 @@ class Store:
     def read_index(self, oid: str) -> ShardIndex:
         """A shard's index (of a shard in use, or else of a retired one)."""
         try:
-            raw = self.fs.cat_file(self._idx(oid))
+            with _regular(f"{oid}.idx"):
+                raw = self.fs.cat_file(self._idx(oid))
         except _MISSING:
             retired = self._find_retired(oid)
             if retired is None or retired.idx is None:
                 raise ObjectNotFoundError("shard index", oid) from None
             try:
-                raw = self.fs.cat_file(retired.idx)
+                with _regular(f"{oid}.idx"):
+                    raw = self.fs.cat_file(retired.idx)
             except _MISSING:
                 raise ObjectNotFoundError("shard index", oid) from None
         index = ShardIndex.from_bytes(raw, f"{oid}.idx")
@@ -247,14 +259,14 @@ class Store:
     def _open_file(self, path: str, oid: str) -> BinaryIO:
         """A shard's file, which must be a regular file: opening a FIFO (or a device) put
         in its place would wait forever (a reader, a DataLoader worker, would hang)."""
-        if isinstance(self.fs, LocalFileSystem) and not stat.S_ISREG(os.stat(path).st_mode):
-            raise CorruptObjectError(f"{oid}.tar", "is not a regular file")
-        return self.fs.open(path, "rb")
+        with _regular(f"{oid}.tar"):
+            return self.fs.open(path, "rb")
 
     def read_range(self, shard: str, offset: int, length: int) -> bytes:
         """``length`` bytes of a shard at ``offset`` (one datum's span, or one member)."""
         try:
-            data = self.fs.cat_file(self._tar(shard), offset, offset + length)
+            with _regular(f"{shard}.tar"):
+                data = self.fs.cat_file(self._tar(shard), offset, offset + length)
         except _MISSING:
             with self.open_shard(shard) as f:
                 f.seek(offset)

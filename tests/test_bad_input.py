@@ -630,3 +630,27 @@ def test_a_bad_ignore_file_is_one_line(repo_with_commit, worktree: Path, cli) ->
     _one_line_error(cli("status", ok=False), ".datarepoignore line 2: not a gitignore pattern")
     (worktree / ".datarepoignore").write_bytes(b"*.log\n\xff\xfe\n")  # not UTF-8: read as best it can be
     cli("status")
+
+
+@pytest.mark.parametrize("what", ["object", "shard", "index", "ref"])
+def test_a_fifo_in_the_store_is_named_as_damage_never_waited_on(repo_with_commit, worktree: Path, what: str) -> None:
+    """A FIFO put where the store keeps a file: every command that reads it says so in one
+    line (fsck always), and none waits forever for a writer to open it."""
+    repo, files = repo_with_commit
+    shard = next(iter(repo.store.iter_shards()))
+    victim = {
+        "object": worktree / ".datarepo" / "objects" / repo.head()[:2] / repo.head()[2:],
+        "shard": shard_file(repo, shard),
+        "index": shard_file(repo, shard, ".idx"),
+        "ref": worktree / ".datarepo" / "refs" / "heads" / "main",
+    }[what]
+    victim.chmod(0o644)
+    victim.unlink()
+    os.mkfifo(victim)
+    exe = str(Path(sys.executable).with_name("datarepo"))
+    key = sorted(files)[0]
+    for args in (["log"], ["ls"], ["cat", f"HEAD:{key}"], ["export", "HEAD", "out"], ["fsck"]):
+        done = subprocess.run([exe, *args], cwd=worktree, capture_output=True, text=True, timeout=60)
+        if done.returncode or args == ["fsck"]:
+            assert done.returncode == 1 and "not a regular file" in done.stderr + done.stdout, (args, done.stderr)
+            assert len(done.stderr.strip().splitlines()) == 1 or args == ["fsck"], done.stderr
