@@ -345,6 +345,8 @@ def test_a_forged_run_record_is_one_error_line_everywhere(worktree: Path, cli: C
     listed = cli("runs", ok=False)
     assert listed.exit_code == 1 and [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["good", "other-prefix"]
     assert sorted(line.split()[1] for line in listed.stderr.splitlines()) == sorted(f"refs/runs/{n}" for n in FORGED)
+    fsck = cli("fsck", ok=False)  # (fsck reads each record as runs does)
+    assert fsck.exit_code == 1 and sorted(n for n in FORGED if f"refs/runs/{n} " in fsck.output) == sorted(FORGED)
     for name in FORGED:
         for args in (("runs", "show", name), ("runs", "show", name, "--json"), ("runs", "show", name, "--keys")):
             shown = cli(*args, ok=False)
@@ -363,6 +365,7 @@ def test_a_forged_run_record_is_one_error_line_everywhere(worktree: Path, cli: C
     ]
     for name in [*FORGED, "other-prefix", "two-lines"]:
         cli("runs", "rm", name)
+    assert "0 problems" in cli("fsck").output
     cli("gc", "--prune", "now")
     assert len(cli("runs", "show", "good", "--keys").output.splitlines()) == 20  # gc kept the good run's data
 

@@ -207,6 +207,23 @@ def fsck(repo: Repo, rebuild_index: bool = False, progress: Progress = None) -> 
         return _fsck(repo, rebuild_index, progress)
 
 
+def _check_run_records(repo: Repo, result: FsckResult) -> None:
+    """Each run record's values, as ``runs``, ``runs show`` and ``from_run`` read them (a
+    record of another type is reported with the refs)."""
+    from datarepo.torch.runs import NotARunError, run_object
+
+    for name in repo.refs.names(RUNS):
+        try:
+            oid = repo.refs.read(name)
+            obj = repo.store.get_object(oid) if oid is not None else None
+            if isinstance(obj, Blob) and obj.data.get("type") == "run":
+                run_object(repo, oid, name)  # type: ignore[arg-type]
+        except NotARunError as e:
+            result.problems.append(str(e))
+        except DataRepoError:
+            pass  # (an object that cannot be read is reported with the objects)
+
+
 def _fsck(repo: Repo, rebuild_index: bool, progress: Progress) -> FsckResult:
     result = FsckResult()
     begin(progress, None)
@@ -224,6 +241,7 @@ def _fsck(repo: Repo, rebuild_index: bool, progress: Progress) -> FsckResult:
     result.problems.extend(seen.missing + seen.bad_keys)
     for oid in seen.lineage:
         _check(result, lambda o: lineage.check(repo.store, o), oid)
+    _check_run_records(repo, result)
     result.datums = len(seen.datums)
     lost = sorted((d, k) for d, k in seen.datums.items() if k and d not in shards.stored)
     only_in: dict[str, list[str]] = {}  # a shard (damaged, or without its .idx) → the keys only it holds
