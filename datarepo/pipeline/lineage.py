@@ -19,17 +19,18 @@ an interrupted run's work is found through it (see :mod:`datarepo.pipeline.cache
 from __future__ import annotations
 
 import bisect
-import re
-from collections.abc import Iterable, Iterator, Mapping
+import operator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import chain
 from typing import Any, NamedTuple
 
 from datarepo.errors import CorruptObjectError
-from datarepo.hashing import Oid, is_oid
+from datarepo.hashing import OID_LEN, Oid, is_hex, is_oid
 from datarepo.objects import Blob
 from datarepo.store import Store
-from datarepo.tree import is_boundary
+from datarepo.tree import boundaries
 
 ROOT, PAGE, JOURNAL = "lineage", "lineage-page", "lineage-journal"
 PAGE_MAX = 4096
@@ -71,37 +72,41 @@ def _oid(value: Any) -> bool:
     return type(value) is str and is_oid(value)
 
 
-_HEX = re.compile("[0-9a-f]*")
-
-
 def good_rows(rows: list[Any]) -> bool:
     """Whether each record's JSON form has every field as a run writes it (a lineage object
-    may be damaged, or made by hand, though its content hashes to its name). About 1.3 µs a
-    record, the ids checked with one regular expression for the lot."""
-    oids: list[str] = []
-    add = oids.append
-    for row in rows:
-        if type(row) is not list or len(row) != 6:
-            return False
-        base, cache, inputs, outputs, error, dropped = row
-        if type(base) is not str or type(cache) is not str or type(inputs) is not list or type(outputs) is not list:
-            return False
-        add(cache)
-        for i in inputs:
-            if type(i) is not list or len(i) != 2 or type(i[0]) is not str or type(i[1]) is not str:
-                return False
-            add(i[1])
-        for o in outputs:
-            if type(o) is not list or len(o) != 3 or type(o[0]) is not str or type(o[1]) is not str or type(o[2]) is not int:
-                return False
-            if o[2] < 0:
-                return False
-            add(o[1])
-        if error is not None and not (type(error) is list and len(error) == 2 and type(error[0]) is str and type(error[1]) is str):
-            return False
-        if dropped is not None and type(dropped) is not str:
-            return False
-    return all(len(o) == 32 for o in oids) and _HEX.fullmatch("".join(oids)) is not None
+    may be damaged, or made by hand, though its content hashes to its name). Checked column
+    by column, in C (as :func:`datarepo.objects.decode_page` checks a tree page): a re-run
+    reads every lineage page that holds a changed unit, each of about a thousand records."""
+    if not (set(map(type, rows)) <= {list} and set(map(len, rows)) <= {6}):
+        return False
+    if not rows:
+        return True
+    bases, caches, inputs, outputs, errors, dropped = zip(*rows)
+    ins, outs = _items(inputs, 2), _items(outputs, 3)
+    errors = [e for e in errors if e is not None] if not set(map(type, errors)) <= {_NONE} else []
+    if ins is None or outs is None or not (set(map(type, errors)) <= {list} and set(map(len, errors)) <= {2}):
+        return False
+    keys, in_datums = zip(*ins) if ins else ((), ())
+    suffixes, out_datums, sizes = zip(*outs) if outs else ((), (), ())
+    texts = (bases, caches, keys, in_datums, suffixes, out_datums, *(zip(*errors) if errors else ()))
+    if not all(set(map(type, column)) <= {str} for column in texts):
+        return False
+    if not (set(map(type, sizes)) <= {int} and min(sizes, default=0) >= 0 and set(map(type, dropped)) <= {_NONE, str}):
+        return False
+    oids = (caches, in_datums, out_datums)
+    return all(set(map(len, column)) <= {OID_LEN} for column in oids) and is_hex("".join(chain(*oids)))
+
+
+_NONE = type(None)
+
+
+def _items(lists: tuple[Any, ...], width: int) -> list[Any] | None:
+    """The items of a column of lists (a record's inputs, or its outputs), each a list of
+    ``width`` values; None if any is not."""
+    if not set(map(type, lists)) <= {list}:
+        return None
+    items = list(chain.from_iterable(lists))
+    return items if set(map(type, items)) <= {list} and set(map(len, items)) <= {width} else None
 
 
 def _rows(data: dict[str, Any], oid: str, kind: str) -> list[Any]:
@@ -263,7 +268,7 @@ class Reader:
         oid = self.root.pages[at][2]
         rows = self.rows(oid)
         if oid not in self._bases:
-            self._bases[oid] = [r[0] for r in rows]
+            self._bases[oid] = list(map(_BASE, rows))
         i = bisect.bisect_left(self._bases[oid], base)
         return record_of(rows[i], oid) if i < len(rows) and rows[i][0] == base else None
 
@@ -284,24 +289,36 @@ class Reader:
 
 # --- writing ----------------------------------------------------------------------------------
 class _Cutter:
-    def __init__(self, store: Store, placed: dict[str, str] | None, changed: Mapping[str, Record | None]) -> None:
+    """Accumulates rows sorted by base and stores a page after each base that is a boundary
+    (:func:`datarepo.tree.boundaries`), or after ``PAGE_MAX`` rows, as tree pages are cut."""
+
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.placed, self.changed = placed, changed
         self.pending: list[Row] = []
         self.pages: list[tuple[str, int, str]] = []
 
-    def extend(self, rows: Iterable[Row]) -> None:
-        for r in rows:
-            self.pending.append(r)
-            if is_boundary(r[0]) or len(self.pending) >= PAGE_MAX:
-                self.flush()
+    def extend(self, rows: list[Row]) -> None:
+        start = 0
+        for end in boundaries(rows):
+            self._add(rows[start : end + 1])
+            self.flush()
+            start = end + 1
+        self._add(rows[start:])
+
+    def _add(self, run: list[Row]) -> None:
+        """Adds rows none of which is a boundary but perhaps the last, cutting a page
+        wherever one reaches ``PAGE_MAX`` rows."""
+        while len(self.pending) + len(run) >= PAGE_MAX:
+            take = PAGE_MAX - len(self.pending)
+            self.pending.extend(run[:take])
+            self.flush()
+            run = run[take:]
+        self.pending.extend(run)
 
     def flush(self) -> None:
         if self.pending:
             oid = self.store.put_object(Blob({"format": 1, "type": PAGE, "records": self.pending}))
             self.pages.append((self.pending[0][0], len(self.pending), oid))
-            if self.placed is not None:
-                self.placed.update((r[0], oid) for r in self.pending if r[0] in self.changed)
             self.pending = []
 
 
@@ -311,7 +328,7 @@ def update_pages(reader: Reader | None, store: Store, changes: Mapping[str, Reco
     applied: pages none of whose bases changed are kept as they are, unread. Each changed
     base's new page is put in ``placed`` (base → page oid)."""
     keys = sorted(changes)
-    cutter = _Cutter(store, placed, changes)
+    cutter = _Cutter(store)
     pages = reader.root.pages if reader is not None else ()
     i = 0
     for n, (first, count, oid) in enumerate(pages):
@@ -323,21 +340,37 @@ def update_pages(reader: Reader | None, store: Store, changes: Mapping[str, Reco
         i = j
     cutter.extend(_merge([], keys[i:], changes))
     cutter.flush()
+    if placed is not None:
+        firsts = [p[0] for p in cutter.pages]
+        placed.update((k, cutter.pages[bisect.bisect_right(firsts, k) - 1][2]) for k in keys if changes[k] is not None)
     return tuple(cutter.pages)
 
 
 def _merge(rows: list[Row], keys: list[str], changes: Mapping[str, Record | None]) -> list[Row]:
+    """``rows`` with the changes of ``keys`` (sorted) applied. The rows between two changed
+    bases are taken a run at a time: a page of a thousand rows with a few changed costs
+    a step for each of those few."""
     if not keys:
         return rows
-    kept = {r[0]: r for r in rows}
-    for k in keys:
-        if (new := changes[k]) is None:
-            kept.pop(k, None)
-        else:
-            kept[k] = _row(new)
-    return [kept[k] for k in sorted(kept)]
+    bases = list(map(_BASE, rows))
+    if not all(map(operator.lt, bases, bases[1:])):  # (not as a run writes a page: merged by mapping, sorted)
+        kept: dict[str, Row | None] = dict(zip(bases, rows))
+        kept.update((k, changes[k]) for k in keys)
+        return [row for k in sorted(kept) if (row := kept[k]) is not None]
+    merged: list[Row] = []
+    at = 0
+    for key in keys:
+        i = bisect.bisect_left(bases, key, at)
+        merged += rows[at:i]
+        if (new := changes[key]) is not None:
+            merged.append(_row(new))
+        at = i + 1 if i < len(bases) and bases[i] == key else i
+    return merged + rows[at:]
 
 
 def _row(record: Record) -> Row:
     """A record as a page row: itself (JSON writes tuples as arrays)."""
-    return record  # type: ignore[return-value]
+    return record
+
+
+_BASE = operator.itemgetter(0)
