@@ -277,13 +277,12 @@ class Plain(NamedTuple):
         """The page whose canonical bytes are ``data``, if it is plain, checked as
         :func:`good_rows` checks rows (and sorted by base); None for any other page.
 
-        With no backslash, quote, newline or other control character in a string, the
-        text splits at its quotes into the strings and what lies between them, which must
-        be exactly what a plain row has there: so the text is what JSON reads as such rows,
-        and what :func:`canonical_json` writes for them (a property test holds it to both)."""
+        With no backslash (so no escape, and no quote in a string), the text splits at its
+        quotes into the strings and what lies between them, which must be exactly what a
+        plain row has there; with no control character in a string either, the text is
+        what JSON reads as such rows, and what :func:`canonical_json` writes for them (a
+        property test holds it to both)."""
         if not (data.startswith(_HEAD_BYTES) and data.endswith(_TAIL_BYTES)) or b"\\" in data:
-            return None
-        if len(data.translate(None, _CONTROL)) != len(data):
             return None
         try:
             body = data[len(_HEAD_BYTES) : len(data) - len(_TAIL_BYTES)].decode()
@@ -291,14 +290,16 @@ class Plain(NamedTuple):
             return None
         parts = body.split('"')
         n, extra = divmod(len(parts) - 1, 12)
-        if extra or not n or parts[0] != "[" or any(set(parts[at::12]) != {text} for at, text in _INSIDE):
+        if extra or not n or parts[0] != "[" or any(parts[at::12] != [text] * n for at, text in _INSIDE):
             return None
         # What follows each row's last datum is ",<size>]],null,null],[" (the last one without
-        # its ",["): joined by newlines (which no part holds), ",5<END>\n,7<END>\n,9<END>".
+        # its ",["): joined by newlines, ",5<END>\n,7<END>\n,9<END>", where every newline
+        # must be one that joins (what is left of them is not digits).
         tails = "\n".join(parts[12::12]) + ",["
         digits = tails[1 : -len(_END)].replace(_END + "\n,", "")
         caches, datums = parts[3::12], parts[7::12] + parts[11::12]
         bases = parts[1::12]
+        strings = "".join(bases + parts[5::12] + parts[9::12]).encode()  # (no other part can hold a control character)
         if (
             tails[:1] != ","
             or not tails.endswith(_END)
@@ -308,6 +309,7 @@ class Plain(NamedTuple):
             or tails.count(",0") != tails.count(",0]")  # (no leading zero)
             or not set(map(len, caches)) | set(map(len, datums)) <= {OID_LEN}
             or not is_hex("".join(caches) + "".join(datums))
+            or len(strings.translate(None, _CONTROL)) != len(strings)
             or not all(map(operator.lt, bases, bases[1:]))
         ):
             return None
@@ -324,23 +326,29 @@ class Plain(NamedTuple):
     def replaced(self, changes: Mapping[str, Record | None]) -> bytes | None:
         """The page's canonical bytes with new records for some of its bases, written
         into its text; None if a base of ``changes`` is not one of its own or is deleted
-        (the page is then cut again). Each row starts with ``["base","cache",[[``, which
-        only a row's start can be: a key of an input is followed by a datum and ``]]``, an
-        output's suffix by a datum and a size."""
+        (the page is then cut again)."""
         at = [bisect.bisect_left(self.bases, base) for base in changes]
         if any(i == len(self.bases) or self.bases[i] != base or changes[base] is None for i, base in zip(at, changes)):
             return None
-        out, done = [], 0
-        for i in sorted(at):
-            start = self._start(i, done)
-            end = self._start(i + 1, start) - 1 if i + 1 < len(self.bases) else len(self.body)
-            out += (self.body[done:start], _encode_row(changes[self.bases[i]]))
+        rows = sorted(at)
+        # Row i is '["' before its base (part 12i + 1) up to the comma before the next row's.
+        offsets = self._offsets([j for i in rows for j in (12 * i + 1, 12 * i + 13)])
+        out, done = [_HEAD], 0
+        for n, i in enumerate(rows):
+            end = offsets[2 * n + 1] - 3 if i + 1 < len(self.bases) else len(self.body)
+            out += (self.body[done : offsets[2 * n] - 2], _encode_row(changes[self.bases[i]]))
             done = end
-        out.append(self.body[done:])
-        return (_HEAD + "".join(out) + _TAIL).encode()
+        out += (self.body[done:], _TAIL)
+        return "".join(out).encode()
 
-    def _start(self, i: int, after: int) -> int:
-        return self.body.index(f'["{self.bases[i]}","{self.parts[12 * i + 3]}",[[', after)
+    def _offsets(self, indices: list[int]) -> list[int]:
+        """Where each part of ``indices`` (in order) starts in the body: in one pass."""
+        found, k, offset = [], 0, 0
+        for j in indices:
+            offset += len("".join(self.parts[k:j])) + j - k  # (and a quote after each part)
+            found.append(offset)
+            k = j
+        return found
 
 
 @dataclass
