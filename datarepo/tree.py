@@ -47,7 +47,7 @@ def is_boundary(key: str) -> bool:
     return xxhash.xxh3_64_intdigest(key.encode("utf-8")) % PAGE_MODULUS == 0
 
 
-def _boundaries(entries: list[Row]) -> list[int]:
+def boundaries(entries: Sequence[Row]) -> list[int]:
     """The positions of the entries that end a page (:func:`is_boundary`), in one pass in C."""
     hashes = map(xxhash.xxh3_64_intdigest, map(str.encode, map(_KEY, entries)))
     return [i for i, h in enumerate(hashes) if h % PAGE_MODULUS == 0]
@@ -63,7 +63,7 @@ class _PageCutter:
 
     def extend(self, entries: list[Row]) -> None:
         start = 0
-        for end in _boundaries(entries):
+        for end in boundaries(entries):
             self._add(entries[start : end + 1])
             self.flush()
             start = end + 1

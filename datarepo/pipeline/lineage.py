@@ -19,17 +19,19 @@ an interrupted run's work is found through it (see :mod:`datarepo.pipeline.cache
 from __future__ import annotations
 
 import bisect
-import re
-from collections.abc import Iterable, Iterator, Mapping
+import json
+import operator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import chain
 from typing import Any, NamedTuple
 
 from datarepo.errors import CorruptObjectError
-from datarepo.hashing import Oid, is_oid
-from datarepo.objects import Blob
+from datarepo.hashing import OID_LEN, Oid, is_hex, is_oid
+from datarepo.objects import Blob, RepoObject, decode
 from datarepo.store import Store
-from datarepo.tree import is_boundary
+from datarepo.tree import boundaries
 
 ROOT, PAGE, JOURNAL = "lineage", "lineage-page", "lineage-journal"
 PAGE_MAX = 4096
@@ -71,37 +73,41 @@ def _oid(value: Any) -> bool:
     return type(value) is str and is_oid(value)
 
 
-_HEX = re.compile("[0-9a-f]*")
-
-
 def good_rows(rows: list[Any]) -> bool:
     """Whether each record's JSON form has every field as a run writes it (a lineage object
-    may be damaged, or made by hand, though its content hashes to its name). About 1.3 µs a
-    record, the ids checked with one regular expression for the lot."""
-    oids: list[str] = []
-    add = oids.append
-    for row in rows:
-        if type(row) is not list or len(row) != 6:
-            return False
-        base, cache, inputs, outputs, error, dropped = row
-        if type(base) is not str or type(cache) is not str or type(inputs) is not list or type(outputs) is not list:
-            return False
-        add(cache)
-        for i in inputs:
-            if type(i) is not list or len(i) != 2 or type(i[0]) is not str or type(i[1]) is not str:
-                return False
-            add(i[1])
-        for o in outputs:
-            if type(o) is not list or len(o) != 3 or type(o[0]) is not str or type(o[1]) is not str or type(o[2]) is not int:
-                return False
-            if o[2] < 0:
-                return False
-            add(o[1])
-        if error is not None and not (type(error) is list and len(error) == 2 and type(error[0]) is str and type(error[1]) is str):
-            return False
-        if dropped is not None and type(dropped) is not str:
-            return False
-    return all(len(o) == 32 for o in oids) and _HEX.fullmatch("".join(oids)) is not None
+    may be damaged, or made by hand, though its content hashes to its name). Checked column
+    by column, in C (as :func:`datarepo.objects.decode_page` checks a tree page): a re-run
+    reads every lineage page that holds a changed unit, each of about a thousand records."""
+    if not (set(map(type, rows)) <= {list} and set(map(len, rows)) <= {6}):
+        return False
+    if not rows:
+        return True
+    bases, caches, inputs, outputs, errors, dropped = zip(*rows)
+    ins, outs = _items(inputs, 2), _items(outputs, 3)
+    errors = [e for e in errors if e is not None] if not set(map(type, errors)) <= {_NONE} else []
+    if ins is None or outs is None or not (set(map(type, errors)) <= {list} and set(map(len, errors)) <= {2}):
+        return False
+    keys, in_datums = zip(*ins) if ins else ((), ())
+    suffixes, out_datums, sizes = zip(*outs) if outs else ((), (), ())
+    texts = (bases, caches, keys, in_datums, suffixes, out_datums, *(zip(*errors) if errors else ()))
+    if not all(set(map(type, column)) <= {str} for column in texts):
+        return False
+    if not (set(map(type, sizes)) <= {int} and min(sizes, default=0) >= 0 and set(map(type, dropped)) <= {_NONE, str}):
+        return False
+    oids = (caches, in_datums, out_datums)
+    return all(set(map(len, column)) <= {OID_LEN} for column in oids) and is_hex("".join(chain(*oids)))
+
+
+_NONE = type(None)
+
+
+def _items(lists: tuple[Any, ...], width: int) -> list[Any] | None:
+    """The items of a column of lists (a record's inputs, or its outputs), each a list of
+    ``width`` values; None if any is not."""
+    if not set(map(type, lists)) <= {list}:
+        return None
+    items = list(chain.from_iterable(lists))
+    return items if set(map(type, items)) <= {list} and set(map(len, items)) <= {width} else None
 
 
 def _rows(data: dict[str, Any], oid: str, kind: str) -> list[Any]:
@@ -186,7 +192,10 @@ def write_journal(store: Store, pipeline: str, fingerprint: str, records: list[R
 
 
 def _blob(store: Store, oid: str, kind: str) -> dict[str, Any]:
-    obj = store.get_object(oid)
+    return _of_kind(store.get_object(oid), oid, kind)
+
+
+def _of_kind(obj: RepoObject, oid: str, kind: str) -> dict[str, Any]:
     if not isinstance(obj, Blob) or obj.data.get("type") != kind:
         raise CorruptObjectError(oid, f"not a {kind} object")
     return obj.data
@@ -223,15 +232,123 @@ def check(store: Store, oid: str) -> None:
 
 # --- reading ----------------------------------------------------------------------------------
 # A page is held as its decoded rows (lists, as JSON gives them, or records a run made: JSON
-# writes both alike); a row becomes a Record only when it is asked for: a run that rewrites
-# a page after changing a few of its units reads its thousand rows, and turns into records
-# only those few.
+# writes both alike), or as its text (:class:`Plain`); a row becomes a Record only when it is
+# asked for: a run that rewrites a page after changing a few of its units reads its thousand
+# rows, and turns into records only those few.
 Row = list[Any] | Record
 
 
 def page_rows(store: Store, oid: str) -> list[Row]:
-    """A page's rows, each checked (:func:`good_row`)."""
-    return _rows(_blob(store, oid, PAGE), oid, "lineage page")
+    """A page's rows, each checked (:func:`good_rows`)."""
+    page = _read_page(store, oid)
+    return page.rows() if isinstance(page, Plain) else page
+
+
+def _read_page(store: Store, oid: str) -> list[Row] | Plain:
+    data = store.canonical_bytes(oid)
+    if (plain := Plain.parse(data)) is not None:
+        return plain
+    return _rows(_of_kind(decode(data, oid), oid, PAGE), oid, "lineage page")
+
+
+# A page whose every record is *plain* (one input, one output, no error, not dropped: what
+# nearly every run writes) and whose text has no escape is read as its text, in a third of
+# the time JSON and :func:`good_rows` take, and a run that gives a few of its units new
+# records rewrites it as text too: ``{"format":1,"records":[`` + rows + ``],"type":...}``,
+# each row ``["base","cache",[["key","datum"]],[["suffix","datum",size]],null,null]``.
+_HEAD, _TAIL = '{"format":1,"records":[', f'],"type":"{PAGE}"}}'
+_HEAD_BYTES, _TAIL_BYTES = _HEAD.encode(), _TAIL.encode()
+_INSIDE = ((2, ","), (4, ",[["), (6, ","), (8, "]],[["), (10, ","))  # a row's text between its strings
+_END = "]],null,null],["  # after a row's size, and the next row's "["
+_CONTROL = bytes(range(0x20))
+_encode_row = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
+
+
+class Plain(NamedTuple):
+    """A page of plain records, as its text: the rows joined by commas (``body``), split
+    at its quotes (``parts``: twelve a row, and one more), and the rows' ``bases``."""
+
+    body: str
+    parts: list[str]
+    bases: list[str]
+
+    @classmethod
+    def parse(cls, data: bytes) -> Plain | None:
+        """The page whose canonical bytes are ``data``, if it is plain, checked as
+        :func:`good_rows` checks rows (and sorted by base); None for any other page.
+
+        With no backslash (so no escape, and no quote in a string), the text splits at its
+        quotes into the strings and what lies between them, which must be exactly what a
+        plain row has there; with no control character in a string either, the text is
+        what JSON reads as such rows, and what :func:`canonical_json` writes for them (a
+        property test holds it to both)."""
+        if not (data.startswith(_HEAD_BYTES) and data.endswith(_TAIL_BYTES)) or b"\\" in data:
+            return None
+        try:
+            body = data[len(_HEAD_BYTES) : len(data) - len(_TAIL_BYTES)].decode()
+        except UnicodeDecodeError:
+            return None
+        parts = body.split('"')
+        n, extra = divmod(len(parts) - 1, 12)
+        if extra or not n or parts[0] != "[" or any(parts[at::12] != [text] * n for at, text in _INSIDE):
+            return None
+        # What follows each row's last datum is ",<size>]],null,null],[" (the last one without
+        # its ",["): joined by newlines, ",5<END>\n,7<END>\n,9<END>", where every newline
+        # must be one that joins (what is left of them is not digits).
+        tails = "\n".join(parts[12::12]) + ",["
+        digits = tails[1 : -len(_END)].replace(_END + "\n,", "")
+        caches, datums = parts[3::12], parts[7::12] + parts[11::12]
+        bases = parts[1::12]
+        strings = "".join(bases + parts[5::12] + parts[9::12]).encode()  # (no other part can hold a control character)
+        if (
+            tails[:1] != ","
+            or not tails.endswith(_END)
+            or tails.count(_END + "\n,") != n - 1
+            or ",]" in tails
+            or not (digits.isascii() and digits.isdigit())
+            or tails.count(",0") != tails.count(",0]")  # (no leading zero)
+            or not set(map(len, caches)) | set(map(len, datums)) <= {OID_LEN}
+            or not is_hex("".join(caches) + "".join(datums))
+            or len(strings.translate(None, _CONTROL)) != len(strings)
+            or not all(map(operator.lt, bases, bases[1:]))
+        ):
+            return None
+        return cls(body, parts, bases)
+
+    def row(self, i: int) -> list[Any]:
+        """Row ``i`` as JSON reads it."""
+        p = self.parts[12 * i : 12 * i + 13]
+        return [p[1], p[3], [[p[5], p[7]]], [[p[9], p[11], int(p[12][1 : p[12].index("]")])]], None, None]
+
+    def rows(self) -> list[Row]:
+        return json.loads("[" + self.body + "]")  # type: ignore[no-any-return]
+
+    def replaced(self, changes: Mapping[str, Record | None]) -> bytes | None:
+        """The page's canonical bytes with new records for some of its bases, written
+        into its text; None if a base of ``changes`` is not one of its own or is deleted
+        (the page is then cut again)."""
+        at = [bisect.bisect_left(self.bases, base) for base in changes]
+        if any(i == len(self.bases) or self.bases[i] != base or changes[base] is None for i, base in zip(at, changes)):
+            return None
+        rows = sorted(at)
+        # Row i is '["' before its base (part 12i + 1) up to the comma before the next row's.
+        offsets = self._offsets([j for i in rows for j in (12 * i + 1, 12 * i + 13)])
+        out, done = [_HEAD], 0
+        for n, i in enumerate(rows):
+            end = offsets[2 * n + 1] - 3 if i + 1 < len(self.bases) else len(self.body)
+            out += (self.body[done : offsets[2 * n] - 2], _encode_row(changes[self.bases[i]]))
+            done = end
+        out += (self.body[done:], _TAIL)
+        return "".join(out).encode()
+
+    def _offsets(self, indices: list[int]) -> list[int]:
+        """Where each part of ``indices`` (in order) starts in the body: in one pass."""
+        found, k, offset = [], 0, 0
+        for j in indices:
+            offset += len("".join(self.parts[k:j])) + j - k  # (and a quote after each part)
+            found.append(offset)
+            k = j
+        return found
 
 
 @dataclass
@@ -240,13 +357,21 @@ class Reader:
 
     store: Store
     root: Root
-    _pages: dict[str, list[Row]] = field(default_factory=dict)
+    _pages: dict[str, list[Row] | Plain] = field(default_factory=dict)
+    _rows: dict[str, list[Row]] = field(default_factory=dict)
     _bases: dict[str, list[str]] = field(default_factory=dict)
 
-    def rows(self, oid: str) -> list[Row]:
+    def read(self, oid: str) -> list[Row] | Plain:
+        """A page of the root, as rows or as text."""
         if oid not in self._pages:
-            self._pages[oid] = page_rows(self.store, oid)
+            self._pages[oid] = _read_page(self.store, oid)
         return self._pages[oid]
+
+    def rows(self, oid: str) -> list[Row]:
+        if oid not in self._rows:
+            page = self.read(oid)
+            self._rows[oid] = page.rows() if isinstance(page, Plain) else page
+        return self._rows[oid]
 
     def page(self, oid: str) -> list[Record]:
         return [record_of(r, oid) for r in self.rows(oid)]
@@ -261,11 +386,14 @@ class Reader:
         if at < 0:
             return None
         oid = self.root.pages[at][2]
-        rows = self.rows(oid)
+        page = self.read(oid)
         if oid not in self._bases:
-            self._bases[oid] = [r[0] for r in rows]
-        i = bisect.bisect_left(self._bases[oid], base)
-        return record_of(rows[i], oid) if i < len(rows) and rows[i][0] == base else None
+            self._bases[oid] = page.bases if isinstance(page, Plain) else list(map(_BASE, page))
+        bases = self._bases[oid]
+        i = bisect.bisect_left(bases, base)
+        if i == len(bases) or bases[i] != base:
+            return None
+        return record_of(page.row(i) if isinstance(page, Plain) else page[i], oid)
 
     @cached_property
     def _firsts(self) -> list[str]:
@@ -284,24 +412,36 @@ class Reader:
 
 # --- writing ----------------------------------------------------------------------------------
 class _Cutter:
-    def __init__(self, store: Store, placed: dict[str, str] | None, changed: Mapping[str, Record | None]) -> None:
+    """Accumulates rows sorted by base and stores a page after each base that is a boundary
+    (:func:`datarepo.tree.boundaries`), or after ``PAGE_MAX`` rows, as tree pages are cut."""
+
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.placed, self.changed = placed, changed
         self.pending: list[Row] = []
         self.pages: list[tuple[str, int, str]] = []
 
-    def extend(self, rows: Iterable[Row]) -> None:
-        for r in rows:
-            self.pending.append(r)
-            if is_boundary(r[0]) or len(self.pending) >= PAGE_MAX:
-                self.flush()
+    def extend(self, rows: list[Row]) -> None:
+        start = 0
+        for end in boundaries(rows):
+            self._add(rows[start : end + 1])
+            self.flush()
+            start = end + 1
+        self._add(rows[start:])
+
+    def _add(self, run: list[Row]) -> None:
+        """Adds rows none of which is a boundary but perhaps the last, cutting a page
+        wherever one reaches ``PAGE_MAX`` rows."""
+        while len(self.pending) + len(run) >= PAGE_MAX:
+            take = PAGE_MAX - len(self.pending)
+            self.pending.extend(run[:take])
+            self.flush()
+            run = run[take:]
+        self.pending.extend(run)
 
     def flush(self) -> None:
         if self.pending:
             oid = self.store.put_object(Blob({"format": 1, "type": PAGE, "records": self.pending}))
             self.pages.append((self.pending[0][0], len(self.pending), oid))
-            if self.placed is not None:
-                self.placed.update((r[0], oid) for r in self.pending if r[0] in self.changed)
             self.pending = []
 
 
@@ -311,7 +451,7 @@ def update_pages(reader: Reader | None, store: Store, changes: Mapping[str, Reco
     applied: pages none of whose bases changed are kept as they are, unread. Each changed
     base's new page is put in ``placed`` (base → page oid)."""
     keys = sorted(changes)
-    cutter = _Cutter(store, placed, changes)
+    cutter = _Cutter(store)
     pages = reader.root.pages if reader is not None else ()
     i = 0
     for n, (first, count, oid) in enumerate(pages):
@@ -319,25 +459,45 @@ def update_pages(reader: Reader | None, store: Store, changes: Mapping[str, Reco
         if i == j and not cutter.pending:
             cutter.pages.append((first, count, oid))
             continue
-        cutter.extend(_merge(reader.rows(oid), keys[i:j], changes))  # type: ignore[union-attr]
+        page = reader.read(oid)  # type: ignore[union-attr]
+        if not cutter.pending and isinstance(page, Plain) and (data := page.replaced({k: changes[k] for k in keys[i:j]})):
+            cutter.pages.append((first, count, store.put_object_bytes(data)))  # (the same bases: the same cut)
+        else:
+            cutter.extend(_merge(reader.rows(oid), keys[i:j], changes))  # type: ignore[union-attr]
         i = j
     cutter.extend(_merge([], keys[i:], changes))
     cutter.flush()
+    if placed is not None:
+        firsts = [p[0] for p in cutter.pages]
+        placed.update((k, cutter.pages[bisect.bisect_right(firsts, k) - 1][2]) for k in keys if changes[k] is not None)
     return tuple(cutter.pages)
 
 
 def _merge(rows: list[Row], keys: list[str], changes: Mapping[str, Record | None]) -> list[Row]:
+    """``rows`` with the changes of ``keys`` (sorted) applied. The rows between two changed
+    bases are taken a run at a time: a page of a thousand rows with a few changed costs
+    a step for each of those few."""
     if not keys:
         return rows
-    kept = {r[0]: r for r in rows}
-    for k in keys:
-        if (new := changes[k]) is None:
-            kept.pop(k, None)
-        else:
-            kept[k] = _row(new)
-    return [kept[k] for k in sorted(kept)]
+    bases = list(map(_BASE, rows))
+    if not all(map(operator.lt, bases, bases[1:])):  # (not as a run writes a page: merged by mapping, sorted)
+        kept: dict[str, Row | None] = dict(zip(bases, rows))
+        kept.update((k, changes[k]) for k in keys)
+        return [row for k in sorted(kept) if (row := kept[k]) is not None]
+    merged: list[Row] = []
+    at = 0
+    for key in keys:
+        i = bisect.bisect_left(bases, key, at)
+        merged += rows[at:i]
+        if (new := changes[key]) is not None:
+            merged.append(_row(new))
+        at = i + 1 if i < len(bases) and bases[i] == key else i
+    return merged + rows[at:]
 
 
 def _row(record: Record) -> Row:
     """A record as a page row: itself (JSON writes tuples as arrays)."""
-    return record  # type: ignore[return-value]
+    return record
+
+
+_BASE = operator.itemgetter(0)

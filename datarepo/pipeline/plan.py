@@ -23,20 +23,22 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import operator
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from datarepo import tree as trees
 from datarepo.errors import DataRepoError, PipelineError
 from datarepo.hashing import Oid, hash_bytes
-from datarepo.objects import TreeEntry
+from datarepo.objects import PageRef, TreeEntry
 from datarepo.pipeline.cache import LineageCache, read_records
 from datarepo.pipeline.lineage import Reader, Record, Root
 from datarepo.pipeline.spec import Combine, Source, Spec
 from datarepo.pipeline.worker import Unit
 from datarepo.repo import Repo
+from datarepo.store import Store
 
 NEW, CHANGED, FAILED, CODE = "new", "changed", "failed", "code"
 
@@ -108,20 +110,50 @@ def tree_at(repo: Repo, commit: str | None) -> trees.Tree:
 # --- differences of selections ----------------------------------------------------------------
 def selection_diff(old: trees.Tree, new: trees.Tree, glob: str) -> Iterator[trees.Change]:
     """The keys ``glob`` selects that differ from ``old`` to ``new``, in key order. Of the
-    pages that can hold such keys, those both trees share are not opened."""
+    pages that can hold such keys, those both trees share are not opened.
+
+    Pages are cut where keys hash to a boundary, so where only values changed, each page
+    of one tree has a twin in the other, of the same keys: such twins are compared column
+    by column (in C), and only their changed keys cost a step each. The other pages (keys
+    added or deleted) are read into mappings and compared key by key."""
     if old.oid == new.oid:
         return
     prefix = trees.glob_literal_prefix(glob)
     match = None if glob == prefix + "**" and prefix.endswith("/") else re.compile(trees.glob_regex(glob), re.DOTALL).fullmatch
     a, b = _pages(old, prefix), _pages(new, prefix)
     shared = {p.page for p in a} & {p.page for p in b}
-    before, after = _selected(old, a, shared, prefix, match), _selected(new, b, shared, prefix, match)
-    for key in sorted(before.keys() ^ after.keys() | {k for k, v in before.items() if k in after and after[k][0] != v[0]}):
+    a, b = [p for p in a if p.page not in shared], [q for q in b if q.page not in shared]
+    changes, twinned = [], set()
+    twins = {(p.first_key, p.count): p for p in a}
+    for q in b:
+        p = twins.get((q.first_key, q.count))
+        if p is not None and (found := _twin_diff(old.store, p.page, q.page)) is not None:
+            changes += [c for c in found if c.key.startswith(prefix) and (match is None or match(c.key))]
+            twinned |= {p.page, q.page}
+    before = _selected(old, [p for p in a if p.page not in twinned], prefix, match)
+    after = _selected(new, [q for q in b if q.page not in twinned], prefix, match)
+    for key in before.keys() ^ after.keys() | {k for k, v in before.items() if k in after and after[k][0] != v[0]}:
         x, y = before.get(key), after.get(key)
-        yield trees.Change(key, TreeEntry(key, *x) if x else None, TreeEntry(key, *y) if y else None)
+        changes.append(trees.Change(key, TreeEntry(key, *x) if x else None, TreeEntry(key, *y) if y else None))
+    yield from sorted(changes, key=operator.itemgetter(0))
 
 
-def _pages(tree: trees.Tree, prefix: str) -> list:  # type: ignore[type-arg]
+def _twin_diff(store: Store, old: str, new: str) -> list[trees.Change] | None:
+    """The keys whose datum differs between two pages of the same keys (None if their keys
+    differ)."""
+    a, b = trees.read_page(store, old), trees.read_page(store, new)
+    (keys, before), (others, after) = a.keys_and_datums, b.keys_and_datums
+    if len(keys) != len(others) or not all(map(operator.eq, keys, others)):
+        return None
+    changed = list(itertools.compress(range(len(keys)), map(operator.ne, before, after)))
+    if not changed:
+        return []
+    old_sizes, new_sizes = a.columns[2], b.columns[2]
+    return [trees.Change(keys[i], TreeEntry(keys[i], before[i], old_sizes[i]), TreeEntry(keys[i], after[i], new_sizes[i]))
+            for i in changed]
+
+
+def _pages(tree: trees.Tree, prefix: str) -> list[PageRef]:
     pages = tree.pages
     at = max(bisect.bisect_right([p.first_key for p in pages], prefix) - 1, 0)
     out = []
@@ -133,19 +165,18 @@ def _pages(tree: trees.Tree, prefix: str) -> list:  # type: ignore[type-arg]
 
 
 def _selected(
-    tree: trees.Tree, pages: list, shared: set[str], prefix: str, match  # type: ignore[no-untyped-def,type-arg]
+    tree: trees.Tree, pages: list[PageRef], prefix: str, match: Callable[[str], object] | None
 ) -> dict[str, tuple[str, int]]:
     """Key → (datum, size), of the keys under ``prefix`` that ``match`` takes (all, if it
-    is None: a glob ``prefix/**``), in the pages not ``shared``."""
+    is None: a glob ``prefix/**``), in ``pages``."""
     found: dict[str, tuple[str, int]] = {}
     for ref in pages:
-        if ref.page not in shared:
-            keys, datums, sizes = trees.read_page(tree.store, ref.page).columns
-            rows = zip(keys, zip(datums, sizes))
-            if match is None and keys and keys[0].startswith(prefix) and keys[-1].startswith(prefix):
-                found.update(rows)  # (keys are sorted: the page lies wholly under the prefix)
-            else:
-                found.update((k, v) for k, v in rows if k.startswith(prefix) and (match is None or match(k)))
+        keys, datums, sizes = trees.read_page(tree.store, ref.page).columns
+        rows = zip(keys, zip(datums, sizes))
+        if match is None and keys and keys[0].startswith(prefix) and keys[-1].startswith(prefix):
+            found.update(rows)  # (keys are sorted: the page lies wholly under the prefix)
+        else:
+            found.update((k, v) for k, v in rows if k.startswith(prefix) and (match is None or match(k)))
     return found
 
 
