@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from itertools import compress
 from operator import itemgetter
@@ -20,7 +20,7 @@ import xxhash
 
 from datarepo.errors import CorruptObjectError, InvalidInputError, ObjectNotFoundError
 from datarepo.hashing import OID_LEN, Oid, is_hex
-from datarepo.objects import PAGE_HEAD, PAGE_TAIL, PageRef, TreeEntry, TreePage, json_string
+from datarepo.objects import PAGE_HEAD, PAGE_TAIL, PageRef, RepoObject, TreeEntry, TreePage, json_string
 from datarepo.objects import Tree as Root
 from datarepo.store import Store
 
@@ -53,11 +53,15 @@ def boundaries(entries: Sequence[Row]) -> list[int]:
     return [i for i, h in enumerate(hashes) if h % PAGE_MODULUS == 0]
 
 
-class _PageCutter:
-    """Accumulates sorted entries and stores a page at every boundary."""
+class PageCutter:
+    """Accumulates rows sorted by key and stores a page (``make_page`` of its rows) after
+    every row whose key is a boundary (:func:`is_boundary`), or after ``most`` rows (by
+    default ``PAGE_MAX``): tree pages, and the lineage pages of pipelines, are cut alike."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, store: Store, make_page: Callable[[tuple[Row, ...]], RepoObject] = TreePage,
+                 most: int | None = None) -> None:
+        self.store, self.make_page = store, make_page
+        self.most = PAGE_MAX if most is None else most
         self.pending: list[Row] = []
         self.pages: list[PageRef] = []
 
@@ -71,9 +75,9 @@ class _PageCutter:
 
     def _add(self, run: list[Row]) -> None:
         """Adds entries none of which is a boundary but perhaps the last, cutting a page
-        wherever one reaches ``PAGE_MAX`` entries."""
-        while len(self.pending) + len(run) >= PAGE_MAX:
-            take = PAGE_MAX - len(self.pending)
+        wherever one reaches ``most`` entries."""
+        while len(self.pending) + len(run) >= self.most:
+            take = self.most - len(self.pending)
             self.pending.extend(run[:take])
             self.flush()
             run = run[take:]
@@ -85,7 +89,7 @@ class _PageCutter:
 
     def flush(self) -> None:
         if self.pending:
-            oid = self.store.put_object(TreePage(tuple(self.pending)))
+            oid = self.store.put_object(self.make_page(tuple(self.pending)))
             self.pages.append(PageRef(self.pending[0][0], len(self.pending), oid))
             self.pending = []
 
@@ -96,7 +100,7 @@ class _PageCutter:
 
 def write_tree(store: Store, entries: Iterable[Row]) -> Oid:
     """Stores a tree from entries sorted by key; returns the root oid."""
-    cutter = _PageCutter(store)
+    cutter = PageCutter(store)
     cutter.extend(list(entries))
     return cutter.finish()
 
@@ -215,7 +219,7 @@ def update_tree(store: Store, oid: str, changes: dict[str, Row | None]) -> Oid:
     by_page: dict[int, dict[str, Row | None]] = {}
     for key, entry in changes.items():
         by_page.setdefault(max(bisect.bisect_right(firsts, key) - 1, 0), {})[key] = entry
-    cutter = _PageCutter(store)
+    cutter = PageCutter(store)
     for i, ref in enumerate(pages):
         if i not in by_page and not cutter.pending:
             cutter.keep(ref)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from damage import damaged_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -436,17 +437,7 @@ def test_a_page_read_from_its_text_is_the_page_json_reads(keys, data) -> None:  
     """Damaged bytes (a byte changed, some cut out or put in) are either refused by the
     text reader, or read as JSON reads them: never as another page, never with an error
     that JSON would not raise."""
-    raw = bytearray(encode_page(page_rows(keys, data)))
-    for _ in range(data.draw(st.integers(1, 3))):
-        at = data.draw(st.integers(0, len(raw)))
-        edit = data.draw(st.sampled_from(["set", "cut", "put"]))
-        byte = data.draw(st.sampled_from(b'0123456789abcdefg[],"\\\n :x\xc3\xa9'))
-        if edit == "set" and at < len(raw):
-            raw[at] = byte
-        elif edit == "cut":
-            del raw[at : at + data.draw(st.integers(1, 40))]
-        else:
-            raw[at:at] = bytes([byte])
+    raw = damaged_bytes(encode_page(page_rows(keys, data)), data, b'0123456789abcdefg[],"\\\n :x\xc3\xa9')
     page = decode_page_text(bytes(raw))
     if page is None:
         return

@@ -29,9 +29,9 @@ from typing import Any, NamedTuple
 
 from datarepo.errors import CorruptObjectError
 from datarepo.hashing import OID_LEN, Oid, is_hex, is_oid
-from datarepo.objects import Blob, RepoObject, decode
+from datarepo.objects import Blob, PageRef, RepoObject, decode
 from datarepo.store import Store
-from datarepo.tree import boundaries
+from datarepo.tree import PageCutter
 
 ROOT, PAGE, JOURNAL = "lineage", "lineage-page", "lineage-journal"
 PAGE_MAX = 4096
@@ -411,38 +411,8 @@ class Reader:
 
 
 # --- writing ----------------------------------------------------------------------------------
-class _Cutter:
-    """Accumulates rows sorted by base and stores a page after each base that is a boundary
-    (:func:`datarepo.tree.boundaries`), or after ``PAGE_MAX`` rows, as tree pages are cut."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.pending: list[Row] = []
-        self.pages: list[tuple[str, int, str]] = []
-
-    def extend(self, rows: list[Row]) -> None:
-        start = 0
-        for end in boundaries(rows):
-            self._add(rows[start : end + 1])
-            self.flush()
-            start = end + 1
-        self._add(rows[start:])
-
-    def _add(self, run: list[Row]) -> None:
-        """Adds rows none of which is a boundary but perhaps the last, cutting a page
-        wherever one reaches ``PAGE_MAX`` rows."""
-        while len(self.pending) + len(run) >= PAGE_MAX:
-            take = PAGE_MAX - len(self.pending)
-            self.pending.extend(run[:take])
-            self.flush()
-            run = run[take:]
-        self.pending.extend(run)
-
-    def flush(self) -> None:
-        if self.pending:
-            oid = self.store.put_object(Blob({"format": 1, "type": PAGE, "records": self.pending}))
-            self.pages.append((self.pending[0][0], len(self.pending), oid))
-            self.pending = []
+def _page(rows: tuple[Row, ...]) -> Blob:
+    return Blob({"format": 1, "type": PAGE, "records": list(rows)})
 
 
 def update_pages(reader: Reader | None, store: Store, changes: Mapping[str, Record | None],
@@ -451,17 +421,17 @@ def update_pages(reader: Reader | None, store: Store, changes: Mapping[str, Reco
     applied: pages none of whose bases changed are kept as they are, unread. Each changed
     base's new page is put in ``placed`` (base → page oid)."""
     keys = sorted(changes)
-    cutter = _Cutter(store)
+    cutter = PageCutter(store, _page, PAGE_MAX)
     pages = reader.root.pages if reader is not None else ()
     i = 0
     for n, (first, count, oid) in enumerate(pages):
         j = bisect.bisect_left(keys, pages[n + 1][0]) if n + 1 < len(pages) else len(keys)
         if i == j and not cutter.pending:
-            cutter.pages.append((first, count, oid))
+            cutter.keep(PageRef(first, count, oid))
             continue
         page = reader.read(oid)  # type: ignore[union-attr]
         if not cutter.pending and isinstance(page, Plain) and (data := page.replaced({k: changes[k] for k in keys[i:j]})):
-            cutter.pages.append((first, count, store.put_object_bytes(data)))  # (the same bases: the same cut)
+            cutter.keep(PageRef(first, count, store.put_object_bytes(data)))  # (the same bases: the same cut)
         else:
             cutter.extend(_merge(reader.rows(oid), keys[i:j], changes))  # type: ignore[union-attr]
         i = j
