@@ -54,7 +54,7 @@ class Repo:
         self.config = Config.load(dotdir / "config.toml")
         self.store = Store(dotdir)
         self.lock = WriterLock(dotdir / "lock", timeout=env_seconds("DATAREPO_LOCK_TIMEOUT", 60))
-        self.refs = Refs(dotdir, self.lock)
+        self.refs = Refs(dotdir, self.lock, head_required=True)
         self._index: Index | None = None
         self._index_pid = 0
 
@@ -71,8 +71,8 @@ class Repo:
         cfg = Config(bare=bare, grouping=grouping, shard_size=DEFAULT_SHARD_SIZE if shard_size is None else shard_size).validated()
         for sub in ("objects", "shards", "refs/heads", "refs/tags", "refs/runs"):
             (dotdir / sub).mkdir(parents=True, exist_ok=True)
+        atomic_write(dotdir / "HEAD", b"ref: refs/heads/main\n", mode=0o644)  # before the config that makes it a repository
         cfg.save(dotdir / "config.toml")
-        atomic_write(dotdir / "HEAD", b"ref: refs/heads/main\n", mode=0o644)
         return cls(dotdir, None if bare else path)
 
     @classmethod

@@ -45,9 +45,16 @@ def roots(repo: Repo, problems: list[str] | None = None) -> set[Oid]:
     """Ref targets, reflog entries younger than the expiry window, and the tree ``add``
     stored for the next commit. A ref that names no commit is an error, or, with
     ``problems``, noted there (what it reached stays unknown, so nothing may be deleted)."""
-    branch = repo.refs.read_symbolic(HEAD)
     named: dict[str, Oid] = {}
-    for name in [*repo.refs.names("refs/"), *([] if branch else [HEAD])]:  # a detached HEAD names a commit
+    try:
+        branch = repo.refs.read_symbolic(HEAD)
+        heads = [] if branch else [HEAD]  # a detached HEAD names a commit
+    except CorruptObjectError as e:  # (missing, or naming no ref): the refs are still checked
+        if problems is None:
+            raise
+        problems.append(str(e))
+        branch, heads = None, []
+    for name in [*repo.refs.names("refs/"), *heads]:
         try:
             oid = repo.refs.read(name)
             if oid is not None:

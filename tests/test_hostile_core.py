@@ -1,0 +1,46 @@
+"""The core commands as a careless or hostile user meets them: damaged HEAD and refs, refs
+to what is not a commit, and the other cases below. Each gives one error line and a
+non-zero exit, and loses nothing committed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datarepo.repo import Repo
+
+
+def _one_line_error(result, *words: str) -> None:  # type: ignore[no-untyped-def]
+    assert result.exit_code != 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert all(w in lines[0] for w in words), result.output
+
+
+def _objects(repo: Repo) -> list[str]:
+    return sorted(repo.store.iter_objects())
+
+
+def test_a_missing_head_is_damage_never_an_empty_repository(repo_with_commit, worktree: Path, cli, tmp_path: Path) -> None:
+    repo, files = repo_with_commit
+    head, objects = repo.head(), _objects(repo)
+    (repo.dotdir / "HEAD").unlink()
+    (worktree / "new.txt").write_text("x")
+    for args in (["status"], ["log"], ["ls"], ["show", "HEAD"], ["diff", "HEAD"], ["add", "."], ["commit", "-m", "x"],
+                 ["branch", "b"], ["tag", "t"], ["checkout", "main"], ["export", "HEAD", str(tmp_path / "out")],
+                 ["ingest", "-", "--prefix", "p/"], ["gc"]):
+        _one_line_error(cli(*args, ok=False, input='{"__key__": "k", "txt": "a"}\n'), "HEAD", "missing")
+    assert not (tmp_path / "out").exists() and not (repo.dotdir / "HEAD").exists()
+    assert _objects(repo) == objects and repo.refs.read("refs/heads/main") == head  # nothing committed, nothing deleted
+    fsck = cli("fsck", ok=False)  # names the damage, and still checks the rest
+    assert fsck.exit_code == 1 and "HEAD: the file is missing" in fsck.output
+    assert f"{len(files) // 2} reachable datums; 1 problems" in fsck.output
+    (repo.dotdir / "HEAD").write_text("ref: refs/heads/main\n")  # mended as the message says
+    assert cli("log", "--oneline").output.count("\n") == 1
+    cli("fsck")
+
+
+def test_a_new_repository_has_its_head_before_it_is_one(tmp_path: Path, cli) -> None:
+    cli("init")
+    assert (cli.cwd / ".datarepo/HEAD").read_text() == "ref: refs/heads/main\n"
+    cli("status")
+    cli("fsck")
