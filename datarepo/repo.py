@@ -22,7 +22,7 @@ from datarepo.errors import (
     ObjectNotFoundError,
 )
 from datarepo.fsutil import WriterLock, atomic_write
-from datarepo.hashing import Oid, is_oid
+from datarepo.hashing import Oid
 from datarepo.index import Index
 from datarepo.keys import is_utf8
 from datarepo.locations import location_rows
@@ -214,9 +214,7 @@ class Repo:
         return oid
 
     def _expand_prefix(self, prefix: str) -> Oid | None:
-        if is_oid(prefix):
-            return Oid(prefix) if self.store.has_object(prefix) else None
-        matches = self.store.objects_with_prefix(prefix)
+        matches = self.store.objects_with_prefix(prefix)  # (a whole oid too: it must name a commit)
         commits = [m for m in matches if isinstance(self.store.get_object(m), Commit)]
         if len(commits) > 1:
             raise BadRevisionError(prefix, "ambiguous oid prefix")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from datarepo.repo import Repo
 
 
@@ -44,3 +46,23 @@ def test_a_new_repository_has_its_head_before_it_is_one(tmp_path: Path, cli) -> 
     assert (cli.cwd / ".datarepo/HEAD").read_text() == "ref: refs/heads/main\n"
     cli("status")
     cli("fsck")
+
+
+@pytest.mark.parametrize("command", [["branch", "x"], ["tag", "x"], ["checkout", "-b", "x"], ["branch", "-f", "main"]])
+def test_a_ref_is_created_only_at_a_commit_that_is_there(repo_with_commit, cli, command: list[str]) -> None:
+    repo, _ = repo_with_commit
+    head = repo.head()
+    tree = repo.read_commit(head).tree
+    # a whole oid of another kind of object is no revision
+    _one_line_error(cli(*command, tree, ok=False), "unknown revision")
+    _one_line_error(cli("show", tree, ok=False), "unknown revision")
+    assert repo.refs.read("refs/heads/main") == head and repo.refs.read("refs/heads/x") is None
+    # a branch that names a lost commit passes the loss on to no new ref
+    lost = "0123456789abcdef0123456789abcdef"
+    (repo.dotdir / "refs/heads/lost").write_text(f"{lost}\n")
+    _one_line_error(cli(*command, "lost", ok=False), "object not found", lost)
+    assert repo.refs.read("refs/heads/main") == head and repo.refs.read("refs/heads/x") is None
+    assert repo.refs.read("refs/tags/x") is None
+    # the way to mend the lost branch: move it to a commit that is there
+    cli("branch", "-f", "lost", head)
+    assert repo.refs.read("refs/heads/lost") == head

@@ -175,6 +175,7 @@ def create_ref(repo: Repo, prefix: str, name: str, rev: str = "HEAD", force: boo
     """Creates a branch or tag; refuses to move an existing one unless ``force``."""
     check_name(name, "branch" if prefix == BRANCHES else "tag")
     oid = repo.resolve(rev)
+    repo.read_commit(oid)  # a ref names a commit that is there (HEAD, or a ref, may name a lost one)
     with repo.lock:
         try:
             old: Oid | None | bool = repo.refs.read(prefix + name)
