@@ -288,6 +288,10 @@ def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
     from datarepo.porcelain.stage import status as worktree_status
 
     repo = _repo()
+    if b is None and a is not None and "..." in a:
+        from datarepo.errors import InvalidInputError
+
+        raise InvalidInputError(f"{a!r}: diff takes A..B (A...B, from where they part, is not supported)")
     if b is None and a is not None and ".." in a:  # git's A..B (no ref name holds "..")
         a, _, b = a.partition("..")
         a, b = a or "HEAD", b or "HEAD"

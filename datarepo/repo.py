@@ -165,11 +165,19 @@ class Repo:
 
     def resolve(self, rev: str) -> Oid:
         """Resolves git's revision forms to a commit oid (``main``, ``HEAD~2``, ``v1^``, an oid prefix)."""
+        try:
+            return self._resolve(rev)
+        except BadRevisionError as e:  # named whole, not the part of it that failed (HEAD~9 of HEAD~9~1)
+            if e.rev == rev:
+                raise
+            raise BadRevisionError(rev, e.reason) from None
+
+    def _resolve(self, rev: str) -> Oid:
         if not rev:
             raise BadRevisionError(rev)
         m = _REV_SUFFIX.search(rev)
         if m and m.start() > 0:
-            base = self.resolve(rev[: m.start()])
+            base = self._resolve(rev[: m.start()])
             op, n = m.group(0)[0], m.group(0)[1:]
             count = int(n) if n else 1
             return self._walk(base, op, count, rev)

@@ -66,3 +66,15 @@ def test_a_ref_is_created_only_at_a_commit_that_is_there(repo_with_commit, cli, 
     # the way to mend the lost branch: move it to a commit that is there
     cli("branch", "-f", "lost", head)
     assert repo.refs.read("refs/heads/lost") == head
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["show", "HEAD^^^^"], ["no such parent: 'HEAD^^^^'"]),
+    (["show", "HEAD~5~1"], ["no such ancestor: 'HEAD~5~1'"]),
+    (["log", "HEAD..HEAD~1"], ["unknown revision: 'HEAD..HEAD~1'"]),
+    (["ls", "nope~1"], ["unknown revision: 'nope~1'"]),
+    (["diff", "HEAD...HEAD~1"], ["'HEAD...HEAD~1'", "A...B", "not supported"]),
+    (["diff", "nope..HEAD"], ["unknown revision: 'nope'"]),
+])
+def test_a_bad_revision_is_named_whole(repo_with_commit, cli, args: list[str], words: list[str]) -> None:
+    _one_line_error(cli(*args, ok=False), *words)
