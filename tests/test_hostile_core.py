@@ -78,3 +78,13 @@ def test_a_ref_is_created_only_at_a_commit_that_is_there(repo_with_commit, cli, 
 ])
 def test_a_bad_revision_is_named_whole(repo_with_commit, cli, args: list[str], words: list[str]) -> None:
     _one_line_error(cli(*args, ok=False), *words)
+
+
+def test_an_export_destination_that_cannot_be_made_is_named_as_given(repo_with_commit, cli, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    for dest in (tmp_path / "afile" / "out", tmp_path / "afile" / "a" / "b"):
+        _one_line_error(cli("export", "HEAD", str(dest), ok=False), f"cannot create the export destination {dest}",
+                        "a file is in the way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "work"]  # no temporary folder left
+    cli("export", "HEAD", str(tmp_path / "new" / "a" / "b"))
+    assert (tmp_path / "new" / "a" / "b" / "train").is_dir()
