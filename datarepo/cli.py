@@ -335,7 +335,7 @@ def _refs(prefix: str, what: str, name: str | None, rev: str, delete: bool, forc
     if delete:
         if not name:
             raise click.UsageError(f"-d needs a {what} name")
-        oid = history.delete_ref(repo, prefix, name)
+        oid = history.delete_ref(repo, prefix, name, force=force)
         click.echo(f"Deleted {what} {name} (was {oid[:12]})")
     elif name:
         oid = history.create_ref(repo, prefix, name, rev, force=force)
@@ -356,7 +356,8 @@ def _ref_options(what: str) -> Callable[[Callable[..., None]], Callable[..., Non
             click.argument("name", required=False),
             click.argument("rev", default="HEAD"),
             click.option("-d", "--delete", is_flag=True, help=f"Delete the {what}."),
-            click.option("-f", "--force", is_flag=True, help=f"Move an existing {what}."),
+            click.option("-f", "--force", is_flag=True, help=f"Move an existing {what}" + (
+                "; with -d, delete a branch no other ref reaches." if what == "branch" else ".")),
             click.option("--json", "as_json", is_flag=True),
         )):
             fn = option(fn)

@@ -88,3 +88,24 @@ def test_an_export_destination_that_cannot_be_made_is_named_as_given(repo_with_c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "work"]  # no temporary folder left
     cli("export", "HEAD", str(tmp_path / "new" / "a" / "b"))
     assert (tmp_path / "new" / "a" / "b" / "train").is_dir()
+
+
+def test_deleting_a_branch_no_other_ref_reaches_needs_force(repo_with_commit, worktree: Path, cli) -> None:
+    repo, _ = repo_with_commit
+    first = repo.head()
+    cli("checkout", "-b", "exp")
+    (worktree / "train/cat/0000.cls").write_text("9")
+    cli("add", ".")
+    cli("commit", "-m", "on exp")
+    work = repo.head()
+    cli("checkout", "main")
+    _one_line_error(cli("branch", "-d", "exp", ok=False), "'exp' is not merged", work[:12], "-f")
+    assert repo.refs.read("refs/heads/exp") == work
+    cli("tag", "v1", "exp")  # reached by a tag: deleted as git deletes a merged branch
+    cli("branch", "-d", "exp")
+    cli("branch", "exp2", "main")  # main reaches it
+    cli("branch", "-d", "exp2")
+    cli("tag", "-d", "v1")  # tags are deleted as git deletes them
+    cli("branch", "lone", work)
+    cli("branch", "-d", "-f", "lone")
+    assert repo.refs.read("refs/heads/lone") is None and repo.refs.read("refs/heads/main") == first
