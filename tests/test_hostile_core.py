@@ -109,3 +109,22 @@ def test_deleting_a_branch_no_other_ref_reaches_needs_force(repo_with_commit, wo
     cli("branch", "lone", work)
     cli("branch", "-d", "-f", "lone")
     assert repo.refs.read("refs/heads/lone") is None and repo.refs.read("refs/heads/main") == first
+
+
+def test_a_json_line_longer_than_the_limit_is_one_line_and_commits_nothing(repo_with_commit, cli, tmp_path: Path,
+                                                                         monkeypatch) -> None:
+    from datarepo import sources
+
+    repo, _ = repo_with_commit
+    head = repo.head()
+    monkeypatch.setattr(sources, "MAX_LINE_BYTES", 1000)
+    fits = '{"__key__": "a", "txt": "' + "x" * 900 + '"}\n'
+    endless = b"\0" * 5000  # (as < /dev/zero: no newline ever)
+    (tmp_path / "long.jsonl").write_bytes(fits.encode() + endless)
+    for args, source in ((["ingest", str(tmp_path / "long.jsonl")], str(tmp_path / "long.jsonl")),
+                         (["ingest", "-"], "<stdin>"), (["ingest", "-", "--commit-every", "5"], "<stdin>")):
+        _one_line_error(cli(*args, "--prefix", "p/", ok=False, input=fits.encode() + endless),
+                        f"{source}:2: a line longer than 0 MiB")
+    assert repo.head() == head
+    cli("ingest", "-", "--prefix", "p/", input=fits + fits.replace('"a"', '"b"'))  # lines within the limit are read
+    assert cli("ls", "--prefix", "p/").output == "p/a\np/b\n"
