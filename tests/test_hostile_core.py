@@ -128,3 +128,27 @@ def test_a_json_line_longer_than_the_limit_is_one_line_and_commits_nothing(repo_
     assert repo.head() == head
     cli("ingest", "-", "--prefix", "p/", input=fits + fits.replace('"a"', '"b"'))  # lines within the limit are read
     assert cli("ls", "--prefix", "p/").output == "p/a\np/b\n"
+
+
+def _header(name: bytes, size: bytes, kind: bytes) -> bytes:
+    """A ustar header block with a size field as given (octal text, or GNU base-256)."""
+    block = bytearray(512)
+    block[: len(name)] = name
+    block[100:108], block[108:116], block[116:124] = b"0000644\0", b"0000000\0", b"0000000\0"
+    block[124:136], block[136:148], block[156:157] = size, b"00000000000\0", kind
+    block[257:265] = b"ustar\x0000"
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+@pytest.mark.parametrize("kind", [b"x", b"L"])
+@pytest.mark.parametrize("claimed", [1 << 60, 3 << 30])
+def test_a_tar_claiming_a_huge_extended_header_is_refused_before_it_is_read(repo_with_commit, cli, tmp_path: Path,
+                                                                           kind: bytes, claimed: int) -> None:
+    repo, _ = repo_with_commit
+    head = repo.head()
+    tar = tmp_path / "hostile.tar"
+    tar.write_bytes(_header(b"././@PaxHeader", b"\x80" + claimed.to_bytes(11, "big"), kind) + bytes(2048))
+    _one_line_error(cli("ingest", str(tar), "--prefix", "p/", ok=False), str(tar), f"an extended header of {claimed} bytes")
+    assert repo.head() == head
