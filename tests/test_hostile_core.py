@@ -152,3 +152,13 @@ def test_a_tar_claiming_a_huge_extended_header_is_refused_before_it_is_read(repo
     tar.write_bytes(_header(b"././@PaxHeader", b"\x80" + claimed.to_bytes(11, "big"), kind) + bytes(2048))
     _one_line_error(cli("ingest", str(tar), "--prefix", "p/", ok=False), str(tar), f"an extended header of {claimed} bytes")
     assert repo.head() == head
+
+
+@pytest.mark.parametrize("shards", [[], ["--shards"]])
+def test_an_export_prefix_no_key_starts_with_is_an_error_not_an_empty_data_set(repo_with_commit, cli, tmp_path: Path,
+                                                                               shards: list[str]) -> None:
+    _one_line_error(cli("export", "HEAD", str(tmp_path / "out"), "--prefix", "trian/", *shards, ok=False),
+                    "no key of HEAD starts with 'trian/'")
+    assert not (tmp_path / "out").exists()
+    cli("export", "HEAD", str(tmp_path / "out"), "--prefix", "train/cat/", *shards)
+    assert any((tmp_path / "out").iterdir())

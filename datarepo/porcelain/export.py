@@ -64,6 +64,8 @@ def export(
         raise InvalidInputError(f"export destination must be a new or empty directory: {dest}")
     dest = repo.check_outside(dest, "export destination")  # (a symbolic link: the folder it names)
     manifest = repo.manifest(repo.tree(rev).select(prefix=prefix))
+    if prefix and not len(manifest):  # (a misspelt prefix is no empty data set)
+        raise InvalidInputError(f"no key of {rev} starts with {prefix!r}: nothing to export")
     tmp = dest.parent / f"{TMP_PREFIX}export-{os.urandom(6).hex()}"
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
