@@ -67,8 +67,9 @@ def _brace_bound(src: str) -> int:
     return bound
 
 def expand(src: str) -> list[str]:
-    """The files a source names: a glob (``*.tar``), braces (``x-{000..009}.tar``) or one
-    path; those that exist, sorted for a glob."""
+    """The files a source names: a glob (``*.tar``: those that exist, sorted), braces
+    (``x-{000..009}.tar``: each one, as WebDataset reads them; a missing one is an error,
+    not a shard set with its datums deleted) or one path (none if it does not exist)."""
     if any(c in src for c in "*?["):
         import glob
 
@@ -79,9 +80,13 @@ def expand(src: str) -> list[str]:
         if _brace_bound(src) > MAX_BRACE_NAMES:
             raise InvalidInputError(f"bad source {src!r}: its braces name more than {MAX_BRACE_NAMES:,} files")
         try:
-            return [p for p in braceexpand.braceexpand(src) if os.path.exists(p)]
+            names = list(braceexpand.braceexpand(src))
         except braceexpand.UnbalancedBracesError as e:
             raise InvalidInputError(f"bad source {src!r}: {e}") from None
+        if missing := [p for p in names if not os.path.exists(p)]:
+            more = f" and {len(missing) - 1} more of its {len(names)}" if len(missing) > 1 else ""
+            raise InvalidInputError(f"no such file: {missing[0]}{more} (named by {src!r})")
+        return names
     return [src] if os.path.exists(src) else []
 
 

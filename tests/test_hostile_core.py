@@ -162,3 +162,16 @@ def test_an_export_prefix_no_key_starts_with_is_an_error_not_an_empty_data_set(r
     assert not (tmp_path / "out").exists()
     cli("export", "HEAD", str(tmp_path / "out"), "--prefix", "train/cat/", *shards)
     assert any((tmp_path / "out").iterdir())
+
+
+def test_a_brace_pattern_naming_a_missing_shard_fails_and_deletes_no_key(repo_with_commit, cli, tmp_path: Path) -> None:
+    repo, _ = repo_with_commit
+    cli("export", "HEAD", str(tmp_path / "set"), "--shards", "--shard-size", "8K")
+    shards = sorted((tmp_path / "set").iterdir())
+    assert len(shards) >= 3
+    pattern = str(tmp_path / "set" / f"{{000000..{len(shards) - 1:06d}}}.tar")
+    cli("ingest", pattern, "--prefix", "copy/")
+    keys = cli("ls", "--prefix", "copy/").output
+    shards[1].unlink()  # one shard of the set lost (a download cut short)
+    _one_line_error(cli("ingest", pattern, "--prefix", "copy/", ok=False), f"no such file: {shards[1]}", pattern)
+    assert cli("ls", "--prefix", "copy/").output == keys
