@@ -295,7 +295,7 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
         filtered = bool(rules) or bool(skip)
         regular: list[str] = []
         for entry in entries:  # once per file: kept lean
-            if filtered and _filtered_out(rel_dir + entry.name, entry, rules, skip):
+            if filtered and _filtered_out(rel_dir + entry.name, entry, rules, skip, result):
                 continue
             if entry.is_file(follow_symlinks=False):  # no extra syscall to classify
                 regular.append(entry.name)
@@ -329,10 +329,15 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
     return result
 
 
-def _filtered_out(rel: str, entry: os.DirEntry, rules: Rules, skip: tuple[str, ...]) -> bool:
+def _filtered_out(rel: str, entry: os.DirEntry, rules: Rules, skip: tuple[str, ...], result: Scan) -> bool:
     if rules and ignored(rules, rel, entry.is_dir(follow_symlinks=False)):
         return True
-    return bool(skip) and (rel + "/").startswith(skip)
+    if skip and (rel + "/").startswith(skip) and entry.is_dir(follow_symlinks=False):
+        # (said, since the files a user puts there are never added: rare, as an ingest makes
+        # a prefix sparse only where the work tree has no such folder)
+        result.notes.append(f"skipped {rel}/: a sparse prefix, whose keys only ingest writes")
+        return True
+    return False
 
 
 _FAILED = (-1, 0, 0)  # the stat of a file that could not be stat'ed

@@ -175,3 +175,19 @@ def test_a_brace_pattern_naming_a_missing_shard_fails_and_deletes_no_key(repo_wi
     shards[1].unlink()  # one shard of the set lost (a download cut short)
     _one_line_error(cli("ingest", pattern, "--prefix", "copy/", ok=False), f"no such file: {shards[1]}", pattern)
     assert cli("ls", "--prefix", "copy/").output == keys
+
+
+def test_files_under_a_sparse_prefix_are_said_to_be_left_out_and_never_silently_unstaged(
+    repo_with_commit, cli, worktree: Path
+) -> None:
+    cli("ingest", "-", "--prefix", "events/", input='{"__key__": "e1", "txt": "x"}\n')  # sparse: no events/ here
+    (worktree / "events").mkdir()
+    (worktree / "events" / "mine.txt").write_text("mine")
+    (worktree / "events.txt").write_text("a file beside the prefix is a key like any other")
+    st = cli("status")
+    assert "note: skipped events/: a sparse prefix" in st.output and "added:    events\n" in st.output
+    for path in ("events/mine.txt", "events", "events/nothing.txt"):
+        _one_line_error(cli("add", path, ok=False), f"{path} is under the sparse prefix events/", "core.sparse")
+    assert "note: skipped events/" in cli("add", ".").output
+    cli("commit", "-m", "x")
+    assert cli("ls", "--prefix", "events").output == "events\nevents/e1\n"

@@ -264,6 +264,8 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     saw differ from the index, are looked at.
     """
     prefixes = key_filter(repo, paths)
+    for p in paths or ():
+        _check_not_sparse(repo, p)
     with repo.lock:
         if repo.forget_missing_shards():  # datums whose copy is gone or damaged: stored again from their files
             snapshot.drop(repo)
@@ -316,6 +318,18 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     retain(look, stored, head, index, now, sizes, after, staged)
     looked_at = None if keys is None else len(keys)
     return AddResult(changes, len(stored.written), sum(stored.written.values()), stored.hashed, notes, looked_at)
+
+
+def _check_not_sparse(repo: Repo, path: str) -> None:
+    """Refuses a path argument under a sparse prefix, where ``add`` does not look: it would
+    stage nothing, and say nothing of it."""
+    named = key_filter(repo, [path])
+    for key in sorted((named.keys | named.dirs) if named is not None else ()):
+        if prefix := next((p for p in repo.config.sparse if key.startswith(p)), None):
+            raise InvalidInputError(
+                f"{path} is under the sparse prefix {prefix}, whose keys only ingest writes: add does not look there "
+                "(take the prefix out of core.sparse in .datarepo/config.toml to add files there)"
+            )
 
 
 def _check_matched(repo: Repo, paths: list[str] | None, chosen: list[str]) -> None:
