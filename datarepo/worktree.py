@@ -263,6 +263,27 @@ def ignored(rules: Rules, rel: str, is_dir: bool) -> bool:
     return False
 
 
+def left_out(root: Path, rel: str) -> str | None:
+    """Why a scan passes over the work-tree path ``rel``, or a folder above it (a name never
+    added, or an ignore file's pattern), as words that follow "is"; None if it does not."""
+    parts, rules = rel.split("/"), ()
+    for i, name in enumerate(parts):
+        base, here = "".join(p + "/" for p in parts[:i]), "/".join(parts[: i + 1])
+        is_dir = i < len(parts) - 1 or (root / here).is_dir() and not (root / here).is_symlink()
+        where = "" if i == len(parts) - 1 else f"in {here}/, which is "
+        if name == IGNORE_FILE or name in NEVER_ADDED and (is_dir or i == 0):
+            return f"{where}never added"
+        ignore = root / base / IGNORE_FILE
+        if ignore.is_file() and not ignore.is_symlink():
+            try:
+                rules = (*rules, (base, parse_ignore(ignore.read_bytes(), base + IGNORE_FILE)))
+            except (OSError, InvalidInputError):
+                return None  # (what the scan then reports)
+        if rules and ignored(rules, here, is_dir):
+            return f"{where}ignored by a {IGNORE_FILE} pattern"
+    return None
+
+
 def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), with_stats: bool = True) -> Scan:
     """Lists regular files under ``root`` with their (size, mtime_ns, inode).
 

@@ -191,3 +191,22 @@ def test_files_under_a_sparse_prefix_are_said_to_be_left_out_and_never_silently_
     assert "note: skipped events/" in cli("add", ".").output
     cli("commit", "-m", "x")
     assert cli("ls", "--prefix", "events").output == "events\nevents/e1\n"
+
+
+def test_add_of_a_path_the_scan_passes_over_is_refused_not_a_silent_nothing(repo_with_commit, cli, worktree: Path) -> None:
+    repo, _ = repo_with_commit
+    (worktree / ".datarepoignore").write_text("*.log\nscratch/\n")
+    (worktree / "a.log").write_text("x")
+    (worktree / "scratch").mkdir()
+    (worktree / "scratch" / "b.txt").write_text("y")
+    (worktree / "sub" / ".git").mkdir(parents=True)
+    (worktree / "sub" / ".git" / "config").write_text("z")
+    (worktree / "train" / "cat" / "0000.cls").rename(worktree / "train" / "cat" / "0000.log")  # now ignored
+    for path, why in (("a.log", "is ignored by a .datarepoignore pattern"),
+                      ("scratch/b.txt", "is in scratch/, which is ignored"), ("scratch", "is ignored"),
+                      (".datarepoignore", "is never added"), ("sub/.git/config", "is in sub/.git/, which is never added"),
+                      ("train/cat/0000.log", "is ignored")):
+        _one_line_error(cli("add", path, ok=False), f"{path} {why}")
+    assert not repo.index.staging.count()
+    cli("add", ".")  # the whole tree: the ignored files are left out, as the ignore file says
+    assert "train/cat/0000" in cli("status").output
