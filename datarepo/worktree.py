@@ -271,6 +271,8 @@ def left_out(root: Path, rel: str) -> str | None:
         base, here = "".join(p + "/" for p in parts[:i]), "/".join(parts[: i + 1])
         is_dir = i < len(parts) - 1 or (root / here).is_dir() and not (root / here).is_symlink()
         where = "" if i == len(parts) - 1 else f"in {here}/, which is "
+        if where and (root / here).is_symlink():
+            return f"{where}a symbolic link (a scan never goes through one to a folder)"
         if name == IGNORE_FILE or name in NEVER_ADDED and (is_dir or i == 0):
             return f"{where}never added"
         ignore = root / base / IGNORE_FILE

@@ -202,10 +202,12 @@ def test_add_of_a_path_the_scan_passes_over_is_refused_not_a_silent_nothing(repo
     (worktree / "sub" / ".git").mkdir(parents=True)
     (worktree / "sub" / ".git" / "config").write_text("z")
     (worktree / "train" / "cat" / "0000.cls").rename(worktree / "train" / "cat" / "0000.log")  # now ignored
+    (worktree / "linked").symlink_to(worktree / "train", target_is_directory=True)
     for path, why in (("a.log", "is ignored by a .datarepoignore pattern"),
                       ("scratch/b.txt", "is in scratch/, which is ignored"), ("scratch", "is ignored"),
                       (".datarepoignore", "is never added"), ("sub/.git/config", "is in sub/.git/, which is never added"),
-                      ("train/cat/0000.log", "is ignored")):
+                      ("train/cat/0000.log", "is ignored"),
+                      ("linked/dog/0001.jpg", "is in linked/, which is a symbolic link")):
         _one_line_error(cli("add", path, ok=False), f"{path} {why}")
     assert not repo.index.staging.count()
     cli("add", ".")  # the whole tree: the ignored files are left out, as the ignore file says
