@@ -212,3 +212,19 @@ def test_add_of_a_path_the_scan_passes_over_is_refused_not_a_silent_nothing(repo
     assert not repo.index.staging.count()
     cli("add", ".")  # the whole tree: the ignored files are left out, as the ignore file says
     assert "train/cat/0000" in cli("status").output
+
+
+def test_a_checkout_b_that_is_refused_leaves_no_branch(repo_with_commit, cli, worktree: Path) -> None:
+    repo, _ = repo_with_commit
+    (worktree / "train/cat/0000.cls").write_text("9")
+    cli("add", ".")
+    cli("commit", "-m", "second")
+    (worktree / "train/cat/0000.cls").write_text("local, not committed")
+    _one_line_error(cli("checkout", "-b", "old", "HEAD~1", ok=False), "uncommitted changes to train/cat/0000")
+    _one_line_error(cli("checkout", "-b", "main", ok=False), "branch 'main' already exists")
+    _one_line_error(cli("checkout", "-b", "x", "nope", ok=False), "unknown revision: 'nope'")
+    assert [name for name in repo.refs.names("refs/heads/")] == ["refs/heads/main"]
+    assert repo.current_branch() == "main"
+    cli("checkout", "-b", "new")  # at HEAD: the uncommitted change is kept, as in git
+    assert repo.current_branch() == "new" and repo.resolve("new") == repo.resolve("main")
+    assert (worktree / "train/cat/0000.cls").read_text() == "local, not committed"
