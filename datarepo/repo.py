@@ -116,14 +116,19 @@ class Repo:
     def forget_missing_shards(self) -> bool:
         """Drops from the location cache the shards whose files are gone, so that their
         datums count as not stored; True if there were any, or if datums are still located
-        in shards ``fsck`` found damaged (which do not count as stored either): the next
-        ``add`` then looks at every key, and stores those datums again from their files."""
+        in shards ``fsck`` found damaged (which do not count as stored either), or ``fsck``
+        found some in no shard at all: the next ``add`` then looks at every key, and stores
+        those datums again from their files."""
         missing = [shard for shard in self.index.locations.shards() if not self.store.has_shard(shard)]
         if missing:
             with self.index.transaction():
                 for shard in missing:
                     self.index.locations.drop_shard(shard)
-        return bool(missing) or self.index.locations.relied_on(self.index.locations.damaged())
+        if lost := self.index.locations.lost():
+            if not (lost := lost - self.stored(lost)):
+                with self.index.transaction():
+                    self.index.locations.set_lost(lost)  # all stored again
+        return bool(missing) or bool(lost) or self.index.locations.relied_on(self.index.locations.damaged())
 
     def drop_shards(self, shards: list[str]) -> None:
         """Forgets shards in the location cache, then deletes their files."""

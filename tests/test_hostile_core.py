@@ -4,6 +4,8 @@ non-zero exit, and loses nothing committed."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -228,3 +230,26 @@ def test_a_checkout_b_that_is_refused_leaves_no_branch(repo_with_commit, cli, wo
     cli("checkout", "-b", "new")  # at HEAD: the uncommitted change is kept, as in git
     assert repo.current_branch() == "new" and repo.resolve("new") == repo.resolve("main")
     assert (worktree / "train/cat/0000.cls").read_text() == "local, not committed"
+
+
+def test_add_restores_a_datum_fsck_found_in_no_shard_even_after_a_status(worktree: Path, cli, make_samples) -> None:
+    """A shard cut short whose .idx is lost too: fsck finds its datums in no shard, and an
+    add of the work tree (whatever status ran between) stores them again, as documented."""
+    for path in make_samples(worktree, 20):
+        os.utime(worktree / path, (time.time() - 3600,) * 2)  # files the stat cache trusts
+    cli("init", "--shard-size", "16K")
+    cli("add", ".")
+    cli("commit", "-m", "first")
+    repo = Repo.open(worktree)
+    tar = sorted(repo.dotdir.glob("shards/*/*.tar"))[0]
+    tar.chmod(0o644)
+    tar.write_bytes(tar.read_bytes()[:1500])
+    tar.with_suffix(".idx").unlink()
+    for p in repo.dotdir.glob("index.sqlite*"):
+        p.unlink()
+    fsck = cli("fsck", "--rebuild-index", ok=False)
+    assert fsck.exit_code == 1 and "is in no shard" in fsck.output
+    assert "work tree clean" in cli("status").output
+    assert "stored 0 new datums" not in cli("add", ".").output
+    cli("fsck")
+    cli("export", "HEAD", str(repo.dotdir.parent.parent / "out"))

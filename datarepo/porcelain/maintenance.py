@@ -252,10 +252,12 @@ def _fsck(repo: Repo, rebuild_index: bool, progress: Progress) -> FsckResult:
     result.datums = len(seen.datums)
     lost = sorted((d, k) for d, k in seen.datums.items() if k and d not in shards.stored)
     only_in: dict[str, list[str]] = {}  # a shard (damaged, or without its .idx) → the keys only it holds
+    in_no_shard = set()
     for d, k in lost:
         shard = shards.damaged.get(d) or next((s for s, held in shards.unindexed.items() if d in held), None)
         if shard is None:
             result.problems.append(f"datum {d} (key {k}) is in no shard")
+            in_no_shard.add(d)
         else:
             only_in.setdefault(shard, []).append(k)
     # One line a shard, not one a datum (a shard holds thousands).
@@ -275,6 +277,7 @@ def _fsck(repo: Repo, rebuild_index: bool, progress: Progress) -> FsckResult:
     result.retired = sum(1 for _ in repo.store.iter_retired())
     with repo.index.transaction():  # (their copies no longer count as stored: add restores them)
         repo.index.locations.set_damaged(shards.failed)
+        repo.index.locations.set_lost(in_no_shard)  # (and these, whose copy went with its index)
     if rebuild_index:
         with repo.index.transaction():
             repo.index.locations.clear()
