@@ -605,6 +605,14 @@ def run() -> None:
     from datarepo.porcelain import retain_until_exit
 
     retain_until_exit()
+    # Started with a descriptor closed (>&-, 2>&-), Python has no stream for it: errors then
+    # go nowhere, but the command's output has nowhere to go.
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open until the process ends)
+    if sys.stdout is None:
+        print("Error: standard output is closed (redirect it to /dev/null to discard what is printed)", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)
     try:
         main()
         code = 0

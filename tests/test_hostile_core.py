@@ -5,6 +5,8 @@ non-zero exit, and loses nothing committed."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -253,3 +255,22 @@ def test_add_restores_a_datum_fsck_found_in_no_shard_even_after_a_status(worktre
     assert "stored 0 new datums" not in cli("add", ".").output
     cli("fsck")
     cli("export", "HEAD", str(repo.dotdir.parent.parent / "out"))
+
+
+def _program(cwd: Path, *args: str, close: int) -> subprocess.CompletedProcess[str]:
+    """The real program in a process of its own, started with descriptor ``close`` closed."""
+    env = {**os.environ, "DATAREPO_AUTHOR": "t", "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.run([sys.executable, "-m", "datarepo.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, preexec_fn=lambda: os.close(close))
+
+
+@pytest.mark.parametrize("args", [["log"], ["cat", "HEAD:train/cat/0000.cls"], ["ls", "--json"]])
+def test_a_closed_standard_output_is_one_line_and_a_closed_standard_error_is_no_traceback(
+    repo_with_commit, worktree: Path, args: list[str]
+) -> None:
+    closed_out = _program(worktree, *args, close=1)
+    assert closed_out.returncode == 1 and closed_out.stderr.strip().splitlines() == [
+        "Error: standard output is closed (redirect it to /dev/null to discard what is printed)"]
+    closed_err = _program(worktree, *args, close=2)
+    assert closed_err.returncode == 0 and closed_err.stdout
+    assert _program(worktree, "show", "nope", close=2).returncode == 1
