@@ -66,6 +66,12 @@ class Repo:
         dotdir = path if bare else path / DOTDIR
         if (dotdir / "config.toml").exists():
             raise InvalidInputError(f"already a datarepo repository: {dotdir}")
+        try:  # (a repository inside another's own folder would take that folder's files for data)
+            around = cls.open(path)
+        except DataRepoError:
+            around = None
+        if around is not None and path.is_relative_to(around.dotdir):
+            raise InvalidInputError(f"{path} is inside the repository folder {around.dotdir}: a repository cannot be made there")
         if bare and path.exists() and any(path.iterdir()):
             raise InvalidInputError(f"a bare repository needs an empty directory: {path}")
         cfg = Config(bare=bare, grouping=grouping, shard_size=DEFAULT_SHARD_SIZE if shard_size is None else shard_size).validated()

@@ -274,3 +274,14 @@ def test_a_closed_standard_output_is_one_line_and_a_closed_standard_error_is_no_
     closed_err = _program(worktree, *args, close=2)
     assert closed_err.returncode == 0 and closed_err.stdout
     assert _program(worktree, "show", "nope", close=2).returncode == 1
+
+
+def test_no_repository_is_made_inside_a_repository_folder(repo_with_commit, cli, tmp_path: Path) -> None:
+    repo, _ = repo_with_commit
+    before = sorted(p.relative_to(repo.dotdir) for p in repo.dotdir.rglob("*"))
+    for args in (["init", ".datarepo"], ["init", ".datarepo/objects/x"], ["init", "--bare", ".datarepo/b"]):
+        _one_line_error(cli(*args, ok=False), "is inside the repository folder", "cannot be made there")
+    cli("init", "--bare", str(tmp_path / "bare"))
+    _one_line_error(cli("init", str(tmp_path / "bare" / "sub"), ok=False), "is inside the repository folder")
+    assert sorted(p.relative_to(repo.dotdir) for p in repo.dotdir.rglob("*")) == before
+    cli("init", "nested")  # a repository in a folder of the work tree is made, as git makes one
