@@ -5,14 +5,18 @@ non-zero exit, and loses nothing committed."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from datarepo.repo import Repo
+from datarepo.tree import KeyGlob, glob_regex
 
 
 def _one_line_error(result, *words: str) -> None:  # type: ignore[no-untyped-def]
@@ -285,3 +289,33 @@ def test_no_repository_is_made_inside_a_repository_folder(repo_with_commit, cli,
     _one_line_error(cli("init", str(tmp_path / "bare" / "sub"), ok=False), "is inside the repository folder")
     assert sorted(p.relative_to(repo.dotdir) for p in repo.dotdir.rglob("*")) == before
     cli("init", "nested")  # a repository in a folder of the work tree is made, as git makes one
+
+
+@settings(max_examples=300, deadline=None)
+@given(pattern=st.lists(st.sampled_from(["a", "b", "*", "?", "/", "**", "[ab]", "[!a]", "\\*", "**/", "/**"]),
+                        min_size=1, max_size=7).map("".join),
+       keys=st.lists(st.lists(st.text("ab*", min_size=1, max_size=5), min_size=1, max_size=4).map("/".join),
+                     min_size=1, max_size=10))
+def test_a_glob_matches_as_its_regular_expression_does(pattern: str, keys: list[str]) -> None:
+    try:
+        regex = re.compile(glob_regex(pattern), re.DOTALL)
+    except re.error:
+        return
+    glob = KeyGlob(pattern)
+    for key in keys:
+        assert glob.fullmatch(key) == (regex.fullmatch(key) is not None), (pattern, key)
+
+
+def test_a_glob_of_many_stars_is_matched_without_backtracking_for_ever(worktree: Path, cli) -> None:
+    cli("init")
+    (worktree / ("a" * 120 + ".txt")).write_text("x")
+    (worktree / "a" / "a" / "a").mkdir(parents=True)
+    (worktree / "a" / "a" / "a" / "ab.txt").write_text("y")
+    cli("add", ".")
+    cli("commit", "-m", "x")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    for glob, found in (("*a*a*a*a*a*a*a*a*a*a*a*a*b", ""), ("*a*a*a*a*a*a*a*a*a*", "a" * 120 + "\n"),
+                        ("**a**a**a**a**a**a**a**a**b", ""), ("**/a/**/a/**/*b", "a/a/a/ab\n")):
+        ls = subprocess.run([sys.executable, "-m", "datarepo.cli", "ls", "--glob", glob], cwd=worktree, env=env,
+                            capture_output=True, text=True, timeout=120)  # (a regular expression ran for hours)
+        assert ls.returncode == 0 and ls.stdout == found, (glob, ls.stderr)
