@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat as stat_mod
@@ -233,7 +234,7 @@ def parse_ignore(raw: bytes, name: str = IGNORE_FILE) -> Any:
 
     lines = raw.decode("utf-8", errors="replace").splitlines()
     try:
-        return pathspec.GitIgnoreSpec.from_lines(lines)
+        return pathspec.GitIgnoreSpec.from_lines(lines, pattern_factory=_ignore_pattern())
     except (ValueError, re.error) as e:  # a line that is no pattern (a lone "!" or "\\", a class "[z-a]")
         bad = next((i for i, line in enumerate(lines, 1) if not _is_pattern(line)), None)
         where = f" line {bad}" if bad else ""
@@ -244,10 +245,105 @@ def _is_pattern(line: str) -> bool:
     import pathspec
 
     try:
-        pathspec.GitIgnoreSpec.from_lines([line])
+        pathspec.GitIgnoreSpec.from_lines([line], pattern_factory=_ignore_pattern())
     except (ValueError, re.error):
         return False
     return True
+
+
+# At most this many runs of folders a pattern may match (``**``, and the any-depth start of a
+# pattern without a slash): each more multiplies the time to match a deep path by its length.
+MAX_ANY_DEPTH = 2
+_ANY_DEPTH = re.compile(r"\.\+")  # how pathspec writes such a run: (?:.+/)? or (?:/.+)?
+
+
+@functools.cache
+def _ignore_pattern() -> type:
+    """pathspec's gitignore pattern, whose regular expression cannot backtrack for ever: a
+    run of ``*`` followed by more of the same name finds what follows it leftmost, once
+    (``*a*a*a*a*b`` over a long name took minutes), and a pattern with more than
+    :data:`MAX_ANY_DEPTH` runs of folders is no pattern."""
+    from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
+
+    class Pattern(GitIgnoreSpecPattern):  # type: ignore[misc]
+        @classmethod
+        def pattern_to_regex(cls, pattern: Any) -> tuple[Any, Any]:
+            regex, include = super().pattern_to_regex(pattern)
+            if isinstance(regex, str):
+                if len(_ANY_DEPTH.findall(regex)) > MAX_ANY_DEPTH:
+                    raise ValueError(f"more than {MAX_ANY_DEPTH} runs of folders (**) in one pattern")
+                regex = _leftmost_stars(regex)
+            return regex, include
+
+    return Pattern
+
+
+_STAR = "[^/]*"
+
+
+def _leftmost_stars(regex: str) -> str:
+    """``regex`` with each ``[^/]*`` that a fixed-length run and then another ``[^/]*``
+    follow made atomic and lazy (``(?>[^/]*?abc)``): the run is found leftmost, as a
+    wildcard match may take it, and never tried elsewhere again."""
+    regex, out, i = _no_slash_in_negated_classes(regex), [], 0
+    while (at := regex.find(_STAR, i)) >= 0:
+        end = _fixed_run_end(regex, at + len(_STAR))
+        if end > at + len(_STAR) and regex.startswith(_STAR, end):
+            out.append(f"{regex[i:at]}(?>[^/]*?{regex[at + len(_STAR):end]})")
+        else:
+            out.append(regex[i:end])
+        i = end
+    return "".join(out) + regex[i:]
+
+
+def _no_slash_in_negated_classes(regex: str) -> str:
+    """``regex`` with ``/`` added to each negated class (``[!a]`` matches no ``/`` in git,
+    where pathspec writes ``[^a]``)."""
+    out, i = [], 0
+    while i < len(regex):
+        c = regex[i]
+        if c == "\\":
+            out.append(regex[i : i + 2])
+            i += 2
+        elif c == "[":
+            j = i + 1 + (regex[i + 1 : i + 2] == "^")
+            j += regex[j : j + 1] == "]"
+            while j < len(regex) and regex[j] != "]":
+                j += 2 if regex[j] == "\\" else 1
+            body = regex[i : j + 1]
+            out.append(body.replace("[^", "[^/", 1) if body.startswith("[^") and "/" not in body else body)
+            i = j + 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _fixed_run_end(regex: str, i: int) -> int:
+    """Where the run of one-character atoms (a literal, an escape, a class) that starts at
+    ``i`` ends; each atom must not be quantified, nor match ``/`` (it would reach into the
+    next name, where leftmost is not enough)."""
+    while i < len(regex):
+        c = regex[i]
+        if c == "\\":
+            end = i + 2
+            slash = regex[i + 1 : end] == "/"
+        elif c == "[":
+            negated = regex[i + 1 : i + 2] == "^"
+            j = i + 1 + negated
+            j += regex[j : j + 1] == "]"
+            while j < len(regex) and regex[j] != "]":
+                j += 2 if regex[j] == "\\" else 1
+            end = j + 1
+            slash = ("/" in regex[i + 1 : j]) != negated  # ([^a] takes it, [^/a] and [ab] do not)
+        elif c in ".^$*+?{}()|]":
+            return i
+        else:
+            end, slash = i + 1, c == "/"
+        if slash or end > len(regex) or regex[end : end + 1] in ("*", "+", "?", "{"):
+            return i
+        i = end
+    return i
 
 
 def ignored(rules: Rules, rel: str, is_dir: bool) -> bool:

@@ -319,3 +319,42 @@ def test_a_glob_of_many_stars_is_matched_without_backtracking_for_ever(worktree:
         ls = subprocess.run([sys.executable, "-m", "datarepo.cli", "ls", "--glob", glob], cwd=worktree, env=env,
                             capture_output=True, text=True, timeout=120)  # (a regular expression ran for hours)
         assert ls.returncode == 0 and ls.stdout == found, (glob, ls.stderr)
+
+
+@pytest.mark.parametrize("pattern", ["*a*a*a*a*a*a*a*a*a*a*b", "*[!a]*[!a]*[!a]*[!a]*[!a]*[!a]*c"])
+def test_an_ignore_pattern_of_many_stars_is_matched_without_backtracking_for_ever(worktree: Path, cli, tmp_path: Path,
+                                                                                   pattern: str) -> None:
+    """A folder to ingest (or a work tree) may bring its own .datarepoignore."""
+    cli("init")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / ".datarepoignore").write_text(pattern + "\n")
+    (src / ("a" * 200 + ".txt")).write_text("x")
+    (src / ("b" * 200 + ".txt")).write_text("y")
+    (worktree / ".datarepoignore").write_text(pattern + "\n")
+    (worktree / ("a" * 200 + ".txt")).write_text("x")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "DATAREPO_AUTHOR": "t"}
+    for args in (["ingest", str(src), "--prefix", "p/"], ["status"]):
+        done = subprocess.run([sys.executable, "-m", "datarepo.cli", *args], cwd=worktree, env=env, capture_output=True,
+                              text=True, timeout=120)  # (its regular expression backtracked for hours)
+        assert done.returncode == 0, done.stderr
+    assert len(cli("ls", "--prefix", "p/").output.splitlines()) == 2
+
+
+def test_an_ignore_pattern_keeps_gits_meaning(worktree: Path, cli) -> None:
+    cli("init")
+    (worktree / ".datarepoignore").write_text("a*b*c\nx[!y]z\n")
+    for name in ("a1b2c", "aXbYc.txt", "x/z", "xqz", "keep"):
+        (worktree / name).parent.mkdir(parents=True, exist_ok=True)
+        (worktree / name).write_text("x")
+    _one_line_error(cli("add", "a1b2c", ok=False), "ignored")
+    cli("add", ".")
+    cli("commit", "-m", "x")
+    assert cli("ls").output == "aXbYc\nkeep\nx/z\n"  # [!y] matches no '/', as in git
+
+
+def test_an_ignore_pattern_of_more_than_two_runs_of_folders_is_one_line(worktree: Path, cli) -> None:
+    cli("init")
+    (worktree / ".datarepoignore").write_text("ok/**/x\n**/a/**/b/**/c\n")
+    (worktree / "f").write_text("x")
+    _one_line_error(cli("status", ok=False), ".datarepoignore line 2", "more than 2 runs of folders")
