@@ -40,6 +40,8 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except MemoryError:
+            raise click.ClickException("out of memory") from None
         except Exception as e:  # sqlite3 is imported lazily, so its errors are matched by module
             if type(e).__module__ == "sqlite3":
                 raise click.ClickException(f"index.sqlite: {e}") from None
@@ -288,6 +290,10 @@ def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
     from datarepo.porcelain.stage import status as worktree_status
 
     repo = _repo()
+    if b is None and a is not None and "..." in a:
+        from datarepo.errors import InvalidInputError
+
+        raise InvalidInputError(f"{a!r}: diff takes A..B (A...B, from where they part, is not supported)")
     if b is None and a is not None and ".." in a:  # git's A..B (no ref name holds "..")
         a, _, b = a.partition("..")
         a, b = a or "HEAD", b or "HEAD"
@@ -331,7 +337,7 @@ def _refs(prefix: str, what: str, name: str | None, rev: str, delete: bool, forc
     if delete:
         if not name:
             raise click.UsageError(f"-d needs a {what} name")
-        oid = history.delete_ref(repo, prefix, name)
+        oid = history.delete_ref(repo, prefix, name, force=force)
         click.echo(f"Deleted {what} {name} (was {oid[:12]})")
     elif name:
         oid = history.create_ref(repo, prefix, name, rev, force=force)
@@ -352,7 +358,8 @@ def _ref_options(what: str) -> Callable[[Callable[..., None]], Callable[..., Non
             click.argument("name", required=False),
             click.argument("rev", default="HEAD"),
             click.option("-d", "--delete", is_flag=True, help=f"Delete the {what}."),
-            click.option("-f", "--force", is_flag=True, help=f"Move an existing {what}."),
+            click.option("-f", "--force", is_flag=True, help=f"Move an existing {what}" + (
+                "; with -d, delete a branch no other ref reaches." if what == "branch" else ".")),
             click.option("--json", "as_json", is_flag=True),
         )):
             fn = option(fn)
@@ -598,6 +605,14 @@ def run() -> None:
     from datarepo.porcelain import retain_until_exit
 
     retain_until_exit()
+    # Started with a descriptor closed (>&-, 2>&-), Python has no stream for it: errors then
+    # go nowhere, but the command's output has nowhere to go.
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open until the process ends)
+    if sys.stdout is None:
+        print("Error: standard output is closed (redirect it to /dev/null to discard what is printed)", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)
     try:
         main()
         code = 0

@@ -42,6 +42,7 @@ class BadRevisionError(DataRepoError, ValueError):
     def __init__(self, rev: str, reason: str = "unknown revision") -> None:
         super().__init__(f"{reason}: {rev!r}")
         self.rev = rev
+        self.reason = reason
 
 
 class RefConflictError(DataRepoError):

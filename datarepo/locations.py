@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 LocationRow = tuple[str, str, int, int, str]
 _DATUM = itemgetter(0)
 _DAMAGED = "damaged-shards"
+_LOST = "lost-datums"
 
 
 
@@ -196,7 +197,18 @@ class Locations:
         self.index.set_meta(_DAMAGED, json.dumps(sorted(shards)))
 
     def damaged(self) -> set[str]:
-        raw = self.index.get_meta(_DAMAGED)
+        return self._names(_DAMAGED)
+
+    def set_lost(self, datums: set[str]) -> None:
+        """Records the reachable datums ``fsck`` found in no shard, until ``add`` of their
+        files (which looks at every key while any is left) stores them again."""
+        self.index.set_meta(_LOST, json.dumps(sorted(datums)))
+
+    def lost(self) -> set[str]:
+        return self._names(_LOST)
+
+    def _names(self, meta: str) -> set[str]:
+        raw = self.index.get_meta(meta)
         try:
             found = json.loads(raw) if raw is not None else []
         except ValueError:

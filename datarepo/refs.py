@@ -61,8 +61,13 @@ class Refs:
     through ``fs`` (the local folder by default). Updates take the writer lock, a local
     concern; every name is checked before it becomes a path (:func:`is_ref_name`)."""
 
-    def __init__(self, root: Path | str, lock: WriterLock | None = None, fs: FileSystem | None = None) -> None:
+    def __init__(
+        self, root: Path | str, lock: WriterLock | None = None, fs: FileSystem | None = None, head_required: bool = False
+    ) -> None:
         self.root = root
+        # A repository's own HEAD always exists (init writes it first): a missing one is
+        # damage, never an unborn branch, on which a commit would start a new history.
+        self.head_required = head_required
         self.lock = lock if lock is not None else contextlib.nullcontext()
         self.fs: FileSystem = fs if fs is not None else LocalFileSystem(perm=0o644)
         self._base = str(root).rstrip("/")
@@ -76,6 +81,8 @@ class Refs:
         try:
             raw = self.fs.cat_file(self._path(name))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            if name == HEAD and self.head_required:
+                raise CorruptObjectError(HEAD, f"the file is missing (it names the current branch: write 'ref: {BRANCHES}main' into {self._path(HEAD)})") from None
             return None
         return raw.decode("utf-8", "replace").strip()
 

@@ -22,7 +22,7 @@ from datarepo.errors import (
     ObjectNotFoundError,
 )
 from datarepo.fsutil import WriterLock, atomic_write
-from datarepo.hashing import Oid, is_oid
+from datarepo.hashing import Oid
 from datarepo.index import Index
 from datarepo.keys import is_utf8
 from datarepo.locations import location_rows
@@ -54,7 +54,7 @@ class Repo:
         self.config = Config.load(dotdir / "config.toml")
         self.store = Store(dotdir)
         self.lock = WriterLock(dotdir / "lock", timeout=env_seconds("DATAREPO_LOCK_TIMEOUT", 60))
-        self.refs = Refs(dotdir, self.lock)
+        self.refs = Refs(dotdir, self.lock, head_required=True)
         self._index: Index | None = None
         self._index_pid = 0
 
@@ -66,13 +66,19 @@ class Repo:
         dotdir = path if bare else path / DOTDIR
         if (dotdir / "config.toml").exists():
             raise InvalidInputError(f"already a datarepo repository: {dotdir}")
+        try:  # (a repository inside another's own folder would take that folder's files for data)
+            around = cls.open(path)
+        except DataRepoError:
+            around = None
+        if around is not None and path.is_relative_to(around.dotdir):
+            raise InvalidInputError(f"{path} is inside the repository folder {around.dotdir}: a repository cannot be made there")
         if bare and path.exists() and any(path.iterdir()):
             raise InvalidInputError(f"a bare repository needs an empty directory: {path}")
         cfg = Config(bare=bare, grouping=grouping, shard_size=DEFAULT_SHARD_SIZE if shard_size is None else shard_size).validated()
         for sub in ("objects", "shards", "refs/heads", "refs/tags", "refs/runs"):
             (dotdir / sub).mkdir(parents=True, exist_ok=True)
+        atomic_write(dotdir / "HEAD", b"ref: refs/heads/main\n", mode=0o644)  # before the config that makes it a repository
         cfg.save(dotdir / "config.toml")
-        atomic_write(dotdir / "HEAD", b"ref: refs/heads/main\n", mode=0o644)
         return cls(dotdir, None if bare else path)
 
     @classmethod
@@ -116,14 +122,19 @@ class Repo:
     def forget_missing_shards(self) -> bool:
         """Drops from the location cache the shards whose files are gone, so that their
         datums count as not stored; True if there were any, or if datums are still located
-        in shards ``fsck`` found damaged (which do not count as stored either): the next
-        ``add`` then looks at every key, and stores those datums again from their files."""
+        in shards ``fsck`` found damaged (which do not count as stored either), or ``fsck``
+        found some in no shard at all: the next ``add`` then looks at every key, and stores
+        those datums again from their files."""
         missing = [shard for shard in self.index.locations.shards() if not self.store.has_shard(shard)]
         if missing:
             with self.index.transaction():
                 for shard in missing:
                     self.index.locations.drop_shard(shard)
-        return bool(missing) or self.index.locations.relied_on(self.index.locations.damaged())
+        if lost := self.index.locations.lost():
+            if not (lost := lost - self.stored(lost)):
+                with self.index.transaction():
+                    self.index.locations.set_lost(lost)  # all stored again
+        return bool(missing) or bool(lost) or self.index.locations.relied_on(self.index.locations.damaged())
 
     def drop_shards(self, shards: list[str]) -> None:
         """Forgets shards in the location cache, then deletes their files."""
@@ -165,11 +176,19 @@ class Repo:
 
     def resolve(self, rev: str) -> Oid:
         """Resolves git's revision forms to a commit oid (``main``, ``HEAD~2``, ``v1^``, an oid prefix)."""
+        try:
+            return self._resolve(rev)
+        except BadRevisionError as e:  # named whole, not the part of it that failed (HEAD~9 of HEAD~9~1)
+            if e.rev == rev:
+                raise
+            raise BadRevisionError(rev, e.reason) from None
+
+    def _resolve(self, rev: str) -> Oid:
         if not rev:
             raise BadRevisionError(rev)
         m = _REV_SUFFIX.search(rev)
         if m and m.start() > 0:
-            base = self.resolve(rev[: m.start()])
+            base = self._resolve(rev[: m.start()])
             op, n = m.group(0)[0], m.group(0)[1:]
             count = int(n) if n else 1
             return self._walk(base, op, count, rev)
@@ -214,9 +233,7 @@ class Repo:
         return oid
 
     def _expand_prefix(self, prefix: str) -> Oid | None:
-        if is_oid(prefix):
-            return Oid(prefix) if self.store.has_object(prefix) else None
-        matches = self.store.objects_with_prefix(prefix)
+        matches = self.store.objects_with_prefix(prefix)  # (a whole oid too: it must name a commit)
         commits = [m for m in matches if isinstance(self.store.get_object(m), Commit)]
         if len(commits) > 1:
             raise BadRevisionError(prefix, "ambiguous oid prefix")

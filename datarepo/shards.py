@@ -306,6 +306,10 @@ class TarMember(NamedTuple):
     size: int
 
 
+# The largest PAX or GNU long-name header read: a name and a few numbers, far below this.
+MAX_EXTENDED_HEADER = 1 << 20
+
+
 def iter_tar(f: BinaryIO, name: str = "<tar>", passed_over: list[str] | None = None) -> Iterator[TarMember]:
     """Yields the regular members of a ustar/PAX/GNU tar without reading their data; the
     names of the others, but for directories (links, devices, fifos), go to ``passed_over``.
@@ -327,6 +331,8 @@ def iter_tar(f: BinaryIO, name: str = "<tar>", passed_over: list[str] | None = N
         size = octal_field(block[124:136], name, pos)
         data = pos + BLOCK
         if kind in (b"x", b"L"):
+            if size > MAX_EXTENDED_HEADER:  # (read whole: a size a hostile tar claims is never allocated)
+                raise CorruptObjectError(name, f"an extended header of {size} bytes at byte {pos}")
             f.seek(data)
             payload = f.read(size)
             if len(payload) < size:

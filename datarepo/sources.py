@@ -24,6 +24,10 @@ from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, member_
 
 TAR_SUFFIXES = (".tar",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+# The longest JSON line (a datum) read, with its newline: a line is held whole while it is
+# decoded, so a stream with no newline (``< /dev/zero``) must end in an error, not in all
+# the memory there is. Larger datums go in a tar or a folder, which are streamed.
+MAX_LINE_BYTES = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,9 @@ def _brace_bound(src: str) -> int:
     return bound
 
 def expand(src: str) -> list[str]:
-    """The files a source names: a glob (``*.tar``), braces (``x-{000..009}.tar``) or one
-    path; those that exist, sorted for a glob."""
+    """The files a source names: a glob (``*.tar``: those that exist, sorted), braces
+    (``x-{000..009}.tar``: each one, as WebDataset reads them; a missing one is an error,
+    not a shard set with its datums deleted) or one path (none if it does not exist)."""
     if any(c in src for c in "*?["):
         import glob
 
@@ -75,9 +80,13 @@ def expand(src: str) -> list[str]:
         if _brace_bound(src) > MAX_BRACE_NAMES:
             raise InvalidInputError(f"bad source {src!r}: its braces name more than {MAX_BRACE_NAMES:,} files")
         try:
-            return [p for p in braceexpand.braceexpand(src) if os.path.exists(p)]
+            names = list(braceexpand.braceexpand(src))
         except braceexpand.UnbalancedBracesError as e:
             raise InvalidInputError(f"bad source {src!r}: {e}") from None
+        if missing := [p for p in names if not os.path.exists(p)]:
+            more = f" and {len(missing) - 1} more of its {len(names)}" if len(missing) > 1 else ""
+            raise InvalidInputError(f"no such file: {missing[0]}{more} (named by {src!r})")
+        return names
     return [src] if os.path.exists(src) else []
 
 
@@ -153,9 +162,25 @@ def _member(f: BinaryIO, path: Path, offset: int, size: int) -> tuple[MemberData
 def read_jsonl(stream: BinaryIO, name: str) -> Iterator[NewDatum]:
     """One datum a line: ``{"__key__": k, ext: text | {"base64": …} | {"text": …} | number}``.
     Other fields whose names begin with ``__`` are metadata and left out."""
-    for lineno, line in enumerate(stream, 1):
+    for lineno, line in enumerate(_bounded_lines(stream, name), 1):
         if line.strip():
             yield jsonl_datum(line, f"{name}:{lineno}")
+
+
+def _bounded_lines(stream: BinaryIO, name: str) -> Iterator[bytes]:
+    """The lines of ``stream``; InvalidInputError for one over :data:`MAX_LINE_BYTES`."""
+    lineno = 0
+    while line := stream.readline(MAX_LINE_BYTES + 1):
+        lineno += 1
+        _check_length(len(line), name, lineno)
+        yield line
+
+
+def _check_length(size: int, name: str, lineno: int) -> None:
+    if size > MAX_LINE_BYTES:
+        raise InvalidInputError(
+            f"{name}:{lineno}: a line longer than {MAX_LINE_BYTES >> 20} MiB (a datum that large goes in a tar or a folder)"
+        )
 
 
 def jsonl_datum(line: bytes, where: str) -> NewDatum:
@@ -180,11 +205,11 @@ def lines_or_idle(stream: BinaryIO, idle: float | None) -> Iterator[bytes | None
     except (AttributeError, OSError, ValueError):
         fd = None
     if idle is None or fd is None:
-        yield from stream
+        yield from _bounded_lines(stream, "<stdin>")
         return
     import select
 
-    buffered = b""
+    buffered, lineno = b"", 0
     while True:
         ready, _, _ = select.select([fd], [], [], idle)
         if not ready:
@@ -194,7 +219,11 @@ def lines_or_idle(stream: BinaryIO, idle: float | None) -> Iterator[bytes | None
         if not chunk:
             break
         *lines, buffered = (buffered + chunk).split(b"\n")
-        yield from (line + b"\n" for line in lines)
+        for line in lines:
+            lineno += 1
+            _check_length(len(line) + 1, "<stdin>", lineno)
+            yield line + b"\n"
+        _check_length(len(buffered), "<stdin>", lineno + 1)
     if buffered:
         yield buffered
 

@@ -465,16 +465,106 @@ def _past(prefix: str) -> str | None:
 _GLOB_SPECIAL = "*?[\\"
 
 
-def compile_glob(pattern: str) -> re.Pattern[str]:
+def compile_glob(pattern: str) -> KeyGlob:
     """A key glob compiled (to ``fullmatch``; rules: :func:`glob_regex`).
 
     Raises:
         InvalidInputError: the glob has a class no regular expression can hold (``[z-a]``).
     """
-    try:
-        return re.compile(glob_regex(pattern), re.DOTALL)
-    except re.error as e:
-        raise InvalidInputError(f"bad glob {pattern!r}: {e}") from None
+    return KeyGlob(pattern)
+
+
+class KeyGlob:
+    """A key glob (rules: :func:`glob_regex`) whose ``fullmatch`` takes time bounded by the
+    key's length times the glob's. A regular expression backtracks: ``*a*a*a*a*a*a*b``
+    over a name of 200 ``a`` ran for minutes. A glob with at most one run of ``*`` a name
+    and one ``**`` is matched by its regular expression (which then backtracks little);
+    another, name by name, each name's ``*``-free pieces found leftmost first."""
+
+    def __init__(self, pattern: str) -> None:
+        try:
+            self._regex = re.compile(glob_regex(pattern), re.DOTALL)
+            parts = pattern.split("/")
+            self._names: list[Any] = []
+            for i, part in enumerate(parts):
+                if part == "**":  # any names (at least one, last after others: ``a/**``)
+                    self._names += [_ANY_NAME, _NAMES] if i == len(parts) - 1 and i else [_NAMES]
+                else:
+                    self._names.append([re.compile(_component_regex(piece), re.DOTALL) for piece in _star_split(part)])
+        except re.error as e:
+            raise InvalidInputError(f"bad glob {pattern!r}: {e}") from None
+        named = [n for n in self._names if isinstance(n, list)]
+        self._simple = self._names.count(_NAMES) <= 1 and all(len(pieces) <= 2 for pieces in named)
+
+    def fullmatch(self, key: str) -> bool:
+        if self._simple:
+            return self._regex.fullmatch(key) is not None
+        return _match_names(self._names, key.split("/"))
+
+
+_NAMES, _ANY_NAME = "**", "*"  # (tokens of a KeyGlob's names: any run of names; one name)
+
+
+def _star_split(part: str) -> list[str]:
+    """A name's glob cut at its runs of ``*`` (not those escaped or in a class)."""
+    pieces, start, i = [], 0, 0
+    while i < len(part):
+        c = part[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == "[" and (end := _class_end(part, i + 1)) is not None:
+            i = end + 1
+            continue
+        if c == "*":
+            pieces.append(part[start:i])
+            while i < len(part) and part[i] == "*":
+                i += 1
+            start = i
+            continue
+        i += 1
+    return [*pieces, part[start:]]
+
+
+def _match_name(pieces: list[re.Pattern[str]], name: str) -> bool:
+    """Whether a name matches a name glob cut at its stars: the first piece at its start,
+    the last at its end, each other leftmost between (every piece matches a fixed length)."""
+    if len(pieces) == 1:
+        return pieces[0].fullmatch(name) is not None
+    first, *middle, last = pieces
+    if (m := first.match(name)) is None:
+        return False
+    pos, end = m.end(), len(name)
+    for start in range(end, pos - 1, -1):  # the last piece's fixed length: found from the end
+        if last.fullmatch(name, start) is not None:
+            end = start
+            break
+    else:
+        return False
+    for piece in middle:
+        if (m := piece.search(name, pos, end)) is None:
+            return False
+        pos = m.end()
+    return True
+
+
+def _match_names(tokens: list[Any], names: list[str]) -> bool:
+    """Wildcard matching over names (``**`` any run of them): the classic two-pointer walk,
+    backing up only to the last ``**``."""
+    t = n = 0
+    star, mark = -1, 0
+    while n < len(names):
+        token = tokens[t] if t < len(tokens) else None
+        if token == _NAMES:
+            star, mark, t = t, n, t + 1
+        elif token is not None and (token == _ANY_NAME or _match_name(token, names[n])):
+            t, n = t + 1, n + 1
+        elif star >= 0:
+            mark += 1
+            t, n = star + 1, mark
+        else:
+            return False
+    return all(token == _NAMES for token in tokens[t:])
 
 
 def glob_regex(pattern: str) -> str:

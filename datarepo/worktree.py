@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat as stat_mod
@@ -233,7 +234,7 @@ def parse_ignore(raw: bytes, name: str = IGNORE_FILE) -> Any:
 
     lines = raw.decode("utf-8", errors="replace").splitlines()
     try:
-        return pathspec.GitIgnoreSpec.from_lines(lines)
+        return pathspec.GitIgnoreSpec.from_lines(lines, pattern_factory=_ignore_pattern())
     except (ValueError, re.error) as e:  # a line that is no pattern (a lone "!" or "\\", a class "[z-a]")
         bad = next((i for i, line in enumerate(lines, 1) if not _is_pattern(line)), None)
         where = f" line {bad}" if bad else ""
@@ -244,10 +245,105 @@ def _is_pattern(line: str) -> bool:
     import pathspec
 
     try:
-        pathspec.GitIgnoreSpec.from_lines([line])
+        pathspec.GitIgnoreSpec.from_lines([line], pattern_factory=_ignore_pattern())
     except (ValueError, re.error):
         return False
     return True
+
+
+# At most this many runs of folders a pattern may match (``**``, and the any-depth start of a
+# pattern without a slash): each more multiplies the time to match a deep path by its length.
+MAX_ANY_DEPTH = 2
+_ANY_DEPTH = re.compile(r"\.\+")  # how pathspec writes such a run: (?:.+/)? or (?:/.+)?
+
+
+@functools.cache
+def _ignore_pattern() -> type:
+    """pathspec's gitignore pattern, whose regular expression cannot backtrack for ever: a
+    run of ``*`` followed by more of the same name finds what follows it leftmost, once
+    (``*a*a*a*a*b`` over a long name took minutes), and a pattern with more than
+    :data:`MAX_ANY_DEPTH` runs of folders is no pattern."""
+    from pathspec.patterns.gitignore.spec import GitIgnoreSpecPattern
+
+    class Pattern(GitIgnoreSpecPattern):  # type: ignore[misc]
+        @classmethod
+        def pattern_to_regex(cls, pattern: Any) -> tuple[Any, Any]:
+            regex, include = super().pattern_to_regex(pattern)
+            if isinstance(regex, str):
+                if len(_ANY_DEPTH.findall(regex)) > MAX_ANY_DEPTH:
+                    raise ValueError(f"more than {MAX_ANY_DEPTH} runs of folders (**) in one pattern")
+                regex = _leftmost_stars(regex)
+            return regex, include
+
+    return Pattern
+
+
+_STAR = "[^/]*"
+
+
+def _leftmost_stars(regex: str) -> str:
+    """``regex`` with each ``[^/]*`` that a fixed-length run and then another ``[^/]*``
+    follow made atomic and lazy (``(?>[^/]*?abc)``): the run is found leftmost, as a
+    wildcard match may take it, and never tried elsewhere again."""
+    regex, out, i = _no_slash_in_negated_classes(regex), [], 0
+    while (at := regex.find(_STAR, i)) >= 0:
+        end = _fixed_run_end(regex, at + len(_STAR))
+        if end > at + len(_STAR) and regex.startswith(_STAR, end):
+            out.append(f"{regex[i:at]}(?>[^/]*?{regex[at + len(_STAR):end]})")
+        else:
+            out.append(regex[i:end])
+        i = end
+    return "".join(out) + regex[i:]
+
+
+def _no_slash_in_negated_classes(regex: str) -> str:
+    """``regex`` with ``/`` added to each negated class (``[!a]`` matches no ``/`` in git,
+    where pathspec writes ``[^a]``)."""
+    out, i = [], 0
+    while i < len(regex):
+        c = regex[i]
+        if c == "\\":
+            out.append(regex[i : i + 2])
+            i += 2
+        elif c == "[":
+            j = i + 1 + (regex[i + 1 : i + 2] == "^")
+            j += regex[j : j + 1] == "]"
+            while j < len(regex) and regex[j] != "]":
+                j += 2 if regex[j] == "\\" else 1
+            body = regex[i : j + 1]
+            out.append(body.replace("[^", "[^/", 1) if body.startswith("[^") and "/" not in body else body)
+            i = j + 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def _fixed_run_end(regex: str, i: int) -> int:
+    """Where the run of one-character atoms (a literal, an escape, a class) that starts at
+    ``i`` ends; each atom must not be quantified, nor match ``/`` (it would reach into the
+    next name, where leftmost is not enough)."""
+    while i < len(regex):
+        c = regex[i]
+        if c == "\\":
+            end = i + 2
+            slash = regex[i + 1 : end] == "/"
+        elif c == "[":
+            negated = regex[i + 1 : i + 2] == "^"
+            j = i + 1 + negated
+            j += regex[j : j + 1] == "]"
+            while j < len(regex) and regex[j] != "]":
+                j += 2 if regex[j] == "\\" else 1
+            end = j + 1
+            slash = ("/" in regex[i + 1 : j]) != negated  # ([^a] takes it, [^/a] and [ab] do not)
+        elif c in ".^$*+?{}()|]":
+            return i
+        else:
+            end, slash = i + 1, c == "/"
+        if slash or end > len(regex) or regex[end : end + 1] in ("*", "+", "?", "{"):
+            return i
+        i = end
+    return i
 
 
 def ignored(rules: Rules, rel: str, is_dir: bool) -> bool:
@@ -261,6 +357,29 @@ def ignored(rules: Rules, rel: str, is_dir: bool) -> bool:
         if (verdict := spec.check_file(name[len(base) :]).include) is not None:
             return verdict
     return False
+
+
+def left_out(root: Path, rel: str) -> str | None:
+    """Why a scan passes over the work-tree path ``rel``, or a folder above it (a name never
+    added, or an ignore file's pattern), as words that follow "is"; None if it does not."""
+    parts, rules = rel.split("/"), ()
+    for i, name in enumerate(parts):
+        base, here = "".join(p + "/" for p in parts[:i]), "/".join(parts[: i + 1])
+        is_dir = i < len(parts) - 1 or (root / here).is_dir() and not (root / here).is_symlink()
+        where = "" if i == len(parts) - 1 else f"in {here}/, which is "
+        if where and (root / here).is_symlink():
+            return f"{where}a symbolic link (a scan never goes through one to a folder)"
+        if name == IGNORE_FILE or name in NEVER_ADDED and (is_dir or i == 0):
+            return f"{where}never added"
+        ignore = root / base / IGNORE_FILE
+        if ignore.is_file() and not ignore.is_symlink():
+            try:
+                rules = (*rules, (base, parse_ignore(ignore.read_bytes(), base + IGNORE_FILE)))
+            except (OSError, InvalidInputError):
+                return None  # (what the scan then reports)
+        if rules and ignored(rules, here, is_dir):
+            return f"{where}ignored by a {IGNORE_FILE} pattern"
+    return None
 
 
 def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), with_stats: bool = True) -> Scan:
@@ -295,7 +414,7 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
         filtered = bool(rules) or bool(skip)
         regular: list[str] = []
         for entry in entries:  # once per file: kept lean
-            if filtered and _filtered_out(rel_dir + entry.name, entry, rules, skip):
+            if filtered and _filtered_out(rel_dir + entry.name, entry, rules, skip, result):
                 continue
             if entry.is_file(follow_symlinks=False):  # no extra syscall to classify
                 regular.append(entry.name)
@@ -329,10 +448,15 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
     return result
 
 
-def _filtered_out(rel: str, entry: os.DirEntry, rules: Rules, skip: tuple[str, ...]) -> bool:
+def _filtered_out(rel: str, entry: os.DirEntry, rules: Rules, skip: tuple[str, ...], result: Scan) -> bool:
     if rules and ignored(rules, rel, entry.is_dir(follow_symlinks=False)):
         return True
-    return bool(skip) and (rel + "/").startswith(skip)
+    if skip and (rel + "/").startswith(skip) and entry.is_dir(follow_symlinks=False):
+        # (said, since the files a user puts there are never added: rare, as an ingest makes
+        # a prefix sparse only where the work tree has no such folder)
+        result.notes.append(f"skipped {rel}/: a sparse prefix, whose keys only ingest writes")
+        return True
+    return False
 
 
 _FAILED = (-1, 0, 0)  # the stat of a file that could not be stat'ed

@@ -362,7 +362,7 @@ def test_gc_removes_unreachable(repo_with_commit, worktree: Path, cli) -> None:
     cli("commit", "-m", "big")
     big = json.loads(cli("ls", "--json", "--prefix", "train/cat/0000").output)[0]["datum"]
     cli("checkout", "-b", "other", "HEAD~1")
-    cli("branch", "-d", "main")
+    cli("branch", "-d", "-f", "main")  # (no other ref reaches it: -d alone keeps it)
     repo.config = repo.config.__class__(**{**repo.config.__dict__, "reflog_expire_days": 0})
     repo.config.save(repo.dotdir / "config.toml")
     import time

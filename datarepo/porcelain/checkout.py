@@ -18,7 +18,7 @@ from datarepo.keys import check_key, member_of
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.porcelain.history import create_ref
 from datarepo.porcelain.stage import status
-from datarepo.refs import BRANCHES
+from datarepo.refs import BRANCHES, check_name
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData, copy_member
 from datarepo.store import check_datum, datum_members
@@ -47,12 +47,13 @@ def checkout(
     never added (untracked, in git's words) is left as it is, unless ``rev`` holds its key.
     """
     root = repo.require_worktree()
-    if new_branch:
-        create_ref(repo, BRANCHES, new_branch, rev)
-        rev = new_branch
+    if new_branch:  # made once the checkout can be done: one it refuses leaves no branch behind
+        check_name(new_branch, "branch")
+        if repo.refs.read(BRANCHES + new_branch) is not None:
+            raise InvalidInputError(f"branch {new_branch!r} already exists")
     target = repo.resolve(rev)
     # A branch name stays attached, and so does HEAD itself (``checkout -f HEAD``), as in git.
-    branch = repo.current_branch() if rev == "HEAD" else rev if repo.refs.read(BRANCHES + rev) is not None else None
+    branch = new_branch or (repo.current_branch() if rev == "HEAD" else rev if repo.refs.read(BRANCHES + rev) is not None else None)
     with repo.lock:
         for path in checkout_leftovers(repo):  # a killed checkout's: the lock says it is gone
             remove(path)
@@ -77,6 +78,8 @@ def checkout(
             repo.index.staging.unstage()
         else:
             repo.index.staging.unstage(moves)
+        if new_branch:
+            create_ref(repo, BRANCHES, new_branch, target)
         if branch:
             repo.refs.set_symbolic(BRANCHES + branch)
         else:

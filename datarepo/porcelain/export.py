@@ -64,9 +64,15 @@ def export(
         raise InvalidInputError(f"export destination must be a new or empty directory: {dest}")
     dest = repo.check_outside(dest, "export destination")  # (a symbolic link: the folder it names)
     manifest = repo.manifest(repo.tree(rev).select(prefix=prefix))
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    if prefix and not len(manifest):  # (a misspelt prefix is no empty data set)
+        raise InvalidInputError(f"no key of {rev} starts with {prefix!r}: nothing to export")
     tmp = dest.parent / f"{TMP_PREFIX}export-{os.urandom(6).hex()}"
-    tmp.mkdir()
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:  # (named as the user named it, not by the temporary folder)
+        reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
+        raise InvalidInputError(f"cannot create the export destination {dest}: {reason}") from None
     try:
         begin(progress, len(manifest))
         if shards:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from datarepo.errors import BadRevisionError, CorruptObjectError, DataRepoError,
 from datarepo.hashing import Oid
 from datarepo.objects import Commit, TreeEntry
 from datarepo.porcelain import Changes
-from datarepo.refs import BRANCHES, check_name
+from datarepo.refs import BRANCHES, HEAD, REMOTES, TAGS, check_name
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData, copy_member, member_hash
 from datarepo.store import check_datum, datum_members
@@ -175,6 +176,7 @@ def create_ref(repo: Repo, prefix: str, name: str, rev: str = "HEAD", force: boo
     """Creates a branch or tag; refuses to move an existing one unless ``force``."""
     check_name(name, "branch" if prefix == BRANCHES else "tag")
     oid = repo.resolve(rev)
+    repo.read_commit(oid)  # a ref names a commit that is there (HEAD, or a ref, may name a lost one)
     with repo.lock:
         try:
             old: Oid | None | bool = repo.refs.read(prefix + name)
@@ -188,13 +190,40 @@ def create_ref(repo: Repo, prefix: str, name: str, rev: str = "HEAD", force: boo
     return oid
 
 
-def delete_ref(repo: Repo, prefix: str, name: str) -> Oid:
+def delete_ref(repo: Repo, prefix: str, name: str, force: bool = False) -> Oid:
+    """Deletes a branch or tag. As git's ``branch -d``, a branch whose commit no other
+    branch, tag or HEAD reaches is kept unless ``force``: its history would be left to the
+    reflog, and ``gc`` deletes it once that expires."""
     if prefix == BRANCHES and repo.current_branch() == name:
         raise InvalidInputError(f"cannot delete the branch {name!r}: it is checked out")
     with repo.lock:
         old = repo.refs.read(prefix + name)
         if old is None:
             raise InvalidInputError(f"no such {'branch' if prefix == BRANCHES else 'tag'}: {name}")
+        if prefix == BRANCHES and not force and not _reached_elsewhere(repo, prefix + name, old):
+            raise InvalidInputError(
+                f"the branch {name!r} is not merged: no other branch, tag or HEAD reaches {old[:12]} "
+                "(branch -d -f deletes it; its commits are then kept only as long as the reflog)"
+            )
         repo.refs.update(prefix + name, None, expected=old, message="deleted")
     return old
+
+
+def _reached_elsewhere(repo: Repo, ref: str, oid: Oid) -> bool:
+    """Whether a ref other than ``ref`` (a branch, tag, remote branch or HEAD) reaches commit ``oid``."""
+    stack: list[Oid] = []
+    for name in [HEAD, *repo.refs.names(BRANCHES), *repo.refs.names(TAGS), *repo.refs.names(REMOTES)]:
+        with contextlib.suppress(DataRepoError):  # (a damaged ref reaches nothing; fsck names it)
+            if name != ref and (start := repo.refs.read(name)) is not None:
+                stack.append(start)
+    seen: set[str] = set()
+    while stack:
+        commit = stack.pop()
+        if commit == oid:
+            return True
+        if commit not in seen:
+            seen.add(commit)
+            with contextlib.suppress(DataRepoError):
+                stack.extend(repo.read_commit(commit).parents)
+    return False
 

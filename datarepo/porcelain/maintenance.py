@@ -45,9 +45,16 @@ def roots(repo: Repo, problems: list[str] | None = None) -> set[Oid]:
     """Ref targets, reflog entries younger than the expiry window, and the tree ``add``
     stored for the next commit. A ref that names no commit is an error, or, with
     ``problems``, noted there (what it reached stays unknown, so nothing may be deleted)."""
-    branch = repo.refs.read_symbolic(HEAD)
     named: dict[str, Oid] = {}
-    for name in [*repo.refs.names("refs/"), *([] if branch else [HEAD])]:  # a detached HEAD names a commit
+    try:
+        branch = repo.refs.read_symbolic(HEAD)
+        heads = [] if branch else [HEAD]  # a detached HEAD names a commit
+    except CorruptObjectError as e:  # (missing, or naming no ref): the refs are still checked
+        if problems is None:
+            raise
+        problems.append(str(e))
+        branch, heads = None, []
+    for name in [*repo.refs.names("refs/"), *heads]:
         try:
             oid = repo.refs.read(name)
             if oid is not None:
@@ -245,10 +252,12 @@ def _fsck(repo: Repo, rebuild_index: bool, progress: Progress) -> FsckResult:
     result.datums = len(seen.datums)
     lost = sorted((d, k) for d, k in seen.datums.items() if k and d not in shards.stored)
     only_in: dict[str, list[str]] = {}  # a shard (damaged, or without its .idx) → the keys only it holds
+    in_no_shard = set()
     for d, k in lost:
         shard = shards.damaged.get(d) or next((s for s, held in shards.unindexed.items() if d in held), None)
         if shard is None:
             result.problems.append(f"datum {d} (key {k}) is in no shard")
+            in_no_shard.add(d)
         else:
             only_in.setdefault(shard, []).append(k)
     # One line a shard, not one a datum (a shard holds thousands).
@@ -268,6 +277,7 @@ def _fsck(repo: Repo, rebuild_index: bool, progress: Progress) -> FsckResult:
     result.retired = sum(1 for _ in repo.store.iter_retired())
     with repo.index.transaction():  # (their copies no longer count as stored: add restores them)
         repo.index.locations.set_damaged(shards.failed)
+        repo.index.locations.set_lost(in_no_shard)  # (and these, whose copy went with its index)
     if rebuild_index:
         with repo.index.transaction():
             repo.index.locations.clear()

@@ -18,7 +18,7 @@ from datarepo.porcelain import Changes, Progress, compare, retain
 from datarepo.repo import Repo
 from datarepo.statcache import write_base
 from datarepo.statcols import FileStat, StatColumns, StatRow
-from datarepo.worktree import Scan, group, member_path, paths_within, scan
+from datarepo.worktree import Scan, group, left_out, member_path, paths_within, scan
 from datarepo.write import hash_datum, store_files
 
 
@@ -264,6 +264,9 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     saw differ from the index, are looked at.
     """
     prefixes = key_filter(repo, paths)
+    for p in paths or ():
+        _check_not_sparse(repo, p)
+        _check_not_left_out(repo, p)
     with repo.lock:
         if repo.forget_missing_shards():  # datums whose copy is gone or damaged: stored again from their files
             snapshot.drop(repo)
@@ -316,6 +319,26 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     retain(look, stored, head, index, now, sizes, after, staged)
     looked_at = None if keys is None else len(keys)
     return AddResult(changes, len(stored.written), sum(stored.written.values()), stored.hashed, notes, looked_at)
+
+
+def _check_not_sparse(repo: Repo, path: str) -> None:
+    """Refuses a path argument under a sparse prefix, where ``add`` does not look: it would
+    stage nothing, and say nothing of it."""
+    named = key_filter(repo, [path])
+    for key in sorted((named.keys | named.dirs) if named is not None else ()):
+        if prefix := next((p for p in repo.config.sparse if key.startswith(p)), None):
+            raise InvalidInputError(
+                f"{path} is under the sparse prefix {prefix}, whose keys only ingest writes: add does not look there "
+                "(take the prefix out of core.sparse in .datarepo/config.toml to add files there)"
+            )
+
+
+def _check_not_left_out(repo: Repo, path: str) -> None:
+    """Refuses, as git does, a path argument the scan passes over (ignored, or never
+    added): add would stage nothing for it, or the deletion of its datum."""
+    root = repo.require_worktree()
+    if os.path.lexists(path) and (within := paths_within(root, [path])) and (why := left_out(root, within[0])):
+        raise InvalidInputError(f"{path} is {why}: add does not look at it (rm --cached stops tracking a datum)")
 
 
 def _check_matched(repo: Repo, paths: list[str] | None, chosen: list[str]) -> None:
