@@ -494,11 +494,12 @@ class KeyGlob:
         except re.error as e:
             raise InvalidInputError(f"bad glob {pattern!r}: {e}") from None
         named = [n for n in self._names if isinstance(n, list)]
-        self._simple = self._names.count(_NAMES) <= 1 and all(len(pieces) <= 2 for pieces in named)
+        simple = self._names.count(_NAMES) <= 1 and all(len(pieces) <= 2 for pieces in named)
+        # ``fullmatch(key)`` is truthy where the glob takes the key: the regular expression's
+        # own method where it is safe (called once a key of a large tree: no Python step).
+        self.fullmatch: Callable[[str], object] = self._regex.fullmatch if simple else self._match
 
-    def fullmatch(self, key: str) -> bool:
-        if self._simple:
-            return self._regex.fullmatch(key) is not None
+    def _match(self, key: str) -> bool:
         return _match_names(self._names, key.split("/"))
 
 

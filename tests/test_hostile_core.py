@@ -303,7 +303,7 @@ def test_a_glob_matches_as_its_regular_expression_does(pattern: str, keys: list[
         return
     glob = KeyGlob(pattern)
     for key in keys:
-        assert glob.fullmatch(key) == (regex.fullmatch(key) is not None), (pattern, key)
+        assert bool(glob.fullmatch(key)) == (regex.fullmatch(key) is not None), (pattern, key)
 
 
 def test_a_glob_of_many_stars_is_matched_without_backtracking_for_ever(worktree: Path, cli) -> None:

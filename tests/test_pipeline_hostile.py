@@ -364,3 +364,22 @@ def test_watch_waits_for_a_deleted_branch_and_runs_on_a_reset_one(texts: Path, c
     assert runs == 1 and len(notes) == 1 and "main names no commit" in notes[0]
     assert [(p.processed, p.reused) for p in reports[0].pipelines] == [(0, 6)]  # its outputs again, from the run cache
     assert outputs(texts)["up/a/001"] == {"txt": b"TEXT 1"}
+
+
+def test_an_input_glob_of_many_stars_is_matched_in_bounded_time(worktree: Path, cli: Cli) -> None:
+    """A glob whose regular expression would backtrack for hours over a long name (eight
+    stars in one name) plans, runs and answers lineage at once."""
+    cli("init")
+    (worktree / "raw").mkdir()
+    (worktree / "raw" / ("a" * 150 + ".txt")).write_text("long")
+    (worktree / "raw" / "aaaaaaaaab.txt").write_text("match")
+    cli("add", "raw")
+    cli("commit", "-m", "raw")
+    write_pipeline(worktree, "stars.py", UPPER.replace('input="raw/**"', 'input="raw/*a*a*a*a*a*a*a*a*b"'))
+    assert run(cli)["upper"]["processed"] == 1
+    (worktree / "raw" / ("a" * 149 + "c.txt")).write_text("long too")  # planned by difference
+    cli("add", "raw")
+    cli("commit", "-m", "more")
+    assert run(cli)["upper"]["processed"] == 0
+    assert outputs(worktree) == {"up/aaaaaaaaab": {"txt": b"MATCH"}}
+    assert "raw/aaaaaaaaab" in cli("lineage", "up/aaaaaaaaab").output

@@ -119,7 +119,7 @@ def selection_diff(old: trees.Tree, new: trees.Tree, glob: str) -> Iterator[tree
     if old.oid == new.oid:
         return
     prefix = trees.glob_literal_prefix(glob)
-    match = None if glob == prefix + "**" and prefix.endswith("/") else re.compile(trees.glob_regex(glob), re.DOTALL).fullmatch
+    match = None if glob == prefix + "**" and prefix.endswith("/") else trees.compile_glob(glob).fullmatch
     a, b = _pages(old, prefix), _pages(new, prefix)
     shared = {p.page for p in a} & {p.page for p in b}
     a, b = [p for p in a if p.page not in shared], [q for q in b if q.page not in shared]
@@ -209,7 +209,7 @@ def _retry_failed(repo: Repo, plan: Plan, bases: list[str]) -> None:
     spec = plan.spec
     keys = {spec.strip + base[len(spec.output) :]: base for base in bases}
     for src in spec.sources:
-        match = src.regex().fullmatch
+        match = src.matcher().fullmatch
         found = tree_at(repo, plan.inputs[src.label]).get_many(k for k in keys if match(k))
         for key, entry in sorted(found.items()):
             _add(plan, keys.pop(key), ((key, entry.datum),), FAILED)

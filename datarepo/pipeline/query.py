@@ -15,7 +15,6 @@ pipeline's current root are opened, and the walk goes on from their outputs.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +25,7 @@ from datarepo.pipeline.cache import LineageCache
 from datarepo.pipeline.heads import State, heads
 from datarepo.pipeline.lineage import Reader, Record, page_rows, read_root
 from datarepo.repo import Repo
-from datarepo.tree import glob_regex
+from datarepo.tree import compile_glob
 
 MAX_DEPTH = 64
 
@@ -124,7 +123,7 @@ def _up(repo: Repo, key: str, commit: Oid, depth: int) -> Node:
 def _input_commit(inputs: dict[str, str], key: str) -> Oid:
     for label, commit in inputs.items():
         glob = label.rsplit("@", 1)[0] if "@" in label and label.rsplit("@", 1)[0] else label
-        if re.fullmatch(glob_regex(glob), key, re.DOTALL):
+        if compile_glob(glob).fullmatch(key):
             return Oid(commit)
     return Oid(next(iter(inputs.values())))
 

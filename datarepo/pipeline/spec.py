@@ -25,7 +25,7 @@ from datarepo.executor import MAX_WORKERS
 from datarepo.hashing import canonical_json, hash_bytes
 from datarepo.keys import check_prefix, is_utf8
 from datarepo.pipeline.guard import described, interrupts, line_in, stops_run
-from datarepo.tree import glob_literal_prefix, glob_regex
+from datarepo.tree import KeyGlob, compile_glob, glob_literal_prefix
 
 COMBINATIONS = ("cross", "join", "union", "group")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -54,8 +54,9 @@ class Source:
         start = glob_literal_prefix(self.glob)
         return start[: start.rfind("/") + 1]
 
-    def regex(self) -> re.Pattern[str]:
-        return re.compile(glob_regex(self.glob), re.DOTALL)
+    def matcher(self) -> KeyGlob:
+        """The glob compiled (:class:`datarepo.tree.KeyGlob`: bounded time for any glob)."""
+        return compile_glob(self.glob)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def _checked_source(src: Source) -> Source:
     if src.rev is not None and (not isinstance(src.rev, str) or not src.rev.strip() or "\x00" in src.rev):
         raise PipelineError(f"bad revision {src.rev!r} of input {src.glob!r}: a revision name such as 'v1'")
     try:
-        src.regex()
+        src.matcher()
         if folder := src.strip.rstrip("/"):  # the keys it reads lie there: the key rule's
             check_prefix(folder)
     except (re.error, DataRepoError, ValueError) as e:
