@@ -25,6 +25,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
@@ -44,15 +45,15 @@ class ReadOnlyFS:
     method that would write raises, so nothing reached through it (an object, a shard, a
     ref) can change the remote."""
 
-    def __init__(self, dvc_fs: Any, url: str) -> None:
-        self._dvc_fs, self.url = dvc_fs, url
+    def __init__(self, connect: Callable[[], Any], url: str) -> None:
+        self._connect, self.url = connect, url
 
     @cached_property
     def fs(self) -> Any:
-        """The fsspec filesystem, made when first used (a DataLoader worker that reads
-        only cached shards never connects)."""
+        """The filesystem, made when first used (a DataLoader worker that reads only
+        cached shards never connects)."""
         with speaking(self.url):
-            return self._dvc_fs.fs
+            return self._connect()
 
     def open(self, path: str, mode: str = "rb", **options: Any) -> Any:
         if mode != "rb":
@@ -142,10 +143,10 @@ class RemoteRepo(Repo):
     def __init__(self, url: str, cache: str | os.PathLike[str] | None = None, check: bool = True) -> None:
         """``check``: that the URL holds a repository (its ``HEAD``: a push writes it first),
         else RemoteError; a DataLoader worker that opens it again does not ask."""
-        dvc_fs, root, protocol = url_filesystem(url)
+        connect, root, protocol = url_filesystem(url)
         self.url = url
         self.cache = _claim(Path(cache).resolve() if cache is not None else _temporary(), url)
-        fs = ReadOnlyFS(dvc_fs, url)
+        fs = ReadOnlyFS(connect, url)
         self.store = RemoteStore(fs, root, None if protocol in LOCAL else self.cache / "shards")
         self.dotdir = self.cache  # (the location cache, index.sqlite, is kept there)
         self.worktree = None

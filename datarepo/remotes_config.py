@@ -5,12 +5,13 @@ credentials and options. DVC is imported here, inside functions, and only here."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from datarepo.errors import DataRepoError, InvalidInputError
+from datarepo.fsutil import LocalFileSystem
 from datarepo.refs import is_valid_ref_format
 from datarepo.repo import Repo
 
@@ -171,28 +172,50 @@ def open_remote(repo: Repo, name: str | None) -> RemoteFS:
 
         cls, conf, fs_path = get_cloud_fs(config, name=name)
         fs = cls(**conf)
-        inner = fs.fs
+        inner = None if _protocol(fs) in LOCAL else fs.fs
     except ImportError as e:
         raise RemoteError(f"remote {name!r} ({url}): {_one_line(e)}") from None
     except Exception as e:  # a missing plugin, a URL DVC does not take
         raise RemoteError(f"remote {name!r} ({url}): {_one_line(e)}") from None
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    protocol = _protocol(fs)
+    if protocol in LOCAL:
+        return RemoteFS(name, url, local_filesystem(), _local_root(str(fs_path)), protocol)
     return RemoteFS(name, url, inner, str(fs_path).rstrip("/") or "/", protocol)
 
 
-def url_filesystem(url: str) -> tuple[Any, str, str]:
-    """DVC's filesystem for a remote named by its URL alone (``s3://bucket/path``,
-    ``file:///path``), not yet connected (its fsspec filesystem, ``.fs``, is made when
-    first used), the path of the repository's layout on it, and its protocol.
-    Credentials and endpoints come from where DVC's libraries read them (for S3,
-    ``AWS_ENDPOINT_URL`` and the rest)."""
-    path = url[len("file://"):] or "/" if url.startswith("file://") else url
+def url_filesystem(url: str) -> tuple[Callable[[], Any], str, str]:
+    """The filesystem of a remote named by its URL alone (``s3://bucket/path``,
+    ``file:///path``), not yet connected (a function that makes it: DVC's fsspec
+    filesystem is made when first used), the path of the repository's layout on it,
+    and its protocol. Credentials and endpoints come from where DVC's libraries read
+    them (for S3, ``AWS_ENDPOINT_URL`` and the rest)."""
     try:
         from dvc.fs import get_cloud_fs
 
-        cls, conf, fs_path = get_cloud_fs({}, url=path)
+        cls, conf, fs_path = get_cloud_fs({}, url=_local_root(url) if url.startswith("file://") else url)
         fs = cls(**conf)
     except Exception as e:  # DVC missing, a missing plugin, a URL DVC does not take
         raise RemoteError(f"{url}: {_one_line(e)}") from None
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return fs, str(fs_path).rstrip("/") or "/", protocol
+    protocol = _protocol(fs)
+    if protocol in LOCAL:
+        return local_filesystem, _local_root(str(fs_path)), protocol
+    return lambda: fs.fs, str(fs_path).rstrip("/") or "/", protocol
+
+
+def local_filesystem() -> LocalFileSystem:
+    """A remote on this machine's filesystem is read and written as the repository's own
+    folder is: a FIFO, device or socket where a file should be is an error at once, never
+    a read that waits forever; every write is atomic (files 0644, as DVC writes them)."""
+    return LocalFileSystem(perm=0o644)
+
+
+def _local_root(path: str) -> str:
+    """A local remote's folder: DVC keeps a ``file://`` URL's scheme in the path it gives,
+    which as a path would name a folder ``file:`` in the current one."""
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    return path.rstrip("/") or "/"
+
+
+def _protocol(fs: Any) -> str:
+    return str(fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0])

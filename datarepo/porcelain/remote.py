@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from datarepo.errors import CorruptObjectError, DataRepoError, DirtyWorktreeError, InvalidInputError
 from datarepo.fsutil import TMP_PREFIX
@@ -24,7 +23,7 @@ from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit
 from datarepo.porcelain.maintenance import walk
 from datarepo.refs import BRANCHES, HEAD, REMOTES, RUNS, TAGS, Refs, is_ref_name
-from datarepo.remotes_config import LOCAL, RemoteError, RemoteFS, open_remote, speaking
+from datarepo.remotes_config import RemoteError, RemoteFS, open_remote, speaking
 from datarepo.repo import Repo
 from datarepo.store import Store
 
@@ -75,12 +74,12 @@ class CloneResult(NamedTuple):
 
 class Remote:
     """The repository layout on a remote filesystem: what it holds (listed once), and
-    writes that a reader never sees half done (a local path gets a temporary name and a
-    rename; an object store's PUT is whole by itself)."""
+    writes that a reader never sees half done (a local folder's file is written under a
+    temporary name and renamed: :func:`~datarepo.remotes_config.local_filesystem`; an
+    object store's PUT is whole by itself)."""
 
     def __init__(self, rfs: RemoteFS) -> None:
         self.name, self.fs, self.root = rfs.name, rfs.fs, rfs.root
-        self.rename = rfs.protocol in LOCAL
         self.store = Store(self.root, fs=self.fs)
         self.refs = Refs(self.root, fs=self.fs)
         self.objects: set[str] = set()
@@ -107,21 +106,10 @@ class Remote:
         return f"{self.root}/{rel}"
 
     def write(self, rel: str, data: bytes) -> None:
-        self._put(rel, lambda path: self.fs.pipe_file(path, data))
+        self.fs.pipe_file(self.path(rel), data)
 
     def upload(self, local: Path, rel: str) -> None:
-        self._put(rel, lambda path: self.fs.put_file(str(local), path))
-
-    def _put(self, rel: str, put: Callable[[str], Any]) -> None:
-        path = self.path(rel)
-        if not self.rename:
-            put(path)
-            return
-        folder = path.rpartition("/")[0]
-        self.fs.makedirs(folder, exist_ok=True)
-        tmp = f"{folder}/{TMP_PREFIX}{uuid.uuid4().hex}"
-        put(tmp)
-        self.fs.mv(tmp, path)
+        self.fs.put_file(str(local), self.path(rel))
 
     def read_ref(self, name: str) -> Oid | None:
         return self.refs.read(name)

@@ -1,0 +1,79 @@
+"""Remotes used as a careless, unlucky or hostile user would (docs/remotes.md): remotes
+that hold damage or no repository, odd names and URLs, interrupted and racing transfers,
+clones into folders that are in the way. Each is refused in one line, or completed, and
+nothing committed here is lost."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Cli
+from test_remotes import files_of, origin  # noqa: F401  (origin: a fixture)
+
+import datarepo
+
+pytest.importorskip("dvc")
+
+EXE = str(Path(sys.executable).with_name("datarepo"))
+
+
+def one_line_error(result: object, text: str) -> None:
+    output = result.output  # type: ignore[attr-defined]
+    assert result.exit_code != 0 and len(output.strip().splitlines()) == 1, output  # type: ignore[attr-defined]
+    assert text in output, output
+
+
+def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command in a process of its own, so that one that waits forever fails the test."""
+    return subprocess.run([EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_a_file_url_remote_is_the_folder_it_names(tmp_path: Path, worktree: Path, cli: Cli) -> None:
+    cli("init")
+    (worktree / "a.txt").write_text("a")
+    cli("add", ".")
+    cli("commit", "-m", "a")
+    store = tmp_path / "store"
+    cli("remote", "add", "up", store.as_uri(), "-d")
+    cli("push")
+    assert (store / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert sorted(p.name for p in worktree.iterdir()) == [".datarepo", ".dvc", "a.txt"]  # (no folder "file:")
+    Cli(tmp_path)("clone", store.as_uri(), "copy")
+    assert files_of(tmp_path / "copy") == files_of(worktree)
+    (worktree / "b.txt").write_text("b")
+    cli("add", ".")
+    cli("commit", "-m", "b")
+    cli("push")
+    assert "Fast-forward main" in Cli(tmp_path / "copy")("pull").output
+    assert files_of(tmp_path / "copy") == files_of(worktree)
+
+
+@pytest.mark.parametrize("what", ["ref", "HEAD", "object", "shard", "index"])
+def test_a_fifo_in_a_local_remote_is_refused_never_waited_on(tmp_path: Path, worktree: Path, cli: Cli,
+                                                             origin: Path, what: str) -> None:  # noqa: F811
+    cli("push")
+    with datarepo.open(worktree) as r:
+        head = r.head()
+        shard = sorted(r.store.iter_shards())[0]
+    victim = {
+        "ref": origin / "refs/heads/main",
+        "HEAD": origin / "HEAD",
+        "object": origin / "objects" / head[:2] / head[2:],
+        "shard": origin / "shards" / shard[:2] / f"{shard[2:]}.tar",
+        "index": origin / "shards" / shard[:2] / f"{shard[2:]}.idx",
+    }[what]
+    victim.unlink()
+    os.mkfifo(victim)
+    done = run(tmp_path, "clone", str(origin), "copy")
+    assert done.returncode == 1 and "not a regular file" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "copy").exists()
+    if what == "ref":  # (the work tree has the rest: its fetch reads nothing else)
+        done = run(worktree, "fetch")
+        assert done.returncode == 1 and "not a regular file" in done.stderr, done.stderr
+    read = f"import datarepo; r = datarepo.open({origin.as_uri()!r}); r.head(); [r.read(e.datum) for e in r.tree('main').select()]"
+    done = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "not a regular file" in done.stderr.strip().splitlines()[-1], done.stderr
