@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from datarepo.errors import DataRepoError, InvalidInputError
-from datarepo.fsutil import LocalFileSystem
-from datarepo.refs import is_valid_ref_format
+from datarepo.fsutil import LocalFileSystem, atomic_write
+from datarepo.refs import MAX_PART_BYTES, is_valid_ref_format
 from datarepo.repo import Repo
 
 DVC_DIR = ".dvc"
@@ -47,9 +47,12 @@ def dvc_dir(repo: Repo) -> Path:
 
 def check_remote_name(name: str) -> str:
     """A remote's name becomes part of ref names (``refs/remotes/<name>/<branch>``): one
-    valid ref component, nothing that could leave the repository."""
+    valid ref component, nothing that could leave the repository, and short enough to be
+    a file's name there."""
     if not is_valid_ref_format(name) or "/" in name or name.startswith("-") or name == "HEAD":
         raise InvalidInputError(f"invalid remote name: {name!r}")
+    if len(name.encode()) > MAX_PART_BYTES:
+        raise InvalidInputError(f"invalid remote name: {name[:40]!r}…: longer than {MAX_PART_BYTES} bytes")
     return name
 
 
@@ -70,14 +73,26 @@ def _config(repo: Repo, create: bool = False, validate: bool = True) -> Any:
 
 @contextmanager
 def _edit(repo: Repo, level: str, validate: bool = True) -> Iterator[dict[str, Any]]:
+    """DVC's config file of ``level``, edited; as it was if the edit fails. (DVC truncates
+    the file, then writes it: a value it cannot write, such as a name it cannot quote,
+    left it empty, every remote gone.)"""
     config = _config(repo, create=True, validate=validate)
+    path = Path(config.files[level])
+    try:
+        before: bytes | None = path.read_bytes()
+    except FileNotFoundError:
+        before = None
     try:
         with config.edit(level, validate=validate) as conf:
             yield conf
-    except DataRepoError:
-        raise
-    except Exception as e:
-        raise RemoteError(_one_line(e)) from None
+    except BaseException as e:
+        if before is None:
+            path.unlink(missing_ok=True)
+        elif not path.is_file() or path.read_bytes() != before:
+            atomic_write(path, before, mode=0o644)
+        if isinstance(e, DataRepoError) or not isinstance(e, Exception):
+            raise
+        raise RemoteError(f"{DVC_DIR}/{path.name} not changed: {_one_line(e)}") from None
 
 
 def _one_line(e: BaseException) -> str:

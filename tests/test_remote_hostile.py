@@ -77,3 +77,17 @@ def test_a_fifo_in_a_local_remote_is_refused_never_waited_on(tmp_path: Path, wor
     read = f"import datarepo; r = datarepo.open({origin.as_uri()!r}); r.head(); [r.read(e.datum) for e in r.tree('main').select()]"
     done = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "not a regular file" in done.stderr.strip().splitlines()[-1], done.stderr
+
+
+def test_a_remote_dvc_cannot_write_leaves_the_config_as_it_was(worktree: Path, cli: Cli) -> None:
+    """DVC truncates .dvc/config, then writes it: a name it cannot quote left it empty,
+    every remote and the default gone."""
+    cli("init")
+    cli("remote", "add", "keep", "s3://bucket/keep", "-d")
+    cli("remote", "modify", "keep", "secret_access_key", "x", "--local")
+    before = {p.name: p.read_bytes() for p in (worktree / ".dvc").iterdir()}
+    one_line_error(cli("remote", "add", "it's", "/srv/other", ok=False), "not changed")
+    long = "r" * 201  # (refs/remotes/<name>/… must be a file name here)
+    one_line_error(cli("remote", "add", long, "/srv/other", ok=False), "invalid remote name")
+    assert {p.name: p.read_bytes() for p in (worktree / ".dvc").iterdir()} == before
+    assert cli("remote", "list").output == "keep\ts3://bucket/keep\t(default)\n"
