@@ -91,3 +91,16 @@ def test_a_remote_dvc_cannot_write_leaves_the_config_as_it_was(worktree: Path, c
     one_line_error(cli("remote", "add", long, "/srv/other", ok=False), "invalid remote name")
     assert {p.name: p.read_bytes() for p in (worktree / ".dvc").iterdir()} == before
     assert cli("remote", "list").output == "keep\ts3://bucket/keep\t(default)\n"
+
+
+def test_fetch_from_a_place_that_holds_no_repository_says_so(tmp_path: Path, worktree: Path, cli: Cli,
+                                                             origin: Path) -> None:  # noqa: F811
+    cli("push")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a-file").write_text("x")
+    for url in (str(tmp_path / "typo"), str(tmp_path / "empty"), str(tmp_path / "a-file"), "http://127.0.0.1:9/x"):
+        cli("remote", "add", "-f", "other", url)
+        one_line_error(cli("fetch", "-r", "other", ok=False), f"no repository at {url}")
+        one_line_error(cli("pull", "-r", "other", ok=False), f"no repository at {url}")
+    with datarepo.open(worktree) as r:
+        assert list(r.refs.names("refs/remotes/")) == []

@@ -79,7 +79,7 @@ class Remote:
     object store's PUT is whole by itself)."""
 
     def __init__(self, rfs: RemoteFS) -> None:
-        self.name, self.fs, self.root = rfs.name, rfs.fs, rfs.root
+        self.name, self.url, self.fs, self.root = rfs.name, rfs.url, rfs.fs, rfs.root
         self.store = Store(self.root, fs=self.fs)
         self.refs = Refs(self.root, fs=self.fs)
         self.objects: set[str] = set()
@@ -295,11 +295,15 @@ class _Checked(Store):
 
 
 def _remote_refs(r: Remote) -> dict[str, Oid]:
-    """The remote's branches, tags and runs (a name that is not a valid ref is no ref)."""
+    """The remote's branches, tags and runs (a name that is not a valid ref is no ref).
+    A place with neither a ref nor a ``HEAD`` holds no repository: a mistyped path or
+    bucket, or an endpoint that answers nothing, is said to be so, not fetched as empty."""
     found: dict[str, Oid] = {}
     for prefix in (BRANCHES, TAGS, RUNS):
         for short, oid in r.refs.list(prefix):
             found[prefix + short] = oid
+    if not found and not r.fs.exists(r.path(HEAD)):
+        raise RemoteError(f"no repository at {r.url} (remote {r.name!r})")
     return found
 
 
@@ -460,10 +464,7 @@ def _remote_default(repo: Repo, fetched: FetchResult) -> str | None:
     rfs = reopen(repo, "origin")
     with speaking("origin"):
         target = Refs(rfs.root, fs=rfs.fs).read_symbolic(HEAD)
-        there = target is not None or rfs.fs.exists(f"{rfs.root}/{HEAD}")
     branches = sorted(u.ref[len(REMOTES) + len("origin/") :] for u in fetched.updated if u.ref.startswith(f"{REMOTES}origin/"))
-    if not there and not fetched.updated:
-        raise RemoteError(f"no repository at {rfs.url}")
     if target and target.startswith(BRANCHES) and target[len(BRANCHES) :] in branches:
         return target[len(BRANCHES) :]
     return "main" if "main" in branches else branches[0] if branches else None
