@@ -104,3 +104,24 @@ def test_fetch_from_a_place_that_holds_no_repository_says_so(tmp_path: Path, wor
         one_line_error(cli("pull", "-r", "other", ok=False), f"no repository at {url}")
     with datarepo.open(worktree) as r:
         assert list(r.refs.names("refs/remotes/")) == []
+
+
+def test_clone_into_what_is_in_the_way_or_a_failed_clone_leaves_it_as_it_was(tmp_path: Path, cli: Cli,
+                                                                             origin: Path) -> None:  # noqa: F811
+    cli("push")
+    here = Cli(tmp_path)
+    (tmp_path / "a-file").write_text("mine")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    one_line_error(here("clone", str(origin), "a-file", ok=False), "is not a folder")
+    one_line_error(here("clone", str(origin), "dangling", ok=False), "is not a folder")
+    one_line_error(here("clone", str(origin), "full", ok=False), "is not empty")
+    assert (tmp_path / "a-file").read_text() == "mine" and os.listdir(tmp_path / "full") == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    one_line_error(here("clone", str(tmp_path / "typo"), "empty", ok=False), "no repository at")
+    assert os.listdir(tmp_path / "empty") == []  # (it was given: it stays, as empty as it was)
+    one_line_error(here("clone", str(tmp_path / "typo"), "new/deep/copy", ok=False), "no repository at")
+    assert not (tmp_path / "new").exists()  # (the folders the clone made are gone)
+    here("clone", str(origin), "empty")
+    assert " 0 problems" in Cli(tmp_path / "empty")("fsck").output

@@ -432,9 +432,11 @@ def clone(url: str, dest: Path) -> CloneResult:
     history fetched and the remote's default branch checked out."""
     from datarepo.remotes_config import add_remote
 
+    if dest.is_symlink() and not dest.exists() or dest.exists() and not dest.is_dir():
+        raise InvalidInputError(f"{dest} exists and is not a folder")
     if dest.exists() and any(dest.iterdir()):
         raise InvalidInputError(f"{dest} exists and is not empty")
-    made = not dest.exists()
+    made = _first_missing(dest.absolute())
     try:
         repo = Repo.init(dest)
         add_remote(repo, "origin", url, default=True)
@@ -452,9 +454,31 @@ def clone(url: str, dest: Path) -> CloneResult:
         repo.close()
         return CloneResult(dest, fetched, branch, target)
     except BaseException:
-        if made:
-            shutil.rmtree(dest, ignore_errors=True)
+        _undo(made, dest)
         raise
+
+
+def _first_missing(dest: Path) -> Path | None:
+    """The outermost folder of ``dest`` that is not there yet (a clone makes it, and its
+    parents), or None."""
+    if dest.exists():
+        return None
+    while not dest.parent.exists():
+        dest = dest.parent
+    return dest
+
+
+def _undo(made: Path | None, dest: Path) -> None:
+    """Removes what a failed clone made: the folders it made, or what it wrote into the
+    empty folder it was given."""
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
+        return
+    for entry in dest.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _remote_default(repo: Repo, fetched: FetchResult) -> str | None:
