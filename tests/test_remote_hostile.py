@@ -125,3 +125,32 @@ def test_clone_into_what_is_in_the_way_or_a_failed_clone_leaves_it_as_it_was(tmp
     assert not (tmp_path / "new").exists()  # (the folders the clone made are gone)
     here("clone", str(origin), "empty")
     assert " 0 problems" in Cli(tmp_path / "empty")("fsck").output
+
+
+def test_a_fetch_killed_after_it_stored_shards_is_completed_by_the_next(tmp_path: Path, worktree: Path, cli: Cli,
+                                                                          origin: Path) -> None:  # noqa: F811
+    """Killed after the shards were published here but before their datums' locations were
+    recorded: every later fetch said the remote lacked those datums."""
+    cli("push")
+    Cli(tmp_path)("clone", str(origin), "copy")
+    for i in range(12):
+        (worktree / "more" / f"{i}.bin").parent.mkdir(exist_ok=True)
+        (worktree / "more" / f"{i}.bin").write_bytes(os.urandom(3000))
+    cli("add", ".")
+    cli("commit", "-m", "more")
+    cli("push")
+    killed = ("import os, datarepo.store, datarepo.repo, datarepo.porcelain.remote as remote\n"
+              "put = datarepo.store.Store.put_shard\n"
+              "def put_then_die(*args):  # the process dies once the second shard is published\n"
+              "    put(*args)\n"
+              "    if len(list(args[0].iter_shards())) > shards + 1: os._exit(9)\n"
+              "datarepo.store.Store.put_shard = put_then_die\n"
+              "repo = datarepo.repo.Repo.open('.')\n"
+              "shards = len(list(repo.store.iter_shards()))\n"
+              "remote.fetch(repo, 'origin')\n")
+    done = subprocess.run([sys.executable, "-c", killed], cwd=tmp_path / "copy", capture_output=True, timeout=60)
+    assert done.returncode == 9
+    b = Cli(tmp_path / "copy")
+    assert "Fast-forward main" in b("pull").output
+    assert files_of(tmp_path / "copy") == files_of(worktree)
+    assert " 0 problems" in b("fsck").output

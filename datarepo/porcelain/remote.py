@@ -260,6 +260,7 @@ def fetch(repo: Repo, remote: str | None = None) -> FetchResult:
     r = _connect(repo, remote)
     with repo.lock, speaking(r.name):
         _remove_stale_downloads(repo)
+        repo.sync_locations()  # shards a killed fetch published before it recorded where their datums are
         wanted = _remote_refs(r)
         cache = _Checked(r)
         edges: dict[str, list[str]] = {}
