@@ -32,7 +32,7 @@ from typing import Any, BinaryIO, NoReturn
 
 from datarepo.config import Config
 from datarepo.errors import InvalidInputError, ObjectNotFoundError
-from datarepo.fsutil import atomic_write, make_temp, publish
+from datarepo.fsutil import atomic_write, make_temp, open_regular, publish
 from datarepo.index import Index
 from datarepo.refs import Refs
 from datarepo.remotes_config import LOCAL, RemoteError, speaking, url_filesystem
@@ -187,12 +187,14 @@ def _claim(cache: Path, url: str) -> Path:
     (its datums would be looked for in shards this remote may not have)."""
     marker = cache / "url"
     try:
-        held = marker.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        cache.mkdir(parents=True, exist_ok=True)
-        atomic_write(marker, url.encode(), mode=0o644)
-        return cache
-    except OSError as e:
+        try:
+            with os.fdopen(open_regular(marker), "rb") as f:  # (a FIFO there is refused, not waited on)
+                held = f.read(64 << 10).decode("utf-8", "replace")
+        except FileNotFoundError:
+            cache.mkdir(parents=True, exist_ok=True)
+            atomic_write(marker, url.encode(), mode=0o644)
+            return cache
+    except OSError as e:  # a file in the way, a folder that cannot be made or written
         raise InvalidInputError(f"cache {str(cache)!r} cannot be used: {e.strerror}") from None
     if held != url:
         raise InvalidInputError(f"cache {str(cache)!r} keeps the data of {held[:200]!r}, not of {url!r}")

@@ -154,3 +154,20 @@ def test_a_fetch_killed_after_it_stored_shards_is_completed_by_the_next(tmp_path
     assert "Fast-forward main" in b("pull").output
     assert files_of(tmp_path / "copy") == files_of(worktree)
     assert " 0 problems" in b("fsck").output
+
+
+def test_a_cache_folder_that_cannot_be_one_is_one_error(tmp_path: Path, cli: Cli, origin: Path) -> None:  # noqa: F811
+    from datarepo.errors import InvalidInputError
+
+    cli("push")
+    (tmp_path / "a-file").write_text("mine")
+    cannot_make = [Path("/proc/no-cache-here")] if Path("/proc/self").is_dir() else []  # (no folder is made in /proc)
+    for cache in (tmp_path / "a-file", tmp_path / "a-file" / "below", *cannot_make):
+        with pytest.raises(InvalidInputError, match="cannot be used"):
+            datarepo.open(origin.as_uri(), cache=cache)
+    assert (tmp_path / "a-file").read_text() == "mine"
+    (tmp_path / "fifo").mkdir()
+    os.mkfifo(tmp_path / "fifo" / "url")  # (where a cache says whose it is)
+    read = f"import datarepo; datarepo.open({origin.as_uri()!r}, cache={str(tmp_path / 'fifo')!r})"
+    done = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "cannot be used: not a regular file" in done.stderr.strip().splitlines()[-1]
