@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Cli
-from test_remotes import files_of, origin  # noqa: F401  (origin: a fixture)
+from test_remotes import _s3_remote, files_of, origin, s3_endpoint  # noqa: F401  (origin, s3_endpoint: fixtures)
 
 import datarepo
 
@@ -171,3 +171,63 @@ def test_a_cache_folder_that_cannot_be_one_is_one_error(tmp_path: Path, cli: Cli
     read = f"import datarepo; datarepo.open({origin.as_uri()!r}, cache={str(tmp_path / 'fifo')!r})"
     done = subprocess.run([sys.executable, "-c", read], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and "cannot be used: not a regular file" in done.stderr.strip().splitlines()[-1]
+
+
+def test_refs_that_would_be_folders_of_each_other(tmp_path: Path, worktree: Path, cli: Cli,
+                                                  origin: Path) -> None:  # noqa: F811
+    """A ref is a file, so ``a`` and ``a/b`` cannot both be refs (as in git)."""
+    cli("branch", "a/b")
+    cli("push", "--all")
+    Cli(tmp_path)("clone", str(origin), "copy")
+    b = Cli(tmp_path / "copy")
+    head = (origin / "refs/heads/main").read_text()
+    # The remote's a/b is gone and an a came (by hand: no push makes that): the stale
+    # remote-tracking a/b is replaced, not in the way of every later fetch.
+    (origin / "refs/heads/a/b").unlink()
+    (origin / "refs/heads/a").rmdir()
+    (origin / "refs/heads/a").write_text(head)
+    (origin / "refs/tags").mkdir()
+    (origin / "refs/tags/v1").write_text(head)
+    b("tag", "v1/mine")  # (a tag of its own there: the remote's v1 is kept out, and said so)
+    fetched = b("fetch")
+    assert "refs/remotes/origin/a\t(new)" in fetched.output and "kept refs/tags/v1" in fetched.output
+    with datarepo.open(tmp_path / "copy") as r:
+        assert sorted(r.refs.names("refs/remotes/")) == ["refs/remotes/origin/a", "refs/remotes/origin/main"]
+        assert sorted(r.refs.names("refs/tags/")) == ["refs/tags/v1/mine"]
+    # A push that would make a ref where one is a folder of it is refused before anything is uploaded.
+    before = sorted(p.relative_to(origin).as_posix() for p in origin.rglob("*"))
+    (worktree / "new.txt").write_text("new")
+    cli("add", ".")
+    cli("commit", "-m", "new")
+    one_line_error(cli("push", "a/b", ok=False), "cannot create refs/heads/a/b on remote 'origin': refs/heads/a exists")
+    assert sorted(p.relative_to(origin).as_posix() for p in origin.rglob("*")) == before
+
+
+def test_an_s3_remote_whose_refs_no_folder_could_hold(tmp_path: Path, worktree: Path, cli: Cli, s3_endpoint: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """An object store has keys, not folders: ``refs/heads/a`` beside ``refs/heads/a/b``, or
+    a name longer than a file's, can be there; a fetch refuses the one and passes over
+    the other, before anything is stored or any ref moved."""
+    import boto3
+
+    (worktree / "a.txt").write_text("a")
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "a")
+    _s3_remote(cli, s3_endpoint, "clashing-refs")
+    cli("push")
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                      region_name="us-east-1")
+    head = s3.get_object(Bucket="clashing-refs", Key="repo/refs/heads/main")["Body"].read()
+    s3.put_object(Bucket="clashing-refs", Key=f"repo/refs/heads/{'x' * 300}", Body=head)
+    for name, value in (("AWS_ENDPOINT_URL", s3_endpoint), ("AWS_ACCESS_KEY_ID", "test"),
+                        ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    Cli(tmp_path)("clone", "s3://clashing-refs/repo", "copy")
+    with datarepo.open(tmp_path / "copy") as r:
+        assert list(r.refs.names("refs/remotes/")) == ["refs/remotes/origin/main"]
+    for key in ("repo/refs/heads/a", "repo/refs/heads/a/b"):
+        s3.put_object(Bucket="clashing-refs", Key=key, Body=head)
+    one_line_error(Cli(tmp_path / "copy")("fetch", ok=False), "has both refs/heads/a and refs/heads/a/b")
+    with datarepo.open(tmp_path / "copy") as r:
+        assert list(r.refs.names("refs/remotes/")) == ["refs/remotes/origin/main"]

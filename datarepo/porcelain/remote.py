@@ -9,6 +9,7 @@ against its oid before it is stored here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ from datarepo.fsutil import TMP_PREFIX
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit
 from datarepo.porcelain.maintenance import walk
-from datarepo.refs import BRANCHES, HEAD, REMOTES, RUNS, TAGS, Refs, is_ref_name
+from datarepo.refs import BRANCHES, HEAD, REMOTES, RUNS, TAGS, Refs, check_name, is_ref_name
 from datarepo.remotes_config import RemoteError, RemoteFS, open_remote, speaking
 from datarepo.repo import Repo
 from datarepo.store import Store
@@ -178,6 +179,8 @@ def _check_update(repo: Repo, r: Remote, name: str, new: Oid, force: bool) -> Oi
     """The remote's value of ``name``; refuses a move that is not a fast-forward (a tag or
     run that differs, a branch whose remote commit is not an ancestor of ``new``)."""
     old = r.read_ref(name)
+    if old is None and (clash := _in_the_way(r.refs, name)):
+        raise RemoteError(f"cannot create {name} on remote {r.name!r}: {clash[0]} exists")
     if old is None or old == new or force:
         return old
     if not name.startswith(BRANCHES):
@@ -302,10 +305,25 @@ def _remote_refs(r: Remote) -> dict[str, Oid]:
     found: dict[str, Oid] = {}
     for prefix in (BRANCHES, TAGS, RUNS):
         for short, oid in r.refs.list(prefix):
-            found[prefix + short] = oid
+            with contextlib.suppress(InvalidInputError):  # (a name too long to be a file here is no ref either)
+                found[prefix + check_name(short)] = oid
     if not found and not r.fs.exists(r.path(HEAD)):
         raise RemoteError(f"no repository at {r.url} (remote {r.name!r})")
+    if clash := next(((a, b) for b in found for a in _folders(b) if a in found), None):
+        raise RemoteError(f"remote {r.name!r} has both {clash[0]} and {clash[1]}: a ref cannot be a folder of another")
     return found
+
+
+def _folders(name: str) -> Iterator[str]:
+    """The names a ref's folders would have as refs (``refs/heads/a`` for ``refs/heads/a/b``)."""
+    parts = name.split("/")
+    for i in range(3, len(parts)):
+        yield "/".join(parts[:i])
+
+
+def _in_the_way(refs: Refs, name: str) -> list[str]:
+    """The refs that keep ``name`` from being made: one at a folder of it, or below it."""
+    return [above for above in _folders(name) if refs.read(above) is not None] + list(refs.names(name + "/"))
 
 
 def _check_kind(repo: Repo, store: Store, name: str, oid: Oid) -> None:
@@ -372,20 +390,25 @@ def _fetch_shard(repo: Repo, r: Remote, staging: Store, tmp: Path, shard: str) -
 
 
 def _update_local_refs(repo: Repo, remote: str, wanted: dict[str, Oid]) -> tuple[list[RefUpdate], list[str]]:
+    """Sets ``refs/remotes/<remote>/<branch>``, replacing those of branches the remote no
+    longer has where they are in the way (``a/b`` of a branch ``a``); adds each tag and
+    run that neither is here nor has one of its own here in its way."""
     updated, kept = [], []
+    mine = f"{REMOTES}{remote}/"
+    tracking = {mine + name[len(BRANCHES) :]: oid for name, oid in wanted.items() if name.startswith(BRANCHES)}
     for name, oid in sorted(wanted.items()):
-        if name.startswith(BRANCHES):
-            local = f"{REMOTES}{remote}/{name[len(BRANCHES):]}"
-        else:
-            local = name
-        if not is_ref_name(local):
-            raise InvalidInputError(f"invalid ref name: {local[:80]!r}")
+        local = mine + name[len(BRANCHES) :] if name.startswith(BRANCHES) else name
         old = repo.refs.read(local)
         if old == oid:
             continue
-        if old is not None and not name.startswith(BRANCHES):
-            kept.append(name)  # a tag or run of the same name here: never replaced by a fetch
-            continue
+        if not name.startswith(BRANCHES):
+            if old is not None or _in_the_way(repo.refs, local):
+                kept.append(name)  # a tag or run of that name (or a folder's) here: never replaced by a fetch
+                continue
+        else:
+            for stale in _in_the_way(repo.refs, local):
+                if stale.startswith(mine) and stale not in tracking:
+                    repo.refs.update(stale, None, message=f"fetch: {stale[len(mine):]} is gone from {remote}")
         repo.refs.update(local, oid, expected=old, message=f"fetch: from {remote}")
         updated.append(RefUpdate(local, old, oid))
     return updated, kept
