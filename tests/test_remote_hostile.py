@@ -5,9 +5,11 @@ nothing committed here is lost."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -231,3 +233,38 @@ def test_an_s3_remote_whose_refs_no_folder_could_hold(tmp_path: Path, worktree: 
     one_line_error(Cli(tmp_path / "copy")("fetch", ok=False), "has both refs/heads/a and refs/heads/a/b")
     with datarepo.open(tmp_path / "copy") as r:
         assert list(r.refs.names("refs/remotes/")) == ["refs/remotes/origin/main"]
+
+
+def test_of_two_pushes_racing_to_one_branch_the_second_is_refused(tmp_path: Path, worktree: Path, cli: Cli,
+                                                                  origin: Path) -> None:  # noqa: F811
+    """No lost update: a push moves a branch only from the commit it saw, re-read under the
+    remote's lock (``lock`` in its folder), so the later of two racing pushes sees the
+    earlier one's commit and is refused, as a non-fast-forward is."""
+    from datarepo.fsutil import WriterLock
+
+    cli("push")
+    Cli(tmp_path)("clone", str(origin), "copy")
+    b = Cli(tmp_path / "copy")
+    (tmp_path / "copy" / "theirs.txt").write_text("theirs")
+    b("add", ".")
+    b("commit", "-m", "theirs")
+    with datarepo.open(tmp_path / "copy") as r:
+        theirs = r.head()
+    b("branch", "theirs")
+    b("push", "theirs")  # (their objects are on the remote; main is not moved yet)
+    (worktree / "ours.txt").write_text("ours")
+    cli("add", ".")
+    cli("commit", "-m", "ours")
+    with datarepo.open(worktree) as r:
+        ours = r.head()
+    with WriterLock(origin / "lock"):  # the other push, between its check and its ref write
+        pushing = subprocess.Popen([EXE, "push"], cwd=worktree, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        commit = origin / "objects" / ours[:2] / ours[2:]
+        while not commit.exists() and pushing.poll() is None:  # (our push has checked main and is uploading)
+            time.sleep(0.001)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            pushing.wait(timeout=1)  # (a push that does not wait for the lock is done by now)
+        (origin / "refs/heads/main").write_text(f"{theirs}\n")  # their push moves main
+    out, err = pushing.communicate(timeout=60)
+    assert pushing.returncode == 1 and "fetch first" in err and len(err.strip().splitlines()) == 1, out + err
+    assert (origin / "refs/heads/main").read_text() == f"{theirs}\n"

@@ -16,15 +16,16 @@ import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from datarepo.config import env_seconds
 from datarepo.errors import CorruptObjectError, DataRepoError, DirtyWorktreeError, InvalidInputError
-from datarepo.fsutil import TMP_PREFIX
+from datarepo.fsutil import TMP_PREFIX, WriterLock
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit
 from datarepo.porcelain.maintenance import walk
 from datarepo.refs import BRANCHES, HEAD, REMOTES, RUNS, TAGS, Refs, check_name, is_ref_name
-from datarepo.remotes_config import RemoteError, RemoteFS, open_remote, speaking
+from datarepo.remotes_config import LOCAL, RemoteError, RemoteFS, open_remote, speaking
 from datarepo.repo import Repo
 from datarepo.store import Store
 
@@ -81,10 +82,12 @@ class Remote:
 
     def __init__(self, rfs: RemoteFS) -> None:
         self.name, self.url, self.fs, self.root = rfs.name, rfs.url, rfs.fs, rfs.root
+        self.protocol = rfs.protocol
         self.store = Store(self.root, fs=self.fs)
         self.refs = Refs(self.root, fs=self.fs)
         self.objects: set[str] = set()
         self.shards: set[str] = set()  # shards whose .tar and .idx are both there
+        self._etags: dict[str, str | None] = {}  # (S3) each ref's version as last read
 
     def list(self) -> None:
         self.objects = set(self._oids("objects", ""))
@@ -113,7 +116,39 @@ class Remote:
         self.fs.put_file(str(local), self.path(rel))
 
     def read_ref(self, name: str) -> Oid | None:
+        if self.protocol == "s3":  # its version first: a write after it is seen as one (see write_ref)
+            path = self.path(name)
+            self.fs.invalidate_cache(path)
+            try:
+                self._etags[name] = self.fs.info(path)["ETag"]
+            except FileNotFoundError:
+                self._etags[name] = None
         return self.refs.read(name)
+
+    def ref_lock(self) -> contextlib.AbstractContextManager[Any]:
+        """Held while refs are read again and written, so that of two pushes to one ref
+        the second sees the first's commit: on a folder an ``flock`` on its ``lock`` file
+        (released by the kernel if the pusher dies). S3 has no lock: each ref write there
+        is conditional on the version read (:meth:`write_ref`). Other stores have neither."""
+        if self.protocol in LOCAL:
+            self.fs.makedirs(self.root, exist_ok=True)
+            return WriterLock(Path(self.root) / "lock", timeout=env_seconds("DATAREPO_LOCK_TIMEOUT", 60))
+        return contextlib.nullcontext()
+
+    def write_ref(self, name: str, old: Oid | None, new: Oid) -> None:
+        """Moves a ref from ``old`` (as :meth:`read_ref` read it) to ``new``; on S3 only if
+        no other push wrote it since (If-Match, If-None-Match)."""
+        data = f"{new}\n".encode()
+        if self.protocol != "s3":
+            self.write(name, data)
+            return
+        etag = self._etags.get(name)
+        try:
+            self.fs.pipe_file(self.path(name), data, **({"IfMatch": etag} if etag else {"IfNoneMatch": "*"}))
+        except OSError:
+            if self.read_ref(name) == old:
+                raise
+            raise RemoteError(f"{name} on remote {self.name!r} was moved by another push meanwhile: fetch, then push again") from None
 
 
 def _connect(repo: Repo, name: str | None) -> Remote:
@@ -145,12 +180,13 @@ def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_re
             r.write(f"objects/{oid[:2]}/{oid[2:]}", data)
             size += len(data)
         updated = []
-        for name, new in refs:
-            old = _check_update(repo, r, name, new, force)  # read again just before writing
-            if old != new:
-                r.write(name, f"{new}\n".encode())
-                updated.append(RefUpdate(name, old, new))
-        _set_remote_head(repo, r, [name for name, _ in refs])
+        with r.ref_lock():
+            for name, new in refs:
+                old = _check_update(repo, r, name, new, force)  # read again just before writing
+                if old != new:
+                    r.write_ref(name, old, new)
+                    updated.append(RefUpdate(name, old, new))
+            _set_remote_head(repo, r, [name for name, _ in refs])
     return PushResult(Transfer(r.name, len(edges), count, size), updated)
 
 
