@@ -42,6 +42,7 @@ def is_ref_name(name: str) -> bool:
 # A name becomes a file's path (below refs/ and logs/): a part of it longer than a file
 # system's file name (255 bytes) would be an OS error when it is written.
 MAX_PART_BYTES, MAX_NAME_BYTES = 200, 1000
+MAX_REF_FILE_BYTES = 4096  # "ref: <name>" or an oid, a newline, and room for blanks
 
 
 def check_name(name: str, what: str = "branch") -> str:
@@ -73,10 +74,12 @@ class Refs:
         return f"{self._base}/{name}"
 
     def _read_file(self, name: str) -> str | None:
-        try:
-            raw = self.fs.cat_file(self._path(name))
+        try:  # (no more than a ref can hold: a huge file there, on a remote too, is not read whole)
+            raw = self.fs.cat_file(self._path(name), 0, MAX_REF_FILE_BYTES + 1)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+        if len(raw) > MAX_REF_FILE_BYTES:
+            raise CorruptObjectError(name, f"is longer than a ref ({MAX_REF_FILE_BYTES} bytes)")
         return raw.decode("utf-8", "replace").strip()
 
     def read_symbolic(self, name: str = HEAD) -> str | None:

@@ -268,3 +268,16 @@ def test_of_two_pushes_racing_to_one_branch_the_second_is_refused(tmp_path: Path
     out, err = pushing.communicate(timeout=60)
     assert pushing.returncode == 1 and "fetch first" in err and len(err.strip().splitlines()) == 1, out + err
     assert (origin / "refs/heads/main").read_text() == f"{theirs}\n"
+
+
+def test_a_remote_ref_file_too_long_to_be_a_ref_is_refused_unread(tmp_path: Path, cli: Cli,
+                                                                  origin: Path) -> None:  # noqa: F811
+    cli("push")
+    head = (origin / "refs/heads/main").read_text().strip()
+    with open(origin / "refs/heads/main", "w") as f:  # an oid, then zero bytes up to 64 MiB
+        f.write(head)
+        f.truncate(64 << 20)
+    one_line_error(Cli(tmp_path)("clone", str(origin), "copy", ok=False), "is longer than a ref")
+    one_line_error(cli("fetch", ok=False), "is longer than a ref")
+    with pytest.raises(datarepo.errors.CorruptObjectError, match="is longer than a ref"):
+        datarepo.open(origin.as_uri()).head()
