@@ -117,10 +117,18 @@ def speaking(remote: str) -> Iterator[None]:
         raise
 
 
+def _check_value(option: str, value: str) -> str:
+    """A URL or option value: one line (a line break would be written into the config file
+    as a multi-line value, and listed as several remotes); a URL is not empty (DVC takes
+    that as the path ``..``)."""
+    if any(c < " " or c == "\x7f" for c in value) or (option == "url" and not value):
+        raise InvalidInputError(f"invalid remote {'URL' if option == 'url' else option}: {value[:200]!r}")
+    return value
+
+
 def add_remote(repo: Repo, name: str, url: str, default: bool = False, force: bool = False) -> None:
     check_remote_name(name)
-    if not url or "\n" in url:
-        raise InvalidInputError(f"invalid remote URL: {url!r}")
+    _check_value("url", url)
     with _edit(repo, "repo") as conf:
         if name in conf["remote"] and not force:
             raise RemoteError(f"remote {name!r} already exists")
@@ -152,6 +160,8 @@ def modify_remote(repo: Repo, name: str, option: str, value: str | None, local: 
     checks the option and its value when the config is written."""
     if option == "url" and value is None:
         raise InvalidInputError("a remote's url cannot be unset (remove the remote)")
+    if value is not None:
+        _check_value(option, value)
     if name not in _config(repo)["remote"]:
         raise RemoteError(f"no such remote: {name!r}")
     with _edit(repo, "local" if local else "repo") as conf:

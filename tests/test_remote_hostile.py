@@ -281,3 +281,14 @@ def test_a_remote_ref_file_too_long_to_be_a_ref_is_refused_unread(tmp_path: Path
     one_line_error(cli("fetch", ok=False), "is longer than a ref")
     with pytest.raises(datarepo.errors.CorruptObjectError, match="is longer than a ref"):
         datarepo.open(origin.as_uri()).head()
+
+
+def test_a_remote_url_or_option_that_is_not_one_line_is_refused(worktree: Path, cli: Cli) -> None:
+    cli("init")
+    cli("remote", "add", "o", "s3://bucket/o", "-d")
+    before = (worktree / ".dvc" / "config").read_bytes()
+    for args in (("add", "p", ""), ("add", "p", "/srv/p\n[core]\nremote = p"), ("modify", "o", "url", ""),
+                 ("modify", "o", "url", "s3://bucket/o\n['remote \"q\"']"), ("modify", "o", "endpointurl", "http://x\r\n")):
+        one_line_error(cli("remote", *args, ok=False), "invalid remote")
+    assert (worktree / ".dvc" / "config").read_bytes() == before
+    assert cli("remote", "list").output == "o\ts3://bucket/o\t(default)\n"
