@@ -292,3 +292,27 @@ def test_a_remote_url_or_option_that_is_not_one_line_is_refused(worktree: Path, 
         one_line_error(cli("remote", *args, ok=False), "invalid remote")
     assert (worktree / ".dvc" / "config").read_bytes() == before
     assert cli("remote", "list").output == "o\ts3://bucket/o\t(default)\n"
+
+
+def test_push_makes_no_repository_among_other_files(tmp_path: Path, worktree: Path, cli: Cli) -> None:
+    """``remote add o .`` (or a folder in the work tree) then push wrote objects/, shards/,
+    refs/ into the work tree, which the next ``add .`` took as data."""
+    cli("init")
+    (worktree / "a.txt").write_text("a")
+    cli("add", ".")
+    cli("commit", "-m", "a")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "letter.txt").write_text("mine")
+    for url, why in ((".", "is in the work tree"), ("backup", "is in the work tree"),
+                     (str(tmp_path / "home"), "holds other files")):
+        cli("remote", "add", "-f", "o", url, "-d")
+        one_line_error(cli("push", ok=False), why)
+    assert sorted(p.name for p in worktree.iterdir()) == [".datarepo", ".dvc", "a.txt"]
+    assert os.listdir(tmp_path / "home") == ["letter.txt"]
+    assert "nothing to commit" in cli("status").output
+    cli("remote", "add", "-f", "o", str(tmp_path / "store"), "-d")
+    cli("push")
+    (worktree / "b.txt").write_text("b")
+    cli("add", ".")
+    cli("commit", "-m", "b")
+    cli("push")  # (a repository there now: pushed to again)

@@ -166,6 +166,7 @@ def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_re
     refs = _refs_to_push(repo, list(revs), all_refs)
     r = _connect(repo, remote)
     with speaking(r.name):
+        _check_place(repo, r)
         for name, new in refs:
             _check_update(repo, r, name, new, force)
         edges: dict[str, list[str]] = {}
@@ -188,6 +189,27 @@ def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_re
                     updated.append(RefUpdate(name, old, new))
             _set_remote_head(repo, r, [name for name, _ in refs])
     return PushResult(Transfer(r.name, len(edges), count, size), updated)
+
+
+LAYOUT = {HEAD, "objects", "shards", "refs", "lock"}  # what a remote holds at its top
+
+
+def _check_place(repo: Repo, r: Remote) -> None:
+    """Refuses to make a repository where it would mix with other files: a folder in the
+    work tree (its files would be added as data), or a place that holds other files and
+    no repository (a home folder, a bucket's data)."""
+    if r.protocol in LOCAL and repo.worktree is not None:
+        root, worktree = Path(r.root).resolve(), repo.worktree.resolve()
+        if root.is_relative_to(worktree) and not root.is_relative_to(repo.dotdir.resolve()):
+            raise RemoteError(f"remote {r.name!r} ({r.url}) is in the work tree: what is pushed there would be added as data")
+    if r.fs.exists(r.path(HEAD)):
+        return
+    try:
+        top = {str(p).rstrip("/").rpartition("/")[2] for p in r.fs.ls(r.root, detail=False)}
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if other := sorted(top - LAYOUT):
+        raise RemoteError(f"remote {r.name!r} ({r.url}) holds other files ({other[0]}, …) and no repository: push to an empty place")
 
 
 def _refs_to_push(repo: Repo, revs: list[str], all_refs: bool) -> list[tuple[str, Oid]]:
