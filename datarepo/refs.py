@@ -75,7 +75,8 @@ class Refs:
 
     def _read_file(self, name: str) -> str | None:
         try:  # (no more than a ref can hold: a huge file there, on a remote too, is not read whole)
-            raw = self.fs.cat_file(self._path(name), 0, MAX_REF_FILE_BYTES + 1)
+            with self.fs.open(self._path(name), "rb") as f:
+                raw = f.read(MAX_REF_FILE_BYTES + 1)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
         if len(raw) > MAX_REF_FILE_BYTES:

@@ -360,15 +360,17 @@ def _remote_refs(r: Remote) -> dict[str, Oid]:
     """The remote's branches, tags and runs (a name that is not a valid ref is no ref).
     A place with neither a ref nor a ``HEAD`` holds no repository: a mistyped path or
     bucket, or an endpoint that answers nothing, is said to be so, not fetched as empty."""
-    found: dict[str, Oid] = {}
+    names = []
     for prefix in (BRANCHES, TAGS, RUNS):
-        for short, oid in r.refs.list(prefix):
+        for name in r.refs.names(prefix):
             with contextlib.suppress(InvalidInputError):  # (a name too long to be a file here is no ref either)
-                found[prefix + check_name(short)] = oid
+                names.append(prefix + check_name(name[len(prefix) :]))
+    named = set(names)
+    if clash := next(((a, b) for b in names for a in _folders(b) if a in named), None):
+        raise RemoteError(f"remote {r.name!r} has both {clash[0]} and {clash[1]}: a ref cannot be a folder of another")
+    found = {name: oid for name in names if (oid := r.refs.read(name)) is not None}
     if not found and not r.fs.exists(r.path(HEAD)):
         raise RemoteError(f"no repository at {r.url} (remote {r.name!r})")
-    if clash := next(((a, b) for b in found for a in _folders(b) if a in found), None):
-        raise RemoteError(f"remote {r.name!r} has both {clash[0]} and {clash[1]}: a ref cannot be a folder of another")
     return found
 
 
