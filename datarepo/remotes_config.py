@@ -5,6 +5,7 @@ credentials and options. DVC is imported here, inside functions, and only here."
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, NamedTuple
 
 from datarepo.errors import DataRepoError, InvalidInputError
 from datarepo.fsutil import LocalFileSystem, atomic_write
-from datarepo.refs import MAX_PART_BYTES, is_valid_ref_format
+from datarepo.refs import MAX_PART_BYTES, REMOTES, is_valid_ref_format
 from datarepo.repo import Repo
 
 DVC_DIR = ".dvc"
@@ -144,6 +145,9 @@ def list_remotes(repo: Repo) -> list[RemoteInfo]:
 
 
 def remove_remote(repo: Repo, name: str) -> None:
+    """Removes remote ``name`` (and its being the default) from both config files, and its
+    remote-tracking refs, as git does: nothing else could delete them, and ``gc`` would
+    keep what they reach for ever."""
     if name not in _config(repo, validate=False)["remote"]:
         raise RemoteError(f"no such remote: {name!r}")
     # Not validated: a remote whose url is gone but whose options are left in config.local
@@ -153,6 +157,11 @@ def remove_remote(repo: Repo, name: str) -> None:
             conf["remote"].pop(name, None)
             if conf["core"].get("remote") == name:
                 del conf["core"]["remote"]
+    with contextlib.suppress(InvalidInputError):  # (a name DVC took that is no ref component has no refs)
+        tracking = f"{REMOTES}{check_remote_name(name)}/"
+        with repo.lock:
+            for ref in list(repo.refs.names(tracking)):
+                repo.refs.update(ref, None, message=f"remote remove {name}")
 
 
 def modify_remote(repo: Repo, name: str, option: str, value: str | None, local: bool = False) -> None:

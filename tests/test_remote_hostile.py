@@ -316,3 +316,22 @@ def test_push_makes_no_repository_among_other_files(tmp_path: Path, worktree: Pa
     cli("add", ".")
     cli("commit", "-m", "b")
     cli("push")  # (a repository there now: pushed to again)
+
+
+def test_removing_a_remote_removes_its_remote_tracking_refs(tmp_path: Path, worktree: Path, cli: Cli,
+                                                            origin: Path) -> None:  # noqa: F811
+    """No command could delete them: a remote removed, then one of that name added at
+    another URL, mixed the old remote's branches with the new one's, and gc kept them."""
+    cli("branch", "side")
+    cli("push", "--all")
+    Cli(tmp_path)("init", "other")
+    b = Cli(tmp_path / "other")
+    b("remote", "add", "up", str(origin), "-d")
+    b("remote", "add", "keep", str(origin))
+    b("fetch", "-r", "up")
+    b("fetch", "-r", "keep")
+    b("remote", "remove", "up")
+    with datarepo.open(tmp_path / "other") as r:
+        assert sorted(r.refs.names("refs/remotes/")) == ["refs/remotes/keep/main", "refs/remotes/keep/side"]
+    assert b("remote", "list").output == f"keep\t{origin}\n"
+    one_line_error(b("log", "up/main", ok=False), "up/main")
