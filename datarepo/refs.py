@@ -148,6 +148,13 @@ class Refs:
             if target is not None:
                 self._log(HEAD, old, new, message)
 
+    def in_the_way(self, name: str) -> list[str]:
+        """The refs that keep ``name`` from being made (a ref is a file: none may be a
+        folder of another, as in git): one at a folder of it, or below it."""
+        parts = name.split("/")
+        above = ["/".join(parts[:i]) for i in range(2, len(parts))]
+        return [a for a in above if is_ref_name(a) and self._kind(a) == "file"] + list(self.names(name + "/"))
+
     def _check_free(self, name: str) -> None:
         """git's rule for a new ref: no ref may be a folder of another (``a`` beside
         ``a/b``), as each is a file. A folder left empty at the name is removed."""

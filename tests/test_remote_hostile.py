@@ -217,7 +217,13 @@ def test_an_s3_remote_whose_refs_no_folder_could_hold(tmp_path: Path, worktree: 
     cli("add", ".")
     cli("commit", "-m", "a")
     _s3_remote(cli, s3_endpoint, "clashing-refs")
-    cli("push")
+    for branch in ("x/z", "x/y/w"):  # (nested names: x and x/y are key prefixes there, no refs)
+        cli("branch", branch)
+    cli("push", "--all")
+    cli("branch", "-d", "x/z")
+    cli("branch", "-d", "x/y/w")
+    cli("branch", "x")
+    one_line_error(cli("push", "x", ok=False), "cannot create refs/heads/x on remote 's3': refs/heads/x/y/w exists")
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test", aws_secret_access_key="test",
                       region_name="us-east-1")
     head = s3.get_object(Bucket="clashing-refs", Key="repo/refs/heads/main")["Body"].read()
@@ -226,13 +232,14 @@ def test_an_s3_remote_whose_refs_no_folder_could_hold(tmp_path: Path, worktree: 
                         ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_DEFAULT_REGION", "us-east-1")):
         monkeypatch.setenv(name, value)
     Cli(tmp_path)("clone", "s3://clashing-refs/repo", "copy")
+    tracking = ["refs/remotes/origin/main", "refs/remotes/origin/x/y/w", "refs/remotes/origin/x/z"]
     with datarepo.open(tmp_path / "copy") as r:
-        assert list(r.refs.names("refs/remotes/")) == ["refs/remotes/origin/main"]
+        assert sorted(r.refs.names("refs/remotes/")) == tracking
     for key in ("repo/refs/heads/a", "repo/refs/heads/a/b"):
         s3.put_object(Bucket="clashing-refs", Key=key, Body=head)
     one_line_error(Cli(tmp_path / "copy")("fetch", ok=False), "has both refs/heads/a and refs/heads/a/b")
     with datarepo.open(tmp_path / "copy") as r:
-        assert list(r.refs.names("refs/remotes/")) == ["refs/remotes/origin/main"]
+        assert sorted(r.refs.names("refs/remotes/")) == tracking
 
 
 def test_of_two_pushes_racing_to_one_branch_the_second_is_refused(tmp_path: Path, worktree: Path, cli: Cli,

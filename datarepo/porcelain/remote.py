@@ -120,9 +120,12 @@ class Remote:
             path = self.path(name)
             self.fs.invalidate_cache(path)
             try:
-                self._etags[name] = self.fs.info(path)["ETag"]
+                info = self.fs.info(path)
             except FileNotFoundError:
-                self._etags[name] = None
+                info = {}
+            self._etags[name] = info.get("ETag")
+            if info.get("type") != "file":  # (a key prefix, refs/heads/a of refs/heads/a/b: no ref)
+                return None
         return self.refs.read(name)
 
     def ref_lock(self) -> contextlib.AbstractContextManager[Any]:
@@ -237,7 +240,7 @@ def _check_update(repo: Repo, r: Remote, name: str, new: Oid, force: bool) -> Oi
     """The remote's value of ``name``; refuses a move that is not a fast-forward (a tag or
     run that differs, a branch whose remote commit is not an ancestor of ``new``)."""
     old = r.read_ref(name)
-    if old is None and (clash := _in_the_way(r.refs, name)):
+    if old is None and (clash := r.refs.in_the_way(name)):
         raise RemoteError(f"cannot create {name} on remote {r.name!r}: {clash[0]} exists")
     if old is None or old == new or force:
         return old
@@ -381,10 +384,6 @@ def _folders(name: str) -> Iterator[str]:
         yield "/".join(parts[:i])
 
 
-def _in_the_way(refs: Refs, name: str) -> list[str]:
-    """The refs that keep ``name`` from being made: one at a folder of it, or below it."""
-    return [above for above in _folders(name) if refs.read(above) is not None] + list(refs.names(name + "/"))
-
 
 def _check_kind(repo: Repo, store: Store, name: str, oid: Oid) -> None:
     obj = repo.store.get_object(oid) if repo.store.has_object(oid) else store.get_object(oid)
@@ -462,11 +461,11 @@ def _update_local_refs(repo: Repo, remote: str, wanted: dict[str, Oid]) -> tuple
         if old == oid:
             continue
         if not name.startswith(BRANCHES):
-            if old is not None or _in_the_way(repo.refs, local):
+            if old is not None or repo.refs.in_the_way(local):
                 kept.append(name)  # a tag or run of that name (or a folder's) here: never replaced by a fetch
                 continue
         else:
-            for stale in _in_the_way(repo.refs, local):
+            for stale in repo.refs.in_the_way(local):
                 if stale.startswith(mine) and stale not in tracking:
                     repo.refs.update(stale, None, message=f"fetch: {stale[len(mine):]} is gone from {remote}")
         repo.refs.update(local, oid, expected=old, message=f"fetch: from {remote}")
