@@ -81,6 +81,8 @@ class Refs:
             return None
         if len(raw) > MAX_REF_FILE_BYTES:
             raise CorruptObjectError(name, f"is longer than a ref ({MAX_REF_FILE_BYTES} bytes)")
+        if not raw and self._kind(name) == "directory":  # (an object store's key prefix opens as empty)
+            return None
         return raw.decode("utf-8", "replace").strip()
 
     def read_symbolic(self, name: str = HEAD) -> str | None:

@@ -237,6 +237,10 @@ def test_an_s3_remote_whose_refs_no_folder_could_hold(tmp_path: Path, worktree: 
         assert sorted(r.refs.names("refs/remotes/")) == tracking
     for key in ("repo/refs/heads/a", "repo/refs/heads/a/b"):
         s3.put_object(Bucket="clashing-refs", Key=key, Body=head)
+    with datarepo.open("s3://clashing-refs/repo") as theirs:  # (x is a key prefix there: no revision)
+        assert theirs.resolve("x/z") == theirs.head()
+        with pytest.raises(datarepo.errors.DataRepoError, match="unknown revision"):
+            theirs.resolve("x")
     one_line_error(Cli(tmp_path / "copy")("fetch", ok=False), "has both refs/heads/a and refs/heads/a/b")
     with datarepo.open(tmp_path / "copy") as r:
         assert sorted(r.refs.names("refs/remotes/")) == tracking
