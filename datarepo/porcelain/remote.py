@@ -211,7 +211,7 @@ def _check_place(repo: Repo, r: Remote) -> None:
         top = {str(p).rstrip("/").rpartition("/")[2] for p in r.fs.ls(r.root, detail=False)}
     except (FileNotFoundError, NotADirectoryError):
         return
-    if other := sorted(top - LAYOUT):
+    if other := sorted(n for n in top - LAYOUT if not n.startswith(TMP_PREFIX)):  # (a killed push's half-written HEAD)
         raise RemoteError(f"remote {r.name!r} ({r.url}) holds other files ({other[0]}, …) and no repository: push to an empty place")
 
 
