@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -346,3 +347,34 @@ def test_removing_a_remote_removes_its_remote_tracking_refs(tmp_path: Path, work
         assert sorted(r.refs.names("refs/remotes/")) == ["refs/remotes/keep/main", "refs/remotes/keep/side"]
     assert b("remote", "list").output == f"keep\t{origin}\n"
     one_line_error(b("log", "up/main", ok=False), "up/main")
+
+
+@pytest.mark.parametrize("key", ["../../evil", "/abs/evil", ".datarepo/HEAD"])
+def test_a_remote_tree_whose_key_leaves_the_work_tree_is_refused_by_fetch(tmp_path: Path, worktree: Path, cli: Cli,
+                                                                          origin: Path, key: str) -> None:  # noqa: F811
+    """Pages are hashed, not trusted: a page another tool wrote with a key the key rule
+    refuses was stored by fetch, leaving fsck with problems (checkout then refused it)."""
+    from datarepo.objects import Commit
+    from datarepo.tree import write_tree
+
+    cli("push")
+    Cli(tmp_path)("clone", str(origin), "copy")
+    with datarepo.open(worktree) as r:  # another tool writes a commit whose tree has that key
+        head = r.read_commit(r.head())
+        rows = [(e.key, e.datum, e.size) for e in r.tree().select()]
+        tree = write_tree(r.store, sorted([*rows, (key, rows[0][1], rows[0][2])]))
+        evil = r.store.put_object(Commit(tree, (r.head(),), head.author, head.time, "evil"))
+        r.refs.update("refs/heads/evil", evil, expected=None)
+        written = [evil, tree, *(p.page for p in r.store.get_object(tree).pages)]  # type: ignore[attr-defined]
+    one_line_error(cli("push", "evil", ok=False), "cannot push a damaged repository")
+    for oid in written:  # (push refuses to send them: copied by hand)
+        (origin / "objects" / oid[:2]).mkdir(exist_ok=True)
+        shutil.copyfile(worktree / ".datarepo" / "objects" / oid[:2] / oid[2:], origin / "objects" / oid[:2] / oid[2:])
+    (origin / "refs/heads/evil").write_text(f"{evil}\n")
+    one_line_error(Cli(tmp_path)("clone", str(origin), "victim", ok=False), "invalid key")
+    assert not (tmp_path / "victim").exists()
+    b = Cli(tmp_path / "copy")
+    one_line_error(b("fetch", ok=False), "invalid key")
+    with datarepo.open(tmp_path / "copy") as r:
+        assert list(r.refs.names("refs/remotes/")) == ["refs/remotes/origin/main"] and not r.store.has_object(evil)
+    assert " 0 problems" in b("fsck").output

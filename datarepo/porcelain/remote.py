@@ -174,8 +174,8 @@ def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_re
             _check_update(repo, r, name, new, force)
         edges: dict[str, list[str]] = {}
         seen = walk(repo.store, [oid for _, oid in refs], had=r.objects.__contains__, edges=edges)
-        if seen.missing:
-            raise DataRepoError(f"cannot push a damaged repository: {seen.missing[0]} (run fsck)")
+        if seen.missing or seen.bad_keys:
+            raise DataRepoError(f"cannot push a damaged repository: {(seen.missing + seen.bad_keys)[0]} (run fsck)")
         sent = _push_shards(repo, r, seen.datums)
         count = len(sent)
         size = sum(sent)
@@ -329,8 +329,8 @@ def fetch(repo: Repo, remote: str | None = None) -> FetchResult:
         cache = _Checked(r)
         edges: dict[str, list[str]] = {}
         seen = walk(cache, list(dict.fromkeys(wanted.values())), had=repo.store.has_object, edges=edges)
-        if seen.missing:
-            raise RemoteError(f"remote {r.name!r} cannot be fetched: {seen.missing[0]}")
+        if seen.missing or seen.bad_keys:  # (a page whose key the key rule refuses is damage, as fsck says)
+            raise RemoteError(f"remote {r.name!r} cannot be fetched: {(seen.missing + seen.bad_keys)[0]}")
         for name, oid in wanted.items():
             _check_kind(repo, cache, name, oid)
         stored = repo.stored(seen.datums)
