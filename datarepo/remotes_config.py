@@ -6,6 +6,8 @@ credentials and options. DVC is imported here, inside functions, and only here."
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +68,10 @@ def _config(repo: Repo, create: bool = False, validate: bool = True) -> Any:
     if create and not folder.exists():
         folder.mkdir()
         (folder / ".gitignore").write_text("/config.local\n")  # as dvc init: credentials stay out of git
+    for name in ("config", "config.local"):  # (DVC would wait for ever on a FIFO there)
+        with contextlib.suppress(OSError):
+            if not stat.S_ISREG(os.stat(folder / name).st_mode):
+                raise RemoteError(f"{DVC_DIR}/{name}: not a regular file")
     try:
         return Config(dvc_dir=str(folder), validate=validate)
     except Exception as e:  # dvc.config.ConfigError and what its schema raises

@@ -378,3 +378,14 @@ def test_a_remote_tree_whose_key_leaves_the_work_tree_is_refused_by_fetch(tmp_pa
     with datarepo.open(tmp_path / "copy") as r:
         assert list(r.refs.names("refs/remotes/")) == ["refs/remotes/origin/main"] and not r.store.has_object(evil)
     assert " 0 problems" in b("fsck").output
+
+
+@pytest.mark.parametrize("name", ["config", "config.local"])
+def test_a_fifo_for_dvc_config_is_refused_never_waited_on(worktree: Path, cli: Cli, name: str) -> None:
+    cli("init")
+    cli("remote", "add", "o", "s3://bucket/o")
+    (worktree / ".dvc" / name).unlink(missing_ok=True)
+    os.mkfifo(worktree / ".dvc" / name)
+    for args in (["remote", "add", "p", "/srv/p"], ["fetch"]):
+        done = run(worktree, *args)
+        assert done.returncode == 1 and done.stderr == f"Error: .dvc/{name}: not a regular file\n", (args, done.stderr)
