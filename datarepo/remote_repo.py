@@ -141,12 +141,18 @@ class RemoteRepo(Repo):
     """A remote's repository, opened read-only from its URL (see the module's docstring)."""
 
     def __init__(self, url: str, cache: str | os.PathLike[str] | None = None, check: bool = True) -> None:
-        """``check``: that the URL holds a repository (its ``HEAD``: a push writes it first),
-        else RemoteError; a DataLoader worker that opens it again does not ask."""
+        """``check``: that the URL holds a repository (a ``HEAD`` or refs), else RemoteError,
+        before the cache folder is made or claimed (a mistyped URL must not claim it); a
+        DataLoader worker that opens it again does not ask."""
         connect, root, protocol = url_filesystem(url)
         self.url = url
-        self.cache = _claim(Path(cache).resolve() if cache is not None else _temporary(), url)
         fs = ReadOnlyFS(connect, url)
+        if check:
+            with speaking(url):
+                there = fs.exists(f"{root}/HEAD") or fs.exists(f"{root}/refs")
+            if not there:
+                raise RemoteError(f"no repository at {url}")
+        self.cache = _claim(Path(cache).resolve() if cache is not None else _temporary(), url)
         self.store = RemoteStore(fs, root, None if protocol in LOCAL else self.cache / "shards")
         self.dotdir = self.cache  # (the location cache, index.sqlite, is kept there)
         self.worktree = None
@@ -155,11 +161,6 @@ class RemoteRepo(Repo):
         self.refs = Refs(root, self.lock, fs=fs)  # type: ignore[arg-type]
         self._index: Index | None = None
         self._index_pid = 0
-        if check:
-            with speaking(url):
-                there = fs.exists(f"{root}/HEAD")
-            if not there:
-                raise RemoteError(f"no repository at {url}")
 
     @property
     def index(self) -> Index:

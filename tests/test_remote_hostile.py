@@ -389,3 +389,18 @@ def test_a_fifo_for_dvc_config_is_refused_never_waited_on(worktree: Path, cli: C
     for args in (["remote", "add", "p", "/srv/p"], ["fetch"]):
         done = run(worktree, *args)
         assert done.returncode == 1 and done.stderr == f"Error: .dvc/{name}: not a regular file\n", (args, done.stderr)
+
+
+def test_a_mistyped_url_does_not_claim_the_cache_folder(tmp_path: Path, cli: Cli, origin: Path) -> None:  # noqa: F811
+    from datarepo.remotes_config import RemoteError
+
+    cli("tag", "v1")
+    cli("push", "v1")  # (a remote with a tag only: no HEAD, a repository all the same)
+    with datarepo.open(tmp_path / "work") as ours:
+        v1 = ours.resolve("v1")
+    cache = tmp_path / "cache"
+    with pytest.raises(RemoteError, match="no repository at"):
+        datarepo.open((tmp_path / "typo").as_uri(), cache=cache)
+    assert not cache.exists()
+    with datarepo.open(origin.as_uri(), cache=cache) as r:
+        assert r.resolve("v1") == v1
