@@ -43,7 +43,7 @@ def remote_list() -> None:
 @remote.command(name="remove")
 @click.argument("name")
 def remote_remove(name: str) -> None:
-    """Remove remote NAME (its remote-tracking refs stay until deleted)."""
+    """Remove remote NAME, and its remote-tracking refs (NAME/<branch>)."""
     from datarepo.remotes_config import remove_remote
 
     remove_remote(_repo(), name)

@@ -42,6 +42,7 @@ def is_ref_name(name: str) -> bool:
 # A name becomes a file's path (below refs/ and logs/): a part of it longer than a file
 # system's file name (255 bytes) would be an OS error when it is written.
 MAX_PART_BYTES, MAX_NAME_BYTES = 200, 1000
+MAX_REF_FILE_BYTES = 4096  # "ref: <name>" or an oid, a newline, and room for blanks
 
 
 def check_name(name: str, what: str = "branch") -> str:
@@ -78,11 +79,16 @@ class Refs:
         return f"{self._base}/{name}"
 
     def _read_file(self, name: str) -> str | None:
-        try:
-            raw = self.fs.cat_file(self._path(name))
+        try:  # (no more than a ref can hold: a huge file there, on a remote too, is not read whole)
+            with self.fs.open(self._path(name), "rb") as f:
+                raw = f.read(MAX_REF_FILE_BYTES + 1)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             if name == HEAD and self.head_required:
                 raise CorruptObjectError(HEAD, f"the file is missing (it names the current branch: write 'ref: {BRANCHES}main' into {self._path(HEAD)})") from None
+            return None
+        if len(raw) > MAX_REF_FILE_BYTES:
+            raise CorruptObjectError(name, f"is longer than a ref ({MAX_REF_FILE_BYTES} bytes)")
+        if not raw and self._kind(name) == "directory":  # (an object store's key prefix opens as empty)
             return None
         return raw.decode("utf-8", "replace").strip()
 
@@ -150,6 +156,13 @@ class Refs:
                 self._log(path_name, old, new, message)
             if target is not None:
                 self._log(HEAD, old, new, message)
+
+    def in_the_way(self, name: str) -> list[str]:
+        """The refs that keep ``name`` from being made (a ref is a file: none may be a
+        folder of another, as in git): one at a folder of it, or below it."""
+        parts = name.split("/")
+        above = ["/".join(parts[:i]) for i in range(2, len(parts))]
+        return [a for a in above if is_ref_name(a) and self._kind(a) == "file"] + list(self.names(name + "/"))
 
     def _check_free(self, name: str) -> None:
         """git's rule for a new ref: no ref may be a folder of another (``a`` beside

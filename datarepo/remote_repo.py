@@ -25,13 +25,14 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
 from datarepo.config import Config
 from datarepo.errors import InvalidInputError, ObjectNotFoundError
-from datarepo.fsutil import atomic_write, make_temp, publish
+from datarepo.fsutil import atomic_write, make_temp, open_regular, publish
 from datarepo.index import Index
 from datarepo.refs import Refs
 from datarepo.remotes_config import LOCAL, RemoteError, speaking, url_filesystem
@@ -44,15 +45,15 @@ class ReadOnlyFS:
     method that would write raises, so nothing reached through it (an object, a shard, a
     ref) can change the remote."""
 
-    def __init__(self, dvc_fs: Any, url: str) -> None:
-        self._dvc_fs, self.url = dvc_fs, url
+    def __init__(self, connect: Callable[[], Any], url: str) -> None:
+        self._connect, self.url = connect, url
 
     @cached_property
     def fs(self) -> Any:
-        """The fsspec filesystem, made when first used (a DataLoader worker that reads
-        only cached shards never connects)."""
+        """The filesystem, made when first used (a DataLoader worker that reads only
+        cached shards never connects)."""
         with speaking(self.url):
-            return self._dvc_fs.fs
+            return self._connect()
 
     def open(self, path: str, mode: str = "rb", **options: Any) -> Any:
         if mode != "rb":
@@ -140,12 +141,18 @@ class RemoteRepo(Repo):
     """A remote's repository, opened read-only from its URL (see the module's docstring)."""
 
     def __init__(self, url: str, cache: str | os.PathLike[str] | None = None, check: bool = True) -> None:
-        """``check``: that the URL holds a repository (its ``HEAD``: a push writes it first),
-        else RemoteError; a DataLoader worker that opens it again does not ask."""
-        dvc_fs, root, protocol = url_filesystem(url)
+        """``check``: that the URL holds a repository (a ``HEAD`` or refs), else RemoteError,
+        before the cache folder is made or claimed (a mistyped URL must not claim it); a
+        DataLoader worker that opens it again does not ask."""
+        connect, root, protocol = url_filesystem(url)
         self.url = url
+        fs = ReadOnlyFS(connect, url)
+        if check:
+            with speaking(url):
+                there = fs.exists(f"{root}/HEAD") or fs.exists(f"{root}/refs")
+            if not there:
+                raise RemoteError(f"no repository at {url}")
         self.cache = _claim(Path(cache).resolve() if cache is not None else _temporary(), url)
-        fs = ReadOnlyFS(dvc_fs, url)
         self.store = RemoteStore(fs, root, None if protocol in LOCAL else self.cache / "shards")
         self.dotdir = self.cache  # (the location cache, index.sqlite, is kept there)
         self.worktree = None
@@ -154,11 +161,6 @@ class RemoteRepo(Repo):
         self.refs = Refs(root, self.lock, fs=fs)  # type: ignore[arg-type]
         self._index: Index | None = None
         self._index_pid = 0
-        if check:
-            with speaking(url):
-                there = fs.exists(f"{root}/HEAD")
-            if not there:
-                raise RemoteError(f"no repository at {url}")
 
     @property
     def index(self) -> Index:
@@ -186,12 +188,14 @@ def _claim(cache: Path, url: str) -> Path:
     (its datums would be looked for in shards this remote may not have)."""
     marker = cache / "url"
     try:
-        held = marker.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        cache.mkdir(parents=True, exist_ok=True)
-        atomic_write(marker, url.encode(), mode=0o644)
-        return cache
-    except OSError as e:
+        try:
+            with os.fdopen(open_regular(marker), "rb") as f:  # (a FIFO there is refused, not waited on)
+                held = f.read(64 << 10).decode("utf-8", "replace")
+        except FileNotFoundError:
+            cache.mkdir(parents=True, exist_ok=True)
+            atomic_write(marker, url.encode(), mode=0o644)
+            return cache
+    except OSError as e:  # a file in the way, a folder that cannot be made or written
         raise InvalidInputError(f"cache {str(cache)!r} cannot be used: {e.strerror}") from None
     if held != url:
         raise InvalidInputError(f"cache {str(cache)!r} keeps the data of {held[:200]!r}, not of {url!r}")

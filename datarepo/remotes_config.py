@@ -5,13 +5,17 @@ credentials and options. DVC is imported here, inside functions, and only here."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import os
+import stat
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from datarepo.errors import DataRepoError, InvalidInputError
-from datarepo.refs import is_valid_ref_format
+from datarepo.fsutil import LocalFileSystem, atomic_write
+from datarepo.refs import MAX_PART_BYTES, REMOTES, is_valid_ref_format
 from datarepo.repo import Repo
 
 DVC_DIR = ".dvc"
@@ -46,9 +50,12 @@ def dvc_dir(repo: Repo) -> Path:
 
 def check_remote_name(name: str) -> str:
     """A remote's name becomes part of ref names (``refs/remotes/<name>/<branch>``): one
-    valid ref component, nothing that could leave the repository."""
+    valid ref component, nothing that could leave the repository, and short enough to be
+    a file's name there."""
     if not is_valid_ref_format(name) or "/" in name or name.startswith("-") or name == "HEAD":
         raise InvalidInputError(f"invalid remote name: {name!r}")
+    if len(name.encode()) > MAX_PART_BYTES:
+        raise InvalidInputError(f"invalid remote name: {name[:40]!r}…: longer than {MAX_PART_BYTES} bytes")
     return name
 
 
@@ -61,6 +68,10 @@ def _config(repo: Repo, create: bool = False, validate: bool = True) -> Any:
     if create and not folder.exists():
         folder.mkdir()
         (folder / ".gitignore").write_text("/config.local\n")  # as dvc init: credentials stay out of git
+    for name in ("config", "config.local"):  # (DVC would wait for ever on a FIFO there)
+        with contextlib.suppress(OSError):
+            if not stat.S_ISREG(os.stat(folder / name).st_mode):
+                raise RemoteError(f"{DVC_DIR}/{name}: not a regular file")
     try:
         return Config(dvc_dir=str(folder), validate=validate)
     except Exception as e:  # dvc.config.ConfigError and what its schema raises
@@ -69,14 +80,26 @@ def _config(repo: Repo, create: bool = False, validate: bool = True) -> Any:
 
 @contextmanager
 def _edit(repo: Repo, level: str, validate: bool = True) -> Iterator[dict[str, Any]]:
+    """DVC's config file of ``level``, edited; as it was if the edit fails. (DVC truncates
+    the file, then writes it: a value it cannot write, such as a name it cannot quote,
+    left it empty, every remote gone.)"""
     config = _config(repo, create=True, validate=validate)
+    path = Path(config.files[level])
+    try:
+        before: bytes | None = path.read_bytes()
+    except FileNotFoundError:
+        before = None
     try:
         with config.edit(level, validate=validate) as conf:
             yield conf
-    except DataRepoError:
-        raise
-    except Exception as e:
-        raise RemoteError(_one_line(e)) from None
+    except BaseException as e:
+        if before is None:
+            path.unlink(missing_ok=True)
+        elif not path.is_file() or path.read_bytes() != before:
+            atomic_write(path, before, mode=0o644)
+        if isinstance(e, DataRepoError) or not isinstance(e, Exception):
+            raise
+        raise RemoteError(f"{DVC_DIR}/{path.name} not changed: {_one_line(e)}") from None
 
 
 def _one_line(e: BaseException) -> str:
@@ -101,10 +124,18 @@ def speaking(remote: str) -> Iterator[None]:
         raise
 
 
+def _check_value(option: str, value: str) -> str:
+    """A URL or option value: one line (a line break would be written into the config file
+    as a multi-line value, and listed as several remotes); a URL is not empty (DVC takes
+    that as the path ``..``)."""
+    if any(c < " " or c == "\x7f" for c in value) or (option == "url" and not value):
+        raise InvalidInputError(f"invalid remote {'URL' if option == 'url' else option}: {value[:200]!r}")
+    return value
+
+
 def add_remote(repo: Repo, name: str, url: str, default: bool = False, force: bool = False) -> None:
     check_remote_name(name)
-    if not url or "\n" in url:
-        raise InvalidInputError(f"invalid remote URL: {url!r}")
+    _check_value("url", url)
     with _edit(repo, "repo") as conf:
         if name in conf["remote"] and not force:
             raise RemoteError(f"remote {name!r} already exists")
@@ -120,6 +151,9 @@ def list_remotes(repo: Repo) -> list[RemoteInfo]:
 
 
 def remove_remote(repo: Repo, name: str) -> None:
+    """Removes remote ``name`` (and its being the default) from both config files, and its
+    remote-tracking refs, as git does: nothing else could delete them, and ``gc`` would
+    keep what they reach for ever."""
     if name not in _config(repo, validate=False)["remote"]:
         raise RemoteError(f"no such remote: {name!r}")
     # Not validated: a remote whose url is gone but whose options are left in config.local
@@ -129,6 +163,11 @@ def remove_remote(repo: Repo, name: str) -> None:
             conf["remote"].pop(name, None)
             if conf["core"].get("remote") == name:
                 del conf["core"]["remote"]
+    with contextlib.suppress(InvalidInputError):  # (a name DVC took that is no ref component has no refs)
+        tracking = f"{REMOTES}{check_remote_name(name)}/"
+        with repo.lock:
+            for ref in list(repo.refs.names(tracking)):
+                repo.refs.update(ref, None, message=f"remote remove {name}")
 
 
 def modify_remote(repo: Repo, name: str, option: str, value: str | None, local: bool = False) -> None:
@@ -136,6 +175,8 @@ def modify_remote(repo: Repo, name: str, option: str, value: str | None, local: 
     checks the option and its value when the config is written."""
     if option == "url" and value is None:
         raise InvalidInputError("a remote's url cannot be unset (remove the remote)")
+    if value is not None:
+        _check_value(option, value)
     if name not in _config(repo)["remote"]:
         raise RemoteError(f"no such remote: {name!r}")
     with _edit(repo, "local" if local else "repo") as conf:
@@ -171,28 +212,50 @@ def open_remote(repo: Repo, name: str | None) -> RemoteFS:
 
         cls, conf, fs_path = get_cloud_fs(config, name=name)
         fs = cls(**conf)
-        inner = fs.fs
+        inner = None if _protocol(fs) in LOCAL else fs.fs
     except ImportError as e:
         raise RemoteError(f"remote {name!r} ({url}): {_one_line(e)}") from None
     except Exception as e:  # a missing plugin, a URL DVC does not take
         raise RemoteError(f"remote {name!r} ({url}): {_one_line(e)}") from None
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    protocol = _protocol(fs)
+    if protocol in LOCAL:
+        return RemoteFS(name, url, local_filesystem(), _local_root(str(fs_path)), protocol)
     return RemoteFS(name, url, inner, str(fs_path).rstrip("/") or "/", protocol)
 
 
-def url_filesystem(url: str) -> tuple[Any, str, str]:
-    """DVC's filesystem for a remote named by its URL alone (``s3://bucket/path``,
-    ``file:///path``), not yet connected (its fsspec filesystem, ``.fs``, is made when
-    first used), the path of the repository's layout on it, and its protocol.
-    Credentials and endpoints come from where DVC's libraries read them (for S3,
-    ``AWS_ENDPOINT_URL`` and the rest)."""
-    path = url[len("file://"):] or "/" if url.startswith("file://") else url
+def url_filesystem(url: str) -> tuple[Callable[[], Any], str, str]:
+    """The filesystem of a remote named by its URL alone (``s3://bucket/path``,
+    ``file:///path``), not yet connected (a function that makes it: DVC's fsspec
+    filesystem is made when first used), the path of the repository's layout on it,
+    and its protocol. Credentials and endpoints come from where DVC's libraries read
+    them (for S3, ``AWS_ENDPOINT_URL`` and the rest)."""
     try:
         from dvc.fs import get_cloud_fs
 
-        cls, conf, fs_path = get_cloud_fs({}, url=path)
+        cls, conf, fs_path = get_cloud_fs({}, url=_local_root(url) if url.startswith("file://") else url)
         fs = cls(**conf)
     except Exception as e:  # DVC missing, a missing plugin, a URL DVC does not take
         raise RemoteError(f"{url}: {_one_line(e)}") from None
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return fs, str(fs_path).rstrip("/") or "/", protocol
+    protocol = _protocol(fs)
+    if protocol in LOCAL:
+        return local_filesystem, _local_root(str(fs_path)), protocol
+    return lambda: fs.fs, str(fs_path).rstrip("/") or "/", protocol
+
+
+def local_filesystem() -> LocalFileSystem:
+    """A remote on this machine's filesystem is read and written as the repository's own
+    folder is: a FIFO, device or socket where a file should be is an error at once, never
+    a read that waits forever; every write is atomic (files 0644, as DVC writes them)."""
+    return LocalFileSystem(perm=0o644)
+
+
+def _local_root(path: str) -> str:
+    """A local remote's folder: DVC keeps a ``file://`` URL's scheme in the path it gives,
+    which as a path would name a folder ``file:`` in the current one."""
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    return path.rstrip("/") or "/"
+
+
+def _protocol(fs: Any) -> str:
+    return str(fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0])

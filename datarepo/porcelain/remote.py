@@ -9,21 +9,22 @@ against its oid before it is stored here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from datarepo.config import env_seconds
 from datarepo.errors import CorruptObjectError, DataRepoError, DirtyWorktreeError, InvalidInputError
-from datarepo.fsutil import TMP_PREFIX
+from datarepo.fsutil import TMP_PREFIX, WriterLock
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit
 from datarepo.porcelain.maintenance import walk
-from datarepo.refs import BRANCHES, HEAD, REMOTES, RUNS, TAGS, Refs, is_ref_name
+from datarepo.refs import BRANCHES, HEAD, REMOTES, RUNS, TAGS, Refs, check_name, is_ref_name
 from datarepo.remotes_config import LOCAL, RemoteError, RemoteFS, open_remote, speaking
 from datarepo.repo import Repo
 from datarepo.store import Store
@@ -75,16 +76,18 @@ class CloneResult(NamedTuple):
 
 class Remote:
     """The repository layout on a remote filesystem: what it holds (listed once), and
-    writes that a reader never sees half done (a local path gets a temporary name and a
-    rename; an object store's PUT is whole by itself)."""
+    writes that a reader never sees half done (a local folder's file is written under a
+    temporary name and renamed: :func:`~datarepo.remotes_config.local_filesystem`; an
+    object store's PUT is whole by itself)."""
 
     def __init__(self, rfs: RemoteFS) -> None:
-        self.name, self.fs, self.root = rfs.name, rfs.fs, rfs.root
-        self.rename = rfs.protocol in LOCAL
+        self.name, self.url, self.fs, self.root = rfs.name, rfs.url, rfs.fs, rfs.root
+        self.protocol = rfs.protocol
         self.store = Store(self.root, fs=self.fs)
         self.refs = Refs(self.root, fs=self.fs)
         self.objects: set[str] = set()
         self.shards: set[str] = set()  # shards whose .tar and .idx are both there
+        self._etags: dict[str, str | None] = {}  # (S3) each ref's version as last read
 
     def list(self) -> None:
         self.objects = set(self._oids("objects", ""))
@@ -107,24 +110,48 @@ class Remote:
         return f"{self.root}/{rel}"
 
     def write(self, rel: str, data: bytes) -> None:
-        self._put(rel, lambda path: self.fs.pipe_file(path, data))
+        self.fs.pipe_file(self.path(rel), data)
 
     def upload(self, local: Path, rel: str) -> None:
-        self._put(rel, lambda path: self.fs.put_file(str(local), path))
-
-    def _put(self, rel: str, put: Callable[[str], Any]) -> None:
-        path = self.path(rel)
-        if not self.rename:
-            put(path)
-            return
-        folder = path.rpartition("/")[0]
-        self.fs.makedirs(folder, exist_ok=True)
-        tmp = f"{folder}/{TMP_PREFIX}{uuid.uuid4().hex}"
-        put(tmp)
-        self.fs.mv(tmp, path)
+        self.fs.put_file(str(local), self.path(rel))
 
     def read_ref(self, name: str) -> Oid | None:
+        if self.protocol == "s3":  # its version first: a write after it is seen as one (see write_ref)
+            path = self.path(name)
+            self.fs.invalidate_cache(path)
+            try:
+                info = self.fs.info(path)
+            except FileNotFoundError:
+                info = {}
+            self._etags[name] = info.get("ETag")
+            if info.get("type") != "file":  # (a key prefix, refs/heads/a of refs/heads/a/b: no ref)
+                return None
         return self.refs.read(name)
+
+    def ref_lock(self) -> contextlib.AbstractContextManager[Any]:
+        """Held while refs are read again and written, so that of two pushes to one ref
+        the second sees the first's commit: on a folder an ``flock`` on its ``lock`` file
+        (released by the kernel if the pusher dies). S3 has no lock: each ref write there
+        is conditional on the version read (:meth:`write_ref`). Other stores have neither."""
+        if self.protocol in LOCAL:
+            self.fs.makedirs(self.root, exist_ok=True)
+            return WriterLock(Path(self.root) / "lock", timeout=env_seconds("DATAREPO_LOCK_TIMEOUT", 60))
+        return contextlib.nullcontext()
+
+    def write_ref(self, name: str, old: Oid | None, new: Oid) -> None:
+        """Moves a ref from ``old`` (as :meth:`read_ref` read it) to ``new``; on S3 only if
+        no other push wrote it since (If-Match, If-None-Match)."""
+        data = f"{new}\n".encode()
+        if self.protocol != "s3":
+            self.write(name, data)
+            return
+        etag = self._etags.get(name)
+        try:
+            self.fs.pipe_file(self.path(name), data, **({"IfMatch": etag} if etag else {"IfNoneMatch": "*"}))
+        except OSError:
+            if self.read_ref(name) == old:
+                raise
+            raise RemoteError(f"{name} on remote {self.name!r} was moved by another push meanwhile: fetch, then push again") from None
 
 
 def _connect(repo: Repo, name: str | None) -> Remote:
@@ -142,12 +169,13 @@ def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_re
     refs = _refs_to_push(repo, list(revs), all_refs)
     r = _connect(repo, remote)
     with speaking(r.name):
+        _check_place(repo, r)
         for name, new in refs:
             _check_update(repo, r, name, new, force)
         edges: dict[str, list[str]] = {}
         seen = walk(repo.store, [oid for _, oid in refs], had=r.objects.__contains__, edges=edges)
-        if seen.missing:
-            raise DataRepoError(f"cannot push a damaged repository: {seen.missing[0]} (run fsck)")
+        if seen.missing or seen.bad_keys:
+            raise DataRepoError(f"cannot push a damaged repository: {(seen.missing + seen.bad_keys)[0]} (run fsck)")
         sent = _push_shards(repo, r, seen.datums)
         count = len(sent)
         size = sum(sent)
@@ -156,13 +184,35 @@ def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_re
             r.write(f"objects/{oid[:2]}/{oid[2:]}", data)
             size += len(data)
         updated = []
-        for name, new in refs:
-            old = _check_update(repo, r, name, new, force)  # read again just before writing
-            if old != new:
-                r.write(name, f"{new}\n".encode())
-                updated.append(RefUpdate(name, old, new))
-        _set_remote_head(repo, r, [name for name, _ in refs])
+        with r.ref_lock():
+            for name, new in refs:
+                old = _check_update(repo, r, name, new, force)  # read again just before writing
+                if old != new:
+                    r.write_ref(name, old, new)
+                    updated.append(RefUpdate(name, old, new))
+            _set_remote_head(repo, r, [name for name, _ in refs])
     return PushResult(Transfer(r.name, len(edges), count, size), updated)
+
+
+LAYOUT = {HEAD, "objects", "shards", "refs", "lock"}  # what a remote holds at its top
+
+
+def _check_place(repo: Repo, r: Remote) -> None:
+    """Refuses to make a repository where it would mix with other files: a folder in the
+    work tree (its files would be added as data), or a place that holds other files and
+    no repository (a home folder, a bucket's data)."""
+    if r.protocol in LOCAL and repo.worktree is not None:
+        root, worktree = Path(r.root).resolve(), repo.worktree.resolve()
+        if root.is_relative_to(worktree) and not root.is_relative_to(repo.dotdir.resolve()):
+            raise RemoteError(f"remote {r.name!r} ({r.url}) is in the work tree: what is pushed there would be added as data")
+    if r.fs.exists(r.path(HEAD)):
+        return
+    try:
+        top = {str(p).rstrip("/").rpartition("/")[2] for p in r.fs.ls(r.root, detail=False)}
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if other := sorted(n for n in top - LAYOUT if not n.startswith(TMP_PREFIX)):  # (a killed push's half-written HEAD)
+        raise RemoteError(f"remote {r.name!r} ({r.url}) holds other files ({other[0]}, …) and no repository: push to an empty place")
 
 
 def _refs_to_push(repo: Repo, revs: list[str], all_refs: bool) -> list[tuple[str, Oid]]:
@@ -190,6 +240,8 @@ def _check_update(repo: Repo, r: Remote, name: str, new: Oid, force: bool) -> Oi
     """The remote's value of ``name``; refuses a move that is not a fast-forward (a tag or
     run that differs, a branch whose remote commit is not an ancestor of ``new``)."""
     old = r.read_ref(name)
+    if old is None and (clash := r.refs.in_the_way(name)):
+        raise RemoteError(f"cannot create {name} on remote {r.name!r}: {clash[0]} exists")
     if old is None or old == new or force:
         return old
     if not name.startswith(BRANCHES):
@@ -272,12 +324,13 @@ def fetch(repo: Repo, remote: str | None = None) -> FetchResult:
     r = _connect(repo, remote)
     with repo.lock, speaking(r.name):
         _remove_stale_downloads(repo)
+        repo.sync_locations()  # shards a killed fetch published before it recorded where their datums are
         wanted = _remote_refs(r)
         cache = _Checked(r)
         edges: dict[str, list[str]] = {}
         seen = walk(cache, list(dict.fromkeys(wanted.values())), had=repo.store.has_object, edges=edges)
-        if seen.missing:
-            raise RemoteError(f"remote {r.name!r} cannot be fetched: {seen.missing[0]}")
+        if seen.missing or seen.bad_keys:  # (a page whose key the key rule refuses is damage, as fsck says)
+            raise RemoteError(f"remote {r.name!r} cannot be fetched: {(seen.missing + seen.bad_keys)[0]}")
         for name, oid in wanted.items():
             _check_kind(repo, cache, name, oid)
         stored = repo.stored(seen.datums)
@@ -307,12 +360,29 @@ class _Checked(Store):
 
 
 def _remote_refs(r: Remote) -> dict[str, Oid]:
-    """The remote's branches, tags and runs (a name that is not a valid ref is no ref)."""
-    found: dict[str, Oid] = {}
+    """The remote's branches, tags and runs (a name that is not a valid ref is no ref).
+    A place with neither a ref nor a ``HEAD`` holds no repository: a mistyped path or
+    bucket, or an endpoint that answers nothing, is said to be so, not fetched as empty."""
+    names = []
     for prefix in (BRANCHES, TAGS, RUNS):
-        for short, oid in r.refs.list(prefix):
-            found[prefix + short] = oid
+        for name in r.refs.names(prefix):
+            with contextlib.suppress(InvalidInputError):  # (a name too long to be a file here is no ref either)
+                names.append(prefix + check_name(name[len(prefix) :]))
+    named = set(names)
+    if clash := next(((a, b) for b in names for a in _folders(b) if a in named), None):
+        raise RemoteError(f"remote {r.name!r} has both {clash[0]} and {clash[1]}: a ref cannot be a folder of another")
+    found = {name: oid for name in names if (oid := r.refs.read(name)) is not None}
+    if not found and not r.fs.exists(r.path(HEAD)):
+        raise RemoteError(f"no repository at {r.url} (remote {r.name!r})")
     return found
+
+
+def _folders(name: str) -> Iterator[str]:
+    """The names a ref's folders would have as refs (``refs/heads/a`` for ``refs/heads/a/b``)."""
+    parts = name.split("/")
+    for i in range(3, len(parts)):
+        yield "/".join(parts[:i])
+
 
 
 def _check_kind(repo: Repo, store: Store, name: str, oid: Oid) -> None:
@@ -379,20 +449,25 @@ def _fetch_shard(repo: Repo, r: Remote, staging: Store, tmp: Path, shard: str) -
 
 
 def _update_local_refs(repo: Repo, remote: str, wanted: dict[str, Oid]) -> tuple[list[RefUpdate], list[str]]:
+    """Sets ``refs/remotes/<remote>/<branch>``, replacing those of branches the remote no
+    longer has where they are in the way (``a/b`` of a branch ``a``); adds each tag and
+    run that neither is here nor has one of its own here in its way."""
     updated, kept = [], []
+    mine = f"{REMOTES}{remote}/"
+    tracking = {mine + name[len(BRANCHES) :]: oid for name, oid in wanted.items() if name.startswith(BRANCHES)}
     for name, oid in sorted(wanted.items()):
-        if name.startswith(BRANCHES):
-            local = f"{REMOTES}{remote}/{name[len(BRANCHES):]}"
-        else:
-            local = name
-        if not is_ref_name(local):
-            raise InvalidInputError(f"invalid ref name: {local[:80]!r}")
+        local = mine + name[len(BRANCHES) :] if name.startswith(BRANCHES) else name
         old = repo.refs.read(local)
         if old == oid:
             continue
-        if old is not None and not name.startswith(BRANCHES):
-            kept.append(name)  # a tag or run of the same name here: never replaced by a fetch
-            continue
+        if not name.startswith(BRANCHES):
+            if old is not None or repo.refs.in_the_way(local):
+                kept.append(name)  # a tag or run of that name (or a folder's) here: never replaced by a fetch
+                continue
+        else:
+            for stale in repo.refs.in_the_way(local):
+                if stale.startswith(mine) and stale not in tracking:
+                    repo.refs.update(stale, None, message=f"fetch: {stale[len(mine):]} is gone from {remote}")
         repo.refs.update(local, oid, expected=old, message=f"fetch: from {remote}")
         updated.append(RefUpdate(local, old, oid))
     return updated, kept
@@ -440,9 +515,11 @@ def clone(url: str, dest: Path) -> CloneResult:
     history fetched and the remote's default branch checked out."""
     from datarepo.remotes_config import add_remote
 
+    if dest.is_symlink() and not dest.exists() or dest.exists() and not dest.is_dir():
+        raise InvalidInputError(f"{dest} exists and is not a folder")
     if dest.exists() and any(dest.iterdir()):
         raise InvalidInputError(f"{dest} exists and is not empty")
-    made = not dest.exists()
+    made = _first_missing(dest.absolute())
     try:
         repo = Repo.init(dest)
         add_remote(repo, "origin", url, default=True)
@@ -460,9 +537,31 @@ def clone(url: str, dest: Path) -> CloneResult:
         repo.close()
         return CloneResult(dest, fetched, branch, target)
     except BaseException:
-        if made:
-            shutil.rmtree(dest, ignore_errors=True)
+        _undo(made, dest)
         raise
+
+
+def _first_missing(dest: Path) -> Path | None:
+    """The outermost folder of ``dest`` that is not there yet (a clone makes it, and its
+    parents), or None."""
+    if dest.exists():
+        return None
+    while not dest.parent.exists():
+        dest = dest.parent
+    return dest
+
+
+def _undo(made: Path | None, dest: Path) -> None:
+    """Removes what a failed clone made: the folders it made, or what it wrote into the
+    empty folder it was given."""
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
+        return
+    for entry in dest.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _remote_default(repo: Repo, fetched: FetchResult) -> str | None:
@@ -472,10 +571,7 @@ def _remote_default(repo: Repo, fetched: FetchResult) -> str | None:
     rfs = reopen(repo, "origin")
     with speaking("origin"):
         target = Refs(rfs.root, fs=rfs.fs).read_symbolic(HEAD)
-        there = target is not None or rfs.fs.exists(f"{rfs.root}/{HEAD}")
     branches = sorted(u.ref[len(REMOTES) + len("origin/") :] for u in fetched.updated if u.ref.startswith(f"{REMOTES}origin/"))
-    if not there and not fetched.updated:
-        raise RemoteError(f"no repository at {rfs.url}")
     if target and target.startswith(BRANCHES) and target[len(BRANCHES) :] in branches:
         return target[len(BRANCHES) :]
     return "main" if "main" in branches else branches[0] if branches else None
