@@ -133,11 +133,19 @@ def check_path(path: str) -> str:
 
 
 def check_member(key: str, ext: str, grouping: str = "wds") -> str:
-    """Checks a member taken from outside (ingest): its key, its extension, and the path it
-    comes back to (:func:`join`); returns the path."""
+    """Checks a member taken from outside (ingest, a pipeline's output, the writer): its key,
+    its extension, and the path it comes back to (:func:`join`), which must give the same key
+    and member again (:func:`split`): else a checkout then an ``add`` would move the datum to
+    another key. Returns the path."""
     check_key(key)
     check_ext(ext, key)
-    return check_path(join(key, ext, grouping))
+    path = check_path(join(key, ext, grouping))
+    if grouping == "wds" and (back := split(path)) != (key, ext):
+        raise InvalidInputError(
+            f"invalid key {_shown(key)}: its member {ext!r} would come back as the file {path!r}, whose key is"
+            f" {back[0]!r} (a key ends at the first '.' of its last part, as in WebDataset)"
+        )
+    return path
 
 
 def check_ext(ext: str, key: str = "") -> str:

@@ -535,6 +535,10 @@ def test_stdin_that_is_closed_is_one_line(worktree: Path) -> None:
         ('{"__key__": "a", "x\\u0000": "x"}\n', ["invalid member name"]),
         ('{"__key__": "a/../b", "txt": "x"}\n', ["invalid key"]),
         ('{"__key__": ".datarepo/HEAD", "txt": "x"}\n', ["invalid key"]),
+        # a dot in the key's last part: its file a.b.txt would be read back as key 'a'
+        ('{"__key__": "d/a.b", "txt": "x"}\n', ["<stdin>:1", "invalid key 'd/a.b'", "whose key is 'd/a'"]),
+        ('{"__key__": "a.", "txt": "x"}\n', ["invalid key 'a.'"]),
+        ('{"__key__": "a.b", "": "x"}\n', ["invalid key 'a.b'"]),
         ('{"__key__": "a", "txt": "1"}\n{"__key__": "b", "txt": "2"}\n{"__key__": "a", "txt": "3"}\n',
          ["key 'a' comes twice: <stdin>:1 and <stdin>:3"]),
         ('{"__key__": "a", "txt": {"base64": "!!"}}\n', ["<stdin>:1", "bad JSON-lines datum"]),
@@ -623,6 +627,19 @@ def test_bad_worker_counts_are_one_line(repo_with_commit, worktree: Path, value:
 def test_a_bad_config_is_one_line(repo_with_commit, worktree: Path, cli, text: bytes, words: list[str]) -> None:
     (worktree / ".datarepo" / "config.toml").write_bytes(text)
     _one_line_error(cli("status", ok=False), "config.toml", *words)
+
+
+def test_ingested_keys_come_back_under_the_same_keys(worktree: Path, cli) -> None:
+    """Every key ingest takes is the key its files give back: after a checkout the work tree
+    is clean, and adding it again moves no datum (a JSON key 'a.b' once came back as 'a')."""
+    cli("init")
+    lines = "".join(json.dumps({"__key__": k, "txt": k, "": "bare"}) + "\n" for k in ["x", ".env", "d.e/f"])
+    lines += json.dumps({"__key__": "h.", "": "ends in a dot"}) + "\n"
+    cli("ingest", "-", "--prefix", "p", input=lines)
+    cli("checkout", "-f", "HEAD")
+    assert "clean" in cli("status").output
+    cli("add", ".")
+    assert cli("status").output.count("\n") <= 2 and "clean" in cli("status").output
 
 
 def test_a_bad_ignore_file_is_one_line(repo_with_commit, worktree: Path, cli) -> None:

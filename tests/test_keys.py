@@ -80,6 +80,17 @@ def test_every_path_splits_into_a_valid_key_and_back(path: str) -> None:
     assert keys.member_of(path.rpartition("/")[2], stem) == ext
 
 
+@given(_path, st.text(st.characters(blacklist_characters="/\x00", blacklist_categories=("Cs",)), max_size=6))
+def test_a_member_is_taken_in_exactly_when_its_file_gives_it_back(key: str, ext: str) -> None:
+    """Ingest (and every writer) takes a key and member only if the file they come back to
+    names them again: what a checkout writes, an ``add`` reads back under the same key."""
+    try:
+        path = keys.check_member(key, ext)
+    except InvalidInputError:
+        path = None
+    assert (path is not None) == (keys.split(keys.join(key, ext)) == (key, ext))
+
+
 @given(st.lists(_path, max_size=40))
 def test_grouping_puts_each_file_where_the_rule_does(paths: list[str]) -> None:
     files = sorted(set(paths))
