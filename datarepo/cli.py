@@ -319,13 +319,17 @@ def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
 @click.option("-f", "--force", is_flag=True, help="Throw away uncommitted changes (files never added are kept).")
 def checkout(rev: str | None, new_branch: str | None, force: bool) -> None:
     """Make the work tree match REV (a branch, tag or commit)."""
+    from datarepo.errors import DirtyWorktreeError
     from datarepo.porcelain.checkout import checkout as run
 
     if rev is None and new_branch is None:
         raise click.UsageError("name a revision to check out (or -b NAME for a new branch at HEAD)")
     rev = "HEAD" if rev is None else rev
     with _progress("checking out") as bar:
-        result = run(_repo(), rev, force=force, new_branch=new_branch, progress=bar)
+        try:
+            result = run(_repo(), rev, force=force, new_branch=new_branch, progress=bar)
+        except DirtyWorktreeError as e:
+            raise DirtyWorktreeError(f"{e} (use --force)") from None
     where = f"branch {result.branch}" if result.branch else f"detached HEAD at {result.oid[:12]}"
     click.echo(f"Switched to {where} ({result.written} files written, {result.removed} removed)")
 

@@ -156,6 +156,15 @@ def test_pull_refuses_uncommitted_changes(tmp_path: Path, worktree: Path, cli: C
     (copy / "notes.txt").write_text("never added")  # as in git, a file never added is no change
     assert "Fast-forward main" in Cli(copy)("pull").output
     assert (copy / "more.txt").read_text() == "more" and (copy / "notes.txt").read_text() == "never added"
+    (worktree / "new.txt").write_text("pushed")
+    cli("add", ".")
+    cli("commit", "-m", "new")
+    cli("push")
+    (copy / "new.txt").write_text("mine, never added")  # in the way of the pulled file
+    r = Cli(copy)("pull", ok=False)
+    assert r.exit_code != 0 and r.output.strip().splitlines() == [
+        "Error: uncommitted changes to new would be overwritten by pull: add or move them, then pull again"]
+    assert (copy / "new.txt").read_text() == "mine, never added"
 
 
 def test_run_records_travel(tmp_path: Path, worktree: Path, cli: Cli, origin: Path) -> None:

@@ -65,7 +65,7 @@ def checkout(
         clash = sorted(dirty & moves.keys())
         if clash and not force:
             more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
-            raise DirtyWorktreeError(f"uncommitted changes to {clash[0]}{more} would be overwritten (use --force)")
+            raise DirtyWorktreeError(f"uncommitted changes to {clash[0]}{more} would be overwritten")
         # As with git's -f, a datum neither HEAD nor the staging area holds is left alone,
         # unless its files are in the way of the revision's.
         untracked = set(total.added) - staged.keys() if force else set()

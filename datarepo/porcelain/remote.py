@@ -504,7 +504,10 @@ def _fast_forward(repo: Repo, fetched: FetchResult, branch: str, target: Oid) ->
     if old is not None and not is_ancestor(repo, old, target):
         raise RemoteError(f"branch {branch!r} and {fetched.transfer.remote}/{branch} have diverged: not a fast-forward")
     with repo.lock:
-        done = checkout(repo, target)  # detached at the target, the work tree moved with it
+        try:
+            done = checkout(repo, target)  # detached at the target, the work tree moved with it
+        except DirtyWorktreeError as e:  # (files never added, in the way of the branch's)
+            raise DirtyWorktreeError(f"{e} by pull: add or move them, then pull again") from None
         repo.refs.update(BRANCHES + branch, target, expected=old, message=f"pull: fast-forward to {target[:12]}")
         repo.refs.set_symbolic(BRANCHES + branch, message=f"pull: back on {branch}")
     return PullResult(fetched, branch, old, target, done.written, done.removed)
