@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Cli
-from test_remotes import _s3_remote, files_of, origin, s3_endpoint  # noqa: F401  (origin, s3_endpoint: fixtures)
+from test_remotes import _s3_remote, a_clone_with_their_commit, files_of, origin, s3_endpoint  # noqa: F401  (origin, s3_endpoint: fixtures)
 
 import datarepo
 
@@ -255,11 +255,7 @@ def test_of_two_pushes_racing_to_one_branch_the_second_is_refused(tmp_path: Path
     from datarepo.fsutil import WriterLock
 
     cli("push")
-    Cli(tmp_path)("clone", str(origin), "copy")
-    b = Cli(tmp_path / "copy")
-    (tmp_path / "copy" / "theirs.txt").write_text("theirs")
-    b("add", ".")
-    b("commit", "-m", "theirs")
+    b = a_clone_with_their_commit(tmp_path, origin)
     with datarepo.open(tmp_path / "copy") as r:
         theirs = r.head()
     b("branch", "theirs")

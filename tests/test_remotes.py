@@ -110,13 +110,19 @@ def test_push_clone_pull_and_incremental_push(tmp_path: Path, worktree: Path, cl
     assert "Already up to date" in b("pull").output
 
 
-def test_non_fast_forward_is_refused_unless_forced(tmp_path: Path, worktree: Path, cli: Cli, origin: Path) -> None:
-    cli("push")
+def a_clone_with_their_commit(tmp_path: Path, origin: Path) -> Cli:
+    """A clone of ``origin`` in ``tmp_path/copy``, with a commit of its own ("theirs")."""
     Cli(tmp_path)("clone", str(origin), "copy")
     b = Cli(tmp_path / "copy")
     (tmp_path / "copy" / "theirs.txt").write_text("theirs")
     b("add", ".")
     b("commit", "-m", "theirs")
+    return b
+
+
+def test_non_fast_forward_is_refused_unless_forced(tmp_path: Path, worktree: Path, cli: Cli, origin: Path) -> None:
+    cli("push")
+    b = a_clone_with_their_commit(tmp_path, origin)
     b("push")
     theirs = (origin / "refs/heads/main").read_text()
     (worktree / "ours.txt").write_text("ours")
