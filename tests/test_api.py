@@ -571,6 +571,18 @@ def test_keys_column_holds_keys_and_takes_any_order(pages, data) -> None:  # typ
     assert pickle.loads(pickle.dumps(taken)) == taken
 
 
+def test_keys_take_a_large_scattered_order() -> None:
+    """A million-row manifest's keys are put in shard order in chunks: an order that
+    scatters 200,000 keys (several chunks) gives every key where the order says."""
+    from datarepo.manifest import Keys
+
+    flat = [f"train/c{i % 7}/{i:06d}" + "é" * (i % 3) for i in range(200_000)]
+    keys = Keys.of([flat[i : i + 1000] for i in range(0, len(flat), 1000)])
+    order = np.random.default_rng(0).permutation(len(flat))
+    assert list(keys.take(order)) == [flat[i] for i in order.tolist()]
+    assert list(keys.take(order[::-1].copy())) == [flat[i] for i in order[::-1].tolist()]
+
+
 def test_a_member_without_extension_is_read_and_exported(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
     cli("init")
     (cli.cwd / "README").write_bytes(b"read me")
