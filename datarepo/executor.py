@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 from datarepo.config import env_count
@@ -335,6 +336,20 @@ def _read_exact(fd: int, size: int) -> bytes | None:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+@contextmanager
+def no_fork() -> Iterator[None]:
+    """Runs user code that may ``os.fork()`` (a pipeline's transform): a child process that
+    comes out of the block (it would go on as a second copy of the run or of the worker:
+    two writers of one shard, two answers for one batch) ends there at once, quietly. The
+    parent goes on."""
+    pid = os.getpid()
+    try:
+        yield
+    finally:
+        if os.getpid() != pid:
+            os._exit(0)
 
 
 def worker_count() -> int:

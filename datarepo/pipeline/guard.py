@@ -11,7 +11,6 @@ is user code's.)
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import threading
@@ -60,19 +59,6 @@ def line_in(error: BaseException, filename: str) -> int | None:
             line = tb.tb_lineno
         tb = tb.tb_next
     return line
-
-
-@contextmanager
-def no_fork() -> Iterator[None]:
-    """Runs user code that may ``os.fork()``: a child process that comes out of the block
-    (it would go on as a second copy of the run or of the worker: two writers of one
-    shard, two answers for one batch) ends there at once, quietly. The parent goes on."""
-    pid = os.getpid()
-    try:
-        yield
-    finally:
-        if os.getpid() != pid:
-            os._exit(0)
 
 
 # Characters that would break a line or a terminal: control characters (C0, DEL, C1),

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from datarepo.errors import DataRepoError, DatumTimeout, PipelineError, TransformError
+from datarepo.executor import no_fork
 from datarepo.hashing import datum_id, hash_bytes
 from datarepo.keys import MAX_KEY_PARTS, check_key, check_member, is_utf8, split
-from datarepo.pipeline.guard import class_of, described, interrupts, message_of, no_fork, one_line, stops_run
+from datarepo.pipeline.guard import class_of, described, interrupts, message_of, one_line, stops_run
 from datarepo.pipeline.lineage import Record, write_journal
 from datarepo.pipeline.spec import Drop, Spec, import_module
 from datarepo.shardreader import DatumRange, ShardReader
