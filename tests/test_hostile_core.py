@@ -358,3 +358,19 @@ def test_an_ignore_pattern_of_more_than_two_runs_of_folders_is_one_line(worktree
     (worktree / ".datarepoignore").write_text("ok/**/x\n**/a/**/b/**/c\n")
     (worktree / "f").write_text("x")
     _one_line_error(cli("status", ok=False), ".datarepoignore line 2", "more than 2 runs of folders")
+
+
+def test_the_checked_out_branch_is_not_moved_by_branch_f(repo_with_commit, worktree: Path, cli) -> None:
+    """As git: moving the checked-out branch would leave the work tree and staging area made
+    from a commit the branch no longer names."""
+    repo, _ = repo_with_commit
+    first = repo.head()
+    (worktree / "new.txt").write_text("new")
+    cli("add", "new.txt")
+    cli("commit", "-m", "second")
+    second = repo.head()
+    _one_line_error(cli("branch", "-f", "main", first, ok=False), "'main'", "checked out")
+    assert repo.head() == second and "work tree clean" in cli("status").output
+    cli("checkout", "-b", "other")
+    cli("branch", "-f", "main", first)  # not checked out any more
+    assert repo.refs.read("refs/heads/main") == first and repo.head() == second

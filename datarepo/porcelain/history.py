@@ -186,6 +186,10 @@ def create_ref(repo: Repo, prefix: str, name: str, rev: str = "HEAD", force: boo
             old = True  # a forced update may replace a ref that names no commit: the way to mend it
         if old is not None and not force:
             raise InvalidInputError(f"{'branch' if prefix == BRANCHES else 'tag'} {name!r} already exists")
+        if isinstance(old, str) and prefix == BRANCHES and repo.current_branch() == name:
+            # (as git: the work tree and staging area were made from its commit, and would
+            # describe neither that one nor the new one; a damaged one may be mended)
+            raise InvalidInputError(f"cannot move the branch {name!r}: it is checked out (check out another one first)")
         repo.refs.update(prefix + name, oid, expected=old, message=f"created from {rev}")
     return oid
 
