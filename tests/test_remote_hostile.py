@@ -278,6 +278,110 @@ def test_of_two_pushes_racing_to_one_branch_the_second_is_refused(tmp_path: Path
     assert (origin / "refs/heads/main").read_text() == f"{theirs}\n"
 
 
+class HeldPuts:
+    """An HTTP proxy on loopback in front of an S3 endpoint that passes every request on as it
+    came, except that a PUT of a key ending in ``suffix`` waits, once armed, until released:
+    the window between a push's reading of a ref and its writing of it, held open."""
+
+    def __init__(self, upstream: str, suffix: str) -> None:
+        import http.client
+        import http.server
+        import threading
+        from urllib.parse import urlsplit
+
+        self.armed, self.held, self.released = threading.Event(), threading.Event(), threading.Event()
+        gate, target = self, urlsplit(upstream).netloc
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "PUT" and self.path.split("?")[0].endswith(suffix) and gate.armed.is_set():
+                    gate.held.set()
+                    gate.released.wait(60)
+                upstream = http.client.HTTPConnection(target, timeout=60)
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
+                answer = upstream.getresponse()
+                data = answer.read()
+                self.send_response(answer.status, answer.reason)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "content-length", "connection", "date", "server"):
+                        self.send_header(name, value)
+                # (the answer to a HEAD has no body, but the length of the one a GET would have)
+                self.send_header("Content-Length", answer.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.released.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("branch", ["main", "fresh"])
+def test_of_two_pushes_racing_to_one_s3_branch_the_second_is_refused(tmp_path: Path, worktree: Path, cli: Cli,
+                                                                     s3_endpoint: str, branch: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """S3 has no lock: a push writes a ref only if it is still what the push read (If-Match
+    its ETag, or If-None-Match for a new ref). Here another push moves the ref while ours is
+    between reading and writing it: ours is refused in one line and theirs stays."""
+    import boto3
+
+    bucket = f"racing-pushes-{branch}"
+    gate = HeldPuts(s3_endpoint, f"/refs/heads/{branch}")
+    try:
+        (worktree / "a.txt").write_text("a")
+        cli("init")
+        cli("add", ".")
+        cli("commit", "-m", "a")
+        _s3_remote(cli, s3_endpoint, bucket)
+        cli("remote", "modify", "s3", "endpointurl", gate.url)
+        cli("push")
+        for name, value in (("AWS_ENDPOINT_URL", gate.url), ("AWS_ACCESS_KEY_ID", "test"),
+                            ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_DEFAULT_REGION", "us-east-1")):
+            monkeypatch.setenv(name, value)
+        Cli(tmp_path)("clone", f"s3://{bucket}/repo", "copy")
+        b = Cli(tmp_path / "copy")
+        (tmp_path / "copy" / "theirs.txt").write_text("theirs")
+        b("add", ".")
+        b("commit", "-m", "theirs")
+        with datarepo.open(tmp_path / "copy") as r:
+            theirs = r.head()
+        b("branch", "theirs")
+        b("push", "theirs")  # (their objects are on the remote)
+        if branch != "main":
+            cli("branch", branch)
+            cli("checkout", branch)
+        (worktree / "ours.txt").write_text("ours")
+        cli("add", ".")
+        cli("commit", "-m", "ours")
+        gate.armed.set()
+        pushing = subprocess.Popen([EXE, "push"], cwd=worktree, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert gate.held.wait(60), pushing.communicate()
+        s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                          region_name="us-east-1")
+        s3.put_object(Bucket=bucket, Key=f"repo/refs/heads/{branch}", Body=f"{theirs}\n".encode())  # their push
+        gate.released.set()
+        out, err = pushing.communicate(timeout=60)
+    finally:
+        gate.close()
+    assert pushing.returncode == 1 and len(err.strip().splitlines()) == 1, out + err
+    assert "was moved by another push meanwhile: fetch, then push again" in err, err
+    assert s3.get_object(Bucket=bucket, Key=f"repo/refs/heads/{branch}")["Body"].read() == f"{theirs}\n".encode()
+
+
 def test_a_remote_ref_file_too_long_to_be_a_ref_is_refused_unread(tmp_path: Path, cli: Cli,
                                                                   origin: Path) -> None:  # noqa: F811
     cli("push")
