@@ -16,8 +16,9 @@ from typing import Any
 
 import click
 
+from datarepo.cli_values import Age, Count, NonEmptyPath, Seconds, Size
+
 SIGPIPE_EXIT = 141  # what a shell reports for a command that a closed pipe ended (128 + SIGPIPE)
-MAX_SECONDS = 365 * 86400.0  # the longest a spout waits to commit
 
 
 class Group(click.Group):
@@ -30,13 +31,16 @@ class Group(click.Group):
             return super().invoke(ctx)
         except DataRepoError as e:
             for detail in getattr(e, "details", [])[1:]:  # the full list, then the one-line summary
-                click.echo(f"error: {detail}", err=True)
-            raise click.ClickException(str(e)) from None
+                click.echo(f"error: {one_line(str(detail))}", err=True)
+            raise click.ClickException(one_line(str(e))) from None
+        except click.ClickException as e:
+            e.message = one_line(e.message)
+            raise
         except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as git does
             _quiet_stdout()
             sys.exit(SIGPIPE_EXIT)
         except OSError as e:
-            raise click.ClickException(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
+            raise click.ClickException(one_line(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -44,7 +48,7 @@ class Group(click.Group):
             raise click.ClickException("out of memory") from None
         except Exception as e:  # sqlite3 is imported lazily, so its errors are matched by module
             if type(e).__module__ == "sqlite3":
-                raise click.ClickException(f"index.sqlite: {e}") from None
+                raise click.ClickException(one_line(f"index.sqlite: {e}")) from None
             raise
 
 
@@ -61,6 +65,14 @@ def main(directory: str | None) -> None:
     collector.disable()
     if directory:
         os.chdir(directory)
+
+
+def one_line(message: str) -> str:
+    """An error message as one line: a value it names that holds a newline or another
+    control character (a key, a path, a branch name as typed) shows it escaped."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _repo():  # type: ignore[no-untyped-def]
@@ -121,30 +133,18 @@ def _progress(label: str) -> Iterator[_Bar | None]:
         bar.close()
 
 
-def _parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    text = text.strip().lower().removesuffix("ib").removesuffix("b")
-    try:
-        size = int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
-    except (ValueError, OverflowError):  # (OverflowError: "inf")
-        raise click.BadParameter(f"not a size: {text!r}") from None
-    if size < 1:
-        raise click.BadParameter(f"a size is a positive number of bytes, not {text!r}")
-    return size
-
-
 @main.command()
-@click.argument("path", default=".", type=click.Path(file_okay=False))
+@click.argument("path", default=".", type=NonEmptyPath(file_okay=False))
 @click.option("--bare", is_flag=True, help="A repository without a work tree (for servers and ingest).")
 @click.option("--grouping", type=click.Choice(["wds", "file"]), default="wds", help="How files form datums.")
-@click.option("--shard-size", default=None, help="Target shard size, e.g. 256M.")
-def init(path: str, bare: bool, grouping: str, shard_size: str | None) -> None:
+@click.option("--shard-size", type=Size(), default=None, help="Target shard size, e.g. 256M (at least 1K).")
+def init(path: str, bare: bool, grouping: str, shard_size: int | None) -> None:
     """Create an empty repository."""
     from pathlib import Path
 
     from datarepo.repo import Repo
 
-    repo = Repo.init(Path(path), bare=bare, grouping=grouping, shard_size=_parse_size(shard_size) if shard_size else None)
+    repo = Repo.init(Path(path), bare=bare, grouping=grouping, shard_size=shard_size)
     click.echo(f"Initialized empty datarepo repository in {repo.dotdir}")
 
 
@@ -223,7 +223,7 @@ def commit(message: str, allow_empty: bool) -> None:
 
 @main.command()
 @click.argument("rev", default="HEAD")
-@click.option("-n", "--max-count", type=int, default=None, help="Show at most N commits (a negative N: no limit, as in git).")
+@click.option("-n", "--max-count", type=Count(), default=None, help="Show at most N commits (a negative N: no limit, as in git).")
 @click.option("--oneline", is_flag=True, help="One line a commit.")
 @click.option("--json", "as_json", is_flag=True)
 def log(rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
@@ -238,8 +238,12 @@ def log(rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
         if oneline:
             click.echo(f"{oid[:12]} {c.message.splitlines()[0] if c.message else ''}")
             continue
-        click.echo(f"commit {oid}\nAuthor: {c.author}\nDate:   {c.time}\n")
-        click.echo("".join(f"    {line}\n" for line in c.message.splitlines()))
+        click.echo(f"commit {oid}\nAuthor: {c.author}\nDate:   {c.time}\n\n{_indented(c.message)}")
+
+
+def _indented(message: str) -> str:
+    """A commit message as git's log and show print it: each line indented by four spaces."""
+    return "".join(f"    {line}\n" for line in message.splitlines())
 
 
 def _show_run(run_id: str, as_json: bool) -> None:
@@ -273,7 +277,7 @@ def show(rev: str, as_json: bool) -> None:
     click.echo(f"commit {oid}\ntree   {c.tree}")
     for p in c.parents:
         click.echo(f"parent {p}")
-    click.echo(f"Author: {c.author}\nDate:   {c.time}\n\n    {c.message}\n")
+    click.echo(f"Author: {c.author}\nDate:   {c.time}\n\n{_indented(c.message)}")
     _print_changes(changes)
 
 
@@ -339,11 +343,11 @@ def _refs(prefix: str, what: str, name: str | None, rev: str, delete: bool, forc
 
     repo = _repo()
     if delete:
-        if not name:
+        if name is None:
             raise click.UsageError(f"-d needs a {what} name")
         oid = history.delete_ref(repo, prefix, name, force=force)
         click.echo(f"Deleted {what} {name} (was {oid[:12]})")
-    elif name:
+    elif name is not None:  # ('' is a name, and not a valid one: not the listing)
         oid = history.create_ref(repo, prefix, name, rev, force=force)
         click.echo(f"{what} {name} -> {oid[:12]}")
     else:
@@ -441,9 +445,9 @@ def cat(spec: str) -> None:
 @click.option("-m", "--message", default=None, help="The commit message.")
 @click.option("--append", is_flag=True, help="Keep keys under PREFIX that the source no longer has.")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--commit-every", "every", type=click.IntRange(min=1), default=None,
+@click.option("--commit-every", "every", type=Count(1), default=None,
               help="With SRC -: a spout, committing every N datums (and at the end of input).")
-@click.option("--commit-seconds", "seconds", type=click.FloatRange(min=0, max=MAX_SECONDS, min_open=True), default=None,
+@click.option("--commit-seconds", "seconds", type=Seconds(), default=None,
               help="With SRC -: a spout, committing T seconds after the first uncommitted datum.")
 @click.option("--follow", is_flag=True, help="A folder's symlinks: store the files they point to.")
 def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bool, every: int | None,
@@ -455,8 +459,6 @@ def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bo
     from datarepo.porcelain.ingest import ingest as run
     from datarepo.porcelain.ingest import spout
 
-    if seconds is not None and not 0 < seconds <= MAX_SECONDS:  # (nan passes click's range)
-        raise click.BadParameter(f"not a number of seconds: {seconds}", param_hint="--commit-seconds")
     if every is not None or seconds is not None:
         if src != "-":
             raise click.UsageError("--commit-every and --commit-seconds read a stream: give - as SRC")
@@ -513,31 +515,12 @@ def fsck(rebuild_index: bool, as_json: bool) -> None:
         sys.exit(1)
 
 
-def _parse_age(text: str) -> float:
-    """``now``, or an age in seconds with an optional unit: ``90``, ``30m``, ``2h``, ``14d``."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    value = text.strip().lower()
-    if value == "now":
-        return 0.0
-    scale = units.get(value[-1:], None)
-    number = value[:-1] if scale else value
-    try:
-        age = float(number) * (scale or 1)
-    except ValueError:
-        age = -1.0
-    if not age >= 0 or age == float("inf"):
-        from datarepo.errors import InvalidInputError
-
-        raise InvalidInputError(f"--prune: {text!r} is not 'now' or an age such as 90, 30m, 2h, 14d")
-    return age
-
-
 @main.command()
 @click.option("-n", "--dry-run", is_flag=True, help="Only say what would be deleted.")
-@click.option("--prune", default=None, metavar="AGE",
+@click.option("--prune", type=Age(), default=None, metavar="AGE",
               help="Delete retired shards once they are this old: 'now', or e.g. 30m, 2h, 14d (default 1h).")
 @click.option("--json", "as_json", is_flag=True)
-def gc(dry_run: bool, prune: str | None, as_json: bool) -> None:
+def gc(dry_run: bool, prune: float | None, as_json: bool) -> None:
     """Delete objects that no branch, tag, run or recent reflog entry reaches.
 
     Shards without a reachable datum (and those repack replaced) are retired first:
@@ -546,7 +529,7 @@ def gc(dry_run: bool, prune: str | None, as_json: bool) -> None:
     from datarepo.porcelain.maintenance import PRUNE_AFTER
     from datarepo.porcelain.maintenance import gc as run
 
-    prune_after = PRUNE_AFTER if prune is None else _parse_age(prune)
+    prune_after = PRUNE_AFTER if prune is None else prune
     r = run(_repo(), dry_run=dry_run, prune_after=prune_after)
     if as_json:
         _json(r.__dict__)
@@ -579,18 +562,18 @@ def repack(all_shards: bool, as_json: bool) -> None:
 
 @main.command()
 @click.argument("rev")
-@click.argument("dest", type=click.Path(file_okay=False))
+@click.argument("dest", type=NonEmptyPath(file_okay=False))
 @click.option("--prefix", default="", help="Only keys starting with this.")
 @click.option("--shards", is_flag=True, help="Write a WebDataset shard set (000000.tar, …) instead of files.")
-@click.option("--shard-size", default=None, help="Target shard size with --shards, e.g. 1G.")
-def export(rev: str, dest: str, prefix: str, shards: bool, shard_size: str | None) -> None:
+@click.option("--shard-size", type=Size(), default=None, help="Target shard size with --shards, e.g. 1G.")
+def export(rev: str, dest: str, prefix: str, shards: bool, shard_size: int | None) -> None:
     """Write the datums of REV to a folder, or to WebDataset shards."""
     from pathlib import Path
 
     from datarepo.porcelain.export import export as run
 
     with _progress("exporting") as bar:
-        r = run(_repo(), rev, Path(dest), prefix, shards, _parse_size(shard_size) if shard_size else None, bar)
+        r = run(_repo(), rev, Path(dest), prefix, shards, shard_size, bar)
     click.echo(f"exported {r.datums} datums ({r.files} files, {r.bytes} bytes) to {dest}")
 
 
@@ -601,6 +584,16 @@ def _quiet_stdout() -> None:
     os.close(devnull)
 
 
+def _in_utf8_mode() -> None:
+    """Runs the command again in Python's UTF-8 mode where the locale's encoding is another
+    (``LC_ALL=C`` with ``PYTHONUTF8=0``, a Latin-1 locale): Python would decode the arguments
+    and the file names with it, so a key typed, or a file named, in UTF-8 (as keys are) would
+    not be that key. In UTF-8 mode they are read byte for byte, as git reads them."""
+    if sys.flags.utf8_mode or sys.getfilesystemencoding() == "utf-8" or not sys.orig_argv:
+        return
+    os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
+
+
 def run() -> None:
     """The console script: runs one command, then ends the process without freeing, one
     by one, the objects the command built (a status of 100,000 files spent 20-30 ms on
@@ -608,6 +601,7 @@ def run() -> None:
     return; output is flushed here."""
     from datarepo.porcelain import retain_until_exit
 
+    _in_utf8_mode()
     retain_until_exit()
     # Started with a descriptor closed (>&-, 2>&-), Python has no stream for it: errors then
     # go nowhere, but the command's output has nowhere to go.

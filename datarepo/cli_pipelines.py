@@ -8,10 +8,11 @@ from typing import Any
 import click
 
 from datarepo.cli import _json, _quoted, _repo, main
+from datarepo.cli_values import Count, NonEmptyPath, Seconds, Workers
 
 
 def _pipeline_options(fn: Callable[..., None]) -> Callable[..., None]:
-    fn = click.option("--pipelines", "folder", default=None, type=click.Path(file_okay=False),
+    fn = click.option("--pipelines", "folder", default=None, type=click.Path(exists=True, file_okay=False),
                       help="The folder of pipeline files (default: pipelines/ of the work tree).")(fn)
     return fn
 
@@ -21,12 +22,12 @@ def _pipeline_options(fn: Callable[..., None]) -> Callable[..., None]:
 @click.option("--dry-run", is_flag=True, help="Show what would be processed, and why; change nothing.")
 @click.option("--executor", "kind", type=click.Choice(["serial", "process", "ray"]), default="process",
               help="Where transforms run: this process, local processes (default), or Ray.")
-@click.option("-j", "--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: the cores).")
+@click.option("-j", "--workers", type=Workers(), default=None, help="Worker processes (default: the cores).")
 @click.option("--ray-address", default=None, help="The Ray cluster to join (default: start a local one).")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failing datum; commit nothing for that pipeline.")
 @click.option("--watch", is_flag=True, help="Run again whenever the branch moves, until interrupted.")
-@click.option("--interval", type=click.FloatRange(min=0.01), default=2.0, help="Seconds between looks at the branch (--watch).")
-@click.option("--max-runs", type=click.IntRange(min=1), default=None, help="Stop watching after this many runs.")
+@click.option("--interval", type=Seconds(0.01, closed=True), default=2.0, help="Seconds between looks at the branch (--watch).")
+@click.option("--max-runs", type=Count(1), default=None, help="Stop watching after this many runs.")
 @click.option("--json", "as_json", is_flag=True)
 @_pipeline_options
 def run_command(names: tuple[str, ...], dry_run: bool, kind: str, workers: int | None, ray_address: str | None,
@@ -137,7 +138,7 @@ def dag(fmt: str, folder: str | None) -> None:
 
 
 @main.command(name="export-dvc")
-@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
+@click.option("-o", "--output", default="-", type=NonEmptyPath(dir_okay=False, allow_dash=True),
               help="Where to write (default: stdout).")
 @_pipeline_options
 def export_dvc(output: str, folder: str | None) -> None:

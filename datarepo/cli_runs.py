@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from datarepo.cli import _json, _quoted, _repo, main
+from datarepo.cli_values import Count
 
 if TYPE_CHECKING:
     from datarepo.torch.runs import RunInfo
@@ -51,7 +52,7 @@ _RUN_FIELDS = (
 @runs.command(name="show")
 @click.argument("name")
 @click.option("--keys", "keys", is_flag=True, help="Print the keys of an epoch in the order the run read them.")
-@click.option("--epoch", default=0, type=click.IntRange(min=0), show_default=True, help="The epoch whose order --keys prints.")
+@click.option("--epoch", default=0, type=Count(0), show_default=True, help="The epoch whose order --keys prints.")
 @click.option("--json", "as_json", is_flag=True)
 def runs_show(name: str, keys: bool, epoch: int, as_json: bool) -> None:
     """Show a run's record, or (--keys) the exact order of one of its epochs."""

@@ -170,4 +170,9 @@ def _value(v: Any) -> str:
         return str(v)
     if isinstance(v, list):
         return "[" + ", ".join(_value(x) for x in v) + "]"
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # A TOML basic string: a quote and a backslash escaped, and every control character
+    # (a key may hold a newline: a sparse prefix of one must not break the file).
+    return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if c < " " or c == "\x7f" else c) for c in str(v)) + '"'
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}

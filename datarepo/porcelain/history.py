@@ -199,7 +199,7 @@ def delete_ref(repo: Repo, prefix: str, name: str, force: bool = False) -> Oid:
     with repo.lock:
         old = repo.refs.read(prefix + name)
         if old is None:
-            raise InvalidInputError(f"no such {'branch' if prefix == BRANCHES else 'tag'}: {name}")
+            raise InvalidInputError(f"no such {'branch' if prefix == BRANCHES else 'tag'}: {name!r}")
         if prefix == BRANCHES and not force and not _reached_elsewhere(repo, prefix + name, old):
             raise InvalidInputError(
                 f"the branch {name!r} is not merged: no other branch, tag or HEAD reaches {old[:12]} "
