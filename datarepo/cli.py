@@ -33,6 +33,8 @@ class Group(click.Group):
             for detail in getattr(e, "details", [])[1:]:  # the full list, then the one-line summary
                 click.echo(f"error: {one_line(str(detail))}", err=True)
             raise click.ClickException(one_line(str(e))) from None
+        except click.BadParameter as e:  # a bad value: one line that names it (no usage above it), exit 2
+            raise click.UsageError(one_line(e.format_message())) from None
         except click.ClickException as e:
             e.message = one_line(e.message)
             raise
@@ -86,7 +88,7 @@ def _quoted(key: str) -> str:
     path, where it holds a control character (a newline would split it over two lines)."""
     if key.isprintable():
         return key
-    return json.dumps(key, ensure_ascii=False)
+    return json.dumps(key, ensure_ascii=False).replace("\x7f", "\\u007f")  # (JSON leaves DEL as it is)
 
 
 def _json(value: Any) -> None:
