@@ -33,6 +33,8 @@ class Group(click.Group):
             for detail in getattr(e, "details", [])[1:]:  # the full list, then the one-line summary
                 click.echo(f"error: {one_line(str(detail))}", err=True)
             raise click.ClickException(one_line(str(e))) from None
+        except click.MissingParameter:  # (the usage above says what is missing)
+            raise
         except click.BadParameter as e:  # a bad value: one line that names it (no usage above it), exit 2
             raise click.UsageError(one_line(e.format_message())) from None
         except click.ClickException as e:

@@ -125,7 +125,7 @@ def pipelines_command(as_json: bool, folder: str | None) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "dot"]), default="text", help="text, or Graphviz dot.")
 @_pipeline_options
 def dag(fmt: str, folder: str | None) -> None:
-    """The DAG of pipelines, with counts (``--format dot | dot -Tsvg``)."""
+    """The DAG of pipelines, with counts (--format dot | dot -Tsvg for a picture)."""
     from datarepo.pipeline.info import describe, dot
 
     rows = describe(_repo(), folder)
@@ -142,7 +142,7 @@ def dag(fmt: str, folder: str | None) -> None:
               help="Where to write (default: stdout).")
 @_pipeline_options
 def export_dvc(output: str, folder: str | None) -> None:
-    """Write dvc.yaml stages that call ``datarepo run``, so ``dvc repro`` drives the pipelines."""
+    """Write dvc.yaml stages that call 'datarepo run', so 'dvc repro' drives the pipelines."""
     from datarepo.pipeline.dvcexport import dvc_yaml
 
     repo = _repo()

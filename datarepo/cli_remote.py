@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from datarepo.cli import _repo, main
+from datarepo.cli import _json, _repo, main
 from datarepo.cli_values import NonEmptyPath
 
 if TYPE_CHECKING:
@@ -33,11 +33,16 @@ def remote_add(name: str, url: str, default: bool, force: bool) -> None:
 
 
 @remote.command(name="list")
-def remote_list() -> None:
+@click.option("--json", "as_json", is_flag=True)
+def remote_list(as_json: bool) -> None:
     """List the remotes: name, URL, and (default) for the default one."""
     from datarepo.remotes_config import list_remotes
 
-    for r in list_remotes(_repo()):
+    remotes = list_remotes(_repo())
+    if as_json:
+        _json([r._asdict() for r in remotes])
+        return
+    for r in remotes:
         click.echo(f"{r.name}\t{r.url}" + ("\t(default)" if r.default else ""))
 
 

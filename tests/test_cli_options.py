@@ -176,3 +176,17 @@ def test_a_locale_that_is_not_utf8_reads_keys_and_file_names_as_utf8(repo_with_c
     assert added.returncode == 0 and b"1 added" in added.stdout and b"not valid UTF-8" not in added.stderr, added
     assert run("commit", "-m", "é").returncode == 0
     assert run("cat", "HEAD:é.txt").stdout == b"hi"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status"], ["log"], ["show"], ["diff", "HEAD"], ["ls"], ["branch"], ["tag"], ["runs"], ["pipelines"],
+     ["remote", "list"], ["lineage", "train/cat/0000"], ["fsck"], ["gc", "-n"], ["repack"]],
+)
+def test_every_listing_command_takes_json(repo_with_commit, cli, args: list[str]) -> None:
+    json.loads(cli(*args, "--json").output)
+
+
+def test_a_missing_argument_still_shows_the_usage(repo_with_commit, cli) -> None:
+    result = cli("remote", "modify", "origin", ok=False)
+    assert result.exit_code == 2 and "Usage: " in result.output and "Missing argument 'OPTION'" in result.output
