@@ -214,13 +214,22 @@ def rm(paths: tuple[str, ...], cached: bool, force: bool) -> None:
         click.echo(f"rm {_quoted(key)}")
 
 
+MESSAGE_HELP = "The commit message (given more than once: its paragraphs, as in git)."
+
+
+def _paragraphs(messages: tuple[str, ...]) -> str:
+    """The message of ``-m A -m B``: git's, each a paragraph of its own."""
+    return "\n\n".join(messages)
+
+
 @main.command()
-@click.option("-m", "--message", required=True, help="The commit message.")
+@click.option("-m", "--message", "messages", multiple=True, required=True, help=MESSAGE_HELP)
 @click.option("--allow-empty", is_flag=True, help="Commit even if nothing is staged.")
-def commit(message: str, allow_empty: bool) -> None:
+def commit(messages: tuple[str, ...], allow_empty: bool) -> None:
     """Record the staged changes as a new commit."""
     from datarepo.porcelain.history import commit as run
 
+    message = _paragraphs(messages)
     result = run(_repo(), message, allow_empty=allow_empty)
     click.echo(f"[{result.branch or 'detached HEAD'} {result.oid[:12]}] {message.splitlines()[0]} ({result.changes} keys changed)")
 
@@ -231,10 +240,18 @@ def commit(message: str, allow_empty: bool) -> None:
 @click.option("--oneline", is_flag=True, help="One line a commit.")
 @click.option("--json", "as_json", is_flag=True)
 def log(rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
-    """Show the commit history."""
+    """Show the commit history of REV, or (A..B) the commits B has and A has not."""
     from datarepo.porcelain.history import log as run
 
-    commits = list(run(_repo(), rev, max_count if max_count is None or max_count >= 0 else None))
+    exclude = None
+    if "..." in rev:
+        from datarepo.errors import InvalidInputError
+
+        raise InvalidInputError(f"{rev!r}: log takes REV or A..B (A...B is not supported)")
+    if ".." in rev:  # git's A..B (no ref name holds "..")
+        exclude, _, rev = rev.partition("..")
+        exclude, rev = exclude or "HEAD", rev or "HEAD"
+    commits = list(run(_repo(), rev, max_count if max_count is None or max_count >= 0 else None, exclude))
     if as_json:
         _json([{"commit": oid, **c.to_json()} for oid, c in commits])
         return
@@ -446,7 +463,7 @@ def cat(spec: str) -> None:
 @main.command()
 @click.argument("src")
 @click.option("--prefix", required=True, help="Where the source's keys appear, e.g. extra/.")
-@click.option("-m", "--message", default=None, help="The commit message.")
+@click.option("-m", "--message", "messages", multiple=True, help=MESSAGE_HELP + " Default: ingest SRC into PREFIX.")
 @click.option("--append", is_flag=True, help="Keep keys under PREFIX that the source no longer has.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--commit-every", "every", type=Count(1), default=None,
@@ -454,7 +471,7 @@ def cat(spec: str) -> None:
 @click.option("--commit-seconds", "seconds", type=Seconds(), default=None,
               help="With SRC -: a spout, committing T seconds after the first uncommitted datum.")
 @click.option("--follow", is_flag=True, help="A folder's symlinks: store the files they point to.")
-def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bool, every: int | None,
+def ingest(src: str, prefix: str, messages: tuple[str, ...], append: bool, as_json: bool, every: int | None,
            seconds: float | None, follow: bool) -> None:
     """Commit a folder, tar/WebDataset shards (a.tar, 'x-{000..009}.tar', '*.tar'), or JSON lines (- for stdin) under PREFIX.
 
@@ -463,6 +480,7 @@ def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bo
     from datarepo.porcelain.ingest import ingest as run
     from datarepo.porcelain.ingest import spout
 
+    message = _paragraphs(messages) if messages else None
     if every is not None or seconds is not None:
         if src != "-":
             raise click.UsageError("--commit-every and --commit-seconds read a stream: give - as SRC")

@@ -190,3 +190,19 @@ def test_every_listing_command_takes_json(repo_with_commit, cli, args: list[str]
 def test_a_missing_argument_still_shows_the_usage(repo_with_commit, cli) -> None:
     result = cli("remote", "modify", "origin", ok=False)
     assert result.exit_code == 2 and "Usage: " in result.output and "Missing argument 'OPTION'" in result.output
+
+
+@pytest.mark.parametrize("command", [["commit", "--allow-empty"], ["ingest", "-", "--prefix", "j/"]])
+def test_a_message_given_twice_is_two_paragraphs_as_in_git(repo_with_commit, cli, command: list[str]) -> None:
+    cli(*command, "-m", "subject", "-m", "body", input='{"__key__": "k", "txt": "x"}\n')
+    assert json.loads(cli("log", "-n", "1", "--json").output)[0]["message"] == "subject\n\nbody"
+
+
+def test_log_takes_gits_range_form(repo_with_commit, cli) -> None:
+    for message in ("second", "third"):
+        cli("commit", "--allow-empty", "-m", message)
+    oneline = lambda *args: [line.split(" ", 1)[1] for line in cli("log", "--oneline", *args).output.splitlines()]
+    assert oneline("HEAD~2..HEAD") == oneline("HEAD~2..") == ["third", "second"]
+    assert oneline("HEAD..HEAD~1") == [] and oneline("-n", "1", "HEAD~2..") == ["third"]
+    result = cli("log", "HEAD~1...HEAD", ok=False)
+    assert result.exit_code == 1 and "A...B is not supported" in result.output
