@@ -141,7 +141,7 @@ def _progress(label: str) -> Iterator[_Bar | None]:
 @click.argument("path", default=".", type=NonEmptyPath(file_okay=False))
 @click.option("--bare", is_flag=True, help="A repository without a work tree (for servers and ingest).")
 @click.option("--grouping", type=click.Choice(["wds", "file"]), default="wds", help="How files form datums.")
-@click.option("--shard-size", type=Size(), default=None, help="Target shard size, e.g. 256M (at least 1K).")
+@click.option("--shard-size", type=Size(), default=None, help="Target shard size, e.g. 64M (at least 1K; default 256M).")
 def init(path: str, bare: bool, grouping: str, shard_size: int | None) -> None:
     """Create an empty repository."""
     from pathlib import Path
@@ -236,9 +236,9 @@ def commit(messages: tuple[str, ...], allow_empty: bool) -> None:
 
 @main.command()
 @click.argument("rev", default="HEAD")
-@click.option("-n", "--max-count", type=Count(), default=None, help="Show at most N commits (a negative N: no limit, as in git).")
+@click.option("-n", "--max-count", type=Count(), default=None, metavar="N", help="Show at most N commits (a negative N: no limit, as in git).")
 @click.option("--oneline", is_flag=True, help="One line a commit.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def log(rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
     """Show the commit history of REV, or (A..B) the commits B has and A has not."""
     from datarepo.porcelain.history import log as run
@@ -280,7 +280,7 @@ def _show_run(run_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("rev", default="HEAD")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def show(rev: str, as_json: bool) -> None:
     """Show a commit and the keys it changed, or (a RUN-ID) the commits a pipeline run made."""
     if rev.startswith("run-"):
@@ -340,7 +340,7 @@ def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
 
 @main.command()
 @click.argument("rev", required=False)
-@click.option("-b", "new_branch", default=None, help="Create this branch at REV (default HEAD) and switch to it.")
+@click.option("-b", "new_branch", default=None, metavar="NAME", help="Create this branch at REV (default HEAD) and switch to it.")
 @click.option("-f", "--force", is_flag=True, help="Throw away uncommitted changes (files never added are kept).")
 def checkout(rev: str | None, new_branch: str | None, force: bool) -> None:
     """Make the work tree match REV (a branch, tag or commit)."""
@@ -389,7 +389,7 @@ def _ref_options(what: str) -> Callable[[Callable[..., None]], Callable[..., Non
             click.option("-d", "--delete", is_flag=True, help=f"Delete the {what}."),
             click.option("-f", "--force", is_flag=True, help=f"Move an existing {what}" + (
                 "; with -d, delete a branch no other ref reaches." if what == "branch" else ".")),
-            click.option("--json", "as_json", is_flag=True),
+            click.option("--json", "as_json", is_flag=True, help="Print it as JSON."),
         )):
             fn = option(fn)
         return fn
@@ -416,7 +416,7 @@ def tag(**kwargs: Any) -> None:
 @click.option("--prefix", default="", help="Only keys starting with this.")
 @click.option("--glob", default=None, help="Only keys matching this glob (* ? [..] within a name, ** across names).")
 @click.option("-l", "--long", is_flag=True, help="Also the datum id and size.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def ls_command(rev: str, prefix: str, glob: str | None, long: bool, as_json: bool) -> None:
     """List the keys of a revision."""
     from datarepo.porcelain.history import ls
@@ -465,10 +465,10 @@ def cat(spec: str) -> None:
 @click.option("--prefix", required=True, help="Where the source's keys appear, e.g. extra/.")
 @click.option("-m", "--message", "messages", multiple=True, help=MESSAGE_HELP + " Default: ingest SRC into PREFIX.")
 @click.option("--append", is_flag=True, help="Keep keys under PREFIX that the source no longer has.")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--commit-every", "every", type=Count(1), default=None,
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@click.option("--commit-every", "every", type=Count(1), default=None, metavar="N",
               help="With SRC -: a spout, committing every N datums (and at the end of input).")
-@click.option("--commit-seconds", "seconds", type=Seconds(), default=None,
+@click.option("--commit-seconds", "seconds", type=Seconds(), default=None, metavar="T",
               help="With SRC -: a spout, committing T seconds after the first uncommitted datum.")
 @click.option("--follow", is_flag=True, help="A folder's symlinks: store the files they point to.")
 def ingest(src: str, prefix: str, messages: tuple[str, ...], append: bool, as_json: bool, every: int | None,
@@ -513,7 +513,7 @@ def _print_ingested(r: Any, as_json: bool) -> None:
 @main.command()
 @click.option("--rebuild-index", is_flag=True,
               help="Write a missing or mismatched shard .idx anew from its tar, and rebuild index.sqlite's locations.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def fsck(rebuild_index: bool, as_json: bool) -> None:
     """Re-hash every object and shard and check that every ref reaches whole data."""
     from datarepo.porcelain.maintenance import fsck as run
@@ -541,7 +541,7 @@ def fsck(rebuild_index: bool, as_json: bool) -> None:
 @click.option("-n", "--dry-run", is_flag=True, help="Only say what would be deleted.")
 @click.option("--prune", type=Age(), default=None, metavar="AGE",
               help="Delete retired shards once they are this old: 'now', or e.g. 30m, 2h, 14d (default 1h).")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def gc(dry_run: bool, prune: float | None, as_json: bool) -> None:
     """Delete objects that no branch, tag, run or recent reflog entry reaches.
 
@@ -564,7 +564,7 @@ def gc(dry_run: bool, prune: float | None, as_json: bool) -> None:
 
 @main.command()
 @click.option("--all", "all_shards", is_flag=True, help="Rewrite every shard, not only small or sparse ones.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def repack(all_shards: bool, as_json: bool) -> None:
     """Merge small or sparse shards into new full ones."""
     from datarepo.porcelain.maintenance import repack as run
@@ -587,7 +587,7 @@ def repack(all_shards: bool, as_json: bool) -> None:
 @click.argument("dest", type=NonEmptyPath(file_okay=False))
 @click.option("--prefix", default="", help="Only keys starting with this.")
 @click.option("--shards", is_flag=True, help="Write a WebDataset shard set (000000.tar, …) instead of files.")
-@click.option("--shard-size", type=Size(), default=None, help="Target shard size with --shards, e.g. 1G.")
+@click.option("--shard-size", type=Size(), default=None, help="Target shard size with --shards, e.g. 1G (default: the repository's).")
 def export(rev: str, dest: str, prefix: str, shards: bool, shard_size: int | None) -> None:
     """Write the datums of REV to a folder, or to WebDataset shards."""
     from pathlib import Path

@@ -22,13 +22,14 @@ def _pipeline_options(fn: Callable[..., None]) -> Callable[..., None]:
 @click.option("--dry-run", is_flag=True, help="Show what would be processed, and why; change nothing.")
 @click.option("--executor", "kind", type=click.Choice(["serial", "process", "ray"]), default="process",
               help="Where transforms run: this process, local processes (default), or Ray.")
-@click.option("-j", "--workers", type=Workers(), default=None, help="Worker processes (default: the cores).")
+@click.option("-j", "--workers", type=Workers(), default=None, metavar="N", help="Worker processes, 1 to 1024 (default: the cores).")
 @click.option("--ray-address", default=None, help="The Ray cluster to join (default: start a local one).")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failing datum; commit nothing for that pipeline.")
 @click.option("--watch", is_flag=True, help="Run again whenever the branch moves, until interrupted.")
-@click.option("--interval", type=Seconds(0.01, closed=True), default=2.0, help="Seconds between looks at the branch (--watch).")
-@click.option("--max-runs", type=Count(1), default=None, help="Stop watching after this many runs.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--interval", type=Seconds(0.01, closed=True), default=2.0, metavar="S",
+              help="Seconds between looks at the branch (--watch; default 2).")
+@click.option("--max-runs", type=Count(1), default=None, metavar="N", help="Stop watching after this many runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 @_pipeline_options
 def run_command(names: tuple[str, ...], dry_run: bool, kind: str, workers: int | None, ray_address: str | None,
                 fail_fast: bool, watch: bool, interval: float, max_runs: int | None, as_json: bool, folder: str | None) -> None:
@@ -75,7 +76,7 @@ def _render_run(result: Any, as_json: bool, dry_run: bool, final: bool = True) -
 @main.command()
 @click.argument("spec", metavar="KEY[@REV]")
 @click.option("--downstream", is_flag=True, help="Everything derived from the key, instead of what it came from.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def lineage(spec: str, downstream: bool, as_json: bool) -> None:
     """Where a key came from (through every pipeline, back to raw datums), or with
     --downstream what was made from it. Answered from the repository alone: no pipeline's
@@ -105,7 +106,7 @@ def _print_node(node: Any, depth: int) -> None:
 
 
 @main.command(name="pipelines")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 @_pipeline_options
 def pipelines_command(as_json: bool, folder: str | None) -> None:
     """List the pipelines, with their fingerprints, inputs and last run."""

@@ -33,7 +33,7 @@ def remote_add(name: str, url: str, default: bool, force: bool) -> None:
 
 
 @remote.command(name="list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def remote_list(as_json: bool) -> None:
     """List the remotes: name, URL, and (default) for the default one."""
     from datarepo.remotes_config import list_remotes

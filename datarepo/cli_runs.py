@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 @main.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 @click.pass_context
 def runs(ctx: click.Context, as_json: bool) -> None:
     """List recorded training runs: which commit, prefix and seed each read."""
@@ -52,8 +52,8 @@ _RUN_FIELDS = (
 @runs.command(name="show")
 @click.argument("name")
 @click.option("--keys", "keys", is_flag=True, help="Print the keys of an epoch in the order the run read them.")
-@click.option("--epoch", default=0, type=Count(0), show_default=True, help="The epoch whose order --keys prints.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--epoch", default=0, type=Count(0), metavar="N", show_default=True, help="The epoch whose order --keys prints.")
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def runs_show(name: str, keys: bool, epoch: int, as_json: bool) -> None:
     """Show a run's record, or (--keys) the exact order of one of its epochs."""
     from datarepo.torch.runs import read_run, run_keys
