@@ -616,6 +616,20 @@ def _in_utf8_mode() -> None:
     os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
 
 
+def _buffered_stdout() -> None:
+    """Gives stdout a buffer where PYTHONUNBUFFERED left it a raw file: a raw write may
+    write only part of what it is given (a pipe whose reader went away after 64 KiB) and
+    say so only in its return value, which a text stream ignores: the rest would be lost
+    and the command end with status 0. A buffer writes all or raises, as a pipe closed
+    early must (status 141)."""
+    import io
+
+    out = sys.stdout
+    if isinstance(getattr(out, "buffer", None), io.RawIOBase):
+        sys.stdout = io.TextIOWrapper(io.BufferedWriter(out.buffer), encoding=out.encoding, errors=out.errors,
+                                      line_buffering=out.line_buffering)
+
+
 def run() -> None:
     """The console script: runs one command, then ends the process without freeing, one
     by one, the objects the command built (a status of 100,000 files spent 20-30 ms on
@@ -633,6 +647,7 @@ def run() -> None:
         print("Error: standard output is closed (redirect it to /dev/null to discard what is printed)", file=sys.stderr)
         sys.stderr.flush()
         os._exit(1)
+    _buffered_stdout()
     try:
         main()
         code = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -41,7 +42,10 @@ def run_command(names: tuple[str, ...], dry_run: bool, kind: str, workers: int |
 
     options = Options(kind, workers, ray_address, dry_run, fail_fast)
     if watch:
-        report = lambda r: _render_run(r, as_json, dry_run, final=False)
+        def report(result: Any) -> None:  # each run's lines as it ends, also into a pipe (| tee)
+            _render_run(result, as_json, dry_run, final=False)
+            sys.stdout.flush()
+
         note = lambda message: click.echo(f"not run: {message}", err=True)
         watching(".", names, options, folder, interval, max_runs, report, time.sleep, note)
         return

@@ -206,3 +206,23 @@ def test_log_takes_gits_range_form(repo_with_commit, cli) -> None:
     assert oneline("HEAD..HEAD~1") == [] and oneline("-n", "1", "HEAD~2..") == ["third"]
     result = cli("log", "HEAD~1...HEAD", ok=False)
     assert result.exit_code == 1 and "A...B is not supported" in result.output
+
+
+@pytest.mark.parametrize(("args", "unbuffered"), [(["cat", "HEAD:big.bin"], ""), (["cat", "HEAD:big.bin"], "1"),
+                                                  (["ls", "--json"], "1"), (["log", "--json"], "1")])
+def test_output_into_a_pipe_closed_early_ends_with_status_141(repo_with_commit, cli, worktree: Path, args: list[str],
+                                                              unbuffered: str) -> None:
+    """As git: a reader that goes away (``| head -c 1``) ends the command quietly with 128 +
+    SIGPIPE, never status 0 with the output cut short, PYTHONUNBUFFERED set or not."""
+    (worktree / "big.bin").write_bytes(os.urandom(1 << 20))
+    cli("add", "big.bin")
+    cli("commit", "-m", "x" * 100_000)  # (a log of more than a pipe holds)
+    lines = "".join(f'{{"__key__": "k{i:05d}", "txt": "{i}"}}\n' for i in range(3000))
+    cli("ingest", "-", "--prefix", "many/", input=lines)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONUNBUFFERED": unbuffered}
+    child = subprocess.Popen([sys.executable, "-m", "datarepo.cli", *args], cwd=worktree, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.read(1)
+    child.stdout.close()
+    assert child.wait(timeout=60) == 141 and child.stderr.read() == b""
