@@ -226,3 +226,14 @@ def test_output_into_a_pipe_closed_early_ends_with_status_141(repo_with_commit, 
     child.stdout.read(1)
     child.stdout.close()
     assert child.wait(timeout=60) == 141 and child.stderr.read() == b""
+
+
+def test_push_head_pushes_the_current_branch_as_in_git(repo_with_commit, cli, tmp_path: Path) -> None:
+    repo, _ = repo_with_commit
+    cli("remote", "add", "origin", str(tmp_path / "remote"), "-d")
+    cli("branch", "exp")
+    cli("checkout", "exp")
+    pushed = cli("push", "HEAD", "main").output
+    assert "refs/heads/exp\t(new)" in pushed and "refs/heads/main\t(new)" in pushed and "refs/heads/HEAD" not in pushed
+    cli("checkout", repo.head() or "")
+    _refused(cli("push", "HEAD", ok=False), "HEAD is detached")
