@@ -186,7 +186,8 @@ def _print_changes(changes: Any) -> None:
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--follow", is_flag=True, help="Store symlinks as the files they point to.")
-def add(paths: tuple[str, ...], follow: bool) -> None:
+@click.option("-A", "--all", "_all", is_flag=True, help="Additions, changes and deletions of all PATHS (as git's -A; always so).")
+def add(paths: tuple[str, ...], follow: bool, _all: bool) -> None:
     """Store new and changed datums under PATHS and stage them (deletions too)."""
     from datarepo.porcelain.stage import add as run
 
@@ -206,7 +207,8 @@ def add(paths: tuple[str, ...], follow: bool) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--cached", is_flag=True, help="Only unstage; keep the files.")
 @click.option("-f", "--force", is_flag=True, help="Delete files whose changes are not committed.")
-def rm(paths: tuple[str, ...], cached: bool, force: bool) -> None:
+@click.option("-r", "_recursive", is_flag=True, help="Folders too (as git's -r; always so).")
+def rm(paths: tuple[str, ...], cached: bool, force: bool, _recursive: bool) -> None:
     """Stage the removal of datums (and delete their files)."""
     from datarepo.porcelain.stage import rm as run
 
@@ -359,10 +361,12 @@ def checkout(rev: str | None, new_branch: str | None, force: bool) -> None:
     click.echo(f"Switched to {where} ({result.written} files written, {result.removed} removed)")
 
 
-def _refs(prefix: str, what: str, name: str | None, rev: str, delete: bool, force: bool, as_json: bool) -> None:
+def _refs(prefix: str, what: str, name: str | None, rev: str, delete: bool, force: bool, as_json: bool,
+          delete_force: bool = False) -> None:
     from datarepo.porcelain import history
 
     repo = _repo()
+    delete, force = delete or delete_force, force or delete_force
     if delete:
         if name is None:
             raise click.UsageError(f"-d needs a {what} name")
@@ -399,6 +403,7 @@ def _ref_options(what: str) -> Callable[[Callable[..., None]], Callable[..., Non
 
 @main.command()
 @_ref_options("branch")
+@click.option("-D", "delete_force", is_flag=True, help="Delete the branch even if no other ref reaches it (-d -f).")
 def branch(**kwargs: Any) -> None:
     """List branches, create one (NAME [REV]) or delete one (-d NAME)."""
     _refs("refs/heads/", "branch", **kwargs)

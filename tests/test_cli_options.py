@@ -237,3 +237,16 @@ def test_push_head_pushes_the_current_branch_as_in_git(repo_with_commit, cli, tm
     assert "refs/heads/exp\t(new)" in pushed and "refs/heads/main\t(new)" in pushed and "refs/heads/HEAD" not in pushed
     cli("checkout", repo.head() or "")
     _refused(cli("push", "HEAD", ok=False), "HEAD is detached")
+
+
+def test_gits_everyday_flags_are_taken(repo_with_commit, cli, worktree: Path) -> None:
+    """add -A, rm -r and branch -D, as a git user types them."""
+    (worktree / "train" / "new.cls").write_bytes(b"1")
+    assert "staged 1 added" in cli("add", "-A").output
+    assert "rm train/cat/0000" in cli("rm", "-r", "--cached", "train/cat").output
+    cli("commit", "-m", "x")
+    cli("checkout", "-b", "gone")
+    cli("commit", "--allow-empty", "-m", "only here")
+    cli("checkout", "main")
+    assert "not merged" in cli("branch", "-d", "gone", ok=False).output
+    assert "Deleted branch gone" in cli("branch", "-D", "gone").output
