@@ -162,7 +162,7 @@ def status(as_json: bool, follow: bool) -> None:
     repo = _repo()
     st = run(repo, follow=follow)
     for note in st.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {one_line(note)}", err=True)
     if as_json:
         _json(st.total.to_json())
         return
@@ -195,7 +195,7 @@ def add(paths: tuple[str, ...], follow: bool, _all: bool) -> None:
     with _progress("adding") as bar:
         result = run(repo, list(paths) or ["."], follow=follow, progress=bar)
     for note in result.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {one_line(note)}", err=True)
     c = result.changes
     click.echo(
         f"staged {len(c.added)} added, {len(c.modified)} modified, {len(c.deleted)} deleted; "
@@ -498,7 +498,7 @@ def ingest(src: str, prefix: str, messages: tuple[str, ...], append: bool, as_js
     with _progress("ingesting") as bar:
         r = run(_repo(), src, prefix, message, append, progress=bar, follow=follow)
     for note in r.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {one_line(note)}", err=True)
     _print_ingested(r, as_json)
 
 
@@ -529,9 +529,9 @@ def fsck(rebuild_index: bool, as_json: bool) -> None:
         _json(r.__dict__)
     else:
         for p in r.problems:
-            click.echo(f"error: {p}")
+            click.echo(f"error: {one_line(p)}")
         for g in r.garbage:
-            click.echo(f"garbage: {g} (gc removes it)")
+            click.echo(f"garbage: {one_line(g)} (gc removes it)")
         for s in r.rebuilt:
             click.echo(f"rebuilt: the index of shard {s}")
         retired = f"; {r.retired} retired shards (gc prunes them)" if r.retired else ""

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from datarepo.cli import _json, _quoted, _repo, main
+from datarepo.cli import _json, _quoted, _repo, main, one_line
 from datarepo.cli_values import Count, NonEmptyPath, Seconds, Workers
 
 
@@ -46,7 +46,7 @@ def run_command(names: tuple[str, ...], dry_run: bool, kind: str, workers: int |
             _render_run(result, as_json, dry_run, final=False)
             sys.stdout.flush()
 
-        note = lambda message: click.echo(f"not run: {message}", err=True)
+        note = lambda message: click.echo(f"not run: {one_line(message)}", err=True)
         watching(".", names, options, folder, interval, max_runs, report, time.sleep, note)
         return
     _render_run(run(_repo(), names, options, folder), as_json, dry_run)
@@ -69,7 +69,7 @@ def _render_run(result: Any, as_json: bool, dry_run: bool, final: bool = True) -
         extra += f", {p.repaired} outputs restored" if p.repaired else ""
         click.echo(f"{p.name}: {p.processed} processed, {p.reused} reused, {p.failed} failed, {p.deleted} deleted{extra}{tail}")
         for base, kind, message in p.failures:
-            click.echo(f"  failed {_quoted(base)}: {kind}: {message}", err=True)
+            click.echo(f"  failed {_quoted(base)}: {kind}: {one_line(message)}", err=True)
     if result.failed and final:
         first = next(p for p in result.pipelines if p.failed)
         base, kind, message = first.failures[0]

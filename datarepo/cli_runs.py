@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from datarepo.cli import _json, _quoted, _repo, main
+from datarepo.cli import _json, _quoted, _repo, main, one_line
 from datarepo.cli_values import Count
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def runs(ctx: click.Context, as_json: bool) -> None:
     else:
         _list(found)
     for problem in problems:  # as git does for a broken ref: the others listed, each named, a failure
-        click.echo(f"error: {problem}", err=True)
+        click.echo(f"error: {one_line(str(problem))}", err=True)
     if problems:
         sys.exit(1)
 

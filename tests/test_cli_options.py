@@ -250,3 +250,23 @@ def test_gits_everyday_flags_are_taken(repo_with_commit, cli, worktree: Path) ->
     cli("checkout", "main")
     assert "not merged" in cli("branch", "-d", "gone", ok=False).output
     assert "Deleted branch gone" in cli("branch", "-D", "gone").output
+
+
+def test_notes_and_failures_naming_odd_file_names_or_messages_stay_one_line_each(repo_with_commit, cli, worktree: Path) -> None:
+    """A file name or an exception's message with a newline or an escape sequence is shown
+    escaped: one line a note, and nothing written to the terminal that it would obey."""
+    (worktree / "odd").mkdir()
+    (worktree / "odd" / "l\nk").symlink_to("nowhere")
+    os.mkfifo(worktree / "odd" / "f\x1b[2Jifo")
+    for args in (["status"], ["add", "odd"]):
+        notes = [line for line in cli(*args).output.splitlines() if line.startswith("note: ")]
+        assert sorted(notes) == ["note: not a regular file: odd/f\\x1b[2Jifo (left out)",
+                                 "note: skipped symlink odd/l\\nk (use --follow to store its target)"], notes
+    (worktree / "pipelines").mkdir()
+    (worktree / "pipelines" / "bad.py").write_text(
+        "from datarepo import pipeline\n\n@pipeline(input='train/cat/**', output='bad/')\n"
+        "def bad(datum):\n    raise ValueError('first\\nsecond\\x1b[2J')\n")
+    result = cli("run", "--executor", "serial", ok=False)
+    failed = [line for line in result.output.splitlines() if "failed" in line and "ValueError" in line]
+    assert failed and all("second\\x1b[2J" in line for line in failed), result.output
+    assert "\x1b" not in result.output and "\nsecond" not in result.output
