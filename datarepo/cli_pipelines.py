@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from datarepo.cli import _json, _quoted, _repo, main, one_line
-from datarepo.cli_values import Count, NonEmptyPath, Seconds, Workers
+from datarepo.cli_values import Count, NonEmpty, NonEmptyPath, Seconds, Workers
 
 
 def _pipeline_options(fn: Callable[..., None]) -> Callable[..., None]:
@@ -24,7 +24,7 @@ def _pipeline_options(fn: Callable[..., None]) -> Callable[..., None]:
 @click.option("--executor", "kind", type=click.Choice(["serial", "process", "ray"]), default="process",
               help="Where transforms run: this process, local processes (default), or Ray.")
 @click.option("-j", "--workers", type=Workers(), default=None, metavar="N", help="Worker processes, 1 to 1024 (default: the cores).")
-@click.option("--ray-address", default=None, help="The Ray cluster to join (default: start a local one).")
+@click.option("--ray-address", type=NonEmpty(), default=None, metavar="ADDRESS", help="The Ray cluster to join (default: start a local one).")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failing datum; commit nothing for that pipeline.")
 @click.option("--watch", is_flag=True, help="Run again whenever the branch moves, until interrupted.")
 @click.option("--interval", type=Seconds(0.01, closed=True), default=2.0, metavar="S",

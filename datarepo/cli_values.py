@@ -128,3 +128,14 @@ class NonEmptyPath(click.Path):
         if value == "" or value == b"":
             self.fail("an empty path names nothing", param, ctx)
         return super().convert(value, param, ctx)
+
+
+class NonEmpty(click.ParamType):
+    """A text that names something (a Ray address): empty, it would be taken as not given."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if value == "":
+            self.fail("an empty value names nothing (leave the option out for the default)", param, ctx)
+        return str(value)

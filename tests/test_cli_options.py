@@ -57,6 +57,7 @@ PATHS = {
     "run --pipelines": ["run", "--dry-run", "--pipelines", "{}"],
     "pipelines --pipelines": ["pipelines", "--pipelines", "{}"],
     "dag --pipelines": ["dag", "--pipelines", "{}"],
+    "run --ray-address": ["run", "--executor", "ray", "--ray-address", "{}"],
 }
 
 
@@ -107,7 +108,7 @@ def test_a_size_that_is_not_a_whole_number_of_bytes_is_one_line(repo_with_commit
 
 
 @pytest.mark.parametrize("option", PATHS)
-def test_an_empty_path_is_an_error_never_the_current_folder(repo_with_commit, cli, option: str) -> None:
+def test_an_empty_path_or_address_is_an_error_never_the_default(repo_with_commit, cli, option: str) -> None:
     repo, _ = repo_with_commit
     before = _state(repo)
     _refused(cli(*_with(PATHS[option], ""), ok=False))
