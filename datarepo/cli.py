@@ -79,6 +79,19 @@ def one_line(message: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
+def only_with(needed: str, given: bool, *names: str) -> None:
+    """Refuses an option typed that does nothing without ``needed`` (``--shard-size``
+    without ``--shards``): ignored, the command would do other than what was asked."""
+    from click.core import ParameterSource
+
+    if given:
+        return
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        if param.name in names and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"{param.opts[-1]} does nothing without {needed}")
+
+
 def _repo():  # type: ignore[no-untyped-def]
     from datarepo.repo import Repo
 
@@ -365,6 +378,7 @@ def _refs(prefix: str, what: str, name: str | None, rev: str, delete: bool, forc
           delete_force: bool = False) -> None:
     from datarepo.porcelain import history
 
+    only_with(f"a {what} NAME", name is not None, "force")
     repo = _repo()
     delete, force = delete or delete_force, force or delete_force
     if delete:
@@ -599,6 +613,7 @@ def export(rev: str, dest: str, prefix: str, shards: bool, shard_size: int | Non
 
     from datarepo.porcelain.export import export as run
 
+    only_with("--shards", shards, "shard_size")
     with _progress("exporting") as bar:
         r = run(_repo(), rev, Path(dest), prefix, shards, shard_size, bar)
     click.echo(f"exported {r.datums} datums ({r.files} files, {r.bytes} bytes) to {dest}")

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from datarepo.cli import _json, _quoted, _repo, main, one_line
+from datarepo.cli import _json, _quoted, _repo, main, one_line, only_with
 from datarepo.cli_values import Count, NonEmpty, NonEmptyPath, Seconds, Workers
 
 
@@ -40,6 +40,7 @@ def run_command(names: tuple[str, ...], dry_run: bool, kind: str, workers: int |
     from datarepo.pipeline.run import Options, run
     from datarepo.pipeline.run import watch as watching
 
+    only_with("--watch", watch, "interval", "max_runs")
     options = Options(kind, workers, ray_address, dry_run, fail_fast)
     if watch:
         def report(result: Any) -> None:  # each run's lines as it ends, also into a pipe (| tee)

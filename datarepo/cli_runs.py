@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from datarepo.cli import _json, _quoted, _repo, main, one_line
+from datarepo.cli import _json, _quoted, _repo, main, one_line, only_with
 from datarepo.cli_values import Count
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ def runs_show(name: str, keys: bool, epoch: int, as_json: bool) -> None:
     """Show a run's record, or (--keys) the exact order of one of its epochs."""
     from datarepo.torch.runs import read_run, run_keys
 
+    only_with("--keys", keys, "epoch")
     repo = _repo()
     if keys:
         ordered = run_keys(repo, name, epoch)

@@ -271,3 +271,24 @@ def test_notes_and_failures_naming_odd_file_names_or_messages_stay_one_line_each
     failed = [line for line in result.output.splitlines() if "failed" in line and "ValueError" in line]
     assert failed and all("second\\x1b[2J" in line for line in failed), result.output
     assert "\x1b" not in result.output and "\nsecond" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["export", "HEAD", "out", "--shard-size", "1M"], "--shard-size does nothing without --shards"),
+        (["run", "--interval", "5"], "--interval does nothing without --watch"),
+        (["run", "--max-runs", "1"], "--max-runs does nothing without --watch"),
+        (["runs", "show", "r", "--epoch", "1"], "--epoch does nothing without --keys"),
+        (["branch", "-f"], "--force does nothing without a branch NAME"),
+        (["tag", "-f"], "--force does nothing without a tag NAME"),
+    ],
+)
+def test_an_option_that_does_nothing_without_another_is_refused(repo_with_commit, cli, worktree: Path, args: list[str],
+                                                                 words: str) -> None:
+    """Ignored, it would do other than what was asked (files where shards were meant)."""
+    repo, _ = repo_with_commit
+    before = _state(repo)
+    result = cli(*args, ok=False)
+    assert result.exit_code == 2 and f"Error: {words}" in result.output, result.output
+    assert _state(repo) == before and not (worktree / "out").exists()
