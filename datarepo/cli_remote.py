@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from datarepo.cli import _json, _repo, main
-from datarepo.cli_values import NonEmptyPath
+from datarepo.cli_values import NonEmpty, NonEmptyPath
 
 if TYPE_CHECKING:
     from datarepo.porcelain.remote import RefUpdate, Transfer
@@ -128,7 +128,7 @@ def pull(remote_name: str | None) -> None:
 
 
 @main.command()
-@click.argument("url")
+@click.argument("url", type=NonEmpty())
 @click.argument("directory", required=False, type=NonEmptyPath())
 def clone(url: str, directory: str | None) -> None:
     """Make a repository from the one at URL, with it as remote origin."""

@@ -131,7 +131,8 @@ class NonEmptyPath(click.Path):
 
 
 class NonEmpty(click.ParamType):
-    """A text that names something (a Ray address): empty, it would be taken as not given."""
+    """A text that names something (a Ray address, a URL): empty, it would be taken as not
+    given, or as the current folder."""
 
     name = "text"
 

@@ -58,6 +58,7 @@ PATHS = {
     "pipelines --pipelines": ["pipelines", "--pipelines", "{}"],
     "dag --pipelines": ["dag", "--pipelines", "{}"],
     "run --ray-address": ["run", "--executor", "ray", "--ray-address", "{}"],
+    "clone URL": ["clone", "{}", "somewhere"],
 }
 
 
