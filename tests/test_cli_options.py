@@ -293,3 +293,12 @@ def test_an_option_that_does_nothing_without_another_is_refused(repo_with_commit
     result = cli(*args, ok=False)
     assert result.exit_code == 2 and f"Error: {words}" in result.output, result.output
     assert _state(repo) == before and not (worktree / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["commit", "--allow-empty"], ["ingest", "-", "--prefix", "j/"],
+                                     ["ingest", "-", "--prefix", "j/", "--commit-every", "1"]])
+def test_an_empty_message_is_refused_never_replaced(repo_with_commit, cli, command: list[str]) -> None:
+    repo, _ = repo_with_commit
+    before = _state(repo)
+    _refused(cli(*command, "-m", " ", input='{"__key__": "k", "txt": "x"}\n', ok=False), "empty commit message")
+    assert _state(repo) == before

@@ -40,6 +40,13 @@ class _Run:
         return datum in self.sink.written or bool(self.repo.stored([datum]))
 
 
+def _check_message(message: str | None) -> None:
+    """A message given is a message: a blank one is refused, as ``commit`` refuses it (None
+    is the default message)."""
+    if message is not None and not message.strip():
+        raise InvalidInputError("empty commit message (leave out -m for the default one)")
+
+
 @dataclass(frozen=True)
 class IngestResult:
     commit: Oid | None
@@ -57,6 +64,7 @@ def ingest(
 ) -> IngestResult:
     """Makes ``prefix`` mirror ``src`` (or, with ``append``, adds to it) in one new commit;
     ``follow``: a folder's symlinks are read as the files they point to."""
+    _check_message(message)
     prefix = _norm_prefix(prefix)
     with repo.lock:
         with repo.writer() as sink:  # every shard is published and adopted before the ref moves
@@ -91,6 +99,7 @@ def spout(
         raise InvalidInputError("a spout commits every N datums or T seconds: give --commit-every or --commit-seconds")
     if every is not None and every < 1 or seconds is not None and seconds <= 0:
         raise InvalidInputError("--commit-every and --commit-seconds must be positive")
+    _check_message(message)
     prefix = _norm_prefix(prefix)
     pending: dict[str, NewDatum] = {}
     count, since, lineno = 0, 0.0, 0
