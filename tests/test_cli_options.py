@@ -302,3 +302,13 @@ def test_an_empty_message_is_refused_never_replaced(repo_with_commit, cli, comma
     before = _state(repo)
     _refused(cli(*command, "-m", " ", input='{"__key__": "k", "txt": "x"}\n', ok=False), "empty commit message")
     assert _state(repo) == before
+
+
+@pytest.mark.parametrize("src", ["{}/stream.jsonl", "{}/*.jsonl", "{}/{{stream.jsonl,shard.tar}}", "{}/shard.tar"])
+def test_an_ingest_source_that_is_a_fifo_is_refused_never_waited_on(repo_with_commit, cli, tmp_path: Path, src: str) -> None:
+    for name in ("stream.jsonl", "shard.tar"):
+        os.mkfifo(tmp_path / name)
+    repo, _ = repo_with_commit
+    before = _state(repo)
+    _refused(cli("ingest", src.format(tmp_path), "--prefix", "f/", ok=False), "not a regular file", "stdin: -")
+    assert _state(repo) == before

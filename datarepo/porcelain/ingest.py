@@ -4,6 +4,8 @@ under a prefix, without a copy in the work tree, storing only what is new or cha
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -170,6 +172,7 @@ def _read_source(run: _Run, src: str, progress: Progress) -> Iterator[TreeEntry]
     elif files := sources.expand(src):
         for name in files:
             run.repo.check_outside(Path(name), "ingest source")
+            _regular(name)
         items = (item for name in files for item in _remembered_file(run, Path(name)))
     else:
         raise InvalidInputError(f"no such file or directory: {src}")
@@ -186,6 +189,17 @@ def _read_source(run: _Run, src: str, progress: Progress) -> Iterator[TreeEntry]
         seen[item.key] = origin
         tick(progress)
         yield item
+
+
+def _regular(name: str) -> None:
+    """Refuses a named source that is not a regular file: opening a FIFO waits for a writer
+    that may never come, and its stat (size 0) says nothing of what it holds."""
+    try:
+        mode = os.stat(name).st_mode
+    except OSError as e:
+        raise InvalidInputError(f"cannot ingest {name}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise InvalidInputError(f"cannot ingest {name}: not a regular file (a stream is read from stdin: -)")
 
 
 def _folder(run: _Run, root: Path, progress: Progress) -> list[TreeEntry]:
