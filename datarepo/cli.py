@@ -482,7 +482,7 @@ def cat(spec: str) -> None:
 @main.command()
 @click.argument("src")
 @click.option("--prefix", required=True, help="Where the source's keys appear, e.g. extra/.")
-@click.option("-m", "--message", "messages", multiple=True, help=MESSAGE_HELP + " Default: ingest SRC into PREFIX.")
+@click.option("-m", "--message", "messages", multiple=True, help=MESSAGE_HELP + " Default: 'ingest SRC into PREFIX' ('spout: N datums into PREFIX').")
 @click.option("--append", is_flag=True, help="Keep keys under PREFIX that the source no longer has.")
 @click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 @click.option("--commit-every", "every", type=Count(1), default=None, metavar="N",
