@@ -132,7 +132,7 @@ def env_seconds(name: str, default: float) -> float:
     if not text:
         return default
     try:
-        value = float(text)
+        value = float(text) if text.isascii() else -1.0  # (float takes '٣' and '１': a count in ASCII, as the options)
     except ValueError:
         value = -1.0
     if not 0 <= value < math.inf:

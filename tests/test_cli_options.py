@@ -312,3 +312,9 @@ def test_an_ingest_source_that_is_a_fifo_is_refused_never_waited_on(repo_with_co
     before = _state(repo)
     _refused(cli("ingest", src.format(tmp_path), "--prefix", "f/", ok=False), "not a regular file", "stdin: -")
     assert _state(repo) == before
+
+
+@pytest.mark.parametrize("value", ["٣", "１", "1e309"])
+def test_a_number_of_seconds_from_the_environment_is_ascii_and_finite(repo_with_commit, cli, monkeypatch, value: str) -> None:
+    monkeypatch.setenv("DATAREPO_LOCK_TIMEOUT", value)
+    _refused(cli("commit", "--allow-empty", "-m", "x", ok=False), "DATAREPO_LOCK_TIMEOUT", repr(value))
