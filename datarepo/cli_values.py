@@ -45,8 +45,8 @@ class Count(click.ParamType):
             self.fail(f"{value!r} is not a whole number", param, ctx)
         number = int(text)
         if (self.least is not None and number < self.least) or number > self.most:
-            least = "" if self.least is None else f"from {self.least} "
-            self.fail(f"{value!r} is not a whole number {least}to {self.most}", param, ctx)
+            bounds = f"up to {self.most}" if self.least is None else f"from {self.least} to {self.most}"
+            self.fail(f"{value!r} is not a whole number {bounds}", param, ctx)
         return number
 
 
