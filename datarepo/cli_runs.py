@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 def runs(ctx: click.Context, as_json: bool) -> None:
     """List recorded training runs: which commit, prefix and seed each read."""
     if ctx.invoked_subcommand is not None:
+        if as_json:  # (it lists; ignored, the subcommand would print text where JSON was asked)
+            raise click.UsageError(f"--json of runs lists the runs: give it after the subcommand (runs {ctx.invoked_subcommand} … --json)")
         return
     from datarepo.torch.runs import NotARunError, list_runs
 

@@ -283,6 +283,7 @@ def test_notes_and_failures_naming_odd_file_names_or_messages_stay_one_line_each
         (["runs", "show", "r", "--epoch", "1"], "--epoch does nothing without --keys"),
         (["branch", "-f"], "--force does nothing without a branch NAME"),
         (["tag", "-f"], "--force does nothing without a tag NAME"),
+        (["runs", "--json", "show", "r"], "--json of runs lists the runs: give it after the subcommand"),
     ],
 )
 def test_an_option_that_does_nothing_without_another_is_refused(repo_with_commit, cli, worktree: Path, args: list[str],
