@@ -16,8 +16,9 @@ from typing import Any
 
 import click
 
+from datarepo.cli_values import Age, Count, NonEmptyPath, Seconds, Size
+
 SIGPIPE_EXIT = 141  # what a shell reports for a command that a closed pipe ended (128 + SIGPIPE)
-MAX_SECONDS = 365 * 86400.0  # the longest a spout waits to commit
 
 
 class Group(click.Group):
@@ -30,13 +31,20 @@ class Group(click.Group):
             return super().invoke(ctx)
         except DataRepoError as e:
             for detail in getattr(e, "details", [])[1:]:  # the full list, then the one-line summary
-                click.echo(f"error: {detail}", err=True)
-            raise click.ClickException(str(e)) from None
+                click.echo(f"error: {one_line(str(detail))}", err=True)
+            raise click.ClickException(one_line(str(e))) from None
+        except click.MissingParameter:  # (the usage above says what is missing)
+            raise
+        except click.BadParameter as e:  # a bad value: one line that names it (no usage above it), exit 2
+            raise click.UsageError(one_line(e.format_message())) from None
+        except click.ClickException as e:
+            e.message = one_line(e.message)
+            raise
         except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as git does
             _quiet_stdout()
             sys.exit(SIGPIPE_EXIT)
         except OSError as e:
-            raise click.ClickException(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
+            raise click.ClickException(one_line(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -44,7 +52,7 @@ class Group(click.Group):
             raise click.ClickException("out of memory") from None
         except Exception as e:  # sqlite3 is imported lazily, so its errors are matched by module
             if type(e).__module__ == "sqlite3":
-                raise click.ClickException(f"index.sqlite: {e}") from None
+                raise click.ClickException(one_line(f"index.sqlite: {e}")) from None
             raise
 
 
@@ -63,6 +71,27 @@ def main(directory: str | None) -> None:
         os.chdir(directory)
 
 
+def one_line(message: str) -> str:
+    """An error message as one line: a value it names that holds a newline or another
+    control character (a key, a path, a branch name as typed) shows it escaped."""
+    if message.isprintable():
+        return message
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
+def only_with(needed: str, given: bool, *names: str) -> None:
+    """Refuses an option typed that does nothing without ``needed`` (``--shard-size``
+    without ``--shards``): ignored, the command would do other than what was asked."""
+    from click.core import ParameterSource
+
+    if given:
+        return
+    ctx = click.get_current_context()
+    for param in ctx.command.params:
+        if param.name in names and ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"{param.opts[-1]} does nothing without {needed}")
+
+
 def _repo():  # type: ignore[no-untyped-def]
     from datarepo.repo import Repo
 
@@ -74,7 +103,7 @@ def _quoted(key: str) -> str:
     path, where it holds a control character (a newline would split it over two lines)."""
     if key.isprintable():
         return key
-    return json.dumps(key, ensure_ascii=False)
+    return json.dumps(key, ensure_ascii=False).replace("\x7f", "\\u007f")  # (JSON leaves DEL as it is)
 
 
 def _json(value: Any) -> None:
@@ -121,30 +150,18 @@ def _progress(label: str) -> Iterator[_Bar | None]:
         bar.close()
 
 
-def _parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    text = text.strip().lower().removesuffix("ib").removesuffix("b")
-    try:
-        size = int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
-    except (ValueError, OverflowError):  # (OverflowError: "inf")
-        raise click.BadParameter(f"not a size: {text!r}") from None
-    if size < 1:
-        raise click.BadParameter(f"a size is a positive number of bytes, not {text!r}")
-    return size
-
-
 @main.command()
-@click.argument("path", default=".", type=click.Path(file_okay=False))
+@click.argument("path", default=".", type=NonEmptyPath(file_okay=False))
 @click.option("--bare", is_flag=True, help="A repository without a work tree (for servers and ingest).")
 @click.option("--grouping", type=click.Choice(["wds", "file"]), default="wds", help="How files form datums.")
-@click.option("--shard-size", default=None, help="Target shard size, e.g. 256M.")
-def init(path: str, bare: bool, grouping: str, shard_size: str | None) -> None:
+@click.option("--shard-size", type=Size(), default=None, help="Target shard size, e.g. 64M (at least 1K; default 256M).")
+def init(path: str, bare: bool, grouping: str, shard_size: int | None) -> None:
     """Create an empty repository."""
     from pathlib import Path
 
     from datarepo.repo import Repo
 
-    repo = Repo.init(Path(path), bare=bare, grouping=grouping, shard_size=_parse_size(shard_size) if shard_size else None)
+    repo = Repo.init(Path(path), bare=bare, grouping=grouping, shard_size=shard_size)
     click.echo(f"Initialized empty datarepo repository in {repo.dotdir}")
 
 
@@ -158,7 +175,7 @@ def status(as_json: bool, follow: bool) -> None:
     repo = _repo()
     st = run(repo, follow=follow)
     for note in st.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {one_line(note)}", err=True)
     if as_json:
         _json(st.total.to_json())
         return
@@ -182,7 +199,8 @@ def _print_changes(changes: Any) -> None:
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--follow", is_flag=True, help="Store symlinks as the files they point to.")
-def add(paths: tuple[str, ...], follow: bool) -> None:
+@click.option("-A", "--all", "_all", is_flag=True, help="Additions, changes and deletions of all PATHS (as git's -A; always so).")
+def add(paths: tuple[str, ...], follow: bool, _all: bool) -> None:
     """Store new and changed datums under PATHS and stage them (deletions too)."""
     from datarepo.porcelain.stage import add as run
 
@@ -190,7 +208,7 @@ def add(paths: tuple[str, ...], follow: bool) -> None:
     with _progress("adding") as bar:
         result = run(repo, list(paths) or ["."], follow=follow, progress=bar)
     for note in result.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {one_line(note)}", err=True)
     c = result.changes
     click.echo(
         f"staged {len(c.added)} added, {len(c.modified)} modified, {len(c.deleted)} deleted; "
@@ -202,7 +220,8 @@ def add(paths: tuple[str, ...], follow: bool) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--cached", is_flag=True, help="Only unstage; keep the files.")
 @click.option("-f", "--force", is_flag=True, help="Delete files whose changes are not committed.")
-def rm(paths: tuple[str, ...], cached: bool, force: bool) -> None:
+@click.option("-r", "_recursive", is_flag=True, help="Folders too (as git's -r; always so).")
+def rm(paths: tuple[str, ...], cached: bool, force: bool, _recursive: bool) -> None:
     """Stage the removal of datums (and delete their files)."""
     from datarepo.porcelain.stage import rm as run
 
@@ -210,27 +229,44 @@ def rm(paths: tuple[str, ...], cached: bool, force: bool) -> None:
         click.echo(f"rm {_quoted(key)}")
 
 
+MESSAGE_HELP = "The commit message (given more than once: its paragraphs, as in git)."
+
+
+def _paragraphs(messages: tuple[str, ...]) -> str:
+    """The message of ``-m A -m B``: git's, each a paragraph of its own."""
+    return "\n\n".join(messages)
+
+
 @main.command()
-@click.option("-m", "--message", required=True, help="The commit message.")
+@click.option("-m", "--message", "messages", multiple=True, required=True, help=MESSAGE_HELP)
 @click.option("--allow-empty", is_flag=True, help="Commit even if nothing is staged.")
-def commit(message: str, allow_empty: bool) -> None:
+def commit(messages: tuple[str, ...], allow_empty: bool) -> None:
     """Record the staged changes as a new commit."""
     from datarepo.porcelain.history import commit as run
 
+    message = _paragraphs(messages)
     result = run(_repo(), message, allow_empty=allow_empty)
     click.echo(f"[{result.branch or 'detached HEAD'} {result.oid[:12]}] {message.splitlines()[0]} ({result.changes} keys changed)")
 
 
 @main.command()
 @click.argument("rev", default="HEAD")
-@click.option("-n", "--max-count", type=int, default=None, help="Show at most N commits (a negative N: no limit, as in git).")
+@click.option("-n", "--max-count", type=Count(), default=None, metavar="N", help="Show at most N commits (a negative N: no limit, as in git).")
 @click.option("--oneline", is_flag=True, help="One line a commit.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def log(rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
-    """Show the commit history."""
+    """Show the commit history of REV, or (A..B) the commits B has and A has not."""
     from datarepo.porcelain.history import log as run
 
-    commits = list(run(_repo(), rev, max_count if max_count is None or max_count >= 0 else None))
+    exclude = None
+    if "..." in rev:
+        from datarepo.errors import InvalidInputError
+
+        raise InvalidInputError(f"{rev!r}: log takes REV or A..B (A...B is not supported)")
+    if ".." in rev:  # git's A..B (no ref name holds "..")
+        exclude, _, rev = rev.partition("..")
+        exclude, rev = exclude or "HEAD", rev or "HEAD"
+    commits = list(run(_repo(), rev, max_count if max_count is None or max_count >= 0 else None, exclude))
     if as_json:
         _json([{"commit": oid, **c.to_json()} for oid, c in commits])
         return
@@ -238,8 +274,12 @@ def log(rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
         if oneline:
             click.echo(f"{oid[:12]} {c.message.splitlines()[0] if c.message else ''}")
             continue
-        click.echo(f"commit {oid}\nAuthor: {c.author}\nDate:   {c.time}\n")
-        click.echo("".join(f"    {line}\n" for line in c.message.splitlines()))
+        click.echo(f"commit {oid}\nAuthor: {c.author}\nDate:   {c.time}\n\n{_indented(c.message)}")
+
+
+def _indented(message: str) -> str:
+    """A commit message as git's log and show print it: each line indented by four spaces."""
+    return "".join(f"    {line}\n" for line in message.splitlines())
 
 
 def _show_run(run_id: str, as_json: bool) -> None:
@@ -255,7 +295,7 @@ def _show_run(run_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("rev", default="HEAD")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def show(rev: str, as_json: bool) -> None:
     """Show a commit and the keys it changed, or (a RUN-ID) the commits a pipeline run made."""
     if rev.startswith("run-"):
@@ -273,7 +313,7 @@ def show(rev: str, as_json: bool) -> None:
     click.echo(f"commit {oid}\ntree   {c.tree}")
     for p in c.parents:
         click.echo(f"parent {p}")
-    click.echo(f"Author: {c.author}\nDate:   {c.time}\n\n    {c.message}\n")
+    click.echo(f"Author: {c.author}\nDate:   {c.time}\n\n{_indented(c.message)}")
     _print_changes(changes)
 
 
@@ -315,7 +355,7 @@ def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
 
 @main.command()
 @click.argument("rev", required=False)
-@click.option("-b", "new_branch", default=None, help="Create this branch at REV (default HEAD) and switch to it.")
+@click.option("-b", "new_branch", default=None, metavar="NAME", help="Create this branch at REV (default HEAD) and switch to it.")
 @click.option("-f", "--force", is_flag=True, help="Throw away uncommitted changes (files never added are kept).")
 def checkout(rev: str | None, new_branch: str | None, force: bool) -> None:
     """Make the work tree match REV (a branch, tag or commit)."""
@@ -334,16 +374,19 @@ def checkout(rev: str | None, new_branch: str | None, force: bool) -> None:
     click.echo(f"Switched to {where} ({result.written} files written, {result.removed} removed)")
 
 
-def _refs(prefix: str, what: str, name: str | None, rev: str, delete: bool, force: bool, as_json: bool) -> None:
+def _refs(prefix: str, what: str, name: str | None, rev: str, delete: bool, force: bool, as_json: bool,
+          delete_force: bool = False) -> None:
     from datarepo.porcelain import history
 
+    only_with(f"a {what} NAME", name is not None, "force")
     repo = _repo()
+    delete, force = delete or delete_force, force or delete_force
     if delete:
-        if not name:
+        if name is None:
             raise click.UsageError(f"-d needs a {what} name")
         oid = history.delete_ref(repo, prefix, name, force=force)
         click.echo(f"Deleted {what} {name} (was {oid[:12]})")
-    elif name:
+    elif name is not None:  # ('' is a name, and not a valid one: not the listing)
         oid = history.create_ref(repo, prefix, name, rev, force=force)
         click.echo(f"{what} {name} -> {oid[:12]}")
     else:
@@ -364,7 +407,7 @@ def _ref_options(what: str) -> Callable[[Callable[..., None]], Callable[..., Non
             click.option("-d", "--delete", is_flag=True, help=f"Delete the {what}."),
             click.option("-f", "--force", is_flag=True, help=f"Move an existing {what}" + (
                 "; with -d, delete a branch no other ref reaches." if what == "branch" else ".")),
-            click.option("--json", "as_json", is_flag=True),
+            click.option("--json", "as_json", is_flag=True, help="Print it as JSON."),
         )):
             fn = option(fn)
         return fn
@@ -374,6 +417,7 @@ def _ref_options(what: str) -> Callable[[Callable[..., None]], Callable[..., Non
 
 @main.command()
 @_ref_options("branch")
+@click.option("-D", "delete_force", is_flag=True, help="Delete the branch even if no other ref reaches it (-d -f).")
 def branch(**kwargs: Any) -> None:
     """List branches, create one (NAME [REV]) or delete one (-d NAME)."""
     _refs("refs/heads/", "branch", **kwargs)
@@ -391,7 +435,7 @@ def tag(**kwargs: Any) -> None:
 @click.option("--prefix", default="", help="Only keys starting with this.")
 @click.option("--glob", default=None, help="Only keys matching this glob (* ? [..] within a name, ** across names).")
 @click.option("-l", "--long", is_flag=True, help="Also the datum id and size.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def ls_command(rev: str, prefix: str, glob: str | None, long: bool, as_json: bool) -> None:
     """List the keys of a revision."""
     from datarepo.porcelain.history import ls
@@ -438,15 +482,15 @@ def cat(spec: str) -> None:
 @main.command()
 @click.argument("src")
 @click.option("--prefix", required=True, help="Where the source's keys appear, e.g. extra/.")
-@click.option("-m", "--message", default=None, help="The commit message.")
+@click.option("-m", "--message", "messages", multiple=True, help=MESSAGE_HELP + " Default: 'ingest SRC into PREFIX' ('spout: N datums into PREFIX').")
 @click.option("--append", is_flag=True, help="Keep keys under PREFIX that the source no longer has.")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--commit-every", "every", type=click.IntRange(min=1), default=None,
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@click.option("--commit-every", "every", type=Count(1), default=None, metavar="N",
               help="With SRC -: a spout, committing every N datums (and at the end of input).")
-@click.option("--commit-seconds", "seconds", type=click.FloatRange(min=0, max=MAX_SECONDS, min_open=True), default=None,
+@click.option("--commit-seconds", "seconds", type=Seconds(), default=None, metavar="T",
               help="With SRC -: a spout, committing T seconds after the first uncommitted datum.")
 @click.option("--follow", is_flag=True, help="A folder's symlinks: store the files they point to.")
-def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bool, every: int | None,
+def ingest(src: str, prefix: str, messages: tuple[str, ...], append: bool, as_json: bool, every: int | None,
            seconds: float | None, follow: bool) -> None:
     """Commit a folder, tar/WebDataset shards (a.tar, 'x-{000..009}.tar', '*.tar'), or JSON lines (- for stdin) under PREFIX.
 
@@ -455,8 +499,7 @@ def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bo
     from datarepo.porcelain.ingest import ingest as run
     from datarepo.porcelain.ingest import spout
 
-    if seconds is not None and not 0 < seconds <= MAX_SECONDS:  # (nan passes click's range)
-        raise click.BadParameter(f"not a number of seconds: {seconds}", param_hint="--commit-seconds")
+    message = _paragraphs(messages) if messages else None
     if every is not None or seconds is not None:
         if src != "-":
             raise click.UsageError("--commit-every and --commit-seconds read a stream: give - as SRC")
@@ -469,7 +512,7 @@ def ingest(src: str, prefix: str, message: str | None, append: bool, as_json: bo
     with _progress("ingesting") as bar:
         r = run(_repo(), src, prefix, message, append, progress=bar, follow=follow)
     for note in r.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {one_line(note)}", err=True)
     _print_ingested(r, as_json)
 
 
@@ -489,7 +532,7 @@ def _print_ingested(r: Any, as_json: bool) -> None:
 @main.command()
 @click.option("--rebuild-index", is_flag=True,
               help="Write a missing or mismatched shard .idx anew from its tar, and rebuild index.sqlite's locations.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def fsck(rebuild_index: bool, as_json: bool) -> None:
     """Re-hash every object and shard and check that every ref reaches whole data."""
     from datarepo.porcelain.maintenance import fsck as run
@@ -500,9 +543,9 @@ def fsck(rebuild_index: bool, as_json: bool) -> None:
         _json(r.__dict__)
     else:
         for p in r.problems:
-            click.echo(f"error: {p}")
+            click.echo(f"error: {one_line(p)}")
         for g in r.garbage:
-            click.echo(f"garbage: {g} (gc removes it)")
+            click.echo(f"garbage: {one_line(g)} (gc removes it)")
         for s in r.rebuilt:
             click.echo(f"rebuilt: the index of shard {s}")
         retired = f"; {r.retired} retired shards (gc prunes them)" if r.retired else ""
@@ -513,31 +556,12 @@ def fsck(rebuild_index: bool, as_json: bool) -> None:
         sys.exit(1)
 
 
-def _parse_age(text: str) -> float:
-    """``now``, or an age in seconds with an optional unit: ``90``, ``30m``, ``2h``, ``14d``."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    value = text.strip().lower()
-    if value == "now":
-        return 0.0
-    scale = units.get(value[-1:], None)
-    number = value[:-1] if scale else value
-    try:
-        age = float(number) * (scale or 1)
-    except ValueError:
-        age = -1.0
-    if not age >= 0 or age == float("inf"):
-        from datarepo.errors import InvalidInputError
-
-        raise InvalidInputError(f"--prune: {text!r} is not 'now' or an age such as 90, 30m, 2h, 14d")
-    return age
-
-
 @main.command()
 @click.option("-n", "--dry-run", is_flag=True, help="Only say what would be deleted.")
-@click.option("--prune", default=None, metavar="AGE",
+@click.option("--prune", type=Age(), default=None, metavar="AGE",
               help="Delete retired shards once they are this old: 'now', or e.g. 30m, 2h, 14d (default 1h).")
-@click.option("--json", "as_json", is_flag=True)
-def gc(dry_run: bool, prune: str | None, as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+def gc(dry_run: bool, prune: float | None, as_json: bool) -> None:
     """Delete objects that no branch, tag, run or recent reflog entry reaches.
 
     Shards without a reachable datum (and those repack replaced) are retired first:
@@ -546,7 +570,7 @@ def gc(dry_run: bool, prune: str | None, as_json: bool) -> None:
     from datarepo.porcelain.maintenance import PRUNE_AFTER
     from datarepo.porcelain.maintenance import gc as run
 
-    prune_after = PRUNE_AFTER if prune is None else _parse_age(prune)
+    prune_after = PRUNE_AFTER if prune is None else prune
     r = run(_repo(), dry_run=dry_run, prune_after=prune_after)
     if as_json:
         _json(r.__dict__)
@@ -559,7 +583,7 @@ def gc(dry_run: bool, prune: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.option("--all", "all_shards", is_flag=True, help="Rewrite every shard, not only small or sparse ones.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def repack(all_shards: bool, as_json: bool) -> None:
     """Merge small or sparse shards into new full ones."""
     from datarepo.porcelain.maintenance import repack as run
@@ -579,18 +603,19 @@ def repack(all_shards: bool, as_json: bool) -> None:
 
 @main.command()
 @click.argument("rev")
-@click.argument("dest", type=click.Path(file_okay=False))
+@click.argument("dest", type=NonEmptyPath(file_okay=False))
 @click.option("--prefix", default="", help="Only keys starting with this.")
 @click.option("--shards", is_flag=True, help="Write a WebDataset shard set (000000.tar, …) instead of files.")
-@click.option("--shard-size", default=None, help="Target shard size with --shards, e.g. 1G.")
-def export(rev: str, dest: str, prefix: str, shards: bool, shard_size: str | None) -> None:
+@click.option("--shard-size", type=Size(), default=None, help="Target shard size with --shards, e.g. 1G (default: the repository's).")
+def export(rev: str, dest: str, prefix: str, shards: bool, shard_size: int | None) -> None:
     """Write the datums of REV to a folder, or to WebDataset shards."""
     from pathlib import Path
 
     from datarepo.porcelain.export import export as run
 
+    only_with("--shards", shards, "shard_size")
     with _progress("exporting") as bar:
-        r = run(_repo(), rev, Path(dest), prefix, shards, _parse_size(shard_size) if shard_size else None, bar)
+        r = run(_repo(), rev, Path(dest), prefix, shards, shard_size, bar)
     click.echo(f"exported {r.datums} datums ({r.files} files, {r.bytes} bytes) to {dest}")
 
 
@@ -601,6 +626,30 @@ def _quiet_stdout() -> None:
     os.close(devnull)
 
 
+def _in_utf8_mode() -> None:
+    """Runs the command again in Python's UTF-8 mode where the locale's encoding is another
+    (``LC_ALL=C`` with ``PYTHONUTF8=0``, a Latin-1 locale): Python would decode the arguments
+    and the file names with it, so a key typed, or a file named, in UTF-8 (as keys are) would
+    not be that key. In UTF-8 mode they are read byte for byte, as git reads them."""
+    if sys.flags.utf8_mode or sys.getfilesystemencoding() == "utf-8" or not sys.orig_argv:
+        return
+    os.execv(sys.executable, [sys.executable, "-X", "utf8", *sys.orig_argv[1:]])
+
+
+def _buffered_stdout() -> None:
+    """Gives stdout a buffer where PYTHONUNBUFFERED left it a raw file: a raw write may
+    write only part of what it is given (a pipe whose reader went away after 64 KiB) and
+    say so only in its return value, which a text stream ignores: the rest would be lost
+    and the command end with status 0. A buffer writes all or raises, as a pipe closed
+    early must (status 141)."""
+    import io
+
+    out = sys.stdout
+    if isinstance(getattr(out, "buffer", None), io.RawIOBase):
+        sys.stdout = io.TextIOWrapper(io.BufferedWriter(out.buffer), encoding=out.encoding, errors=out.errors,
+                                      line_buffering=out.line_buffering)
+
+
 def run() -> None:
     """The console script: runs one command, then ends the process without freeing, one
     by one, the objects the command built (a status of 100,000 files spent 20-30 ms on
@@ -608,6 +657,7 @@ def run() -> None:
     return; output is flushed here."""
     from datarepo.porcelain import retain_until_exit
 
+    _in_utf8_mode()
     retain_until_exit()
     # Started with a descriptor closed (>&-, 2>&-), Python has no stream for it: errors then
     # go nowhere, but the command's output has nowhere to go.
@@ -617,6 +667,7 @@ def run() -> None:
         print("Error: standard output is closed (redirect it to /dev/null to discard what is printed)", file=sys.stderr)
         sys.stderr.flush()
         os._exit(1)
+    _buffered_stdout()
     try:
         main()
         code = 0

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from datarepo.cli import _json, _quoted, _repo, main
+from datarepo.cli import _json, _quoted, _repo, main, one_line, only_with
+from datarepo.cli_values import Count, NonEmpty, NonEmptyPath, Seconds, Workers
 
 
 def _pipeline_options(fn: Callable[..., None]) -> Callable[..., None]:
-    fn = click.option("--pipelines", "folder", default=None, type=click.Path(file_okay=False),
+    fn = click.option("--pipelines", "folder", default=None, type=click.Path(exists=True, file_okay=False),
                       help="The folder of pipeline files (default: pipelines/ of the work tree).")(fn)
     return fn
 
@@ -21,13 +23,14 @@ def _pipeline_options(fn: Callable[..., None]) -> Callable[..., None]:
 @click.option("--dry-run", is_flag=True, help="Show what would be processed, and why; change nothing.")
 @click.option("--executor", "kind", type=click.Choice(["serial", "process", "ray"]), default="process",
               help="Where transforms run: this process, local processes (default), or Ray.")
-@click.option("-j", "--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: the cores).")
-@click.option("--ray-address", default=None, help="The Ray cluster to join (default: start a local one).")
+@click.option("-j", "--workers", type=Workers(), default=None, metavar="N", help="Worker processes, 1 to 1024 (default: the cores).")
+@click.option("--ray-address", type=NonEmpty(), default=None, metavar="ADDRESS", help="The Ray cluster to join (default: start a local one).")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failing datum; commit nothing for that pipeline.")
 @click.option("--watch", is_flag=True, help="Run again whenever the branch moves, until interrupted.")
-@click.option("--interval", type=click.FloatRange(min=0.01), default=2.0, help="Seconds between looks at the branch (--watch).")
-@click.option("--max-runs", type=click.IntRange(min=1), default=None, help="Stop watching after this many runs.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--interval", type=Seconds(0.01, closed=True), default=2.0, metavar="S",
+              help="Seconds between looks at the branch (--watch; default 2).")
+@click.option("--max-runs", type=Count(1), default=None, metavar="N", help="Stop watching after this many runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 @_pipeline_options
 def run_command(names: tuple[str, ...], dry_run: bool, kind: str, workers: int | None, ray_address: str | None,
                 fail_fast: bool, watch: bool, interval: float, max_runs: int | None, as_json: bool, folder: str | None) -> None:
@@ -37,10 +40,14 @@ def run_command(names: tuple[str, ...], dry_run: bool, kind: str, workers: int |
     from datarepo.pipeline.run import Options, run
     from datarepo.pipeline.run import watch as watching
 
+    only_with("--watch", watch, "interval", "max_runs")
     options = Options(kind, workers, ray_address, dry_run, fail_fast)
     if watch:
-        report = lambda r: _render_run(r, as_json, dry_run, final=False)
-        note = lambda message: click.echo(f"not run: {message}", err=True)
+        def report(result: Any) -> None:  # each run's lines as it ends, also into a pipe (| tee)
+            _render_run(result, as_json, dry_run, final=False)
+            sys.stdout.flush()
+
+        note = lambda message: click.echo(f"not run: {one_line(message)}", err=True)
         watching(".", names, options, folder, interval, max_runs, report, time.sleep, note)
         return
     _render_run(run(_repo(), names, options, folder), as_json, dry_run)
@@ -63,7 +70,7 @@ def _render_run(result: Any, as_json: bool, dry_run: bool, final: bool = True) -
         extra += f", {p.repaired} outputs restored" if p.repaired else ""
         click.echo(f"{p.name}: {p.processed} processed, {p.reused} reused, {p.failed} failed, {p.deleted} deleted{extra}{tail}")
         for base, kind, message in p.failures:
-            click.echo(f"  failed {_quoted(base)}: {kind}: {message}", err=True)
+            click.echo(f"  failed {_quoted(base)}: {kind}: {one_line(message)}", err=True)
     if result.failed and final:
         first = next(p for p in result.pipelines if p.failed)
         base, kind, message = first.failures[0]
@@ -74,7 +81,7 @@ def _render_run(result: Any, as_json: bool, dry_run: bool, final: bool = True) -
 @main.command()
 @click.argument("spec", metavar="KEY[@REV]")
 @click.option("--downstream", is_flag=True, help="Everything derived from the key, instead of what it came from.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def lineage(spec: str, downstream: bool, as_json: bool) -> None:
     """Where a key came from (through every pipeline, back to raw datums), or with
     --downstream what was made from it. Answered from the repository alone: no pipeline's
@@ -104,7 +111,7 @@ def _print_node(node: Any, depth: int) -> None:
 
 
 @main.command(name="pipelines")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 @_pipeline_options
 def pipelines_command(as_json: bool, folder: str | None) -> None:
     """List the pipelines, with their fingerprints, inputs and last run."""
@@ -124,7 +131,7 @@ def pipelines_command(as_json: bool, folder: str | None) -> None:
 @click.option("--format", "fmt", type=click.Choice(["text", "dot"]), default="text", help="text, or Graphviz dot.")
 @_pipeline_options
 def dag(fmt: str, folder: str | None) -> None:
-    """The DAG of pipelines, with counts (``--format dot | dot -Tsvg``)."""
+    """The DAG of pipelines, with counts (--format dot | dot -Tsvg for a picture)."""
     from datarepo.pipeline.info import describe, dot
 
     rows = describe(_repo(), folder)
@@ -137,11 +144,11 @@ def dag(fmt: str, folder: str | None) -> None:
 
 
 @main.command(name="export-dvc")
-@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
+@click.option("-o", "--output", default="-", type=NonEmptyPath(dir_okay=False, allow_dash=True),
               help="Where to write (default: stdout).")
 @_pipeline_options
 def export_dvc(output: str, folder: str | None) -> None:
-    """Write dvc.yaml stages that call ``datarepo run``, so ``dvc repro`` drives the pipelines."""
+    """Write dvc.yaml stages that call 'datarepo run', so 'dvc repro' drives the pipelines."""
     from datarepo.pipeline.dvcexport import dvc_yaml
 
     repo = _repo()

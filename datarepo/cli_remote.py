@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from datarepo.cli import _repo, main
+from datarepo.cli import _json, _repo, main
+from datarepo.cli_values import NonEmpty, NonEmptyPath
 
 if TYPE_CHECKING:
     from datarepo.porcelain.remote import RefUpdate, Transfer
@@ -32,11 +33,16 @@ def remote_add(name: str, url: str, default: bool, force: bool) -> None:
 
 
 @remote.command(name="list")
-def remote_list() -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+def remote_list(as_json: bool) -> None:
     """List the remotes: name, URL, and (default) for the default one."""
     from datarepo.remotes_config import list_remotes
 
-    for r in list_remotes(_repo()):
+    remotes = list_remotes(_repo())
+    if as_json:
+        _json([r._asdict() for r in remotes])
+        return
+    for r in remotes:
         click.echo(f"{r.name}\t{r.url}" + ("\t(default)" if r.default else ""))
 
 
@@ -122,8 +128,8 @@ def pull(remote_name: str | None) -> None:
 
 
 @main.command()
-@click.argument("url")
-@click.argument("directory", required=False)
+@click.argument("url", type=NonEmpty())
+@click.argument("directory", required=False, type=NonEmptyPath())
 def clone(url: str, directory: str | None) -> None:
     """Make a repository from the one at URL, with it as remote origin."""
     from datarepo.porcelain.remote import clone as run

@@ -8,18 +8,21 @@ from typing import TYPE_CHECKING
 
 import click
 
-from datarepo.cli import _json, _quoted, _repo, main
+from datarepo.cli import _json, _quoted, _repo, main, one_line, only_with
+from datarepo.cli_values import Count
 
 if TYPE_CHECKING:
     from datarepo.torch.runs import RunInfo
 
 
 @main.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 @click.pass_context
 def runs(ctx: click.Context, as_json: bool) -> None:
     """List recorded training runs: which commit, prefix and seed each read."""
     if ctx.invoked_subcommand is not None:
+        if as_json:  # (it lists; ignored, the subcommand would print text where JSON was asked)
+            raise click.UsageError(f"--json of runs lists the runs: give it after the subcommand (runs {ctx.invoked_subcommand} … --json)")
         return
     from datarepo.torch.runs import NotARunError, list_runs
 
@@ -30,7 +33,7 @@ def runs(ctx: click.Context, as_json: bool) -> None:
     else:
         _list(found)
     for problem in problems:  # as git does for a broken ref: the others listed, each named, a failure
-        click.echo(f"error: {problem}", err=True)
+        click.echo(f"error: {one_line(str(problem))}", err=True)
     if problems:
         sys.exit(1)
 
@@ -51,12 +54,13 @@ _RUN_FIELDS = (
 @runs.command(name="show")
 @click.argument("name")
 @click.option("--keys", "keys", is_flag=True, help="Print the keys of an epoch in the order the run read them.")
-@click.option("--epoch", default=0, type=click.IntRange(min=0), show_default=True, help="The epoch whose order --keys prints.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--epoch", default=0, type=Count(0), metavar="N", show_default=True, help="The epoch whose order --keys prints.")
+@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 def runs_show(name: str, keys: bool, epoch: int, as_json: bool) -> None:
     """Show a run's record, or (--keys) the exact order of one of its epochs."""
     from datarepo.torch.runs import read_run, run_keys
 
+    only_with("--keys", keys, "epoch")
     repo = _repo()
     if keys:
         ordered = run_keys(repo, name, epoch)

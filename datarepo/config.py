@@ -132,7 +132,7 @@ def env_seconds(name: str, default: float) -> float:
     if not text:
         return default
     try:
-        value = float(text)
+        value = float(text) if text.isascii() else -1.0  # (float takes '٣' and '１': a count in ASCII, as the options)
     except ValueError:
         value = -1.0
     if not 0 <= value < math.inf:
@@ -170,4 +170,9 @@ def _value(v: Any) -> str:
         return str(v)
     if isinstance(v, list):
         return "[" + ", ".join(_value(x) for x in v) + "]"
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    # A TOML basic string: a quote and a backslash escaped, and every control character
+    # (a key may hold a newline: a sparse prefix of one must not break the file).
+    return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if c < " " or c == "\x7f" else c) for c in str(v)) + '"'
+
+
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}

@@ -349,7 +349,7 @@ class Tree:
             ObjectNotFoundError: (a KeyError) the tree has no such key.
         """
         if (found := self.get(key)) is None:
-            raise ObjectNotFoundError("key", key)
+            raise ObjectNotFoundError("key", repr(key))
         return found
 
     def __contains__(self, key: object) -> bool:

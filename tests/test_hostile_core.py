@@ -79,7 +79,8 @@ def test_a_ref_is_created_only_at_a_commit_that_is_there(repo_with_commit, cli, 
 @pytest.mark.parametrize(("args", "words"), [
     (["show", "HEAD^^^^"], ["no such parent: 'HEAD^^^^'"]),
     (["show", "HEAD~5~1"], ["no such ancestor: 'HEAD~5~1'"]),
-    (["log", "HEAD..HEAD~1"], ["unknown revision: 'HEAD..HEAD~1'"]),
+    (["log", "nope..HEAD"], ["unknown revision: 'nope'"]),  # (git's A..B: each end named as given)
+    (["log", "HEAD...HEAD~1"], ["'HEAD...HEAD~1'", "A...B", "not supported"]),
     (["ls", "nope~1"], ["unknown revision: 'nope~1'"]),
     (["diff", "HEAD...HEAD~1"], ["'HEAD...HEAD~1'", "A...B", "not supported"]),
     (["diff", "nope..HEAD"], ["unknown revision: 'nope'"]),

@@ -138,8 +138,8 @@ def test_export_during_repack_finds_every_shard(worktree: Path, cli, tmp_path: P
 @pytest.mark.parametrize("age", ["soon", "-1", "1x", "inf", ""])
 def test_a_bad_prune_age_is_one_clear_line(repo_with_commit, cli, age: str) -> None:
     result = cli("gc", f"--prune={age}", ok=False)
-    assert result.exit_code == 1 and result.output.splitlines() == [
-        f"Error: --prune: {age!r} is not 'now' or an age such as 90, 30m, 2h, 14d"
+    assert result.exit_code == 2 and result.output.splitlines() == [
+        f"Error: Invalid value for '--prune': {age!r} is not 'now' or an age such as 90, 30m, 2h, 14d"
     ]
 
 

@@ -105,7 +105,7 @@ def _key_at(repo: Repo, spec: str) -> tuple[str, Oid]:
 def _up(repo: Repo, key: str, commit: Oid, depth: int) -> Node:
     entry = repo.tree(commit).get(key)
     if entry is None:
-        raise ObjectNotFoundError("key", f"{key} at {commit[:12]}")
+        raise ObjectNotFoundError("key", f"{key!r} at {commit[:12]}")
     node = Node(key, entry.datum, commit)
     state = producer(repo, key, commit) if depth < MAX_DEPTH else None
     if state is None:
@@ -133,7 +133,7 @@ def downstream(repo: Repo, spec: str, cache: LineageCache) -> Node:
     key, commit = _key_at(repo, spec)
     entry = repo.tree(commit).get(key)
     if entry is None:
-        raise ObjectNotFoundError("key", f"{key} at {commit[:12]}")
+        raise ObjectNotFoundError("key", f"{key!r} at {commit[:12]}")
     readers = []
     for state in states(repo, commit):
         root = read_root(repo.store, state.provenance["lineage"])

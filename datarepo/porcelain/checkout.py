@@ -47,13 +47,13 @@ def checkout(
     never added (untracked, in git's words) is left as it is, unless ``rev`` holds its key.
     """
     root = repo.require_worktree()
-    if new_branch:  # made once the checkout can be done: one it refuses leaves no branch behind
+    if new_branch is not None:  # made once the checkout can be done: one it refuses leaves no branch behind
         check_name(new_branch, "branch")
         if repo.refs.read(BRANCHES + new_branch) is not None:
             raise InvalidInputError(f"branch {new_branch!r} already exists")
     target = repo.resolve(rev)
     # A branch name stays attached, and so does HEAD itself (``checkout -f HEAD``), as in git.
-    branch = new_branch or (repo.current_branch() if rev == "HEAD" else rev if repo.refs.read(BRANCHES + rev) is not None else None)
+    branch = new_branch if new_branch is not None else (repo.current_branch() if rev == "HEAD" else rev if repo.refs.read(BRANCHES + rev) is not None else None)
     with repo.lock:
         for path in checkout_leftovers(repo):  # a killed checkout's: the lock says it is gone
             remove(path)
@@ -78,7 +78,7 @@ def checkout(
             repo.index.staging.unstage()
         else:
             repo.index.staging.unstage(moves)
-        if new_branch:
+        if new_branch is not None:
             create_ref(repo, BRANCHES, new_branch, target)
         if branch:
             repo.refs.set_symbolic(BRANCHES + branch)

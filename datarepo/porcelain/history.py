@@ -66,8 +66,10 @@ def _placed_again(repo: Repo, datum: str) -> bool:
     return locations.locate(datum) is not None or (repo.sync_locations() > 0 and locations.locate(datum) is not None)
 
 
-def log(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[tuple[Oid, Commit]]:
-    """Yields commits reachable from ``rev``, newest first."""
+def log(repo: Repo, rev: str = "HEAD", limit: int | None = None, exclude: str | None = None) -> Iterator[tuple[Oid, Commit]]:
+    """Yields commits reachable from ``rev``, newest first; with ``exclude``, only those
+    not reachable from it (git's ``exclude..rev``)."""
+    hidden = {oid for oid, _ in log(repo, exclude)} if exclude is not None else set()
     if rev == "HEAD" and repo.head() is None:
         return
     start = repo.resolve(rev)
@@ -76,6 +78,8 @@ def log(repo: Repo, rev: str = "HEAD", limit: int | None = None) -> Iterator[tup
     count = 0
     while heap and (limit is None or count < limit):
         _, oid = heapq.heappop(heap)
+        if oid in hidden:  # (and so are its parents)
+            continue
         c = repo.read_commit(oid)
         yield oid, c
         count += 1
@@ -203,7 +207,7 @@ def delete_ref(repo: Repo, prefix: str, name: str, force: bool = False) -> Oid:
     with repo.lock:
         old = repo.refs.read(prefix + name)
         if old is None:
-            raise InvalidInputError(f"no such {'branch' if prefix == BRANCHES else 'tag'}: {name}")
+            raise InvalidInputError(f"no such {'branch' if prefix == BRANCHES else 'tag'}: {name!r}")
         if prefix == BRANCHES and not force and not _reached_elsewhere(repo, prefix + name, old):
             raise InvalidInputError(
                 f"the branch {name!r} is not merged: no other branch, tag or HEAD reaches {old[:12]} "

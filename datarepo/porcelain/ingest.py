@@ -4,6 +4,8 @@ under a prefix, without a copy in the work tree, storing only what is new or cha
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,6 +42,13 @@ class _Run:
         return datum in self.sink.written or bool(self.repo.stored([datum]))
 
 
+def _check_message(message: str | None) -> None:
+    """A message given is a message: a blank one is refused, as ``commit`` refuses it (None
+    is the default message)."""
+    if message is not None and not message.strip():
+        raise InvalidInputError("empty commit message (leave out -m for the default one)")
+
+
 @dataclass(frozen=True)
 class IngestResult:
     commit: Oid | None
@@ -57,6 +66,7 @@ def ingest(
 ) -> IngestResult:
     """Makes ``prefix`` mirror ``src`` (or, with ``append``, adds to it) in one new commit;
     ``follow``: a folder's symlinks are read as the files they point to."""
+    _check_message(message)
     prefix = _norm_prefix(prefix)
     with repo.lock:
         with repo.writer() as sink:  # every shard is published and adopted before the ref moves
@@ -91,6 +101,7 @@ def spout(
         raise InvalidInputError("a spout commits every N datums or T seconds: give --commit-every or --commit-seconds")
     if every is not None and every < 1 or seconds is not None and seconds <= 0:
         raise InvalidInputError("--commit-every and --commit-seconds must be positive")
+    _check_message(message)
     prefix = _norm_prefix(prefix)
     pending: dict[str, NewDatum] = {}
     count, since, lineno = 0, 0.0, 0
@@ -161,6 +172,7 @@ def _read_source(run: _Run, src: str, progress: Progress) -> Iterator[TreeEntry]
     elif files := sources.expand(src):
         for name in files:
             run.repo.check_outside(Path(name), "ingest source")
+            _regular(name)
         items = (item for name in files for item in _remembered_file(run, Path(name)))
     else:
         raise InvalidInputError(f"no such file or directory: {src}")
@@ -177,6 +189,17 @@ def _read_source(run: _Run, src: str, progress: Progress) -> Iterator[TreeEntry]
         seen[item.key] = origin
         tick(progress)
         yield item
+
+
+def _regular(name: str) -> None:
+    """Refuses a named source that is not a regular file: opening a FIFO waits for a writer
+    that may never come, and its stat (size 0) says nothing of what it holds."""
+    try:
+        mode = os.stat(name).st_mode
+    except OSError as e:
+        raise InvalidInputError(f"cannot ingest {name}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise InvalidInputError(f"cannot ingest {name}: not a regular file (a stream is read from stdin: -)")
 
 
 def _folder(run: _Run, root: Path, progress: Progress) -> list[TreeEntry]:

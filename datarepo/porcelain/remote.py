@@ -221,11 +221,11 @@ def _refs_to_push(repo: Repo, revs: list[str], all_refs: bool) -> list[tuple[str
         if not found:
             raise InvalidInputError("nothing to push: no branch, tag or run")
         return found
-    if not revs:
+    if not revs or "HEAD" in revs:  # HEAD: the current branch, as ``git push origin HEAD``
         branch = repo.current_branch()
         if branch is None:
             raise InvalidInputError("HEAD is detached: name a branch or tag to push")
-        revs = [branch]
+        revs = [branch if rev == "HEAD" else rev for rev in revs or ["HEAD"]]
     out = []
     for rev in revs:
         names = [rev] if rev.startswith("refs/") else [BRANCHES + rev, TAGS + rev, RUNS + rev]
