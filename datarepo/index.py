@@ -14,6 +14,7 @@ from pathlib import Path
 
 from datarepo.fsutil import set_aside
 from datarepo.locations import Locations
+from datarepo.sqlrows import is_damage
 from datarepo.staging import Staging
 from datarepo.statcache import StatCache
 
@@ -45,10 +46,12 @@ class Index:
         self.stats, self.locations, self.staging = StatCache(self), Locations(self), Staging(self)
         try:
             self._open()
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as e:
             # Only a cache: a damaged file is set aside and rebuilt, never trusted or fatal.
             if hasattr(self, "db"):
                 self.db.close()
+            if not is_damage(e):  # (a full disk: the file, staging area and all, is sound)
+                raise
             for suffix in ("", "-wal", "-shm"):
                 set_aside(path.with_name(path.name + suffix), "damaged")
             self.created = True

@@ -18,7 +18,7 @@ from typing import BinaryIO
 import xxhash
 
 from datarepo.errors import CorruptObjectError, InvalidInputError, ObjectNotFoundError
-from datarepo.fsutil import TMP_PREFIX, fsync_dir, publish
+from datarepo.fsutil import claim_temp_dir, fsync_dir, publish
 from datarepo.hashing import CHUNK
 from datarepo.keys import check_path
 from datarepo.manifest import (
@@ -33,6 +33,10 @@ from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, MemberData, MemberLoc, ShardWriter, member_size
 from datarepo.store import check_datum
 from datarepo.worktree import file_and_dir, member_path
+
+# An export writes into ``.tmp-export-<random>`` beside its destination (see
+# :func:`~datarepo.fsutil.claim_temp_dir`).
+TEMP_TAG = "export"
 
 # Shards held open at once while datums are read in key order (``--shards``).
 OPEN_SHARDS = 64
@@ -66,10 +70,10 @@ def export(
     manifest = repo.manifest(repo.tree(rev).select(prefix=prefix))
     if prefix and not len(manifest):  # (a misspelt prefix is no empty data set)
         raise InvalidInputError(f"no key of {rev} starts with {prefix!r}: nothing to export")
-    tmp = dest.parent / f"{TMP_PREFIX}export-{os.urandom(6).hex()}"
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
+        # (the folder of an export killed before, beside this destination, is removed first)
+        held, tmp = claim_temp_dir(dest.parent, TEMP_TAG)
     except OSError as e:  # (named as the user named it, not by the temporary folder)
         reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
         raise InvalidInputError(f"cannot create the export destination {dest}: {reason}") from None
@@ -84,6 +88,8 @@ def export(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(held)
     return result
 
 
@@ -202,6 +208,10 @@ def _to_shards(repo: Repo, manifest: Manifest, dest: Path, shard_size: int, prog
             tick(progress)
         if writer is not None:
             _close(writer, dest, written)
+    except BaseException:
+        if writer is not None:  # (its temporary tar: the folder goes too, but not its descriptor)
+            writer.abort()
+        raise
     finally:
         for f in files_open.values():
             f.close()
