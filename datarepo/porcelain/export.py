@@ -38,8 +38,11 @@ from datarepo.worktree import file_and_dir, member_path
 # :func:`~datarepo.fsutil.claim_temp_dir`).
 TEMP_TAG = "export"
 
-# Shards held open at once while datums are read in key order (``--shards``).
+# Shards held open at once while datums are read in key order (``--shards``), at most; and
+# the files a process is left to open for everything else (SQLite's three, the shard being
+# written, Python's own) before half of the rest may be held shards (see :func:`_shards_held`).
 OPEN_SHARDS = 64
+OTHER_FILES = 32
 
 
 @dataclass(frozen=True)
@@ -231,7 +234,7 @@ def _read_row(repo: Repo, manifest: Manifest, i: int, files_open: dict[int, Bina
             f = repo.store.open_shard(shard)
         except ObjectNotFoundError:  # gone since the manifest was made
             return repo.read(datum, verify=True)  # type: ignore[return-value]
-        if len(files_open) >= OPEN_SHARDS:
+        if len(files_open) >= _shards_held():
             files_open.pop(next(iter(files_open))).close()
         files_open[place] = f
     name = f"{shard}.tar"
@@ -242,6 +245,18 @@ def _read_row(repo: Repo, manifest: Manifest, i: int, files_open: dict[int, Bina
     members = cut_members(span, datum, name, offset)
     check_members(members, datum, name)
     return members  # type: ignore[return-value]
+
+
+def _shards_held() -> int:
+    """How many shards an export holds open: ``OPEN_SHARDS``, or fewer where the process may
+    open few files (``ulimit -n``): holding 64 under a limit of 64 left none to write the
+    export's own shard with ("Too many open files")."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return OPEN_SHARDS
+    return max(1, min(OPEN_SHARDS, (soft - OTHER_FILES) // 2))
 
 
 def _close(writer: ShardWriter, dest: Path, n: int) -> int:
