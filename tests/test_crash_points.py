@@ -1,0 +1,161 @@
+"""SIGKILL at a sweep of points of commands that write (gc, repack, checkout, export,
+push, fetch, ingest), and two writers at once. Whatever point the kill finds (the
+assertions hold at every one), ``fsck`` is clean, nothing committed is lost, the next
+run of the command succeeds, and what the killed one left is removed or named
+``.tmp-…``."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_resources import ENV, datarepo, ok
+
+POINTS = (0.35, 0.6, 0.85)  # of how long the command takes when left alone
+
+
+def committed(work: Path) -> tuple[list[str], str]:
+    """The history's messages and HEAD's keys with their datum ids (``fsck`` re-hashes them):
+    a command run twice makes commits of other ids (their times), holding the same."""
+    return [line.split(" ", 1)[1] for line in ok(work, "log", "--oneline").splitlines()], ok(work, "ls", "-l", "HEAD")
+
+
+def _samples(folder: Path, n: int, stem: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"{i:03d}.bin").write_bytes(f"{stem} {i} ".encode() * (500 + 37 * i))
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("crash")
+    work = root / "work"
+    _samples(work / "a", 150, "a")
+    ok(work, "init", "--shard-size", "64K")
+    ok(work, "add", ".")
+    ok(work, "commit", "-m", "a")
+    ok(work, "tag", "a")
+    _samples(work / "b", 150, "b")
+    ok(work, "add", ".")
+    ok(work, "commit", "-m", "b")
+    ok(work, "remote", "add", "origin", str(root / "remote"), "-d")
+    _samples(root / "src", 150, "src")
+    (root / "other").mkdir()
+    ok(root / "other", "init")
+    ok(root / "other", "remote", "add", "origin", str(root / "remote"), "-d")
+    return root
+
+
+# (folder it runs in, arguments, what to do first, the repository to check, what it leaves)
+COMMANDS = {
+    "gc": ("work", ["gc", "--prune", "now"], [["repack", "--all"]], "work", None),
+    "repack": ("work", ["repack", "--all"], [], "work", None),
+    # (a killed checkout leaves files of main that ``a`` does not track: git's answer, --force)
+    "checkout": ("work", ["checkout", "main", "--force"], [["checkout", "a"]], "work", None),
+    "export": ("work", ["export", "HEAD", "../out"], [], "work", "out"),
+    "export-shards": ("work", ["export", "HEAD", "../out", "--shards", "--shard-size", "64K"], [], "work", "out"),
+    "ingest": ("work", ["ingest", "../src", "--prefix", "src/"], [], "work", None),
+    "push": ("work", ["push"], [], "work", None),
+    "fetch": ("other", ["fetch"], [["push"]], "other", None),
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_command_killed_at_any_point_leaves_a_whole_repository(template: Path, tmp_path: Path, command: str) -> None:
+    folder, args, first, repo, dest = COMMANDS[command]
+    fresh = tmp_path / "fresh"
+    shutil.copytree(template, fresh, symlinks=True)
+    for step in first:
+        ok(fresh / "work", *step)
+    started = time.monotonic()
+    ok(fresh / folder, *args)
+    took = time.monotonic() - started
+    expected = committed(fresh / repo)
+    for point in POINTS:
+        root = tmp_path / f"at-{point}"
+        shutil.copytree(template, root, symlinks=True)
+        for step in first:
+            ok(root / "work", *step)
+        before = committed(root / repo)
+        proc = subprocess.Popen([sys.executable, "-m", "datarepo.cli", *args], cwd=root / folder, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(took * point)
+        proc.kill()
+        _, err = proc.communicate()
+        assert proc.returncode in (0, -9), err
+        ok(root / repo, "fsck")
+        assert committed(root / repo) in (before, expected)
+        if dest is not None:  # the destination is whole or absent; a temporary folder beside it is named so
+            assert {p.name for p in root.iterdir()} - {"out", "work", "src", "other", "remote"} <= {
+                p.name for p in root.glob(".tmp-export-*")}
+        ok(root / folder, *args) if dest is None or not (root / dest).exists() else None
+        if dest is not None:  # the next export removed what the killed one left beside it
+            assert not list(root.glob(".tmp-export-*"))
+        ok(root / repo, "gc")
+        assert [p for p in root.rglob(".tmp-*") if "remote" not in p.parts] == []
+        assert committed(root / repo) == expected
+        if command == "checkout":
+            assert ok(root / "work", "status").endswith("nothing to commit, work tree clean\n")
+
+
+def test_an_export_left_by_a_killed_one_is_removed_a_live_one_is_not(template: Path, tmp_path: Path) -> None:
+    """A killed export left its ``.tmp-export-*`` folder beside the destination for ever."""
+    root = tmp_path / "t"
+    shutil.copytree(template, root, symlinks=True)
+    work = root / "work"
+    dead = root / ".tmp-export-000000000000"
+    dead.mkdir()
+    (dead / "a").mkdir()
+    (dead / "a" / "000.bin").write_bytes(b"half")
+    live = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                             "from datarepo.fsutil import claim_temp_dir\n"
+                             "from pathlib import Path\n"
+                             "fd, tmp = claim_temp_dir(Path(sys.argv[1]), 'export')\n"
+                             "print(tmp.name, flush=True)\n"
+                             "time.sleep(60)\n", str(root)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        held = live.stdout.readline().strip()
+        ok(work, "export", "HEAD", "../out")
+        assert not dead.exists()
+        assert (root / held).is_dir()  # a live export's folder is left alone
+    finally:
+        live.kill()
+        live.wait()
+    ok(work, "export", "HEAD", "../out2")
+    assert not list(root.glob(".tmp-export-*"))
+    assert sorted(p.name for p in (root / "out").rglob("*")) == sorted(p.name for p in (root / "out2").rglob("*"))
+
+
+PAIRS = {
+    "add+gc": (["add", "."], ["gc", "--prune", "now"]),
+    "repack+add": (["repack", "--all"], ["add", "."]),
+    "ingest+ingest": (["ingest", "../src", "--prefix", "one/"], ["ingest", "../src", "--prefix", "two/"]),
+    "checkout+add": (["checkout", "a"], ["add", "."]),
+}
+
+
+@pytest.mark.parametrize("pair", list(PAIRS))
+def test_two_writers_at_once_lose_no_update(template: Path, tmp_path: Path, pair: str) -> None:
+    root = tmp_path / "t"
+    shutil.copytree(template, root, symlinks=True)
+    work = root / "work"
+    _samples(work / "c", 40, "c")
+    first, second = PAIRS[pair]
+    procs = [subprocess.Popen([sys.executable, "-m", "datarepo.cli", *args], cwd=work, env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args in (first, second)]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    for code, err in results:
+        assert code == 0 or len(err.strip().splitlines()) == 1, err
+    ok(work, "fsck")
+    if pair == "ingest+ingest":
+        listed = ok(work, "ls", "HEAD")
+        assert "one/000" in listed and "two/000" in listed
+    if pair != "checkout+add":
+        ok(work, "add", ".")
+        ok(work, "commit", "-m", "c")
+        assert "c/039" in ok(work, "ls", "HEAD")
+        assert datarepo(work, "cat", "HEAD:c/039.bin").stdout == (work / "c" / "039.bin").read_text()
