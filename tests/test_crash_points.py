@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_resources import ENV, datarepo, ok
+from test_resources import ENV, copy_of, datarepo, ok
 
 POINTS = (0.35, 0.6, 0.85)  # of how long the command takes when left alone
 
@@ -68,7 +68,7 @@ COMMANDS = {
 def test_a_command_killed_at_any_point_leaves_a_whole_repository(template: Path, tmp_path: Path, command: str) -> None:
     folder, args, first, repo, dest = COMMANDS[command]
     fresh = tmp_path / "fresh"
-    shutil.copytree(template, fresh, symlinks=True)
+    copy_of(template, fresh)
     for step in first:
         ok(fresh / "work", *step)
     started = time.monotonic()
@@ -77,7 +77,7 @@ def test_a_command_killed_at_any_point_leaves_a_whole_repository(template: Path,
     expected = committed(fresh / repo)
     for point in POINTS:
         root = tmp_path / f"at-{point}"
-        shutil.copytree(template, root, symlinks=True)
+        copy_of(template, root)
         for step in first:
             ok(root / "work", *step)
         before = committed(root / repo)
@@ -98,14 +98,15 @@ def test_a_command_killed_at_any_point_leaves_a_whole_repository(template: Path,
         ok(root / repo, "gc")
         assert [p for p in root.rglob(".tmp-*") if "remote" not in p.parts] == []
         assert committed(root / repo) == expected
+        if command == "fetch":
+            assert ok(root / "other", "ls", "-l", "origin/main") == ok(root / "work", "ls", "-l", "main")
         if command == "checkout":
             assert ok(root / "work", "status").endswith("nothing to commit, work tree clean\n")
 
 
 def test_an_export_left_by_a_killed_one_is_removed_a_live_one_is_not(template: Path, tmp_path: Path) -> None:
     """A killed export left its ``.tmp-export-*`` folder beside the destination for ever."""
-    root = tmp_path / "t"
-    shutil.copytree(template, root, symlinks=True)
+    root = copy_of(template, tmp_path / "t")
     work = root / "work"
     dead = root / ".tmp-export-000000000000"
     dead.mkdir()
@@ -140,8 +141,7 @@ PAIRS = {
 
 @pytest.mark.parametrize("pair", list(PAIRS))
 def test_two_writers_at_once_lose_no_update(template: Path, tmp_path: Path, pair: str) -> None:
-    root = tmp_path / "t"
-    shutil.copytree(template, root, symlinks=True)
+    root = copy_of(template, tmp_path / "t")
     work = root / "work"
     _samples(work / "c", 40, "c")
     first, second = PAIRS[pair]
@@ -159,3 +159,17 @@ def test_two_writers_at_once_lose_no_update(template: Path, tmp_path: Path, pair
         ok(work, "commit", "-m", "c")
         assert "c/039" in ok(work, "ls", "HEAD")
         assert datarepo(work, "cat", "HEAD:c/039.bin").stdout == (work / "c" / "039.bin").read_text()
+
+
+def test_a_fetch_killed_between_a_shard_s_tar_and_its_index_is_completed(template: Path, tmp_path: Path) -> None:
+    """A killed fetch can leave a shard's tar published without its ``.idx`` (put in that
+    order); the next fetch took the shard for one it had and said the remote lacked its datums."""
+    root = copy_of(template, tmp_path / "t")
+    ok(root / "work", "push")
+    tar = next((root / "remote" / "shards").rglob("*.tar"))
+    into = root / "other" / ".datarepo" / "shards" / tar.parent.name
+    into.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tar, into / tar.name)  # as the killed fetch left it: the tar alone
+    ok(root / "other", "fetch")
+    ok(root / "other", "fsck")
+    assert ok(root / "other", "ls", "-l", "origin/main") == ok(root / "work", "ls", "-l", "main")

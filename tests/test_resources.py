@@ -63,6 +63,15 @@ def committed(work: Path) -> tuple[str, str]:
     return ok(work, "log", "--oneline"), ok(work, "ls", "-l", "HEAD")
 
 
+def copy_of(template: Path, root: Path) -> Path:
+    """A copy of a template folder whose ``work`` and ``other`` repositories name the copy's
+    ``remote`` (a remote's path is kept as the absolute path it was added with)."""
+    shutil.copytree(template, root, symlinks=True)
+    for name in ("work", "other"):
+        ok(root / name, "remote", "modify", "origin", "url", str(root / "remote"))
+    return root
+
+
 def _pipeline(work: Path) -> None:
     (work / "pipelines").mkdir()
     (work / "pipelines" / "double.py").write_text(
@@ -135,8 +144,7 @@ SMALL_WRITES = {"commit", "gc", "fsck-rebuild"}
 @pytest.mark.parametrize("limit", [60_000, 1_000_000])
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_a_full_disk_fails_one_line_and_loses_nothing(template: Path, tmp_path: Path, command: str, limit: int) -> None:
-    root = tmp_path / "t"
-    shutil.copytree(template, root, symlinks=True)
+    root = copy_of(template, tmp_path / "t")
     folder, args, first, repo = COMMANDS[command]
     cwd, work = root / folder, root / repo
     for step in first:
@@ -173,8 +181,7 @@ def test_a_full_disk_fails_one_line_and_loses_nothing(template: Path, tmp_path: 
 def test_a_commit_that_finds_the_disk_full_keeps_the_staging_area(template: Path, tmp_path: Path) -> None:
     """SQLite's 'disk I/O error' was taken for a damaged index.sqlite: the file was set aside
     and an empty one made, so the staged changes were gone ('nothing to commit')."""
-    root = tmp_path / "t"
-    shutil.copytree(template, root, symlinks=True)
+    root = copy_of(template, tmp_path / "t")
     work = root / "work"
     ok(work, "add", "big")
     assert_one_error_line(datarepo(work, "commit", "-m", "third", fsize=0))

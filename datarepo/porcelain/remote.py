@@ -411,7 +411,7 @@ def _fetch_shards(repo: Repo, r: Remote, needed: dict[str, str]) -> list[int]:
         return []
     holder: dict[str, str] = {}
     for shard in sorted(r.shards):
-        if repo.store.has_shard(shard):
+        if repo.store.has_shard(shard) and repo.store.has_index(shard):  # (a killed fetch's tar alone: again)
             continue
         for d in r.store.read_index(shard).datums:
             if d.datum in needed:
