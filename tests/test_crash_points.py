@@ -54,8 +54,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 COMMANDS = {
     "gc": ("work", ["gc", "--prune", "now"], [["repack", "--all"]], "work", None),
     "repack": ("work", ["repack", "--all"], [], "work", None),
-    # (a killed checkout leaves files of main that ``a`` does not track: git's answer, --force)
-    "checkout": ("work", ["checkout", "main", "--force"], [["checkout", "a"]], "work", None),
+    "checkout": ("work", ["checkout", "main"], [["checkout", "a"]], "work", None),
+    "checkout-back": ("work", ["checkout", "a"], [], "work", None),
     "export": ("work", ["export", "HEAD", "../out"], [], "work", "out"),
     "export-shards": ("work", ["export", "HEAD", "../out", "--shards", "--shard-size", "64K"], [], "work", "out"),
     "ingest": ("work", ["ingest", "../src", "--prefix", "src/"], [], "work", None),
@@ -100,7 +100,7 @@ def test_a_command_killed_at_any_point_leaves_a_whole_repository(template: Path,
         assert committed(root / repo) == expected
         if command == "fetch":
             assert ok(root / "other", "ls", "-l", "origin/main") == ok(root / "work", "ls", "-l", "main")
-        if command == "checkout":
+        if command.startswith("checkout"):  # (a killed one left changes that are what it was writing)
             assert ok(root / "work", "status").endswith("nothing to commit, work tree clean\n")
 
 
@@ -173,3 +173,26 @@ def test_a_fetch_killed_between_a_shard_s_tar_and_its_index_is_completed(templat
     ok(root / "other", "fetch")
     ok(root / "other", "fsck")
     assert ok(root / "other", "ls", "-l", "origin/main") == ok(root / "work", "ls", "-l", "main")
+
+
+def test_a_checkout_killed_half_way_is_not_refused_by_its_own_files(template: Path, tmp_path: Path) -> None:
+    """What a killed checkout wrote (or removed) are changes to HEAD, which the same checkout
+    refused as 'uncommitted changes would be overwritten'; a file unlike the revision's still is."""
+    root = copy_of(template, tmp_path / "t")
+    work = root / "work"
+    b = {p.name: p.read_bytes() for p in (work / "b").iterdir()}
+    ok(work, "checkout", "a")
+    (work / "b").mkdir()
+    for name in sorted(b)[:40]:  # as far as the killed `checkout main` got
+        (work / "b" / name).write_bytes(b[name])
+    (work / "b" / "100.bin").write_bytes(b"mine")
+    refused = datarepo(work, "checkout", "main")
+    assert refused.returncode == 1 and "b/100 would be overwritten" in refused.stderr
+    (work / "b" / "100.bin").unlink()
+    ok(work, "checkout", "main")
+    assert {p.name: p.read_bytes() for p in (work / "b").iterdir()} == b
+    for name in sorted(b)[:40]:  # as far as a killed `checkout a` got
+        (work / "b" / name).unlink()
+    ok(work, "checkout", "a")
+    assert not (work / "b").exists()
+    assert ok(work, "status").endswith("nothing to commit, work tree clean\n")
