@@ -224,3 +224,22 @@ def test_few_file_descriptors_give_the_result_or_one_error_line(tmp_path: Path, 
     ok(work, "fsck")
     if done.returncode:
         ok(work, *command)
+
+
+def test_a_commit_made_before_the_disk_filled_says_so_and_is_not_made_twice(template: Path, tmp_path: Path) -> None:
+    """The branch moved, then clearing the staging area failed: the error said the commit
+    failed, and the next commit made a second one of the same tree ('1 keys changed')."""
+    root = copy_of(template, tmp_path / "t")
+    work = root / "work"
+    ok(work, "add", "big")
+    before = ok(work, "log", "--oneline")
+    done = datarepo(work, "commit", "-m", "third", fsize=60_000)  # (index.sqlite is bigger, the commit's objects smaller)
+    assert_one_error_line(done)
+    assert done.stderr.startswith("Error: committed ") and "staging area could not be cleared" in done.stderr
+    assert ok(work, "log", "--oneline").count("\n") == before.count("\n") + 1
+    assert "big/2" in ok(work, "ls", "HEAD")
+    again = datarepo(work, "commit", "-m", "fourth")
+    assert again.returncode == 1 and "nothing to commit" in again.stderr
+    assert ok(work, "log", "--oneline").count("\n") == before.count("\n") + 1
+    assert ok(work, "status").startswith("On branch main\nChanges not staged")  # (pipelines/, never added)
+    ok(work, "fsck")

@@ -51,6 +51,9 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
         parent = repo.head()
         repo.index.staging.check()  # a damaged staged row (an invalid key, say) is never committed
         count = repo.index.staging.count()
+        if count and parent is not None and repo.index.staging.tree_of_any_head() == repo.read_commit(parent).tree:
+            repo.index.staging.unstage()  # committed already (see CommittedButError): nothing is staged
+            count = 0
         if not count and not allow_empty:
             raise NothingToCommitError("nothing to commit (use \"datarepo add\" first)")
         before = snapshot.token(repo, follow=False) if repo.worktree is not None else None
