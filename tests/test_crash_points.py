@@ -61,6 +61,7 @@ COMMANDS = {
     "ingest": ("work", ["ingest", "../src", "--prefix", "src/"], [], "work", None),
     "push": ("work", ["push"], [], "work", None),
     "fetch": ("other", ["fetch"], [["push"]], "other", None),
+    "clone": (".", ["clone", "remote", "copy"], [["push"]], "work", "copy"),
 }
 
 
@@ -90,11 +91,16 @@ def test_a_command_killed_at_any_point_leaves_a_whole_repository(template: Path,
         ok(root / repo, "fsck")
         assert committed(root / repo) in (before, expected)
         if dest is not None:  # the destination is whole or absent; a temporary folder beside it is named so
-            assert {p.name for p in root.iterdir()} - {"out", "work", "src", "other", "remote"} <= {
-                p.name for p in root.glob(".tmp-export-*")}
-        ok(root / folder, *args) if dest is None or not (root / dest).exists() else None
-        if dest is not None:  # the next export removed what the killed one left beside it
-            assert not list(root.glob(".tmp-export-*"))
+            assert {p.name for p in root.iterdir()} - {"work", "src", "other", "remote", dest} <= {
+                p.name for p in root.glob(".tmp-*")}
+        if dest is None or not (root / dest).exists():
+            ok(root / folder, *args)
+        if dest is not None:  # the next run removed what the killed one left beside it
+            assert not list(root.glob(".tmp-*"))
+        if command == "clone":
+            assert ok(root / dest, "ls", "-l", "main") == ok(root / "work", "ls", "-l", "main")
+            assert ok(root / dest, "status").endswith("nothing to commit, work tree clean\n")
+            ok(root / dest, "fsck")
         ok(root / repo, "gc")
         assert [p for p in root.rglob(".tmp-*") if "remote" not in p.parts] == []
         assert committed(root / repo) == expected
@@ -196,3 +202,17 @@ def test_a_checkout_killed_half_way_is_not_refused_by_its_own_files(template: Pa
     ok(work, "checkout", "a")
     assert not (work / "b").exists()
     assert ok(work, "status").endswith("nothing to commit, work tree clean\n")
+
+
+def test_a_killed_clone_leaves_no_destination_and_the_next_clone_removes_its_folder(template: Path, tmp_path: Path) -> None:
+    """A killed clone left DIR half made (a .datarepo, no branch), and the next clone was refused:
+    'DIR exists and is not empty'. It is made beside DIR and renamed once whole."""
+    root = copy_of(template, tmp_path / "t")
+    ok(root / "work", "push")
+    dead = root / ".tmp-clone-000000000000"
+    (dead / ".datarepo").mkdir(parents=True)  # as a killed clone left it
+    ok(root, "clone", "remote", "copy")
+    assert not dead.exists() and not list(root.glob(".tmp-*"))
+    assert ok(root / "copy", "ls", "-l", "main") == ok(root / "work", "ls", "-l", "main")
+    failed = datarepo(root, "clone", "nowhere", "nested/copy")  # a clone that fails: nothing left
+    assert failed.returncode == 1 and not (root / "nested").exists() and not list(root.glob(".tmp-*"))
