@@ -51,7 +51,7 @@ def ok(cwd: Path, *args: str) -> str:
 def assert_one_error_line(done: subprocess.CompletedProcess[str]) -> None:
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "[Errno" not in lines[0], done.stderr
 
 
 def temporaries(root: Path) -> list[str]:
