@@ -50,7 +50,7 @@ class Index:
             # Only a cache: a damaged file is set aside and rebuilt, never trusted or fatal.
             if hasattr(self, "db"):
                 self.db.close()
-            if not is_damage(e):  # (a full disk: the file, staging area and all, is sound)
+            if not is_damage(e) and not _in_the_way(path):  # (a full disk: the file, staging area and all, is sound)
                 raise
             for suffix in ("", "-wal", "-shm"):
                 set_aside(path.with_name(path.name + suffix), "damaged")
@@ -105,6 +105,12 @@ class Index:
     def set_meta(self, name: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (name, value))
 
+
+
+def _in_the_way(path: Path) -> bool:
+    """Whether something that is no file stands where the index should be (a folder, say):
+    SQLite cannot open it, as it cannot without a file descriptor left, but it is damage."""
+    return path.exists() and not path.is_file()
 
 
 class _Tx:

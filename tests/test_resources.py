@@ -243,3 +243,20 @@ def test_a_commit_made_before_the_disk_filled_says_so_and_is_not_made_twice(temp
     assert ok(work, "log", "--oneline").count("\n") == before.count("\n") + 1
     assert ok(work, "status").startswith("On branch main\nChanges not staged")  # (pipelines/, never added)
     ok(work, "fsck")
+
+
+def test_only_damage_sets_the_index_aside(template: Path, tmp_path: Path) -> None:
+    """A full disk keeps index.sqlite (and the staging area in it); a folder where it should be
+    is damage, set aside as a file SQLite cannot read is."""
+    root = copy_of(template, tmp_path / "t")
+    work = root / "work"
+    ok(work, "add", "big")
+    for command in (["status"], ["add", "big"], ["ls", "HEAD"]):
+        datarepo(work, *command, fsize=0)
+    assert not list((work / ".datarepo").glob("*.damaged")) and "big/2" in ok(work, "status")
+    ok(work, "commit", "-m", "third")
+    for name in ("index.sqlite", "index.sqlite-wal", "index.sqlite-shm"):
+        (work / ".datarepo" / name).unlink(missing_ok=True)
+    (work / ".datarepo" / "index.sqlite").mkdir()
+    ok(work, "status")
+    assert (work / ".datarepo" / "index.sqlite.damaged").is_dir()
