@@ -42,6 +42,8 @@ class Group(click.Group):
             sys.exit(130)
         except MemoryError:
             raise click.ClickException("out of memory") from None
+        except ImportError as e:  # (commands import lazily: a library that memory cannot map, say)
+            raise click.ClickException(f"cannot load {e.name or 'a module'}: {e}") from None
         except Exception as e:  # sqlite3 is imported lazily, so its errors are matched by module
             if type(e).__module__ == "sqlite3":
                 raise click.ClickException(f"index.sqlite: {e}") from None

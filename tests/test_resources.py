@@ -260,3 +260,4 @@ def test_only_damage_sets_the_index_aside(template: Path, tmp_path: Path) -> Non
     (work / ".datarepo" / "index.sqlite").mkdir()
     ok(work, "status")
     assert (work / ".datarepo" / "index.sqlite.damaged").is_dir()
+
