@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_resources import ENV, copy_of, datarepo, ok
 
-POINTS = (0.35, 0.6, 0.85)  # of how long the command takes when left alone
+POINTS = (0.4, 0.8)  # of how long the command takes when left alone
 
 
 def committed(work: Path) -> tuple[list[str], str]:

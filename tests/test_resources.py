@@ -141,8 +141,13 @@ COMMANDS = {
 SMALL_WRITES = {"commit", "gc", "fsck-rebuild"}
 
 
-@pytest.mark.parametrize("limit", [60_000, 1_000_000])
-@pytest.mark.parametrize("command", list(COMMANDS))
+# Every command past index.sqlite's size, where its own files do not fit; a few where
+# index.sqlite does not either (the same failure for every command: at its first write there).
+CASES = [(command, 1_000_000) for command in COMMANDS] + [
+    (command, 60_000) for command in ("add", "ingest-folder", "checkout", "export", "fetch")]
+
+
+@pytest.mark.parametrize(("command", "limit"), CASES)
 def test_a_full_disk_fails_one_line_and_loses_nothing(template: Path, tmp_path: Path, command: str, limit: int) -> None:
     root = copy_of(template, tmp_path / "t")
     folder, args, first, repo = COMMANDS[command]
