@@ -9,12 +9,14 @@ and the staging area, never committed data (docs/format.md, "index.sqlite").
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from datarepo.fsutil import set_aside
 from datarepo.locations import Locations
-from datarepo.sqlrows import is_damage
+from datarepo.sqlrows import is_damage, no_room
 from datarepo.staging import Staging
 from datarepo.statcache import StatCache
 
@@ -78,6 +80,20 @@ class Index:
         has to. Not inside a transaction, where SQLite refuses it."""
         if not self.db.in_transaction:
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    @contextlib.contextmanager
+    def unless_full(self) -> Iterator[None]:
+        """Runs a write of what only saves the next command time (the stat cache, a status
+        snapshot): where the disk is full it is given up, rolled back, and the command goes
+        on. A read command (``status``, ``diff``) must not fail for want of room to cache."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as e:
+            if not no_room(e):
+                raise
+            if self.db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
 
     def transaction(self) -> sqlite3.Connection:
         """``with index.transaction() as db:`` commits on success, rolls back on error."""

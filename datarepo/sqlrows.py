@@ -44,6 +44,17 @@ def is_damage(e: sqlite3.Error) -> bool:
     return code is None or code & 0xFF not in _RESOURCE_CODES
 
 
+def no_room(e: OSError | sqlite3.Error) -> bool:
+    """Whether a write failed for want of room: a full disk (ENOSPC, SQLite's SQLITE_FULL), a
+    quota, a file size limit (EFBIG, which SQLite reports as SQLITE_IOERR)."""
+    import errno
+
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    code = getattr(e, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (10, 13)  # SQLITE_IOERR, SQLITE_FULL
+
+
 # How to get past a cache that cannot be trusted, for an error that cannot: it is only a cache.
 RECOVER = "delete .datarepo/index.sqlite (it is rebuilt; the staging area is lost) or run fsck --rebuild-index"
 

@@ -266,3 +266,22 @@ def test_only_damage_sets_the_index_aside(template: Path, tmp_path: Path) -> Non
     ok(work, "status")
     assert (work / ".datarepo" / "index.sqlite.damaged").is_dir()
 
+
+
+@pytest.mark.parametrize("command", [["status"], ["diff", "HEAD"], ["fsck"], ["cat", "HEAD:small/0.txt"]])
+def test_read_commands_work_on_a_full_disk(template: Path, tmp_path: Path, command: list[str]) -> None:
+    """status (and diff, which runs it) failed on a full disk: the stat cache and the status
+    snapshot it saves, which only spare the next command work, could not be written; fsck
+    failed writing the list of damaged shards it found as the last one had left it."""
+    root = copy_of(template, tmp_path / "t")
+    work = root / "work"
+    (work / "small" / "new.txt").write_text("new")
+    for i in range(6):  # (changed, to be hashed again: the stat cache has more to record)
+        (work / "small" / f"{i}.txt").write_text(f"changed {i}")
+    # Room for SQLite's shared memory file as it is (a limit is stricter than a full disk: it
+    # refuses even a write in place past it), none for the write-ahead log to grow.
+    done = datarepo(work, *command, fsize=100_000)
+    assert done.returncode == 0, done.stderr
+    if command[0] in ("status", "diff"):
+        assert "small/new" in done.stdout and "small/5" in done.stdout
+    assert ok(work, *command) == done.stdout  # and what it gave is what it gives with room
