@@ -268,11 +268,12 @@ def test_only_damage_sets_the_index_aside(template: Path, tmp_path: Path) -> Non
 
 
 
-@pytest.mark.parametrize("command", [["status"], ["diff", "HEAD"], ["fsck"], ["cat", "HEAD:small/0.txt"]])
+@pytest.mark.parametrize("command", [["status"], ["diff", "HEAD"], ["fsck"], ["cat", "HEAD:small/0.txt"], ["pipelines"], ["dag"]])
 def test_read_commands_work_on_a_full_disk(template: Path, tmp_path: Path, command: list[str]) -> None:
     """status (and diff, which runs it) failed on a full disk: the stat cache and the status
     snapshot it saves, which only spare the next command work, could not be written; fsck
-    failed writing the list of damaged shards it found as the last one had left it."""
+    failed writing the list of damaged shards it found as the last one had left it, and
+    pipelines and dag making the table where they cache the pipelines' heads."""
     root = copy_of(template, tmp_path / "t")
     work = root / "work"
     (work / "small" / "new.txt").write_text("new")
