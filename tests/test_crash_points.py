@@ -102,7 +102,9 @@ def test_a_command_killed_at_any_point_leaves_a_whole_repository(template: Path,
             assert ok(root / dest, "status").endswith("nothing to commit, work tree clean\n")
             ok(root / dest, "fsck")
         ok(root / repo, "gc")
-        assert [p for p in root.rglob(".tmp-*") if "remote" not in p.parts] == []
+        # (on a remote there is no gc; at the top of .datarepo, where status writes its caches
+        # without the lock, gc removes a temporary file once it is an hour old)
+        assert [p for p in root.rglob(".tmp-*") if "remote" not in p.parts and p.parent.name != ".datarepo"] == []
         assert committed(root / repo) == expected
         if command == "fetch":
             assert ok(root / "other", "ls", "-l", "origin/main") == ok(root / "work", "ls", "-l", "main")
