@@ -44,16 +44,30 @@ class Group(click.Group):
             _quiet_stdout()
             sys.exit(SIGPIPE_EXIT)
         except OSError as e:
-            raise click.ClickException(one_line(f"{e.strerror or e}: {e.filename}" if e.filename else str(e))) from None
+            raise click.ClickException(one_line(_os_error(e))) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except MemoryError:
             raise click.ClickException("out of memory") from None
+        except ImportError as e:  # (commands import lazily: a library that memory cannot map, say)
+            raise click.ClickException(one_line(f"cannot load {e.name or 'a module'}: {e}")) from None
         except Exception as e:  # sqlite3 is imported lazily, so its errors are matched by module
             if type(e).__module__ == "sqlite3":
                 raise click.ClickException(one_line(f"index.sqlite: {e}")) from None
             raise
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError as one line: its reason and file, without Python's ``[Errno N]``; a write
+    that found no room (a write has no file name to give) says what that means."""
+    import errno
+
+    if e.filename:
+        return f"{e.strerror or e}: {e.filename}"
+    if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return f"{e.strerror}: a write failed (the disk is full, or a file size or quota limit was reached)"
+    return e.strerror or str(e)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

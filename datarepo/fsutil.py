@@ -74,6 +74,61 @@ def make_temp(folder: Path, suffix: str = "") -> tuple[int, Path]:
             continue
 
 
+def claim_temp_dir(parent: Path, tag: str) -> tuple[int, Path]:
+    """Makes a new folder ``<parent>/.tmp-<tag>-<random>`` and holds an ``flock`` on it while
+    the descriptor returned stays open: a process that dies lets it go, so that such a
+    folder left unlocked is one its writer left behind when it was killed. Those are removed
+    first. The sweep, the new folder and its lock are one step under an ``flock`` on
+    ``parent``, so that no sweep finds a folder made but not yet locked. On a file system
+    without ``flock`` nothing is swept (no folder can be told to be a dead writer's)."""
+    import shutil
+
+    parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _flock(parent_fd, fcntl.LOCK_EX):
+            for dead in _dead_temp_dirs(parent, tag):
+                shutil.rmtree(dead, ignore_errors=True)
+        tmp = parent / f"{TMP_PREFIX}{tag}-{os.urandom(6).hex()}"
+        tmp.mkdir()
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd, tmp
+    finally:
+        os.close(parent_fd)  # (the lock on the parent with it)
+
+
+def _flock(fd: int, how: int) -> bool:
+    """``flock``; False where the file system has no such locks (BlockingIOError is raised)."""
+    try:
+        fcntl.flock(fd, how)
+    except BlockingIOError:
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            return False
+        raise
+    return True
+
+
+def _dead_temp_dirs(parent: Path, tag: str) -> Iterator[Path]:
+    """The folders of :func:`claim_temp_dir` in ``parent`` whose writer is gone (their lock
+    is free: taken here, it is let go when the folder is removed)."""
+    with os.scandir(parent) as entries:
+        found = [Path(e.path) for e in entries if e.name.startswith(f"{TMP_PREFIX}{tag}-") and e.is_dir(follow_symlinks=False)]
+    for path in sorted(found):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                yield path
+        except BlockingIOError:  # a live writer's
+            pass
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_file(
     path: Path, mode: int = READ_ONLY, durable: bool = True, tmp_dir: Path | None = None

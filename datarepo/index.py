@@ -9,11 +9,14 @@ and the staging area, never committed data (docs/format.md, "index.sqlite").
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from datarepo.fsutil import set_aside
 from datarepo.locations import Locations
+from datarepo.sqlrows import is_damage, no_room
 from datarepo.staging import Staging
 from datarepo.statcache import StatCache
 
@@ -45,10 +48,12 @@ class Index:
         self.stats, self.locations, self.staging = StatCache(self), Locations(self), Staging(self)
         try:
             self._open()
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as e:
             # Only a cache: a damaged file is set aside and rebuilt, never trusted or fatal.
             if hasattr(self, "db"):
                 self.db.close()
+            if not is_damage(e) and not _in_the_way(path):  # (a full disk: the file, staging area and all, is sound)
+                raise
             for suffix in ("", "-wal", "-shm"):
                 set_aside(path.with_name(path.name + suffix), "damaged")
             self.created = True
@@ -76,6 +81,20 @@ class Index:
         if not self.db.in_transaction:
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
+    @contextlib.contextmanager
+    def unless_full(self) -> Iterator[None]:
+        """Runs a write of what only saves the next command time (the stat cache, a status
+        snapshot): where the disk is full it is given up, rolled back, and the command goes
+        on. A read command (``status``, ``diff``) must not fail for want of room to cache."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as e:
+            if not no_room(e):
+                raise
+            if self.db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self.db.execute("ROLLBACK")
+
     def transaction(self) -> sqlite3.Connection:
         """``with index.transaction() as db:`` commits on success, rolls back on error."""
         self.db.execute("BEGIN IMMEDIATE")
@@ -102,6 +121,12 @@ class Index:
     def set_meta(self, name: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (name, value))
 
+
+
+def _in_the_way(path: Path) -> bool:
+    """Whether something that is no file stands where the index should be (a folder, say):
+    SQLite cannot open it, as it cannot without a file descriptor left, but it is damage."""
+    return path.exists() and not path.is_file()
 
 
 class _Tx:

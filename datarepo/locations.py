@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from datarepo.hashing import Oid, is_oid
 from datarepo.shards import BLOCK, DatumLoc, MemberLoc, ShardIndex
-from datarepo.sqlrows import DamagedCacheError, insert_rows
+from datarepo.sqlrows import DamagedCacheError, insert_rows, is_damage
 
 if TYPE_CHECKING:
     import numpy as np
@@ -343,6 +343,8 @@ def read_columns(path: Path, datums: list[str] | None, in_batch: int = 999) -> L
             filled += len(part[0])
         db.execute("COMMIT")
     except sqlite3.Error as e:
+        if not is_damage(e):  # (busy, a full disk: no reason to throw the cache away)
+            raise
         raise DamagedCacheError(str(e)) from None
     finally:
         db.close()

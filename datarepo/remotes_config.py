@@ -103,11 +103,17 @@ def _edit(repo: Repo, level: str, validate: bool = True) -> Iterator[dict[str, A
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
+    text = _said(e) or type(e).__name__
     cause = e.__cause__ or e.__context__
-    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
-        text = f"{text}: {str(cause).strip()}"
+    if cause is not None and (said := _said(cause)) and said not in text:
+        text = f"{text}: {said}"
     return " ".join(text.split())
+
+
+def _said(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:  # (without Python's "[Errno N]")
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return str(e).strip()
 
 
 @contextmanager

@@ -248,11 +248,16 @@ class ShardWriter:
         self.write(END_OF_ARCHIVE)
         self._flush()
         os.fsync(self._fd)
-        os.close(self._fd)
+        fd, self._fd = self._fd, -1
+        os.close(fd)
         return self.tmp, ShardIndex(Oid(self._hash.hexdigest()), self.size, tuple(self.datums))
 
     def abort(self) -> None:
-        os.close(self._fd)
+        """Removes the temporary tar: at any point, :meth:`finish` failed or done (a full
+        disk fails the last write, the fsync, or the publishing of what it returned)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
         self.tmp.unlink(missing_ok=True)
 
 

@@ -149,9 +149,10 @@ def save(repo: Repo, tok: str, found: Scan, status: dict[str, Any], seen: str | 
         names, stats = StatColumns.of({p: st if st[MTIME] < horizon else UNTRUSTED for p, st in found.files.items()}).packed()
         seen = ""
     listing = listing_bytes((names, stats))
-    atomic_write(repo.dotdir / LISTING_FILE, listing, mode=0o644, durable=False)
-    head = {"token": tok, "digest": seen, "listing": hash_bytes(listing)}
-    _store(repo, head, {n: json.dumps(status[n]) for n in PARTS})
+    with repo.index.unless_full():  # (a listing without its head is no snapshot: its hash is not named)
+        atomic_write(repo.dotdir / LISTING_FILE, listing, mode=0o644, durable=False)
+        head = {"token": tok, "digest": seen, "listing": hash_bytes(listing)}
+        _store(repo, head, {n: json.dumps(status[n]) for n in PARTS})
 
 
 def changed_keys(snap: Snapshot, found: Scan, grouping: str) -> set[str] | None:

@@ -28,6 +28,33 @@ def insert_rows(db: sqlite3.Connection, table: str, width: int, rows: Iterable[S
             db.executemany(head + one, batch)
 
 
+# SQLite's result codes (the primary code, the low byte of an extended one) that say nothing
+# of the file: SQLITE_PERM, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_NOMEM, SQLITE_READONLY,
+# SQLITE_IOERR (a write past a file size limit), SQLITE_FULL (a full disk), SQLITE_CANTOPEN
+# (no file descriptor left).
+_RESOURCE_CODES = (3, 5, 6, 7, 8, 10, 13, 14)
+
+
+def is_damage(e: sqlite3.Error) -> bool:
+    """Whether SQLite's error may say that the file is damaged (not a database, a schema or
+    rows that are not what datarepo writes), not that the disk is full or unwritable,
+    another process holds it, memory or file descriptors ran out: only a damaged file may
+    be set aside and rebuilt (a full disk would otherwise lose the staging area with it)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return code is None or code & 0xFF not in _RESOURCE_CODES
+
+
+def no_room(e: OSError | sqlite3.Error) -> bool:
+    """Whether a write failed for want of room: a full disk (ENOSPC, SQLite's SQLITE_FULL), a
+    quota, a file size limit (EFBIG, which SQLite reports as SQLITE_IOERR)."""
+    import errno
+
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+    code = getattr(e, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (10, 13)  # SQLITE_IOERR, SQLITE_FULL
+
+
 # How to get past a cache that cannot be trusted, for an error that cannot: it is only a cache.
 RECOVER = "delete .datarepo/index.sqlite (it is rebuilt; the staging area is lost) or run fsck --rebuild-index"
 

@@ -226,13 +226,23 @@ class Staging:
     def tree(self, head: Oid | None) -> Oid | None:
         """The tree ``add`` stored for HEAD with the staging area applied, if HEAD is still
         ``head`` and the staging area has not changed since; else None."""
+        found = self._recorded_tree()
+        return found[1] if found is not None and found[0] == head else None
+
+    def tree_of_any_head(self) -> Oid | None:
+        """:meth:`tree`, whatever HEAD was when it was stored: a commit of it whose clearing
+        of the staging area failed (a full disk) leaves it the tree of the HEAD it made."""
+        found = self._recorded_tree()
+        return found[1] if found is not None else None
+
+    def _recorded_tree(self) -> tuple[Oid | None, Oid] | None:
         raw = self.index.get_meta("staged_tree")
         try:
             base, version, tree = json.loads(raw) if raw is not None else (None, None, None)
         except (ValueError, TypeError):
             return None
-        fresh = base == head and version == str(self.index.get_meta("staged_version"))
-        return Oid(tree) if fresh and isinstance(tree, str) and is_oid(tree) else None
+        fresh = version == str(self.index.get_meta("staged_version"))
+        return (base, Oid(tree)) if fresh and isinstance(tree, str) and is_oid(tree) else None
 
     def set_tree(self, head: Oid | None, tree: Oid) -> None:
         """Records ``tree`` as HEAD with the staging area, as it is now, applied: written in

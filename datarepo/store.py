@@ -213,6 +213,11 @@ class Store:
         """Whether the shard's tar is there, in use (with or without its ``.idx``)."""
         return is_oid(oid) and self.fs.exists(self._tar(oid))
 
+    def has_index(self, oid: str) -> bool:
+        """Whether the shard's ``.idx`` is there (in use): a tar without one was published by
+        a writer killed before its ``.idx`` (see :meth:`put_shard`)."""
+        return is_oid(oid) and self.fs.exists(self._idx(oid))
+
     def read_index(self, oid: str) -> ShardIndex:
         """A shard's index (of a shard in use, or else of a retired one)."""
         try:

@@ -190,8 +190,12 @@ class DatumWriter:
         writer, self._writer = self._writer, None
         if writer is None:
             return
-        tmp, index = writer.finish()
-        self.store.put_shard(tmp, index)
+        try:
+            tmp, index = writer.finish()
+            self.store.put_shard(tmp, index)
+        except BaseException:  # (a full disk: no temporary tar is left behind)
+            writer.abort()
+            raise
         self.published.append(PublishedShard(index.shard, index.size, location_rows(index)))
 
     def close(self) -> list[PublishedShard]:

@@ -67,7 +67,10 @@ def _heads(repo: Repo, commit: Oid, trusted: bool) -> list[tuple[str, Oid]]:
     """(name, head) of each pipeline as of ``commit``, newest first: the known heads of the
     nearest commit the table holds, and those of the commits walked since."""
     db = repo.index.db
-    db.execute(_SCHEMA)
+    try:
+        db.execute(_SCHEMA)
+    except sqlite3.OperationalError:  # (read-only, or a full disk: the heads are found by walking, as for a new table)
+        trusted = False
     walked: list[tuple[Oid, str | None]] = []  # (commit, the pipeline it is a commit of), newest first
     known: list[tuple[str, Oid]] = []
     oid: Oid | None = commit
@@ -88,7 +91,7 @@ def _heads(repo: Repo, commit: Oid, trusted: bool) -> list[tuple[str, Oid]]:
         try:
             with repo.index.transaction() as db:
                 db.executemany("INSERT OR REPLACE INTO pipeline_heads VALUES (?,?)", rows)
-        except sqlite3.OperationalError:  # (a repository this user may read, not write: the answer stands)
+        except sqlite3.OperationalError:  # (a repository this user may read, not write, a full disk: the answer stands)
             pass
     return known
 

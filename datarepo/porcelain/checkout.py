@@ -17,7 +17,7 @@ from datarepo.hashing import Oid
 from datarepo.keys import check_key, member_of
 from datarepo.porcelain import Progress, begin, tick
 from datarepo.porcelain.history import create_ref
-from datarepo.porcelain.stage import status
+from datarepo.porcelain.stage import status, worktree_datums
 from datarepo.refs import BRANCHES, check_name
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData, copy_member
@@ -63,6 +63,8 @@ def checkout(
         total, staged = status(repo).total, repo.index.staging.changes()
         dirty = total.keys() | staged.keys()
         clash = sorted(dirty & moves.keys())
+        if clash and not force:
+            clash = _unlike_target(repo, clash, moves, staged.keys())
         if clash and not force:
             more = f" and {len(clash) - 1} more" if len(clash) > 1 else ""
             raise DirtyWorktreeError(f"uncommitted changes to {clash[0]}{more} would be overwritten")
@@ -151,6 +153,16 @@ def write_datum(
             remove(root / rel)
         raise
     return written
+
+
+def _unlike_target(repo: Repo, clash: list[str], moves: dict[str, trees.Change], staged: set[str]) -> list[str]:
+    """Of the keys changed in the work tree that the checkout would write, those whose
+    files are not already what it would write: a checkout killed half-way left the files
+    it had written, which are changes to HEAD, but no reason to refuse the same checkout."""
+    unstaged = set(clash) - staged
+    now = worktree_datums(repo, unstaged)
+    wanted = {k: None if (new := moves[k].new) is None else new.datum for k in unstaged}
+    return [k for k in clash if k not in unstaged or now.get(k) != wanted[k]]
 
 
 def _in_the_way(

@@ -18,7 +18,7 @@ from typing import BinaryIO
 import xxhash
 
 from datarepo.errors import CorruptObjectError, InvalidInputError, ObjectNotFoundError
-from datarepo.fsutil import TMP_PREFIX, fsync_dir, publish
+from datarepo.fsutil import claim_temp_dir, fsync_dir, publish
 from datarepo.hashing import CHUNK
 from datarepo.keys import check_path
 from datarepo.manifest import (
@@ -34,8 +34,15 @@ from datarepo.shards import LARGE_FILE, MemberData, MemberLoc, ShardWriter, memb
 from datarepo.store import check_datum
 from datarepo.worktree import file_and_dir, member_path
 
-# Shards held open at once while datums are read in key order (``--shards``).
+# An export writes into ``.tmp-export-<random>`` beside its destination (see
+# :func:`~datarepo.fsutil.claim_temp_dir`).
+TEMP_TAG = "export"
+
+# Shards held open at once while datums are read in key order (``--shards``), at most; and
+# the files a process is left to open for everything else (SQLite's three, the shard being
+# written, Python's own) before half of the rest may be held shards (see :func:`_shards_held`).
 OPEN_SHARDS = 64
+OTHER_FILES = 32
 
 
 @dataclass(frozen=True)
@@ -66,10 +73,10 @@ def export(
     manifest = repo.manifest(repo.tree(rev).select(prefix=prefix))
     if prefix and not len(manifest):  # (a misspelt prefix is no empty data set)
         raise InvalidInputError(f"no key of {rev} starts with {prefix!r}: nothing to export")
-    tmp = dest.parent / f"{TMP_PREFIX}export-{os.urandom(6).hex()}"
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
+        # (the folder of an export killed before, beside this destination, is removed first)
+        held, tmp = claim_temp_dir(dest.parent, TEMP_TAG)
     except OSError as e:  # (named as the user named it, not by the temporary folder)
         reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
         raise InvalidInputError(f"cannot create the export destination {dest}: {reason}") from None
@@ -84,6 +91,8 @@ def export(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(held)
     return result
 
 
@@ -202,6 +211,10 @@ def _to_shards(repo: Repo, manifest: Manifest, dest: Path, shard_size: int, prog
             tick(progress)
         if writer is not None:
             _close(writer, dest, written)
+    except BaseException:
+        if writer is not None:  # (its temporary tar: the folder goes too, but not its descriptor)
+            writer.abort()
+        raise
     finally:
         for f in files_open.values():
             f.close()
@@ -221,7 +234,7 @@ def _read_row(repo: Repo, manifest: Manifest, i: int, files_open: dict[int, Bina
             f = repo.store.open_shard(shard)
         except ObjectNotFoundError:  # gone since the manifest was made
             return repo.read(datum, verify=True)  # type: ignore[return-value]
-        if len(files_open) >= OPEN_SHARDS:
+        if len(files_open) >= _shards_held():
             files_open.pop(next(iter(files_open))).close()
         files_open[place] = f
     name = f"{shard}.tar"
@@ -232,6 +245,18 @@ def _read_row(repo: Repo, manifest: Manifest, i: int, files_open: dict[int, Bina
     members = cut_members(span, datum, name, offset)
     check_members(members, datum, name)
     return members  # type: ignore[return-value]
+
+
+def _shards_held() -> int:
+    """How many shards an export holds open: ``OPEN_SHARDS``, or fewer where the process may
+    open few files (``ulimit -n``): holding 64 under a limit of 64 left none to write the
+    export's own shard with ("Too many open files")."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return OPEN_SHARDS
+    return max(1, min(OPEN_SHARDS, (soft - OTHER_FILES) // 2))
 
 
 def _close(writer: ShardWriter, dest: Path, n: int) -> int:

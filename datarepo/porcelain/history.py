@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -25,6 +26,16 @@ class NothingToCommitError(DataRepoError):
     """``commit`` found no staged change."""
 
 
+class CommittedButError(DataRepoError):
+    """The commit was made (its branch moved), but the staging area could not be cleared
+    after it: an error must not say that the commit failed."""
+
+    def __init__(self, oid: Oid, error: Exception) -> None:
+        reason = f"index.sqlite: {error}" if isinstance(error, sqlite3.Error) else (error.strerror or str(error))
+        super().__init__(f"committed {oid[:12]}, but the staging area could not be cleared after it ({reason})")
+        self.oid = oid
+
+
 @dataclass(frozen=True)
 class CommitResult:
     oid: Oid
@@ -40,6 +51,9 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
         parent = repo.head()
         repo.index.staging.check()  # a damaged staged row (an invalid key, say) is never committed
         count = repo.index.staging.count()
+        if count and parent is not None and repo.index.staging.tree_of_any_head() == repo.read_commit(parent).tree:
+            repo.index.staging.unstage()  # committed already (see CommittedButError): nothing is staged
+            count = 0
         if not count and not allow_empty:
             raise NothingToCommitError("nothing to commit (use \"datarepo add\" first)")
         before = snapshot.token(repo, follow=False) if repo.worktree is not None else None
@@ -51,9 +65,12 @@ def commit(repo: Repo, message: str, allow_empty: bool = False) -> CommitResult:
                 if not _placed_again(repo, datum):
                     raise ObjectNotFoundError("staged datum", datum)
             oid = repo.commit(trees.staged_changes(repo.index.staging.rows()), message, parent=parent)
-        repo.index.staging.unstage()
-        if before is not None:
-            snapshot.carry(repo, before, commit=True)
+        try:
+            repo.index.staging.unstage()
+            if before is not None:
+                snapshot.carry(repo, before, commit=True)
+        except (OSError, sqlite3.Error) as e:  # (a full disk) after the ref moved: the commit stands
+            raise CommittedButError(oid, e) from None
     return CommitResult(oid, repo.current_branch(), count)
 
 

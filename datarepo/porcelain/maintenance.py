@@ -275,9 +275,12 @@ def _fsck(repo: Repo, rebuild_index: bool, progress: Progress) -> FsckResult:
     result.garbage = [_relative(repo, p) for p in leftovers(repo)]
     result.garbage += [repo.store.shard_name(s) for s in sorted(shards.unindexed) if s not in only_in]
     result.retired = sum(1 for _ in repo.store.iter_retired())
-    with repo.index.transaction():  # (their copies no longer count as stored: add restores them)
-        repo.index.locations.set_damaged(shards.failed)
-        repo.index.locations.set_lost(in_no_shard)  # (and these, whose copy went with its index)
+    locations = repo.index.locations
+    # (a check that finds all as the last one did writes nothing: it works on a full disk)
+    if locations.damaged() != shards.failed or locations.lost() != in_no_shard:
+        with repo.index.transaction():  # (their copies no longer count as stored: add restores them)
+            locations.set_damaged(shards.failed)
+            locations.set_lost(in_no_shard)  # (and these, whose copy went with its index)
     if rebuild_index:
         with repo.index.transaction():
             repo.index.locations.clear()

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from datarepo.config import env_seconds
 from datarepo.errors import CorruptObjectError, DataRepoError, DirtyWorktreeError, InvalidInputError
-from datarepo.fsutil import TMP_PREFIX, WriterLock
+from datarepo.fsutil import TMP_PREFIX, WriterLock, claim_temp_dir, fsync_dir
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit
 from datarepo.porcelain.maintenance import walk
@@ -65,6 +65,10 @@ class PullResult(NamedTuple):
     new: Oid | None
     written: int
     removed: int
+
+
+# A clone is made in ``.tmp-clone-<random>`` beside its destination.
+CLONE_TAG = "clone"
 
 
 class CloneResult(NamedTuple):
@@ -411,7 +415,7 @@ def _fetch_shards(repo: Repo, r: Remote, needed: dict[str, str]) -> list[int]:
         return []
     holder: dict[str, str] = {}
     for shard in sorted(r.shards):
-        if repo.store.has_shard(shard):
+        if repo.store.has_shard(shard) and repo.store.has_index(shard):  # (a killed fetch's tar alone: again)
             continue
         for d in r.store.read_index(shard).datums:
             if d.datum in needed:
@@ -515,16 +519,42 @@ def _fast_forward(repo: Repo, fetched: FetchResult, branch: str, target: Oid) ->
 
 def clone(url: str, dest: Path) -> CloneResult:
     """A new repository at ``dest`` with ``origin`` (the default remote) at ``url``, its
-    history fetched and the remote's default branch checked out."""
-    from datarepo.remotes_config import add_remote
+    history fetched and the remote's default branch checked out.
 
+    It is made in a folder ``.tmp-clone-…`` beside ``dest`` and renamed into place once
+    whole: a clone that fails removes it, and one that was killed leaves it to the next
+    clone beside it (see :func:`~datarepo.fsutil.claim_temp_dir`), never a ``dest`` that
+    looks like a repository but is half of one."""
     if dest.is_symlink() and not dest.exists() or dest.exists() and not dest.is_dir():
         raise InvalidInputError(f"{dest} exists and is not a folder")
     if dest.exists() and any(dest.iterdir()):
         raise InvalidInputError(f"{dest} exists and is not empty")
-    made = _first_missing(dest.absolute())
+    dest = dest.absolute()
+    made = _first_missing(dest.parent)
     try:
-        repo = Repo.init(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        held, tmp = claim_temp_dir(dest.parent, CLONE_TAG)
+        try:
+            result = _clone_into(url, tmp)
+            os.replace(tmp, dest)  # a new name, or over the empty folder there
+            fsync_dir(dest.parent)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            os.close(held)
+    except BaseException:
+        if made is not None:  # the folders above it that it made
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    return result._replace(path=dest)
+
+
+def _clone_into(url: str, dest: Path) -> CloneResult:
+    from datarepo.remotes_config import add_remote
+
+    repo = Repo.init(dest)
+    try:
         add_remote(repo, "origin", url, default=True)
         fetched = fetch(repo, "origin")
         branch = _remote_default(repo, fetched)
@@ -537,11 +567,9 @@ def clone(url: str, dest: Path) -> CloneResult:
             checkout(repo, target)
             repo.refs.update(BRANCHES + branch, target, expected=None, message=f"clone: from {url}")
             repo.refs.set_symbolic(BRANCHES + branch, message=f"clone: on {branch}")
-        repo.close()
         return CloneResult(dest, fetched, branch, target)
-    except BaseException:
-        _undo(made, dest)
-        raise
+    finally:
+        repo.close()
 
 
 def _first_missing(dest: Path) -> Path | None:
@@ -552,19 +580,6 @@ def _first_missing(dest: Path) -> Path | None:
     while not dest.parent.exists():
         dest = dest.parent
     return dest
-
-
-def _undo(made: Path | None, dest: Path) -> None:
-    """Removes what a failed clone made: the folders it made, or what it wrote into the
-    empty folder it was given."""
-    if made is not None:
-        shutil.rmtree(made, ignore_errors=True)
-        return
-    for entry in dest.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
 
 
 def _remote_default(repo: Repo, fetched: FetchResult) -> str | None:

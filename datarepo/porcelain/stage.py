@@ -220,7 +220,7 @@ def status(repo: Repo, follow: bool = False) -> Status:
     root, read = repo.require_worktree(), StatColumns()
     now = {k: hash_datum(root, m, files, cache, read) for k, m in look.members.items() if keys is None or k in keys}
     if read:
-        with repo.index.transaction():
+        with repo.index.unless_full(), repo.index.transaction():
             repo.index.stats.record(read, look.found.started_ns, bulk=not cache)
     head = head_datums(repo, keys)
     result = look.save(_verdict(head, index_datums(repo, head, keys), now), keys, read)
@@ -238,13 +238,19 @@ def diff_worktree(repo: Repo, rev: str) -> Changes:
     keys = dirty | moved.keys()
     then = {k: e.datum for k, e in (trees.lookup_many(repo.store, base, keys) if base else {}).items()}
     now = {k: c.new.datum for k, c in moved.items() if c.new is not None and k not in dirty}
+    now.update(worktree_datums(repo, dirty))
+    return compare(then, now)
+
+
+def worktree_datums(repo: Repo, keys: set[str]) -> dict[str, Oid]:
+    """The datum each of ``keys`` makes in the work tree (hashed through the stat cache);
+    a key without files there is not in it."""
     root, grouping = repo.require_worktree(), repo.config.grouping
     found = scan(root, skip_prefixes=repo.config.sparse)
     found.raise_errors()
-    files = found.files_of(dirty, grouping)  # the files of these keys only, grouped as they are now
+    files = found.files_of(keys, grouping)  # the files of these keys only, grouped as they are now
     cache, read = repo.index.stats.lookup(files), StatColumns()
-    now.update((k, hash_datum(root, m, files, cache, read)) for k, m in group(sorted(files), grouping, []).items())
-    return compare(then, now)
+    return {k: hash_datum(root, m, files, cache, read) for k, m in group(sorted(files), grouping, []).items()}
 
 
 @dataclass(frozen=True)
