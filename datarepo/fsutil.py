@@ -74,6 +74,36 @@ def make_temp(folder: Path, suffix: str = "") -> tuple[int, Path]:
             continue
 
 
+class FolderMadeWhole:
+    """A folder made under a temporary name beside ``dest`` and renamed to ``dest`` once the
+    ``with`` block that makes it ends; removed instead if the block raises. Used as
+    ``with FolderMadeWhole(dest, tag) as tmp: ...``: nothing is ever at ``dest`` that looks
+    whole but is half made (an export, a clone). Creating it claims the temporary folder
+    (:func:`claim_temp_dir`), removing those that killed writers left beside it, and raises
+    OSError where that cannot be done, before any work starts."""
+
+    def __init__(self, dest: Path, tag: str) -> None:
+        self.dest = dest
+        self._held, self.tmp = claim_temp_dir(dest.parent, tag)
+
+    def __enter__(self) -> Path:
+        return self.tmp
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        import shutil
+
+        renamed = False
+        try:
+            if kind is None:
+                os.replace(self.tmp, self.dest)  # a new name, or over the empty folder there
+                renamed = True
+                fsync_dir(self.dest.parent)
+        finally:
+            if not renamed:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            os.close(self._held)
+
+
 def claim_temp_dir(parent: Path, tag: str) -> tuple[int, Path]:
     """Makes a new folder ``<parent>/.tmp-<tag>-<random>`` and holds an ``flock`` on it while
     the descriptor returned stays open: a process that dies lets it go, so that such a

@@ -9,7 +9,6 @@ an export that fails leaves no destination that looks complete.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import BinaryIO
 import xxhash
 
 from datarepo.errors import CorruptObjectError, InvalidInputError, ObjectNotFoundError
-from datarepo.fsutil import claim_temp_dir, fsync_dir, publish
+from datarepo.fsutil import FolderMadeWhole, publish
 from datarepo.hashing import CHUNK
 from datarepo.keys import check_path
 from datarepo.manifest import (
@@ -35,7 +34,7 @@ from datarepo.store import check_datum
 from datarepo.worktree import file_and_dir, member_path
 
 # An export writes into ``.tmp-export-<random>`` beside its destination (see
-# :func:`~datarepo.fsutil.claim_temp_dir`).
+# :class:`~datarepo.fsutil.FolderMadeWhole`).
 TEMP_TAG = "export"
 
 # Shards held open at once while datums are read in key order (``--shards``), at most; and
@@ -76,24 +75,15 @@ def export(
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         # (the folder of an export killed before, beside this destination, is removed first)
-        held, tmp = claim_temp_dir(dest.parent, TEMP_TAG)
+        making = FolderMadeWhole(dest, TEMP_TAG)
     except OSError as e:  # (named as the user named it, not by the temporary folder)
         reason = "a file is in the way" if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror
         raise InvalidInputError(f"cannot create the export destination {dest}: {reason}") from None
-    try:
+    with making as tmp:
         begin(progress, len(manifest))
         if shards:
-            result = _to_shards(repo, manifest, tmp, shard_size or repo.config.shard_size, progress)
-        else:
-            result = _Files(repo, tmp, rev).write(manifest, progress)
-        os.replace(tmp, dest)  # a new name, or over the empty folder there
-        fsync_dir(dest.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        os.close(held)
-    return result
+            return _to_shards(repo, manifest, tmp, shard_size or repo.config.shard_size, progress)
+        return _Files(repo, tmp, rev).write(manifest, progress)
 
 
 class _Files:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 from datarepo.config import env_seconds
 from datarepo.errors import CorruptObjectError, DataRepoError, DirtyWorktreeError, InvalidInputError
-from datarepo.fsutil import TMP_PREFIX, WriterLock, claim_temp_dir, fsync_dir
+from datarepo.fsutil import TMP_PREFIX, FolderMadeWhole, WriterLock
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit
 from datarepo.porcelain.maintenance import walk
@@ -523,7 +523,7 @@ def clone(url: str, dest: Path) -> CloneResult:
 
     It is made in a folder ``.tmp-clone-…`` beside ``dest`` and renamed into place once
     whole: a clone that fails removes it, and one that was killed leaves it to the next
-    clone beside it (see :func:`~datarepo.fsutil.claim_temp_dir`), never a ``dest`` that
+    clone beside it (see :class:`~datarepo.fsutil.FolderMadeWhole`), never a ``dest`` that
     looks like a repository but is half of one."""
     if dest.is_symlink() and not dest.exists() or dest.exists() and not dest.is_dir():
         raise InvalidInputError(f"{dest} exists and is not a folder")
@@ -533,16 +533,8 @@ def clone(url: str, dest: Path) -> CloneResult:
     made = _first_missing(dest.parent)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        held, tmp = claim_temp_dir(dest.parent, CLONE_TAG)
-        try:
+        with FolderMadeWhole(dest, CLONE_TAG) as tmp:
             result = _clone_into(url, tmp)
-            os.replace(tmp, dest)  # a new name, or over the empty folder there
-            fsync_dir(dest.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        finally:
-            os.close(held)
     except BaseException:
         if made is not None:  # the folders above it that it made
             shutil.rmtree(made, ignore_errors=True)
