@@ -177,3 +177,19 @@ from datarepo import pipeline
 def upper(datum):
     return {"txt": datum["txt"].upper()}
 '''
+
+
+@pytest.mark.parametrize(("args", "hint"), [
+    (("cat", "a:b.txt"), "'HEAD:a:b.txt'"), (("lineage", "x@y"), "'x@y@HEAD'"), (("lineage", "--downstream", "x@y"), "'x@y@HEAD'"),
+])
+def test_a_key_holding_the_separator_is_named_with_its_revision(worktree: Path, cli: Cli, args: tuple[str, ...], hint: str) -> None:
+    cli("init")
+    for name in ("a:b.txt", "x@y.txt"):
+        (worktree / name).write_text(name)
+    cli("add", ".")
+    cli("commit", "-m", "x")
+    result = cli(*args, ok=False)
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith("Error: ") and hint in result.output
+    named = [*args[:-1], hint.strip("'")]
+    assert cli(*named).output.startswith(("a:b.txt", "x@y "))

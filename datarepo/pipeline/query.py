@@ -103,7 +103,9 @@ def _key_at(repo: Repo, spec: str) -> tuple[str, Oid]:
         return spec, repo.resolve("HEAD")
     try:
         return key, repo.resolve(rev)
-    except BadRevisionError:
+    except BadRevisionError as e:
+        if e.reason != "unknown revision":
+            raise
         why = f"{spec!r} is KEY@REV (a key that holds '@' is named with its revision: {spec + '@HEAD'!r}); unknown revision"
         raise BadRevisionError(rev, why) from None
 
