@@ -193,3 +193,16 @@ def test_a_key_holding_the_separator_is_named_with_its_revision(worktree: Path, 
     assert result.output.startswith("Error: ") and hint in result.output
     named = [*args[:-1], hint.strip("'")]
     assert cli(*named).output.startswith(("a:b.txt", "x@y "))
+
+
+def test_a_pipeline_input_names_a_folder_with_glob_characters_by_escapes(worktree: Path, cli: Cli) -> None:
+    cli("init")
+    for folder, name in (("raw[1]", "x"), ("raw1", "y")):
+        (worktree / folder).mkdir()
+        (worktree / folder / f"{name}.txt").write_text(name)
+    cli("add", ".")
+    cli("commit", "-m", "raw")
+    write_pipeline(worktree, "upper.py", UPPER.replace('input="raw/**"', 'input="raw\\\\[1\\\\]/**"'))
+    cli("run")
+    repo = datarepo.open(worktree)
+    assert {e.key: repo.read(e.datum)["txt"] for e in repo.tree().select(prefix="up/")} == {"up/raw[1]/x": b"X"}
