@@ -114,10 +114,16 @@ def _repo():  # type: ignore[no-untyped-def]
 
 def _quoted(key: str) -> str:
     """A key as a line of a listing shows it: in double quotes with escapes, as git quotes a
-    path, where it holds a control character (a newline would split it over two lines)."""
-    if key.isprintable():
+    path, where it holds a control character (a newline would split it over two lines) or
+    begins with a double quote (else the key ``"a\\tb"`` would read as the quoted ``a<TAB>b``)."""
+    if _plain(key):
         return key
     return json.dumps(key, ensure_ascii=False).replace("\x7f", "\\u007f")  # (JSON leaves DEL as it is)
+
+
+def _plain(key: str) -> bool:
+    """Whether a listing shows ``key`` as it is (see :func:`_quoted`)."""
+    return key.isprintable() and not key.startswith('"')
 
 
 def _json(value: Any) -> None:
@@ -461,7 +467,7 @@ def ls_command(rev: str, prefix: str, glob: str | None, long: bool, as_json: boo
         _json_entries(pages)
         return
     for keys, datums, sizes in pages:
-        if not all(map(str.isprintable, keys)):
+        if not all(map(_plain, keys)):
             keys = list(map(_quoted, keys))
         lines = [f"{d[:12]} {s:>10} {k}" for k, d, s in zip(keys, datums, sizes)] if long else keys
         click.echo("\n".join(lines))

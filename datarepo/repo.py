@@ -314,11 +314,18 @@ class Repo:
         return self.read_commit(self.resolve(rev)).tree
 
     def split_rev_key(self, spec: str, default: str = "HEAD") -> tuple[Oid, str]:
-        """Splits ``REV:key`` (or a bare key) into (commit oid, key)."""
+        """Splits ``REV:key`` (or a bare key) into (commit oid, key). The key is all after the
+        first ``:``, so a key that holds one is named with its revision (``HEAD:a:b``)."""
         rev, sep, key = spec.partition(":")
         if not sep:
             rev, key = default, spec
-        return self.resolve(rev or default), key
+        try:
+            return self.resolve(rev or default), key
+        except BadRevisionError as e:
+            if not sep or e.reason != "unknown revision":
+                raise
+            why = f"{spec!r} is REV:KEY (a key that holds ':' is named with its revision: {default + ':' + spec!r}); {e.reason}"
+            raise BadRevisionError(rev, why) from None
 
     def check_outside(self, path: Path, what: str) -> Path:
         """``path``, resolved, unless it is (or lies in) this repository's own folder, which

@@ -69,7 +69,10 @@ def _brace_bound(src: str) -> int:
 def expand(src: str) -> list[str]:
     """The files a source names: a glob (``*.tar``: those that exist, sorted), braces
     (``x-{000..009}.tar``: each one, as WebDataset reads them; a missing one is an error,
-    not a shard set with its datums deleted) or one path (none if it does not exist)."""
+    not a shard set with its datums deleted) or one path (none if it does not exist). A path
+    that exists is itself, whatever it holds (``x[1].tar``, ``a{b}.tar``), as a folder is."""
+    if os.path.exists(src):
+        return [src]
     if any(c in src for c in "*?["):
         import glob
 
@@ -87,7 +90,7 @@ def expand(src: str) -> list[str]:
             more = f" and {len(missing) - 1} more of its {len(names)}" if len(missing) > 1 else ""
             raise InvalidInputError(f"no such file: {missing[0]}{more} (named by {src!r})")
         return names
-    return [src] if os.path.exists(src) else []
+    return []
 
 
 def stdin() -> BinaryIO:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from datarepo.errors import DataRepoError, ObjectNotFoundError
+from datarepo.errors import BadRevisionError, DataRepoError, ObjectNotFoundError
 from datarepo.hashing import Oid
 from datarepo.pipeline.cache import LineageCache
 from datarepo.pipeline.heads import State, heads
@@ -96,10 +96,18 @@ def producer(repo: Repo, key: str, commit: Oid) -> State | None:
 
 
 def _key_at(repo: Repo, spec: str) -> tuple[str, Oid]:
+    """(key, commit) of ``KEY[@REV]``: the revision follows the last ``@``, so a key that
+    holds one is named with its revision (``a@b@HEAD``)."""
     key, sep, rev = spec.rpartition("@")
     if not sep:
-        key, rev = spec, "HEAD"
-    return key, repo.resolve(rev)
+        return spec, repo.resolve("HEAD")
+    try:
+        return key, repo.resolve(rev)
+    except BadRevisionError as e:
+        if e.reason != "unknown revision":
+            raise
+        why = f"{spec!r} is KEY@REV (a key that holds '@' is named with its revision: {spec + '@HEAD'!r}); unknown revision"
+        raise BadRevisionError(rev, why) from None
 
 
 def _up(repo: Repo, key: str, commit: Oid, depth: int) -> Node:
@@ -121,9 +129,9 @@ def _up(repo: Repo, key: str, commit: Oid, depth: int) -> Node:
 
 
 def _input_commit(inputs: dict[str, str], key: str) -> Oid:
-    for label, commit in inputs.items():
-        glob = label.rsplit("@", 1)[0] if "@" in label and label.rsplit("@", 1)[0] else label
-        if compile_glob(glob).fullmatch(key):
+    for label, commit in inputs.items():  # ``GLOB`` or ``GLOB@REV``, and a glob may hold '@'
+        globs = {label, label.rpartition("@")[0] or label}
+        if any(compile_glob(glob).fullmatch(key) for glob in globs):
             return Oid(commit)
     return Oid(next(iter(inputs.values())))
 
