@@ -504,3 +504,27 @@ def test_a_mistyped_url_does_not_claim_the_cache_folder(tmp_path: Path, cli: Cli
     assert not cache.exists()
     with datarepo.open(origin.as_uri(), cache=cache) as r:
         assert r.resolve("v1") == v1
+
+
+def test_a_push_removes_what_pushes_killed_long_ago_left_on_a_folder_remote(tmp_path: Path, worktree: Path, cli: Cli,
+                                                                             origin: Path) -> None:  # noqa: F811
+    """A push killed mid-upload leaves its temporary file (``.tmp-…``, never read as an
+    object or shard). The next push removes those an hour old, and keeps the young ones:
+    a live push beside it may be writing them."""
+    cli("push")
+    shard = next((origin / "shards").rglob("*.tar"))
+    obj = next(p for p in (origin / "objects").rglob("*") if p.is_file())
+    old = [shard.with_name(".tmp-0123456789abcdef.tar"), obj.with_name(".tmp-00aa11bb22cc33dd")]
+    young = [shard.with_name(".tmp-fedcba9876543210.tar"), obj.with_name(".tmp-ffeeddccbbaa9988")]
+    for path in old + young:
+        path.write_bytes(b"half an upload")
+    hours_ago = time.time() - 2 * 3600
+    for path in old:
+        os.utime(path, (hours_ago, hours_ago))
+    (worktree / "more.txt").write_text("more")
+    cli("add", ".")
+    cli("commit", "-m", "more")
+    cli("push")
+    assert [p.exists() for p in old + young] == [False, False, True, True]
+    Cli(tmp_path)("clone", str(origin), "copy")
+    assert files_of(tmp_path / "copy") == files_of(worktree)

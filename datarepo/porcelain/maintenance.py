@@ -320,9 +320,10 @@ def _relative(repo: Repo, path: PurePath | str) -> str:
     return os.path.relpath(str(path), repo.dotdir)
 
 
-# A temporary file at the top of the repository's folder counts as left over from this age on:
-# ``status`` writes its caches there (the listing, the stat base) without the writer lock.
-TOP_LEFTOVER_AGE = 3600.0
+# A temporary file that no lock tells to be a live writer's counts as left over from this age
+# on: ``status`` writes its caches at the top of the repository's folder without the writer
+# lock, and pushes upload into a folder remote's objects/ and shards/ side by side.
+LEFTOVER_AGE = 3600.0
 
 
 def leftovers(repo: Repo) -> Iterator[Path]:
@@ -333,7 +334,7 @@ def leftovers(repo: Repo) -> Iterator[Path]:
     yield from (Path(p) for p in repo.store.iter_garbage())
     for folder, _, names in os.walk(repo.dotdir / "refs"):
         yield from (Path(folder, name) for name in sorted(names) if name.startswith(TMP_PREFIX))
-    horizon = time.time() - TOP_LEFTOVER_AGE
+    horizon = time.time() - LEFTOVER_AGE
     with os.scandir(repo.dotdir) as entries:
         for entry in entries:
             if entry.name.startswith(TMP_PREFIX) and entry.is_file(follow_symlinks=False):

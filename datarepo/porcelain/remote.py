@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from datarepo.errors import CorruptObjectError, DataRepoError, DirtyWorktreeErro
 from datarepo.fsutil import TMP_PREFIX, FolderMadeWhole, WriterLock
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit
-from datarepo.porcelain.maintenance import walk
+from datarepo.porcelain.maintenance import LEFTOVER_AGE, walk
 from datarepo.refs import BRANCHES, HEAD, REMOTES, RUNS, TAGS, Refs, check_name, is_ref_name
 from datarepo.remotes_config import LOCAL, RemoteError, RemoteFS, open_remote, speaking
 from datarepo.repo import Repo
@@ -92,6 +93,7 @@ class Remote:
         self.objects: set[str] = set()
         self.shards: set[str] = set()  # shards whose .tar and .idx are both there
         self._etags: dict[str, str | None] = {}  # (S3) each ref's version as last read
+        self.leftovers: set[str] = set()  # temporary files in objects/ and shards/ (a local folder's)
 
     def list(self) -> None:
         self.objects = set(self._oids("objects", ""))
@@ -105,13 +107,28 @@ class Remote:
             return
         for path in paths:
             head, sub, name = str(path).rsplit("/", 2)
-            if name.endswith(suffix) and not name.startswith(TMP_PREFIX) and (head.endswith(f"/{top}") or head == top):
+            if name.startswith(TMP_PREFIX):
+                self.leftovers.add(str(path))
+            elif name.endswith(suffix) and (head.endswith(f"/{top}") or head == top):
                 oid = sub + name[: len(name) - len(suffix)]
                 if is_oid(oid):
                     yield oid
 
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}"
+
+    def remove_leftovers(self) -> None:
+        """Removes from a local folder the temporary files of uploads that pushes killed
+        long ago left (:data:`LEFTOVER_AGE`: a live push may be uploading beside this one,
+        and nothing but their age tells them apart). An object store has none: an upload
+        there is whole or absent."""
+        if self.protocol not in LOCAL:
+            return
+        horizon = time.time() - LEFTOVER_AGE
+        for path in sorted(self.leftovers):
+            with contextlib.suppress(OSError):  # (gone already: another push removed it)
+                if os.lstat(path).st_mtime < horizon:
+                    os.unlink(path)
 
     def write(self, rel: str, data: bytes) -> None:
         self.fs.pipe_file(self.path(rel), data)
@@ -195,6 +212,7 @@ def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_re
                     r.write_ref(name, old, new)
                     updated.append(RefUpdate(name, old, new))
             _set_remote_head(repo, r, [name for name, _ in refs])
+        r.remove_leftovers()
     return PushResult(Transfer(r.name, len(edges), count, size), updated)
 
 
