@@ -279,13 +279,8 @@ def log(rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
     from datarepo.porcelain.history import log as run
 
     exclude = None
-    if "..." in rev:
-        from datarepo.errors import InvalidInputError
-
-        raise InvalidInputError(f"{rev!r}: log takes REV or A..B (A...B is not supported)")
-    if ".." in rev:  # git's A..B (no ref name holds "..")
-        exclude, _, rev = rev.partition("..")
-        exclude, rev = exclude or "HEAD", rev or "HEAD"
+    if (ends := _two_dots(rev, "log")) is not None:
+        exclude, rev = ends
     commits = list(run(_repo(), rev, max_count if max_count is None or max_count >= 0 else None, exclude))
     if as_json:
         _json([{"commit": oid, **c.to_json()} for oid, c in commits])
@@ -295,6 +290,19 @@ def log(rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
             click.echo(f"{oid[:12]} {c.message.splitlines()[0] if c.message else ''}")
             continue
         click.echo(f"commit {oid}\nAuthor: {c.author}\nDate:   {c.time}\n\n{_indented(c.message)}")
+
+
+def _two_dots(rev: str, command: str) -> tuple[str, str] | None:
+    """git's ``A..B`` as (A, B), an end left out being HEAD; None for one revision (no ref
+    name holds ".."). ``A...B`` (from where the two part) is refused."""
+    if "..." in rev:
+        from datarepo.errors import InvalidInputError
+
+        raise InvalidInputError(f"{rev!r}: {command} takes REV or A..B (A...B is not supported)")
+    if ".." not in rev:
+        return None
+    a, _, b = rev.partition("..")
+    return a or "HEAD", b or "HEAD"
 
 
 def _indented(message: str) -> str:
@@ -350,13 +358,8 @@ def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
     from datarepo.porcelain.stage import status as worktree_status
 
     repo = _repo()
-    if b is None and a is not None and "..." in a:
-        from datarepo.errors import InvalidInputError
-
-        raise InvalidInputError(f"{a!r}: diff takes A..B (A...B, from where they part, is not supported)")
-    if b is None and a is not None and ".." in a:  # git's A..B (no ref name holds "..")
-        a, _, b = a.partition("..")
-        a, b = a or "HEAD", b or "HEAD"
+    if b is None and a is not None and (ends := _two_dots(a, "diff")) is not None:
+        a, b = ends
     if b is None and (a is None or a == "HEAD"):
         changes = worktree_status(repo).total
     elif b is None:
