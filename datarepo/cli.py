@@ -18,6 +18,9 @@ import click
 
 from datarepo.cli_values import Age, Count, NonEmptyPath, Seconds, Size
 
+# The option of every command that can print what it prints as JSON instead.
+json_option = click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+
 SIGPIPE_EXIT = 141  # what a shell reports for a command that a closed pipe ended (128 + SIGPIPE)
 
 
@@ -273,7 +276,7 @@ def commit(messages: tuple[str, ...], allow_empty: bool) -> None:
 @click.argument("rev", default="HEAD")
 @click.option("-n", "--max-count", type=Count(), default=None, metavar="N", help="Show at most N commits (a negative N: no limit, as in git).")
 @click.option("--oneline", is_flag=True, help="One line a commit.")
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@json_option
 def log(rev: str, max_count: int | None, oneline: bool, as_json: bool) -> None:
     """Show the commit history of REV, or (A..B) the commits B has and A has not."""
     from datarepo.porcelain.history import log as run
@@ -323,7 +326,7 @@ def _show_run(run_id: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("rev", default="HEAD")
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@json_option
 def show(rev: str, as_json: bool) -> None:
     """Show a commit and the keys it changed, or (a RUN-ID) the commits a pipeline run made."""
     if rev.startswith("run-"):
@@ -430,7 +433,7 @@ def _ref_options(what: str) -> Callable[[Callable[..., None]], Callable[..., Non
             click.option("-d", "--delete", is_flag=True, help=f"Delete the {what}."),
             click.option("-f", "--force", is_flag=True, help=f"Move an existing {what}" + (
                 "; with -d, delete a branch no other ref reaches." if what == "branch" else ".")),
-            click.option("--json", "as_json", is_flag=True, help="Print it as JSON."),
+            json_option,
         )):
             fn = option(fn)
         return fn
@@ -458,7 +461,7 @@ def tag(**kwargs: Any) -> None:
 @click.option("--prefix", default="", help="Only keys starting with this.")
 @click.option("--glob", default=None, help="Only keys matching this glob (* ? [..] within a name, ** across names).")
 @click.option("-l", "--long", is_flag=True, help="Also the datum id and size.")
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@json_option
 def ls_command(rev: str, prefix: str, glob: str | None, long: bool, as_json: bool) -> None:
     """List the keys of a revision."""
     from datarepo.porcelain.history import ls
@@ -507,7 +510,7 @@ def cat(spec: str) -> None:
 @click.option("--prefix", required=True, help="Where the source's keys appear, e.g. extra/.")
 @click.option("-m", "--message", "messages", multiple=True, help=MESSAGE_HELP + " Default: 'ingest SRC into PREFIX' ('spout: N datums into PREFIX').")
 @click.option("--append", is_flag=True, help="Keep keys under PREFIX that the source no longer has.")
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@json_option
 @click.option("--commit-every", "every", type=Count(1), default=None, metavar="N",
               help="With SRC -: a spout, committing every N datums (and at the end of input).")
 @click.option("--commit-seconds", "seconds", type=Seconds(), default=None, metavar="T",
@@ -555,7 +558,7 @@ def _print_ingested(r: Any, as_json: bool) -> None:
 @main.command()
 @click.option("--rebuild-index", is_flag=True,
               help="Write a missing or mismatched shard .idx anew from its tar, and rebuild index.sqlite's locations.")
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@json_option
 def fsck(rebuild_index: bool, as_json: bool) -> None:
     """Re-hash every object and shard and check that every ref reaches whole data."""
     from datarepo.porcelain.maintenance import fsck as run
@@ -583,7 +586,7 @@ def fsck(rebuild_index: bool, as_json: bool) -> None:
 @click.option("-n", "--dry-run", is_flag=True, help="Only say what would be deleted.")
 @click.option("--prune", type=Age(), default=None, metavar="AGE",
               help="Delete retired shards once they are this old: 'now', or e.g. 30m, 2h, 14d (default 1h).")
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@json_option
 def gc(dry_run: bool, prune: float | None, as_json: bool) -> None:
     """Delete objects that no branch, tag, run or recent reflog entry reaches.
 
@@ -606,7 +609,7 @@ def gc(dry_run: bool, prune: float | None, as_json: bool) -> None:
 
 @main.command()
 @click.option("--all", "all_shards", is_flag=True, help="Rewrite every shard, not only small or sparse ones.")
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@json_option
 def repack(all_shards: bool, as_json: bool) -> None:
     """Merge small or sparse shards into new full ones."""
     from datarepo.porcelain.maintenance import repack as run

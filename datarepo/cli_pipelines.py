@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from datarepo.cli import _json, _quoted, _repo, main, one_line, only_with
+from datarepo.cli import _json, _quoted, _repo, json_option, main, one_line, only_with
 from datarepo.cli_values import Count, NonEmpty, NonEmptyPath, Seconds, Workers
 
 
@@ -30,7 +30,7 @@ def _pipeline_options(fn: Callable[..., None]) -> Callable[..., None]:
 @click.option("--interval", type=Seconds(0.01, closed=True), default=2.0, metavar="S",
               help="Seconds between looks at the branch (--watch; default 2).")
 @click.option("--max-runs", type=Count(1), default=None, metavar="N", help="Stop watching after this many runs.")
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@json_option
 @_pipeline_options
 def run_command(names: tuple[str, ...], dry_run: bool, kind: str, workers: int | None, ray_address: str | None,
                 fail_fast: bool, watch: bool, interval: float, max_runs: int | None, as_json: bool, folder: str | None) -> None:
@@ -81,7 +81,7 @@ def _render_run(result: Any, as_json: bool, dry_run: bool, final: bool = True) -
 @main.command()
 @click.argument("spec", metavar="KEY[@REV]")
 @click.option("--downstream", is_flag=True, help="Everything derived from the key, instead of what it came from.")
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@json_option
 def lineage(spec: str, downstream: bool, as_json: bool) -> None:
     """Where a key came from (through every pipeline, back to raw datums), or with
     --downstream what was made from it. Answered from the repository alone: no pipeline's
@@ -111,7 +111,7 @@ def _print_node(node: Any, depth: int) -> None:
 
 
 @main.command(name="pipelines")
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@json_option
 @_pipeline_options
 def pipelines_command(as_json: bool, folder: str | None) -> None:
     """List the pipelines, with their fingerprints, inputs and last run."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from datarepo.cli import _json, _repo, main
+from datarepo.cli import _json, _repo, json_option, main
 from datarepo.cli_values import NonEmpty, NonEmptyPath
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def remote_add(name: str, url: str, default: bool, force: bool) -> None:
 
 
 @remote.command(name="list")
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@json_option
 def remote_list(as_json: bool) -> None:
     """List the remotes: name, URL, and (default) for the default one."""
     from datarepo.remotes_config import list_remotes

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from datarepo.cli import _json, _quoted, _repo, main, one_line, only_with
+from datarepo.cli import _json, _quoted, _repo, json_option, main, one_line, only_with
 from datarepo.cli_values import Count
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 @main.group(invoke_without_command=True)
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@json_option
 @click.pass_context
 def runs(ctx: click.Context, as_json: bool) -> None:
     """List recorded training runs: which commit, prefix and seed each read."""
@@ -55,7 +55,7 @@ _RUN_FIELDS = (
 @click.argument("name")
 @click.option("--keys", "keys", is_flag=True, help="Print the keys of an epoch in the order the run read them.")
 @click.option("--epoch", default=0, type=Count(0), metavar="N", show_default=True, help="The epoch whose order --keys prints.")
-@click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
+@json_option
 def runs_show(name: str, keys: bool, epoch: int, as_json: bool) -> None:
     """Show a run's record, or (--keys) the exact order of one of its epochs."""
     from datarepo.torch.runs import read_run, run_keys
