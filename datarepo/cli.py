@@ -64,11 +64,11 @@ class Group(click.Group):
 def _os_error(e: OSError) -> str:
     """An OSError as one line: its reason and file, without Python's ``[Errno N]``; a write
     that found no room (a write has no file name to give) says what that means."""
-    import errno
+    from datarepo.sqlrows import no_room
 
     if e.filename:
         return f"{e.strerror or e}: {e.filename}"
-    if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+    if no_room(e):
         return f"{e.strerror}: a write failed (the disk is full, or a file size or quota limit was reached)"
     return e.strerror or str(e)
 
