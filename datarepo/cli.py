@@ -6,6 +6,7 @@ becomes one ``error:`` line and exit status 1.
 
 from __future__ import annotations
 
+import atexit
 import gc as collector  # the name gc is the command below
 import json
 import os
@@ -708,6 +709,7 @@ def run() -> None:
     except BrokenPipeError:
         code = code or SIGPIPE_EXIT
     sys.stderr.flush()
+    atexit._run_exitfuncs()  # (what removes temporary files: a private index, a remote's cache)
     os._exit(code)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -92,7 +93,8 @@ def lineage(spec: str, downstream: bool, as_json: bool) -> None:
     if downstream:
         from datarepo.pipeline.cache import LineageCache
 
-        with repo.lock:
+        # (the lock keeps writers of the lineage tables apart: a private index has none)
+        with contextlib.nullcontext() if repo.index.private else repo.lock:
             node = query.downstream(repo, spec, LineageCache(repo.index, repo.store))
     else:
         node = query.upstream(repo, spec)

@@ -61,6 +61,10 @@ class LockedError(DataRepoError):
     """Another process holds the repository's writer lock."""
 
 
+class ReadOnlyError(DataRepoError):
+    """The repository may be read here, not written: another user's, a read-only mount."""
+
+
 class InvalidInputError(DataRepoError, ValueError):
     """The user's input (a path, a name, a file) cannot be taken."""
 

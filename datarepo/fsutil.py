@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from datarepo.errors import LockedError, UnsafePathError
+from datarepo.errors import LockedError, ReadOnlyError, UnsafePathError
 from datarepo.keys import check_key
 
 READ_ONLY = 0o444
@@ -417,6 +417,19 @@ def same_device(a: Path, b: Path) -> bool:
         raise
 
 
+def temporary_folder(prefix: str) -> Path:
+    """A new folder in the temporary folder, removed with what it holds when this process
+    ends (not when a child forked from it does: a DataLoader worker shares it)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    owner = os.getpid()
+    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
+    return folder
+
+
 class WriterLock:
     """An exclusive ``flock`` on a file: the kernel releases it when the process dies."""
 
@@ -430,7 +443,14 @@ class WriterLock:
         if self._depth:
             self._depth += 1
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            from datarepo.sqlrows import cannot_write
+
+            if not cannot_write(e):
+                raise
+            raise ReadOnlyError(f"{self.path.parent} may be read here, not written ({e.strerror}: {self.path})") from None
         deadline = time.monotonic() + self.timeout
         while True:
             try:

@@ -5,18 +5,26 @@ hash, :mod:`datarepo.statcache`), the datum → shard locations
 (:mod:`datarepo.locations`) and the staging area (:mod:`datarepo.staging`), and
 named values (:meth:`Index.get_meta`). Deleting it loses speed
 and the staging area, never committed data (docs/format.md, "index.sqlite").
+
+A repository this process may read but not write (another user's, a read-only mount) is
+served by a private copy of the file: the caches work as ever, and what they learn is
+dropped with the copy when the process ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
-from collections.abc import Iterator
+import tempfile
+import urllib.parse
+import weakref
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from datarepo.fsutil import set_aside
 from datarepo.locations import Locations
-from datarepo.sqlrows import is_damage, no_room
+from datarepo.sqlrows import cannot_write, is_damage, no_room
 from datarepo.staging import Staging
 from datarepo.statcache import StatCache
 
@@ -42,10 +50,21 @@ class Index:
     or rebuilds what it cannot trust, or raises :class:`~datarepo.sqlrows.DamagedCacheError`.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, parents_copy: Path | None = None) -> None:
+        """Opens ``path``; where this process may not write it, a private copy, or the one
+        its parent made (``parents_copy``: a forked child's, a DataLoader worker's)."""
+        self.path = path  # where the repository keeps it; its companion files lie beside it
+        self.file = path  # what SQLite opens: the file itself, or a private copy of it
         self.created = not path.exists()
         self.stats, self.locations, self.staging = StatCache(self), Locations(self), Staging(self)
+        self._drop_copy: Callable[[], object] | None = None  # (removes a copy this process made)
+        if not _writable(path):
+            if parents_copy is not None and parents_copy.exists():
+                self.file, self.created = parents_copy, False
+                self._open()
+            else:
+                self._open_copy()
+            return
         try:
             self._open()
         except sqlite3.DatabaseError as e:
@@ -59,8 +78,13 @@ class Index:
             self.created = True
             self._open()
 
+    @property
+    def private(self) -> bool:
+        """Whether this is a private copy (the repository may not be written here)."""
+        return self.file != self.path
+
     def _open(self) -> None:
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self.db = sqlite3.connect(self.file, timeout=60, isolation_level=None)
         # Before anything is written (a no-op on an existing file): the location table is keyed
         # by random datum ids, and with 16 KiB pages a first add's inserts touch fewer pages.
         self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
@@ -71,8 +95,31 @@ class Index:
         if self.db.execute("SELECT 1 FROM meta WHERE name='schema'").fetchone() is None:  # (its value unread)
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
+    def _open_copy(self) -> None:
+        """Opens a private copy of the file, in the temporary folder, removed when closed or
+        when the process ends: copied through SQLite's backup (a consistent state, the
+        write-ahead log included where a writer left one to read), or empty (then filled
+        from the shard indexes) where the file is missing, unreadable or damaged."""
+        fd, name = tempfile.mkstemp(prefix="datarepo-index-", suffix=".sqlite")
+        os.close(fd)
+        self.file = Path(name)
+        self._drop_copy = weakref.finalize(self, _remove_copy, self.file, os.getpid())
+        try:
+            source = _read_only(self.path)
+            with contextlib.closing(source), contextlib.closing(sqlite3.connect(self.file)) as copy:
+                source.backup(copy)
+            self._open()
+        except sqlite3.DatabaseError:
+            if hasattr(self, "db"):
+                self.db.close()
+            _remove_copy(self.file, os.getpid())  # (and made anew, empty)
+            self.created = True
+            self._open()
+
     def close(self) -> None:
         self.db.close()
+        if self._drop_copy is not None:
+            self._drop_copy()  # (in the process that made it: a forked child leaves its parent's)
 
     def checkpoint(self) -> None:
         """Copies what the write-ahead log holds into the database, as far as no reader or
@@ -82,14 +129,15 @@ class Index:
             self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     @contextlib.contextmanager
-    def unless_full(self) -> Iterator[None]:
+    def best_effort(self) -> Iterator[None]:
         """Runs a write of what only saves the next command time (the stat cache, a status
-        snapshot): where the disk is full it is given up, rolled back, and the command goes
-        on. A read command (``status``, ``diff``) must not fail for want of room to cache."""
+        snapshot): where the disk is full, or the repository may not be written here, it is
+        given up, rolled back, and the command goes on. A read command (``status``,
+        ``diff``) must not fail for want of room, or of the right, to cache."""
         try:
             yield
         except (OSError, sqlite3.Error) as e:
-            if not no_room(e):
+            if not (no_room(e) or cannot_write(e)):
                 raise
             if self.db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
@@ -121,6 +169,34 @@ class Index:
     def set_meta(self, name: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (name, value))
 
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write the file and its folder (where SQLite keeps its log)."""
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A connection that reads ``path`` and never writes it or beside it. Read-only, SQLite
+    reads the write-ahead log where its files are there to read; where they are not (none
+    was left, and none can be made here), the file is read as it stands (``immutable``)."""
+    uri = f"file:{urllib.parse.quote(str(path))}"
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+        return db
+    except sqlite3.OperationalError:
+        db.close()
+        return sqlite3.connect(f"{uri}?immutable=1", uri=True)
+
+
+def _remove_copy(file: Path, owner: int) -> None:
+    """Removes a private copy and its log files, in the process that made it (a forked
+    child that inherits the object leaves them to its parent)."""
+    if os.getpid() == owner:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{file}{suffix}")
 
 
 def _in_the_way(path: Path) -> bool:

@@ -267,7 +267,7 @@ def build_manifest(repo: Repo, selection: Selection | Tree) -> Manifest:
     """
     selection = selection.select() if not hasattr(selection, "columns") else selection
     tree = selection.tree
-    index_path = repo.index.path  # opened, and filled if new, before another connection reads it
+    index_path = repo.index.file  # opened, and filled if new, before another connection reads it
     with _collector_paused():
         locator = _Locator(index_path) if _worth_a_scan(repo, selection) else None
         keys = _KeysBuilder()

@@ -20,11 +20,9 @@ It is read-only: writing (``writer``, ``commit``, ``record_run``, a ref) raises.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -32,7 +30,7 @@ from typing import Any, BinaryIO, NoReturn
 
 from datarepo.config import Config
 from datarepo.errors import InvalidInputError, ObjectNotFoundError
-from datarepo.fsutil import atomic_write, make_temp, open_regular, publish
+from datarepo.fsutil import atomic_write, make_temp, open_regular, publish, temporary_folder
 from datarepo.index import Index
 from datarepo.refs import Refs
 from datarepo.remotes_config import LOCAL, RemoteError, speaking, url_filesystem
@@ -152,7 +150,7 @@ class RemoteRepo(Repo):
                 there = fs.exists(f"{root}/HEAD") or fs.exists(f"{root}/refs")
             if not there:
                 raise RemoteError(f"no repository at {url}")
-        self.cache = _claim(Path(cache).resolve() if cache is not None else _temporary(), url)
+        self.cache = _claim(Path(cache).resolve() if cache is not None else temporary_folder("datarepo-remote-"), url)
         self.store = RemoteStore(fs, root, None if protocol in LOCAL else self.cache / "shards")
         self.dotdir = self.cache  # (the location cache, index.sqlite, is kept there)
         self.worktree = None
@@ -202,10 +200,3 @@ def _claim(cache: Path, url: str) -> Path:
     return cache
 
 
-def _temporary() -> Path:
-    """A cache folder removed when this process ends (not when a child forked from it
-    does: a DataLoader worker shares it)."""
-    folder = Path(tempfile.mkdtemp(prefix="datarepo-remote-"))
-    owner = os.getpid()
-    atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
-    return folder

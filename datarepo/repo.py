@@ -98,9 +98,10 @@ class Repo:
         again in a process forked after that (a DataLoader worker): a SQLite connection
         must not cross a fork. The parent's is left alone there, neither used nor closed."""
         if self._index is None or self._index_pid != os.getpid():
-            if self._index is not None:
-                _INHERITED.append(self._index)
-            index = Index(self.dotdir / "index.sqlite")
+            inherited = self._index
+            if inherited is not None:
+                _INHERITED.append(inherited)
+            index = Index(self.dotdir / "index.sqlite", inherited.file if inherited and inherited.private else None)
             self._index, self._index_pid = index, os.getpid()
             if index.created:
                 self.sync_locations(index)

@@ -149,7 +149,7 @@ def save(repo: Repo, tok: str, found: Scan, status: dict[str, Any], seen: str | 
         names, stats = StatColumns.of({p: st if st[MTIME] < horizon else UNTRUSTED for p, st in found.files.items()}).packed()
         seen = ""
     listing = listing_bytes((names, stats))
-    with repo.index.unless_full():  # (a listing without its head is no snapshot: its hash is not named)
+    with repo.index.best_effort():  # (a listing without its head is no snapshot: its hash is not named)
         atomic_write(repo.dotdir / LISTING_FILE, listing, mode=0o644, durable=False)
         head = {"token": tok, "digest": seen, "listing": hash_bytes(listing)}
         _store(repo, head, {n: json.dumps(status[n]) for n in PARTS})

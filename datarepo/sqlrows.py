@@ -55,6 +55,17 @@ def no_room(e: OSError | sqlite3.Error) -> bool:
     return code is not None and code & 0xFF in (10, 13)  # SQLITE_IOERR, SQLITE_FULL
 
 
+def cannot_write(e: OSError | sqlite3.Error) -> bool:
+    """Whether a write failed for want of the right to write: a file or folder of another
+    user's, a read-only mount (EACCES, EPERM, EROFS; SQLite's SQLITE_READONLY)."""
+    import errno
+
+    if isinstance(e, OSError):
+        return e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+    code = getattr(e, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF == 8  # SQLITE_READONLY
+
+
 # How to get past a cache that cannot be trusted, for an error that cannot: it is only a cache.
 RECOVER = "delete .datarepo/index.sqlite (it is rebuilt; the staging area is lost) or run fsck --rebuild-index"
 

@@ -14,7 +14,7 @@ import xxhash
 
 from datarepo import objects
 from datarepo.errors import CorruptObjectError, ObjectNotFoundError
-from datarepo.fsutil import TMP_PREFIX, FileSystem, LocalFileSystem, NotAFileError, remove
+from datarepo.fsutil import TMP_PREFIX, FileSystem, LocalFileSystem, NotAFileError, remove, temporary_folder
 from datarepo.hashing import CHUNK, Oid, datum_id, hash_bytes, hash_stream, is_oid
 from datarepo.objects import RepoObject, TreePage
 from datarepo.shards import (
@@ -456,10 +456,8 @@ class Store:
         return found
 
     def _staging_dir(self) -> Path:
-        if self._staging is None:
-            import tempfile  # only for a store on another filesystem
-
-            self._staging = Path(tempfile.mkdtemp(prefix="datarepo-"))
+        if self._staging is None:  # (only for a store on another filesystem)
+            self._staging = temporary_folder("datarepo-shards-")
         return self._staging
 
     def _write(self, path: str, data: bytes) -> None:

@@ -381,6 +381,27 @@ def test_s3_round_trip(tmp_path: Path, worktree: Path, cli: Cli, s3_endpoint: st
     assert (copy / "s3.txt").read_text() == "more"
 
 
+def test_s3_push_and_clone_leave_no_temporary_files(tmp_path: Path, worktree: Path, cli: Cli, s3_endpoint: str) -> None:
+    """The commands, as processes of their own, remove what they put in the temporary
+    folder (the shards a push to an object store writes before it uploads them, a clone's
+    downloads) by the time they end."""
+    write_samples(worktree, 30)
+    cli("init", "--shard-size", "16K")
+    _s3_remote(cli, s3_endpoint, "no-leftovers")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+           "PYTHONPATH": str(Path(__file__).parent.parent)}
+    for cwd, args in ((worktree, ["add", "."]), (worktree, ["commit", "-m", "first"]), (worktree, ["push"]),
+                      (tmp_path, ["clone", "s3://no-leftovers/repo", "copy"])):
+        done = subprocess.run([sys.executable, "-m", "datarepo.cli", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert list(tmp.iterdir()) == [], args
+    assert files_of(tmp_path / "copy") == files_of(worktree)
+
+
 def test_s3_unreachable_endpoint_is_one_line(worktree: Path, cli: Cli, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's retries would take seconds
     cli("init")

@@ -199,3 +199,28 @@ def test_the_local_filesystem_does_not_import_fsspec(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_store_on_another_filesystem_leaves_nothing_in_the_temporary_folder(tmp_path: Path) -> None:
+    """Shards bound for another filesystem are written in the temporary folder first; the
+    folder goes when the process ends."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("fsspec")
+    code = (
+        "import fsspec; from datarepo.store import Store; from datarepo.hashing import datum_id; "
+        "from datarepo.shards import member_hash\n"
+        "store = Store('/shared', fsspec.filesystem('memory'))\n"
+        "writer = store.new_shard()\n"
+        "writer.add(datum_id({'txt': member_hash(b'x')}), [('txt', b'x')])\n"
+        "tmp, index = writer.finish()\n"
+        "store.put_shard(tmp, index)\n"
+        "print(list(store.iter_shards()) == [index.shard])\n"
+    )
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "True"
+    assert list(tmp.iterdir()) == []

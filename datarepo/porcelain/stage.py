@@ -220,7 +220,7 @@ def status(repo: Repo, follow: bool = False) -> Status:
     root, read = repo.require_worktree(), StatColumns()
     now = {k: hash_datum(root, m, files, cache, read) for k, m in look.members.items() if keys is None or k in keys}
     if read:
-        with repo.index.unless_full(), repo.index.transaction():
+        with repo.index.best_effort(), repo.index.transaction():
             repo.index.stats.record(read, look.found.started_ns, bulk=not cache)
     head = head_datums(repo, keys)
     result = look.save(_verdict(head, index_datums(repo, head, keys), now), keys, read)
