@@ -201,6 +201,44 @@ def upper(datum):
     assert "0 problems" in cli("fsck").output
 
 
+def test_ctrl_c_stops_the_workers_and_leaves_no_temporary_file(worktree: Path, cli: Cli, tmp_path: Path) -> None:
+    """Ctrl-C of a run on worker processes: each worker unwinds the batch it was in, so the
+    shard it was writing (four outputs in) is removed, not left for ``gc``."""
+    cli("init")
+    write_texts(worktree, 40)
+    commit_raw(cli)
+    flag = tmp_path / "interrupt-the-driver"
+    flag.write_text("")
+    write_pipeline(worktree, "upper.py", f'''
+import os, signal
+from datarepo import pipeline
+
+seen = 0
+
+@pipeline(input="raw/**", output="up/", batch_size=10)
+def upper(datum):
+    global seen
+    seen += 1
+    if seen == 5:  # the fifth datum of this worker's first batch
+        try:
+            os.unlink({str(flag)!r})  # (one worker only)
+        except FileNotFoundError:
+            pass
+        else:
+            os.kill(os.getppid(), signal.SIGINT)
+            signal.pause()
+    return {{"txt": datum["txt"].upper()}}
+''')
+    before = head(worktree)
+    proc = _cli_process(worktree, "run", "--workers", "2")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and out.decode().strip().endswith("interrupted") and not flag.exists(), out
+    assert sorted(p.name for p in (worktree / ".datarepo").rglob(".tmp-*")) == []
+    assert head(worktree) == before
+    assert run(cli)["upper"]["processed"] == 40
+    assert "0 problems" in cli("fsck").output
+
+
 def test_watch_runs_again_when_the_branch_moves(texts: Path, cli: Cli) -> None:
     write_pipeline(texts, "upper.py", UPPER)
     proc = _cli_process(texts, "run", "--watch", "--interval", "0.05", "--max-runs", "2")

@@ -44,9 +44,11 @@ def _note(signum: int, frame: Any) -> None:
 
 
 def stops_run(error: BaseException) -> bool:
-    """Whether ``error`` must end the run: a Ctrl-C of this process, not something user
-    code raised."""
-    return isinstance(error, KeyboardInterrupt) and _signalled[0]
+    """Whether ``error`` must end the run: a Ctrl-C of this process, or a worker's stop
+    (its parent stopping the work), not something user code raised."""
+    from datarepo.executor import Stopped
+
+    return isinstance(error, Stopped) or (isinstance(error, KeyboardInterrupt) and _signalled[0])
 
 
 def line_in(error: BaseException, filename: str) -> int | None:
