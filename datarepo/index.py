@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-import tempfile
-import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -100,6 +98,8 @@ class Index:
         when the process ends: copied through SQLite's backup (a consistent state, the
         write-ahead log included where a writer left one to read), or empty (then filled
         from the shard indexes) where the file is missing, unreadable or damaged."""
+        import tempfile
+
         fd, name = tempfile.mkstemp(prefix="datarepo-index-", suffix=".sqlite")
         os.close(fd)
         self.file = Path(name)
@@ -180,7 +180,9 @@ def _read_only(path: Path) -> sqlite3.Connection:
     """A connection that reads ``path`` and never writes it or beside it. Read-only, SQLite
     reads the write-ahead log where its files are there to read; where they are not (none
     was left, and none can be made here), the file is read as it stands (``immutable``)."""
-    uri = f"file:{urllib.parse.quote(str(path))}"
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(path))}"
     db = sqlite3.connect(f"{uri}?mode=ro", uri=True)
     try:
         db.execute("SELECT count(*) FROM sqlite_schema").fetchone()
