@@ -23,13 +23,14 @@ from datarepo.cli_values import Age, Count, NonEmptyPath, Seconds, Size
 json_option = click.option("--json", "as_json", is_flag=True, help="Print it as JSON.")
 
 SIGPIPE_EXIT = 141  # what a shell reports for a command that a closed pipe ended (128 + SIGPIPE)
+SIGTERM_EXIT = 143  # (128 + SIGTERM)
 
 
 class Group(click.Group):
     """Turns the project's errors into one line and a non-zero exit, never a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from datarepo.errors import DataRepoError
+        from datarepo.errors import DataRepoError, Stopped
 
         try:
             return super().invoke(ctx)
@@ -52,6 +53,9 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except Stopped:
+            click.echo("terminated", err=True)
+            sys.exit(SIGTERM_EXIT)
         except MemoryError:
             raise click.ClickException("out of memory") from None
         except ImportError as e:  # (commands import lazily: a library that memory cannot map, say)
@@ -87,6 +91,18 @@ def main(directory: str | None) -> None:
     collector.disable()
     if directory:
         os.chdir(directory)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a job scheduler ending the job, ``kill``) stops the command as Ctrl-C does:
+    what it was writing is removed and it exits with 143, where the signal's default would
+    end it at once. Left ignored where it was ignored (``nohup``)."""
+    import signal
+
+    from datarepo.errors import raise_stopped
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, raise_stopped)
 
 
 def one_line(message: str) -> str:
@@ -686,6 +702,7 @@ def run() -> None:
 
     _in_utf8_mode()
     retain_until_exit()
+    _stop_on_sigterm()
     # Started with a descriptor closed (>&-, 2>&-), Python has no stream for it: errors then
     # go nowhere, but the command's output has nowhere to go.
     if sys.stderr is None:

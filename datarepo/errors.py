@@ -99,3 +99,14 @@ class TransformError(DataRepoError):
 
 class DatumTimeout(TransformError):
     """A transform took longer than its pipeline's per-datum ``timeout``."""
+
+
+class Stopped(BaseException):
+    """Raised in a process asked to stop (SIGTERM: a worker its parent stops, a command a
+    job scheduler ends): not an error of the work, so that the code running it unwinds
+    (``finally``, ``with``: a shard being written is removed) and the process exits."""
+
+
+def raise_stopped(signum: int, frame: object) -> None:
+    """The SIGTERM handler of a process that unwinds when asked to stop."""
+    raise Stopped

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
 from datarepo.config import env_count
+from datarepo.errors import raise_stopped
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -228,7 +229,7 @@ def _become_worker(owner: int, keep: tuple[int, int]) -> None:
     global _in_worker
     _in_worker = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _on_stop)
+    signal.signal(signal.SIGTERM, raise_stopped)
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -243,15 +244,6 @@ def _become_worker(owner: int, keep: tuple[int, int]) -> None:
 
 _PR_SET_PDEATHSIG = 1
 STOP_GRACE = 5.0  # seconds a stopped worker has to unwind before it is killed
-
-
-class Stopped(BaseException):
-    """Raised in a worker its parent stops (SIGTERM): not an error of the item, so that
-    the code running it unwinds (``finally``, ``with``) and the worker exits."""
-
-
-def _on_stop(signum: int, frame: Any) -> None:
-    raise Stopped
 
 
 def _serve(orders: int, answers: int) -> None:

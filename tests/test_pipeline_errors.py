@@ -201,9 +201,12 @@ def upper(datum):
     assert "0 problems" in cli("fsck").output
 
 
-def test_ctrl_c_stops_the_workers_and_leaves_no_temporary_file(worktree: Path, cli: Cli, tmp_path: Path) -> None:
-    """Ctrl-C of a run on worker processes: each worker unwinds the batch it was in, so the
-    shard it was writing (four outputs in) is removed, not left for ``gc``."""
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])  # Ctrl-C, or a job scheduler's stop
+@pytest.mark.parametrize("workers", [0, 2])  # (0: the serial executor, in the command's process)
+def test_a_stopped_run_leaves_no_temporary_file(worktree: Path, cli: Cli, tmp_path: Path, how: str, workers: int) -> None:
+    """Ctrl-C or SIGTERM of a run, in the process or on workers: each worker unwinds the
+    batch it was in, so the shard it was writing (four outputs in) is removed, not left for
+    ``gc``; so does the command itself."""
     cli("init")
     write_texts(worktree, 40)
     commit_raw(cli)
@@ -225,14 +228,18 @@ def upper(datum):
         except FileNotFoundError:
             pass
         else:
-            os.kill(os.getppid(), signal.SIGINT)
-            signal.pause()
+            if {workers} == 0:  # the command itself, in the transform
+                os.kill(os.getpid(), signal.{how})
+            else:
+                os.kill(os.getppid(), signal.{how})
+                signal.pause()
     return {{"txt": datum["txt"].upper()}}
 ''')
     before = head(worktree)
-    proc = _cli_process(worktree, "run", "--workers", "2")
+    proc = _cli_process(worktree, "run", *(["--workers", "2"] if workers else ["--executor", "serial"]))
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and out.decode().strip().endswith("interrupted") and not flag.exists(), out
+    code, said = (130, "interrupted") if how == "SIGINT" else (143, "terminated")
+    assert proc.returncode == code and out.decode().strip().endswith(said) and not flag.exists(), out
     assert sorted(p.name for p in (worktree / ".datarepo").rglob(".tmp-*")) == []
     assert head(worktree) == before
     assert run(cli)["upper"]["processed"] == 40

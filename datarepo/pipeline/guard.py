@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
+from datarepo.errors import Stopped
+
 _signalled = [False]
 
 
@@ -44,10 +46,8 @@ def _note(signum: int, frame: Any) -> None:
 
 
 def stops_run(error: BaseException) -> bool:
-    """Whether ``error`` must end the run: a Ctrl-C of this process, or a worker's stop
-    (its parent stopping the work), not something user code raised."""
-    from datarepo.executor import Stopped
-
+    """Whether ``error`` must end the run: a Ctrl-C of this process, or a SIGTERM (of the
+    command, or of a worker its parent stops), not something user code raised."""
     return isinstance(error, Stopped) or (isinstance(error, KeyboardInterrupt) and _signalled[0])
 
 
