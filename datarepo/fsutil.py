@@ -74,6 +74,20 @@ def make_temp(folder: Path, suffix: str = "") -> tuple[int, Path]:
             continue
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Holds Ctrl-C (SIGINT) and SIGTERM back until the block ends, for a step that must not
+    be cut in two: making a temporary file and taking charge of it (a signal between the
+    two would raise where nothing knows the file, to remove it)."""
+    import signal
+
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 class FolderMadeWhole:
     """A folder made under a temporary name beside ``dest`` and renamed to ``dest`` once the
     ``with`` block that makes it ends; removed instead if the block raises. Used as
@@ -171,8 +185,10 @@ def atomic_file(
     KeyboardInterrupt included, the temporary file is removed.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = make_temp(tmp_dir or path.parent)
+    tmp = None
     try:
+        with signals_deferred():  # (a Ctrl-C comes once ``tmp`` is known, to be removed)
+            fd, tmp = make_temp(tmp_dir or path.parent)
         with os.fdopen(fd, "wb", buffering=1 << 20) as f:
             yield f
             f.flush()
@@ -181,8 +197,8 @@ def atomic_file(
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            remove(tmp)
         raise
     if durable:
         fsync_dir(path.parent)

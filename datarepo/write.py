@@ -36,6 +36,7 @@ from xxhash import xxh3_128_digest
 from datarepo import executor as executors
 from datarepo.config import env_count
 from datarepo.errors import CorruptObjectError, InvalidInputError
+from datarepo.fsutil import signals_deferred
 from datarepo.hashing import Oid, datum_id, datum_id_of_digests
 from datarepo.keys import check_member
 from datarepo.locations import LocationRow, location_rows
@@ -177,7 +178,8 @@ class DatumWriter:
 
     def _shard(self) -> ShardWriter:
         if self._writer is None:
-            self._writer = self.store.new_shard()
+            with signals_deferred():  # (a Ctrl-C finds the new temporary tar in hand, to abort)
+                self._writer = self.store.new_shard()
         return self._writer
 
     def _done(self, loc: DatumLoc) -> None:
@@ -187,15 +189,17 @@ class DatumWriter:
 
     def end_shard(self) -> None:
         """Publishes the shard being written: the next datum starts a new one."""
-        writer, self._writer = self._writer, None
+        writer = self._writer
         if writer is None:
             return
         try:
             tmp, index = writer.finish()
             self.store.put_shard(tmp, index)
-        except BaseException:  # (a full disk: no temporary tar is left behind)
+        except BaseException:  # (a full disk, a Ctrl-C: no temporary tar is left behind)
             writer.abort()
             raise
+        finally:
+            self._writer = None
         self.published.append(PublishedShard(index.shard, index.size, location_rows(index)))
 
     def close(self) -> list[PublishedShard]:
