@@ -101,8 +101,8 @@ def test_a_change_that_keeps_size_mtime_or_inode_is_seen(worktree: Path, cli, th
     # Only the files in the future (2100 and past 2262) are read again: never trusted.
     assert _hashed(cli("add", ".").output) == 2
     _change_all(worktree)
-    if through == "stat cache":  # no snapshot to start from: each file against its cached hash
-        (worktree / ".datarepo" / "index.listing").unlink()
+    if through == "stat cache":  # a snapshot of another token: each file against its cached hash
+        (worktree / ".datarepoignore").write_text("*.tmp\n")
     assert _status(cli) == {"added": [], "modified": sorted(CHANGES), "deleted": []}
     assert _status(cli) == {"added": [], "modified": sorted(CHANGES), "deleted": []}  # and again, from the snapshot
     out = cli("add", ".").output
@@ -253,3 +253,27 @@ def test_an_ingested_file_changed_with_its_size_and_mtime_kept_is_read_again(
     third = json.loads(cli("ingest", str(src), "--prefix", "s/", "--json").output)
     assert third["modified"] == ["s/k"] and third["reused_files"] == 0
     assert cli("cat", "HEAD:s/k.txt").stdout_bytes == b"after!"
+
+
+@pytest.mark.parametrize("looks", ["status", "add"])
+def test_a_look_at_new_files_alone_keeps_the_cache_of_the_others(worktree: Path, cli, looks: str) -> None:
+    """A status or add that hashes only new files (the snapshot names no other) adds them to
+    the stat cache: it does not make a cache of those files alone, which forgot every other."""
+    for name in "abc":
+        (worktree / f"{name}.txt").write_bytes(name.encode())
+    age(worktree)
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "first")
+    (worktree / "d.txt").write_bytes(b"d")
+    age(worktree, only=[worktree / "d.txt"])
+    if looks == "add":
+        assert _hashed(cli("add", ".").output) == 1
+    else:
+        assert _status(cli)["added"] == ["d"]
+    (worktree / ".datarepoignore").write_text("*.tmp\n")  # another token: every key is looked at
+    out = cli("add", ".").output
+    if looks == "add":
+        assert _hashed(out) == 0 and "staged 0 added" in out
+    else:  # d is read once more, to be stored (a status stores nothing); a, b and c are not
+        assert _hashed(out) == 1 and "staged 1 added" in out
