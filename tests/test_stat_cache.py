@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -204,6 +205,27 @@ def test_a_file_checkout_wrote_then_changed_at_once_is_seen(worktree: Path, cli)
     cli("checkout", "-f", "main")
     assert (worktree / "a.txt").read_bytes() == b"version 2"
     _made_again(worktree / "a.txt", b"version 4")
+    assert _status(cli)["modified"] == ["a"]
+
+
+def test_a_clock_set_back_since_the_cache_was_made_does_not_hide_a_change(worktree: Path, cli) -> None:
+    """Entries made while the clock ran an hour ahead (then set back) trust every file as
+    older than the racy rule asks: a change must still differ from the entry."""
+    (worktree / "a.txt").write_bytes(b"version 1")
+    (worktree / "b.txt").write_bytes(b"version 1")
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "v1")
+    (worktree / "a.txt").write_bytes(b"version 2")
+    cli("add", ".")
+    cli("commit", "-m", "v2")
+    cli("checkout", "HEAD~1")  # (its entries are rows of the stat table)
+    with sqlite3.connect(worktree / ".datarepo" / "index.sqlite") as db:
+        assert db.execute("UPDATE stat SET seen_ns = seen_ns + 3600 * 1000000000").rowcount > 0
+    db.close()
+    (worktree / ".datarepoignore").write_text("*.tmp\n")  # no snapshot: the stat cache alone
+    assert _status(cli) == {"added": [], "modified": [], "deleted": []}
+    _rewrite_in_place(worktree / "a.txt", b"version 3")
     assert _status(cli)["modified"] == ["a"]
 
 
