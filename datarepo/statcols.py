@@ -3,6 +3,7 @@ cache's base and the status snapshot share."""
 
 from __future__ import annotations
 
+import os
 from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -11,9 +12,23 @@ from itertools import chain, repeat
 from datarepo.hashing import Oid
 
 # (size, mtime_ns, inode) of a file: a plain tuple, not a NamedTuple, because a scan
-# builds one per file and that constructor is a measurable share of a status.
+# builds one per file and that constructor is a measurable share of a status. Its
+# "mtime" is the file's change time (:func:`file_stat`).
 FileStat = tuple[int, int, int]
 SIZE, MTIME = 0, 1
+_LATEST = (1 << 63) - 1  # the latest time an int64 holds (in 2262)
+
+
+def file_stat(st: os.stat_result) -> FileStat:
+    """A file's (size, mtime_ns, inode) as the stat cache and the status snapshot compare
+    it, where "mtime" is the later of its mtime and its ctime. The mtime alone can be set
+    back (``touch -r``, ``cp -p``, ``rsync -a``, ``tar x``): a file rewritten in place
+    with its old size and mtime, or deleted and made again where its inode is reused,
+    would look unchanged. Its ctime is set to the clock by every write and every change
+    of its mtime, and cannot be set back. An mtime past 2262 is held as the latest time an
+    int64 holds: a time in the future, so never trusted (:func:`datarepo.statcache.trusted`)."""
+    mtime, ctime = st.st_mtime_ns, st.st_ctime_ns
+    return st.st_size, (mtime if mtime < _LATEST else _LATEST) if mtime > ctime else ctime, st.st_ino
 # The stat of a file listed but not stat'ed yet: it is, once it is open for reading.
 UNSTATED: FileStat = (-1, -1, -1)
 # A stat-cache entry: the file's (size, mtime_ns, inode) when it was hashed, when it was

@@ -30,7 +30,7 @@ from datarepo.keys import (  # noqa: F401 (check_key: re-exported)
     split,
     split_all,
 )
-from datarepo.statcols import SIZE, UNSTATED, FileStat, Packed, StatColumns
+from datarepo.statcols import SIZE, UNSTATED, FileStat, Packed, StatColumns, file_stat
 
 NEVER_ADDED = RESERVED_DIRS | {IGNORE_FILE}
 # Below this many files, statting them over worker processes costs more than it saves.
@@ -516,7 +516,7 @@ def _stats(root: Path, listed: list[tuple[str, list[str]]]) -> array:
                 except OSError:
                     out.extend(_FAILED)
                 else:
-                    out.extend((st.st_size, st.st_mtime_ns, st.st_ino))
+                    out.extend(file_stat(st))
         finally:
             os.close(fd)
     return out
@@ -535,7 +535,7 @@ def _restat_failed(root: Path, result: Scan) -> None:
             except OSError as e:
                 result.errors.append(Problem(rel, f"cannot stat {rel}: {e.strerror}", True))
                 continue
-            st = (now.st_size, now.st_mtime_ns, now.st_ino)
+            st = file_stat(now)
         names.append(rel)
         stats.extend(st)
     result.names, result.stats, result.spans = names, stats, [(None, 0, len(names))]
@@ -574,7 +574,7 @@ def _classify_other(entry: os.DirEntry, rel: str, result: Scan, follow: bool) ->
         result.notes.append(f"skipped symlink {rel}: its target cannot be read ({e.strerror})")
         return None
     if stat_mod.S_ISREG(st.st_mode):
-        return st.st_size, st.st_mtime_ns, st.st_ino
+        return file_stat(st)
     if stat_mod.S_ISDIR(st.st_mode):
         result.notes.append(f"skipped symlink to a directory {rel}")
     else:
@@ -643,4 +643,4 @@ def lstat(path: str, rel: str) -> FileStat:
         raise
     except OSError as e:
         raise InvalidInputError(f"cannot stat {rel}: {e.strerror}") from None
-    return st.st_size, st.st_mtime_ns, st.st_ino
+    return file_stat(st)

@@ -44,7 +44,7 @@ from datarepo.objects import TreeEntry
 from datarepo.progress import Progress, begin, tick
 from datarepo.shards import LARGE_FILE, DatumLoc, FileRange, MemberData, ShardWriter, member_hash, member_size
 from datarepo.statcache import trusted
-from datarepo.statcols import SIZE, UNSTATED, FileStat, StatColumns, StatRow
+from datarepo.statcols import SIZE, UNSTATED, FileStat, StatColumns, StatRow, file_stat
 from datarepo.store import Store
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def _read_file(prefix: str, rel: str, stat: FileStat) -> tuple[MemberData, bytes
         try:
             if stat[SIZE] < 0:
                 st = os.fstat(fd)
-                stat = st.st_size, st.st_mtime_ns, st.st_ino
+                stat = file_stat(st)
             if stat[SIZE] <= LARGE_FILE:
                 data = os.read(fd, stat[SIZE] + 1)
                 if len(data) > stat[SIZE]:  # it grew since its stat

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from click.testing import CliRunner, Result
 
 from datarepo.cli import main
 from datarepo.repo import Repo
+from datarepo.statcache import RACY_NS
 
 
 class Cli:
@@ -81,13 +83,18 @@ def repo_with_commit(worktree: Path, cli: Cli) -> tuple[Repo, dict[str, bytes]]:
 
 
 def age(root: Path, seconds: float = 10, only: list[Path] | None = None) -> None:
-    """Backdates files, so the stat cache trusts them (they are no longer 'racy')."""
+    """Backdates files, so the stat cache trusts them (they are no longer 'racy'): their
+    mtimes are set back, and, as a file's ctime cannot be, this waits until the newest of
+    their ctimes is older than the racy rule asks."""
     paths = only or [
         Path(d, n) for d, _, names in os.walk(root) if ".datarepo" not in Path(d).parts for n in names
     ]
     for p in paths:
         st = os.stat(p)
         os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))
+    newest = max((os.stat(p).st_ctime_ns for p in paths), default=0)
+    while time.time_ns() <= newest + RACY_NS:
+        time.sleep((newest + RACY_NS - time.time_ns()) / 1e9 + 0.01)
 
 
 def shard_file(repo: Repo, shard: str, suffix: str = ".tar") -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import os
 import time
 from collections.abc import Iterable
@@ -21,6 +22,7 @@ from datarepo.porcelain.stage import status, worktree_datums
 from datarepo.refs import BRANCHES, check_name
 from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData, copy_member
+from datarepo.statcols import FileStat, file_stat
 from datarepo.store import check_datum, datum_members
 from datarepo.worktree import file_and_dir, member_path, split_path
 
@@ -114,14 +116,19 @@ def _apply(
         exts[key] = []
     removed = len(in_the_way) + _remove_stale(root, exts, grouping)
     _check_in_the_way(root, files, dirs)
-    written: dict[str, Oid] = {}
+    written: dict[str, tuple[FileStat, Oid]] = {}
     begin(progress, len(moves))
     tmp = _temp_dir(repo)
     for key, at in found.items():
         if at is not None:
-            written.update(write_datum(repo, *at, root, key, paths, tmp))
+            # Each file's stat is taken as soon as its datum is written: taken at the end,
+            # it would hold any change made to the file since, and pair it with what the
+            # checkout wrote (a long checkout: trusted by the next status, never read again).
+            for rel, oid in write_datum(repo, *at, root, key, paths, tmp).items():
+                with contextlib.suppress(OSError):  # (gone already: nothing to cache)
+                    written[rel] = file_stat(os.lstat(root / rel)), oid
         tick(progress)
-    _record_stats(repo, root, written)
+    _record_stats(repo, written)
     return len(written), removed
 
 
@@ -302,12 +309,11 @@ def _check_paths(root: Path, keys: Iterable[str], files: set[str]) -> WorktreePa
     return paths
 
 
-def _record_stats(repo: Repo, root: Path, written: dict[str, Oid]) -> None:
-    """Caches the stat of every file written, so the next status need not hash them."""
+def _record_stats(repo: Repo, written: dict[str, tuple[FileStat, Oid]]) -> None:
+    """Caches the stat each file had once written, so the next status need not hash those
+    written more than two seconds before the checkout ended (the racy rule:
+    :func:`datarepo.statcache.trusted`)."""
     seen = time.time_ns()
-    entries = []
-    for rel, oid in written.items():
-        st = os.stat(root / rel)
-        entries.append((rel, (st.st_size, st.st_mtime_ns, st.st_ino, seen, oid)))
+    entries = [(rel, (*stat, seen, oid)) for rel, (stat, oid) in written.items()]
     with repo.index.transaction():
         repo.index.stats.save(entries)

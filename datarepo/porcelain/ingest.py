@@ -23,6 +23,7 @@ from datarepo.porcelain.history import changes_of, diff
 from datarepo.repo import Repo
 from datarepo.sources import NewDatum
 from datarepo.statcache import trusted
+from datarepo.statcols import file_stat
 from datarepo.worktree import check_key, group, scan
 from datarepo.write import RepoWriter, store_files
 
@@ -245,7 +246,7 @@ def _remembered_file(run: _Run, path: Path) -> Iterator[NewDatum | tuple[TreeEnt
     memo = _memo(run.repo.index.get_meta(name))
     if memo is not None:
         saved_stat, entries = memo
-        if trusted(saved_stat, (st.st_size, st.st_mtime_ns, st.st_ino)) and all(run.stored(e.datum) for e in entries):
+        if trusted(saved_stat, file_stat(st)) and all(run.stored(e.datum) for e in entries):
             run.reused_files += 1
             where = str(path)
             yield from ((e, where) for e in entries)
@@ -254,5 +255,5 @@ def _remembered_file(run: _Run, path: Path) -> Iterator[NewDatum | tuple[TreeEnt
     for item in sources.read_file(path, run.notes):
         taken.append(TreeEntry(item.key, item.datum, item.size))
         yield item
-    stat = [st.st_size, st.st_mtime_ns, st.st_ino, seen, ""]
+    stat = [*file_stat(st), seen, ""]
     run.remembered[name] = json.dumps({"stat": stat, "entries": [list(e) for e in taken]})

@@ -221,7 +221,7 @@ def status(repo: Repo, follow: bool = False) -> Status:
     now = {k: hash_datum(root, m, files, cache, read) for k, m in look.members.items() if keys is None or k in keys}
     if read:
         with repo.index.best_effort(), repo.index.transaction():
-            repo.index.stats.record(read, look.found.started_ns, bulk=not cache)
+            repo.index.stats.record(read, look.found.started_ns, bulk=_empty(repo, cache))
     head = head_datums(repo, keys)
     result = look.save(_verdict(head, index_datums(repo, head, keys), now), keys, read)
     result.looked_at = None if keys is None else len(keys)
@@ -305,7 +305,7 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         # processes, with many changes): both from plain data, each the same wherever it runs.
         aside = executor.for_work(len(staged) >= ASIDE_MIN)
         tree_job = aside.map(trees.build_tree, [(str(repo.dotdir), base, staged)]) if buildable and staged else None
-        bulk = not cache and len(stored.read) > 0
+        bulk = _empty(repo, cache) and len(stored.read) > 0
         base_path = str(repo.index.stats.base_path(""))
         base_job = aside.map(write_base, [(base_path, stored.read, look.found.started_ns)]) if bulk else None
         _stage(repo, staged, head, StatColumns() if bulk else stored.read, look.found.started_ns)
@@ -353,6 +353,13 @@ def _check_matched(repo: Repo, paths: list[str] | None, chosen: list[str]) -> No
     for p in paths or ():
         if not os.path.lexists(p) and not any(k in (key_filter(repo, [p]) or ()) for k in chosen):
             raise InvalidInputError(f"no file or tracked datum matches {p}")
+
+
+def _empty(repo: Repo, cache: dict[str, StatRow]) -> bool:
+    """Whether the work tree's stat cache is empty, ``cache`` being what was looked up in
+    it: the files read then make a new base. None of a few keys' files in the cache is no
+    empty cache: a base of those files alone would drop every file of the last one."""
+    return not cache and not repo.index.stats.any()
 
 
 def _only(state: dict[str, Oid], keys: set[str]) -> dict[str, Oid]:
