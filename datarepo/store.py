@@ -213,6 +213,11 @@ class Store:
         """Whether the shard's tar is there, in use (with or without its ``.idx``)."""
         return is_oid(oid) and self.fs.exists(self._tar(oid))
 
+    def in_use(self, oid: str) -> bool:
+        """Whether a shard the location cache names is still in use (see
+        :meth:`Repo.forget_gone_shards`)."""
+        return self.has_shard(oid)
+
     def has_index(self, oid: str) -> bool:
         """Whether the shard's ``.idx`` is there (in use): a tar without one was published by
         a writer killed before its ``.idx`` (see :meth:`put_shard`)."""
