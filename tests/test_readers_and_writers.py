@@ -168,3 +168,46 @@ def test_a_dataset_planned_before_maintenance_reads_every_sample_until_gc_prunes
         next(iter(loader(ds, workers=2)))
     again = DatumDataset(root, rev="keep", batch_size=4)  # planned anew: read whole
     assert sum(len(b["__key__"]) for b in loader(again, workers=2)) == len(samples)
+
+
+def test_gc_while_a_run_is_recorded_leaves_the_record_whole(tmp_path: Path) -> None:
+    """A training run is recorded on a commit only the dataset still names (its branch was
+    deleted, the reflog keeps nothing); gc --prune now in another process comes just as the
+    run object is stored, before its ref. The record keeps its commit and object: gc
+    waits for it (here, gives up at the lock), nothing is left naming what gc deleted."""
+    root = tmp_path / "repo"
+    make_repo(root, labelled(8), shard_size=4096)
+    config = root / ".datarepo" / "config.toml"
+    config.write_text(config.read_text().replace("reflog_expire_days = 30", "reflog_expire_days = 0"))
+    datarepo_cli(root, "branch", "exp")
+    add_commit_on(root, "exp")
+    ds = DatumDataset(root, rev="exp", batch_size=4)
+    datarepo_cli(root, "branch", "-D", "exp")
+    time.sleep(1.1)  # (the reflog's lines, stamped in whole seconds, are then older than the window)
+    tried = []
+    with datarepo.open(root) as repo:
+        store = repo.store.put_object
+
+        def then_gc(obj: object) -> str:
+            oid = store(obj)
+            done = subprocess.run([sys.executable, "-m", "datarepo.cli", "gc", "--prune", "now"], cwd=root,
+                                  env={**ENV, "DATAREPO_LOCK_TIMEOUT": "1"}, capture_output=True, text=True)
+            tried.append((done.returncode, done.stderr))
+            return oid
+
+        repo.store.put_object = then_gc  # type: ignore[method-assign]
+        repo.record_run("r1", ds)
+    assert len(tried) == 1 and tried[0][0] == 1 and "locked by another writer" in tried[0][1]
+    assert "r1\t" in datarepo_cli(root, "runs")
+    assert "0 problems" in datarepo_cli(root, "fsck")
+    assert json.loads(datarepo_cli(root, "gc", "--prune", "now", "--json"))["objects"] == 0  # the run keeps its commit
+    assert len(list(loader(DatumDataset(root, rev="r1", batch_size=4), workers=2))) == 3
+
+
+def add_commit_on(root: Path, branch: str) -> None:
+    """A commit of new samples on ``branch`` (HEAD stays where it is)."""
+    with datarepo.open(root) as repo, repo.lock:
+        with repo.writer() as w:
+            for key, members in labelled(4, prefix="exp/", seed=5).items():
+                w.put(key, members)
+        repo.commit(w.entries, "exp", ref=f"refs/heads/{branch}")
