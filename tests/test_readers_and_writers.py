@@ -211,3 +211,53 @@ def add_commit_on(root: Path, branch: str) -> None:
             for key, members in labelled(4, prefix="exp/", seed=5).items():
                 w.put(key, members)
         repo.commit(w.entries, "exp", ref=f"refs/heads/{branch}")
+
+
+def waits_on(proc: subprocess.Popen[str], lock: Path) -> bool:
+    """Whether ``proc`` has ``lock`` open (it then waits for it: the lock is held)."""
+    try:
+        return any(os.path.realpath(f"/proc/{proc.pid}/fd/{fd}") == str(lock) for fd in os.listdir(f"/proc/{proc.pid}/fd"))
+    except FileNotFoundError:  # (a descriptor closed while it was looked at)
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the pull wait")
+@pytest.mark.parametrize("prune", [False, True], ids=["repack", "repack-and-gc-prune-now"])
+def test_a_pull_whose_remote_is_repacked_after_it_listed_it_fetches_everything(tmp_path: Path, prune: bool) -> None:
+    """A pull lists the folder remote, then waits for this repository's writer lock (held
+    here); meanwhile the remote's keeper repacks it (and gc --prune now deletes the old
+    shards). The pull lists the remote again and fetches the new shard: nothing is lost."""
+    up, remote, down = tmp_path / "up", tmp_path / "remote.git", tmp_path / "down"
+    up.mkdir()
+    datarepo_cli(up, "init", "--shard-size", "4K")
+    for i in range(40):
+        (up / f"k{i:02d}.txt").write_text(f"datum {i} " * 20)
+    datarepo_cli(up, "add", ".")
+    datarepo_cli(up, "commit", "-m", "one")
+    datarepo_cli(tmp_path, "init", "--bare", str(remote))
+    datarepo_cli(up, "remote", "add", "origin", str(remote))
+    datarepo_cli(up, "push")
+    datarepo_cli(tmp_path, "clone", str(remote), "down")
+    for i in range(40, 80):
+        (up / f"k{i:02d}.txt").write_text(f"datum {i} " * 20)
+    datarepo_cli(up, "add", ".")
+    datarepo_cli(up, "commit", "-m", "two")
+    datarepo_cli(up, "push")
+    config = remote / "config.toml"
+    config.write_text(config.read_text().replace("shard_size = 268435456", "shard_size = 1048576"))
+    with datarepo.open(down) as repo, repo.lock:
+        pull = subprocess.Popen([sys.executable, "-m", "datarepo.cli", "pull"], cwd=down, env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + WAIT
+        while not waits_on(pull, repo.dotdir / "lock"):
+            assert pull.poll() is None, pull.communicate()
+            assert time.monotonic() < deadline, "the pull never reached the lock"
+            time.sleep(0.005)
+        assert json.loads(datarepo_cli(remote, "repack", "--all", "--json"))["shards_in"] >= 2
+        if prune:
+            assert json.loads(datarepo_cli(remote, "gc", "--prune", "now", "--json"))["pruned"] >= 2
+    out, err = pull.communicate(timeout=WAIT)
+    assert pull.returncode == 0, err
+    assert "Fast-forward" in out
+    assert {p.name: p.read_text() for p in down.glob("k*.txt")} == {f"k{i:02d}.txt": f"datum {i} " * 20 for i in range(80)}
+    assert "0 problems" in datarepo_cli(down, "fsck")
