@@ -261,3 +261,44 @@ def test_a_pull_whose_remote_is_repacked_after_it_listed_it_fetches_everything(t
     assert "Fast-forward" in out
     assert {p.name: p.read_text() for p in down.glob("k*.txt")} == {f"k{i:02d}.txt": f"datum {i} " * 20 for i in range(80)}
     assert "0 problems" in datarepo_cli(down, "fsck")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the push wait")
+def test_gc_of_a_folder_remote_while_a_push_uploads_loses_nothing(tmp_path: Path) -> None:
+    """The remote is a repository its keeper collects garbage in (gc --prune now, under
+    its lock) while a push to it runs. The push waits for that lock before it lists the
+    remote and uploads: gc finds nothing of it to delete, and the branch it moves names
+    a whole commit that a clone reads."""
+    from datarepo.porcelain.maintenance import gc
+
+    up, remote = tmp_path / "up", tmp_path / "remote.git"
+    up.mkdir()
+    datarepo_cli(up, "init", "--shard-size", "4K")
+    for i in range(10):
+        (up / f"k{i:02d}.txt").write_text(f"datum {i} " * 20)
+    datarepo_cli(up, "add", ".")
+    datarepo_cli(up, "commit", "-m", "one")
+    datarepo_cli(tmp_path, "init", "--bare", str(remote))
+    datarepo_cli(up, "remote", "add", "origin", str(remote))
+    datarepo_cli(up, "push")
+    for i in range(10, 20):
+        (up / f"k{i:02d}.txt").write_text(f"datum {i} " * 20)
+    datarepo_cli(up, "add", ".")
+    datarepo_cli(up, "commit", "-m", "two")
+    swept = []
+    with datarepo.open(remote) as keeper, keeper.lock:
+        push = subprocess.Popen([sys.executable, "-m", "datarepo.cli", "push"], cwd=up, env=ENV,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + WAIT
+        while not waits_on(push, remote / "lock"):
+            assert push.poll() is None, push.communicate()
+            assert time.monotonic() < deadline, "the push never reached the remote's lock"
+            time.sleep(0.005)
+        swept.append(gc(keeper, prune_after=0))  # (the keeper's gc, under the lock it holds)
+    out, err = push.communicate(timeout=WAIT)
+    assert push.returncode == 0, err
+    assert len(swept) == 1 and swept[0].objects == 0
+    assert "0 problems" in datarepo_cli(remote, "fsck")
+    datarepo_cli(tmp_path, "clone", str(remote), "down")
+    got = {p.name: p.read_text() for p in (tmp_path / "down").glob("k*.txt")}
+    assert got == {f"k{i:02d}.txt": f"datum {i} " * 20 for i in range(20)}

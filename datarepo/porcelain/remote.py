@@ -175,11 +175,12 @@ class Remote:
             raise RemoteError(f"{name} on remote {self.name!r} was moved by another push meanwhile: fetch, then push again") from None
 
 
-def _connect(repo: Repo, name: str | None) -> Remote:
+def _connect(repo: Repo, name: str | None, listed: bool = True) -> Remote:
     rfs = open_remote(repo, name)
     remote = Remote(rfs)
-    with speaking(remote.name):
-        remote.list()
+    if listed:
+        with speaking(remote.name):
+            remote.list()
     return remote
 
 
@@ -188,9 +189,14 @@ def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_re
     """Uploads what the remote lacks of the pushed refs, then moves the remote's refs
     (fast-forward only, unless ``force``). The default is the current branch."""
     refs = _refs_to_push(repo, list(revs), all_refs)
-    r = _connect(repo, remote)
+    r = _connect(repo, remote, listed=False)
     with speaking(r.name):
         _check_place(repo, r)
+    # A folder remote's lock is held from the listing to the refs: the gc of whoever keeps
+    # a repository there takes it too, and would otherwise delete what was uploaded (or
+    # what the listing said the remote had) before a ref names it.
+    with speaking(r.name), r.ref_lock():
+        r.list()
         for name, new in refs:
             _check_update(repo, r, name, new, force)
         edges: dict[str, list[str]] = {}
@@ -205,13 +211,12 @@ def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_re
             r.write(f"objects/{oid[:2]}/{oid[2:]}", data)
             size += len(data)
         updated = []
-        with r.ref_lock():
-            for name, new in refs:
-                old = _check_update(repo, r, name, new, force)  # read again just before writing
-                if old != new:
-                    r.write_ref(name, old, new)
-                    updated.append(RefUpdate(name, old, new))
-            _set_remote_head(repo, r, [name for name, _ in refs])
+        for name, new in refs:
+            old = _check_update(repo, r, name, new, force)  # read again just before writing (S3 has no lock)
+            if old != new:
+                r.write_ref(name, old, new)
+                updated.append(RefUpdate(name, old, new))
+        _set_remote_head(repo, r, [name for name, _ in refs])
         r.remove_leftovers()
     return PushResult(Transfer(r.name, len(edges), count, size), updated)
 
