@@ -452,11 +452,13 @@ class Store:
     def _find_retired(self, oid: str) -> Retired | None:
         """The newest retired copy of a shard (looked up once a process, when a shard is not
         in use: a reader holding locations from before a repack)."""
-        if (found := self._retired_seen.get(oid)) is None:
+        found = self._retired_seen.get(oid)
+        if found is None or found.tar is None or found.idx is None:  # (looked up between the two moves: again)
+            found = None
             for retired in self.iter_retired():
                 if retired.shard == oid:
                     found = retired
-            if found is not None:
+            if found is not None and found.tar is not None and found.idx is not None:
                 self._retired_seen[oid] = found
         return found
 

@@ -302,3 +302,20 @@ def test_gc_of_a_folder_remote_while_a_push_uploads_loses_nothing(tmp_path: Path
     datarepo_cli(tmp_path, "clone", str(remote), "down")
     got = {p.name: p.read_text() for p in (tmp_path / "down").glob("k*.txt")}
     assert got == {f"k{i:02d}.txt": f"datum {i} " * 20 for i in range(20)}
+
+
+def test_a_reader_that_met_a_shard_between_the_two_moves_of_its_retiring_finds_its_index(tmp_path: Path) -> None:
+    """Retiring moves a shard's tar, then its ``.idx`` (docs/format.md): a reader that opens
+    the shard between the two moves, then reads its index, finds the retired ``.idx``."""
+    root = tmp_path / "repo"
+    make_repo(root, labelled(12), shard_size=4096)
+    with datarepo.open(root) as writer, datarepo.open(root) as reader:
+        shard = sorted(writer.store.iter_shards())[0]
+        expected = writer.store.read_index(shard)
+        retired = writer.dotdir / "shards" / "retired"
+        retired.mkdir()
+        in_use = writer.dotdir / "shards" / shard[:2] / shard[2:]
+        os.rename(f"{in_use}.tar", retired / f"1000-{shard}.tar")
+        reader.store.open_shard(shard).close()
+        os.rename(f"{in_use}.idx", retired / f"1000-{shard}.idx")
+        assert reader.store.read_index(shard) == expected
