@@ -420,6 +420,10 @@ def _resolve(
     through the shard indexes; and the shards used, in oid order, numbered afresh."""
     shard_of, offsets, lengths = where[:, 0], where[:, 1], where[:, 2]
     names = list(shards)
+    placed = np.flatnonzero(np.bincount(shard_of[shard_of >= 0], minlength=len(names))).tolist()
+    gone = set(repo.forget_gone_shards([names[i] for i in placed]))
+    if gone:  # (their datums are looked up afresh: a planned read of a shard out of use fails once gc prunes it)
+        shard_of[np.isin(shard_of, [i for i in placed if names[i] in gone])] = -1
     missing = np.flatnonzero(shard_of < 0).tolist()
     if missing:  # not in the cache (or behind a datum with the same first half)
         places = {name: i for i, name in enumerate(names)}

@@ -137,6 +137,19 @@ class Repo:
                     self.index.locations.set_lost(lost)  # all stored again
         return bool(missing) or bool(lost) or self.index.locations.relied_on(self.index.locations.damaged())
 
+    def forget_gone_shards(self, shards: Iterable[str]) -> list[str]:
+        """Drops from the location cache those of ``shards`` that are no longer in use (a
+        ``repack`` or ``gc`` in another process took them out), so that their datums are
+        looked up afresh; returns them. A cache this process read before (a private copy of
+        another user's repository) or one a reader filled as a shard was being retired
+        still places datums there. Where the cache cannot be written, it is left as it is."""
+        gone = [shard for shard in shards if not self.store.in_use(shard)]
+        if gone:
+            with self.index.best_effort(), self.index.transaction():
+                for shard in gone:
+                    self.index.locations.drop_shard(shard)
+        return gone
+
     def drop_shards(self, shards: list[str]) -> None:
         """Forgets shards in the location cache, then deletes their files."""
         with self.index.transaction():
@@ -397,6 +410,7 @@ class Repo:
         except ObjectNotFoundError as e:
             if e.kind != "shard":
                 raise
+            self.forget_gone_shards([shard])
         except CorruptObjectError:
             if self.index.locations.agrees(shard, loc, self.store.read_index(shard)):
                 raise

@@ -213,6 +213,11 @@ class Store:
         """Whether the shard's tar is there, in use (with or without its ``.idx``)."""
         return is_oid(oid) and self.fs.exists(self._tar(oid))
 
+    def in_use(self, oid: str) -> bool:
+        """Whether a shard the location cache names is still in use (see
+        :meth:`Repo.forget_gone_shards`)."""
+        return self.has_shard(oid)
+
     def has_index(self, oid: str) -> bool:
         """Whether the shard's ``.idx`` is there (in use): a tar without one was published by
         a writer killed before its ``.idx`` (see :meth:`put_shard`)."""
@@ -447,11 +452,13 @@ class Store:
     def _find_retired(self, oid: str) -> Retired | None:
         """The newest retired copy of a shard (looked up once a process, when a shard is not
         in use: a reader holding locations from before a repack)."""
-        if (found := self._retired_seen.get(oid)) is None:
+        found = self._retired_seen.get(oid)
+        if found is None or found.tar is None or found.idx is None:  # (looked up between the two moves: again)
+            found = None
             for retired in self.iter_retired():
                 if retired.shard == oid:
                     found = retired
-            if found is not None:
+            if found is not None and found.tar is not None and found.idx is not None:
                 self._retired_seen[oid] = found
         return found
 

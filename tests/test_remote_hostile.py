@@ -249,9 +249,10 @@ def test_an_s3_remote_whose_refs_no_folder_could_hold(tmp_path: Path, worktree: 
 
 def test_of_two_pushes_racing_to_one_branch_the_second_is_refused(tmp_path: Path, worktree: Path, cli: Cli,
                                                                   origin: Path) -> None:  # noqa: F811
-    """No lost update: a push moves a branch only from the commit it saw, re-read under the
-    remote's lock (``lock`` in its folder), so the later of two racing pushes sees the
-    earlier one's commit and is refused, as a non-fast-forward is."""
+    """No lost update: a push moves a branch only from the commit it saw, read under the
+    remote's lock (``lock`` in its folder, held from its listing to its ref write), so the
+    later of two racing pushes sees the earlier one's commit and is refused, as a
+    non-fast-forward is."""
     from datarepo.fsutil import WriterLock
 
     cli("push")
@@ -263,12 +264,12 @@ def test_of_two_pushes_racing_to_one_branch_the_second_is_refused(tmp_path: Path
     (worktree / "ours.txt").write_text("ours")
     cli("add", ".")
     cli("commit", "-m", "ours")
-    with datarepo.open(worktree) as r:
-        ours = r.head()
-    with WriterLock(origin / "lock"):  # the other push, between its check and its ref write
+    lock = origin / "lock"
+    with WriterLock(lock):  # the other push, between its check and its ref write
         pushing = subprocess.Popen([EXE, "push"], cwd=worktree, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        commit = origin / "objects" / ours[:2] / ours[2:]
-        while not commit.exists() and pushing.poll() is None:  # (our push has checked main and is uploading)
+        while pushing.poll() is None and not any(  # (our push waits for the lock)
+            os.path.realpath(f"/proc/{pushing.pid}/fd/{fd}") == str(lock) for fd in _fds(pushing.pid)
+        ):
             time.sleep(0.001)
         with contextlib.suppress(subprocess.TimeoutExpired):
             pushing.wait(timeout=1)  # (a push that does not wait for the lock is done by now)
@@ -276,6 +277,13 @@ def test_of_two_pushes_racing_to_one_branch_the_second_is_refused(tmp_path: Path
     out, err = pushing.communicate(timeout=60)
     assert pushing.returncode == 1 and "fetch first" in err and len(err.strip().splitlines()) == 1, out + err
     assert (origin / "refs/heads/main").read_text() == f"{theirs}\n"
+
+
+def _fds(pid: int) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:  # (the process has ended)
+        return []
 
 
 class HeldPuts:

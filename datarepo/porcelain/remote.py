@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from datarepo.config import env_seconds
-from datarepo.errors import CorruptObjectError, DataRepoError, DirtyWorktreeError, InvalidInputError
+from datarepo.errors import CorruptObjectError, DataRepoError, DirtyWorktreeError, InvalidInputError, ObjectNotFoundError
 from datarepo.fsutil import TMP_PREFIX, FolderMadeWhole, WriterLock
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit
@@ -175,11 +175,12 @@ class Remote:
             raise RemoteError(f"{name} on remote {self.name!r} was moved by another push meanwhile: fetch, then push again") from None
 
 
-def _connect(repo: Repo, name: str | None) -> Remote:
+def _connect(repo: Repo, name: str | None, listed: bool = True) -> Remote:
     rfs = open_remote(repo, name)
     remote = Remote(rfs)
-    with speaking(remote.name):
-        remote.list()
+    if listed:
+        with speaking(remote.name):
+            remote.list()
     return remote
 
 
@@ -188,9 +189,14 @@ def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_re
     """Uploads what the remote lacks of the pushed refs, then moves the remote's refs
     (fast-forward only, unless ``force``). The default is the current branch."""
     refs = _refs_to_push(repo, list(revs), all_refs)
-    r = _connect(repo, remote)
+    r = _connect(repo, remote, listed=False)
     with speaking(r.name):
         _check_place(repo, r)
+    # A folder remote's lock is held from the listing to the refs: the gc of whoever keeps
+    # a repository there takes it too, and would otherwise delete what was uploaded (or
+    # what the listing said the remote had) before a ref names it.
+    with speaking(r.name), r.ref_lock():
+        r.list()
         for name, new in refs:
             _check_update(repo, r, name, new, force)
         edges: dict[str, list[str]] = {}
@@ -205,13 +211,12 @@ def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_re
             r.write(f"objects/{oid[:2]}/{oid[2:]}", data)
             size += len(data)
         updated = []
-        with r.ref_lock():
-            for name, new in refs:
-                old = _check_update(repo, r, name, new, force)  # read again just before writing
-                if old != new:
-                    r.write_ref(name, old, new)
-                    updated.append(RefUpdate(name, old, new))
-            _set_remote_head(repo, r, [name for name, _ in refs])
+        for name, new in refs:
+            old = _check_update(repo, r, name, new, force)  # read again just before writing (S3 has no lock)
+            if old != new:
+                r.write_ref(name, old, new)
+                updated.append(RefUpdate(name, old, new))
+        _set_remote_head(repo, r, [name for name, _ in refs])
         r.remove_leftovers()
     return PushResult(Transfer(r.name, len(edges), count, size), updated)
 
@@ -425,33 +430,63 @@ def _remove_stale_downloads(repo: Repo) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
 
 
+class _ListingOutdated(Exception):
+    """A shard the remote's listing named is gone, or a datum is in none of its shards: the
+    remote was repacked (and its old shards pruned) since it was listed."""
+
+
 def _fetch_shards(repo: Repo, r: Remote, needed: dict[str, str]) -> list[int]:
     """Downloads the remote's shards that hold ``needed`` datums, checks each (its tar hashes
     to its name, each datum's members to its id, its ``.idx`` is the one its tar gives),
-    then publishes it here and records its datums' locations."""
+    then publishes it here and records its datums' locations. A listing of the remote
+    that ``repack`` and ``gc`` there made out of date is made again, once."""
     if not needed:
         return []
+    sizes: list[int] = []
+    try:
+        _fetch_listed(repo, r, needed, sizes)
+    except _ListingOutdated:
+        r.list()
+        repo.sync_locations()
+        left = needed.keys() - repo.stored(needed)
+        try:
+            _fetch_listed(repo, r, {d: needed[d] for d in left}, sizes)
+        except _ListingOutdated as e:
+            raise RemoteError(f"remote {r.name!r} {e}") from None
+    repo.sync_locations()
+    if lost := next((d for d in needed if d not in repo.stored([d])), None):
+        raise RemoteError(f"remote {r.name!r}: datum {lost} (key {needed[lost]}) is not in the shards fetched")
+    return sizes
+
+
+def _fetch_listed(repo: Repo, r: Remote, needed: dict[str, str], sizes: list[int]) -> None:
+    """Downloads the shards of the remote's listing that hold ``needed`` datums (adding
+    their sizes to ``sizes``)."""
+    if not needed:
+        return
     holder: dict[str, str] = {}
     for shard in sorted(r.shards):
         if repo.store.has_shard(shard) and repo.store.has_index(shard):  # (a killed fetch's tar alone: again)
             continue
-        for d in r.store.read_index(shard).datums:
+        try:
+            datums = r.store.read_index(shard).datums
+        except ObjectNotFoundError:
+            raise _ListingOutdated(f"lacks shard {shard}") from None
+        for d in datums:
             if d.datum in needed:
                 holder.setdefault(d.datum, shard)
         if len(holder) == len(needed):
             break
     if lost := next((d for d in needed if d not in holder), None):
-        raise RemoteError(f"remote {r.name!r} lacks datum {lost} (key {needed[lost]})")
+        raise _ListingOutdated(f"lacks datum {lost} (key {needed[lost]})")
     (repo.dotdir / "tmp").mkdir(exist_ok=True)
-    sizes = []
     with tempfile.TemporaryDirectory(prefix=FETCH_DIR, dir=repo.dotdir / "tmp") as tmp:
         staging = Store(tmp)
         for shard in sorted(set(holder.values())):
-            sizes.append(_fetch_shard(repo, r, staging, Path(tmp), shard))
-    repo.sync_locations()
-    if lost := next((d for d in needed if d not in repo.stored([d])), None):
-        raise RemoteError(f"remote {r.name!r}: datum {lost} (key {needed[lost]}) is not in the shards fetched")
-    return sizes
+            try:
+                sizes.append(_fetch_shard(repo, r, staging, Path(tmp), shard))
+            except FileNotFoundError:  # (retired there since its index was read)
+                raise _ListingOutdated(f"lacks shard {shard}") from None
 
 
 def _fetch_shard(repo: Repo, r: Remote, staging: Store, tmp: Path, shard: str) -> int:

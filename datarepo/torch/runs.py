@@ -72,7 +72,14 @@ def record_run(repo: Repo, name: str, dataset: DatumDataset, extra: Mapping[str,
         raise InvalidInputError(f"dataset must be a DatumDataset, not {type(dataset).__name__}")
     if extra is not None and not isinstance(extra, Mapping):
         raise InvalidInputError(f"run {name!r}: extra must be JSON data (a dict, not a {type(extra).__name__})")
-    if not args.flag("force", force) and repo.refs.read(RUNS + name) is not None:
+    # Under the writer lock from the commit's check to the ref: a gc between them would delete
+    # the commit, or the run object not yet named by a ref, and leave the ref naming nothing.
+    with repo.lock:
+        return _record(repo, name, dataset, extra, args.flag("force", force))
+
+
+def _record(repo: Repo, name: str, dataset: DatumDataset, extra: Mapping[str, Any] | None, force: bool) -> Oid:
+    if not force and repo.refs.read(RUNS + name) is not None:
         raise InvalidInputError(f"run {name!r} is already recorded")
     if not repo.store.has_object(dataset.commit):  # (its ref would keep nothing, and stop gc as damage)
         raise InvalidInputError(f"run {name!r}: the dataset reads commit {dataset.commit}, which is not in this repository")
