@@ -704,10 +704,17 @@ def run() -> None:
         else:
             print(e.code, file=sys.stderr)
             code = 1
+    except OSError as e:  # writing --help or --version, before any command runs (stdout is /dev/full)
+        print(f"Error: {one_line(_os_error(e))}", file=sys.stderr)
+        code = 1
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         code = code or SIGPIPE_EXIT
+    except OSError as e:  # stdout is /dev/full, a full disk, a terminal gone (EIO)
+        if not code:  # (else the command's own error line told of it when a write failed)
+            print(f"Error: cannot write standard output: {e.strerror or e}", file=sys.stderr)
+            code = 1
     sys.stderr.flush()
     atexit._run_exitfuncs()  # (what removes temporary files: a private index, a remote's cache)
     os._exit(code)
