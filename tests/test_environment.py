@@ -50,3 +50,42 @@ def test_stdout_that_cannot_be_written_is_one_error_line(committed: Path, args: 
     with open("/dev/full", "w") as full:
         result = datarepo(committed, *args, stdout=full, stderr=subprocess.PIPE)
     one_error_line(result, "No space left on device")
+
+
+def _flow_under_umask(work: Path, mask: int) -> None:
+    """init, add, commit, tag, a branch, checkouts, an export of files and of shards, fsck."""
+    (work / "a").mkdir()
+    (work / "a" / "1.txt").write_text("1\n")
+    steps = [("init",), ("add", "."), ("commit", "-m", "one"), ("tag", "v1"), ("checkout", "-b", "b2"),
+             ("rm", "a/1.txt"), ("commit", "-m", "two"), ("checkout", "main"),
+             ("export", "HEAD", "../files"), ("export", "HEAD", "../shards", "--shards"), ("fsck",)]
+    for args in steps:
+        result = datarepo(work, *args, preexec_fn=lambda: os.umask(mask))
+        assert result.returncode == 0, (args, result.stderr)
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(("mask", "mutable", "stored", "users"), [(0o077, 0o600, 0o400, 0o600),
+                                                                  (0o000, 0o644, 0o444, 0o666),
+                                                                  (0o022, 0o644, 0o444, 0o644)])
+def test_files_follow_the_umask(tmp_path: Path, mask: int, mutable: int, stored: int, users: int) -> None:
+    """Every file is made with its kind's mode less the umask's bits, as git makes files:
+    under umask 077 no one else may read any of it (and the repository works for its
+    owner); no umask makes a file of the repository writable by others (umask 000); the
+    files checked out and exported are the user's, 0666 less the umask."""
+    work = tmp_path / "work"
+    work.mkdir()
+    _flow_under_umask(work, mask)
+    modes = _modes(work / ".datarepo")
+    for rel, mode in modes.items():
+        if rel.startswith(("objects/", "shards/")):
+            assert mode == stored, rel
+        elif rel != "index.sqlite-shm":  # (SQLite's shared memory takes the mode of the file it is for)
+            assert mode == mutable, (rel, oct(mode))
+    assert any(rel.endswith(".tar") for rel in modes) and any(rel.endswith(".idx") for rel in modes)
+    assert (work / "a" / "1.txt").stat().st_mode & 0o777 == users  # (written again by the checkout of main)
+    assert (tmp_path / "files" / "a" / "1.txt").stat().st_mode & 0o777 == users
+    assert (tmp_path / "shards" / "000000.tar").stat().st_mode & 0o777 == users
