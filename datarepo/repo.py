@@ -348,7 +348,7 @@ class Repo:
         if env:
             author, what = env, "DATAREPO_AUTHOR"
         else:
-            name = self.config.user.get("name") or getpass.getuser()
+            name = self.config.user.get("name") or _login_name()
             email = self.config.user.get("email")
             author, what = (f"{name} <{email}>" if email else name), "the author (user.name, user.email)"
         if not author.isprintable():
@@ -482,3 +482,17 @@ def _says_bare(config: Path) -> bool:
         return Config.load(config).bare
     except InvalidInputError:
         return False
+
+
+def _login_name() -> str:
+    """The login name (``LOGNAME``, ``USER``, else this user id's entry in the password file).
+
+    Raises:
+        InvalidInputError: there is none: a process started under a user id that has no
+            entry (a container's ``--user 1234``) and without those variables.
+    """
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # (KeyError until Python 3.13)
+        raise InvalidInputError(f"no author: user id {os.getuid()} has no login name; set DATAREPO_AUTHOR, "
+                                "or name in the [user] table of config.toml") from None

@@ -5,6 +5,7 @@ values of the variables datarepo reads."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,20 @@ def test_files_follow_the_umask(tmp_path: Path, mask: int, mutable: int, stored:
     assert (work / "a" / "1.txt").stat().st_mode & 0o777 == users  # (written again by the checkout of main)
     assert (tmp_path / "files" / "a" / "1.txt").stat().st_mode & 0o777 == users
     assert (tmp_path / "shards" / "000000.tar").stat().st_mode & 0o777 == users
+
+
+def test_a_user_id_without_a_login_name_needs_an_author(committed: Path) -> None:
+    """Under a user id with no name (no password-file entry, no LOGNAME or USER), a commit
+    says in one line how to name its author; DATAREPO_AUTHOR or the config's name does."""
+    (committed / "a" / "9.txt").write_text("9\n")
+    assert datarepo(committed, "add", ".").returncode == 0
+    env = {k: v for k, v in os.environ.items() if k not in ("LOGNAME", "USER", "LNAME", "USERNAME", "DATAREPO_AUTHOR")}
+    # (a user namespace of its own maps id 54321 to this user)
+    unknown = ["unshare", "--user", "--map-user=54321", "--map-group=54321", sys.executable, "-m", "datarepo.cli"]
+    run = lambda *a, **e: subprocess.run([*unknown, *a], cwd=committed, env={**env, "PYTHONPATH": str(ROOT), **e},  # noqa: E731
+                                         capture_output=True, text=True)
+    if shutil.which("unshare") is None or run("--version").returncode != 0:
+        pytest.skip("no user namespaces here")
+    one_error_line(run("commit", "-m", "x"), "no author", "54321", "DATAREPO_AUTHOR")
+    assert run("commit", "-m", "x", DATAREPO_AUTHOR="Ann").returncode == 0
+    assert datarepo(committed, "log", "-n", "1").stdout.count("Ann") == 1
