@@ -87,6 +87,10 @@ def main(directory: str | None) -> None:
     collector.disable()
     if directory:
         os.chdir(directory)
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # (else the first path resolved fails, naming no file)
+        raise click.ClickException("the current directory no longer exists (it was deleted)") from None
 
 
 def one_line(message: str) -> str:

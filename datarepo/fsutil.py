@@ -232,8 +232,16 @@ def remove(path: Path) -> None:
 
 def prune_dirs(root: Path, path: Path) -> None:
     """Removes ``path`` and then each parent below ``root`` while they are empty directories
-    (a symbolic link to a directory is not one: neither it nor what it points to is touched)."""
+    (a symbolic link to a directory is not one: neither it nor what it points to is touched).
+    The current directory is kept, as git keeps it: a shell started in it (the user's, one
+    that runs the command) would be left in a folder that is gone."""
+    try:
+        here = os.stat(".")
+    except FileNotFoundError:
+        here = None
     while path != root and not path.is_symlink() and path.is_dir() and not any(path.iterdir()):
+        if here is not None and os.path.samestat(here, path.stat()):
+            return
         path.rmdir()
         path = path.parent
 

@@ -107,3 +107,38 @@ def test_a_user_id_without_a_login_name_needs_an_author(committed: Path) -> None
     one_error_line(run("commit", "-m", "x"), "no author", "54321", "DATAREPO_AUTHOR")
     assert run("commit", "-m", "x", DATAREPO_AUTHOR="Ann").returncode == 0
     assert datarepo(committed, "log", "-n", "1").stdout.count("Ann") == 1
+
+
+def test_a_current_directory_that_was_deleted_is_one_error_line(committed: Path, tmp_path: Path) -> None:
+    """Started in a folder deleted under the shell (``cd x && rm -rf ../x``): every command
+    says so in one line; ``-C`` to a folder that exists works from there."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    child = subprocess.Popen(["sleep", "60"], cwd=gone)  # (a process whose cwd is the folder, to start from)
+    try:
+        gone.rmdir()
+        cwd = f"/proc/{child.pid}/cwd"
+        for args in (("status",), ("log",), ("init",), ("clone", str(committed), "copy")):
+            one_error_line(datarepo(Path(cwd), *args), "current directory no longer exists")
+        assert datarepo(Path(cwd), "-C", str(committed), "log", "--oneline").stdout.count("first") == 1
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_checkout_keeps_the_current_directory(committed: Path) -> None:
+    """A checkout run from a folder whose files the revision lacks removes the files but
+    keeps the folder, as git does: the shell in it is not left in a folder that is gone,
+    and the next command from there works. Another folder so emptied is removed."""
+    (committed / "b").mkdir()
+    (committed / "b" / "x.txt").write_text("x\n")
+    for args in (("add", "."), ("commit", "-m", "b"), ("checkout", "-b", "none"), ("rm", "-r", "a", "b"),
+                 ("commit", "-m", "none"), ("checkout", "main")):
+        assert datarepo(committed, *args).returncode == 0, args
+    result = datarepo(committed / "a", "checkout", "none")
+    assert result.returncode == 0, result.stderr
+    assert (committed / "a").is_dir() and not any((committed / "a").iterdir())
+    assert not (committed / "b").exists()
+    assert datarepo(committed / "a", "status").returncode == 0
+    assert datarepo(committed / "a", "checkout", "main").returncode == 0
+    assert (committed / "b" / "x.txt").read_text() == "x\n" and (committed / "a" / "1.txt").read_text() == "1\n"
