@@ -344,11 +344,11 @@ class Repo:
     def author(self) -> str:
         """``DATAREPO_AUTHOR``, else the config's user name and email, else the login name:
         one line of text."""
-        env = os.environ.get("DATAREPO_AUTHOR")
+        env = os.environ.get("DATAREPO_AUTHOR", "").strip()  # (blank: unset, as the other variables)
         if env:
             author, what = env, "DATAREPO_AUTHOR"
         else:
-            name = self.config.user.get("name") or _login_name()
+            name = self.config.user.get("name", "").strip() or _login_name()
             email = self.config.user.get("email")
             author, what = (f"{name} <{email}>" if email else name), "the author (user.name, user.email)"
         if not author.isprintable():

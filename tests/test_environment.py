@@ -142,3 +142,34 @@ def test_a_checkout_keeps_the_current_directory(committed: Path) -> None:
     assert datarepo(committed / "a", "status").returncode == 0
     assert datarepo(committed / "a", "checkout", "main").returncode == 0
     assert (committed / "b" / "x.txt").read_text() == "x\n" and (committed / "a" / "1.txt").read_text() == "1\n"
+
+
+def test_a_blank_author_variable_is_unset(committed: Path) -> None:
+    """DATAREPO_AUTHOR of blanks is taken as unset, as every other variable is (it made
+    commits by an author of two spaces): the config's name is the author."""
+    config = committed / ".datarepo" / "config.toml"
+    config.write_text(config.read_text() + '\n[user]\nname = "Ann"\n')
+    (committed / "a" / "9.txt").write_text("9\n")
+    assert datarepo(committed, "add", ".").returncode == 0
+    assert datarepo(committed, "commit", "-m", "x", env={"DATAREPO_AUTHOR": "  "}).returncode == 0
+    assert "Author: Ann\n" in datarepo(committed, "log", "-n", "1").stdout
+
+
+def test_a_bad_shared_memory_switch_is_told_when_the_dataset_is_made(committed: Path) -> None:
+    """DATAREPO_SHM_RING takes 0 or 1: another value (``false`` left the rings on) is an
+    error naming it when the dataset is made, not in a DataLoader worker."""
+    pytest.importorskip("torch")
+    script = ("import os, datarepo.torch as t\n"
+              "from torch.utils.data import DataLoader\n"
+              "for value in ('false', 'off', '-1', '2'):\n"
+              "    os.environ['DATAREPO_SHM_RING'] = value\n"
+              "    try:\n        t.DatumDataset('.', shuffle=False)\n"
+              "    except Exception as e:\n        print(type(e).__name__, e)\n"
+              "for value in ('0', '1', ''):\n"
+              "    os.environ['DATAREPO_SHM_RING'] = value\n"
+              "    loader = DataLoader(t.DatumDataset('.', shuffle=False), batch_size=None, num_workers=1)\n"
+              "    print(sorted(s['__key__'] for s in loader))\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=committed, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.splitlines() == [f"InvalidInputError DATAREPO_SHM_RING must be 0 or 1, not {v!r}"
+                                       for v in ("false", "off", "-1", "2")] + ["['a/0', 'a/1', 'a/2']"] * 3, out.stderr
