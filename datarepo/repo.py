@@ -191,6 +191,8 @@ class Repo:
         if m and m.start() > 0:
             base = self._resolve(rev[: m.start()])
             op, n = m.group(0)[0], m.group(0)[1:]
+            if len(n.lstrip("0")) > 18:  # (int() refuses over 4,300 digits; no history is that long)
+                raise BadRevisionError(rev, "no such ancestor" if op == "~" else "no such parent")
             count = int(n) if n else 1
             return self._walk(base, op, count, rev)
         oid = self._resolve_name(rev)

@@ -173,3 +173,50 @@ def test_a_bad_shared_memory_switch_is_told_when_the_dataset_is_made(committed: 
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.stdout.splitlines() == [f"InvalidInputError DATAREPO_SHM_RING must be 0 or 1, not {v!r}"
                                        for v in ("false", "off", "-1", "2")] + ["['a/0', 'a/1', 'a/2']"] * 3, out.stderr
+
+
+HUGE = "9" * 5000  # (int() refuses a string of over 4,300 digits)
+
+
+@pytest.mark.parametrize(("args", "env", "words"), [
+    (("add", "."), {"DATAREPO_WORKERS": HUGE}, ["DATAREPO_WORKERS must be a whole number"]),
+    (("add", "."), {"DATAREPO_PARALLEL_MIN_BYTES": HUGE}, ["DATAREPO_PARALLEL_MIN_BYTES must be a whole number"]),
+    (("add", "."), {"DATAREPO_LOCK_TIMEOUT": HUGE}, ["DATAREPO_LOCK_TIMEOUT", "'9999"]),
+    (("log", "-n", HUGE), {}, ["-n"]),
+    (("log", "-n", "-" + HUGE), {}, ["-n"]),
+    (("log", f"HEAD~{HUGE}"), {}, ["no such ancestor"]),
+    (("log", f"HEAD^{HUGE}"), {}, ["no such parent"]),
+])
+def test_numbers_of_thousands_of_digits_are_one_error_line(committed: Path, args: tuple[str, ...],
+                                                            env: dict[str, str], words: list[str]) -> None:
+    """A number too long for ``int`` in a variable, an option or a revision is out of range,
+    told in one line (each was a ValueError traceback); a variable's value is quoted cut short."""
+    (committed / "a" / "9.txt").write_text("9\n")
+    result = datarepo(committed, *args, env=env)
+    assert result.returncode in (1, 2) and "Traceback" not in result.stderr, result.stderr[-300:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: ") and (len(line) < 200 or not env), line[:300]
+    for w in words:
+        assert w in line
+
+
+@pytest.mark.parametrize("size", [HUGE, "²"])
+def test_a_tar_whose_pax_size_int_refuses_is_not_readable(committed: Path, tmp_path: Path, size: str) -> None:
+    """A shard set whose PAX size has 5,000 digits, or a digit int() does not take, is a
+    tar that cannot be read, told in one line (it was a ValueError traceback)."""
+    import io
+    import tarfile
+
+    record = f" size={size}\n".encode()
+    n = len(record) + 1
+    while len(str(n)) + len(record) != n:
+        n = len(str(n)) + len(record)
+    payload = str(n).encode() + record
+    with tarfile.open(tmp_path / "x.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+        header = tarfile.TarInfo("././@PaxHeader")
+        header.type, header.size = tarfile.XHDTYPE, len(payload)
+        tar.addfile(header, io.BytesIO(payload))
+        member = tarfile.TarInfo("k.txt")
+        member.size = 2
+        tar.addfile(member, io.BytesIO(b"hi"))
+    one_error_line(datarepo(committed, "ingest", str(tmp_path / "x.tar"), "--prefix", "p/"), "not a readable tar")
