@@ -58,8 +58,16 @@ class Group(click.Group):
             raise click.ClickException(one_line(f"cannot load {e.name or 'a module'}: {e}")) from None
         except Exception as e:  # sqlite3 is imported lazily, so its errors are matched by module
             if type(e).__module__ == "sqlite3":
-                raise click.ClickException(one_line(f"index.sqlite: {e}")) from None
+                raise click.ClickException(one_line(f"index.sqlite: {e}{_sqlite_room(e)}")) from None
             raise
+
+
+def _sqlite_room(e: Exception) -> str:
+    """What a failed write of the index may mean, where SQLite's words do not say it: its
+    "disk I/O error" is also what a file size limit (``ulimit -f``, EFBIG) gives."""
+    from datarepo.sqlrows import no_room
+
+    return " (the disk may be full, or a file size or quota limit reached)" if no_room(e) else ""  # type: ignore[arg-type]
 
 
 def _os_error(e: OSError) -> str:

@@ -220,3 +220,17 @@ def test_a_tar_whose_pax_size_int_refuses_is_not_readable(committed: Path, tmp_p
         member.size = 2
         tar.addfile(member, io.BytesIO(b"hi"))
     one_error_line(datarepo(committed, "ingest", str(tmp_path / "x.tar"), "--prefix", "p/"), "not a readable tar")
+
+
+def test_a_file_size_limit_on_the_index_says_what_it_may_be(committed: Path) -> None:
+    """Under ``ulimit -f`` (EFBIG), SQLite says only "disk I/O error": the line says what
+    that may mean; nothing committed is lost."""
+    import resource
+
+    for i in range(200):
+        (committed / "a" / f"n{i:03d}.txt").write_text(f"{i}\n")
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))  # noqa: E731
+    result = datarepo(committed, "add", ".", preexec_fn=limit)
+    one_error_line(result, "index.sqlite", "file size or quota limit")
+    assert datarepo(committed, "log", "--oneline").stdout.count("first") == 1
+    assert "0 problems" in datarepo(committed, "fsck").stdout
