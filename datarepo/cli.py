@@ -10,6 +10,7 @@ import atexit
 import gc as collector  # the name gc is the command below
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -698,6 +699,10 @@ def run() -> None:
 
     _in_utf8_mode()
     retain_until_exit()
+    # A parent that ignored SIGCHLD passes that on through exec: the kernel would then reap
+    # this command's children itself, and each wait for a worker or a pipeline's program
+    # would fail (ECHILD) or read status 0, a program that failed taken as one that did not.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # Started with a descriptor closed (>&-, 2>&-), Python has no stream for it: errors then
     # go nowhere, but the command's output has nowhere to go.
     if sys.stderr is None:

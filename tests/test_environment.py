@@ -234,3 +234,22 @@ def test_a_file_size_limit_on_the_index_says_what_it_may_be(committed: Path) -> 
     one_error_line(result, "index.sqlite", "file size or quota limit")
     assert datarepo(committed, "log", "--oneline").stdout.count("first") == 1
     assert "0 problems" in datarepo(committed, "fsck").stdout
+
+
+def test_a_parent_that_ignored_sigchld(committed: Path) -> None:
+    """Started by a parent that ignored SIGCHLD (passed on through exec), a pipeline's
+    program that fails is told as failed, one that works is committed (the waits for the
+    workers failed with "No child processes")."""
+    import signal
+
+    (committed / "pipelines").mkdir()
+    (committed / "pipelines" / "p.toml").write_text(
+        '[pipeline.fails]\ninput = "a/**"\noutput = "bad/"\ncommand = ["sh", "-c", "exit 3"]\n\n'
+        '[pipeline.copies]\ninput = "a/**"\noutput = "good/"\ncommand = ["sh", "-c", "cp \\"$DATAREPO_IN\\"/* \\"$DATAREPO_OUT\\""]\n')
+    ignore = lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # noqa: E731
+    failed = datarepo(committed, "run", "fails", preexec_fn=ignore)
+    assert failed.returncode == 1 and "exited with status 3" in failed.stderr
+    assert "No child processes" not in failed.stderr
+    result = datarepo(committed, "run", "copies", preexec_fn=ignore)
+    assert result.returncode == 0, result.stderr
+    assert datarepo(committed, "cat", "HEAD:good/1.txt").stdout == "1\n"
