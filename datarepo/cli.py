@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import gc as collector  # the name gc is the command below
+import io
 import json
 import os
 import signal
@@ -677,17 +678,49 @@ def _in_utf8_mode() -> None:
 
 
 def _buffered_stdout() -> None:
-    """Gives stdout a buffer where PYTHONUNBUFFERED left it a raw file: a raw write may
-    write only part of what it is given (a pipe whose reader went away after 64 KiB) and
-    say so only in its return value, which a text stream ignores: the rest would be lost
-    and the command end with status 0. A buffer writes all or raises, as a pipe closed
-    early must (status 141)."""
-    import io
+    """Gives stdout a buffer (PYTHONUNBUFFERED leaves it a raw file: a raw write may write
+    only part of what it is given, a pipe whose reader went away after 64 KiB, and say so
+    only in its return value, which a text stream ignores: the rest would be lost and the
+    command end with status 0; a buffer writes all or raises, as a pipe closed early must,
+    status 141), over a :class:`_Stdout`."""
 
     out = sys.stdout
-    if isinstance(getattr(out, "buffer", None), io.RawIOBase):
-        sys.stdout = io.TextIOWrapper(io.BufferedWriter(out.buffer), encoding=out.encoding, errors=out.errors,
-                                      line_buffering=out.line_buffering)
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(_Stdout(fd)), encoding=out.encoding, errors=out.errors,
+                                  line_buffering=out.line_buffering)
+
+
+class _Stdout(io.RawIOBase):
+    """Standard output's descriptor as a raw file whose writes wait where it is non-blocking
+    (a parent set O_NONBLOCK on a pipe or terminal it shares with this process: a write
+    would fail with EAGAIN and the rest of the output be lost), as git's do, and whose
+    errors name standard output (``No space left on device: standard output``)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+    def write(self, data: Any) -> int:
+        import select
+
+        while True:
+            try:
+                return os.write(self.fd, data)
+            except BlockingIOError:
+                select.select([], [self.fd], [])
+            except OSError as e:
+                raise type(e)(e.errno, e.strerror, "standard output") from None
 
 
 def run() -> None:
@@ -730,7 +763,7 @@ def run() -> None:
         code = code or SIGPIPE_EXIT
     except OSError as e:  # stdout is /dev/full, a full disk, a terminal gone (EIO)
         if not code:  # (else the command's own error line told of it when a write failed)
-            print(f"Error: cannot write standard output: {e.strerror or e}", file=sys.stderr)
+            print(f"Error: {one_line(_os_error(e))}", file=sys.stderr)
             code = 1
     sys.stderr.flush()
     atexit._run_exitfuncs()  # (what removes temporary files: a private index, a remote's cache)

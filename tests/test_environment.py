@@ -5,9 +5,11 @@ values of the variables datarepo reads."""
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,7 @@ def test_stdout_that_cannot_be_written_is_one_error_line(committed: Path, args: 
     command prints or when what it printed is flushed as it ends."""
     with open("/dev/full", "w") as full:
         result = datarepo(committed, *args, stdout=full, stderr=subprocess.PIPE)
-    one_error_line(result, "No space left on device")
+    one_error_line(result, "No space left on device: standard output")
 
 
 def _flow_under_umask(work: Path, mask: int) -> None:
@@ -253,3 +255,56 @@ def test_a_parent_that_ignored_sigchld(committed: Path) -> None:
     result = datarepo(committed, "run", "copies", preexec_fn=ignore)
     assert result.returncode == 0, result.stderr
     assert datarepo(committed, "cat", "HEAD:good/1.txt").stdout == "1\n"
+
+
+def _nonblocking_pipe(size: int | None = None) -> tuple[int, int]:
+    import fcntl
+
+    r, w = os.pipe()
+    if size is not None:
+        fcntl.fcntl(w, 1031, size)  # F_SETPIPE_SZ: a small pipe fills at the first write
+    return r, w
+
+
+def test_a_nonblocking_stdout_gets_all_the_output(committed: Path) -> None:
+    """A parent that set O_NONBLOCK on the pipe it gives as stdout (it shares the flag): a
+    write that finds the pipe full waits, as git's do (it failed: 'write could not complete
+    without blocking', and the rest of the listing was lost)."""
+    lines = "".join(f'{{"__key__": "k{i:05d}", "txt": "x"}}\n' for i in range(3000))
+    assert datarepo(committed, "ingest", "-", "--prefix", "many/", input=lines).returncode == 0
+    r, w = _nonblocking_pipe(4096)
+    os.set_blocking(w, False)
+    proc = subprocess.Popen([sys.executable, "-m", "datarepo.cli", "ls", "HEAD", "--prefix", "many/"], cwd=committed,
+                            stdout=w, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    os.close(w)
+    select.select([r], [], [])
+    time.sleep(0.3)  # (its writes fill the pipe meanwhile)
+    chunks = []
+    while chunk := os.read(r, 1 << 16):
+        chunks.append(chunk)
+    os.close(r)
+    assert proc.wait() == 0, proc.stderr.read() if proc.stderr else ""
+    assert b"".join(chunks).decode().splitlines() == [f"many/k{i:05d}" for i in range(3000)]
+
+
+def test_a_nonblocking_stdin_is_read_to_its_end(committed: Path) -> None:
+    """``ingest -`` from a pipe a parent set O_NONBLOCK on: a read that finds no data yet
+    waits for it (the first such read ended the input, and the prefix was committed empty)."""
+    import fcntl
+    import termios
+
+    r, w = _nonblocking_pipe()
+    os.set_blocking(r, False)
+    proc = subprocess.Popen([sys.executable, "-m", "datarepo.cli", "ingest", "-", "--prefix", "s/"], cwd=committed,
+                            stdin=r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "DATAREPO_AUTHOR": "t", "PYTHONPATH": str(ROOT)})
+    os.write(w, b'{"__key__": "first", "txt": "1"}\n')
+    while fcntl.ioctl(r, termios.FIONREAD, b"\0\0\0\0") != b"\0\0\0\0":  # until it has read that
+        time.sleep(0.01)
+    time.sleep(0.2)  # (its next read finds nothing)
+    os.write(w, b'{"__key__": "second", "txt": "2"}\n')
+    os.close(w)
+    os.close(r)
+    _, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert datarepo(committed, "ls", "HEAD", "--prefix", "s/").stdout.splitlines() == ["s/first", "s/second"]
