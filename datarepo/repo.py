@@ -62,7 +62,7 @@ class Repo:
     @classmethod
     def init(cls, path: Path, bare: bool = False, grouping: str = "wds", shard_size: int | None = None) -> Repo:
         """Creates a repository (``path/.datarepo``, or ``path`` itself when bare)."""
-        path = path.resolve()
+        path = _resolved(path)
         dotdir = path if bare else path / DOTDIR
         if (dotdir / "config.toml").exists():
             raise InvalidInputError(f"already a datarepo repository: {dotdir}")
@@ -84,7 +84,7 @@ class Repo:
     @classmethod
     def open(cls, path: Path | str = ".") -> Repo:
         """Opens the repository at or above ``path`` (a work tree or a bare repository)."""
-        start = Path(path).resolve()
+        start = _resolved(Path(path))
         for candidate in (start, *start.parents):
             if (candidate / DOTDIR / "config.toml").is_file():
                 return cls(candidate / DOTDIR, candidate)
@@ -498,3 +498,16 @@ def _login_name() -> str:
     except (KeyError, OSError):  # (KeyError until Python 3.13)
         raise InvalidInputError(f"no author: user id {os.getuid()} has no login name; set DATAREPO_AUTHOR, "
                                 "or name in the [user] table of config.toml") from None
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` made absolute, its links resolved.
+
+    Raises:
+        InvalidInputError: it is relative and the current directory was deleted (else a
+            FileNotFoundError that names no file).
+    """
+    try:
+        return path.resolve()
+    except FileNotFoundError:
+        raise InvalidInputError(f"cannot open {str(path)!r}: the current directory no longer exists (it was deleted)") from None

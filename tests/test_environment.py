@@ -113,7 +113,8 @@ def test_a_user_id_without_a_login_name_needs_an_author(committed: Path) -> None
 
 def test_a_current_directory_that_was_deleted_is_one_error_line(committed: Path, tmp_path: Path) -> None:
     """Started in a folder deleted under the shell (``cd x && rm -rf ../x``): every command
-    says so in one line; ``-C`` to a folder that exists works from there."""
+    says so in one line, ``datarepo.open('.')`` in its error; ``-C`` to a folder that
+    exists works from there."""
     gone = tmp_path / "gone"
     gone.mkdir()
     child = subprocess.Popen(["sleep", "60"], cwd=gone)  # (a process whose cwd is the folder, to start from)
@@ -123,6 +124,10 @@ def test_a_current_directory_that_was_deleted_is_one_error_line(committed: Path,
         for args in (("status",), ("log",), ("init",), ("clone", str(committed), "copy")):
             one_error_line(datarepo(Path(cwd), *args), "current directory no longer exists")
         assert datarepo(Path(cwd), "-C", str(committed), "log", "--oneline").stdout.count("first") == 1
+        script = "import datarepo\ntry:\n    datarepo.open('.')\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+        out = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+        assert out == "InvalidInputError cannot open '.': the current directory no longer exists (it was deleted)\n"
     finally:
         child.kill()
         child.wait()
