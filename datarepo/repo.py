@@ -23,7 +23,7 @@ from datarepo.errors import (
 )
 from datarepo.fsutil import WriterLock, atomic_write
 from datarepo.hashing import Oid
-from datarepo.index import Index
+from datarepo.index import Index, check_path
 from datarepo.keys import is_utf8
 from datarepo.locations import location_rows
 from datarepo.objects import Blob, Commit
@@ -64,6 +64,7 @@ class Repo:
         """Creates a repository (``path/.datarepo``, or ``path`` itself when bare)."""
         path = _resolved(path)
         dotdir = path if bare else path / DOTDIR
+        check_path(dotdir / "index.sqlite")  # (a repository whose index cannot be opened is of no use)
         if (dotdir / "config.toml").exists():
             raise InvalidInputError(f"already a datarepo repository: {dotdir}")
         try:  # (a repository inside another's own folder would take that folder's files for data)

@@ -313,3 +313,30 @@ def test_a_nonblocking_stdin_is_read_to_its_end(committed: Path) -> None:
     _, err = proc.communicate()
     assert proc.returncode == 0, err
     assert datarepo(committed, "ls", "HEAD", "--prefix", "s/").stdout.splitlines() == ["s/first", "s/second"]
+
+
+def _folder_of_length(base: Path, size: int) -> Path:
+    """A path below ``base`` of ``size`` bytes, in parts of up to 200."""
+    path = base
+    while (left := size - len(os.fsencode(path)) - 1) > 0:
+        path = path / ("d" * (left if left <= 200 else 150 if left == 201 else 200))  # (no part left without a name)
+    assert len(os.fsencode(path)) == size
+    return path
+
+
+def test_a_folder_too_deep_for_sqlite(tmp_path: Path) -> None:
+    """SQLite opens no file whose path is over 512 bytes: a repository whose index would lie
+    deeper is refused by init, and a repository moved there says why in one line (each
+    command said only "unable to open database file"); at the deepest it may be, it works."""
+    deepest = 491 - len("/.datarepo")  # (512, less index.sqlite-journal and the folder's name)
+    work, too_deep = _folder_of_length(tmp_path / "a", deepest), _folder_of_length(tmp_path / "b", deepest + 1)
+    for folder in (work, too_deep):
+        folder.mkdir(parents=True)
+        (folder / "x.txt").write_text("x\n")
+    one_error_line(datarepo(too_deep, "init"), "too deep for SQLite", "shorter path")
+    for args in (("init",), ("add", "."), ("commit", "-m", "x"), ("status",)):
+        assert datarepo(work, *args).returncode == 0, args
+    (too_deep / "x.txt").unlink()
+    too_deep.rmdir()
+    work.rename(too_deep)
+    one_error_line(datarepo(too_deep, "status"), "too deep for SQLite", "shorter path")
