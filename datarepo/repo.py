@@ -351,9 +351,12 @@ class Repo:
         if env:
             author, what = env, "DATAREPO_AUTHOR"
         else:
-            name = self.config.user.get("name", "").strip() or _login_name()
+            configured = self.config.user.get("name", "").strip()
             email = self.config.user.get("email")
-            author, what = (f"{name} <{email}>" if email else name), "the author (user.name, user.email)"
+            name = configured or _login_name()
+            author = f"{name} <{email}>" if email else name
+            what = ("the author (user.name, user.email)" if configured else  # (else LOGNAME or USER: say so)
+                    f"the author (the login name{', user.email' if email else ''}; set DATAREPO_AUTHOR or user.name)")
         if not author.isprintable():
             raise InvalidInputError(f"{what} must be one line of printable text, not {author[:60]!r}")
         return _utf8(author, what)

@@ -340,3 +340,15 @@ def test_a_folder_too_deep_for_sqlite(tmp_path: Path) -> None:
     too_deep.rmdir()
     work.rename(too_deep)
     one_error_line(datarepo(too_deep, "status"), "too deep for SQLite", "shorter path")
+
+
+def test_a_login_name_that_cannot_be_an_author_is_named_as_such(committed: Path) -> None:
+    """The author taken from LOGNAME, which holds a line break: the error line says it is the
+    login name, and how to name another author (it blamed user.name, which is not set)."""
+    (committed / "a" / "9.txt").write_text("9\n")
+    assert datarepo(committed, "add", ".").returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "DATAREPO_AUTHOR"}
+    result = subprocess.run([sys.executable, "-m", "datarepo.cli", "commit", "-m", "x"], cwd=committed, text=True,
+                            capture_output=True, env={**env, "PYTHONPATH": str(ROOT), "LOGNAME": "two\nlines"})
+    line = one_error_line(result, "the login name", "DATAREPO_AUTHOR", "'two\\nlines'")
+    assert "user.email" not in line
