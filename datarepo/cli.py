@@ -85,9 +85,10 @@ def _os_error(e: OSError) -> str:
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-C", "directory", type=click.Path(file_okay=False), help="Run as if started in this directory.")
+@click.option("-C", "directories", multiple=True, metavar="DIRECTORY",
+              help="Run as if started in this directory (several: each from the one before, as git's).")
 @click.version_option(package_name="datarepo")
-def main(directory: str | None) -> None:
+def main(directories: tuple[str, ...]) -> None:
     """A versioned repository of datums stored in WebDataset shards."""
     # A command is a short-lived process that builds large containers (a file
     # list, a tree, a staging area). The cyclic collector would walk them again
@@ -95,8 +96,9 @@ def main(directory: str | None) -> None:
     # add of 100,000 files spent a fifth of its time there. Reference counting
     # still frees everything; the Python API leaves the collector as it is.
     collector.disable()
-    if directory:
-        os.chdir(directory)
+    for directory in directories:
+        if directory:  # (as git's -C "": no change)
+            os.chdir(directory)
     try:
         os.getcwd()
     except FileNotFoundError:  # (else the first path resolved fails, naming no file)

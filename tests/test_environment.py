@@ -352,3 +352,14 @@ def test_a_login_name_that_cannot_be_an_author_is_named_as_such(committed: Path)
                             capture_output=True, env={**env, "PYTHONPATH": str(ROOT), "LOGNAME": "two\nlines"})
     line = one_error_line(result, "the login name", "DATAREPO_AUTHOR", "'two\\nlines'")
     assert "user.email" not in line
+
+
+def test_dash_c_as_git_takes_it(committed: Path) -> None:
+    """``-C`` given several times: each from the one before (the last alone was taken, from
+    the first folder); ``-C ""`` changes nothing; one that is a file or missing is one line."""
+    top = committed.parent
+    assert datarepo(top.parent, "-C", str(top), "-C", committed.name, "log", "--oneline").stdout.count("first") == 1
+    assert datarepo(committed, "-C", "", "log", "--oneline").stdout.count("first") == 1
+    assert datarepo(top, "-C", committed.name, "-C", "a", "status").returncode == 0
+    one_error_line(datarepo(committed, "-C", "a/1.txt", "log"), "Not a directory")
+    one_error_line(datarepo(committed, "-C", "missing", "log"), "No such file or directory", "missing")
