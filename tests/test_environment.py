@@ -363,3 +363,17 @@ def test_dash_c_as_git_takes_it(committed: Path) -> None:
     assert datarepo(top, "-C", committed.name, "-C", "a", "status").returncode == 0
     one_error_line(datarepo(committed, "-C", "a/1.txt", "log"), "Not a directory")
     one_error_line(datarepo(committed, "-C", "missing", "log"), "No such file or directory", "missing")
+
+
+def test_dvcs_own_config_files_that_cannot_be_read(committed: Path, tmp_path: Path) -> None:
+    """DVC reads its user config under XDG_CONFIG_HOME (or HOME) for every remote: where
+    that is a file, the error line says it is DVC's config files and names the path (it
+    blamed the repository's .dvc/config)."""
+    pytest.importorskip("dvc")
+    store = tmp_path / "store"
+    assert datarepo(committed, "remote", "add", "origin", str(store), "-d").returncode == 0
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    one_error_line(datarepo(committed, "push", env={"XDG_CONFIG_HOME": str(a_file)}),
+                   "DVC's config files", "Not a directory", str(a_file))
+    assert datarepo(committed, "push").returncode == 0
