@@ -1,6 +1,8 @@
 """The real ``datarepo`` process under the environments and invocations of real machines:
-odd umasks, HOME and TMPDIR, a current folder gone, standard streams that fail, odd
-values of the variables datarepo reads."""
+odd umasks, HOME, TMPDIR and XDG_CONFIG_HOME, a user id without a name, a current folder
+gone, ``-C``, standard streams that fail or do not block, SIGCHLD ignored, a file size
+limit, folders too deep, numbers too long for ``int``, odd values of the variables
+datarepo reads."""
 
 from __future__ import annotations
 
@@ -380,3 +382,23 @@ def test_dvcs_own_config_files_that_cannot_be_read(committed: Path, tmp_path: Pa
     one_error_line(datarepo(committed, "push", env={"XDG_CONFIG_HOME": str(a_file)}),
                    "DVC's config files", "Not a directory", str(a_file))
     assert datarepo(committed, "push").returncode == 0
+
+
+@pytest.mark.parametrize("env", [{"HOME": None}, {"HOME": "/nonexistent"}, {"TMPDIR": "/nonexistent"},
+                                 {"TMPDIR": "file"}, {"XDG_CONFIG_HOME": "relative"}])
+def test_home_and_tmpdir_that_lead_nowhere(committed: Path, tmp_path: Path, env: dict[str, str | None]) -> None:
+    """No HOME, or a HOME, TMPDIR or XDG_CONFIG_HOME that leads nowhere (a temporary file
+    goes to the next usable folder, as Python's tempfile has it): commands work, a
+    pipeline's program (which runs in a temporary folder) too."""
+    (tmp_path / "file").write_text("")
+    full = {k: v for k, v in os.environ.items() if k not in env}
+    full.update({k: str(tmp_path / v) if v == "file" else v for k, v in env.items() if v is not None})
+    (committed / "pipelines").mkdir()
+    (committed / "pipelines" / "p.toml").write_text(
+        '[pipeline.copies]\ninput = "a/**"\noutput = "b/"\ncommand = ["sh", "-c", "cp \\"$DATAREPO_IN\\"/* \\"$DATAREPO_OUT\\""]\n')
+    (committed / "a" / "9.txt").write_text("9\n")
+    for args in (("add", "a"), ("commit", "-m", "x"), ("status",), ("log",), ("export", "HEAD", "../out"), ("run",)):
+        result = subprocess.run([sys.executable, "-m", "datarepo.cli", *args], cwd=committed, capture_output=True,
+                                text=True, env={**full, "DATAREPO_AUTHOR": "t", "PYTHONPATH": str(ROOT)})
+        assert result.returncode == 0, (args, result.stderr)
+    assert datarepo(committed, "cat", "HEAD:b/9.txt").stdout == "9\n"
