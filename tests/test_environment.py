@@ -402,3 +402,14 @@ def test_home_and_tmpdir_that_lead_nowhere(committed: Path, tmp_path: Path, env:
                                 text=True, env={**full, "DATAREPO_AUTHOR": "t", "PYTHONPATH": str(ROOT)})
         assert result.returncode == 0, (args, result.stderr)
     assert datarepo(committed, "cat", "HEAD:b/9.txt").stdout == "9\n"
+
+
+def test_a_command_param_that_no_environment_variable_can_hold(committed: Path) -> None:
+    """A command's params reach it as DATAREPO_PARAM_<NAME>: a string param holding a NUL
+    (which no environment variable can) is one line naming it when the pipelines are read,
+    not a ValueError for every datum at run time."""
+    (committed / "pipelines").mkdir()
+    (committed / "pipelines" / "p.toml").write_text(
+        '[pipeline.c]\ninput = "a/**"\noutput = "b/"\ncommand = ["true"]\nparams = {mark = "x\\u0000y"}\n')
+    for args in (("run",), ("run", "--dry-run")):
+        one_error_line(datarepo(committed, *args), "p.toml: pipeline 'c': params: mark holds a NUL")
