@@ -737,7 +737,10 @@ def run() -> None:
     # A parent that ignored SIGCHLD passes that on through exec: the kernel would then reap
     # this command's children itself, and each wait for a worker or a pipeline's program
     # would fail (ECHILD) or read status 0, a program that failed taken as one that did not.
+    # So does a mask of blocked signals: Ctrl-C (SIGINT) and timeout(1)'s SIGTERM would do
+    # nothing, and a stop of the workers would wait for the kill that follows.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     # Started with a descriptor closed (>&-, 2>&-), Python has no stream for it: errors then
     # go nowhere, but the command's output has nowhere to go.
     if sys.stderr is None:

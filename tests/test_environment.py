@@ -413,3 +413,38 @@ def test_a_command_param_that_no_environment_variable_can_hold(committed: Path) 
         '[pipeline.c]\ninput = "a/**"\noutput = "b/"\ncommand = ["true"]\nparams = {mark = "x\\u0000y"}\n')
     for args in (("run",), ("run", "--dry-run")):
         one_error_line(datarepo(committed, *args), "p.toml: pipeline 'c': params: mark holds a NUL")
+
+
+def _block_signals() -> None:
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGINT, signal.SIGTERM})
+
+
+def test_signals_a_parent_blocked(committed: Path, tmp_path: Path) -> None:
+    """Started with SIGALRM, SIGINT and SIGTERM blocked (a mask passes through exec): a
+    transform past its timeout still fails with DatumTimeout (it ran on, as long as it
+    took), and SIGTERM still ends the command (it did nothing)."""
+    import signal
+
+    started = tmp_path / "started"
+    (committed / "pipelines").mkdir()
+    (committed / "pipelines" / "slow.py").write_text(
+        "import pathlib, time\nfrom datarepo import pipeline\n\n"
+        "@pipeline(input='a/**', output='slow/', timeout=1, workers=1)\n"
+        "def slow(datum):\n"
+        f"    pathlib.Path({str(started)!r}).touch()\n"
+        "    time.sleep(20)\n"
+        "    return {'txt': b'x'}\n")
+    result = datarepo(committed, "run", preexec_fn=_block_signals)
+    assert result.returncode == 1 and "DatumTimeout" in result.stderr, result.stderr
+    (committed / "pipelines" / "slow.py").write_text((committed / "pipelines" / "slow.py").read_text()
+                                                     .replace("timeout=1", "timeout=600"))
+    started.unlink()
+    proc = subprocess.Popen([sys.executable, "-m", "datarepo.cli", "run"], cwd=committed, preexec_fn=_block_signals,
+                            env={**os.environ, "DATAREPO_AUTHOR": "t", "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not started.exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == -signal.SIGTERM
