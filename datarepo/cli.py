@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import atexit
 import gc as collector  # the name gc is the command below
+import io
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,8 +64,16 @@ class Group(click.Group):
             raise click.ClickException(one_line(f"cannot load {e.name or 'a module'}: {e}")) from None
         except Exception as e:  # sqlite3 is imported lazily, so its errors are matched by module
             if type(e).__module__ == "sqlite3":
-                raise click.ClickException(one_line(f"index.sqlite: {e}")) from None
+                raise click.ClickException(one_line(f"index.sqlite: {e}{_sqlite_room(e)}")) from None
             raise
+
+
+def _sqlite_room(e: Exception) -> str:
+    """What a failed write of the index may mean, where SQLite's words do not say it: its
+    "disk I/O error" is also what a file size limit (``ulimit -f``, EFBIG) gives."""
+    from datarepo.sqlrows import no_room
+
+    return " (the disk may be full, or a file size or quota limit reached)" if no_room(e) else ""  # type: ignore[arg-type]
 
 
 def _os_error(e: OSError) -> str:
@@ -79,9 +89,10 @@ def _os_error(e: OSError) -> str:
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-C", "directory", type=click.Path(file_okay=False), help="Run as if started in this directory.")
+@click.option("-C", "directories", multiple=True, metavar="DIRECTORY",
+              help="Run as if started in this directory (several: each from the one before, as git's).")
 @click.version_option(package_name="datarepo")
-def main(directory: str | None) -> None:
+def main(directories: tuple[str, ...]) -> None:
     """A versioned repository of datums stored in WebDataset shards."""
     # A command is a short-lived process that builds large containers (a file
     # list, a tree, a staging area). The cyclic collector would walk them again
@@ -89,16 +100,19 @@ def main(directory: str | None) -> None:
     # add of 100,000 files spent a fifth of its time there. Reference counting
     # still frees everything; the Python API leaves the collector as it is.
     collector.disable()
-    if directory:
-        os.chdir(directory)
+    for directory in directories:
+        if directory:  # (as git's -C "": no change)
+            os.chdir(directory)
+    try:
+        os.getcwd()
+    except FileNotFoundError:  # (else the first path resolved fails, naming no file)
+        raise click.ClickException("the current directory no longer exists (it was deleted)") from None
 
 
 def _stop_on_sigterm() -> None:
     """SIGTERM (a job scheduler ending the job, ``kill``) stops the command as Ctrl-C does:
     what it was writing is removed and it exits with 143, where the signal's default would
     end it at once. Left ignored where it was ignored (``nohup``)."""
-    import signal
-
     from datarepo.errors import raise_stopped
 
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -680,17 +694,49 @@ def _in_utf8_mode() -> None:
 
 
 def _buffered_stdout() -> None:
-    """Gives stdout a buffer where PYTHONUNBUFFERED left it a raw file: a raw write may
-    write only part of what it is given (a pipe whose reader went away after 64 KiB) and
-    say so only in its return value, which a text stream ignores: the rest would be lost
-    and the command end with status 0. A buffer writes all or raises, as a pipe closed
-    early must (status 141)."""
-    import io
+    """Gives stdout a buffer (PYTHONUNBUFFERED leaves it a raw file: a raw write may write
+    only part of what it is given, a pipe whose reader went away after 64 KiB, and say so
+    only in its return value, which a text stream ignores: the rest would be lost and the
+    command end with status 0; a buffer writes all or raises, as a pipe closed early must,
+    status 141), over a :class:`_Stdout`."""
 
     out = sys.stdout
-    if isinstance(getattr(out, "buffer", None), io.RawIOBase):
-        sys.stdout = io.TextIOWrapper(io.BufferedWriter(out.buffer), encoding=out.encoding, errors=out.errors,
-                                      line_buffering=out.line_buffering)
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    sys.stdout = io.TextIOWrapper(io.BufferedWriter(_Stdout(fd)), encoding=out.encoding, errors=out.errors,
+                                  line_buffering=out.line_buffering)
+
+
+class _Stdout(io.RawIOBase):
+    """Standard output's descriptor as a raw file whose writes wait where it is non-blocking
+    (a parent set O_NONBLOCK on a pipe or terminal it shares with this process: a write
+    would fail with EAGAIN and the rest of the output be lost), as git's do, and whose
+    errors name standard output (``No space left on device: standard output``)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self.fd)
+
+    def write(self, data: Any) -> int:
+        import select
+
+        while True:
+            try:
+                return os.write(self.fd, data)
+            except BlockingIOError:
+                select.select([], [self.fd], [])
+            except OSError as e:
+                raise type(e)(e.errno, e.strerror, "standard output") from None
 
 
 def run() -> None:
@@ -702,6 +748,13 @@ def run() -> None:
 
     _in_utf8_mode()
     retain_until_exit()
+    # A parent that ignored SIGCHLD passes that on through exec: the kernel would then reap
+    # this command's children itself, and each wait for a worker or a pipeline's program
+    # would fail (ECHILD) or read status 0, a program that failed taken as one that did not.
+    # So does a mask of blocked signals: Ctrl-C (SIGINT) and timeout(1)'s SIGTERM would do
+    # nothing, and a stop of the workers would wait for the kill that follows.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     _stop_on_sigterm()
     # Started with a descriptor closed (>&-, 2>&-), Python has no stream for it: errors then
     # go nowhere, but the command's output has nowhere to go.
@@ -721,10 +774,17 @@ def run() -> None:
         else:
             print(e.code, file=sys.stderr)
             code = 1
+    except OSError as e:  # writing --help or --version, before any command runs (stdout is /dev/full)
+        print(f"Error: {one_line(_os_error(e))}", file=sys.stderr)
+        code = 1
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         code = code or SIGPIPE_EXIT
+    except OSError as e:  # stdout is /dev/full, a full disk, a terminal gone (EIO)
+        if not code:  # (else the command's own error line told of it when a write failed)
+            print(f"Error: {one_line(_os_error(e))}", file=sys.stderr)
+            code = 1
     sys.stderr.flush()
     atexit._run_exitfuncs()  # (what removes temporary files: a private index, a remote's cache)
     os._exit(code)

@@ -43,8 +43,9 @@ class Count(click.ParamType):
         text = str(value).strip()
         if not re.fullmatch(r"[+-]?\d+", text, re.ASCII):
             self.fail(f"{value!r} is not a whole number", param, ctx)
-        number = int(text)
-        if (self.least is not None and number < self.least) or number > self.most:
+        # (int() refuses a string of over 4,300 digits: one of over 19 is out of range anyway)
+        number = int(text) if len(text.lstrip("+-").lstrip("0")) <= len(str(MAX_INT)) else None
+        if number is None or (self.least is not None and number < self.least) or number > self.most:
             bounds = f"up to {self.most}" if self.least is None else f"from {self.least} to {self.most}"
             self.fail(f"{value!r} is not a whole number {bounds}", param, ctx)
         return number

@@ -136,7 +136,7 @@ def env_seconds(name: str, default: float) -> float:
     except ValueError:
         value = -1.0
     if not 0 <= value < math.inf:
-        raise InvalidInputError(f"{name} must be a number of seconds (0 or more), not {text!r}")
+        raise InvalidInputError(f"{name} must be a number of seconds (0 or more), not {text[:40]!r}")
     return value
 
 
@@ -146,7 +146,8 @@ def env_count(name: str, default: int, least: int = 0, most: int = 1 << 62) -> i
     text = os.environ.get(name, "").strip()
     if not text:
         return default
-    if not (text.isascii() and text.isdigit()) or not least <= int(text) <= most:
+    # (int() refuses a string of over 4,300 digits: one longer than ``most`` is out of range anyway)
+    if not (text.isascii() and text.isdigit()) or len(text.lstrip("0")) > len(str(most)) or not least <= int(text) <= most:
         raise InvalidInputError(f"{name} must be a whole number from {least} to {most}, not {text[:40]!r}")
     return int(text)
 
@@ -159,7 +160,7 @@ def env_time(name: str = "DATAREPO_TIME") -> str | None:
     try:
         datetime.strptime(text, TIME_FORMAT)
     except ValueError:
-        raise InvalidInputError(f"{name} must be a UTC time like 2024-01-02T03:04:05Z, not {text!r}") from None
+        raise InvalidInputError(f"{name} must be a UTC time like 2024-01-02T03:04:05Z, not {text[:40]!r}") from None
     return text
 
 

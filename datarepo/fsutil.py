@@ -62,6 +62,21 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
 _SYNC_FILE_RANGE_WRITE = 2
 
 
+def umask() -> int:
+    """The process's umask, read without setting it (``os.umask`` sets it, which another
+    thread's new file would see for that moment); where ``/proc`` is not, it is set back at once."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def make_temp(folder: Path, suffix: str = "") -> tuple[int, Path]:
     """Creates a file under a new temporary name in ``folder``, readable and writable by its
     owner only, and opens it: ``tempfile.mkstemp``, without the 5 ms of importing ``tempfile``
@@ -177,7 +192,8 @@ def _dead_temp_dirs(parent: Path, tag: str) -> Iterator[Path]:
 def atomic_file(
     path: Path, mode: int = READ_ONLY, durable: bool = True, tmp_dir: Path | None = None
 ) -> Iterator[BinaryIO]:
-    """Yields a file that appears at ``path`` whole, or not at all.
+    """Yields a file that appears at ``path`` whole, or not at all, with ``mode`` less the
+    umask's bits (as a file that ``open`` makes: under umask 077, no one else may read it).
 
     The bytes go to a temporary name beside ``path`` (or in ``tmp_dir``, which
     must be on the same file system); on success they are fsync'ed, renamed
@@ -194,7 +210,7 @@ def atomic_file(
             f.flush()
             if durable:
                 os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        os.chmod(tmp, mode & ~umask())
         os.replace(tmp, path)
     except BaseException:
         if tmp is not None:
@@ -212,7 +228,7 @@ def atomic_write(path: Path, data: bytes, mode: int = READ_ONLY, durable: bool =
 
 def publish(tmp: Path, path: Path, mode: int = READ_ONLY) -> None:
     """Moves an already fsync'ed temporary file into place, durably."""
-    os.chmod(tmp, mode)
+    os.chmod(tmp, mode & ~umask())
     path.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, path)
     fsync_dir(path.parent)
@@ -232,8 +248,16 @@ def remove(path: Path) -> None:
 
 def prune_dirs(root: Path, path: Path) -> None:
     """Removes ``path`` and then each parent below ``root`` while they are empty directories
-    (a symbolic link to a directory is not one: neither it nor what it points to is touched)."""
+    (a symbolic link to a directory is not one: neither it nor what it points to is touched).
+    The current directory is kept, as git keeps it: a shell started in it (the user's, one
+    that runs the command) would be left in a folder that is gone."""
+    try:
+        here = os.stat(".")
+    except FileNotFoundError:
+        here = None
     while path != root and not path.is_symlink() and path.is_dir() and not any(path.iterdir()):
+        if here is not None and os.path.samestat(here, path.stat()):
+            return
         path.rmdir()
         path = path.parent
 

@@ -20,6 +20,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from datarepo.errors import InvalidInputError
 from datarepo.fsutil import set_aside
 from datarepo.locations import Locations
 from datarepo.sqlrows import cannot_write, is_damage, no_room
@@ -40,6 +41,20 @@ CREATE TABLE IF NOT EXISTS staged (key TEXT PRIMARY KEY, datum TEXT, size INTEGE
 """
 
 
+SQLITE_MAX_PATH = 512  # SQLite opens no file whose full path (its links resolved) is longer
+
+
+def check_path(path: Path) -> None:
+    """Raises InvalidInputError where SQLite could not open ``path``, nor its journal beside
+    it, for the length of its path (a folder some 500 bytes deep): SQLite itself says only
+    that it is "unable to open database file"."""
+    size = len(os.fsencode(os.path.realpath(path)))
+    if size + len("-journal") > SQLITE_MAX_PATH:
+        raise InvalidInputError(f"the repository's folder is too deep for SQLite to open its index: {path.name}'s path "
+                                f"is {size} bytes long, and must be at most {SQLITE_MAX_PATH - len('-journal')} "
+                                "(move the repository to a shorter path)")
+
+
 class Index:
     """The SQLite cache of one repository.
 
@@ -51,6 +66,7 @@ class Index:
     def __init__(self, path: Path, parents_copy: Path | None = None) -> None:
         """Opens ``path``; where this process may not write it, a private copy, or the one
         its parent made (``parents_copy``: a forked child's, a DataLoader worker's)."""
+        check_path(path)
         self.path = path  # where the repository keeps it; its companion files lie beside it
         self.file = path  # what SQLite opens: the file itself, or a private copy of it
         self.created = not path.exists()

@@ -74,6 +74,8 @@ def _config(repo: Repo, create: bool = False, validate: bool = True) -> Any:
                 raise RemoteError(f"{DVC_DIR}/{name}: not a regular file")
     try:
         return Config(dvc_dir=str(folder), validate=validate)
+    except (OSError, RuntimeError) as e:  # DVC's user and system config too: HOME unknown, XDG_CONFIG_HOME a file
+        raise RemoteError(f"DVC's config files: {_one_line(e)}") from None
     except Exception as e:  # dvc.config.ConfigError and what its schema raises
         raise RemoteError(f"{folder.name}/config: {_one_line(e)}") from None
 

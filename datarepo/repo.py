@@ -23,7 +23,7 @@ from datarepo.errors import (
 )
 from datarepo.fsutil import WriterLock, atomic_write
 from datarepo.hashing import Oid
-from datarepo.index import Index
+from datarepo.index import Index, check_path
 from datarepo.keys import is_utf8
 from datarepo.locations import location_rows
 from datarepo.objects import Blob, Commit
@@ -62,8 +62,9 @@ class Repo:
     @classmethod
     def init(cls, path: Path, bare: bool = False, grouping: str = "wds", shard_size: int | None = None) -> Repo:
         """Creates a repository (``path/.datarepo``, or ``path`` itself when bare)."""
-        path = path.resolve()
+        path = _resolved(path)
         dotdir = path if bare else path / DOTDIR
+        check_path(dotdir / "index.sqlite")  # (a repository whose index cannot be opened is of no use)
         if (dotdir / "config.toml").exists():
             raise InvalidInputError(f"already a datarepo repository: {dotdir}")
         try:  # (a repository inside another's own folder would take that folder's files for data)
@@ -84,7 +85,7 @@ class Repo:
     @classmethod
     def open(cls, path: Path | str = ".") -> Repo:
         """Opens the repository at or above ``path`` (a work tree or a bare repository)."""
-        start = Path(path).resolve()
+        start = _resolved(Path(path))
         for candidate in (start, *start.parents):
             if (candidate / DOTDIR / "config.toml").is_file():
                 return cls(candidate / DOTDIR, candidate)
@@ -204,6 +205,8 @@ class Repo:
         if m and m.start() > 0:
             base = self._resolve(rev[: m.start()])
             op, n = m.group(0)[0], m.group(0)[1:]
+            if len(n.lstrip("0")) > 18:  # (int() refuses over 4,300 digits; no history is that long)
+                raise BadRevisionError(rev, "no such ancestor" if op == "~" else "no such parent")
             count = int(n) if n else 1
             return self._walk(base, op, count, rev)
         oid = self._resolve_name(rev)
@@ -357,13 +360,16 @@ class Repo:
     def author(self) -> str:
         """``DATAREPO_AUTHOR``, else the config's user name and email, else the login name:
         one line of text."""
-        env = os.environ.get("DATAREPO_AUTHOR")
+        env = os.environ.get("DATAREPO_AUTHOR", "").strip()  # (blank: unset, as the other variables)
         if env:
             author, what = env, "DATAREPO_AUTHOR"
         else:
-            name = self.config.user.get("name") or getpass.getuser()
+            configured = self.config.user.get("name", "").strip()
             email = self.config.user.get("email")
-            author, what = (f"{name} <{email}>" if email else name), "the author (user.name, user.email)"
+            name = configured or _login_name()
+            author = f"{name} <{email}>" if email else name
+            what = ("the author (user.name, user.email)" if configured else  # (else LOGNAME or USER: say so)
+                    f"the author (the login name{', user.email' if email else ''}; set DATAREPO_AUTHOR or user.name)")
         if not author.isprintable():
             raise InvalidInputError(f"{what} must be one line of printable text, not {author[:60]!r}")
         return _utf8(author, what)
@@ -496,3 +502,30 @@ def _says_bare(config: Path) -> bool:
         return Config.load(config).bare
     except InvalidInputError:
         return False
+
+
+def _login_name() -> str:
+    """The login name (``LOGNAME``, ``USER``, else this user id's entry in the password file).
+
+    Raises:
+        InvalidInputError: there is none: a process started under a user id that has no
+            entry (a container's ``--user 1234``) and without those variables.
+    """
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # (KeyError until Python 3.13)
+        raise InvalidInputError(f"no author: user id {os.getuid()} has no login name; set DATAREPO_AUTHOR, "
+                                "or name in the [user] table of config.toml") from None
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` made absolute, its links resolved.
+
+    Raises:
+        InvalidInputError: it is relative and the current directory was deleted (else a
+            FileNotFoundError that names no file).
+    """
+    try:
+        return path.resolve()
+    except FileNotFoundError:
+        raise InvalidInputError(f"cannot open {str(path)!r}: the current directory no longer exists (it was deleted)") from None

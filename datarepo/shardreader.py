@@ -11,7 +11,7 @@ import xxhash
 
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id_of_digests
-from datarepo.shards import BLOCK, octal_field, padding, pax_records, ustar_name
+from datarepo.shards import BLOCK, is_pax_number, octal_field, padding, pax_records, ustar_name
 
 # A reader of a seekable file reads over gaps up to this size rather than seek: one
 # sequential stream is cheaper than a seek for a few skipped datums.
@@ -124,7 +124,7 @@ def cut_members(span: bytes, datum: str, name: str, offset: int = 0) -> dict[str
         if kind == b"x":
             records = pax_records(span[data : data + size], name, offset + pos)
             pax_path = records.get("path", pax_path)
-            pax_size = int(records["size"]) if records.get("size", "").isdigit() else pax_size
+            pax_size = int(records["size"]) if is_pax_number(records.get("size", "")) else pax_size
         elif kind in (b"0", b"\x00"):
             member = pax_path or ustar_name(block)
             size = pax_size if pax_size is not None else size

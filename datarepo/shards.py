@@ -392,9 +392,15 @@ def octal_field(field: bytes, name: str, pos: int) -> int:
 
 
 def _int(text: str, name: str, pos: int) -> int:
-    if not text.isdigit():
+    if not is_pax_number(text):
         raise CorruptObjectError(name, f"bad PAX number at byte {pos}")
     return int(text)
+
+
+def is_pax_number(text: str) -> bool:
+    """Whether a PAX record's value is a number ``int`` takes: ASCII digits (``²`` is a
+    digit it refuses), not over 20 of them (it refuses 4,300; no size is over 20)."""
+    return text.isascii() and text.isdigit() and len(text) <= 20
 
 
 def pax_records(payload: bytes, name: str, pos: int) -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id, hash_bytes
@@ -94,11 +95,43 @@ def expand(src: str) -> list[str]:
 
 
 def stdin() -> BinaryIO:
-    """Standard input as bytes; InvalidInputError where the process has none (``<&-``)."""
+    """Standard input as bytes; InvalidInputError where the process has none (``<&-``).
+    Where a parent left it non-blocking (O_NONBLOCK on a pipe it shares), reads wait for
+    data: else the first read that found none would end it, and the ingest of ``-``
+    commit the prefix as empty, every datum in it deleted."""
     stream = getattr(sys.stdin, "buffer", None)
     if stream is None:
         raise InvalidInputError("standard input is closed: nothing to read for '-'")
-    return stream
+    try:
+        blocking = os.get_blocking(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        blocking = True
+    return stream if blocking else io.BufferedReader(_WaitingReader(stream.fileno()))
+
+
+class _WaitingReader(io.RawIOBase):
+    """A non-blocking descriptor read as a blocking one: a read that finds no data waits for some."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def readinto(self, buffer: Any) -> int:
+        import select
+
+        while True:
+            try:
+                data = os.read(self.fd, len(buffer))
+            except BlockingIOError:
+                select.select([self.fd], [], [])
+                continue
+            buffer[: len(data)] = data
+            return len(data)
 
 
 def read_file(path: Path, notes: list[str]) -> Iterator[NewDatum]:

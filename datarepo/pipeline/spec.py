@@ -436,6 +436,9 @@ def _command_spec(rel: str, name: str, table: Any) -> Spec:
         depends=_field(where, "depends", _strings, table.get("depends", [])),
         command=_field(where, "command", _command, table["command"]),
     ))
+    for param, value in spec.params.items():  # (each reaches the program as DATAREPO_PARAM_<NAME>)
+        if isinstance(value, str) and "\x00" in value:
+            raise PipelineError(f"{where}: params: {param} holds a NUL character, which an environment variable cannot")
     return replace(spec, declaration=canonical_json({"format": 1, **table}).decode())  # (JSON values, checked)
 
 

@@ -202,6 +202,8 @@ def alarms() -> Iterator[None]:
         yield
         return
     old = signal.signal(signal.SIGALRM, _expire)
+    # (a mask a parent passed on through exec may block SIGALRM: no timeout would ever fire)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
     _armed[0] = True
     try:
         with interrupts():  # (a Ctrl-C of a serial run stops it; a transform's KeyboardInterrupt fails its datum)
@@ -209,6 +211,7 @@ def alarms() -> Iterator[None]:
     finally:
         _armed[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         signal.signal(signal.SIGALRM, old)
 
 

@@ -260,8 +260,9 @@ def _files_by_stem(path: Path) -> dict[str, list[str]]:
 
 
 def _write_file(path: Path, data: MemberData, tmp: _TempDirs | None) -> Oid:
-    """Replaces a work-tree file whole (a reader never sees half of it); returns its hash."""
-    with atomic_file(path, mode=0o644, durable=False, tmp_dir=tmp.for_folder(path.parent) if tmp else None) as f:
+    """Replaces a work-tree file whole (a reader never sees half of it); returns its hash.
+    It is the user's file: made as git and every program makes one, 0666 less the umask."""
+    with atomic_file(path, mode=0o666, durable=False, tmp_dir=tmp.for_folder(path.parent) if tmp else None) as f:
         return copy_member(data, f)
 
 

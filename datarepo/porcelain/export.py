@@ -155,7 +155,7 @@ class _Files:
             if folder not in self.folders:
                 os.makedirs(f"{self.root}/{folder}", exist_ok=True)
                 self.folders.add(folder)
-            return os.open(f"{self.root}/{rel}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            return os.open(f"{self.root}/{rel}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except (FileExistsError, NotADirectoryError, IsADirectoryError):
             clash = file_and_dir(self.written)[0] or rel
             raise InvalidInputError(f"cannot export {self.rev} as files: {clash} would be both a file and a directory") from None
@@ -251,5 +251,5 @@ def _shards_held() -> int:
 
 def _close(writer: ShardWriter, dest: Path, n: int) -> int:
     tmp, _ = writer.finish()
-    publish(tmp, dest / f"{n:06d}.tar", 0o644)
+    publish(tmp, dest / f"{n:06d}.tar", 0o666)
     return n + 1

@@ -19,7 +19,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 import datarepo
 from datarepo.errors import DataRepoError, InvalidInputError
 from datarepo.repo import Repo
-from datarepo.torch import args
+from datarepo.torch import args, transport
 from datarepo.torch.batch import Record, collate, columns, for_the_queue, position_range
 from datarepo.torch.decode import check_spec, decoder
 from datarepo.torch.plan import OrderSpec, Share, chunks_of, order_fingerprint, rows_at, select, share
@@ -112,6 +112,7 @@ class DatumDataset(IterableDataset):
         self.transform = args.function("transform", transform)
         self.on_error = args.choice("on_error", on_error, ("raise", "skip"))
         self.rank, self.world_size = _place(rank, world_size)
+        transport.ring_wanted()  # (read again in each worker: a bad value is told here, not there)
         self.rev, self.prefix = args.text("rev", rev, empty=False), args.text("prefix", prefix)
         self.keys = args.key_list(keys)
         if self.keys is not None and prefix:

@@ -26,6 +26,8 @@ import secrets
 import threading
 from typing import Any
 
+from datarepo.errors import InvalidInputError
+
 SHM = "/dev/shm"
 RING_ENV = "DATAREPO_SHM_RING"  # "0": every batch through the DataLoader's pipe (where /proc is hardened, say)
 SLOTS = 4
@@ -138,11 +140,24 @@ def _close_the_dead() -> None:
 _RING: tuple[int, Ring | None] | None = None
 
 
+def ring_wanted() -> bool:
+    """Whether ``DATAREPO_SHM_RING`` leaves the rings on: unset, empty or ``1``; ``0`` turns
+    them off.
+
+    Raises:
+        InvalidInputError: another value (``false``, ``off``), which would leave them on.
+    """
+    text = os.environ.get(RING_ENV, "").strip()
+    if text not in ("", "0", "1"):
+        raise InvalidInputError(f"{RING_ENV} must be 0 or 1, not {text[:40]!r}")
+    return text != "0"
+
+
 def ring_of_this_process() -> Ring | None:
     """This process's ring, made on first use; None where none can be made."""
     global _RING
     if _RING is None or _RING[0] != os.getpid():
-        wanted = os.environ.get(RING_ENV, "1") != "0" and os.path.isdir(f"/proc/{os.getpid()}/fd")
+        wanted = ring_wanted() and os.path.isdir(f"/proc/{os.getpid()}/fd")
         try:
             ring: Ring | None = Ring() if wanted else None
         except (OSError, AttributeError):  # no /dev/shm, no space, or no posix_fallocate
