@@ -62,9 +62,12 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
 _SYNC_FILE_RANGE_WRITE = 2
 
 
+@functools.cache
 def umask() -> int:
-    """The process's umask, read without setting it (``os.umask`` sets it, which another
-    thread's new file would see for that moment); where ``/proc`` is not, it is set back at once."""
+    """The process's umask, read once (reading it took 15 µs, a fifth of writing a small
+    file), without setting it (``os.umask`` sets it, which another thread's new file would
+    see for that moment); where ``/proc`` is not, it is set back at once. A program that
+    changes its umask while it writes through datarepo gets the first one."""
     try:
         with open("/proc/self/status", "rb") as f:
             for line in f:
