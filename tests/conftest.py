@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -126,3 +127,27 @@ def with_ctrl_c() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def without_file_override() -> None:
+    """``preexec_fn`` of a child that must meet file permissions as an ordinary user does:
+    run as root, it drops from its bounding set the capabilities that pass them
+    (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so the program it starts has neither."""
+    if os.geteuid() == 0:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in (1, 2):
+            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], *words: str) -> str:
+    """The one error line of a ``datarepo`` process that failed (status 1, no traceback),
+    which holds each of ``words``."""
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from conftest import Cli, shard_file
+from conftest import Cli, one_error_line, shard_file, without_file_override
 
 from datarepo.repo import Repo
 
@@ -103,7 +103,7 @@ def test_unreadable_file(worktree: Path) -> None:
     os.chmod(worktree / "secret.jpg", 0)
     env = {**os.environ, "DATAREPO_AUTHOR": "t"}
     run = lambda *a: subprocess.run([sys.executable, "-m", "datarepo.cli", *a], cwd=worktree, env=env,  # noqa: E731
-                                    capture_output=True, text=True, preexec_fn=_drop_file_override)
+                                    capture_output=True, text=True, preexec_fn=without_file_override)
     assert run("init").returncode == 0
     result = run("add", ".")
     assert result.returncode == 1
@@ -119,7 +119,7 @@ def test_a_directory_whose_files_cannot_be_stated(worktree: Path) -> None:
     (worktree / "locked" / "a.jpg").write_bytes(b"a")
     env = {**os.environ, "DATAREPO_AUTHOR": "t"}
     run = lambda *a: subprocess.run([sys.executable, "-m", "datarepo.cli", *a], cwd=worktree, env=env,  # noqa: E731
-                                    capture_output=True, text=True, preexec_fn=_drop_file_override)
+                                    capture_output=True, text=True, preexec_fn=without_file_override)
     assert run("init").returncode == 0 and run("add", "ok.jpg").returncode == 0
     os.chmod(worktree / "locked", 0o644)
     try:
@@ -129,17 +129,6 @@ def test_a_directory_whose_files_cannot_be_stated(worktree: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == ["Error: cannot stat locked/a.jpg: Permission denied"]
     assert run("status", "--json").returncode == 0  # searchable again: the file is seen
-
-
-def _drop_file_override() -> None:
-    """Removes CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set before exec."""
-    if os.geteuid() == 0:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
 class _Flipped(NamedTuple):
@@ -466,15 +455,7 @@ def _program(cwd: Path, *args: str, env: dict[str, str] | None = None, **kw) -> 
     """The real program in a process of its own, without the power to bypass file permissions."""
     env = {**os.environ, "DATAREPO_AUTHOR": "t", "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})}
     return subprocess.run([sys.executable, "-m", "datarepo.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, preexec_fn=kw.pop("preexec_fn", _drop_file_override), **kw)
-
-
-def _one_error_line(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
+                          capture_output=True, text=True, preexec_fn=kw.pop("preexec_fn", without_file_override), **kw)
 
 
 def test_an_unreadable_directory_blocks_only_what_it_could_hide(worktree: Path) -> None:
@@ -498,7 +479,7 @@ def test_an_unreadable_directory_blocks_only_what_it_could_hide(worktree: Path) 
             "error: cannot read directory locked/: Permission denied",
             "Error: cannot read directory shut/: Permission denied (and 1 more)",
         ], result.stderr
-        _one_error_line(_program(worktree, "add", "locked/a.txt"), "locked", "Permission denied")
+        one_error_line(_program(worktree, "add", "locked/a.txt"), "locked", "Permission denied")
     finally:
         os.chmod(worktree / "locked", 0o755)
         os.chmod(worktree / "shut", 0o755)
@@ -518,7 +499,7 @@ def test_add_follow_of_one_path_ignores_a_dangling_link_elsewhere(worktree: Path
 def test_stdin_that_is_closed_is_one_line(worktree: Path) -> None:
     assert _program(worktree, "init").returncode == 0
     result = _program(worktree, "ingest", "-", "--prefix", "p", preexec_fn=lambda: os.close(0))
-    _one_error_line(result, "standard input is closed")
+    one_error_line(result, "standard input is closed")
 
 
 @pytest.mark.parametrize(
@@ -596,13 +577,13 @@ def test_a_member_name_that_cannot_be_stored_is_refused_at_the_door(tmp_path: Pa
 def test_bad_environment_variables_are_one_line(repo_with_commit, worktree: Path, name: str, value: str, words: list[str]) -> None:
     (worktree / "new.txt").write_bytes(b"n")
     assert _program(worktree, "add", "new.txt").returncode == 0
-    _one_error_line(_program(worktree, "commit", "-m", "x", env={name: value}), *words)
+    one_error_line(_program(worktree, "commit", "-m", "x", env={name: value}), *words)
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5"])
 def test_bad_worker_counts_are_one_line(repo_with_commit, worktree: Path, value: str) -> None:
     (worktree / "new.txt").write_bytes(b"n")
-    _one_error_line(_program(worktree, "add", "new.txt", env={"DATAREPO_WORKERS": value}), "DATAREPO_WORKERS", repr(value))
+    one_error_line(_program(worktree, "add", "new.txt", env={"DATAREPO_WORKERS": value}), "DATAREPO_WORKERS", repr(value))
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import one_error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,15 +25,6 @@ def datarepo(cwd: Path, *args: str, env: dict[str, str] | None = None, **kw) -> 
     full = {**os.environ, "DATAREPO_AUTHOR": "t", "DATAREPO_LOCK_TIMEOUT": "20", "PYTHONPATH": str(ROOT), **(env or {})}
     kw.setdefault("capture_output", "stdout" not in kw)
     return subprocess.run([sys.executable, "-m", "datarepo.cli", *args], cwd=cwd, env=full, text=True, **kw)
-
-
-def one_error_line(result: subprocess.CompletedProcess[str], *words: str) -> str:
-    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture

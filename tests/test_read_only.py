@@ -12,7 +12,6 @@ user has none."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import sqlite3
@@ -24,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import without_file_override
 
 ENV = {**os.environ, "DATAREPO_AUTHOR": "Test <test@example.com>", "DATAREPO_LOCK_TIMEOUT": "5",
        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
@@ -49,20 +49,10 @@ WRITES = [
 ]
 
 
-def _no_override() -> None:
-    """In the reader's process before it starts: root gives up the capabilities that pass
-    file permissions (dropped from the bounding set, so the program started has none)."""
-    if os.geteuid() == 0:
-        libc = ctypes.CDLL(None, use_errno=True)
-        for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
-            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 def run(cwd: Path, args: tuple[str, ...] | list[str], reader: bool, tmp: Path) -> subprocess.CompletedProcess[str]:
     env = {**ENV, "TMPDIR": str(tmp), "HOME": str(tmp)}
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
-                          preexec_fn=_no_override if reader else None)
+                          preexec_fn=without_file_override if reader else None)
 
 
 def datarepo(cwd: Path, *args: str, reader: bool, tmp: Path) -> subprocess.CompletedProcess[str]:

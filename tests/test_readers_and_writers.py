@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import without_file_override
 from loader_fixtures import add_commit, labelled, loader, make_repo
-from test_read_only import _no_override
 
 import datarepo
 from datarepo.errors import DataRepoError
@@ -86,7 +86,7 @@ def held_reader(root: Path, gate: Path, read_only: bool) -> subprocess.Popen[str
     proc = subprocess.Popen(
         [sys.executable, "-c", READER, str(root), str(gate / "ready"), str(gate / "go")],
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=_no_override if read_only else None,
+        preexec_fn=without_file_override if read_only else None,
     )
     deadline = time.monotonic() + WAIT
     while not (gate / "ready").exists():
@@ -221,6 +221,24 @@ def waits_on(proc: subprocess.Popen[str], lock: Path) -> bool:
         return False
 
 
+def write_and_commit(up: Path, numbers: range, message: str) -> None:
+    for i in numbers:
+        (up / f"k{i:02d}.txt").write_text(f"datum {i} " * 20)
+    datarepo_cli(up, "add", ".")
+    datarepo_cli(up, "commit", "-m", message)
+
+
+def pushed(up: Path, remote: Path, n: int) -> None:
+    """``up``: a repository of ``n`` small texts in small shards, committed and pushed to
+    ``remote``, a bare repository beside it."""
+    up.mkdir()
+    datarepo_cli(up, "init", "--shard-size", "4K")
+    write_and_commit(up, range(n), "one")
+    datarepo_cli(remote.parent, "init", "--bare", str(remote))
+    datarepo_cli(up, "remote", "add", "origin", str(remote))
+    datarepo_cli(up, "push")
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to see the pull wait")
 @pytest.mark.parametrize("prune", [False, True], ids=["repack", "repack-and-gc-prune-now"])
 def test_a_pull_whose_remote_is_repacked_after_it_listed_it_fetches_everything(tmp_path: Path, prune: bool) -> None:
@@ -228,20 +246,9 @@ def test_a_pull_whose_remote_is_repacked_after_it_listed_it_fetches_everything(t
     here); meanwhile the remote's keeper repacks it (and gc --prune now deletes the old
     shards). The pull lists the remote again and fetches the new shard: nothing is lost."""
     up, remote, down = tmp_path / "up", tmp_path / "remote.git", tmp_path / "down"
-    up.mkdir()
-    datarepo_cli(up, "init", "--shard-size", "4K")
-    for i in range(40):
-        (up / f"k{i:02d}.txt").write_text(f"datum {i} " * 20)
-    datarepo_cli(up, "add", ".")
-    datarepo_cli(up, "commit", "-m", "one")
-    datarepo_cli(tmp_path, "init", "--bare", str(remote))
-    datarepo_cli(up, "remote", "add", "origin", str(remote))
-    datarepo_cli(up, "push")
+    pushed(up, remote, 40)
     datarepo_cli(tmp_path, "clone", str(remote), "down")
-    for i in range(40, 80):
-        (up / f"k{i:02d}.txt").write_text(f"datum {i} " * 20)
-    datarepo_cli(up, "add", ".")
-    datarepo_cli(up, "commit", "-m", "two")
+    write_and_commit(up, range(40, 80), "two")
     datarepo_cli(up, "push")
     config = remote / "config.toml"
     config.write_text(config.read_text().replace("shard_size = 268435456", "shard_size = 1048576"))
@@ -272,19 +279,8 @@ def test_gc_of_a_folder_remote_while_a_push_uploads_loses_nothing(tmp_path: Path
     from datarepo.porcelain.maintenance import gc
 
     up, remote = tmp_path / "up", tmp_path / "remote.git"
-    up.mkdir()
-    datarepo_cli(up, "init", "--shard-size", "4K")
-    for i in range(10):
-        (up / f"k{i:02d}.txt").write_text(f"datum {i} " * 20)
-    datarepo_cli(up, "add", ".")
-    datarepo_cli(up, "commit", "-m", "one")
-    datarepo_cli(tmp_path, "init", "--bare", str(remote))
-    datarepo_cli(up, "remote", "add", "origin", str(remote))
-    datarepo_cli(up, "push")
-    for i in range(10, 20):
-        (up / f"k{i:02d}.txt").write_text(f"datum {i} " * 20)
-    datarepo_cli(up, "add", ".")
-    datarepo_cli(up, "commit", "-m", "two")
+    pushed(up, remote, 10)
+    write_and_commit(up, range(10, 20), "two")
     swept = []
     with datarepo.open(remote) as keeper, keeper.lock:
         push = subprocess.Popen([sys.executable, "-m", "datarepo.cli", "push"], cwd=up, env=ENV,

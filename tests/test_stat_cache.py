@@ -33,6 +33,14 @@ def _status(cli) -> dict[str, list[str]]:
     return json.loads(cli("status", "--json").stdout)
 
 
+def _committed(worktree: Path, cli) -> None:
+    """The work tree's files, aged past the racy rule, in a first commit."""
+    age(worktree)
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "first")
+
+
 def _set_mtime(path: Path, mtime_ns: int) -> None:
     os.utime(path, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
 
@@ -147,10 +155,7 @@ def test_a_trusted_file_is_not_read_again(worktree: Path, cli) -> None:
     than the racy rule asks is not read by add, even with its mtime set back."""
     (worktree / "a.txt").write_bytes(b"a")
     (worktree / "b.txt").write_bytes(b"b")
-    age(worktree)
-    cli("init")
-    cli("add", ".")
-    cli("commit", "-m", "first")
+    _committed(worktree, cli)
     assert _hashed(cli("add", ".").output) == 0
     _set_mtime(worktree / "a.txt", OLD)  # metadata only: read once more, found unchanged
     age(worktree, only=[worktree / "a.txt"])
@@ -168,10 +173,7 @@ def test_members_folders_and_links_that_replace_files_are_seen(worktree: Path, c
     (worktree / "f").write_bytes(b"a file")
     (worktree / "l.txt").write_bytes(b"linked")
     (worktree / "other.txt").write_bytes(b"linked")
-    age(worktree)
-    cli("init")
-    cli("add", ".")
-    cli("commit", "-m", "first")
+    _committed(worktree, cli)
     assert _status(cli) == {"added": [], "modified": [], "deleted": []}
     (worktree / "x.jpg").write_bytes(b"jpeg")  # a member beside an unchanged one
     (worktree / "y.jpg").unlink()  # a member gone, its partner unchanged
@@ -283,10 +285,7 @@ def test_a_look_at_new_files_alone_keeps_the_cache_of_the_others(worktree: Path,
     the stat cache: it does not make a cache of those files alone, which forgot every other."""
     for name in "abc":
         (worktree / f"{name}.txt").write_bytes(name.encode())
-    age(worktree)
-    cli("init")
-    cli("add", ".")
-    cli("commit", "-m", "first")
+    _committed(worktree, cli)
     (worktree / "d.txt").write_bytes(b"d")
     age(worktree, only=[worktree / "d.txt"])
     if looks == "add":
