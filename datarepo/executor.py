@@ -138,15 +138,17 @@ class ProcessExecutor:
             _stop([worker for worker, _, _ in busy.values()])  # stopped early: what they do is not wanted
 
     def close(self) -> None:
-        for worker in self._idle:
-            worker.stop()
+        """Ends the idle workers. Not by closing their orders pipes alone: a process forked
+        here since (a DataLoader worker) holds those pipes open too, and they would wait for
+        orders as long as it lives."""
+        _stop(self._idle)
         self._idle.clear()
 
 
 def _stop(workers: list[_Worker]) -> None:
-    """Stops busy workers: on SIGTERM each unwinds what it was doing (a shard being written
-    is removed) and exits; those that have not within ``STOP_GRACE`` seconds (user code
-    that holds on) are killed."""
+    """Stops workers: on SIGTERM each unwinds what it was doing (a shard being written is
+    removed) and exits, an idle one at once; those that have not within ``STOP_GRACE``
+    seconds (user code that holds on) are killed."""
     for worker in workers:
         os.kill(worker.pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE
@@ -209,12 +211,6 @@ class _Worker:
         except BrokenPipeError:
             return False
         return True
-
-    def stop(self) -> None:
-        """Ends an idle worker: it exits when its orders pipe closes."""
-        os.close(self.orders)
-        os.close(self.answers)
-        os.waitpid(self.pid, 0)
 
     def reap(self) -> None:
         os.close(self.orders)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import subprocess
@@ -31,6 +32,7 @@ class Cli:
             result = self.runner.invoke(main, list(args), input=input, catch_exceptions=False)
         finally:
             os.chdir(old)
+            gc.enable()  # (a command turns the cyclic collector off for its short process)
         if ok:
             assert result.exit_code == 0, f"datarepo {' '.join(args)}\n{result.output}"
         return result

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -324,6 +325,36 @@ def test_a_pool_works_in_a_process_with_over_a_thousand_descriptors_open() -> No
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_closing_a_pool_ends_its_workers_while_a_later_child_holds_their_pipes() -> None:
+    """A process forked after the pool's workers (a DataLoader worker, any fork) inherits
+    the pipes that hand them orders: closing the pool still ends them, rather than waiting
+    as long as that process lives."""
+    pool = ProcessExecutor(2)
+    results = list(pool.map(_double, range(4)))
+    assert [r for r, _ in results] == [0, 2, 4, 6]
+    workers = {pid for _, pid in results} - {os.getpid()}
+    assert workers
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # holds every descriptor it inherited until the test lets it go
+        os.close(write)
+        os.read(read, 1)
+        os._exit(0)
+    os.close(read)
+    try:
+        done = threading.Event()
+        closer = threading.Thread(target=lambda: (pool.close(), done.set()), daemon=True)
+        closer.start()
+        closer.join(60)  # (a guard against a hang, not a timing: it ends in milliseconds)
+        assert done.is_set(), "close() waited on workers whose pipes another process holds"
+        for pid in workers:
+            with pytest.raises(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # reaped
+    finally:
+        os.close(write)
+        os.waitpid(child, 0)
 
 
 def test_content_already_stored_is_not_stored_again_by_worker_processes(worktree: Path, cli, monkeypatch: pytest.MonkeyPatch) -> None:
