@@ -153,3 +153,9 @@ def one_error_line(result: subprocess.CompletedProcess[str], *words: str) -> str
     for w in words:
         assert w in lines[0], lines[0]
     return lines[0]
+
+
+def paths_under(root: Path) -> list[Path]:
+    """Every path under ``root``, relative to it, sorted; without SQLite's write-ahead log
+    and shared-memory files, which come and go with the connections open to the index."""
+    return sorted(p.relative_to(root) for p in root.rglob("*") if not p.name.endswith(("-wal", "-shm")))

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import paths_under
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -283,12 +284,12 @@ def test_a_closed_standard_output_is_one_line_and_a_closed_standard_error_is_no_
 
 def test_no_repository_is_made_inside_a_repository_folder(repo_with_commit, cli, tmp_path: Path) -> None:
     repo, _ = repo_with_commit
-    before = sorted(p.relative_to(repo.dotdir) for p in repo.dotdir.rglob("*"))
+    before = paths_under(repo.dotdir)
     for args in (["init", ".datarepo"], ["init", ".datarepo/objects/x"], ["init", "--bare", ".datarepo/b"]):
         _one_line_error(cli(*args, ok=False), "is inside the repository folder", "cannot be made there")
     cli("init", "--bare", str(tmp_path / "bare"))
     _one_line_error(cli("init", str(tmp_path / "bare" / "sub"), ok=False), "is inside the repository folder")
-    assert sorted(p.relative_to(repo.dotdir) for p in repo.dotdir.rglob("*")) == before
+    assert paths_under(repo.dotdir) == before
     cli("init", "nested")  # a repository in a folder of the work tree is made, as git makes one
 
 

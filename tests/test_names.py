@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import paths_under
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -75,11 +76,11 @@ def test_no_name_resolves_outside_the_repository(tmp_path_factory: pytest.TempPa
 @pytest.mark.parametrize("name", ["HEAD", "refs/heads/x", "ab.", "a..b", "x.lock", "../../../../x"])
 def test_bad_branch_and_tag_names_are_refused_through_the_cli(repo_with_commit, worktree: Path, cli, name: str) -> None:
     repo, _ = repo_with_commit
-    before = sorted(p.relative_to(worktree.parent) for p in worktree.parent.rglob("*"))
+    before = paths_under(worktree.parent)
     _one_line_error(cli("branch", "--", name, ok=False), "invalid branch name")
     _one_line_error(cli("tag", "--", name, ok=False), "invalid tag name")
     _one_line_error(cli("checkout", "-b", name, ok=False), "invalid branch name")
-    assert sorted(p.relative_to(worktree.parent) for p in worktree.parent.rglob("*")) == before
+    assert paths_under(worktree.parent) == before
     assert [line.split()[1] for line in cli("branch").output.splitlines()] == ["main"]
 
 
