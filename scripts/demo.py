@@ -21,11 +21,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 import datarepo as datarepo_api
+from datarepo.statcache import RACY_NS
 
 DATAREPO = Path(sys.executable).with_name("datarepo")
 EXAMPLES = Path(__file__).resolve().parent.parent / "pipelines"
@@ -77,14 +79,19 @@ def datarepo(*args: str, cwd: Path, limit: int = MAX_LINES) -> str:
 def age(root: Path, seconds: float = 3600) -> None:
     """Backdates every file under ``root`` (or ``root`` itself).
 
-    datarepo trusts a cached hash only for files last modified more than two
-    seconds before it looked at them (git's "racy" rule); real sources are
-    older than that, freshly generated demo files are not.
+    datarepo trusts a cached hash only for files last changed more than two
+    seconds before it looked at them (git's "racy" rule, by the later of the
+    mtime and the ctime); real sources are older than that, freshly generated
+    demo files are not. A ctime cannot be set back: this waits until the
+    newest is two seconds old.
     """
     files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
     for path in files:
         st = path.stat()
         os.utime(path, (st.st_atime - seconds, st.st_mtime - seconds))
+    newest = max((path.stat().st_ctime_ns for path in files), default=0)
+    while time.time_ns() <= newest + RACY_NS:
+        time.sleep((newest + RACY_NS - time.time_ns()) / 1e9 + 0.01)
 
 
 def image_bytes(rng: random.Random, shape: str, size: int = 32) -> bytes:
