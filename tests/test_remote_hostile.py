@@ -522,8 +522,11 @@ def test_a_push_removes_what_pushes_killed_long_ago_left_on_a_folder_remote(tmp_
     cli("push")
     shard = next((origin / "shards").rglob("*.tar"))
     obj = next(p for p in (origin / "objects").rglob("*") if p.is_file())
-    old = [shard.with_name(".tmp-0123456789abcdef.tar"), obj.with_name(".tmp-00aa11bb22cc33dd")]
-    young = [shard.with_name(".tmp-fedcba9876543210.tar"), obj.with_name(".tmp-ffeeddccbbaa9988")]
+    ref = origin / "refs" / "heads" / "main"
+    old = [shard.with_name(".tmp-0123456789abcdef.tar"), obj.with_name(".tmp-00aa11bb22cc33dd"),
+           ref.with_name(".tmp-0a1b2c3d4e5f6a7b"), origin / ".tmp-1a2b3c4d5e6f7a8b"]  # (a ref's, HEAD's)
+    young = [shard.with_name(".tmp-fedcba9876543210.tar"), obj.with_name(".tmp-ffeeddccbbaa9988"),
+             ref.with_name(".tmp-b7a6f5e4d3c2b1a0")]
     for path in old + young:
         path.write_bytes(b"half an upload")
     hours_ago = time.time() - 2 * 3600
@@ -533,6 +536,6 @@ def test_a_push_removes_what_pushes_killed_long_ago_left_on_a_folder_remote(tmp_
     cli("add", ".")
     cli("commit", "-m", "more")
     cli("push")
-    assert [p.exists() for p in old + young] == [False, False, True, True]
+    assert [p.exists() for p in old + young] == [False] * len(old) + [True] * len(young)
     Cli(tmp_path)("clone", str(origin), "copy")
     assert files_of(tmp_path / "copy") == files_of(worktree)

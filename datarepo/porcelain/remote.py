@@ -114,6 +114,16 @@ class Remote:
                 if is_oid(oid):
                     yield oid
 
+    def _ref_leftovers(self) -> Iterator[str]:
+        """The temporary files of HEAD and ref writes a killed push left: at the top and
+        under ``refs/``."""
+        for folder in (self.root, f"{self.root}/refs"):
+            try:
+                paths = self.fs.ls(folder, detail=False) if folder == self.root else self.fs.find(folder)
+            except FileNotFoundError:
+                continue
+            yield from (str(p) for p in paths if str(p).rsplit("/", 1)[-1].startswith(TMP_PREFIX))
+
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}"
 
@@ -125,7 +135,7 @@ class Remote:
         if self.protocol not in LOCAL:
             return
         horizon = time.time() - LEFTOVER_AGE
-        for path in sorted(self.leftovers):
+        for path in sorted(self.leftovers | set(self._ref_leftovers())):
             with contextlib.suppress(OSError):  # (gone already: another push removed it)
                 if os.lstat(path).st_mtime < horizon:
                     os.unlink(path)
