@@ -159,3 +159,19 @@ def paths_under(root: Path) -> list[Path]:
     """Every path under ``root``, relative to it, sorted; without SQLite's write-ahead log
     and shared-memory files, which come and go with the connections open to the index."""
     return sorted(p.relative_to(root) for p in root.rglob("*") if not p.name.endswith(("-wal", "-shm")))
+
+
+def holds_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open now (waiting for a lock on it, say): False
+    once it has ended, and a descriptor closed while it is looked at is passed over."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                return True
+        except FileNotFoundError:
+            continue
+    return False

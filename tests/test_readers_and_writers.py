@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import without_file_override
+from conftest import holds_open, without_file_override
 from loader_fixtures import add_commit, labelled, loader, make_repo
 
 import datarepo
@@ -213,14 +213,6 @@ def add_commit_on(root: Path, branch: str) -> None:
         repo.commit(w.entries, "exp", ref=f"refs/heads/{branch}")
 
 
-def waits_on(proc: subprocess.Popen[str], lock: Path) -> bool:
-    """Whether ``proc`` has ``lock`` open (it then waits for it: the lock is held)."""
-    try:
-        return any(os.path.realpath(f"/proc/{proc.pid}/fd/{fd}") == str(lock) for fd in os.listdir(f"/proc/{proc.pid}/fd"))
-    except FileNotFoundError:  # (a descriptor closed while it was looked at)
-        return False
-
-
 def write_and_commit(up: Path, numbers: range, message: str) -> None:
     for i in numbers:
         (up / f"k{i:02d}.txt").write_text(f"datum {i} " * 20)
@@ -256,7 +248,7 @@ def test_a_pull_whose_remote_is_repacked_after_it_listed_it_fetches_everything(t
         pull = subprocess.Popen([sys.executable, "-m", "datarepo.cli", "pull"], cwd=down, env=ENV,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + WAIT
-        while not waits_on(pull, repo.dotdir / "lock"):
+        while not holds_open(pull.pid, repo.dotdir / "lock"):
             assert pull.poll() is None, pull.communicate()
             assert time.monotonic() < deadline, "the pull never reached the lock"
             time.sleep(0.005)
@@ -286,7 +278,7 @@ def test_gc_of_a_folder_remote_while_a_push_uploads_loses_nothing(tmp_path: Path
         push = subprocess.Popen([sys.executable, "-m", "datarepo.cli", "push"], cwd=up, env=ENV,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + WAIT
-        while not waits_on(push, remote / "lock"):
+        while not holds_open(push.pid, remote / "lock"):
             assert push.poll() is None, push.communicate()
             assert time.monotonic() < deadline, "the push never reached the remote's lock"
             time.sleep(0.005)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Cli
+from conftest import Cli, holds_open
 from test_remotes import _s3_remote, a_clone_with_their_commit, files_of, origin, s3_endpoint  # noqa: F401  (origin, s3_endpoint: fixtures)
 
 import datarepo
@@ -267,9 +267,7 @@ def test_of_two_pushes_racing_to_one_branch_the_second_is_refused(tmp_path: Path
     lock = origin / "lock"
     with WriterLock(lock):  # the other push, between its check and its ref write
         pushing = subprocess.Popen([EXE, "push"], cwd=worktree, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        while pushing.poll() is None and not any(  # (our push waits for the lock)
-            os.path.realpath(f"/proc/{pushing.pid}/fd/{fd}") == str(lock) for fd in _fds(pushing.pid)
-        ):
+        while pushing.poll() is None and not holds_open(pushing.pid, lock):  # (our push waits for the lock)
             time.sleep(0.001)
         with contextlib.suppress(subprocess.TimeoutExpired):
             pushing.wait(timeout=1)  # (a push that does not wait for the lock is done by now)
@@ -277,13 +275,6 @@ def test_of_two_pushes_racing_to_one_branch_the_second_is_refused(tmp_path: Path
     out, err = pushing.communicate(timeout=60)
     assert pushing.returncode == 1 and "fetch first" in err and len(err.strip().splitlines()) == 1, out + err
     assert (origin / "refs/heads/main").read_text() == f"{theirs}\n"
-
-
-def _fds(pid: int) -> list[str]:
-    try:
-        return os.listdir(f"/proc/{pid}/fd")
-    except FileNotFoundError:  # (the process has ended)
-        return []
 
 
 class HeldPuts:

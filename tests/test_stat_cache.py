@@ -192,9 +192,8 @@ def test_members_folders_and_links_that_replace_files_are_seen(worktree: Path, c
     assert json.loads(cli("status", "--json", "--follow").stdout) == {**want, "deleted": ["d/in", "f"]}
 
 
-def test_a_file_checkout_wrote_then_changed_at_once_is_seen(worktree: Path, cli) -> None:
-    (worktree / "a.txt").write_bytes(b"version 1")
-    age(worktree)
+def _back_at_the_first_of_two_commits(cli, worktree: Path) -> None:
+    """Commits the work tree (v1), then ``a.txt`` as ``version 2`` (v2), and checks v1 out."""
     cli("init")
     cli("add", ".")
     cli("commit", "-m", "v1")
@@ -202,6 +201,12 @@ def test_a_file_checkout_wrote_then_changed_at_once_is_seen(worktree: Path, cli)
     cli("add", ".")
     cli("commit", "-m", "v2")
     cli("checkout", "HEAD~1")
+
+
+def test_a_file_checkout_wrote_then_changed_at_once_is_seen(worktree: Path, cli) -> None:
+    (worktree / "a.txt").write_bytes(b"version 1")
+    age(worktree)
+    _back_at_the_first_of_two_commits(cli, worktree)
     _rewrite_in_place(worktree / "a.txt", b"version 3")  # at once, its mtime set back
     assert _status(cli)["modified"] == ["a"]
     cli("checkout", "-f", "main")
@@ -215,13 +220,7 @@ def test_a_clock_set_back_since_the_cache_was_made_does_not_hide_a_change(worktr
     older than the racy rule asks: a change must still differ from the entry."""
     (worktree / "a.txt").write_bytes(b"version 1")
     (worktree / "b.txt").write_bytes(b"version 1")
-    cli("init")
-    cli("add", ".")
-    cli("commit", "-m", "v1")
-    (worktree / "a.txt").write_bytes(b"version 2")
-    cli("add", ".")
-    cli("commit", "-m", "v2")
-    cli("checkout", "HEAD~1")  # (its entries are rows of the stat table)
+    _back_at_the_first_of_two_commits(cli, worktree)  # (its entries are rows of the stat table)
     with sqlite3.connect(worktree / ".datarepo" / "index.sqlite") as db:
         assert db.execute("UPDATE stat SET seen_ns = seen_ns + 3600 * 1000000000").rowcount > 0
     db.close()
