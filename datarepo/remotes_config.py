@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 from datarepo.errors import DataRepoError, InvalidInputError
 from datarepo.fsutil import LocalFileSystem, atomic_write
 from datarepo.refs import MAX_PART_BYTES, REMOTES, is_valid_ref_format
-from datarepo.repo import Repo
+from datarepo.repo import DOTDIR, Repo
 
 DVC_DIR = ".dvc"
 LOCAL = ("local", "file")  # the protocols of a remote on this machine's filesystem
@@ -259,10 +259,15 @@ def local_filesystem() -> LocalFileSystem:
 
 def _local_root(path: str) -> str:
     """A local remote's folder: DVC keeps a ``file://`` URL's scheme in the path it gives,
-    which as a path would name a folder ``file:`` in the current one."""
+    which as a path would name a folder ``file:`` in the current one. A folder that is a
+    work tree stands for the repository in its ``.datarepo``."""
     if path.startswith("file://"):
         path = path[len("file://") :]
-    return path.rstrip("/") or "/"
+    root = path.rstrip("/") or "/"
+    inner = os.path.join(root, DOTDIR)
+    if not os.path.lexists(os.path.join(root, "HEAD")) and os.path.isfile(os.path.join(inner, "config.toml")):
+        return inner  # a work tree, named as ``git clone ../other`` names one: its repository is its .datarepo
+    return root
 
 
 def _protocol(fs: Any) -> str:

@@ -309,6 +309,34 @@ def test_clone_of_nothing_is_refused(tmp_path: Path) -> None:
     assert r.exit_code != 0 and "no repository" in r.output and not (tmp_path / "none").exists()
 
 
+def test_a_work_tree_is_a_remote_as_in_git(tmp_path: Path, worktree: Path, cli: Cli) -> None:
+    """``clone ../other`` and ``datarepo.open(URL)`` take a work tree for the repository in
+    its .datarepo; a push may add branches there, never move the one checked out there."""
+    write_samples(worktree, 5)
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "first")
+    head = cli("log", "--oneline").output.split()[0]
+    Cli(tmp_path)("clone", "work", "copy")
+    Cli(tmp_path)("clone", f"file://{worktree}", "copy2")
+    copy = tmp_path / "copy"
+    assert files_of(copy) == files_of(worktree) == files_of(tmp_path / "copy2")
+    b = Cli(copy)
+    (copy / "theirs.txt").write_text("theirs")
+    b("add", ".")
+    b("commit", "-m", "theirs")
+    refused = b("push", ok=False)
+    assert refused.exit_code != 0 and "main checked out in its work tree" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    assert cli("log", "--oneline").output.split()[0] == head and "clean" in cli("status").output
+    b("checkout", "-b", "feature")
+    assert "refs/heads/feature\t(new)" in b("push", "-r", "origin", "feature").output
+    cli("checkout", "feature")
+    assert (worktree / "theirs.txt").read_text() == "theirs"
+    with datarepo.open(f"file://{worktree}", cache=tmp_path / "cache") as r:
+        assert r.read(r.tree("feature")["theirs"].datum) == {"txt": b"theirs"}
+
+
 def test_stock_webdataset_reads_a_pushed_shard(worktree: Path, cli: Cli, origin: Path) -> None:
     wds = pytest.importorskip("webdataset")
     cli("push")

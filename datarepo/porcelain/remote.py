@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from datarepo.config import env_seconds
+from datarepo.config import Config, env_seconds
 from datarepo.errors import CorruptObjectError, DataRepoError, DirtyWorktreeError, InvalidInputError, ObjectNotFoundError
 from datarepo.fsutil import TMP_PREFIX, FolderMadeWhole, WriterLock
 from datarepo.hashing import Oid, is_oid
@@ -207,6 +207,11 @@ def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_re
     # what the listing said the remote had) before a ref names it.
     with speaking(r.name), r.ref_lock():
         r.list()
+        if (checked_out := _checked_out(r)) in {name for name, _ in refs}:
+            raise RemoteError(
+                f"remote {r.name!r} ({r.url}) has branch {checked_out[len(BRANCHES) :]} checked out in its work tree: "
+                "pull from there instead, or check out another branch there first"
+            )
         for name, new in refs:
             _check_update(repo, r, name, new, force)
         edges: dict[str, list[str]] = {}
@@ -250,6 +255,22 @@ def _check_place(repo: Repo, r: Remote) -> None:
         return
     if other := sorted(n for n in top - LAYOUT if not n.startswith(TMP_PREFIX)):  # (a killed push's half-written HEAD)
         raise RemoteError(f"remote {r.name!r} ({r.url}) holds other files ({other[0]}, …) and no repository: push to an empty place")
+
+
+def _checked_out(r: Remote) -> str | None:
+    """The branch checked out in the work tree of the repository a local remote names
+    (the work tree, or its ``.datarepo``). A push must not move it: that work tree's files
+    would no longer match its branch, and its next commit would undo the push (git
+    refuses it too)."""
+    config = Path(r.root) / "config.toml"
+    if r.protocol not in LOCAL or not config.is_file():
+        return None
+    try:
+        if Config.load(config).bare:
+            return None
+    except InvalidInputError:
+        return None
+    return r.refs.read_symbolic(HEAD)
 
 
 def _refs_to_push(repo: Repo, revs: list[str], all_refs: bool) -> list[tuple[str, Oid]]:
