@@ -414,7 +414,7 @@ def test_push_makes_no_repository_among_other_files(tmp_path: Path, worktree: Pa
     cli("commit", "-m", "a")
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "letter.txt").write_text("mine")
-    for url, why in ((".", "is in the work tree"), ("backup", "is in the work tree"),
+    for url, why in ((".", "is this repository itself"), ("backup", "is in the work tree"),
                      (str(tmp_path / "home"), "holds other files")):
         cli("remote", "add", "-f", "o", url, "-d")
         one_line_error(cli("push", ok=False), why)

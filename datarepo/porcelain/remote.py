@@ -245,6 +245,8 @@ def _check_place(repo: Repo, r: Remote) -> None:
     no repository (a home folder, a bucket's data)."""
     if r.protocol in LOCAL and repo.worktree is not None:
         root, worktree = Path(r.root).resolve(), repo.worktree.resolve()
+        if root == repo.dotdir.resolve():
+            raise RemoteError(f"remote {r.name!r} ({r.url}) is this repository itself")
         if root.is_relative_to(worktree) and not root.is_relative_to(repo.dotdir.resolve()):
             raise RemoteError(f"remote {r.name!r} ({r.url}) is in the work tree: what is pushed there would be added as data")
     if r.fs.exists(r.path(HEAD)):
