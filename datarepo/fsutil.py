@@ -237,6 +237,121 @@ def publish(tmp: Path, path: Path, mode: int = READ_ONLY) -> None:
     fsync_dir(path.parent)
 
 
+class DurableBatch:
+    """Many files written atomically and durably together, at a fraction of the cost of one
+    :func:`atomic_file` each (a fetch of a long history writes thousands of small objects;
+    one fsync of each file and one of its folder took 80-90% of a clone's time).
+
+    Each file is written under a temporary name beside its path, unsynced. At the end of
+    the block, and whenever :data:`MAX_FILES` files or :data:`MAX_BYTES` bytes are
+    pending, every pending file is fsync'ed at once (from threads: the file system commits
+    concurrent fsyncs together), then each is renamed to its path in the order it was
+    written, then their folders are fsync'ed. Every file is whole on disk before any takes
+    its name, and the file system's journal keeps the renames in order, as git's "batch"
+    fsync mode assumes: an object written after its children never stands without them.
+
+    If the block raises an error, the files already written whole still take their paths
+    (so that the next run has less to do, as when each was written alone); a file cut short
+    is removed. Ctrl-C or a stop removes the pending files at once instead.
+    """
+
+    MAX_FILES = 1000
+    MAX_BYTES = 256 << 20
+    THREADS = 16
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Path, Path, int]] = []  # (temporary file, path, mode)
+        self.size = 0
+
+    @contextlib.contextmanager
+    def file(self, path: Path, mode: int = READ_ONLY) -> Iterator[BinaryIO]:
+        """A file that takes ``path`` once written whole and the batch is made durable."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = None
+        try:
+            with signals_deferred():
+                fd, tmp = make_temp(path.parent)
+            with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+                yield f
+                size = f.tell()
+        except BaseException:
+            if tmp is not None:
+                remove(tmp)
+            raise
+        self._add(tmp, path, mode, size)
+
+    def publish(self, tmp: Path, path: Path, mode: int = READ_ONLY) -> None:
+        """A file already written (on the same file system) that takes ``path`` likewise."""
+        self._add(tmp, path, mode, os.path.getsize(tmp))
+
+    def _add(self, tmp: Path, path: Path, mode: int, size: int) -> None:
+        self.pending.append((tmp, path, mode))
+        self.size += size
+        if len(self.pending) >= self.MAX_FILES or self.size >= self.MAX_BYTES:
+            self.commit()
+
+    def commit(self) -> None:
+        """Makes the pending files durable and gives them their paths."""
+        pending, self.pending, self.size = self.pending, [], 0
+        done = 0
+        try:
+            _each_in_threads(_fsync_file, [tmp for tmp, _, _ in pending], self.THREADS)
+            mask = umask()
+            for tmp, path, mode in pending:
+                os.chmod(tmp, mode & ~mask)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp, path)
+                done += 1
+        finally:
+            for tmp, _, _ in pending[done:]:
+                remove(tmp)
+        _each_in_threads(fsync_dir, sorted({path.parent for _, path, _ in pending}), self.THREADS)
+
+    def discard(self) -> None:
+        for tmp, _, _ in self.pending:
+            remove(tmp)
+        self.pending, self.size = [], 0
+
+    def __enter__(self) -> DurableBatch:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is None:
+            self.commit()
+        elif not issubclass(kind, Exception):  # (Ctrl-C, a stop: at once)
+            self.discard()
+        else:
+            with contextlib.suppress(Exception):  # (the error being raised says more)
+                self.commit()
+
+
+def batched(fs: Any) -> contextlib.AbstractContextManager[None]:
+    """``fs.batched()`` for a local filesystem (see :class:`DurableBatch`); elsewhere (an
+    object store, whose every PUT is whole and durable by itself) nothing."""
+    return fs.batched() if isinstance(fs, LocalFileSystem) else contextlib.nullcontext()
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _each_in_threads(fn: Callable[[Any], None], items: list[Any], threads: int) -> None:
+    """``fn`` of every item, from up to ``threads`` threads (for calls that wait on the disk)."""
+    if len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(threads, len(items))) as pool:
+        for _ in pool.map(fn, items):
+            pass
+
+
 def set_aside(path: Path, tag: str) -> None:
     """Renames ``path`` to ``<name>.<tag>`` (replacing an older one), if it exists."""
     with contextlib.suppress(FileNotFoundError):
@@ -356,6 +471,22 @@ class LocalFileSystem:
     def __init__(self, perm: int = READ_ONLY, durable: bool = True) -> None:
         self.perm = perm
         self.durable = durable
+        self._batch: DurableBatch | None = None
+
+    @contextlib.contextmanager
+    def batched(self) -> Iterator[None]:
+        """Within the block, the files that ``pipe_file``, ``put_file`` and ``publish`` write
+        reach their paths when it ends, all made durable together (see :class:`DurableBatch`);
+        a file written there cannot be read by its path before then."""
+        if self._batch is not None or not self.durable:
+            yield
+            return
+        self._batch = DurableBatch()
+        try:
+            with self._batch:
+                yield
+        finally:
+            self._batch = None
 
     def open(self, path: str, mode: str = "rb") -> BinaryIO:
         """A file to read (a regular file: see :func:`open_regular`), or to append to
@@ -385,13 +516,22 @@ class LocalFileSystem:
             return os.pread(f.fileno(), max(0, end - start), start)
 
     def pipe_file(self, path: str, value: bytes) -> None:
-        atomic_write(Path(path), value, self.perm, self.durable)
+        if self._batch is not None:
+            with self._batch.file(Path(path), self.perm) as f:
+                f.write(value)
+        else:
+            atomic_write(Path(path), value, self.perm, self.durable)
 
     def publish(self, lpath: str | Path, rpath: str) -> None:
-        publish(Path(lpath), Path(rpath), self.perm)
+        if self._batch is not None:
+            self._batch.publish(Path(lpath), Path(rpath), self.perm)
+        else:
+            publish(Path(lpath), Path(rpath), self.perm)
 
     def put_file(self, lpath: str, rpath: str) -> None:
-        with open(lpath, "rb") as src, atomic_file(Path(rpath), self.perm, self.durable) as out:
+        with open(lpath, "rb") as src, (
+            self._batch.file(Path(rpath), self.perm) if self._batch is not None else atomic_file(Path(rpath), self.perm, self.durable)
+        ) as out:
             while chunk := src.read(1 << 20):
                 out.write(chunk)
 

@@ -142,12 +142,12 @@ def test_a_fetch_killed_after_it_stored_shards_is_completed_by_the_next(tmp_path
     cli("add", ".")
     cli("commit", "-m", "more")
     cli("push")
-    killed = ("import os, datarepo.store, datarepo.repo, datarepo.porcelain.remote as remote\n"
-              "put = datarepo.store.Store.put_shard\n"
-              "def put_then_die(*args):  # the process dies once the second shard is published\n"
-              "    put(*args)\n"
-              "    if len(list(args[0].iter_shards())) > shards + 1: os._exit(9)\n"
-              "datarepo.store.Store.put_shard = put_then_die\n"
+    killed = ("import os, datarepo.repo, datarepo.porcelain.remote as remote\n"
+              "sync = datarepo.repo.Repo.sync_locations\n"
+              "def die_once_shards_are_published(self, *args):\n"
+              "    if len(list(self.store.iter_shards())) > shards: os._exit(9)\n"
+              "    return sync(self, *args)\n"
+              "datarepo.repo.Repo.sync_locations = die_once_shards_are_published\n"
               "repo = datarepo.repo.Repo.open('.')\n"
               "shards = len(list(repo.store.iter_shards()))\n"
               "remote.fetch(repo, 'origin')\n")

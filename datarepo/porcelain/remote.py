@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from datarepo.config import Config, env_seconds
 from datarepo.errors import CorruptObjectError, DataRepoError, DirtyWorktreeError, InvalidInputError, ObjectNotFoundError
-from datarepo.fsutil import TMP_PREFIX, FolderMadeWhole, WriterLock
+from datarepo.fsutil import TMP_PREFIX, FolderMadeWhole, LocalFileSystem, WriterLock, batched
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit
 from datarepo.porcelain.maintenance import LEFTOVER_AGE, walk
@@ -218,13 +218,14 @@ def push(repo: Repo, remote: str | None = None, revs: Iterable[str] = (), all_re
         seen = walk(repo.store, [oid for _, oid in refs], had=r.objects.__contains__, edges=edges)
         if seen.missing or seen.bad_keys:
             raise DataRepoError(f"cannot push a damaged repository: {(seen.missing + seen.bad_keys)[0]} (run fsck)")
-        sent = _push_shards(repo, r, seen.datums)
-        count = len(sent)
-        size = sum(sent)
-        for oid in _children_first(edges):
-            data = repo.store.stored_bytes(oid)
-            r.write(f"objects/{oid[:2]}/{oid[2:]}", data)
-            size += len(data)
+        with batched(r.fs):  # (made durable together before any ref names them)
+            sent = _push_shards(repo, r, seen.datums)
+            count = len(sent)
+            size = sum(sent)
+            for oid in _children_first(edges):
+                data = repo.store.stored_bytes(oid)
+                r.write(f"objects/{oid[:2]}/{oid[2:]}", data)
+                size += len(data)
         updated = []
         for name, new in refs:
             old = _check_update(repo, r, name, new, force)  # read again just before writing (S3 has no lock)
@@ -397,10 +398,11 @@ def fetch(repo: Repo, remote: str | None = None) -> FetchResult:
         needed = {d: k for d, k in seen.datums.items() if d not in stored}
         sizes = _fetch_shards(repo, r, needed)
         size = sum(sizes)
-        for oid in _children_first(edges):
-            data = cache.got[oid]
-            repo.store.put_object_bytes(data)
-            size += len(data)
+        with batched(repo.store.fs):  # (made durable together before any ref names them)
+            for oid in _children_first(edges):
+                data = cache.got[oid]
+                repo.store.put_object_bytes(data)
+                size += len(data)
         updated, kept = _update_local_refs(repo, r.name, wanted)
     return FetchResult(Transfer(r.name, len(edges), len(sizes), size), updated, kept)
 
@@ -513,8 +515,8 @@ def _fetch_listed(repo: Repo, r: Remote, needed: dict[str, str], sizes: list[int
     if lost := next((d for d in needed if d not in holder), None):
         raise _ListingOutdated(f"lacks datum {lost} (key {needed[lost]})")
     (repo.dotdir / "tmp").mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=FETCH_DIR, dir=repo.dotdir / "tmp") as tmp:
-        staging = Store(tmp)
+    with tempfile.TemporaryDirectory(prefix=FETCH_DIR, dir=repo.dotdir / "tmp") as tmp, batched(repo.store.fs):
+        staging = Store(tmp, fs=LocalFileSystem(durable=False))  # (only read back here, then removed)
         for shard in sorted(set(holder.values())):
             try:
                 sizes.append(_fetch_shard(repo, r, staging, Path(tmp), shard))
@@ -528,8 +530,6 @@ def _fetch_shard(repo: Repo, r: Remote, staging: Store, tmp: Path, shard: str) -
     with r.fs.open(r.path(Store.shard_name(shard)), "rb") as src, open(tar, "wb") as out:
         while chunk := src.read(1 << 20):
             out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
     sent = r.fs.cat_file(r.path(Store.shard_name(shard, ".idx")))
     index = staging.rebuild_index(shard)  # raises CorruptObjectError for a tar that is not what it is named
     if index.to_bytes() != sent:
