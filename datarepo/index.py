@@ -6,6 +6,10 @@ hash, :mod:`datarepo.statcache`), the datum → shard locations
 named values (:meth:`Index.get_meta`). Deleting it loses speed
 and the staging area, never committed data (docs/format.md, "index.sqlite").
 
+Each thread that uses it has a SQLite connection of its own (a connection must not be
+used by two threads at once, and each has a transaction of its own), opened as the thread
+first uses it and closed when the thread ends, or by :meth:`Index.close` from any thread.
+
 A repository this process may read but not write (another user's, a read-only mount) is
 served by a private copy of the file: the caches work as ever, and what they learn is
 dropped with the copy when the process ends.
@@ -16,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import cast
 
-from datarepo.errors import InvalidInputError
+from datarepo.errors import ClosedError, InvalidInputError
 from datarepo.fsutil import set_aside
 from datarepo.locations import Locations
 from datarepo.sqlrows import cannot_write, is_damage, no_room
@@ -70,7 +76,19 @@ class Index:
         self.path = path  # where the repository keeps it; its companion files lie beside it
         self.file = path  # what SQLite opens: the file itself, or a private copy of it
         self.created = not path.exists()
-        self.stats, self.locations, self.staging = StatCache(self), Locations(self), Staging(self)
+        self.closed = False
+        self._local = threading.local()  # (this thread's connection, as .db)
+        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()  # (every thread's, to close)
+        self._guard = threading.Lock()
+        self._pid = os.getpid()
+        # An index dropped without close() closes its connections as it goes (a connection
+        # is freed only by a collection of cycles, and so would be an index its caches
+        # referred back to strongly), in the process that opened them (a forked child's
+        # would be its parent's). Not as the process ends: closing the last connection
+        # copies the write-ahead log into the file, the next writer's work.
+        weakref.finalize(self, _close_all, self._connections, self._pid).atexit = False
+        me = cast("Index", weakref.proxy(self))
+        self.stats, self.locations, self.staging = StatCache(me), Locations(me), Staging(me)
         self._drop_copy: Callable[[], object] | None = None  # (removes a copy this process made)
         if not _writable(path):
             if parents_copy is not None and parents_copy.exists():
@@ -83,8 +101,7 @@ class Index:
             self._open()
         except sqlite3.DatabaseError as e:
             # Only a cache: a damaged file is set aside and rebuilt, never trusted or fatal.
-            if hasattr(self, "db"):
-                self.db.close()
+            self._close_connections()
             if not is_damage(e) and not _in_the_way(path):  # (a full disk: the file, staging area and all, is sound)
                 raise
             for suffix in ("", "-wal", "-shm"):
@@ -97,17 +114,49 @@ class Index:
         """Whether this is a private copy (the repository may not be written here)."""
         return self.file != self.path
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection (opened on its first use here).
+
+        Raises:
+            ClosedError: the index was closed (:meth:`close`), in this thread or another.
+        """
+        if self.closed:
+            raise ClosedError("the repository was closed (repo.close(), or the end of its with block) "
+                              "while this still used it: open it again")
+        try:
+            return self._local.db
+        except AttributeError:
+            return self._connect()
+
+    def _connect(self) -> _Connection:
+        """A connection for this thread; closable from any thread (:meth:`close`), and never
+        used by two at once: each thread reaches only its own, through :attr:`db`."""
+        db = sqlite3.connect(self.file, timeout=60, isolation_level=None, check_same_thread=False, factory=_Connection)
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA cache_size=-65536")
+        with self._guard:
+            self._connections.add(db)
+        self._local.db = db
+        return db
+
     def _open(self) -> None:
-        self.db = sqlite3.connect(self.file, timeout=60, isolation_level=None)
+        db = self._connect()
         # Before anything is written (a no-op on an existing file): the location table is keyed
         # by random datum ids, and with 16 KiB pages a first add's inserts touch fewer pages.
-        self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA cache_size=-65536")
-        self.db.executescript(_SCHEMA)
-        if self.db.execute("SELECT 1 FROM meta WHERE name='schema'").fetchone() is None:  # (its value unread)
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
+        if db.execute("SELECT 1 FROM meta WHERE name='schema'").fetchone() is None:  # (its value unread)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def _close_connections(self) -> None:
+        """Closes every thread's connection (the next use in a thread opens one again)."""
+        with self._guard:
+            connections = list(self._connections)
+            self._connections.clear()
+            self._local = threading.local()
+        _close_all(connections, self._pid)
 
     def _open_copy(self) -> None:
         """Opens a private copy of the file, in the temporary folder, removed when closed or
@@ -126,14 +175,16 @@ class Index:
                 source.backup(copy)
             self._open()
         except sqlite3.DatabaseError:
-            if hasattr(self, "db"):
-                self.db.close()
+            self._close_connections()
             _remove_copy(self.file, os.getpid())  # (and made anew, empty)
             self.created = True
             self._open()
 
     def close(self) -> None:
-        self.db.close()
+        """Closes every thread's connection, from any thread; a later use raises
+        :class:`~datarepo.errors.ClosedError`. Closing again does nothing."""
+        self.closed = True
+        self._close_connections()
         if self._drop_copy is not None:
             self._drop_copy()  # (in the process that made it: a forked child leaves its parent's)
 
@@ -217,10 +268,22 @@ def _remove_copy(file: Path, owner: int) -> None:
                 os.unlink(f"{file}{suffix}")
 
 
+def _close_all(connections: Iterable[sqlite3.Connection], owner: int) -> None:
+    """Closes connections this process (``owner``) opened."""
+    if os.getpid() == owner:
+        for db in list(connections):
+            db.close()
+
+
 def _in_the_way(path: Path) -> bool:
     """Whether something that is no file stands where the index should be (a folder, say):
     SQLite cannot open it, as it cannot without a file descriptor left, but it is damage."""
     return path.exists() and not path.is_file()
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that may be referred to weakly (the index's list of them does not keep
+    a finished thread's open)."""
 
 
 class _Tx:
