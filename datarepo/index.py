@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -77,16 +77,11 @@ class Index:
         self.file = path  # what SQLite opens: the file itself, or a private copy of it
         self.created = not path.exists()
         self.closed = False
-        self._local = threading.local()  # (this thread's connection, as .db)
+        self._local = threading.local()  # (this thread's connection, as .owned.db)
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()  # (every thread's, to close)
         self._guard = threading.Lock()
-        self._pid = os.getpid()
-        # An index dropped without close() closes its connections as it goes (a connection
-        # is freed only by a collection of cycles, and so would be an index its caches
-        # referred back to strongly), in the process that opened them (a forked child's
-        # would be its parent's). Not as the process ends: closing the last connection
-        # copies the write-ahead log into the file, the next writer's work.
-        weakref.finalize(self, _close_all, self._connections, self._pid).atexit = False
+        # (its caches refer back to it weakly: an index dropped without close() closes its
+        # connections as it goes, not at the next collection of cycles)
         me = cast("Index", weakref.proxy(self))
         self.stats, self.locations, self.staging = StatCache(me), Locations(me), Staging(me)
         self._drop_copy: Callable[[], object] | None = None  # (removes a copy this process made)
@@ -125,7 +120,7 @@ class Index:
             raise ClosedError("the repository was closed (repo.close(), or the end of its with block) "
                               "while this still used it: open it again")
         try:
-            return self._local.db
+            return self._local.owned.db
         except AttributeError:
             return self._connect()
 
@@ -137,7 +132,7 @@ class Index:
         db.execute("PRAGMA cache_size=-65536")
         with self._guard:
             self._connections.add(db)
-        self._local.db = db
+        self._local.owned = _Owned(db)
         return db
 
     def _open(self) -> None:
@@ -156,7 +151,8 @@ class Index:
             connections = list(self._connections)
             self._connections.clear()
             self._local = threading.local()
-        _close_all(connections, self._pid)
+        for db in connections:
+            db.close()
 
     def _open_copy(self) -> None:
         """Opens a private copy of the file, in the temporary folder, removed when closed or
@@ -268,13 +264,6 @@ def _remove_copy(file: Path, owner: int) -> None:
                 os.unlink(f"{file}{suffix}")
 
 
-def _close_all(connections: Iterable[sqlite3.Connection], owner: int) -> None:
-    """Closes connections this process (``owner``) opened."""
-    if os.getpid() == owner:
-        for db in list(connections):
-            db.close()
-
-
 def _in_the_way(path: Path) -> bool:
     """Whether something that is no file stands where the index should be (a folder, say):
     SQLite cannot open it, as it cannot without a file descriptor left, but it is damage."""
@@ -282,8 +271,23 @@ def _in_the_way(path: Path) -> bool:
 
 
 class _Connection(sqlite3.Connection):
-    """A connection that may be referred to weakly (the index's list of them does not keep
-    a finished thread's open)."""
+    """A connection that may be referred to weakly (the index's list of them keeps none open)."""
+
+
+class _Owned:
+    """A thread's connection, closed as the thread's locals are dropped: when the thread
+    ends, or the index is dropped (a connection is freed only by a collection of cycles,
+    which may come late or never), in the process that opened it (a forked child's would
+    be its parent's)."""
+
+    __slots__ = ("db", "pid")
+
+    def __init__(self, db: _Connection) -> None:
+        self.db, self.pid = db, os.getpid()
+
+    def __del__(self) -> None:
+        if os.getpid() == self.pid:
+            self.db.close()
 
 
 class _Tx:
