@@ -176,6 +176,12 @@ class Repo:
         DataLoader worker): its folder, or its URL and cache folder."""
         return str(self.dotdir), None
 
+    def __reduce__(self) -> tuple[Callable[[str, str | None], Repo], tuple[str, str | None]]:
+        """Pickled, a repository is what opens it again (:meth:`source`): unpickled, in
+        another process or this one, it is opened anew. Its cache's connections, and the
+        writer lock if held, stay with this object."""
+        return reopen, self.source()
+
     def require_worktree(self) -> Path:
         if self.worktree is None:
             raise InvalidInputError("this operation needs a work tree; the repository is bare")
@@ -485,6 +491,16 @@ class Repo:
         from datarepo.torch.runs import record_run
 
         return record_run(self, name, dataset, extra, force)
+
+
+def reopen(path: str, cache: str | None = None) -> Repo:
+    """The repository :meth:`Repo.source` names, opened again (a remote's without asking
+    it whether it holds one: its opener did, and its shards may all be cached)."""
+    if cache is None:
+        return Repo.open(path)
+    from datarepo.remote_repo import RemoteRepo
+
+    return RemoteRepo(path, cache, check=False)
 
 
 def _utf8(text: str, what: str) -> str:

@@ -19,7 +19,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 import datarepo
 from datarepo.errors import DataRepoError, InvalidInputError
-from datarepo.repo import Repo
+from datarepo.repo import Repo, reopen
 from datarepo.torch import args, transport
 from datarepo.torch.batch import Record, collate, columns, for_the_queue, position_range
 from datarepo.torch.decode import check_spec, decoder
@@ -346,7 +346,7 @@ class DatumDataset(IterableDataset):
         they are closed when the thread ends."""
         mine = getattr(self._files, "open", None)
         if mine is None or mine[0] != os.getpid():
-            repo = _reopened(self.path, self.cache)
+            repo = reopen(self.path, self.cache)
             mine = self._files.open = (os.getpid(), ShardFiles(repo.store.open_shard))
         return mine[1]
 
@@ -518,16 +518,6 @@ def _place(rank: int | None, world: int | None) -> tuple[int, int]:
     if rank >= world:
         raise InvalidInputError(f"rank must be less than world_size: rank {rank} of {world}")
     return rank, world
-
-
-def _reopened(path: str, cache: str | None) -> Repo:
-    """The repository a dataset was made from, opened again in a worker: a remote's without
-    asking it whether it is one (the dataset's maker did; its shards may all be cached)."""
-    if cache is None:
-        return datarepo.open(path)
-    from datarepo.remote_repo import RemoteRepo
-
-    return RemoteRepo(path, cache, check=False)
 
 
 def _opened(repo: Any, cache: Any = None) -> Repo:
