@@ -8,7 +8,7 @@ and the staging area, never committed data (docs/format.md, "index.sqlite").
 
 Each thread that uses it has a SQLite connection of its own (a connection must not be
 used by two threads at once, and each has a transaction of its own), opened as the thread
-first uses it and closed when the thread ends, or by :meth:`Index.close` from any thread.
+first uses it and closed when the thread ends (or by :meth:`Index.close` in it).
 
 A repository this process may read but not write (another user's, a read-only mount) is
 served by a private copy of the file: the caches work as ever, and what they learn is
@@ -24,7 +24,6 @@ import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import cast
 
 from datarepo.errors import ClosedError, InvalidInputError
 from datarepo.fsutil import set_aside
@@ -78,12 +77,7 @@ class Index:
         self.created = not path.exists()
         self.closed = False
         self._local = threading.local()  # (this thread's connection, as .owned.db)
-        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()  # (every thread's, to close)
-        self._guard = threading.Lock()
-        # (its caches refer back to it weakly: an index dropped without close() closes its
-        # connections as it goes, not at the next collection of cycles)
-        me = cast("Index", weakref.proxy(self))
-        self.stats, self.locations, self.staging = StatCache(me), Locations(me), Staging(me)
+        self.stats, self.locations, self.staging = StatCache(self), Locations(self), Staging(self)
         self._drop_copy: Callable[[], object] | None = None  # (removes a copy this process made)
         if not _writable(path):
             if parents_copy is not None and parents_copy.exists():
@@ -96,7 +90,7 @@ class Index:
             self._open()
         except sqlite3.DatabaseError as e:
             # Only a cache: a damaged file is set aside and rebuilt, never trusted or fatal.
-            self._close_connections()
+            self._close_own()
             if not is_damage(e) and not _in_the_way(path):  # (a full disk: the file, staging area and all, is sound)
                 raise
             for suffix in ("", "-wal", "-shm"):
@@ -124,15 +118,11 @@ class Index:
         except AttributeError:
             return self._connect()
 
-    def _connect(self) -> _Connection:
-        """A connection for this thread; closable from any thread (:meth:`close`), and never
-        used by two at once: each thread reaches only its own, through :attr:`db`."""
-        db = sqlite3.connect(self.file, timeout=60, isolation_level=None, check_same_thread=False, factory=_Connection)
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.file, timeout=60, isolation_level=None)
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA cache_size=-65536")
-        with self._guard:
-            self._connections.add(db)
-        self._local.owned = _Owned(db)
+        self._local.owned = _Owned(db, self)
         return db
 
     def _open(self) -> None:
@@ -145,14 +135,10 @@ class Index:
         if db.execute("SELECT 1 FROM meta WHERE name='schema'").fetchone() is None:  # (its value unread)
             db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
 
-    def _close_connections(self) -> None:
-        """Closes every thread's connection (the next use in a thread opens one again)."""
-        with self._guard:
-            connections = list(self._connections)
-            self._connections.clear()
-            self._local = threading.local()
-        for db in connections:
-            db.close()
+    def _close_own(self) -> None:
+        """Closes this thread's connection, if it has one."""
+        if (owned := self._local.__dict__.pop("owned", None)) is not None:
+            owned.db.close()
 
     def _open_copy(self) -> None:
         """Opens a private copy of the file, in the temporary folder, removed when closed or
@@ -171,16 +157,18 @@ class Index:
                 source.backup(copy)
             self._open()
         except sqlite3.DatabaseError:
-            self._close_connections()
+            self._close_own()
             _remove_copy(self.file, os.getpid())  # (and made anew, empty)
             self.created = True
             self._open()
 
     def close(self) -> None:
-        """Closes every thread's connection, from any thread; a later use raises
+        """Closes this thread's connection; another thread's is closed as that thread ends,
+        or with the index (a connection closed under a statement another thread runs
+        crashes sqlite3). A later use, in any thread, raises
         :class:`~datarepo.errors.ClosedError`. Closing again does nothing."""
         self.closed = True
-        self._close_connections()
+        self._close_own()
         if self._drop_copy is not None:
             self._drop_copy()  # (in the process that made it: a forked child leaves its parent's)
 
@@ -270,23 +258,21 @@ def _in_the_way(path: Path) -> bool:
     return path.exists() and not path.is_file()
 
 
-class _Connection(sqlite3.Connection):
-    """A connection that may be referred to weakly (the index's list of them keeps none open)."""
-
-
 class _Owned:
-    """A thread's connection, closed as the thread's locals are dropped: when the thread
-    ends, or the index is dropped (a connection is freed only by a collection of cycles,
-    which may come late or never), in the process that opened it (a forked child's would
-    be its parent's)."""
+    """A thread's connection, closed as the thread ends (its locals are dropped, in it).
 
-    __slots__ = ("db", "pid")
+    Closed so only while the index lives: the index itself is dropped with its connections
+    by a collection of cycles, which frees each connection once nothing refers to it; one
+    closed as the index goes could be one a frame still uses (closed under a statement
+    another thread runs, sqlite3 crashes). Nor in a forked child, whose is its parent's."""
 
-    def __init__(self, db: _Connection) -> None:
-        self.db, self.pid = db, os.getpid()
+    __slots__ = ("db", "index", "pid")
+
+    def __init__(self, db: sqlite3.Connection, index: Index) -> None:
+        self.db, self.index, self.pid = db, weakref.ref(index), os.getpid()
 
     def __del__(self) -> None:
-        if os.getpid() == self.pid:
+        if self.index() is not None and os.getpid() == self.pid:
             self.db.close()
 
 

@@ -100,6 +100,13 @@ class Store:
         self._retired_seen: dict[str, Retired] = {}
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled (a tree's store, sent to another process) without its lock."""
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
     # objects -----------------------------------------------------------
     def put_object(self, obj: RepoObject) -> Oid:
         """Stores ``obj`` (once) and returns its oid."""
