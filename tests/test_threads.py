@@ -397,3 +397,26 @@ def _error_of(fn: Callable[[], object]) -> BaseException | None:
     except BaseException as e:  # (returned for the test to look at)
         return e
     return None
+
+
+def test_a_repository_read_from_its_url_reads_in_threads_and_pickles(tmp_path: Path, worktree: Path, cli: Any) -> None:
+    for i in range(40):
+        (worktree / f"f{i:02d}.bin").write_bytes(os.urandom(200 + i))
+    cli("init", "--shard-size", "4K")
+    cli("add", ".")
+    cli("commit", "-m", "first")
+    cli("remote", "add", "origin", f"file://{tmp_path / 'remote'}")
+    cli("push", "-r", "origin")
+    repo = datarepo.open(f"file://{tmp_path / 'remote'}")
+    entries = list(repo.tree())
+    assert len(entries) == 40
+    got = in_threads(4, lambda i: [repo.read(e.datum, verify=True)["bin"] for e in entries])
+    assert got == [[(worktree / f"{e.key}.bin").read_bytes() for e in entries]] * 4
+    copy = pickle.loads(pickle.dumps(repo))
+    assert (type(copy), copy.url, copy.cache) == (type(repo), repo.url, repo.cache)
+    assert copy.read(entries[0].datum) == repo.read(entries[0].datum)
+    in_threads(1, lambda i: repo.close())
+    repo.close()
+    assert repo.read(entries[0].datum)["bin"] == (worktree / f"{entries[0].key}.bin").read_bytes()
+    copy.close()
+    repo.close()
