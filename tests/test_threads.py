@@ -420,3 +420,39 @@ def test_a_repository_read_from_its_url_reads_in_threads_and_pickles(tmp_path: P
     assert repo.read(entries[0].datum)["bin"] == (worktree / f"{entries[0].key}.bin").read_bytes()
     copy.close()
     repo.close()
+
+
+READ_ONLY = textwrap.dedent('''
+    import gc, os, sys, tempfile
+    from concurrent.futures import ThreadPoolExecutor
+    import datarepo
+    copies = lambda: sorted(n for n in os.listdir(tempfile.gettempdir()) if n.startswith("datarepo-index-"))
+    for round in range(20):
+        repo = datarepo.open(sys.argv[1])
+        entries = list(repo.tree())
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda e: repo.read(e.datum, verify=True)["bin"], entries))
+        assert repo.index.private and len(got) == len(entries) == 30
+        if round % 2:
+            repo.close()
+        del repo
+    gc.collect()
+    print(len(copies()))
+''')
+
+
+def test_a_read_only_repository_reads_in_threads_and_leaves_no_private_copy(tmp_path: Path) -> None:
+    """Another user's repository: its cache is a private copy, which every thread reads;
+    a Repo closed, or dropped without a close, removes its copy."""
+    from conftest import without_file_override
+    from test_read_only import make_read_only, make_writable
+
+    make_repo(tmp_path / "shared", labelled(30))
+    (tmp_path / "tmp").mkdir()
+    make_read_only(tmp_path / "shared")
+    try:
+        done = subprocess.run([sys.executable, "-c", READ_ONLY, str(tmp_path / "shared")], env={**ENV, "TMPDIR": str(tmp_path / "tmp")},
+                              capture_output=True, text=True, timeout=600, preexec_fn=without_file_override)
+    finally:
+        make_writable(tmp_path / "shared")
+    assert (done.returncode, done.stdout) == (0, "0\n"), done.stderr[-2000:]
