@@ -65,6 +65,11 @@ class ReadOnlyError(DataRepoError):
     """The repository may be read here, not written: another user's, a read-only mount."""
 
 
+class ClosedError(DataRepoError):
+    """A repository's cache was used after ``close()`` (of the ``Repo``, or of its ``with``
+    block), from another thread while it closed, or by what held on to it."""
+
+
 class InvalidInputError(DataRepoError, ValueError):
     """The user's input (a path, a name, a file) cannot be taken."""
 

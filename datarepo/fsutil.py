@@ -11,6 +11,7 @@ import functools
 import os
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -614,18 +615,35 @@ def temporary_folder(prefix: str) -> Path:
 
 
 class WriterLock:
-    """An exclusive ``flock`` on a file: the kernel releases it when the process dies."""
+    """An exclusive ``flock`` on a file: the kernel releases it when the process dies.
+
+    Held by a thread: taken again by the thread that holds it, it is held once more (and
+    released as often); another thread of the process waits for it as another process
+    does (a ``flock`` is the process's, so the threads take turns first)."""
 
     def __init__(self, path: Path, timeout: float = 60.0) -> None:
         self.path = path
         self.timeout = timeout
         self._fd: int | None = None
         self._depth = 0
+        self._owner: int | None = None  # the thread that holds it
+        self._turn = threading.Lock()  # (held by that thread)
 
     def acquire(self) -> None:
-        if self._depth:
+        if self._depth and self._owner == threading.get_ident():
             self._depth += 1
             return
+        deadline = time.monotonic() + self.timeout
+        if not self._turn.acquire(timeout=max(self.timeout, 0)):
+            raise self._locked()
+        try:
+            self._fd = self._flock(deadline)
+        except BaseException:
+            self._turn.release()
+            raise
+        self._depth, self._owner = 1, threading.get_ident()
+
+    def _flock(self, deadline: float) -> int:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -634,28 +652,26 @@ class WriterLock:
             if not cannot_write(e):
                 raise
             raise ReadOnlyError(f"{self.path.parent} may be read here, not written ({e.strerror}: {self.path})") from None
-        deadline = time.monotonic() + self.timeout
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return fd
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     os.close(fd)
-                    raise LockedError(
-                        f"repository is locked by another writer ({self.path}); "
-                        f"gave up after {self.timeout:g}s"
-                    ) from None
+                    raise self._locked() from None
                 time.sleep(0.01)
-        self._fd = fd
-        self._depth = 1
+
+    def _locked(self) -> LockedError:
+        return LockedError(f"repository is locked by another writer ({self.path}); gave up after {self.timeout:g}s")
 
     def release(self) -> None:
         self._depth -= 1
         if self._depth == 0 and self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
-            self._fd = None
+            self._fd, self._owner = None, None
+            self._turn.release()
 
     def __enter__(self) -> WriterLock:
         self.acquire()

@@ -6,6 +6,10 @@ hash, :mod:`datarepo.statcache`), the datum → shard locations
 named values (:meth:`Index.get_meta`). Deleting it loses speed
 and the staging area, never committed data (docs/format.md, "index.sqlite").
 
+Each thread that uses it has a SQLite connection of its own (a connection must not be
+used by two threads at once, and each has a transaction of its own), opened as the thread
+first uses it and closed when the thread ends (or by :meth:`Index.close` in it).
+
 A repository this process may read but not write (another user's, a read-only mount) is
 served by a private copy of the file: the caches work as ever, and what they learn is
 dropped with the copy when the process ends.
@@ -16,11 +20,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from datarepo.errors import InvalidInputError
+from datarepo.errors import ClosedError, InvalidInputError
 from datarepo.fsutil import set_aside
 from datarepo.locations import Locations
 from datarepo.sqlrows import cannot_write, is_damage, no_room
@@ -70,6 +75,8 @@ class Index:
         self.path = path  # where the repository keeps it; its companion files lie beside it
         self.file = path  # what SQLite opens: the file itself, or a private copy of it
         self.created = not path.exists()
+        self.closed = False
+        self._local = threading.local()  # (this thread's connection, as .owned.db)
         self.stats, self.locations, self.staging = StatCache(self), Locations(self), Staging(self)
         self._drop_copy: Callable[[], object] | None = None  # (removes a copy this process made)
         if not _writable(path):
@@ -83,8 +90,7 @@ class Index:
             self._open()
         except sqlite3.DatabaseError as e:
             # Only a cache: a damaged file is set aside and rebuilt, never trusted or fatal.
-            if hasattr(self, "db"):
-                self.db.close()
+            self._close_own()
             if not is_damage(e) and not _in_the_way(path):  # (a full disk: the file, staging area and all, is sound)
                 raise
             for suffix in ("", "-wal", "-shm"):
@@ -97,17 +103,42 @@ class Index:
         """Whether this is a private copy (the repository may not be written here)."""
         return self.file != self.path
 
+    @property
+    def db(self) -> sqlite3.Connection:
+        """This thread's connection (opened on its first use here).
+
+        Raises:
+            ClosedError: the index was closed (:meth:`close`), in this thread or another.
+        """
+        if self.closed:
+            raise ClosedError("the repository was closed (repo.close(), or the end of its with block) "
+                              "while this still used it: open it again")
+        try:
+            return self._local.owned.db
+        except AttributeError:
+            return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.file, timeout=60, isolation_level=None)
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA cache_size=-65536")
+        self._local.owned = _Owned(db, self)
+        return db
+
     def _open(self) -> None:
-        self.db = sqlite3.connect(self.file, timeout=60, isolation_level=None)
+        db = self._connect()
         # Before anything is written (a no-op on an existing file): the location table is keyed
         # by random datum ids, and with 16 KiB pages a first add's inserts touch fewer pages.
-        self.db.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA cache_size=-65536")
-        self.db.executescript(_SCHEMA)
-        if self.db.execute("SELECT 1 FROM meta WHERE name='schema'").fetchone() is None:  # (its value unread)
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        db.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(_SCHEMA)
+        if db.execute("SELECT 1 FROM meta WHERE name='schema'").fetchone() is None:  # (its value unread)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+
+    def _close_own(self) -> None:
+        """Closes this thread's connection, if it has one."""
+        if (owned := self._local.__dict__.pop("owned", None)) is not None:
+            owned.db.close()
 
     def _open_copy(self) -> None:
         """Opens a private copy of the file, in the temporary folder, removed when closed or
@@ -126,14 +157,18 @@ class Index:
                 source.backup(copy)
             self._open()
         except sqlite3.DatabaseError:
-            if hasattr(self, "db"):
-                self.db.close()
+            self._close_own()
             _remove_copy(self.file, os.getpid())  # (and made anew, empty)
             self.created = True
             self._open()
 
     def close(self) -> None:
-        self.db.close()
+        """Closes this thread's connection; another thread's is closed as that thread ends,
+        or with the index (a connection closed under a statement another thread runs
+        crashes sqlite3). A later use, in any thread, raises
+        :class:`~datarepo.errors.ClosedError`. Closing again does nothing."""
+        self.closed = True
+        self._close_own()
         if self._drop_copy is not None:
             self._drop_copy()  # (in the process that made it: a forked child leaves its parent's)
 
@@ -221,6 +256,24 @@ def _in_the_way(path: Path) -> bool:
     """Whether something that is no file stands where the index should be (a folder, say):
     SQLite cannot open it, as it cannot without a file descriptor left, but it is damage."""
     return path.exists() and not path.is_file()
+
+
+class _Owned:
+    """A thread's connection, closed as the thread ends (its locals are dropped, in it).
+
+    Closed so only while the index lives: the index itself is dropped with its connections
+    by a collection of cycles, which frees each connection once nothing refers to it; one
+    closed as the index goes could be one a frame still uses (closed under a statement
+    another thread runs, sqlite3 crashes). Nor in a forked child, whose is its parent's."""
+
+    __slots__ = ("db", "index", "pid")
+
+    def __init__(self, db: sqlite3.Connection, index: Index) -> None:
+        self.db, self.index, self.pid = db, weakref.ref(index), os.getpid()
+
+    def __del__(self) -> None:
+        if self.index() is not None and os.getpid() == self.pid:
+            self.db.close()
 
 
 class _Tx:

@@ -98,15 +98,16 @@ class Repo:
         """The location and stat cache (``index.sqlite``), opened on first use, and opened
         again in a process forked after that (a DataLoader worker): a SQLite connection
         must not cross a fork. The parent's is left alone there, neither used nor closed."""
-        if self._index is None or self._index_pid != os.getpid():
-            inherited = self._index
+        index = self._index  # (read once: another thread may close it meanwhile)
+        if index is None or self._index_pid != os.getpid():
+            inherited = index
             if inherited is not None:
                 _INHERITED.append(inherited)
             index = Index(self.dotdir / "index.sqlite", inherited.file if inherited and inherited.private else None)
             self._index, self._index_pid = index, os.getpid()
             if index.created:
                 self.sync_locations(index)
-        return self._index
+        return index
 
     def sync_locations(self, index: Index | None = None) -> int:
         """Indexes shards whose ``.idx`` the location table does not know yet."""
@@ -160,10 +161,13 @@ class Repo:
             self.store.delete_shard(shard)
 
     def close(self) -> None:
-        """Closes the cache's connection (a later use opens it again)."""
-        if self._index is not None and self._index_pid == os.getpid():
-            self._index.close()
-        self._index = None
+        """Closes the cache (a later use opens it again): this thread's connection at
+        once, another thread's as that thread ends (or with the cache, once nothing refers
+        to it). What another thread does with the cache as it is closed raises
+        :class:`~datarepo.errors.ClosedError`. Closing again does nothing."""
+        index, self._index = self._index, None
+        if index is not None and self._index_pid == os.getpid():
+            index.close()
 
     def __enter__(self) -> Repo:
         return self
@@ -175,6 +179,12 @@ class Repo:
         """What :func:`datarepo.open` takes to open this repository again (in a
         DataLoader worker): its folder, or its URL and cache folder."""
         return str(self.dotdir), None
+
+    def __reduce__(self) -> tuple[Callable[[str, str | None], Repo], tuple[str, str | None]]:
+        """Pickled, a repository is what opens it again (:meth:`source`): unpickled, in
+        another process or this one, it is opened anew. Its cache's connections, and the
+        writer lock if held, stay with this object."""
+        return reopen, self.source()
 
     def require_worktree(self) -> Path:
         if self.worktree is None:
@@ -485,6 +495,16 @@ class Repo:
         from datarepo.torch.runs import record_run
 
         return record_run(self, name, dataset, extra, force)
+
+
+def reopen(path: str, cache: str | None = None) -> Repo:
+    """The repository :meth:`Repo.source` names, opened again (a remote's without asking
+    it whether it holds one: its opener did, and its shards may all be cached)."""
+    if cache is None:
+        return Repo.open(path)
+    from datarepo.remote_repo import RemoteRepo
+
+    return RemoteRepo(path, cache, check=False)
 
 
 def _utf8(text: str, what: str) -> str:

@@ -5,10 +5,11 @@ default, or any fsspec filesystem holding the same layout (a DVC remote)."""
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, TypeVar
 
 import xxhash
 
@@ -36,6 +37,7 @@ DECODED_PAGES = 64
 # Where replaced shards wait (``<unix time>-<oid>.tar`` / ``.idx``) until gc prunes them.
 RETIRED = "retired"
 _MISSING = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -96,6 +98,14 @@ class Store:
         self._pages: dict[str, RepoObject] = {}
         self._texts: dict[str, str] = {}
         self._retired_seen: dict[str, Retired] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled (a tree's store, sent to another process) without its lock."""
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
 
     # objects -----------------------------------------------------------
     def put_object(self, obj: RepoObject) -> Oid:
@@ -132,9 +142,7 @@ class Store:
             return page
         obj = objects.decode(self.canonical_bytes(oid), oid)
         if isinstance(obj, TreePage):
-            if len(self._pages) >= DECODED_PAGES:
-                del self._pages[next(iter(self._pages))]
-            self._pages[oid] = obj
+            self._keep(self._pages, oid, obj)
         return obj
 
     def get_text(self, oid: str) -> str:
@@ -146,10 +154,16 @@ class Store:
             text = self.canonical_bytes(oid).decode()
         except UnicodeDecodeError:
             raise CorruptObjectError(oid, "not UTF-8") from None
-        if len(self._texts) >= DECODED_PAGES:
-            del self._texts[next(iter(self._texts))]
-        self._texts[oid] = text
+        self._keep(self._texts, oid, text)
         return text
+
+    def _keep(self, cache: dict[str, T], oid: str, value: T) -> None:
+        """Keeps ``value`` in one of the caches of decoded pages, whose oldest goes to make
+        room: under a lock, as threads that share the store fill them at once."""
+        with self._lock:
+            if len(cache) >= DECODED_PAGES:
+                del cache[next(iter(cache))]
+            cache[oid] = value
 
     def get_typed(self, oid: str, kind: type) -> RepoObject:
         obj = self.get_object(oid)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from multiprocessing.reduction import ForkingPickler
@@ -18,7 +19,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 import datarepo
 from datarepo.errors import DataRepoError, InvalidInputError
-from datarepo.repo import Repo
+from datarepo.repo import Repo, reopen
 from datarepo.torch import args, transport
 from datarepo.torch.batch import Record, collate, columns, for_the_queue, position_range
 from datarepo.torch.decode import check_spec, decoder
@@ -135,7 +136,7 @@ class DatumDataset(IterableDataset):
         self._disordered: bool | str = False  # True, or why, where what the loop received cannot be counted
         self.skipped: list[str] = []  # what on_error="skip" left out, as seen by this process
         self._order: tuple[int, np.ndarray] | None = None
-        self._files: tuple[int, ShardFiles] | None = None
+        self._files = threading.local()  # (.open: this thread's (process id, ShardFiles))
         self._plan_id = self._digest_plan()
         self._share: Share | None = None
 
@@ -340,21 +341,28 @@ class DatumDataset(IterableDataset):
         return {**out, "__key__": sample["__key__"], "__index__": sample["__index__"]}  # (the dataset's own, whatever it returns)
 
     def _shard_files(self) -> ShardFiles:
-        if self._files is None or self._files[0] != os.getpid():
-            repo = _reopened(self.path, self.cache)
-            self._files = (os.getpid(), ShardFiles(repo.store.open_shard))
-        return self._files[1]
+        """The shards this thread has open: each thread of each process has its own (a
+        DataLoader worker, a thread that iterates the dataset while another does), and
+        they are closed when the thread ends."""
+        mine = getattr(self._files, "open", None)
+        if mine is None or mine[0] != os.getpid():
+            repo = reopen(self.path, self.cache)
+            mine = self._files.open = (os.getpid(), ShardFiles(repo.store.open_shard))
+        return mine[1]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_files"] = None  # open files stay in their process
+        del state["_files"]  # open files stay in their process and thread
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _files=threading.local())
 
     def __copy__(self) -> DatumDataset:
         """A copy with an epoch and a position of its own (a plain shallow copy would
         share the original's)."""
         other = type(self).__new__(type(self))
-        other.__dict__.update(self.__getstate__(), _cursor=copy.copy(self._cursor))
+        other.__setstate__({**self.__getstate__(), "_cursor": copy.copy(self._cursor)})
         return other
 
     # run records -------------------------------------------------------
@@ -510,16 +518,6 @@ def _place(rank: int | None, world: int | None) -> tuple[int, int]:
     if rank >= world:
         raise InvalidInputError(f"rank must be less than world_size: rank {rank} of {world}")
     return rank, world
-
-
-def _reopened(path: str, cache: str | None) -> Repo:
-    """The repository a dataset was made from, opened again in a worker: a remote's without
-    asking it whether it is one (the dataset's maker did; its shards may all be cached)."""
-    if cache is None:
-        return datarepo.open(path)
-    from datarepo.remote_repo import RemoteRepo
-
-    return RemoteRepo(path, cache, check=False)
 
 
 def _opened(repo: Any, cache: Any = None) -> Repo:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import mmap
 import os
+import weakref
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -62,6 +63,9 @@ class ShardFiles:
         # shard -> [file, its mapping or None, the batch its size was looked at in, that size]
         self.files: dict[str, list] = {}  # type: ignore[type-arg]
         self.batch = 0
+        # (closed when dropped too: a dataset collected, a thread that ended, left them to
+        # the collector, which warned of each unclosed file)
+        weakref.finalize(self, _close_all, self.files)
 
     def begin(self) -> None:
         """A new batch: each mapped shard's size is looked at again as it is first read."""
@@ -103,14 +107,18 @@ class ShardFiles:
         return entry
 
     def close(self) -> None:
-        for entry in self.files.values():
-            _close(entry[0], entry[1])
-        self.files.clear()
+        _close_all(self.files)
 
 
 def _reason(e: BaseException) -> str:
     """An OS error's reason, without the path it names."""
     return e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
+
+
+def _close_all(files: dict[str, list]) -> None:  # type: ignore[type-arg]
+    for entry in files.values():
+        _close(entry[0], entry[1])
+    files.clear()
 
 
 def _close(f: BinaryIO, mapped: mmap.mmap | None) -> None:
