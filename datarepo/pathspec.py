@@ -1,0 +1,211 @@
+"""Path arguments (git's pathspecs): how every command that takes work-tree paths reads them.
+
+One rule for ``add``, ``rm``, ``status`` and ``diff`` (``docs/quickstart.md``, "Naming
+paths"): an argument is taken from the current folder (the folder itself, as the system
+gives it, where it was reached through a symbolic link: git's rule), and written out
+plainly (``./x``, ``x/``, ``sub/../x``, an absolute path). Then
+
+- an argument that names an existing file or folder is that path (``a[1].txt`` too);
+- else, one that holds ``*``, ``?`` or ``[`` is a glob (:class:`datarepo.tree.KeyGlob`: ``*``
+  within a name, ``**`` across names), matched against the work tree's files, the tracked
+  keys and the paths of their members, and the folders above them;
+- else it names a tracked key (by its own name or a member's path) or a folder of them.
+
+Every argument must match something (git's "pathspec did not match any files").
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from datarepo.errors import InvalidInputError
+from datarepo.keys import join, split
+from datarepo.repo import DOTDIR, Repo
+from datarepo.tree import KeyGlob, glob_literal_prefix
+
+GLOB_CHARS = "*?["
+
+
+@dataclass(frozen=True)
+class Pathspec:
+    """One path argument: as typed, and as a work-tree path from the top ("" for the top
+    itself) or, for a glob, the glob from the top."""
+
+    arg: str
+    path: str
+    kind: str  # "file" or "dir" (it exists), "glob", or "missing"
+
+    @property
+    def within(self) -> str:
+        """The work-tree folder (or file) every path it selects lies in ("" for any)."""
+        if self.kind != "glob":
+            return self.path.rstrip("/")
+        return glob_literal_prefix(self.path).rpartition("/")[0]
+
+
+def parse(root: Path, args: Iterable[str]) -> list[Pathspec] | None:
+    """Path arguments as :class:`Pathspec`; None for none, or where one is the whole tree.
+
+    Raises:
+        InvalidInputError: one is empty, outside the work tree, or in the repository's folder.
+    """
+    specs = [_parse(root, arg) for arg in args]
+    return None if not specs or any(s.path == "" for s in specs) else specs
+
+
+def _parse(root: Path, arg: str) -> Pathspec:
+    if not arg:
+        raise InvalidInputError("an empty path names nothing (use . for the whole work tree)")
+    full = Path(os.path.abspath(arg))
+    if not full.is_relative_to(root):  # named through a symbolic link to the work tree (or a folder above it)?
+        full = Path(os.path.realpath(full.parent)) / full.name
+    if not full.is_relative_to(root):
+        raise InvalidInputError(f"'{arg}' is outside the work tree {root}")
+    rel = full.relative_to(root).as_posix()
+    rel = "" if rel == "." else rel
+    if rel == DOTDIR or rel.startswith(DOTDIR + "/"):
+        raise InvalidInputError(f"'{arg}' is in {DOTDIR}/, the repository's own folder, which holds no work-tree path")
+    folder = arg.endswith(("/", os.sep))
+    if full.is_dir() and not full.is_symlink():
+        return Pathspec(arg, rel, "dir")
+    if os.path.lexists(full) and not folder:
+        return Pathspec(arg, rel, "file")
+    if any(c in rel for c in GLOB_CHARS):
+        return Pathspec(arg, rel, "glob")
+    return Pathspec(arg, rel + "/" if folder else rel, "missing")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The keys that path arguments select: those named, and those under a folder.
+    Looked up in sets, so ``add`` of thousands of files (a shell glob) does not test every
+    key against every argument: 3,000 arguments over 10,000 keys took 3.4 s that way."""
+
+    keys: frozenset[str]
+    dirs: frozenset[str]  # each ends in "/"
+
+    def __contains__(self, key: str) -> bool:
+        if key in self.keys:
+            return True
+        at = key.find("/")
+        while at >= 0:
+            if key[: at + 1] in self.dirs:
+                return True
+            at = key.find("/", at + 1)
+        return False
+
+
+def select(repo: Repo, specs: list[Pathspec] | None, files: Iterable[str] | None,
+           tracked: Callable[[], dict[str, str]]) -> Selection | None:
+    """The keys that ``specs`` select (None: every key), the one rule of every command that
+    takes paths. ``files`` are the work-tree files the command looks at (None: it looks only
+    at tracked keys, as ``rm``); ``tracked()`` gives the tracked keys and their datums, asked
+    only where an argument is not in the work tree.
+
+    Raises:
+        InvalidInputError: an argument matches nothing.
+    """
+    if specs is None:
+        return None
+    grouping = repo.config.grouping
+    keys: set[str] = set()
+    dirs: set[str] = set()
+    files = list(files) if files is not None else None
+    known: _Tracked | None = None
+    for spec in specs:
+        if spec.kind in ("file", "dir") and files is not None:  # (it exists: nothing to look up)
+            named = _named(spec, grouping)
+        else:
+            known = known or _Tracked(tracked())
+            if spec.kind == "glob":
+                named = _globbed(repo, spec.path, files or [], known.datums)
+                matched = bool(named[0] or named[1])
+            else:
+                named = _named(spec, grouping)
+                matched = known.any_of(*named)
+            if not matched:
+                where = "file or tracked datum" if files is not None else "tracked datum"
+                raise InvalidInputError(f"no {where} matches '{spec.arg}'")
+        keys |= named[0]
+        dirs |= named[1]
+    return Selection(frozenset(keys), frozenset(dirs))
+
+
+def _named(spec: Pathspec, grouping: str) -> tuple[set[str], set[str]]:
+    """The keys and folders (ending in "/") a path that is no glob names."""
+    if spec.kind == "dir":
+        return set(), {spec.path + "/"}
+    if spec.kind == "file":
+        return _keys_of(spec.path, grouping), set()
+    if spec.path.endswith("/"):  # (missing) ``x/``: only a folder
+        return set(), {spec.path}
+    return _keys_of(spec.path, grouping), {spec.path + "/"}  # (missing) a key, or a folder of keys
+
+
+class _Tracked:
+    """The tracked keys and their datums, and the keys sorted (to find those in a folder)."""
+
+    def __init__(self, datums: dict[str, str]) -> None:
+        self.datums = datums
+        self.sorted = sorted(datums)
+
+    def any_of(self, keys: set[str], dirs: set[str]) -> bool:
+        """Whether a tracked key is one of ``keys`` or lies in one of ``dirs``."""
+        if not keys.isdisjoint(self.datums):
+            return True
+        for d in dirs:
+            at = bisect.bisect_left(self.sorted, d)
+            if at < len(self.sorted) and self.sorted[at].startswith(d):
+                return True
+        return False
+
+
+def _keys_of(path: str, grouping: str) -> set[str]:
+    """The keys a file's path can name: the path itself (a key named as it is) and its file's
+    key; with grouping "wds", also the path up to any other dot of its name (a key a tar or
+    JSON lines gave: ``a/b.x`` of ``a/b.x.png``), never a dot of a folder's name."""
+    if grouping == "file":
+        return {path}
+    name = path.rfind("/") + 1
+    return {path, split(path)[0], *(path[:i] for i in range(name + 1, len(path)) if path[i] == ".")}
+
+
+def _globbed(repo: Repo, pattern: str, files: list[str], tracked: dict[str, str]) -> tuple[set[str], set[str]]:
+    """The keys and folders a glob selects: the keys of the files, tracked keys and tracked
+    members' paths it matches, and the folders it matches above any of those. As in git, a
+    glob also matches the path it spells (the key ``br[1]``)."""
+    glob = KeyGlob(pattern)
+
+    def hit(path: str) -> bool:
+        return path == pattern or bool(glob.fullmatch(path))
+
+    grouping = repo.config.grouping
+    keys: set[str] = set()
+    folders: set[str] = set()
+    for path in files:
+        if hit(path):
+            keys |= _keys_of(path, grouping)
+    for key, path in _tracked_paths(repo, tracked):
+        if hit(path):
+            keys.add(key)
+    for path in (*files, *tracked):
+        at = path.rfind("/")
+        while at > 0 and path[:at] not in folders:
+            folders.add(path[:at])
+            at = path.rfind("/", 0, at)
+    return keys, {f + "/" for f in folders if hit(f)}
+
+
+def _tracked_paths(repo: Repo, tracked: dict[str, str]) -> Iterable[tuple[str, str]]:
+    """Each tracked key with its own name, and with the path of each of its members (a
+    member whose file was deleted has none in the work tree)."""
+    yield from ((k, k) for k in tracked)
+    if repo.config.grouping == "file":  # (the path of its one member is the key)
+        return
+    exts = repo.index.locations.extensions(set(tracked.values()))
+    for key, datum in tracked.items():
+        yield from ((key, join(key, ext)) for ext in exts.get(datum, ()) if ext)
