@@ -220,14 +220,15 @@ def init(path: str, bare: bool, grouping: str, shard_size: int | None) -> None:
 
 
 @main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print {added, modified, deleted} keys against HEAD.")
 @click.option("--follow", is_flag=True, help="Read symlinks as the files they point to.")
-def status(as_json: bool, follow: bool) -> None:
-    """Show datums changed in the work tree and the staging area."""
+def status(paths: tuple[str, ...], as_json: bool, follow: bool) -> None:
+    """Show datums changed in the work tree and the staging area (under PATHS, if given)."""
     from datarepo.porcelain.stage import status as run
 
     repo = _repo()
-    st = run(repo, follow=follow)
+    st = run(repo, follow=follow, paths=list(paths))
     for note in st.notes:
         click.echo(f"note: {one_line(note)}", err=True)
     if as_json:
@@ -379,27 +380,31 @@ def show(rev: str, as_json: bool) -> None:
     _print_changes(changes)
 
 
-@main.command()
-@click.argument("a", required=False)
-@click.argument("b", required=False)
+class _PathsAfterDashes(click.Command):
+    """A command that takes revisions, then paths: what follows ``--`` is kept apart as
+    paths (``diff A B -- PATHS``), where click would take it as more of the arguments."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta["paths"] = args[at + 1 :]
+            args = args[:at]
+        return super().parse_args(ctx, args)
+
+
+@main.command(cls=_PathsAfterDashes)
+@click.argument("args", nargs=-1, metavar="[A [B]] [[--] PATHS]...")
 @click.option("--json", "as_json", is_flag=True, help="Print {added, modified, deleted} keys.")
 @click.option("--stat", is_flag=True, help="Only the counts.")
-def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
-    """Show keys that differ: A B (or A..B), A and the work tree, or HEAD and the work tree."""
-    from datarepo.porcelain.history import changes_of
-    from datarepo.porcelain.history import diff as run
-    from datarepo.porcelain.stage import diff_worktree
-    from datarepo.porcelain.stage import status as worktree_status
+@click.pass_context
+def diff(ctx: click.Context, args: tuple[str, ...], as_json: bool, stat: bool) -> None:
+    """Show keys that differ: A B (or A..B), A and the work tree, or HEAD and the work tree;
+    only those under PATHS, if given."""
+    from datarepo.porcelain.stage import diff as run
 
     repo = _repo()
-    if b is None and a is not None and (ends := _two_dots(a, "diff")) is not None:
-        a, b = ends
-    if b is None and (a is None or a == "HEAD"):
-        changes = worktree_status(repo).total
-    elif b is None:
-        changes = diff_worktree(repo, a)
-    else:
-        changes = changes_of(run(repo, a, b))
+    revs, paths = _revs_then_paths(repo, list(args), ctx.meta.get("paths"))
+    changes = run(repo, *revs, paths)
     if as_json:
         _json(changes.to_json())
     elif stat:
@@ -408,6 +413,45 @@ def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
         for sign, keys in (("A", changes.added), ("M", changes.modified), ("D", changes.deleted)):
             for key in keys:
                 click.echo(f"{sign}\t{_quoted(key)}")
+
+
+def _revs_then_paths(repo: Any, args: list[str], after_dashes: list[str] | None) -> tuple[tuple[str | None, str | None], list[str]]:
+    """git's reading of ``[A [B]] [PATHS]``: the leading arguments that are revisions (at most
+    two, or one A..B) are, and the rest are paths; before ``--``, each of those must be in the
+    work tree or be a glob, else the argument is refused as neither (a mistyped revision)."""
+    from datarepo.errors import InvalidInputError
+    from datarepo.pathspec import GLOB_CHARS
+
+    revs: list[str] = []
+    paths: list[str] = []
+    for arg in args:
+        if not paths and (found := _as_revs(repo, arg)) and len(revs) + len(found) <= 2:
+            revs += found
+            continue
+        if not (arg == "" or os.path.lexists(arg) or any(c in arg for c in GLOB_CHARS)):  # ("": the path's own error)
+            if not paths and _as_revs(repo, arg):
+                raise InvalidInputError(f"'{arg}': diff takes at most two revisions (name paths after --)")
+            raise InvalidInputError(f"'{arg}' is no revision, nor a path in the work tree (name a path that is not there after --)")
+        paths.append(arg)
+    a, b = (*revs, None, None)[:2]
+    return (a, b), paths + (after_dashes or [])
+
+
+def _as_revs(repo: Any, arg: str) -> list[str] | None:
+    """The revisions an argument names (A..B: two), or None if it names none."""
+    from datarepo.errors import DataRepoError
+
+    if arg == "HEAD":  # (also before the first commit: HEAD against the work tree)
+        return [arg]
+    if os.path.lexists(arg) and "..." in arg:  # (a path, not a refused A...B)
+        return None
+    revs = list(_two_dots(arg, "diff") or (arg,))
+    try:
+        for rev in revs:
+            repo.resolve(rev)
+    except DataRepoError:
+        return None
+    return revs
 
 
 @main.command()

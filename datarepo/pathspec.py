@@ -117,17 +117,17 @@ def select(repo: Repo, specs: list[Pathspec] | None, files: Iterable[str] | None
     files = list(files) if files is not None else None
     known: _Tracked | None = None
     for spec in specs:
-        if spec.kind in ("file", "dir") and files is not None:  # (it exists: nothing to look up)
-            named = _named(spec, grouping)
-        else:
+        if spec.kind == "dir":
+            named: tuple[set[str], set[str]] = (set(), {spec.path + "/"})
+        elif spec.kind == "file":
+            named = (_keys_of(spec.path, grouping), set())
+        if spec.kind not in ("file", "dir") or files is None:  # (else it exists: nothing to look up)
             known = known or _Tracked(tracked())
             if spec.kind == "glob":
                 named = _globbed(repo, spec.path, files or [], known.datums)
-                matched = bool(named[0] or named[1])
-            else:
-                named = _named(spec, grouping)
-                matched = known.any_of(*named)
-            if not matched:
+            elif spec.kind == "missing":
+                named = _missing(repo, spec.path, known)
+            if not (named[0] or named[1] if spec.kind == "glob" else known.any_of(*named)):
                 where = "file or tracked datum" if files is not None else "tracked datum"
                 raise InvalidInputError(f"no {where} matches '{spec.arg}'")
         keys |= named[0]
@@ -135,15 +135,15 @@ def select(repo: Repo, specs: list[Pathspec] | None, files: Iterable[str] | None
     return Selection(frozenset(keys), frozenset(dirs))
 
 
-def _named(spec: Pathspec, grouping: str) -> tuple[set[str], set[str]]:
-    """The keys and folders (ending in "/") a path that is no glob names."""
-    if spec.kind == "dir":
-        return set(), {spec.path + "/"}
-    if spec.kind == "file":
-        return _keys_of(spec.path, grouping), set()
-    if spec.path.endswith("/"):  # (missing) ``x/``: only a folder
-        return set(), {spec.path}
-    return _keys_of(spec.path, grouping), {spec.path + "/"}  # (missing) a key, or a folder of keys
+def _missing(repo: Repo, path: str, known: _Tracked) -> tuple[set[str], set[str]]:
+    """The tracked keys and folders a path not in the work tree can name: a key by its own
+    name or by the path of one of its members, or a folder (``x/``: only a folder)."""
+    if path.endswith("/"):
+        return set(), {path}
+    candidates = {k: d for k in _keys_of(path, repo.config.grouping) if (d := known.datums.get(k)) is not None}
+    exts = repo.index.locations.extensions(set(candidates.values())) if repo.config.grouping == "wds" else {}
+    keys = {k for k, d in candidates.items() if k == path or any(join(k, e) == path for e in exts.get(d, ()))}
+    return keys, {path + "/"}
 
 
 class _Tracked:

@@ -13,7 +13,7 @@ from datarepo.fsutil import WorktreePaths, prune_dirs, remove
 from datarepo.hashing import Oid
 from datarepo.objects import TreeEntry
 from datarepo.pathspec import Pathspec, Selection, parse, select
-from datarepo.porcelain import Changes, Progress, compare, retain
+from datarepo.porcelain import Changes, Progress, compare, history, retain
 from datarepo.repo import Repo
 from datarepo.statcache import write_base
 from datarepo.statcols import FileStat, StatColumns, StatRow
@@ -30,6 +30,13 @@ class Status:
     # How many keys were looked at again (their files changed since the last status): 0 when
     # the saved verdict stood; None when every key was (no status to start from).
     looked_at: int | None = None
+    files: list[str] = field(default_factory=list)  # the work-tree files it looked at
+
+    def only(self, keep: Selection | None) -> Status:
+        """The status of the keys in ``keep`` (None: of all)."""
+        if keep is None:
+            return self
+        return Status(self.staged.only(keep), self.unstaged.only(keep), self.total.only(keep), self.notes, self.looked_at, self.files)
 
 
 def _selected(key: str, selection: Selection | None) -> bool:
@@ -155,19 +162,26 @@ def _verdict(head: dict[str, Oid], index: dict[str, Oid], now: dict[str, Oid]) -
     return Status(compare(head, index), compare(index, now), compare(head, now))
 
 
-def status(repo: Repo, follow: bool = False) -> Status:
-    """Compares HEAD, the staging area and the work tree.
+def status(repo: Repo, follow: bool = False, paths: list[str] | None = None) -> Status:
+    """Compares HEAD, the staging area and the work tree (the keys ``paths`` select, if given).
 
     Keys whose files have not changed since the last status keep the verdict
     the status snapshot holds for them; only the others are looked at again.
     """
+    specs = parse(repo.require_worktree(), paths or ())
+    result = _status(repo, follow)
+    return result.only(select(repo, specs, result.files, lambda: tracked(repo, with_head=True)))
+
+
+def _status(repo: Repo, follow: bool) -> Status:
     look = _look(repo, follow)
     keys = look.keys
     if keys is not None and not keys and look.snap is not None:
         old = look.snap.status
         if look.digest != look.snap.digest:  # files moved in the listing, no key changed: the next status need not look
             snapshot.save(repo, snapshot.token(repo, follow), look.found, old, look.digest)
-        return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), look.found.notes + old["group_notes"], 0)
+        parts = (snapshot.changes_from_json(old[n]) for n in _PARTS)
+        return Status(*parts, look.found.notes + old["group_notes"], 0, look.found.names)
     files, cache = look.stat_view()
     root, read = repo.require_worktree(), StatColumns()
     now = {k: hash_datum(root, m, files, cache, read) for k, m in look.members.items() if keys is None or k in keys}
@@ -177,14 +191,37 @@ def status(repo: Repo, follow: bool = False) -> Status:
     head = head_datums(repo, keys)
     result = look.save(_verdict(head, index_datums(repo, head, keys), now), keys, read)
     result.looked_at = None if keys is None else len(keys)
+    result.files = look.found.names
     return result
 
 
-def diff_worktree(repo: Repo, rev: str) -> Changes:
+def diff(repo: Repo, a: str | None, b: str | None, paths: list[str] | None = None) -> Changes:
+    """The keys that differ (those ``paths`` select, if given): between revisions ``a`` and
+    ``b``; between ``a`` and the work tree; or (neither) between HEAD and the work tree."""
+    specs = parse(repo.require_worktree(), paths or ()) if paths else None
+    if b is not None:
+        changes = history.changes_of(history.diff(repo, a, b))
+        return changes.only(select(repo, specs, None, lambda: {**_datums(repo, a), **_datums(repo, b)}))
+    now = _status(repo, False)
+    changes = now.total if a in (None, "HEAD") else diff_worktree(repo, a, now)
+
+    def known() -> dict[str, Oid]:  # (the keys of HEAD, the staging area and ``a``)
+        return {**tracked(repo, with_head=True), **_datums(repo, a)}
+
+    return changes.only(select(repo, specs, now.files, known))
+
+
+def _datums(repo: Repo, rev: str | None) -> dict[str, Oid]:
+    """The datum of each key of ``rev``."""
+    tree = repo.tree_of(rev) if rev is not None else None
+    return {e.key: e.datum for e in trees.iter_tree(repo.store, tree)} if tree is not None else {}
+
+
+def diff_worktree(repo: Repo, rev: str, now: Status | None = None) -> Changes:
     """The keys that differ between ``rev`` and the work tree (``git diff REV``): those that
     differ between ``rev`` and HEAD, or between HEAD and the work tree, each compared again
     with its datum in the work tree (hashed through the stat cache) and in ``rev``."""
-    dirty = status(repo).total.keys()
+    dirty = (now or status(repo)).total.keys()
     base = repo.tree_of(rev)
     moved = {c.key: c for c in trees.diff_trees(repo.store, base, repo.tree_of(None)) if not repo.config.is_sparse(c.key)}
     keys = dirty | moved.keys()
