@@ -460,7 +460,7 @@ def _as_revs(repo: Any, arg: str) -> list[str] | None:
 @click.option("-f", "--force", is_flag=True, help="Throw away uncommitted changes (files never added are kept).")
 def checkout(rev: str | None, new_branch: str | None, force: bool) -> None:
     """Make the work tree match REV (a branch, tag or commit)."""
-    from datarepo.errors import DirtyWorktreeError
+    from datarepo.errors import BadRevisionError, DirtyWorktreeError, InvalidInputError
     from datarepo.porcelain.checkout import checkout as run
 
     if rev is None and new_branch is None:
@@ -471,6 +471,10 @@ def checkout(rev: str | None, new_branch: str | None, force: bool) -> None:
             result = run(_repo(), rev, force=force, new_branch=new_branch, progress=bar)
         except DirtyWorktreeError as e:
             raise DirtyWorktreeError(f"{e} (use --force)") from None
+        except BadRevisionError:
+            if os.path.lexists(rev):  # (git's checkout also restores paths; this one does not)
+                raise InvalidInputError(f"'{rev}' is a path, not a revision: checkout takes a revision (it does not restore paths)") from None
+            raise
     where = f"branch {result.branch}" if result.branch else f"detached HEAD at {result.oid[:12]}"
     click.echo(f"Switched to {where} ({result.written} files written, {result.removed} removed)")
 

@@ -69,7 +69,7 @@ def _parse(root: Path, arg: str) -> Pathspec:
     rel = "" if rel == "." else rel
     if rel == DOTDIR or rel.startswith(DOTDIR + "/"):
         raise InvalidInputError(f"'{arg}' is in {DOTDIR}/, the repository's own folder, which holds no work-tree path")
-    folder = arg.endswith(("/", os.sep))
+    folder = arg.replace(os.sep, "/").rpartition("/")[2] in ("", ".", "..")  # ``x/``, ``x/.``: a folder, not a file
     if full.is_dir() and not full.is_symlink():
         return Pathspec(arg, rel, "dir")
     if os.path.lexists(full) and not folder:

@@ -210,6 +210,15 @@ def test_rm_of_a_deleted_folder_with_a_slash(repo: Path, cli: Cli) -> None:
     (repo / "sub/deep").rmdir()
     assert cli("rm", "sub/deep/").output == "rm sub/deep/d\n"
     _one_line_error(cli("rm", "a.txt/", ok=False), "no tracked datum matches 'a.txt/'")  # a file is no folder
+    _one_line_error(cli("rm", "a.txt/.", ok=False), "no tracked datum matches 'a.txt/.'")
+    _one_line_error(cli("add", "a.txt/.", ok=False), "no file or tracked datum matches 'a.txt/.'")
+    assert (repo / "a.txt").exists() and _staged(cli) == ["sub/deep/d"]
+
+
+def test_checkout_of_a_path_says_it_takes_a_revision(repo: Path, cli: Cli) -> None:
+    _changed(repo)
+    _one_line_error(cli("checkout", "a.txt", ok=False), "'a.txt' is a path, not a revision")
+    assert (repo / "a.txt").read_bytes() == b"a changed"
 
 
 # Spellings of one path -----------------------------------------------------------------------
