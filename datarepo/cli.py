@@ -415,42 +415,52 @@ def diff(ctx: click.Context, args: tuple[str, ...], as_json: bool, stat: bool) -
                 click.echo(f"{sign}\t{_quoted(key)}")
 
 
-def _revs_then_paths(repo: Any, args: list[str], after_dashes: list[str] | None) -> tuple[tuple[str | None, str | None], list[str]]:
-    """git's reading of ``[A [B]] [PATHS]``: the leading arguments that are revisions (at most
-    two, or one A..B) are, and the rest are paths; before ``--``, each of those must be in the
-    work tree or be a glob, else the argument is refused as neither (a mistyped revision)."""
-    from datarepo.errors import InvalidInputError
+def _revs_then_paths(repo: Any, args: list[str], after_dashes: list[str] | None,
+                     most: int = 2) -> tuple[tuple[str | None, str | None], list[str]]:
+    """git's reading of ``[REVS] [PATHS]``: the leading arguments that are revisions (at most
+    ``most``; A..B is two) are, and the rest are paths; before ``--``, each of those must be
+    in the work tree or be a glob, else the argument is refused as neither (a mistyped
+    revision), with what is wrong with it as a revision."""
+    from datarepo.errors import DataRepoError, InvalidInputError
     from datarepo.pathspec import GLOB_CHARS
 
+    command = click.get_current_context().info_name or ""
     revs: list[str] = []
     paths: list[str] = []
     for arg in args:
-        if not paths and (found := _as_revs(repo, arg)) and len(revs) + len(found) <= 2:
-            revs += found
-            continue
+        why = f"'{arg}' is not in the work tree"
+        if not paths:
+            try:
+                found = _as_revs(repo, arg, command)
+            except DataRepoError as e:
+                why = f"{one_line(str(e))}, nor a path in the work tree"
+            else:
+                if len(revs) + len(found) <= most:
+                    revs += found
+                    continue
+                why = f"'{arg}': {command} takes {'one revision' if most == 1 else 'at most two revisions'}"
         if not (arg == "" or os.path.lexists(arg) or any(c in arg for c in GLOB_CHARS)):  # ("": the path's own error)
-            if not paths and _as_revs(repo, arg):
-                raise InvalidInputError(f"'{arg}': diff takes at most two revisions (name paths after --)")
-            raise InvalidInputError(f"'{arg}' is no revision, nor a path in the work tree (name a path that is not there after --)")
+            raise InvalidInputError(f"{why} (name a path that is not there after --)")
         paths.append(arg)
     a, b = (*revs, None, None)[:2]
     return (a, b), paths + (after_dashes or [])
 
 
-def _as_revs(repo: Any, arg: str) -> list[str] | None:
-    """The revisions an argument names (A..B: two), or None if it names none."""
-    from datarepo.errors import DataRepoError
+def _as_revs(repo: Any, arg: str, command: str) -> list[str]:
+    """The revisions an argument names (A..B: two).
+
+    Raises:
+        DataRepoError: it names none (an existing path that holds ``...`` is no refused A...B).
+    """
+    from datarepo.errors import InvalidInputError
 
     if arg == "HEAD":  # (also before the first commit: HEAD against the work tree)
         return [arg]
-    if os.path.lexists(arg) and "..." in arg:  # (a path, not a refused A...B)
-        return None
-    revs = list(_two_dots(arg, "diff") or (arg,))
-    try:
-        for rev in revs:
-            repo.resolve(rev)
-    except DataRepoError:
-        return None
+    if os.path.lexists(arg) and "..." in arg:
+        raise InvalidInputError(f"'{arg}' is a path")
+    revs = list(_two_dots(arg, command) or (arg,))
+    for rev in revs:
+        repo.resolve(rev)
     return revs
 
 
@@ -535,19 +545,22 @@ def tag(**kwargs: Any) -> None:
     _refs("refs/tags/", "tag", **kwargs)
 
 
-@main.command(name="ls")
-@click.argument("rev", default="HEAD")
+@main.command(name="ls", cls=_PathsAfterDashes)
+@click.argument("args", nargs=-1, metavar="[REV] [[--] PATHS]...")
 @click.option("--prefix", default="", help="Only keys starting with this.")
 @click.option("--glob", default=None, help="Only keys matching this glob (* ? [..] within a name, ** across names).")
 @click.option("-l", "--long", is_flag=True, help="Also the datum id and size.")
 @json_option
-def ls_command(rev: str, prefix: str, glob: str | None, long: bool, as_json: bool) -> None:
-    """List the keys of a revision."""
+@click.pass_context
+def ls_command(ctx: click.Context, args: tuple[str, ...], prefix: str, glob: str | None, long: bool, as_json: bool) -> None:
+    """List the keys of a revision (default HEAD; only those under PATHS, if given)."""
     from datarepo.porcelain.history import ls
 
+    repo = _repo()
+    (rev, _), paths = _revs_then_paths(repo, list(args), ctx.meta.get("paths"), most=1)
     # A page of the tree at a time, as one write: a listing of a million keys is not a
     # million calls to echo.
-    pages = ls(_repo(), rev, prefix, glob).columns()
+    pages = ls(repo, rev or "HEAD", prefix, glob, paths).columns()
     if as_json:
         _json_entries(pages)
         return

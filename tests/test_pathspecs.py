@@ -104,7 +104,7 @@ def test_add_of_a_glob_stages_deleted_members(repo: Path, cli: Cli) -> None:
     assert "modified: x" in cli("status").output
 
 
-@pytest.mark.parametrize("command", [("add",), ("rm", "--cached"), ("status",), ("diff", "--")])
+@pytest.mark.parametrize("command", [("add",), ("rm", "--cached"), ("status",), ("diff", "--"), ("ls", "--")])
 def test_a_glob_that_matches_nothing_is_refused(repo: Path, cli: Cli, command: tuple[str, ...]) -> None:
     _one_line_error(cli(*command, "*.png", ok=False), "matches '*.png'")
     _one_line_error(cli(*command, "a.txt", "**/zz*", ok=False), "matches '**/zz*'")
@@ -237,6 +237,7 @@ def test_every_spelling_of_a_path_names_it(repo: Path, cli: Cli, where: str, spe
     assert _staged(cli) == ["sub/c"]
     assert at("status", path).output.count("sub/c") == 1
     assert at("diff", path).output == "M\tsub/c\n"
+    assert at("ls", path).output == at("ls", "HEAD", "--", path).output == "sub/c\n"
     assert at("rm", "--cached", path).output == "rm sub/c\n"
 
 
@@ -277,7 +278,7 @@ def test_duplicate_and_overlapping_arguments(repo: Path, cli: Cli) -> None:
 # Bad paths -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [("add",), ("rm", "-f"), ("status",), ("diff", "--")])
+@pytest.mark.parametrize("command", [("add",), ("rm", "-f"), ("status",), ("diff", "--"), ("ls", "HEAD", "--")])
 def test_bad_paths_are_refused_in_one_line(repo: Path, cli: Cli, command: tuple[str, ...]) -> None:
     sub = Cli(repo / "sub")
     cases = [
@@ -305,12 +306,15 @@ def test_dashes_part_revisions_from_paths(repo: Path, cli: Cli) -> None:
     assert cli("diff", "b.txt", "--stat").output == "0 added, 9 modified, 0 deleted\n"  # the branch
     assert cli("diff", "--", "b.txt").output == "M\tb\n"
     assert cli("diff", "HEAD", "--", "b.txt").output == "M\tb\n"
+    assert len(cli("ls", "b.txt").output.split()) == len(KEYS)  # the branch's keys
+    assert cli("ls", "--", "b.txt").output == "b\n"
+    _one_line_error(cli("ls", "HEAD", "HEAD~0", ok=False), "ls takes one revision")
     cli("add", ".")
     cli("commit", "-m", "second")
     assert cli("diff", "HEAD~1", "HEAD", "--", "sub/*.txt").output == "M\tsub/c\n"
     assert cli("diff", "HEAD~1..HEAD", "a.txt").output == "M\ta\n"
     (repo / "a.txt").unlink()
-    _one_line_error(cli("diff", "a.txt", ok=False), "no revision, nor a path in the work tree")  # git: use --
+    _one_line_error(cli("diff", "a.txt", ok=False), "unknown revision: 'a.txt', nor a path in the work tree")  # git: use --
     assert cli("diff", "--", "a.txt").output == "D\ta\n"
     _one_line_error(cli("diff", "HEAD", "HEAD~1", "HEAD", ok=False), "at most two revisions")
     (repo / "-x.txt").write_bytes(b"dash")
@@ -326,6 +330,20 @@ def test_status_and_diff_of_paths_show_only_those(repo: Path, cli: Cli) -> None:
     assert json.loads(sub("diff", "--json", "*.txt").output) == {"added": ["sub/new"], "modified": ["sub/c"], "deleted": []}
     assert sub("diff", "HEAD", "deep").output == "M\tsub/deep/d\n"
     assert "nothing to commit" not in sub("status", "..").output
+
+
+def test_ls_of_paths_lists_the_keys_of_the_revision_they_select(repo: Path, cli: Cli) -> None:
+    """Matched against the revision's keys and members' paths, not the work tree's files."""
+    for rel in ("x.jpg", "x.cls", "sub/e.jpg"):
+        (repo / rel).unlink()
+    cli("add", ".")
+    cli("commit", "-m", "no x")
+    sub = Cli(repo / "sub")
+    assert sub("ls").output.split() == sorted(k for k in KEYS if k not in ("x", "sub/e"))  # (every key, as git ls-tree -r)
+    assert sub("ls", "HEAD~1", "*.jpg").output == "sub/e\n"
+    assert sub("ls", "HEAD~1", "../*.jpg").output == "x\ny\n"
+    assert sub("ls", "-l", "--", ".").output.count("\n") == 2
+    _one_line_error(sub("ls", "HEAD", "--", "e.jpg", ok=False), "matches 'e.jpg'")
 
 
 def test_add_of_an_ignored_path_or_glob_is_refused(repo: Path, cli: Cli) -> None:
