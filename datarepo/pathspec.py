@@ -1,7 +1,7 @@
 """Path arguments (git's pathspecs): how every command that takes work-tree paths reads them.
 
-One rule for ``add``, ``rm``, ``status`` and ``diff`` (``docs/quickstart.md``, "Naming
-paths"): an argument is taken from the current folder (the folder itself, as the system
+One rule for ``add``, ``rm``, ``status``, ``diff`` and ``ls`` (``docs/quickstart.md``,
+"Naming paths"): an argument is taken from the current folder (the folder itself, as the system
 gives it, where it was reached through a symbolic link: git's rule), and written out
 plainly (``./x``, ``x/``, ``sub/../x``, an absolute path). Then
 
