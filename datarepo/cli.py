@@ -439,7 +439,7 @@ def _revs_then_paths(repo: Any, args: list[str], after_dashes: list[str] | None,
                     revs += found
                     continue
                 why = f"'{arg}': {command} takes {'one revision' if most == 1 else 'at most two revisions'}"
-        if not (arg == "" or os.path.lexists(arg) or any(c in arg for c in GLOB_CHARS)):  # ("": the path's own error)
+        if not (arg and os.path.lexists(arg) or any(c in arg for c in GLOB_CHARS)):
             raise InvalidInputError(f"{why} (name a path that is not there after --)")
         paths.append(arg)
     a, b = (*revs, None, None)[:2]
