@@ -9,7 +9,8 @@ plainly (``./x``, ``x/``, ``sub/../x``, an absolute path). Then
 - else, one that holds ``*``, ``?`` or ``[`` is a glob (:class:`datarepo.tree.KeyGlob`: ``*``
   within a name, ``**`` across names), matched against the work tree's files, the tracked
   keys and the paths of their members, and the folders above them;
-- else it names a tracked key (by its own name or a member's path) or a folder of them.
+- else it names a tracked key (by its own name or a member's path), the key of files in
+  the work tree (``add x`` of x.jpg and x.cls), or a folder of tracked keys.
 
 Every argument must match something (git's "pathspec did not match any files").
 """
@@ -116,6 +117,7 @@ def select(repo: Repo, specs: list[Pathspec] | None, files: Iterable[str] | None
     dirs: set[str] = set()
     files = list(files) if files is not None else None
     known: _Tracked | None = None
+    file_keys: set[str] | None = None  # (the keys of the work tree's files, for a key named that has no file)
     for spec in specs:
         if spec.kind == "dir":
             named: tuple[set[str], set[str]] = (set(), {spec.path + "/"})
@@ -125,9 +127,16 @@ def select(repo: Repo, specs: list[Pathspec] | None, files: Iterable[str] | None
             known = known or _Tracked(tracked())
             if spec.kind == "glob":
                 named = _globbed(repo, spec.path, files or [], known.datums)
+                matched = bool(named[0] or named[1])
             elif spec.kind == "missing":
                 named = _missing(repo, spec.path, known)
-            if not (named[0] or named[1] if spec.kind == "glob" else known.any_of(*named)):
+                if files is not None and not named[0]:
+                    file_keys = {split(f, grouping)[0] for f in files} if file_keys is None else file_keys
+                    named[0].update({spec.path} & file_keys)
+                matched = bool(named[0]) or known.any_of(set(), named[1])
+            else:
+                matched = known.any_of(*named)
+            if not matched:
                 where = "file or tracked datum" if files is not None else "tracked datum"
                 raise InvalidInputError(f"no {where} matches '{spec.arg}'")
         keys |= named[0]

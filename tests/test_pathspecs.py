@@ -151,10 +151,14 @@ def test_a_path_that_is_not_there_names_only_what_is_tracked(repo: Path, cli: Cl
 
 def test_a_key_is_named_by_itself_or_a_member_path(repo: Path, cli: Cli) -> None:
     _changed(repo)
-    cli("add", "x")  # the key (no such file)
+    (repo / "z.jpg").write_bytes(b"z")
+    (repo / "z.cls").write_bytes(b"2")
+    cli("add", "x", "z")  # the keys (no such files), tracked or not
     (repo / "y.jpg").unlink()
     cli("add", "y.jpg")  # a member whose file is gone
-    assert _staged(cli) == ["x", "y"]
+    assert _staged(cli) == ["x", "y", "z"]
+    assert cli("rm", "--cached", "z").output == "rm z\n"  # (staged, so tracked: unstaged)
+    assert _staged(cli) == ["x", "y"] and (repo / "z.jpg").exists()
 
 
 def test_a_dot_in_a_folder_name_names_no_key(worktree: Path, cli: Cli) -> None:
