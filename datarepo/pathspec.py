@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from datarepo.errors import InvalidInputError
@@ -105,72 +106,123 @@ def select(repo: Repo, specs: list[Pathspec] | None, files: Iterable[str] | None
     """The keys that ``specs`` select (None: every key), the one rule of every command that
     takes paths. ``files`` are the work-tree files the command looks at (None: it looks only
     at tracked keys, as ``rm``); ``tracked()`` gives the tracked keys and their datums, asked
-    only where an argument is not in the work tree.
+    only where an argument is not in the work tree (or ``files`` is None).
 
     Raises:
         InvalidInputError: an argument matches nothing.
     """
     if specs is None:
         return None
-    grouping = repo.config.grouping
+    looked_up = _Universe(repo, files, tracked)
     keys: set[str] = set()
     dirs: set[str] = set()
-    files = list(files) if files is not None else None
-    known: _Tracked | None = None
-    file_keys: set[str] | None = None  # (the keys of the work tree's files, for a key named that has no file)
     for spec in specs:
-        if spec.kind == "dir":
-            named: tuple[set[str], set[str]] = (set(), {spec.path + "/"})
-        elif spec.kind == "file":
-            named = (_keys_of(spec.path, grouping), set())
-        if spec.kind not in ("file", "dir") or files is None:  # (else it exists: nothing to look up)
-            known = known or _Tracked(tracked())
-            if spec.kind == "glob":
-                named = _globbed(repo, spec.path, files or [], known.datums)
-                matched = bool(named[0] or named[1])
-            elif spec.kind == "missing":
-                named = _missing(repo, spec.path, known)
-                if files is not None and not named[0]:
-                    file_keys = {split(f, grouping)[0] for f in files} if file_keys is None else file_keys
-                    named[0].update({spec.path} & file_keys)
-                matched = bool(named[0]) or known.any_of(set(), named[1])
-            else:
-                matched = known.any_of(*named)
-            if not matched:
-                where = "file or tracked datum" if files is not None else "tracked datum"
-                raise InvalidInputError(f"no {where} matches '{spec.arg}'")
-        keys |= named[0]
-        dirs |= named[1]
+        named_keys, named_dirs = looked_up.named(spec)
+        keys |= named_keys
+        dirs |= named_dirs
     return Selection(frozenset(keys), frozenset(dirs))
 
 
-def _missing(repo: Repo, path: str, known: _Tracked) -> tuple[set[str], set[str]]:
-    """The tracked keys and folders a path not in the work tree can name: a key by its own
-    name or by the path of one of its members, or a folder (``x/``: only a folder)."""
-    if path.endswith("/"):
-        return set(), {path}
-    candidates = {k: d for k in _keys_of(path, repo.config.grouping) if (d := known.datums.get(k)) is not None}
-    exts = repo.index.locations.extensions(set(candidates.values())) if repo.config.grouping == "wds" else {}
-    keys = {k for k, d in candidates.items() if k == path or any(join(k, e) == path for e in exts.get(d, ()))}
-    return keys, {path + "/"}
+class _Universe:
+    """What path arguments are matched against: the work tree's files (None: not looked
+    at), and the tracked keys, their datums and member paths, read when first needed."""
 
+    def __init__(self, repo: Repo, files: Iterable[str] | None, tracked: Callable[[], dict[str, str]]) -> None:
+        self.repo, self.grouping = repo, repo.config.grouping
+        self.files = list(files) if files is not None else None
+        self._tracked = tracked
 
-class _Tracked:
-    """The tracked keys and their datums, and the keys sorted (to find those in a folder)."""
+    @cached_property
+    def datums(self) -> dict[str, str]:
+        """The tracked keys and their datums."""
+        return self._tracked()
 
-    def __init__(self, datums: dict[str, str]) -> None:
-        self.datums = datums
-        self.sorted = sorted(datums)
+    @cached_property
+    def sorted_keys(self) -> list[str]:
+        return sorted(self.datums)
 
-    def any_of(self, keys: set[str], dirs: set[str]) -> bool:
+    @cached_property
+    def file_keys(self) -> set[str]:
+        """The keys of the work tree's files."""
+        return {split(f, self.grouping)[0] for f in self.files or ()}
+
+    def named(self, spec: Pathspec) -> tuple[set[str], set[str]]:
+        """The keys and folders (each ending in "/") one argument selects.
+
+        Raises:
+            InvalidInputError: it matches nothing.
+        """
+        if spec.kind == "dir":
+            named: tuple[set[str], set[str]] = (set(), {spec.path + "/"})
+        elif spec.kind == "file":
+            named = (_keys_of(spec.path, self.grouping), set())
+        elif spec.kind == "glob":
+            named = self._globbed(spec.path)
+        else:
+            named = self._missing(spec.path)
+        if spec.kind in ("file", "dir"):  # (it exists: a command that looks at files needs no more)
+            matched = self.files is not None or self._tracks(*named)
+        elif spec.kind == "glob":  # (all it selects, it matched)
+            matched = bool(named[0] or named[1])
+        else:  # (the keys it names are tracked or have files; a folder must hold a tracked key)
+            matched = bool(named[0]) or self._tracks(set(), named[1])
+        if not matched:
+            where = "file or tracked datum" if self.files is not None else "tracked datum"
+            raise InvalidInputError(f"no {where} matches '{spec.arg}'")
+        return named
+
+    def _tracks(self, keys: set[str], dirs: set[str]) -> bool:
         """Whether a tracked key is one of ``keys`` or lies in one of ``dirs``."""
         if not keys.isdisjoint(self.datums):
             return True
         for d in dirs:
-            at = bisect.bisect_left(self.sorted, d)
-            if at < len(self.sorted) and self.sorted[at].startswith(d):
+            at = bisect.bisect_left(self.sorted_keys, d)
+            if at < len(self.sorted_keys) and self.sorted_keys[at].startswith(d):
                 return True
         return False
+
+    def _missing(self, path: str) -> tuple[set[str], set[str]]:
+        """What a path not in the work tree names: a tracked key by its own name or by the
+        path of one of its members, the key of work-tree files (``add x`` of x.jpg), or a
+        folder of tracked keys (``x/``: only a folder)."""
+        if path.endswith("/"):
+            return set(), {path}
+        candidates = {k: d for k in _keys_of(path, self.grouping) if (d := self.datums.get(k)) is not None}
+        exts = self.repo.index.locations.extensions(set(candidates.values())) if self.grouping == "wds" else {}
+        keys = {k for k, d in candidates.items() if k == path or any(join(k, e) == path for e in exts.get(d, ()))}
+        if not keys and path in self.file_keys:
+            keys.add(path)
+        return keys, {path + "/"}
+
+    def _globbed(self, pattern: str) -> tuple[set[str], set[str]]:
+        """The keys and folders a glob selects: the keys of the files, tracked keys and
+        tracked members' paths it matches, and the folders it matches above any of those. As
+        in git, a glob also matches the path it spells (the key ``br[1]``)."""
+        glob = KeyGlob(pattern)
+
+        def hit(path: str) -> bool:
+            return path == pattern or bool(glob.fullmatch(path))
+
+        files = self.files or []
+        keys = {k for path in files if hit(path) for k in _keys_of(path, self.grouping)}
+        keys.update(key for key, path in self._tracked_paths() if hit(path))
+        folders: set[str] = set()
+        for path in (*files, *self.datums):
+            at = path.rfind("/")
+            while at > 0 and path[:at] not in folders:
+                folders.add(path[:at])
+                at = path.rfind("/", 0, at)
+        return keys, {f + "/" for f in folders if hit(f)}
+
+    def _tracked_paths(self) -> Iterator[tuple[str, str]]:
+        """Each tracked key with its own name, and with the path of each of its members (a
+        member whose file was deleted has none in the work tree)."""
+        yield from ((k, k) for k in self.datums)
+        if self.grouping == "file":  # (the path of its one member is the key)
+            return
+        exts = self.repo.index.locations.extensions(set(self.datums.values()))
+        for key, datum in self.datums.items():
+            yield from ((key, join(key, ext)) for ext in exts.get(datum, ()) if ext)
 
 
 def _keys_of(path: str, grouping: str) -> set[str]:
@@ -181,40 +233,3 @@ def _keys_of(path: str, grouping: str) -> set[str]:
         return {path}
     name = path.rfind("/") + 1
     return {path, split(path)[0], *(path[:i] for i in range(name + 1, len(path)) if path[i] == ".")}
-
-
-def _globbed(repo: Repo, pattern: str, files: list[str], tracked: dict[str, str]) -> tuple[set[str], set[str]]:
-    """The keys and folders a glob selects: the keys of the files, tracked keys and tracked
-    members' paths it matches, and the folders it matches above any of those. As in git, a
-    glob also matches the path it spells (the key ``br[1]``)."""
-    glob = KeyGlob(pattern)
-
-    def hit(path: str) -> bool:
-        return path == pattern or bool(glob.fullmatch(path))
-
-    grouping = repo.config.grouping
-    keys: set[str] = set()
-    folders: set[str] = set()
-    for path in files:
-        if hit(path):
-            keys |= _keys_of(path, grouping)
-    for key, path in _tracked_paths(repo, tracked):
-        if hit(path):
-            keys.add(key)
-    for path in (*files, *tracked):
-        at = path.rfind("/")
-        while at > 0 and path[:at] not in folders:
-            folders.add(path[:at])
-            at = path.rfind("/", 0, at)
-    return keys, {f + "/" for f in folders if hit(f)}
-
-
-def _tracked_paths(repo: Repo, tracked: dict[str, str]) -> Iterable[tuple[str, str]]:
-    """Each tracked key with its own name, and with the path of each of its members (a
-    member whose file was deleted has none in the work tree)."""
-    yield from ((k, k) for k in tracked)
-    if repo.config.grouping == "file":  # (the path of its one member is the key)
-        return
-    exts = repo.index.locations.extensions(set(tracked.values()))
-    for key, datum in tracked.items():
-        yield from ((key, join(key, ext)) for ext in exts.get(datum, ()) if ext)
