@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -205,7 +205,7 @@ class _Universe:
 
         files = self.files or []
         keys = {k for path in files if hit(path) for k in _keys_of(path, self.grouping)}
-        keys.update(key for key, path in self._tracked_paths() if hit(path))
+        keys.update(key for key, path in self.tracked_paths if hit(path))
         folders: set[str] = set()
         for path in (*files, *self.datums):
             at = path.rfind("/")
@@ -214,15 +214,15 @@ class _Universe:
                 at = path.rfind("/", 0, at)
         return keys, {f + "/" for f in folders if hit(f)}
 
-    def _tracked_paths(self) -> Iterator[tuple[str, str]]:
+    @cached_property
+    def tracked_paths(self) -> list[tuple[str, str]]:
         """Each tracked key with its own name, and with the path of each of its members (a
         member whose file was deleted has none in the work tree)."""
-        yield from ((k, k) for k in self.datums)
-        if self.grouping == "file":  # (the path of its one member is the key)
-            return
-        exts = self.repo.index.locations.extensions(set(self.datums.values()))
-        for key, datum in self.datums.items():
-            yield from ((key, join(key, ext)) for ext in exts.get(datum, ()) if ext)
+        found = [(k, k) for k in self.datums]
+        if self.grouping == "wds":  # (with grouping file, the path of a key's one member is the key)
+            exts = self.repo.index.locations.extensions(set(self.datums.values()))
+            found += [(key, join(key, ext)) for key, datum in self.datums.items() for ext in exts.get(datum, ()) if ext]
+        return found
 
 
 def _keys_of(path: str, grouping: str) -> set[str]:
