@@ -268,6 +268,8 @@ def test_dash_c_with_each_spelling(repo: Path, cli: Cli, tmp_path: Path) -> None
     outside("-C", "link/sub", "add", "*.jpg", "../b.txt")
     outside("-C", "work", "-C", "sub", "add", f"{repo}/x.jpg", "deep/")
     assert _staged(cli) == ["a", "b", "sub/c", "sub/deep/d", "sub/e", "x"]
+    outside("-C", "link", "add", f"{tmp_path}/link/y.*")  # an absolute glob through the link
+    assert _staged(cli) == ["a", "b", "sub/c", "sub/deep/d", "sub/e", "x", "y"]
     _one_line_error(outside("-C", "work/sub", "add", "../../elsewhere", ok=False), "outside the work tree")
 
 
