@@ -241,7 +241,8 @@ def status(paths: tuple[str, ...], as_json: bool, follow: bool) -> None:
             click.echo(title)
             _print_changes(changes)
     if not st.total and not st.staged:  # never "clean" while files are left out
-        left = f"but {len(st.notes)} left out (see the notes)" if st.notes else "work tree clean"
+        clean = "no change under the paths given" if paths else "work tree clean"
+        left = f"but {len(st.notes)} left out (see the notes)" if st.notes else clean
         click.echo(f"nothing to commit, {left}")
 
 

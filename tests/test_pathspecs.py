@@ -336,6 +336,9 @@ def test_status_and_diff_of_paths_show_only_those(repo: Path, cli: Cli) -> None:
     assert json.loads(sub("diff", "--json", "*.txt").output) == {"added": ["sub/new"], "modified": ["sub/c"], "deleted": []}
     assert sub("diff", "HEAD", "deep").output == "M\tsub/deep/d\n"
     assert "nothing to commit" not in sub("status", "..").output
+    assert sub("status", "../a.txt").output.endswith("modified: a\n")
+    (repo / "b.txt").write_bytes(FILES["b.txt"])
+    assert sub("status", "--", "../b.txt").output.splitlines()[-1] == "nothing to commit, no change under the paths given"
 
 
 def test_ls_of_paths_lists_the_keys_of_the_revision_they_select(repo: Path, cli: Cli) -> None:
