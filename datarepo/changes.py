@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 
@@ -18,6 +19,12 @@ class Changes:
 
     def keys(self) -> set[str]:
         return {*self.added, *self.modified, *self.deleted}
+
+    def only(self, keep: Container[str] | None) -> Changes:
+        """The changes of the keys in ``keep`` (None: of all)."""
+        if keep is None:
+            return self
+        return Changes(*([k for k in keys if k in keep] for keys in (self.added, self.modified, self.deleted)))
 
     def to_json(self) -> dict[str, list[str]]:
         return {"added": self.added, "modified": self.modified, "deleted": self.deleted}

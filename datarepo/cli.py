@@ -220,14 +220,15 @@ def init(path: str, bare: bool, grouping: str, shard_size: int | None) -> None:
 
 
 @main.command()
+@click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print {added, modified, deleted} keys against HEAD.")
 @click.option("--follow", is_flag=True, help="Read symlinks as the files they point to.")
-def status(as_json: bool, follow: bool) -> None:
-    """Show datums changed in the work tree and the staging area."""
+def status(paths: tuple[str, ...], as_json: bool, follow: bool) -> None:
+    """Show datums changed in the work tree and the staging area (under PATHS, if given)."""
     from datarepo.porcelain.stage import status as run
 
     repo = _repo()
-    st = run(repo, follow=follow)
+    st = run(repo, follow=follow, paths=list(paths))
     for note in st.notes:
         click.echo(f"note: {one_line(note)}", err=True)
     if as_json:
@@ -240,7 +241,8 @@ def status(as_json: bool, follow: bool) -> None:
             click.echo(title)
             _print_changes(changes)
     if not st.total and not st.staged:  # never "clean" while files are left out
-        left = f"but {len(st.notes)} left out (see the notes)" if st.notes else "work tree clean"
+        clean = "no change under the paths given" if paths else "work tree clean"
+        left = f"but {len(st.notes)} left out (see the notes)" if st.notes else clean
         click.echo(f"nothing to commit, {left}")
 
 
@@ -379,27 +381,31 @@ def show(rev: str, as_json: bool) -> None:
     _print_changes(changes)
 
 
-@main.command()
-@click.argument("a", required=False)
-@click.argument("b", required=False)
+class _PathsAfterDashes(click.Command):
+    """A command that takes revisions, then paths: what follows ``--`` is kept apart as
+    paths (``diff A B -- PATHS``), where click would take it as more of the arguments."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta["paths"] = args[at + 1 :]
+            args = args[:at]
+        return super().parse_args(ctx, args)
+
+
+@main.command(cls=_PathsAfterDashes)
+@click.argument("args", nargs=-1, metavar="[A [B]] [[--] PATHS]...")
 @click.option("--json", "as_json", is_flag=True, help="Print {added, modified, deleted} keys.")
 @click.option("--stat", is_flag=True, help="Only the counts.")
-def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
-    """Show keys that differ: A B (or A..B), A and the work tree, or HEAD and the work tree."""
-    from datarepo.porcelain.history import changes_of
-    from datarepo.porcelain.history import diff as run
-    from datarepo.porcelain.stage import diff_worktree
-    from datarepo.porcelain.stage import status as worktree_status
+@click.pass_context
+def diff(ctx: click.Context, args: tuple[str, ...], as_json: bool, stat: bool) -> None:
+    """Show keys that differ: A B (or A..B), A and the work tree, or HEAD and the work tree;
+    only those under PATHS, if given."""
+    from datarepo.porcelain.stage import diff as run
 
     repo = _repo()
-    if b is None and a is not None and (ends := _two_dots(a, "diff")) is not None:
-        a, b = ends
-    if b is None and (a is None or a == "HEAD"):
-        changes = worktree_status(repo).total
-    elif b is None:
-        changes = diff_worktree(repo, a)
-    else:
-        changes = changes_of(run(repo, a, b))
+    revs, paths = _revs_then_paths(repo, list(args), ctx.meta.get("paths"))
+    changes = run(repo, *revs, paths)
     if as_json:
         _json(changes.to_json())
     elif stat:
@@ -410,13 +416,62 @@ def diff(a: str | None, b: str | None, as_json: bool, stat: bool) -> None:
                 click.echo(f"{sign}\t{_quoted(key)}")
 
 
+def _revs_then_paths(repo: Any, args: list[str], after_dashes: list[str] | None,
+                     most: int = 2) -> tuple[tuple[str | None, str | None], list[str]]:
+    """git's reading of ``[REVS] [PATHS]``: the leading arguments that are revisions (at most
+    ``most``; A..B is two) are, and the rest are paths; before ``--``, each of those must be
+    in the work tree or be a glob, else the argument is refused as neither (a mistyped
+    revision), with what is wrong with it as a revision."""
+    from datarepo.errors import DataRepoError, InvalidInputError
+    from datarepo.pathspec import GLOB_CHARS
+
+    command = click.get_current_context().info_name or ""
+    revs: list[str] = []
+    paths: list[str] = []
+    for arg in args:
+        why = f"'{arg}' is not in the work tree"
+        if not paths:
+            try:
+                found = _as_revs(repo, arg, command)
+            except DataRepoError as e:
+                why = f"{one_line(str(e))}, nor a path in the work tree"
+            else:
+                if len(revs) + len(found) <= most:
+                    revs += found
+                    continue
+                why = f"'{arg}': {command} takes {'one revision' if most == 1 else 'at most two revisions'}"
+        if not (arg and os.path.lexists(arg) or any(c in arg for c in GLOB_CHARS)):
+            raise InvalidInputError(f"{why} (name a path that is not there after --)")
+        paths.append(arg)
+    a, b = (*revs, None, None)[:2]
+    return (a, b), paths + (after_dashes or [])
+
+
+def _as_revs(repo: Any, arg: str, command: str) -> list[str]:
+    """The revisions an argument names (A..B: two).
+
+    Raises:
+        DataRepoError: it names none (an existing path that holds ``...`` is no refused A...B).
+    """
+    from datarepo.errors import InvalidInputError
+
+    if arg == "HEAD":  # (also before the first commit: HEAD against the work tree)
+        return [arg]
+    if os.path.lexists(arg) and "..." in arg:
+        raise InvalidInputError(f"'{arg}' is a path")
+    revs = list(_two_dots(arg, command) or (arg,))
+    for rev in revs:
+        repo.resolve(rev)
+    return revs
+
+
 @main.command()
 @click.argument("rev", required=False)
 @click.option("-b", "new_branch", default=None, metavar="NAME", help="Create this branch at REV (default HEAD) and switch to it.")
 @click.option("-f", "--force", is_flag=True, help="Throw away uncommitted changes (files never added are kept).")
 def checkout(rev: str | None, new_branch: str | None, force: bool) -> None:
     """Make the work tree match REV (a branch, tag or commit)."""
-    from datarepo.errors import DirtyWorktreeError
+    from datarepo.errors import BadRevisionError, DirtyWorktreeError, InvalidInputError
     from datarepo.porcelain.checkout import checkout as run
 
     if rev is None and new_branch is None:
@@ -427,6 +482,10 @@ def checkout(rev: str | None, new_branch: str | None, force: bool) -> None:
             result = run(_repo(), rev, force=force, new_branch=new_branch, progress=bar)
         except DirtyWorktreeError as e:
             raise DirtyWorktreeError(f"{e} (use --force)") from None
+        except BadRevisionError:
+            if os.path.lexists(rev):  # (git's checkout also restores paths; this one does not)
+                raise InvalidInputError(f"'{rev}' is a path, not a revision: checkout takes a revision (it does not restore paths)") from None
+            raise
     where = f"branch {result.branch}" if result.branch else f"detached HEAD at {result.oid[:12]}"
     click.echo(f"Switched to {where} ({result.written} files written, {result.removed} removed)")
 
@@ -487,19 +546,22 @@ def tag(**kwargs: Any) -> None:
     _refs("refs/tags/", "tag", **kwargs)
 
 
-@main.command(name="ls")
-@click.argument("rev", default="HEAD")
+@main.command(name="ls", cls=_PathsAfterDashes)
+@click.argument("args", nargs=-1, metavar="[REV] [[--] PATHS]...")
 @click.option("--prefix", default="", help="Only keys starting with this.")
 @click.option("--glob", default=None, help="Only keys matching this glob (* ? [..] within a name, ** across names).")
 @click.option("-l", "--long", is_flag=True, help="Also the datum id and size.")
 @json_option
-def ls_command(rev: str, prefix: str, glob: str | None, long: bool, as_json: bool) -> None:
-    """List the keys of a revision."""
+@click.pass_context
+def ls_command(ctx: click.Context, args: tuple[str, ...], prefix: str, glob: str | None, long: bool, as_json: bool) -> None:
+    """List the keys of a revision (default HEAD; only those under PATHS, if given)."""
     from datarepo.porcelain.history import ls
 
+    repo = _repo()
+    (rev, _), paths = _revs_then_paths(repo, list(args), ctx.meta.get("paths"), most=1)
     # A page of the tree at a time, as one write: a listing of a million keys is not a
     # million calls to echo.
-    pages = ls(_repo(), rev, prefix, glob).columns()
+    pages = ls(repo, rev or "HEAD", prefix, glob, paths).columns()
     if as_json:
         _json_entries(pages)
         return

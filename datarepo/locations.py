@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from itertools import groupby
 from operator import itemgetter
 from pathlib import Path
@@ -146,6 +146,20 @@ class Locations:
             chunk = batch[i : i + 999]
             rows = self.index.db.execute(f"SELECT datum FROM location WHERE datum IN ({','.join('?' * len(chunk))})", chunk)
             found.update(r[0] for r in rows)
+        return found
+
+    def extensions(self, datums: Iterable[str]) -> dict[str, list[str]]:
+        """The member extensions of those of ``datums`` the cache places (a row that does
+        not parse is left out): a thousand datums a query, not one."""
+        found: dict[str, list[str]] = {}
+        batch = list(datums)
+        for i in range(0, len(batch), 999):
+            chunk = batch[i : i + 999]
+            query = f"SELECT datum, members FROM location WHERE datum IN ({','.join('?' * len(chunk))})"
+            with suppress(sqlite3.OperationalError):  # (text that is not UTF-8: a damaged row)
+                for datum, members in self.index.db.execute(query, chunk).fetchall():
+                    with suppress(ValueError, AttributeError):
+                        found[datum] = [m.ext for m in _parse_members(members)]
         return found
 
     def has_row(self, datum: str) -> bool:

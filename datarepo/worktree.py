@@ -144,7 +144,7 @@ class Scan:
 
     def raise_errors(self, within: list[str] | None = None) -> None:
         """Refuses, with the full list, the entries under ``within`` (work-tree paths, as
-        :func:`paths_within` gives them; None: all) whose contents cannot be known (a
+        :attr:`datarepo.pathspec.Pathspec.within` gives them; None: all) whose contents cannot be known (a
         directory or ignore file that cannot be read, a file that cannot be stat'ed), and
         those ``within`` names itself; the other entries that cannot be stored (a fifo, a
         name that is not UTF-8) become notes, as git passes them over. Entries elsewhere are
@@ -178,22 +178,6 @@ class BadEntriesError(InvalidInputError):
 def _overlap(path: str, other: str) -> bool:
     """Whether one of two work-tree paths ("": the root) lies in the other."""
     return not path or not other or path == other or other.startswith(path + "/") or path.startswith(other + "/")
-
-
-def paths_within(root: Path, paths: Iterable[str] | None) -> list[str] | None:
-    """Path arguments as work-tree paths ("" for the root); None for no arguments or the root."""
-    if not paths:
-        return None
-    found = []
-    for p in paths:
-        try:
-            rel = Path(os.path.abspath(p)).relative_to(root).as_posix()
-        except ValueError:  # outside the work tree: refused by the command itself
-            continue
-        if rel in ("", "."):
-            return None
-        found.append(rel)
-    return found
 
 
 # Up to this many keys in one directory, :meth:`Scan.files_of` searches the directory's names

@@ -202,7 +202,7 @@ def test_add_path_limits_what_is_staged(repo_with_commit, worktree: Path, cli) -
     cli("add", "train/cat")  # nothing left to stage there: not an error
     # a path that names nothing (a typo) is refused, as git refuses a pathspec that matches nothing
     result = cli("add", "train/cta", ok=False)
-    assert result.exit_code == 1 and "no file or tracked datum matches train/cta" in result.output
+    assert result.exit_code == 1 and "no file or tracked datum matches 'train/cta'" in result.output
     (worktree / "train/dog/0001.jpg").unlink()
     (worktree / "train/dog/0001.cls").unlink()
     cli("add", "train/dog/0001.jpg")  # gone from the work tree, but tracked: its deletion is staged
@@ -210,10 +210,10 @@ def test_add_path_limits_what_is_staged(repo_with_commit, worktree: Path, cli) -
 
 
 def test_path_arguments_select_the_keys_they_name_or_hold(worktree: Path, cli, monkeypatch) -> None:
-    """A file argument selects its key (the path, or the path up to one of its dots); a
-    directory argument, every key under it. The selection is looked up in sets, and must
-    agree with testing each key against each argument."""
-    from datarepo.porcelain.stage import key_filter
+    """A file argument selects its key (the path, or the path up to a dot of its name, never
+    of a folder's name); a directory argument, every key under it. The selection is looked up
+    in sets, and must agree with testing each key against each argument."""
+    from datarepo.pathspec import parse, select
 
     for rel in ["a/b.jpg", "a/b.x.png", "c/x.cls", "d.e/f.jpg", "g"]:
         (worktree / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -221,12 +221,13 @@ def test_path_arguments_select_the_keys_they_name_or_hold(worktree: Path, cli, m
     cli("init")
     monkeypatch.chdir(worktree)
     args = ["a/b.x.png", "c", "d.e/f.jpg", "g"]
-    selection = key_filter(Repo.open(worktree), args)
+    repo = Repo.open(worktree)
+    selection = select(repo, parse(worktree, args), [], dict)
     named = [a + "/" if (worktree / a).is_dir() else a for a in args]
     keys = ["a/b", "a/b.x", "a/bb", "a", "c/x", "c/y/z", "c", "cx/y", "d", "d.e/f", "d.e/g", "g", "g/h"]
-    expected = [k for k in keys if any(k.startswith(n) if n.endswith("/") else k == n or n.startswith(k + ".") for n in named)]
-    assert [k for k in keys if k in selection] == expected == ["a/b", "a/b.x", "c/x", "c/y/z", "d", "d.e/f", "g"]
-    assert key_filter(Repo.open(worktree), ["."]) is None
+    expected = [k for k in keys if any(k.startswith(n) if n.endswith("/") else k == n or n.startswith(k + ".") and "/" not in n[len(k):] for n in named)]
+    assert [k for k in keys if k in selection] == expected == ["a/b", "a/b.x", "c/x", "c/y/z", "d.e/f", "g"]
+    assert parse(worktree, ["."]) is None
 
 
 def test_ignore_file_and_never_added_dirs(worktree: Path, cli) -> None:

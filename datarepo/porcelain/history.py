@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import heapq
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import compress
 from typing import BinaryIO
 
 from datarepo import snapshot
@@ -14,6 +15,8 @@ from datarepo import tree as trees
 from datarepo.errors import BadRevisionError, CorruptObjectError, DataRepoError, InvalidInputError, ObjectNotFoundError
 from datarepo.hashing import Oid
 from datarepo.objects import Commit, TreeEntry
+from datarepo.pathspec import Selection as PathSelection
+from datarepo.pathspec import parse, select
 from datarepo.porcelain import Changes
 from datarepo.refs import BRANCHES, HEAD, REMOTES, TAGS, check_name
 from datarepo.repo import Repo
@@ -134,9 +137,33 @@ def show(repo: Repo, rev: str) -> tuple[Oid, Commit, Changes]:
     return oid, c, changes_of(parent.diff(trees.Tree(repo.store, c.tree, oid)))
 
 
-def ls(repo: Repo, rev: str = "HEAD", prefix: str = "", glob: str | None = None) -> trees.Selection:
-    """The entries of ``rev`` under ``prefix`` (and matching ``glob``), read as iterated."""
-    return repo.tree(rev).select(prefix=prefix, glob=glob)
+def ls(repo: Repo, rev: str = "HEAD", prefix: str = "", glob: str | None = None,
+       paths: list[str] | None = None) -> trees.Selection | Within:
+    """The entries of ``rev`` under ``prefix`` (and matching ``glob``, and selected by the
+    path arguments ``paths``: :mod:`datarepo.pathspec`), read as iterated."""
+    tree = repo.tree(rev)
+    entries = tree.select(prefix=prefix, glob=glob)
+    if not paths:
+        return entries
+    specs = parse(repo.require_worktree(), paths)
+    keep = select(repo, specs, None, lambda: {e.key: e.datum for e in tree.select()})
+    return entries if keep is None else Within(entries, keep)
+
+
+class Within:
+    """A tree's selection, of the keys path arguments select only."""
+
+    def __init__(self, entries: trees.Selection, keep: PathSelection) -> None:
+        self.entries, self.keep = entries, keep
+
+    def columns(self) -> Iterator[tuple[Sequence[str], Sequence[Oid], Sequence[int] | None]]:
+        """As :meth:`datarepo.tree.Selection.columns`."""
+        for columns in self.entries.columns():
+            chosen = [k in self.keep for k in columns[0]]
+            if all(chosen):
+                yield columns
+            elif any(chosen):
+                yield tuple(list(compress(c, chosen)) if c is not None else None for c in columns)  # type: ignore[misc]
 
 
 def resolve_member(repo: Repo, spec: str) -> tuple[TreeEntry, str | None]:

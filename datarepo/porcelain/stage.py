@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 
 from datarepo import executor, snapshot
 from datarepo import tree as trees
@@ -14,11 +12,12 @@ from datarepo.errors import InvalidInputError
 from datarepo.fsutil import WorktreePaths, prune_dirs, remove
 from datarepo.hashing import Oid
 from datarepo.objects import TreeEntry
-from datarepo.porcelain import Changes, Progress, compare, retain
+from datarepo.pathspec import Pathspec, Selection, parse, select
+from datarepo.porcelain import Changes, Progress, compare, history, retain
 from datarepo.repo import Repo
 from datarepo.statcache import write_base
 from datarepo.statcols import FileStat, StatColumns, StatRow
-from datarepo.worktree import Scan, group, left_out, member_path, paths_within, scan
+from datarepo.worktree import Scan, group, left_out, member_path, scan
 from datarepo.write import hash_datum, store_files
 
 
@@ -31,53 +30,13 @@ class Status:
     # How many keys were looked at again (their files changed since the last status): 0 when
     # the saved verdict stood; None when every key was (no status to start from).
     looked_at: int | None = None
+    files: list[str] = field(default_factory=list)  # the work-tree files it looked at
 
-
-def key_filter(repo: Repo, paths: list[str] | None) -> Selection | None:
-    """Turns path arguments into the keys they select (``None``: the whole tree)."""
-    if not paths:
-        return None
-    root = repo.require_worktree()
-    keys: set[str] = set()
-    dirs: set[str] = set()
-    for p in paths:
-        if not p:
-            raise InvalidInputError("an empty path names nothing (use . for the whole work tree)")
-        full = Path(os.path.abspath(p))
-        if not full.is_relative_to(root):  # named through a symbolic link to the work tree (or a folder above it)?
-            full = Path(os.path.realpath(full.parent)) / full.name
-        try:
-            rel = full.relative_to(root).as_posix()
-        except ValueError:
-            raise InvalidInputError(f"path is outside the work tree: {p}") from None
-        if rel in ("", "."):
-            return None
-        if full.is_dir():
-            dirs.add(rel + "/")
-        else:  # a file names its key: the path itself, or the path up to one of its dots
-            keys.add(rel)
-            keys.update(rel[:i] for i, ch in enumerate(rel) if ch == ".")
-    return Selection(frozenset(keys), frozenset(dirs))
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The keys that path arguments select: those a file names, and those under a directory.
-    Looked up in sets, so ``add`` of thousands of files (a shell glob) does not test every
-    key against every argument: 3,000 arguments over 10,000 keys took 3.4 s that way."""
-
-    keys: frozenset[str]
-    dirs: frozenset[str]  # each ends in "/"
-
-    def __contains__(self, key: str) -> bool:
-        if key in self.keys:
-            return True
-        at = key.find("/")
-        while at >= 0:
-            if key[: at + 1] in self.dirs:
-                return True
-            at = key.find("/", at + 1)
-        return False
+    def only(self, keep: Selection | None) -> Status:
+        """The status of the keys in ``keep`` (None: of all)."""
+        if keep is None:
+            return self
+        return Status(self.staged.only(keep), self.unstaged.only(keep), self.total.only(keep), self.notes, self.looked_at, self.files)
 
 
 def _selected(key: str, selection: Selection | None) -> bool:
@@ -203,19 +162,26 @@ def _verdict(head: dict[str, Oid], index: dict[str, Oid], now: dict[str, Oid]) -
     return Status(compare(head, index), compare(index, now), compare(head, now))
 
 
-def status(repo: Repo, follow: bool = False) -> Status:
-    """Compares HEAD, the staging area and the work tree.
+def status(repo: Repo, follow: bool = False, paths: list[str] | None = None) -> Status:
+    """Compares HEAD, the staging area and the work tree (the keys ``paths`` select, if given).
 
     Keys whose files have not changed since the last status keep the verdict
     the status snapshot holds for them; only the others are looked at again.
     """
+    specs = parse(repo.require_worktree(), paths or ())
+    result = _status(repo, follow)
+    return result.only(select(repo, specs, result.files, lambda: tracked(repo, with_head=True)))
+
+
+def _status(repo: Repo, follow: bool) -> Status:
     look = _look(repo, follow)
     keys = look.keys
     if keys is not None and not keys and look.snap is not None:
         old = look.snap.status
         if look.digest != look.snap.digest:  # files moved in the listing, no key changed: the next status need not look
             snapshot.save(repo, snapshot.token(repo, follow), look.found, old, look.digest)
-        return Status(*(snapshot.changes_from_json(old[n]) for n in _PARTS), look.found.notes + old["group_notes"], 0)
+        parts = (snapshot.changes_from_json(old[n]) for n in _PARTS)
+        return Status(*parts, look.found.notes + old["group_notes"], 0, look.found.names)
     files, cache = look.stat_view()
     root, read = repo.require_worktree(), StatColumns()
     now = {k: hash_datum(root, m, files, cache, read) for k, m in look.members.items() if keys is None or k in keys}
@@ -225,14 +191,37 @@ def status(repo: Repo, follow: bool = False) -> Status:
     head = head_datums(repo, keys)
     result = look.save(_verdict(head, index_datums(repo, head, keys), now), keys, read)
     result.looked_at = None if keys is None else len(keys)
+    result.files = look.found.names
     return result
 
 
-def diff_worktree(repo: Repo, rev: str) -> Changes:
+def diff(repo: Repo, a: str | None, b: str | None, paths: list[str] | None = None) -> Changes:
+    """The keys that differ (those ``paths`` select, if given): between revisions ``a`` and
+    ``b``; between ``a`` and the work tree; or (neither) between HEAD and the work tree."""
+    specs = parse(repo.require_worktree(), paths or ()) if paths else None
+    if b is not None:
+        changes = history.changes_of(history.diff(repo, a, b))
+        return changes.only(select(repo, specs, None, lambda: {**_datums(repo, a), **_datums(repo, b)}))
+    now = _status(repo, False)
+    changes = now.total if a in (None, "HEAD") else diff_worktree(repo, a, now)
+
+    def known() -> dict[str, Oid]:  # (the keys of HEAD, the staging area and ``a``)
+        return {**tracked(repo, with_head=True), **_datums(repo, a)}
+
+    return changes.only(select(repo, specs, now.files, known))
+
+
+def _datums(repo: Repo, rev: str | None) -> dict[str, Oid]:
+    """The datum of each key of ``rev``."""
+    tree = repo.tree_of(rev) if rev is not None else None
+    return {e.key: e.datum for e in trees.iter_tree(repo.store, tree)} if tree is not None else {}
+
+
+def diff_worktree(repo: Repo, rev: str, now: Status | None = None) -> Changes:
     """The keys that differ between ``rev`` and the work tree (``git diff REV``): those that
     differ between ``rev`` and HEAD, or between HEAD and the work tree, each compared again
     with its datum in the work tree (hashed through the stat cache) and in ``rev``."""
-    dirty = status(repo).total.keys()
+    dirty = (now or status(repo)).total.keys()
     base = repo.tree_of(rev)
     moved = {c.key: c for c in trees.diff_trees(repo.store, base, repo.tree_of(None)) if not repo.config.is_sparse(c.key)}
     keys = dirty | moved.keys()
@@ -269,23 +258,23 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     With a status snapshot, only keys whose files changed since it, or that it
     saw differ from the index, are looked at.
     """
-    prefixes = key_filter(repo, paths)
-    for p in paths or ():
-        _check_not_sparse(repo, p)
-        _check_not_left_out(repo, p)
+    specs = parse(repo.require_worktree(), paths or ())
+    for spec in specs or ():
+        _check_not_sparse(repo, spec)
+        _check_not_left_out(repo, spec)
     with repo.lock:
         if repo.forget_missing_shards():  # datums whose copy is gone or damaged: stored again from their files
             snapshot.drop(repo)
-        look = _look(repo, follow, with_unstaged=True, within=paths_within(repo.require_worktree(), paths))
+        look = _look(repo, follow, with_unstaged=True, within=_within(specs))
         keys, members = look.keys, look.members
         head = head_datums(repo, keys)
         index = index_datums(repo, head, keys)
+        prefixes = select(repo, specs, look.found.names, lambda: tracked(repo, with_head=True))
         if keys is not None:
             candidates: Iterable[str] = keys
         else:  # the members' keys, grouped from sorted paths, come nearly sorted: a quick sort, unlike a set's
             candidates = [*members, *((index.keys() | head.keys()) - members.keys())]
         chosen = sorted(candidates if prefixes is None else (k for k in candidates if _selected(k, prefixes)))
-        _check_matched(repo, paths, chosen)
         files, cache = look.stat_view()
         parent = repo.head()
         # The tree ``commit`` will write is built here where a stored tree is at hand to apply
@@ -327,32 +316,36 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     return AddResult(changes, len(stored.written), sum(stored.written.values()), stored.hashed, notes, looked_at)
 
 
-def _check_not_sparse(repo: Repo, path: str) -> None:
+def tracked(repo: Repo, with_head: bool = False) -> dict[str, Oid]:
+    """The datum of every tracked key: HEAD's overlaid with the staging area (and, ``with_head``,
+    HEAD's keys whose deletion is staged)."""
+    head = head_datums(repo)
+    index = index_datums(repo, head)
+    return {**head, **index} if with_head else index
+
+
+def _within(specs: list[Pathspec] | None) -> list[str] | None:
+    """The work-tree paths the arguments lie in (None: the whole tree)."""
+    within = [s.within for s in specs or ()]
+    return None if not within or "" in within else within
+
+
+def _check_not_sparse(repo: Repo, spec: Pathspec) -> None:
     """Refuses a path argument under a sparse prefix, where ``add`` does not look: it would
     stage nothing, and say nothing of it."""
-    named = key_filter(repo, [path])
-    for key in sorted((named.keys | named.dirs) if named is not None else ()):
-        if prefix := next((p for p in repo.config.sparse if key.startswith(p)), None):
-            raise InvalidInputError(
-                f"{path} is under the sparse prefix {prefix}, whose keys only ingest writes: add does not look there "
-                "(take the prefix out of core.sparse in .datarepo/config.toml to add files there)"
-            )
+    path = spec.within
+    if prefix := next((p for p in repo.config.sparse if (path + "/").startswith(p)), None):
+        raise InvalidInputError(
+            f"{spec.arg} is under the sparse prefix {prefix}, whose keys only ingest writes: add does not look there "
+            "(take the prefix out of core.sparse in .datarepo/config.toml to add files there)"
+        )
 
 
-def _check_not_left_out(repo: Repo, path: str) -> None:
+def _check_not_left_out(repo: Repo, spec: Pathspec) -> None:
     """Refuses, as git does, a path argument the scan passes over (ignored, or never
     added): add would stage nothing for it, or the deletion of its datum."""
-    root = repo.require_worktree()
-    if os.path.lexists(path) and (within := paths_within(root, [path])) and (why := left_out(root, within[0])):
-        raise InvalidInputError(f"{path} is {why}: add does not look at it (rm --cached stops tracking a datum)")
-
-
-def _check_matched(repo: Repo, paths: list[str] | None, chosen: list[str]) -> None:
-    """Refuses, as git's "pathspec did not match any files", a path argument that is not
-    in the work tree and names no datum to stage (a deletion)."""
-    for p in paths or ():
-        if not os.path.lexists(p) and not any(k in (key_filter(repo, [p]) or ()) for k in chosen):
-            raise InvalidInputError(f"no file or tracked datum matches {p}")
+    if spec.kind in ("file", "dir") and (why := left_out(repo.require_worktree(), spec.path)):
+        raise InvalidInputError(f"{spec.arg} is {why}: add does not look at it (rm --cached stops tracking a datum)")
 
 
 def _empty(repo: Repo, cache: dict[str, StatRow]) -> bool:
@@ -390,13 +383,14 @@ def rm(repo: Repo, paths: list[str], cached: bool = False, force: bool = False) 
     datum differ from HEAD's (their content exists nowhere else, or only in the staging
     area), unless ``force``.
     """
-    prefixes = key_filter(repo, paths)
     root = repo.require_worktree()
+    specs = parse(root, paths)
     now = None if cached or force else status(repo)
     with repo.lock:
         head = head_datums(repo)
         index = index_datums(repo, head)
-        keys = sorted(k for k in index if _selected(k, prefixes))
+        selection = select(repo, specs, None, lambda: index)
+        keys = sorted(k for k in index if _selected(k, selection))
         if not keys:
             raise InvalidInputError(f"no tracked datum matches {' '.join(paths)}")
         if not cached:  # the files, then the directories that leaves empty, as git rm does
