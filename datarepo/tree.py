@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import xxhash
 
 from datarepo.errors import CorruptObjectError, InvalidInputError, ObjectNotFoundError
+from datarepo.fsutil import batched
 from datarepo.hashing import OID_LEN, Oid, is_hex
 from datarepo.objects import PAGE_HEAD, PAGE_TAIL, PageRef, RepoObject, TreeEntry, TreePage, json_string
 from datarepo.objects import Tree as Root
@@ -117,9 +118,10 @@ def apply_changes(store: Store, base: Oid | None, changes: dict[str, Row | None]
     if not all(map(_same_key, changes.items())):
         key, entry = next(item for item in changes.items() if not _same_key(item))
         raise InvalidInputError(f"the change of key {key!r:.80} gives an entry of key {entry[0]!r:.80}")  # type: ignore[index]
-    if base is not None:
-        return update_tree(store, base, changes)
-    return write_tree(store, sorted(filter(None, changes.values()), key=_KEY))
+    with batched(store.fs):  # (its pages made durable together: a million keys are a thousand pages)
+        if base is not None:
+            return update_tree(store, base, changes)
+        return write_tree(store, sorted(filter(None, changes.values()), key=_KEY))
 
 
 def build_tree(item: tuple[str, Oid | None, list[tuple[str, Oid | None, int]]]) -> Oid:
