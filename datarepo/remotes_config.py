@@ -66,8 +66,7 @@ def _config(repo: Repo, create: bool = False, validate: bool = True) -> Any:
         raise RemoteError("remotes need DVC: pip install 'datarepo[remote]'") from None
     folder = dvc_dir(repo)
     if create and not folder.exists():
-        folder.mkdir()
-        (folder / ".gitignore").write_text("/config.local\n")  # as dvc init: credentials stay out of git
+        _dvc_init(folder)
     for name in ("config", "config.local"):  # (DVC would wait for ever on a FIFO there)
         with contextlib.suppress(OSError):
             if not stat.S_ISREG(os.stat(folder / name).st_mode):
@@ -78,6 +77,17 @@ def _config(repo: Repo, create: bool = False, validate: bool = True) -> Any:
         raise RemoteError(f"DVC's config files: {_one_line(e)}") from None
     except Exception as e:  # dvc.config.ConfigError and what its schema raises
         raise RemoteError(f"{folder.name}/config: {_one_line(e)}") from None
+
+
+def _dvc_init(folder: Path) -> None:
+    """Makes ``.dvc`` as ``dvc init`` would, so that DVC's own commands work in the folder:
+    its ``.gitignore`` keeps credentials, DVC's cache and its temporary files out of git,
+    and outside a git repository the config says so (``dvc init --no-scm``: else every
+    ``dvc`` command there fails with "not a git repository")."""
+    folder.mkdir()
+    (folder / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
+    if not any((above / ".git").exists() for above in (folder.parent, *folder.parent.parents)):
+        (folder / "config").write_text("[core]\n    no_scm = True\n")
 
 
 @contextmanager

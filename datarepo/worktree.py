@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from datarepo import executor
 from datarepo.errors import InvalidInputError
 from datarepo.keys import (  # noqa: F401 (check_key: re-exported)
+    GIT,
     IGNORE_FILE,
     MAX_KEY_BYTES,
     MAX_KEY_PARTS,
@@ -369,7 +370,7 @@ def left_out(root: Path, rel: str) -> str | None:
         where = "" if i == len(parts) - 1 else f"in {here}/, which is "
         if where and (root / here).is_symlink():
             return f"{where}a symbolic link (a scan never goes through one to a folder)"
-        if name == IGNORE_FILE or name in NEVER_ADDED and (is_dir or i == 0):
+        if name in (IGNORE_FILE, GIT) or name in NEVER_ADDED and (is_dir or i == 0):
             return f"{where}never added"
         ignore = root / base / IGNORE_FILE
         if ignore.is_file() and not ignore.is_symlink():
@@ -429,6 +430,8 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
                     stack.append((sub, rules))
             elif (stat := _classify_other(entry, rel_dir + entry.name, result, follow)) is not None:
                 followed.append((rel_dir + entry.name, stat))
+        if GIT in regular:  # a submodule's or a git work tree's pointer to its git folder: git's, not data
+            regular.remove(GIT)
         if regular:
             listed.append((rel_dir, regular))
     result.names = [rel_dir + name for rel_dir, names in listed for name in names]
