@@ -401,11 +401,13 @@ def iter_tar(f: BinaryIO, name: str = "<tar>", passed_over: list[str] | None = N
             passed_over.append(entry.name)
 
 
-def iter_entries(f: BinaryIO, name: str = "<tar>") -> Iterator[TarEntry]:
+def iter_entries(f: BinaryIO, name: str = "<tar>", unended: list[int] | None = None) -> Iterator[TarEntry]:
     """Yields every member of a ustar, PAX, GNU, old GNU or v7 tar (their extended headers
     applied: long names and link targets, PAX sizes, the GNU sparse formats) without
     reading a member's data. ``f`` must be seekable. Anything malformed raises
-    CorruptObjectError naming ``name``."""
+    CorruptObjectError naming ``name``. With ``unended``, a tar that stops after a member,
+    without the zero blocks that end an archive, ends there (as GNU tar, tarfile and
+    WebDataset read it) and ``unended`` gets the place; else it is truncated."""
     pos = 0
     pax: dict[str, str] = {}
     long_name: str | None = None
@@ -413,6 +415,11 @@ def iter_entries(f: BinaryIO, name: str = "<tar>") -> Iterator[TarEntry]:
     while True:
         f.seek(pos)
         block = f.read(BLOCK)
+        if not block and pos and unended is not None and not pax and long_name is None and long_link is None:
+            unended.append(pos)
+            return
+        if not block and not pos:
+            raise CorruptObjectError(name, "an empty file")
         if len(block) < BLOCK:
             raise CorruptObjectError(name, f"truncated tar at byte {pos}")
         if block == bytes(BLOCK):

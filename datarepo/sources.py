@@ -251,7 +251,8 @@ def _tar_files(f: BinaryIO, path: Path, notes: list[str]) -> dict[str, TarEntry]
     files: dict[str, TarEntry] = {}
     passed_over: dict[str, list[str]] = {}
     twice: list[str] = []
-    for entry in iter_entries(f, str(path)):
+    unended: list[int] = []
+    for entry in iter_entries(f, str(path), unended):
         name = _plain(entry.name)
         if entry.kind == b"1":  # a hard link: the bytes of the file it names, which came before
             target = files.get(_plain(entry.link))
@@ -269,6 +270,8 @@ def _tar_files(f: BinaryIO, path: Path, notes: list[str]) -> dict[str, TarEntry]
     for why, names in passed_over.items():
         more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
         notes.append(f"skipped {path}: member {names[0]!r}{more}: {why}")
+    if unended:
+        notes.append(f"{path} ends at byte {unended[0]} without the zero blocks that end a tar: read as ending there (a copy cut short?)")
     if twice:
         more = f" (and {len(twice) - 1} more)" if len(twice) > 1 else ""
         notes.append(f"{path}: member {twice[0]!r}{more} comes more than once: the last one is taken, as tar x leaves it")

@@ -210,6 +210,26 @@ def test_a_name_twice_is_its_last_member_as_tar_x_leaves_it(tmp_path: Path, cli:
     assert f"note: {tar}: member 'a.txt' comes more than once: the last one is taken, as tar x leaves it" in out
 
 
+def test_a_tar_without_its_end_blocks_is_read_to_its_end_with_a_note(tmp_path: Path, cli: Cli) -> None:
+    """GNU tar, tarfile and WebDataset read a tar that stops after a member (a writer that
+    was not closed): the ingest refused it as truncated. An empty file is no tar."""
+    tar = tmp_path / "x.tar"
+    with tarfile.open(tar, "w") as tf:
+        info = tarfile.TarInfo("a.txt")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"abc"))
+    tar.write_bytes(tar.read_bytes()[:1024])
+    assert run("tar", "tf", tar).stdout == "a.txt\n"
+    cli("init")
+    got, out = ingested(cli, tmp_path, tar)
+    assert got == {"a.txt": b"abc"}
+    assert f"note: {tar} ends at byte 1024 without the zero blocks that end a tar" in out
+    (tmp_path / "empty.tar").write_bytes(b"")
+    result = cli("ingest", str(tmp_path / "empty.tar"), "--prefix", "p", ok=False)
+    assert result.exit_code == 1 and result.output == f"Error: {tmp_path}/empty.tar: not a readable tar (an empty file)\n"
+    assert cli("ls", "HEAD").output.split() == ["p/a"]
+
+
 def test_what_is_no_file_is_skipped_with_a_note_naming_it(tmp_path: Path, cli: Cli) -> None:
     tar = tmp_path / "x.tar"
     with tarfile.open(tar, "w") as tf:
