@@ -182,21 +182,31 @@ def _uncompressed(path: Path, tmpdir: Path) -> Iterator[Path]:
     if kind is None:
         yield path
         return
-    import zstandard
-
     tmpdir.mkdir(exist_ok=True)
     fd, tmp = make_temp(tmpdir, ".tar")
+    try:
+        _unpack(kind, path, fd)
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _unpack(kind: str, path: Path, fd: int) -> None:
+    """Writes the tar that ``path`` holds compressed by ``kind`` to ``fd``; InvalidInputError
+    if its data is not what ``kind`` reads."""
+    import lzma
+    import zlib
+
+    import zstandard
+
     try:
         with open(fd, "wb") as out, _decompressor(kind, path) as stream:
             while chunk := stream.read(CHUNK):
                 out.write(chunk)
-        yield tmp
-    except (OSError, EOFError, ValueError, zstandard.ZstdError) as e:
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as e:
         if isinstance(e, OSError) and e.errno is not None:  # (the disk's error, not the data's)
             raise
         raise InvalidInputError(f"{path}: not a readable {kind} file ({e!s:.80})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _decompressor(kind: str, path: Path) -> BinaryIO:

@@ -5,6 +5,7 @@ Everything here runs the real tools."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import subprocess
@@ -149,6 +150,9 @@ def test_a_compressed_tar_ingests_as_the_plain_one(tmp_path: Path, cli: Cli, kin
         ("x.zip", b"PK\x03\x04", ["cannot ingest", "only tars are read"]),
         ("x.tar.gz", b"\x1f\x8b\x08\x00 cut short", ["x.tar.gz: not a readable gzip file"]),
         ("x.tar.zst", b"\x28\xb5\x2f\xfd junk", ["x.tar.zst: not a readable zstd file"]),
+        ("x.tar.xz", b"\xfd7zXZ\x00 junk", ["x.tar.xz: not a readable lzma file"]),
+        ("x.tar.bz2", b"BZh9 junk", ["x.tar.bz2: not a readable bz2 file"]),
+        ("x.tgz", gzip.compress(b"x" * 100)[:12] + b"\xff" * 40, ["x.tgz: not a readable gzip file"]),
     ],
 )
 def test_a_compression_not_read_or_broken_is_one_line(tmp_path: Path, cli: Cli, name: str, raw: bytes, words: list[str]) -> None:
@@ -159,6 +163,17 @@ def test_a_compression_not_read_or_broken_is_one_line(tmp_path: Path, cli: Cli, 
     assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
     assert all(w in lines[0] for w in words), lines[0]
     assert cli("log").output == "" and not any((cli.cwd / ".datarepo/tmp").glob("*"))
+
+
+def test_a_bad_member_in_a_compressed_tar_is_named(tmp_path: Path, cli: Cli) -> None:
+    """The tar's errors are the tar's, not the compression's."""
+    tar = tmp_path / "x.tar"
+    with tarfile.open(tar, "w") as tf:
+        tf.addfile(tarfile.TarInfo("a/../b.txt"), io.BytesIO(b""))
+    packed = _compress(tar, "gzip", tmp_path / "x.tar.gz")
+    cli("init")
+    result = cli("ingest", str(packed), "--prefix", "p", ok=False)
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {packed}: member 'a/../b.txt': invalid key"), result.output
 
 
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
