@@ -40,8 +40,11 @@ class _Run:
     remembered: dict[str, str] = field(default_factory=dict)
     follow: bool = False  # a folder's symlinks: read as the files they point to
 
-    def stored(self, datum: Oid) -> bool:
-        return datum in self.sink.written or bool(self.repo.stored([datum]))
+    def all_stored(self, datums: list[Oid]) -> bool:
+        """Whether some shard holds each of ``datums``: asked of the index at once (one by one,
+        the replay of an unchanged tar of 30,000 datums took 6 s, twice its first ingest)."""
+        missing = set(datums).difference(self.sink.written)
+        return not missing or len(self.repo.stored(missing)) == len(missing)
 
 
 def _check_message(message: str | None) -> None:
@@ -247,7 +250,7 @@ def _remembered_file(run: _Run, path: Path) -> Iterator[NewDatum | tuple[TreeEnt
     memo = _memo(run.repo.index.get_meta(name))
     if memo is not None:
         saved_stat, entries = memo
-        if trusted(saved_stat, file_stat(st)) and all(run.stored(e.datum) for e in entries):
+        if trusted(saved_stat, file_stat(st)) and run.all_stored([e.datum for e in entries]):
             run.reused_files += 1
             where = str(path)
             yield from ((e, where) for e in entries)
