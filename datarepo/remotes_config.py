@@ -44,8 +44,20 @@ class RemoteFS(NamedTuple):
 
 
 def dvc_dir(repo: Repo) -> Path:
-    """The ``.dvc`` folder beside the work tree (for a bare repository, in its folder)."""
-    return (repo.worktree if repo.worktree is not None else repo.dotdir) / DVC_DIR
+    """The ``.dvc`` folder of the DVC project the work tree is in, found as DVC finds it (the
+    nearest folder up from the work tree that holds one, within its file system), so that
+    ``dvc remote list`` there lists the same remotes; else the one to make beside the work
+    tree. (One made in a folder of a DVC project would make that folder a project of its
+    own, whose files the enclosing project's ``dvc status`` no longer sees.) A bare
+    repository's is in its folder."""
+    if repo.worktree is None:
+        return repo.dotdir / DVC_DIR
+    for folder in (repo.worktree, *repo.worktree.parents):
+        if (folder / DVC_DIR).is_dir():
+            return folder / DVC_DIR
+        if os.path.ismount(folder):
+            break
+    return repo.worktree / DVC_DIR
 
 
 def check_remote_name(name: str) -> str:

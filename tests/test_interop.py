@@ -402,6 +402,27 @@ def test_dvc_works_in_a_work_tree_whose_remotes_datarepo_made(tmp_path: Path, wo
     assert set((worktree / ".dvc/.gitignore").read_text().split()) == {"/config.local", "/tmp", "/cache"}
 
 
+def test_a_work_tree_in_a_folder_of_a_dvc_project_shares_its_config(tmp_path: Path, cli: Cli) -> None:
+    """``remote add`` made a .dvc of the work tree's own: DVC took the folder for a project
+    of its own, and the enclosing project's ``dvc status`` no longer saw its .dvc files."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    run("git", "init", "-q", ".", cwd=project)
+    run("dvc", "init", "-q", cwd=project)
+    (project / "data/x.csv").write_text("1\n")
+    run("dvc", "add", "-q", "data/x.csv", cwd=project)
+    work = Cli(project / "data")
+    work("init")
+    work("add", ".")
+    work("commit", "-m", "x")
+    work("remote", "add", "origin", str(tmp_path / "remote"), "-d")
+    assert not (project / "data/.dvc").exists() and "origin" in (project / ".dvc/config").read_text()
+    assert "origin" in run("dvc", "remote", "list", cwd=project / "data").stdout
+    work("push")
+    (project / "data/x.csv").write_text("2\n")
+    assert "modified:" in run("dvc", "status", cwd=project).stdout  # DVC still sees its file
+
+
 def test_datarepo_in_a_git_and_dvc_project(tmp_path: Path, worktree: Path, cli: Cli) -> None:
     """In a project where git and DVC were there first: DVC's cache and state are not data,
     its pointer files and .dvcignore are; remote add keeps DVC's own remotes and settings;
