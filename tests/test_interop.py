@@ -358,6 +358,30 @@ def test_a_repository_inside_git_keeps_out_of_it(worktree: Path, cli: Cli) -> No
     assert "0 leftover files" in cli("gc").output
 
 
+def test_a_repository_inside_a_folder_dvc_tracks_keeps_out_of_it(tmp_path: Path, cli: Cli) -> None:
+    """``dvc add`` of a folder holding a work tree cached the repository's shards, index and
+    refs, and ``dvc checkout`` put the refs of then back: the commits since were off the
+    branch. The repository's folder holds a .dvcignore of '*'."""
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    run("git", "init", "-q", ".", cwd=project)
+    run("dvc", "init", "-q", cwd=project)
+    work = Cli(project / "data")
+    work("init")
+    (project / "data/a.txt").write_text("1")
+    work("add", ".")
+    work("commit", "-m", "one")
+    run("dvc", "add", "-q", "data", cwd=project)
+    assert "nfiles: 1\n" in (project / "data.dvc").read_text()
+    (project / "data/a.txt").write_text("2")
+    work("add", ".")
+    work("commit", "-m", "two")
+    run("dvc", "checkout", "-f", "data", cwd=project)
+    assert (project / "data/a.txt").read_text() == "1"
+    assert [line.split(maxsplit=1)[1] for line in work("log", "--oneline").output.splitlines()] == ["two", "one"]
+    assert "0 problems" in work("fsck").output
+
+
 def test_git_files_in_the_work_tree(tmp_path: Path, worktree: Path, cli: Cli) -> None:
     """.gitignore is not read (what git ignores is often the very data, as DVC puts its data
     there): it is a file like others. No .git, folder or file, at any depth, is data: a
