@@ -267,7 +267,8 @@ def _tar_files(f: BinaryIO, path: Path, notes: list[str]) -> dict[str, TarEntry]
         if entry.kind == b"1":  # a hard link: the bytes of the file it names, which came before
             target = files.get(_plain(entry.link))
             if target is None:
-                passed_over.setdefault(f"a hard link to {_plain(entry.link)!r}, which the tar does not hold before it", []).append(name)
+                why = f"a hard link to {_plain(entry.link)!r}, which the tar does not hold before it"
+                passed_over.setdefault(why, []).append(name)
                 continue
             entry = target
         elif entry.kind not in REGULAR_KINDS and entry.kind != b"S":
@@ -281,7 +282,9 @@ def _tar_files(f: BinaryIO, path: Path, notes: list[str]) -> dict[str, TarEntry]
         more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
         notes.append(f"skipped {path}: member {names[0]!r}{more}: {why}")
     if unended:
-        notes.append(f"{path} ends at byte {unended[0]} without the zero blocks that end a tar: read as ending there (a copy cut short?)")
+        notes.append(
+            f"{path} ends at byte {unended[0]} without the zero blocks that end a tar: read as ending there (a copy cut short?)"
+        )
     if twice:
         more = f" (and {len(twice) - 1} more)" if len(twice) > 1 else ""
         notes.append(f"{path}: member {twice[0]!r}{more} comes more than once: the last one is taken, as tar x leaves it")
