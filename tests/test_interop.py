@@ -119,9 +119,17 @@ def test_a_sparse_tar_ingests_whole(tmp_path: Path, cli: Cli, fmt: str) -> None:
     assert got == files_under(src) and "note" not in out
 
 
-def _compress(tar: Path, tool: str, dest: Path) -> Path:
-    with open(dest, "wb") as out:
-        subprocess.run([tool, "-c", str(tar)], stdout=out, check=True)
+def _compress(tar: Path, kind: str, dest: Path) -> Path:
+    """``tar`` compressed as the tool ``kind`` does it (by Python's modules of the same
+    formats, so the tools need not be installed)."""
+    import bz2
+    import lzma
+
+    import zstandard
+
+    raw = tar.read_bytes()
+    packers = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress, "zstd": zstandard.compress}
+    dest.write_bytes(packers[kind](raw))
     return dest
 
 
