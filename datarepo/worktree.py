@@ -383,6 +383,44 @@ def left_out(root: Path, rel: str) -> str | None:
     return None
 
 
+class PassedOver:
+    """Whether a scan passes over a file (:func:`left_out`), for many files, each folder's
+    ignore file read once: what a scan never sees is the user's, and checkout leaves it
+    alone, as git leaves ignored files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._folders: dict[str, Rules | None] = {"": self._with_file((), "")}
+
+    def __call__(self, rel: str) -> bool:
+        rel_dir, _, name = rel.rpartition("/")
+        rules = self._folder(rel_dir)
+        if rules is None or name in (IGNORE_FILE, GIT) or not rel_dir and name in NEVER_ADDED:
+            return True
+        return bool(rules) and ignored(rules, rel, False)
+
+    def _folder(self, rel_dir: str) -> Rules | None:
+        """The rules within a folder; None where a scan passes over the folder."""
+        if rel_dir not in self._folders:
+            parent, _, name = rel_dir.rpartition("/")
+            above = self._folder(parent)
+            path = self.root / rel_dir
+            if above is None or name in NEVER_ADDED or path.is_symlink() or above and ignored(above, rel_dir, True):
+                self._folders[rel_dir] = None
+            else:
+                self._folders[rel_dir] = self._with_file(above, rel_dir + "/")
+        return self._folders[rel_dir]
+
+    def _with_file(self, rules: Rules, base: str) -> Rules:
+        ignore = self.root / base / IGNORE_FILE
+        if ignore.is_file() and not ignore.is_symlink():
+            try:
+                return (*rules, (base, parse_ignore(ignore.read_bytes(), base + IGNORE_FILE)))
+            except (OSError, InvalidInputError):
+                pass  # (what the scan then reports)
+        return rules
+
+
 def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), with_stats: bool = True) -> Scan:
     """Lists regular files under ``root`` with their (size, mtime_ns, inode).
 

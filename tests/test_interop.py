@@ -390,6 +390,32 @@ def test_a_repository_inside_a_folder_dvc_tracks_keeps_out_of_it(tmp_path: Path,
     assert "0 problems" in work("fsck").output
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_checkout_keeps_ignored_files_that_share_a_datum_s_name(worktree: Path, cli: Cli, force: bool) -> None:
+    """DVC's pointer ``x.csv.dvc`` (or ``x.jpg.tmp``) is a member of ``x`` by its name. Left
+    out by .datarepoignore, status never saw it, and a checkout that moved ``x`` deleted it."""
+    cli("init")
+    (worktree / ".datarepoignore").write_text("*.dvc\n*.tmp\n")
+    (worktree / "d").mkdir()
+    (worktree / "d/x.csv").write_text("1")
+    (worktree / "d/y.csv").write_text("y")
+    cli("add", ".")
+    cli("commit", "-m", "one")
+    (worktree / "d/x.csv").write_text("2")
+    (worktree / "d/y.csv").unlink()
+    cli("add", ".")
+    cli("commit", "-m", "two")
+    kept = {"d/x.csv.dvc": "outs: ...", "d/x.jpg.tmp": "scratch", "d/y.txt.tmp": "scratch of y"}
+    for rel, text in kept.items():
+        (worktree / rel).write_text(text)
+    assert "work tree clean" in cli("status").output
+    cli("checkout", *(["-f"] if force else []), "HEAD~1")
+    assert (worktree / "d/x.csv").read_text() == "1" and (worktree / "d/y.csv").read_text() == "y"
+    cli("checkout", *(["-f"] if force else []), "main")
+    assert not (worktree / "d/y.csv").exists()
+    assert {rel: (worktree / rel).read_text() for rel in kept} == kept
+
+
 def test_git_files_in_the_work_tree(tmp_path: Path, worktree: Path, cli: Cli) -> None:
     """.gitignore is not read (what git ignores is often the very data, as DVC puts its data
     there): it is a file like others. No .git, folder or file, at any depth, is data: a
