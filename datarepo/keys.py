@@ -34,6 +34,7 @@ FILE_NO_EXT = "bin"
 # Names a work tree never holds as data: what ``add`` passes over, so no key may write there.
 RESERVED_DIRS = frozenset({".git", ".dvc", ".datarepo"})
 IGNORE_FILE = ".datarepoignore"
+GIT = ".git"
 
 
 def split(path: str, grouping: str = "wds") -> tuple[str, str]:
@@ -122,11 +123,13 @@ def check_prefix(prefix: str) -> str:
 def check_path(path: str) -> str:
     """Returns ``path`` if a member's file may be written there in a work tree (or read from
     one), else raises InvalidInputError: :func:`check_key`, and not a file the repository
-    keeps to itself (``.datarepo``, ``.git``, ``.dvc`` at the top, ``.datarepoignore``)."""
+    keeps to itself (``.datarepo``, ``.git``, ``.dvc`` at the top, ``.datarepoignore``), nor
+    a ``.git`` file below it: git takes a folder holding one for a repository whose git
+    folder it names, so git never writes one from its data either."""
     reason = _bad_key(path)
     name = path[path.rfind("/") + 1 :]
-    if reason is None and (name == IGNORE_FILE or (name == path and name in RESERVED_DIRS)):
-        reason = f"{name} is the repository's own name"
+    if reason is None and (name == IGNORE_FILE or name == GIT or (name == path and name in RESERVED_DIRS)):
+        reason = f"{name} is the repository's own name" if name != GIT else "a .git file is git's, not data"
     if reason is not None:
         raise InvalidInputError(f"invalid path {path!r}: {reason}")
     return path

@@ -44,8 +44,20 @@ class RemoteFS(NamedTuple):
 
 
 def dvc_dir(repo: Repo) -> Path:
-    """The ``.dvc`` folder beside the work tree (for a bare repository, in its folder)."""
-    return (repo.worktree if repo.worktree is not None else repo.dotdir) / DVC_DIR
+    """The ``.dvc`` folder of the DVC project the work tree is in, found as DVC finds it (the
+    nearest folder up from the work tree that holds one, within its file system), so that
+    ``dvc remote list`` there lists the same remotes; else the one to make beside the work
+    tree. (One made in a folder of a DVC project would make that folder a project of its
+    own, whose files the enclosing project's ``dvc status`` no longer sees.) A bare
+    repository's is in its folder."""
+    if repo.worktree is None:
+        return repo.dotdir / DVC_DIR
+    for folder in (repo.worktree, *repo.worktree.parents):
+        if (folder / DVC_DIR).is_dir():
+            return folder / DVC_DIR
+        if os.path.ismount(folder):
+            break
+    return repo.worktree / DVC_DIR
 
 
 def check_remote_name(name: str) -> str:
@@ -66,8 +78,7 @@ def _config(repo: Repo, create: bool = False, validate: bool = True) -> Any:
         raise RemoteError("remotes need DVC: pip install 'datarepo[remote]'") from None
     folder = dvc_dir(repo)
     if create and not folder.exists():
-        folder.mkdir()
-        (folder / ".gitignore").write_text("/config.local\n")  # as dvc init: credentials stay out of git
+        _dvc_init(folder)
     for name in ("config", "config.local"):  # (DVC would wait for ever on a FIFO there)
         with contextlib.suppress(OSError):
             if not stat.S_ISREG(os.stat(folder / name).st_mode):
@@ -78,6 +89,17 @@ def _config(repo: Repo, create: bool = False, validate: bool = True) -> Any:
         raise RemoteError(f"DVC's config files: {_one_line(e)}") from None
     except Exception as e:  # dvc.config.ConfigError and what its schema raises
         raise RemoteError(f"{folder.name}/config: {_one_line(e)}") from None
+
+
+def _dvc_init(folder: Path) -> None:
+    """Makes ``.dvc`` as ``dvc init`` would, so that DVC's own commands work in the folder:
+    its ``.gitignore`` keeps credentials, DVC's cache and its temporary files out of git,
+    and outside a git repository the config says so (``dvc init --no-scm``: else every
+    ``dvc`` command there fails with "not a git repository")."""
+    folder.mkdir()
+    (folder / ".gitignore").write_text("/config.local\n/tmp\n/cache\n")
+    if not any((above / ".git").exists() for above in (folder.parent, *folder.parent.parents)):
+        (folder / "config").write_text("[core]\n    no_scm = True\n")
 
 
 @contextmanager

@@ -79,6 +79,11 @@ class Repo:
         for sub in ("objects", "shards", "refs/heads", "refs/tags", "refs/runs"):
             (dotdir / sub).mkdir(parents=True, exist_ok=True)
         atomic_write(dotdir / "HEAD", b"ref: refs/heads/main\n", mode=0o644)  # before the config that makes it a repository
+        # As a virtual environment does: the folder keeps itself out of a git repository or
+        # DVC project around it, so that `git add .` or `dvc add` of the work tree does not
+        # take in the shards (nor `dvc checkout` put back old refs).
+        for ignore in (".gitignore", ".dvcignore"):
+            atomic_write(dotdir / ignore, b"*\n", mode=0o644)
         cfg.save(dotdir / "config.toml")
         return cls(dotdir, None if bare else path)
 

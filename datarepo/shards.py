@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 from zlib import adler32 as _adler32
 
 import xxhash
@@ -62,7 +62,64 @@ class FileRange(NamedTuple):
         return f
 
 
-MemberData = bytes | FileRange
+class SparseRange(NamedTuple):
+    """The bytes of a sparse tar member (``tar -S``), left on disk until written: ``size``
+    bytes, zeros but for ``regions`` (offset, length), which its ``stored`` bytes at
+    ``offset`` in the tar fill in order. Read as a FileRange is, through :meth:`open`."""
+
+    path: Path
+    offset: int
+    size: int
+    regions: tuple[tuple[int, int], ...]
+    oid: Oid | None = None
+
+    def open(self) -> BinaryIO:
+        return _SparseReader(self)  # type: ignore[return-value]
+
+
+class _SparseReader(io.RawIOBase):
+    """A sparse member's bytes, holes as zeros, read front to back."""
+
+    def __init__(self, span: SparseRange) -> None:
+        self.size = span.size
+        self.file = open(span.path, "rb")
+        self.pos = 0  # in the member
+        self.next = 0  # the first region not read to its end
+        self.places: list[tuple[int, int, int]] = []  # (start, end, where its bytes lie in the tar) of each region
+        at = span.offset
+        for start, length in span.regions:
+            self.places.append((start, start + length, at))
+            at += length
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer)[: max(0, self.size - self.pos)]
+        done = 0
+        while done < len(view):
+            while self.next < len(self.places) and self.places[self.next][1] <= self.pos:
+                self.next += 1
+            region = self.places[self.next] if self.next < len(self.places) else None
+            if region is None or self.pos < region[0]:  # in a hole: zeros up to the next region
+                n = min((region[0] if region else self.size) - self.pos, len(view) - done)
+                view[done : done + n] = bytes(n)
+            else:
+                start, end, at = region
+                n = min(end - self.pos, len(view) - done)
+                self.file.seek(at + self.pos - start)
+                n = self.file.readinto(view[done : done + n]) or 0
+                if not n:  # a truncated tar: the reader sees too few bytes
+                    break
+            done, self.pos = done + n, self.pos + n
+        return done
+
+    def close(self) -> None:
+        self.file.close()
+        super().close()
+
+
+MemberData = bytes | FileRange | SparseRange
 
 
 class MemberLoc(NamedTuple):
@@ -311,22 +368,58 @@ class TarMember(NamedTuple):
     size: int
 
 
+class TarEntry(NamedTuple):
+    """A member of a tar as :func:`iter_entries` finds it: its type flag (``b"0"`` a file,
+    ``b"1"`` a hard link, ``b"5"`` a folder, …), its name, where its stored bytes lie, a
+    link's target, and for a sparse file (``tar -S``) its size and the ``(offset, length)``
+    regions its stored bytes fill, zeros elsewhere."""
+
+    kind: bytes
+    name: str
+    offset: int
+    size: int
+    link: str = ""
+    sparse: tuple[int, tuple[tuple[int, int], ...]] | None = None
+
+
+REGULAR_KINDS = (b"0", b"\x00", b"7")  # a file (old and new flags) and a contiguous file, which is a file
 # The largest PAX or GNU long-name header read: a name and a few numbers, far below this.
 MAX_EXTENDED_HEADER = 1 << 20
 
 
 def iter_tar(f: BinaryIO, name: str = "<tar>", passed_over: list[str] | None = None) -> Iterator[TarMember]:
-    """Yields the regular members of a ustar/PAX/GNU tar without reading their data; the
-    names of the others, but for directories (links, devices, fifos), go to ``passed_over``.
+    """Yields the plain regular members of a ustar/PAX/GNU tar without reading their data;
+    the names of the others, but for folders (links, devices, fifos, sparse files), go to
+    ``passed_over``.
 
     ``f`` must be seekable. Anything malformed raises CorruptObjectError.
     """
+    for entry in iter_entries(f, name):
+        if entry.kind in REGULAR_KINDS and entry.sparse is None:
+            yield TarMember(entry.name, entry.offset, entry.size)
+        elif passed_over is not None and entry.kind not in (b"5", b"D"):
+            passed_over.append(entry.name)
+
+
+def iter_entries(f: BinaryIO, name: str = "<tar>", unended: list[int] | None = None) -> Iterator[TarEntry]:
+    """Yields every member of a ustar, PAX, GNU, old GNU or v7 tar (their extended headers
+    applied: long names and link targets, PAX sizes, the GNU sparse formats) without
+    reading a member's data. ``f`` must be seekable. Anything malformed raises
+    CorruptObjectError naming ``name``. With ``unended``, a tar that stops after a member,
+    without the zero blocks that end an archive, ends there (as GNU tar, tarfile and
+    WebDataset read it) and ``unended`` gets the place; else it is truncated."""
     pos = 0
-    pax_path: str | None = None
-    pax_size: int | None = None
+    pax: dict[str, str] = {}
+    long_name: str | None = None
+    long_link: str | None = None
     while True:
         f.seek(pos)
         block = f.read(BLOCK)
+        if not block and pos and unended is not None and not pax and long_name is None and long_link is None:
+            unended.append(pos)
+            return
+        if not block and not pos:
+            raise CorruptObjectError(name, "an empty file")
         if len(block) < BLOCK:
             raise CorruptObjectError(name, f"truncated tar at byte {pos}")
         if block == bytes(BLOCK):
@@ -335,38 +428,131 @@ def iter_tar(f: BinaryIO, name: str = "<tar>", passed_over: list[str] | None = N
         kind = block[156:157]
         size = octal_field(block[124:136], name, pos)
         data = pos + BLOCK
-        if kind in (b"x", b"L"):
-            if size > MAX_EXTENDED_HEADER:  # (read whole: a size a hostile tar claims is never allocated)
-                raise CorruptObjectError(name, f"an extended header of {size} bytes at byte {pos}")
-            f.seek(data)
-            payload = f.read(size)
-            if len(payload) < size:
-                raise CorruptObjectError(name, f"truncated tar at byte {data}")
-            if kind == b"L":
-                pax_path = payload.rstrip(b"\x00").decode("utf-8", "surrogateescape")
+        if kind in (b"x", b"L", b"K"):
+            payload = _extended(f, data, size, name, pos)
+            if kind == b"x":
+                pax.update(pax_records(payload, name, pos))
+            elif kind == b"L":
+                long_name = payload.rstrip(b"\x00").decode("utf-8", "surrogateescape")
             else:
-                records = pax_records(payload, name, pos)
-                pax_path = records.get("path", pax_path)
-                if "size" in records:
-                    pax_size = _int(records["size"], name, pos)
-        elif kind in (b"0", b"\x00", b"7"):
-            if pax_size is not None:
-                size = pax_size
-            yield TarMember(pax_path or ustar_name(block), data, size)
-            pax_path = pax_size = None
-        elif kind in (b"g", b"K"):  # PAX global records; a GNU long link target (of a link, passed over)
-            pass
-        else:
-            if passed_over is not None and kind != b"5":
-                passed_over.append(pax_path or ustar_name(block))
-            pax_path = pax_size = None
+                long_link = payload.rstrip(b"\x00").decode("utf-8", "surrogateescape")
+        elif kind != b"g":  # (a PAX global header: nothing read here depends on it)
+            if "size" in pax:
+                size = _int(pax["size"], name, pos)
+            end = data + size + padding(size)
+            member = pax.get("path") or long_name or ustar_name(block)
+            link = pax.get("linkpath") or long_link or _text(block[157:257])
+            sparse = None
+            if kind == b"\x00" and member.endswith("/"):  # a v7 folder
+                kind = b"5"
+            elif kind == b"S":  # GNU sparse: its map in the header and extension blocks before the data
+                sparse, data = _gnu_sparse(f, block, data, name, pos)
+                end = data + size + padding(size)
+            elif kind in REGULAR_KINDS and any(k.startswith("GNU.sparse.") for k in pax):
+                member = pax.get("GNU.sparse.name", member)
+                sparse, data, size = _pax_sparse(f, pax, data, size, name, pos)
+            if sparse is not None:
+                _check_map(sparse, size, name, pos)
+            yield TarEntry(kind, member, data, size, link, sparse)
+            pax, long_name, long_link = {}, None, None
+            pos = end
+            continue
         pos = data + size + padding(size)
+
+
+def _extended(f: BinaryIO, data: int, size: int, name: str, pos: int) -> bytes:
+    """The payload of a PAX or GNU long-name header (read whole: a size a hostile tar
+    claims is never allocated)."""
+    if size > MAX_EXTENDED_HEADER:
+        raise CorruptObjectError(name, f"an extended header of {size} bytes at byte {pos}")
+    f.seek(data)
+    payload = f.read(size)
+    if len(payload) < size:
+        raise CorruptObjectError(name, f"truncated tar at byte {data}")
+    return payload
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _gnu_sparse(f: BinaryIO, block: bytes, data: int, name: str, pos: int) -> tuple[tuple[int, tuple[tuple[int, int], ...]], int]:
+    """An old GNU sparse member's (real size, regions) and where its data starts: 4 regions
+    in the header, 21 in each extension block that follows while the last says there are more."""
+    regions = _gnu_regions(block[386:482], name, pos)
+    extended = block[482]
+    while extended:
+        f.seek(data)
+        more = f.read(BLOCK)
+        if len(more) < BLOCK:
+            raise CorruptObjectError(name, f"truncated tar at byte {data}")
+        regions += _gnu_regions(more[:504], name, data)
+        extended, data = more[504], data + BLOCK
+        if len(regions) > MAX_EXTENDED_HEADER:
+            raise CorruptObjectError(name, f"a sparse map of over {MAX_EXTENDED_HEADER} regions at byte {pos}")
+    return (octal_field(block[483:495], name, pos), tuple(regions)), data
+
+
+def _gnu_regions(fields: bytes, name: str, pos: int) -> list[tuple[int, int]]:
+    regions = []
+    for i in range(0, len(fields), 24):
+        if not fields[i : i + 24].strip(b"\x00"):
+            break
+        regions.append((octal_field(fields[i : i + 12], name, pos), octal_field(fields[i + 12 : i + 24], name, pos)))
+    return regions
+
+
+def _pax_sparse(
+    f: BinaryIO, pax: dict[str, str], data: int, size: int, name: str, pos: int
+) -> tuple[tuple[int, tuple[tuple[int, int], ...]], int, int]:
+    """A PAX sparse member's (real size, regions), where its data starts and how long it is:
+    format 1.0 puts the map in decimal lines before the data, 0.1 in ``GNU.sparse.map``."""
+    real = pax.get("GNU.sparse.realsize", pax.get("GNU.sparse.size"))
+    if real is None:
+        raise CorruptObjectError(name, f"a sparse member without its size at byte {pos}")
+    if pax.get("GNU.sparse.major") == "1":
+        numbers, used = _map_lines(f, data, size, name, pos)
+        skip = used + padding(used)
+        data, size = data + skip, size - skip
+    elif "GNU.sparse.map" in pax:
+        numbers = [_int(n, name, pos) for n in pax["GNU.sparse.map"].split(",")] if pax["GNU.sparse.map"] else []
+    else:  # 0.0: one record per region under the same names, which only its writer reads in order
+        raise CorruptObjectError(name, f"a sparse member in GNU's first PAX format (0.0) at byte {pos}")
+    if len(numbers) % 2:
+        raise CorruptObjectError(name, f"bad sparse map at byte {pos}")
+    regions = tuple(zip(numbers[0::2], numbers[1::2], strict=True))
+    return (_int(real, name, pos), regions), data, size
+
+
+def _map_lines(f: BinaryIO, data: int, size: int, name: str, pos: int) -> tuple[list[int], int]:
+    """The numbers of a sparse map in format 1.0 (a count, then an offset and a length per
+    region, a line each) and the bytes they took."""
+    f.seek(data)
+    text = f.read(min(size, MAX_EXTENDED_HEADER))
+    lines = text.split(b"\n")
+    count = _int(lines[0].decode("ascii", "replace"), name, pos) if len(lines) > 1 else -1
+    if count < 0 or len(lines) < 2 * count + 2:
+        raise CorruptObjectError(name, f"bad sparse map at byte {pos}")
+    numbers = [_int(line.decode("ascii", "replace"), name, pos) for line in lines[1 : 2 * count + 1]]
+    return numbers, sum(len(line) + 1 for line in lines[: 2 * count + 1])
+
+
+def _check_map(sparse: tuple[int, tuple[tuple[int, int], ...]], stored: int, name: str, pos: int) -> None:
+    """The regions of a sparse member lie in order within its size and hold its stored bytes."""
+    real, regions = sparse
+    end = 0
+    for offset, length in regions:
+        if offset < end or offset + length > real:
+            raise CorruptObjectError(name, f"bad sparse map at byte {pos}")
+        end = offset + length
+    if sum(length for _, length in regions) != stored:
+        raise CorruptObjectError(name, f"a sparse map that does not match its data at byte {pos}")
 
 
 def ustar_name(block: bytes) -> str:
     """A ustar header block's member name (its prefix field joined on, if any)."""
     name = block[0:100].split(b"\x00", 1)[0]
-    if block[257:262] == b"ustar":
+    if block[257:263] == b"ustar\x00":  # (GNU's "ustar  " headers keep times and sparse maps there)
         prefix = block[345:500].split(b"\x00", 1)[0]
         if prefix:
             name = prefix + b"/" + name

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib
 import io
 import json
 import math
@@ -14,16 +15,34 @@ import os
 import re
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from datarepo.errors import CorruptObjectError, InvalidInputError
-from datarepo.hashing import Oid, datum_id, hash_bytes
+from datarepo.fsutil import make_temp
+from datarepo.hashing import CHUNK, Oid, datum_id, hash_bytes
 from datarepo.keys import check_member, split_member
-from datarepo.shards import LARGE_FILE, FileRange, MemberData, iter_tar, member_hash, member_size
+from datarepo.shards import (
+    LARGE_FILE,
+    REGULAR_KINDS,
+    FileRange,
+    MemberData,
+    SparseRange,
+    TarEntry,
+    iter_entries,
+    member_hash,
+    member_size,
+)
 
-TAR_SUFFIXES = (".tar",)
+# Tars, plain or compressed (a compressed one is known by its first bytes, whatever its name).
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".tzst")
+_TAR_TEXT = ".tar, or compressed: .tar.gz, .tgz, .tar.bz2, .tar.xz, .tar.zst"
+# Other compressed files: a tar compressed by a tool whose format is not read here, or a
+# compressed file that is not named a tar.
+UNREAD_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".lz", ".lzma", ".Z", ".zip", ".7z", ".rar")
+_COMPRESSED_TEXT = f"of compressed files, only tars are read ({_TAR_TEXT})"
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 # The longest JSON line (a datum) read, with its newline: a line is held whole while it is
 # decoded, so a stream with no newline (``< /dev/zero``) must end in an error, not in all
@@ -134,65 +153,172 @@ class _WaitingReader(io.RawIOBase):
             return len(data)
 
 
-def read_file(path: Path, notes: list[str]) -> Iterator[NewDatum]:
-    """The datums of a tar or JSON-lines file, by its suffix."""
+def read_file(path: Path, notes: list[str], tmpdir: Path) -> Iterator[NewDatum]:
+    """The datums of a tar (compressed or not) or JSON-lines file, by its suffix; a
+    compressed tar is unpacked into a temporary file in ``tmpdir`` while it is read."""
     if path.name.endswith(JSONL_SUFFIXES):
         with open(path, "rb") as f:
             yield from read_jsonl(f, str(path))
     elif path.name.endswith(TAR_SUFFIXES):
-        yield from read_tar(path, notes)
+        with _uncompressed(path, tmpdir) as tar:
+            yield from read_tar(path, notes, tar)
+    elif path.name.endswith(UNREAD_SUFFIXES):
+        raise InvalidInputError(f"cannot ingest {path}: {_COMPRESSED_TEXT}")
     else:
-        raise InvalidInputError(f"cannot ingest {path}: expected a folder, a .tar shard or a .jsonl file")
+        raise InvalidInputError(f"cannot ingest {path}: expected a folder, a tar shard ({_TAR_TEXT}) or a .jsonl file")
 
 
-def read_tar(path: Path, notes: list[str]) -> Iterator[NewDatum]:
-    """Groups consecutive tar members with the same key into datums, as WebDataset does
-    (:func:`datarepo.keys.split_member`). Members that are not regular files (links,
-    devices, fifos) are passed over with a note."""
-    key: str | None = None
-    members: dict[str, MemberData] = {}
-    hashes: dict[str, Oid] = {}
-    passed_over: list[str] = []
-    first = ""
+# A tar's compression, by its first bytes: what to open it with.
+_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "lzma", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+@contextmanager
+def _uncompressed(path: Path, tmpdir: Path) -> Iterator[Path]:
+    """``path``, or where a compressed tar is unpacked: found by its first bytes, as
+    WebDataset's ``tarfile.open(mode="r|*")`` finds it, whatever its suffix."""
     with open(path, "rb") as f:
+        head = f.read(6)
+    kind = next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
+    if kind is None:
+        yield path
+        return
+    tmpdir.mkdir(exist_ok=True)
+    fd, tmp = make_temp(tmpdir, ".tar")
+    try:
+        _unpack(kind, path, fd)
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _unpack(kind: str, path: Path, fd: int) -> None:
+    """Writes the tar that ``path`` holds compressed by ``kind`` to ``fd``; InvalidInputError
+    if its data is not what ``kind`` reads."""
+    import lzma
+    import zlib
+
+    import zstandard
+
+    try:
+        with open(fd, "wb") as out, _decompressor(kind, path) as stream:
+            while chunk := stream.read(CHUNK):
+                out.write(chunk)
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zstandard.ZstdError) as e:
+        if isinstance(e, OSError) and e.errno is not None:  # (the disk's error, not the data's)
+            raise
+        raise InvalidInputError(f"{path}: not a readable {kind} file ({e!s:.80})") from None
+
+
+def _decompressor(kind: str, path: Path) -> BinaryIO:
+    if kind == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)  # type: ignore[return-value]
+    module = importlib.import_module(kind)
+    return module.open(path, "rb")  # type: ignore[no-any-return]
+
+
+def read_tar(path: Path, notes: list[str], tar: Path | None = None) -> Iterator[NewDatum]:
+    """The datums of the tar ``path`` (whose bytes are in ``tar``, if unpacked there). Its
+    regular members with the same key (up to their basename's first dot) form one datum, as
+    WebDataset groups consecutive ones, here wherever they lie (``tar cf`` of a folder
+    writes them in the order the folder lists them); a hard link is the member it links
+    to, a sparse member its whole bytes; a name that comes twice is its last member, as
+    ``tar x`` leaves it. Members that are not files (symlinks, devices, fifos) are passed
+    over with a note, folders silently."""
+    tar = tar or path
+    with open(tar, "rb") as f:
         try:
-            for m in iter_tar(f, str(path), passed_over):
-                name = m.name.removeprefix("./")
-                k, ext = split_member(name)
-                try:
-                    check_member(k, ext)
-                except InvalidInputError as e:
-                    raise InvalidInputError(f"{path}: member {name!r}: {e}") from None
-                if k != key and members:
-                    yield NewDatum(key, members, hashes, first)  # type: ignore[arg-type]
-                    members, hashes = {}, {}
-                if k != key:
-                    key, first = k, f"{path} member {name}"
-                if ext in members:
-                    raise InvalidInputError(f"{path}: member {name} appears twice in one sample")
-                members[ext], hashes[ext] = _member(f, path, m.offset, m.size)
+            files = _tar_files(f, path, notes)
         except CorruptObjectError as e:  # the tar is the user's input, not a stored object
             raise InvalidInputError(f"{path}: not a readable tar ({e.reason})") from None
-    if members:
-        yield NewDatum(key, members, hashes, first)  # type: ignore[arg-type]
-    if passed_over:
-        more = f" (and {len(passed_over) - 1} more)" if len(passed_over) > 1 else ""
-        notes.append(f"skipped {path}: member {passed_over[0]!r}{more} is not a regular file (a link, device or fifo)")
+        datums: dict[str, dict[str, TarEntry]] = {}
+        for name, entry in files.items():
+            key, ext = split_member(name)
+            try:
+                check_member(key, ext)
+            except InvalidInputError as e:
+                raise InvalidInputError(f"{path}: member {name!r}: {e}") from None
+            datums.setdefault(key, {})[ext] = entry
+        for key, entries in datums.items():
+            members: dict[str, MemberData] = {}
+            hashes: dict[str, Oid] = {}
+            for ext, entry in entries.items():
+                members[ext], hashes[ext] = _member(f, path, tar, entry)
+            yield NewDatum(key, members, hashes, f"{path} member {_name(key, next(iter(entries)))}")
 
 
-def _member(f: BinaryIO, path: Path, offset: int, size: int) -> tuple[MemberData, Oid]:
-    if size > LARGE_FILE:
-        span = FileRange(path, offset, size)
-        try:
-            oid = member_hash(span)
-        except CorruptObjectError:
-            raise InvalidInputError(f"{path}: truncated member at byte {offset}") from None
-        return span._replace(oid=oid), oid
-    f.seek(offset)
-    data = f.read(size)
-    if len(data) != size:
-        raise InvalidInputError(f"{path}: truncated member at byte {offset}")
-    return data, hash_bytes(data)
+def _name(key: str, ext: str) -> str:
+    return f"{key}.{ext}" if ext else key
+
+
+_KIND_NAMES = {b"2": "a symlink", b"3": "a device", b"4": "a device", b"6": "a fifo"}
+
+
+def _tar_files(f: BinaryIO, path: Path, notes: list[str]) -> dict[str, TarEntry]:
+    """The files of a tar by name (a leading ``./`` dropped), in the order they first come;
+    notes for what is passed over."""
+    files: dict[str, TarEntry] = {}
+    passed_over: dict[str, list[str]] = {}
+    twice: list[str] = []
+    unended: list[int] = []
+    for entry in iter_entries(f, str(path), unended):
+        name = _plain(entry.name)
+        if entry.kind == b"1":  # a hard link: the bytes of the file it names, which came before
+            target = files.get(_plain(entry.link))
+            if target is None:
+                why = f"a hard link to {_plain(entry.link)!r}, which the tar does not hold before it"
+                passed_over.setdefault(why, []).append(name)
+                continue
+            entry = target
+        elif entry.kind not in REGULAR_KINDS and entry.kind != b"S":
+            if entry.kind not in (b"5", b"D"):  # (folders, GNU's incremental ones too)
+                passed_over.setdefault(_KIND_NAMES.get(entry.kind, "not a file"), []).append(name)
+            continue
+        if name in files:
+            twice.append(name)
+        files[name] = entry
+    for why, names in passed_over.items():
+        more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+        notes.append(f"skipped {path}: member {names[0]!r}{more}: {why}")
+    if unended:
+        notes.append(
+            f"{path} ends at byte {unended[0]} without the zero blocks that end a tar: read as ending there (a copy cut short?)"
+        )
+    if twice:
+        more = f" (and {len(twice) - 1} more)" if len(twice) > 1 else ""
+        notes.append(f"{path}: member {twice[0]!r}{more} comes more than once: the last one is taken, as tar x leaves it")
+    return files
+
+
+def _plain(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def _member(f: BinaryIO, path: Path, tar: Path, entry: TarEntry) -> tuple[MemberData, Oid]:
+    """A member's bytes (a range of the tar, for a large one) and their hash."""
+    if entry.sparse is None and entry.size <= LARGE_FILE:
+        f.seek(entry.offset)
+        raw = f.read(entry.size)
+    else:
+        span: FileRange | SparseRange
+        if entry.sparse is None:
+            span = FileRange(tar, entry.offset, entry.size)
+        else:
+            span = SparseRange(tar, entry.offset, *entry.sparse)
+        if span.size > LARGE_FILE:
+            try:
+                oid = member_hash(span)
+            except CorruptObjectError:
+                raise InvalidInputError(f"{path}: truncated member at byte {entry.offset}") from None
+            return span._replace(oid=oid), oid
+        with span.open() as stream:  # a small sparse file: its bytes, holes and all
+            raw = stream.read(span.size)
+    if len(raw) != (entry.sparse[0] if entry.sparse else entry.size):
+        raise InvalidInputError(f"{path}: truncated member at byte {entry.offset}")
+    return raw, hash_bytes(raw)
 
 
 def read_jsonl(stream: BinaryIO, name: str) -> Iterator[NewDatum]:

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 from datarepo import executor
 from datarepo.errors import InvalidInputError
 from datarepo.keys import (  # noqa: F401 (check_key: re-exported)
+    GIT,
     IGNORE_FILE,
     MAX_KEY_BYTES,
     MAX_KEY_PARTS,
@@ -353,7 +354,7 @@ def left_out(root: Path, rel: str) -> str | None:
         where = "" if i == len(parts) - 1 else f"in {here}/, which is "
         if where and (root / here).is_symlink():
             return f"{where}a symbolic link (a scan never goes through one to a folder)"
-        if name == IGNORE_FILE or name in NEVER_ADDED and (is_dir or i == 0):
+        if name in (IGNORE_FILE, GIT) or name in NEVER_ADDED and (is_dir or i == 0):
             return f"{where}never added"
         ignore = root / base / IGNORE_FILE
         if ignore.is_file() and not ignore.is_symlink():
@@ -364,6 +365,44 @@ def left_out(root: Path, rel: str) -> str | None:
         if rules and ignored(rules, here, is_dir):
             return f"{where}ignored by a {IGNORE_FILE} pattern"
     return None
+
+
+class PassedOver:
+    """Whether a scan passes over a file (:func:`left_out`), for many files, each folder's
+    ignore file read once: what a scan never sees is the user's, and checkout leaves it
+    alone, as git leaves ignored files."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._folders: dict[str, Rules | None] = {"": self._with_file((), "")}
+
+    def __call__(self, rel: str) -> bool:
+        rel_dir, _, name = rel.rpartition("/")
+        rules = self._folder(rel_dir)
+        if rules is None or name in (IGNORE_FILE, GIT) or not rel_dir and name in NEVER_ADDED:
+            return True
+        return bool(rules) and ignored(rules, rel, False)
+
+    def _folder(self, rel_dir: str) -> Rules | None:
+        """The rules within a folder; None where a scan passes over the folder."""
+        if rel_dir not in self._folders:
+            parent, _, name = rel_dir.rpartition("/")
+            above = self._folder(parent)
+            path = self.root / rel_dir
+            if above is None or name in NEVER_ADDED or path.is_symlink() or above and ignored(above, rel_dir, True):
+                self._folders[rel_dir] = None
+            else:
+                self._folders[rel_dir] = self._with_file(above, rel_dir + "/")
+        return self._folders[rel_dir]
+
+    def _with_file(self, rules: Rules, base: str) -> Rules:
+        ignore = self.root / base / IGNORE_FILE
+        if ignore.is_file() and not ignore.is_symlink():
+            try:
+                return (*rules, (base, parse_ignore(ignore.read_bytes(), base + IGNORE_FILE)))
+            except (OSError, InvalidInputError):
+                pass  # (what the scan then reports)
+        return rules
 
 
 def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), with_stats: bool = True) -> Scan:
@@ -413,6 +452,8 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
                     stack.append((sub, rules))
             elif (stat := _classify_other(entry, rel_dir + entry.name, result, follow)) is not None:
                 followed.append((rel_dir + entry.name, stat))
+        if GIT in regular:  # a submodule's or a git work tree's pointer to its git folder: git's, not data
+            regular.remove(GIT)
         if regular:
             listed.append((rel_dir, regular))
     result.names = [rel_dir + name for rel_dir, names in listed for name in names]

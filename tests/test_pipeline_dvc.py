@@ -34,13 +34,14 @@ def test_dvc_repro_and_dag_drive_the_pipelines(worktree: Path, cli: Cli) -> None
     write_pipeline(worktree, "reverse.py", REVERSE)
     cli("export-dvc", "-o", "dvc.yaml")
     stages = (worktree / "dvc.yaml").read_text()
-    assert "cmd: mkdir -p .datarepo-dvc && datarepo run upper --json" in stages
+    assert "cmd: mkdir -p .datarepo-dvc && echo '*' > .datarepo-dvc/.datarepoignore && datarepo run upper --json" in stages
     dvc(worktree, "init", "--no-scm", "-q")
 
     out = dvc(worktree, "repro")
     assert out.index("Running stage 'upper'") < out.index("Running stage 'reverse'")
     assert report(worktree, "upper")["processed"] == 20 and report(worktree, "reverse")["processed"] == 20
     assert '"upper" -> "reverse"' in dvc(worktree, "dag", "--dot").replace("\t", "")
+    assert ".datarepo-dvc" not in cli("status").output  # DVC's outputs, not data
 
     (worktree / "raw/a/001.txt").write_text("changed")
     commit_raw(cli, "change one")

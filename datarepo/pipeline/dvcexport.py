@@ -2,7 +2,8 @@
 
 One stage per pipeline, in DAG order. Its command runs the one pipeline and writes the
 run's JSON report to ``.datarepo-dvc/NAME.json``, the stage's output (not cached by DVC:
-the data stays in datarepo). Its dependencies are the pipeline's file (and the files it
+the data stays in datarepo; nor versioned by datarepo: the folder's ``.datarepoignore``
+leaves it out). Its dependencies are the pipeline's file (and the files it
 declares it depends on), the branch's ref file (it moves with every commit, so DVC calls
 the stage again when the input may have changed; datarepo then computes only what did),
 and the reports of the pipelines it reads from: so ``dvc dag`` draws the same DAG and
@@ -21,6 +22,9 @@ from datarepo.pipeline.spec import load_specs
 from datarepo.repo import Repo
 
 REPORTS = ".datarepo-dvc"
+# The reports' folder ignores itself, as the repository's own folder does for git: they are
+# DVC's outputs, not data, and a run (every `dvc repro`) changes them.
+_MAKE_REPORTS = f"mkdir -p {REPORTS} && echo '*' > {REPORTS}/.datarepoignore"
 
 
 def dvc_yaml(repo: Repo, folder: str | Path | None = None) -> str:
@@ -41,7 +45,7 @@ def dvc_yaml(repo: Repo, folder: str | Path | None = None) -> str:
         deps = files + [ref] + [f"{REPORTS}/{u}.json" for u in edges[spec.name]]
         lines += [
             f"  {spec.name}:",
-            f"    cmd: mkdir -p {REPORTS} && datarepo run {spec.name}{option} --json > {REPORTS}/{spec.name}.json",
+            f"    cmd: {_MAKE_REPORTS} && datarepo run {spec.name}{option} --json > {REPORTS}/{spec.name}.json",
             "    deps:",
             *[f"      - {json.dumps(d)}" for d in deps],
             "    outs:",

@@ -24,7 +24,7 @@ from datarepo.repo import Repo
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData, copy_member
 from datarepo.statcols import FileStat, file_stat
 from datarepo.store import check_datum, datum_members
-from datarepo.worktree import file_and_dir, member_path, split_path
+from datarepo.worktree import PassedOver, file_and_dir, member_path, split_path
 
 # Where checkout writes each file before renaming it into place (below the repository's
 # folder, so that a killed checkout leaves nothing in the work tree; the next one removes it).
@@ -218,14 +218,18 @@ def _remove_stale(root: Path, exts: dict[str, list[str]], grouping: str) -> int:
     """Removes the files of each key's members that its new datum does not have (all of
     them, for a key the revision lacks), then the directories that leaves empty. Each
     directory is listed once, not once a key: a checkout of 10,000 keys in one directory
-    took 1 min 43 s to remove their 20,000 files, listing it again for every key."""
+    took 1 min 43 s to remove their 20,000 files, listing it again for every key. A file
+    the ignore files leave out is kept, as git keeps ignored files: its name made it a
+    member of the key (``x.jpg.tmp`` of ``x``, DVC's ``x.csv.dvc``), and a checkout that
+    moved ``x`` deleted it."""
+    passed_over = PassedOver(root)
     count = 0
     emptied: set[Path] = set()
     by_stem: dict[str, dict[str, list[str]]] = {}  # a directory's files, by the key stem they begin with
     for key, keep in exts.items():
         if grouping == "file":
             path = root / key
-            if not keep and path.is_file():
+            if not keep and path.is_file() and not passed_over(key):
                 remove(path)
                 emptied.add(path.parent)
                 count += 1
@@ -234,9 +238,10 @@ def _remove_stale(root: Path, exts: dict[str, list[str]], grouping: str) -> int:
         if rel_dir not in by_stem:
             by_stem[rel_dir] = _files_by_stem(root / rel_dir)
         for name in by_stem[rel_dir].get(stem.partition(".")[0], ()):  # (an ingested key may hold a dot)
-            if (ext := member_of(name, stem)) is not None and ext not in keep:
-                remove(root / rel_dir / name)
-                count += 1
+            if (ext := member_of(name, stem)) is None or ext in keep or passed_over(f"{rel_dir}/{name}" if rel_dir else name):
+                continue
+            remove(root / rel_dir / name)
+            count += 1
         if not keep:
             emptied.add(root / rel_dir)
     for path in sorted(emptied, key=lambda p: len(p.parts), reverse=True):  # the deepest first

@@ -19,6 +19,7 @@ from datarepo.hashing import Oid, is_oid
 from datarepo.keys import check_prefix
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, tick
+from datarepo.porcelain.checkout import TEMP_DIR
 from datarepo.porcelain.history import changes_of, diff
 from datarepo.repo import Repo
 from datarepo.sources import NewDatum
@@ -39,8 +40,11 @@ class _Run:
     remembered: dict[str, str] = field(default_factory=dict)
     follow: bool = False  # a folder's symlinks: read as the files they point to
 
-    def stored(self, datum: Oid) -> bool:
-        return datum in self.sink.written or bool(self.repo.stored([datum]))
+    def all_stored(self, datums: list[Oid]) -> bool:
+        """Whether some shard holds each of ``datums``: asked of the index at once (one by one,
+        the replay of an unchanged tar of 30,000 datums took 6 s, twice its first ingest)."""
+        missing = set(datums).difference(self.sink.written)
+        return not missing or len(self.repo.stored(missing)) == len(missing)
 
 
 def _check_message(message: str | None) -> None:
@@ -246,13 +250,13 @@ def _remembered_file(run: _Run, path: Path) -> Iterator[NewDatum | tuple[TreeEnt
     memo = _memo(run.repo.index.get_meta(name))
     if memo is not None:
         saved_stat, entries = memo
-        if trusted(saved_stat, file_stat(st)) and all(run.stored(e.datum) for e in entries):
+        if trusted(saved_stat, file_stat(st)) and run.all_stored([e.datum for e in entries]):
             run.reused_files += 1
             where = str(path)
             yield from ((e, where) for e in entries)
             return
     taken: list[TreeEntry] = []
-    for item in sources.read_file(path, run.notes):
+    for item in sources.read_file(path, run.notes, run.repo.dotdir / TEMP_DIR):
         taken.append(TreeEntry(item.key, item.datum, item.size))
         yield item
     stat = [*file_stat(st), seen, ""]
