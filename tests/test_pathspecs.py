@@ -28,16 +28,21 @@ FILES = {
 KEYS = ["a", "a1", "a[1]", "b", "sub/c", "sub/deep/d", "sub/e", "x", "y"]
 
 
-@pytest.fixture
-def repo(worktree: Path, cli: Cli) -> Path:
-    """A committed work tree (grouping wds: ``x.jpg`` and ``x.cls`` are the datum ``x``)."""
-    for rel, data in FILES.items():
+def _committed(worktree: Path, cli: Cli, files: dict[str, bytes], *init: str) -> Path:
+    """``files`` written, then ``init`` (with the options given), ``add .`` and a commit."""
+    for rel, data in files.items():
         (worktree / rel).parent.mkdir(parents=True, exist_ok=True)
         (worktree / rel).write_bytes(data)
-    cli("init")
+    cli("init", *init)
     cli("add", ".")
     cli("commit", "-m", "first")
     return worktree
+
+
+@pytest.fixture
+def repo(worktree: Path, cli: Cli) -> Path:
+    """A committed work tree (grouping wds: ``x.jpg`` and ``x.cls`` are the datum ``x``)."""
+    return _committed(worktree, cli, FILES)
 
 
 def _changed(root: Path) -> None:
@@ -163,12 +168,7 @@ def test_a_key_is_named_by_itself_or_a_member_path(repo: Path, cli: Cli) -> None
 
 def test_a_dot_in_a_folder_name_names_no_key(worktree: Path, cli: Cli) -> None:
     """``a.b/c.txt`` is the datum a.b/c; it named the datum ``a`` (of a.txt) too."""
-    (worktree / "a.b").mkdir()
-    (worktree / "a.b/c.txt").write_bytes(b"c")
-    (worktree / "a.txt").write_bytes(b"a")
-    cli("init")
-    cli("add", ".")
-    cli("commit", "-m", "first")
+    _committed(worktree, cli, {"a.b/c.txt": b"c", "a.txt": b"a"})
     (worktree / "a.txt").write_bytes(b"changed")
     (worktree / "a.b/c.txt").write_bytes(b"changed")
     cli("add", "a.b/c.txt")
@@ -180,11 +180,7 @@ def test_a_dot_in_a_folder_name_names_no_key(worktree: Path, cli: Cli) -> None:
 
 def test_file_grouping_names_the_file_only(worktree: Path, cli: Cli) -> None:
     """With grouping file, ``a.txt`` is its own key: it named the datum ``a`` (the file a) too."""
-    (worktree / "a").write_bytes(b"a")
-    (worktree / "a.txt").write_bytes(b"a.txt")
-    cli("init", "--grouping", "file")
-    cli("add", ".")
-    cli("commit", "-m", "first")
+    _committed(worktree, cli, {"a": b"a", "a.txt": b"a.txt"}, "--grouping", "file")
     (worktree / "a").write_bytes(b"changed")
     (worktree / "a.txt").write_bytes(b"changed")
     cli("add", "a.txt")
