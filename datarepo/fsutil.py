@@ -263,6 +263,7 @@ class DurableBatch:
     def __init__(self) -> None:
         self.pending: list[tuple[Path, Path, int]] = []  # (temporary file, path, mode)
         self.size = 0
+        self.folders: set[Path] = set()  # of files moved meanwhile (see :meth:`moved`)
 
     @contextlib.contextmanager
     def file(self, path: Path, mode: int = READ_ONLY) -> Iterator[BinaryIO]:
@@ -285,6 +286,10 @@ class DurableBatch:
         """A file already written (on the same file system) that takes ``path`` likewise."""
         self._add(tmp, path, mode, os.path.getsize(tmp))
 
+    def moved(self, path: Path) -> None:
+        """A file already renamed to ``path``: its folder is fsync'ed with the batch's."""
+        self.folders.add(path.parent)
+
     def _add(self, tmp: Path, path: Path, mode: int, size: int) -> None:
         self.pending.append((tmp, path, mode))
         self.size += size
@@ -294,6 +299,7 @@ class DurableBatch:
     def commit(self) -> None:
         """Makes the pending files durable and gives them their paths."""
         pending, self.pending, self.size = self.pending, [], 0
+        folders, self.folders = self.folders, set()
         done = 0
         try:
             _each_in_threads(_fsync_file, [tmp for tmp, _, _ in pending], self.THREADS)
@@ -306,7 +312,7 @@ class DurableBatch:
         finally:
             for tmp, _, _ in pending[done:]:
                 remove(tmp)
-        _each_in_threads(fsync_dir, sorted({path.parent for _, path, _ in pending}), self.THREADS)
+        _each_in_threads(fsync_dir, sorted(folders | {path.parent for _, path, _ in pending}), self.THREADS)
 
     def discard(self) -> None:
         for tmp, _, _ in self.pending:
@@ -478,7 +484,8 @@ class LocalFileSystem:
     def batched(self) -> Iterator[None]:
         """Within the block, the files that ``pipe_file``, ``put_file`` and ``publish`` write
         reach their paths when it ends, all made durable together (see :class:`DurableBatch`);
-        a file written there cannot be read by its path before then."""
+        a file written there cannot be read by its path before then. A file ``mv`` moves
+        takes its new path at once; its folder is fsync'ed with theirs."""
         if self._batch is not None or not self.durable:
             yield
             return
@@ -561,7 +568,9 @@ class LocalFileSystem:
     def mv(self, path1: str, path2: str) -> None:
         os.makedirs(os.path.dirname(path2), exist_ok=True)
         os.replace(path1, path2)
-        if self.durable:
+        if self._batch is not None:
+            self._batch.moved(Path(path2))
+        elif self.durable:
             fsync_dir(Path(path2).parent)
 
     def makedirs(self, path: str, exist_ok: bool = False) -> None:

@@ -79,7 +79,8 @@ def first_bad_key(keys: Sequence[str]) -> str | None:
         odd = (_key_at(text, m.start()) for m in _ODD_KEY.finditer(text))
     # A key short enough (at most 4 bytes a character) is within the key rule's bounds of
     # length and depth; a longer one is checked whole.
-    for key in chain(odd, (k for k in keys if len(k) > _SURELY_SHORT)):
+    longest = max(map(len, keys), default=0)  # (in C: nearly every page has no long key)
+    for key in chain(odd, (k for k in keys if len(k) > _SURELY_SHORT) if longest > _SURELY_SHORT else ()):
         try:
             check_key(key)
         except InvalidInputError as e:

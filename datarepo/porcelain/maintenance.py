@@ -11,7 +11,7 @@ from pathlib import Path, PurePath
 from typing import TypeVar
 
 from datarepo.errors import CorruptObjectError, DataRepoError, ObjectNotFoundError
-from datarepo.fsutil import TMP_PREFIX, remove
+from datarepo.fsutil import TMP_PREFIX, batched, remove
 from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit, Tree, TreePage
 from datarepo.pipeline import lineage
@@ -144,9 +144,10 @@ def _children(obj: object, seen: Reachable) -> Iterator[str]:
             yield from _provenance_objects(obj.provenance, seen)
     elif isinstance(obj, Tree):
         yield from (p.page for p in obj.pages)
-    elif isinstance(obj, TreePage):
-        for e in obj.entries:
-            seen.datums.setdefault(e.datum, e.key)
+    elif isinstance(obj, TreePage):  # (its columns, without an entry object a row: a long
+        keys, datums = obj.keys_and_datums  # history has millions of rows in its pages)
+        named = seen.datums
+        named.update((datum, key) for datum, key in zip(datums, keys) if datum not in named)
     elif isinstance(obj, Blob) and obj.data.get("type") == "run":
         # A training run's record keeps the commit (and tree) it read; the rest of it is
         # the user's (extras may hold any 32-hex-digit string, which is no object here).
@@ -448,8 +449,9 @@ def retire_shards(repo: Repo, shards: list[str], now: float | None = None) -> No
     with repo.index.transaction():
         for shard in shards:
             repo.index.locations.drop_shard(shard)
-    for shard in shards:
-        repo.store.retire_shard(shard, now)
+    with batched(repo.store.fs):  # (their folder fsync'ed once, not twice a shard)
+        for shard in shards:
+            repo.store.retire_shard(shard, now)
 
 
 def _datums_in(repo: Repo, shard: str) -> set[str] | None:
