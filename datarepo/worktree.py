@@ -347,52 +347,42 @@ def ignored(rules: Rules, rel: str, is_dir: bool) -> bool:
 def left_out(root: Path, rel: str) -> str | None:
     """Why a scan passes over the work-tree path ``rel``, or a folder above it (a name never
     added, or an ignore file's pattern), as words that follow "is"; None if it does not."""
-    parts, rules = rel.split("/"), ()
-    for i, name in enumerate(parts):
-        base, here = "".join(p + "/" for p in parts[:i]), "/".join(parts[: i + 1])
-        is_dir = i < len(parts) - 1 or (root / here).is_dir() and not (root / here).is_symlink()
-        where = "" if i == len(parts) - 1 else f"in {here}/, which is "
-        if where and (root / here).is_symlink():
-            return f"{where}a symbolic link (a scan never goes through one to a folder)"
-        if name in (IGNORE_FILE, GIT) or name in NEVER_ADDED and (is_dir or i == 0):
-            return f"{where}never added"
-        ignore = root / base / IGNORE_FILE
-        if ignore.is_file() and not ignore.is_symlink():
-            try:
-                rules = (*rules, (base, parse_ignore(ignore.read_bytes(), base + IGNORE_FILE)))
-            except (OSError, InvalidInputError):
-                return None  # (what the scan then reports)
-        if rules and ignored(rules, here, is_dir):
-            return f"{where}ignored by a {IGNORE_FILE} pattern"
-    return None
+    path = root / rel
+    return PassedOver(root).why(rel, path.is_dir() and not path.is_symlink())
 
 
 class PassedOver:
-    """Whether a scan passes over a file (:func:`left_out`), for many files, each folder's
-    ignore file read once: what a scan never sees is the user's, and checkout leaves it
-    alone, as git leaves ignored files."""
+    """Whether, and why, a scan passes over work-tree paths, each folder's ignore file read
+    once for them all: what a scan never sees is the user's, and checkout leaves it alone,
+    as git leaves ignored files."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._folders: dict[str, Rules | None] = {"": self._with_file((), "")}
+        # each folder: the ignore rules within it, or why a scan passes over it
+        self._folders: dict[str, Rules | str] = {"": self._with_file((), "")}
 
     def __call__(self, rel: str) -> bool:
+        return self.why(rel) is not None
+
+    def why(self, rel: str, is_dir: bool = False) -> str | None:
+        """Why a scan passes over ``rel`` (a folder, if ``is_dir``) or a folder above it."""
         rel_dir, _, name = rel.rpartition("/")
         rules = self._folder(rel_dir)
-        if rules is None or name in (IGNORE_FILE, GIT) or not rel_dir and name in NEVER_ADDED:
-            return True
-        return bool(rules) and ignored(rules, rel, False)
+        return rules if isinstance(rules, str) else _own_reason(rules, rel, name, is_dir or not rel_dir, is_dir)
 
-    def _folder(self, rel_dir: str) -> Rules | None:
-        """The rules within a folder; None where a scan passes over the folder."""
+    def _folder(self, rel_dir: str) -> Rules | str:
         if rel_dir not in self._folders:
             parent, _, name = rel_dir.rpartition("/")
             above = self._folder(parent)
-            path = self.root / rel_dir
-            if above is None or name in NEVER_ADDED or path.is_symlink() or above and ignored(above, rel_dir, True):
-                self._folders[rel_dir] = None
+            if isinstance(above, str):
+                found: Rules | str = above
+            elif (self.root / rel_dir).is_symlink():
+                found = f"in {rel_dir}/, which is a symbolic link (a scan never goes through one to a folder)"
+            elif (why := _own_reason(above, rel_dir, name, True, is_dir=True)) is not None:
+                found = f"in {rel_dir}/, which is {why}"
             else:
-                self._folders[rel_dir] = self._with_file(above, rel_dir + "/")
+                found = self._with_file(above, rel_dir + "/")
+            self._folders[rel_dir] = found
         return self._folders[rel_dir]
 
     def _with_file(self, rules: Rules, base: str) -> Rules:
@@ -403,6 +393,17 @@ class PassedOver:
             except (OSError, InvalidInputError):
                 pass  # (what the scan then reports)
         return rules
+
+
+def _own_reason(rules: Rules, rel: str, name: str, reserved_here: bool, is_dir: bool = False) -> str | None:
+    """Why a scan passes over ``rel`` itself, in a folder it does not pass over: a name never
+    added (``reserved_here``: where the names of :data:`NEVER_ADDED` are never added, any
+    folder and the top's files), or a pattern of the ignore ``rules``."""
+    if name in (IGNORE_FILE, GIT) or name in NEVER_ADDED and reserved_here:
+        return "never added"
+    if rules and ignored(rules, rel, is_dir):
+        return f"ignored by a {IGNORE_FILE} pattern"
+    return None
 
 
 def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), with_stats: bool = True) -> Scan:
