@@ -14,7 +14,7 @@ from conftest import age, write_samples
 
 from datarepo import snapshot
 from datarepo import worktree as wt
-from datarepo.errors import DirtyWorktreeError
+from datarepo.errors import DirtyWorktreeError, InvalidInputError
 from datarepo.porcelain import stage
 from datarepo.porcelain.checkout import checkout
 from datarepo.porcelain.history import commit
@@ -107,6 +107,34 @@ def test_add_keeps_the_snapshot_usable(repo: Repo, worktree: Path, monkeypatch: 
     assert st.looked_at == 0 and st.staged.modified == ["train/cat/0000"] and not st.unstaged
 
 
+def test_add_of_some_paths_keeps_the_snapshot_usable(repo: Repo, worktree: Path) -> None:
+    """``add PATH`` in a large tree must not leave the next status to look at every key:
+    it looks again only at what the add chose (none: their verdict is saved) and at the
+    keys it saw change and left alone."""
+    stage.status(repo)
+    chosen, left = worktree / "train/cat/0000.jpg", worktree / "train/dog/0001.jpg"
+    for p in (chosen, left):
+        p.write_bytes(b"new")
+    age(worktree, 60, only=[chosen, left])
+    added = stage.add(repo, [str(chosen)])
+    assert added.changes.modified == ["train/cat/0000"]
+    carried = _carried_status(repo, looked_at=1)  # the key the add left alone
+    assert carried["staged"]["modified"] == ["train/cat/0000"] and carried["unstaged"]["modified"] == ["train/dog/0001"]
+    assert stage.status(repo).looked_at == 0
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_rm_keeps_the_snapshot_usable(repo: Repo, worktree: Path, cached: bool) -> None:
+    (worktree / "train/dog/0001.jpg").write_bytes(b"dirty, not removed")
+    age(worktree, 60, only=[worktree / "train/dog/0001.jpg"])
+    stage.status(repo)
+    removed = stage.rm(repo, [str(worktree / "train/cat")], cached=cached)
+    assert len(removed) == 15
+    carried = _carried_status(repo, looked_at=15)  # the keys it removed, not every key
+    assert carried["staged"]["deleted"] == removed and carried["unstaged"]["modified"] == ["train/dog/0001"]
+    assert carried["unstaged"]["added"] == (removed if cached else [])
+
+
 def test_a_first_add_leaves_a_snapshot_the_next_status_uses(worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A first add leaves a snapshot and a stat cache the next status uses as they are:
     nothing looked at again, nothing read, and the same verdict as from scratch."""
@@ -158,7 +186,8 @@ def test_random_edits_agree_with_a_fresh_status(repo: Repo, worktree: Path, seed
     for step in range(25):
         files = sorted(p for p in worktree.rglob("*") if p.is_file() and ".datarepo" not in p.parts)
         action = rng.choice(
-            ["modify", "modify", "delete", "create", "add", "add-part", "commit", "touch", "status", "checkout"]
+            ["modify", "modify", "delete", "create", "add", "add-part", "add-file", "rm", "rm-cached", "commit", "touch",
+             "status", "checkout"]
         )
         if action == "modify":
             p = rng.choice(files)
@@ -175,6 +204,11 @@ def test_random_edits_agree_with_a_fresh_status(repo: Repo, worktree: Path, seed
             stage.add(repo, [str(worktree)])
         elif action == "add-part" and (worktree / "train/cat").is_dir():
             stage.add(repo, [str(worktree / "train/cat")])
+        elif action == "add-file":
+            stage.add(repo, [str(rng.choice(files))])
+        elif action in ("rm", "rm-cached") and (tracked := sorted(stage.tracked(repo))):
+            with contextlib.suppress(InvalidInputError):  # (uncommitted changes in the way)
+                stage.rm(repo, [str(worktree / rng.choice(tracked))], cached=action == "rm-cached")
         elif action == "commit" and repo.index.staging.changes():
             commit(repo, f"step {step}")
         elif action == "touch":

@@ -112,16 +112,17 @@ class _WorktreeState:
             return files, self.repo.index.stats.load()
         return self.key_files, self.repo.index.stats.lookup(self.key_files)
 
-    def save(self, result: Status, keys: set[str] | None, read: StatColumns) -> Status:
+    def save(self, result: Status, keys: set[str] | None, read: StatColumns, recheck: Iterable[str] = ()) -> Status:
         """Stores ``result`` (fresh for ``keys`` only, or for all) as the new snapshot, with the
-        stats of the files ``read`` (a first add's scan took none); returns it whole."""
+        stats of the files ``read`` (a first add's scan took none); returns it whole. The keys
+        to ``recheck`` keep a stale verdict, so the next status looks at them whatever it finds."""
         self.found.fill_stats(self.repo.require_worktree(), [(read.names, read.stats)])
         if keys is not None and self.snap is not None:
             old = self.snap.status
             result = Status(*(snapshot.merge(snapshot.changes_from_json(old[n]), keys, getattr(result, n)) for n in _PARTS))
         group_notes = self.grouped[1]
         token = snapshot.token(self.repo, self.follow)
-        saved = {**{n: getattr(result, n).to_json() for n in _PARTS}, "group_notes": group_notes}
+        saved = {**{n: getattr(result, n).to_json() for n in _PARTS}, "group_notes": group_notes, "recheck": sorted(recheck)}
         snapshot.save(self.repo, token, self.found, saved, self.digest)
         result.notes = self.found.notes + group_notes
         return result
@@ -298,11 +299,13 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         base_path = str(repo.index.stats.base_path(""))
         base_job = aside.map(write_base, [(base_path, stored.read, look.found.started_ns)]) if bulk else None
         _stage(repo, staged, head, StatColumns() if bulk else stored.read, look.found.started_ns)
-        if prefixes is None:  # the verdict of every key it looked at is known: keep the snapshot
-            if keys is not None:  # head and the index hold only those keys; now, only those with files
-                look.save(_verdict(_only(head, keys), _only(after, keys), now), keys, stored.read)
-            else:
-                look.save(_verdict(head, after, now), keys, stored.read)
+        if keys is not None:  # head and the index hold only those keys; now, only the chosen ones with files
+            # The keys it looked at and did not choose (their files changed, or they were not
+            # staged) keep the snapshot's verdict, now stale: the next status looks at them again.
+            done = keys if prefixes is None else set(chosen)
+            look.save(_verdict(_only(head, done), _only(after, done), now), done, stored.read, recheck=keys - done)
+        elif prefixes is None:  # every key was looked at, with no snapshot to start from
+            look.save(_verdict(head, after, now), keys, stored.read)
         tree = next(tree_job) if tree_job is not None else base if buildable else None
         with repo.index.transaction():
             if tree is not None:
@@ -387,6 +390,7 @@ def rm(repo: Repo, paths: list[str], cached: bool = False, force: bool = False) 
     specs = parse(root, paths)
     now = None if cached or force else status(repo)
     with repo.lock:
+        before = snapshot.token(repo, follow=False)
         head = head_datums(repo)
         index = index_datums(repo, head)
         selection = select(repo, specs, None, lambda: index)
@@ -410,4 +414,5 @@ def rm(repo: Repo, paths: list[str], cached: bool = False, force: bool = False) 
         with repo.index.transaction():
             repo.index.staging.unstage(k for k in keys if k not in head)
             repo.index.staging.stage((k, None, 0) for k in keys if k in head)
+        snapshot.carry(repo, before, moved=keys)  # only these keys' verdicts moved
     return keys
