@@ -202,7 +202,7 @@ def merge(old: Changes, keys: set[str], new: Changes) -> Changes:
     return out
 
 
-def carry(repo: Repo, old_token: str, commit: bool = False, moved: Iterable[str] = ()) -> None:
+def carry(repo: Repo, old_token: str, commit: bool = False, moved: Iterable[str] = (), follow: bool = False) -> None:
     """Carries a snapshot over a change of HEAD that rewrote the files of every key it moved.
 
     Every other key keeps its verdict. The ``moved`` keys are looked at again by the next
@@ -219,4 +219,4 @@ def carry(repo: Repo, old_token: str, commit: bool = False, moved: Iterable[str]
     if recheck:
         recheck.update(old["recheck"])
         parts["recheck"] = json.dumps(sorted(recheck))
-    _store(repo, {**head, "token": token(repo, follow=False)}, parts)
+    _store(repo, {**head, "token": token(repo, follow)}, parts)

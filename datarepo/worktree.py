@@ -385,6 +385,18 @@ class PassedOver:
             self._folders[rel_dir] = found
         return self._folders[rel_dir]
 
+    def rules_above(self, rel_dir: str) -> Rules | None:
+        """The ignore rules a scan holds as it reaches the folder ``rel_dir``, before reading
+        the folder's own ignore file; None if a scan never reaches it (passed over, a symbolic
+        link, or not a folder)."""
+        if not rel_dir:
+            return ()
+        rules = self._folder(rel_dir.rpartition("/")[0])
+        path = self.root / rel_dir
+        if isinstance(rules, str) or path.is_symlink() or not path.is_dir() or self.why(rel_dir, is_dir=True):
+            return None
+        return rules
+
     def _with_file(self, rules: Rules, base: str) -> Rules:
         ignore = self.root / base / IGNORE_FILE
         if ignore.is_file() and not ignore.is_symlink():
@@ -406,22 +418,25 @@ def _own_reason(rules: Rules, rel: str, name: str, reserved_here: bool, is_dir: 
     return None
 
 
-def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), with_stats: bool = True) -> Scan:
+def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), with_stats: bool = True,
+         only: Iterable[tuple[str, bool]] | None = None) -> Scan:
     """Lists regular files under ``root`` with their (size, mtime_ns, inode).
 
     Symlinks are noted and skipped unless ``follow``; fifos, sockets, devices
     and names that are not UTF-8 are errors. Without ``with_stats``, regular
     files are only listed, for a caller that reads them all (a
     :class:`Hasher` stats a file as it opens it: cheaper than a ``stat`` by
-    path first) and then calls :meth:`Scan.fill_stats`.
+    path first) and then calls :meth:`Scan.fill_stats`. With ``only``, it lists
+    just those work-tree folders (each with whether their subfolders too), as
+    a scan of the whole tree would list them.
     """
     result = Scan(started_ns=time.time_ns())
     skip = tuple(p.rstrip("/") + "/" for p in skip_prefixes if p)
     listed: list[tuple[str, list[str]]] = []  # each directory with regular files, and their names
     followed: list[tuple[str, FileStat]] = []  # files reached through a symlink (``follow``)
-    stack: list[tuple[str, Rules]] = [("", ())]
+    stack: list[tuple[str, Rules, bool]] = [("", (), True)] if only is None else _starts(root, only)
     while stack:
-        rel_dir, rules = stack.pop()
+        rel_dir, rules, deep = stack.pop()
         try:
             with os.scandir(os.path.join(root, rel_dir)) as it:
                 entries = list(it)
@@ -445,12 +460,12 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
             elif entry.is_dir(follow_symlinks=False):
                 # Below the root too, as git never adds a nested repository's .git: a clone or a
                 # datarepo repository inside the work tree is not data (its shards stored again).
-                if entry.name not in NEVER_ADDED:
+                if deep and entry.name not in NEVER_ADDED:
                     sub = rel_dir + entry.name + "/"
                     if sub.count("/") >= MAX_KEY_PARTS or len(sub) > MAX_KEY_BYTES // 4 and len(sub.encode()) > MAX_KEY_BYTES:
                         result.errors.append(Problem(sub.rstrip("/"), f"{sub[:80]}...: deeper or longer than a key may be", False))
                         continue
-                    stack.append((sub, rules))
+                    stack.append((sub, rules, True))
             elif (stat := _classify_other(entry, rel_dir + entry.name, result, follow)) is not None:
                 followed.append((rel_dir + entry.name, stat))
         if GIT in regular:  # a submodule's or a git work tree's pointer to its git folder: git's, not data
@@ -472,6 +487,24 @@ def scan(root: Path, follow: bool = False, skip_prefixes: Iterable[str] = (), wi
         if result.stats is not None:
             result.stats.extend(chain.from_iterable(st for _, st in followed))
     return result
+
+
+def _starts(root: Path, only: Iterable[tuple[str, bool]]) -> list[tuple[str, Rules, bool]]:
+    """Where a scan of some folders starts: each folder (as a scan names it, ``sub/``) with
+    the ignore rules of the folders above it and whether it goes down into subfolders. A
+    folder within another it goes down into is left to that one; one a scan of the whole
+    tree would never reach is left out."""
+    deep: dict[str, bool] = {}
+    for rel_dir, down in only:
+        deep[rel_dir] = deep.get(rel_dir, False) or down
+    passed, starts = PassedOver(root), []
+    for rel_dir, down in deep.items():
+        parts = rel_dir.split("/")
+        if rel_dir and any(deep.get("/".join(parts[:i]), False) for i in range(len(parts))):
+            continue
+        if (rules := passed.rules_above(rel_dir)) is not None:
+            starts.append((rel_dir + "/" if rel_dir else "", rules, down))
+    return starts
 
 
 def _filtered_out(rel: str, entry: os.DirEntry, rules: Rules, skip: tuple[str, ...], result: Scan) -> bool:

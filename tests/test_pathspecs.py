@@ -388,3 +388,86 @@ def test_a_symlink_in_the_work_tree_is_no_way_out(repo: Path, cli: Cli, tmp_path
     _one_line_error(cli("add", "out/secret.txt", ok=False), "symbolic link")
     _one_line_error(cli("rm", "out/secret.txt", ok=False), "no tracked datum matches")
     assert (tmp_path / "outside" / "secret.txt").read_bytes() == b"s"
+
+
+def test_add_of_a_path_lists_only_the_folders_it_selects_in(repo: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``add PATH`` reads what PATH can select, as ``git add PATH`` does, not the whole work
+    tree: a file or key needs only its own folder (a datum's files share it), a folder the
+    folders within it. Its cost grows with PATH, not with the tree."""
+    _changed(repo)
+    listed: list[str] = []
+    real = os.scandir
+
+    def scandir(path: str = ".") -> object:
+        listed.append(os.path.relpath(path, repo))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    cli("add", "sub/c.txt")
+    assert listed == ["sub"] and _staged(cli) == ["sub/c"]
+    listed.clear()
+    cli("add", "sub/deep", "x")  # a folder, and a key named by its name (x.jpg and x.cls)
+    assert sorted(listed) == [".", "sub/deep"]
+    assert _staged(cli) == ["sub/c", "sub/deep/d", "x"]
+
+
+def test_add_of_a_path_keeps_the_ignore_rules_of_the_folders_above(repo: Path, cli: Cli) -> None:
+    (repo / ".datarepoignore").write_text("*.tmp\nsub/deep/skip/\n")
+    (repo / "sub" / "deep" / ".datarepoignore").write_text("local.*\n")
+    for rel in ("sub/deep/n.tmp", "sub/deep/local.txt", "sub/deep/skip/s.txt", "sub/deep/kept.txt"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text(rel)
+    cli("add", "sub/deep")
+    assert _staged(cli) == ["sub/deep/kept"]
+    _one_line_error(cli("add", "sub/deep/skip/s.txt", ok=False), "ignored")
+
+
+def test_add_of_a_path_stages_the_deletions_under_it(repo: Path, cli: Cli) -> None:
+    """The keys a path selects that have no files left are tracked keys, found without a
+    look at the whole tree: a deleted member, a deleted datum, a folder's deleted datums."""
+    for rel in ("x.cls", "sub/deep/d.txt", "sub/e.jpg"):
+        (repo / rel).unlink()
+    cli("add", "x.jpg")
+    cli("add", "sub")
+    status = json.loads(cli("status", "--json").output)
+    assert status == {"added": [], "modified": ["x"], "deleted": ["sub/deep/d", "sub/e"]}
+    assert _staged(cli) == ["sub/deep/d", "sub/e", "x"]
+    cli("commit", "-m", "deletions")
+    assert _head(cli) == ["a", "a1", "a[1]", "b", "sub/c", "x", "y"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_add_of_a_path_stages_what_status_shows_under_it_and_nothing_else(repo: Path, seed: int) -> None:
+    """After random edits, ``add PATH`` leaves no change unstaged among the keys PATH selects,
+    and every other key's status as it was."""
+    import random
+
+    from datarepo.errors import InvalidInputError
+    from datarepo.porcelain import stage
+    from datarepo.repo import Repo
+
+    rng = random.Random(seed)
+    with Repo.open(repo) as r:
+        for step in range(12):
+            files = sorted(p for p in repo.rglob("*") if p.is_file() and ".datarepo" not in p.parts)
+            for p in rng.sample(files, min(3, len(files))):
+                rng.choice([lambda p: p.write_bytes(rng.randbytes(5)), lambda p: p.unlink()])(p)
+            new = repo / rng.choice(["", "sub/", "sub/deep/", "new/"]) / f"n{step}.{rng.choice(['jpg', 'cls'])}"
+            new.parent.mkdir(exist_ok=True)
+            new.write_bytes(b"new")
+            before = stage.status(r)
+            tracked = sorted(stage.tracked(r, with_head=True))
+            path = rng.choice([*(str(p.relative_to(repo)) for p in files if p.exists()), "sub", "sub/deep", "new",
+                               *(k for k in tracked if "[" not in k)])  # (``a[1]``, not there, is a glob)
+            try:
+                stage.add(r, [str(repo / path)])
+            except InvalidInputError as e:  # (a path that names nothing left: refused, nothing staged)
+                assert "matches" in str(e), e
+                continue
+            after = stage.status(r)
+            mine = {k for k in [*before.total.added, *before.total.modified, *before.total.deleted, *tracked]
+                    if k == path or k.startswith(path + "/") or k == path.split(".")[0]}
+            for part in ("added", "modified", "deleted"):
+                assert not set(getattr(after.unstaged, part)) & mine, (step, path)
+                assert set(getattr(after.total, part)) == set(getattr(before.total, part)), (step, path)
+                assert set(getattr(after.unstaged, part)) - mine == set(getattr(before.unstaged, part)) - mine, (step, path)

@@ -17,7 +17,7 @@ from datarepo.porcelain import Changes, Progress, compare, history, retain
 from datarepo.repo import Repo
 from datarepo.statcache import write_base
 from datarepo.statcols import FileStat, StatColumns, StatRow
-from datarepo.worktree import Scan, group, left_out, member_path, scan
+from datarepo.worktree import Scan, group, left_out, member_path, scan, split_all
 from datarepo.write import hash_datum, store_files
 
 
@@ -83,6 +83,7 @@ class _WorktreeState:
     keys: set[str] | None
     follow: bool = False
     digest: str | None = None
+    whole: bool = True  # False: ``found`` lists only some folders (no snapshot can be made of it)
 
     @cached_property
     def grouped(self) -> tuple[dict[str, dict[str, str]], list[str]]:
@@ -157,6 +158,34 @@ def _look(repo: Repo, follow: bool, with_unstaged: bool = False, within: list[st
         if with_unstaged:
             keys |= snapshot.changes_from_json(snap.status["unstaged"]).keys()
     return _WorktreeState(repo, found, snap, keys, follow, seen)
+
+
+def _look_within(repo: Repo, follow: bool, specs: list[Pathspec]) -> tuple[_WorktreeState, Selection] | None:
+    """The look of an ``add`` of ``specs`` at only the folders they can select keys in, as
+    ``git add PATH`` reads only PATH (a datum's files share its folder: a file or key named
+    needs only its own folder, not the folders below it), and the keys they select. None
+    where one may select keys anywhere (a glob with no folder of its own)."""
+    regions = [(s.within, True) if s.kind in ("dir", "glob") else (s.within.rpartition("/")[0], False) for s in specs]
+    if ("", True) in regions:
+        return None
+    root, grouping = repo.require_worktree(), repo.config.grouping
+    found = scan(root, follow=follow, skip_prefixes=repo.config.sparse, only=regions)
+    found.raise_errors(_within(specs))
+    selection = select(repo, specs, found.names, lambda: tracked(repo, with_head=True))
+    keys = {k for k, _ in split_all(found.names, grouping) if k in selection}
+    keys.update(_tracked_in(repo, selection))
+    return _WorktreeState(repo, found, None, keys, follow, whole=False), selection
+
+
+def _tracked_in(repo: Repo, selection: Selection) -> set[str]:
+    """The tracked keys (HEAD's and the staging area's) ``selection`` selects: those of HEAD
+    read from the pages that can hold them, not the whole tree."""
+    keys = {k for k in repo.index.staging.changes() if k in selection}
+    if (head := repo.tree_of(None)) is not None:
+        keys.update(trees.lookup_many(repo.store, head, selection.keys))
+        for folder in selection.dirs:
+            keys.update(e.key for e in trees.iter_tree(repo.store, head, folder))
+    return keys
 
 
 def _verdict(head: dict[str, Oid], index: dict[str, Oid], now: dict[str, Oid]) -> Status:
@@ -266,11 +295,15 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     with repo.lock:
         if repo.forget_missing_shards():  # datums whose copy is gone or damaged: stored again from their files
             snapshot.drop(repo)
-        look = _look(repo, follow, with_unstaged=True, within=_within(specs))
+        before = snapshot.token(repo, follow)
+        if specs is None or (within := _look_within(repo, follow, specs)) is None:
+            look = _look(repo, follow, with_unstaged=True, within=_within(specs))
+            prefixes = select(repo, specs, look.found.names, lambda: tracked(repo, with_head=True))
+        else:
+            look, prefixes = within
         keys, members = look.keys, look.members
         head = head_datums(repo, keys)
         index = index_datums(repo, head, keys)
-        prefixes = select(repo, specs, look.found.names, lambda: tracked(repo, with_head=True))
         if keys is not None:
             candidates: Iterable[str] = keys
         else:  # the members' keys, grouped from sorted paths, come nearly sorted: a quick sort, unlike a set's
@@ -299,7 +332,9 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
         base_path = str(repo.index.stats.base_path(""))
         base_job = aside.map(write_base, [(base_path, stored.read, look.found.started_ns)]) if bulk else None
         _stage(repo, staged, head, StatColumns() if bulk else stored.read, look.found.started_ns)
-        if keys is not None:  # head and the index hold only those keys; now, only the chosen ones with files
+        if not look.whole:  # the last snapshot holds, but for the keys chosen: the next status looks at them again
+            snapshot.carry(repo, before, moved=chosen, follow=follow)
+        elif keys is not None:  # head and the index hold only those keys; now, only the chosen ones with files
             # The keys it looked at and did not choose (their files changed, or they were not
             # staged) keep the snapshot's verdict, now stale: the next status looks at them again.
             done = keys if prefixes is None else set(chosen)
