@@ -162,9 +162,10 @@ class Manifest:
     Row ``i`` is the datum ``datums[i]`` (ASCII hex), named ``keys[i]`` in the tree,
     lying at ``offsets[i]`` for ``lengths[i]`` bytes in shard ``shards[shard_index[i]]``.
     Rows are sorted by shard (in :attr:`shards` order, the shards' oid order), then by
-    offset. A datum that several keys name has a row for each key. It pickles as a few
-    arrays and one text, for other processes: give each worker some of :attr:`shards`
-    (or a :meth:`subset`), and let it read them with :class:`ShardReader`.
+    offset; ``ranks[i]`` is the row's place in key order (:meth:`key_order`). A datum that
+    several keys name has a row for each key. It pickles as a few arrays and one text, for
+    other processes: give each worker some of :attr:`shards` (or a :meth:`subset`), and let
+    it read them with :class:`ShardReader`.
     """
 
     keys: Keys
@@ -172,6 +173,7 @@ class Manifest:
     shard_index: np.ndarray  # int32, into shards
     offsets: np.ndarray  # int64
     lengths: np.ndarray  # int64
+    ranks: np.ndarray  # int64: each row's place among the rows in key order
     shards: tuple[Oid, ...]
     tree: Oid | None = None
     commit: Oid | None = None
@@ -190,6 +192,12 @@ class Manifest:
         for i, shard in enumerate(self.shards):
             for r in self.ranges(i):
                 yield ManifestEntry(r.key, r.datum, shard, r.offset, r.length)
+
+    def key_order(self) -> np.ndarray:
+        """The rows in the order of their keys (the tree's order). Unlike the rows' own order,
+        it is the same wherever the datums lie: a ``repack``, or a clone whose shards were
+        cut otherwise, keeps it."""
+        return np.argsort(self.ranks, kind="stable")
 
     def rows(self, shard: str | int) -> range:
         """The rows of one shard (its oid, or its place in :attr:`shards`)."""
@@ -240,6 +248,7 @@ class Manifest:
             remap[self.shard_index[rows]],
             self.offsets[rows],
             self.lengths[rows],
+            self.ranks[rows],
             tuple(self.shards[i] for i in places),
             self.tree,
             self.commit,
@@ -293,7 +302,7 @@ def build_manifest(repo: Repo, selection: Selection | Tree) -> Manifest:
         datums = ids[order]
         del ids
         shard_of, offsets, lengths = shard_of[order], offsets[order], lengths[order]
-        return Manifest(keys.keys().take(order), datums, shard_of, offsets, lengths, names, tree.oid, tree.commit)
+        return Manifest(keys.keys().take(order), datums, shard_of, offsets, lengths, order, names, tree.oid, tree.commit)
 
 
 def _hand_over(batches: list[bytes], pending: list[str], locator: _Locator | None) -> None:

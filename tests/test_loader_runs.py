@@ -51,6 +51,33 @@ def test_a_recorded_run_lists_and_replays_its_order(repo: Path) -> None:
     assert head in cli("log", "exp-1").output  # a run's name is a revision: the commit it read
 
 
+def test_the_order_and_a_recorded_run_outlive_a_repack(repo: Path) -> None:
+    """An epoch's order is a function of the commit's keys, not of the shards that hold
+    them: a repack that moves every datum into other shards changes no order, a run
+    recorded before it replays, and a state taken before it resumes after it."""
+    kw = {"prefix": "train/", "decode": {"cls": "int"}, "seed": 4, "block": 4, "window": 2, "batch_size": 5}
+    ds = DatumDataset(repo, **kw)
+    orders = [list(ds.keys_in_order(epoch)) for epoch in (0, 1)]
+    assert len(ds.manifest.shards) > 3
+    batches = iter(loader(ds, workers=1))
+    first = [next(batches) for _ in range(3)]
+    state = ds.state_dict(after=first[-1])
+    del batches
+    with datarepo.open(repo) as r:
+        r.record_run("before-repack", ds)
+    shards = set(ds.manifest.shards)
+    path = repo / ".datarepo" / "config.toml"
+    replace(Config.load(path), shard_size=3000).save(path)  # shards cut otherwise
+    Cli(repo)("repack", "--all")
+    again = DatumDataset(repo, **kw)
+    assert not shards & set(again.manifest.shards)  # every datum lies elsewhere now
+    assert [list(again.keys_in_order(epoch)) for epoch in (0, 1)] == orders
+    assert list(DatumDataset.from_run(repo, "before-repack").keys_in_order()) == orders[0]
+    again.load_state_dict(state)
+    assert keys_of(first) + keys_of(loader(again, workers=2)) == orders[0]
+    assert list(DatumDataset(repo, prefix="train/", shuffle=False).keys_in_order()) == sorted(orders[0])
+
+
 def test_run_names_and_missing_runs(repo: Path) -> None:
     ds = DatumDataset(repo, prefix="val/")
     with datarepo.open(repo) as r:

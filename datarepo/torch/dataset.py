@@ -163,7 +163,7 @@ class DatumDataset(IterableDataset):
         return self._share
 
     def order(self, epoch: int | None = None) -> np.ndarray:
-        """The global order of an epoch: positions of the selection's rows (in manifest order)."""
+        """The global order of an epoch: positions of the selection's rows (in key order)."""
         epoch = self.epoch if epoch is None else args.integer("epoch", epoch, 0, MAX_EPOCH)
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, self.spec.epoch_order(epoch))

@@ -3,7 +3,7 @@ data, in numpy, with no torch (the ``runs`` command prints orders without loadin
 
 The global order of an epoch is a function of (the selection's rows, seed, epoch, block,
 window) alone. It is a two-level shuffle, as Mosaic Streaming's py1br: the rows, in the
-manifest's order (shard by shard, each in offset order), are cut into *blocks* of
+order of their keys (not where they lie: a repack keeps the order), are cut into *blocks* of
 ``block`` rows; the blocks are shuffled; then the rows of each *window* of ``window``
 consecutive blocks are shuffled together. A batch so draws from ``window`` places spread
 over the whole selection, and a reader of a batch reads a few runs of each block, never
@@ -61,7 +61,7 @@ def _rng(seed: int, epoch: int, salt: int) -> np.random.Generator:
 def epoch_order(count: int, seed: int, epoch: int, shuffle: bool = True, block: int = 1024, window: int = 16) -> np.ndarray:
     """The global order of an epoch: a permutation of ``range(count)`` (int64).
 
-    Without ``shuffle``, the rows in manifest order. Random draws are uniform doubles
+    Without ``shuffle``, the rows in their order (key order). Random draws are uniform doubles
     sorted stably, which a numpy version does not change (a permutation's algorithm may).
     """
     if not shuffle or count <= 1:
@@ -143,10 +143,12 @@ def order_fingerprint(datums: np.ndarray, order: np.ndarray) -> str:
 
 
 def select(repo: Repo, tree: Tree, prefix: str, keys: list[str] | None) -> tuple[Manifest, np.ndarray]:
-    """The manifest of the selection, and the rows of it to read (all, or the keys')."""
+    """The manifest of the selection, and the rows of it to read (all, or the keys'), in
+    key order: the order of an epoch starts from them, so that it is a function of the
+    commit's keys, not of the shards that hold them (a ``repack`` keeps it)."""
     if keys is None:
         manifest = repo.manifest(tree.select(prefix=prefix))
-        return manifest, np.arange(len(manifest), dtype=np.int64)
+        return manifest, manifest.key_order()
     common = os.path.commonprefix(keys) if keys else ""
     manifest = repo.manifest(tree.select(prefix=common))
     wanted = set(keys)
@@ -155,5 +157,5 @@ def select(repo: Repo, tree: Tree, prefix: str, keys: list[str] | None) -> tuple
         found = {manifest.keys[i] for i in rows.tolist()}
         missing = sorted(wanted - found)
         raise InvalidInputError(f"{len(missing)} keys are not in {tree.commit}: {', '.join(missing[:3])}")
-    return manifest, rows
+    return manifest, rows[np.argsort(manifest.ranks[rows], kind="stable")]
 
