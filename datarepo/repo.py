@@ -157,6 +157,16 @@ class Repo:
                     self.index.locations.drop_shard(shard)
         return gone
 
+    def locate_moved(self, shard: str, datums: Iterable[str]) -> dict[str, tuple[str, DatumLoc]]:
+        """Where datums that lay in ``shard`` lie now, if it is no longer in use (a ``repack``
+        or ``gc`` in another process moved them): those found in another shard. None are
+        while it is in use (its datums have not moved: it is damaged)."""
+        if not self.forget_gone_shards([shard]):
+            return {}
+        self.sync_locations()
+        found = {d: self.index.locations.locate(d) for d in datums}
+        return {d: where for d, where in found.items() if where is not None and where[0] != shard}
+
     def drop_shards(self, shards: list[str]) -> None:
         """Forgets shards in the location cache, then deletes their files."""
         with self.index.transaction():

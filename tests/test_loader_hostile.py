@@ -104,21 +104,29 @@ def test_persistent_workers_that_mapped_a_shard_report_it_cut_short_and_skip_it(
     assert ds.state_dict()["position"] == 48
 
 
-def test_shards_retired_and_pruned_by_another_process_are_named_or_skipped(repo: Path) -> None:
+def test_shards_retired_and_pruned_by_another_process_are_read_where_their_datums_went(repo: Path) -> None:
     """repack (the shards merged) and gc --prune now in another process while a dataset
-    is planned: the shards it planned are gone; each sample is a SampleError naming
-    them (or skipped), and a dataset made again reads everything."""
+    is planned: the shards it planned are gone, and every sample is read where its datum
+    lies now. A shard deleted with the only copy of its datums: each of them is a
+    SampleError naming it (or skipped)."""
     cli = Cli(repo)
     ds = DatumDataset(repo, batch_size=4, shuffle=False, on_error="skip")
     config = repo / ".datarepo" / "config.toml"
     config.write_text(config.read_text().replace("shard_size = 16384", "shard_size = 1048576"))
     cli("repack", "--all")
     cli("gc", "--prune", "now")
+    got = indexed(DeviceLoader(loader(ds, workers=2), device="cpu"))
+    assert [k for _, k in got] == list(ds.keys_in_order()) and len(got) == 48 and not ds.skipped
+    again = DatumDataset(repo, batch_size=4, shuffle=False, on_error="skip")
+    (shard,) = again.manifest.shards
+    with datarepo.open(repo) as r:
+        path = shard_file(r, shard)
+    path.unlink()
+    path.with_suffix(".idx").unlink()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        got = indexed(DeviceLoader(loader(ds, workers=2), device="cpu"))
-    assert got == [] and len(ds.skipped) == 48 and all("shard not found" in m for m in ds.skipped)
-    assert len(indexed(loader(DatumDataset(repo, batch_size=4), workers=0))) == 48
+        assert indexed(DeviceLoader(loader(again, workers=2), device="cpu")) == []
+    assert len(again.skipped) == 48 and all(f"in shard {shard}.tar: the shard is gone" in m for m in again.skipped)
 
 
 def test_a_tar_header_with_a_bogus_size_is_a_sample_error(repo: Path) -> None:

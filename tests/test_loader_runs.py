@@ -78,6 +78,29 @@ def test_the_order_and_a_recorded_run_outlive_a_repack(repo: Path) -> None:
     assert list(DatumDataset(repo, prefix="train/", shuffle=False).keys_in_order()) == sorted(orders[0])
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_dataset_reads_on_after_repack_and_gc_deleted_the_shards_it_planned(repo: Path, workers: int) -> None:
+    """A long run planned before a ``repack`` and a ``gc --prune now`` that deleted every
+    shard it planned to read still reads every sample, in its order, from where the datums
+    lie now."""
+    ds = DatumDataset(repo, prefix="train/", decode={"cls": "int"}, seed=4, block=4, window=2, batch_size=5)
+    batches = iter(loader(ds, workers))
+    first = next(batches)  # (the workers have shards open: they read on from those)
+    planned = [repo / ".datarepo" / "shards" / s[:2] / f"{s[2:]}.tar" for s in ds.manifest.shards]
+    assert all(p.exists() for p in planned)
+    path = repo / ".datarepo" / "config.toml"
+    replace(Config.load(path), shard_size=3000).save(path)
+    cli = Cli(repo)
+    cli("repack", "--all")
+    cli("gc", "--prune", "now")
+    assert not any(p.exists() for p in planned)
+    rest = list(batches)
+    assert keys_of([first, *rest]) == list(ds.keys_in_order())
+    assert keys_of(loader(ds, workers)) == list(ds.keys_in_order())  # (a new epoch: every shard opened afresh)
+    labels = {k: int(c) for b in loader(ds, workers) for k, c in zip(b["__key__"], b["cls"].tolist())}
+    assert labels == {f"train/{i:04d}": i % 5 for i in range(40)}
+
+
 def test_run_names_and_missing_runs(repo: Path) -> None:
     ds = DatumDataset(repo, prefix="val/")
     with datarepo.open(repo) as r:

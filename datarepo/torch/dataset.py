@@ -5,6 +5,7 @@ on any number of workers and ranks. See docs/loader.md."""
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import threading
 import warnings
@@ -317,7 +318,9 @@ class DatumDataset(IterableDataset):
         rows = self.rows[rows_at(order, positions)]
         read: list[tuple[str, int, dict[str, Any]]] = []
         skipped: list[tuple[int, str]] = []
-        for position, (key, members) in zip(positions.tolist(), read_rows(self.manifest, rows, self._shard_files(), self.verify)):
+        files, repo = self._shard_files()
+        relocate = functools.partial(_relocated, repo)
+        for position, (key, members) in zip(positions.tolist(), read_rows(self.manifest, rows, files, self.verify, relocate)):
             try:
                 if isinstance(members, SampleError):
                     raise members
@@ -340,15 +343,15 @@ class DatumDataset(IterableDataset):
             raise InvalidInputError(f"transform must return a dict of fields, not {type(out).__name__}")
         return {**out, "__key__": sample["__key__"], "__index__": sample["__index__"]}  # (the dataset's own, whatever it returns)
 
-    def _shard_files(self) -> ShardFiles:
-        """The shards this thread has open: each thread of each process has its own (a
-        DataLoader worker, a thread that iterates the dataset while another does), and
-        they are closed when the thread ends."""
+    def _shard_files(self) -> tuple[ShardFiles, Repo]:
+        """The shards this thread has open, and the repository they are read from: each
+        thread of each process has its own (a DataLoader worker, a thread that iterates the
+        dataset while another does), and they are closed when the thread ends."""
         mine = getattr(self._files, "open", None)
         if mine is None or mine[0] != os.getpid():
             repo = reopen(self.path, self.cache)
-            mine = self._files.open = (os.getpid(), ShardFiles(repo.store.open_shard))
-        return mine[1]
+            mine = self._files.open = (os.getpid(), ShardFiles(repo.store.open_shard), repo)
+        return mine[1], mine[2]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -533,3 +536,10 @@ def _opened(repo: Any, cache: Any = None) -> Repo:
     if cache is not None and "://" not in str(repo):
         raise InvalidInputError("cache is for a repository read from its URL")
     return datarepo.open(os.fspath(repo), cache)
+
+
+def _relocated(repo: Repo, shard: str, datums: list[str]) -> dict[str, tuple[str, int, int]]:
+    """Where the datums of a shard gone since the manifest was made lie now (a ``repack``
+    moved them and ``gc`` deleted it, in the middle of a long run): the order stays, as
+    it is the keys'. Its datums are then read one by one, where the repository finds them."""
+    return {d: (where, loc.offset, loc.length) for d, (where, loc) in repo.locate_moved(shard, datums).items()}

@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from datarepo.errors import CorruptObjectError, DataRepoError
+from datarepo.errors import CorruptObjectError, DataRepoError, ObjectNotFoundError
 from datarepo.manifest import Manifest
 from datarepo.shardreader import check_members, cut_members
 
@@ -127,9 +127,16 @@ def _close(f: BinaryIO, mapped: mmap.mmap | None) -> None:
     f.close()
 
 
-def read_rows(manifest: Manifest, rows: np.ndarray, files: ShardFiles, verify: bool) -> list[tuple[str, Members | SampleError]]:
+# Where datums that lay in a shard gone since the manifest was made lie now: (shard, the
+# datums' ids) -> {datum id: (shard, offset, length)} of those found elsewhere.
+Relocate = Callable[[str, list[str]], dict[str, tuple[str, int, int]]]
+
+
+def read_rows(manifest: Manifest, rows: np.ndarray, files: ShardFiles, verify: bool,
+              relocate: Relocate | None = None) -> list[tuple[str, Members | SampleError]]:
     """The (key, members or error) of manifest rows, in the order given (a row given twice
-    is read once)."""
+    is read once). The datums of a shard that has gone (a ``repack`` moved them, and ``gc``
+    deleted it) are read where ``relocate`` finds them now."""
     files.begin()
     unique, inverse = np.unique(rows, return_inverse=True)
     shard_of = manifest.shard_index[unique]
@@ -142,7 +149,7 @@ def read_rows(manifest: Manifest, rows: np.ndarray, files: ShardFiles, verify: b
     at, ends = offsets.tolist(), (offsets + lengths).tolist()
     for lo, hi in _runs(shard_of, offsets, lengths):
         shard = manifest.shards[int(shard_of[lo])]
-        found += _read_run(files, shard, keys[lo:hi], datums[lo:hi], at[lo:hi], ends[lo:hi], verify)
+        found += _read_run(files, shard, keys[lo:hi], datums[lo:hi], at[lo:hi], ends[lo:hi], verify, relocate)
     return [found[i] for i in inverse.tolist()]
 
 
@@ -164,12 +171,17 @@ def _runs(shard_of: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> lis
 
 
 def _read_run(
-    files: ShardFiles, shard: str, keys: list[str], datums: list[bytes], starts: list[int], ends: list[int], verify: bool
+    files: ShardFiles, shard: str, keys: list[str], datums: list[bytes], starts: list[int], ends: list[int], verify: bool,
+    relocate: Relocate | None = None,
 ) -> list[tuple[str, Members | SampleError]]:
     """The datums of one run: one read, then each datum's headers parsed from it."""
     name = f"{shard}.tar"
     try:
         buf, base = files.read(shard, starts[0], ends[-1] - starts[0])
+    except ObjectNotFoundError as e:
+        if e.kind != "shard" or relocate is None:
+            return [(k, SampleError(f"sample {k} in shard {name}: {e}", k, shard)) for k in keys]
+        return _read_moved(files, shard, keys, datums, relocate(shard, [d.decode() for d in datums]), verify)
     except DataRepoError as e:
         return [(k, SampleError(f"sample {k} in shard {name}: {getattr(e, 'reason', e)}", k, shard)) for k in keys]
     out: list[tuple[str, Members | SampleError]] = []
@@ -181,6 +193,21 @@ def _read_run(
             out.append((key, members))
         except DataRepoError as e:
             out.append((key, SampleError(f"sample {key} in shard {name}: {getattr(e, 'reason', e)}", key, shard)))
+    return out
+
+
+def _read_moved(
+    files: ShardFiles, gone: str, keys: list[str], datums: list[bytes], moved: dict[str, tuple[str, int, int]], verify: bool
+) -> list[tuple[str, Members | SampleError]]:
+    """The datums of a run whose shard has gone, each read where it lies now."""
+    out: list[tuple[str, Members | SampleError]] = []
+    for key, datum in zip(keys, datums):
+        if (where := moved.get(datum.decode())) is None:
+            message = f"sample {key} in shard {gone}.tar: the shard is gone, and no other holds the datum"
+            out.append((key, SampleError(message, key, gone)))
+        else:
+            shard, offset, length = where
+            out += _read_run(files, shard, [key], [datum], [offset], [offset + length], verify)
     return out
 
 
