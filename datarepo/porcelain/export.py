@@ -190,8 +190,8 @@ def _to_shards(repo: Repo, manifest: Manifest, dest: Path, shard_size: int, prog
     writer: ShardWriter | None = None
     files_open: dict[int, BinaryIO] = {}
     try:
-        keys = list(manifest.keys)
-        for i in sorted(range(len(keys)), key=keys.__getitem__):
+        keys = manifest.keys
+        for i in manifest.key_order().tolist():
             key, members = keys[i], _read_row(repo, manifest, i, files_open)
             writer = writer or ShardWriter(dest)
             writer.add(key, sorted(members.items()))  # type: ignore[arg-type]
