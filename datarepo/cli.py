@@ -421,7 +421,8 @@ def _revs_then_paths(repo: Any, args: list[str], after_dashes: list[str] | None,
     """git's reading of ``[REVS] [PATHS]``: the leading arguments that are revisions (at most
     ``most``; A..B is two) are, and the rest are paths; before ``--``, each of those must be
     in the work tree or be a glob, else the argument is refused as neither (a mistyped
-    revision), with what is wrong with it as a revision."""
+    revision), with what is wrong with it as a revision. Without ``--``, an argument that
+    is both a revision and a path is refused as ambiguous, as git refuses it."""
     from datarepo.errors import DataRepoError, InvalidInputError
     from datarepo.pathspec import GLOB_CHARS
 
@@ -436,6 +437,9 @@ def _revs_then_paths(repo: Any, args: list[str], after_dashes: list[str] | None,
             except DataRepoError as e:
                 why = f"{one_line(str(e))}, nor a path in the work tree"
             else:
+                if after_dashes is None and arg and os.path.lexists(arg):
+                    raise InvalidInputError(f"'{arg}' is both a revision and a path: put -- after the revisions "
+                                            f"({command} {arg} --) or before the paths ({command} -- {arg})")
                 if len(revs) + len(found) <= most:
                     revs += found
                     continue

@@ -304,11 +304,13 @@ def test_bad_paths_are_refused_in_one_line(repo: Path, cli: Cli, command: tuple[
 
 def test_dashes_part_revisions_from_paths(repo: Path, cli: Cli) -> None:
     _changed(repo)
-    cli("branch", "b.txt")  # a branch named as a file: a revision before --, a path after it
-    assert cli("diff", "b.txt", "--stat").output == "0 added, 9 modified, 0 deleted\n"  # the branch
+    cli("branch", "b.txt")  # a branch named as a file: ambiguous, unless -- says which it is
+    for command in (("diff", "b.txt"), ("ls", "b.txt"), ("diff", "HEAD", "b.txt")):
+        _one_line_error(cli(*command, ok=False), "'b.txt' is both a revision and a path", "--")
+    assert cli("diff", "b.txt", "--stat", "--").output == "0 added, 9 modified, 0 deleted\n"  # the branch
     assert cli("diff", "--", "b.txt").output == "M\tb\n"
     assert cli("diff", "HEAD", "--", "b.txt").output == "M\tb\n"
-    assert len(cli("ls", "b.txt").output.split()) == len(KEYS)  # the branch's keys
+    assert len(cli("ls", "b.txt", "--").output.split()) == len(KEYS)  # the branch's keys
     assert cli("ls", "--", "b.txt").output == "b\n"
     _one_line_error(cli("ls", "HEAD", "HEAD~0", ok=False), "ls takes one revision")
     cli("add", ".")
