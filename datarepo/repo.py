@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from datarepo.write import RepoWriter
 
 DOTDIR = ".datarepo"
+TEMP_DIR = "tmp"  # in DOTDIR: files on their way elsewhere in the repository (on its file system)
 # Caches opened by a parent process and inherited across a fork: kept, so that the child
 # never closes (or frees) a SQLite connection that is the parent's.
 _INHERITED: list[Index] = []
@@ -57,6 +58,14 @@ class Repo:
         self.refs = Refs(dotdir, self.lock, head_required=True)
         self._index: Index | None = None
         self._index_pid = 0
+
+    @property
+    def temp_dir(self) -> Path:
+        """Where commands put files on their way into the repository or the work tree (checkout,
+        ingest's unpacked archives, fetch; each makes it when it needs it): the same file
+        system as both, so that a file is moved into place by a rename. ``gc`` and the next
+        such command remove what a killed one left."""
+        return self.dotdir / TEMP_DIR
 
     # opening -----------------------------------------------------------
     @classmethod

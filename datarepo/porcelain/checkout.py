@@ -26,10 +26,6 @@ from datarepo.statcols import FileStat, file_stat
 from datarepo.store import check_datum, datum_members
 from datarepo.worktree import PassedOver, file_and_dir, member_path, split_path
 
-# Where checkout writes each file before renaming it into place (below the repository's
-# folder, so that a killed checkout leaves nothing in the work tree; the next one removes it).
-TEMP_DIR = "tmp"
-
 
 @dataclass(frozen=True)
 class CheckoutResult:
@@ -288,16 +284,17 @@ class _TempDirs:
 
 
 def _temp_dir(repo: Repo) -> _TempDirs:
-    tmp = repo.dotdir / TEMP_DIR
-    tmp.mkdir(exist_ok=True)
-    return _TempDirs(tmp)
+    """Where checkout writes each file before renaming it into place: below the repository's
+    folder, so that a killed checkout leaves nothing in the work tree (the next one removes it)."""
+    repo.temp_dir.mkdir(exist_ok=True)
+    return _TempDirs(repo.temp_dir)
 
 
 def checkout_leftovers(repo: Repo) -> list[Path]:
     """The temporary files a killed checkout left in the repository's ``tmp/`` (whoever holds
     the writer lock knows no checkout is writing them)."""
     try:
-        with os.scandir(repo.dotdir / TEMP_DIR) as entries:
+        with os.scandir(repo.temp_dir) as entries:
             return sorted(Path(e.path) for e in entries if e.name.startswith(TMP_PREFIX))
     except (FileNotFoundError, NotADirectoryError):
         return []

@@ -19,7 +19,6 @@ from datarepo.hashing import Oid, is_oid
 from datarepo.keys import check_prefix
 from datarepo.objects import TreeEntry
 from datarepo.porcelain import Changes, Progress, begin, tick
-from datarepo.porcelain.checkout import TEMP_DIR
 from datarepo.porcelain.history import changes_of, diff
 from datarepo.repo import Repo
 from datarepo.sources import NewDatum
@@ -256,7 +255,7 @@ def _remembered_file(run: _Run, path: Path) -> Iterator[NewDatum | tuple[TreeEnt
             yield from ((e, where) for e in entries)
             return
     taken: list[TreeEntry] = []
-    for item in sources.read_file(path, run.notes, run.repo.dotdir / TEMP_DIR):
+    for item in sources.read_file(path, run.notes, run.repo.temp_dir):
         taken.append(TreeEntry(item.key, item.datum, item.size))
         yield item
     stat = [*file_stat(st), seen, ""]
