@@ -166,15 +166,25 @@ class Repo:
                     self.index.locations.drop_shard(shard)
         return gone
 
-    def locate_moved(self, shard: str, datums: Iterable[str]) -> dict[str, tuple[str, DatumLoc]]:
+    def locate_moved(self, shard: str, datums: list[str]) -> dict[str, tuple[str, DatumLoc]]:
         """Where datums that lay in ``shard`` lie now, if it is no longer in use (a ``repack``
         or ``gc`` in another process moved them): those found in another shard. None are
-        while it is in use (its datums have not moved: it is damaged)."""
-        if not self.forget_gone_shards([shard]):
+        while it is in use (its datums have not moved: it is damaged). The cache is written
+        only the first time a shard is found gone (readers in several processes ask this of
+        every batch that lay there: a write each would have them queue for SQLite's lock)."""
+        if self.store.in_use(shard):
             return {}
-        self.sync_locations()
-        found = {d: self.index.locations.locate(d) for d in datums}
-        return {d: where for d, where in found.items() if where is not None and where[0] != shard}
+        if shard in self.index.locations.shards():
+            self.forget_gone_shards([shard])
+
+        def located() -> dict[str, tuple[str, DatumLoc]]:
+            found = {d: self.index.locations.locate(d) for d in datums}
+            return {d: where for d, where in found.items() if where is not None and where[0] != shard}
+
+        found = located()
+        if len(found) < len(datums) and self.sync_locations():  # (shards the cache does not know yet)
+            found = located()
+        return found
 
     def drop_shards(self, shards: list[str]) -> None:
         """Forgets shards in the location cache, then deletes their files."""
