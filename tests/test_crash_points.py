@@ -7,6 +7,7 @@ run of the command succeeds, and what the killed one left is removed or named
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -218,3 +219,46 @@ def test_a_killed_clone_leaves_no_destination_and_the_next_clone_removes_its_fol
     assert ok(root / "copy", "ls", "-l", "main") == ok(root / "work", "ls", "-l", "main")
     failed = datarepo(root, "clone", "nowhere", "nested/copy")  # a clone that fails: nothing left
     assert failed.returncode == 1 and not (root / "nested").exists() and not list(root.glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("command", ["fetch", "push", "clone"])
+def test_ctrl_c_of_a_transfer_leaves_no_temporary_file_and_the_next_run_completes(
+        template: Path, tmp_path: Path, command: str) -> None:
+    """Ctrl-C at a sweep of points of a fetch, push or clone (their files written in durable
+    batches: under temporary names, then fsynced and renamed together): the files of the
+    batch not yet renamed are removed as the command stops, here and in the remote, so
+    nothing is left for gc; whatever was renamed is whole (``fsck``), and the next run
+    completes."""
+    from conftest import with_ctrl_c
+
+    folder, args, first, repo, dest = COMMANDS[command]
+    fresh = tmp_path / "fresh"
+    copy_of(template, fresh)
+    for step in first:
+        ok(fresh / "work", *step)
+    started = time.monotonic()
+    ok(fresh / folder, *args)
+    took = time.monotonic() - started
+    expected = committed(fresh / repo)
+    for point in POINTS:
+        root = tmp_path / f"at-{point}"
+        copy_of(template, root)
+        for step in first:
+            ok(root / "work", *step)
+        proc = subprocess.Popen([sys.executable, "-m", "datarepo.cli", *args], cwd=root / folder, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=with_ctrl_c)
+        time.sleep(took * point)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate()
+        assert proc.returncode in (0, 130), err
+        assert proc.returncode == 0 or err.strip().splitlines() == ["interrupted"], err
+        assert [p for p in root.rglob(".tmp-*") if p.parent.name != ".datarepo"] == []
+        if dest is None or not (root / dest).exists():
+            ok(root / repo, "fsck")
+            ok(root / folder, *args)
+        ok(root / (dest or repo), "fsck")
+        assert committed(root / repo) == expected
+        if command == "fetch":
+            assert ok(root / "other", "ls", "-l", "origin/main") == ok(root / "work", "ls", "-l", "main")
+        if command == "clone":
+            assert ok(root / dest, "ls", "-l", "main") == ok(root / "work", "ls", "-l", "main")
