@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 
 from datarepo.config import env_count
 from datarepo.errors import raise_stopped
+from datarepo.fsutil import signals_deferred
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -104,12 +105,15 @@ class ProcessExecutor:
             worker = self._idle.pop() if self._idle else _Worker.start(self._owner)
             if worker is None:  # no fork to be had: what is left runs here
                 return
-            i, item = todo.pop()
-            if worker.send(order):
-                busy[worker.answers] = (worker, i, item)
-            else:  # it died while idle
-                worker.reap()
-                todo.append((i, item))
+            # A worker handed an order is known busy at once: a Ctrl-C in between would leave
+            # it working, stopped by no one but its parent's death (SIGKILL), mid-shard.
+            with signals_deferred():
+                i, item = todo.pop()
+                if worker.send(order):
+                    busy[worker.answers] = (worker, i, item)
+                    continue
+            worker.reap()  # it died while idle
+            todo.append((i, item))
 
     def _collect(self, fn: Callable[[T], R], name: str, todo: list[tuple[int, T]], busy: dict) -> Iterator[R]:  # type: ignore[type-arg]
         done: dict[int, R] = {}
