@@ -121,3 +121,66 @@ def test_a_map_over_worker_processes_makes_no_cycle_per_item() -> None:
     finally:
         pool.close()
     assert many <= few + 10, (few, many)  # (it was about 12 objects more for each item)
+
+
+LIMIT = 1 << 20  # the size from which a member is streamed, never held whole (here, for small tests)
+
+
+def _traced_peak(command: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        command()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def _peaks_of_a_member(cli: Cli, root: Path, size: int) -> dict[str, int]:
+    """The traced peak of each command over a work tree whose one member is ``size`` bytes."""
+    w = root / "w"
+    w.mkdir(parents=True)
+    big = w / "big.bin"
+    big.write_bytes(bytes(range(256)) * (size >> 8))
+    (w / "small.txt").write_text("x")
+    run = Cli(w)
+    run("init")
+    peaks = {"add": _traced_peak(lambda: run("add", "."))}
+    run("commit", "-m", "one")
+    with open(big, "r+b") as f:
+        f.write(b"changed")
+    peaks["status (changed)"] = _traced_peak(lambda: run("status"))
+    peaks["diff (changed)"] = _traced_peak(lambda: run("diff"))
+    peaks["add (changed)"] = _traced_peak(lambda: run("add", "."))
+    run("commit", "-m", "two")
+    peaks["checkout HEAD~1"] = _traced_peak(lambda: run("checkout", "HEAD~1"))
+    run("checkout", "main")
+    peaks["export"] = _traced_peak(lambda: run("export", "HEAD", str(root / "files")))
+    peaks["export --shards"] = _traced_peak(lambda: run("export", "HEAD", str(root / "shards"), "--shards"))
+    peaks["repack"] = _traced_peak(lambda: run("repack"))
+    peaks["fsck"] = _traced_peak(lambda: run("fsck"))
+    run("remote", "add", "o", str(root / "remote"))
+    peaks["push"] = _traced_peak(lambda: run("push", "-r", "o"))
+    peaks["clone"] = _traced_peak(lambda: Cli(root)("clone", str(root / "remote"), "clone"))
+    peaks["ingest FOLDER"] = _traced_peak(lambda: run("ingest", str(root / "files"), "--prefix", "folder/"))
+    shards = sorted(str(p) for p in (root / "shards").glob("*.tar"))
+    peaks["ingest TAR"] = _traced_peak(lambda: run("ingest", *shards[:1], "--prefix", "tar/"))
+    with datarepo.open(w) as repo:
+        datum = repo.tree()["big"].datum
+        peaks["Repo.members"] = _traced_peak(lambda: repo.members(datum, LIMIT))
+    return peaks
+
+
+def test_a_member_over_the_limit_is_streamed_by_every_command(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From ``LARGE_FILE`` on, a member is streamed in chunks by every command that reads or
+    writes it (hashing, shard writing, status, checkout, export, repack, fsck, push, clone,
+    ingest, ``Repo.members``):
+    a member 4x as large takes no more memory."""
+    from datarepo import repo, shards, sources, write
+    from datarepo.porcelain import checkout, export, history
+
+    for module in (shards, sources, write, repo, checkout, export, history):
+        monkeypatch.setattr(module, "LARGE_FILE", LIMIT)
+    small = _peaks_of_a_member(cli, tmp_path / "small", 4 * LIMIT)
+    large = _peaks_of_a_member(cli, tmp_path / "large", 16 * LIMIT)
+    grew = {name: (small[name] >> 10, large[name] >> 10) for name in small if large[name] > small[name] + 2 * LIMIT}
+    assert not grew, f"KiB at 4 and 16 MiB: {grew}"
