@@ -19,6 +19,7 @@ they are handed everything they use.)
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -288,6 +289,15 @@ def _encode(message: object) -> bytes:
 
 def _decode(raw: bytes) -> Any:
     import io
+
+    return _plain_unpickler()(io.BytesIO(raw)).load()
+
+
+@functools.cache
+def _plain_unpickler() -> type[Any]:
+    """The unpickler of plain data, made once (pickle is imported only where a map runs): a
+    class made for each message is a reference cycle, which a CLI command, run with the
+    cyclic collector off, would keep for each batch of a long run or ``run --watch``."""
     import pickle
 
     class PlainData(pickle.Unpickler):
@@ -300,7 +310,7 @@ def _decode(raw: bytes) -> Any:
                     return found
             raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
 
-    return PlainData(io.BytesIO(raw)).load()
+    return PlainData
 
 
 def _plain_type(found: object, builtin: bool, name: str) -> bool:

@@ -445,9 +445,11 @@ class Repo:
                     return self.sync_locations() > 0
         return False
 
-    def members(self, datum: str, large: int = LARGE_FILE) -> dict[str, MemberData]:
-        """A datum's members: bytes, or (over ``large`` bytes) file ranges to stream."""
-        return self.at_location(datum, lambda shard, loc: datum_members(self.store, shard, loc, large))
+    def members(self, datum: str, large: int | None = None) -> dict[str, MemberData]:
+        """A datum's members: bytes, or (over ``large`` bytes, by default ``LARGE_FILE``)
+        file ranges to stream."""
+        limit = LARGE_FILE if large is None else large
+        return self.at_location(datum, lambda shard, loc: datum_members(self.store, shard, loc, limit))
 
     def at_location(self, datum: str, read: Callable[[str, DatumLoc], T]) -> T:
         """``read(shard, loc)`` at the datum's place; if its shard has gone meanwhile (a

@@ -19,6 +19,7 @@ prefix, beside the raw data (as Pachyderm's output branch, but one tree).
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import re
 import secrets
@@ -456,6 +457,7 @@ def watch(repo_path: str | Path, names: tuple[str, ...], options: Options, folde
 
     runs, seen, waiting = 0, None, False
     while max_runs is None or runs < max_runs:
+        ran = False
         with datarepo.open(repo_path) as repo:
             head = repo.head()
             if head is None and not waiting:  # (deleted meanwhile, or never made): said once
@@ -470,7 +472,12 @@ def watch(repo_path: str | Path, names: tuple[str, ...], options: Options, folde
                     report(result)
                     runs += 1
                     seen = _AGAIN if result.behind else result.head
-                    continue
+                    ran = True
+        if ran:
+            # A run leaves reference cycles (the repository's closed cache and its parts), and
+            # the CLI turns the cyclic collector off: freed here, a watch does not grow a run at a time.
+            gc.collect()
+            continue
         sleep(interval)
     return runs
 

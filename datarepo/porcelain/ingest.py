@@ -155,11 +155,21 @@ def _mark_sparse(repo: Repo, prefix: str) -> None:
 def _tree_changes(
     repo: Repo, parent: Oid | None, prefix: str, entries: dict[str, TreeEntry], append: bool
 ) -> dict[str, TreeEntry | None]:
+    """What makes ``prefix`` hold ``entries`` (with ``append``, as well as what it holds).
+    Only the keys of ``entries`` are looked up in an append, so a spout's commit costs what
+    it adds, not what the prefix holds after months of commits."""
     tree = repo.read_commit(parent).tree if parent else None
-    old = {e.key: e.datum for e in trees.iter_tree(repo.store, tree, prefix)} if tree else {}
-    changes: dict[str, TreeEntry | None] = {k: e for k, e in entries.items() if old.get(k) != e.datum}
-    if not append:
-        changes.update((k, None) for k in old if k not in entries)
+    if tree is None:
+        return dict(entries)
+    if append:
+        old = trees.lookup_many(repo.store, tree, entries)
+        return {k: e for k, e in entries.items() if k not in old or old[k].datum != e.datum}
+    changes: dict[str, TreeEntry | None] = dict(entries)
+    for e in trees.iter_tree(repo.store, tree, prefix):
+        if e.key not in entries:
+            changes[e.key] = None
+        elif entries[e.key].datum == e.datum:
+            del changes[e.key]
     return changes
 
 
