@@ -131,7 +131,7 @@ def _one_line(e: BaseException) -> str:
     text = _said(e) or type(e).__name__
     cause = e.__cause__ or e.__context__
     if cause is not None and (said := _said(cause)) and said not in text:
-        text = f"{text}: {said}"
+        text = said if text in said else f"{text}: {said}"  # (botocore's says the server's message again)
     return " ".join(text.split())
 
 

@@ -112,6 +112,18 @@ def test_a_body_cut_short_or_an_error_answer_under_a_clone_is_retried(tmp_path: 
     assert " 0 problems" in Cli(tmp_path / "copy")("fsck").output
 
 
+def test_a_clone_the_network_breaks_leaves_nothing_and_says_why_once(tmp_path: Path, cli: Cli, remote: str,
+                                                                     net: FaultProxy) -> None:
+    cli("push")
+    net.fail(on("GET", ".tar"), "503", times=None)
+    line = one_error_line(Cli(tmp_path)("clone", remote, "copy", ok=False), "remote 'origin'", "SlowDown")
+    assert line.count("Please reduce your request rate") == 1, line  # (botocore's message repeats the server's)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+    net.heal()
+    Cli(tmp_path)("clone", remote, "copy")
+    assert " 0 problems" in Cli(tmp_path / "copy")("fsck").output
+
+
 def test_a_fetch_the_network_breaks_stores_nothing_wrong_and_the_next_does_the_rest(tmp_path: Path, worktree: Path,
                                                                                   cli: Cli, remote: str,
                                                                                   net: FaultProxy) -> None:
