@@ -76,6 +76,7 @@ def test_transient_faults_under_a_push_are_retried_and_it_completes(tmp_path: Pa
     net.fail(on("PUT", ".idx"), "500")
     net.fail(on("PUT", contains="/objects/"), "reset")
     net.fail(on("PUT", "refs/heads/main"), "drop")
+    net.fail(lambda method, key: method == "GET" and not key, "reset")  # (a listing)
     assert "refs/heads/main\t(new)" in cli("push").output
     Cli(tmp_path)("clone", remote, "copy")
     assert files_of(tmp_path / "copy") == files_of(worktree)
@@ -107,6 +108,7 @@ def test_a_body_cut_short_or_an_error_answer_under_a_clone_is_retried(tmp_path: 
     net.fail(on("GET", ".idx"), "503")
     net.fail(on("GET", contains="/objects/"), "500")
     net.fail(on("GET", "refs/heads/main"), "reset")
+    net.fail(lambda method, key: method == "GET" and not key, "cut")  # (a listing)
     Cli(tmp_path)("clone", remote, "copy")
     assert files_of(tmp_path / "copy") == files_of(worktree)
     assert " 0 problems" in Cli(tmp_path / "copy")("fsck").output
