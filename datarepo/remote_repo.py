@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, NoReturn
 
 from datarepo.config import Config
 from datarepo.errors import InvalidInputError, ObjectNotFoundError
-from datarepo.fsutil import atomic_write, make_temp, open_regular, publish, temporary_folder
+from datarepo.fsutil import LocalFileSystem, atomic_write, make_temp, open_regular, publish, temporary_folder
 from datarepo.index import Index
 from datarepo.refs import Refs
 from datarepo.remotes_config import LOCAL, RemoteError, download, speaking, url_filesystem
@@ -56,7 +56,8 @@ class ReadOnlyFS:
         if mode != "rb":
             self.refuse()
         with self._asking():
-            return _SpeakingFile(self.fs.open(path, mode, **options), self._asking)
+            f = self.fs.open(path, mode, **options)
+        return f if isinstance(self.fs, LocalFileSystem) else _SpeakingFile(f, self._asking)
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
         with self._asking():
@@ -80,7 +81,10 @@ class ReadOnlyFS:
 
     def _asking(self) -> contextlib.AbstractContextManager[None]:
         """The remote's errors (a network that failed, a server's error answer) as one
-        RemoteError naming the URL; a file that is not there is the caller's to handle."""
+        RemoteError naming the URL; a file that is not there is the caller's to handle, and
+        a folder on this machine's filesystem speaks for itself (its files are mapped)."""
+        if isinstance(self.fs, LocalFileSystem):
+            return contextlib.nullcontext()
         return speaking(self.url, passing=(FileNotFoundError, NotADirectoryError, IsADirectoryError))
 
     def refuse(self, *args: object, **kwargs: object) -> NoReturn:
