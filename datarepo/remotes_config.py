@@ -6,6 +6,7 @@ credentials and options. DVC is imported here, inside functions, and only here."
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from datarepo.errors import DataRepoError, InvalidInputError
-from datarepo.fsutil import LocalFileSystem, atomic_write
+from datarepo.fsutil import LocalFileSystem, NotAFileError, atomic_write
 from datarepo.refs import MAX_PART_BYTES, REMOTES, is_valid_ref_format
 from datarepo.repo import DOTDIR, Repo
 
@@ -293,7 +294,8 @@ def download(fs: Any, path: str, out: BinaryIO, **options: Any) -> None:
     fails (a body cut short or reset mid-way, a read that timed out: each request was already
     retried by the filesystem's library) is tried again from where it broke,
     :data:`DOWNLOAD_TRIES` times in all; an answer that says the file is not there or not
-    ours to read is final at once."""
+    ours to read (or a FIFO in a file's place) is final at once, and so is a disk here
+    that is full."""
     for tries_left in range(DOWNLOAD_TRIES - 1, -1, -1):
         try:
             with fs.open(path, "rb", **options) as src:  # (options: the fsspec file's, block_size)
@@ -302,11 +304,11 @@ def download(fs: Any, path: str, out: BinaryIO, **options: Any) -> None:
                 while chunk := src.read(1 << 20):
                     out.write(chunk)
             return
-        except (DataRepoError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError):
+        except (DataRepoError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, NotAFileError):
             raise
-        except Exception:
-            if not tries_left:
-                raise
+        except Exception as e:
+            if not tries_left or isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise  # (the last try, or a disk here that cannot take it)
 
 
 def local_filesystem() -> LocalFileSystem:
