@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
@@ -30,12 +29,12 @@ from typing import Any, BinaryIO, NoReturn
 
 from datarepo.config import Config
 from datarepo.errors import InvalidInputError, ObjectNotFoundError
-from datarepo.fsutil import atomic_write, make_temp, open_regular, publish, temporary_folder
+from datarepo.fsutil import LocalFileSystem, atomic_write, make_temp, open_regular, publish, temporary_folder
 from datarepo.index import Index
 from datarepo.refs import Refs
-from datarepo.remotes_config import LOCAL, RemoteError, speaking, url_filesystem
+from datarepo.remotes_config import LOCAL, RemoteError, download, speaking, url_filesystem
 from datarepo.repo import Repo
-from datarepo.store import Store
+from datarepo.store import Store, hashed_whole
 
 
 class ReadOnlyFS:
@@ -56,27 +55,62 @@ class ReadOnlyFS:
     def open(self, path: str, mode: str = "rb", **options: Any) -> Any:
         if mode != "rb":
             self.refuse()
-        return self.fs.open(path, mode, **options)
+        with self._asking():
+            f = self.fs.open(path, mode, **options)
+        return f if isinstance(self.fs, LocalFileSystem) else _SpeakingFile(f, self._asking)
 
     def cat_file(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
-        return self.fs.cat_file(path, start, end)
+        with self._asking():
+            return self.fs.cat_file(path, start=start, end=end)  # (s3fs takes a version id second)
 
     def exists(self, path: str) -> bool:
-        return self.fs.exists(path)
+        with self._asking():
+            return self.fs.exists(path)
 
     def ls(self, path: str, detail: bool = True) -> list[Any]:
-        return self.fs.ls(path, detail=detail)
+        with self._asking():
+            return self.fs.ls(path, detail=detail)
 
     def find(self, path: str) -> list[str]:
-        return self.fs.find(path)
+        with self._asking():
+            return self.fs.find(path)
 
     def info(self, path: str) -> dict[str, Any]:
-        return self.fs.info(path)
+        with self._asking():
+            return self.fs.info(path)
+
+    def _asking(self) -> contextlib.AbstractContextManager[None]:
+        """The remote's errors (a network that failed, a server's error answer) as one
+        RemoteError naming the URL; a file that is not there is the caller's to handle, and
+        a folder on this machine's filesystem speaks for itself (its files are mapped)."""
+        if isinstance(self.fs, LocalFileSystem):
+            return contextlib.nullcontext()
+        return speaking(self.url, passing=(FileNotFoundError, NotADirectoryError, IsADirectoryError))
 
     def refuse(self, *args: object, **kwargs: object) -> NoReturn:
         raise InvalidInputError(f"{self.url} is opened read-only, from its URL: clone it to write")
 
     pipe_file = put_file = rm_file = mv = makedirs = rmdir = refuse
+
+
+class _SpeakingFile:
+    """A remote file whose reads (each a request) raise the remote's errors as RemoteError."""
+
+    def __init__(self, f: Any, asking: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
+        self._f, self._asking = f, asking
+
+    def read(self, size: int = -1) -> bytes:
+        with self._asking():
+            return self._f.read(size)
+
+    def __getattr__(self, name: str) -> Any:  # seek, tell, close, …
+        return getattr(self._f, name)
+
+    def __enter__(self) -> _SpeakingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
 
 
 class ReadOnlyLock:
@@ -117,9 +151,11 @@ class RemoteStore(Store):
             local.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = make_temp(local.parent)
             try:
-                with os.fdopen(fd, "wb") as out, speaking(self.url), self._remote(oid) as src:
-                    shutil.copyfileobj(src, out, 8 << 20)
-                    out.flush()
+                with os.fdopen(fd, "w+b") as out:
+                    with speaking(self.url):
+                        self._download(oid, out)
+                    out.seek(0)
+                    hashed_whole(out, oid, f"{oid}.tar on {self.url}")  # (never a copy the network altered)
                     os.fsync(out.fileno())
                 publish(tmp, local)
             except BaseException:
@@ -133,9 +169,9 @@ class RemoteStore(Store):
         manifest is made (a shard gone from it is named as its datums are read)."""
         return True
 
-    def _remote(self, oid: str) -> BinaryIO:
+    def _download(self, oid: str, out: BinaryIO) -> None:
         try:
-            return self.fs.open(self._tar(oid), "rb", block_size=8 << 20)
+            download(self.fs.fs, self._tar(oid), out, block_size=8 << 20)  # (its errors as they are: some are tried again)
         except FileNotFoundError:
             raise ObjectNotFoundError("shard", oid) from None
 
@@ -175,6 +211,11 @@ class RemoteRepo(Repo):
             if opening and not index.created:
                 self.sync_locations(index)
         return index
+
+    def read(self, datum: str, verify: bool = True) -> dict[str, bytes]:
+        """A datum's members, always checked against its id (everything from a remote is:
+        bytes the network altered are a CorruptObjectError, never returned as the datum's)."""
+        return super().read(datum, verify=True)
 
     def source(self) -> tuple[str, str | None]:
         return self.url, str(self.cache)  # (a temporary cache too: the workers share it)

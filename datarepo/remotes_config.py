@@ -6,20 +6,22 @@ credentials and options. DVC is imported here, inside functions, and only here."
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from datarepo.errors import DataRepoError, InvalidInputError
-from datarepo.fsutil import LocalFileSystem, atomic_write
+from datarepo.fsutil import LocalFileSystem, NotAFileError, atomic_write
 from datarepo.refs import MAX_PART_BYTES, REMOTES, is_valid_ref_format
 from datarepo.repo import DOTDIR, Repo
 
 DVC_DIR = ".dvc"
 LOCAL = ("local", "file")  # the protocols of a remote on this machine's filesystem
+DOWNLOAD_TRIES = 3  # a file downloaded whole is tried this many times, each from where the last broke
 
 
 class RemoteError(DataRepoError):
@@ -130,7 +132,7 @@ def _one_line(e: BaseException) -> str:
     text = _said(e) or type(e).__name__
     cause = e.__cause__ or e.__context__
     if cause is not None and (said := _said(cause)) and said not in text:
-        text = f"{text}: {said}"
+        text = said if text in said else f"{text}: {said}"  # (botocore's says the server's message again)
     return " ".join(text.split())
 
 
@@ -141,12 +143,12 @@ def _said(e: BaseException) -> str:
 
 
 @contextmanager
-def speaking(remote: str) -> Iterator[None]:
+def speaking(remote: str, passing: tuple[type[Exception], ...] = ()) -> Iterator[None]:
     """A filesystem's own errors (OSError, botocore's, …) become one RemoteError line;
-    datarepo's errors and Python's own (a bug) pass as they are."""
+    datarepo's errors, Python's own (a bug) and those of ``passing`` pass as they are."""
     try:
         yield
-    except DataRepoError:
+    except (DataRepoError, *passing):
         raise
     except Exception as e:
         if isinstance(e, OSError) or type(e).__module__.split(".")[0] not in ("builtins", "datarepo"):
@@ -242,7 +244,7 @@ def open_remote(repo: Repo, name: str | None) -> RemoteFS:
 
         cls, conf, fs_path = get_cloud_fs(config, name=name)
         fs = cls(**conf)
-        inner = None if _protocol(fs) in LOCAL else fs.fs
+        inner = None if _protocol(fs) in LOCAL else _one_retry_layer(fs.fs)
     except ImportError as e:
         raise RemoteError(f"remote {name!r} ({url}): {_one_line(e)}") from None
     except Exception as e:  # a missing plugin, a URL DVC does not take
@@ -269,7 +271,44 @@ def url_filesystem(url: str) -> tuple[Callable[[], Any], str, str]:
     protocol = _protocol(fs)
     if protocol in LOCAL:
         return local_filesystem, _local_root(str(fs_path)), protocol
-    return lambda: fs.fs, str(fs_path).rstrip("/") or "/", protocol
+    return lambda: _one_retry_layer(fs.fs), str(fs_path).rstrip("/") or "/", protocol
+
+
+def _one_retry_layer(fs: Any) -> Any:
+    """The filesystem, with its requests retried by one layer only. s3fs retries each
+    request 5 times around botocore's retries (5 attempts by default), and 5 times again
+    around that where it reads a body: 125 attempts (250 requests, with aiohttp's own retry of
+    a dropped connection) of a request that keeps failing, and a server that stops answering
+    held a command for half an hour each request (15 s of read timeout each). botocore's
+    retry is the one kept: it covers error answers (500, 503 SlowDown, throttling),
+    connections reset or refused and timeouts, with a backoff, and is set where AWS's
+    tools set it (``AWS_MAX_ATTEMPTS``, ``AWS_RETRY_MODE``, ``max_attempts`` in
+    ``~/.aws/config``); a body broken mid-way is :func:`download`'s."""
+    if type(fs).__module__.split(".")[0] == "s3fs":
+        fs.retries = 1
+    return fs
+
+
+def download(fs: Any, path: str, out: BinaryIO, **options: Any) -> None:
+    """Copies the remote file ``path`` into ``out`` (empty, at its start). A transfer that
+    fails (a body cut short or reset mid-way, a read that timed out: each request was already
+    retried by the filesystem's library) is tried again from where it broke,
+    :data:`DOWNLOAD_TRIES` times in all; an answer that says the file is not there or not
+    ours to read (or a FIFO in a file's place) is final at once, and so is a disk here
+    that is full."""
+    for tries_left in range(DOWNLOAD_TRIES - 1, -1, -1):
+        try:
+            with fs.open(path, "rb", **options) as src:  # (options: the fsspec file's, block_size)
+                if out.tell():
+                    src.seek(out.tell())
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+            return
+        except (DataRepoError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, NotAFileError):
+            raise
+        except Exception as e:
+            if not tries_left or isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise  # (the last try, or a disk here that cannot take it)
 
 
 def local_filesystem() -> LocalFileSystem:

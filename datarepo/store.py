@@ -290,7 +290,7 @@ class Store:
         """``length`` bytes of a shard at ``offset`` (one datum's span, or one member)."""
         try:
             with _regular(f"{shard}.tar"):
-                data = self.fs.cat_file(self._tar(shard), offset, offset + length)
+                data = self.fs.cat_file(self._tar(shard), start=offset, end=offset + length)  # (s3fs takes a version id second)
         except _MISSING:
             with self.open_shard(shard) as f:
                 f.seek(offset)
@@ -304,7 +304,7 @@ class Store:
         index = self.read_index(oid)
         name = f"{oid}.tar"
         with self.open_shard(oid) as f:
-            _hashed_whole(f, oid, name)
+            hashed_whole(f, oid, name)
             members = {m.offset: m for m in iter_tar(f, name)}
         for d in index.datums:
             for m in d.members:
@@ -327,7 +327,7 @@ class Store:
         each datum's members to the datum id they are named by. Returns the index."""
         name = f"{oid}.tar"
         with self.open_shard(oid) as f:
-            size = _hashed_whole(f, oid, name)
+            size = hashed_whole(f, oid, name)
             datums = _datums_of(f, name)
         index = ShardIndex(Oid(oid), size, datums)
         self.put_index(index)
@@ -505,7 +505,7 @@ def _fanout(top: str, oid: str, suffix: str) -> str:
     return f"{top}/{oid[:2]}/{oid[2:]}{suffix}"
 
 
-def _hashed_whole(f: BinaryIO, oid: str, name: str) -> int:
+def hashed_whole(f: BinaryIO, oid: str, name: str) -> int:
     """Hashes a shard's bytes from where ``f`` is; CorruptObjectError unless they hash to
     the shard's name. Returns their size."""
     got, size = hash_stream(f)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Cli, holds_open
+from fault_proxy import FaultProxy, on
 from test_remotes import _s3_remote, a_clone_with_their_commit, files_of, origin, s3_endpoint  # noqa: F401  (origin, s3_endpoint: fixtures)
 
 import datarepo
@@ -277,58 +278,6 @@ def test_of_two_pushes_racing_to_one_branch_the_second_is_refused(tmp_path: Path
     assert (origin / "refs/heads/main").read_text() == f"{theirs}\n"
 
 
-class HeldPuts:
-    """An HTTP proxy on loopback in front of an S3 endpoint that passes every request on as it
-    came, except that a PUT of a key ending in ``suffix`` waits, once armed, until released:
-    the window between a push's reading of a ref and its writing of it, held open."""
-
-    def __init__(self, upstream: str, suffix: str) -> None:
-        import http.client
-        import http.server
-        import threading
-        from urllib.parse import urlsplit
-
-        self.armed, self.held, self.released = threading.Event(), threading.Event(), threading.Event()
-        gate, target = self, urlsplit(upstream).netloc
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.command == "PUT" and self.path.split("?")[0].endswith(suffix) and gate.armed.is_set():
-                    gate.held.set()
-                    gate.released.wait(60)
-                upstream = http.client.HTTPConnection(target, timeout=60)
-                upstream.request(self.command, self.path, body=body, headers=dict(self.headers))
-                answer = upstream.getresponse()
-                data = answer.read()
-                self.send_response(answer.status, answer.reason)
-                for name, value in answer.getheaders():
-                    if name.lower() not in ("transfer-encoding", "content-length", "connection", "date", "server"):
-                        self.send_header(name, value)
-                # (the answer to a HEAD has no body, but the length of the one a GET would have)
-                self.send_header("Content-Length", answer.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                upstream.close()
-
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.mark.parametrize("branch", ["main", "fresh"])
 def test_of_two_pushes_racing_to_one_s3_branch_the_second_is_refused(tmp_path: Path, worktree: Path, cli: Cli,
                                                                      s3_endpoint: str, branch: str,
@@ -339,7 +288,7 @@ def test_of_two_pushes_racing_to_one_s3_branch_the_second_is_refused(tmp_path: P
     import boto3
 
     bucket = f"racing-pushes-{branch}"
-    gate = HeldPuts(s3_endpoint, f"/refs/heads/{branch}")
+    gate = FaultProxy(s3_endpoint)
     try:
         (worktree / "a.txt").write_text("a")
         cli("init")
@@ -366,13 +315,13 @@ def test_of_two_pushes_racing_to_one_s3_branch_the_second_is_refused(tmp_path: P
         (worktree / "ours.txt").write_text("ours")
         cli("add", ".")
         cli("commit", "-m", "ours")
-        gate.armed.set()
+        held = gate.fail(on("PUT", f"refs/heads/{branch}"), "hold")  # the window between its read of the ref and its write
         pushing = subprocess.Popen([EXE, "push"], cwd=worktree, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert gate.held.wait(60), pushing.communicate()
+        assert held.held.wait(60), pushing.communicate()
         s3 = boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="test", aws_secret_access_key="test",
                           region_name="us-east-1")
         s3.put_object(Bucket=bucket, Key=f"repo/refs/heads/{branch}", Body=f"{theirs}\n".encode())  # their push
-        gate.released.set()
+        held.released.set()
         out, err = pushing.communicate(timeout=60)
     finally:
         gate.close()

@@ -26,7 +26,7 @@ from datarepo.hashing import Oid, is_oid
 from datarepo.objects import Blob, Commit
 from datarepo.porcelain.maintenance import LEFTOVER_AGE, walk
 from datarepo.refs import BRANCHES, HEAD, REMOTES, RUNS, TAGS, Refs, check_name, is_ref_name
-from datarepo.remotes_config import LOCAL, RemoteError, RemoteFS, open_remote, speaking
+from datarepo.remotes_config import LOCAL, RemoteError, RemoteFS, download, open_remote, speaking
 from datarepo.repo import Repo
 from datarepo.store import Store
 
@@ -180,7 +180,10 @@ class Remote:
         try:
             self.fs.pipe_file(self.path(name), data, **({"IfMatch": etag} if etag else {"IfNoneMatch": "*"}))
         except OSError:
-            if self.read_ref(name) == old:
+            now = self.read_ref(name)
+            if now == new:  # written: the answer was lost, and the write tried again found it done
+                return
+            if now == old:
                 raise
             raise RemoteError(f"{name} on remote {self.name!r} was moved by another push meanwhile: fetch, then push again") from None
 
@@ -529,9 +532,8 @@ def _fetch_listed(repo: Repo, r: Remote, needed: dict[str, str], sizes: list[int
 def _fetch_shard(repo: Repo, r: Remote, staging: Store, tmp: Path, shard: str) -> int:
     tar = tmp / Store.shard_name(shard)
     tar.parent.mkdir(parents=True, exist_ok=True)
-    with r.fs.open(r.path(Store.shard_name(shard)), "rb") as src, open(tar, "wb") as out:
-        while chunk := src.read(1 << 20):
-            out.write(chunk)
+    with open(tar, "wb") as out:
+        download(r.fs, r.path(Store.shard_name(shard)), out)
     sent = r.fs.cat_file(r.path(Store.shard_name(shard, ".idx")))
     index = staging.rebuild_index(shard)  # raises CorruptObjectError for a tar that is not what it is named
     if index.to_bytes() != sent:
