@@ -463,7 +463,7 @@ def _check_kind(repo: Repo, store: Store, name: str, oid: Oid) -> None:
 
 def _remove_stale_downloads(repo: Repo) -> None:
     """Folders a killed fetch left (whoever holds the writer lock knows none is running)."""
-    tmp = repo.dotdir / "tmp"
+    tmp = repo.temp_dir
     if tmp.is_dir():
         for entry in tmp.iterdir():
             if entry.name.startswith(FETCH_DIR) and entry.is_dir():
@@ -519,8 +519,8 @@ def _fetch_listed(repo: Repo, r: Remote, needed: dict[str, str], sizes: list[int
             break
     if lost := next((d for d in needed if d not in holder), None):
         raise _ListingOutdated(f"lacks datum {lost} (key {needed[lost]})")
-    (repo.dotdir / "tmp").mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=FETCH_DIR, dir=repo.dotdir / "tmp") as tmp, batched(repo.store.fs):
+    repo.temp_dir.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=FETCH_DIR, dir=repo.temp_dir) as tmp, batched(repo.store.fs):
         staging = Store(tmp, fs=LocalFileSystem(durable=False))  # (only read back here, then removed)
         for shard in sorted(set(holder.values())):
             try:
