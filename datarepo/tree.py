@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import xxhash
 
+from datarepo import args
 from datarepo.errors import CorruptObjectError, InvalidInputError, ObjectNotFoundError
 from datarepo.fsutil import batched
 from datarepo.hashing import OID_LEN, Oid, is_hex
@@ -349,6 +350,7 @@ class Tree:
 
         Raises:
             ObjectNotFoundError: (a KeyError) the tree has no such key.
+            InvalidInputError: ``key`` is not a str.
         """
         if (found := self.get(key)) is None:
             raise ObjectNotFoundError("key", repr(key))
@@ -358,11 +360,14 @@ class Tree:
         return isinstance(key, str) and self.get(key) is not None
 
     def get(self, key: str, default: TreeEntry | None = None) -> TreeEntry | None:
+        args.instance("key", key, str, "a str")
         found = lookup(self.store, self.oid, key) if self.oid else None
         return default if found is None else found
 
     def get_many(self, keys: Iterable[str]) -> dict[str, TreeEntry]:
-        """The entries of those of ``keys`` the tree has, each page opened once."""
+        """The entries of those of ``keys`` (a list of str, not one str) the tree has, each
+        page opened once."""
+        keys = args.texts("keys", keys)
         return lookup_many(self.store, self.oid, keys) if self.oid else {}
 
     def select(self, prefix: str = "", glob: str | None = None) -> Selection:
@@ -374,6 +379,10 @@ class Tree:
         Args:
             prefix: keep the keys that start with it.
             glob: keep the keys it matches whole (rules: :func:`glob_regex`).
+
+        Raises:
+            InvalidInputError: ``prefix`` is not a str, ``glob`` neither a str nor None,
+                or the glob has a class no regular expression can hold (``[z-a]``).
         """
         return Selection(self, prefix, glob)
 
@@ -384,7 +393,11 @@ class Tree:
         Yields:
             A :class:`Change` ``(key, old, new)`` a key: ``old`` this tree's entry, ``new``
             the other's, None where the tree has no such key.
+
+        Raises:
+            InvalidInputError: ``other`` is not a tree.
         """
+        args.instance("other", other, Tree, "a Tree (repo.tree(rev))")
         return diff_trees(self.store, self.oid, other.oid)
 
 
@@ -393,6 +406,9 @@ class Selection:
     in key order, or hand it to ``repo.manifest``. It is read when iterated, every time."""
 
     def __init__(self, tree: Tree, prefix: str = "", glob: str | None = None) -> None:
+        args.text("prefix", prefix)
+        if glob is not None:
+            args.text("glob", glob)
         self.tree = tree
         self.prefix = prefix
         self.glob = glob

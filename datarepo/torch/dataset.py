@@ -19,9 +19,10 @@ import xxhash
 from torch.utils.data import IterableDataset, get_worker_info
 
 import datarepo
+from datarepo import args
 from datarepo.errors import DataRepoError, InvalidInputError
 from datarepo.repo import Repo, reopen
-from datarepo.torch import args, transport
+from datarepo.torch import transport
 from datarepo.torch.batch import Record, collate, columns, for_the_queue, position_range
 from datarepo.torch.decode import check_spec, decoder
 from datarepo.torch.plan import OrderSpec, Share, chunks_of, order_fingerprint, rows_at, select, share
