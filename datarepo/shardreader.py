@@ -129,7 +129,7 @@ def checked_ranges(ranges: Any) -> list[DatumRange]:
     if not all(map(isinstance, keys, repeat((str, type(None))))):
         i = next(i for i, k in enumerate(keys) if not isinstance(k, (str, type(None))))
         raise InvalidInputError(f"ranges[{i}]: the key must be a str, not {args.shown(keys[i])}")
-    args.oids("ranges' datum", datums)
+    args.oids("ranges: a datum", datums)
     for name, column in (("offset", offsets), ("length", lengths)):
         if not set(map(type, column)) <= {int} or (column and min(column) < 0):
             i = next(i for i, v in enumerate(column) if type(v) is not int or v < 0)

@@ -431,7 +431,8 @@ def _checked_members(key: str, members: Any) -> Mapping[str, MemberData]:
     if not isinstance(members, Mapping) or not members:
         raise InvalidInputError(f"members must be a dict of one or more extensions to bytes, not {args.shown(members)}")
     for ext, data in members.items():
-        args.instance("a member's extension", ext, str, "a str")
+        if not isinstance(ext, str):
+            raise InvalidInputError(f"members: an extension must be a str, not {args.shown(ext)}")
         check_member(key, ext)
         if type(data) is not bytes and not isinstance(data, FileRange):
             if not isinstance(data, (bytearray, memoryview)):
