@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import datarepo
-from datarepo.errors import InvalidInputError, ObjectNotFoundError, RefConflictError
+from datarepo.errors import InvalidInputError, ObjectNotFoundError, PipelineError, RefConflictError
 from datarepo.executor import ProcessExecutor, open_executor
 from datarepo.manifest import ShardReader
 from datarepo.repo import Repo
@@ -392,3 +392,64 @@ def test_executors_refuse(argument: str, call: Callable[[], Any]) -> None:
 def test_error_names_a_long_value_by_its_type(c: Any) -> None:
     message = refused("datum", lambda: c.repo.read(io.BytesIO(b"x" * 1000)))
     assert len(message) < 200
+
+
+# --- the pipeline decorator (docs/pipelines.md) ----------------------------------------------
+
+
+def transform(datum: dict[str, Any]) -> dict[str, Any]:
+    return datum
+
+
+BAD_DECLARATIONS = [
+    ("input", dict(input=42)),
+    ("input", dict(input=None)),
+    ("input", dict(input=b"raw/**")),
+    ("output", dict(output="up")),
+    ("output", dict(output=5)),
+    ("output", dict(output="../up/")),
+    ("name", dict(name="")),
+    ("name", dict(name="a b")),
+    ("name", dict(name=5)),
+    ("version", dict(version=1)),
+    ("params", dict(params=[1])),
+    ("params", dict(params={"a": object()})),
+    ("params", dict(params={"a": float("nan")})),
+    ("workers", dict(workers=0)),
+    ("workers", dict(workers="2")),
+    ("max_failures", dict(max_failures=-1)),
+    ("retries", dict(retries=-1)),
+    ("retries", dict(retries=True)),
+    ("timeout", dict(timeout=0)),
+    ("timeout", dict(timeout=float("inf"))),
+    ("timeout", dict(timeout="60")),
+    ("setup", dict(setup=5)),
+    ("depends", dict(depends="numpy")),  # a str is not a list of one-letter names
+    ("depends", dict(depends=[""])),
+    ("batch_size", dict(batch_size=0)),
+]
+
+
+@pytest.mark.parametrize(("argument", "options"), BAD_DECLARATIONS)
+def test_pipeline_decorator_refuses_as_it_decorates(argument: str, options: dict[str, Any]) -> None:
+    """A bad option is one error naming it where the function is declared, not later as
+    the pipelines are loaded (or never, in a program that only imports the module)."""
+    options = {"input": "raw/**", "output": "up/", **options}
+    with pytest.raises(PipelineError) as e:
+        datarepo.pipeline(**options)(transform)
+    assert re.match(rf"pipeline .+?: {argument}: ", str(e.value)), str(e.value)
+    assert not hasattr(transform, "__datarepo_pipeline__")
+
+
+def test_pipeline_decorator_refuses_what_is_not_a_function() -> None:
+    with pytest.raises(PipelineError, match="decorates a function"):
+        datarepo.pipeline("raw/**", "up/")("transform")
+
+
+def test_pipeline_decorator_takes_good_options() -> None:
+    def thumbs(datum: dict[str, Any], size: int) -> dict[str, Any]:
+        return datum
+
+    marked = datarepo.pipeline(datarepo.pipeline.source("raw/**", rev="v1"), "thumbs/", params={"size": 64}, workers=2,
+                               retries=1, timeout=5, depends=("numpy",), batch_size=10)(thumbs)
+    assert marked is thumbs and thumbs.__datarepo_pipeline__["name"] == "thumbs"

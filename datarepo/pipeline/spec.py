@@ -237,15 +237,34 @@ _PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 def check_spec(spec: Spec) -> Spec:
     """Checks every field of a declaration; raises one PipelineError naming the file, the
     pipeline and the field."""
-    where = f"{spec.file}: pipeline {spec.name!r}"
-    if not isinstance(spec.name, str) or not _NAME.fullmatch(spec.name):
+    _check_fields(f"{spec.file}: pipeline {spec.name!r}", {name: getattr(spec, name) for name in ("name", *_CHECKS)})
+    return spec
+
+
+def check_declaration(options: dict[str, Any]) -> None:
+    """Checks the options of a ``@pipeline`` declaration as the function is decorated (the
+    checks of :func:`check_spec`, which loading the module makes again).
+
+    Raises:
+        PipelineError: ``"pipeline 'NAME': FIELD: why"``.
+    """
+    where = f"pipeline {options['name']!r:.80}"
+    _field(where, "input", as_input, options["input"])
+    depends = _field(where, "depends", _strings, options["depends"])
+    setup = options["setup"]
+    if setup is not None and not callable(setup):
+        raise PipelineError(f"{where}: setup: must be a function of the module, not {setup!r:.80}")
+    _check_fields(where, {**{name: options[name] for name in ("name", *_CHECKS)}, "depends": depends})
+
+
+def _check_fields(where: str, values: dict[str, Any]) -> None:
+    if not isinstance(values["name"], str) or not _NAME.fullmatch(values["name"]):
         raise PipelineError(f"{where}: name: a name is letters, digits, '_', '.', '-'")
     for name, check in _CHECKS.items():
         try:
-            check(getattr(spec, name))
+            check(values[name])
         except (DataRepoError, TypeError, ValueError, OverflowError) as e:
             raise PipelineError(f"{where}: {name}: {e}") from None
-    return spec
 
 
 def _check_output(output: Any) -> None:
@@ -356,6 +375,8 @@ def import_module(path: Path, rel: str) -> ModuleType:
         if stops_run(e):
             raise
         line = line_in(e, found.origin or str(path))
+        if isinstance(e, PipelineError):  # a declaration refused as its function is decorated
+            raise PipelineError(f"{rel}{f':{line}' if line else ''}: {e}") from None
         raise PipelineError(f"{rel}{f':{line}' if line else ''}: cannot import: {described(e)}") from None
     _modules[key] = module
     return module
