@@ -272,19 +272,21 @@ class Change(NamedTuple):
     new: TreeEntry | None
 
 
-def diff_trees(store: Store, a: str | None, b: str | None) -> Iterator[Change]:
-    """Yields the keys that differ between two trees, in key order.
+def diff_trees(store: Store, a: str | None, b: str | None, store_b: Store | None = None) -> Iterator[Change]:
+    """Yields the keys that differ between two trees, in key order (``b`` read from
+    ``store_b`` where it is another repository's).
 
     Pages present in both trees are skipped without being opened, so the cost
     follows the size of the change, not of the trees.
     """
     if a == b:
         return
+    store_b = store if store_b is None else store_b
     pages_a = read_root(store, a).pages if a else ()
-    pages_b = read_root(store, b).pages if b else ()
+    pages_b = read_root(store_b, b).pages if b else ()
     shared = {p.page for p in pages_a} & {p.page for p in pages_b}
     old = _entries(store, (p for p in pages_a if p.page not in shared))
-    new = _entries(store, (p for p in pages_b if p.page not in shared))
+    new = _entries(store_b, (p for p in pages_b if p.page not in shared))
     yield from merge_diff(old, new)
 
 
@@ -387,8 +389,9 @@ class Tree:
         return Selection(self, prefix, glob)
 
     def diff(self, other: Tree) -> Iterator[Change]:
-        """The keys that differ from this tree to another, in key order. Pages both trees
-        share are not opened.
+        """The keys that differ from this tree to another (of this repository or another
+        one: each is read from its own), in key order. Pages both trees share are not
+        opened.
 
         Yields:
             A :class:`Change` ``(key, old, new)`` a key: ``old`` this tree's entry, ``new``
@@ -398,7 +401,7 @@ class Tree:
             InvalidInputError: ``other`` is not a tree.
         """
         args.instance("other", other, Tree, "a Tree (repo.tree(rev))")
-        return diff_trees(self.store, self.oid, other.oid)
+        return diff_trees(self.store, self.oid, other.oid, other.store)
 
 
 class Selection:

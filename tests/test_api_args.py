@@ -453,3 +453,18 @@ def test_pipeline_decorator_takes_good_options() -> None:
     marked = datarepo.pipeline(datarepo.pipeline.source("raw/**", rev="v1"), "thumbs/", params={"size": 64}, workers=2,
                                retries=1, timeout=5, depends=("numpy",), batch_size=10)(thumbs)
     assert marked is thumbs and thumbs.__datarepo_pipeline__["name"] == "thumbs"
+
+
+def test_diff_with_a_tree_of_another_repository(c: Any, tmp_path: Path) -> None:
+    """Each tree is read from its own repository (the other's pages are not looked for here)."""
+    Repo.init(tmp_path).close()
+    with datarepo.open(tmp_path) as other, other.lock:
+        with other.writer() as w:
+            w.put("train/0001", c.repo.read(c.datum))
+            w.put("val/0000", {"txt": b"only there"})
+        other.commit(w.entries, "m")
+        changes = list(c.tree.diff(other.tree()))
+        back = list(other.tree().diff(c.tree))
+    assert [(k, a is not None, b is not None) for k, a, b in changes] == (
+        [(f"train/{i:04d}", True, False) for i in range(30) if i != 1] + [("val/0000", False, True)])
+    assert [(k, b, a) for k, a, b in back] == changes
