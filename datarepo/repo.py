@@ -307,8 +307,13 @@ class Repo:
     def stored(self, datums: Iterable[str]) -> set[str]:
         """Those of ``datums`` that the location cache places in a shard the store has. A
         datum whose shard went missing, or that ``fsck`` found damaged, is not: storing it
-        again (``add`` of the same content) is how it is restored."""
-        found = self.index.locations.shards_of(datums)
+        again (``add`` of the same content) is how it is restored.
+
+        Raises:
+            InvalidInputError: ``datums`` is not a list (or set) of str: one datum id is
+                not a list of its characters.
+        """
+        found = self.index.locations.shards_of(args.texts("datums", datums))
         damaged = self.index.locations.damaged()
         sound = {shard for shard in set(found.values()) if shard not in damaged and self.store.has_shard(shard)}
         return {datum for datum, shard in found.items() if shard in sound}

@@ -154,6 +154,11 @@ BAD_READS = [
     ("other", lambda c: c.tree.diff(3)),
     ("other", lambda c: c.tree.diff(None)),
     ("other", lambda c: c.tree.diff("HEAD")),
+    ("datums", lambda c: c.repo.stored(c.datum)),  # one id is not a list of its characters (was: none stored)
+    ("datums", lambda c: c.repo.stored(5)),
+    ("datums", lambda c: c.repo.stored([5])),
+    ("shard", lambda c: c.repo.store.open_shard(0)),  # a place in the manifest, not the shard's oid
+    ("shard", lambda c: c.repo.store.open_shard(None)),
 ]
 
 
@@ -174,6 +179,9 @@ def test_reads_that_name_nothing(c: Any) -> None:
     assert c.tree.get_many(("train/0001", "train/9999")) == {"train/0001": c.entry}
     assert c.tree.get_many(k for k in ["train/0001"]) == {"train/0001": c.entry}
     assert list(c.tree.select(glob="")) == []
+    assert c.repo.stored({c.datum, "0" * 32}) == c.repo.stored(iter([c.datum])) == {c.datum}
+    with pytest.raises(ObjectNotFoundError):
+        c.repo.store.open_shard("0" * 32)
 
 
 BAD_MANIFEST_CALLS = [
