@@ -476,3 +476,10 @@ def test_diff_with_a_tree_of_another_repository(c: Any, tmp_path: Path) -> None:
     assert [(k, a is not None, b is not None) for k, a, b in changes] == (
         [(f"train/{i:04d}", True, False) for i in range(30) if i != 1] + [("val/0000", False, True)])
     assert [(k, b, a) for k, a, b in back] == changes
+
+
+def test_a_folder_whose_name_is_not_utf8_opens(tmp_path: Path) -> None:
+    folder = tmp_path / os.fsdecode(b"data\xff")
+    Repo.init(folder).close()
+    with datarepo.open(folder) as a, datarepo.open(str(folder)) as b:
+        assert a.dotdir == b.dotdir == folder / ".datarepo"
