@@ -164,12 +164,12 @@ def json_data(name: str, value: Any) -> None:
     Raises:
         InvalidInputError: ``"{name} must be JSON data (why)"``.
     """
-    why = _not_json(value, name, 0)
+    why = not_json(value, name)
     if why is not None:
         raise InvalidInputError(f"{name} must be JSON data ({why})")
 
 
-def _not_json(value: Any, where: str, depth: int) -> str | None:
+def not_json(value: Any, where: str, depth: int = 0) -> str | None:
     """Why ``value`` is not JSON data (naming where in it), or None."""
     if value is None or isinstance(value, bool):
         return None
@@ -182,12 +182,12 @@ def _not_json(value: Any, where: str, depth: int) -> str | None:
     if depth >= MAX_NESTING and isinstance(value, (dict, list, tuple)):
         return f"{where} is nested more than {MAX_NESTING} deep (or holds itself)"
     if isinstance(value, (list, tuple)):
-        return next((w for i, v in enumerate(value) if (w := _not_json(v, f"{where}[{i}]", depth + 1))), None)
+        return next((w for i, v in enumerate(value) if (w := not_json(v, f"{where}[{i}]", depth + 1))), None)
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str) or not is_utf8(k):
                 return f"{where} has the key {k!r}: a JSON object's keys are UTF-8 strings"
-            if (w := _not_json(v, f"{where}[{k!r}]", depth + 1)) is not None:
+            if (w := not_json(v, f"{where}[{k!r}]", depth + 1)) is not None:
                 return w
         return None
     return f"{where} is a {type(value).__name__}"

@@ -10,7 +10,6 @@ a Python module, or as a ``[pipeline.NAME]`` table of a TOML file (a command tra
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import re
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
+from datarepo.args import not_json
 from datarepo.errors import DataRepoError, PipelineError
 from datarepo.executor import MAX_WORKERS
 from datarepo.hashing import canonical_json, hash_bytes
@@ -279,10 +279,8 @@ def _check_params(params: Any) -> None:
     for name in params:
         if not isinstance(name, str) or not _PARAM.fullmatch(name):
             raise PipelineError(f"param name {name!r:.80} is not a name (letters, digits, '_')")
-    try:
-        json.dumps(params, allow_nan=False, ensure_ascii=False).encode()
-    except (TypeError, ValueError, RecursionError) as e:
-        raise PipelineError(f"must be JSON values (str, int, float, bool, list, dict): {e}") from None
+    if (why := not_json(params, "params")) is not None:
+        raise PipelineError(f"must be JSON values (str, int, float, bool, list, dict): {why}")
 
 
 def _count(least: int, most: int, optional: bool = False) -> Any:
