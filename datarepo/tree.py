@@ -118,7 +118,7 @@ def apply_changes(store: Store, base: Oid | None, changes: dict[str, Row | None]
     be refused by every reader."""
     if not all(map(_same_key, changes.items())):
         key, entry = next(item for item in changes.items() if not _same_key(item))
-        raise InvalidInputError(f"the change of key {key!r:.80} gives an entry of key {entry[0]!r:.80}")  # type: ignore[index]
+        raise InvalidInputError(f"changes: the change of key {key!r:.80} gives an entry of key {entry[0]!r:.80}")  # type: ignore[index]
     with batched(store.fs):  # (its pages made durable together: a million keys are a thousand pages)
         if base is not None:
             return update_tree(store, base, changes)
