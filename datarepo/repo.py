@@ -227,7 +227,7 @@ class Repo:
     def resolve(self, rev: str) -> Oid:
         """Resolves git's revision forms to a commit oid (``main``, ``HEAD~2``, ``v1^``, an oid prefix)."""
         try:
-            return self._resolve(args.text("rev", rev))
+            return self._resolve(args.instance("rev", rev, str, "a str"))
         except BadRevisionError as e:  # named whole, not the part of it that failed (HEAD~9 of HEAD~9~1)
             if e.rev == rev:
                 raise
@@ -371,7 +371,7 @@ class Repo:
     ) -> Oid:
         """Writes a commit of a stored tree and moves ``ref`` from ``parent`` to it."""
         _check_commit(message, provenance, ref)
-        commit = Commit(tree, (parent,) if parent else (), self.author(), self.now(), _utf8(message, "the commit message"), provenance)
+        commit = Commit(tree, (parent,) if parent else (), self.author(), self.now(), message, provenance)
         oid = self.store.put_object(commit)
         first = message.splitlines()[0] if message else ""
         self.refs.update(ref, oid, expected=parent, message=f"commit: {first}")
@@ -548,7 +548,7 @@ class Repo:
 
 def _check_commit(message: Any, provenance: Any, ref: Any) -> None:
     """Checks what a commit records besides its tree, before anything is written."""
-    args.text("message", message)
+    _utf8(args.instance("message", message, str, "a str"), "the commit message")
     if provenance is not None:
         args.instance("provenance", provenance, dict, "a dict of JSON data or None")
         args.json_data("provenance", provenance)

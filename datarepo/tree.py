@@ -409,9 +409,9 @@ class Selection:
     in key order, or hand it to ``repo.manifest``. It is read when iterated, every time."""
 
     def __init__(self, tree: Tree, prefix: str = "", glob: str | None = None) -> None:
-        args.text("prefix", prefix)
+        args.instance("prefix", prefix, str, "a str")
         if glob is not None:
-            args.text("glob", glob)
+            args.instance("glob", glob, str, "a str or None")
         self.tree = tree
         self.prefix = prefix
         self.glob = glob

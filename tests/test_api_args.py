@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import datarepo
-from datarepo.errors import InvalidInputError, ObjectNotFoundError, PipelineError, RefConflictError
+from datarepo.errors import BadRevisionError, InvalidInputError, ObjectNotFoundError, PipelineError, RefConflictError
 from datarepo.executor import ProcessExecutor, open_executor
 from datarepo.manifest import ShardReader
 from datarepo.repo import Repo
@@ -127,7 +127,6 @@ BAD_READS = [
     ("rev", lambda c: c.repo.tree(5)),
     ("rev", lambda c: c.repo.tree(None)),
     ("rev", lambda c: c.repo.tree(b"HEAD")),
-    ("rev", lambda c: c.repo.tree("HEAD\udcff")),
     ("datum", lambda c: c.repo.read(123)),
     ("datum", lambda c: c.repo.read(None)),
     ("datum", lambda c: c.repo.read(c.datum.encode())),
@@ -178,7 +177,9 @@ def test_reads_that_name_nothing(c: Any) -> None:
     assert 5 not in c.tree and b"train/0001" not in c.tree
     assert c.tree.get_many(("train/0001", "train/9999")) == {"train/0001": c.entry}
     assert c.tree.get_many(k for k in ["train/0001"]) == {"train/0001": c.entry}
-    assert list(c.tree.select(glob="")) == []
+    assert list(c.tree.select(glob="")) == [] == list(c.tree.select("train/\udcff")) == list(c.tree.select(glob="*\udcff"))
+    with pytest.raises(BadRevisionError):
+        c.repo.tree("HEAD\udcff")
     assert c.repo.stored({c.datum, "0" * 32}) == c.repo.stored(iter([c.datum])) == {c.datum}
     with pytest.raises(ObjectNotFoundError):
         c.repo.store.open_shard("0" * 32)
@@ -283,7 +284,7 @@ BAD_COMMITS = [
     ("message", lambda c: c.repo.commit({}, 5)),
     ("message", lambda c: c.repo.commit({}, None)),
     ("message", lambda c: c.repo.commit({}, b"m")),
-    ("message", lambda c: c.repo.commit({}, "m\udcff")),
+    ("the commit message", lambda c: c.repo.commit({}, "m\udcff")),
     ("provenance", lambda c: c.repo.commit({}, "m", provenance=5)),  # (was committed: an unreadable commit)
     ("provenance", lambda c: c.repo.commit({}, "m", provenance=["by"])),
     ("provenance", lambda c: c.repo.commit({}, "m", provenance={"a": float("nan")})),
