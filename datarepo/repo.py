@@ -309,9 +309,11 @@ class Repo:
         again (``add`` of the same content) is how it is restored.
 
         Raises:
-            InvalidInputError: ``datums`` is not a list (or set) of str: one datum id is
-                not a list of its characters.
+            InvalidInputError: ``datums`` is not a list (a set, a dict's keys) of str: one
+                datum id is not a list of its characters.
         """
+        if isinstance(datums, Mapping):  # (its keys)
+            datums = list(datums)
         found = self.index.locations.shards_of(args.texts("datums", datums))
         damaged = self.index.locations.damaged()
         sound = {shard for shard in set(found.values()) if shard not in damaged and self.store.has_shard(shard)}

@@ -43,7 +43,7 @@ from datarepo.keys import check_member
 from datarepo.locations import LocationRow, location_rows
 from datarepo.objects import TreeEntry
 from datarepo.progress import Progress, begin, tick
-from datarepo.shards import LARGE_FILE, DatumLoc, FileRange, MemberData, ShardWriter, member_hash, member_size
+from datarepo.shards import LARGE_FILE, DatumLoc, FileRange, MemberData, ShardWriter, SparseRange, member_hash, member_size
 from datarepo.statcache import trusted
 from datarepo.statcols import SIZE, UNSTATED, FileStat, StatColumns, StatRow, file_stat
 from datarepo.store import Store
@@ -422,8 +422,8 @@ def adopt(repo: Repo, shards: Iterable[PublishedShard], adopted: set[str]) -> No
 # --- the writer of the Python API ----------------------------------------------------------------
 def _checked_members(key: str, members: Any) -> Mapping[str, MemberData]:
     """A datum's members, if ``members`` maps one or more names (the key rule's, for
-    ``key``) to bytes (a ``bytearray`` or ``memoryview`` is taken as its bytes) or to a
-    :class:`FileRange`.
+    ``key``) to bytes (a ``bytearray`` or ``memoryview`` is taken as its bytes), or to
+    bytes of a file to copy (:class:`FileRange`, :class:`SparseRange`).
 
     Raises:
         InvalidInputError: ``"members ..."`` or the key rule's complaint.
@@ -434,7 +434,7 @@ def _checked_members(key: str, members: Any) -> Mapping[str, MemberData]:
         if not isinstance(ext, str):
             raise InvalidInputError(f"members: an extension must be a str, not {args.shown(ext)}")
         check_member(key, ext)
-        if type(data) is not bytes and not isinstance(data, FileRange):
+        if type(data) is not bytes and not isinstance(data, (FileRange, SparseRange)):
             if not isinstance(data, (bytearray, memoryview)):
                 raise InvalidInputError(f"members[{ext!r}] must be bytes, not {args.shown(data)}")
             members = {**members, ext: bytes(data)}

@@ -374,7 +374,7 @@ def import_module(path: Path, rel: str) -> ModuleType:
             raise
         line = line_in(e, found.origin or str(path))
         if isinstance(e, PipelineError):  # a declaration refused as its function is decorated
-            raise PipelineError(f"{rel}{f':{line}' if line else ''}: {e}") from None
+            raise PipelineError(f"{rel}: {e}") from None
         raise PipelineError(f"{rel}{f':{line}' if line else ''}: cannot import: {described(e)}") from None
     _modules[key] = module
     return module
