@@ -84,9 +84,10 @@ def instance(name: str, value: Any, kinds: type | tuple[type, ...], what: str) -
     return value
 
 
-def texts(name: str, value: Any) -> list[str]:
-    """A list (or any iterable but a str, bytes or a mapping) of strs that UTF-8 can
-    encode, as a list; checked in C (a million keys are many)."""
+def texts(name: str, value: Any, utf8: bool = False) -> list[str]:
+    """A list (or any iterable but a str, bytes or a mapping) of strs (that UTF-8 can
+    encode, with ``utf8``: what a run record stores must), as a list; checked in C (a
+    million keys are many)."""
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
         raise InvalidInputError(f"{name} must be a list of str, not {shown(value)}")
     values = list(value)
@@ -95,7 +96,8 @@ def texts(name: str, value: Any) -> list[str]:
     except TypeError:
         bad = next(v for v in values if not isinstance(v, str))
         raise InvalidInputError(f"{name} must be a list of str, and {shown(bad)} is not one") from None
-    _utf8(name, joined)
+    if utf8:
+        _utf8(name, joined)
     return values
 
 
@@ -121,7 +123,7 @@ def key_list(value: Any) -> list[str] | None:
     """The keys to read, sorted: a list (or any iterable but a str) of distinct strs."""
     if value is None:
         return None
-    keys = texts("keys", value)
+    keys = texts("keys", value, utf8=True)
     out = sorted(set(keys))
     if len(out) != len(keys):
         twice = next(k for k, n in zip(sorted(keys), sorted(keys)[1:]) if k == n)
