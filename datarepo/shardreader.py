@@ -121,10 +121,11 @@ def checked_ranges(ranges: Any) -> list[DatumRange]:
     if isinstance(ranges, (str, bytes, Mapping)) or not isinstance(ranges, Iterable):
         raise InvalidInputError(f"ranges must be a list of DatumRange (key, datum, offset, length), not {args.shown(ranges)}")
     ranges = list(ranges)
-    for i, r in enumerate(ranges):
-        if not isinstance(r, (tuple, list)) or len(r) != 4:
-            raise InvalidInputError(f"ranges[{i}] must be a DatumRange (key, datum, offset, length), not {args.shown(r)}")
-    ranges = list(map(DatumRange._make, ranges))
+    if not (all(map(isinstance, ranges, repeat((tuple, list)))) and set(map(len, ranges)) <= {4}):
+        i = next(i for i, r in enumerate(ranges) if not isinstance(r, (tuple, list)) or len(r) != 4)
+        raise InvalidInputError(f"ranges[{i}] must be a DatumRange (key, datum, offset, length), not {args.shown(ranges[i])}")
+    if set(map(type, ranges)) != {DatumRange}:
+        ranges = list(map(DatumRange._make, ranges))
     keys, datums, offsets, lengths = (list(map(itemgetter(i), ranges)) for i in range(4))
     if not all(map(isinstance, keys, repeat((str, type(None))))):
         i = next(i for i, k in enumerate(keys) if not isinstance(k, (str, type(None))))
