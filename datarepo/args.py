@@ -57,14 +57,14 @@ def text(name: str, value: Any, empty: bool = True) -> str:
     return str(value)
 
 
-def folder(name: str, value: Any) -> Path:
+def folder(name: str, value: Any, what: str = "a str or a Path") -> Path:
     """A path given as a ``str`` or an ``os.PathLike`` (a ``Path``), not empty and not
     ``bytes``. (A name that is not UTF-8 is a path all the same: ``os.fsdecode`` gives it
     as a str.)"""
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str):
-        raise InvalidInputError(f"{name} must be a str or a Path, not {shown(value)}")
+        raise InvalidInputError(f"{name} must be {what}, not {shown(value)}")
     if not value:
         raise InvalidInputError(f"{name} must not be empty ('.' is the current folder)")
     return Path(value)
