@@ -484,3 +484,11 @@ def test_a_folder_whose_name_is_not_utf8_opens(tmp_path: Path) -> None:
     Repo.init(folder).close()
     with datarepo.open(folder) as a, datarepo.open(str(folder)) as b:
         assert a.dotdir == b.dotdir == folder / ".datarepo"
+
+
+@pytest.mark.parametrize(("argument", "kwargs"), [("repo", {"repo": ""}), ("repo", {"repo": b"."}), ("cache", {"cache": b"/tmp"})])
+def test_the_loader_checks_its_repository_as_open_does(c: Any, argument: str, kwargs: dict[str, Any]) -> None:
+    pytest.importorskip("torch")
+    from datarepo.torch import DatumDataset
+
+    refused(argument, lambda: DatumDataset(**{"repo": c.root, **kwargs}))
