@@ -34,18 +34,24 @@ def open(path: str | Path = ".", cache: str | Path | None = None) -> Repo:
     Raises:
         NotARepositoryError: no repository at or above ``path``.
         RemoteError: a URL that cannot be reached, or holds no repository.
+        InvalidInputError: ``path`` or ``cache`` is not a ``str`` or a ``Path`` (or is
+            empty), or ``cache`` is given with a folder.
     """
+    from datarepo import args
+
+    if cache is not None:
+        cache = str(args.folder("cache", cache))
     if isinstance(path, str) and "://" in path:
         from datarepo.remote_repo import RemoteRepo
 
         return RemoteRepo(path, cache)
     from datarepo.repo import Repo
 
+    path = args.folder("path", path)
     if cache is not None:
         from datarepo.errors import InvalidInputError
 
         raise InvalidInputError("cache is for a repository opened by its URL")
-
     return Repo.open(path)
 
 

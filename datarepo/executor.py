@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
+from datarepo import args
 from datarepo.config import env_count
-from datarepo.errors import raise_stopped
+from datarepo.errors import InvalidInputError, raise_stopped
 from datarepo.fsutil import signals_deferred
 
 T = TypeVar("T")
@@ -87,8 +88,8 @@ class ProcessExecutor:
     """
 
     def __init__(self, workers: int, lost: Callable[[Any], Any] | None = None) -> None:
-        self.workers = workers
-        self.lost = lost
+        self.workers = args.integer("workers", workers, 1, MAX_WORKERS + 1)
+        self.lost = args.function("lost", lost)
         self._owner = os.getpid()
         self._idle: list[_Worker] = []
 
@@ -417,7 +418,8 @@ def open_executor(
     :func:`worker_count`); ``address`` is the Ray cluster to join (``None``: start or join a
     local one); ``lost`` what an item whose worker died gives instead (default: the item
     runs in this process). The caller closes it."""
-    count = workers or worker_count()
+    count = worker_count() if workers is None else args.integer("workers", workers, 1, MAX_WORKERS + 1)
+    args.function("lost", lost)
     if kind == "serial":
         return SerialExecutor()
     if kind == "process":
@@ -426,4 +428,4 @@ def open_executor(
         from datarepo.rayexec import RayExecutor
 
         return RayExecutor(count, address, lost)
-    raise ValueError(f"unknown executor {kind!r}: choose one of {', '.join(KINDS)}")
+    raise InvalidInputError(f"kind must be one of {', '.join(KINDS)}, not {args.shown(kind)}")

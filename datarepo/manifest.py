@@ -20,12 +20,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import pairwise
+from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from datarepo.errors import ObjectNotFoundError
+from datarepo import args
+from datarepo.errors import InvalidInputError, ObjectNotFoundError
 from datarepo.hashing import Oid
 from datarepo.locations import LocationColumns, read_columns
 from datarepo.shardreader import DatumRange, ShardReader, check_members, cut_members
@@ -201,7 +203,7 @@ class Manifest:
 
     def rows(self, shard: str | int) -> range:
         """The rows of one shard (its oid, or its place in :attr:`shards`)."""
-        i = shard if isinstance(shard, int) else self._place(shard)
+        i = self._place(shard)
         return range(self._bounds[i], self._bounds[i + 1])
 
     def ranges(self, shard: str | int) -> list[DatumRange]:
@@ -212,6 +214,8 @@ class Manifest:
 
         Raises:
             ObjectNotFoundError: (a KeyError) the manifest has no such shard.
+            InvalidInputError: ``shard`` is neither a str nor an int, or a place out of
+                range (from 0 to ``len(shards) - 1``).
         """
         rows = self.rows(shard)
         lo, hi = rows.start, rows.stop
@@ -236,9 +240,16 @@ class Manifest:
         """The manifest of some of its shards, in this manifest's order: a worker's share.
 
         Args:
-            shards: oids, or places in :attr:`shards`.
+            shards: a list of oids, or of places in :attr:`shards`.
+
+        Raises:
+            ObjectNotFoundError: (a KeyError) the manifest has no such shard.
+            InvalidInputError: ``shards`` is not a list (a str is one oid), or holds
+                something :meth:`ranges` refuses.
         """
-        places = sorted({s if isinstance(s, int) else self._place(s) for s in shards})
+        if isinstance(shards, (str, bytes)) or not isinstance(shards, Iterable):
+            raise InvalidInputError(f"shards must be a list of shard oids or places, not {args.shown(shards)}")
+        places = sorted(set(map(self._place, shards)))
         rows = np.concatenate([np.arange(self._bounds[i], self._bounds[i + 1]) for i in places] or [np.zeros(0, np.int64)])
         remap = np.full(len(self.shards), -1, np.int32)
         remap[places] = np.arange(len(places), dtype=np.int32)
@@ -254,7 +265,13 @@ class Manifest:
             self.commit,
         )
 
-    def _place(self, shard: str) -> int:
+    def _place(self, shard: str | int) -> int:
+        """A shard's place in :attr:`shards`, given its oid or its place."""
+        if isinstance(shard, Integral) and not isinstance(shard, bool):
+            if not self.shards:
+                raise ObjectNotFoundError("shard in the manifest", str(shard))
+            return args.integer("shard", shard, 0, len(self.shards))
+        args.instance("shard", shard, str, "a shard's oid (a str) or its place in shards (an int)")
         try:
             return self.shards.index(shard)  # type: ignore[arg-type]
         except ValueError:

@@ -19,8 +19,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
+from datarepo import args
 from datarepo.errors import ExecutorUnavailableError
-from datarepo.executor import answer, function_name, result
+from datarepo.executor import MAX_WORKERS, answer, function_name, result
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,8 +37,10 @@ class RayExecutor:
     given, as with :class:`~datarepo.executor.ProcessExecutor`."""
 
     def __init__(self, workers: int, address: str | None = None, lost: Callable[[Any], Any] | None = None) -> None:
-        self.workers = workers
-        self.lost = lost
+        self.workers = args.integer("workers", workers, 1, MAX_WORKERS + 1)
+        self.lost = args.function("lost", lost)
+        if address is not None:
+            args.text("address", address, empty=False)
         self._ray = _import_ray()
         address = address or os.environ.get("RAY_ADDRESS")
         if address is not None:

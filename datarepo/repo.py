@@ -8,9 +8,11 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from datarepo import args
 from datarepo import tree as trees
 from datarepo.config import DEFAULT_SHARD_SIZE, TIME_FORMAT, Config, env_seconds, env_time
 from datarepo.errors import (
@@ -20,14 +22,15 @@ from datarepo.errors import (
     InvalidInputError,
     NotARepositoryError,
     ObjectNotFoundError,
+    RefConflictError,
 )
 from datarepo.fsutil import WriterLock, atomic_write
-from datarepo.hashing import Oid
+from datarepo.hashing import OID_LEN, Oid, is_oid
 from datarepo.index import Index, check_path
 from datarepo.keys import is_utf8
 from datarepo.locations import location_rows
-from datarepo.objects import Blob, Commit
-from datarepo.refs import BRANCHES, HEAD, REMOTES, RUNS, TAGS, Refs
+from datarepo.objects import Blob, Commit, TreeEntry
+from datarepo.refs import BRANCHES, HEAD, REMOTES, RUNS, TAGS, Refs, is_ref_name
 from datarepo.shards import LARGE_FILE, DatumLoc, MemberData
 from datarepo.staging import first_bad_key
 from datarepo.store import Store, datum_members
@@ -69,9 +72,16 @@ class Repo:
 
     # opening -----------------------------------------------------------
     @classmethod
-    def init(cls, path: Path, bare: bool = False, grouping: str = "wds", shard_size: int | None = None) -> Repo:
-        """Creates a repository (``path/.datarepo``, or ``path`` itself when bare)."""
-        path = _resolved(path)
+    def init(cls, path: Path | str, bare: bool = False, grouping: str = "wds", shard_size: int | None = None) -> Repo:
+        """Creates a repository (``path/.datarepo``, or ``path`` itself when bare).
+
+        Raises:
+            InvalidInputError: a bad argument, or a repository there already; nothing is
+                written then.
+        """
+        path = _resolved(args.folder("path", path))
+        args.flag("bare", bare)
+        args.optional_integer("shard_size", shard_size, 1024)
         dotdir = path if bare else path / DOTDIR
         check_path(dotdir / "index.sqlite")  # (a repository whose index cannot be opened is of no use)
         if (dotdir / "config.toml").exists():
@@ -99,7 +109,7 @@ class Repo:
     @classmethod
     def open(cls, path: Path | str = ".") -> Repo:
         """Opens the repository at or above ``path`` (a work tree or a bare repository)."""
-        start = _resolved(Path(path))
+        start = _resolved(args.folder("path", path))
         for candidate in (start, *start.parents):
             if (candidate / DOTDIR / "config.toml").is_file():
                 return cls(candidate / DOTDIR, candidate)
@@ -236,7 +246,7 @@ class Repo:
     def resolve(self, rev: str) -> Oid:
         """Resolves git's revision forms to a commit oid (``main``, ``HEAD~2``, ``v1^``, an oid prefix)."""
         try:
-            return self._resolve(rev)
+            return self._resolve(args.instance("rev", rev, str, "a str"))
         except BadRevisionError as e:  # named whole, not the part of it that failed (HEAD~9 of HEAD~9~1)
             if e.rev == rev:
                 raise
@@ -315,8 +325,15 @@ class Repo:
     def stored(self, datums: Iterable[str]) -> set[str]:
         """Those of ``datums`` that the location cache places in a shard the store has. A
         datum whose shard went missing, or that ``fsck`` found damaged, is not: storing it
-        again (``add`` of the same content) is how it is restored."""
-        found = self.index.locations.shards_of(datums)
+        again (``add`` of the same content) is how it is restored.
+
+        Raises:
+            InvalidInputError: ``datums`` is not a list (a set, a dict's keys) of str: one
+                datum id is not a list of its characters.
+        """
+        if isinstance(datums, Mapping):  # (its keys)
+            datums = list(datums)
+        found = self.index.locations.shards_of(args.texts("datums", datums))
         damaged = self.index.locations.damaged()
         sound = {shard for shard in set(found.values()) if shard not in damaged and self.store.has_shard(shard)}
         return {datum for datum, shard in found.items() if shard in sound}
@@ -336,12 +353,25 @@ class Repo:
         then the ref by compare-and-swap from ``parent``: a ref moved meanwhile by another
         writer raises :class:`RefConflictError` and nothing is lost. Every datum the
         changes name must already be stored (see :meth:`writer`).
+
+        Raises:
+            InvalidInputError: a bad argument (a change that is not ``None`` nor an entry
+                of its key, a datum not stored, a message that is not a str, provenance
+                that is not a dict of JSON data, ``parent`` not a commit id, ``ref`` not a
+                full ref name); nothing is written then.
+            RefConflictError: ``ref`` no longer names ``parent``.
         """
+        _check_commit(message, provenance, ref)
+        if parent is not True and parent is not False and parent is not None:
+            args.oid("parent", parent)
+        _check_changes(changes)
         if (bad := first_bad_key(list(changes))) is not None:
             raise InvalidInputError(f"nothing committed: {bad}")
         self._check_stored({row[1]: key for key, row in changes.items() if row is not None})
         if parent is True:
             parent = self.refs.read(ref)
+        elif (now := self.refs.read(ref)) != (parent or None):  # (checked again as the ref moves: a race)
+            raise RefConflictError(ref, parent or None, now)
         base = self.read_commit(parent).tree if parent else None
         tree = trees.apply_changes(self.store, base, dict(changes))
         return self.commit_tree(tree, message, parent or None, provenance, ref)
@@ -355,13 +385,14 @@ class Repo:
             missing -= self.index.locations.with_rows(missing)
         if missing:
             datum = min(missing)
-            raise InvalidInputError(f"datum {datum} (key {datums[datum]}) is not stored: write it first (repo.writer())")
+            raise InvalidInputError(f"changes: datum {datum} (key {datums[datum]}) is not stored: write it first (repo.writer())")
 
     def commit_tree(
         self, tree: Oid, message: str, parent: Oid | None, provenance: dict[str, Any] | None = None, ref: str = HEAD
     ) -> Oid:
         """Writes a commit of a stored tree and moves ``ref`` from ``parent`` to it."""
-        commit = Commit(tree, (parent,) if parent else (), self.author(), self.now(), _utf8(message, "the commit message"), provenance)
+        _check_commit(message, provenance, ref)
+        commit = Commit(tree, (parent,) if parent else (), self.author(), self.now(), message, provenance)
         oid = self.store.put_object(commit)
         first = message.splitlines()[0] if message else ""
         self.refs.update(ref, oid, expected=parent, message=f"commit: {first}")
@@ -497,10 +528,13 @@ class Repo:
             Extension → bytes.
 
         Raises:
-            ObjectNotFoundError: no shard holds the datum.
+            ObjectNotFoundError: no shard holds the datum (a str that is no datum id names none).
+            InvalidInputError: ``datum`` is not a str, or ``verify`` not True or False.
             CorruptObjectError: (with ``verify``) the bytes do not give the datum's id;
                 it names the shard.
         """
+        args.instance("datum", datum, str, "a datum id (a str: a tree entry's datum)")
+        args.flag("verify", verify)
         return self.at_location(datum, lambda shard, loc: datum_members(self.store, shard, loc, 1 << 62, verify=verify))  # type: ignore[return-value]
 
     def manifest(self, selection: trees.Selection | trees.Tree) -> Manifest:
@@ -514,9 +548,11 @@ class Repo:
 
         Raises:
             ObjectNotFoundError: a selected datum is in no shard.
+            InvalidInputError: ``selection`` is neither a selection nor a tree.
         """
         from datarepo.manifest import build_manifest
 
+        args.instance("selection", selection, (trees.Selection, trees.Tree), "a Selection or a Tree (repo.tree().select(...))")
         return build_manifest(self, selection)
 
     def record_run(self, name: str, dataset: DatumDataset, extra: dict[str, Any] | None = None, force: bool = False) -> Oid:
@@ -531,6 +567,63 @@ class Repo:
         from datarepo.torch.runs import record_run
 
         return record_run(self, name, dataset, extra, force)
+
+
+def _check_commit(message: Any, provenance: Any, ref: Any) -> None:
+    """Checks what a commit records besides its tree, before anything is written."""
+    _utf8(args.instance("message", message, str, "a str"), "the commit message")
+    if provenance is not None:
+        args.instance("provenance", provenance, dict, "a dict of JSON data or None")
+        args.json_data("provenance", provenance)
+    if not isinstance(ref, str) or not is_ref_name(ref):
+        raise InvalidInputError(f"ref must be a full ref name (HEAD, refs/heads/NAME), not {args.shown(ref)}")
+
+
+_MAX_SIZE = 1 << 63
+
+
+def _check_changes(changes: Any) -> None:
+    """Checks a commit's changes: a mapping of str keys to None (a deletion) or an entry
+    ``(key, datum, size)`` of that key, with a datum id and a size from 0 to 2**63 - 1.
+    A commit of a staged ``add`` has a million of them: the types and sizes are checked in
+    C, over the columns, and only a failed check looks at each change, to name the first
+    bad one. (A str datum that is no id is refused as not stored, an entry of another key
+    by :func:`~datarepo.tree.apply_changes`, both before anything is written.)"""
+    if not isinstance(changes, Mapping):
+        raise InvalidInputError(f"changes must be a dict of key to TreeEntry (or None), not {args.shown(changes)}")
+    values = list(changes.values())
+    rows = [row for row in values if row is not None] if None in values else values
+    fine = set(map(type, changes)) <= {str} and set(map(type, rows)) <= {TreeEntry, tuple, list}
+    if fine and rows:
+        sizes = list(map(itemgetter(2), rows)) if set(map(len, rows)) == {3} else None
+        fine = (
+            sizes is not None
+            and set(map(type, sizes)) == {int}
+            and 0 <= min(sizes)
+            and max(sizes) < _MAX_SIZE
+            and set(map(type, map(itemgetter(1), rows))) == {str}
+        )
+    if not fine:
+        for key, row in changes.items():
+            if (why := _bad_change(key, row)) is not None:
+                raise InvalidInputError(f"changes: {why}")
+
+
+def _bad_change(key: Any, row: Any) -> str | None:
+    if not isinstance(key, str):
+        return f"a key must be a str, not {args.shown(key)}"
+    if row is None:
+        return None
+    where = f"the change of key {key!r:.80}"
+    if not isinstance(row, (tuple, list)) or len(row) != 3:
+        return f"{where} must be a TreeEntry (key, datum, size) or None, not {args.shown(row)}"
+    if row[0] != key:
+        return f"{where} gives an entry of key {args.shown(row[0])}"
+    if not isinstance(row[1], str) or not is_oid(row[1]):
+        return f"{where} has the datum {args.shown(row[1])}, not an id of {OID_LEN} hex digits"
+    if type(row[2]) is not int or not 0 <= row[2] < _MAX_SIZE:
+        return f"{where} has the size {args.shown(row[2])}, not an int from 0 to 2**63 - 1"
+    return None
 
 
 def reopen(path: str, cache: str | None = None) -> Repo:

@@ -4,11 +4,15 @@ later. The shard's layout is in docs/format.md ("Shards")."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import BinaryIO, NamedTuple
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from itertools import repeat
+from operator import add, itemgetter, lt
+from typing import Any, BinaryIO, NamedTuple
 
 import xxhash
 
+from datarepo import args
 from datarepo.errors import CorruptObjectError, InvalidInputError
 from datarepo.hashing import Oid, datum_id_of_digests
 from datarepo.shards import BLOCK, is_pax_number, octal_field, padding, pax_records, ustar_name
@@ -51,13 +55,20 @@ class ShardReader:
 
     Yields:
         ``(key, {ext: bytes})`` a datum, with the datum id for a key where a range has none.
+
+    Raises:
+        InvalidInputError: (as it is made) ``fileobj`` has no ``read``, ``ranges`` are not
+            ``(key, datum, offset, length)`` ranges in offset order, not overlapping, or
+            ``shard`` is not a str, ``verify`` not True or False.
     """
 
     def __init__(self, fileobj: BinaryIO, ranges: Sequence[DatumRange], shard: str = "", verify: bool = False) -> None:
+        if not callable(getattr(fileobj, "read", None)):
+            raise InvalidInputError(f"fileobj must be a binary file object (with read()), not {args.shown(fileobj)}")
         self.fileobj = fileobj
-        self.ranges = ranges
-        self.name = f"{shard}.tar" if shard else "<shard>"
-        self.verify = verify
+        self.ranges = checked_ranges(ranges)
+        self.name = f"{args.text('shard', shard)}.tar" if shard else "<shard>"
+        self.verify = args.flag("verify", verify)
         self._seekable = _seekable(fileobj)
         self._pos = fileobj.tell() if self._seekable else 0
 
@@ -77,8 +88,6 @@ class ShardReader:
 
     def _skip_to(self, offset: int) -> None:
         gap = offset - self._pos
-        if gap < 0:
-            raise InvalidInputError(f"{self.name}: ranges must be in offset order and not overlap (at byte {offset})")
         if gap > SEEK_OVER and self._seekable:
             self.fileobj.seek(offset)
             self._pos = offset
@@ -97,6 +106,40 @@ class ShardReader:
             raise CorruptObjectError(self.name, f"truncated: {size} bytes wanted at byte {self._pos}")
         self._pos += size
         return data
+
+
+def checked_ranges(ranges: Any) -> list[DatumRange]:
+    """``ranges`` as a list of :class:`DatumRange`, if each is ``(key, datum, offset,
+    length)``, a key a str (or None: the datum id is yielded for it), a datum id, offsets
+    and lengths ints of 0 or more, in offset order, not overlapping (a range may repeat the
+    one before it: a datum named by two keys). Checked in C over the columns: a shard holds
+    thousands of datums.
+
+    Raises:
+        InvalidInputError: ``"ranges ..."``, naming the first bad range.
+    """
+    if isinstance(ranges, (str, bytes, Mapping)) or not isinstance(ranges, Iterable):
+        raise InvalidInputError(f"ranges must be a list of DatumRange (key, datum, offset, length), not {args.shown(ranges)}")
+    ranges = list(ranges)
+    if not (all(map(isinstance, ranges, repeat((tuple, list)))) and set(map(len, ranges)) <= {4}):
+        i = next(i for i, r in enumerate(ranges) if not isinstance(r, (tuple, list)) or len(r) != 4)
+        raise InvalidInputError(f"ranges[{i}] must be a DatumRange (key, datum, offset, length), not {args.shown(ranges[i])}")
+    if set(map(type, ranges)) != {DatumRange}:
+        ranges = list(map(DatumRange._make, ranges))
+    keys, datums, offsets, lengths = (list(map(itemgetter(i), ranges)) for i in range(4))
+    if not all(map(isinstance, keys, repeat((str, type(None))))):
+        i = next(i for i, k in enumerate(keys) if not isinstance(k, (str, type(None))))
+        raise InvalidInputError(f"ranges[{i}]: the key must be a str, not {args.shown(keys[i])}")
+    args.oids("ranges: a datum", datums)
+    for name, column in (("offset", offsets), ("length", lengths)):
+        if not set(map(type, column)) <= {int} or (column and min(column) < 0):
+            i = next(i for i, v in enumerate(column) if type(v) is not int or v < 0)
+            raise InvalidInputError(f"ranges[{i}]: the {name} must be an int of 0 or more, not {args.shown(column[i])}")
+    ends = list(map(add, offsets, lengths))
+    for i in itertools.compress(range(1, len(ranges)), map(lt, offsets[1:], ends)):
+        if (offsets[i], lengths[i]) != (offsets[i - 1], lengths[i - 1]):
+            raise InvalidInputError(f"ranges must be in offset order and not overlap: ranges[{i}] at byte {offsets[i]} is not")
+    return ranges
 
 
 def _seekable(f: BinaryIO) -> bool:

@@ -13,7 +13,7 @@ from typing import BinaryIO, NamedTuple, TypeVar
 
 import xxhash
 
-from datarepo import objects
+from datarepo import args, objects
 from datarepo.errors import CorruptObjectError, ObjectNotFoundError
 from datarepo.fsutil import TMP_PREFIX, FileSystem, LocalFileSystem, NotAFileError, remove, temporary_folder
 from datarepo.hashing import CHUNK, Oid, datum_id, hash_bytes, hash_stream, is_oid
@@ -267,7 +267,14 @@ class Store:
 
     def open_shard(self, oid: str) -> BinaryIO:
         """A shard as a binary file (in use, or else retired: a reader that looked its
-        datums up before a ``repack`` still finds them)."""
+        datums up before a ``repack`` still finds them).
+
+        Raises:
+            ObjectNotFoundError: no such shard (a str that is no oid names none).
+            InvalidInputError: ``oid`` is not a str (a manifest's place of a shard is not
+                its oid: ``manifest.shards[i]`` is).
+        """
+        args.instance("shard", oid, str, "a shard's oid (a str: manifest.shards[i])")
         try:
             return self._open_file(self._tar(oid), oid)
         except _MISSING:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import xxhash
 
+from datarepo import args
 from datarepo.errors import CorruptObjectError, InvalidInputError, ObjectNotFoundError
 from datarepo.fsutil import batched
 from datarepo.hashing import OID_LEN, Oid, is_hex
@@ -117,7 +118,7 @@ def apply_changes(store: Store, base: Oid | None, changes: dict[str, Row | None]
     be refused by every reader."""
     if not all(map(_same_key, changes.items())):
         key, entry = next(item for item in changes.items() if not _same_key(item))
-        raise InvalidInputError(f"the change of key {key!r:.80} gives an entry of key {entry[0]!r:.80}")  # type: ignore[index]
+        raise InvalidInputError(f"changes: the change of key {key!r:.80} gives an entry of key {entry[0]!r:.80}")  # type: ignore[index]
     with batched(store.fs):  # (its pages made durable together: a million keys are a thousand pages)
         if base is not None:
             return update_tree(store, base, changes)
@@ -271,19 +272,21 @@ class Change(NamedTuple):
     new: TreeEntry | None
 
 
-def diff_trees(store: Store, a: str | None, b: str | None) -> Iterator[Change]:
-    """Yields the keys that differ between two trees, in key order.
+def diff_trees(store: Store, a: str | None, b: str | None, store_b: Store | None = None) -> Iterator[Change]:
+    """Yields the keys that differ between two trees, in key order (``b`` read from
+    ``store_b`` where it is another repository's).
 
     Pages present in both trees are skipped without being opened, so the cost
     follows the size of the change, not of the trees.
     """
     if a == b:
         return
+    store_b = store if store_b is None else store_b
     pages_a = read_root(store, a).pages if a else ()
-    pages_b = read_root(store, b).pages if b else ()
+    pages_b = read_root(store_b, b).pages if b else ()
     shared = {p.page for p in pages_a} & {p.page for p in pages_b}
     old = _entries(store, (p for p in pages_a if p.page not in shared))
-    new = _entries(store, (p for p in pages_b if p.page not in shared))
+    new = _entries(store_b, (p for p in pages_b if p.page not in shared))
     yield from merge_diff(old, new)
 
 
@@ -349,6 +352,7 @@ class Tree:
 
         Raises:
             ObjectNotFoundError: (a KeyError) the tree has no such key.
+            InvalidInputError: ``key`` is not a str.
         """
         if (found := self.get(key)) is None:
             raise ObjectNotFoundError("key", repr(key))
@@ -358,11 +362,14 @@ class Tree:
         return isinstance(key, str) and self.get(key) is not None
 
     def get(self, key: str, default: TreeEntry | None = None) -> TreeEntry | None:
+        args.instance("key", key, str, "a str")
         found = lookup(self.store, self.oid, key) if self.oid else None
         return default if found is None else found
 
     def get_many(self, keys: Iterable[str]) -> dict[str, TreeEntry]:
-        """The entries of those of ``keys`` the tree has, each page opened once."""
+        """The entries of those of ``keys`` (a list of str, not one str) the tree has, each
+        page opened once."""
+        keys = args.texts("keys", keys)
         return lookup_many(self.store, self.oid, keys) if self.oid else {}
 
     def select(self, prefix: str = "", glob: str | None = None) -> Selection:
@@ -374,18 +381,27 @@ class Tree:
         Args:
             prefix: keep the keys that start with it.
             glob: keep the keys it matches whole (rules: :func:`glob_regex`).
+
+        Raises:
+            InvalidInputError: ``prefix`` is not a str, ``glob`` neither a str nor None,
+                or the glob has a class no regular expression can hold (``[z-a]``).
         """
         return Selection(self, prefix, glob)
 
     def diff(self, other: Tree) -> Iterator[Change]:
-        """The keys that differ from this tree to another, in key order. Pages both trees
-        share are not opened.
+        """The keys that differ from this tree to another (of this repository or another
+        one: each is read from its own), in key order. Pages both trees share are not
+        opened.
 
         Yields:
             A :class:`Change` ``(key, old, new)`` a key: ``old`` this tree's entry, ``new``
             the other's, None where the tree has no such key.
+
+        Raises:
+            InvalidInputError: ``other`` is not a tree.
         """
-        return diff_trees(self.store, self.oid, other.oid)
+        args.instance("other", other, Tree, "a Tree (repo.tree(rev))")
+        return diff_trees(self.store, self.oid, other.oid, other.store)
 
 
 class Selection:
@@ -393,6 +409,9 @@ class Selection:
     in key order, or hand it to ``repo.manifest``. It is read when iterated, every time."""
 
     def __init__(self, tree: Tree, prefix: str = "", glob: str | None = None) -> None:
+        args.instance("prefix", prefix, str, "a str")
+        if glob is not None:
+            args.instance("glob", glob, str, "a str or None")
         self.tree = tree
         self.prefix = prefix
         self.glob = glob

@@ -29,10 +29,11 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from xxhash import xxh3_128_digest
 
+from datarepo import args
 from datarepo import executor as executors
 from datarepo.config import env_count
 from datarepo.errors import CorruptObjectError, InvalidInputError
@@ -42,7 +43,7 @@ from datarepo.keys import check_member
 from datarepo.locations import LocationRow, location_rows
 from datarepo.objects import TreeEntry
 from datarepo.progress import Progress, begin, tick
-from datarepo.shards import LARGE_FILE, DatumLoc, FileRange, MemberData, ShardWriter, member_hash, member_size
+from datarepo.shards import LARGE_FILE, DatumLoc, FileRange, MemberData, ShardWriter, SparseRange, member_hash, member_size
 from datarepo.statcache import trusted
 from datarepo.statcols import SIZE, UNSTATED, FileStat, StatColumns, StatRow, file_stat
 from datarepo.store import Store
@@ -419,6 +420,27 @@ def adopt(repo: Repo, shards: Iterable[PublishedShard], adopted: set[str]) -> No
 
 
 # --- the writer of the Python API ----------------------------------------------------------------
+def _checked_members(key: str, members: Any) -> Mapping[str, MemberData]:
+    """A datum's members, if ``members`` maps one or more names (the key rule's, for
+    ``key``) to bytes (a ``bytearray`` or ``memoryview`` is taken as its bytes), or to
+    bytes of a file to copy (:class:`FileRange`, :class:`SparseRange`).
+
+    Raises:
+        InvalidInputError: ``"members ..."`` or the key rule's complaint.
+    """
+    if not isinstance(members, Mapping) or not members:
+        raise InvalidInputError(f"members must be a dict of one or more extensions to bytes, not {args.shown(members)}")
+    for ext, data in members.items():
+        if not isinstance(ext, str):
+            raise InvalidInputError(f"members: an extension must be a str, not {args.shown(ext)}")
+        check_member(key, ext)
+        if type(data) is not bytes and not isinstance(data, (FileRange, SparseRange)):
+            if not isinstance(data, (bytearray, memoryview)):
+                raise InvalidInputError(f"members[{ext!r}] must be bytes, not {args.shown(data)}")
+            members = {**members, ext: bytes(data)}
+    return members
+
+
 class RepoWriter:
     """``with repo.writer() as w: w.put(key, {ext: bytes or FileRange})``: stores datums
     given in this process, in the order put, and adopts the shards on a clean exit.
@@ -434,17 +456,26 @@ class RepoWriter:
         self._adopted: set[str] = set()
         # With no shard before this writer began, no datum it is given can be stored already.
         self._none_before = not repo.index.locations.shards()
+        self._closed = False
 
     def put(self, key: str, members: Mapping[str, MemberData], hashes: Mapping[str, str] | None = None) -> TreeEntry:
         """Stores a datum (once: not if some shard holds it) under ``key``. ``hashes``, the
         members' hashes when the caller has them, spares hashing them again.
 
         Raises:
-            InvalidInputError: the key or a member's name breaks the key rule (docs/format.md).
+            InvalidInputError: the key or a member's name breaks the key rule (docs/format.md),
+                ``members`` is not a non-empty dict of str to bytes, ``hashes`` does not
+                give an id of 32 hex digits to each member, or the writer is closed.
         """
-        for ext in members:
-            check_member(key, ext)
-        if hashes is None:
+        if self._closed:
+            raise InvalidInputError("the writer is closed: put datums inside its with block")
+        members = _checked_members(args.instance("key", key, str, "a str"), members)
+        if hashes is not None:
+            args.instance("hashes", hashes, Mapping, "a dict of extension to hash, or None")
+            if set(hashes) != set(members):
+                raise InvalidInputError(f"hashes must name the members {sorted(members)}, not {sorted(hashes, key=repr)}"[:200])
+            args.oids("hashes", list(hashes.values()))
+        else:
             hashes = {ext: member_hash(data) for ext, data in members.items()}
         datum = self.put_datum(datum_id(hashes), members)
         entry = TreeEntry(key, datum, sum(map(member_size, members.values())))
@@ -462,6 +493,7 @@ class RepoWriter:
         return self.writer.written
 
     def close(self) -> list[PublishedShard]:
+        self._closed = True
         self.shards = self.writer.close()
         adopt(self.repo, self.shards, self._adopted)
         return self.shards
@@ -473,4 +505,5 @@ class RepoWriter:
         if exc_type is None:
             self.close()
         else:
+            self._closed = True
             self.writer.abort()

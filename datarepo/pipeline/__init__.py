@@ -77,15 +77,26 @@ def pipeline(
     ``cross``, ``join`` and ``group``) and the params, and returns a datum (``{ext:
     bytes or str}``), a list of ``(suffix, datum)`` (outputs at ``<key>/<suffix>``),
     ``None`` or :class:`Drop` (filtered out).
+
+    Raises:
+        PipelineError: (as the function is decorated) an option of the wrong type or
+            value, or what is decorated is not a function: ``"pipeline 'NAME': FIELD: why"``.
     """
 
     def mark(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.__datarepo_pipeline__ = {  # type: ignore[attr-defined]
-            "input": input, "output": output, "name": name or fn.__name__, "version": version,
+        from datarepo.errors import PipelineError
+        from datarepo.pipeline.spec import check_declaration
+
+        if not callable(fn) or not hasattr(fn, "__name__"):
+            raise PipelineError(f"@pipeline(...) decorates a function, not {fn!r:.80}")
+        options = {
+            "input": input, "output": output, "name": fn.__name__ if name is None else name, "version": version,
             "params": {} if params is None else params, "workers": workers, "max_failures": max_failures,
             "retries": retries, "timeout": timeout, "setup": setup, "depends": depends,
             "batch_size": batch_size,
         }
+        check_declaration(options)
+        fn.__datarepo_pipeline__ = options  # type: ignore[attr-defined]
         return fn
 
     return mark

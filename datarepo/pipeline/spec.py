@@ -10,7 +10,6 @@ a Python module, or as a ``[pipeline.NAME]`` table of a TOML file (a command tra
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import re
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, NamedTuple
 
+from datarepo.args import not_json
 from datarepo.errors import DataRepoError, PipelineError
 from datarepo.executor import MAX_WORKERS
 from datarepo.hashing import canonical_json, hash_bytes
@@ -237,15 +237,34 @@ _PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 def check_spec(spec: Spec) -> Spec:
     """Checks every field of a declaration; raises one PipelineError naming the file, the
     pipeline and the field."""
-    where = f"{spec.file}: pipeline {spec.name!r}"
-    if not isinstance(spec.name, str) or not _NAME.fullmatch(spec.name):
+    _check_fields(f"{spec.file}: pipeline {spec.name!r}", {name: getattr(spec, name) for name in ("name", *_CHECKS)})
+    return spec
+
+
+def check_declaration(options: dict[str, Any]) -> None:
+    """Checks the options of a ``@pipeline`` declaration as the function is decorated (the
+    checks of :func:`check_spec`, which loading the module makes again).
+
+    Raises:
+        PipelineError: ``"pipeline 'NAME': FIELD: why"``.
+    """
+    where = f"pipeline {options['name']!r:.80}"
+    _field(where, "input", as_input, options["input"])
+    depends = _field(where, "depends", _strings, options["depends"])
+    setup = options["setup"]
+    if setup is not None and not callable(setup):
+        raise PipelineError(f"{where}: setup: must be a function of the module, not {setup!r:.80}")
+    _check_fields(where, {**{name: options[name] for name in ("name", *_CHECKS)}, "depends": depends})
+
+
+def _check_fields(where: str, values: dict[str, Any]) -> None:
+    if not isinstance(values["name"], str) or not _NAME.fullmatch(values["name"]):
         raise PipelineError(f"{where}: name: a name is letters, digits, '_', '.', '-'")
     for name, check in _CHECKS.items():
         try:
-            check(getattr(spec, name))
+            check(values[name])
         except (DataRepoError, TypeError, ValueError, OverflowError) as e:
             raise PipelineError(f"{where}: {name}: {e}") from None
-    return spec
 
 
 def _check_output(output: Any) -> None:
@@ -260,10 +279,8 @@ def _check_params(params: Any) -> None:
     for name in params:
         if not isinstance(name, str) or not _PARAM.fullmatch(name):
             raise PipelineError(f"param name {name!r:.80} is not a name (letters, digits, '_')")
-    try:
-        json.dumps(params, allow_nan=False, ensure_ascii=False).encode()
-    except (TypeError, ValueError, RecursionError) as e:
-        raise PipelineError(f"must be JSON values (str, int, float, bool, list, dict): {e}") from None
+    if (why := not_json(params, "params")) is not None:
+        raise PipelineError(f"must be JSON values (str, int, float, bool, list, dict): {why}")
 
 
 def _count(least: int, most: int, optional: bool = False) -> Any:
@@ -356,6 +373,8 @@ def import_module(path: Path, rel: str) -> ModuleType:
         if stops_run(e):
             raise
         line = line_in(e, found.origin or str(path))
+        if isinstance(e, PipelineError):  # a declaration refused as its function is decorated
+            raise PipelineError(f"{rel}: {e}") from None
         raise PipelineError(f"{rel}{f':{line}' if line else ''}: cannot import: {described(e)}") from None
     _modules[key] = module
     return module

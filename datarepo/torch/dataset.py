@@ -19,9 +19,10 @@ import xxhash
 from torch.utils.data import IterableDataset, get_worker_info
 
 import datarepo
+from datarepo import args
 from datarepo.errors import DataRepoError, InvalidInputError
 from datarepo.repo import Repo, reopen
-from datarepo.torch import args, transport
+from datarepo.torch import transport
 from datarepo.torch.batch import Record, collate, columns, for_the_queue, position_range
 from datarepo.torch.decode import check_spec, decoder
 from datarepo.torch.plan import OrderSpec, Share, chunks_of, order_fingerprint, rows_at, select, share
@@ -525,14 +526,13 @@ def _place(rank: int | None, world: int | None) -> tuple[int, int]:
 
 def _opened(repo: Any, cache: Any = None) -> Repo:
     """``repo`` if it is an opened repository, else the repository at that path or URL."""
-    if cache is not None and (not isinstance(cache, (str, os.PathLike)) or not isinstance(os.fspath(cache), str)):
-        raise InvalidInputError(f"cache must be a path, not {cache!r:.60}")
+    if cache is not None:
+        args.folder("cache", cache)
     if isinstance(repo, Repo):
         if cache is not None:
             raise InvalidInputError("cache: give it to datarepo.open with the URL, not with an opened repository")
         return repo
-    if not isinstance(repo, (str, os.PathLike)) or not isinstance(os.fspath(repo), str):
-        raise InvalidInputError(f"repo must be a path, a URL or a Repo, not {repo!r:.60}")
+    args.folder("repo", repo, "a path, a URL or a Repo")
     if cache is not None and "://" not in str(repo):
         raise InvalidInputError("cache is for a repository read from its URL")
     return datarepo.open(os.fspath(repo), cache)

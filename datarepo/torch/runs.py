@@ -10,11 +10,11 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from datarepo import args
 from datarepo.errors import CorruptObjectError, DataRepoError, InvalidInputError, ObjectNotFoundError, RefConflictError
 from datarepo.hashing import Oid, canonical_json, is_hex, is_oid
 from datarepo.objects import FORMAT, Blob, Commit, Tree, TreePage
 from datarepo.refs import RUNS, check_name
-from datarepo.torch import args
 
 if TYPE_CHECKING:
     from datarepo.repo import Repo
