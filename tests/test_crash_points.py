@@ -66,22 +66,29 @@ COMMANDS = {
 }
 
 
+def _prepared(template: Path, root: Path, first: list[list[str]]) -> Path:
+    """A copy of the template at ``root``, with the command's first steps run."""
+    copy_of(template, root)
+    for step in first:
+        ok(root / "work", *step)
+    return root
+
+
+def _left_alone(template: Path, root: Path, command: str) -> tuple[float, tuple[list[str], str]]:
+    """How long a command of ``COMMANDS`` takes when left alone, and what it leaves committed."""
+    folder, args, first, repo, _ = COMMANDS[command]
+    _prepared(template, root, first)
+    started = time.monotonic()
+    ok(root / folder, *args)
+    return time.monotonic() - started, committed(root / repo)
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
 def test_a_command_killed_at_any_point_leaves_a_whole_repository(template: Path, tmp_path: Path, command: str) -> None:
     folder, args, first, repo, dest = COMMANDS[command]
-    fresh = tmp_path / "fresh"
-    copy_of(template, fresh)
-    for step in first:
-        ok(fresh / "work", *step)
-    started = time.monotonic()
-    ok(fresh / folder, *args)
-    took = time.monotonic() - started
-    expected = committed(fresh / repo)
+    took, expected = _left_alone(template, tmp_path / "fresh", command)
     for point in POINTS:
-        root = tmp_path / f"at-{point}"
-        copy_of(template, root)
-        for step in first:
-            ok(root / "work", *step)
+        root = _prepared(template, tmp_path / f"at-{point}", first)
         before = committed(root / repo)
         proc = subprocess.Popen([sys.executable, "-m", "datarepo.cli", *args], cwd=root / folder, env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -232,19 +239,9 @@ def test_ctrl_c_of_a_transfer_leaves_no_temporary_file_and_the_next_run_complete
     from conftest import with_ctrl_c
 
     folder, args, first, repo, dest = COMMANDS[command]
-    fresh = tmp_path / "fresh"
-    copy_of(template, fresh)
-    for step in first:
-        ok(fresh / "work", *step)
-    started = time.monotonic()
-    ok(fresh / folder, *args)
-    took = time.monotonic() - started
-    expected = committed(fresh / repo)
+    took, expected = _left_alone(template, tmp_path / "fresh", command)
     for point in POINTS:
-        root = tmp_path / f"at-{point}"
-        copy_of(template, root)
-        for step in first:
-            ok(root / "work", *step)
+        root = _prepared(template, tmp_path / f"at-{point}", first)
         proc = subprocess.Popen([sys.executable, "-m", "datarepo.cli", *args], cwd=root / folder, env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=with_ctrl_c)
         time.sleep(took * point)
