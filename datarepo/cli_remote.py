@@ -130,14 +130,23 @@ def pull(remote_name: str | None) -> None:
 @main.command()
 @click.argument("url", type=NonEmpty())
 @click.argument("directory", required=False, type=NonEmptyPath())
-def clone(url: str, directory: str | None) -> None:
+@click.option("-c", "--config", "options", multiple=True, metavar="OPTION=VALUE",
+              help="Set one of DVC's options of remote origin before the first fetch, as remote modify does "
+                   "(endpointurl, read_timeout, profile, …); may be given more than once.")
+def clone(url: str, directory: str | None, options: tuple[str, ...]) -> None:
     """Make a repository from the one at URL, with it as remote origin."""
     from datarepo.porcelain.remote import clone as run
 
+    settings = {}
+    for option in options:
+        name, eq, value = option.partition("=")
+        if not eq or not name:
+            raise click.UsageError(f"-c takes OPTION=VALUE, not {option!r}")
+        settings[name] = value
     name = directory or url.rstrip("/").rpartition("/")[2] or "repo"
     if "://" not in url and not Path(url).is_absolute():
         url = str(Path(url).resolve())  # a local path, as typed here (DVC reads it against .dvc/)
-    result = run(url, Path(name))
+    result = run(url, Path(name), settings)
     _transfer("downloaded", result.fetched.transfer)
     if result.branch:
         click.echo(f"Cloned into {name}: branch {result.branch} at {result.commit[:12] if result.commit else ''}")

@@ -409,6 +409,32 @@ def test_s3_round_trip(tmp_path: Path, worktree: Path, cli: Cli, s3_endpoint: st
     assert (copy / "s3.txt").read_text() == "more"
 
 
+def test_clone_sets_the_remote_s_options_before_it_fetches(tmp_path: Path, worktree: Path, cli: Cli, s3_endpoint: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``clone -c OPTION=VALUE`` (git's ``clone -c``) sets DVC's options of origin before the
+    first fetch: an S3 endpoint of one's own, a read timeout. Without them the clone could
+    not reach the remote; an option DVC does not know is one error line, and nothing is left."""
+    (worktree / "a.txt").write_text("a")
+    cli("init")
+    cli("add", ".")
+    cli("commit", "-m", "a")
+    _s3_remote(cli, s3_endpoint, "clone-options")
+    cli("push")
+    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    here = Cli(tmp_path)
+    bad = here("clone", "-c", "nosuch=1", "s3://clone-options/repo", "bad", ok=False)
+    assert bad.exit_code == 1 and bad.output.count("\n") == 1 and "nosuch" in bad.output
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".tmp-*"))
+    assert here("clone", "-c", "oops", "s3://clone-options/repo", "bad", ok=False).exit_code == 2
+    here("clone", "-c", f"endpointurl={s3_endpoint}", "-c", "read_timeout=5", "s3://clone-options/repo", "copy")
+    assert (tmp_path / "copy" / "a.txt").read_text() == "a"
+    config = (tmp_path / "copy" / ".dvc" / "config").read_text()
+    assert s3_endpoint in config and "read_timeout = 5" in config
+    assert "Already up to date" in Cli(tmp_path / "copy")("pull").output  # (the options stay: the remote is reached)
+
+
 def test_s3_push_and_clone_leave_no_temporary_files(tmp_path: Path, worktree: Path, cli: Cli, s3_endpoint: str) -> None:
     """The commands, as processes of their own, remove what they put in the temporary
     folder (the shards a push to an object store writes before it uploads them, a clone's

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -607,9 +607,10 @@ def _fast_forward(repo: Repo, fetched: FetchResult, branch: str, target: Oid) ->
     return PullResult(fetched, branch, old, target, done.written, done.removed)
 
 
-def clone(url: str, dest: Path) -> CloneResult:
-    """A new repository at ``dest`` with ``origin`` (the default remote) at ``url``, its
-    history fetched and the remote's default branch checked out.
+def clone(url: str, dest: Path, options: Mapping[str, str] | None = None) -> CloneResult:
+    """A new repository at ``dest`` with ``origin`` (the default remote) at ``url`` and DVC's
+    ``options`` of it (``endpointurl``, ``read_timeout``…), its history fetched and the
+    remote's default branch checked out.
 
     It is made in a folder ``.tmp-clone-…`` beside ``dest`` and renamed into place once
     whole: a clone that fails removes it, and one that was killed leaves it to the next
@@ -624,7 +625,7 @@ def clone(url: str, dest: Path) -> CloneResult:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         with FolderMadeWhole(dest, CLONE_TAG) as tmp:
-            result = _clone_into(url, tmp)
+            result = _clone_into(url, tmp, options or {})
     except BaseException:
         if made is not None:  # the folders above it that it made
             shutil.rmtree(made, ignore_errors=True)
@@ -632,12 +633,14 @@ def clone(url: str, dest: Path) -> CloneResult:
     return result._replace(path=dest)
 
 
-def _clone_into(url: str, dest: Path) -> CloneResult:
-    from datarepo.remotes_config import add_remote
+def _clone_into(url: str, dest: Path, options: Mapping[str, str]) -> CloneResult:
+    from datarepo.remotes_config import add_remote, modify_remote
 
     repo = Repo.init(dest)
     try:
         add_remote(repo, "origin", url, default=True)
+        for option, value in options.items():
+            modify_remote(repo, "origin", option, value)
         fetched = fetch(repo, "origin")
         branch = _remote_default(repo, fetched)
         target = repo.refs.read(f"{REMOTES}origin/{branch}") if branch else None
