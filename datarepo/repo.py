@@ -374,7 +374,7 @@ class Repo:
             raise RefConflictError(ref, parent or None, now)
         base = self.read_commit(parent).tree if parent else None
         tree = trees.apply_changes(self.store, base, dict(changes))
-        return self.commit_tree(tree, message, parent or None, provenance, ref)
+        return self._write_commit(tree, message, parent or None, provenance, ref)
 
     def _check_stored(self, datums: Mapping[str, str]) -> None:
         """Raises InvalidInputError unless some shard holds each datum (datum → a key)."""
@@ -392,6 +392,10 @@ class Repo:
     ) -> Oid:
         """Writes a commit of a stored tree and moves ``ref`` from ``parent`` to it."""
         _check_commit(message, provenance, ref)
+        return self._write_commit(tree, message, parent, provenance, ref)
+
+    def _write_commit(self, tree: Oid, message: str, parent: Oid | None, provenance: dict[str, Any] | None, ref: str) -> Oid:
+        """:meth:`commit_tree`, its arguments checked already."""
         commit = Commit(tree, (parent,) if parent else (), self.author(), self.now(), message, provenance)
         oid = self.store.put_object(commit)
         first = message.splitlines()[0] if message else ""
