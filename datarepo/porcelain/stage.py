@@ -295,12 +295,13 @@ def add(repo: Repo, paths: list[str] | None = None, follow: bool = False, progre
     with repo.lock:
         if repo.forget_missing_shards():  # datums whose copy is gone or damaged: stored again from their files
             snapshot.drop(repo)
-        before = snapshot.token(repo, follow)
+        before = ""  # (the snapshot's token before staging, where it is carried over)
         if specs is None or (within := _look_within(repo, follow, specs)) is None:
             look = _look(repo, follow, with_unstaged=True, within=_within(specs))
             prefixes = select(repo, specs, look.found.names, lambda: tracked(repo, with_head=True))
         else:
             look, prefixes = within
+            before = snapshot.token(repo, follow)
         keys, members = look.keys, look.members
         head = head_datums(repo, keys)
         index = index_datums(repo, head, keys)
